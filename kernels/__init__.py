@@ -1,0 +1,29 @@
+"""Triton kernels of ndarts, installed under the import name ``ndarts_kernels``.
+
+The folder is ``kernels/`` (the project's layout); it installs as ``ndarts_kernels`` so that it
+never shadows or is shadowed by the unrelated PyPI package called ``kernels``.
+
+Triton decides at definition time whether a kernel runs compiled or in its CPU interpreter:
+``TRITON_INTERPRET=1`` must be set before this package is first imported. INTERPRETED records
+which mode the kernels here were defined in.
+"""
+import os
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+from .noisy_mixed_sum import (  # noqa: E402
+    MAX_OPERANDS,
+    noisy_mixed_sum_backward,
+    noisy_mixed_sum_forward,
+    skip_std,
+    unit_noise,
+)
+
+__all__ = [
+    "INTERPRETED",
+    "MAX_OPERANDS",
+    "noisy_mixed_sum_forward",
+    "noisy_mixed_sum_backward",
+    "skip_std",
+    "unit_noise",
+]

@@ -1,0 +1,409 @@
+"""Triton kernels for the noisy mixed-op sum of NoisyDARTS, forward and backward.
+
+    y = Σ_k w_k·o_k,   with o_skip replaced by   o_skip + (μ + λ·std(o_skip)·ε)   (additive)
+                                           or   o_skip·(μ + λ·ε)                 (multiplicative)
+
+Three layers, one name (Liger style): private ``@triton.jit`` kernels, then launchers that
+check the layout, pick the block size and allocate on the operands' device. The autograd and
+the torch custom op live in ``ndarts.fused_sum``.
+
+Design, in numbers (floor = bytes the op must move, N elements, K operands):
+- std: per-program (count, mean, M2) over BLOCK·ITERS elements, then one program merges the
+  partials with Chan's formula. Never Σx and Σx²: in fp32 those cancel catastrophically once
+  |mean| ≫ std (at mean 1e4, std 1 they return garbage). Reads N.
+- forward: one pass, reads K·N, writes N; ε = tl.randn(seed, flat index) made in registers.
+- backward: one pass, reads g and the K operands, writes the K operand gradients, regenerates
+  ε from the same (seed, index), and writes per-program partial sums Σ g·o_k; those partials
+  are summed by a deterministic torch reduction (no float atomics), so dW is bitwise
+  reproducible run to run.
+Operands are passed as up to MAX_OPERANDS pointer arguments (constexpr NUM_OPS says how many
+are live); more operands are processed in chunks that accumulate into y.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_OPERANDS = 8
+INT32_LIMIT = 2**31 - 1
+SQRT3 = math.sqrt(3.0)
+
+# Codes for the noise kind, shared with ndarts.noise.KIND_CODE.
+NOISE_NONE, NOISE_GAUSSIAN, NOISE_UNIFORM = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------- device helpers
+@triton.jit
+def _block_offsets(pid, BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
+    """Flat element indices of one block; int64 only when the tensor has ≥ 2^31 elements."""
+    if INDEX_64:
+        return pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    return pid * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _unit_noise(seed, offs, KIND: tl.constexpr):
+    """ε of unit variance for each flat index: N(0, 1) or U(−√3, √3), Philox keyed on (seed, index)."""
+    if KIND == 2:
+        return (tl.rand(seed, offs) * 2.0 - 1.0) * 1.7320508075688772
+    return tl.randn(seed, offs)
+
+
+@triton.jit
+def _noisy_operand(o, seed, offs, std, lam, mean, KIND: tl.constexpr, MULT: tl.constexpr):
+    """The skip operand with its noise, in fp32. Returns (noisy operand, d noisy / d o)."""
+    eps = _unit_noise(seed, offs, KIND)
+    if MULT:
+        factor = mean + lam * eps
+        return o * factor, factor
+    return o + (mean + lam * std * eps), 1.0
+
+
+@triton.jit
+def _forward_term(acc, O, W, k: tl.constexpr, offs, mask, seed, std, lam, mean,
+                  SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr):
+    o = tl.load(O + offs, mask=mask, other=0.0).to(tl.float32)
+    if k == SKIP:
+        o, _ = _noisy_operand(o, seed, offs, std, lam, mean, KIND, MULT)
+    return acc + tl.load(W + k).to(tl.float32) * o
+
+
+@triton.jit
+def _backward_term(g, O, DO, W, PART, k: tl.constexpr, pid, offs, mask, seed, std, lam, mean,
+                   NUM_OPS: tl.constexpr, SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr):
+    o = tl.load(O + offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(W + k).to(tl.float32)
+    d = w * g
+    if k == SKIP:
+        o, factor = _noisy_operand(o, seed, offs, std, lam, mean, KIND, MULT)
+        d = d * factor
+    tl.store(DO + offs, d.to(DO.dtype.element_ty), mask=mask)
+    # masked lanes hold g = 0, so they add nothing to the partial sum
+    tl.store(PART + pid * NUM_OPS + k, tl.sum(g * o, axis=0))
+
+
+# ----------------------------------------------------------------------------- kernels
+@triton.jit
+def _skip_stats_kernel(
+    X,  # pointer to the skip operand, N elements in memory order
+    PART,  # fp32 [num_programs, 3]: (count, mean, M2) of this program's elements
+    N,  # number of elements
+    BLOCK: tl.constexpr,  # elements per tile
+    ITERS: tl.constexpr,  # tiles per program, merged with Chan's formula in registers
+    INDEX_64: tl.constexpr,  # int64 indexing for N ≥ 2^31
+):
+    pid = tl.program_id(0)
+    count = tl.zeros([], dtype=tl.float32)
+    mean = tl.zeros([], dtype=tl.float32)
+    m2 = tl.zeros([], dtype=tl.float32)
+    for it in tl.static_range(ITERS):
+        offs = _block_offsets(pid * ITERS + it, BLOCK, INDEX_64)
+        mask = offs < N
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        n_b = tl.sum(mask.to(tl.float32), axis=0)
+        mean_b = tl.sum(x, axis=0) / tl.maximum(n_b, 1.0)
+        dev = tl.where(mask, x - mean_b, 0.0)
+        m2_b = tl.sum(dev * dev, axis=0)
+        total = count + n_b
+        delta = mean_b - mean
+        frac = n_b / tl.maximum(total, 1.0)
+        mean = mean + delta * frac
+        m2 = m2 + m2_b + delta * delta * count * frac
+        count = total
+    tl.store(PART + pid * 3 + 0, count)
+    tl.store(PART + pid * 3 + 1, mean)
+    tl.store(PART + pid * 3 + 2, m2)
+
+
+@triton.jit
+def _stats_merge_kernel(
+    PART,  # fp32 [P, 3] partial (count, mean, M2)
+    STD,  # fp32 [1] output: unbiased std over all elements
+    P,  # number of partials
+    BLOCK: tl.constexpr,  # partials merged per step
+):
+    count = tl.zeros([], dtype=tl.float32)
+    mean = tl.zeros([], dtype=tl.float32)
+    m2 = tl.zeros([], dtype=tl.float32)
+    for start in range(0, P, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        mask = idx < P
+        n_i = tl.load(PART + idx * 3 + 0, mask=mask, other=0.0)
+        mean_i = tl.load(PART + idx * 3 + 1, mask=mask, other=0.0)
+        m2_i = tl.load(PART + idx * 3 + 2, mask=mask, other=0.0)
+        n_b = tl.sum(n_i, axis=0)
+        mean_b = tl.sum(n_i * mean_i, axis=0) / tl.maximum(n_b, 1.0)
+        dev = tl.where(mask, mean_i - mean_b, 0.0)
+        m2_b = tl.sum(m2_i, axis=0) + tl.sum(n_i * dev * dev, axis=0)
+        total = count + n_b
+        delta = mean_b - mean
+        frac = n_b / tl.maximum(total, 1.0)
+        mean = mean + delta * frac
+        m2 = m2 + m2_b + delta * delta * count * frac
+        count = total
+    # count - 1 = 0 gives nan, as torch.std of one element does
+    tl.store(STD, tl.sqrt(m2 / (count - 1.0)))
+
+
+@triton.jit
+def _noisy_mixed_sum_forward_kernel(
+    Y,  # output, N elements, same memory layout as the operands
+    O0, O1, O2, O3, O4, O5, O6, O7,  # operand pointers; only the first NUM_OPS are read
+    W,  # weights [NUM_OPS] of this chunk (any float dtype, read as fp32)
+    SEED,  # int64 [1] Philox seed on the device
+    STD,  # fp32 [1] std of the skip operand (read only for additive noise)
+    N,  # elements per operand
+    lam,  # λ_eff (decay applied)
+    mean,  # μ_eff
+    NUM_OPS: tl.constexpr,  # live operands in this chunk, 1..8
+    SKIP: tl.constexpr,  # index of the noisy operand in this chunk, -1 for none
+    KIND: tl.constexpr,  # 0 none, 1 gaussian, 2 uniform
+    MULT: tl.constexpr,  # multiplicative instead of additive noise
+    ACCUMULATE: tl.constexpr,  # add to Y (chunks after the first)
+    BLOCK: tl.constexpr,
+    INDEX_64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = _block_offsets(pid, BLOCK, INDEX_64)
+    mask = offs < N
+    seed = tl.load(SEED)
+    std = 0.0
+    if SKIP >= 0:  # the launcher passes SKIP = -1 when no noise is drawn
+        if not MULT:
+            std = tl.load(STD)
+    if ACCUMULATE:
+        acc = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = _forward_term(acc, O0, W, 0, offs, mask, seed, std, lam, mean, SKIP, KIND, MULT)
+    if NUM_OPS > 1:
+        acc = _forward_term(acc, O1, W, 1, offs, mask, seed, std, lam, mean, SKIP, KIND, MULT)
+    if NUM_OPS > 2:
+        acc = _forward_term(acc, O2, W, 2, offs, mask, seed, std, lam, mean, SKIP, KIND, MULT)
+    if NUM_OPS > 3:
+        acc = _forward_term(acc, O3, W, 3, offs, mask, seed, std, lam, mean, SKIP, KIND, MULT)
+    if NUM_OPS > 4:
+        acc = _forward_term(acc, O4, W, 4, offs, mask, seed, std, lam, mean, SKIP, KIND, MULT)
+    if NUM_OPS > 5:
+        acc = _forward_term(acc, O5, W, 5, offs, mask, seed, std, lam, mean, SKIP, KIND, MULT)
+    if NUM_OPS > 6:
+        acc = _forward_term(acc, O6, W, 6, offs, mask, seed, std, lam, mean, SKIP, KIND, MULT)
+    if NUM_OPS > 7:
+        acc = _forward_term(acc, O7, W, 7, offs, mask, seed, std, lam, mean, SKIP, KIND, MULT)
+    tl.store(Y + offs, acc.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _noisy_mixed_sum_backward_kernel(
+    G,  # upstream gradient dL/dy, N elements
+    O0, O1, O2, O3, O4, O5, O6, O7,  # operands (forward inputs)
+    D0, D1, D2, D3, D4, D5, D6, D7,  # operand gradients (outputs)
+    W,  # weights [NUM_OPS] of this chunk
+    PART,  # fp32 [num_programs, NUM_OPS]: Σ g·o_k over this program's block (noisy o for skip)
+    SEED,  # int64 [1], the forward's seed: ε is regenerated, never stored
+    STD,  # fp32 [1], the forward's std
+    N,
+    lam,
+    mean,
+    NUM_OPS: tl.constexpr,
+    SKIP: tl.constexpr,
+    KIND: tl.constexpr,
+    MULT: tl.constexpr,
+    BLOCK: tl.constexpr,
+    INDEX_64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = _block_offsets(pid, BLOCK, INDEX_64)
+    mask = offs < N
+    seed = tl.load(SEED)
+    std = 0.0
+    if SKIP >= 0:  # the launcher passes SKIP = -1 when no noise is drawn
+        if not MULT:
+            std = tl.load(STD)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    _backward_term(g, O0, D0, W, PART, 0, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+    if NUM_OPS > 1:
+        _backward_term(g, O1, D1, W, PART, 1, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+    if NUM_OPS > 2:
+        _backward_term(g, O2, D2, W, PART, 2, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+    if NUM_OPS > 3:
+        _backward_term(g, O3, D3, W, PART, 3, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+    if NUM_OPS > 4:
+        _backward_term(g, O4, D4, W, PART, 4, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+    if NUM_OPS > 5:
+        _backward_term(g, O5, D5, W, PART, 5, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+    if NUM_OPS > 6:
+        _backward_term(g, O6, D6, W, PART, 6, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+    if NUM_OPS > 7:
+        _backward_term(g, O7, D7, W, PART, 7, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+
+
+@triton.jit
+def _unit_noise_kernel(
+    OUT,  # fp32 [N]: ε for flat indices 0..N-1
+    SEED,  # int64 [1]
+    N,
+    KIND: tl.constexpr,
+    BLOCK: tl.constexpr,
+    INDEX_64: tl.constexpr,
+):
+    offs = _block_offsets(tl.program_id(0), BLOCK, INDEX_64)
+    mask = offs < N
+    tl.store(OUT + offs, _unit_noise(tl.load(SEED), offs, KIND), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+def _is_interpreted() -> bool:
+    from . import INTERPRETED
+
+    return INTERPRETED
+
+
+def _elementwise_block(n: int) -> tuple[int, int]:
+    """(BLOCK, num_warps). The interpreter runs programs one by one: large blocks keep it fast."""
+    if _is_interpreted():
+        return max(16, min(triton.next_power_of_2(n), 8192)), 4
+    return 1024, 4
+
+
+def _check_operands(operands) -> torch.Tensor:
+    """All operands share shape, dtype, device and memory layout; returns the first."""
+    if not operands:
+        raise ValueError("noisy_mixed_sum needs at least one operand")
+    first = operands[0]
+    for i, o in enumerate(operands[1:], start=1):
+        if o.shape != first.shape:
+            raise ValueError(f"operand {i} has shape {tuple(o.shape)}, operand 0 has {tuple(first.shape)}")
+        if o.dtype != first.dtype:
+            raise ValueError(f"operand {i} has dtype {o.dtype}, operand 0 has {first.dtype}")
+        if o.device != first.device:
+            raise ValueError(f"operand {i} is on {o.device}, operand 0 on {first.device}")
+    if first.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"noisy_mixed_sum supports float32, float16 and bfloat16, got {first.dtype}")
+    return first
+
+
+def _dense(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """t in the same dense memory layout as `like` (copied only when it differs)."""
+    if t.stride() == like.stride() and _is_dense(t):
+        return t
+    return t.contiguous(memory_format=_memory_format(like))
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _memory_format(t: torch.Tensor):
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _layout(operands) -> tuple[list[torch.Tensor], torch.Tensor]:
+    first = _check_operands(operands)
+    ref = first if _is_dense(first) else first.contiguous()
+    return [_dense(o, ref) for o in operands], ref
+
+
+def _pointer_args(tensors, like):
+    """Pads a list of up to MAX_OPERANDS tensors with `like` for the unused pointer slots."""
+    return list(tensors) + [like] * (MAX_OPERANDS - len(tensors))
+
+
+def _chunks(num: int):
+    for start in range(0, num, MAX_OPERANDS):
+        yield start, min(num, start + MAX_OPERANDS)
+
+
+def skip_std(x: torch.Tensor) -> torch.Tensor:
+    """Unbiased std over all elements of x as an fp32 [1] tensor on x's device (no host sync)."""
+    x = x if _is_dense(x) else x.contiguous()
+    n = x.numel()
+    block, num_warps = _elementwise_block(n)
+    tiles = triton.cdiv(n, block)
+    iters = 1 if _is_interpreted() else max(1, min(16, triton.cdiv(tiles, 2048)))
+    programs = triton.cdiv(tiles, iters)
+    part = torch.empty((programs, 3), device=x.device, dtype=torch.float32)
+    std = torch.empty((1,), device=x.device, dtype=torch.float32)
+    index_64 = n > INT32_LIMIT - block * iters
+    _skip_stats_kernel[(programs,)](x, part, n, BLOCK=block, ITERS=iters, INDEX_64=index_64, num_warps=num_warps)
+    _stats_merge_kernel[(1,)](part, std, programs, BLOCK=1024, num_warps=4)
+    return std
+
+
+def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean):
+    """y = Σ w_k·o_k with the noisy skip operand. Returns (y, std) where std is the fp32 [1]
+    std of the skip operand used for the noise (zeros when no std was needed)."""
+    operands, ref = _layout(operands)
+    num = len(operands)
+    if weights.shape != (num,):
+        raise ValueError(f"weights must have shape ({num},) for {num} operands, got {tuple(weights.shape)}")
+    n = ref.numel()
+    noisy = kind != NOISE_NONE and 0 <= skip_index < num
+    if noisy and not multiplicative:
+        std = skip_std(operands[skip_index])
+    else:
+        std = torch.zeros((1,), device=ref.device, dtype=torch.float32)
+    y = torch.empty_like(ref)
+    if n == 0:
+        return y, std
+    block, num_warps = _elementwise_block(n)
+    grid = (triton.cdiv(n, block),)
+    index_64 = n > INT32_LIMIT - block
+    weights = weights.contiguous()
+    for start, stop in _chunks(num):
+        chunk = operands[start:stop]
+        local_skip = skip_index - start if noisy and start <= skip_index < stop else -1
+        _noisy_mixed_sum_forward_kernel[grid](
+            y, *_pointer_args(chunk, ref), weights[start:stop], seed, std, n, float(lam), float(mean),
+            NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative),
+            ACCUMULATE=start > 0, BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
+        )
+    return y, std
+
+
+def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean):
+    """Returns (operand gradients in the operands' dtype, dW in fp32)."""
+    operands, ref = _layout(operands)
+    grad = _dense(grad, ref)
+    num = len(operands)
+    n = ref.numel()
+    noisy = kind != NOISE_NONE and 0 <= skip_index < num
+    grads = [torch.empty_like(ref) for _ in operands]
+    if n == 0:
+        return grads, torch.zeros((num,), device=ref.device, dtype=torch.float32)
+    block, num_warps = _elementwise_block(n)
+    programs = triton.cdiv(n, block)
+    index_64 = n > INT32_LIMIT - block
+    weights = weights.contiguous()
+    dw = []
+    for start, stop in _chunks(num):
+        chunk = operands[start:stop]
+        local_skip = skip_index - start if noisy and start <= skip_index < stop else -1
+        part = torch.empty((programs, len(chunk)), device=ref.device, dtype=torch.float32)
+        _noisy_mixed_sum_backward_kernel[(programs,)](
+            grad, *_pointer_args(chunk, ref), *_pointer_args(grads[start:stop], ref),
+            weights[start:stop], part, seed, std, n, float(lam), float(mean),
+            NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative),
+            BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
+        )
+        # fixed-order tree reduction of the partials: deterministic, no float atomics
+        dw.append(part.sum(dim=0))
+    return grads, torch.cat(dw)
+
+
+def unit_noise(seed: torch.Tensor, n: int, kind: int, device=None) -> torch.Tensor:
+    """Writes out the ε the kernels use for flat indices 0..n-1 (for tests and checks)."""
+    device = seed.device if device is None else device
+    out = torch.empty((n,), device=device, dtype=torch.float32)
+    if n == 0:
+        return out
+    block, num_warps = _elementwise_block(n)
+    _unit_noise_kernel[(triton.cdiv(n, block),)](
+        out, seed, n, KIND=kind, BLOCK=block, INDEX_64=n > INT32_LIMIT - block, num_warps=num_warps
+    )
+    return out

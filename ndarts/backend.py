@@ -1,0 +1,70 @@
+"""Where the fused mixed-op sum runs: the Triton kernels or the reference PyTorch code.
+
+Chosen in one place. ``auto`` (the default) takes Triton on CUDA and the reference elsewhere,
+quietly. An explicit request that cannot be honoured raises: ``triton`` on a CPU needs Triton's
+interpreter (``TRITON_INTERPRET=1`` set before the kernels are imported).
+Override with the ``NDARTS_BACKEND`` environment variable or a constructor argument.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+class BackendError(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_error() -> str | None:
+    try:
+        import ndarts_kernels  # noqa: F401
+    except Exception as e:  # triton missing or broken
+        return f"the Triton kernels could not be imported ({type(e).__name__}: {e})"
+    return None
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """None when the Triton kernels can run on `device`, else why not."""
+    err = _triton_import_error()
+    if err:
+        return err
+    import ndarts_kernels
+
+    if device.type == "cuda":
+        if ndarts_kernels.INTERPRETED:
+            return "the kernels were defined under TRITON_INTERPRET=1, which runs on the CPU only"
+        return None
+    if device.type == "cpu":
+        if not ndarts_kernels.INTERPRETED:
+            return ("on a CPU the kernels run only in Triton's interpreter: set TRITON_INTERPRET=1 "
+                    "before ndarts is imported")
+        return None
+    return f"Triton does not run on device type {device.type!r}"
+
+
+def requested_backend(backend: str | None = None) -> str:
+    name = backend if backend is not None else os.environ.get("NDARTS_BACKEND", "auto")
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r} (from {'argument' if backend else 'NDARTS_BACKEND'}); "
+                           f"choose one of {BACKENDS}")
+    return name
+
+
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """'triton' or 'torch' for tensors on `device`."""
+    name = requested_backend(backend)
+    if name == "torch":
+        return "torch"
+    reason = triton_unavailable_reason(device)
+    if name == "triton":
+        if reason:
+            raise BackendError(f"backend 'triton' was requested but cannot run on {device}: {reason}")
+        return "triton"
+    # auto: the interpreter is for tests, never an automatic choice
+    return "triton" if device.type == "cuda" and reason is None else "torch"

@@ -1,0 +1,97 @@
+"""Checkpoints and run files: written atomically, loaded without executing code.
+
+Writes go to a temporary file in the same directory, are flushed and fsynced, then renamed over
+the target (atomic on POSIX) and the directory is fsynced: a run killed at any moment leaves
+either the previous complete file or the new complete file, never half of one.
+Loads use ``torch.load(weights_only=True)``: a pickle that would run code is refused.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import NdartsError
+
+
+class CheckpointError(NdartsError):
+    pass
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise NdartsError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if e.errno == errno.ENOSPC:
+            raise NdartsError(f"no space left on the device while writing {path}; "
+                              "the previous version of the file is kept") from None
+        raise NdartsError(f"cannot write {path}: {e.strerror or e}") from None
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(state: dict, path) -> None:
+    """Serialises to memory first, so a failure never touches the file on disk."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e).splitlines()[0] if str(e) else "unpickling failed"
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            raise CheckpointError(f"refusing to load {path}: it holds objects that would run code on load "
+                                  f"(only tensors and plain data are accepted) [{msg[:200]}]") from None
+        raise CheckpointError(f"{path} is corrupt or not a checkpoint ({msg[:200]})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError) as e:
+        raise CheckpointError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not an ndarts checkpoint (top level is {type(state).__name__})")
+    return state
+
+
+def require_keys(state: dict, keys, path) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete ndarts checkpoint: missing {missing}")

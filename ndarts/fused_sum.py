@@ -1,0 +1,228 @@
+"""The fused noisy mixed-op sum as a PyTorch op: ``torch.ops.ndarts.noisy_mixed_sum``.
+
+A torch custom op (opaque to torch.compile, with a fake implementation and registered autograd)
+whose implementation runs the Triton kernels (``ndarts_kernels``) or the reference below. Its
+seed is an int64 [1] tensor drawn on the operands' device with torch's RNG, so
+``torch.manual_seed`` governs the noise and a captured CUDA graph draws new noise each replay.
+
+The backward regenerates ε from the saved seed; it is never stored. The noise is a constant for
+autograd: no gradient flows through std(o_skip) or ε.
+
+The reference (used on CPU, and on CUDA when the torch backend is forced) draws ε with a
+torch.Generator seeded from the same seed tensor. It is a different generator from Triton's
+Philox stream: the two backends give the same distribution, not the same numbers.
+"""
+from __future__ import annotations
+
+import torch
+
+from .backend import resolve_backend
+from .noise import NO_NOISE, NoiseConfig, apply_noise_with_eps, sample_eps
+
+_KIND_NAMES = {1: "gaussian", 2: "uniform"}
+SEED_HIGH = 2**31 - 1
+
+
+# ----------------------------------------------------------------------------- reference math
+def reference_eps(seed: torch.Tensor, shape, kind: int, device) -> torch.Tensor:
+    """The reference backend's ε for a seed (host sync: reads the seed)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed.reshape(-1)[0].item()))
+    return sample_eps(shape, _KIND_NAMES[kind], like=torch.empty(0, device=device), generator=gen)
+
+
+def reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, mean, eps):
+    """y = Σ w_k·o_k with the noisy skip operand for a given ε (None: no noise), fp32 accumulation.
+
+    Plain differentiable torch: autograd through it is the reference gradient, because
+    apply_noise_with_eps detaches the noise.
+    """
+    acc = None
+    for k, o in enumerate(operands):
+        o32 = o.float()
+        if eps is not None and k == skip_index:
+            o32 = apply_noise_with_eps(o32, eps.reshape(o.shape), multiplicative, lam, mean)
+        term = weights[k].float() * o32
+        acc = term if acc is None else acc + term
+    return acc.to(operands[0].dtype)
+
+
+def _noisy(kind, skip_index, num):
+    return kind != 0 and 0 <= skip_index < num
+
+
+def _reference_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean):
+    first = operands[0]
+    if not _noisy(kind, skip_index, len(operands)):
+        std = torch.zeros((1,), device=first.device, dtype=torch.float32)
+        return reference_sum_with_eps(operands, weights, -1, False, 0.0, 0.0, None), std
+    eps = reference_eps(seed, first.shape, kind, first.device)
+    skip = operands[skip_index]
+    std = skip.detach().float().std().reshape(1) if not multiplicative else skip.new_zeros((1,), dtype=torch.float32)
+    y = reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, mean, eps)
+    return y, std
+
+
+def _reference_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean):
+    g = grad.float()
+    noisy = _noisy(kind, skip_index, len(operands))
+    eps = reference_eps(seed, operands[0].shape, kind, g.device) if noisy else None
+    grads, dw = [], []
+    for k, o in enumerate(operands):
+        o32 = o.float()
+        w = weights[k].float()
+        d = w * g
+        if noisy and k == skip_index:
+            if multiplicative:
+                factor = mean + lam * eps
+                o32 = o32 * factor
+                d = d * factor
+            else:
+                o32 = o32 + (mean + lam * std.reshape(()) * eps)
+        grads.append(d.to(o.dtype).contiguous(memory_format=_memory_format(o)))
+        dw.append((g * o32).sum())
+    return grads, torch.stack(dw)
+
+
+def _memory_format(t):
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+# ----------------------------------------------------------------------------- the custom op
+@torch.library.custom_op("ndarts::noisy_mixed_sum", mutates_args=())
+def _noisy_mixed_sum_op(
+    operands: list[torch.Tensor],
+    weights: torch.Tensor,
+    seed: torch.Tensor,
+    skip_index: int,
+    kind: int,
+    multiplicative: bool,
+    lam: float,
+    mean: float,
+    use_triton: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if use_triton:
+        import ndarts_kernels
+
+        return ndarts_kernels.noisy_mixed_sum_forward(
+            operands, weights, seed, skip_index, kind, multiplicative, lam, mean)
+    return _reference_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean)
+
+
+@_noisy_mixed_sum_op.register_fake
+def _(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton):
+    first = operands[0]
+    return torch.empty_like(first), first.new_empty((1,), dtype=torch.float32)
+
+
+@torch.library.custom_op("ndarts::noisy_mixed_sum_backward", mutates_args=())
+def _noisy_mixed_sum_backward_op(
+    grad: torch.Tensor,
+    operands: list[torch.Tensor],
+    weights: torch.Tensor,
+    seed: torch.Tensor,
+    std: torch.Tensor,
+    skip_index: int,
+    kind: int,
+    multiplicative: bool,
+    lam: float,
+    mean: float,
+    use_triton: bool,
+) -> list[torch.Tensor]:
+    """Operand gradients followed by dW (fp32) as the last element."""
+    if use_triton:
+        import ndarts_kernels
+
+        grads, dw = ndarts_kernels.noisy_mixed_sum_backward(
+            grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean)
+    else:
+        grads, dw = _reference_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean)
+    return [*grads, dw]
+
+
+@_noisy_mixed_sum_backward_op.register_fake
+def _(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean, use_triton):
+    return [torch.empty_like(o) for o in operands] + [weights.new_empty(weights.shape, dtype=torch.float32)]
+
+
+def _setup_context(ctx, inputs, output):
+    operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton = inputs
+    _, std = output
+    ctx.save_for_backward(weights, seed, std, *operands)
+    ctx.params = (skip_index, kind, multiplicative, lam, mean, use_triton)
+
+
+def _backward(ctx, grad_y, grad_std):
+    weights, seed, std, *operands = ctx.saved_tensors
+    out = _noisy_mixed_sum_backward_op(grad_y, operands, weights, seed, std, *ctx.params)
+    return list(out[:-1]), out[-1].to(weights.dtype), None, None, None, None, None, None, None
+
+
+_noisy_mixed_sum_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public functional form
+def _validate(operands, weights, skip_index):
+    if not isinstance(operands, (list, tuple)) or not operands:
+        raise ValueError("noisy_mixed_sum: operands must be a non-empty list of tensors")
+    first = operands[0]
+    for i, o in enumerate(operands):
+        if not isinstance(o, torch.Tensor):
+            raise TypeError(f"noisy_mixed_sum: operand {i} is a {type(o).__name__}, not a tensor")
+        if o.shape != first.shape:
+            raise ValueError(f"noisy_mixed_sum: operand {i} has shape {tuple(o.shape)}, operand 0 has {tuple(first.shape)}")
+        if o.dtype != first.dtype:
+            raise ValueError(f"noisy_mixed_sum: operand {i} has dtype {o.dtype}, operand 0 has {first.dtype}")
+        if o.device != first.device:
+            raise ValueError(f"noisy_mixed_sum: operand {i} is on {o.device}, operand 0 on {first.device}")
+    if first.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"noisy_mixed_sum: operands must be float32, float16 or bfloat16, got {first.dtype}")
+    if not isinstance(weights, torch.Tensor) or weights.dim() != 1 or weights.shape[0] != len(operands):
+        shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+        raise ValueError(f"noisy_mixed_sum: weights must be a 1-D tensor of length {len(operands)} "
+                         f"(one per operand), got {shape}")
+    if not weights.is_floating_point():
+        raise TypeError(f"noisy_mixed_sum: weights must be floating point, got {weights.dtype}")
+    if weights.device != first.device:
+        raise ValueError(f"noisy_mixed_sum: weights are on {weights.device}, operands on {first.device}")
+    if skip_index is not None and not (0 <= skip_index < len(operands)):
+        raise ValueError(f"noisy_mixed_sum: skip_index {skip_index} is out of range for {len(operands)} operands")
+
+
+def draw_seed(device) -> torch.Tensor:
+    """An int64 [1] Philox seed drawn on `device` with torch's RNG (graph-safe on CUDA)."""
+    return torch.randint(0, SEED_HIGH, (1,), device=device, dtype=torch.int64)
+
+
+def noisy_mixed_sum(
+    operands,
+    weights: torch.Tensor,
+    skip_index: int | None = None,
+    noise: NoiseConfig = NO_NOISE,
+    *,
+    scale: float = 1.0,
+    training: bool = True,
+    backend: str | None = None,
+    seed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Σ_k weights[k]·operands[k], with NoisyDARTS noise on operands[skip_index] when training.
+
+    The functional form of the fused mixed op, for code bases that build their ops themselves:
+    ``y = noisy_mixed_sum([op(x) for op in ops], weights, skip_index=3, noise=NoiseConfig())``.
+    Operands share shape, dtype (fp32/bf16/fp16) and device; any shape, contiguous or
+    channels_last. NaN/Inf in the skip operand make its std NaN and so the whole output NaN
+    (never a silently finite result); the search loop stops on it and names the step.
+    """
+    _validate(operands, weights, skip_index)
+    device = operands[0].device
+    noisy = training and skip_index is not None and noise.enabled
+    kind, mult, lam, mean = noise.kernel_params(scale) if noisy else (0, False, 0.0, 0.0)
+    if seed is None:
+        seed = draw_seed(device) if noisy else torch.zeros((1,), device=device, dtype=torch.int64)
+    use_triton = resolve_backend(backend, device) == "triton"
+    y, _ = torch.ops.ndarts.noisy_mixed_sum(
+        list(operands), weights, seed, -1 if skip_index is None else int(skip_index),
+        kind, mult, float(lam), float(mean), use_triton)
+    return y

@@ -1,0 +1,176 @@
+"""Genotypes: the discrete cells a search derives, stored and exchanged as JSON (never Python).
+
+A genotype holds a normal and a reduction cell. Each cell is a list of 2·steps edges
+``[op, input]``: edges 2i and 2i+1 feed intermediate node i+2; inputs 0 and 1 are the two cell
+inputs, k ≥ 2 an earlier intermediate node. ``*_concat`` lists the nodes concatenated into the
+cell's output (2..steps+1 in DARTS).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..operations import OPS
+
+
+class GenotypeError(ValueError):
+    """A genotype that cannot be used: unknown name, bad JSON, bad structure."""
+
+
+@dataclass(frozen=True)
+class Genotype:
+    normal: tuple
+    normal_concat: tuple
+    reduce: tuple
+    reduce_concat: tuple
+
+    @property
+    def steps(self) -> int:
+        return len(self.normal) // 2
+
+    def to_dict(self) -> dict:
+        return {
+            "normal": [[op, int(j)] for op, j in self.normal],
+            "normal_concat": [int(i) for i in self.normal_concat],
+            "reduce": [[op, int(j)] for op, j in self.reduce],
+            "reduce_concat": [int(i) for i in self.reduce_concat],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def skip_counts(self) -> tuple[int, int]:
+        """Number of skip connections in the (normal, reduce) cells."""
+        return (sum(op == "skip_connect" for op, _ in self.normal),
+                sum(op == "skip_connect" for op, _ in self.reduce))
+
+    @classmethod
+    def from_dict(cls, d, steps: int | None = None, primitives=None) -> "Genotype":
+        """Builds and validates a genotype (operation names, input indices, edge counts)."""
+        if not isinstance(d, dict):
+            raise GenotypeError(f"a genotype must be a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in d]
+        if missing:
+            raise GenotypeError(f"genotype is missing the key(s) {missing}")
+        cells = {}
+        for name in ("normal", "reduce"):
+            cells[name] = _parse_cell(name, d[name], steps, primitives)
+            cells[name + "_concat"] = _parse_concat(name + "_concat", d[name + "_concat"], len(cells[name]) // 2)
+        if len(cells["normal"]) != len(cells["reduce"]):
+            raise GenotypeError(f"normal cell has {len(cells['normal'])} edges, reduction cell "
+                                f"{len(cells['reduce'])}: both cells must have the same number of nodes")
+        return cls(**cells)
+
+
+def _parse_cell(name, edges, steps, primitives):
+    if not isinstance(edges, (list, tuple)) or not edges or len(edges) % 2:
+        raise GenotypeError(f"'{name}' must be a non-empty list with an even number of edges "
+                            f"(two per node), got {edges!r:.80}")
+    n_nodes = len(edges) // 2
+    if steps is not None and n_nodes != steps:
+        raise GenotypeError(f"'{name}' has {n_nodes} intermediate nodes; this network is built for {steps}")
+    known = set(primitives) if primitives is not None else set(OPS) - {"none"}
+    out = []
+    for e, edge in enumerate(edges):
+        if not (isinstance(edge, (list, tuple)) and len(edge) == 2):
+            raise GenotypeError(f"'{name}' edge {e} must be [op, input], got {edge!r}")
+        op, j = edge
+        if not isinstance(op, str) or op not in known:
+            raise GenotypeError(f"'{name}' edge {e}: unknown operation {op!r}; known: {sorted(known)}")
+        if isinstance(j, bool) or not isinstance(j, int):
+            raise GenotypeError(f"'{name}' edge {e}: input index must be an integer, got {j!r}")
+        node = e // 2 + 2
+        if not 0 <= j < node:
+            raise GenotypeError(f"'{name}' edge {e} feeds node {node} from input {j}; "
+                                f"valid inputs are 0..{node - 1}")
+        out.append((op, j))
+    return tuple(out)
+
+
+def _parse_concat(name, concat, n_nodes):
+    if not isinstance(concat, (list, tuple)) or not concat:
+        raise GenotypeError(f"'{name}' must be a non-empty list of node indices")
+    for i in concat:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_nodes + 2:
+            raise GenotypeError(f"'{name}' holds {i!r}; valid nodes are 0..{n_nodes + 1}")
+    return tuple(concat)
+
+
+# ----------------------------------------------------------------------------- the model zoo
+def zoo() -> dict[str, Genotype]:
+    """The published cells (DARTS_V1/V2, NoisyDARTS-a..j), by name."""
+    text = resources.files(__package__).joinpath("zoo.json").read_text()
+    return {name: Genotype.from_dict(d) for name, d in json.loads(text).items()}
+
+
+def load_genotype(spec: str, steps: int | None = None) -> Genotype:
+    """A genotype from a zoo name, a JSON file path, or a JSON string."""
+    spec = spec.strip()
+    models = zoo()
+    if spec in models:
+        g = models[spec]
+        if steps is not None and g.steps != steps:
+            raise GenotypeError(f"genotype {spec} has {g.steps} nodes; this network is built for {steps}")
+        return g
+    if spec.startswith("{"):
+        text, source = spec, "the JSON given"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise GenotypeError(f"{spec!r} is neither a zoo genotype ({', '.join(models)}) nor a JSON file")
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise GenotypeError(f"cannot read genotype file {path}: {e.strerror}") from None
+        source = str(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GenotypeError(f"{source} is not valid JSON: {e}") from None
+    if isinstance(data, dict) and "genotype" in data and "normal" not in data:
+        data = data["genotype"]
+    return Genotype.from_dict(data, steps=steps)
+
+
+def save_genotype(genotype: Genotype, path) -> None:
+    from ..checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(genotype.to_dict(), indent=1) + "\n")
+
+
+# ----------------------------------------------------------------------------- derivation
+def derive_cell(weights: torch.Tensor, primitives, steps: int) -> tuple:
+    """DARTS's parse: for each node keep the 2 incoming edges whose strongest non-`none` op is
+    largest, and on each kept edge its argmax non-`none` op. `weights`: [edges, ops], already
+    normalised (softmax or sigmoid of α)."""
+    weights = weights.detach().float().cpu()
+    primitives = list(primitives)
+    none = primitives.index("none") if "none" in primitives else None
+    if none is not None:
+        weights = weights.clone()
+        weights[:, none] = -float("inf")
+    gene, start, n = [], 0, 2
+    for _ in range(steps):
+        w = weights[start:start + n]
+        strength = w.max(dim=1).values
+        # stable sort on -strength: ties keep the lower input index first, as DARTS's sorted() does
+        order = sorted(range(n), key=lambda j: -float(strength[j]))[:2]
+        for j in order:
+            gene.append((primitives[int(w[j].argmax())], j))
+        start += n
+        n += 1
+    return tuple(gene)
+
+
+def derive_genotype(weights_normal, weights_reduce, primitives, steps: int = 4, multiplier: int = 4) -> Genotype:
+    concat = tuple(range(2 + steps - multiplier, steps + 2))
+    return Genotype(
+        normal=derive_cell(weights_normal, primitives, steps),
+        normal_concat=concat,
+        reduce=derive_cell(weights_reduce, primitives, steps),
+        reduce_concat=concat,
+    )

@@ -1,0 +1,68 @@
+"""Collapse monitor: the dominant eigenvalue of ∇²_α L_val (Zela et al.; the official NoisyDARTS
+Hessian analysis). Power iteration on Hessian-vector products.
+
+HVPs are central differences of ∇_α L at α ± r·v (works for every backend, fused ops included,
+which have no double backward); the noise is switched off while measuring (scale 0), BatchNorm
+stays in training mode as during the search.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _grad_alpha(model, criterion, x, y):
+    return torch.autograd.grad(criterion(model(x), y), model.arch_parameters())
+
+
+def hvp_alpha(model, criterion, x, y, vector, r: float = 1e-3):
+    alphas = model.arch_parameters()
+    saved = [a.detach().clone() for a in alphas]
+    try:
+        with torch.no_grad():
+            for a, s, v in zip(alphas, saved, vector):
+                a.copy_(s + r * v)
+        gp = _grad_alpha(model, criterion, x, y)
+        with torch.no_grad():
+            for a, s, v in zip(alphas, saved, vector):
+                a.copy_(s - r * v)
+        gn = _grad_alpha(model, criterion, x, y)
+    finally:
+        with torch.no_grad():
+            for a, s in zip(alphas, saved):
+                a.copy_(s)
+    return [(p - n) / (2 * r) for p, n in zip(gp, gn)]
+
+
+def dominant_eigenvalue(model, criterion, x, y, iters: int = 20, tol: float = 1e-4, seed: int = 0) -> float:
+    """Largest-magnitude eigenvalue of the Hessian of L(x, y) w.r.t. α (power iteration)."""
+    was_training = model.training
+    scales = {m: getattr(m, "noise_scale") for m in model.modules() if hasattr(m, "noise_scale")}
+    model.train()
+    model.set_noise_scale(0.0)
+    # BatchNorm running statistics must not move while we measure
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    try:
+        g = torch.Generator().manual_seed(seed)
+        v = [torch.randn(a.shape, generator=g).to(a) for a in model.arch_parameters()]
+        norm = torch.sqrt(sum((t * t).sum() for t in v))
+        v = [t / norm for t in v]
+        eig = 0.0
+        for _ in range(iters):
+            hv = hvp_alpha(model, criterion, x, y, v)
+            new_eig = float(sum((a * b).sum() for a, b in zip(hv, v)))
+            norm = torch.sqrt(sum((t * t).sum() for t in hv))
+            if float(norm) == 0.0:
+                return 0.0
+            v = [t / norm for t in hv]
+            if abs(new_eig - eig) <= tol * max(1.0, abs(new_eig)):
+                eig = new_eig
+                break
+            eig = new_eig
+        return eig
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+        for m, s in scales.items():
+            m.noise_scale = s
+        model.train(was_training)

@@ -1,0 +1,118 @@
+"""The noise NoisyDARTS injects into the skip connection, and its reference implementation.
+
+Additive (the paper's default):       o + x̃,  x̃ = s·(μ + λ·std(o)·ε)
+Multiplicative (ablation):            o·(μ + s·λ·ε), σ = λ absolute (not scaled by std), μ = 1
+ε ~ N(0, 1), or U(−√3, √3) (same variance) for the uniform variant; s is the decay scale
+(1 unless cosine decay is on). std is the unbiased std over all elements of o, detached: the
+noise is a constant for autograd.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+NOISE_KINDS = ("gaussian", "uniform", "none")
+MIXTURES = ("additive", "multiplicative")
+POSITIONS = ("output", "input")
+SQRT3 = math.sqrt(3.0)
+
+# Integer codes shared with the fused kernels.
+KIND_CODE = {"none": 0, "gaussian": 1, "uniform": 2}
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """What noise the skip connection gets during search.
+
+    kind: ``gaussian`` (paper), ``uniform`` (same variance) or ``none`` (plain DARTS).
+    lam: λ, the noise strength relative to std(o) (additive) or absolute (multiplicative).
+    mean: μ; ``None`` means 0 for additive and 1 for multiplicative noise.
+    mixture: ``additive`` or ``multiplicative``.
+    decay: cosine decay of the noise over the search, s = (1 + cos(π·epoch/epochs)) / 2.
+    reduction_position: on stride-2 edges, ``output`` adds the noise to FactorizedReduce's
+        output (official code), ``input`` to its input (the paper's formula).
+    """
+
+    kind: str = "gaussian"
+    lam: float = 0.2
+    mean: float | None = None
+    mixture: str = "additive"
+    decay: bool = False
+    reduction_position: str = "output"
+
+    def __post_init__(self):
+        if self.kind not in NOISE_KINDS:
+            raise ValueError(f"unknown noise kind {self.kind!r}; choose one of {NOISE_KINDS}")
+        if self.mixture not in MIXTURES:
+            raise ValueError(f"unknown noise mixture {self.mixture!r}; choose one of {MIXTURES}")
+        if self.reduction_position not in POSITIONS:
+            raise ValueError(
+                f"unknown reduction_position {self.reduction_position!r}; choose one of {POSITIONS}"
+            )
+        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"noise lambda must be a finite number >= 0, got {self.lam!r}")
+        if self.mean is not None and not math.isfinite(self.mean):
+            raise ValueError(f"noise mean must be finite, got {self.mean!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def effective_mean(self) -> float:
+        if self.mean is not None:
+            return float(self.mean)
+        return 1.0 if self.mixture == "multiplicative" else 0.0
+
+    def scale_at(self, epoch: int, epochs: int) -> float:
+        """The decay scale s for an epoch (0-based); 1 when decay is off."""
+        if not self.decay or epochs <= 0:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+    def kernel_params(self, scale: float = 1.0) -> tuple[int, bool, float, float]:
+        """(kind code, multiplicative, λ_eff, μ_eff) as the fused op takes them."""
+        mult = self.mixture == "multiplicative"
+        mean = self.effective_mean if mult else scale * self.effective_mean
+        return KIND_CODE[self.kind], mult, scale * float(self.lam), mean
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+NO_NOISE = NoiseConfig(kind="none")
+
+
+def sample_eps(shape, kind: str, *, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """ε of unit variance: standard normal, or uniform on (−√3, √3). Drawn in fp32."""
+    if kind == "gaussian":
+        return torch.randn(shape, device=like.device, dtype=torch.float32, generator=generator)
+    if kind == "uniform":
+        u = torch.rand(shape, device=like.device, dtype=torch.float32, generator=generator)
+        return (2.0 * u - 1.0) * SQRT3
+    raise ValueError(f"no ε for noise kind {kind!r}")
+
+
+def apply_noise_with_eps(o: torch.Tensor, eps: torch.Tensor, multiplicative: bool, lam: float, mean: float) -> torch.Tensor:
+    """The noisy operand for a given ε; the noise (std and ε) is detached from autograd.
+
+    lam and mean are the effective values (decay applied, see NoiseConfig.kernel_params).
+    """
+    eps = eps.to(torch.float32)
+    if multiplicative:
+        factor = (mean + lam * eps).to(o.dtype)
+        return o * factor
+    std = o.detach().float().std()
+    noise = (mean + lam * std * eps).to(o.dtype)
+    return o + noise
+
+
+def add_noise(o: torch.Tensor, cfg: NoiseConfig, scale: float = 1.0) -> torch.Tensor:
+    """The reference noisy operand, ε drawn from torch's global RNG (``torch.manual_seed``)."""
+    if not cfg.enabled:
+        return o
+    _, mult, lam, mean = cfg.kernel_params(scale)
+    eps = sample_eps(o.shape, cfg.kind, like=o)
+    return apply_noise_with_eps(o, eps, mult, lam, mean)

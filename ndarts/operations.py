@@ -1,0 +1,148 @@
+"""The candidate operations of the DARTS cell search space, exactly as DARTS defines them.
+
+Module and attribute names follow DARTS's ``operations.py`` so that state_dicts written by a
+classic DARTS code base load here and the other way round.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Primitive order of the classic DARTS search space; ``_ops.<i>`` keys follow this order.
+DARTS_PRIMITIVES = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+# The official NoisyDARTS search space: DARTS's without the zero op.
+NOISYDARTS_PRIMITIVES = tuple(p for p in DARTS_PRIMITIVES if p != "none")
+
+SPACES = {"darts": DARTS_PRIMITIVES, "noisydarts": NOISYDARTS_PRIMITIVES}
+
+
+class ReLUConvBN(nn.Module):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class DilConv(nn.Module):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, padding=0, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class SepConv(nn.Module):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride, padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_in, 1, padding=0, bias=False),
+            nn.BatchNorm2d(C_in, affine=affine),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, 1, padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, padding=0, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class Zero(nn.Module):
+    """The ``none`` op. Mixed ops never call it (it contributes nothing); kept for layout."""
+
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        if self.stride == 1:
+            return x.mul(0.0)
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class FactorizedReduce(nn.Module):
+    """Halves the resolution with two offset 1x1 stride-2 convolutions.
+
+    DARTS shifts the second path by one pixel; on an odd input size that path would come out one
+    pixel smaller, so it is padded back by one on the bottom/right. Even sizes run exactly as DARTS.
+    """
+
+    def __init__(self, C_in, C_out, affine=True):
+        super().__init__()
+        if C_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x):
+        x = self.relu(x)
+        shifted = x[:, :, 1:, 1:]
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            shifted = F.pad(shifted, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
+        out = torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1)
+        return self.bn(out)
+
+
+OPS = {
+    "none": lambda C, stride, affine: Zero(stride),
+    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
+    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
+    "skip_connect": lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine),
+    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
+    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
+    "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
+    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
+    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
+}
+
+
+def check_primitives(primitives) -> tuple:
+    """Validates a list of primitive names and returns it as a tuple."""
+    primitives = tuple(primitives)
+    if not primitives:
+        raise ValueError("the list of primitives is empty")
+    unknown = [p for p in primitives if p not in OPS]
+    if unknown:
+        raise ValueError(f"unknown operation(s) {unknown}; known: {sorted(OPS)}")
+    if len(set(primitives)) != len(primitives):
+        raise ValueError(f"duplicate operations in {list(primitives)}")
+    return primitives
+
+
+def make_search_op(primitive: str, C: int, stride: int) -> nn.Module:
+    """A search-time op: affine=False, and pooling followed by BatchNorm(affine=False) as in DARTS."""
+    op = OPS[primitive](C, stride, False)
+    if "pool" in primitive:
+        op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+    return op

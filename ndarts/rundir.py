@@ -1,0 +1,92 @@
+"""A run directory: resolved config, log, per-epoch metrics, genotypes, checkpoints.
+
+    DIR/config.json          the resolved configuration
+    DIR/log.txt              everything printed
+    DIR/metrics.jsonl        one JSON object per finished epoch
+    DIR/genotypes/epoch_NNN.json, DIR/genotype.json
+    DIR/checkpoint.pt        the last complete epoch (atomic), DIR/best.pt (training)
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .checkpoint import atomic_write_text
+from .errors import NdartsError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class RunDir:
+    def __init__(self, path, resume: bool, rank0: bool = True):
+        self.path = Path(path)
+        self.rank0 = rank0
+        self.checkpoint = self.path / CHECKPOINT
+        existing = self.checkpoint.exists() or (self.path / "config.json").exists()
+        if resume and not self.checkpoint.exists():
+            raise NdartsError(f"nothing to resume: {self.checkpoint} does not exist")
+        if existing and not resume:
+            raise NdartsError(f"{self.path} already holds a run; pass --resume to continue it, "
+                              "or choose another --out (a run is never overwritten)")
+        if rank0:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                probe = self.path / ".write_probe"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as e:
+                raise NdartsError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from None
+
+    def write_config(self, config: dict) -> None:
+        if self.rank0:
+            atomic_write_text(self.path / "config.json", json.dumps(config, indent=1, sort_keys=True) + "\n")
+
+    def read_config(self) -> dict | None:
+        p = self.path / "config.json"
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise NdartsError(f"{p} is unreadable or corrupt: {e}") from None
+
+    def log(self, msg: str) -> None:
+        if not self.rank0:
+            return
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        try:
+            with open(self.path / "log.txt", "a") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            print(f"warning: cannot append to {self.path / 'log.txt'}: {e.strerror}", file=sys.stderr)
+
+    def append_metrics(self, record: dict) -> None:
+        if not self.rank0:
+            return
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def metrics(self) -> list[dict]:
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        out = []
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill: everything after it is gone too
+        return out
+
+    def truncate_metrics(self, epochs_done: int) -> None:
+        """Keeps the records of epochs < epochs_done (a resume redoes the rest)."""
+        if not self.rank0:
+            return
+        kept = [r for r in self.metrics() if r.get("epoch", -1) < epochs_done]
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))

@@ -1,0 +1,108 @@
+"""``python -m ndarts.search``: the NoisyDARTS architecture search.
+
+Defaults are the official NoisyDARTS search (7 ops without `none`, Gaussian noise λ = 0.2 on the
+skip connection, 50 epochs, batch 128, SGD 0.05 → 0.001, Adam 3e-4 for α, first order).
+Original DARTS: ``--space darts --noise none --batch-size 64 --learning-rate 0.025 --order second``.
+On the embedded default dataset (``--dataset digits``, no network, no files) the network and the
+schedule are scaled down so the bare command finishes in minutes on a laptop CPU; every flag
+given explicitly overrides that preset.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from .errors import NdartsError, cli_errors
+from .noise import MIXTURES, NOISE_KINDS, POSITIONS
+from .operations import SPACES
+from .searcher import SearchConfig, Searcher
+
+# The embedded dataset is 1,437 8×8 training images: a small network and few epochs suffice.
+DIGITS_PRESET = {"epochs": 10, "batch_size": 64, "init_channels": 8, "layers": 5, "report_freq": 5}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ndarts.search", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = SearchConfig()
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset, choices=["digits", "cifar10", "cifar100", "imagefolder"],
+                   help="digits is embedded (no network, no files)")
+    g.add_argument("--data", default=None, help="dataset directory (cifar10/cifar100/imagefolder)")
+    g.add_argument("--download", action="store_true", help="download CIFAR into --data (opt-in)")
+    g.add_argument("--image-size", type=int, default=d.image_size, help="imagefolder: resize to this size")
+    g.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
+    g.add_argument("--train-portion", type=float, default=d.train_portion, help="share of the training set for w")
+
+    g = p.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs} ({DIGITS_PRESET['epochs']} on digits)")
+    g.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size} ({DIGITS_PRESET['batch_size']} on digits)")
+    g.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    g.add_argument("--learning-rate-min", type=float, default=d.learning_rate_min)
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    g.add_argument("--arch-learning-rate", type=float, default=d.arch_learning_rate)
+    g.add_argument("--arch-weight-decay", type=float, default=d.arch_weight_decay)
+    g.add_argument("--order", default=d.order, choices=["first", "second"])
+    g.add_argument("--max-steps", type=int, default=None, help="cap the steps per epoch (quick runs)")
+
+    g = p.add_argument_group("search space")
+    g.add_argument("--space", default=d.space, choices=sorted(SPACES), help="noisydarts: 7 ops; darts: 8 with none")
+    g.add_argument("--init-channels", type=int, default=None, help=f"default {d.init_channels} ({DIGITS_PRESET['init_channels']} on digits)")
+    g.add_argument("--layers", type=int, default=None, help=f"default {d.layers} ({DIGITS_PRESET['layers']} on digits)")
+    g.add_argument("--arch-activation", default=d.arch_activation, choices=["softmax", "sigmoid"],
+                   help="f(α): softmax (DARTS) or sigmoid (FairDARTS)")
+
+    g = p.add_argument_group("noise (NoisyDARTS)")
+    g.add_argument("--noise", default=d.noise, choices=NOISE_KINDS, help="none = plain DARTS")
+    g.add_argument("--noise-lambda", type=float, default=d.noise_lambda, help="λ: σ = λ·std(x)")
+    g.add_argument("--noise-mean", type=float, default=None, help="μ (default 0 additive, 1 multiplicative)")
+    g.add_argument("--noise-mixture", default=d.noise_mixture, choices=MIXTURES)
+    g.add_argument("--noise-decay", action="store_true", help="cosine decay of the noise over the search")
+    g.add_argument("--noise-position", default=d.noise_position, choices=POSITIONS,
+                   help="reduction edges: noise on FactorizedReduce's output (official) or input (paper)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--out", default=None, help="run directory (default runs/search-<time>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--fused", action="store_true", help="fused mixed ops (Triton kernels on CUDA)")
+    g.add_argument("--backend", default=None, choices=["auto", "triton", "torch"],
+                   help="fused op backend (default: NDARTS_BACKEND or auto)")
+    g.add_argument("--report-freq", type=int, default=None, help="log a progress line every N steps")
+    g.add_argument("--hessian-every", type=int, default=0,
+                   help="log the dominant Hessian eigenvalue of L_val w.r.t. α every N epochs (0: off)")
+    return p
+
+
+def config_from_args(args) -> SearchConfig:
+    values = {k: v for k, v in vars(args).items() if v is not None}
+    if args.dataset == "digits":
+        for k, v in DIGITS_PRESET.items():
+            values.setdefault(k, v)
+    if args.out is None:
+        if args.resume:
+            raise NdartsError("--resume needs --out DIR: the run directory to continue")
+        values["out"] = f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = SearchConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+@cli_errors
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    from .distributed import distributed_context
+
+    with distributed_context(cfg.device) as dist:
+        searcher = Searcher(cfg, dist=dist)
+        searcher.run_search()
+        if searcher.rank0:
+            print(f"run directory: {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The DARTS search network (supernet): stem, normal and reduction cells of mixed ops, classifier.
+
+The architecture weights α are ``nn.Parameter``s of the module (``alphas_normal``,
+``alphas_reduce``), so its state_dict carries the search result. ``weight_parameters()`` and
+``arch_parameters()`` separate them for the two optimizers.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .genotype import derive_genotype
+from .mixed_op import FusedMixedOp, MixedOp
+from .noise import NoiseConfig
+from .operations import NOISYDARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
+
+ARCH_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+class SearchCell(nn.Module):
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, make_mixed_op):
+        super().__init__()
+        self.reduction = reduction
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self._steps = steps
+        self._multiplier = multiplier
+        self._ops = nn.ModuleList()
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self._ops.append(make_mixed_op(C, stride))
+
+    def forward(self, s0, s1, weights):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self._steps):
+            s = None
+            for j, h in enumerate(states):
+                o = self._ops[offset + j](h, weights[offset + j])
+                s = o if s is None else s + o
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self._multiplier:], dim=1)
+
+
+class SearchNetwork(nn.Module):
+    """DARTS's search network for CIFAR-sized inputs (any H×W ≥ 4, any channel count).
+
+    Args: C initial channels, num_classes, layers (cells; reductions at layers//3 and
+    2·layers//3), primitives, noise (NoiseConfig), fused (FusedMixedOp on every edge),
+    steps/multiplier/stem_multiplier as DARTS, in_channels of the images,
+    arch_activation 'softmax' (DARTS) or 'sigmoid' (FairDARTS), backend for the fused op.
+    """
+
+    def __init__(self, C=16, num_classes=10, layers=8, primitives=NOISYDARTS_PRIMITIVES,
+                 noise: NoiseConfig | None = None, fused=False, steps=4, multiplier=4, stem_multiplier=3,
+                 in_channels=3, arch_activation="softmax", backend=None):
+        super().__init__()
+        if arch_activation not in ARCH_ACTIVATIONS:
+            raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
+        if layers < 1 or C < 1 or steps < 1 or not 1 <= multiplier <= steps:
+            raise ValueError(f"bad network size: layers={layers} C={C} steps={steps} multiplier={multiplier}")
+        self.primitives = check_primitives(primitives)
+        self.noise = NoiseConfig() if noise is None else noise
+        self.fused = fused
+        self._steps = steps
+        self._multiplier = multiplier
+        self.arch_activation = arch_activation
+        self.num_classes = num_classes
+
+        def make_mixed_op(c, stride):
+            if fused:
+                return FusedMixedOp(c, stride, self.primitives, self.noise, backend=backend)
+            return MixedOp(c, stride, self.primitives, self.noise)
+
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+            nn.BatchNorm2d(C_curr),
+        )
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, make_mixed_op)
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        num_edges = sum(2 + i for i in range(steps))
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
+
+    # -- parameters
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def named_weight_parameters(self):
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith("alphas_")]
+
+    def arch_weights(self, alphas: torch.Tensor) -> torch.Tensor:
+        if self.arch_activation == "sigmoid":
+            return torch.sigmoid(alphas)
+        return F.softmax(alphas, dim=-1)
+
+    # -- noise
+    def set_noise_scale(self, scale: float) -> None:
+        """The decay scale for every mixed op (cosine decay of the noise)."""
+        for m in self.modules():
+            if isinstance(m, MixedOp):
+                m.noise_scale = float(scale)
+
+    # -- forward
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError(f"SearchNetwork expects images [N, C, H, W], got shape {tuple(x.shape)}")
+        s0 = s1 = self.stem(x)
+        w_normal = self.arch_weights(self.alphas_normal)
+        w_reduce = self.arch_weights(self.alphas_reduce)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+        out = self.global_pooling(s1)
+        return self.classifier(out.flatten(1))
+
+    def genotype(self):
+        return derive_genotype(self.arch_weights(self.alphas_normal), self.arch_weights(self.alphas_reduce),
+                               self.primitives, self._steps, self._multiplier)

@@ -1,0 +1,339 @@
+"""The NoisyDARTS search loop: alternate α steps (α half) and w steps (w half), epoch by epoch.
+
+Reads top to bottom: build (data, model, optimizers) → maybe resume → for each epoch: set the
+noise decay, train (α step, then w step, per batch), evaluate on the α half, derive the genotype,
+write metrics, genotype and an atomic checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .architect import Architect
+from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
+from .data import BatchStream, EndlessStream, load_dataset, split_halves
+from .errors import NdartsError
+from .genotype import save_genotype
+from .noise import NoiseConfig
+from .operations import SPACES
+from .rng import rng_state, seed_everything, set_rng_state
+from .rundir import RunDir
+from .search_model import SearchNetwork
+
+# Settings a resumed run must share with its checkpoint (others, like --epochs, may change).
+STRUCTURAL = ("dataset", "space", "layers", "init_channels", "steps", "order", "noise", "noise_lambda",
+              "noise_mean", "noise_mixture", "noise_decay", "noise_position", "arch_activation", "seed",
+              "batch_size", "train_portion", "image_size")
+
+
+@dataclass
+class SearchConfig:
+    # data
+    dataset: str = "digits"
+    data: str | None = None
+    download: bool = False
+    image_size: int = 32
+    workers: int = 0
+    train_portion: float = 0.5
+    # schedule (the official NoisyDARTS search)
+    epochs: int = 50
+    batch_size: int = 128
+    learning_rate: float = 0.05
+    learning_rate_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_learning_rate: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    order: str = "first"
+    # network
+    init_channels: int = 16
+    layers: int = 8
+    steps: int = 4
+    space: str = "noisydarts"
+    arch_activation: str = "softmax"
+    # noise
+    noise: str = "gaussian"
+    noise_lambda: float = 0.2
+    noise_mean: float | None = None
+    noise_mixture: str = "additive"
+    noise_decay: bool = False
+    noise_position: str = "output"
+    # run
+    seed: int = 2
+    out: str = "runs/search"
+    resume: bool = False
+    device: str = "auto"
+    fused: bool = False
+    backend: str | None = None
+    report_freq: int = 50
+    max_steps: int | None = None  # steps per epoch cap, for quick runs
+    hessian_every: int = 0  # dominant Hessian eigenvalue of L_val w.r.t. α every N epochs (0: off)
+    extra: dict = field(default_factory=dict)
+
+    def noise_config(self) -> NoiseConfig:
+        return NoiseConfig(kind=self.noise, lam=self.noise_lambda, mean=self.noise_mean,
+                           mixture=self.noise_mixture, decay=self.noise_decay,
+                           reduction_position=self.noise_position)
+
+    def validate(self) -> None:
+        if self.space not in SPACES:
+            raise NdartsError(f"unknown search space {self.space!r}; choose one of {sorted(SPACES)}")
+        for name in ("epochs", "batch_size", "init_channels", "layers", "steps"):
+            if getattr(self, name) < 1:
+                raise NdartsError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "arch_learning_rate"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise NdartsError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+        if not 0 < self.train_portion < 1:
+            raise NdartsError(f"--train-portion must be in (0, 1), got {self.train_portion}")
+        if self.order not in ("first", "second"):
+            raise NdartsError(f"unknown --order {self.order!r}; choose first or second")
+        try:
+            self.noise_config()
+        except ValueError as e:
+            raise NdartsError(str(e)) from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise NdartsError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NdartsError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def _finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
+
+
+class Divergence(NdartsError):
+    pass
+
+
+class Searcher:
+    def __init__(self, cfg: SearchConfig, dist=None):
+        cfg.validate()
+        self.cfg = cfg
+        self.dist = dist  # ndarts.distributed.DistContext or None
+        self.rank0 = dist is None or dist.rank == 0
+        self.device = dist.device if dist is not None else resolve_device(cfg.device)
+        self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0)
+        if cfg.resume:
+            self._check_resume_config()
+        seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
+        self._build()
+        self.start_epoch = 0
+        if cfg.resume:
+            self._load_checkpoint()
+        else:
+            self.run.write_config(cfg.to_dict())
+
+    # ------------------------------------------------------------------ set-up
+    def _check_resume_config(self):
+        saved = self.run.read_config()
+        if saved is None:
+            return
+        diff = [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(self.cfg, k)!r}"
+                for k in STRUCTURAL if saved.get(k) != getattr(self.cfg, k)]
+        if diff:
+            raise CheckpointError(f"the checkpoint in {self.run.path} is from a different configuration: "
+                                  + "; ".join(diff))
+
+    def _build(self):
+        cfg, dev = self.cfg, self.device
+        spec = load_dataset(cfg.dataset, cfg.data, cfg.download, cfg.image_size, augment=cfg.dataset != "digits")
+        self.spec = spec
+        w_idx, a_idx = split_halves(len(spec.train), seed=0, portion=cfg.train_portion)
+        if self.dist is not None:
+            w_idx, a_idx = self.dist.shard(w_idx), self.dist.shard(a_idx)
+        self.train_stream = BatchStream(spec.train, w_idx, cfg.batch_size, cfg.seed, stream=0, workers=cfg.workers)
+        self.val_stream = BatchStream(spec.train, a_idx, cfg.batch_size, cfg.seed, stream=1, workers=cfg.workers)
+        self.val_iter = EndlessStream(self.val_stream)
+
+        if cfg.fused and dev.type != "cuda" and (cfg.backend or "auto") == "auto":
+            self.run.log("note: --fused on a CPU uses the reference implementation of the fused op "
+                         "(the Triton kernels need CUDA, or TRITON_INTERPRET=1 with --backend triton)")
+        try:
+            model = SearchNetwork(cfg.init_channels, spec.num_classes, cfg.layers, SPACES[cfg.space],
+                                  cfg.noise_config(), fused=cfg.fused, steps=cfg.steps, multiplier=cfg.steps,
+                                  in_channels=spec.in_channels, arch_activation=cfg.arch_activation,
+                                  backend=cfg.backend)
+        except ValueError as e:
+            raise NdartsError(f"cannot build the search network: {e}") from None
+        self.model = model.to(dev)
+        self.criterion = nn.CrossEntropyLoss()
+        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), cfg.learning_rate, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay)
+        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_learning_rate, betas=(0.5, 0.999),
+                                      weight_decay=cfg.arch_weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.learning_rate_min)
+        self.forward_model = self.dist.wrap(self.model) if self.dist is not None else self.model
+        self.architect = Architect(self.model, self.a_opt, self.w_opt, self.criterion, cfg.order,
+                                   cfg.momentum, cfg.weight_decay,
+                                   grad_hook=self.dist.all_reduce_mean if self.dist is not None else None)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_state(self, epoch_done: int) -> dict:
+        return {
+            "kind": "ndarts-search",
+            "epoch": epoch_done,
+            "config": json.dumps(self.cfg.to_dict()),
+            "model": self.model.state_dict(),
+            "w_optimizer": self.w_opt.state_dict(),
+            "a_optimizer": self.a_opt.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "val_stream": self.val_iter.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def _load_checkpoint(self):
+        path = self.run.checkpoint
+        state = load_checkpoint(path, map_location=self.device)
+        require_keys(state, ("kind", "epoch", "model", "w_optimizer", "a_optimizer", "scheduler", "val_stream", "rng"), path)
+        if state["kind"] != "ndarts-search":
+            raise CheckpointError(f"{path} is a {state['kind']!r} checkpoint, not a search checkpoint")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.w_opt.load_state_dict(state["w_optimizer"])
+            self.a_opt.load_state_dict(state["a_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path} does not fit this network/configuration: {str(e).splitlines()[0][:300]}") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.val_iter.load_state_dict(state["val_stream"])
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.run.truncate_metrics(self.start_epoch)
+        self.run.log(f"resumed from {path} after epoch {self.start_epoch}")
+
+    # ------------------------------------------------------------------ the loop
+    def run_search(self):
+        cfg = self.cfg
+        if self.rank0:
+            n_w = sum(p.numel() for p in self.model.weight_parameters())
+            self.run.log(f"search: {cfg.dataset} on {self.device}, {cfg.space} space, noise {cfg.noise} "
+                         f"λ={cfg.noise_lambda}, {cfg.order} order, {'fused' if cfg.fused else 'reference'} mixed ops, "
+                         f"{n_w / 1e6:.3f} M weights, {len(self.train_stream)} steps/epoch")
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                self._epoch(epoch)
+        except torch.cuda.OutOfMemoryError:
+            raise NdartsError(f"CUDA out of memory at --batch-size {cfg.batch_size}: lower --batch-size "
+                              f"(e.g. {max(1, cfg.batch_size // 2)}) or --init-channels") from None
+        genotype = self.model.genotype()
+        if self.rank0:
+            save_genotype(genotype, self.run.path / "genotype.json")
+            self.run.log(f"final genotype: {genotype.to_json()}")
+        return genotype
+
+    def _epoch(self, epoch: int):
+        cfg, model = self.cfg, self.model
+        scale = cfg.noise_config().scale_at(epoch, cfg.epochs)
+        model.set_noise_scale(scale)
+        lr = self.scheduler.get_last_lr()[0]
+        t0 = time.time()
+        train = self._train_epoch(epoch, lr)
+        val_loss, val_acc = self.evaluate(self.val_stream, epoch)
+        self.scheduler.step()
+        genotype = model.genotype()
+        skips = genotype.skip_counts()
+        record = {
+            "epoch": epoch, "lr": lr, "noise_scale": scale, **train,
+            "val_loss": val_loss, "val_acc": val_acc,
+            "skip_normal": skips[0], "skip_reduce": skips[1],
+            "alphas_normal": model.arch_weights(model.alphas_normal).tolist(),
+            "alphas_reduce": model.arch_weights(model.alphas_reduce).tolist(),
+            "genotype": genotype.to_dict(), "seconds": time.time() - t0,
+        }
+        if cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
+            from .hessian import dominant_eigenvalue
+
+            x, y = next(iter(self.val_stream.iterate(0)))
+            record["hessian_eigenvalue"] = dominant_eigenvalue(model, self.criterion, x.to(self.device), y.to(self.device))
+        if not self.rank0:
+            return
+        self.run.append_metrics(record)
+        save_genotype(genotype, self.run.path / "genotypes" / f"epoch_{epoch:03d}.json")
+        save_checkpoint(self._checkpoint_state(epoch + 1), self.run.checkpoint)
+        self.run.log(f"epoch {epoch + 1}/{cfg.epochs} train loss {train['train_loss']:.4f} acc {train['train_acc']:.3f} "
+                     f"| val loss {val_loss:.4f} acc {val_acc:.3f} | skips normal {skips[0]} reduce {skips[1]} "
+                     f"| {record['seconds']:.1f}s")
+
+    def _train_epoch(self, epoch: int, lr: float) -> dict:
+        cfg, dev = self.cfg, self.device
+        self.forward_model.train()
+        weights = self.model.weight_parameters()
+        tot_loss, tot_correct, tot_n, step = 0.0, 0, 0, 0
+        t_start = time.time()
+        n_steps = len(self.train_stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.train_stream))
+        for step, (x, y) in enumerate(self.train_stream.iterate(epoch)):
+            if step >= n_steps:
+                break
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            xv, yv = next(self.val_iter)
+            xv, yv = xv.to(dev, non_blocking=True), yv.to(dev, non_blocking=True)
+
+            arch_loss = self.architect.step(x, y, xv, yv, lr)
+            logits = self.forward_model(x)
+            loss = self.criterion(logits, y)
+            self.w_opt.zero_grad(set_to_none=True)
+            torch.autograd.backward(loss, inputs=weights)
+            grad_norm = nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
+            self._check_finite(epoch, step, loss, arch_loss, grad_norm)
+            self.w_opt.step()
+
+            n = y.shape[0]
+            tot_loss += float(loss.detach()) * n
+            tot_correct += int((logits.argmax(1) == y).sum())
+            tot_n += n
+            if self.rank0 and cfg.report_freq and (step + 1) % cfg.report_freq == 0:
+                rate = tot_n / max(time.time() - t_start, 1e-9)
+                self.run.log(f"  epoch {epoch + 1} step {step + 1}/{n_steps} loss {tot_loss / tot_n:.4f} "
+                             f"acc {tot_correct / tot_n:.3f} | {rate:.0f} img/s")
+        return {"train_loss": tot_loss / max(tot_n, 1), "train_acc": tot_correct / max(tot_n, 1), "steps": n_steps}
+
+    def _check_finite(self, epoch, step, loss, arch_loss, grad_norm):
+        bad = None
+        if not torch.isfinite(loss):
+            bad = "training loss"
+        elif not torch.isfinite(arch_loss):
+            bad = "validation (α) loss"
+        elif not torch.isfinite(grad_norm):
+            bad = "weight gradient"
+        elif not _finite(self.model.arch_parameters()):
+            bad = "architecture weights α"
+        if bad:
+            raise Divergence(f"non-finite {bad} at epoch {epoch + 1}, step {step + 1}: stopping. The last good "
+                             f"checkpoint ({self.run.checkpoint}, after epoch {epoch}) is kept; lower the learning "
+                             "rates and --resume, or start again")
+
+    @torch.no_grad()
+    def evaluate(self, stream: BatchStream, epoch: int) -> tuple[float, float]:
+        self.model.eval()
+        tot_loss, correct, n = 0.0, 0, 0
+        for step, (x, y) in enumerate(stream.iterate(0)):
+            if self.cfg.max_steps is not None and step >= self.cfg.max_steps:
+                break
+            x, y = x.to(self.device), y.to(self.device)
+            logits = self.model(x)
+            tot_loss += float(self.criterion(logits, y)) * y.shape[0]
+            correct += int((logits.argmax(1) == y).sum())
+            n += y.shape[0]
+        self.model.train()
+        if self.dist is not None:
+            tot_loss, correct, n = self.dist.sum_scalars(tot_loss, correct, n)
+        return tot_loss / max(n, 1), correct / max(n, 1)
