@@ -29,6 +29,7 @@ import triton.language as tl
 
 MAX_OPERANDS = 8
 INT32_LIMIT = 2**31 - 1
+MERGE_BLOCK = 1024  # partials merged per step by the one-program merge kernel
 SQRT3 = math.sqrt(3.0)
 
 # Codes for the noise kind, shared with ndarts.noise.KIND_CODE.
@@ -319,19 +320,25 @@ def _chunks(num: int):
         yield start, min(num, start + MAX_OPERANDS)
 
 
+def _stats_tiles_per_program(tiles: int) -> int:
+    """Tiles each stats program merges in registers: keeps the partials ≤ ~2048 on a GPU."""
+    if _is_interpreted():
+        return 1
+    return max(1, min(16, triton.cdiv(tiles, 2048)))
+
+
 def skip_std(x: torch.Tensor) -> torch.Tensor:
     """Unbiased std over all elements of x as an fp32 [1] tensor on x's device (no host sync)."""
     x = x if _is_dense(x) else x.contiguous()
     n = x.numel()
     block, num_warps = _elementwise_block(n)
-    tiles = triton.cdiv(n, block)
-    iters = 1 if _is_interpreted() else max(1, min(16, triton.cdiv(tiles, 2048)))
-    programs = triton.cdiv(tiles, iters)
+    iters = _stats_tiles_per_program(triton.cdiv(n, block))
+    programs = triton.cdiv(triton.cdiv(n, block), iters)
     part = torch.empty((programs, 3), device=x.device, dtype=torch.float32)
     std = torch.empty((1,), device=x.device, dtype=torch.float32)
     index_64 = n > INT32_LIMIT - block * iters
     _skip_stats_kernel[(programs,)](x, part, n, BLOCK=block, ITERS=iters, INDEX_64=index_64, num_warps=num_warps)
-    _stats_merge_kernel[(1,)](part, std, programs, BLOCK=1024, num_warps=4)
+    _stats_merge_kernel[(1,)](part, std, programs, BLOCK=MERGE_BLOCK, num_warps=4)
     return std
 
 
