@@ -7,7 +7,6 @@ Override with the ``NDARTS_BACKEND`` environment variable or a constructor argum
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -19,13 +18,18 @@ class BackendError(RuntimeError):
     pass
 
 
-@functools.lru_cache(maxsize=None)
+_IMPORT_ERROR: list = []  # filled once: [None] or [reason]
+
+
 def _triton_import_error() -> str | None:
-    try:
-        import ndarts_kernels  # noqa: F401
-    except Exception as e:  # triton missing or broken
-        return f"the Triton kernels could not be imported ({type(e).__name__}: {e})"
-    return None
+    if not _IMPORT_ERROR:
+        try:
+            import ndarts_kernels  # noqa: F401
+
+            _IMPORT_ERROR.append(None)
+        except Exception as e:  # triton missing or broken
+            _IMPORT_ERROR.append(f"the Triton kernels could not be imported ({type(e).__name__}: {e})")
+    return _IMPORT_ERROR[0]
 
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
