@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 class Architect:
     def __init__(self, model, arch_optimizer, weight_optimizer, criterion, order="first",
-                 momentum=0.9, weight_decay=3e-4, grad_hook=None):
+                 momentum=0.9, weight_decay=3e-4, grad_hook=None, hvp_r: float = 1e-2):
         if order not in ("first", "second"):
             raise ValueError(f"unknown order {order!r}; choose 'first' or 'second'")
         self.model = model
@@ -23,6 +23,9 @@ class Architect:
         self.order = order
         self.momentum = momentum
         self.weight_decay = weight_decay
+        # finite-difference radius r (R = r/‖v‖); DARTS uses 0.01. ∇_α L jumps at ReLU kinks, so
+        # a large r trades truncation error for kink crossings; tests use a tiny r in float64.
+        self.hvp_r = hvp_r
         # called on the list of α gradients before the optimizer step (all-reduce under DDP)
         self.grad_hook = grad_hook
 
@@ -37,7 +40,7 @@ class Architect:
         """One α update; returns the validation loss it was computed from (detached)."""
         if self.order == "first":
             loss = self._loss(x_val, y_val)
-            grads = torch.autograd.grad(loss, self.alphas)
+            grads = _grads_or_zeros(loss, self.alphas)
         else:
             grads, loss = self.second_order_grads(x_train, y_train, x_val, y_val, eta)
         grads = list(grads)
@@ -71,13 +74,14 @@ class Architect:
         loss = self.criterion(logits, y_val)
         unrolled_list = list(unrolled.values())
         grads = torch.autograd.grad(loss, self.alphas + unrolled_list, allow_unused=True)
-        dalpha = grads[:len(self.alphas)]
+        dalpha = [torch.zeros_like(a) if g is None else g for g, a in zip(grads, self.alphas)]
         vector = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[len(self.alphas):], unrolled_list)]
-        hvp = self.hessian_vector_product(vector, x_train, y_train)
+        hvp = self.hessian_vector_product(vector, x_train, y_train, self.hvp_r)
         return [da - eta * h for da, h in zip(dalpha, hvp)], loss
 
-    def hessian_vector_product(self, vector, x, y, r: float = 1e-2):
+    def hessian_vector_product(self, vector, x, y, r: float | None = None):
         """∇²_{α,w} L_train(w, α)·v by central differences of ∇_α L_train at w ± R·v, R = r/‖v‖."""
+        r = self.hvp_r if r is None else r
         weights = self.model.weight_parameters()
         norm = torch.cat([v.reshape(-1) for v in vector]).norm()
         R = r / norm.clamp_min(1e-12)
@@ -86,16 +90,22 @@ class Architect:
             with torch.no_grad():
                 for p, v in zip(weights, vector):
                     p.add_(R * v)
-            grads_p = torch.autograd.grad(self._loss(x, y), self.alphas)
+            grads_p = _grads_or_zeros(self._loss(x, y), self.alphas)
             with torch.no_grad():
                 for p, s, v in zip(weights, saved, vector):
                     p.copy_(s - R * v)
-            grads_n = torch.autograd.grad(self._loss(x, y), self.alphas)
+            grads_n = _grads_or_zeros(self._loss(x, y), self.alphas)
         finally:
             with torch.no_grad():
                 for p, s in zip(weights, saved):
                     p.copy_(s)
         return [(gp - gn) / (2 * R) for gp, gn in zip(grads_p, grads_n)]
+
+
+def _grads_or_zeros(loss, tensors):
+    """Gradients, zeros for tensors the loss does not use (e.g. α of a cell type a 2-layer net lacks)."""
+    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
 
 
 def exact_mixed_hvp(model, criterion, vector, x, y):
@@ -104,4 +114,4 @@ def exact_mixed_hvp(model, criterion, vector, x, y):
     loss = criterion(model(x), y)
     gw = torch.autograd.grad(loss, weights, create_graph=True)
     dot = sum((g * v).sum() for g, v in zip(gw, vector))
-    return torch.autograd.grad(dot, model.arch_parameters())
+    return _grads_or_zeros(dot, model.arch_parameters())

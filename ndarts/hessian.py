@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from .architect import _grads_or_zeros
+
 
 def _grad_alpha(model, criterion, x, y):
-    return torch.autograd.grad(criterion(model(x), y), model.arch_parameters())
+    return _grads_or_zeros(criterion(model(x), y), model.arch_parameters())
 
 
 def hvp_alpha(model, criterion, x, y, vector, r: float = 1e-3):

@@ -1,0 +1,105 @@
+"""Genotype derivation, JSON round trips, validation and the model zoo."""
+import json
+
+import pytest
+import torch
+
+from ndarts.genotype import Genotype, GenotypeError, derive_cell, derive_genotype, load_genotype, zoo
+from ndarts.operations import DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES
+
+
+def _weights(rows, primitives):
+    """Edge weights from {edge: {op: weight}}, a small random floor elsewhere."""
+    w = torch.rand(14, len(primitives)) * 0.01
+    for e, ops in rows.items():
+        for op, v in ops.items():
+            w[e, primitives.index(op)] = v
+    return w
+
+
+def test_derive_on_hand_built_weights():
+    p = NOISYDARTS_PRIMITIVES
+    # node 2: edges 0,1; node 3: edges 2,3,4; node 4: 5..8; node 5: 9..13
+    w = _weights({
+        0: {"sep_conv_3x3": 0.9}, 1: {"skip_connect": 0.8},
+        2: {"max_pool_3x3": 0.3}, 3: {"dil_conv_5x5": 0.7}, 4: {"sep_conv_5x5": 0.6},
+        5: {"avg_pool_3x3": 0.95}, 6: {"dil_conv_3x3": 0.2}, 7: {"skip_connect": 0.5}, 8: {"sep_conv_3x3": 0.1},
+        9: {"sep_conv_3x3": 0.4}, 10: {"sep_conv_3x3": 0.41}, 11: {"max_pool_3x3": 0.39}, 12: {"dil_conv_3x3": 0.9},
+        13: {"skip_connect": 0.05},
+    }, p)
+    cell = derive_cell(w, p, 4)
+    assert cell == (
+        ("sep_conv_3x3", 0), ("skip_connect", 1),
+        ("dil_conv_5x5", 1), ("sep_conv_5x5", 2),
+        ("avg_pool_3x3", 0), ("skip_connect", 2),
+        ("dil_conv_3x3", 3), ("sep_conv_3x3", 1),
+    )
+
+
+def test_none_is_excluded_in_darts_space():
+    p = DARTS_PRIMITIVES
+    # `none` is the heaviest op on every edge; it must neither pick the edge nor be the op
+    w = _weights({e: {"none": 0.99} for e in range(14)}, p)
+    w[0, p.index("max_pool_3x3")] = 0.5
+    w[1, p.index("skip_connect")] = 0.4
+    w[2, p.index("sep_conv_3x3")] = 0.3
+    w[4, p.index("dil_conv_3x3")] = 0.35
+    cell = derive_cell(w, p, 4)
+    assert all(op != "none" for op, _ in cell)
+    assert cell[:4] == (("max_pool_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("sep_conv_3x3", 0))
+
+
+def test_network_genotype_uses_softmax_of_alpha():
+    from ndarts.search_model import SearchNetwork
+
+    net = SearchNetwork(C=4, layers=3, in_channels=1)
+    with torch.no_grad():
+        net.alphas_normal.normal_()
+        net.alphas_reduce.normal_()
+    g = net.genotype()
+    expect = derive_genotype(torch.softmax(net.alphas_normal, -1), torch.softmax(net.alphas_reduce, -1),
+                             NOISYDARTS_PRIMITIVES)
+    assert g == expect
+    assert g.normal_concat == (2, 3, 4, 5)
+
+
+def test_json_round_trip(tmp_path):
+    g = zoo()["NoisyDARTS-a"]
+    again = Genotype.from_dict(json.loads(g.to_json()))
+    assert again == g
+    path = tmp_path / "g.json"
+    path.write_text(g.to_json())
+    assert load_genotype(str(path)) == g
+    assert load_genotype(g.to_json()) == g
+
+
+def test_zoo_has_the_published_cells():
+    models = zoo()
+    assert {"DARTS_V1", "DARTS_V2", *(f"NoisyDARTS-{c}" for c in "abcdefghij")} <= set(models)
+    assert models["DARTS_V2"].normal[0] == ("sep_conv_3x3", 0)
+    assert models["NoisyDARTS-a"].skip_counts() == (1, 4)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ('{"normal": [], "normal_concat": [2], "reduce": [], "reduce_concat": [2]}', "non-empty"),
+    ('{"normal": [["conv_9x9", 0], ["skip_connect", 1]], "normal_concat": [2], '
+     '"reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}', "unknown operation"),
+    ('{"normal": [["skip_connect", 2], ["skip_connect", 1]], "normal_concat": [2], '
+     '"reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}', "valid inputs are 0..1"),
+    ('{"normal": [["skip_connect", 0]], "normal_concat": [2], "reduce": [["skip_connect", 0]], "reduce_concat": [2]}',
+     "even number"),
+    ('{"normal": [["skip_connect", 0], ["skip_connect", 1]], "normal_concat": [2]}', "missing the key"),
+    ('{"normal": [["skip_connect", 0], ["skip_connect", "1"]], "normal_concat": [2], '
+     '"reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}', "must be an integer"),
+    ("__import__('os').system('true')", "neither a zoo genotype"),
+    ("{not json", "not valid JSON"),
+    ("NoisyDARTS-z", "neither a zoo genotype"),
+])
+def test_bad_genotypes_are_refused(bad, match):
+    with pytest.raises(GenotypeError, match=match):
+        load_genotype(bad)
+
+
+def test_wrong_node_count_is_refused():
+    with pytest.raises(GenotypeError, match="built for 5"):
+        load_genotype("DARTS_V2", steps=5)
