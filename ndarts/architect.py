@@ -26,7 +26,9 @@ class Architect:
         # finite-difference radius r (R = r/‖v‖); DARTS uses 0.01. ∇_α L jumps at ReLU kinks, so
         # a large r trades truncation error for kink crossings; tests use a tiny r in float64.
         self.hvp_r = hvp_r
-        # called on the list of α gradients before the optimizer step (all-reduce under DDP)
+        # averages a list of gradients over the data-parallel processes, in place (all-reduce mean
+        # under DDP): the α gradient before the optimizer step and, second order, the gradients of
+        # the virtual step and ∇_{w'} L_val, so every rank unrolls to the same w' with the global batch
         self.grad_hook = grad_hook
 
     @property
@@ -58,9 +60,11 @@ class Architect:
         named = self.model.named_weight_parameters()
         loss = self._loss(x, y)
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for (_, p), g in zip(named, grads)]
+        if self.grad_hook is not None:
+            self.grad_hook(grads)
         unrolled = {}
         for (name, p), g in zip(named, grads):
-            g = torch.zeros_like(p) if g is None else g
             buf = self.weight_optimizer.state.get(p, {}).get("momentum_buffer")
             moment = buf * self.momentum if buf is not None else torch.zeros_like(p)
             unrolled[name] = (p - eta * (moment + g + self.weight_decay * p)).detach().requires_grad_()
@@ -76,6 +80,8 @@ class Architect:
         grads = torch.autograd.grad(loss, self.alphas + unrolled_list, allow_unused=True)
         dalpha = [torch.zeros_like(a) if g is None else g for g, a in zip(grads, self.alphas)]
         vector = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[len(self.alphas):], unrolled_list)]
+        if self.grad_hook is not None:
+            self.grad_hook(vector)  # one finite-difference direction (and R) on every rank
         hvp = self.hessian_vector_product(vector, x_train, y_train, self.hvp_r)
         return [da - eta * h for da, h in zip(dalpha, hvp)], loss
 

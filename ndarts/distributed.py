@@ -1,10 +1,34 @@
 """Multi-process search and training with torchrun + DistributedDataParallel.
 
-Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) each rank takes every
-world_size-th sample of each data half, the weights are trained with DDP and α (ignored by DDP)
-gets its gradient all-reduced (averaged) by hand before every α step, first or second order, so
-α stays identical on every rank. Each rank seeds its RNG with seed + rank, so each draws its own,
-independent noise. Backend: nccl on CUDA, gloo on CPU. Without torchrun nothing changes.
+    torchrun --nproc_per_node=N -m ndarts.search ...     (or -m ndarts.train ...)
+
+Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment, WORLD_SIZE > 1):
+
+- Devices: rank r runs on ``cuda:LOCAL_RANK`` with the nccl backend when CUDA is available (and
+  ``--device`` is not ``cpu``), else on the CPU with gloo. Without torchrun nothing changes.
+- Data: each rank takes every world_size-th sample of each data half (``shard``), all ranks the
+  same count (the tail is dropped), so every rank takes the same number of steps per epoch and
+  the global batch is world_size × --batch-size.
+- Weights: trained through DDP (gradients averaged over the ranks; BatchNorm buffers broadcast
+  from rank 0 at every DDP forward, DDP's default; batch statistics are per rank, as with any
+  non-synchronised BatchNorm).
+- α: ignored by DDP; broadcast from rank 0 once when the model is wrapped, then its gradient is
+  all-reduced (averaged, ``all_reduce_mean``, the Architect's grad_hook) before every α step, so
+  α is identical on every rank after every step. Second order, the same hook averages the virtual
+  step's ∇_w L_train and ∇_{w'} L_val, so every rank unrolls to the same w' and takes the same
+  finite-difference direction: the result is the one-process result over the global batch. The
+  α-step forwards use the unwrapped model and torch.autograd.grad (no AccumulateGrad node runs,
+  so no DDP hook fires): they cannot mis-sync DDP's reducer, and every rank runs the same number
+  of them, so the hand all-reduces cannot deadlock.
+- Noise: each rank seeds its RNGs with ``seed + rank``, so each rank draws its own, independent
+  noise (and its own ε for the fused kernels, whose seeds come from torch's RNG) — the noise of
+  an N-process run is N independent draws, one per shard, as one process over the global batch
+  would draw independent noise per sample. Rank 0 draws exactly what a single-process run with
+  the same seed draws. Checkpoints keep every rank's RNG state, so a resume with the same number
+  of processes continues every rank's stream; with another number, ranks > 0 are re-seeded from
+  (seed, rank, epoch).
+- Files: logs, metrics, genotypes and checkpoints are written by rank 0 only; every rank reads the
+  checkpoint on ``--resume``. ``barrier()`` orders rank 0's writes before the other ranks' reads.
 """
 from __future__ import annotations
 
@@ -34,22 +58,41 @@ class DistContext:
         return indices[self.rank:usable:self.world_size]
 
     def wrap(self, model):
+        """DDP over the weights; the architecture weights (``alphas_*``) are left out of DDP and
+        broadcast from rank 0 here, since ranks seeded differently initialise them differently."""
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         arch = [n for n, _ in model.named_parameters() if n.startswith("alphas_")]
         if arch:
-            # α is updated by the architect with a hand all-reduce, not by DDP
-            DDP._set_params_and_buffers_to_ignore_for_model(model, arch)
+            # DDP matches the names in two forms: "alphas_normal" (its parameter list, its state
+            # sync) and ".alphas_normal" (f"{module_name}.{name}" with module_name "" for the root,
+            # the reducer's list). Without the second form the reducer waits for α's gradient,
+            # which the w step never computes ("Expected to have finished reduction ...").
+            DDP._set_params_and_buffers_to_ignore_for_model(model, arch + ["." + n for n in arch])
+            with torch.no_grad():
+                for n in arch:
+                    dist.broadcast(model.get_parameter(n), src=0)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DDP(model, device_ids=ids)
 
     def all_reduce_mean(self, tensors) -> None:
+        """Averages each tensor over the ranks, in place (None entries are skipped: every rank must pass
+        the same structure). One collective per dtype: the tensors travel as one flat buffer."""
+        groups: dict[torch.dtype, list[torch.Tensor]] = {}
         for t in tensors:
             if t is not None:
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
-                t.div_(self.world_size)
+                groups.setdefault(t.dtype, []).append(t)
+        for group in groups.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(self.world_size)
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
 
     def sum_scalars(self, *values):
+        """The sums over the ranks of a few Python numbers (float64)."""
         t = torch.tensor([float(v) for v in values], dtype=torch.float64,
                          device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -60,26 +103,61 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather_object(self, obj):
+        """Every rank's ``obj``: a list indexed by rank on rank 0, None on the other ranks."""
+        out = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast_buffers(self, module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) to every rank."""
+        with torch.no_grad():
+            for b in module.buffers():
+                dist.broadcast(b, src=0)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
+def rank_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """The seed of rank ``rank``: seed + rank at the start of a run; mixed with the epoch when a
+    resume cannot restore the rank's own RNG state (a different number of processes)."""
+    if epoch == 0:
+        return seed + rank
+    return (seed + rank + 1_000_003 * epoch) % 2**63
+
+
 @contextlib.contextmanager
 def distributed_context(device_name: str = "auto"):
-    """Yields a DistContext under torchrun (process group set up and torn down), else None."""
+    """Yields a DistContext under torchrun (process group set up and torn down), else None.
+
+    ``device_name`` cpu forces gloo on the CPU; auto / cuda / cuda:N use ``cuda:LOCAL_RANK`` and
+    nccl when CUDA is available (the index of cuda:N is ignored: LOCAL_RANK picks the GPU).
+    """
     if not launched_by_torchrun():
         yield None
         return
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if device_name != "cpu" and not device_name.startswith(("auto", "cuda")):
+        raise NdartsError(f"--device {device_name} under torchrun: use auto, cuda or cpu")
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if device_name.startswith("cuda") and not use_cuda:
+        raise NdartsError(f"--device {device_name}: CUDA is not available on this machine")
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise NdartsError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible: "
+                              "lower --nproc_per_node to the number of GPUs")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
+        dist.init_process_group(backend="nccl", device_id=device)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="gloo")
     try:
         yield DistContext(rank, world, local_rank, device)
     finally:

@@ -133,6 +133,8 @@ class Searcher:
         self.rank0 = dist is None or dist.rank == 0
         self.device = dist.device if dist is not None else resolve_device(cfg.device)
         self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0)
+        if dist is not None:
+            dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
         if cfg.resume:
             self._check_resume_config()
         seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
@@ -188,7 +190,7 @@ class Searcher:
                                    grad_hook=self.dist.all_reduce_mean if self.dist is not None else None)
 
     # ------------------------------------------------------------------ checkpoints
-    def _checkpoint_state(self, epoch_done: int) -> dict:
+    def _checkpoint_state(self, epoch_done: int, rng_ranks=None) -> dict:
         return {
             "kind": "ndarts-search",
             "epoch": epoch_done,
@@ -199,6 +201,9 @@ class Searcher:
             "scheduler": self.scheduler.state_dict(),
             "val_stream": self.val_iter.state_dict(),
             "rng": rng_state(),
+            # under torchrun: every rank's RNG state (rank r continues its own noise stream)
+            "world_size": self.dist.world_size if self.dist is not None else 1,
+            "rng_ranks": rng_ranks,
         }
 
     def _load_checkpoint(self):
@@ -215,10 +220,28 @@ class Searcher:
             raise CheckpointError(f"{path} does not fit this network/configuration: {str(e).splitlines()[0][:300]}") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.val_iter.load_state_dict(state["val_stream"])
-        set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
+        self._restore_rng(state)
         self.run.truncate_metrics(self.start_epoch)
         self.run.log(f"resumed from {path} after epoch {self.start_epoch}")
+
+    def _restore_rng(self, state: dict):
+        if self.dist is None:
+            set_rng_state(state["rng"])
+            return
+        saved = state.get("rng_ranks")
+        if saved is not None and len(saved) == self.dist.world_size:
+            set_rng_state(saved[self.dist.rank])
+            return
+        from .distributed import rank_seed
+
+        was = state.get("world_size", 1)
+        self.run.log(f"note: the checkpoint was written by {was} process(es), this run has {self.dist.world_size}: "
+                     "the shards and the noise streams of ranks > 0 differ from an uninterrupted run")
+        if self.dist.rank == 0:
+            set_rng_state(state["rng"])
+        else:
+            seed_everything(rank_seed(self.cfg.seed, self.dist.rank, self.start_epoch))
 
     # ------------------------------------------------------------------ the loop
     def run_search(self):
@@ -227,7 +250,8 @@ class Searcher:
             n_w = sum(p.numel() for p in self.model.weight_parameters())
             self.run.log(f"search: {cfg.dataset} on {self.device}, {cfg.space} space, noise {cfg.noise} "
                          f"λ={cfg.noise_lambda}, {cfg.order} order, {'fused' if cfg.fused else 'reference'} mixed ops, "
-                         f"{n_w / 1e6:.3f} M weights, {len(self.train_stream)} steps/epoch")
+                         f"{n_w / 1e6:.3f} M weights, {len(self.train_stream)} steps/epoch"
+                         + (f", {self.dist.world_size} processes × batch {cfg.batch_size}" if self.dist is not None else ""))
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self._epoch(epoch)
@@ -259,16 +283,18 @@ class Searcher:
             "alphas_reduce": model.arch_weights(model.alphas_reduce).tolist(),
             "genotype": genotype.to_dict(), "seconds": time.time() - t0,
         }
-        if cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
+        if self.rank0 and cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
             from .hessian import dominant_eigenvalue
 
             x, y = next(iter(self.val_stream.iterate(0)))
             record["hessian_eigenvalue"] = dominant_eigenvalue(model, self.criterion, x.to(self.device), y.to(self.device))
-        if not self.rank0:
-            return
-        self.run.append_metrics(record)
-        save_genotype(genotype, self.run.path / "genotypes" / f"epoch_{epoch:03d}.json")
-        save_checkpoint(self._checkpoint_state(epoch + 1), self.run.checkpoint)
+        rng_ranks = self.dist.gather_object(rng_state()) if self.dist is not None else None
+        if self.rank0:
+            self.run.append_metrics(record)
+            save_genotype(genotype, self.run.path / "genotypes" / f"epoch_{epoch:03d}.json")
+            save_checkpoint(self._checkpoint_state(epoch + 1, rng_ranks), self.run.checkpoint)
+        if self.dist is not None:
+            self.dist.barrier()  # the checkpoint is on disk before any rank goes on (or reads it on a restart)
         self.run.log(f"epoch {epoch + 1}/{cfg.epochs} train loss {train['train_loss']:.4f} acc {train['train_acc']:.3f} "
                      f"| val loss {val_loss:.4f} acc {val_acc:.3f} | skips normal {skips[0]} reduce {skips[1]} "
                      f"| {record['seconds']:.1f}s")
@@ -304,6 +330,8 @@ class Searcher:
                 rate = tot_n / max(time.time() - t_start, 1e-9)
                 self.run.log(f"  epoch {epoch + 1} step {step + 1}/{n_steps} loss {tot_loss / tot_n:.4f} "
                              f"acc {tot_correct / tot_n:.3f} | {rate:.0f} img/s")
+        if self.dist is not None:
+            tot_loss, tot_correct, tot_n = self.dist.sum_scalars(tot_loss, tot_correct, tot_n)
         return {"train_loss": tot_loss / max(tot_n, 1), "train_acc": tot_correct / max(tot_n, 1), "steps": n_steps}
 
     def _check_finite(self, epoch, step, loss, arch_loss, grad_norm):
@@ -323,6 +351,8 @@ class Searcher:
 
     @torch.no_grad()
     def evaluate(self, stream: BatchStream, epoch: int) -> tuple[float, float]:
+        if self.dist is not None:
+            self.dist.broadcast_buffers(self.model)  # every rank evaluates the model rank 0 checkpoints
         self.model.eval()
         tot_loss, correct, n = 0.0, 0, 0
         for step, (x, y) in enumerate(stream.iterate(0)):
