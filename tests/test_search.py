@@ -1,0 +1,140 @@
+"""The search end to end on the embedded data: one epoch, run files, determinism, resume, CLI errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ndarts.search import main
+from ndarts.searcher import SearchConfig, Searcher
+
+TINY = ["--layers", "3", "--init-channels", "4", "--batch-size", "16", "--max-steps", "3", "--report-freq", "2"]
+
+
+def _cfg(out, **kw):
+    base = dict(dataset="digits", layers=3, init_channels=4, batch_size=16, max_steps=3, epochs=2,
+                report_freq=0, out=str(out))
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _alphas(searcher):
+    return [a.detach().clone() for a in searcher.model.arch_parameters()]
+
+
+def test_one_epoch_end_to_end_writes_the_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    main([*TINY, "--epochs", "1", "--out", str(out), "--fused"])
+    printed = capsys.readouterr().out
+    assert "step 2/3" in printed and "img/s" in printed  # progress with throughput
+    config = json.loads((out / "config.json").read_text())
+    assert config["fused"] is True and config["noise"] == "gaussian" and config["noise_lambda"] == 0.2
+    assert config["space"] == "noisydarts" and config["order"] == "first"
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "skip_normal", "skip_reduce", "lr", "noise_scale"):
+        assert key in record
+    alphas = torch.tensor(record["alphas_normal"])
+    assert alphas.shape == (14, 7)
+    torch.testing.assert_close(alphas.sum(1), torch.ones(14))
+    genotype = json.loads((out / "genotype.json").read_text())
+    assert genotype == json.loads((out / "genotypes" / "epoch_000.json").read_text())
+    assert record["skip_normal"] == sum(op == "skip_connect" for op, _ in genotype["normal"])
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert {"alphas_normal", "alphas_reduce"} <= set(state["model"])
+    assert "log.txt" in {p.name for p in out.iterdir()}
+
+
+def test_same_seed_same_alpha_and_genotype(tmp_path):
+    """CPU, same seed: identical α (bitwise) and genotype, noise included."""
+    runs = []
+    for name in ("a", "b"):
+        s = Searcher(_cfg(tmp_path / name))
+        g = s.run_search()
+        runs.append((_alphas(s), g))
+    (a1, g1), (a2, g2) = runs
+    assert g1 == g2
+    for x, y in zip(a1, a2):
+        assert torch.equal(x, y)
+    s = Searcher(_cfg(tmp_path / "c", seed=3))
+    s.run_search()
+    assert not torch.equal(_alphas(s)[0], a1[0])
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, order):
+    """Stopped after epoch 1 of 3 and resumed: exactly the α and genotype of an uninterrupted run."""
+    full = Searcher(_cfg(tmp_path / "full", epochs=3, order=order))
+    g_full = full.run_search()
+
+    class Stop(Exception):
+        pass
+
+    real_epoch = Searcher._epoch
+
+    def stop_after_first(self, epoch):
+        if epoch == 1:
+            raise Stop
+        real_epoch(self, epoch)
+
+    monkeypatch.setattr(Searcher, "_epoch", stop_after_first)
+    with pytest.raises(Stop):
+        Searcher(_cfg(tmp_path / "cut", epochs=3, order=order)).run_search()
+    monkeypatch.setattr(Searcher, "_epoch", real_epoch)
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    resumed = Searcher(_cfg(tmp_path / "cut", epochs=3, order=order, resume=True))
+    assert resumed.start_epoch == 1
+    g_resumed = resumed.run_search()
+    assert g_resumed == g_full
+    for x, y in zip(_alphas(resumed), _alphas(full)):
+        assert torch.equal(x, y)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+
+
+def test_darts_flags_give_the_original_darts_search(tmp_path):
+    out = tmp_path / "darts"
+    main([*TINY, "--epochs", "1", "--out", str(out), "--space", "darts", "--noise", "none",
+          "--learning-rate", "0.025", "--order", "second"])
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert torch.tensor(record["alphas_normal"]).shape == (14, 8)
+    assert all(op != "none" for op, _ in record["genotype"]["normal"])
+
+
+def _run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ndarts.search", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--noise-lambda", "-0.5"], "noise lambda must be a finite number >= 0"),
+    (["--space", "enas"], "invalid choice: 'enas'"),
+    (["--noise", "cauchy"], "invalid choice: 'cauchy'"),
+    (["--dataset", "cifar10", "--data", "/nonexistent/cifar"], "dataset directory /nonexistent/cifar does not exist"),
+    (["--dataset", "imagefolder", "--data", "/nonexistent/imgs"], "train does not exist"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--device", "tpu:0" if torch.cuda.is_available() else "cuda:7"], "--device"),
+])
+def test_cli_errors_are_one_clear_line(tmp_path, args, message):
+    r = _run_cli(*args, "--out", str(tmp_path / "x"))
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_resume_needs_a_run_directory(tmp_path):
+    r = _run_cli("--resume")
+    assert r.returncode == 2 and "--resume needs --out" in r.stderr
+    r = _run_cli("--resume", "--out", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "nothing to resume" in r.stderr
+
+
+def test_resume_with_a_corrupt_or_incompatible_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    main([*TINY, "--epochs", "1", "--out", str(out)])
+    r = _run_cli(*TINY, "--epochs", "2", "--out", str(out), "--resume", "--layers", "4")
+    assert r.returncode == 2 and "different configuration" in r.stderr and "layers" in r.stderr
+    (out / "checkpoint.pt").write_bytes(b"\x00garbage" * 10)
+    r = _run_cli(*TINY, "--epochs", "2", "--out", str(out), "--resume")
+    assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
