@@ -11,6 +11,7 @@ import errno
 import io
 import os
 import pickle
+import pickletools
 import tempfile
 from pathlib import Path
 
@@ -49,11 +50,13 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # an error or an interrupt: the target keeps its previous content
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if not isinstance(e, OSError):
+            raise
         if e.errno == errno.ENOSPC:
             raise NdartsError(f"no space left on the device while writing {path}; "
                               "the previous version of the file is kept") from None
@@ -72,6 +75,18 @@ def save_checkpoint(state: dict, path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _plain_pickle_runs_code(path: Path) -> bool:
+    """Reads the opcodes of a bare (non-zip) pickle without executing it: does it import or call?"""
+    try:
+        data = path.read_bytes()
+        return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(data))
+    except Exception:
+        return False
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
@@ -79,11 +94,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else "unpickling failed"
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        blocked = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        if blocked or _plain_pickle_runs_code(path):
+            detail = f" [{blocked[0][:200]}]" if blocked else ""
             raise CheckpointError(f"refusing to load {path}: it holds objects that would run code on load "
-                                  f"(only tensors and plain data are accepted) [{msg[:200]}]") from None
-        raise CheckpointError(f"{path} is corrupt or not a checkpoint ({msg[:200]})") from None
+                                  f"(only tensors and plain data are accepted){detail}") from None
+        raise CheckpointError(f"{path} is corrupt or not a checkpoint (not a torch file of tensors and plain data)") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError) as e:
         raise CheckpointError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(state, dict):

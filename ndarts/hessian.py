@@ -1,9 +1,10 @@
 """Collapse monitor: the dominant eigenvalue of ∇²_α L_val (Zela et al.; the official NoisyDARTS
 Hessian analysis). Power iteration on Hessian-vector products.
 
-HVPs are central differences of ∇_α L at α ± r·v (works for every backend, fused ops included,
-which have no double backward); the noise is switched off while measuring (scale 0), BatchNorm
-stays in training mode as during the search.
+HVPs are exact (double backward) where the network supports it (the reference mixed ops); the
+fused op has no double backward, so there they are central differences of ∇_α L at α ± r·v, which
+are only approximate: ∇_α L jumps where a ReLU or max-pool switches. The noise is switched off
+while measuring (scale 0); BatchNorm stays in training mode as during the search.
 """
 from __future__ import annotations
 
@@ -16,7 +17,24 @@ def _grad_alpha(model, criterion, x, y):
     return _grads_or_zeros(criterion(model(x), y), model.arch_parameters())
 
 
+def exact_hvp_alpha(model, criterion, x, y, vector):
+    alphas = model.arch_parameters()
+    grads = torch.autograd.grad(criterion(model(x), y), alphas, create_graph=True, allow_unused=True)
+    dot = sum((g * v).sum() for g, v in zip(grads, vector) if g is not None)
+    return _grads_or_zeros(dot, alphas)
+
+
+def _has_double_backward(model) -> bool:
+    return not getattr(model, "fused", False)
+
+
 def hvp_alpha(model, criterion, x, y, vector, r: float = 1e-3):
+    if _has_double_backward(model):
+        return exact_hvp_alpha(model, criterion, x, y, vector)
+    return fd_hvp_alpha(model, criterion, x, y, vector, r)
+
+
+def fd_hvp_alpha(model, criterion, x, y, vector, r: float = 1e-3):
     alphas = model.arch_parameters()
     saved = [a.detach().clone() for a in alphas]
     try:

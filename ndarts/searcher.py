@@ -219,11 +219,23 @@ class Searcher:
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path} does not fit this network/configuration: {str(e).splitlines()[0][:300]}") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        self._fit_schedule_to_epochs(int(state["epoch"]))
         self.val_iter.load_state_dict(state["val_stream"])
         self.start_epoch = int(state["epoch"])
         self._restore_rng(state)
         self.run.truncate_metrics(self.start_epoch)
         self.run.log(f"resumed from {path} after epoch {self.start_epoch}")
+
+    def _fit_schedule_to_epochs(self, epoch: int):
+        """A resume may change --epochs: the cosine schedule then follows the new length from here."""
+        if self.scheduler.T_max == self.cfg.epochs:
+            return
+        self.scheduler.T_max = self.cfg.epochs
+        lo, hi = self.cfg.learning_rate_min, self.cfg.learning_rate
+        lr = lo + (hi - lo) * (1 + math.cos(math.pi * epoch / self.cfg.epochs)) / 2
+        for group in self.w_opt.param_groups:
+            group["lr"] = lr
+        self.scheduler._last_lr = [lr for _ in self.w_opt.param_groups]
 
     def _restore_rng(self, state: dict):
         if self.dist is None:

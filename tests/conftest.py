@@ -11,10 +11,11 @@ os.environ.pop("NDARTS_BACKEND", None)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-if "OMP_NUM_THREADS" not in os.environ:
-    # 2 threads on an idle 2-core CI runner; set OMP_NUM_THREADS=1 where other jobs share the cores
-    # (2 OpenMP threads then collapse: a depthwise conv took 44 ms instead of 0.07 ms)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread unless OMP_NUM_THREADS says otherwise: the tensors here are tiny, and two OpenMP
+# threads on a 2-core machine whose other core is busy collapse (a depthwise conv took 44 ms
+# instead of 0.07 ms; a Hessian test 640 s instead of 4 s). Subprocesses inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture

@@ -249,7 +249,8 @@ def test_nan_in_skip_operand_is_loud():
     ("dtype", "operand 1 has dtype"),
     ("weights_len", "weights must be a 1-D tensor of length 3"),
     ("weights_2d", "weights must be a 1-D tensor"),
-    ("int_operands", "float32, float16 or bfloat16"),
+    ("int_operands", "must be floating point"),
+    ("float64_on_triton", "Triton backend takes float32, float16 or bfloat16"),
     ("skip_range", "skip_index 5 is out of range"),
     ("empty", "non-empty list"),
     ("device", "is on meta"),
@@ -267,6 +268,8 @@ def test_bad_input_is_a_clear_error(case, match):
         w = torch.ones(3, 1)
     elif case == "int_operands":
         ops = [torch.ones(2, 3, dtype=torch.int32) for _ in range(3)]
+    elif case == "float64_on_triton":
+        ops = [o.double() for o in ops]
     elif case == "skip_range":
         skip = 5
     elif case == "empty":

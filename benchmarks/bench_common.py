@@ -1,0 +1,148 @@
+"""Shared pieces of the ndarts benchmarks: device, sizes, byte counts, timing.
+
+Two kinds of machine run these files:
+- CI and laptops (CPU only): small shapes, the eager implementations only, wall-clock timing.
+  The CPU numbers say whether the code paths run and how they compare on a CPU; they are not the
+  numbers of SPEC §6.
+- a CUDA GPU (benchmarks/gpu_check.sh): the real DARTS shapes, the fused Triton kernels,
+  torch.compile, CUDA events.
+
+Minimal bytes (N elements per operand, K operands, e bytes per element; SPEC §6):
+  forward:          (K + 1)·N·e  (read K operands, write y)  +  N·e (the std pass over o_skip)
+  forward+backward: 24·N·e for K = 7: forward 9·N·e, backward reads g and the K operands and
+                    writes the K operand gradients, (2K + 1)·N·e. In general (3K + 3)·N·e.
+GB/s below is those bytes over the measured time: an effective bandwidth, comparable across
+implementations (an implementation that moves more bytes shows a lower figure).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+
+# ----------------------------------------------------------------------------- device
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+
+
+def cpu_threads() -> int:
+    """Threads for CPU runs: NDARTS_BENCH_THREADS, default 1.
+
+    One thread, because on a shared 2-core CI machine two OpenMP threads collapse when the other
+    core is busy: a 3×3 depthwise conv on 8×8×16×16 took 44 ms with 2 threads against 0.07 ms
+    with 1 (2026-11-27, load average 8 on 2 cores, torch 2.14.1 CPU build, oneDNN path).
+    """
+    return int(os.environ.get("NDARTS_BENCH_THREADS", "1"))
+
+
+def needs_cuda(what: str) -> str:
+    return f"needs CUDA: {what}"
+
+
+# ----------------------------------------------------------------------------- sizes
+# The DARTS feature-map shapes of the mixed-op sum (N, C, H, W) at batch 64, and batch 256.
+GPU_SHAPES = [(64, 16, 32, 32), (64, 32, 16, 16), (64, 64, 8, 8), (256, 64, 32, 32)]
+# CPU: the same C, H, W with batch 2 (8 for the batch-256 shape): milliseconds, not seconds.
+CPU_SHAPES = [(2, 16, 32, 32), (2, 32, 16, 16), (2, 64, 8, 8), (8, 64, 32, 32)]
+SHAPES = GPU_SHAPES if CUDA else CPU_SHAPES
+# The shape the ≥10× / ≥5× speedup targets are stated at, and the one of the bandwidth target.
+SPEEDUP_SHAPE = SHAPES[0]
+BANDWIDTH_SHAPE = SHAPES[3]
+
+
+def shape_id(shape) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def minimal_bytes(mode: str, numel: int, elem: int, num_operands: int) -> int:
+    """Bytes the op must move; see the module docstring."""
+    if mode == "fwd":
+        return (num_operands + 2) * numel * elem
+    if mode == "fwdbwd":
+        return (3 * num_operands + 3) * numel * elem
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+# ----------------------------------------------------------------------------- timing
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cuda_event_ms(fn, reps: int = 20, batches: int = 3) -> float:
+    """Median over `batches` of the mean time of `reps` back-to-back calls, by CUDA events.
+
+    Back-to-back: no host sync between calls, so the figure is the steady-state cost of one call
+    in a stream of calls (host launch overhead included where it is the bottleneck).
+    """
+    times = []
+    for _ in range(batches):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return statistics.median(times)
+
+
+def wall_ms(fn, reps: int, device: torch.device) -> float:
+    """Median wall-clock ms of `reps` single calls, synchronising the device after each."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_benchmark(benchmark, fn, device: torch.device, *, rounds: int, warmup: int, event_reps: int = 20) -> dict:
+    """Times fn with pytest-benchmark (wall clock per call, device synchronised after each call)
+    and, on CUDA unless event_reps is 0, with events over back-to-back calls. Returns timing fields for extra_info;
+    'time_ms' is the figure bandwidths are computed from."""
+    if device.type == "cuda":
+        def run():
+            fn()
+            torch.cuda.synchronize(device)
+    else:
+        run = fn
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    if benchmark.stats is None:  # --benchmark-disable: fn ran once, as a smoke test
+        return {"time_ms": None}
+    wall = benchmark.stats.stats.median * 1e3
+    info = {"wall_median_ms": wall}
+    if device.type == "cuda" and event_reps > 0:
+        info["device_ms"] = cuda_event_ms(fn, reps=event_reps)
+        info["time_ms"], info["time_source"] = info["device_ms"], "cuda events, back-to-back calls"
+    else:
+        info["time_ms"] = wall
+        info["time_source"] = "wall clock median" + (", device synchronised after each call" if device.type == "cuda" else "")
+    return info
+
+
+def measure_copy_bandwidth(device: torch.device) -> dict:
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written (SPEC §6)."""
+    if device.type == "cuda":
+        n = 256 * 2**20  # 1 GiB of fp32 per buffer: far beyond any L2
+        src = torch.randn(n, device=device)
+        dst = torch.empty_like(src)
+        for _ in range(3):
+            dst.copy_(src)
+        ms = cuda_event_ms(lambda: dst.copy_(src), reps=10, batches=5)
+        source = "cuda events"
+    else:
+        n = 16 * 2**20  # 64 MiB of fp32 per buffer: beyond the caches of a CI runner
+        src = torch.randn(n)
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        ms = wall_ms(lambda: dst.copy_(src), reps=10, device=device)
+        source = "wall clock median"
+    nbytes = 2 * n * src.element_size()
+    del src, dst
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"copy_GBps": nbytes / (ms * 1e-3) / 1e9, "copy_bytes": nbytes, "copy_ms": ms, "copy_source": source}

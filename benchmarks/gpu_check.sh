@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The one GPU check of ndarts, for a lent H100 / H200 (a bare machine, no network): at most
+# GPU_CHECK_BUDGET_S (default 480) seconds; run it with the device tool's timeout_s=600.
+#
+#   bash benchmarks/gpu_check.sh          # from anywhere; writes everything under $OUT (default /tmp/ndarts_gpu_check)
+#   NDARTS_COMMIT=abc1234 bash benchmarks/gpu_check.sh   # the commit to record (the copy may have no .git)
+#
+# 1. the card and the software; 2. the GPU tests (pytest -m gpu, compiled Triton kernels);
+# 3. the benchmarks (pytest-benchmark JSON under $OUT), torch.compile cases in separate runs so
+#    that a slow compile cannot lose the other results; 4. LAST, a short table (summarize.py).
+# Each step has its own time limit and the script goes on after a failure. It never changes the
+# GPU's settings (clocks, power, persistence, MIG, reset): it measures the card as it finds it.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROOT="$(pwd)"
+OUT="${OUT:-${TMPDIR:-/tmp}/ndarts_gpu_check}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+# Whole-script budget in seconds (the device tool allows 600 s per command): a step gets at most
+# what is left of it, less 20 s kept for the summary; a step left with under 20 s is skipped.
+BUDGET="${GPU_CHECK_BUDGET_S:-480}"
+STATUS=0
+
+step() { echo; echo "== $*"; }
+
+# Runs a command with a time limit, its full output to $OUT/<name>.log, the last lines to stdout.
+# SIGINT first: pytest then still writes the benchmark JSON of the cases that finished.
+run_logged() {
+    local name="$1" limit="$2" lines="$3"; shift 3
+    local t0=$SECONDS rc left=$((BUDGET - SECONDS - 20))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 20 ]; then
+        echo "-- $name: skipped, the script's budget of $BUDGET s is spent"
+        return 124
+    fi
+    timeout --signal=INT --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    rc=$?
+    tail -n "$lines" "$OUT/$name.log"
+    echo "-- $name: exit $rc after $((SECONDS - t0)) s (limit $limit s; full log $OUT/$name.log)"
+    return $rc
+}
+
+step "card"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem,temperature.gpu,utilization.gpu \
+    --format=csv 2>&1 || echo "nvidia-smi failed"
+
+step "python environment"
+# ndarts from this tree; its kernels folder kernels/ imports as ndarts_kernels (setup.py's
+# package_dir). A symlink on PYTHONPATH needs neither pip nor network; pip is the fallback.
+SHIM="${TMPDIR:-/tmp}/ndarts_pyshim"
+mkdir -p "$SHIM" && ln -sfn "$ROOT/kernels" "$SHIM/ndarts_kernels"
+export PYTHONPATH="$ROOT:$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+unset TRITON_INTERPRET NDARTS_BACKEND
+if ! "$PY" -c "import ndarts, ndarts_kernels" 2>/dev/null; then
+    echo "import through PYTHONPATH failed; trying pip install -e . --no-deps --no-build-isolation"
+    "$PY" -m pip install -q -e . --no-deps --no-build-isolation 2>&1 | tail -n 5
+fi
+export NDARTS_COMMIT="${NDARTS_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+"$PY" - <<'EOF' 2>&1 | tee "$OUT/env.txt"
+import os, sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda,
+      "| commit", os.environ.get("NDARTS_COMMIT"))
+try:
+    import triton
+    print("triton", triton.__version__)
+except Exception as e:
+    print("triton import failed:", e)
+print("cuda available:", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"device: {p.name}, {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs, cc {p.major}.{p.minor}")
+import ndarts, ndarts_kernels
+from ndarts.backend import triton_unavailable_reason
+print("ndarts from", os.path.dirname(ndarts.__file__), "| kernels interpreted:", ndarts_kernels.INTERPRETED)
+print("triton backend on cuda:", triton_unavailable_reason(torch.device("cuda")) or "available")
+try:
+    import pytest_benchmark
+    print("pytest-benchmark", pytest_benchmark.__version__)
+except Exception as e:
+    print("pytest-benchmark missing:", e)
+EOF
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device: stopping"; exit 2; }
+
+step "GPU tests (pytest tests -m gpu, compiled kernels)"
+# tests/conftest.py sets TRITON_INTERPRET=1 unless it is set: 0 here so the kernels compile for the GPU.
+TRITON_INTERPRET=0 run_logged gpu_tests 150 25 "$PY" -m pytest tests -m gpu -q -rfEs \
+    --junitxml="$OUT/gpu_tests.xml"
+rc=$?
+if [ $rc -eq 5 ]; then echo "(no test is marked gpu yet)"; elif [ $rc -ne 0 ]; then STATUS=1; fi
+
+step "benchmarks: fused, eager, search step"
+run_logged bench 180 12 "$PY" -m pytest benchmarks --benchmark-only -q -rs -k "not compiled" \
+    --benchmark-json="$OUT/bench.json" --benchmark-columns=median,mean,rounds || STATUS=1
+
+step "benchmarks: torch.compile at the target shape (64x16x32x32, fwd+bwd)"
+run_logged bench_compile_target 90 6 "$PY" -m pytest benchmarks --benchmark-only -q -rs \
+    -k "compiled and fwdbwd and 64x16x32x32" --benchmark-json="$OUT/bench_compile_target.json" \
+    --benchmark-columns=median,rounds || STATUS=1
+
+step "benchmarks: torch.compile, the other shapes"
+run_logged bench_compile_rest 120 6 "$PY" -m pytest benchmarks --benchmark-only -q -rs \
+    -k "compiled and not (fwdbwd and 64x16x32x32)" --benchmark-json="$OUT/bench_compile_rest.json" \
+    --benchmark-columns=median,rounds || STATUS=1
+
+step "summary (benchmarks/summarize.py; JSON and logs in $OUT)"
+files=()
+for f in bench.json bench_compile_target.json bench_compile_rest.json; do
+    [ -s "$OUT/$f" ] && files+=("$OUT/$f")
+done
+if [ ${#files[@]} -gt 0 ]; then
+    "$PY" benchmarks/summarize.py "${files[@]}" | tee "$OUT/summary.txt"
+else
+    echo "no benchmark JSON was written"
+    STATUS=1
+fi
+echo "gpu_check: $([ $STATUS -eq 0 ] && echo OK || echo 'a step failed: see the logs above') (device time $SECONDS s)"
+exit $STATUS

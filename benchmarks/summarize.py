@@ -1,0 +1,137 @@
+"""A short table of ndarts benchmark results from pytest-benchmark JSON files.
+
+    python benchmarks/summarize.py bench.json [more.json ...]
+
+Mixed-op sum rows: time per call (CUDA events over back-to-back calls on a GPU, wall-clock median
+on a CPU), effective GB/s from the minimal bytes, its fraction of the copy bandwidth measured in
+the same run, and speedups at equal (mode, shape, dtype): against the faster eager implementation
+and against torch.compile. Search-step rows: ms per step, peak memory, ratio to the plain DARTS
+MixedOp. Then the targets of issue 4 with their status (never a failure: a report).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def load(paths):
+    rows, machines = [], []
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"[summarize] skipping {path}: {e}")
+            continue
+        machines.append(data.get("machine_info", {}).get("ndarts", {}))
+        for b in data.get("benchmarks", []):
+            info = dict(b.get("extra_info", {}))
+            if "kind" not in info:
+                continue
+            info["name"] = b["name"]
+            info.setdefault("time_ms", b["stats"]["median"] * 1e3)
+            rows.append(info)
+    return rows, machines
+
+
+def _fmt(x, spec, none="-"):
+    return none if x is None else format(x, spec)
+
+
+def mixed_sum_table(rows):
+    cases = {}
+    for r in rows:
+        cases.setdefault((r["mode"], tuple(r["shape"]), r["dtype"]), {})[r["impl"]] = r
+    lines = [f"{'mode':6} {'shape':>14} {'dtype':8} {'impl':11} {'ms':>9} {'GB/s':>8} {'%copy':>6} "
+             f"{'x eager':>8} {'x compile':>9}"]
+    for (mode, shape, dtype), impls in sorted(cases.items(), key=lambda kv: (kv[0][0] != "fwdbwd", kv[0][1], kv[0][2])):
+        eager = [impls[k]["time_ms"] for k in ("eager_darts", "eager_ref") if k in impls]
+        best_eager = min(eager) if eager else None
+        compiled = impls.get("compiled", {}).get("time_ms")
+        for impl in ("fused", "eager_darts", "eager_ref", "compiled"):
+            r = impls.get(impl)
+            if r is None:
+                continue
+            t = r["time_ms"]
+            r["x_eager"] = best_eager / t if best_eager else None
+            r["x_compile"] = compiled / t if compiled else None
+            lines.append(f"{mode:6} {'x'.join(map(str, shape)):>14} {dtype:8} {impl:11} {t:9.3f} {r['GBps']:8.1f} "
+                         f"{100 * r['frac_copy_bw']:5.1f}% {_fmt(r['x_eager'], '8.2f'):>8} {_fmt(r['x_compile'], '9.2f'):>9}")
+    return lines
+
+
+def search_step_table(rows):
+    lines = [f"{'config':34} {'impl':12} {'ms/step':>10} {'peak GiB':>9} {'x plain':>8}"]
+    by_cfg = {}
+    for r in rows:
+        by_cfg.setdefault(r["config_name"], {})[r["impl"]] = r
+    for cfg, impls in by_cfg.items():
+        plain = impls.get("plain", {}).get("time_ms")
+        for impl in ("plain", "reference", "fused", "fused_graph"):
+            r = impls.get(impl)
+            if r is None:
+                continue
+            # > 1: faster than the plain DARTS MixedOp
+            r["x_plain"] = plain / r["time_ms"] if plain else None
+            lines.append(f"{cfg:34} {impl:12} {r['time_ms']:10.1f} {_fmt(r.get('peak_GiB'), '9.2f'):>9} "
+                         f"{_fmt(r['x_plain'], '8.2f'):>8}")
+    return lines
+
+
+def target_lines(rows):
+    lines = []
+    for r in rows:
+        for target in r.get("targets", []):
+            if "eager" in target:
+                value, need = r.get("x_eager"), 10.0
+                status = _status(value, need, f"{_fmt(value, '.1f')}x")
+            elif "torch.compile" in target:
+                value, need = r.get("x_compile"), 5.0
+                status = _status(value, need, f"{_fmt(value, '.1f')}x")
+            elif "copy bandwidth" in target:
+                value = r.get("frac_copy_bw")
+                status = _status(value, 0.8, f"{100 * value:.0f}% of {r['copy_GBps']:.0f} GB/s")
+            elif "ms per step" in target:
+                status = ("met" if r.get("target_step_met") else "NOT met") + f" ({r['time_ms']:.1f} ms)"
+            elif "peak" in target:
+                status = ("met" if r.get("target_peak_met") else "NOT met") + f" ({r.get('peak_GiB', float('nan')):.2f} GiB)"
+            else:
+                status = "?"
+            where = r["name"]
+            lines.append(f"  {target:42} {status:32} {where}")
+    return lines or ["  (no target cases ran: the targets are GPU-only)"]
+
+
+def _status(value, need, text):
+    if value is None:
+        return "not measured (baseline missing)"
+    return ("met" if value >= need else "NOT met") + f" ({text})"
+
+
+def main(argv):
+    if not argv:
+        print(__doc__)
+        return 2
+    rows, machines = load(argv)
+    for m in machines:
+        if m:
+            print(f"device: {m.get('device')} | torch {m.get('torch')} | triton {m.get('triton')} | commit {m.get('commit')}"
+                  + (f" | threads {m['torch_threads']} | loadavg {m.get('loadavg')}" if "torch_threads" in m else ""))
+    mixed = [r for r in rows if r["kind"] == "mixed_sum"]
+    steps = [r for r in rows if r["kind"] == "search_step"]
+    copy = {round(r["copy_GBps"], 1) for r in mixed}
+    if copy:
+        print(f"copy bandwidth (read + write), measured in the run: {', '.join(f'{c:.1f}' for c in sorted(copy))} GB/s")
+    if mixed:
+        print("\nnoisy mixed-op sum, 7 operands (6 ops + noisy skip)")
+        print("\n".join(mixed_sum_table(mixed)))
+    if steps:
+        print("\nsearch step (alpha step + w step, first order)")
+        print("\n".join(search_step_table(steps)))
+    print("\ntargets (issue 4; recorded, not asserted)")
+    print("\n".join(target_lines(mixed + steps)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

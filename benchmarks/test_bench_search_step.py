@@ -1,0 +1,182 @@
+"""One first-order search step: an α step on a validation batch, then a w step (SGD, grad clip).
+
+Variants, all on the same network, data and optimizers (the `impl` field of extra_info):
+- plain:       the classic DARTS MixedOp verbatim, `sum(w * op(x) for w, op in zip(weights, ops))`
+               (it computes the `none` op too, as DARTS does), noise by ndarts.noise.add_noise.
+- reference:   ndarts.MixedOp, what `python -m ndarts.search` uses by default.
+- fused:       ndarts.FusedMixedOp (`--fused`): Triton kernels on CUDA; on a CPU the custom op's
+               reference implementation.
+- fused_graph: fused + the whole step captured as one CUDA graph (ndarts.graph_step), GPU only.
+
+GPU: batch 64, C 16, 8 cells, 32×32×3 inputs, the DARTS space (8 ops, with `none`), Gaussian
+noise: SPEC §6's supernet. Target (recorded, not asserted): ≤ 40 ms per step with peak memory
+≤ 60 % of 7.57 GiB. CPU: batch 8, C 8, 5 cells, 16×16×3: the same code paths in seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bench_common import CUDA, needs_cuda, run_benchmark
+from ndarts.architect import Architect
+from ndarts.mixed_op import MixedOp
+from ndarts.noise import NoiseConfig, add_noise
+from ndarts.operations import SPACES
+from ndarts.search_model import SearchNetwork
+from ndarts.searcher import SearchConfig
+
+GIB = 2**30
+PEAK_TARGET_BYTES = 0.6 * 7.57 * GIB
+STEP_TARGET_MS = 40.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    batch: int
+    channels: int
+    layers: int
+    image: int
+    in_channels: int = 3
+    num_classes: int = 10
+    space: str = "darts"
+    noise: str = "gaussian"
+
+    @property
+    def name(self) -> str:
+        return (f"b{self.batch}-C{self.channels}-L{self.layers}-{self.image}x{self.image}x{self.in_channels}"
+                f"-{self.space}-{self.noise}")
+
+
+GPU_CONFIG = StepConfig(batch=64, channels=16, layers=8, image=32)
+CPU_CONFIG = StepConfig(batch=8, channels=8, layers=5, image=16)
+CONFIG = GPU_CONFIG if CUDA else CPU_CONFIG
+# GPU: eager steps take ~1 s (SPEC §6: 2 × 480 ms), so few rounds; each step syncs the host
+# (the finite checks), so the wall clock per step is the figure, no back-to-back event timing.
+ROUNDS, WARMUP = (5, 2) if CUDA else (3, 1)
+
+
+class PlainMixedOp(MixedOp):
+    """DARTS's MixedOp forward, verbatim, on ndarts' ops; noise on the skip op's output."""
+
+    def forward(self, x, weights):
+        return sum(w * (add_noise(op(x), self.noise, self.noise_scale) if i == self._skip and self.noisy else op(x))
+                   for i, (w, op) in enumerate(zip(weights, self._ops)))
+
+
+@dataclasses.dataclass
+class StepParts:
+    model: SearchNetwork
+    architect: Architect
+    w_opt: torch.optim.Optimizer
+    criterion: nn.Module
+    weights: list
+    grad_clip: float
+
+
+def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0) -> StepParts:
+    """The network and optimizers as ndarts.searcher.Searcher._build makes them."""
+    defaults = SearchConfig()
+    torch.manual_seed(seed)
+    model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
+                          fused=impl in ("fused", "fused_graph"), in_channels=cfg.in_channels)
+    if impl == "plain":
+        # same modules, same parameters: only the forward of every mixed op changes
+        for m in model.modules():
+            if type(m) is MixedOp:
+                m.__class__ = PlainMixedOp
+    model = model.to(device).train()
+    w_opt = torch.optim.SGD(model.weight_parameters(), defaults.learning_rate, momentum=defaults.momentum,
+                            weight_decay=defaults.weight_decay)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=defaults.arch_learning_rate, betas=(0.5, 0.999),
+                             weight_decay=defaults.arch_weight_decay)
+    criterion = nn.CrossEntropyLoss()
+    architect = Architect(model, a_opt, w_opt, criterion, "first", defaults.momentum, defaults.weight_decay)
+    return StepParts(model, architect, w_opt, criterion, model.weight_parameters(), defaults.grad_clip)
+
+
+def search_step(p: StepParts, x, y, xv, yv, lr: float):
+    """The body of Searcher._train_epoch's loop, less its metric bookkeeping: keep in step with it."""
+    arch_loss = p.architect.step(x, y, xv, yv, lr)
+    logits = p.model(x)
+    loss = p.criterion(logits, y)
+    p.w_opt.zero_grad(set_to_none=True)
+    torch.autograd.backward(loss, inputs=p.weights)
+    grad_norm = nn.utils.clip_grad_norm_(p.weights, p.grad_clip)
+    if not (torch.isfinite(loss) and torch.isfinite(arch_loss) and torch.isfinite(grad_norm)):  # Searcher's check
+        raise FloatingPointError("non-finite loss or gradient in the benchmarked search step")
+    p.w_opt.step()
+    return loss
+
+
+def make_batches(cfg: StepConfig, device: torch.device):
+    gen = torch.Generator().manual_seed(1)
+    shape = (cfg.batch, cfg.in_channels, cfg.image, cfg.image)
+    x, xv = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    y, yv = (torch.randint(0, cfg.num_classes, (cfg.batch,), generator=gen) for _ in range(2))
+    return [t.to(device) for t in (x, y, xv, yv)]
+
+
+def graph_step_fn(parts: StepParts, batches, lr: float):
+    """The CUDA-graph step, when ndarts provides it; None (with a reason) when it does not.
+
+    Expected API (for the lead): ndarts.graph_step.make_graph_step(model, architect, w_opt, criterion,
+    grad_clip, example_batches) -> step(x, y, xv, yv, lr), which copies the batches into its static
+    inputs and replays the captured α step + w step.
+    """
+    if importlib.util.find_spec("ndarts.graph_step") is None:
+        return None, "CUDA-graph step not implemented (no ndarts.graph_step module)"
+    import ndarts.graph_step as gs
+
+    if not hasattr(gs, "make_graph_step"):
+        return None, "CUDA-graph step: ndarts.graph_step has no make_graph_step(...) (see this benchmark's docstring)"
+    step = gs.make_graph_step(parts.model, parts.architect, parts.w_opt, parts.criterion, parts.grad_clip, batches)
+    return (lambda: step(*batches, lr)), None
+
+
+IMPLS = ["plain", "reference", "fused", "fused_graph"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_search_step(benchmark, device, impl):
+    cfg = CONFIG
+    if impl == "fused_graph" and device.type != "cuda":
+        pytest.skip(needs_cuda("a CUDA-graph step needs CUDA graphs"))
+    benchmark.group = f"search_step {cfg.name}"
+    parts = build_parts(cfg, impl, device)
+    batches = make_batches(cfg, device)
+    lr = SearchConfig().learning_rate
+    if impl == "fused_graph":
+        fn, reason = graph_step_fn(parts, batches, lr)
+        if fn is None:
+            pytest.skip(reason)
+    else:
+        def fn():
+            return search_step(parts, *batches, lr)
+
+    peak = None
+    if device.type == "cuda":
+        fn()  # allocator warm, cuDNN algorithms chosen
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    info = run_benchmark(benchmark, fn, device, rounds=ROUNDS, warmup=WARMUP, event_reps=0)
+    if info["time_ms"] is None:
+        return
+    info.update({"kind": "search_step", "impl": impl, "config": dataclasses.asdict(cfg), "config_name": cfg.name,
+                 "device": str(device), "torch_threads": torch.get_num_threads() if device.type == "cpu" else None})
+    if peak is not None:
+        info.update({"peak_bytes": peak, "peak_GiB": peak / GIB, "resident_before_step_GiB": base / GIB})
+    else:
+        info["peak_note"] = "peak memory not measured on CPU (no allocator statistics)"
+    if device.type == "cuda" and impl in ("fused", "fused_graph") and cfg == GPU_CONFIG:
+        info["targets"] = [f"<= {STEP_TARGET_MS:.0f} ms per step", f"peak <= {PEAK_TARGET_BYTES / GIB:.2f} GiB"]
+        info["target_step_met"] = info["time_ms"] <= STEP_TARGET_MS
+        info["target_peak_met"] = peak <= PEAK_TARGET_BYTES
+    benchmark.extra_info.update(info)

@@ -1,0 +1,94 @@
+"""``python -m ndarts.genotype``: inspect, list and draw genotypes.
+
+    python -m ndarts.genotype list
+    python -m ndarts.genotype info NAME_OR_JSON [--json] [--init-channels 36 --layers 20 ...]
+    python -m ndarts.genotype draw NAME_OR_JSON --out PREFIX   # PREFIX-normal.png/.svg, PREFIX-reduce.png/.svg
+
+NAME_OR_JSON is a zoo name, a JSON file (e.g. a search's genotype.json) or a JSON string.
+``info`` reports the evaluation network's size: by default DARTS's CIFAR-10 network (C 36, 20
+cells, 10 classes, 32×32 input); parameters exclude the auxiliary tower, multiply-adds are
+counted for one image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import cli_errors
+from . import Genotype, load_genotype, zoo
+
+
+def format_cell(edges, concat) -> list[str]:
+    names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(len(edges) // 2)]
+    lines = []
+    for i in range(len(edges) // 2):
+        ins = ", ".join(f"{op}({names[j]})" for op, j in edges[2 * i:2 * i + 2])
+        lines.append(f"  node {i} = {ins}")
+    lines.append(f"  output c_{{k}} = concat({', '.join(names[n] for n in concat)})")
+    return lines
+
+
+def describe(genotype: Genotype) -> str:
+    skips = genotype.skip_counts()
+    out = [f"normal cell ({skips[0]} skip connections):"] + format_cell(genotype.normal, genotype.normal_concat)
+    out += [f"reduction cell ({skips[1]} skip connections):"] + format_cell(genotype.reduce, genotype.reduce_concat)
+    return "\n".join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ndarts.genotype", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the published genotypes (model zoo)")
+    info = sub.add_parser("info", help="the cells and the evaluation network's params and multiply-adds")
+    info.add_argument("genotype", help="zoo name, JSON file or JSON string")
+    info.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    info.add_argument("--network", default="cifar", choices=["cifar", "imagenet"])
+    info.add_argument("--init-channels", type=int, default=None, help="default 36 (48 imagenet)")
+    info.add_argument("--layers", type=int, default=None, help="default 20 (14 imagenet)")
+    info.add_argument("--num-classes", type=int, default=None, help="default 10 (1000 imagenet)")
+    info.add_argument("--image-size", type=int, default=None, help="default 32 (224 imagenet)")
+    draw = sub.add_parser("draw", help="PNG and SVG diagrams of the normal and reduction cells")
+    draw.add_argument("genotype", help="zoo name, JSON file or JSON string")
+    draw.add_argument("--out", required=True, help="prefix: writes PREFIX-normal.{png,svg} and PREFIX-reduce.{png,svg}")
+    return p
+
+
+@cli_errors
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command == "list":
+        for name, g in zoo().items():
+            n, r = g.skip_counts()
+            print(f"{name:14s} skips: normal {n} reduce {r}")
+        return
+    genotype = load_genotype(args.genotype)
+    if args.command == "draw":
+        from ..plots import draw_genotype
+
+        for path in draw_genotype(genotype, args.out):
+            print(path)
+        return
+    from ..errors import NdartsError
+    from .stats import network_stats
+
+    imagenet = args.network == "imagenet"
+    pick = lambda given, cifar, inet: given if given is not None else (inet if imagenet else cifar)  # noqa: E731
+    sizes = {"C": pick(args.init_channels, 36, 48), "layers": pick(args.layers, 20, 14),
+             "num_classes": pick(args.num_classes, 10, 1000), "image_size": pick(args.image_size, 32, 224)}
+    if min(sizes.values()) < 1:
+        raise NdartsError(f"sizes must be >= 1, got {sizes}")
+    stats = network_stats(genotype, args.network, **sizes)
+    if args.json:
+        print(json.dumps({"genotype": genotype.to_dict(), "skip_normal": genotype.skip_counts()[0],
+                          "skip_reduce": genotype.skip_counts()[1], **stats}))
+        return
+    print(describe(genotype))
+    print(f"{args.network} evaluation network (C {sizes['C']}, {sizes['layers']} cells, {sizes['num_classes']} classes, "
+          f"{sizes['image_size']}x{sizes['image_size']} input): {stats['params_m']:.3f} M params "
+          f"(auxiliary tower excluded; {stats['params_with_auxiliary_m']:.3f} M with it), "
+          f"{stats['madds_m']:.1f} M multiply-adds")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

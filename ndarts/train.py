@@ -1,0 +1,122 @@
+"""``python -m ndarts.train --genotype NAME_OR_JSON``: train a cell's evaluation network from scratch.
+
+Defaults are DARTS's CIFAR evaluation protocol (600 epochs, batch 96, C 36, 20 cells, SGD 0.025
+cosine, momentum 0.9, wd 3e-4, auxiliary tower 0.4, cutout 16, drop-path 0.2, grad clip 5).
+``--network imagenet`` selects DARTS's ImageNet (mobile) network and protocol: C 48, 14 cells,
+250 epochs, batch 128, SGD 0.1 decayed ×0.97 per epoch, wd 3e-5, label smoothing 0.1, no
+drop-path, 224×224 images. On the embedded default dataset (``--dataset digits``) the network
+and schedule are scaled down so the bare command finishes in a few minutes on a laptop CPU.
+Every flag given explicitly overrides a preset. Multi-GPU: ``torchrun --nproc-per-node N -m
+ndarts.train ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from .errors import NdartsError, cli_errors
+from .eval_model import NETWORKS
+from .trainer import AMP_MODES, LR_SCHEDULES, TrainConfig, Trainer
+
+# 1,437 8×8 training images: a small network, few epochs, no cutout (nothing to cut out of 8×8).
+DIGITS_PRESET = {"epochs": 10, "batch_size": 96, "init_channels": 16, "layers": 8, "cutout": 0, "report_freq": 0}
+# DARTS's ImageNet (mobile setting) training; the digits preset wins where both set a value.
+IMAGENET_PRESET = {"epochs": 250, "batch_size": 128, "init_channels": 48, "layers": 14, "learning_rate": 0.1,
+                   "lr_schedule": "step", "weight_decay": 3e-5, "drop_path_prob": 0.0, "label_smoothing": 0.1,
+                   "image_size": 224}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ndarts.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = TrainConfig()
+    g = p.add_argument_group("architecture")
+    g.add_argument("--genotype", default=d.genotype,
+                   help="a zoo name (python -m ndarts.genotype list), a JSON file (e.g. a search's genotype.json) "
+                        "or a JSON string")
+    g.add_argument("--steps", type=int, default=d.steps, help="intermediate nodes per cell the genotype must have")
+    g.add_argument("--network", default=d.network, choices=NETWORKS,
+                   help="cifar: DARTS's CIFAR network; imagenet: DARTS's ImageNet mobile network and protocol")
+    g.add_argument("--init-channels", type=int, default=None, help=f"default {d.init_channels} (16 on digits, 48 imagenet)")
+    g.add_argument("--layers", type=int, default=None, help=f"cells; default {d.layers} (8 on digits, 14 imagenet)")
+    g.add_argument("--no-auxiliary", dest="auxiliary", action="store_false", help="no auxiliary tower")
+    g.add_argument("--auxiliary-weight", type=float, default=d.auxiliary_weight)
+    g.add_argument("--drop-path-prob", type=float, default=None,
+                   help=f"final drop-path probability (ramped linearly from 0); default {d.drop_path_prob}")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset, choices=["digits", "cifar10", "cifar100", "imagefolder"],
+                   help="digits is embedded (no network, no files)")
+    g.add_argument("--data", default=None, help="dataset directory (cifar10/cifar100/imagefolder)")
+    g.add_argument("--download", action="store_true", help="download CIFAR into --data (opt-in)")
+    g.add_argument("--image-size", type=int, default=None, help="imagefolder: resize to this size (default 32, 224 imagenet)")
+    g.add_argument("--cutout", type=int, default=None, help=f"cutout length, 0 = off; default {d.cutout} (0 on digits)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    g.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
+
+    g = p.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs} (10 on digits, 250 imagenet)")
+    g.add_argument("--batch-size", type=int, default=None, help=f"per process; default {d.batch_size} (128 imagenet)")
+    g.add_argument("--learning-rate", type=float, default=None, help=f"default {d.learning_rate} (0.1 imagenet)")
+    g.add_argument("--learning-rate-min", type=float, default=d.learning_rate_min, help="cosine schedule floor")
+    g.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES, help="default cosine (step imagenet)")
+    g.add_argument("--lr-gamma", type=float, default=d.lr_gamma, help="step schedule: decay per epoch")
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--weight-decay", type=float, default=None, help=f"default {d.weight_decay} (3e-5 imagenet)")
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    g.add_argument("--label-smoothing", type=float, default=None, help="default 0 (0.1 imagenet)")
+    g.add_argument("--max-steps", type=int, default=None, help="cap the steps per epoch (quick runs)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--out", default=None, help="run directory (default runs/train-<time>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="mixed precision (fp16 uses a GradScaler; CUDA only)")
+    g.add_argument("--report-freq", type=int, default=None, help="log a progress line every N steps (0: off)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest for the tiny digits network "
+                        "on a busy machine)")
+    g.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars into DIR/tensorboard")
+    return p
+
+
+def config_from_args(args) -> TrainConfig:
+    values = {k: v for k, v in vars(args).items() if v is not None and k != "threads"}
+    if args.dataset == "digits":
+        for k, v in DIGITS_PRESET.items():
+            values.setdefault(k, v)
+    if args.network == "imagenet":
+        for k, v in IMAGENET_PRESET.items():
+            values.setdefault(k, v)
+    if args.out is None:
+        if args.resume:
+            raise NdartsError("--resume needs --out DIR: the run directory to continue")
+        values["out"] = f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+@cli_errors
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise NdartsError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from .distributed import distributed_context
+
+    with distributed_context(cfg.device) as dist:
+        trainer = Trainer(cfg, dist=dist)
+        trainer.fit()
+        if trainer.rank0:
+            best = "n/a" if trainer.best_acc is None else f"{trainer.best_acc:.4f}"
+            print(f"best test accuracy {best}; run directory: {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""Training a genotype's evaluation network from scratch (the DARTS evaluation protocol).
+
+Reads top to bottom: build (data, network, optimizer, schedule) → maybe resume → for each
+epoch: set the drop-path probability (linear ramp, as DARTS), train (cross-entropy + 0.4 ×
+auxiliary loss, grad clip 5), test, write metrics and an atomic checkpoint (+ best.pt).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
+from .data import BatchStream, load_dataset
+from .errors import NdartsError
+from .eval_model import NETWORKS, build_network, count_parameters
+from .genotype import Genotype, load_genotype
+from .rng import rng_state, seed_everything, set_rng_state
+from .rundir import RunDir
+from .searcher import resolve_device
+
+CHECKPOINT_KIND = "ndarts-train"
+AMP_MODES = ("none", "bf16", "fp16")
+LR_SCHEDULES = ("cosine", "step")
+# Settings a resumed run must share with its checkpoint (others, like --epochs, may change).
+STRUCTURAL = ("dataset", "network", "genotype_dict", "init_channels", "layers", "auxiliary", "seed",
+              "batch_size", "image_size", "amp", "lr_schedule")
+
+
+@dataclass
+class TrainConfig:
+    genotype: str = "NoisyDARTS-a"
+    steps: int = 4  # intermediate nodes per cell the genotype must have (DARTS: 4)
+    network: str = "cifar"
+    # data
+    dataset: str = "digits"
+    data: str | None = None
+    download: bool = False
+    image_size: int = 32
+    workers: int = 0
+    cutout: int = 16
+    augment: bool = True
+    # schedule (the DARTS CIFAR evaluation protocol)
+    epochs: int = 600
+    batch_size: int = 96
+    learning_rate: float = 0.025
+    learning_rate_min: float = 0.0
+    lr_schedule: str = "cosine"
+    lr_gamma: float = 0.97  # per-epoch decay of the step schedule (DARTS ImageNet)
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+    # network
+    init_channels: int = 36
+    layers: int = 20
+    auxiliary: bool = True
+    auxiliary_weight: float = 0.4
+    drop_path_prob: float = 0.2
+    # run
+    seed: int = 0
+    out: str = "runs/train"
+    resume: bool = False
+    device: str = "auto"
+    amp: str = "none"
+    report_freq: int = 50
+    max_steps: int | None = None  # steps per epoch cap (train and test), for quick runs
+    tensorboard: bool = False
+    genotype_dict: dict | None = None  # the resolved cell, filled in by resolve_genotype()
+
+    def validate(self) -> None:
+        if self.network not in NETWORKS:
+            raise NdartsError(f"unknown --network {self.network!r}; choose one of {NETWORKS}")
+        if self.amp not in AMP_MODES:
+            raise NdartsError(f"unknown --amp {self.amp!r}; choose one of {AMP_MODES}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise NdartsError(f"unknown --lr-schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}")
+        for name in ("epochs", "batch_size", "init_channels", "layers", "steps"):
+            if getattr(self, name) < 1:
+                raise NdartsError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise NdartsError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.drop_path_prob < 1.0:
+            raise NdartsError(f"--drop-path-prob must be in [0, 1), got {self.drop_path_prob}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise NdartsError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.cutout < 0:
+            raise NdartsError(f"--cutout must be >= 0, got {self.cutout}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise NdartsError(f"--max-steps must be >= 1, got {self.max_steps}")
+
+    def resolve_genotype(self) -> Genotype:
+        g = load_genotype(self.genotype, steps=self.steps)
+        self.genotype_dict = g.to_dict()
+        return g
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Divergence(NdartsError):
+    pass
+
+
+def autocast_context(device: torch.device, amp: str):
+    """Mixed precision for the forward pass: bf16 or fp16 autocast, or nothing."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise NdartsError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dist=None):
+        cfg.validate()
+        self.cfg = cfg
+        self.genotype = cfg.resolve_genotype()
+        self.dist = dist  # ndarts.distributed.DistContext or None
+        self.rank0 = dist is None or dist.rank == 0
+        self.device = dist.device if dist is not None else resolve_device(cfg.device)
+        if cfg.amp == "fp16" and self.device.type == "cpu":
+            raise NdartsError("--amp fp16 needs a CUDA device; on a CPU use --amp bf16")
+        writer_cls = _summary_writer() if cfg.tensorboard and self.rank0 else None  # fail before touching --out
+        self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0)
+        if cfg.resume:
+            self._check_resume_config()
+        seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
+        self._build()
+        self.start_epoch, self.best_acc = 0, None
+        if cfg.resume:
+            self._load_checkpoint(self.run.checkpoint)
+        else:
+            self.run.write_config(cfg.to_dict())
+        self.writer = writer_cls(log_dir=str(self.run.path / "tensorboard")) if writer_cls is not None else None
+
+    # ------------------------------------------------------------------ set-up
+    def _check_resume_config(self):
+        saved = self.run.read_config()
+        if saved is None:
+            return
+        diff = [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(self.cfg, k)!r}"
+                for k in STRUCTURAL if saved.get(k) != getattr(self.cfg, k)]
+        if diff:
+            raise CheckpointError(f"the checkpoint in {self.run.path} is from a different configuration: "
+                                  + "; ".join(diff))
+
+    def _build(self):
+        cfg, dev = self.cfg, self.device
+        spec = load_dataset(cfg.dataset, cfg.data, cfg.download, cfg.image_size,
+                            augment=cfg.augment and cfg.dataset != "digits", cutout=cfg.cutout)
+        self.spec = spec
+        train_idx = list(range(len(spec.train)))
+        if self.dist is not None:
+            train_idx = self.dist.shard(train_idx)
+        # a last batch of one image would break BatchNorm in training mode: drop it then
+        self.train_stream = BatchStream(spec.train, train_idx, cfg.batch_size, cfg.seed, stream=0,
+                                        workers=cfg.workers, drop_last=len(train_idx) % cfg.batch_size == 1)
+        self.test_stream = None
+        if spec.test is not None:
+            test_idx = list(range(len(spec.test)))
+            if self.dist is not None:  # every rank tests its own share, the sums are all-reduced
+                test_idx = test_idx[self.dist.rank::self.dist.world_size]
+            self.test_stream = BatchStream(spec.test, test_idx, cfg.batch_size, cfg.seed, stream=2,
+                                           workers=cfg.workers, shuffle=False)
+        try:
+            model = build_network(cfg.network, self.genotype, cfg.init_channels, spec.num_classes, cfg.layers,
+                                  cfg.auxiliary, in_channels=spec.in_channels, drop_path_prob=0.0)
+        except ValueError as e:
+            raise NdartsError(f"cannot build the evaluation network: {e}") from None
+        self.model = model.to(dev)
+        self.forward_model = self.dist.wrap(self.model) if self.dist is not None else self.model
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.test_criterion = nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), cfg.learning_rate, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        if cfg.lr_schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, cfg.epochs,
+                                                                        eta_min=cfg.learning_rate_min)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, 1, gamma=cfg.lr_gamma)
+        self.scaler = torch.amp.GradScaler(dev.type) if cfg.amp == "fp16" else None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_state(self, epoch_done: int) -> dict:
+        return {
+            "kind": CHECKPOINT_KIND,
+            "epoch": epoch_done,
+            "config": json.dumps(self.cfg.to_dict()),
+            "genotype": self.genotype.to_dict(),
+            "num_classes": self.spec.num_classes,
+            "in_channels": self.spec.in_channels,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "best_acc": self.best_acc,
+            "rng": rng_state(),
+        }
+
+    def _load_checkpoint(self, path):
+        state = load_checkpoint(path, map_location=self.device)
+        require_keys(state, ("kind", "epoch", "model", "optimizer", "scheduler", "rng"), path)
+        if state["kind"] != CHECKPOINT_KIND:
+            raise CheckpointError(f"{path} is a {state['kind']!r} checkpoint, not a training checkpoint")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path} does not fit this network/configuration: "
+                                  f"{str(e).splitlines()[0][:300]}") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            self._retarget_cosine()
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.best_acc = state.get("best_acc")
+        self.run.truncate_metrics(self.start_epoch)
+        self.run.log(f"resumed from {path} after epoch {self.start_epoch}")
+
+    def _retarget_cosine(self):
+        """A resume may change --epochs (or --learning-rate-min): the cosine schedule then continues
+        on the new horizon, with the closed-form lr at the current epoch (unchanged otherwise)."""
+        s, cfg = self.scheduler, self.cfg
+        if (s.T_max, s.eta_min) == (cfg.epochs, cfg.learning_rate_min):
+            return  # same schedule: keep the restored state bit for bit
+        s.T_max, s.eta_min = cfg.epochs, cfg.learning_rate_min
+        t = min(s.last_epoch, cfg.epochs)
+        for group, base in zip(self.optimizer.param_groups, s.base_lrs):
+            group["lr"] = s.eta_min + (base - s.eta_min) * (1 + math.cos(math.pi * t / cfg.epochs)) / 2
+        s._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict | None:
+        cfg = self.cfg
+        if self.rank0:
+            world = f", {self.dist.world_size} processes" if self.dist is not None else ""
+            self.run.log(f"train: {cfg.genotype} ({cfg.network} network, C {cfg.init_channels}, {cfg.layers} cells) "
+                         f"on {cfg.dataset}, {self.device}{world}, amp {cfg.amp}, "
+                         f"{count_parameters(self.model) / 1e6:.3f} M params (auxiliary tower excluded), "
+                         f"{len(self.train_stream)} steps/epoch")
+        record = None
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                record = self._epoch(epoch)
+        except torch.cuda.OutOfMemoryError:
+            raise NdartsError(f"CUDA out of memory at --batch-size {cfg.batch_size}: lower --batch-size "
+                              f"(e.g. {max(1, cfg.batch_size // 2)}), or use --amp bf16") from None
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return record
+
+    def _epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        self.model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs  # DARTS's linear ramp
+        lr = self.scheduler.get_last_lr()[0]
+        t0 = time.time()
+        train = self._train_epoch(epoch)
+        test_loss, test_acc = self.evaluate()
+        self.scheduler.step()
+        record = {"epoch": epoch, "lr": lr, "drop_path_prob": self.model.drop_path_prob, **train,
+                  "test_loss": test_loss, "test_acc": test_acc, "seconds": time.time() - t0}
+        if not self.rank0:
+            return record
+        improved = test_acc is not None and (self.best_acc is None or test_acc > self.best_acc)
+        if improved:
+            self.best_acc = test_acc
+        record["best_acc"] = self.best_acc
+        self.run.append_metrics(record)
+        state = self._checkpoint_state(epoch + 1)
+        save_checkpoint(state, self.run.checkpoint)
+        if improved:
+            save_checkpoint(state, self.run.path / "best.pt")
+        if self.writer is not None:
+            for k in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+                if record.get(k) is not None:
+                    self.writer.add_scalar(k, record[k], epoch + 1)
+            self.writer.flush()
+        test = "no test split" if test_acc is None else f"test loss {test_loss:.4f} acc {test_acc:.4f} (best {self.best_acc:.4f})"
+        self.run.log(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.5f} train loss {train['train_loss']:.4f} "
+                     f"acc {train['train_acc']:.4f} | {test} | {record['seconds']:.1f}s")
+        return record
+
+    def _train_epoch(self, epoch: int) -> dict:
+        cfg, dev = self.cfg, self.device
+        self.forward_model.train()
+        tot_loss, tot_correct, tot_n = 0.0, 0, 0
+        t_start = time.time()
+        n_steps = len(self.train_stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.train_stream))
+        for step, (x, y) in enumerate(self.train_stream.iterate(epoch)):
+            if step >= n_steps:
+                break
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with autocast_context(dev, cfg.amp):
+                logits, logits_aux = self.forward_model(x)
+                loss = self.criterion(logits, y)
+                if logits_aux is not None:
+                    loss = loss + cfg.auxiliary_weight * self.criterion(logits_aux, y)
+            if not torch.isfinite(loss):
+                self._diverged(epoch, step, "training loss")
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.scaler.step(self.optimizer)  # skips the step on inf/NaN gradients (fp16 overflow)
+                self.scaler.update()
+            else:
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    self._diverged(epoch, step, "gradient")
+                self.optimizer.step()
+            n = y.shape[0]
+            tot_loss += float(loss.detach()) * n
+            tot_correct += int((logits.argmax(1) == y).sum())
+            tot_n += n
+            if self.rank0 and cfg.report_freq and (step + 1) % cfg.report_freq == 0:
+                rate = tot_n / max(time.time() - t_start, 1e-9)
+                self.run.log(f"  epoch {epoch + 1} step {step + 1}/{n_steps} loss {tot_loss / tot_n:.4f} "
+                             f"acc {tot_correct / tot_n:.4f} | {rate:.0f} img/s")
+        if self.dist is not None:
+            tot_loss, tot_correct, tot_n = self.dist.sum_scalars(tot_loss, tot_correct, tot_n)
+        return {"train_loss": tot_loss / max(tot_n, 1), "train_acc": tot_correct / max(tot_n, 1), "steps": n_steps}
+
+    def _diverged(self, epoch, step, what):
+        last = f"after epoch {epoch}" if epoch > 0 or self.cfg.resume else "none yet"
+        raise Divergence(f"non-finite {what} at epoch {epoch + 1}, step {step + 1}: stopping. The last good "
+                         f"checkpoint ({self.run.checkpoint}, {last}) is kept; lower --learning-rate "
+                         "(or use --amp none) and --resume, or start again")
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float | None, float | None]:
+        """Loss and accuracy on the test split (None, None without one)."""
+        if self.test_stream is None:
+            return None, None
+        return evaluate_model(self.model, self.test_stream, self.device, self.cfg.amp, self.cfg.max_steps,
+                              dist=self.dist)
+
+
+@torch.no_grad()
+def evaluate_model(model, stream: BatchStream, device, amp: str = "none", max_steps=None, dist=None):
+    """Mean cross-entropy and accuracy of `model` (eval mode) over `stream`."""
+    was_training = model.training
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    tot_loss, correct, n = 0.0, 0, 0
+    for step, (x, y) in enumerate(stream.iterate(0)):
+        if max_steps is not None and step >= max_steps:
+            break
+        x, y = x.to(device), y.to(device)
+        with autocast_context(device, amp):
+            logits, _ = model(x)
+        tot_loss += float(criterion(logits.float(), y))
+        correct += int((logits.argmax(1) == y).sum())
+        n += y.shape[0]
+    model.train(was_training)
+    if dist is not None:
+        tot_loss, correct, n = dist.sum_scalars(tot_loss, correct, n)
+    return tot_loss / max(n, 1), correct / max(n, 1)

@@ -1,0 +1,81 @@
+"""The power-iteration Hessian eigenvalue (ndarts.hessian) against the exact one on a tiny network.
+
+Reference mixed ops: exact HVPs (double backward), compared on the real DARTS space (ReLU,
+max-pool). Fused mixed ops have no double backward: there ndarts.hessian takes central differences
+of ∇_α L (step 1e-3), and a ReLU or max-pool switching inside that step makes the quotient jump
+while the exact Hessian ignores the kink; so the fused case is compared on a network whose loss is
+smooth in α (ReLUs replaced by Softplus, no max-pool).
+"""
+import pytest
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from ndarts.hessian import dominant_eigenvalue
+from ndarts.noise import NoiseConfig
+from ndarts.operations import DARTS_PRIMITIVES
+from ndarts.search_model import SearchNetwork
+
+
+SMOOTH_PRIMITIVES = ("avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
+
+
+def search_network(smooth: bool, fused: bool):
+    model = SearchNetwork(C=2, num_classes=3, layers=3, primitives=SMOOTH_PRIMITIVES if smooth else DARTS_PRIMITIVES,
+                          steps=2, multiplier=2, in_channels=1, noise=NoiseConfig(kind="none"),
+                          fused=fused, backend="torch").double()
+    if not smooth:
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(parent, name, nn.Softplus())
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    return model
+
+
+def exact_hessian(model, criterion, x, y):
+    """Full Hessian of L(x, y) w.r.t. the flattened (alphas_normal, alphas_reduce), train mode."""
+    an, ar = model.alphas_normal, model.alphas_reduce
+    params = {n: p.detach() for n, p in model.named_parameters() if not n.startswith("alphas_")}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}  # train-mode BN updates copies only
+
+    def loss(flat):
+        a, b = flat[:an.numel()].view_as(an), flat[an.numel():].view_as(ar)
+        out = functional_call(model, {**params, **buffers, "alphas_normal": a, "alphas_reduce": b}, (x,))
+        return criterion(out, y)
+
+    flat = torch.cat([an.detach().flatten(), ar.detach().flatten()])
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+@pytest.mark.parametrize("smooth,seed", [(True, 0), (True, 1), (False, 0), (False, 1)])
+def test_dominant_eigenvalue_matches_exact(smooth, seed):
+    """smooth: fused ops, finite-difference HVPs; else reference ops, exact HVPs, real DARTS space."""
+    torch.manual_seed(seed)
+    model = search_network(smooth, fused=smooth)
+    with torch.no_grad():  # away from the uniform point, so the Hessian has structure
+        for a in model.arch_parameters():
+            a.normal_(0.0, 0.5)
+    model.train()
+    x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (4,))
+    criterion = nn.CrossEntropyLoss()
+
+    twin = search_network(smooth, fused=False)  # the fused op has no double backward
+    twin.load_state_dict(model.state_dict())
+    twin.train()
+    H = exact_hessian(twin, criterion, x, y)
+    assert torch.allclose(H, H.T, atol=1e-8)
+    evals = torch.linalg.eigvalsh(H)
+    by_magnitude = evals[evals.abs().argsort(descending=True)]
+    exact = float(by_magnitude[0])
+    assert abs(exact) > 1e-4  # a non-trivial Hessian
+
+    buffers_before = [b.clone() for b in model.buffers()]
+    alphas_before = [a.detach().clone() for a in model.arch_parameters()]
+    approx = dominant_eigenvalue(model, criterion, x, y, iters=200, tol=1e-8, seed=seed)
+    assert approx == pytest.approx(exact, rel=2e-3), (approx, by_magnitude[:3].tolist())
+    # measuring leaves α and the BatchNorm statistics as they were
+    assert all(torch.equal(a, b) for a, b in zip(model.arch_parameters(), alphas_before))
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), buffers_before))

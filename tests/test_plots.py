@@ -1,0 +1,79 @@
+"""Pictures from a tiny search run and a tiny training run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ndarts import plots, search, train
+from ndarts.genotype import zoo
+
+
+ENV1 = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path):
+    return path.stat().st_size > 2000 and path.read_bytes()[:8] == PNG
+
+
+@pytest.mark.slow
+def test_figures_of_a_tiny_search_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    search.main(["--epochs", "2", "--max-steps", "2", "--layers", "3", "--init-channels", "4", "--out", str(run)])
+    written = plots.main([str(run)])
+    figures = run / "figures"
+    names = {p.name for p in written}
+    assert {"alphas.png", "skips.png", "curves.png", "cell-normal.png", "cell-reduce.png",
+            "cell-normal.svg", "cell-reduce.svg"} <= names
+    for p in written:
+        assert p.parent == figures
+        if p.suffix == ".png":
+            assert is_png(p), p
+    # the final cell drawn is the run's last genotype
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["genotype"]
+    svg = (figures / "cell-normal.svg").read_text()
+    assert all(op in svg for op, _ in last["normal"])
+
+
+def test_figures_of_a_training_run_and_cli(tmp_path):
+    run = tmp_path / "t"
+    train.main(["--init-channels", "4", "--layers", "3", "--batch-size", "16", "--max-steps", "1",
+                "--epochs", "2", "--out", str(run)])
+    p = subprocess.run([sys.executable, "-m", "ndarts.plots", str(run), "--out", str(tmp_path / "figs")],
+                       capture_output=True, text=True, env=ENV1, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert is_png(tmp_path / "figs" / "curves.png") and is_png(tmp_path / "figs" / "cell-reduce.png")
+    assert not (tmp_path / "figs" / "alphas.png").exists()  # no α in a training run
+
+
+def test_alpha_figure_from_synthetic_records(tmp_path):
+    # 3 epochs, 14 edges, 7 ops: skip_connect grows — the figure is made, whatever the values
+    prims = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+             "dil_conv_3x3", "dil_conv_5x5")
+    recs = []
+    for e in range(3):
+        row = [(0.4 + 0.1 * e) if op == "skip_connect" else (0.6 - 0.1 * e) / 6 for op in prims]
+        recs.append({"epoch": e, "alphas_normal": [row] * 14, "alphas_reduce": [row] * 14,
+                     "skip_normal": e, "skip_reduce": 0, "train_loss": 1.0 / (e + 1), "val_acc": 0.1 * e,
+                     "genotype": zoo()["DARTS_V1"].to_dict()})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "config.json").write_text(json.dumps({"space": "noisydarts"}))
+    written = plots.plot_run(tmp_path)
+    assert all(is_png(p) for p in written if p.suffix == ".png")
+    # a wrong space for the recorded α is a clear error, not a silent mislabel
+    (tmp_path / "config.json").write_text(json.dumps({"space": "darts"}))
+    with pytest.raises(Exception, match="ops per edge"):
+        plots.plot_run(tmp_path)
+
+
+def test_plots_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        plots.main([str(tmp_path / "missing")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    with pytest.raises(SystemExit):
+        plots.main([str(tmp_path)])  # no metrics.jsonl
+    assert "metrics.jsonl" in capsys.readouterr().err

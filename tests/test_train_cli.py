@@ -1,0 +1,172 @@
+"""python -m ndarts.train / ndarts.evaluate end to end on the embedded digits dataset (tiny network)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ndarts import evaluate, train
+from ndarts.trainer import Divergence, TrainConfig, Trainer
+
+
+ENV1 = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+TINY = ["--init-channels", "4", "--layers", "3", "--batch-size", "16", "--max-steps", "2", "--seed", "3"]
+
+
+def run_train(out, *extra):
+    return train.main(TINY + ["--out", str(out), *extra])
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def expect_user_error(capsys, fn, argv, *fragments):
+    with pytest.raises(SystemExit) as exc:
+        fn(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, err
+    return err
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_train(a, "--epochs", "1", "--tensorboard")
+    cfg = json.loads((a / "config.json").read_text())
+    assert cfg["genotype_dict"]["normal"] and cfg["init_channels"] == 4
+    assert [r["epoch"] for r in metrics(a)] == [0]
+    assert (a / "checkpoint.pt").stat().st_size > 0 and (a / "best.pt").stat().st_size > 0
+    assert list((a / "tensorboard").glob("events.out.tfevents.*"))
+    # a run is never overwritten
+    expect_user_error(capsys, train.main, TINY + ["--out", str(a), "--epochs", "2"], "--resume")
+    # resuming (with a longer schedule) gives exactly the run done in one go
+    run_train(a, "--epochs", "2", "--resume")
+    run_train(b, "--epochs", "2")
+    ra, rb = metrics(a), metrics(b)
+    assert [r["epoch"] for r in ra] == [0, 1]
+    for x, y in zip(ra, rb):
+        for k in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "drop_path_prob"):
+            assert x[k] == pytest.approx(y[k], rel=1e-6, abs=1e-9), k
+    assert rb[1]["lr"] < rb[0]["lr"]  # cosine schedule
+    capsys.readouterr()
+
+    # evaluate: the whole test split, independent of the batch size
+    r1 = evaluate.main(["--checkpoint", str(b / "checkpoint.pt"), "--json", "--batch-size", "7"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    r2 = evaluate.main(["--checkpoint", str(b / "checkpoint.pt"), "--batch-size", "100"])
+    assert out["test_images"] == 359 and out["epoch"] == 2
+    assert out["test_loss"] == pytest.approx(r1["test_loss"])
+    assert r1["test_loss"] == pytest.approx(r2["test_loss"], rel=1e-5) and r1["test_acc"] == r2["test_acc"]
+    assert 0.0 <= r1["test_acc"] <= 1.0 and r1["test_loss"] > 0
+    # best.pt is the epoch with the best (capped) test accuracy
+    best = torch.load(b / "best.pt", weights_only=True)
+    assert best["best_acc"] == max(r["test_acc"] for r in rb)
+
+    # a checkpoint cut short is refused with one line
+    data = (b / "checkpoint.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "cut.pt")], "cut.pt")
+    # a resume with another network is refused
+    expect_user_error(capsys, train.main, TINY[:1] + ["6"] + TINY[2:] + ["--out", str(a), "--epochs", "3", "--resume"],
+                      "init_channels")
+
+
+def test_bf16_autocast_and_no_auxiliary(tmp_path):
+    run_train(tmp_path / "r", "--epochs", "1", "--amp", "bf16", "--no-auxiliary", "--genotype", "DARTS_V2")
+    (r,) = metrics(tmp_path / "r")
+    assert r["train_loss"] > 0 and torch.isfinite(torch.tensor(r["test_loss"]))
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert not any(k.startswith("auxiliary_head") for k in state["model"])
+
+
+def test_divergence_names_epoch_and_step_and_keeps_checkpoint(tmp_path):
+    run_train(tmp_path / "r", "--epochs", "1")
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    cfg = train.config_from_args(train.build_parser().parse_args(
+        TINY + ["--out", str(tmp_path / "r"), "--epochs", "3", "--resume"]))
+    trainer = Trainer(cfg)
+    trainer.criterion = lambda logits, y: (logits * float("nan")).sum()
+    with pytest.raises(Divergence, match=r"epoch 2, step 1") as exc:
+        trainer.fit()
+    assert "checkpoint" in str(exc.value)
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+    assert len(metrics(tmp_path / "r")) == 1
+
+
+def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch, capsys):
+    def oom(self, epoch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(Trainer, "_epoch", oom)
+    expect_user_error(capsys, train.main, TINY + ["--out", str(tmp_path / "r"), "--epochs", "1"],
+                      "--batch-size 16", "lower --batch-size")
+
+
+@pytest.mark.parametrize("genotype, fragment", [
+    ("NoSuchNet", "neither a zoo genotype"),
+    ('{"normal": [["sep_conv_3x3", 0]', "not valid JSON"),
+    (json.dumps({"normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 1]] * 3, "normal_concat": [2, 3, 4],
+                 "reduce": [["max_pool_3x3", 0], ["max_pool_3x3", 1]] * 3, "reduce_concat": [2, 3, 4]}),
+     "3 intermediate nodes"),
+    (json.dumps({"normal": [["sep_conv_3x3", 0]] * 7, "normal_concat": [2], "reduce": [], "reduce_concat": [2]}),
+     "even number of edges"),
+    (json.dumps({"normal": [["conv_9x9", 0], ["sep_conv_3x3", 1]] * 4, "normal_concat": [2, 3, 4, 5],
+                 "reduce": [["max_pool_3x3", 0], ["max_pool_3x3", 1]] * 4, "reduce_concat": [2, 3, 4, 5]}),
+     "unknown operation"),
+])
+def test_genotype_errors_are_one_line(tmp_path, capsys, genotype, fragment):
+    expect_user_error(capsys, train.main, TINY + ["--out", str(tmp_path / "r"), "--genotype", genotype], fragment)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_evaluate_errors(tmp_path, capsys):
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "none.pt")], "no checkpoint")
+    (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint at all" * 10)
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "junk.pt")], "junk.pt")
+    torch.save({"kind": "ndarts-search", "epoch": 1}, tmp_path / "search.pt")
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "search.pt")], "search checkpoint")
+    torch.save({"kind": "ndarts-train", "epoch": 1, "config": "{}", "genotype": {}, "model": {},
+                "num_classes": 10, "in_channels": 1}, tmp_path / "hollow.pt")
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "hollow.pt")], "unusable")
+
+
+def test_presets_and_explicit_flags():
+    parse = lambda *a: train.config_from_args(train.build_parser().parse_args([*a, "--out", "x"]))  # noqa: E731
+    digits = parse()
+    assert (digits.dataset, digits.init_channels, digits.layers, digits.cutout) == ("digits", 16, 8, 0)
+    assert digits.epochs <= 20
+    c10 = parse("--dataset", "cifar10")
+    d = TrainConfig()
+    assert (c10.epochs, c10.batch_size, c10.init_channels, c10.layers, c10.learning_rate) == (600, 96, 36, 20, 0.025)
+    assert (c10.momentum, c10.weight_decay, c10.auxiliary, c10.auxiliary_weight) == (0.9, 3e-4, True, 0.4)
+    assert (c10.cutout, c10.drop_path_prob, c10.grad_clip, c10.lr_schedule) == (16, 0.2, 5.0, "cosine")
+    assert c10.label_smoothing == d.label_smoothing == 0.0
+    inet = parse("--dataset", "imagefolder", "--network", "imagenet")
+    assert (inet.init_channels, inet.layers, inet.label_smoothing, inet.image_size) == (48, 14, 0.1, 224)
+    assert parse("--epochs", "3", "--init-channels", "8").epochs == 3
+    assert parse("--dataset", "cifar10", "--cutout", "0", "--layers", "8").cutout == 0
+
+
+def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    expect_user_error(capsys, train.main, TINY + ["--out", str(tmp_path / "r"), "--epochs", "1", "--tensorboard"],
+                      "pip install tensorboard")
+    assert not (tmp_path / "r").exists()  # nothing written: the same command works once it is installed
+
+
+@pytest.mark.slow
+def test_cli_subprocess_errors_exit_2_without_traceback(tmp_path):
+    (tmp_path / "bad.pt").write_text("garbage")
+    for args in (["-m", "ndarts.train", "--genotype", "NoSuchNet", "--out", str(tmp_path / "r")],
+                 ["-m", "ndarts.evaluate", "--checkpoint", str(tmp_path / "bad.pt")]):
+        p = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV1, timeout=120)
+        assert p.returncode == 2, p.stderr
+        assert "Traceback" not in p.stderr and p.stderr.startswith("error: ")
+        assert len(p.stderr.strip().splitlines()) == 1
