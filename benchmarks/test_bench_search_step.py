@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from bench_common import CUDA, needs_cuda, run_benchmark
 from ndarts.architect import Architect
+from ndarts.search_step import search_step as run_search_step
 from ndarts.mixed_op import MixedOp
 from ndarts.noise import NoiseConfig, add_noise
 from ndarts.operations import SPACES
@@ -98,17 +99,15 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0)
     return StepParts(model, architect, w_opt, criterion, model.weight_parameters(), defaults.grad_clip)
 
 
-def search_step(p: StepParts, x, y, xv, yv, lr: float):
-    """The body of Searcher._train_epoch's loop, less its metric bookkeeping: keep in step with it."""
-    arch_loss = p.architect.step(x, y, xv, yv, lr)
-    logits = p.model(x)
-    loss = p.criterion(logits, y)
-    p.w_opt.zero_grad(set_to_none=True)
-    torch.autograd.backward(loss, inputs=p.weights)
-    grad_norm = nn.utils.clip_grad_norm_(p.weights, p.grad_clip)
-    if not (torch.isfinite(loss) and torch.isfinite(arch_loss) and torch.isfinite(grad_norm)):  # Searcher's check
+def _check_finite(loss, arch_loss, grad_norm):
+    if not (torch.isfinite(loss) and torch.isfinite(arch_loss) and torch.isfinite(grad_norm)):  # as Searcher
         raise FloatingPointError("non-finite loss or gradient in the benchmarked search step")
-    p.w_opt.step()
+
+
+def search_step(p: StepParts, x, y, xv, yv, lr: float):
+    """The search loop's own step (ndarts.search_step), with the loop's finiteness check."""
+    loss, *_ = run_search_step(p.architect, p.model, p.criterion, p.w_opt, p.weights, p.grad_clip,
+                               x, y, xv, yv, lr, check=_check_finite)
     return loss
 
 

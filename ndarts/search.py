@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--fused", action="store_true", help="fused mixed ops (Triton kernels on CUDA)")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="replay the whole search step (α + w) as one CUDA graph (CUDA only, no DDP)")
     g.add_argument("--backend", default=None, choices=["auto", "triton", "torch"],
                    help="fused op backend (default: NDARTS_BACKEND or auto)")
     g.add_argument("--report-freq", type=int, default=None, help="log a progress line every N steps")

@@ -25,6 +25,7 @@ from .operations import SPACES
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import RunDir
 from .search_model import SearchNetwork
+from .search_step import search_step
 
 # Settings a resumed run must share with its checkpoint (others, like --epochs, may change).
 STRUCTURAL = ("dataset", "space", "layers", "init_channels", "steps", "order", "noise", "noise_lambda",
@@ -72,6 +73,7 @@ class SearchConfig:
     device: str = "auto"
     fused: bool = False
     backend: str | None = None
+    cuda_graph: bool = False  # replay the whole search step as one CUDA graph (ndarts.graph_step)
     report_freq: int = 50
     max_steps: int | None = None  # steps per epoch cap, for quick runs
     hessian_every: int = 0  # dominant Hessian eigenvalue of L_val w.r.t. α every N epochs (0: off)
@@ -182,12 +184,29 @@ class Searcher:
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), cfg.learning_rate, momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_learning_rate, betas=(0.5, 0.999),
-                                      weight_decay=cfg.arch_weight_decay)
+                                      weight_decay=cfg.arch_weight_decay, capturable=cfg.cuda_graph)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.learning_rate_min)
         self.forward_model = self.dist.wrap(self.model) if self.dist is not None else self.model
         self.architect = Architect(self.model, self.a_opt, self.w_opt, self.criterion, cfg.order,
                                    cfg.momentum, cfg.weight_decay,
                                    grad_hook=self.dist.all_reduce_mean if self.dist is not None else None)
+        self.graph_step = self._make_graph_step() if cfg.cuda_graph else None
+
+    def _make_graph_step(self):
+        cfg = self.cfg
+        if self.device.type != "cuda":
+            raise NdartsError("--cuda-graph needs a CUDA device")
+        if self.dist is not None:
+            raise NdartsError("--cuda-graph is not supported with torchrun/DDP; drop one of them")
+        if cfg.fused:
+            from .backend import resolve_backend
+
+            if resolve_backend(cfg.backend, self.device) != "triton":
+                raise NdartsError("--cuda-graph with --fused needs the Triton backend (the torch backend reads "
+                                  "its noise seed on the host, which a CUDA graph cannot capture)")
+        from .graph_step import make_graph_step
+
+        return make_graph_step(self.model, self.architect, self.w_opt, self.criterion, cfg.grad_clip)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_state(self, epoch_done: int, rng_ranks=None) -> dict:
@@ -325,14 +344,14 @@ class Searcher:
             xv, yv = next(self.val_iter)
             xv, yv = xv.to(dev, non_blocking=True), yv.to(dev, non_blocking=True)
 
-            arch_loss = self.architect.step(x, y, xv, yv, lr)
-            logits = self.forward_model(x)
-            loss = self.criterion(logits, y)
-            self.w_opt.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss, inputs=weights)
-            grad_norm = nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
-            self._check_finite(epoch, step, loss, arch_loss, grad_norm)
-            self.w_opt.step()
+            if self.graph_step is not None:
+                # replayed as one CUDA graph; the check reads its outputs after the step
+                loss, logits, arch_loss, grad_norm = self.graph_step(x, y, xv, yv, lr)
+                self._check_finite(epoch, step, loss, arch_loss, grad_norm)
+            else:
+                loss, logits, _, _ = search_step(
+                    self.architect, self.forward_model, self.criterion, self.w_opt, weights, cfg.grad_clip,
+                    x, y, xv, yv, lr, check=lambda *losses: self._check_finite(epoch, step, *losses))
 
             n = y.shape[0]
             tot_loss += float(loss.detach()) * n

@@ -1,8 +1,8 @@
 """GPU checks of the fused op (run by benchmarks/gpu_check.sh on a lent H100/H200; skipped on a CPU).
 
 The compiled Triton kernels on CUDA against the reference with the same ε, CUDA-graph capture
-and replay (new noise on every replay, same math), the search network with fused ops, and
-torch.compile with inductor. Run with TRITON_INTERPRET unset (gpu_check.sh sets it to 0).
+and replay (new noise on every replay, same math), the search network with fused ops,
+torch.compile with inductor, and the whole search step as a CUDA graph (ndarts.graph_step). Run with TRITON_INTERPRET unset (gpu_check.sh sets it to 0).
 """
 import pytest
 import torch
@@ -114,3 +114,33 @@ def test_torch_compile_inductor_with_the_triton_op():
     y = compiled(x, w)
     y.square().mean().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
+
+
+def _searcher(tmp_path, name, **kw):
+    from ndarts.searcher import SearchConfig, Searcher
+
+    cfg = SearchConfig(dataset="digits", layers=5, init_channels=8, batch_size=32, epochs=2, max_steps=6,
+                       report_freq=0, device="cuda", fused=True, out=str(tmp_path / name), **kw)
+    return Searcher(cfg)
+
+
+def test_cuda_graph_search_equals_eager_without_noise(tmp_path):
+    """Two epochs (warm-up, capture, replays, a re-capture for the new learning rate): the graphed
+    search ends with the α of the eager one (noise off, so both are deterministic up to atomics)."""
+    torch.manual_seed(0)
+    eager = _searcher(tmp_path, "eager", noise="none")
+    g_eager = eager.run_search()
+    torch.manual_seed(0)
+    graphed = _searcher(tmp_path, "graph", noise="none", cuda_graph=True)
+    g_graph = graphed.run_search()
+    assert graphed.graph_step.captures == 2 and graphed.graph_step.eager_steps >= 3
+    for a, b in zip(graphed.model.arch_parameters(), eager.model.arch_parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert g_graph == g_eager
+
+
+def test_cuda_graph_search_with_noise_runs_and_draws_noise(tmp_path):
+    s = _searcher(tmp_path, "noisy", cuda_graph=True)
+    s.run_search()
+    records = (tmp_path / "noisy" / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 2 and s.graph_step.captures == 2

@@ -1,0 +1,110 @@
+"""The whole search step (α step + w step) replayed as one CUDA graph.
+
+Why: the eager DARTS search is launch-bound. SPEC §6 measured the original DARTS supernet at
+480 ms per forward+backward eagerly (18 908 kernel launches, ≈ 25 µs of host time each) and
+131 ms as one CUDA graph, on an H200. A graph replays every kernel of the step with one launch.
+
+How: the first ``warmup`` steps run eagerly on a side stream (lazy initialisation: optimizer
+state, cuDNN algorithms, Triton compilation); the next step is captured into static input
+buffers and replayed; every later step copies its batch into those buffers and replays. The
+captured step holds the learning rate as a constant, so a new learning rate (the cosine schedule
+changes it once per epoch) triggers a new capture; a batch of another shape (the last, partial
+batch of an epoch) runs eagerly. Noise stays random: the fused op draws its Philox seed with
+torch's CUDA generator, which a graph advances on every replay, and the reference op draws ε with
+torch.randn on the device, likewise.
+
+Requirements (checked by the caller, ndarts.searcher): a CUDA device, no DDP, the α optimizer
+(Adam) built with ``capturable=True``, and a fused op on its Triton backend (the torch reference
+backend reads its seed on the host, which a graph cannot capture).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class GraphedSearchStep:
+    """Calls ``step_fn(x, y, x_val, y_val, lr) -> tuple of tensors`` as a replayed CUDA graph.
+
+    step_fn must not synchronise with the host (no .item(), no checks that read values): the
+    caller inspects the returned tensors after each call instead. The tensors returned for a
+    replayed step are the graph's static outputs, overwritten by the next replay.
+    """
+
+    def __init__(self, step_fn, warmup: int = 3):
+        self.step_fn = step_fn
+        self.warmup = warmup
+        self.graph = None
+        self.static_inputs = None
+        self.static_outputs = None
+        self.captured_lr = None
+        self.expected = None  # the signature of the first batch: the full-size batches get the graph
+        self.eager_steps = 0  # steps run without the graph (warm-up and odd-shaped batches)
+        self.captures = 0
+
+    def _signature(self, tensors):
+        return [(t.shape, t.dtype, t.device) for t in tensors]
+
+    def _fits(self, batch) -> bool:
+        return self._signature(batch) == self.expected
+
+    def _eager(self, batch, lr, side_stream: bool):
+        self.eager_steps += 1
+        if not side_stream:
+            return self.step_fn(*batch, lr)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            out = self.step_fn(*batch, lr)
+        torch.cuda.current_stream().wait_stream(stream)
+        return out
+
+    def _capture(self, batch, lr):
+        self.graph = None
+        self.static_outputs = None  # frees the previous graph's memory pool
+        self.static_inputs = [t.detach().clone() for t in batch]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self.step_fn(*self.static_inputs, lr)
+        self.graph, self.static_outputs, self.captured_lr = graph, outputs, lr
+        self.captures += 1
+
+    def __call__(self, x, y, x_val, y_val, lr: float):
+        batch = (x, y, x_val, y_val)
+        if self.expected is None:
+            self.expected = self._signature(batch)
+        if self.eager_steps < self.warmup and self.graph is None:
+            return self._eager(batch, lr, side_stream=True)
+        if not self._fits(batch):
+            return self._eager(batch, lr, side_stream=False)
+        if self.graph is None or lr != self.captured_lr:
+            # capture records the kernels without running them: replay right after runs this step
+            self._capture(batch, lr)
+        else:
+            for static, t in zip(self.static_inputs, batch):
+                static.copy_(t, non_blocking=True)
+        self.graph.replay()
+        return self.static_outputs
+
+
+def prepare_optimizers_for_capture(arch_optimizer) -> None:
+    """Adam must keep its step count on the device to be captured; set before its first step."""
+    for group in arch_optimizer.param_groups:
+        if "capturable" in group and not group["capturable"]:
+            if any(arch_optimizer.state.get(p) for p in group["params"]):
+                raise RuntimeError("the α optimizer has already stepped without capturable=True; "
+                                   "build it with capturable=True to capture the search step in a CUDA graph")
+            group["capturable"] = True
+
+
+def make_graph_step(model, architect, w_optimizer, criterion, grad_clip, example_batches=None, warmup: int = 3):
+    """A graphed search step for a model, its architect and the weight optimizer:
+    ``step(x, y, x_val, y_val, lr)`` returns (loss, logits, arch_loss, grad_norm)."""
+    from .search_step import search_step
+
+    prepare_optimizers_for_capture(architect.arch_optimizer)
+    weights = model.weight_parameters()
+
+    def step_fn(x, y, x_val, y_val, lr):
+        return search_step(architect, model, criterion, w_optimizer, weights, grad_clip, x, y, x_val, y_val, lr)
+
+    return GraphedSearchStep(step_fn, warmup=warmup)
