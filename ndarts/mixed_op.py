@@ -105,5 +105,12 @@ class FusedMixedOp(MixedOp):
                     continue
             operands.append(op(x))
         live_weights = weights if self._all_live else weights.index_select(0, self._live_index)
+        dtype = operands[0].dtype
+        for o in operands[1:]:
+            dtype = torch.promote_types(dtype, o.dtype)
+        if any(o.dtype != dtype for o in operands):
+            # ops of one edge can disagree under autocast (a BatchNorm output in fp32 beside a bf16
+            # pool): promote as the reference's `w * o` sum would, instead of refusing
+            operands = [o.to(dtype) for o in operands]
         return noisy_mixed_sum(operands, live_weights, skip_position, self.noise, scale=self.noise_scale,
                                training=noisy, backend=self.backend)

@@ -94,6 +94,23 @@ def test_none_op_is_never_called():
     ref(torch.randn(2, 4, 5, 5), torch.softmax(torch.randn(8), 0))
 
 
+def test_mixed_operand_dtypes_are_promoted_like_the_reference():
+    ref = MixedOp(4, 1, ["skip_connect", "avg_pool_3x3"], NoiseConfig(kind="none")).eval()
+    fused = FusedMixedOp(4, 1, ["skip_connect", "avg_pool_3x3"], NoiseConfig(kind="none"), backend="triton").eval()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 4, 5, 5).to(torch.bfloat16)
+    for m in (ref, fused):  # as under autocast: one branch comes out fp32, the skip stays bf16
+        pool = m._ops[1]
+        m._ops[1] = torch.nn.Sequential()
+        m._ops[1].forward = lambda t, pool=pool: pool(t).float()
+    w = torch.softmax(torch.randn(2), 0)
+    y_ref, y = ref(x, w), fused(x, w)
+    assert y.dtype == y_ref.dtype == torch.float32
+    exact = w[0] * x.float() + w[1] * fused._ops[1](x)
+    torch.testing.assert_close(y, exact, atol=1e-5, rtol=1e-5)  # fp32 accumulation
+    torch.testing.assert_close(y_ref, exact, atol=2e-2, rtol=1e-2)  # the reference rounds w·x to bf16
+
+
 def test_wrong_weights_length_is_clear():
     with pytest.raises(ValueError, match=r"weights must have shape \(8,\)"):
         FusedMixedOp(4, 1)(torch.randn(1, 4, 3, 3), torch.ones(7))
