@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from .fused_sum import noisy_mixed_sum
 from .noise import NoiseConfig, add_noise
-from .operations import DARTS_PRIMITIVES, check_primitives, make_search_op
+from .operations import DARTS_PRIMITIVES, check_primitives, make_search_op, relu_tail
 
 SKIP = "skip_connect"
 
@@ -39,6 +39,8 @@ class MixedOp(nn.Module):
         # `none` contributes nothing: never computed, but its weight stays in the softmax.
         self._live = [i for i, p in enumerate(self.primitives) if p != "none"]
         self._skip = self.primitives.index(SKIP) if SKIP in self.primitives else None
+        # ops that begin with ReLU can take a shared relu(x) (SearchCell computes it once per node)
+        self._tails = tuple(relu_tail(op) for op in self._ops)
 
     @property
     def noisy(self) -> bool:
@@ -52,7 +54,14 @@ class MixedOp(nn.Module):
             raise ValueError(f"MixedOp: weights must have shape ({len(self.primitives)},), one per primitive "
                              f"{list(self.primitives)}; got {tuple(weights.shape)}")
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _run(self, i: int, x, x_relu):
+        tail = self._tails[i]
+        if x_relu is not None and tail is not None:
+            return tail(x_relu)
+        return self._ops[i](x)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None = None) -> torch.Tensor:
+        """x_relu: optionally relu(x), already computed (shared by all edges leaving a node)."""
         self._check_weights(weights)
         if not self._live:
             return self._ops[0](x)
@@ -63,9 +72,9 @@ class MixedOp(nn.Module):
                 if self._noise_on_input():
                     o = op(add_noise(x, self.noise, self.noise_scale))
                 else:
-                    o = add_noise(op(x), self.noise, self.noise_scale)
+                    o = add_noise(self._run(i, x, x_relu), self.noise, self.noise_scale)
             else:
-                o = op(x)
+                o = self._run(i, x, x_relu)
             term = weights[i] * o
             out = term if out is None else out + term
         return out
@@ -85,7 +94,7 @@ class FusedMixedOp(MixedOp):
         self.register_buffer("_live_index", torch.tensor(self._live, dtype=torch.long), persistent=False)
         self._all_live = len(self._live) == len(self.primitives)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None = None) -> torch.Tensor:
         self._check_weights(weights)
         if not self._live:
             return self._ops[0](x)
@@ -103,7 +112,7 @@ class FusedMixedOp(MixedOp):
                     operands.append(op(x_noisy))
                     skip_position = None
                     continue
-            operands.append(op(x))
+            operands.append(self._run(i, x, x_relu))
         live_weights = weights if self._all_live else weights.index_select(0, self._live_index)
         dtype = operands[0].dtype
         for o in operands[1:]:

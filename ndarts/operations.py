@@ -106,7 +106,10 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
-        x = self.relu(x)
+        return self.forward_from_relu(self.relu(x))
+
+    def forward_from_relu(self, x):
+        """The op applied to an input already passed through ReLU (shared per node in the search)."""
         shifted = x[:, :, 1:, 1:]
         if x.shape[2] % 2 or x.shape[3] % 2:
             shifted = F.pad(shifted, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
@@ -146,3 +149,25 @@ def make_search_op(primitive: str, C: int, stride: int) -> nn.Module:
     if "pool" in primitive:
         op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
     return op
+
+
+def _sequential_tail(seq: nn.Sequential):
+    modules = list(seq)[1:]
+
+    def tail(x):
+        for m in modules:
+            x = m(x)
+        return x
+
+    return tail
+
+
+def relu_tail(op: nn.Module):
+    """For an op that begins with ReLU (sep/dil conv, FactorizedReduce, ReLUConvBN): a function of
+    relu(x) giving op(x), so that the ReLU of a node's output is computed once for all its edges.
+    None for the other ops."""
+    if isinstance(op, FactorizedReduce):
+        return op.forward_from_relu
+    if isinstance(op, (SepConv, DilConv, ReLUConvBN)) and isinstance(op.op[0], nn.ReLU):
+        return _sequential_tail(op.op)
+    return None

@@ -19,9 +19,11 @@ ARCH_ACTIVATIONS = ("softmax", "sigmoid")
 
 
 class SearchCell(nn.Module):
-    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, make_mixed_op):
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, make_mixed_op,
+                 share_relu=True):
         super().__init__()
         self.reduction = reduction
+        self.share_relu = share_relu
         if reduction_prev:
             self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
         else:
@@ -37,14 +39,18 @@ class SearchCell(nn.Module):
 
     def forward(self, s0, s1, weights):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        # relu(h) once per node for all edges leaving it (sep/dil convs and FactorizedReduce begin
+        # with it): 4 ReLUs per edge become 1 per node, forward and backward
+        relus = [F.relu(h) for h in states] if self.share_relu else [None, None]
         offset = 0
         for _ in range(self._steps):
             s = None
             for j, h in enumerate(states):
-                o = self._ops[offset + j](h, weights[offset + j])
+                o = self._ops[offset + j](h, weights[offset + j], relus[j])
                 s = o if s is None else s + o
             offset += len(states)
             states.append(s)
+            relus.append(F.relu(s) if self.share_relu else None)
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
@@ -54,12 +60,13 @@ class SearchNetwork(nn.Module):
     Args: C initial channels, num_classes, layers (cells; reductions at layers//3 and
     2·layers//3), primitives, noise (NoiseConfig), fused (FusedMixedOp on every edge),
     steps/multiplier/stem_multiplier as DARTS, in_channels of the images,
-    arch_activation 'softmax' (DARTS) or 'sigmoid' (FairDARTS), backend for the fused op.
+    arch_activation 'softmax' (DARTS) or 'sigmoid' (FairDARTS), backend for the fused op,
+    share_relu: compute relu(h) once per node for all edges leaving it (same result, fewer kernels).
     """
 
     def __init__(self, C=16, num_classes=10, layers=8, primitives=NOISYDARTS_PRIMITIVES,
                  noise: NoiseConfig | None = None, fused=False, steps=4, multiplier=4, stem_multiplier=3,
-                 in_channels=3, arch_activation="softmax", backend=None):
+                 in_channels=3, arch_activation="softmax", backend=None, share_relu=True):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -90,7 +97,8 @@ class SearchNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, make_mixed_op)
+            cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, make_mixed_op,
+                              share_relu)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr

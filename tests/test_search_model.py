@@ -1,0 +1,56 @@
+"""The search network's levers keep the semantics of the plain per-edge network."""
+import pytest
+import torch
+
+from ndarts import DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES, NoiseConfig
+from ndarts.search_model import SearchNetwork
+
+
+def _pair(fused, primitives, noise, **kw):
+    torch.manual_seed(0)
+    plain = SearchNetwork(C=4, num_classes=10, layers=3, primitives=primitives, noise=noise, fused=fused,
+                          in_channels=3, share_relu=False, **kw)
+    shared = SearchNetwork(C=4, num_classes=10, layers=3, primitives=primitives, noise=noise, fused=fused,
+                           in_channels=3, share_relu=True, **kw)
+    shared.load_state_dict(plain.state_dict())
+    return plain, shared
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("primitives", [DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES])
+@pytest.mark.parametrize("noise", [NoiseConfig(kind="none"), NoiseConfig(), NoiseConfig(reduction_position="input")])
+def test_shared_relu_equals_per_edge_relu(fused, primitives, noise):
+    """relu(h) once per node instead of once per op: same outputs, gradients (weights and α) and
+    BatchNorm statistics; with noise too, as the noise draws happen in the same order."""
+    plain, shared = _pair(fused, primitives, noise)
+    with torch.no_grad():
+        for a in plain.arch_parameters():
+            a.normal_()
+        for a, b in zip(shared.arch_parameters(), plain.arch_parameters()):
+            a.copy_(b)
+    x = torch.randn(4, 3, 9, 9)
+    results = []
+    for net in (plain, shared):
+        torch.manual_seed(1)
+        out = net(x)
+        out.logsumexp(1).sum().backward()
+        results.append((out, [p.grad for p in net.parameters()], [b.clone() for b in net.buffers()]))
+    (o1, g1, b1), (o2, g2, b2) = results
+    torch.testing.assert_close(o2, o1, atol=1e-6, rtol=1e-5)
+    for a, b in zip(g2, g1):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for a, b in zip(b2, b1):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_shared_relu_launches_fewer_ops():
+    """Fewer dispatched ops per forward+backward (each is a kernel launch on a GPU)."""
+    counts = []
+    for share in (False, True):
+        torch.manual_seed(0)
+        net = SearchNetwork(C=4, layers=3, primitives=DARTS_PRIMITIVES, in_channels=3, share_relu=share)
+        x = torch.randn(2, 3, 8, 8)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            net(x).sum().backward()
+        counts.append(sum(1 for e in prof.events() if e.name in ("aten::relu", "aten::threshold_backward")))
+    assert counts[1] < counts[0] / 2, counts
