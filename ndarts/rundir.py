@@ -90,3 +90,20 @@ class RunDir:
             return
         kept = [r for r in self.metrics() if r.get("epoch", -1) < epochs_done]
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def summary_writer_class():
+    """torch.utils.tensorboard's SummaryWriter, or a clear error when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise NdartsError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter
+
+
+def write_scalars(writer, record: dict, keys, step: int) -> None:
+    """The numeric values of `keys` in a metrics record, as TensorBoard scalars."""
+    for k in keys:
+        if isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool):
+            writer.add_scalar(k, record[k], step)
+    writer.flush()

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", default=None, choices=["auto", "triton", "torch"],
                    help="fused op backend (default: NDARTS_BACKEND or auto)")
     g.add_argument("--report-freq", type=int, default=None, help="log a progress line every N steps")
+    g.add_argument("--tensorboard", action="store_true", help="TensorBoard scalars per epoch in OUT/tensorboard")
     g.add_argument("--hessian-every", type=int, default=0,
                    help="log the dominant Hessian eigenvalue of L_val w.r.t. α every N epochs (0: off)")
     return p

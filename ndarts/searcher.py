@@ -23,7 +23,7 @@ from .genotype import save_genotype
 from .noise import NoiseConfig
 from .operations import SPACES
 from .rng import rng_state, seed_everything, set_rng_state
-from .rundir import RunDir
+from .rundir import RunDir, summary_writer_class, write_scalars
 from .search_model import SearchNetwork
 from .search_step import search_step
 
@@ -74,6 +74,7 @@ class SearchConfig:
     fused: bool = False
     backend: str | None = None
     cuda_graph: bool = False  # replay the whole search step as one CUDA graph (ndarts.graph_step)
+    tensorboard: bool = False  # scalars per epoch into OUT/tensorboard
     report_freq: int = 50
     max_steps: int | None = None  # steps per epoch cap, for quick runs
     hessian_every: int = 0  # dominant Hessian eigenvalue of L_val w.r.t. α every N epochs (0: off)
@@ -134,6 +135,7 @@ class Searcher:
         self.dist = dist  # ndarts.distributed.DistContext or None
         self.rank0 = dist is None or dist.rank == 0
         self.device = dist.device if dist is not None else resolve_device(cfg.device)
+        writer_cls = summary_writer_class() if cfg.tensorboard and self.rank0 else None  # fail before touching --out
         self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0)
         if dist is not None:
             dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
@@ -146,6 +148,7 @@ class Searcher:
             self._load_checkpoint()
         else:
             self.run.write_config(cfg.to_dict())
+        self.writer = writer_cls(log_dir=str(self.run.path / "tensorboard")) if writer_cls is not None else None
 
     # ------------------------------------------------------------------ set-up
     def _check_resume_config(self):
@@ -289,6 +292,9 @@ class Searcher:
         except torch.cuda.OutOfMemoryError:
             raise NdartsError(f"CUDA out of memory at --batch-size {cfg.batch_size}: lower --batch-size "
                               f"(e.g. {max(1, cfg.batch_size // 2)}) or --init-channels") from None
+        finally:
+            if self.writer is not None:
+                self.writer.close()
         genotype = self.model.genotype()
         if self.rank0:
             save_genotype(genotype, self.run.path / "genotype.json")
@@ -324,6 +330,10 @@ class Searcher:
             self.run.append_metrics(record)
             save_genotype(genotype, self.run.path / "genotypes" / f"epoch_{epoch:03d}.json")
             save_checkpoint(self._checkpoint_state(epoch + 1, rng_ranks), self.run.checkpoint)
+            if self.writer is not None:
+                write_scalars(self.writer, record, ("train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                                                    "noise_scale", "skip_normal", "skip_reduce",
+                                                    "hessian_eigenvalue"), epoch + 1)
         if self.dist is not None:
             self.dist.barrier()  # the checkpoint is on disk before any rank goes on (or reads it on a restart)
         self.run.log(f"epoch {epoch + 1}/{cfg.epochs} train loss {train['train_loss']:.4f} acc {train['train_acc']:.3f} "

@@ -22,7 +22,7 @@ from .errors import NdartsError
 from .eval_model import NETWORKS, build_network, count_parameters
 from .genotype import Genotype, load_genotype
 from .rng import rng_state, seed_everything, set_rng_state
-from .rundir import RunDir
+from .rundir import RunDir, summary_writer_class, write_scalars
 from .searcher import resolve_device
 
 CHECKPOINT_KIND = "ndarts-train"
@@ -115,14 +115,6 @@ def autocast_context(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _summary_writer():
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise NdartsError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist=None):
         cfg.validate()
@@ -133,7 +125,7 @@ class Trainer:
         self.device = dist.device if dist is not None else resolve_device(cfg.device)
         if cfg.amp == "fp16" and self.device.type == "cpu":
             raise NdartsError("--amp fp16 needs a CUDA device; on a CPU use --amp bf16")
-        writer_cls = _summary_writer() if cfg.tensorboard and self.rank0 else None  # fail before touching --out
+        writer_cls = summary_writer_class() if cfg.tensorboard and self.rank0 else None  # fail before touching --out
         self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0)
         if cfg.resume:
             self._check_resume_config()
@@ -287,10 +279,7 @@ class Trainer:
         if improved:
             save_checkpoint(state, self.run.path / "best.pt")
         if self.writer is not None:
-            for k in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
-                if record.get(k) is not None:
-                    self.writer.add_scalar(k, record[k], epoch + 1)
-            self.writer.flush()
+            write_scalars(self.writer, record, ("train_loss", "train_acc", "test_loss", "test_acc", "lr"), epoch + 1)
         test = "no test split" if test_acc is None else f"test loss {test_loss:.4f} acc {test_acc:.4f} (best {self.best_acc:.4f})"
         self.run.log(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.5f} train loss {train['train_loss']:.4f} "
                      f"acc {train['train_acc']:.4f} | {test} | {record['seconds']:.1f}s")

@@ -138,3 +138,16 @@ def test_resume_with_a_corrupt_or_incompatible_checkpoint(tmp_path):
     (out / "checkpoint.pt").write_bytes(b"\x00garbage" * 10)
     r = _run_cli(*TINY, "--epochs", "2", "--out", str(out), "--resume")
     assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tensorboard_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    main([*TINY, "--epochs", "2", "--out", str(out), "--tensorboard"])
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train_loss", "val_acc", "skip_normal", "skip_reduce", "noise_scale"} <= tags
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in acc.Scalars("val_loss")] == pytest.approx([r["val_loss"] for r in records])
