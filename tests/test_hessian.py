@@ -23,7 +23,9 @@ SMOOTH_PRIMITIVES = ("avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3
 def search_network(smooth: bool, fused: bool):
     model = SearchNetwork(C=2, num_classes=3, layers=3, primitives=SMOOTH_PRIMITIVES if smooth else DARTS_PRIMITIVES,
                           steps=2, multiplier=2, in_channels=1, noise=NoiseConfig(kind="none"),
-                          fused=fused, backend="torch").double()
+                          fused=fused, backend="torch",
+                          # the smooth variant swaps the ops' ReLU modules for Softplus: no shared F.relu
+                          share_relu=not smooth).double()
     if not smooth:
         return model
     for parent in list(model.modules()):
