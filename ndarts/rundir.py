@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from .checkpoint import CheckpointError, atomic_write_text
 from .errors import NdartsError
 
 CHECKPOINT = "checkpoint.pt"
@@ -52,6 +52,15 @@ class RunDir:
             return json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise NdartsError(f"{p} is unreadable or corrupt: {e}") from None
+
+    def check_same_config(self, config: dict, keys) -> None:
+        """A resumed run must share these settings with the run it continues."""
+        saved = self.read_config()
+        if saved is None:
+            return
+        diff = [f"{k}: checkpoint {saved.get(k)!r}, now {config.get(k)!r}" for k in keys if saved.get(k) != config.get(k)]
+        if diff:
+            raise CheckpointError(f"the checkpoint in {self.path} is from a different configuration: " + "; ".join(diff))
 
     def log(self, msg: str) -> None:
         if not self.rank0:

@@ -140,7 +140,7 @@ class Searcher:
         if dist is not None:
             dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
         if cfg.resume:
-            self._check_resume_config()
+            self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
         seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
         self._build()
         self.start_epoch = 0
@@ -151,16 +151,6 @@ class Searcher:
         self.writer = writer_cls(log_dir=str(self.run.path / "tensorboard")) if writer_cls is not None else None
 
     # ------------------------------------------------------------------ set-up
-    def _check_resume_config(self):
-        saved = self.run.read_config()
-        if saved is None:
-            return
-        diff = [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(self.cfg, k)!r}"
-                for k in STRUCTURAL if saved.get(k) != getattr(self.cfg, k)]
-        if diff:
-            raise CheckpointError(f"the checkpoint in {self.run.path} is from a different configuration: "
-                                  + "; ".join(diff))
-
     def _build(self):
         cfg, dev = self.cfg, self.device
         spec = load_dataset(cfg.dataset, cfg.data, cfg.download, cfg.image_size, augment=cfg.dataset != "digits")
