@@ -41,16 +41,19 @@ class SearchCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         # relu(h) once per node for all edges leaving it (sep/dil convs and FactorizedReduce begin
         # with it): 4 ReLUs per edge become 1 per node, forward and backward
-        relus = [F.relu(h) for h in states] if self.share_relu else [None, None]
+        relus = [F.relu(h) for h in states] if self.share_relu else None
         offset = 0
         for _ in range(self._steps):
             s = None
             for j, h in enumerate(states):
-                o = self._ops[offset + j](h, weights[offset + j], relus[j])
+                op, w = self._ops[offset + j], weights[offset + j]
+                # without sharing, the classic call: any DARTS-style mixed op fits
+                o = op(h, w, relus[j]) if relus is not None else op(h, w)
                 s = o if s is None else s + o
             offset += len(states)
             states.append(s)
-            relus.append(F.relu(s) if self.share_relu else None)
+            if relus is not None:
+                relus.append(F.relu(s))
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
