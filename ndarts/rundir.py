@@ -116,3 +116,17 @@ def write_scalars(writer, record: dict, keys, step: int) -> None:
         if isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool):
             writer.add_scalar(k, record[k], step)
     writer.flush()
+
+
+def config_values(args, presets, kind: str, drop=()) -> dict:
+    """The settings of a CLI run: the flags given, then each preset for what is still unset, and
+    --out defaulting to runs/<kind>-<time> (but required with --resume)."""
+    values = {k: v for k, v in vars(args).items() if v is not None and k not in drop}
+    for preset in presets:
+        for k, v in preset.items():
+            values.setdefault(k, v)
+    if args.out is None:
+        if args.resume:
+            raise NdartsError("--resume needs --out DIR: the run directory to continue")
+        values["out"] = f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return values

@@ -10,11 +10,11 @@ given explicitly overrides that preset.
 from __future__ import annotations
 
 import argparse
-import time
 
-from .errors import NdartsError, cli_errors
+from .errors import cli_errors
 from .noise import MIXTURES, NOISE_KINDS, POSITIONS
 from .operations import SPACES
+from .rundir import config_values
 from .searcher import SearchConfig, Searcher
 
 # The embedded dataset is 1,437 8×8 training images: a small network and few epochs suffice.
@@ -81,14 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> SearchConfig:
-    values = {k: v for k, v in vars(args).items() if v is not None}
-    if args.dataset == "digits":
-        for k, v in DIGITS_PRESET.items():
-            values.setdefault(k, v)
-    if args.out is None:
-        if args.resume:
-            raise NdartsError("--resume needs --out DIR: the run directory to continue")
-        values["out"] = f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}"
+    values = config_values(args, [DIGITS_PRESET] if args.dataset == "digits" else [], "search")
     cfg = SearchConfig(**values)
     cfg.validate()
     return cfg

@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_che
 from .data import BatchStream, EndlessStream, load_dataset, split_halves
 from .errors import NdartsError
 from .genotype import save_genotype
+from .meters import EpochMeter
 from .noise import NoiseConfig
 from .operations import SPACES
 from .rng import rng_state, seed_everything, set_rng_state
@@ -334,8 +335,7 @@ class Searcher:
         cfg, dev = self.cfg, self.device
         self.forward_model.train()
         weights = self.model.weight_parameters()
-        tot_loss, tot_correct, tot_n, step = 0.0, 0, 0, 0
-        t_start = time.time()
+        meter = EpochMeter()
         n_steps = len(self.train_stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.train_stream))
         for step, (x, y) in enumerate(self.train_stream.iterate(epoch)):
             if step >= n_steps:
@@ -353,17 +353,9 @@ class Searcher:
                     self.architect, self.forward_model, self.criterion, self.w_opt, weights, cfg.grad_clip,
                     x, y, xv, yv, lr, check=lambda *losses: self._check_finite(epoch, step, *losses))
 
-            n = y.shape[0]
-            tot_loss += float(loss.detach()) * n
-            tot_correct += int((logits.argmax(1) == y).sum())
-            tot_n += n
-            if self.rank0 and cfg.report_freq and (step + 1) % cfg.report_freq == 0:
-                rate = tot_n / max(time.time() - t_start, 1e-9)
-                self.run.log(f"  epoch {epoch + 1} step {step + 1}/{n_steps} loss {tot_loss / tot_n:.4f} "
-                             f"acc {tot_correct / tot_n:.3f} | {rate:.0f} img/s")
-        if self.dist is not None:
-            tot_loss, tot_correct, tot_n = self.dist.sum_scalars(tot_loss, tot_correct, tot_n)
-        return {"train_loss": tot_loss / max(tot_n, 1), "train_acc": tot_correct / max(tot_n, 1), "steps": n_steps}
+            meter.update(loss, logits, y)
+            meter.log_progress(self.run, epoch, step, n_steps, cfg.report_freq)
+        return meter.summary(n_steps, self.dist)
 
     def _check_finite(self, epoch, step, loss, arch_loss, grad_norm):
         bad = None

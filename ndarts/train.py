@@ -12,10 +12,10 @@ ndarts.train ...``.
 from __future__ import annotations
 
 import argparse
-import time
 
 from .errors import NdartsError, cli_errors
 from .eval_model import NETWORKS
+from .rundir import config_values
 from .trainer import AMP_MODES, LR_SCHEDULES, TrainConfig, Trainer
 
 # 1,437 8×8 training images: a small network, few epochs, no cutout (nothing to cut out of 8×8).
@@ -82,17 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> TrainConfig:
-    values = {k: v for k, v in vars(args).items() if v is not None and k != "threads"}
-    if args.dataset == "digits":
-        for k, v in DIGITS_PRESET.items():
-            values.setdefault(k, v)
-    if args.network == "imagenet":
-        for k, v in IMAGENET_PRESET.items():
-            values.setdefault(k, v)
-    if args.out is None:
-        if args.resume:
-            raise NdartsError("--resume needs --out DIR: the run directory to continue")
-        values["out"] = f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
+    presets = ([DIGITS_PRESET] if args.dataset == "digits" else []) + \
+        ([IMAGENET_PRESET] if args.network == "imagenet" else [])
+    values = config_values(args, presets, "train", drop=("threads",))
     cfg = TrainConfig(**values)
     cfg.validate()
     return cfg

@@ -21,6 +21,7 @@ from .data import BatchStream, load_dataset
 from .errors import NdartsError
 from .eval_model import NETWORKS, build_network, count_parameters
 from .genotype import Genotype, load_genotype
+from .meters import EpochMeter
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import RunDir, summary_writer_class, write_scalars
 from .searcher import resolve_device
@@ -278,8 +279,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict:
         cfg, dev = self.cfg, self.device
         self.forward_model.train()
-        tot_loss, tot_correct, tot_n = 0.0, 0, 0
-        t_start = time.time()
+        meter = EpochMeter()
         n_steps = len(self.train_stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.train_stream))
         for step, (x, y) in enumerate(self.train_stream.iterate(epoch)):
             if step >= n_steps:
@@ -305,17 +305,9 @@ class Trainer:
                 if not torch.isfinite(grad_norm):
                     self._diverged(epoch, step, "gradient")
                 self.optimizer.step()
-            n = y.shape[0]
-            tot_loss += float(loss.detach()) * n
-            tot_correct += int((logits.argmax(1) == y).sum())
-            tot_n += n
-            if self.rank0 and cfg.report_freq and (step + 1) % cfg.report_freq == 0:
-                rate = tot_n / max(time.time() - t_start, 1e-9)
-                self.run.log(f"  epoch {epoch + 1} step {step + 1}/{n_steps} loss {tot_loss / tot_n:.4f} "
-                             f"acc {tot_correct / tot_n:.4f} | {rate:.0f} img/s")
-        if self.dist is not None:
-            tot_loss, tot_correct, tot_n = self.dist.sum_scalars(tot_loss, tot_correct, tot_n)
-        return {"train_loss": tot_loss / max(tot_n, 1), "train_acc": tot_correct / max(tot_n, 1), "steps": n_steps}
+            meter.update(loss, logits, y)
+            meter.log_progress(self.run, epoch, step, n_steps, cfg.report_freq)
+        return meter.summary(n_steps, self.dist)
 
     def _diverged(self, epoch, step, what):
         last = f"after epoch {epoch}" if epoch > 0 or self.cfg.resume else "none yet"
