@@ -8,6 +8,8 @@
 # 1. the card and the software; 2. the GPU tests (pytest -m gpu, compiled Triton kernels);
 # 3. the benchmarks (pytest-benchmark JSON under $OUT), torch.compile cases in separate runs so
 #    that a slow compile cannot lose the other results; 4. LAST, a short table (summarize.py).
+# GPU_CHECK_COMPILE=0 leaves out the torch.compile benchmarks (a quick first look); GPU_TESTS_LIMIT_S
+# caps the GPU tests (default 150 s).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
 # GPU's settings (clocks, power, persistence, MIG, reset): it measures the card as it finds it.
 set -u
@@ -83,15 +85,21 @@ EOF
 
 step "GPU tests (pytest tests -m gpu, compiled kernels)"
 # tests/conftest.py sets TRITON_INTERPRET=1 unless it is set: 0 here so the kernels compile for the GPU.
-TRITON_INTERPRET=0 run_logged gpu_tests 150 25 "$PY" -m pytest tests -m gpu -q -rfEs \
+TRITON_INTERPRET=0 run_logged gpu_tests "${GPU_TESTS_LIMIT_S:-150}" 25 "$PY" -m pytest tests -m gpu -q -rfEs \
     --junitxml="$OUT/gpu_tests.xml"
 rc=$?
 if [ $rc -eq 5 ]; then echo "(no test is marked gpu yet)"; elif [ $rc -ne 0 ]; then STATUS=1; fi
+
+step "profile of one search step (benchmarks/profile_step.py)"
+run_logged profile 60 45 "$PY" benchmarks/profile_step.py --json "$OUT/profile.json" || STATUS=1
 
 step "benchmarks: fused, eager, search step"
 run_logged bench 180 12 "$PY" -m pytest benchmarks --benchmark-only -q -rs -k "not compiled" \
     --benchmark-json="$OUT/bench.json" --benchmark-columns=median,mean,rounds || STATUS=1
 
+if [ "${GPU_CHECK_COMPILE:-1}" = 0 ]; then
+    echo; echo "== torch.compile benchmarks skipped (GPU_CHECK_COMPILE=0)"
+else
 step "benchmarks: torch.compile at the target shape (64x16x32x32, fwd+bwd)"
 run_logged bench_compile_target 90 6 "$PY" -m pytest benchmarks --benchmark-only -q -rs \
     -k "compiled and fwdbwd and 64x16x32x32" --benchmark-json="$OUT/bench_compile_target.json" \
@@ -101,6 +109,7 @@ step "benchmarks: torch.compile, the other shapes"
 run_logged bench_compile_rest 120 6 "$PY" -m pytest benchmarks --benchmark-only -q -rs \
     -k "compiled and not (fwdbwd and 64x16x32x32)" --benchmark-json="$OUT/bench_compile_rest.json" \
     --benchmark-columns=median,rounds || STATUS=1
+fi
 
 step "summary (benchmarks/summarize.py; JSON and logs in $OUT)"
 files=()
@@ -113,5 +122,8 @@ else
     echo "no benchmark JSON was written"
     STATUS=1
 fi
+# the device tool returns at most 8 files: everything in one archive, the summary beside it
+( cd "$OUT" && tar czf gpu_check.tgz --exclude gpu_check.tgz --exclude summary.txt . 2>/dev/null && \
+  find . -maxdepth 1 -type f ! -name gpu_check.tgz ! -name summary.txt -delete )
 echo "gpu_check: $([ $STATUS -eq 0 ] && echo OK || echo 'a step failed: see the logs above') (device time $SECONDS s)"
 exit $STATUS

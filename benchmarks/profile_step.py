@@ -1,0 +1,95 @@
+"""Where the time of one search step goes, on a CUDA GPU: kernels launched, GPU busy time, top kernels.
+
+    python benchmarks/profile_step.py [--impl plain reference fused] [--top 12] [--json OUT.json]
+
+For each implementation (benchmarks/test_bench_search_step.py builds them, SPEC §6's supernet:
+batch 64, C 16, 8 cells, DARTS space, Gaussian noise) after warm-up steps: one step under
+torch.profiler. Printed: the number of CUDA kernels the step launches, the sum of their device
+times (the GPU's busy time), the step's wall time, and the kernels that take the most device time
+grouped by name. Busy time far under the wall time means launch-bound (the host, or the gaps
+between tiny kernels); busy time close to it means the kernels themselves are the cost.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from test_bench_search_step import GPU_CONFIG, build_parts, make_batches, search_step
+
+from ndarts.searcher import SearchConfig
+
+
+def _device_us(event) -> float:
+    for name in ("device_time", "cuda_time"):
+        value = getattr(event, name, None)
+        if value is not None:
+            return float(value)
+    return 0.0
+
+
+def profile_impl(impl: str, top: int) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device("cuda")
+    parts = build_parts(GPU_CONFIG, impl, device)
+    batches = make_batches(GPU_CONFIG, device)
+    lr = SearchConfig().learning_rate
+    for _ in range(3):
+        search_step(parts, *batches, lr)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    search_step(parts, *batches, lr)
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        search_step(parts, *batches, lr)
+        torch.cuda.synchronize()
+    by_name = collections.defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA"):
+            us = _device_us(e)
+            if us <= 0:
+                continue
+            entry = by_name[e.name]
+            entry[0] += 1
+            entry[1] += us
+    kernels = sum(c for c, _ in by_name.values())
+    busy_ms = sum(t for _, t in by_name.values()) / 1e3
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
+    return {"impl": impl, "wall_ms_unprofiled": wall_ms, "kernels": kernels, "busy_ms": busy_ms,
+            "top": [{"name": n[:90], "count": c, "ms": t / 1e3} for n, (c, t) in ranked]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--impl", nargs="+", default=["plain", "reference", "fused"])
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("profile_step: needs a CUDA device")
+        return 2
+    results = []
+    for impl in args.impl:
+        r = profile_impl(impl, args.top)
+        results.append(r)
+        print(f"\n== {impl}: {r['kernels']} kernels per step, GPU busy {r['busy_ms']:.1f} ms, "
+              f"wall {r['wall_ms_unprofiled']:.1f} ms (unprofiled)")
+        for k in r["top"]:
+            print(f"  {k['ms']:8.2f} ms {k['count']:6d}x  {k['name']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
