@@ -10,7 +10,7 @@ from ndarts.search_model import SearchNetwork
 torch.set_num_threads(1)
 def count(share, fused=False):
     torch.manual_seed(0)
-    net = SearchNetwork(C=16, layers=8, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(), fused=fused, share_relu=share)
+    net = SearchNetwork(C=16, layers=8, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(), fused=fused, share_node_ops=share)
     x = torch.randn(2, 3, 32, 32)
     net(x).sum().backward()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

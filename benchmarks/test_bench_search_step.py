@@ -84,7 +84,7 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0)
     torch.manual_seed(seed)
     model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
                           fused=impl in ("fused", "fused_graph"), in_channels=cfg.in_channels,
-                          share_relu=impl != "plain")  # plain: DARTS as it was, a ReLU in every op
+                          share_node_ops=impl != "plain")  # plain: DARTS as it was, a ReLU in every op
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():

@@ -11,6 +11,7 @@ import os
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+from .batch_norm import batch_norm_backward, batch_norm_forward  # noqa: E402
 from .noisy_mixed_sum import (  # noqa: E402
     MAX_OPERANDS,
     noisy_mixed_sum_backward,
@@ -21,6 +22,8 @@ from .noisy_mixed_sum import (  # noqa: E402
 
 __all__ = [
     "INTERPRETED",
+    "batch_norm_forward",
+    "batch_norm_backward",
     "MAX_OPERANDS",
     "noisy_mixed_sum_forward",
     "noisy_mixed_sum_backward",

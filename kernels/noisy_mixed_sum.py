@@ -400,7 +400,7 @@ def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kin
         )
         # fixed-order tree reduction of the partials: deterministic, no float atomics
         dw.append(part.sum(dim=0))
-    return grads, torch.cat(dw)
+    return grads, dw[0] if len(dw) == 1 else torch.cat(dw)
 
 
 def unit_noise(seed: torch.Tensor, n: int, kind: int, device=None) -> torch.Tensor:

@@ -10,12 +10,53 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .fused_sum import noisy_mixed_sum
 from .noise import NoiseConfig, add_noise
 from .operations import DARTS_PRIMITIVES, check_primitives, make_search_op, relu_tail
 
 SKIP = "skip_connect"
+
+
+class NodeShare:
+    """What every edge leaving one node of a cell computes alike, computed once for all of them.
+
+    - ``relu``: relu(h), the first step of the sep/dil convs and of FactorizedReduce (made on
+      first use).
+    - the pooling ops with their BatchNorm: an affine-free BatchNorm gives the same output for
+      the same input, so the edges after the first reuse the first edge's result. Their own
+      BatchNorms then skip the update of the running statistics; ``syncs`` collects (this BN,
+      the computing BN) pairs, and ``copy_running_stats`` copies the statistics over, so every
+      BN's state is what per-edge computation gives.
+    One NodeShare per node; ``syncs`` is one list for the whole cell (SearchCell).
+    """
+
+    def __init__(self, x: torch.Tensor, syncs: list):
+        self.x = x
+        self._relu = None
+        self.pooled: dict = {}
+        self.syncs = syncs
+
+    @property
+    def relu(self) -> torch.Tensor:
+        if self._relu is None:
+            self._relu = F.relu(self.x)
+        return self._relu
+
+
+def copy_running_stats(syncs) -> None:
+    """Copies the running statistics of each (src) BatchNorm to its (dst) in one foreach call."""
+    dst, src = [], []
+    for d, s in syncs:
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            a, b = getattr(d, name), getattr(s, name)
+            if a is not None and b is not None:
+                dst.append(a)
+                src.append(b)
+    if dst:
+        with torch.no_grad():
+            torch._foreach_copy_(dst, src)
 
 
 class MixedOp(nn.Module):
@@ -41,6 +82,8 @@ class MixedOp(nn.Module):
         self._skip = self.primitives.index(SKIP) if SKIP in self.primitives else None
         # ops that begin with ReLU can take a shared relu(x) (SearchCell computes it once per node)
         self._tails = tuple(relu_tail(op) for op in self._ops)
+        # pooling + BatchNorm(affine=False): identical on every edge leaving a node
+        self._pools = frozenset(i for i, p in enumerate(self.primitives) if "pool" in p)
 
     @property
     def noisy(self) -> bool:
@@ -54,14 +97,28 @@ class MixedOp(nn.Module):
             raise ValueError(f"MixedOp: weights must have shape ({len(self.primitives)},), one per primitive "
                              f"{list(self.primitives)}; got {tuple(weights.shape)}")
 
-    def _run(self, i: int, x, x_relu):
+    def _run(self, i: int, x, share: NodeShare | None):
+        if share is None:
+            return self._ops[i](x)
+        if i in self._pools:
+            key = (self.primitives[i], self.stride)
+            hit = share.pooled.get(key)
+            if hit is not None:
+                out, bn = hit
+                if self.training:
+                    share.syncs.append((self._ops[i][-1], bn))
+                return out
+            out = self._ops[i](x)
+            share.pooled[key] = (out, self._ops[i][-1])
+            return out
         tail = self._tails[i]
-        if x_relu is not None and tail is not None:
-            return tail(x_relu)
+        if tail is not None:
+            return tail(share.relu)
         return self._ops[i](x)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None = None) -> torch.Tensor:
-        """x_relu: optionally relu(x), already computed (shared by all edges leaving a node)."""
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, share: NodeShare | None = None) -> torch.Tensor:
+        """share: what the edges leaving x's node compute alike (SearchCell passes it); None runs
+        every op of this edge by itself, as the classic DARTS MixedOp."""
         self._check_weights(weights)
         if not self._live:
             return self._ops[0](x)
@@ -72,9 +129,9 @@ class MixedOp(nn.Module):
                 if self._noise_on_input():
                     o = op(add_noise(x, self.noise, self.noise_scale))
                 else:
-                    o = add_noise(self._run(i, x, x_relu), self.noise, self.noise_scale)
+                    o = add_noise(self._run(i, x, share), self.noise, self.noise_scale)
             else:
-                o = self._run(i, x, x_relu)
+                o = self._run(i, x, share)
             term = weights[i] * o
             out = term if out is None else out + term
         return out
@@ -94,7 +151,7 @@ class FusedMixedOp(MixedOp):
         self.register_buffer("_live_index", torch.tensor(self._live, dtype=torch.long), persistent=False)
         self._all_live = len(self._live) == len(self.primitives)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, share: NodeShare | None = None) -> torch.Tensor:
         self._check_weights(weights)
         if not self._live:
             return self._ops[0](x)
@@ -112,7 +169,7 @@ class FusedMixedOp(MixedOp):
                     operands.append(op(x_noisy))
                     skip_position = None
                     continue
-            operands.append(self._run(i, x, x_relu))
+            operands.append(self._run(i, x, share))
         live_weights = weights if self._all_live else weights.index_select(0, self._live_index)
         dtype = operands[0].dtype
         for o in operands[1:]:

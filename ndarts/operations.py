@@ -152,11 +152,11 @@ def make_search_op(primitive: str, C: int, stride: int) -> nn.Module:
 
 
 def _sequential_tail(seq: nn.Sequential):
-    modules = list(seq)[1:]
-
+    # looks the modules up at call time: a module swapped in later (SearchBatchNorm2d) is used
     def tail(x):
-        for m in modules:
-            x = m(x)
+        for i, m in enumerate(seq):
+            if i:
+                x = m(x)
         return x
 
     return tail

@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotype import derive_genotype
-from .mixed_op import FusedMixedOp, MixedOp
+from .batch_norm import use_search_batch_norm
+from .mixed_op import FusedMixedOp, MixedOp, NodeShare, copy_running_stats
 from .noise import NoiseConfig
 from .operations import NOISYDARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
 
@@ -20,10 +21,10 @@ ARCH_ACTIVATIONS = ("softmax", "sigmoid")
 
 class SearchCell(nn.Module):
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, make_mixed_op,
-                 share_relu=True):
+                 share_node_ops=True):
         super().__init__()
         self.reduction = reduction
-        self.share_relu = share_relu
+        self.share_node_ops = share_node_ops
         if reduction_prev:
             self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
         else:
@@ -39,21 +40,25 @@ class SearchCell(nn.Module):
 
     def forward(self, s0, s1, weights):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        # relu(h) once per node for all edges leaving it (sep/dil convs and FactorizedReduce begin
-        # with it): 4 ReLUs per edge become 1 per node, forward and backward
-        relus = [F.relu(h) for h in states] if self.share_relu else None
+        # what all edges leaving a node compute alike, once per node (NodeShare): relu(h), with
+        # which sep/dil convs and FactorizedReduce begin (4 ReLUs per edge become 1 per node), and
+        # the two pools with their BatchNorm (once per node instead of once per edge)
+        syncs: list = []
+        shares = [NodeShare(h, syncs) for h in states] if self.share_node_ops else None
         offset = 0
         for _ in range(self._steps):
             s = None
             for j, h in enumerate(states):
                 op, w = self._ops[offset + j], weights[offset + j]
                 # without sharing, the classic call: any DARTS-style mixed op fits
-                o = op(h, w, relus[j]) if relus is not None else op(h, w)
+                o = op(h, w, shares[j]) if shares is not None else op(h, w)
                 s = o if s is None else s + o
             offset += len(states)
             states.append(s)
-            if relus is not None:
-                relus.append(F.relu(s))
+            if shares is not None:
+                shares.append(NodeShare(s, syncs))
+        if syncs:
+            copy_running_stats(syncs)
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
@@ -64,12 +69,16 @@ class SearchNetwork(nn.Module):
     2·layers//3), primitives, noise (NoiseConfig), fused (FusedMixedOp on every edge),
     steps/multiplier/stem_multiplier as DARTS, in_channels of the images,
     arch_activation 'softmax' (DARTS) or 'sigmoid' (FairDARTS), backend for the fused op,
-    share_relu: compute relu(h) once per node for all edges leaving it (same result, fewer kernels).
+    share_node_ops: compute once per node what all edges leaving it compute alike: relu(h) and the
+    pools with their BatchNorm (same outputs, gradients and BatchNorm state; fewer kernels).
+    fused_batch_norm (default: as fused): the affine-free BatchNorms of the cells run on the Triton
+    kernels wherever the fused op does (SearchBatchNorm2d, ndarts.batch_norm).
     """
 
     def __init__(self, C=16, num_classes=10, layers=8, primitives=NOISYDARTS_PRIMITIVES,
                  noise: NoiseConfig | None = None, fused=False, steps=4, multiplier=4, stem_multiplier=3,
-                 in_channels=3, arch_activation="softmax", backend=None, share_relu=True):
+                 in_channels=3, arch_activation="softmax", backend=None, share_node_ops=True,
+                 fused_batch_norm: bool | None = None):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -101,12 +110,14 @@ class SearchNetwork(nn.Module):
             if reduction:
                 C_curr *= 2
             cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, make_mixed_op,
-                              share_relu)
+                              share_node_ops)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
+        if fused if fused_batch_norm is None else fused_batch_norm:
+            use_search_batch_norm(self.cells, backend)
 
         num_edges = sum(2 + i for i in range(steps))
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))

@@ -208,7 +208,8 @@ def test_torch_compile_mixed_op_module():
 def _short_search(backend, steps=2, noise=NoiseConfig(kind="none")):
     torch.manual_seed(0)
     net = SearchNetwork(C=4, num_classes=10, layers=2, primitives=DARTS_PRIMITIVES, noise=noise,
-                        fused=True, in_channels=1, backend=backend)
+                        fused=True, in_channels=1, backend=backend,
+                        fused_batch_norm=False)  # the Triton BatchNorm: tests/test_batch_norm.py
     w_opt = torch.optim.SGD(net.weight_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(net.arch_parameters(), 3e-3, betas=(0.5, 0.999), weight_decay=1e-3)
     g = torch.Generator().manual_seed(1)

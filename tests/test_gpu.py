@@ -124,23 +124,77 @@ def _searcher(tmp_path, name, **kw):
     return Searcher(cfg)
 
 
-def test_cuda_graph_search_equals_eager_without_noise(tmp_path):
-    """Two epochs (warm-up, capture, replays, a re-capture for the new learning rate): the graphed
-    search ends with the α of the eager one (noise off, so both are deterministic up to atomics)."""
-    torch.manual_seed(0)
-    eager = _searcher(tmp_path, "eager", noise="none")
-    g_eager = eager.run_search()
-    torch.manual_seed(0)
-    graphed = _searcher(tmp_path, "graph", noise="none", cuda_graph=True)
-    g_graph = graphed.run_search()
-    assert graphed.graph_step.captures == 2 and graphed.graph_step.eager_steps >= 3
-    for a, b in zip(graphed.model.arch_parameters(), eager.model.arch_parameters()):
+def _step_parts(seed=0):
+    from ndarts import DARTS_PRIMITIVES, NoiseConfig
+    from ndarts.architect import Architect
+    from ndarts.graph_step import prepare_optimizers_for_capture
+    from ndarts.search_model import SearchNetwork
+
+    torch.manual_seed(seed)
+    model = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
+                          fused=True, backend="triton").cuda()
+    w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    prepare_optimizers_for_capture(a_opt)  # the same Adam arithmetic on both sides
+    criterion = torch.nn.CrossEntropyLoss()
+    return model, Architect(model, a_opt, w_opt, criterion, "first"), w_opt, criterion
+
+
+def test_cuda_graph_step_equals_eager_step_by_step():
+    """Warm-up steps, a capture, replays and a re-capture for a new learning rate: each step's
+    losses and the final α and weights equal those of the eager steps (noise off, deterministic
+    cuDNN, the same capturable Adam on both sides)."""
+    from ndarts.graph_step import make_graph_step
+    from ndarts.search_step import search_step
+
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    batches = [(torch.randn(16, 3, 32, 32, device="cuda", generator=gen),
+                torch.randint(0, 10, (16,), device="cuda", generator=gen),
+                torch.randn(16, 3, 32, 32, device="cuda", generator=gen),
+                torch.randint(0, 10, (16,), device="cuda", generator=gen)) for _ in range(7)]
+    lrs = [0.025] * 5 + [0.02] * 2
+    runs = []
+    for graphed in (False, True):
+        model, architect, w_opt, criterion = _step_parts()
+        weights = model.weight_parameters()
+        step = make_graph_step(model, architect, w_opt, criterion, 5.0, batches[0], warmup=2) if graphed else None
+        losses = []
+        for batch, lr in zip(batches, lrs):
+            if graphed:
+                loss, _, arch_loss, _ = step(*batch, lr)
+            else:
+                loss, _, arch_loss, _ = search_step(architect, model, criterion, w_opt, weights, 5.0, *batch, lr)
+            losses.append((float(loss), float(arch_loss)))
+        runs.append((losses, [p.detach().clone() for p in model.parameters()], step))
+    (l_e, p_e, _), (l_g, p_g, step) = runs
+    assert step.captures == 2 and step.eager_steps == 2
+    torch.testing.assert_close(torch.tensor(l_g), torch.tensor(l_e), atol=1e-5, rtol=1e-5)
+    for a, b in zip(p_g, p_e):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    assert g_graph == g_eager
 
 
 def test_cuda_graph_search_with_noise_runs_and_draws_noise(tmp_path):
+    """The search loop with --cuda-graph: a capture per epoch (new learning rate), metrics written."""
     s = _searcher(tmp_path, "noisy", cuda_graph=True)
     s.run_search()
     records = (tmp_path / "noisy" / "metrics.jsonl").read_text().splitlines()
-    assert len(records) == 2 and s.graph_step.captures == 2
+    assert len(records) == 2 and s.graph_step.captures == 2 and s.graph_step.eager_steps >= 3
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("shape", [(64, 16, 32, 32), (64, 64, 8, 8), (5, 7, 13, 11), (256, 32, 16, 16)])
+def test_cuda_batch_norm_matches_torch(dtype, atol, shape):
+    from ndarts.batch_norm import SearchBatchNorm2d
+
+    x = (torch.randn(shape, device="cuda") * 3 + 2).to(dtype).requires_grad_()
+    g = torch.randn(shape, device="cuda").to(dtype)
+    bn = SearchBatchNorm2d(shape[1], affine=False, backend="triton").cuda().train()
+    ref = torch.nn.BatchNorm2d(shape[1], affine=False).cuda().train()
+    xr = x.detach().float().requires_grad_()
+    y, y_ref = bn(x), ref(xr)
+    y.backward(g)
+    y_ref.backward(g.float())
+    torch.testing.assert_close(y.float(), y_ref, atol=atol, rtol=atol)
+    torch.testing.assert_close(x.grad.float(), xr.grad, atol=atol * 4, rtol=atol * 4)
+    torch.testing.assert_close(bn.running_var, ref.running_var, atol=1e-4, rtol=1e-3)

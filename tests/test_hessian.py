@@ -25,7 +25,7 @@ def search_network(smooth: bool, fused: bool):
                           steps=2, multiplier=2, in_channels=1, noise=NoiseConfig(kind="none"),
                           fused=fused, backend="torch",
                           # the smooth variant swaps the ops' ReLU modules for Softplus: no shared F.relu
-                          share_relu=not smooth).double()
+                          share_node_ops=not smooth).double()
     if not smooth:
         return model
     for parent in list(model.modules()):

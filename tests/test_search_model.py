@@ -9,9 +9,9 @@ from ndarts.search_model import SearchNetwork
 def _pair(fused, primitives, noise, **kw):
     torch.manual_seed(0)
     plain = SearchNetwork(C=4, num_classes=10, layers=3, primitives=primitives, noise=noise, fused=fused,
-                          in_channels=3, share_relu=False, **kw)
+                          in_channels=3, share_node_ops=False, **kw)
     shared = SearchNetwork(C=4, num_classes=10, layers=3, primitives=primitives, noise=noise, fused=fused,
-                           in_channels=3, share_relu=True, **kw)
+                           in_channels=3, share_node_ops=True, **kw)
     shared.load_state_dict(plain.state_dict())
     return plain, shared
 
@@ -19,7 +19,7 @@ def _pair(fused, primitives, noise, **kw):
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("primitives", [DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES])
 @pytest.mark.parametrize("noise", [NoiseConfig(kind="none"), NoiseConfig(), NoiseConfig(reduction_position="input")])
-def test_shared_relu_equals_per_edge_relu(fused, primitives, noise):
+def test_node_sharing_equals_per_edge_ops(fused, primitives, noise):
     """relu(h) once per node instead of once per op: same outputs, gradients (weights and α) and
     BatchNorm statistics; with noise too, as the noise draws happen in the same order."""
     plain, shared = _pair(fused, primitives, noise)
@@ -43,12 +43,12 @@ def test_shared_relu_equals_per_edge_relu(fused, primitives, noise):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_shared_relu_launches_fewer_ops():
+def test_node_sharing_launches_fewer_ops():
     """Fewer dispatched ops per forward+backward (each is a kernel launch on a GPU)."""
     counts = []
     for share in (False, True):
         torch.manual_seed(0)
-        net = SearchNetwork(C=4, layers=3, primitives=DARTS_PRIMITIVES, in_channels=3, share_relu=share)
+        net = SearchNetwork(C=4, layers=3, primitives=DARTS_PRIMITIVES, in_channels=3, share_node_ops=share)
         x = torch.randn(2, 3, 8, 8)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             net(x).sum().backward()

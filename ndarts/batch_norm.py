@@ -1,0 +1,86 @@
+"""BatchNorm2d of the search ops (affine=False) on the Triton kernels: ``SearchBatchNorm2d``.
+
+A subclass of ``nn.BatchNorm2d`` with the same buffers and state_dict keys. In training mode on
+the Triton backend (CUDA, or the interpreter in tests) it runs ``ndarts_kernels.batch_norm_*``:
+channels split over many programs instead of one thread block per channel, and only the output
+kept for backward (y is x̂ without affine), so the BatchNorm's input is freed after the forward.
+Everywhere else (eval mode, CPU, affine, momentum=None, torch.compile, other layouts) it is
+``nn.BatchNorm2d`` unchanged. ``use_search_batch_norm(model)`` swaps it in for every affine-free
+BatchNorm2d of a model.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.autograd.function import once_differentiable
+
+from .backend import resolve_backend
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class _BatchNormTrain(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, running_mean, running_var, num_batches_tracked, momentum, eps):
+        import ndarts_kernels
+
+        y, rstd = ndarts_kernels.batch_norm_forward(x, running_mean, running_var, num_batches_tracked, momentum, eps)
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        import ndarts_kernels
+
+        y, rstd = ctx.saved_tensors
+        return ndarts_kernels.batch_norm_backward(grad, y, rstd), None, None, None, None, None
+
+
+def batch_norm_train(x, running_mean=None, running_var=None, num_batches_tracked=None, momentum=0.1, eps=1e-5):
+    """Training-mode BatchNorm2d without affine on the Triton kernels (differentiable in x)."""
+    return _BatchNormTrain.apply(x, running_mean, running_var, num_batches_tracked, momentum, eps)
+
+
+class SearchBatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d whose training-mode forward without affine runs the Triton kernels.
+
+    backend: 'auto' (Triton on CUDA), 'triton' or 'torch' (always nn.BatchNorm2d); None reads
+    NDARTS_BACKEND, like the fused mixed op.
+    """
+
+    def __init__(self, *args, backend: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def _use_kernels(self, x: torch.Tensor) -> bool:
+        return (self.training and not self.affine and self.track_running_stats and self.momentum is not None
+                and x.dim() == 4 and x.dtype in _DTYPES and x.is_contiguous()
+                and not torch.compiler.is_compiling() and resolve_backend(self.backend, x.device) == "triton")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._use_kernels(x):
+            return super().forward(x)
+        self._check_input_dim(x)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels, got input of shape "
+                             f"{tuple(x.shape)}")
+        return batch_norm_train(x, self.running_mean, self.running_var, self.num_batches_tracked,
+                                self.momentum, self.eps)
+
+
+def use_search_batch_norm(model: nn.Module, backend: str | None = None) -> nn.Module:
+    """Replaces every affine-free nn.BatchNorm2d of `model` by a SearchBatchNorm2d with the same
+    state (in place; returns the model). Affine BatchNorms (the stem's) are left as they are."""
+    for name, child in list(model.named_children()):
+        if type(child) is nn.BatchNorm2d and not child.affine:
+            new = SearchBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum, affine=False,
+                                    track_running_stats=child.track_running_stats, backend=backend)
+            new.load_state_dict(child.state_dict())
+            if child.running_mean is not None:
+                new.to(child.running_mean.device)
+            new.train(child.training)
+            setattr(model, name, new)
+        else:
+            use_search_batch_norm(child, backend)
+    return model

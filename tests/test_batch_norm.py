@@ -1,0 +1,133 @@
+"""The Triton BatchNorm of the search ops (interpreter on CPU) against torch's BatchNorm2d.
+
+Forward output, input gradient and the running statistics after several steps, on fresh random
+inputs with odd shapes and a large mean (Chan's merge), per dtype; the module swap keeps the
+state_dict; eval mode and the torch backend are plain nn.BatchNorm2d.
+"""
+import pytest
+import torch
+import torch.nn as nn
+
+import ndarts_kernels
+from ndarts.batch_norm import SearchBatchNorm2d, batch_norm_train, use_search_batch_norm
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# (dtype, atol, rtol) on y and dx; the kernels compute in fp32 and round once.
+DTYPES = [(torch.float32, 3e-5, 3e-5), (torch.bfloat16, 4e-2, 2e-2), (torch.float16, 5e-3, 3e-3)]
+SHAPES = [(2, 3, 5, 7), (5, 4, 8, 8), (3, 2, 1, 1), (1, 5, 13, 11), (7, 1, 3, 4)]
+
+
+def _reference(x, g, momentum, eps, steps=1):
+    bn = nn.BatchNorm2d(x.shape[1], affine=False, momentum=momentum, eps=eps).to(x.device)
+    xr = x.detach().float().clone().requires_grad_()
+    for _ in range(steps):
+        y = bn(xr)
+    y.backward(g.float())
+    return y.detach(), xr.grad, bn
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_torch_batch_norm(fresh_seed, device, dtype, atol, rtol, shape):
+    if device == "cuda" and ndarts_kernels.INTERPRETED:
+        pytest.skip("kernels defined for the interpreter")
+    offset = float(torch.empty(()).uniform_(-3, 3))
+    x = (torch.randn(shape, device=device) * torch.rand(shape[1], 1, 1, device=device).add(0.2) + offset).to(dtype)
+    g = torch.randn(shape, device=device).to(dtype)
+    momentum, eps = float(torch.empty(()).uniform_(0.05, 0.5)), 1e-5
+    bn = SearchBatchNorm2d(shape[1], affine=False, momentum=momentum, eps=eps, backend="triton").to(device).train()
+    xt = x.detach().clone().requires_grad_()
+    for _ in range(3):
+        y = bn(xt)
+    y.backward(g)
+    y_ref, dx_ref, ref = _reference(x, g, momentum, eps, steps=3)
+    torch.testing.assert_close(y.float(), y_ref, atol=atol, rtol=rtol)
+    torch.testing.assert_close(xt.grad.float(), dx_ref, atol=atol * 4, rtol=rtol * 4)
+    # running statistics: three momentum updates with the unbiased batch variance, as torch
+    stat_tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(bn.running_mean, ref.running_mean, atol=stat_tol, rtol=stat_tol)
+    torch.testing.assert_close(bn.running_var, ref.running_var, atol=stat_tol, rtol=stat_tol)
+    assert int(bn.num_batches_tracked) == 3 == int(ref.num_batches_tracked)
+
+
+def test_large_mean_does_not_cancel(fresh_seed):
+    """mean 1e4, std 1: Σx and Σx² in fp32 would return garbage; the Chan merge gives the std."""
+    x = torch.randn(4, 3, 9, 9) + 1e4
+    y, _ = ndarts_kernels.batch_norm_forward(x, None, None, None, 0.1, 1e-5)
+    ref = (x.double() - x.double().mean((0, 2, 3), keepdim=True)) / (x.double().var((0, 2, 3), unbiased=False,
+                                                                                    keepdim=True) + 1e-5).sqrt()
+    torch.testing.assert_close(y.double(), ref, atol=2e-3, rtol=1e-3)
+
+
+def test_backward_keeps_only_the_output(fresh_seed):
+    """The op saves y (and rstd), not x: x can be freed after the forward."""
+    x = torch.randn(3, 4, 6, 6, requires_grad=True)
+    y = batch_norm_train(x)
+    saved = y.grad_fn.saved_tensors
+    assert any(t.data_ptr() == y.data_ptr() for t in saved)
+    assert all(t.data_ptr() != x.data_ptr() for t in saved)
+
+
+def test_module_swap_keeps_state_and_eval_is_torch(fresh_seed):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False), nn.BatchNorm2d(4))
+    net[1].running_mean.uniform_()
+    net[1].num_batches_tracked.fill_(7)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    use_search_batch_norm(net, backend="triton")
+    assert type(net[1]) is SearchBatchNorm2d and type(net[2]) is nn.BatchNorm2d  # affine BN untouched
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    x = torch.randn(2, 3, 7, 7)
+    net.eval()
+    plain = nn.BatchNorm2d(4, affine=False)
+    plain.load_state_dict(net[1].state_dict())
+    plain.eval()
+    h = net[0](x)
+    torch.testing.assert_close(net[1](h), plain(h))
+
+
+def test_torch_backend_is_nn_batch_norm(fresh_seed):
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    bn = SearchBatchNorm2d(3, affine=False, backend="torch").train()
+    y = bn(x)
+    assert "Native" in type(y.grad_fn).__name__ or "BatchNorm" in type(y.grad_fn).__name__
+
+
+def test_bad_input_is_named():
+    bn = SearchBatchNorm2d(3, affine=False, backend="triton").train()
+    with pytest.raises(ValueError, match="channels"):
+        bn(torch.randn(2, 4, 5, 5))
+    with pytest.raises(ValueError, match="more than 1 value"):
+        batch_norm_train(torch.randn(1, 3, 1, 1))
+    with pytest.raises(TypeError, match="float32"):
+        ndarts_kernels.batch_norm_forward(torch.randn(2, 3, 4, 4).double(), None, None, None, 0.1, 1e-5)
+
+
+def test_search_network_with_triton_batch_norm_equals_torch(fresh_seed):
+    """A small search network: the Triton BatchNorms (interpreter) give the outputs, gradients
+    and BatchNorm buffers of torch's, through a forward and backward."""
+    from ndarts import NoiseConfig
+    from ndarts.search_model import SearchNetwork
+
+    kw = dict(C=4, num_classes=5, layers=2, primitives=["max_pool_3x3", "skip_connect", "sep_conv_3x3"],
+              noise=NoiseConfig(kind="none"), fused=True, steps=2, multiplier=2, in_channels=2, backend="torch")
+    ref = SearchNetwork(**kw, fused_batch_norm=False)
+    tri = SearchNetwork(**kw, fused_batch_norm=True)
+    tri.load_state_dict(ref.state_dict())
+    for m in tri.modules():
+        if isinstance(m, SearchBatchNorm2d):
+            m.backend = "triton"
+    assert sum(isinstance(m, SearchBatchNorm2d) for m in tri.modules()) > 10
+    x = torch.randn(5, 2, 7, 7)
+    outs = []
+    for net in (ref, tri):
+        out = net(x)
+        out.logsumexp(1).sum().backward()
+        outs.append((out, [p.grad for p in net.parameters()], list(net.buffers())))
+    (o1, g1, b1), (o2, g2, b2) = outs
+    torch.testing.assert_close(o2, o1, atol=1e-5, rtol=1e-4)
+    for a, b in zip(g2, g1):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for a, b in zip(b2, b1):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
