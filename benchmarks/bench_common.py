@@ -89,6 +89,27 @@ def cuda_event_ms(fn, reps: int = 20, batches: int = 3) -> float:
     return statistics.median(times)
 
 
+def cuda_graph_ms(fn, replays: int = 20) -> tuple[float | None, str | None]:
+    """Device time of fn captured as one CUDA graph, replayed back to back: the kernels' own cost
+    without the host's launch overhead. Returns (ms, None), or (None, why it could not be captured)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        return cuda_event_ms(graph.replay, reps=replays), None
+    except Exception as e:  # e.g. a host read of a device value inside fn
+        torch.cuda.synchronize()
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+
+
 def wall_ms(fn, reps: int, device: torch.device) -> float:
     """Median wall-clock ms of `reps` single calls, synchronising the device after each."""
     times = []

@@ -90,11 +90,8 @@ TRITON_INTERPRET=0 run_logged gpu_tests "${GPU_TESTS_LIMIT_S:-150}" 25 "$PY" -m 
 rc=$?
 if [ $rc -eq 5 ]; then echo "(no test is marked gpu yet)"; elif [ $rc -ne 0 ]; then STATUS=1; fi
 
-step "profile of one search step (benchmarks/profile_step.py)"
-run_logged profile 60 45 "$PY" benchmarks/profile_step.py --json "$OUT/profile.json" || STATUS=1
-
 step "benchmarks: fused, eager, search step"
-run_logged bench 180 12 "$PY" -m pytest benchmarks --benchmark-only -q -rs -k "not compiled" \
+run_logged bench "${GPU_BENCH_LIMIT_S:-180}" 12 "$PY" -m pytest benchmarks --benchmark-only -q -rs -k "not compiled" \
     --benchmark-json="$OUT/bench.json" --benchmark-columns=median,mean,rounds || STATUS=1
 
 if [ "${GPU_CHECK_COMPILE:-1}" = 0 ]; then
@@ -105,6 +102,12 @@ run_logged bench_compile_target 90 6 "$PY" -m pytest benchmarks --benchmark-only
     -k "compiled and fwdbwd and 64x16x32x32" --benchmark-json="$OUT/bench_compile_target.json" \
     --benchmark-columns=median,rounds || STATUS=1
 
+fi
+
+step "profile of one search step (benchmarks/profile_step.py)"
+run_logged profile 60 45 "$PY" benchmarks/profile_step.py --impl plain fused --triton-bn --json "$OUT/profile.json" || STATUS=1
+
+if [ "${GPU_CHECK_COMPILE:-1}" != 0 ]; then
 step "benchmarks: torch.compile, the other shapes"
 run_logged bench_compile_rest 120 6 "$PY" -m pytest benchmarks --benchmark-only -q -rs \
     -k "compiled and not (fwdbwd and 64x16x32x32)" --benchmark-json="$OUT/bench_compile_rest.json" \
@@ -123,7 +126,8 @@ else
     STATUS=1
 fi
 # the device tool returns at most 8 files: everything in one archive, the summary beside it
-( cd "$OUT" && tar czf gpu_check.tgz --exclude gpu_check.tgz --exclude summary.txt . 2>/dev/null && \
+ARCHIVE="${TMPDIR:-/tmp}/ndarts_gpu_check.tgz"
+( cd "$OUT" && tar czf "$ARCHIVE" --exclude summary.txt . && mv "$ARCHIVE" gpu_check.tgz && \
   find . -maxdepth 1 -type f ! -name gpu_check.tgz ! -name summary.txt -delete )
 echo "gpu_check: $([ $STATUS -eq 0 ] && echo OK || echo 'a step failed: see the logs above') (device time $SECONDS s)"
 exit $STATUS

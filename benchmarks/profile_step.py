@@ -35,11 +35,17 @@ def _device_us(event) -> float:
     return 0.0
 
 
-def profile_impl(impl: str, top: int) -> dict:
+def profile_impl(impl: str, top: int, triton_bn: bool = False) -> dict:
     from torch.profiler import ProfilerActivity, profile
+
+    from ndarts.batch_norm import SearchBatchNorm2d
 
     device = torch.device("cuda")
     parts = build_parts(GPU_CONFIG, impl, device)
+    if triton_bn:  # eagerly, the kernels a captured step runs (auto uses them only under capture)
+        for m in parts.model.modules():
+            if isinstance(m, SearchBatchNorm2d):
+                m.backend = "triton"
     batches = make_batches(GPU_CONFIG, device)
     lr = SearchConfig().learning_rate
     for _ in range(3):
@@ -64,7 +70,7 @@ def profile_impl(impl: str, top: int) -> dict:
     kernels = sum(c for c, _ in by_name.values())
     busy_ms = sum(t for _, t in by_name.values()) / 1e3
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
-    return {"impl": impl, "wall_ms_unprofiled": wall_ms, "kernels": kernels, "busy_ms": busy_ms,
+    return {"impl": impl + ("+triton_bn" if triton_bn else ""), "wall_ms_unprofiled": wall_ms, "kernels": kernels, "busy_ms": busy_ms,
             "top": [{"name": n[:90], "count": c, "ms": t / 1e3} for n, (c, t) in ranked]}
 
 
@@ -73,15 +79,17 @@ def main(argv=None) -> int:
     ap.add_argument("--impl", nargs="+", default=["plain", "reference", "fused"])
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--triton-bn", action="store_true",
+                    help="fused: the Triton BatchNorm in the eager step too, as the CUDA-graph step runs it")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_step: needs a CUDA device")
         return 2
     results = []
     for impl in args.impl:
-        r = profile_impl(impl, args.top)
+        r = profile_impl(impl, args.top, args.triton_bn and impl == "fused")
         results.append(r)
-        print(f"\n== {impl}: {r['kernels']} kernels per step, GPU busy {r['busy_ms']:.1f} ms, "
+        print(f"\n== {r['impl']}: {r['kernels']} kernels per step, GPU busy {r['busy_ms']:.1f} ms, "
               f"wall {r['wall_ms_unprofiled']:.1f} ms (unprofiled)")
         for k in r["top"]:
             print(f"  {k['ms']:8.2f} ms {k['count']:6d}x  {k['name']}")

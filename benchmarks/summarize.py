@@ -43,7 +43,7 @@ def mixed_sum_table(rows):
     for r in rows:
         cases.setdefault((r["mode"], tuple(r["shape"]), r["dtype"]), {})[r["impl"]] = r
     lines = [f"{'mode':6} {'shape':>14} {'dtype':8} {'impl':11} {'ms':>9} {'GB/s':>8} {'%copy':>6} "
-             f"{'x eager':>8} {'x compile':>9}"]
+             f"{'x eager':>8} {'x compile':>9} {'graph ms':>9}"]
     for (mode, shape, dtype), impls in sorted(cases.items(), key=lambda kv: (kv[0][0] != "fwdbwd", kv[0][1], kv[0][2])):
         eager = [impls[k]["time_ms"] for k in ("eager_darts", "eager_ref") if k in impls]
         best_eager = min(eager) if eager else None
@@ -56,7 +56,8 @@ def mixed_sum_table(rows):
             r["x_eager"] = best_eager / t if best_eager else None
             r["x_compile"] = compiled / t if compiled else None
             lines.append(f"{mode:6} {'x'.join(map(str, shape)):>14} {dtype:8} {impl:11} {t:9.3f} {r['GBps']:8.1f} "
-                         f"{100 * r['frac_copy_bw']:5.1f}% {_fmt(r['x_eager'], '8.2f'):>8} {_fmt(r['x_compile'], '9.2f'):>9}")
+                         f"{100 * r['frac_copy_bw']:5.1f}% {_fmt(r['x_eager'], '8.2f'):>8} {_fmt(r['x_compile'], '9.2f'):>9} "
+                         f"{_fmt(r.get('graph_ms'), '9.3f'):>9}")
     return lines
 
 

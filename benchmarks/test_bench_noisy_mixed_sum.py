@@ -9,7 +9,8 @@ Implementations (one name each, also the `impl` field of extra_info):
                custom op, its reference implementation).
 - compiled:    torch.compile(eager_darts), static shapes.
 extra_info carries the achieved GB/s from the minimal bytes (bench_common.minimal_bytes), the
-copy bandwidth measured in the same run and the fraction of it; benchmarks/summarize.py adds the
+copy bandwidth measured in the same run and the fraction of it, and on CUDA `graph_ms`: the same
+call replayed as a CUDA graph (the kernels' cost without host launch overhead); benchmarks/summarize.py adds the
 speedups at equal (mode, shape, dtype). Targets are recorded, never asserted.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ import os
 import pytest
 import torch
 
-from bench_common import BANDWIDTH_SHAPE, CUDA, SHAPES, SPEEDUP_SHAPE, minimal_bytes, needs_cuda, run_benchmark, shape_id
+from bench_common import (BANDWIDTH_SHAPE, CUDA, SHAPES, SPEEDUP_SHAPE, cuda_graph_ms, minimal_bytes, needs_cuda,
+                          run_benchmark, shape_id)
 from ndarts import NOISYDARTS_PRIMITIVES, NoiseConfig, noisy_mixed_sum
 from ndarts.backend import triton_unavailable_reason
 from ndarts.noise import add_noise
@@ -119,6 +121,10 @@ def _bench(benchmark, copy_bandwidth, device, impl, mode, shape, dtype):
         "operands": NUM_OPERANDS, "device": str(device), "min_bytes": nbytes, "GBps": gbps,
         "copy_GBps": copy_bandwidth["copy_GBps"], "frac_copy_bw": gbps / copy_bandwidth["copy_GBps"],
     })
+    if device.type == "cuda" and impl in ("fused", "eager_darts"):
+        # the same call as one CUDA graph: what the kernels cost once launch overhead is gone
+        # (eager_ref reads its seed on the host, which a capture cannot hold; compiled: dynamo)
+        info["graph_ms"], info["graph_error"] = cuda_graph_ms(fn)
     targets = _targets(impl, mode, shape)
     if targets:
         info["targets"] = targets  # recorded for summarize.py; never asserted here (CI has no GPU)

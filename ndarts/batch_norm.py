@@ -1,7 +1,8 @@
 """BatchNorm2d of the search ops (affine=False) on the Triton kernels: ``SearchBatchNorm2d``.
 
-A subclass of ``nn.BatchNorm2d`` with the same buffers and state_dict keys. In training mode on
-the Triton backend (CUDA, or the interpreter in tests) it runs ``ndarts_kernels.batch_norm_*``:
+A subclass of ``nn.BatchNorm2d`` with the same buffers and state_dict keys. In training mode,
+while a CUDA graph is captured (``--cuda-graph``) or when the backend 'triton' is asked for, it
+runs ``ndarts_kernels.batch_norm_*``:
 channels split over many programs instead of one thread block per channel, and only the output
 kept for backward (y is x̂ without affine), so the BatchNorm's input is freed after the forward.
 Everywhere else (eval mode, CPU, affine, momentum=None, torch.compile, other layouts) it is
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-from .backend import resolve_backend
+from .backend import requested_backend, resolve_backend
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -45,8 +46,9 @@ def batch_norm_train(x, running_mean=None, running_var=None, num_batches_tracked
 class SearchBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d whose training-mode forward without affine runs the Triton kernels.
 
-    backend: 'auto' (Triton on CUDA), 'triton' or 'torch' (always nn.BatchNorm2d); None reads
-    NDARTS_BACKEND, like the fused mixed op.
+    backend: 'auto' (the kernels while a CUDA graph is being captured, torch's BatchNorm in eager
+    mode), 'triton' (the kernels always: CUDA, or the interpreter in tests) or 'torch' (always
+    nn.BatchNorm2d); None reads NDARTS_BACKEND, like the fused mixed op.
     """
 
     def __init__(self, *args, backend: str | None = None, **kwargs):
@@ -54,9 +56,18 @@ class SearchBatchNorm2d(nn.BatchNorm2d):
         self.backend = backend
 
     def _use_kernels(self, x: torch.Tensor) -> bool:
-        return (self.training and not self.affine and self.track_running_stats and self.momentum is not None
-                and x.dim() == 4 and x.dtype in _DTYPES and x.is_contiguous()
-                and not torch.compiler.is_compiling() and resolve_backend(self.backend, x.device) == "triton")
+        if not (self.training and not self.affine and self.track_running_stats and self.momentum is not None
+                and x.dim() == 4 and x.dtype in _DTYPES and x.is_contiguous() and not torch.compiler.is_compiling()):
+            return False
+        if resolve_backend(self.backend, x.device) != "triton":
+            return False
+        if requested_backend(self.backend) == "triton" or not x.is_cuda:
+            return True
+        # auto on CUDA: the kernels while a CUDA graph is captured (GPU time is what counts there),
+        # torch's BatchNorm in eager mode, where host time per launch counts and Triton's Python
+        # launcher costs more than the kernels save (search step on an H200, 2026-11-27: graphed
+        # 188.7 → 106.4 ms with the kernels, eager 778 → 1437 ms; benchmarks/RESULTS.md)
+        return torch.cuda.is_current_stream_capturing()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._use_kernels(x):

