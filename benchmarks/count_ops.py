@@ -20,4 +20,4 @@ def count(share, fused=False):
     relu = sum(1 for e in ev if e.name in ("aten::relu", "aten::threshold_backward"))
     return len(top), relu
 for share in (False, True):
-    print("share_relu", share, "top-level aten ops per fwd+bwd, relu+relu_backward:", count(share))
+    print("share_node_ops", share, "top-level aten ops per fwd+bwd, relu+relu_backward:", count(share))
