@@ -35,16 +35,17 @@ def _device_us(event) -> float:
     return 0.0
 
 
-def profile_impl(impl: str, top: int, triton_bn: bool = False) -> dict:
+def profile_impl(impl: str, top: int, graph_kernels: bool = False) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from ndarts.batch_norm import SearchBatchNorm2d
+    from ndarts.depthwise_conv import SearchDepthwiseConv2d
 
     device = torch.device("cuda")
     parts = build_parts(GPU_CONFIG, impl, device)
-    if triton_bn:  # eagerly, the kernels a captured step runs (auto uses them only under capture)
+    if graph_kernels:  # eagerly, the kernels a captured step runs (auto uses them only under capture)
         for m in parts.model.modules():
-            if isinstance(m, SearchBatchNorm2d):
+            if isinstance(m, (SearchBatchNorm2d, SearchDepthwiseConv2d)):
                 m.backend = "triton"
     batches = make_batches(GPU_CONFIG, device)
     lr = SearchConfig().learning_rate
@@ -70,24 +71,26 @@ def profile_impl(impl: str, top: int, triton_bn: bool = False) -> dict:
     kernels = sum(c for c, _ in by_name.values())
     busy_ms = sum(t for _, t in by_name.values()) / 1e3
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
-    return {"impl": impl + ("+triton_bn" if triton_bn else ""), "wall_ms_unprofiled": wall_ms, "kernels": kernels, "busy_ms": busy_ms,
+    return {"impl": impl + ("+graph_kernels" if graph_kernels else ""), "wall_ms_unprofiled": wall_ms, "kernels": kernels, "busy_ms": busy_ms,
             "top": [{"name": n[:90], "count": c, "ms": t / 1e3} for n, (c, t) in ranked]}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--impl", nargs="+", default=["plain", "reference", "fused"])
+    ap.add_argument("--impl", nargs="+", default=["plain", "reference", "fused"],
+                    help="plain, reference, fused, fused_dwconv (fused + the depthwise-conv kernels)")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--json", default=None, help="also write the results here")
-    ap.add_argument("--triton-bn", action="store_true",
-                    help="fused: the Triton BatchNorm in the eager step too, as the CUDA-graph step runs it")
+    ap.add_argument("--graph-kernels", action="store_true",
+                    help="fused*: the BatchNorm (and depthwise-conv) kernels in the eager step too, as the "
+                         "CUDA-graph step runs them")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_step: needs a CUDA device")
         return 2
     results = []
     for impl in args.impl:
-        r = profile_impl(impl, args.top, args.triton_bn and impl == "fused")
+        r = profile_impl(impl, args.top, args.graph_kernels and impl.startswith("fused"))
         results.append(r)
         print(f"\n== {r['impl']}: {r['kernels']} kernels per step, GPU busy {r['busy_ms']:.1f} ms, "
               f"wall {r['wall_ms_unprofiled']:.1f} ms (unprofiled)")

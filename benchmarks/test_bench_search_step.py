@@ -6,7 +6,10 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
 - reference:   ndarts.MixedOp, what `python -m ndarts.search` uses by default.
 - fused:       ndarts.FusedMixedOp (`--fused`): Triton kernels on CUDA; on a CPU the custom op's
                reference implementation.
-- fused_graph: fused + the whole step captured as one CUDA graph (ndarts.graph_step), GPU only.
+- fused_graph: fused + the whole step captured as one CUDA graph (ndarts.graph_step), GPU only;
+               inside the graph the search ops' BatchNorm runs on the Triton kernels.
+- fused_graph_dwconv: fused_graph with the depthwise convolutions on the Triton kernels too
+               (SearchNetwork(fused_depthwise_conv=True); a candidate lever, not yet timed).
 
 GPU: batch 64, C 16, 8 cells, 32×32×3 inputs, the DARTS space (8 ops, with `none`), Gaussian
 noise: SPEC §6's supernet. Target (recorded, not asserted): ≤ 40 ms per step with peak memory
@@ -83,8 +86,9 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0)
     defaults = SearchConfig()
     torch.manual_seed(seed)
     model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
-                          fused=impl in ("fused", "fused_graph"), in_channels=cfg.in_channels,
-                          share_node_ops=impl != "plain")  # plain: DARTS as it was, a ReLU in every op
+                          fused=impl.startswith("fused"), in_channels=cfg.in_channels,
+                          share_node_ops=impl != "plain",  # plain: DARTS as it was, a ReLU in every op
+                          fused_depthwise_conv=impl.endswith("dwconv"))
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
@@ -138,20 +142,21 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
     return (lambda: step(*batches, lr)), None
 
 
-IMPLS = ["plain", "reference", "fused", "fused_graph"]
+IMPLS = ["plain", "reference", "fused", "fused_graph", "fused_graph_dwconv"]
 GRAPH_WARMUP = 3  # eager steps before the graph step captures
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_search_step(benchmark, device, impl):
     cfg = CONFIG
-    if impl == "fused_graph" and device.type != "cuda":
+    graphed = impl.startswith("fused_graph")
+    if graphed and device.type != "cuda":
         pytest.skip(needs_cuda("a CUDA-graph step needs CUDA graphs"))
     benchmark.group = f"search_step {cfg.name}"
     parts = build_parts(cfg, impl, device)
     batches = make_batches(cfg, device)
     lr = SearchConfig().learning_rate
-    if impl == "fused_graph":
+    if graphed:
         fn, reason = graph_step_fn(parts, batches, lr)
         if fn is None:
             pytest.skip(reason)
@@ -163,7 +168,7 @@ def test_search_step(benchmark, device, impl):
     if device.type == "cuda":
         # allocator warm, cuDNN algorithms chosen; the graph step: its eager warm-up steps, so that
         # the measured call is the capture (its allocations are the graph's memory pool)
-        for _ in range(GRAPH_WARMUP if impl == "fused_graph" else 1):
+        for _ in range(GRAPH_WARMUP if graphed else 1):
             fn()
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -180,7 +185,7 @@ def test_search_step(benchmark, device, impl):
         info.update({"peak_bytes": peak, "peak_GiB": peak / GIB, "resident_before_step_GiB": base / GIB})
     else:
         info["peak_note"] = "peak memory not measured on CPU (no allocator statistics)"
-    if device.type == "cuda" and impl in ("fused", "fused_graph") and cfg == GPU_CONFIG:
+    if device.type == "cuda" and impl.startswith("fused") and cfg == GPU_CONFIG:
         info["targets"] = [f"<= {STEP_TARGET_MS:.0f} ms per step", f"peak <= {PEAK_TARGET_BYTES / GIB:.2f} GiB"]
         info["target_step_met"] = info["time_ms"] <= STEP_TARGET_MS
         info["target_peak_met"] = peak <= PEAK_TARGET_BYTES

@@ -12,6 +12,7 @@ import os
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 from .batch_norm import batch_norm_backward, batch_norm_forward  # noqa: E402
+from .depthwise_conv import depthwise_conv_backward, depthwise_conv_forward  # noqa: E402
 from .noisy_mixed_sum import (  # noqa: E402
     MAX_OPERANDS,
     noisy_mixed_sum_backward,
@@ -24,6 +25,8 @@ __all__ = [
     "INTERPRETED",
     "batch_norm_forward",
     "batch_norm_backward",
+    "depthwise_conv_forward",
+    "depthwise_conv_backward",
     "MAX_OPERANDS",
     "noisy_mixed_sum_forward",
     "noisy_mixed_sum_backward",

@@ -72,3 +72,17 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         return "triton"
     # auto: the interpreter is for tests, never an automatic choice
     return "triton" if device.type == "cuda" and reason is None else "torch"
+
+
+def graph_kernels_enabled(backend: str | None, device: torch.device) -> bool:
+    """Whether a search-op kernel that pays off only inside a CUDA graph (the BatchNorm and
+    depthwise-conv kernels) runs now: 'triton' always (CUDA, or the interpreter in tests),
+    'torch' never, 'auto' on CUDA only while a CUDA graph is being captured. Eagerly, Triton's
+    Python launcher costs more host time per launch than these kernels save on the GPU
+    (benchmarks/RESULTS.md, H200, 2026-11-27: eager search step 778 → 1437 ms with the BatchNorm
+    kernels, graphed 189 → 106 ms)."""
+    if resolve_backend(backend, device) != "triton":
+        return False
+    if requested_backend(backend) == "triton" or device.type != "cuda":
+        return True
+    return torch.cuda.is_current_stream_capturing()

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-from .backend import requested_backend, resolve_backend
+from .backend import graph_kernels_enabled
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -59,15 +59,7 @@ class SearchBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and not self.affine and self.track_running_stats and self.momentum is not None
                 and x.dim() == 4 and x.dtype in _DTYPES and x.is_contiguous() and not torch.compiler.is_compiling()):
             return False
-        if resolve_backend(self.backend, x.device) != "triton":
-            return False
-        if requested_backend(self.backend) == "triton" or not x.is_cuda:
-            return True
-        # auto on CUDA: the kernels while a CUDA graph is captured (GPU time is what counts there),
-        # torch's BatchNorm in eager mode, where host time per launch counts and Triton's Python
-        # launcher costs more than the kernels save (search step on an H200, 2026-11-27: graphed
-        # 188.7 → 106.4 ms with the kernels, eager 778 → 1437 ms; benchmarks/RESULTS.md)
-        return torch.cuda.is_current_stream_capturing()
+        return graph_kernels_enabled(self.backend, x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._use_kernels(x):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .genotype import derive_genotype
 from .batch_norm import use_search_batch_norm
+from .depthwise_conv import use_search_depthwise_conv
 from .mixed_op import FusedMixedOp, MixedOp, NodeShare, copy_running_stats
 from .noise import NoiseConfig
 from .operations import NOISYDARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
@@ -73,12 +74,14 @@ class SearchNetwork(nn.Module):
     pools with their BatchNorm (same outputs, gradients and BatchNorm state; fewer kernels).
     fused_batch_norm (default: as fused): the affine-free BatchNorms of the cells run on the Triton
     kernels wherever the fused op does (SearchBatchNorm2d, ndarts.batch_norm).
+    fused_depthwise_conv (default off: not yet timed on a GPU): the depthwise convolutions of the
+    sep/dil convs on the Triton kernels, under the same rule (ndarts.depthwise_conv).
     """
 
     def __init__(self, C=16, num_classes=10, layers=8, primitives=NOISYDARTS_PRIMITIVES,
                  noise: NoiseConfig | None = None, fused=False, steps=4, multiplier=4, stem_multiplier=3,
                  in_channels=3, arch_activation="softmax", backend=None, share_node_ops=True,
-                 fused_batch_norm: bool | None = None):
+                 fused_batch_norm: bool | None = None, fused_depthwise_conv: bool = False):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -118,6 +121,8 @@ class SearchNetwork(nn.Module):
         self.classifier = nn.Linear(C_prev, num_classes)
         if fused if fused_batch_norm is None else fused_batch_norm:
             use_search_batch_norm(self.cells, backend)
+        if fused_depthwise_conv:
+            use_search_depthwise_conv(self.cells, backend)
 
         num_edges = sum(2 + i for i in range(steps))
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))

@@ -139,7 +139,7 @@ def _searcher(tmp_path, name, **kw):
     return Searcher(cfg)
 
 
-def _step_parts(seed=0):
+def _step_parts(seed=0, dwconv=False):
     from ndarts import DARTS_PRIMITIVES, NoiseConfig
     from ndarts.architect import Architect
     from ndarts.graph_step import prepare_optimizers_for_capture
@@ -147,7 +147,7 @@ def _step_parts(seed=0):
 
     torch.manual_seed(seed)
     model = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
-                          fused=True, backend="triton").cuda()
+                          fused=True, backend="triton", fused_depthwise_conv=dwconv).cuda()
     w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     prepare_optimizers_for_capture(a_opt)  # the same Adam arithmetic on both sides
@@ -155,7 +155,8 @@ def _step_parts(seed=0):
     return model, Architect(model, a_opt, w_opt, criterion, "first"), w_opt, criterion
 
 
-def test_cuda_graph_step_equals_eager_step_by_step():
+@pytest.mark.parametrize("dwconv", [False, True])
+def test_cuda_graph_step_equals_eager_step_by_step(dwconv):
     """Warm-up steps, a capture, replays and a re-capture for a new learning rate: each step's
     losses and the final α and weights equal those of the eager steps (noise off, deterministic
     cuDNN, the same capturable Adam on both sides)."""
@@ -171,7 +172,7 @@ def test_cuda_graph_step_equals_eager_step_by_step():
     lrs = [0.025] * 5 + [0.02] * 2
     runs = []
     for graphed in (False, True):
-        model, architect, w_opt, criterion = _step_parts()
+        model, architect, w_opt, criterion = _step_parts(dwconv=dwconv)
         weights = model.weight_parameters()
         step = make_graph_step(model, architect, w_opt, criterion, 5.0, batches[0], warmup=2) if graphed else None
         losses = []
@@ -213,3 +214,26 @@ def test_cuda_batch_norm_matches_torch(dtype, atol, shape):
     torch.testing.assert_close(y.float(), y_ref, atol=atol, rtol=atol)
     torch.testing.assert_close(x.grad.float(), xr.grad, atol=atol * 4, rtol=atol * 4)
     torch.testing.assert_close(bn.running_var, ref.running_var, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (5, 1, 4, 2),
+                                                       (3, 2, 1, 1), (5, 2, 4, 2)])
+@pytest.mark.parametrize("shape", [(64, 16, 32, 32), (64, 64, 8, 8), (3, 5, 13, 11)])
+def test_cuda_depthwise_conv_matches_conv2d(dtype, tol, k, stride, padding, dilation, shape):
+    import torch.nn.functional as F
+
+    from ndarts.depthwise_conv import depthwise_conv
+
+    c = shape[1]
+    x = torch.randn(shape, device="cuda").to(dtype).requires_grad_()
+    w = torch.randn(c, 1, k, k, device="cuda").to(dtype).requires_grad_()
+    y = depthwise_conv(x, w, stride, padding, dilation)
+    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+    y_ref = F.conv2d(xr, wr, stride=stride, padding=padding, dilation=dilation, groups=c)
+    g = torch.randn_like(y_ref)
+    y.backward(g.to(dtype))
+    y_ref.backward(g)
+    torch.testing.assert_close(y.double(), y_ref, atol=tol * k * k, rtol=tol)
+    torch.testing.assert_close(x.grad.double(), xr.grad, atol=tol * k * k, rtol=tol)
+    torch.testing.assert_close(w.grad.double(), wr.grad, atol=tol * (y.numel() / c) ** 0.5 * 4, rtol=tol * 4)

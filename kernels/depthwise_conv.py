@@ -1,0 +1,220 @@
+"""Triton kernels for the depthwise convolutions of the DARTS search ops (groups = channels, no bias).
+
+    y[n, c, oh, ow] = Σ_{i,j} w[c, i, j] · x[n, c, oh·s − p + i·d, ow·s − p + j·d]     (zero padding)
+
+Why: in the CUDA-graph search step on an H200 the depthwise convolutions took at least 40 % of
+the GPU time, and PyTorch's NCHW grad-weight kernel 25 µs per call on 4 MiB tensors
+(benchmarks/RESULTS.md, profile of 2026-11-27): it gives few blocks to 16 channels.
+
+- forward: one program per (image·channel plane, output tile); the K×K taps are shifted loads of
+  the same input tile (cache hits), accumulated in fp32.
+- input gradient: one program per (plane, input tile); for stride 2 only the taps that land on an
+  output pixel (t = h + p − i·d divisible by 2) contribute.
+- weight gradient: grid (C, S): each program sums g·x over its images for all K·K taps (per-tap
+  block reductions) into fp32 partials [C, S, K·K]; a fixed-order torch sum over S finishes it,
+  so the result is bitwise reproducible.
+Layout: contiguous NCHW; K, stride, dilation are compile-time constants (DARTS: K 3/5, stride
+1/2, dilation 1/2).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+INT32_LIMIT = 2**31 - 1
+
+
+@triton.jit
+def _dw_conv_fwd_kernel(
+    X, Wt, Y,  # input [N, C, H, W], weight [C, 1, K, K], output [N, C, OH, OW]
+    C, H, W, OH, OW,
+    TILES_W,  # output tiles per row of tiles
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    plane = tl.program_id(0)
+    tile = tl.program_id(1)
+    c = plane % C
+    oh = (tile // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+    ow = (tile % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    out_mask = (oh < OH) & (ow < OW)
+    if INDEX_64:
+        x_base = X + plane.to(tl.int64) * H * W
+        y_base = Y + plane.to(tl.int64) * OH * OW
+    else:
+        x_base = X + plane * H * W
+        y_base = Y + plane * OH * OW
+    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    for i in tl.static_range(K):
+        ih = oh * STRIDE - PAD + i * DIL
+        row_ok = (ih >= 0) & (ih < H)
+        for j in tl.static_range(K):
+            iw = ow * STRIDE - PAD + j * DIL
+            mask = out_mask & row_ok & (iw >= 0) & (iw < W)
+            x = tl.load(x_base + ih * W + iw, mask=mask, other=0.0).to(tl.float32)
+            acc += x * tl.load(Wt + c * K * K + i * K + j).to(tl.float32)
+    tl.store(y_base + oh * OW + ow, acc.to(Y.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _dw_conv_bwd_input_kernel(
+    G, Wt, DX,  # output gradient [N, C, OH, OW], weight, input gradient [N, C, H, W]
+    C, H, W, OH, OW,
+    TILES_W,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    plane = tl.program_id(0)
+    tile = tl.program_id(1)
+    c = plane % C
+    h = (tile // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+    w = (tile % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    in_mask = (h < H) & (w < W)
+    if INDEX_64:
+        g_base = G + plane.to(tl.int64) * OH * OW
+        dx_base = DX + plane.to(tl.int64) * H * W
+    else:
+        g_base = G + plane * OH * OW
+        dx_base = DX + plane * H * W
+    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    for i in tl.static_range(K):
+        th = h + PAD - i * DIL  # = oh·STRIDE for the output row this tap came from
+        th_ok = th >= 0
+        th = tl.where(th_ok, th, 0)
+        oh = th // STRIDE
+        row_ok = th_ok & (oh * STRIDE == th) & (oh < OH)
+        for j in tl.static_range(K):
+            tw = w + PAD - j * DIL
+            tw_ok = tw >= 0
+            tw = tl.where(tw_ok, tw, 0)
+            ow = tw // STRIDE
+            mask = in_mask & row_ok & tw_ok & (ow * STRIDE == tw) & (ow < OW)
+            g = tl.load(g_base + oh * OW + ow, mask=mask, other=0.0).to(tl.float32)
+            acc += g * tl.load(Wt + c * K * K + i * K + j).to(tl.float32)
+    tl.store(dx_base + h * W + w, acc.to(DX.dtype.element_ty), mask=in_mask)
+
+
+@triton.jit
+def _dw_conv_bwd_weight_kernel(
+    X, G, PART,  # input, output gradient, fp32 partials [C, S, KK_BLOCK]
+    N, C, H, W, OH, OW,
+    ROWS, S,  # images per program, programs per channel
+    TILES_H, TILES_W,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    KK_BLOCK: tl.constexpr,  # power of two ≥ K·K
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    taps = tl.arange(0, KK_BLOCK)
+    acc = tl.zeros([KK_BLOCK], dtype=tl.float32)
+    n_end = tl.minimum((s + 1) * ROWS, N)
+    for n in range(s * ROWS, n_end):
+        plane = n * C + c
+        if INDEX_64:
+            x_base = X + plane.to(tl.int64) * H * W
+            g_base = G + plane.to(tl.int64) * OH * OW
+        else:
+            x_base = X + plane * H * W
+            g_base = G + plane * OH * OW
+        for t in range(0, TILES_H * TILES_W):
+            oh = (t // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+            ow = (t % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+            out_mask = (oh < OH) & (ow < OW)
+            g = tl.load(g_base + oh * OW + ow, mask=out_mask, other=0.0).to(tl.float32)
+            for i in tl.static_range(K):
+                ih = oh * STRIDE - PAD + i * DIL
+                row_ok = (ih >= 0) & (ih < H)
+                for j in tl.static_range(K):
+                    iw = ow * STRIDE - PAD + j * DIL
+                    mask = out_mask & row_ok & (iw >= 0) & (iw < W)
+                    x = tl.load(x_base + ih * W + iw, mask=mask, other=0.0).to(tl.float32)
+                    part = tl.sum(tl.sum(g * x, axis=1), axis=0)
+                    acc += tl.where(taps == i * K + j, part, 0.0)
+    tl.store(PART + (c * S + s) * KK_BLOCK + taps, acc)
+
+
+# ----------------------------------------------------------------------------- launchers
+def _blocks(rows: int, cols: int) -> tuple[int, int]:
+    from . import INTERPRETED
+
+    cap = 64 if INTERPRETED else 32  # 32×32 = 1024 elements per program on a GPU
+    return min(triton.next_power_of_2(rows), cap), min(triton.next_power_of_2(cols), cap)
+
+
+def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def check_depthwise_args(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int):
+    if x.dim() != 4:
+        raise ValueError(f"depthwise_conv: expected a 4-D [N, C, H, W] input, got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    if weight.dim() != 4 or weight.shape[0] != c or weight.shape[1] != 1 or weight.shape[2] != weight.shape[3]:
+        raise ValueError(f"depthwise_conv: expected a weight of shape ({c}, 1, K, K) for {c} channels, "
+                         f"got {tuple(weight.shape)}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or weight.dtype != x.dtype:
+        raise TypeError(f"depthwise_conv: input and weight must share a float32/float16/bfloat16 dtype, "
+                        f"got {x.dtype} and {weight.dtype}")
+    k = weight.shape[2]
+    oh, ow = (_out_size(s, k, stride, padding, dilation) for s in x.shape[2:])
+    if oh < 1 or ow < 1:
+        raise ValueError(f"depthwise_conv: input {tuple(x.shape)} is too small for a {k}x{k} kernel with "
+                         f"dilation {dilation} and padding {padding}")
+    return k, oh, ow
+
+
+def depthwise_conv_forward(x, weight, stride: int, padding: int, dilation: int) -> torch.Tensor:
+    k, oh, ow = check_depthwise_args(x, weight, stride, padding, dilation)
+    x, weight = x.contiguous(), weight.contiguous()
+    n, c, h, w = x.shape
+    y = torch.empty((n, c, oh, ow), device=x.device, dtype=x.dtype)
+    if y.numel() == 0:
+        return y
+    bh, bw = _blocks(oh, ow)
+    tiles_w = triton.cdiv(ow, bw)
+    index_64 = max(x.numel(), y.numel()) > INT32_LIMIT
+    _dw_conv_fwd_kernel[(n * c, triton.cdiv(oh, bh) * tiles_w)](
+        x, weight, y, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation,
+        BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
+    return y
+
+
+def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation: int,
+                            need_input: bool = True, need_weight: bool = True):
+    """(dL/dx or None, dL/dweight or None), dL/dweight in the weight's dtype."""
+    k, oh, ow = check_depthwise_args(x, weight, stride, padding, dilation)
+    grad, x, weight = grad.contiguous(), x.contiguous(), weight.contiguous()
+    n, c, h, w = x.shape
+    index_64 = max(x.numel(), grad.numel()) > INT32_LIMIT
+    dx = dw = None
+    if need_input:
+        dx = torch.empty_like(x)
+        bh, bw = _blocks(h, w)
+        tiles_w = triton.cdiv(w, bw)
+        if dx.numel():
+            _dw_conv_bwd_input_kernel[(n * c, triton.cdiv(h, bh) * tiles_w)](
+                grad, weight, dx, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation,
+                BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
+    if need_weight:
+        from . import INTERPRETED
+
+        bh, bw = _blocks(oh, ow)
+        if INTERPRETED:
+            splits = min(n, 2)
+        else:
+            sm = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 8
+            splits = max(1, min(n, triton.cdiv(4 * sm, c)))
+        rows = triton.cdiv(n, splits)
+        splits = triton.cdiv(n, rows) if n else 1
+        kk_block = triton.next_power_of_2(k * k)
+        part = torch.zeros((c, splits, kk_block), device=x.device, dtype=torch.float32)
+        if n and c:
+            _dw_conv_bwd_weight_kernel[(c, splits)](
+                x, grad, part, n, c, h, w, oh, ow, rows, splits, triton.cdiv(oh, bh), triton.cdiv(ow, bw),
+                K=k, STRIDE=stride, PAD=padding, DIL=dilation, KK_BLOCK=kk_block, BLOCK_H=bh, BLOCK_W=bw,
+                INDEX_64=index_64, num_warps=4)
+        # fixed-order reduction over the S partials: deterministic
+        dw = part.sum(dim=1)[:, : k * k].reshape(weight.shape).to(weight.dtype)
+    return dx, dw

@@ -1,0 +1,126 @@
+"""The Triton depthwise convolution (interpreter on CPU) against torch's conv2d.
+
+Every DARTS configuration (3×3 / 5×5, stride 1 / 2, dilation 1 / 2 with its padding) and odd
+sizes, output and both gradients, per dtype, on fresh random inputs; the module conversion keeps
+parameters and RNG; a small search network with the kernels equals the plain one.
+"""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import ndarts_kernels
+from ndarts.depthwise_conv import SearchDepthwiseConv2d, depthwise_conv, use_search_depthwise_conv
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPES = [(torch.float32, 2e-5), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)]
+# (K, stride, padding, dilation): sep_conv_3x3/5x5 and dil_conv_3x3/5x5, at stride 1 and 2
+CONFIGS = [(3, 1, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (5, 1, 4, 2), (3, 2, 1, 1), (5, 2, 2, 1), (3, 2, 2, 2),
+           (5, 2, 4, 2)]
+SHAPES = [(2, 3, 8, 8), (3, 2, 7, 5), (1, 4, 13, 11)]
+
+
+# every configuration on every shape in fp32; the half types on the first shape (the interpreter
+# is slow: ~1 s per case)
+CASES = [(shape, dt) for shape in SHAPES for dt in DTYPES if dt[0] == torch.float32 or shape == SHAPES[0]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k,stride,padding,dilation", CONFIGS)
+@pytest.mark.parametrize("shape,dtype,tol", [(s, d, t) for s, (d, t) in CASES])
+def test_matches_conv2d(fresh_seed, device, dtype, tol, k, stride, padding, dilation, shape):
+    if device == "cuda" and ndarts_kernels.INTERPRETED:
+        pytest.skip("kernels defined for the interpreter")
+    c = shape[1]
+    x = torch.randn(shape, device=device).to(dtype).requires_grad_()
+    w = torch.randn(c, 1, k, k, device=device).to(dtype).requires_grad_()
+    y = depthwise_conv(x, w, stride, padding, dilation)
+    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+    y_ref = F.conv2d(xr, wr, stride=stride, padding=padding, dilation=dilation, groups=c)
+    g = torch.randn_like(y_ref)
+    y.backward(g.to(dtype))
+    y_ref.backward(g)
+    assert y.shape == y_ref.shape
+    scale = k * k ** 0.5  # sums of K² terms of unit size
+    torch.testing.assert_close(y.double(), y_ref, atol=tol * scale, rtol=tol)
+    torch.testing.assert_close(x.grad.double(), xr.grad, atol=tol * scale, rtol=tol)
+    # the weight gradient sums N·OH·OW products
+    n_terms = y.numel() / c
+    torch.testing.assert_close(w.grad.double(), wr.grad, atol=tol * n_terms ** 0.5 * 4, rtol=tol * 4)
+
+
+def test_only_the_needed_gradient(fresh_seed):
+    """A frozen input or weight: the other gradient alone, equal to conv2d's."""
+    x = torch.randn(2, 3, 9, 9)
+    w = torch.randn(3, 1, 3, 3)
+    g = torch.randn(2, 3, 9, 9)
+    for grad_x in (False, True):
+        xa, wa = x.clone().requires_grad_(grad_x), w.clone().requires_grad_(not grad_x)
+        xb, wb = x.clone().requires_grad_(grad_x), w.clone().requires_grad_(not grad_x)
+        depthwise_conv(xa, wa, 1, 1, 1).backward(g)
+        F.conv2d(xb, wb, padding=1, groups=3).backward(g)
+        got, want = (xa.grad, xb.grad) if grad_x else (wa.grad, wb.grad)
+        assert (xa.grad is None) != grad_x and (wa.grad is None) == grad_x
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_conversion_keeps_parameters_and_rng(fresh_seed):
+    seq = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.Conv2d(4, 8, 1, bias=False),
+                        nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False))
+    weights = [m.weight for m in seq]
+    state = torch.random.get_rng_state()
+    use_search_depthwise_conv(seq, backend="triton")
+    assert torch.equal(torch.random.get_rng_state(), state)  # no parameter drawn
+    assert type(seq[0]) is SearchDepthwiseConv2d
+    assert type(seq[1]) is nn.Conv2d and type(seq[2]) is nn.Conv2d  # pointwise / grouped: untouched
+    assert all(m.weight is w for m, w in zip(seq, weights))
+    x = torch.randn(2, 4, 6, 6)
+    torch.testing.assert_close(seq[0](x), F.conv2d(x, seq[0].weight, padding=1, groups=4), atol=1e-5, rtol=1e-5)
+
+
+def test_torch_backend_is_conv2d(fresh_seed):
+    conv = SearchDepthwiseConv2d(3, 3, 3, padding=1, groups=3, bias=False, backend="torch")
+    y = conv(torch.randn(2, 3, 5, 5, requires_grad=True))
+    assert "Convolution" in type(y.grad_fn).__name__
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="weight of shape"):
+        depthwise_conv(torch.randn(2, 3, 5, 5), torch.randn(4, 1, 3, 3))
+    with pytest.raises(TypeError, match="dtype"):
+        depthwise_conv(torch.randn(2, 3, 5, 5), torch.randn(3, 1, 3, 3).double())
+    with pytest.raises(ValueError, match="too small"):
+        depthwise_conv(torch.randn(2, 3, 2, 2), torch.randn(3, 1, 5, 5), 1, 0, 2)
+    conv = SearchDepthwiseConv2d(3, 3, 3, padding=1, groups=3, bias=False, backend="triton")
+    with pytest.raises(ValueError, match="channels"):
+        conv(torch.randn(2, 4, 5, 5))
+
+
+def test_search_network_with_triton_depthwise_conv_equals_torch(fresh_seed):
+    from ndarts import NoiseConfig
+    from ndarts.search_model import SearchNetwork
+
+    # one reduction cell of one node (2 edges, stride 2): the interpreter runs ~10 s per conv fwd+bwd
+    kw = dict(C=4, num_classes=5, layers=1, primitives=["skip_connect", "sep_conv_3x3", "dil_conv_5x5"],
+              noise=NoiseConfig(kind="none"), fused=True, steps=1, multiplier=1, in_channels=2, backend="torch",
+              fused_batch_norm=False)
+    torch.manual_seed(3)
+    ref = SearchNetwork(**kw)
+    torch.manual_seed(3)
+    tri = SearchNetwork(**kw, fused_depthwise_conv=True)
+    for a, b in zip(tri.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)  # same RNG stream: the conversion draws nothing
+    convs = [m for m in tri.modules() if isinstance(m, SearchDepthwiseConv2d)]
+    assert len(convs) == 2 * (2 + 1)  # 2 edges × (2 in sep_conv + 1 in dil_conv)
+    for m in convs:
+        m.backend = "triton"
+    x = torch.randn(3, 2, 9, 9)
+    outs = []
+    for net in (ref, tri):
+        out = net(x)
+        out.logsumexp(1).sum().backward()
+        outs.append((out, [p.grad for p in net.parameters()]))
+    (o1, g1), (o2, g2) = outs
+    torch.testing.assert_close(o2, o1, atol=1e-5, rtol=1e-4)
+    for a, b in zip(g2, g1):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
