@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .moments import merge_tile, store_moments
+
 INT32_LIMIT = 2**31 - 1
 TILE = 4096  # elements a program loads per step (rows × columns of one channel)
 
@@ -66,20 +68,8 @@ def _bn_stats_kernel(
         for h0 in range(0, HW, BLOCK_HW):
             offs, mask = _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW, INDEX_64)
             x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-            n_b = tl.sum(mask.to(tl.float32), axis=0)
-            mean_b = tl.sum(x, axis=0) / tl.maximum(n_b, 1.0)
-            dev = tl.where(mask, x - mean_b, 0.0)
-            m2_b = tl.sum(dev * dev, axis=0)
-            total = count + n_b
-            delta = mean_b - mean
-            frac = n_b / tl.maximum(total, 1.0)
-            mean = mean + delta * frac
-            m2 = m2 + m2_b + delta * delta * count * frac
-            count = total
-    base = (c * S + s) * 3
-    tl.store(PART + base + 0, count)
-    tl.store(PART + base + 1, mean)
-    tl.store(PART + base + 2, m2)
+            count, mean, m2 = merge_tile(count, mean, m2, x, mask)
+    store_moments(PART, c * S + s, count, mean, m2)
 
 
 @triton.jit

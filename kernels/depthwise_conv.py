@@ -26,6 +26,22 @@ INT32_LIMIT = 2**31 - 1
 
 
 @triton.jit
+def _tile_coords(tile, TILES_W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Row indices [BLOCK_H, 1] and column indices [1, BLOCK_W] of a tile of a plane."""
+    rows = (tile // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+    cols = (tile % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    return rows, cols
+
+
+@triton.jit
+def _plane(ptr, plane, size, INDEX_64: tl.constexpr):
+    """Pointer to the first element of plane `plane` (size elements each)."""
+    if INDEX_64:
+        return ptr + plane.to(tl.int64) * size
+    return ptr + plane * size
+
+
+@triton.jit
 def _dw_conv_fwd_kernel(
     X, Wt, Y,  # input [N, C, H, W], weight [C, 1, K, K], output [N, C, OH, OW]
     C, H, W, OH, OW,
@@ -34,17 +50,11 @@ def _dw_conv_fwd_kernel(
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     plane = tl.program_id(0)
-    tile = tl.program_id(1)
     c = plane % C
-    oh = (tile // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-    ow = (tile % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    oh, ow = _tile_coords(tl.program_id(1), TILES_W, BLOCK_H, BLOCK_W)
     out_mask = (oh < OH) & (ow < OW)
-    if INDEX_64:
-        x_base = X + plane.to(tl.int64) * H * W
-        y_base = Y + plane.to(tl.int64) * OH * OW
-    else:
-        x_base = X + plane * H * W
-        y_base = Y + plane * OH * OW
+    x_base = _plane(X, plane, H * W, INDEX_64)
+    y_base = _plane(Y, plane, OH * OW, INDEX_64)
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     for i in tl.static_range(K):
         ih = oh * STRIDE - PAD + i * DIL
@@ -66,17 +76,11 @@ def _dw_conv_bwd_input_kernel(
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     plane = tl.program_id(0)
-    tile = tl.program_id(1)
     c = plane % C
-    h = (tile // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-    w = (tile % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    h, w = _tile_coords(tl.program_id(1), TILES_W, BLOCK_H, BLOCK_W)
     in_mask = (h < H) & (w < W)
-    if INDEX_64:
-        g_base = G + plane.to(tl.int64) * OH * OW
-        dx_base = DX + plane.to(tl.int64) * H * W
-    else:
-        g_base = G + plane * OH * OW
-        dx_base = DX + plane * H * W
+    g_base = _plane(G, plane, OH * OW, INDEX_64)
+    dx_base = _plane(DX, plane, H * W, INDEX_64)
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     for i in tl.static_range(K):
         th = h + PAD - i * DIL  # = oh·STRIDE for the output row this tap came from
@@ -112,15 +116,10 @@ def _dw_conv_bwd_weight_kernel(
     n_end = tl.minimum((s + 1) * ROWS, N)
     for n in range(s * ROWS, n_end):
         plane = n * C + c
-        if INDEX_64:
-            x_base = X + plane.to(tl.int64) * H * W
-            g_base = G + plane.to(tl.int64) * OH * OW
-        else:
-            x_base = X + plane * H * W
-            g_base = G + plane * OH * OW
+        x_base = _plane(X, plane, H * W, INDEX_64)
+        g_base = _plane(G, plane, OH * OW, INDEX_64)
         for t in range(0, TILES_H * TILES_W):
-            oh = (t // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-            ow = (t % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+            oh, ow = _tile_coords(t, TILES_W, BLOCK_H, BLOCK_W)
             out_mask = (oh < OH) & (ow < OW)
             g = tl.load(g_base + oh * OW + ow, mask=out_mask, other=0.0).to(tl.float32)
             for i in tl.static_range(K):

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .moments import merge_tile, store_moments
+
 MAX_OPERANDS = 8
 INT32_LIMIT = 2**31 - 1
 MERGE_BLOCK = 1024  # partials merged per step by the one-program merge kernel
@@ -104,19 +106,8 @@ def _skip_stats_kernel(
         offs = _block_offsets(pid * ITERS + it, BLOCK, INDEX_64)
         mask = offs < N
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        n_b = tl.sum(mask.to(tl.float32), axis=0)
-        mean_b = tl.sum(x, axis=0) / tl.maximum(n_b, 1.0)
-        dev = tl.where(mask, x - mean_b, 0.0)
-        m2_b = tl.sum(dev * dev, axis=0)
-        total = count + n_b
-        delta = mean_b - mean
-        frac = n_b / tl.maximum(total, 1.0)
-        mean = mean + delta * frac
-        m2 = m2 + m2_b + delta * delta * count * frac
-        count = total
-    tl.store(PART + pid * 3 + 0, count)
-    tl.store(PART + pid * 3 + 1, mean)
-    tl.store(PART + pid * 3 + 2, m2)
+        count, mean, m2 = merge_tile(count, mean, m2, x, mask)
+    store_moments(PART, pid, count, mean, m2)
 
 
 @triton.jit

@@ -31,6 +31,11 @@ CASES = [(shape, dt) for shape in SHAPES for dt in DTYPES if dt[0] == torch.floa
 def test_matches_conv2d(fresh_seed, device, dtype, tol, k, stride, padding, dilation, shape):
     if device == "cuda" and ndarts_kernels.INTERPRETED:
         pytest.skip("kernels defined for the interpreter")
+    check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, device)
+
+
+def check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, device):
+    """Output and both gradients of depthwise_conv against conv2d in float64 on fresh random data."""
     c = shape[1]
     x = torch.randn(shape, device=device).to(dtype).requires_grad_()
     w = torch.randn(c, 1, k, k, device=device).to(dtype).requires_grad_()

@@ -221,19 +221,6 @@ def test_cuda_batch_norm_matches_torch(dtype, atol, shape):
                                                        (3, 2, 1, 1), (5, 2, 4, 2)])
 @pytest.mark.parametrize("shape", [(64, 16, 32, 32), (64, 64, 8, 8), (3, 5, 13, 11)])
 def test_cuda_depthwise_conv_matches_conv2d(dtype, tol, k, stride, padding, dilation, shape):
-    import torch.nn.functional as F
+    from test_depthwise_conv import check_against_conv2d
 
-    from ndarts.depthwise_conv import depthwise_conv
-
-    c = shape[1]
-    x = torch.randn(shape, device="cuda").to(dtype).requires_grad_()
-    w = torch.randn(c, 1, k, k, device="cuda").to(dtype).requires_grad_()
-    y = depthwise_conv(x, w, stride, padding, dilation)
-    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
-    y_ref = F.conv2d(xr, wr, stride=stride, padding=padding, dilation=dilation, groups=c)
-    g = torch.randn_like(y_ref)
-    y.backward(g.to(dtype))
-    y_ref.backward(g)
-    torch.testing.assert_close(y.double(), y_ref, atol=tol * k * k, rtol=tol)
-    torch.testing.assert_close(x.grad.double(), xr.grad, atol=tol * k * k, rtol=tol)
-    torch.testing.assert_close(w.grad.double(), wr.grad, atol=tol * (y.numel() / c) ** 0.5 * 4, rtol=tol * 4)
+    check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, "cuda")

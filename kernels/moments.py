@@ -1,0 +1,28 @@
+"""Device helpers for (count, mean, M2) statistics, shared by the std and BatchNorm kernels.
+
+Chan's parallel update: merging a tile's own (n_b, mean_b, M2_b) into running moments never forms
+Σx and Σx², which cancel catastrophically in fp32 once |mean| ≫ std.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def merge_tile(count, mean, m2, x, mask):
+    """Running (count, mean, M2) updated with the masked fp32 tile x (1-D)."""
+    n_b = tl.sum(mask.to(tl.float32), axis=0)
+    mean_b = tl.sum(x, axis=0) / tl.maximum(n_b, 1.0)
+    dev = tl.where(mask, x - mean_b, 0.0)
+    m2_b = tl.sum(dev * dev, axis=0)
+    total = count + n_b
+    delta = mean_b - mean
+    frac = n_b / tl.maximum(total, 1.0)
+    return total, mean + delta * frac, m2 + m2_b + delta * delta * count * frac
+
+
+@triton.jit
+def store_moments(PART, index, count, mean, m2):
+    """Writes (count, mean, M2) to PART[index, 0:3]."""
+    tl.store(PART + index * 3 + 0, count)
+    tl.store(PART + index * 3 + 1, mean)
+    tl.store(PART + index * 3 + 2, m2)
