@@ -118,7 +118,7 @@ def _dw_conv_bwd_weight_kernel(
         plane = n * C + c
         x_base = _plane(X, plane, H * W, INDEX_64)
         g_base = _plane(G, plane, OH * OW, INDEX_64)
-        for t in range(0, TILES_H * TILES_W):
+        for t in range(TILES_H * TILES_W):
             oh, ow = _tile_coords(t, TILES_W, BLOCK_H, BLOCK_W)
             out_mask = (oh < OH) & (ow < OW)
             g = tl.load(g_base + oh * OW + ow, mask=out_mask, other=0.0).to(tl.float32)

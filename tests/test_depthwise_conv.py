@@ -4,13 +4,17 @@ Every DARTS configuration (3×3 / 5×5, stride 1 / 2, dilation 1 / 2 with its pa
 sizes, output and both gradients, per dtype, on fresh random inputs; the module conversion keeps
 parameters and RNG; a small search network with the kernels equals the plain one.
 """
+import ndarts_kernels
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import ndarts_kernels
-from ndarts.depthwise_conv import SearchDepthwiseConv2d, depthwise_conv, use_search_depthwise_conv
+from ndarts.depthwise_conv import (
+    SearchDepthwiseConv2d,
+    depthwise_conv,
+    use_search_depthwise_conv,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [(torch.float32, 2e-5), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)]
