@@ -276,7 +276,12 @@ class Searcher:
             self.run.log(f"search: {cfg.dataset} on {self.device}, {cfg.space} space, noise {cfg.noise} "
                          f"λ={cfg.noise_lambda}, {cfg.order} order, {'fused' if cfg.fused else 'reference'} mixed ops, "
                          f"{n_w / 1e6:.3f} M weights, {len(self.train_stream)} steps/epoch"
-                         + (f", {self.dist.world_size} processes × batch {cfg.batch_size}" if self.dist is not None else ""))
+                         + (f", {self.dist.world_size} processes × batch {cfg.batch_size}" if self.dist is not None else "")
+                         + (", CUDA-graph steps" if cfg.cuda_graph else ""))
+            if self.device.type == "cuda" and self.dist is None and not cfg.cuda_graph:
+                # eager GPU steps are launch-bound: the graph step was 6× faster on an H200 (RESULTS.md)
+                self.run.log("tip: --fused --cuda-graph replays each search step as one CUDA graph "
+                             "(6× faster steps on an H200, benchmarks/RESULTS.md)")
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self._epoch(epoch)
