@@ -68,7 +68,7 @@ def search_step_table(rows):
         by_cfg.setdefault(r["config_name"], {})[r["impl"]] = r
     for cfg, impls in by_cfg.items():
         plain = impls.get("plain", {}).get("time_ms")
-        for impl in ("plain", "reference", "fused", "fused_graph", "fused_graph_dwconv"):
+        for impl in ("plain", "reference", "fused", "fused_graph", "fused_graph_dwconv", "fused_graph_streams"):
             r = impls.get(impl)
             if r is None:
                 continue

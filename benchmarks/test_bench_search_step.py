@@ -10,6 +10,8 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                inside the graph the search ops' BatchNorm runs on the Triton kernels.
 - fused_graph_dwconv: fused_graph with the depthwise convolutions on the Triton kernels too
                (SearchNetwork(fused_depthwise_conv=True); a candidate lever, not yet timed).
+- fused_graph_streams: fused_graph with the edges into a node on 4 side CUDA streams
+               (SearchNetwork(edge_streams=4); a candidate lever, not yet timed).
 
 GPU: batch 64, C 16, 8 cells, 32×32×3 inputs, the DARTS space (8 ops, with `none`), Gaussian
 noise: SPEC §6's supernet. Target (recorded, not asserted): ≤ 40 ms per step with peak memory
@@ -88,7 +90,7 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0)
     model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
                           fused=impl.startswith("fused"), in_channels=cfg.in_channels,
                           share_node_ops=impl != "plain",  # plain: DARTS as it was, a ReLU in every op
-                          fused_depthwise_conv=impl.endswith("dwconv"))
+                          fused_depthwise_conv="dwconv" in impl, edge_streams=EDGE_STREAMS if "streams" in impl else 0)
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
@@ -142,7 +144,8 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
     return (lambda: step(*batches, lr)), None
 
 
-IMPLS = ["plain", "reference", "fused", "fused_graph", "fused_graph_dwconv"]
+IMPLS = ["plain", "reference", "fused", "fused_graph", "fused_graph_dwconv", "fused_graph_streams"]
+EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 GRAPH_WARMUP = 3  # eager steps before the graph step captures
 
 

@@ -37,6 +37,7 @@ class NodeShare:
         self._relu = None
         self.pooled: dict = {}
         self.syncs = syncs
+        self.prepared = False  # prepare_share ran (SearchCell's multi-stream path)
 
     @property
     def relu(self) -> torch.Tensor:
@@ -84,6 +85,15 @@ class MixedOp(nn.Module):
         self._tails = tuple(relu_tail(op) for op in self._ops)
         # pooling + BatchNorm(affine=False): identical on every edge leaving a node
         self._pools = frozenset(i for i, p in enumerate(self.primitives) if "pool" in p)
+
+    def prepare_share(self, share: NodeShare) -> None:
+        """Computes now what the edges leaving share's node reuse (relu(h) and the pools with their
+        BatchNorm), so that edges running on other CUDA streams only read them (SearchCell)."""
+        if any(t is not None for t in self._tails):
+            share.relu  # noqa: B018 (materialises the lazy relu)
+        for i in sorted(self._pools):
+            self._run(i, share.x, share)
+        share.prepared = True
 
     @property
     def noisy(self) -> bool:

@@ -20,12 +20,31 @@ from .operations import NOISYDARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, che
 ARCH_ACTIVATIONS = ("softmax", "sigmoid")
 
 
+class EdgeStreams:
+    """Side CUDA streams on which a cell runs the edges into a node concurrently (opt-in lever:
+    the search step's kernels are small and latency-bound, ~5 µs each on an H200, so independent
+    edges can overlap). Created lazily per device; never pickled."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self._streams: dict = {}
+
+    def get(self, device: torch.device) -> list:
+        if device not in self._streams:
+            self._streams[device] = [torch.cuda.Stream(device) for _ in range(self.count)]
+        return self._streams[device]
+
+    def __getstate__(self):
+        return {"count": self.count, "_streams": {}}
+
+
 class SearchCell(nn.Module):
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, make_mixed_op,
-                 share_node_ops=True):
+                 share_node_ops=True, edge_streams: EdgeStreams | None = None):
         super().__init__()
         self.reduction = reduction
         self.share_node_ops = share_node_ops
+        self.edge_streams = edge_streams
         if reduction_prev:
             self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
         else:
@@ -46,14 +65,19 @@ class SearchCell(nn.Module):
         # the two pools with their BatchNorm (once per node instead of once per edge)
         syncs: list = []
         shares = [NodeShare(h, syncs) for h in states] if self.share_node_ops else None
+        streams = (self.edge_streams.get(states[0].device)
+                   if self.edge_streams is not None and shares is not None and states[0].is_cuda else None)
         offset = 0
         for _ in range(self._steps):
-            s = None
-            for j, h in enumerate(states):
-                op, w = self._ops[offset + j], weights[offset + j]
-                # without sharing, the classic call: any DARTS-style mixed op fits
-                o = op(h, w, shares[j]) if shares is not None else op(h, w)
-                s = o if s is None else s + o
+            if streams:
+                s = self._node_on_streams(states, shares, weights, offset, streams)
+            else:
+                s = None
+                for j, h in enumerate(states):
+                    op, w = self._ops[offset + j], weights[offset + j]
+                    # without sharing, the classic call: any DARTS-style mixed op fits
+                    o = op(h, w, shares[j]) if shares is not None else op(h, w)
+                    s = o if s is None else s + o
             offset += len(states)
             states.append(s)
             if shares is not None:
@@ -61,6 +85,32 @@ class SearchCell(nn.Module):
         if syncs:
             copy_running_stats(syncs)
         return torch.cat(states[-self._multiplier:], dim=1)
+
+    def _node_on_streams(self, states, shares, weights, offset, streams):
+        """One node: its incoming edges on side streams (edge j on stream j mod count), summed on
+        the current stream once they are done. What the edges share is computed first, on the
+        current stream; record_stream keeps the allocator from reusing a block while another
+        stream still reads it. Autograd runs each op's backward on the stream of its forward."""
+        cur = torch.cuda.current_stream()
+        for j in range(len(states)):
+            if not shares[j].prepared:
+                self._ops[offset + j].prepare_share(shares[j])
+        outs = []
+        for j, h in enumerate(states):
+            stream = streams[j % len(streams)]
+            stream.wait_stream(cur)
+            w = weights[offset + j]
+            for t in (h, w, shares[j]._relu, *(p for p, _ in shares[j].pooled.values())):
+                if t is not None:
+                    t.record_stream(stream)
+            with torch.cuda.stream(stream):
+                outs.append((self._ops[offset + j](h, w, shares[j]), stream))
+        s = None
+        for o, stream in outs:
+            cur.wait_stream(stream)
+            o.record_stream(cur)
+            s = o if s is None else s + o
+        return s
 
 
 class SearchNetwork(nn.Module):
@@ -76,12 +126,14 @@ class SearchNetwork(nn.Module):
     kernels wherever the fused op does (SearchBatchNorm2d, ndarts.batch_norm).
     fused_depthwise_conv (default off: not yet timed on a GPU): the depthwise convolutions of the
     sep/dil convs on the Triton kernels, under the same rule (ndarts.depthwise_conv).
+    edge_streams (default 0; opt-in, not yet timed on a GPU): on CUDA, with share_node_ops, run the
+    edges into a node concurrently on this many side streams (EdgeStreams); same math.
     """
 
     def __init__(self, C=16, num_classes=10, layers=8, primitives=NOISYDARTS_PRIMITIVES,
                  noise: NoiseConfig | None = None, fused=False, steps=4, multiplier=4, stem_multiplier=3,
                  in_channels=3, arch_activation="softmax", backend=None, share_node_ops=True,
-                 fused_batch_norm: bool | None = None, fused_depthwise_conv: bool = False):
+                 fused_batch_norm: bool | None = None, fused_depthwise_conv: bool = False, edge_streams: int = 0):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -100,6 +152,9 @@ class SearchNetwork(nn.Module):
                 return FusedMixedOp(c, stride, self.primitives, self.noise, backend=backend)
             return MixedOp(c, stride, self.primitives, self.noise)
 
+        if edge_streams < 0:
+            raise ValueError(f"edge_streams must be ≥ 0, got {edge_streams}")
+        streams = EdgeStreams(edge_streams) if edge_streams else None
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
@@ -113,7 +168,7 @@ class SearchNetwork(nn.Module):
             if reduction:
                 C_curr *= 2
             cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, make_mixed_op,
-                              share_node_ops)
+                              share_node_ops, streams)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr

@@ -139,7 +139,7 @@ def _searcher(tmp_path, name, **kw):
     return Searcher(cfg)
 
 
-def _step_parts(seed=0, dwconv=False):
+def _step_parts(seed=0, dwconv=False, streams=0):
     from ndarts import DARTS_PRIMITIVES, NoiseConfig
     from ndarts.architect import Architect
     from ndarts.graph_step import prepare_optimizers_for_capture
@@ -147,7 +147,7 @@ def _step_parts(seed=0, dwconv=False):
 
     torch.manual_seed(seed)
     model = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
-                          fused=True, backend="triton", fused_depthwise_conv=dwconv).cuda()
+                          fused=True, backend="triton", fused_depthwise_conv=dwconv, edge_streams=streams).cuda()
     w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     prepare_optimizers_for_capture(a_opt)  # the same Adam arithmetic on both sides
@@ -155,8 +155,8 @@ def _step_parts(seed=0, dwconv=False):
     return model, Architect(model, a_opt, w_opt, criterion, "first"), w_opt, criterion
 
 
-@pytest.mark.parametrize("dwconv", [False, True])
-def test_cuda_graph_step_equals_eager_step_by_step(dwconv):
+@pytest.mark.parametrize("dwconv,streams", [(False, 0), (True, 0), (False, 3)])
+def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams):
     """Warm-up steps, a capture, replays and a re-capture for a new learning rate: each step's
     losses and the final α and weights equal those of the eager steps (noise off, deterministic
     cuDNN, the same capturable Adam on both sides)."""
@@ -172,7 +172,7 @@ def test_cuda_graph_step_equals_eager_step_by_step(dwconv):
     lrs = [0.025] * 5 + [0.02] * 2
     runs = []
     for graphed in (False, True):
-        model, architect, w_opt, criterion = _step_parts(dwconv=dwconv)
+        model, architect, w_opt, criterion = _step_parts(dwconv=dwconv, streams=streams)
         weights = model.weight_parameters()
         step = make_graph_step(model, architect, w_opt, criterion, 5.0, batches[0], warmup=2) if graphed else None
         losses = []
@@ -224,3 +224,32 @@ def test_cuda_depthwise_conv_matches_conv2d(dtype, tol, k, stride, padding, dila
     from test_depthwise_conv import check_against_conv2d
 
     check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, "cuda")
+
+
+def test_edge_streams_equal_one_stream():
+    """Edges on side streams: the same outputs, gradients and BatchNorm statistics as on one
+    stream, with noise (same draws in the same order), eagerly, repeated to shake out races."""
+    from ndarts import DARTS_PRIMITIVES, NoiseConfig
+    from ndarts.search_model import SearchNetwork
+
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    nets = []
+    for streams in (0, 3):
+        torch.manual_seed(0)
+        nets.append(SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(), fused=True,
+                                  backend="triton", edge_streams=streams).cuda())
+    for _ in range(3):
+        x = torch.randn(16, 3, 32, 32, device="cuda")
+        results = []
+        for net in nets:
+            net.zero_grad(set_to_none=True)
+            torch.manual_seed(7)
+            out = net(x)
+            out.logsumexp(1).sum().backward()
+            results.append((out.detach(), [p.grad for p in net.parameters()], [b.clone() for b in net.buffers()]))
+        (o1, g1, b1), (o2, g2, b2) = results
+        torch.testing.assert_close(o2, o1, atol=1e-5, rtol=1e-5)
+        for a, b in zip(g2, g1):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        for a, b in zip(b2, b1):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

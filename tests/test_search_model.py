@@ -54,3 +54,23 @@ def test_node_sharing_launches_fewer_ops():
             net(x).sum().backward()
         counts.append(sum(1 for e in prof.events() if e.name in ("aten::relu", "aten::threshold_backward")))
     assert counts[1] < counts[0] / 2, counts
+
+
+def test_edge_streams_option_on_cpu_is_the_plain_path():
+    """edge_streams only acts on CUDA tensors: on a CPU the network is the one without it (same
+    parameters, same outputs), and the stream pool pickles without its streams."""
+    import pickle
+
+    from ndarts.search_model import EdgeStreams
+
+    torch.manual_seed(0)
+    a = SearchNetwork(C=4, layers=2, primitives=NOISYDARTS_PRIMITIVES, noise=NoiseConfig(kind="none"), in_channels=3)
+    torch.manual_seed(0)
+    b = SearchNetwork(C=4, layers=2, primitives=NOISYDARTS_PRIMITIVES, noise=NoiseConfig(kind="none"), in_channels=3,
+                      edge_streams=2)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(b(x), a(x))
+    pool = pickle.loads(pickle.dumps(EdgeStreams(3)))
+    assert pool.count == 3 and pool._streams == {}
+    with pytest.raises(ValueError, match="edge_streams"):
+        SearchNetwork(C=4, layers=2, edge_streams=-1)
