@@ -7,8 +7,9 @@ Why: the eager DARTS search is launch-bound. SPEC §6 measured the original DART
 How: the first ``warmup`` steps run eagerly on a side stream (lazy initialisation: optimizer
 state, cuDNN algorithms, Triton compilation); the next step is captured into static input
 buffers and replayed; every later step copies its batch into those buffers and replays. The
-captured step holds the learning rate as a constant, so a new learning rate (the cosine schedule
-changes it once per epoch) triggers a new capture; a batch of another shape (the last, partial
+captured step holds the learning rate and the noise scale as constants, so a new learning rate
+or noise scale (the cosine schedule and --noise-decay change them once per epoch) triggers a new
+capture; a batch of another shape (the last, partial
 batch of an epoch) runs eagerly. Noise stays random: the fused op draws its Philox seed with
 torch's CUDA generator, which a graph advances on every replay, and the reference op draws ε with
 torch.randn on the device, likewise.
@@ -36,7 +37,7 @@ class GraphedSearchStep:
         self.graph = None
         self.static_inputs = None
         self.static_outputs = None
-        self.captured_lr = None
+        self.captured_key = None  # (lr, extra key) the current graph was captured with
         self.expected = None  # the signature of the first batch: the full-size batches get the graph
         self.eager_steps = 0  # steps run without the graph (warm-up and odd-shaped batches)
         self.captures = 0
@@ -58,17 +59,19 @@ class GraphedSearchStep:
         torch.cuda.current_stream().wait_stream(stream)
         return out
 
-    def _capture(self, batch, lr):
+    def _capture(self, batch, lr, key):
         self.graph = None
         self.static_outputs = None  # frees the previous graph's memory pool
         self.static_inputs = [t.detach().clone() for t in batch]
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             outputs = self.step_fn(*self.static_inputs, lr)
-        self.graph, self.static_outputs, self.captured_lr = graph, outputs, lr
+        self.graph, self.static_outputs, self.captured_key = graph, outputs, key
         self.captures += 1
 
-    def __call__(self, x, y, x_val, y_val, lr: float):
+    def __call__(self, x, y, x_val, y_val, lr: float, key=None):
+        """key: anything else the captured kernels hold as a constant (the search passes the noise
+        scale, which --noise-decay changes per epoch); a new (lr, key) triggers a new capture."""
         batch = (x, y, x_val, y_val)
         if self.expected is None:
             self.expected = self._signature(batch)
@@ -76,9 +79,9 @@ class GraphedSearchStep:
             return self._eager(batch, lr, side_stream=True)
         if not self._fits(batch):
             return self._eager(batch, lr, side_stream=False)
-        if self.graph is None or lr != self.captured_lr:
+        if self.graph is None or (lr, key) != self.captured_key:
             # capture records the kernels without running them: replay right after runs this step
-            self._capture(batch, lr)
+            self._capture(batch, lr, (lr, key))
         else:
             for static, t in zip(self.static_inputs, batch):
                 static.copy_(t, non_blocking=True)

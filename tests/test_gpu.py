@@ -253,3 +253,12 @@ def test_edge_streams_equal_one_stream():
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
         for a, b in zip(b2, b1):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_cuda_graph_search_recaptures_for_a_new_noise_scale(tmp_path):
+    """--noise-decay with a constant learning rate: the noise scale alone changes per epoch, and
+    the graph is re-captured for it (the scale is a constant of the captured kernels)."""
+    s = _searcher(tmp_path, "decay", cuda_graph=True, noise_decay=True, learning_rate=0.025,
+                  learning_rate_min=0.025)
+    s.run_search()
+    assert s.graph_step.captures == 2
