@@ -45,6 +45,11 @@ class NodeShare:
             self._relu = F.relu(self.x)
         return self._relu
 
+    def tensors(self) -> list:
+        """The node's output and what has been computed from it so far (relu, pool outputs)."""
+        out = [self.x] + ([self._relu] if self._relu is not None else [])
+        return out + [t for t, _ in self.pooled.values()]
+
 
 def copy_running_stats(syncs) -> None:
     """Copies the running statistics of each (src) BatchNorm to its (dst) in one foreach call."""

@@ -100,9 +100,8 @@ class SearchCell(nn.Module):
             stream = streams[j % len(streams)]
             stream.wait_stream(cur)
             w = weights[offset + j]
-            for t in (h, w, shares[j]._relu, *(p for p, _ in shares[j].pooled.values())):
-                if t is not None:
-                    t.record_stream(stream)
+            for t in (w, *shares[j].tensors()):  # shares[j].x is h
+                t.record_stream(stream)
             with torch.cuda.stream(stream):
                 outs.append((self._ops[offset + j](h, w, shares[j]), stream))
         s = None
