@@ -6,10 +6,12 @@
 #   NDARTS_COMMIT=abc1234 bash benchmarks/gpu_check.sh   # the commit to record (the copy may have no .git)
 #
 # 1. the card and the software; 2. the GPU tests (pytest -m gpu, compiled Triton kernels);
-# 3. the benchmarks (pytest-benchmark JSON under $OUT), torch.compile cases in separate runs so
-#    that a slow compile cannot lose the other results; 4. LAST, a short table (summarize.py).
+# 3. the benchmarks (pytest-benchmark JSON under $OUT); 4. torch.compile at the target shape;
+# 5. a profile of one search step (benchmarks/profile_step.py); 6. torch.compile at the other
+# shapes; LAST, a short table (summarize.py). Everything under $OUT is packed into gpu_check.tgz
+# (the device tool returns at most 8 files) beside summary.txt.
 # GPU_CHECK_COMPILE=0 leaves out the torch.compile benchmarks (a quick first look); GPU_TESTS_LIMIT_S
-# caps the GPU tests (default 150 s).
+# caps the GPU tests (default 150 s), GPU_BENCH_LIMIT_S the benchmarks (default 180 s).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
 # GPU's settings (clocks, power, persistence, MIG, reset): it measures the card as it finds it.
 set -u
