@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import split_images
 from .moments import merge_tile, store_moments
 
 INT32_LIMIT = 2**31 - 1
@@ -190,14 +191,8 @@ def _geometry(x: torch.Tensor):
     tile = 1 << 15 if INTERPRETED else TILE  # the interpreter runs programs one by one: few, large ones
     block_hw = min(triton.next_power_of_2(hw), tile)
     block = max(block_hw, min(tile, block_hw * triton.next_power_of_2(n)))
-    if INTERPRETED:
-        splits = 1 if n < 2 else 2  # two programs per channel: the merge path runs in the tests too
-    else:
-        sm = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 8
-        # about four programs per multiprocessor, none with less than one tile of work
-        splits = max(1, min(triton.cdiv(4 * sm, c), triton.cdiv(n * hw, block)))
-    rows = triton.cdiv(n, min(splits, n))
-    splits = triton.cdiv(n, rows)
+    # none with less than one tile of work
+    rows, splits = split_images(x, n, c, most=triton.cdiv(n * hw, block))
     index_64 = x.numel() > INT32_LIMIT - block
     return n, c, hw, rows, splits, block_hw, block, index_64, 8 if block >= 4096 else 4
 

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import split_images
+
 INT32_LIMIT = 2**31 - 1
 
 
@@ -197,16 +199,8 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
                 grad, weight, dx, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation,
                 BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
     if need_weight:
-        from . import INTERPRETED
-
         bh, bw = _blocks(oh, ow)
-        if INTERPRETED:
-            splits = min(n, 2)
-        else:
-            sm = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 8
-            splits = max(1, min(n, triton.cdiv(4 * sm, c)))
-        rows = triton.cdiv(n, splits)
-        splits = triton.cdiv(n, rows) if n else 1
+        rows, splits = split_images(x, n, c)
         kk_block = triton.next_power_of_2(k * k)
         part = torch.zeros((c, splits, kk_block), device=x.device, dtype=torch.float32)
         if n and c:

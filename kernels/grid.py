@@ -1,0 +1,23 @@
+"""How the per-channel kernels (BatchNorm, depthwise-conv weight gradient) split their work."""
+import torch
+import triton
+
+
+def split_images(x: torch.Tensor, n: int, channels: int, most: int | None = None) -> tuple[int, int]:
+    """(images per program, programs per channel) for a grid of channels × programs over n images.
+
+    On a GPU about four programs per multiprocessor in all, at most `most` per channel and never
+    more than n. In Triton's interpreter, which runs programs one by one, two (when n allows):
+    the merge of the partial results runs in the tests too.
+    """
+    from . import INTERPRETED
+
+    if n < 1:
+        return 1, 1
+    if INTERPRETED:
+        splits = min(n, 2)
+    else:
+        sm = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 8
+        splits = max(1, min(n, most or n, triton.cdiv(4 * sm, channels)))
+    rows = triton.cdiv(n, splits)
+    return rows, triton.cdiv(n, rows)
