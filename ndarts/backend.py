@@ -12,6 +12,7 @@ import os
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
 
 
 class BackendError(RuntimeError):
@@ -74,15 +75,31 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     return "triton" if device.type == "cuda" and reason is None else "torch"
 
 
-def graph_kernels_enabled(backend: str | None, device: torch.device) -> bool:
+def graph_kernels_enabled(backend: str | None, x: torch.Tensor) -> bool:
     """Whether a search-op kernel that pays off only inside a CUDA graph (the BatchNorm and
-    depthwise-conv kernels) runs now: 'triton' always (CUDA, or the interpreter in tests),
-    'torch' never, 'auto' on CUDA only while a CUDA graph is being captured. Eagerly, Triton's
-    Python launcher costs more host time per launch than these kernels save on the GPU
-    (benchmarks/RESULTS.md, H200, 2026-11-27: eager search step 778 → 1437 ms with the BatchNorm
-    kernels, graphed 189 → 106 ms)."""
-    if resolve_backend(backend, device) != "triton":
+    depthwise-conv kernels) runs now on input x: for a contiguous 4-D fp32/fp16/bf16 x outside
+    torch.compile, 'triton' always (CUDA, or the interpreter in tests), 'torch' never, 'auto' on
+    CUDA only while a CUDA graph is being captured. Eagerly, Triton's Python launcher costs more
+    host time per launch than these kernels save on the GPU (benchmarks/RESULTS.md, H200,
+    2026-11-27: eager search step 778 → 1437 ms with the BatchNorm kernels, graphed 189 → 106 ms)."""
+    if x.dim() != 4 or x.dtype not in TRITON_DTYPES or not x.is_contiguous() or torch.compiler.is_compiling():
         return False
-    if requested_backend(backend) == "triton" or device.type != "cuda":
+    if resolve_backend(backend, x.device) != "triton":
+        return False
+    if requested_backend(backend) == "triton" or x.device.type != "cuda":
         return True
     return torch.cuda.is_current_stream_capturing()
+
+
+def convert_modules(model: torch.nn.Module, predicate, cls, backend: str | None = None) -> torch.nn.Module:
+    """Turns every submodule of `model` for which predicate holds into `cls` (a subclass that adds
+    no parameters or buffers; its ``_setup(backend)`` sets what it adds), in place: the same
+    module objects, parameters and state, so no parameter is drawn (the RNG stream is untouched)
+    and optimizers built before keep working. Returns the model."""
+    for child in model.children():
+        if predicate(child):
+            child.__class__ = cls
+            child._setup(backend)
+        else:
+            convert_modules(child, predicate, cls, backend)
+    return model

@@ -15,9 +15,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-from .backend import graph_kernels_enabled
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from .backend import convert_modules, graph_kernels_enabled
 
 
 class _BatchNormTrain(torch.autograd.Function):
@@ -53,13 +51,14 @@ class SearchBatchNorm2d(nn.BatchNorm2d):
 
     def __init__(self, *args, backend: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self._setup(backend)
+
+    def _setup(self, backend):
         self.backend = backend
 
     def _use_kernels(self, x: torch.Tensor) -> bool:
-        if not (self.training and not self.affine and self.track_running_stats and self.momentum is not None
-                and x.dim() == 4 and x.dtype in _DTYPES and x.is_contiguous() and not torch.compiler.is_compiling()):
-            return False
-        return graph_kernels_enabled(self.backend, x.device)
+        return (self.training and not self.affine and self.track_running_stats and self.momentum is not None
+                and graph_kernels_enabled(self.backend, x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._use_kernels(x):
@@ -73,17 +72,6 @@ class SearchBatchNorm2d(nn.BatchNorm2d):
 
 
 def use_search_batch_norm(model: nn.Module, backend: str | None = None) -> nn.Module:
-    """Replaces every affine-free nn.BatchNorm2d of `model` by a SearchBatchNorm2d with the same
-    state (in place; returns the model). Affine BatchNorms (the stem's) are left as they are."""
-    for name, child in list(model.named_children()):
-        if type(child) is nn.BatchNorm2d and not child.affine:
-            new = SearchBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum, affine=False,
-                                    track_running_stats=child.track_running_stats, backend=backend)
-            new.load_state_dict(child.state_dict())
-            if child.running_mean is not None:
-                new.to(child.running_mean.device)
-            new.train(child.training)
-            setattr(model, name, new)
-        else:
-            use_search_batch_norm(child, backend)
-    return model
+    """Turns every affine-free nn.BatchNorm2d of `model` into a SearchBatchNorm2d (in place, same
+    state; returns the model). Affine BatchNorms (the stem's) are left as they are."""
+    return convert_modules(model, lambda m: type(m) is nn.BatchNorm2d and not m.affine, SearchBatchNorm2d, backend)

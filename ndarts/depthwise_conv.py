@@ -13,9 +13,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-from .backend import graph_kernels_enabled
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from .backend import convert_modules, graph_kernels_enabled
 
 
 class _DepthwiseConv(torch.autograd.Function):
@@ -60,17 +58,8 @@ class SearchDepthwiseConv2d(nn.Conv2d):
         self.backend = backend
         self._conf = (_square(self.stride), _square(self.padding), _square(self.dilation))
 
-    @classmethod
-    def convert(cls, conv: nn.Conv2d, backend: str | None = None) -> SearchDepthwiseConv2d:
-        """The same module (its weight Parameter, hooks and training flag), as this class: no new
-        parameter is drawn, so the RNG stream and any optimizer built before are unaffected."""
-        conv.__class__ = cls
-        conv._setup(backend)
-        return conv
-
     def _use_kernels(self, x: torch.Tensor) -> bool:
-        return (x.dim() == 4 and x.dtype in _DTYPES and self.weight.dtype == x.dtype and x.is_contiguous()
-                and not torch.compiler.is_compiling() and graph_kernels_enabled(self.backend, x.device))
+        return self.weight.dtype == x.dtype and graph_kernels_enabled(self.backend, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._use_kernels(x):
@@ -92,9 +81,4 @@ def is_plain_depthwise(m: nn.Module) -> bool:
 def use_search_depthwise_conv(model: nn.Module, backend: str | None = None) -> nn.Module:
     """Turns every depthwise nn.Conv2d of `model` that the kernels cover into a
     SearchDepthwiseConv2d (in place, same parameters; returns the model)."""
-    for name, child in list(model.named_children()):
-        if is_plain_depthwise(child):
-            SearchDepthwiseConv2d.convert(child, backend)
-        else:
-            use_search_depthwise_conv(child, backend)
-    return model
+    return convert_modules(model, is_plain_depthwise, SearchDepthwiseConv2d, backend)

@@ -17,12 +17,11 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .backend import resolve_backend
+from .backend import TRITON_DTYPES, resolve_backend
 from .noise import NO_NOISE, NoiseConfig, apply_noise_with_eps, sample_eps
 
 _KIND_NAMES = {1: "gaussian", 2: "uniform"}
 SEED_HIGH = 2**31 - 1
-TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- reference math
