@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import ndarts_kernels
+from network_checks import assert_same_forward_backward
 from ndarts.batch_norm import SearchBatchNorm2d, batch_norm_train, use_search_batch_norm
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -119,15 +120,4 @@ def test_search_network_with_triton_batch_norm_equals_torch(fresh_seed):
         if isinstance(m, SearchBatchNorm2d):
             m.backend = "triton"
     assert sum(isinstance(m, SearchBatchNorm2d) for m in tri.modules()) > 10
-    x = torch.randn(5, 2, 7, 7)
-    outs = []
-    for net in (ref, tri):
-        out = net(x)
-        out.logsumexp(1).sum().backward()
-        outs.append((out, [p.grad for p in net.parameters()], list(net.buffers())))
-    (o1, g1, b1), (o2, g2, b2) = outs
-    torch.testing.assert_close(o2, o1, atol=1e-5, rtol=1e-4)
-    for a, b in zip(g2, g1):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    for a, b in zip(b2, b1):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert_same_forward_backward((ref, tri), torch.randn(5, 2, 7, 7), out_tol=(1e-5, 1e-4), buffer_tol=(1e-5, 1e-4))

@@ -5,6 +5,7 @@ sizes, output and both gradients, per dtype, on fresh random inputs; the module 
 parameters and RNG; a small search network with the kernels equals the plain one.
 """
 import ndarts_kernels
+from network_checks import assert_same_forward_backward
 import pytest
 import torch
 import torch.nn as nn
@@ -123,13 +124,4 @@ def test_search_network_with_triton_depthwise_conv_equals_torch(fresh_seed):
     assert len(convs) == 2 * (2 + 1)  # 2 edges × (2 in sep_conv + 1 in dil_conv)
     for m in convs:
         m.backend = "triton"
-    x = torch.randn(3, 2, 9, 9)
-    outs = []
-    for net in (ref, tri):
-        out = net(x)
-        out.logsumexp(1).sum().backward()
-        outs.append((out, [p.grad for p in net.parameters()]))
-    (o1, g1), (o2, g2) = outs
-    torch.testing.assert_close(o2, o1, atol=1e-5, rtol=1e-4)
-    for a, b in zip(g2, g1):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert_same_forward_backward((ref, tri), torch.randn(3, 2, 9, 9), out_tol=(1e-5, 1e-4))

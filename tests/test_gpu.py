@@ -4,6 +4,8 @@ The compiled Triton kernels on CUDA against the reference with the same ε, CUDA
 and replay (new noise on every replay, same math), the search network with fused ops,
 torch.compile with inductor, and the whole search step as a CUDA graph (ndarts.graph_step). Run with TRITON_INTERPRET unset (gpu_check.sh sets it to 0).
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -90,33 +92,35 @@ def test_search_network_fused_equals_reference_without_noise():
     # TF32 convolutions (cuDNN's default) round inputs to 10 mantissa bits: the 1e-7 differences
     # between the Triton and cuDNN BatchNorms then grow to ~1e-3 per layer (α gradients 1.8 % apart
     # on an H200, 2026-11-27). In fp32 both networks compute the same function.
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        _compare_fused_and_reference_networks(SearchNetwork, DARTS_PRIMITIVES, NoiseConfig)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
-def _compare_fused_and_reference_networks(SearchNetwork, DARTS_PRIMITIVES, NoiseConfig):
-    torch.manual_seed(0)
-    ref = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none")).cuda()
-    fused = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
-                          fused=True, backend="triton").cuda()
-    fused.load_state_dict(ref.state_dict())
-    x = torch.randn(16, 3, 32, 32, device="cuda")
-    losses, grads = [], []
-    for net in (ref, fused):
-        loss = net(x).logsumexp(1).mean()
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append([a.grad.clone() for a in net.arch_parameters()])
+    with _no_tf32():
+        torch.manual_seed(0)
+        ref = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none")).cuda()
+        fused = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
+                              fused=True, backend="triton").cuda()
+        fused.load_state_dict(ref.state_dict())
+        x = torch.randn(16, 3, 32, 32, device="cuda")
+        losses, grads = [], []
+        for net in (ref, fused):
+            loss = net(x).logsumexp(1).mean()
+            loss.backward()
+            losses.append(loss.detach())
+            grads.append([a.grad.clone() for a in net.arch_parameters()])
     torch.testing.assert_close(losses[1], losses[0], atol=1e-4, rtol=1e-4)
     for a, b in zip(grads[1], grads[0]):
         # α gradients are sums over whole feature maps: small entries cancel, so the tolerance is
         # relative to the largest entry (the Triton BatchNorm and cuDNN's round differently)
         assert float((a - b).norm() / b.norm()) < 1e-3
         torch.testing.assert_close(a, b, atol=2e-3 * float(b.abs().max()), rtol=1e-3)
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_torch_compile_inductor_with_the_triton_op():
@@ -229,6 +233,8 @@ def test_cuda_depthwise_conv_matches_conv2d(dtype, tol, k, stride, padding, dila
 def test_edge_streams_equal_one_stream():
     """Edges on side streams: the same outputs, gradients and BatchNorm statistics as on one
     stream, with noise (same draws in the same order), eagerly, repeated to shake out races."""
+    from network_checks import assert_same_forward_backward
+
     from ndarts import DARTS_PRIMITIVES, NoiseConfig
     from ndarts.search_model import SearchNetwork
 
@@ -239,20 +245,8 @@ def test_edge_streams_equal_one_stream():
         nets.append(SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(), fused=True,
                                   backend="triton", edge_streams=streams).cuda())
     for _ in range(3):
-        x = torch.randn(16, 3, 32, 32, device="cuda")
-        results = []
-        for net in nets:
-            net.zero_grad(set_to_none=True)
-            torch.manual_seed(7)
-            out = net(x)
-            out.logsumexp(1).sum().backward()
-            results.append((out.detach(), [p.grad for p in net.parameters()], [b.clone() for b in net.buffers()]))
-        (o1, g1, b1), (o2, g2, b2) = results
-        torch.testing.assert_close(o2, o1, atol=1e-5, rtol=1e-5)
-        for a, b in zip(g2, g1):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-        for a, b in zip(b2, b1):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        assert_same_forward_backward(nets, torch.randn(16, 3, 32, 32, device="cuda"), out_tol=(1e-5, 1e-5),
+                                     buffer_tol=(1e-6, 1e-5), seed=7)
 
 
 def test_cuda_graph_search_recaptures_for_a_new_noise_scale(tmp_path):

@@ -1,6 +1,7 @@
 """The search network's levers keep the semantics of the plain per-edge network."""
 import pytest
 import torch
+from network_checks import assert_same_forward_backward
 
 from ndarts import DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES, NoiseConfig
 from ndarts.search_model import SearchNetwork
@@ -28,19 +29,8 @@ def test_node_sharing_equals_per_edge_ops(fused, primitives, noise):
             a.normal_()
         for a, b in zip(shared.arch_parameters(), plain.arch_parameters()):
             a.copy_(b)
-    x = torch.randn(4, 3, 9, 9)
-    results = []
-    for net in (plain, shared):
-        torch.manual_seed(1)
-        out = net(x)
-        out.logsumexp(1).sum().backward()
-        results.append((out, [p.grad for p in net.parameters()], [b.clone() for b in net.buffers()]))
-    (o1, g1, b1), (o2, g2, b2) = results
-    torch.testing.assert_close(o2, o1, atol=1e-6, rtol=1e-5)
-    for a, b in zip(g2, g1):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    for a, b in zip(b2, b1):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert_same_forward_backward((plain, shared), torch.randn(4, 3, 9, 9), out_tol=(1e-6, 1e-5),
+                                 buffer_tol=(1e-6, 1e-5), seed=1)
 
 
 def test_node_sharing_launches_fewer_ops():

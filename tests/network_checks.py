@@ -1,0 +1,23 @@
+"""A check shared by the tests that compare two search networks computing the same function."""
+import torch
+
+
+def assert_same_forward_backward(nets, x, out_tol, grad_tol=(1e-5, 1e-4), buffer_tol=None, seed=None):
+    """Runs both nets on x, backpropagates logsumexp(out).sum(), and asserts that the second net's
+    output, parameter gradients and (with buffer_tol) buffers equal the first's; tolerances are
+    (atol, rtol). seed: torch is re-seeded before each net, so that noise draws match."""
+    results = []
+    for net in nets:
+        net.zero_grad(set_to_none=True)
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = net(x)
+        out.logsumexp(1).sum().backward()
+        results.append((out.detach(), [p.grad for p in net.parameters()], [b.clone() for b in net.buffers()]))
+    (o1, g1, b1), (o2, g2, b2) = results
+    torch.testing.assert_close(o2, o1, atol=out_tol[0], rtol=out_tol[1])
+    for a, b in zip(g2, g1):
+        torch.testing.assert_close(a, b, atol=grad_tol[0], rtol=grad_tol[1])
+    if buffer_tol is not None:
+        for a, b in zip(b2, b1):
+            torch.testing.assert_close(a, b, atol=buffer_tol[0], rtol=buffer_tol[1])
