@@ -185,7 +185,6 @@ class Searcher:
                                    cfg.momentum, cfg.weight_decay,
                                    grad_hook=self.dist.all_reduce_mean if self.dist is not None else None)
         self.graph_step = self._make_graph_step() if cfg.cuda_graph else None
-        self.model_noise_scale = 1.0  # set per epoch (_epoch); a key of the captured graph
 
     def _make_graph_step(self):
         cfg = self.cfg
@@ -302,10 +301,9 @@ class Searcher:
         cfg, model = self.cfg, self.model
         scale = cfg.noise_config().scale_at(epoch, cfg.epochs)
         model.set_noise_scale(scale)
-        self.model_noise_scale = scale
         lr = self.scheduler.get_last_lr()[0]
         t0 = time.time()
-        train = self._train_epoch(epoch, lr)
+        train = self._train_epoch(epoch, lr, scale)
         val_loss, val_acc = self.evaluate(self.val_stream, epoch)
         self.scheduler.step()
         genotype = model.genotype()
@@ -338,7 +336,7 @@ class Searcher:
                      f"| val loss {val_loss:.4f} acc {val_acc:.3f} | skips normal {skips[0]} reduce {skips[1]} "
                      f"| {record['seconds']:.1f}s")
 
-    def _train_epoch(self, epoch: int, lr: float) -> dict:
+    def _train_epoch(self, epoch: int, lr: float, noise_scale: float) -> dict:
         cfg, dev = self.cfg, self.device
         self.forward_model.train()
         weights = self.model.weight_parameters()
@@ -354,7 +352,7 @@ class Searcher:
             if self.graph_step is not None:
                 # replayed as one CUDA graph; the check reads its outputs after the step
                 # the noise scale is a constant of the captured kernels, like lr: a new one re-captures
-                loss, logits, arch_loss, grad_norm = self.graph_step(x, y, xv, yv, lr, key=self.model_noise_scale)
+                loss, logits, arch_loss, grad_norm = self.graph_step(x, y, xv, yv, lr, key=noise_scale)
                 self._check_finite(epoch, step, loss, arch_loss, grad_norm)
             else:
                 loss, logits, _, _ = search_step(
