@@ -30,7 +30,7 @@ CONFIGS = {
     "bench-cpu": CPU_CONFIG,
     "bench-gpu": GPU_CONFIG,
 }
-IMPLS = ("plain", "reference", "fused")
+IMPLS = ("plain", "reference_per_edge", "reference", "fused")
 
 
 def main(argv=None):
@@ -68,7 +68,7 @@ def main(argv=None):
     plain = statistics.median(times["plain"])
     for impl in IMPLS:
         med = statistics.median(times[impl])
-        print(f"  {impl:10} median {med:9.1f} ms  min {min(times[impl]):9.1f} ms  "
+        print(f"  {impl:18} median {med:9.1f} ms  min {min(times[impl]):9.1f} ms  "
               f"time / plain {med / plain:5.3f}  (all: {', '.join(f'{t:.0f}' for t in times[impl])})")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

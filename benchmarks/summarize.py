@@ -62,19 +62,19 @@ def mixed_sum_table(rows):
 
 
 def search_step_table(rows):
-    lines = [f"{'config':34} {'impl':18} {'ms/step':>10} {'peak GiB':>9} {'x plain':>8}"]
+    lines = [f"{'config':34} {'impl':20} {'ms/step':>10} {'peak GiB':>9} {'x plain':>8}"]
     by_cfg = {}
     for r in rows:
         by_cfg.setdefault(r["config_name"], {})[r["impl"]] = r
     for cfg, impls in by_cfg.items():
         plain = impls.get("plain", {}).get("time_ms")
-        for impl in ("plain", "reference", "fused", "fused_graph", "fused_graph_dwconv", "fused_graph_streams"):
+        for impl in sorted(impls, key=lambda k: (k != "plain", k)):
             r = impls.get(impl)
             if r is None:
                 continue
             # > 1: faster than the plain DARTS MixedOp
             r["x_plain"] = plain / r["time_ms"] if plain else None
-            lines.append(f"{cfg:34} {impl:18} {r['time_ms']:10.1f} {_fmt(r.get('peak_GiB'), '9.2f'):>9} "
+            lines.append(f"{cfg:34} {impl:20} {r['time_ms']:10.1f} {_fmt(r.get('peak_GiB'), '9.2f'):>9} "
                          f"{_fmt(r['x_plain'], '8.2f'):>8}")
     return lines
 

@@ -3,7 +3,12 @@
 Variants, all on the same network, data and optimizers (the `impl` field of extra_info):
 - plain:       the classic DARTS MixedOp verbatim, `sum(w * op(x) for w, op in zip(weights, ops))`
                (it computes the `none` op too, as DARTS does), noise by ndarts.noise.add_noise.
-- reference:   ndarts.MixedOp, what `python -m ndarts.search` uses by default.
+- reference:   ndarts.MixedOp, what `python -m ndarts.search` uses by default: node sharing and
+               the sep/dil convs of all edges leaving a node batched (SearchNetwork's
+               batch_edge_convs, default on since 2026-11-27).
+- reference_per_edge: reference with every edge's convs run by themselves (batch_edge_convs=False),
+               the default before; fused_graph_per_edge: fused_graph without it (the 106.4 ms
+               step measured on the H200 at a4df10d), for the same-run comparison.
 - fused:       ndarts.FusedMixedOp (`--fused`): Triton kernels on CUDA; on a CPU the custom op's
                reference implementation.
 - fused_graph: fused + the whole step captured as one CUDA graph (ndarts.graph_step), GPU only;
@@ -12,6 +17,10 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                (SearchNetwork(fused_depthwise_conv=True); a candidate lever, not yet timed).
 - fused_graph_streams: fused_graph with the edges into a node on 4 side CUDA streams
                (SearchNetwork(edge_streams=4); a candidate lever, not yet timed).
+- fused_graph_groupsum: fused_graph with the mixed sums of all edges leaving a node as one op
+               (SearchNetwork(group_sums=True); a candidate lever, not yet timed).
+- fused_graph_bf16: fused_graph under bf16 autocast (SearchNetwork(autocast=torch.bfloat16),
+               `--autocast bf16`; α, sums and logits fp32; a candidate lever, not yet timed).
 
 GPU: batch 64, C 16, 8 cells, 32×32×3 inputs, the DARTS space (8 ops, with `none`), Gaussian
 noise: SPEC §6's supernet. Target (recorded, not asserted): ≤ 40 ms per step with peak memory
@@ -90,7 +99,10 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0)
     model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
                           fused=impl.startswith("fused"), in_channels=cfg.in_channels,
                           share_node_ops=impl != "plain",  # plain: DARTS as it was, a ReLU in every op
-                          fused_depthwise_conv="dwconv" in impl, edge_streams=EDGE_STREAMS if "streams" in impl else 0)
+                          fused_depthwise_conv="dwconv" in impl, edge_streams=EDGE_STREAMS if "streams" in impl else 0,
+                          batch_edge_convs=False if "per_edge" in impl else None,
+                          autocast=torch.bfloat16 if "bf16" in impl else None,
+                          group_sums="groupsum" in impl)
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
@@ -144,7 +156,8 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
     return (lambda: step(*batches, lr)), None
 
 
-IMPLS = ["plain", "reference", "fused", "fused_graph", "fused_graph_dwconv", "fused_graph_streams"]
+IMPLS = ["plain", "reference_per_edge", "reference", "fused", "fused_graph_per_edge", "fused_graph",
+         "fused_graph_dwconv", "fused_graph_streams", "fused_graph_bf16", "fused_graph_groupsum"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 GRAPH_WARMUP = 3  # eager steps before the graph step captures
 

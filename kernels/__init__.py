@@ -13,6 +13,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 from .batch_norm import batch_norm_backward, batch_norm_forward  # noqa: E402
 from .depthwise_conv import depthwise_conv_backward, depthwise_conv_forward  # noqa: E402
+from .noisy_group_sum import noisy_group_sum_backward, noisy_group_sum_forward  # noqa: E402
 from .noisy_mixed_sum import (  # noqa: E402
     MAX_OPERANDS,
     noisy_mixed_sum_backward,
@@ -28,6 +29,8 @@ __all__ = [
     "depthwise_conv_forward",
     "depthwise_conv_backward",
     "MAX_OPERANDS",
+    "noisy_group_sum_forward",
+    "noisy_group_sum_backward",
     "noisy_mixed_sum_forward",
     "noisy_mixed_sum_backward",
     "skip_std",

@@ -39,11 +39,12 @@ def reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, m
     apply_noise_with_eps detaches the noise.
     """
     acc = None
+    w = weights.float().unbind(0)  # one stack in backward, not a zero-filled gradient per operand
     for k, o in enumerate(operands):
         o32 = o.float()
         if eps is not None and k == skip_index:
             o32 = apply_noise_with_eps(o32, eps.reshape(o.shape), multiplicative, lam, mean)
-        term = weights[k].float() * o32
+        term = w[k] * o32
         acc = term if acc is None else acc + term
     return acc.to(operands[0].dtype)
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .edge_groups import EdgeGroupSlot, groupable, split_edges
 from .fused_sum import noisy_mixed_sum
 from .noise import NoiseConfig, add_noise
 from .operations import DARTS_PRIMITIVES, check_primitives, make_search_op, relu_tail
@@ -29,14 +30,19 @@ class NodeShare:
       BatchNorms then skip the update of the running statistics; ``syncs`` collects (this BN,
       the computing BN) pairs, and ``copy_running_stats`` copies the statistics over, so every
       BN's state is what per-edge computation gives.
+    - with an EdgeGroup (``SearchNetwork(batch_edge_convs=True)``): the sep/dil convs of all
+      edges leaving the node, computed together on first use (``grouped``).
     One NodeShare per node; ``syncs`` is one list for the whole cell (SearchCell).
     """
 
-    def __init__(self, x: torch.Tensor, syncs: list):
+    def __init__(self, x: torch.Tensor, syncs: list, group=None):
         self.x = x
         self._relu = None
         self.pooled: dict = {}
         self.syncs = syncs
+        self.group = group
+        self._grouped = None  # {primitive index: [N, E·C, H, W]} of the group's convs
+        self._split: dict = {}  # {primitive index: E per-edge tensors}
         self.prepared = False  # prepare_share ran (SearchCell's multi-stream path)
 
     @property
@@ -45,10 +51,27 @@ class NodeShare:
             self._relu = F.relu(self.x)
         return self._relu
 
+    def grouped_raw(self, index: int) -> torch.Tensor:
+        """Primitive `index` of the node's EdgeGroup for all its edges, [N, E·C, H, W]."""
+        if self._grouped is None:
+            if self.group is None:
+                raise RuntimeError("this edge's convs are grouped, but its node has no EdgeGroup")
+            self._grouped = self.group(self.relu)
+        return self._grouped[index]
+
+    def grouped(self, index: int, slot: int) -> torch.Tensor:
+        """Primitive `index` of the edge in `slot` of the node's EdgeGroup, [N, C, H, W]."""
+        if index not in self._split:
+            self._split[index] = split_edges(self.grouped_raw(index), self.group.edges)
+        return self._split[index][slot]
+
     def tensors(self) -> list:
-        """The node's output and what has been computed from it so far (relu, pool outputs)."""
+        """The node's output and what has been computed from it so far (relu, pool outputs,
+        grouped conv outputs)."""
         out = [self.x] + ([self._relu] if self._relu is not None else [])
-        return out + [t for t, _ in self.pooled.values()]
+        grouped = list(self._grouped.values()) if self._grouped is not None else []
+        grouped += [t for outs in self._split.values() for t in outs]
+        return out + [t for t, _ in self.pooled.values()] + grouped
 
 
 def copy_running_stats(syncs) -> None:
@@ -94,11 +117,23 @@ class MixedOp(nn.Module):
     def prepare_share(self, share: NodeShare) -> None:
         """Computes now what the edges leaving share's node reuse (relu(h) and the pools with their
         BatchNorm), so that edges running on other CUDA streams only read them (SearchCell)."""
-        if any(t is not None for t in self._tails):
+        if any(t is not None for t in self._tails) or share.group is not None:
             share.relu  # noqa: B018 (materialises the lazy relu)
+        for i, op in enumerate(self._ops):
+            if isinstance(op, EdgeGroupSlot):
+                share.grouped(i, op.slot)  # every grouped output split here, before any side stream reads one
         for i in sorted(self._pools):
             self._run(i, share.x, share)
         share.prepared = True
+
+    def use_edge_group(self, slot: int) -> list[int]:
+        """Hands this edge's sep/dil convs to its cell's EdgeGroup (this edge is number `slot` of
+        the group): their modules become parameter-free EdgeGroupSlots. Returns their indices."""
+        moved = [i for i, p in enumerate(self.primitives) if groupable(p)]
+        for i in moved:
+            self._ops[i] = EdgeGroupSlot(self.primitives[i], slot)
+        self._tails = tuple(None if i in moved else t for i, t in enumerate(self._tails))
+        return moved
 
     @property
     def noisy(self) -> bool:
@@ -115,6 +150,9 @@ class MixedOp(nn.Module):
     def _run(self, i: int, x, share: NodeShare | None):
         if share is None:
             return self._ops[i](x)
+        op = self._ops[i]
+        if isinstance(op, EdgeGroupSlot):
+            return share.grouped(i, op.slot)
         if i in self._pools:
             key = (self.primitives[i], self.stride)
             hit = share.pooled.get(key)
@@ -137,7 +175,8 @@ class MixedOp(nn.Module):
         self._check_weights(weights)
         if not self._live:
             return self._ops[0](x)
-        out = None
+        out = dtype = None
+        w = weights.unbind(0)  # one stack in backward instead of a zero-filled gradient per op
         for i in self._live:
             op = self._ops[i]
             if i == self._skip and self.noisy:
@@ -147,9 +186,13 @@ class MixedOp(nn.Module):
                     o = add_noise(self._run(i, x, share), self.noise, self.noise_scale)
             else:
                 o = self._run(i, x, share)
-            term = weights[i] * o
+            dtype = o.dtype if out is None else torch.promote_types(dtype, o.dtype)
+            if o.dtype in (torch.bfloat16, torch.float16):
+                o = o.float()  # under autocast: accumulate in fp32, as the fused op does
+            term = w[i] * o
             out = term if out is None else out + term
-        return out
+        # the dtype the `w * o` sum of DARTS gives (the operands' promoted dtype)
+        return out if out.dtype == dtype else out.to(dtype)
 
 
 class FusedMixedOp(MixedOp):

@@ -6,6 +6,8 @@ The architecture weights α are ``nn.Parameter``s of the module (``alphas_normal
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,6 +15,8 @@ import torch.nn.functional as F
 from .genotype import derive_genotype
 from .batch_norm import use_search_batch_norm
 from .depthwise_conv import use_search_depthwise_conv
+from .edge_groups import EdgeGroup, cell_state_to_edges, cell_state_to_groups
+from .group_sum import node_sums, plan_node_sums
 from .mixed_op import FusedMixedOp, MixedOp, NodeShare, copy_running_stats
 from .noise import NoiseConfig
 from .operations import NOISYDARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
@@ -40,7 +44,8 @@ class EdgeStreams:
 
 class SearchCell(nn.Module):
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, make_mixed_op,
-                 share_node_ops=True, edge_streams: EdgeStreams | None = None):
+                 share_node_ops=True, edge_streams: EdgeStreams | None = None, batch_edge_convs=False,
+                 group_sums=False):
         super().__init__()
         self.reduction = reduction
         self.share_node_ops = share_node_ops
@@ -57,14 +62,51 @@ class SearchCell(nn.Module):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
                 self._ops.append(make_mixed_op(C, stride))
+        self.edge_groups = self._make_edge_groups(C, reduction) if batch_edge_convs else None
+        self._slots = [slot for _, slot in self.edge_slots()]
+        self._sum_plans = self._make_sum_plans() if group_sums else {}
+
+    def edge_slots(self) -> list[tuple[int, int]]:
+        """(source state, slot) of each edge, in edge order. States 0, 1 are the cell inputs, 2 + k
+        node k; state j feeds nodes max(0, j-1) … steps-1, and its edge into node i is number
+        i - max(0, j-1) of the edges leaving it (its slot in state j's EdgeGroup)."""
+        return [(j, i - max(0, j - 1)) for i in range(self._steps) for j in range(2 + i)]
+
+    def _make_edge_groups(self, C, reduction):
+        """One EdgeGroup per state with outgoing edges; each edge's sep/dil convs move into its
+        source's group."""
+        groups = nn.ModuleList(EdgeGroup(C, self._steps - max(0, j - 1), 2 if reduction and j < 2 else 1,
+                                         self._ops[0].primitives) for j in range(self._steps + 1))
+        for op, (_, slot) in zip(self._ops, self.edge_slots()):
+            op.use_edge_group(slot)
+        return groups
+
+    def _make_sum_plans(self) -> dict:
+        plans, index = plan_node_sums(self._ops, self.edge_slots(), self.edge_groups)
+        self.register_buffer("_sum_index", torch.tensor(index, dtype=torch.long), persistent=False)
+        return plans
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints load across the two layouts: per-edge sep/dil conv entries into EdgeGroups and back
+        if self.edge_groups is not None:
+            cell_state_to_groups(self, state_dict, prefix)
+        else:
+            cell_state_to_edges(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, s0, s1, weights):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        # one row of α weights per edge: unbind's backward is one stack for the whole cell, where
+        # indexing weights[k] per edge costs a zero-filled [edges, ops] gradient and an add per edge
+        weight_matrix, weights = weights, weights.unbind(0)
+        sums: dict = {}  # source state → its edges' mixed sums (group_sums)
         # what all edges leaving a node compute alike, once per node (NodeShare): relu(h), with
         # which sep/dil convs and FactorizedReduce begin (4 ReLUs per edge become 1 per node), and
         # the two pools with their BatchNorm (once per node instead of once per edge)
         syncs: list = []
-        shares = [NodeShare(h, syncs) for h in states] if self.share_node_ops else None
+        groups = self.edge_groups
+        shares = ([NodeShare(h, syncs, groups[j] if groups is not None else None) for j, h in enumerate(states)]
+                  if self.share_node_ops else None)
         streams = (self.edge_streams.get(states[0].device)
                    if self.edge_streams is not None and shares is not None and states[0].is_cuda else None)
         offset = 0
@@ -75,13 +117,20 @@ class SearchCell(nn.Module):
                 s = None
                 for j, h in enumerate(states):
                     op, w = self._ops[offset + j], weights[offset + j]
-                    # without sharing, the classic call: any DARTS-style mixed op fits
-                    o = op(h, w, shares[j]) if shares is not None else op(h, w)
+                    if j in self._sum_plans:
+                        if j not in sums:
+                            sums[j] = node_sums(self._ops, self._sum_plans[j], shares[j], weight_matrix,
+                                                self._sum_index)
+                        o = sums[j][self._slots[offset + j]]
+                    else:
+                        # without sharing, the classic call: any DARTS-style mixed op fits
+                        o = op(h, w, shares[j]) if shares is not None else op(h, w)
                     s = o if s is None else s + o
             offset += len(states)
             states.append(s)
             if shares is not None:
-                shares.append(NodeShare(s, syncs))
+                j = len(shares)
+                shares.append(NodeShare(s, syncs, groups[j] if groups is not None and j < len(groups) else None))
         if syncs:
             copy_running_stats(syncs)
         return torch.cat(states[-self._multiplier:], dim=1)
@@ -127,12 +176,22 @@ class SearchNetwork(nn.Module):
     sep/dil convs on the Triton kernels, under the same rule (ndarts.depthwise_conv).
     edge_streams (default 0; opt-in, not yet timed on a GPU): on CUDA, with share_node_ops, run the
     edges into a node concurrently on this many side streams (EdgeStreams); same math.
+    batch_edge_convs (default: as share_node_ops): the sep/dil convs of all edges leaving a node run
+    as one batched conv stack per primitive (EdgeGroup, ndarts.edge_groups): ~3× fewer conv
+    launches, same math. The conv weights then live in ``cells.<i>.edge_groups``; state_dicts load
+    across the two layouts (per-edge ↔ grouped).
+    group_sums (default off; opt-in, not yet timed on a GPU): with fused and batch_edge_convs, the
+    mixed sums of all stride-1 edges leaving a node as one op (ndarts.group_sum: one Triton kernel
+    each way for the E edges, shared operands read once); each edge draws its own noise.
+    autocast (default None): torch.bfloat16 runs the stem, cells and classifier under bf16
+    autocast; α, its softmax, the mixed sums' accumulation and the logits stay fp32.
     """
 
     def __init__(self, C=16, num_classes=10, layers=8, primitives=NOISYDARTS_PRIMITIVES,
                  noise: NoiseConfig | None = None, fused=False, steps=4, multiplier=4, stem_multiplier=3,
                  in_channels=3, arch_activation="softmax", backend=None, share_node_ops=True,
-                 fused_batch_norm: bool | None = None, fused_depthwise_conv: bool = False, edge_streams: int = 0):
+                 fused_batch_norm: bool | None = None, fused_depthwise_conv: bool = False, edge_streams: int = 0,
+                 batch_edge_convs: bool | None = None, autocast: torch.dtype | None = None, group_sums: bool = False):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -153,6 +212,16 @@ class SearchNetwork(nn.Module):
 
         if edge_streams < 0:
             raise ValueError(f"edge_streams must be ≥ 0, got {edge_streams}")
+        if autocast not in (None, torch.bfloat16):
+            raise ValueError(f"autocast takes torch.bfloat16 or None, got {autocast} (float16 would need "
+                             "loss scaling, which the search loop does not do)")
+        self.autocast = autocast
+        if batch_edge_convs is None:
+            batch_edge_convs = share_node_ops
+        if batch_edge_convs and not share_node_ops:
+            raise ValueError("batch_edge_convs needs share_node_ops=True (the groups are per node)")
+        if group_sums and not (fused and batch_edge_convs and not edge_streams):
+            raise ValueError("group_sums needs fused=True and batch_edge_convs, without edge_streams")
         streams = EdgeStreams(edge_streams) if edge_streams else None
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(
@@ -167,7 +236,7 @@ class SearchNetwork(nn.Module):
             if reduction:
                 C_curr *= 2
             cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, make_mixed_op,
-                              share_node_ops, streams)
+                              share_node_ops, streams, batch_edge_convs, group_sums)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -209,13 +278,22 @@ class SearchNetwork(nn.Module):
     def forward(self, x):
         if x.dim() != 4:
             raise ValueError(f"SearchNetwork expects images [N, C, H, W], got shape {tuple(x.shape)}")
-        s0 = s1 = self.stem(x)
+        # α and its softmax stay fp32 under autocast too (computed outside it)
         w_normal = self.arch_weights(self.alphas_normal)
         w_reduce = self.arch_weights(self.alphas_reduce)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
-        out = self.global_pooling(s1)
-        return self.classifier(out.flatten(1))
+        with self._autocast(x):
+            s0 = s1 = self.stem(x)
+            for cell in self.cells:
+                s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+            out = self.global_pooling(s1)
+            logits = self.classifier(out.flatten(1))
+        return logits.float() if self.autocast is not None else logits
+
+    def _autocast(self, x):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        # no weight-cast cache: the cached casts would outlive a captured CUDA graph's replays
+        return torch.autocast(x.device.type, dtype=self.autocast, cache_enabled=False)
 
     def genotype(self):
         return derive_genotype(self.arch_weights(self.alphas_normal), self.arch_weights(self.alphas_reduce),

@@ -33,6 +33,8 @@ STRUCTURAL = ("dataset", "space", "layers", "init_channels", "steps", "order", "
               "noise_mean", "noise_mixture", "noise_decay", "noise_position", "arch_activation", "seed",
               "batch_size", "train_portion", "image_size")
 
+SEARCH_AMP = {"none": None, "bf16": torch.bfloat16}  # --amp: the autocast dtype
+
 
 @dataclass
 class SearchConfig:
@@ -75,6 +77,8 @@ class SearchConfig:
     fused: bool = False
     backend: str | None = None
     cuda_graph: bool = False  # replay the whole search step as one CUDA graph (ndarts.graph_step)
+    batch_edge_convs: bool = True  # the sep/dil convs of all edges leaving a node as one batched stack
+    amp: str = "none"  # "bf16": the network under bf16 autocast (α, softmax, sums, logits fp32)
     tensorboard: bool = False  # scalars per epoch into OUT/tensorboard
     report_freq: int = 50
     max_steps: int | None = None  # steps per epoch cap, for quick runs
@@ -96,6 +100,9 @@ class SearchConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise NdartsError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+        if self.amp not in SEARCH_AMP:
+            raise NdartsError(f"--amp must be one of {sorted(SEARCH_AMP)} for the search, got {self.amp!r} "
+                              "(fp16 would need loss scaling)")
         if not 0 < self.train_portion < 1:
             raise NdartsError(f"--train-portion must be in (0, 1), got {self.train_portion}")
         if self.order not in ("first", "second"):
@@ -142,6 +149,7 @@ class Searcher:
             dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
         if cfg.resume:
             self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
+            self._keep_checkpoint_layout()
         seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
         self._build()
         self.start_epoch = 0
@@ -152,6 +160,15 @@ class Searcher:
         self.writer = writer_cls(log_dir=str(self.run.path / "tensorboard")) if writer_cls is not None else None
 
     # ------------------------------------------------------------------ set-up
+    def _keep_checkpoint_layout(self):
+        """A resumed run keeps the conv layout of its checkpoint (batch_edge_convs; runs from before
+        the option are per edge): the same math either way, but the optimizer's momentum is stored
+        per parameter, and the two layouts have different parameters."""
+        saved = (self.run.read_config() or {}).get("batch_edge_convs", False)
+        if saved != self.cfg.batch_edge_convs:
+            self.run.log(f"note: resuming with batch_edge_convs={saved}, the layout of the checkpoint")
+            self.cfg.batch_edge_convs = saved
+
     def _build(self):
         cfg, dev = self.cfg, self.device
         spec = load_dataset(cfg.dataset, cfg.data, cfg.download, cfg.image_size, augment=cfg.dataset != "digits")
@@ -170,7 +187,8 @@ class Searcher:
             model = SearchNetwork(cfg.init_channels, spec.num_classes, cfg.layers, SPACES[cfg.space],
                                   cfg.noise_config(), fused=cfg.fused, steps=cfg.steps, multiplier=cfg.steps,
                                   in_channels=spec.in_channels, arch_activation=cfg.arch_activation,
-                                  backend=cfg.backend)
+                                  backend=cfg.backend, batch_edge_convs=cfg.batch_edge_convs,
+                                  autocast=SEARCH_AMP[cfg.amp])
         except ValueError as e:
             raise NdartsError(f"cannot build the search network: {e}") from None
         self.model = model.to(dev)

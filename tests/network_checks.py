@@ -13,11 +13,15 @@ def assert_same_forward_backward(nets, x, out_tol, grad_tol=(1e-5, 1e-4), buffer
             torch.manual_seed(seed)
         out = net(x)
         out.logsumexp(1).sum().backward()
-        results.append((out.detach(), [p.grad for p in net.parameters()], [b.clone() for b in net.buffers()]))
+        params = dict(net.named_parameters())
+        # the persistent buffers (BatchNorm statistics), by name
+        buffers = [(k, v.clone()) for k, v in net.state_dict().items() if k not in params]
+        results.append((out.detach(), [p.grad for p in net.parameters()], buffers))
     (o1, g1, b1), (o2, g2, b2) = results
     torch.testing.assert_close(o2, o1, atol=out_tol[0], rtol=out_tol[1])
     for a, b in zip(g2, g1):
         torch.testing.assert_close(a, b, atol=grad_tol[0], rtol=grad_tol[1])
     if buffer_tol is not None:
-        for a, b in zip(b2, b1):
-            torch.testing.assert_close(a, b, atol=buffer_tol[0], rtol=buffer_tol[1])
+        assert [k for k, _ in b2] == [k for k, _ in b1]
+        for (name, a), (_, b) in zip(b2, b1):
+            torch.testing.assert_close(a, b, atol=buffer_tol[0], rtol=buffer_tol[1], msg=name)

@@ -151,3 +151,25 @@ def test_tensorboard_scalars(tmp_path):
     assert {"train_loss", "val_acc", "skip_normal", "skip_reduce", "noise_scale"} <= tags
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e.value for e in acc.Scalars("val_loss")] == pytest.approx([r["val_loss"] for r in records])
+
+
+def test_resume_keeps_the_conv_layout_of_the_checkpoint(tmp_path):
+    """A run with per-edge convs (or from before batch_edge_convs existed) resumes per edge: the
+    optimizer's momentum is stored per parameter."""
+    out = tmp_path / "per_edge"
+    Searcher(_cfg(out, epochs=1, batch_edge_convs=False)).run_search()
+    resumed = Searcher(_cfg(out, epochs=2, resume=True))
+    assert resumed.start_epoch == 1 and resumed.cfg.batch_edge_convs is False
+    assert all(cell.edge_groups is None for cell in resumed.model.cells)
+    resumed.run_search()
+    assert "layout of the checkpoint" in (out / "log.txt").read_text()
+
+
+def test_bf16_autocast_search(tmp_path):
+    out = tmp_path / "bf16"
+    main([*TINY, "--epochs", "1", "--out", str(out), "--amp", "bf16"])
+    assert json.loads((out / "config.json").read_text())["amp"] == "bf16"
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(map(torch.isfinite, torch.tensor([record["train_loss"], record["val_loss"]])))
+    r = _run_cli(*TINY, "--amp", "fp16", "--out", str(tmp_path / "fp16"))
+    assert r.returncode == 2 and "invalid choice: 'fp16'" in r.stderr

@@ -12,7 +12,7 @@ def _pair(fused, primitives, noise, **kw):
     plain = SearchNetwork(C=4, num_classes=10, layers=3, primitives=primitives, noise=noise, fused=fused,
                           in_channels=3, share_node_ops=False, **kw)
     shared = SearchNetwork(C=4, num_classes=10, layers=3, primitives=primitives, noise=noise, fused=fused,
-                           in_channels=3, share_node_ops=True, **kw)
+                           in_channels=3, share_node_ops=True, batch_edge_convs=False, **kw)
     shared.load_state_dict(plain.state_dict())
     return plain, shared
 

@@ -1,0 +1,259 @@
+"""Triton kernels for the noisy mixed sums of all E edges leaving one node, in one pass each way.
+
+For edge e of the group (one source node h, stride 1):
+
+    y_e = Σ_p W[e, p]·s_p  +  Σ_q W[e, P + q]·g_q[:, e]     (s_skip replaced by s_skip + noise_e)
+
+- shared operands s_p [N, C, H, W]: what every edge leaving h has alike (the pools with their
+  BatchNorm, the identity skip h itself), read once per element for all E edges;
+- grouped operands g_q [N, E·C, H, W]: the batched sep/dil convs (ndarts.edge_groups), edge e's
+  channels e·C … e·C + C - 1, read in place (no per-edge copies);
+- noise_e: edge e's own ε (Philox keyed on (seed, e·numel + index)), with the one std of the
+  shared skip operand (the same tensor on every edge, so the same std).
+The output is [E, N, C, H, W]. The backward reads the E upstream gradients, the operands and
+regenerates ε; it writes each shared operand's gradient once (Σ_e W[e, p]·g_e: no autograd
+accumulation over edges), each grouped operand's gradient in its [N, E·C, H, W] layout, and per-
+program partial sums Σ g_e·o_{e,k} reduced deterministically into dW [E, K].
+Limits (the launcher checks): ≤ 3 shared and ≤ 6 grouped operands, ≤ 8 edges.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .noisy_mixed_sum import (
+    INT32_LIMIT,
+    NOISE_NONE,
+    _block_offsets,
+    _elementwise_block,
+    _noisy_operand,
+    skip_std,
+)
+
+MAX_SHARED, MAX_GROUPED, MAX_EDGES = 3, 6, 8
+
+
+@triton.jit
+def _shared_term(acc, s, W, row, k: tl.constexpr, noise_offs, seed, std, lam, mean,
+                 SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr):
+    if k == SKIP:
+        s, _ = _noisy_operand(s, seed, noise_offs, std, lam, mean, KIND, MULT)
+    return acc + tl.load(W + row + k).to(tl.float32) * s
+
+
+@triton.jit
+def _grouped_offsets(offs, e: tl.constexpr, INNER, E: tl.constexpr):
+    """Index of edge e's element `offs` (flat over [N, C·H·W]) in a [N, E·C·H·W] grouped operand."""
+    n = offs // INNER
+    return offs + n * (E - 1) * INNER + e * INNER
+
+
+@triton.jit
+def _group_forward_kernel(
+    Y,  # output [E, numel]
+    S0, S1, S2,  # shared operands [numel]; only the first NUM_SHARED are read
+    G0, G1, G2, G3, G4, G5,  # grouped operands [N, E·INNER]; only the first NUM_GROUPED are read
+    W,  # weights [E, NUM_SHARED + NUM_GROUPED], read as fp32
+    SEED, STD,  # int64 [1] Philox seed; fp32 [1] std of the shared skip operand
+    numel, INNER,  # elements per edge output; elements per image of it (C·H·W)
+    lam, mean,
+    E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr,
+    SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
+    BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = _block_offsets(pid, BLOCK, INDEX_64)
+    mask = offs < numel
+    seed = tl.load(SEED)
+    std = 0.0
+    if SKIP >= 0:
+        if not MULT:
+            std = tl.load(STD)
+    s0 = tl.load(S0 + offs, mask=mask, other=0.0).to(tl.float32)
+    if NUM_SHARED > 1:
+        s1 = tl.load(S1 + offs, mask=mask, other=0.0).to(tl.float32)
+    if NUM_SHARED > 2:
+        s2 = tl.load(S2 + offs, mask=mask, other=0.0).to(tl.float32)
+    K: tl.constexpr = NUM_SHARED + NUM_GROUPED
+    for e in tl.static_range(E):
+        row = e * K
+        noise_offs = offs + e * numel
+        acc = _shared_term(tl.zeros([BLOCK], dtype=tl.float32), s0, W, row, 0, noise_offs, seed, std, lam, mean,
+                           SKIP, KIND, MULT)
+        if NUM_SHARED > 1:
+            acc = _shared_term(acc, s1, W, row, 1, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+        if NUM_SHARED > 2:
+            acc = _shared_term(acc, s2, W, row, 2, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+        g_offs = _grouped_offsets(offs, e, INNER, E)
+        acc += tl.load(W + row + NUM_SHARED).to(tl.float32) * tl.load(G0 + g_offs, mask=mask, other=0.0).to(tl.float32)
+        if NUM_GROUPED > 1:
+            acc += tl.load(W + row + NUM_SHARED + 1).to(tl.float32) * tl.load(G1 + g_offs, mask=mask, other=0.0).to(tl.float32)
+        if NUM_GROUPED > 2:
+            acc += tl.load(W + row + NUM_SHARED + 2).to(tl.float32) * tl.load(G2 + g_offs, mask=mask, other=0.0).to(tl.float32)
+        if NUM_GROUPED > 3:
+            acc += tl.load(W + row + NUM_SHARED + 3).to(tl.float32) * tl.load(G3 + g_offs, mask=mask, other=0.0).to(tl.float32)
+        if NUM_GROUPED > 4:
+            acc += tl.load(W + row + NUM_SHARED + 4).to(tl.float32) * tl.load(G4 + g_offs, mask=mask, other=0.0).to(tl.float32)
+        if NUM_GROUPED > 5:
+            acc += tl.load(W + row + NUM_SHARED + 5).to(tl.float32) * tl.load(G5 + g_offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + e * numel + offs, acc.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _shared_grad(s, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr, E: tl.constexpr,
+                 noise_offs, seed, std, lam, mean, SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr):
+    """(d s from edge e, and the partial Σ g·s_noisy written for W[e, k])."""
+    w = tl.load(W + e * K + k).to(tl.float32)
+    d = w * g
+    if k == SKIP:
+        s, factor = _noisy_operand(s, seed, noise_offs, std, lam, mean, KIND, MULT)
+        d = d * factor
+    tl.store(PART + pid * (E * K) + e * K + k, tl.sum(g * s, axis=0))
+    return d
+
+
+@triton.jit
+def _grouped_grad(G, DG, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr, E: tl.constexpr,
+                  g_offs, mask):
+    o = tl.load(G + g_offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(W + e * K + k).to(tl.float32)
+    tl.store(DG + g_offs, (w * g).to(DG.dtype.element_ty), mask=mask)
+    tl.store(PART + pid * (E * K) + e * K + k, tl.sum(g * o, axis=0))
+
+
+@triton.jit
+def _group_backward_kernel(
+    DY,  # upstream gradient [E, numel]
+    S0, S1, S2, DS0, DS1, DS2,  # shared operands and their gradients [numel]
+    G0, G1, G2, G3, G4, G5,  # grouped operands [N, E·INNER]
+    DG0, DG1, DG2, DG3, DG4, DG5,  # their gradients, same layout
+    W, PART,  # weights [E, K]; fp32 partials [programs, E·K]
+    SEED, STD, numel, INNER, lam, mean,
+    E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr,
+    SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
+    BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = _block_offsets(pid, BLOCK, INDEX_64)
+    mask = offs < numel
+    seed = tl.load(SEED)
+    std = 0.0
+    if SKIP >= 0:
+        if not MULT:
+            std = tl.load(STD)
+    K: tl.constexpr = NUM_SHARED + NUM_GROUPED
+    s0 = tl.load(S0 + offs, mask=mask, other=0.0).to(tl.float32)
+    d0 = tl.zeros([BLOCK], dtype=tl.float32)
+    if NUM_SHARED > 1:
+        s1 = tl.load(S1 + offs, mask=mask, other=0.0).to(tl.float32)
+        d1 = tl.zeros([BLOCK], dtype=tl.float32)
+    if NUM_SHARED > 2:
+        s2 = tl.load(S2 + offs, mask=mask, other=0.0).to(tl.float32)
+        d2 = tl.zeros([BLOCK], dtype=tl.float32)
+    for e in tl.static_range(E):
+        # masked lanes hold g = 0: they add nothing to the partial sums
+        g = tl.load(DY + e * numel + offs, mask=mask, other=0.0).to(tl.float32)
+        noise_offs = offs + e * numel
+        d0 += _shared_grad(s0, g, W, PART, pid, e, 0, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+        if NUM_SHARED > 1:
+            d1 += _shared_grad(s1, g, W, PART, pid, e, 1, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+        if NUM_SHARED > 2:
+            d2 += _shared_grad(s2, g, W, PART, pid, e, 2, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+        g_offs = _grouped_offsets(offs, e, INNER, E)
+        _grouped_grad(G0, DG0, g, W, PART, pid, e, NUM_SHARED, K, E, g_offs, mask)
+        if NUM_GROUPED > 1:
+            _grouped_grad(G1, DG1, g, W, PART, pid, e, NUM_SHARED + 1, K, E, g_offs, mask)
+        if NUM_GROUPED > 2:
+            _grouped_grad(G2, DG2, g, W, PART, pid, e, NUM_SHARED + 2, K, E, g_offs, mask)
+        if NUM_GROUPED > 3:
+            _grouped_grad(G3, DG3, g, W, PART, pid, e, NUM_SHARED + 3, K, E, g_offs, mask)
+        if NUM_GROUPED > 4:
+            _grouped_grad(G4, DG4, g, W, PART, pid, e, NUM_SHARED + 4, K, E, g_offs, mask)
+        if NUM_GROUPED > 5:
+            _grouped_grad(G5, DG5, g, W, PART, pid, e, NUM_SHARED + 5, K, E, g_offs, mask)
+    tl.store(DS0 + offs, d0.to(DS0.dtype.element_ty), mask=mask)
+    if NUM_SHARED > 1:
+        tl.store(DS1 + offs, d1.to(DS1.dtype.element_ty), mask=mask)
+    if NUM_SHARED > 2:
+        tl.store(DS2 + offs, d2.to(DS2.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+def _check(shared, grouped, weights):
+    if not 1 <= len(shared) <= MAX_SHARED or not 1 <= len(grouped) <= MAX_GROUPED:
+        raise ValueError(f"noisy_group_sum takes 1..{MAX_SHARED} shared and 1..{MAX_GROUPED} grouped operands, "
+                         f"got {len(shared)} and {len(grouped)}")
+    first = shared[0]
+    edges = weights.shape[0]
+    if weights.dim() != 2 or weights.shape[1] != len(shared) + len(grouped) or not 1 <= edges <= MAX_EDGES:
+        raise ValueError(f"noisy_group_sum: weights must be [edges ≤ {MAX_EDGES}, {len(shared) + len(grouped)}], "
+                         f"got {tuple(weights.shape)}")
+    if first.dim() != 4:
+        raise ValueError(f"noisy_group_sum: operands must be [N, C, H, W], got {tuple(first.shape)}")
+    n, c, h, w = first.shape
+    for t in shared:
+        if t.shape != first.shape or t.dtype != first.dtype or t.device != first.device:
+            raise ValueError("noisy_group_sum: shared operands must share shape, dtype and device")
+    for t in grouped:
+        if tuple(t.shape) != (n, edges * c, h, w) or t.dtype != first.dtype or t.device != first.device:
+            raise ValueError(f"noisy_group_sum: grouped operands must be [{n}, {edges * c}, {h}, {w}] "
+                             f"({edges} edges × {c} channels) in the shared operands' dtype, got {tuple(t.shape)}")
+    if first.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"noisy_group_sum supports float32, float16 and bfloat16, got {first.dtype}")
+    return [t.contiguous() for t in shared], [t.contiguous() for t in grouped], weights.contiguous()
+
+
+def _pad(tensors, count):
+    return list(tensors) + [tensors[0]] * (count - len(tensors))
+
+
+def _launch_params(first, edges):
+    numel = first.numel()
+    block, num_warps = _elementwise_block(numel)
+    return numel, block, num_warps, edges * numel > INT32_LIMIT - block
+
+
+def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, multiplicative, lam, mean):
+    """Returns (y [E, N, C, H, W], std fp32 [1] of the shared skip operand, zeros when unused)."""
+    shared, grouped, weights = _check(shared, grouped, weights)
+    first, edges = shared[0], weights.shape[0]
+    noisy = kind != NOISE_NONE and 0 <= skip_index < len(shared)
+    std = (skip_std(shared[skip_index]) if noisy and not multiplicative
+           else torch.zeros((1,), device=first.device, dtype=torch.float32))
+    y = torch.empty((edges, *first.shape), device=first.device, dtype=first.dtype)
+    numel, block, num_warps, index_64 = _launch_params(first, edges)
+    if numel:
+        _group_forward_kernel[(triton.cdiv(numel, block),)](
+            y, *_pad(shared, MAX_SHARED), *_pad(grouped, MAX_GROUPED), weights, seed, std, numel,
+            numel // first.shape[0], float(lam), float(mean),
+            E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), SKIP=skip_index if noisy else -1,
+            KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,
+            num_warps=num_warps,
+        )
+    return y, std
+
+
+def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean):
+    """Returns (shared operand gradients, grouped operand gradients, dW fp32 [E, K])."""
+    shared, grouped, weights = _check(shared, grouped, weights)
+    first, edges = shared[0], weights.shape[0]
+    grad = grad.contiguous()
+    noisy = kind != NOISE_NONE and 0 <= skip_index < len(shared)
+    d_shared = [torch.empty_like(t) for t in shared]
+    d_grouped = [torch.empty_like(t) for t in grouped]
+    numel, block, num_warps, index_64 = _launch_params(first, edges)
+    programs = triton.cdiv(numel, block)
+    if not numel:
+        return d_shared, d_grouped, torch.zeros(weights.shape, device=first.device, dtype=torch.float32)
+    part = torch.empty((programs, weights.numel()), device=first.device, dtype=torch.float32)
+    _group_backward_kernel[(programs,)](
+        grad, *_pad(shared, MAX_SHARED), *_pad(d_shared, MAX_SHARED), *_pad(grouped, MAX_GROUPED),
+        *_pad(d_grouped, MAX_GROUPED), weights, part, seed, std, numel, numel // first.shape[0],
+        float(lam), float(mean),
+        E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), SKIP=skip_index if noisy else -1,
+        KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,
+        num_warps=num_warps,
+    )
+    # fixed-order reduction of the partials: deterministic, no float atomics
+    return d_shared, d_grouped, part.sum(dim=0).view(weights.shape)

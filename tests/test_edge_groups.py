@@ -1,0 +1,127 @@
+"""Batched edge convs (SearchNetwork(batch_edge_convs=True)) keep the per-edge network's math."""
+import pytest
+import torch
+
+from ndarts import DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES, NoiseConfig
+from ndarts.edge_groups import EdgeGroupSlot, per_edge_state
+from ndarts.search_model import SearchNetwork
+
+
+def _pair(device="cpu", **kw):
+    """A per-edge network with random α and BatchNorm statistics, and the grouped network
+    loaded from its state_dict (the layout is converted on load)."""
+    per_edge = SearchNetwork(**kw, batch_edge_convs=False).to(device)
+    grouped = SearchNetwork(**kw, batch_edge_convs=True).to(device)
+    with torch.no_grad():
+        for a in per_edge.arch_parameters():
+            a.normal_()
+        for name, b in per_edge.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_()
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    grouped.load_state_dict(per_edge.state_dict())
+    return per_edge, grouped
+
+
+def _assert_same(per_edge, grouped, x, seed, tol):
+    """Outputs, every gradient and every buffer of the two networks agree (the grouped ones
+    compared in the per-edge layout)."""
+    outs = []
+    for net in (per_edge, grouped):
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        out = net(x)
+        out.logsumexp(1).sum().backward()
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[1], outs[0], atol=tol, rtol=tol)
+    want = {n: p.grad for n, p in per_edge.named_parameters()}
+    got = per_edge_state(grouped, {n: p.grad for n, p in grouped.named_parameters()})
+    assert sorted(got) == sorted(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=tol, rtol=tol, msg=name)
+    want, got = per_edge.state_dict(), per_edge_state(grouped, grouped.state_dict())
+    assert sorted(got) == sorted(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=tol, rtol=tol, msg=name)
+
+
+@pytest.mark.parametrize("primitives", [DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES,
+                                        ["skip_connect", "sep_conv_7x7", "dil_conv_3x3", "max_pool_3x3"]])
+@pytest.mark.parametrize("noise", [NoiseConfig(), NoiseConfig(kind="none"), NoiseConfig(reduction_position="input")])
+@pytest.mark.parametrize("fused", [False, True])
+def test_grouped_convs_equal_per_edge_ops(primitives, noise, fused, fresh_seed):
+    """Outputs, every gradient (α, per-edge conv weights via their views) and the BatchNorm running
+    statistics of both networks agree, in training (with noise: same draws) and in eval."""
+    per_edge, grouped = _pair(C=6, num_classes=7, layers=3, primitives=primitives, noise=noise, fused=fused,
+                              in_channels=3)
+    x = torch.randn(3, 3, 11, 9)  # odd sizes: stride-2 edges and FactorizedReduce padding
+    _assert_same(per_edge, grouped, x, seed=fresh_seed, tol=1e-5)
+    per_edge.eval()
+    grouped.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(grouped(x), per_edge(x), atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_convs_on_the_triton_kernels_equal_per_edge_ops(fresh_seed):
+    """The same with the fused sum and the BatchNorm on the Triton kernels (interpreter): the
+    grouped outputs reach the kernels as contiguous per-edge operands."""
+    # one reduction cell of two nodes (groups of 2, 2 and 1 edges): the interpreter is slow
+    kw = dict(C=4, num_classes=5, layers=1, steps=2, multiplier=2, primitives=NOISYDARTS_PRIMITIVES,
+              noise=NoiseConfig(), fused=True, backend="triton", in_channels=2)
+    per_edge, grouped = _pair(**kw)
+    _assert_same(per_edge, grouped, torch.randn(2, 2, 7, 6), seed=fresh_seed, tol=1e-4)
+
+
+def test_grouped_convs_launch_fewer_convolutions():
+    counts = []
+    for batched in (False, True):
+        net = SearchNetwork(C=4, layers=3, primitives=NOISYDARTS_PRIMITIVES, in_channels=3,
+                            batch_edge_convs=batched)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            net(torch.randn(2, 3, 8, 8)).sum().backward()
+        counts.append(sum(1 for e in prof.events() if e.name == "aten::convolution"))
+    # 14 edges × 6 convs per cell become 5 groups × 6 (+ the preprocessing and stem convs)
+    assert counts[1] < counts[0] / 2, counts
+
+
+def test_state_dicts_load_across_the_two_layouts():
+    """grouped → grouped, grouped → per-edge and per-edge → grouped give the same network (eval
+    outputs, which read every weight and BatchNorm statistic); same parameter count."""
+    kw = dict(C=4, layers=3, primitives=DARTS_PRIMITIVES, in_channels=3)
+    per_edge, grouped = _pair(**kw)
+    x = torch.randn(2, 3, 8, 8)
+    nets = [per_edge, grouped]
+    for batched in (True, False):
+        other = SearchNetwork(**kw, batch_edge_convs=batched)
+        other.load_state_dict(grouped.state_dict())
+        nets.append(other)
+    with torch.no_grad():
+        outs = [net.eval()(x) for net in nets]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], atol=1e-6, rtol=1e-5)
+    assert len({sum(p.numel() for p in net.parameters()) for net in nets}) == 1
+    slots = [m for m in grouped.modules() if isinstance(m, EdgeGroupSlot)]
+    assert len(slots) == 3 * 14 * 4 and not any(list(m.parameters()) for m in slots)
+
+
+def test_an_incomplete_per_edge_checkpoint_is_reported_not_guessed():
+    kw = dict(C=4, layers=3, primitives=NOISYDARTS_PRIMITIVES, in_channels=3)
+    state = SearchNetwork(**kw, batch_edge_convs=False).state_dict()
+    del state["cells.1._ops.3._ops.3.op.2.weight"]  # one edge's sep_conv_3x3 pointwise weight
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*cells\.1\.edge_groups\.\d\.ops\.3\.pw1"):
+        SearchNetwork(**kw).load_state_dict(state)
+
+
+def test_grouped_convs_are_the_default_with_node_sharing():
+    assert all(c.edge_groups is not None for c in SearchNetwork(C=4, layers=3).cells)
+    assert all(c.edge_groups is None for c in SearchNetwork(C=4, layers=3, share_node_ops=False).cells)
+
+
+def test_grouped_convs_refuse_bad_use():
+    with pytest.raises(ValueError, match="share_node_ops"):
+        SearchNetwork(C=4, layers=2, batch_edge_convs=True, share_node_ops=False)
+    net = SearchNetwork(C=4, layers=3, primitives=NOISYDARTS_PRIMITIVES, batch_edge_convs=True)
+    edge = net.cells[0]._ops[0]  # a normal cell's edge: C = 4
+    with pytest.raises(RuntimeError, match="EdgeGroup"):
+        edge(torch.randn(2, 4, 8, 8), torch.softmax(torch.randn(7), 0))

@@ -1,0 +1,140 @@
+"""The noisy sums of all edges leaving a node in one op: Triton kernels (interpreter on CPU)
+against the reference with the very ε the kernels drew, per dtype, on odd shapes."""
+import pytest
+import torch
+
+import ndarts_kernels
+from ndarts import NoiseConfig
+from ndarts.fused_sum import draw_seed
+from ndarts.group_sum import noisy_group_sum, reference_group_sum
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPES = [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 3e-2, 2e-2)]
+VARIANTS = {
+    "gaussian": NoiseConfig(),
+    "uniform": NoiseConfig(kind="uniform", lam=0.1),
+    "multiplicative": NoiseConfig(mixture="multiplicative", lam=0.3),
+    "mean": NoiseConfig(mean=0.5, lam=0.2),
+    "none": NoiseConfig(kind="none"),
+}
+# (edges, shared operands, grouped operands, [N, C, H, W])
+LAYOUTS = [(4, 3, 4, (3, 5, 7, 6)), (1, 1, 1, (2, 3, 5, 5)), (3, 2, 6, (2, 4, 3, 9)), (2, 3, 5, (1, 2, 1, 33))]
+
+
+def _inputs(edges, p, q, shape, dtype, device):
+    n, c, h, w = shape
+    shared = [(torch.randn(shape, device=device) * (1 + i) + i).to(dtype) for i in range(p)]
+    grouped = [torch.randn((n, edges * c, h, w), device=device).to(dtype) for _ in range(q)]
+    weights = torch.softmax(torch.randn(edges, p + q, device=device), 1)
+    grad = torch.randn((edges, *shape), device=device).to(dtype)
+    return shared, grouped, weights, grad
+
+
+def _run(fn, shared, grouped, weights, grad):
+    s = [t.detach().clone().requires_grad_() for t in shared]
+    g = [t.detach().clone().requires_grad_() for t in grouped]
+    w = weights.detach().clone().requires_grad_()
+    y = fn(s, g, w)
+    y.backward(grad)
+    return [y.detach(), *[t.grad for t in s], *[t.grad for t in g], w.grad]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_group_kernels_match_reference(device, dtype, atol, rtol, layout, variant):
+    edges, p, q, shape = layout
+    noise = VARIANTS[variant]
+    skip = p - 1  # the skip operand is the last shared one in the search network
+    shared, grouped, weights, grad = _inputs(edges, p, q, shape, dtype, device)
+    seed = draw_seed(device)
+    scale = 0.7
+    kind, mult, lam, mean = noise.kernel_params(scale)
+    eps = (ndarts_kernels.unit_noise(seed, edges * shared[0].numel(), kind).view(edges, -1)
+           if noise.enabled else None)
+    want = _run(lambda s, g, w: reference_group_sum(s, g, w, skip, mult, lam, mean, eps), shared, grouped, weights, grad)
+    got = _run(lambda s, g, w: noisy_group_sum(s, g, w, skip, noise, scale=scale, backend="triton", seed=seed),
+               shared, grouped, weights, grad)
+    names = ["y"] + [f"d shared {i}" for i in range(p)] + [f"d grouped {i}" for i in range(q)] + ["dW"]
+    for name, a, b in zip(names, got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        # dW sums g·o over all elements: a looser bound in bf16
+        tol = (atol * 20, rtol * 5) if name == "dW" and dtype != torch.float32 else (atol, rtol)
+        torch.testing.assert_close(a.float(), b.float(), atol=tol[0], rtol=tol[1], msg=lambda m: f"{name}: {m}")
+
+
+def test_each_edge_draws_its_own_noise():
+    """Same skip operand, same weights on every edge: the outputs differ only by their noise, which
+    has the std λ·std(skip) on each edge and is uncorrelated between edges."""
+    shape = (4, 8, 16, 16)
+    skip = torch.randn(shape) * 3 + 1
+    grouped = [torch.zeros((4, 3 * 8, 16, 16))]
+    weights = torch.tensor([[1.0, 0.0]] * 3)
+    y = noisy_group_sum([skip], grouped, weights, 0, NoiseConfig(lam=0.2), backend="triton")
+    noise = (y - skip).flatten(1)
+    torch.testing.assert_close(noise.std(1), torch.full((3,), 0.2 * skip.std().item()), rtol=0.03, atol=0)
+    corr = torch.corrcoef(noise)
+    assert corr.sub(torch.eye(3)).abs().max() < 0.05
+
+
+def test_bad_inputs_are_named():
+    s = [torch.randn(2, 3, 4, 4)]
+    with pytest.raises(ValueError, match=r"weights must be \[edges, 2\]"):
+        noisy_group_sum(s, [torch.randn(2, 6, 4, 4)], torch.ones(2, 3), None, NoiseConfig(kind="none"))
+    with pytest.raises(ValueError, match=r"grouped operands must be \[2, 6, 4, 4\]"):
+        noisy_group_sum(s, [torch.randn(2, 5, 4, 4)], torch.ones(2, 2), None, NoiseConfig(kind="none"),
+                        backend="triton")
+    with pytest.raises(ValueError, match="1..3 shared"):
+        noisy_group_sum(s * 4, [torch.randn(2, 6, 4, 4)], torch.ones(2, 5), None, NoiseConfig(kind="none"),
+                        backend="triton")
+
+
+def _networks(**kw):
+    from ndarts.search_model import SearchNetwork
+
+    torch.manual_seed(0)
+    per_edge = SearchNetwork(fused=True, **kw)
+    torch.manual_seed(0)
+    grouped = SearchNetwork(fused=True, group_sums=True, **kw)
+    with torch.no_grad():
+        for a in per_edge.arch_parameters():
+            a.normal_()
+    grouped.load_state_dict(per_edge.state_dict())
+    return per_edge, grouped
+
+
+@pytest.mark.parametrize("backend,primitives", [("torch", "darts"), ("torch", "noisydarts"), ("triton", "darts")])
+def test_network_with_group_sums_equals_per_edge_sums(backend, primitives, fresh_seed):
+    """Noise off: outputs, every gradient and the BatchNorm statistics (the pools' BN of every edge
+    included) equal the per-edge fused sums'; reduction cells keep per-edge sums on their
+    stride-2 edges. Triton: the interpreter (slow: a network of 2-node cells, torch's BatchNorm)."""
+    from network_checks import assert_same_forward_backward
+
+    from ndarts.operations import SPACES
+
+    small = dict(steps=2, multiplier=2, fused_batch_norm=False) if backend == "triton" else {}
+    kw = dict(C=4, num_classes=5, layers=3, primitives=SPACES[primitives], noise=NoiseConfig(kind="none"),
+              in_channels=3, backend=backend, **small)
+    nets = _networks(**kw)
+    assert any(c._sum_plans for c in nets[1].cells)
+    assert_same_forward_backward(nets, torch.randn(3, 3, 7, 9), out_tol=(1e-5, 1e-5), grad_tol=(1e-5, 1e-4),
+                                 buffer_tol=(1e-6, 1e-5), seed=fresh_seed)
+
+
+def test_network_with_group_sums_draws_noise_per_edge():
+    per_edge, grouped = _networks(C=4, num_classes=5, layers=3, in_channels=3, noise=NoiseConfig())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(grouped.eval()(x), per_edge.eval()(x), atol=1e-5, rtol=1e-5)  # eval: no noise
+        grouped.train()
+        a, b = grouped(x), grouped(x)
+    assert not torch.allclose(a, b)  # training: fresh noise each call
+
+
+def test_group_sums_need_fused_batched_convs():
+    from ndarts.search_model import SearchNetwork
+
+    for kw in (dict(fused=False), dict(fused=True, batch_edge_convs=False), dict(fused=True, edge_streams=2)):
+        with pytest.raises(ValueError, match="group_sums needs"):
+            SearchNetwork(C=4, layers=3, group_sums=True, **kw)
