@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one GPU check of ndarts, for a lent H100 / H200 (a bare machine, no network): at most
-# GPU_CHECK_BUDGET_S (default 480) seconds; run it with the device tool's timeout_s=600.
+# GPU_CHECK_BUDGET_S (default 540) seconds; run it with the device tool's timeout_s=600.
 #
 #   bash benchmarks/gpu_check.sh          # from anywhere; writes everything under $OUT (default /tmp/ndarts_gpu_check)
 #   NDARTS_COMMIT=abc1234 bash benchmarks/gpu_check.sh   # the commit to record (the copy may have no .git)
@@ -11,7 +11,7 @@
 # shapes; LAST, a short table (summarize.py). Everything under $OUT is packed into gpu_check.tgz
 # (the device tool returns at most 8 files) beside summary.txt.
 # GPU_CHECK_COMPILE=0 leaves out the torch.compile benchmarks (a quick first look); GPU_TESTS_LIMIT_S
-# caps the GPU tests (default 150 s), GPU_BENCH_LIMIT_S the benchmarks (default 180 s).
+# caps the GPU tests (default 180 s), GPU_BENCH_LIMIT_S the benchmarks (default 200 s).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
 # GPU's settings (clocks, power, persistence, MIG, reset): it measures the card as it finds it.
 set -u
@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 # Whole-script budget in seconds (the device tool allows 600 s per command): a step gets at most
 # what is left of it, less 20 s kept for the summary; a step left with under 20 s is skipped.
-BUDGET="${GPU_CHECK_BUDGET_S:-480}"
+BUDGET="${GPU_CHECK_BUDGET_S:-540}"
 STATUS=0
 
 step() { echo; echo "== $*"; }
@@ -87,13 +87,13 @@ EOF
 
 step "GPU tests (pytest tests -m gpu, compiled kernels)"
 # tests/conftest.py sets TRITON_INTERPRET=1 unless it is set: 0 here so the kernels compile for the GPU.
-TRITON_INTERPRET=0 run_logged gpu_tests "${GPU_TESTS_LIMIT_S:-150}" 25 "$PY" -m pytest tests -m gpu -q -rfEs \
+TRITON_INTERPRET=0 run_logged gpu_tests "${GPU_TESTS_LIMIT_S:-180}" 25 "$PY" -m pytest tests -m gpu -q -rfEs \
     --junitxml="$OUT/gpu_tests.xml"
 rc=$?
 if [ $rc -eq 5 ]; then echo "(no test is marked gpu yet)"; elif [ $rc -ne 0 ]; then STATUS=1; fi
 
 step "benchmarks: fused, eager, search step"
-run_logged bench "${GPU_BENCH_LIMIT_S:-180}" 12 "$PY" -m pytest benchmarks --benchmark-only -q -rs -k "not compiled" \
+run_logged bench "${GPU_BENCH_LIMIT_S:-200}" 12 "$PY" -m pytest benchmarks --benchmark-only -q -rs -k "not compiled" \
     --benchmark-json="$OUT/bench.json" --benchmark-columns=median,mean,rounds || STATUS=1
 
 if [ "${GPU_CHECK_COMPILE:-1}" = 0 ]; then

@@ -1,6 +1,9 @@
 """Triton kernels for the depthwise convolutions of the DARTS search ops (groups = channels, no bias).
 
-    y[n, c, oh, ow] = Σ_{i,j} w[c, i, j] · x[n, c, oh·s − p + i·d, ow·s − p + j·d]     (zero padding)
+    y[n, o, oh, ow] = Σ_{i,j} w[o, i, j] · x[n, o // M, oh·s − p + i·d, ow·s − p + j·d]     (zero padding)
+
+with M output channels per input channel (M = 1: the sep/dil convs; M = E: the first depthwise conv
+of E batched edges, ndarts.edge_groups).
 
 Why: in the CUDA-graph search step on an H200 the depthwise convolutions took at least 40 % of
 the GPU time, and PyTorch's NCHW grad-weight kernel 25 µs per call on 4 MiB tensors
@@ -8,10 +11,10 @@ the GPU time, and PyTorch's NCHW grad-weight kernel 25 µs per call on 4 MiB ten
 
 - forward: one program per (image·channel plane, output tile); the K×K taps are shifted loads of
   the same input tile (cache hits), accumulated in fp32.
-- input gradient: one program per (plane, input tile); for stride 2 only the taps that land on an
-  output pixel (t = h + p − i·d divisible by 2) contribute.
-- weight gradient: grid (C, S): each program sums g·x over its images for all K·K taps (per-tap
-  block reductions) into fp32 partials [C, S, K·K]; a fixed-order torch sum over S finishes it,
+- input gradient: one program per (input plane, input tile), summing its M output planes; for
+  stride 2 only the taps that land on an output pixel (t = h + p − i·d divisible by 2) contribute.
+- weight gradient: grid (C·M, S): each program sums g·x over its images for all K·K taps (per-tap
+  block reductions) into fp32 partials [C·M, S, K·K]; a fixed-order torch sum over S finishes it,
   so the result is bitwise reproducible.
 Layout: contiguous NCHW; K, stride, dilation are compile-time constants (DARTS: K 3/5, stride
 1/2, dilation 1/2).
@@ -45,17 +48,17 @@ def _plane(ptr, plane, size, INDEX_64: tl.constexpr):
 
 @triton.jit
 def _dw_conv_fwd_kernel(
-    X, Wt, Y,  # input [N, C, H, W], weight [C, 1, K, K], output [N, C, OH, OW]
+    X, Wt, Y,  # input [N, C, H, W], weight [C·M, 1, K, K], output [N, C·M, OH, OW]
     C, H, W, OH, OW,
     TILES_W,  # output tiles per row of tiles
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, M: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
 ):
-    plane = tl.program_id(0)
-    c = plane % C
+    plane = tl.program_id(0)  # output plane n·C·M + c
+    c = plane % (C * M)
     oh, ow = _tile_coords(tl.program_id(1), TILES_W, BLOCK_H, BLOCK_W)
     out_mask = (oh < OH) & (ow < OW)
-    x_base = _plane(X, plane, H * W, INDEX_64)
+    x_base = _plane(X, (plane // (C * M)) * C + c // M, H * W, INDEX_64)
     y_base = _plane(Y, plane, OH * OW, INDEX_64)
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     for i in tl.static_range(K):
@@ -71,55 +74,56 @@ def _dw_conv_fwd_kernel(
 
 @triton.jit
 def _dw_conv_bwd_input_kernel(
-    G, Wt, DX,  # output gradient [N, C, OH, OW], weight, input gradient [N, C, H, W]
+    G, Wt, DX,  # output gradient [N, C·M, OH, OW], weight, input gradient [N, C, H, W]
     C, H, W, OH, OW,
     TILES_W,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, M: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
 ):
-    plane = tl.program_id(0)
+    plane = tl.program_id(0)  # input plane n·C + c
     c = plane % C
     h, w = _tile_coords(tl.program_id(1), TILES_W, BLOCK_H, BLOCK_W)
     in_mask = (h < H) & (w < W)
-    g_base = _plane(G, plane, OH * OW, INDEX_64)
     dx_base = _plane(DX, plane, H * W, INDEX_64)
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
-    for i in tl.static_range(K):
-        th = h + PAD - i * DIL  # = oh·STRIDE for the output row this tap came from
-        th_ok = th >= 0
-        th = tl.where(th_ok, th, 0)
-        oh = th // STRIDE
-        row_ok = th_ok & (oh * STRIDE == th) & (oh < OH)
-        for j in tl.static_range(K):
-            tw = w + PAD - j * DIL
-            tw_ok = tw >= 0
-            tw = tl.where(tw_ok, tw, 0)
-            ow = tw // STRIDE
-            mask = in_mask & row_ok & tw_ok & (ow * STRIDE == tw) & (ow < OW)
-            g = tl.load(g_base + oh * OW + ow, mask=mask, other=0.0).to(tl.float32)
-            acc += g * tl.load(Wt + c * K * K + i * K + j).to(tl.float32)
+    for m in tl.static_range(M):  # the M output channels of input channel c
+        g_base = _plane(G, plane * M + m, OH * OW, INDEX_64)
+        w_base = Wt + (c * M + m) * K * K
+        for i in tl.static_range(K):
+            th = h + PAD - i * DIL  # = oh·STRIDE for the output row this tap came from
+            th_ok = th >= 0
+            th = tl.where(th_ok, th, 0)
+            oh = th // STRIDE
+            row_ok = th_ok & (oh * STRIDE == th) & (oh < OH)
+            for j in tl.static_range(K):
+                tw = w + PAD - j * DIL
+                tw_ok = tw >= 0
+                tw = tl.where(tw_ok, tw, 0)
+                ow = tw // STRIDE
+                mask = in_mask & row_ok & tw_ok & (ow * STRIDE == tw) & (ow < OW)
+                g = tl.load(g_base + oh * OW + ow, mask=mask, other=0.0).to(tl.float32)
+                acc += g * tl.load(w_base + i * K + j).to(tl.float32)
     tl.store(dx_base + h * W + w, acc.to(DX.dtype.element_ty), mask=in_mask)
 
 
 @triton.jit
 def _dw_conv_bwd_weight_kernel(
-    X, G, PART,  # input, output gradient, fp32 partials [C, S, KK_BLOCK]
+    X, G, PART,  # input, output gradient, fp32 partials [C·M, S, KK_BLOCK]
     N, C, H, W, OH, OW,
-    ROWS, S,  # images per program, programs per channel
+    ROWS, S,  # images per program, programs per output channel
     TILES_H, TILES_W,
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, M: tl.constexpr,
     KK_BLOCK: tl.constexpr,  # power of two ≥ K·K
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
 ):
-    c = tl.program_id(0)
+    c = tl.program_id(0)  # output channel
     s = tl.program_id(1)
     taps = tl.arange(0, KK_BLOCK)
     acc = tl.zeros([KK_BLOCK], dtype=tl.float32)
     n_end = tl.minimum((s + 1) * ROWS, N)
     for n in range(s * ROWS, n_end):
-        plane = n * C + c
-        x_base = _plane(X, plane, H * W, INDEX_64)
-        g_base = _plane(G, plane, OH * OW, INDEX_64)
+        x_base = _plane(X, n * C + c // M, H * W, INDEX_64)
+        g_base = _plane(G, n * C * M + c, OH * OW, INDEX_64)
         for t in range(TILES_H * TILES_W):
             oh, ow = _tile_coords(t, TILES_W, BLOCK_H, BLOCK_W)
             out_mask = (oh < OH) & (ow < OW)
@@ -152,9 +156,10 @@ def check_depthwise_args(x: torch.Tensor, weight: torch.Tensor, stride: int, pad
     if x.dim() != 4:
         raise ValueError(f"depthwise_conv: expected a 4-D [N, C, H, W] input, got shape {tuple(x.shape)}")
     c = x.shape[1]
-    if weight.dim() != 4 or weight.shape[0] != c or weight.shape[1] != 1 or weight.shape[2] != weight.shape[3]:
-        raise ValueError(f"depthwise_conv: expected a weight of shape ({c}, 1, K, K) for {c} channels, "
-                         f"got {tuple(weight.shape)}")
+    if (weight.dim() != 4 or weight.shape[0] < c or weight.shape[0] % max(c, 1) or weight.shape[1] != 1
+            or weight.shape[2] != weight.shape[3]):
+        raise ValueError(f"depthwise_conv: expected a weight of shape ({c}·M, 1, K, K) for {c} channels "
+                         f"(M outputs per channel), got {tuple(weight.shape)}")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or weight.dtype != x.dtype:
         raise TypeError(f"depthwise_conv: input and weight must share a float32/float16/bfloat16 dtype, "
                         f"got {x.dtype} and {weight.dtype}")
@@ -170,14 +175,15 @@ def depthwise_conv_forward(x, weight, stride: int, padding: int, dilation: int) 
     k, oh, ow = check_depthwise_args(x, weight, stride, padding, dilation)
     x, weight = x.contiguous(), weight.contiguous()
     n, c, h, w = x.shape
-    y = torch.empty((n, c, oh, ow), device=x.device, dtype=x.dtype)
+    co = weight.shape[0]
+    y = torch.empty((n, co, oh, ow), device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
     bh, bw = _blocks(oh, ow)
     tiles_w = triton.cdiv(ow, bw)
     index_64 = max(x.numel(), y.numel()) > INT32_LIMIT
-    _dw_conv_fwd_kernel[(n * c, triton.cdiv(oh, bh) * tiles_w)](
-        x, weight, y, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation,
+    _dw_conv_fwd_kernel[(n * co, triton.cdiv(oh, bh) * tiles_w)](
+        x, weight, y, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation, M=co // c,
         BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
     return y
 
@@ -188,6 +194,7 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
     k, oh, ow = check_depthwise_args(x, weight, stride, padding, dilation)
     grad, x, weight = grad.contiguous(), x.contiguous(), weight.contiguous()
     n, c, h, w = x.shape
+    co = weight.shape[0]
     index_64 = max(x.numel(), grad.numel()) > INT32_LIMIT
     dx = dw = None
     if need_input:
@@ -197,17 +204,17 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
         if dx.numel():
             _dw_conv_bwd_input_kernel[(n * c, triton.cdiv(h, bh) * tiles_w)](
                 grad, weight, dx, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation,
-                BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
+                M=co // c, BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
     if need_weight:
         bh, bw = _blocks(oh, ow)
-        rows, splits = split_images(x, n, c)
+        rows, splits = split_images(x, n, co)
         kk_block = triton.next_power_of_2(k * k)
-        part = torch.zeros((c, splits, kk_block), device=x.device, dtype=torch.float32)
+        part = torch.zeros((co, splits, kk_block), device=x.device, dtype=torch.float32)
         if n and c:
-            _dw_conv_bwd_weight_kernel[(c, splits)](
+            _dw_conv_bwd_weight_kernel[(co, splits)](
                 x, grad, part, n, c, h, w, oh, ow, rows, splits, triton.cdiv(oh, bh), triton.cdiv(ow, bw),
-                K=k, STRIDE=stride, PAD=padding, DIL=dilation, KK_BLOCK=kk_block, BLOCK_H=bh, BLOCK_W=bw,
-                INDEX_64=index_64, num_warps=4)
+                K=k, STRIDE=stride, PAD=padding, DIL=dilation, M=co // c, KK_BLOCK=kk_block, BLOCK_H=bh,
+                BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
         # fixed-order reduction over the S partials: deterministic
         dw = part.sum(dim=1)[:, : k * k].reshape(weight.shape).to(weight.dtype)
     return dx, dw

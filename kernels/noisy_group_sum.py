@@ -35,6 +35,16 @@ MAX_SHARED, MAX_GROUPED, MAX_EDGES = 3, 6, 8
 
 
 @triton.jit
+def _noise_state(SEED, STD, SKIP: tl.constexpr, MULT: tl.constexpr):
+    """(seed, std): the std is read only when it is used (additive noise on a skip operand)."""
+    std = tl.zeros([], dtype=tl.float32)
+    if SKIP >= 0:
+        if not MULT:
+            std = tl.load(STD)
+    return tl.load(SEED), std
+
+
+@triton.jit
 def _shared_term(acc, s, W, row, k: tl.constexpr, noise_offs, seed, std, lam, mean,
                  SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr):
     if k == SKIP:
@@ -65,17 +75,13 @@ def _group_forward_kernel(
     pid = tl.program_id(0)
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < numel
-    seed = tl.load(SEED)
-    std = 0.0
-    if SKIP >= 0:
-        if not MULT:
-            std = tl.load(STD)
+    seed, std = _noise_state(SEED, STD, SKIP, MULT)
     s0 = tl.load(S0 + offs, mask=mask, other=0.0).to(tl.float32)
     if NUM_SHARED > 1:
         s1 = tl.load(S1 + offs, mask=mask, other=0.0).to(tl.float32)
     if NUM_SHARED > 2:
         s2 = tl.load(S2 + offs, mask=mask, other=0.0).to(tl.float32)
-    K: tl.constexpr = NUM_SHARED + NUM_GROUPED
+    K = NUM_SHARED + NUM_GROUPED  # constexpr: a sum of constexprs
     for e in tl.static_range(E):
         row = e * K
         noise_offs = offs + e * numel
@@ -137,12 +143,8 @@ def _group_backward_kernel(
     pid = tl.program_id(0)
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < numel
-    seed = tl.load(SEED)
-    std = 0.0
-    if SKIP >= 0:
-        if not MULT:
-            std = tl.load(STD)
-    K: tl.constexpr = NUM_SHARED + NUM_GROUPED
+    seed, std = _noise_state(SEED, STD, SKIP, MULT)
+    K = NUM_SHARED + NUM_GROUPED  # constexpr: a sum of constexprs
     s0 = tl.load(S0 + offs, mask=mask, other=0.0).to(tl.float32)
     d0 = tl.zeros([BLOCK], dtype=tl.float32)
     if NUM_SHARED > 1:

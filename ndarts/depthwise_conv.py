@@ -1,7 +1,8 @@
 """Depthwise convolutions of the search ops on the Triton kernels: ``SearchDepthwiseConv2d``.
 
 A subclass of ``nn.Conv2d`` (same parameters and state_dict keys) for the depthwise convolutions
-of sep/dil convs (groups = channels, square kernel, no bias, zero padding). Where
+of sep/dil convs (groups = in channels, M outputs per channel, square kernel, no bias, zero
+padding). Where
 ``ndarts.backend.graph_kernels_enabled`` says so (while a CUDA graph is captured on 'auto',
 always on 'triton') it runs ``ndarts_kernels.depthwise_conv_*``; elsewhere it is nn.Conv2d.
 ``use_search_depthwise_conv(model)`` swaps it in. Off by default in the search network
@@ -38,7 +39,8 @@ class _DepthwiseConv(torch.autograd.Function):
 
 
 def depthwise_conv(x, weight, stride: int = 1, padding: int = 0, dilation: int = 1):
-    """Depthwise 2-D convolution (groups = channels, no bias) on the Triton kernels."""
+    """Depthwise 2-D convolution (groups = in channels; weight [C·M, 1, K, K]: M outputs per
+    channel; no bias) on the Triton kernels."""
     return _DepthwiseConv.apply(x, weight, int(stride), int(padding), int(dilation))
 
 
@@ -71,9 +73,11 @@ class SearchDepthwiseConv2d(nn.Conv2d):
 
 
 def is_plain_depthwise(m: nn.Module) -> bool:
-    """A depthwise nn.Conv2d the kernels cover: groups = in = out channels, square kernel, square
+    """A depthwise nn.Conv2d the kernels cover: groups = in channels, out channels a multiple of
+    them (M per channel: the batched edge convs' first one), square kernel, square
     stride/padding/dilation, no bias, zero padding."""
-    return (type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels and m.bias is None
+    return (type(m) is nn.Conv2d and m.groups == m.in_channels and m.out_channels % m.in_channels == 0
+            and m.bias is None
             and m.padding_mode == "zeros" and m.kernel_size[0] == m.kernel_size[1]
             and None not in (_square(m.stride), _square(m.padding), _square(m.dilation)))
 

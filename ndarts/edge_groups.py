@@ -71,8 +71,7 @@ class GroupedConvStack(nn.Module):
     """One sep conv (``repeats=2``) or dil conv (``repeats=1``) primitive for `edges` edges.
 
     Layer names: ``dw1``, ``pw1`` (a [E, C, C] parameter), ``bn1`` and, for the sep conv, ``dw2``,
-    ``pw2``, ``bn2``. ``edge_tensors(e)`` maps edge e's DARTS state names (``op.1.weight`` …) to
-    views of these.
+    ``pw2``, ``bn2``. ``edge_views`` maps their state to edge e's DARTS state names (``op.1.weight`` …).
     """
 
     def __init__(self, C: int, edges: int, kernel_size: int, stride: int, padding: int, dilation: int,
@@ -103,13 +102,6 @@ class GroupedConvStack(nn.Module):
         if self.repeats == 2:
             y = self.bn2(self.pw2(self.dw2(F.relu(y))))
         return y
-
-    def edge_tensors(self, e: int, grads: bool = False) -> dict:
-        """Edge e's share of this module under the DARTS op's names (views of the parameters and
-        buffers; of the parameters' .grad with grads)."""
-        if grads:
-            return edge_views({n: p.grad for n, p in self.named_parameters()}, e)
-        return edge_views(dict(self.state_dict(keep_vars=True)), e)
 
 
 def edge_views(t: dict, e: int) -> dict:

@@ -39,11 +39,18 @@ def test_matches_conv2d(fresh_seed, device, dtype, tol, k, stride, padding, dila
     check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, device)
 
 
-def check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, device):
+@pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (5, 2, 4, 2), (5, 1, 2, 1)])
+@pytest.mark.parametrize("multiplier", [2, 3])
+def test_channel_multiplier_matches_conv2d(fresh_seed, k, stride, padding, dilation, multiplier):
+    """M outputs per input channel (the first depthwise conv of E batched edges)."""
+    check_against_conv2d((2, 3, 7, 6), torch.float32, 2e-5, k, stride, padding, dilation, "cpu", multiplier)
+
+
+def check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, device, multiplier=1):
     """Output and both gradients of depthwise_conv against conv2d in float64 on fresh random data."""
     c = shape[1]
     x = torch.randn(shape, device=device).to(dtype).requires_grad_()
-    w = torch.randn(c, 1, k, k, device=device).to(dtype).requires_grad_()
+    w = torch.randn(c * multiplier, 1, k, k, device=device).to(dtype).requires_grad_()
     y = depthwise_conv(x, w, stride, padding, dilation)
     xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
     y_ref = F.conv2d(xr, wr, stride=stride, padding=padding, dilation=dilation, groups=c)
@@ -55,7 +62,7 @@ def check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, device
     torch.testing.assert_close(y.double(), y_ref, atol=tol * scale, rtol=tol)
     torch.testing.assert_close(x.grad.double(), xr.grad, atol=tol * scale, rtol=tol)
     # the weight gradient sums N·OH·OW products
-    n_terms = y.numel() / c
+    n_terms = y.numel() / w.shape[0]
     torch.testing.assert_close(w.grad.double(), wr.grad, atol=tol * n_terms ** 0.5 * 4, rtol=tol * 4)
 
 
@@ -76,13 +83,15 @@ def test_only_the_needed_gradient(fresh_seed):
 
 def test_conversion_keeps_parameters_and_rng(fresh_seed):
     seq = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.Conv2d(4, 8, 1, bias=False),
-                        nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False))
+                        nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False),
+                        nn.Conv2d(4, 12, 3, padding=1, groups=4, bias=False))
     weights = [m.weight for m in seq]
     state = torch.random.get_rng_state()
     use_search_depthwise_conv(seq, backend="triton")
     assert torch.equal(torch.random.get_rng_state(), state)  # no parameter drawn
     assert type(seq[0]) is SearchDepthwiseConv2d
     assert type(seq[1]) is nn.Conv2d and type(seq[2]) is nn.Conv2d  # pointwise / grouped: untouched
+    assert type(seq[3]) is SearchDepthwiseConv2d  # 3 outputs per channel
     assert all(m.weight is w for m, w in zip(seq, weights))
     x = torch.randn(2, 4, 6, 6)
     torch.testing.assert_close(seq[0](x), F.conv2d(x, seq[0].weight, padding=1, groups=4), atol=1e-5, rtol=1e-5)

@@ -238,6 +238,15 @@ def test_cuda_depthwise_conv_matches_conv2d(dtype, tol, k, stride, padding, dila
     check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, "cuda")
 
 
+@pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (5, 2, 4, 2)])
+@pytest.mark.parametrize("shape", [(64, 16, 32, 32), (3, 5, 13, 11)])
+def test_cuda_depthwise_conv_with_channel_multiplier(k, stride, padding, dilation, shape):
+    """4 outputs per channel: the first depthwise conv of 4 batched edges (ndarts.edge_groups)."""
+    from test_depthwise_conv import check_against_conv2d
+
+    check_against_conv2d(shape, torch.float32, 1e-4, k, stride, padding, dilation, "cuda", multiplier=4)
+
+
 def test_edge_streams_equal_one_stream():
     """Edges on side streams: the same outputs, gradients and BatchNorm statistics as on one
     stream, with noise (same draws in the same order), eagerly, repeated to shake out races."""

@@ -7,16 +7,10 @@ import ndarts_kernels
 from ndarts import NoiseConfig
 from ndarts.fused_sum import draw_seed
 from ndarts.group_sum import noisy_group_sum, reference_group_sum
+from test_noisy_mixed_sum import VARIANTS  # the noise variants of the paper's ablation
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 3e-2, 2e-2)]
-VARIANTS = {
-    "gaussian": NoiseConfig(),
-    "uniform": NoiseConfig(kind="uniform", lam=0.1),
-    "multiplicative": NoiseConfig(mixture="multiplicative", lam=0.3),
-    "mean": NoiseConfig(mean=0.5, lam=0.2),
-    "none": NoiseConfig(kind="none"),
-}
 # (edges, shared operands, grouped operands, [N, C, H, W])
 LAYOUTS = [(4, 3, 4, (3, 5, 7, 6)), (1, 1, 1, (2, 3, 5, 5)), (3, 2, 6, (2, 4, 3, 9)), (2, 3, 5, (1, 2, 1, 33))]
 
