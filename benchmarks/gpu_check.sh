@@ -11,7 +11,8 @@
 # shapes; LAST, a short table (summarize.py). Everything under $OUT is packed into gpu_check.tgz
 # (the device tool returns at most 8 files) beside summary.txt.
 # GPU_CHECK_COMPILE=0 leaves out the torch.compile benchmarks (a quick first look); GPU_TESTS_LIMIT_S
-# caps the GPU tests (default 180 s), GPU_BENCH_LIMIT_S the benchmarks (default 200 s).
+# caps the GPU tests (default 180 s), GPU_BENCH_LIMIT_S the search-step benchmarks (default 150 s,
+# run first: the step is the open target), GPU_SUM_LIMIT_S the mixed-sum benchmarks (default 90 s).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
 # GPU's settings (clocks, power, persistence, MIG, reset): it measures the card as it finds it.
 set -u
@@ -92,9 +93,14 @@ TRITON_INTERPRET=0 run_logged gpu_tests "${GPU_TESTS_LIMIT_S:-180}" 25 "$PY" -m 
 rc=$?
 if [ $rc -eq 5 ]; then echo "(no test is marked gpu yet)"; elif [ $rc -ne 0 ]; then STATUS=1; fi
 
-step "benchmarks: fused, eager, search step"
-run_logged bench "${GPU_BENCH_LIMIT_S:-200}" 12 "$PY" -m pytest benchmarks --benchmark-only -q -rs -k "not compiled" \
-    --benchmark-json="$OUT/bench.json" --benchmark-columns=median,mean,rounds || STATUS=1
+step "benchmarks: the search step, every variant"
+run_logged bench_step "${GPU_BENCH_LIMIT_S:-150}" 14 "$PY" -m pytest benchmarks/test_bench_search_step.py \
+    --benchmark-only -q -rs --benchmark-json="$OUT/bench_step.json" --benchmark-columns=median,mean,rounds || STATUS=1
+
+step "benchmarks: the mixed-op sum (fused, eager)"
+run_logged bench_sum "${GPU_SUM_LIMIT_S:-90}" 8 "$PY" -m pytest benchmarks/test_bench_noisy_mixed_sum.py \
+    --benchmark-only -q -rs -k "not compiled" --benchmark-json="$OUT/bench_sum.json" \
+    --benchmark-columns=median,mean,rounds || STATUS=1
 
 if [ "${GPU_CHECK_COMPILE:-1}" = 0 ]; then
     echo; echo "== torch.compile benchmarks skipped (GPU_CHECK_COMPILE=0)"
@@ -118,7 +124,7 @@ fi
 
 step "summary (benchmarks/summarize.py; JSON and logs in $OUT)"
 files=()
-for f in bench.json bench_compile_target.json bench_compile_rest.json; do
+for f in bench_step.json bench_sum.json bench_compile_target.json bench_compile_rest.json; do
     [ -s "$OUT/$f" ] && files+=("$OUT/$f")
 done
 if [ ${#files[@]} -gt 0 ]; then
