@@ -11,6 +11,7 @@ checkpoints, and a resumed run sees exactly the batches an uninterrupted one wou
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,10 @@ def _cifar(name, root, download, augment, cutout=0) -> DataSpec:
         raise NdartsError(f"{name} not found or corrupt under {root} ({e}); add --download to fetch it") from None
     except OSError as e:
         raise NdartsError(f"cannot read {name} under {root}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
+        # files that pass the checksum but do not parse (or were swapped after it)
+        raise NdartsError(f"{name} under {root} is corrupt ({type(e).__name__}: {e}); delete it and "
+                          "add --download to fetch it again") from None
     return DataSpec(name, train, test, 100 if name == "cifar100" else 10, 3, 32)
 
 

@@ -1,0 +1,80 @@
+"""The on-disk datasets (no download): an image folder and CIFAR-10's python format, both
+generated here, loaded by ndarts.data and searched on for a few steps."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from ndarts.data import load_dataset
+from ndarts.searcher import SearchConfig, Searcher
+
+
+def _search(tmp_path, **kw):
+    cfg = SearchConfig(layers=3, init_channels=4, batch_size=4, epochs=1, max_steps=2, report_freq=0,
+                       out=str(tmp_path / "run"), **kw)
+    s = Searcher(cfg)
+    s.run_search()
+    return s
+
+
+def test_image_folder_search(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    for split, count in (("train", 8), ("val", 2)):
+        for cls in ("cat", "dog", "eel"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                size = (int(rng.integers(12, 30)), int(rng.integers(12, 30)))  # mixed sizes: resized on load
+                Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    spec = load_dataset("imagefolder", root, image_size=16, augment=True)
+    assert (spec.num_classes, spec.in_channels, len(spec.train), len(spec.test)) == (3, 3, 24, 6)
+    x, y = spec.train[0]
+    assert x.shape == (3, 16, 16) and 0 <= y < 3
+    s = _search(tmp_path, dataset="imagefolder", data=str(root), image_size=16)
+    assert (tmp_path / "run" / "genotype.json").exists() and s.model.classifier.out_features == 3
+
+
+def _write_cifar10(root, per_batch):
+    """CIFAR-10's python layout (cifar-10-batches-py/: data_batch_1..5, test_batch, batches.meta)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, per_batch).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+
+
+def test_cifar10_from_disk(tmp_path, monkeypatch):
+    import torchvision
+
+    _write_cifar10(tmp_path / "cifar", per_batch=8)
+    # generated files cannot match the real archive's md5 sums, which torchvision verifies
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    spec = load_dataset("cifar10", tmp_path / "cifar", augment=True)
+    assert (spec.num_classes, spec.in_channels, len(spec.train), len(spec.test)) == (10, 3, 40, 8)
+    x, _ = spec.test[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    _search(tmp_path, dataset="cifar10", data=str(tmp_path / "cifar"))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_cifar10_missing_or_corrupt_files_are_named(tmp_path, monkeypatch):
+    import torchvision
+
+    from ndarts.errors import NdartsError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NdartsError, match="not found or corrupt"):
+        load_dataset("cifar10", tmp_path / "empty")
+    _write_cifar10(tmp_path / "bad", per_batch=2)
+    (tmp_path / "bad" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x04garbage")
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    with pytest.raises(NdartsError, match="corrupt"):
+        load_dataset("cifar10", tmp_path / "bad")
