@@ -30,7 +30,7 @@ CONFIGS = {
     "bench-cpu": CPU_CONFIG,
     "bench-gpu": GPU_CONFIG,
 }
-IMPLS = ("plain", "reference_per_edge", "reference", "fused")
+IMPLS = ("plain", "reference_per_edge", "reference_nchw", "reference", "fused")
 
 
 def main(argv=None):

@@ -3,12 +3,15 @@
 Variants, all on the same network, data and optimizers (the `impl` field of extra_info):
 - plain:       the classic DARTS MixedOp verbatim, `sum(w * op(x) for w, op in zip(weights, ops))`
                (it computes the `none` op too, as DARTS does), noise by ndarts.noise.add_noise.
-- reference:   ndarts.MixedOp, what `python -m ndarts.search` uses by default: node sharing and
-               the sep/dil convs of all edges leaving a node batched (SearchNetwork's
-               batch_edge_convs, default on since 2026-11-27).
-- reference_per_edge: reference with every edge's convs run by themselves (batch_edge_convs=False),
-               the default before; fused_graph_per_edge: fused_graph without it (the 106.4 ms
-               step measured on the H200 at a4df10d), for the same-run comparison.
+- reference:   ndarts.MixedOp, what `python -m ndarts.search` uses by default: node sharing, the
+               sep/dil convs of all edges leaving a node batched (batch_edge_convs) and, on a CPU,
+               channels_last activations (both defaults since 2026-11-28).
+- reference_per_edge: reference with every edge's convs run by themselves (batch_edge_convs=False)
+               in NCHW, the default before 2026-11-28; fused_graph_per_edge: fused_graph without
+               batching (the 106.4 ms step measured on the H200 at a4df10d), for the same-run
+               comparison. reference_nchw: reference in NCHW (on a CPU the default is channels_last).
+- fused_graph_cl: fused_graph in channels_last (SearchNetwork(channels_last=True); the Triton
+               BatchNorm then steps aside for torch's; a candidate lever, not yet timed).
 - fused:       ndarts.FusedMixedOp (`--fused`): Triton kernels on CUDA; on a CPU the custom op's
                reference implementation.
 - fused_graph: fused + the whole step captured as one CUDA graph (ndarts.graph_step), GPU only;
@@ -92,6 +95,14 @@ class StepParts:
     grad_clip: float
 
 
+def _channels_last(impl: str):
+    """plain and the per-edge variants as they were (NCHW); `_nchw` / `_cl` force a layout; the rest
+    take SearchNetwork's default (channels_last on a CPU with the torch ops, NCHW on a GPU)."""
+    if impl == "plain" or "per_edge" in impl or "nchw" in impl:
+        return False
+    return True if "_cl" in impl else None
+
+
 def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0) -> StepParts:
     """The network and optimizers as ndarts.searcher.Searcher._build makes them."""
     defaults = SearchConfig()
@@ -102,7 +113,7 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0)
                           fused_depthwise_conv="dwconv" in impl, edge_streams=EDGE_STREAMS if "streams" in impl else 0,
                           batch_edge_convs=False if "per_edge" in impl else None,
                           autocast=torch.bfloat16 if "bf16" in impl else None,
-                          group_sums="groupsum" in impl)
+                          group_sums="groupsum" in impl, channels_last=_channels_last(impl))
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
@@ -156,8 +167,9 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
     return (lambda: step(*batches, lr)), None
 
 
-IMPLS = ["plain", "reference_per_edge", "reference", "fused", "fused_graph_per_edge", "fused_graph",
-         "fused_graph_dwconv", "fused_graph_streams", "fused_graph_bf16", "fused_graph_groupsum"]
+IMPLS = ["plain", "reference_per_edge", "reference_nchw", "reference", "fused", "fused_graph_per_edge",
+         "fused_graph", "fused_graph_dwconv", "fused_graph_streams", "fused_graph_bf16", "fused_graph_groupsum",
+         "fused_graph_cl"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 GRAPH_WARMUP = 3  # eager steps before the graph step captures
 

@@ -50,20 +50,30 @@ def split_edges(y: torch.Tensor, edges: int) -> tuple[torch.Tensor, ...]:
 
 
 class _EdgeSplit(torch.autograd.Function):
-    """[N, E·C, H, W] (edge-major channels) → E contiguous [N, C, H, W] tensors, in one copy; the
-    backward stacks the E gradients straight into the [N, E·C, H, W] layout (one kernel, where
-    unbind + transpose would take a stack and a copy)."""
+    """[N, E·C, H, W] (edge-major channels) → E dense [N, C, H, W] tensors, in one copy, in the
+    input's memory format (contiguous or channels_last); the backward stacks the E gradients
+    straight into the input's layout (one kernel)."""
 
     @staticmethod
     def forward(ctx, y, edges: int):
         n, ec, h, w = y.shape
+        c = ec // edges
         ctx.shape = y.shape
-        return y.view(n, edges, ec // edges, h, w).transpose(0, 1).contiguous().unbind(0)
+        ctx.channels_last = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+        if ctx.channels_last:
+            # memory [N, H, W, E, C] → [E, N, H, W, C]: each edge a channels_last [N, C, H, W]
+            parts = y.permute(0, 2, 3, 1).reshape(n, h, w, edges, c).permute(3, 0, 1, 2, 4).contiguous()
+            return parts.permute(0, 1, 4, 2, 3).unbind(0)
+        return y.contiguous().view(n, edges, c, h, w).transpose(0, 1).contiguous().unbind(0)
 
     @staticmethod
     def backward(ctx, *grads):
         some = next(g for g in grads if g is not None)
         grads = [g if g is not None else torch.zeros_like(some) for g in grads]
+        n, ec, h, w = ctx.shape
+        if ctx.channels_last:
+            stacked = torch.stack([g.permute(0, 2, 3, 1) for g in grads], dim=3)  # [N, H, W, E, C]
+            return stacked.reshape(n, h, w, ec).permute(0, 3, 1, 2), None
         return torch.stack(grads, dim=1).view(ctx.shape), None
 
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotype import derive_genotype
+from .backend import resolve_backend
 from .batch_norm import use_search_batch_norm
 from .depthwise_conv import use_search_depthwise_conv
 from .edge_groups import EdgeGroup, cell_state_to_edges, cell_state_to_groups
@@ -183,6 +184,9 @@ class SearchNetwork(nn.Module):
     group_sums (default off; opt-in, not yet timed on a GPU): with fused and batch_edge_convs, the
     mixed sums of all stride-1 edges leaving a node as one op (ndarts.group_sum: one Triton kernel
     each way for the E edges, shared operands read once); each edge draws its own noise.
+    channels_last (default None = auto: on CPU tensors with the torch backend): the images, and so
+    every activation after them, in channels_last memory layout; the same math (the search step on a
+    2-core CPU: 0.72× the time, benchmarks/RESULTS.md). True/False force it.
     autocast (default None): torch.bfloat16 runs the stem, cells and classifier under bf16
     autocast; α, its softmax, the mixed sums' accumulation and the logits stay fp32.
     """
@@ -191,7 +195,8 @@ class SearchNetwork(nn.Module):
                  noise: NoiseConfig | None = None, fused=False, steps=4, multiplier=4, stem_multiplier=3,
                  in_channels=3, arch_activation="softmax", backend=None, share_node_ops=True,
                  fused_batch_norm: bool | None = None, fused_depthwise_conv: bool = False, edge_streams: int = 0,
-                 batch_edge_convs: bool | None = None, autocast: torch.dtype | None = None, group_sums: bool = False):
+                 batch_edge_convs: bool | None = None, autocast: torch.dtype | None = None, group_sums: bool = False,
+                 channels_last: bool | None = None):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -216,6 +221,8 @@ class SearchNetwork(nn.Module):
             raise ValueError(f"autocast takes torch.bfloat16 or None, got {autocast} (float16 would need "
                              "loss scaling, which the search loop does not do)")
         self.autocast = autocast
+        self.channels_last = channels_last
+        self.backend = backend
         if batch_edge_convs is None:
             batch_edge_convs = share_node_ops
         if batch_edge_convs and not share_node_ops:
@@ -278,16 +285,30 @@ class SearchNetwork(nn.Module):
     def forward(self, x):
         if x.dim() != 4:
             raise ValueError(f"SearchNetwork expects images [N, C, H, W], got shape {tuple(x.shape)}")
+        channels_last = self._use_channels_last(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         # α and its softmax stay fp32 under autocast too (computed outside it)
         w_normal = self.arch_weights(self.alphas_normal)
         w_reduce = self.arch_weights(self.alphas_reduce)
         with self._autocast(x):
             s0 = s1 = self.stem(x)
+            if channels_last:
+                # from here the layout follows the activations through every op; set it on the stem's
+                # output too, for a 1-channel image is NCHW and NHWC at once (the stem keeps NCHW)
+                s0 = s1 = s0.contiguous(memory_format=torch.channels_last)
             for cell in self.cells:
                 s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
             out = self.global_pooling(s1)
             logits = self.classifier(out.flatten(1))
         return logits.float() if self.autocast is not None else logits
+
+    def _use_channels_last(self, x) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        # auto: on a CPU running the torch ops (oneDNN's convolutions are 1.3–3× faster in NHWC at
+        # the search shapes); NCHW wherever the Triton kernels run (they take NCHW)
+        return x.device.type == "cpu" and resolve_backend(self.backend, x.device) == "torch"
 
     def _autocast(self, x):
         if self.autocast is None:

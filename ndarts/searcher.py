@@ -79,6 +79,7 @@ class SearchConfig:
     cuda_graph: bool = False  # replay the whole search step as one CUDA graph (ndarts.graph_step)
     batch_edge_convs: bool = True  # the sep/dil convs of all edges leaving a node as one batched stack
     amp: str = "none"  # "bf16": the network under bf16 autocast (α, softmax, sums, logits fp32)
+    channels_last: bool | None = None  # activations in NHWC; None: on a CPU with the torch ops
     tensorboard: bool = False  # scalars per epoch into OUT/tensorboard
     report_freq: int = 50
     max_steps: int | None = None  # steps per epoch cap, for quick runs
@@ -188,7 +189,7 @@ class Searcher:
                                   cfg.noise_config(), fused=cfg.fused, steps=cfg.steps, multiplier=cfg.steps,
                                   in_channels=spec.in_channels, arch_activation=cfg.arch_activation,
                                   backend=cfg.backend, batch_edge_convs=cfg.batch_edge_convs,
-                                  autocast=SEARCH_AMP[cfg.amp])
+                                  autocast=SEARCH_AMP[cfg.amp], channels_last=cfg.channels_last)
         except ValueError as e:
             raise NdartsError(f"cannot build the search network: {e}") from None
         self.model = model.to(dev)

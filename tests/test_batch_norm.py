@@ -112,7 +112,8 @@ def test_search_network_with_triton_batch_norm_equals_torch(fresh_seed):
     from ndarts.search_model import SearchNetwork
 
     kw = dict(C=4, num_classes=5, layers=2, primitives=["max_pool_3x3", "skip_connect", "sep_conv_3x3"],
-              noise=NoiseConfig(kind="none"), fused=True, steps=2, multiplier=2, in_channels=2, backend="torch")
+              noise=NoiseConfig(kind="none"), fused=True, steps=2, multiplier=2, in_channels=2, backend="torch",
+              channels_last=False)  # NCHW: the kernels' layout (switched to 'triton' below)
     ref = SearchNetwork(**kw, fused_batch_norm=False)
     tri = SearchNetwork(**kw, fused_batch_norm=True)
     tri.load_state_dict(ref.state_dict())
@@ -120,4 +121,9 @@ def test_search_network_with_triton_batch_norm_equals_torch(fresh_seed):
         if isinstance(m, SearchBatchNorm2d):
             m.backend = "triton"
     assert sum(isinstance(m, SearchBatchNorm2d) for m in tri.modules()) > 10
-    assert_same_forward_backward((ref, tri), torch.randn(5, 2, 7, 7), out_tol=(1e-5, 1e-4), buffer_tol=(1e-5, 1e-4))
+    from unittest import mock
+
+    with mock.patch.object(ndarts_kernels, "batch_norm_forward", wraps=ndarts_kernels.batch_norm_forward) as fwd:
+        assert_same_forward_backward((ref, tri), torch.randn(5, 2, 7, 7), out_tol=(1e-5, 1e-4),
+                                     buffer_tol=(1e-5, 1e-4))
+    assert fwd.call_count > 10  # the BatchNorms ran on the kernels

@@ -122,7 +122,7 @@ def test_search_network_with_triton_depthwise_conv_equals_torch(fresh_seed):
     # one reduction cell of one node (2 edges, stride 2): the interpreter runs ~10 s per conv fwd+bwd
     kw = dict(C=4, num_classes=5, layers=1, primitives=["skip_connect", "sep_conv_3x3", "dil_conv_5x5"],
               noise=NoiseConfig(kind="none"), fused=True, steps=1, multiplier=1, in_channels=2, backend="torch",
-              fused_batch_norm=False)
+              fused_batch_norm=False, channels_last=False)  # NCHW: the kernels' layout
     torch.manual_seed(3)
     ref = SearchNetwork(**kw)
     torch.manual_seed(3)
@@ -133,4 +133,8 @@ def test_search_network_with_triton_depthwise_conv_equals_torch(fresh_seed):
     assert len(convs) == 2 * (2 + 1)  # 2 edges × (2 in sep_conv + 1 in dil_conv)
     for m in convs:
         m.backend = "triton"
-    assert_same_forward_backward((ref, tri), torch.randn(3, 2, 9, 9), out_tol=(1e-5, 1e-4))
+    from unittest import mock
+
+    with mock.patch.object(ndarts_kernels, "depthwise_conv_backward", wraps=ndarts_kernels.depthwise_conv_backward) as bwd:
+        assert_same_forward_backward((ref, tri), torch.randn(3, 2, 9, 9), out_tol=(1e-5, 1e-4))
+    assert bwd.call_count == len(convs)  # every depthwise conv ran on the kernels

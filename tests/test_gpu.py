@@ -306,3 +306,22 @@ def test_group_sums_equal_per_edge_sums_on_cuda():
     with _no_tf32():
         assert_same_forward_backward(nets, torch.randn(16, 3, 32, 32, device="cuda"), out_tol=(1e-4, 1e-4),
                                      grad_tol=(1e-4, 1e-3), buffer_tol=(1e-5, 1e-4), seed=5)
+
+
+def test_channels_last_equals_nchw_on_cuda():
+    """channels_last=True on CUDA (the fused sum on the Triton kernels in NHWC, torch's BatchNorm):
+    outputs, gradients and BatchNorm statistics equal the NCHW network's (fp32, TF32 off)."""
+    from network_checks import assert_same_forward_backward
+
+    from ndarts import DARTS_PRIMITIVES, NoiseConfig
+    from ndarts.search_model import SearchNetwork
+
+    # noise off: the kernels index ε by memory position, so the two layouts draw different ε
+    kw = dict(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"), fused=True,
+              backend="triton")
+    nets = [SearchNetwork(**kw, channels_last=False).cuda(), SearchNetwork(**kw, channels_last=True).cuda()]
+    nets[1].load_state_dict(nets[0].state_dict())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    with _no_tf32():
+        assert_same_forward_backward(nets, torch.randn(16, 3, 32, 32, device="cuda"), out_tol=(1e-4, 1e-4),
+                                     grad_tol=(1e-4, 1e-3), buffer_tol=(1e-5, 1e-4), seed=9)

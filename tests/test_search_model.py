@@ -64,3 +64,27 @@ def test_edge_streams_option_on_cpu_is_the_plain_path():
     assert pool.count == 3 and pool._streams == {}
     with pytest.raises(ValueError, match="edge_streams"):
         SearchNetwork(C=4, layers=2, edge_streams=-1)
+
+
+@pytest.mark.parametrize("primitives", [DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES])
+@pytest.mark.parametrize("fused", [False, True])
+def test_channels_last_equals_nchw(primitives, fused, fresh_seed):
+    """channels_last (auto on a CPU with the torch ops): the same outputs, gradients and BatchNorm
+    statistics as NCHW, with noise (the same draws); the activations really are NHWC."""
+    kw = dict(C=4, num_classes=7, layers=3, primitives=primitives, noise=NoiseConfig(), fused=fused, in_channels=3)
+    nchw = SearchNetwork(**kw, channels_last=False)
+    auto = SearchNetwork(**kw)
+    auto.load_state_dict(nchw.state_dict())
+    layouts = []
+    auto.cells[0].register_forward_pre_hook(
+        lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    assert_same_forward_backward((nchw, auto), torch.randn(3, 3, 9, 7), out_tol=(1e-5, 1e-5),
+                                 buffer_tol=(1e-6, 1e-5), seed=fresh_seed)
+    assert layouts == [True]
+
+
+def test_channels_last_is_off_where_the_triton_kernels_run():
+    net = SearchNetwork(C=4, layers=3, fused=True, backend="triton")
+    x = torch.randn(2, 3, 8, 8)
+    assert not net._use_channels_last(x) and SearchNetwork(C=4, layers=3)._use_channels_last(x)
+    assert SearchNetwork(C=4, layers=3, backend="triton", channels_last=True)._use_channels_last(x)
