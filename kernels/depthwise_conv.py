@@ -47,6 +47,16 @@ def _plane(ptr, plane, size, INDEX_64: tl.constexpr):
 
 
 @triton.jit
+def _load_tap(x_base, oh, ow, out_mask, i: tl.constexpr, j: tl.constexpr, H, W,
+              STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr):
+    """The input pixels that tap (i, j) meets for the output tile (oh, ow), in fp32 (0 in the padding)."""
+    ih = oh * STRIDE - PAD + i * DIL
+    iw = ow * STRIDE - PAD + j * DIL
+    mask = out_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    return tl.load(x_base + ih * W + iw, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _dw_conv_fwd_kernel(
     X, Wt, Y,  # input [N, C, H, W], weight [C·M, 1, K, K], output [N, C·M, OH, OW]
     C, H, W, OH, OW,
@@ -62,12 +72,8 @@ def _dw_conv_fwd_kernel(
     y_base = _plane(Y, plane, OH * OW, INDEX_64)
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     for i in tl.static_range(K):
-        ih = oh * STRIDE - PAD + i * DIL
-        row_ok = (ih >= 0) & (ih < H)
         for j in tl.static_range(K):
-            iw = ow * STRIDE - PAD + j * DIL
-            mask = out_mask & row_ok & (iw >= 0) & (iw < W)
-            x = tl.load(x_base + ih * W + iw, mask=mask, other=0.0).to(tl.float32)
+            x = _load_tap(x_base, oh, ow, out_mask, i, j, H, W, STRIDE, PAD, DIL)
             acc += x * tl.load(Wt + c * K * K + i * K + j).to(tl.float32)
     tl.store(y_base + oh * OW + ow, acc.to(Y.dtype.element_ty), mask=out_mask)
 
@@ -129,12 +135,8 @@ def _dw_conv_bwd_weight_kernel(
             out_mask = (oh < OH) & (ow < OW)
             g = tl.load(g_base + oh * OW + ow, mask=out_mask, other=0.0).to(tl.float32)
             for i in tl.static_range(K):
-                ih = oh * STRIDE - PAD + i * DIL
-                row_ok = (ih >= 0) & (ih < H)
                 for j in tl.static_range(K):
-                    iw = ow * STRIDE - PAD + j * DIL
-                    mask = out_mask & row_ok & (iw >= 0) & (iw < W)
-                    x = tl.load(x_base + ih * W + iw, mask=mask, other=0.0).to(tl.float32)
+                    x = _load_tap(x_base, oh, ow, out_mask, i, j, H, W, STRIDE, PAD, DIL)
                     part = tl.sum(tl.sum(g * x, axis=1), axis=0)
                     acc += tl.where(taps == i * K + j, part, 0.0)
     tl.store(PART + (c * S + s) * KK_BLOCK + taps, acc)
