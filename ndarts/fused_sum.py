@@ -218,6 +218,16 @@ def _validate(operands, weights, skip_index):
         raise ValueError(f"noisy_mixed_sum: skip_index {skip_index} is out of range for {len(operands)} operands")
 
 
+def promote_operands(operands) -> list:
+    """The operands in their promoted dtype (copies only of those that differ). Ops of one edge can
+    disagree under autocast (a BatchNorm output in fp32 beside a bf16 pool): promote as the
+    reference's `w * o` sum would, instead of refusing."""
+    dtype = operands[0].dtype
+    for o in operands[1:]:
+        dtype = torch.promote_types(dtype, o.dtype)
+    return [o if o.dtype == dtype else o.to(dtype) for o in operands]
+
+
 def draw_seed(device) -> torch.Tensor:
     """An int64 [1] Philox seed drawn on `device` with torch's RNG (graph-safe on CUDA)."""
     return torch.randint(0, SEED_HIGH, (1,), device=device, dtype=torch.int64)

@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from .backend import TRITON_DTYPES, resolve_backend
 from .edge_groups import EdgeGroupSlot
-from .fused_sum import _noisy, draw_seed, reference_eps, reference_sum_with_eps
+from .fused_sum import _noisy, draw_seed, promote_operands, reference_eps, reference_sum_with_eps
 from .noise import NoiseConfig
 
 
@@ -135,10 +135,8 @@ def node_sums(mixed_ops, plan: NodeSumPlan, share, weights: torch.Tensor, index:
             out = other._run(i, share.x, share)
         shared.append(out)
     grouped = [share.grouped_raw(i) for i in plan.grouped]
-    dtype = shared[0].dtype
-    for t in shared + grouped:
-        dtype = torch.promote_types(dtype, t.dtype)  # under autocast, as FusedMixedOp promotes
-    shared, grouped = ([t.to(dtype) for t in ts] for ts in (shared, grouped))
+    operands = promote_operands(shared + grouped)  # under autocast, as FusedMixedOp does
+    shared, grouped = operands[:len(shared)], operands[len(shared):]
     w = weights.reshape(-1).index_select(0, index[plan.start:plan.stop]).view(len(ops), -1)
     noisy = op.noisy
     y = noisy_group_sum(shared, grouped, w, plan.skip if noisy else None, op.noise, scale=op.noise_scale,

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .edge_groups import EdgeGroupSlot, groupable, split_edges
-from .fused_sum import noisy_mixed_sum
+from .fused_sum import noisy_mixed_sum, promote_operands
 from .noise import NoiseConfig, add_noise
 from .operations import DARTS_PRIMITIVES, check_primitives, make_search_op, relu_tail
 
@@ -126,14 +126,13 @@ class MixedOp(nn.Module):
             self._run(i, share.x, share)
         share.prepared = True
 
-    def use_edge_group(self, slot: int) -> list[int]:
+    def use_edge_group(self, slot: int) -> None:
         """Hands this edge's sep/dil convs to its cell's EdgeGroup (this edge is number `slot` of
-        the group): their modules become parameter-free EdgeGroupSlots. Returns their indices."""
+        the group): their modules become parameter-free EdgeGroupSlots."""
         moved = [i for i, p in enumerate(self.primitives) if groupable(p)]
         for i in moved:
             self._ops[i] = EdgeGroupSlot(self.primitives[i], slot)
         self._tails = tuple(None if i in moved else t for i, t in enumerate(self._tails))
-        return moved
 
     @property
     def noisy(self) -> bool:
@@ -229,12 +228,5 @@ class FusedMixedOp(MixedOp):
                     continue
             operands.append(self._run(i, x, share))
         live_weights = weights if self._all_live else weights.index_select(0, self._live_index)
-        dtype = operands[0].dtype
-        for o in operands[1:]:
-            dtype = torch.promote_types(dtype, o.dtype)
-        if any(o.dtype != dtype for o in operands):
-            # ops of one edge can disagree under autocast (a BatchNorm output in fp32 beside a bf16
-            # pool): promote as the reference's `w * o` sum would, instead of refusing
-            operands = [o.to(dtype) for o in operands]
-        return noisy_mixed_sum(operands, live_weights, skip_position, self.noise, scale=self.noise_scale,
+        return noisy_mixed_sum(promote_operands(operands), live_weights, skip_position, self.noise, scale=self.noise_scale,
                                training=noisy, backend=self.backend)
