@@ -32,16 +32,23 @@ def reference_eps(seed: torch.Tensor, shape, kind: int, device) -> torch.Tensor:
     return sample_eps(shape, _KIND_NAMES[kind], like=torch.empty(0, device=device), generator=gen)
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32/bf16/fp16 operands, float64 for float64 ones (never less precise than the data)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, mean, eps):
-    """y = Σ w_k·o_k with the noisy skip operand for a given ε (None: no noise), fp32 accumulation.
+    """y = Σ w_k·o_k with the noisy skip operand for a given ε (None: no noise), fp32 accumulation
+    (float64 for float64 operands).
 
     Plain differentiable torch: autograd through it is the reference gradient, because
     apply_noise_with_eps detaches the noise.
     """
     acc = None
-    w = weights.float().unbind(0)  # one stack in backward, not a zero-filled gradient per operand
+    acc_dtype = accumulation_dtype(operands[0].dtype)
+    w = weights.to(acc_dtype).unbind(0)  # one stack in backward, not a zero-filled gradient per operand
     for k, o in enumerate(operands):
-        o32 = o.float()
+        o32 = o.to(acc_dtype)
         if eps is not None and k == skip_index:
             o32 = apply_noise_with_eps(o32, eps.reshape(o.shape), multiplicative, lam, mean)
         term = w[k] * o32
@@ -60,19 +67,21 @@ def _reference_forward(operands, weights, seed, skip_index, kind, multiplicative
         return reference_sum_with_eps(operands, weights, -1, False, 0.0, 0.0, None), std
     eps = reference_eps(seed, first.shape, kind, first.device)
     skip = operands[skip_index]
-    std = skip.detach().float().std().reshape(1) if not multiplicative else skip.new_zeros((1,), dtype=torch.float32)
+    std = (skip.detach().to(accumulation_dtype(skip.dtype)).std().float().reshape(1) if not multiplicative
+           else skip.new_zeros((1,), dtype=torch.float32))
     y = reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, mean, eps)
     return y, std
 
 
 def _reference_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean):
-    g = grad.float()
+    acc_dtype = accumulation_dtype(operands[0].dtype)
+    g = grad.to(acc_dtype)
     noisy = _noisy(kind, skip_index, len(operands))
     eps = reference_eps(seed, operands[0].shape, kind, g.device) if noisy else None
     grads, dw = [], []
     for k, o in enumerate(operands):
-        o32 = o.float()
-        w = weights[k].float()
+        o32 = o.to(acc_dtype)
+        w = weights[k].to(acc_dtype)
         d = w * g
         if noisy and k == skip_index:
             if multiplicative:

@@ -104,7 +104,7 @@ def apply_noise_with_eps(o: torch.Tensor, eps: torch.Tensor, multiplicative: boo
     if multiplicative:
         factor = (mean + lam * eps).to(o.dtype)
         return o * factor
-    std = o.detach().float().std()
+    std = o.detach().to(torch.promote_types(o.dtype, torch.float32)).std()
     noise = (mean + lam * std * eps).to(o.dtype)
     return o + noise
 

@@ -70,16 +70,21 @@ def test_edge_streams_option_on_cpu_is_the_plain_path():
 @pytest.mark.parametrize("fused", [False, True])
 def test_channels_last_equals_nchw(primitives, fused, fresh_seed):
     """channels_last (auto on a CPU with the torch ops): the same outputs, gradients and BatchNorm
-    statistics as NCHW, with noise (the same draws); the activations really are NHWC."""
+    statistics as NCHW, with noise (the same draws); the activations really are NHWC.
+
+    In float64: at these odd, tiny sizes the last cell's BatchNorms normalise 3-6 values each, and
+    in fp32 the rounding differences of oneDNN's NHWC and NCHW convolutions (which change from run
+    to run with the buffers' alignment) were amplified to 1e-3 relative in the gradients for some
+    seeds; in float64 the same amplification stays far inside the tolerances."""
     kw = dict(C=4, num_classes=7, layers=3, primitives=primitives, noise=NoiseConfig(), fused=fused, in_channels=3)
-    nchw = SearchNetwork(**kw, channels_last=False)
-    auto = SearchNetwork(**kw)
+    nchw = SearchNetwork(**kw, channels_last=False).double()
+    auto = SearchNetwork(**kw).double()
     auto.load_state_dict(nchw.state_dict())
     layouts = []
     auto.cells[0].register_forward_pre_hook(
         lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
-    assert_same_forward_backward((nchw, auto), torch.randn(3, 3, 9, 7), out_tol=(1e-5, 1e-5),
-                                 buffer_tol=(1e-6, 1e-5), seed=fresh_seed)
+    assert_same_forward_backward((nchw, auto), torch.randn(3, 3, 9, 7, dtype=torch.float64), out_tol=(1e-10, 1e-10),
+                                 grad_tol=(1e-9, 1e-8), buffer_tol=(1e-12, 1e-10), seed=fresh_seed)
     assert layouts == [True]
 
 
