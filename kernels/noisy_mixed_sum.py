@@ -41,10 +41,13 @@ NOISE_NONE, NOISE_GAUSSIAN, NOISE_UNIFORM = 0, 1, 2
 # ----------------------------------------------------------------------------- device helpers
 @triton.jit
 def _block_offsets(pid, BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
-    """Flat element indices of one block; int64 only when the tensor has ≥ 2^31 elements."""
+    """Flat element indices of one block; int64 only when the tensor has ≥ 2^31 elements (one
+    return: the compiler types both returns of an if/return pair, and int64 ≠ int32)."""
     if INDEX_64:
-        return pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    return pid * BLOCK + tl.arange(0, BLOCK)
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    else:
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    return offs
 
 
 @triton.jit
@@ -57,12 +60,19 @@ def _unit_noise(seed, offs, KIND: tl.constexpr):
 
 @triton.jit
 def _noisy_operand(o, seed, offs, std, lam, mean, KIND: tl.constexpr, MULT: tl.constexpr):
-    """The skip operand with its noise, in fp32. Returns (noisy operand, d noisy / d o)."""
+    """The skip operand with its noise, in fp32. Returns (noisy operand, d noisy / d o).
+
+    One return statement: Triton's compiler types every return of a function, also one behind a
+    constexpr branch that is not taken, and (tensor, tensor) vs (tensor, float) do not unify
+    (the interpreter accepted the two returns; sm_90 compilation did not, tests/gpu_compile.py)."""
     eps = _unit_noise(seed, offs, KIND)
     if MULT:
         factor = mean + lam * eps
-        return o * factor, factor
-    return o + (mean + lam * std * eps), 1.0
+        noisy = o * factor
+    else:
+        factor = 1.0
+        noisy = o + (mean + lam * std * eps)
+    return noisy, factor
 
 
 @triton.jit

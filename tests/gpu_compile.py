@@ -1,0 +1,174 @@
+"""Compiles every Triton kernel of ndarts for an H100/H200 (sm_90) on a machine without a GPU.
+
+The CPU tests run the kernels in Triton's interpreter, which accepts code that Triton's compiler
+may reject (types, layouts, control flow); a GPU session is short. This script closes that gap:
+
+    python tests/gpu_compile.py capture SPECS.json   # TRITON_INTERPRET=1: records every launch
+    python tests/gpu_compile.py compile SPECS.json   # TRITON_INTERPRET unset: compiles each to cubin
+
+`capture` runs the kernels' launchers on small inputs under the interpreter without executing
+the kernels (what is recorded is each launch's argument types, constexpr values and num_warps;
+the launchers choose block sizes as for a GPU),
+over a workload that reaches every launch site: the noisy mixed sum (fp32/bf16/fp16, every noise
+kind, contiguous and channels_last, more operands than one launch takes), the ε writer, and a
+training forward+backward of search networks with every Triton-backed lever (BatchNorm, depthwise
+conv, group sums, bf16 autocast). `compile` compiles each distinct launch with Triton's own
+compiler and ptxas (shipped with Triton) for ``GPUTarget("cuda", 90, 32)``, down to a cubin, and
+exits non-zero naming the kernels that fail. tests/test_gpu_compile.py runs both in CI.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import time
+
+ARCH = 90  # H100 / H200
+
+
+def _spec(fn, args, kwargs) -> dict:
+    """The compile-relevant part of one launch: argument types, constexpr values, num_warps."""
+    from triton.runtime.jit import mangle_type
+
+    params = inspect.signature(fn).parameters
+    bound = inspect.signature(fn).bind_partial(*args, **{k: v for k, v in kwargs.items() if k in params})
+    bound.apply_defaults()
+    annotations = {name: str(p.annotation) for name, p in params.items()}
+    signature, constexprs = {}, {}
+    for name, value in bound.arguments.items():
+        if "constexpr" in annotations[name]:
+            signature[name] = "constexpr"
+            constexprs[name] = value
+        else:
+            signature[name] = mangle_type(value)
+    return {"module": fn.__module__, "kernel": fn.__name__, "signature": signature, "constexprs": constexprs,
+            "num_warps": kwargs.get("num_warps", 4)}
+
+
+def _workload() -> None:
+    import torch
+
+    import ndarts_kernels as K
+    from ndarts import DARTS_PRIMITIVES, NoiseConfig
+    from ndarts.search_model import SearchNetwork
+
+    seed = torch.zeros((1,), dtype=torch.int64)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for shape, channels_last in (((2, 3, 5, 7), False), ((2, 3, 5, 7), True), ((3, 123), False)):
+            ops = [torch.randn(shape).to(dtype) for _ in range(K.MAX_OPERANDS + 2)]  # two launches
+            if channels_last:
+                ops = [o.contiguous(memory_format=torch.channels_last) for o in ops]
+            w = torch.rand(len(ops))
+            for kind, mult in ((1, False), (2, False), (1, True), (0, False)):
+                y, std = K.noisy_mixed_sum_forward(ops, w, seed, 3, kind, mult, 0.2, 0.0)
+                K.noisy_mixed_sum_backward(torch.ones_like(y), ops, w, seed, std, 3, kind, mult, 0.2, 0.0)
+    for kind in (1, 2):
+        K.unit_noise(seed, 100, kind)
+    _huge_workload()
+    levers = [dict(), dict(group_sums=True), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16)]
+    for noise in (NoiseConfig(), NoiseConfig(kind="uniform"), NoiseConfig(mixture="multiplicative", mean=1.0)):
+        for lever in levers:
+            torch.manual_seed(0)
+            net = SearchNetwork(C=4, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES, noise=noise, fused=True,
+                                backend="triton", **lever)
+            net(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def _huge_workload() -> None:
+    """The int64-index variants (tensors of ≥ 2^31 elements), on the meta device: nothing is
+    allocated, the launchers only choose INDEX_64."""
+    import torch
+
+    import ndarts_kernels as K
+
+    meta = torch.device("meta")
+    seed = torch.zeros((1,), dtype=torch.int64, device=meta)
+    big = (2**31 // (64 * 32 * 32) + 1, 64, 32, 32)
+    ops = [torch.empty(big, device=meta) for _ in range(3)]
+    w = torch.empty(3, device=meta)
+    for mult in (False, True):
+        y, std = K.noisy_mixed_sum_forward(ops, w, seed, 1, 1, mult, 0.2, 0.0)
+        K.noisy_mixed_sum_backward(y, ops, w, seed, std, 1, 1, mult, 0.2, 0.0)
+    stats = [torch.empty(64, device=meta) for _ in range(2)]
+    y, rstd = K.batch_norm_forward(ops[0], *stats, torch.zeros((), dtype=torch.long, device=meta), 0.1, 1e-5)
+    K.batch_norm_backward(y, y, rstd)
+    dw = torch.empty(64, 1, 3, 3, device=meta)
+    out = K.depthwise_conv_forward(ops[0], dw, 1, 1, 1)
+    K.depthwise_conv_backward(out, ops[0], dw, 1, 1, 1)
+    grouped = [torch.empty(big[0], 2 * 64, 32, 32, device=meta)]
+    gw = torch.empty(2, 2, device=meta)
+    y, std = K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0)
+    K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0)
+
+
+def capture(path: str) -> None:
+    os.environ["TRITON_INTERPRET"] = "1"
+    from triton.runtime import interpreter
+
+    specs = {}
+
+    def record(executor, *args, **kwargs):  # records the launch instead of interpreting it
+        spec = _spec(executor.fn, args, kwargs)
+        specs[json.dumps(spec, sort_keys=True, default=str)] = spec
+
+    interpreter.GridExecutor.__call__ = record
+    # the launchers choose block sizes and grids for a GPU when the kernels are not interpreted
+    # (the interpreter gets few, large programs): make them choose as on a GPU, and let the Triton
+    # backend be picked for CPU tensors all the same (nothing is executed)
+    import ndarts_kernels
+
+    from ndarts import backend
+
+    ndarts_kernels.INTERPRETED = False
+    backend.triton_unavailable_reason = lambda device: None
+    _workload()
+    with open(path, "w") as f:
+        json.dump(sorted(specs.values(), key=lambda s: (s["module"], s["kernel"])), f, indent=1, default=str)
+    print(f"captured {len(specs)} distinct launches of "
+          f"{len({(s['module'], s['kernel']) for s in specs.values()})} kernels into {path}")
+
+
+def _compile_one(spec: dict) -> str | None:
+    """Compiles one launch to a cubin; None, or what failed."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+    try:
+        src = ASTSource(fn, signature=spec["signature"], constexprs=spec["constexprs"])
+        kernel = triton.compile(src, target=GPUTarget("cuda", ARCH, 32), options={"num_warps": spec["num_warps"]})
+        if not kernel.asm.get("cubin"):
+            raise RuntimeError("no cubin was produced")
+    except Exception as e:  # report every failing kernel, not just the first
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        return f"{spec['module']}.{spec['kernel']} {spec['constexprs']}: {type(e).__name__}: {last}"
+    return None
+
+
+def compile_all(path: str) -> int:
+    os.environ.pop("TRITON_INTERPRET", None)
+    from concurrent.futures import ProcessPoolExecutor
+
+    with open(path) as f:
+        specs = json.load(f)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        failures = [r for r in pool.map(_compile_one, specs, chunksize=8) if r is not None]
+    print(f"compiled {len(specs) - len(failures)} of {len(specs)} launches for sm_{ARCH} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    for line in failures:
+        print("FAILED", line)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in ("capture", "compile"):
+        sys.exit("usage: python tests/gpu_compile.py capture|compile SPECS.json")
+    if sys.argv[1] == "capture":
+        capture(sys.argv[2])
+    else:
+        sys.exit(compile_all(sys.argv[2]))

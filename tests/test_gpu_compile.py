@@ -1,0 +1,53 @@
+"""Every Triton kernel compiles for an H100/H200 (sm_90), checked on a CPU (tests/gpu_compile.py).
+
+The interpreter, which runs the kernels in the other CPU tests, accepted two kernels that Triton's
+compiler rejects (found by this check, 2026-11-29): the multiplicative-noise variant of the mixed
+sums (two returns of different types behind a constexpr branch) and the int64-index variant for
+tensors of ≥ 2^31 elements (int64 vs int32 returns). Both would have failed on the first GPU call.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "gpu_compile.py")
+KERNEL_MODULES = ("batch_norm", "depthwise_conv", "noisy_group_sum", "noisy_mixed_sum")
+
+
+def _jit_kernels() -> set:
+    """(module, name) of every @triton.jit kernel with a grid launch in ndarts_kernels: a `_..._kernel`."""
+    import ndarts_kernels
+
+    root = os.path.dirname(ndarts_kernels.__file__)
+    names = set()
+    for module in KERNEL_MODULES:
+        with open(os.path.join(root, f"{module}.py")) as f:
+            for line in f:
+                if line.startswith("def _") and "_kernel(" in line:
+                    names.add((f"ndarts_kernels.{module}", line[4:line.index("(")]))
+    return names
+
+
+def _run(*args, env_update):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(env_update)
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=1200)
+
+
+def test_every_kernel_compiles_for_sm90(tmp_path):
+    pytest.importorskip("triton.backends.nvidia")
+    specs = tmp_path / "specs.json"
+    cap = _run("capture", str(specs), env_update={"TRITON_INTERPRET": "1"})
+    assert cap.returncode == 0, cap.stdout + cap.stderr
+    captured = json.loads(specs.read_text())
+    kernels = {(s["module"], s["kernel"]) for s in captured}
+    # the workload reaches every kernel, and each in its int64-index variant where it has one
+    assert kernels >= _jit_kernels(), sorted(_jit_kernels() - kernels)
+    assert any(s["constexprs"].get("MULT") for s in captured)
+    assert {s["kernel"] for s in captured if s["constexprs"].get("INDEX_64")} >= {
+        k for _, k in _jit_kernels() if k not in ("_stats_merge_kernel", "_unit_noise_kernel")}
+    out = _run("compile", str(specs), env_update={"TRITON_CACHE_DIR": str(tmp_path / "triton_cache")})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"compiled {len(captured)} of {len(captured)} launches" in out.stdout
