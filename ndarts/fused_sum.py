@@ -242,6 +242,33 @@ def draw_seed(device) -> torch.Tensor:
     return torch.randint(0, SEED_HIGH, (1,), device=device, dtype=torch.int64)
 
 
+class SeedBlock:
+    """The Philox seeds of the fused sums of one forward pass, drawn in one kernel.
+
+    Drawing a seed per mixed sum is one tiny kernel per edge and pass (224 per search step of
+    SPEC §6's supernet: 2 % of the graph step's kernels, benchmarks/count_kernels.py); SearchNetwork
+    draws `size` seeds once per training forward and each sum takes the next one, a view. The
+    seeds come from torch's RNG on the device as before: ``torch.manual_seed`` governs them and a
+    CUDA graph draws a new block on every replay. When a forward takes more than `size` seeds, a
+    new block is drawn.
+    """
+
+    def __init__(self, device, size: int):
+        if size < 1:
+            raise ValueError(f"SeedBlock: size must be ≥ 1, got {size}")
+        self.size = size
+        self.seeds = torch.randint(0, SEED_HIGH, (size,), device=device, dtype=torch.int64)
+        self._next = 0
+
+    def take(self) -> torch.Tensor:
+        """The next seed, an int64 [1] view of the block."""
+        if self._next == self.size:
+            self.seeds = torch.randint(0, SEED_HIGH, (self.size,), device=self.seeds.device, dtype=torch.int64)
+            self._next = 0
+        self._next += 1
+        return self.seeds[self._next - 1:self._next]
+
+
 def noisy_mixed_sum(
     operands,
     weights: torch.Tensor,

@@ -140,5 +140,5 @@ def node_sums(mixed_ops, plan: NodeSumPlan, share, weights: torch.Tensor, index:
     w = weights.reshape(-1).index_select(0, index[plan.start:plan.stop]).view(len(ops), -1)
     noisy = op.noisy
     y = noisy_group_sum(shared, grouped, w, plan.skip if noisy else None, op.noise, scale=op.noise_scale,
-                        training=noisy, backend=op.backend)
+                        training=noisy, backend=op.backend, seed=share.seeds.take() if share.seeds is not None else None)
     return y.unbind(0)

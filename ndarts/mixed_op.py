@@ -32,11 +32,13 @@ class NodeShare:
       BN's state is what per-edge computation gives.
     - with an EdgeGroup (``SearchNetwork(batch_edge_convs=True)``): the sep/dil convs of all
       edges leaving the node, computed together on first use (``grouped``).
+    - ``seeds``: the forward pass's SeedBlock (fused sums take their Philox seeds from it), or None.
     One NodeShare per node; ``syncs`` is one list for the whole cell (SearchCell).
     """
 
-    def __init__(self, x: torch.Tensor, syncs: list, group=None):
+    def __init__(self, x: torch.Tensor, syncs: list, group=None, seeds=None):
         self.x = x
+        self.seeds = seeds
         self._relu = None
         self.pooled: dict = {}
         self.syncs = syncs
@@ -69,6 +71,7 @@ class NodeShare:
         """The node's output and what has been computed from it so far (relu, pool outputs,
         grouped conv outputs)."""
         out = [self.x] + ([self._relu] if self._relu is not None else [])
+        out += [self.seeds.seeds] if self.seeds is not None else []
         grouped = list(self._grouped.values()) if self._grouped is not None else []
         grouped += [t for outs in self._split.values() for t in outs]
         return out + [t for t, _ in self.pooled.values()] + grouped
@@ -208,11 +211,20 @@ class FusedMixedOp(MixedOp):
         self.register_buffer("_live_index", torch.tensor(self._live, dtype=torch.long), persistent=False)
         self._all_live = len(self._live) == len(self.primitives)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, share: NodeShare | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, share: NodeShare | None = None,
+                seeds=None, live_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """seeds: a SeedBlock to take the Philox seeds from (share's, when a share is given); None
+        draws one per call. live_weights: weights[i] for the live primitives (all but `none`), when
+        the caller has selected them already (SearchCell does it for all its edges at once: one
+        gather per cell instead of one per edge); None selects them here."""
         self._check_weights(weights)
+        if live_weights is not None and live_weights.shape != (len(self._live),):
+            raise ValueError(f"FusedMixedOp: live_weights must have shape ({len(self._live)},), one per primitive "
+                             f"other than 'none'; got {tuple(live_weights.shape)}")
         if not self._live:
             return self._ops[0](x)
         noisy = self.noisy
+        seeds = share.seeds if share is not None else seeds
         operands = []
         skip_position = None
         for pos, i in enumerate(self._live):
@@ -222,11 +234,13 @@ class FusedMixedOp(MixedOp):
                 if noisy and self._noise_on_input():
                     # the paper's variant: noise on FactorizedReduce's input, via the same op (one operand, weight 1)
                     x_noisy = noisy_mixed_sum([x], x.new_ones((1,), dtype=torch.float32), 0, self.noise,
-                                              scale=self.noise_scale, backend=self.backend)
+                                              scale=self.noise_scale, backend=self.backend,
+                                              seed=seeds.take() if seeds is not None else None)
                     operands.append(op(x_noisy))
                     skip_position = None
                     continue
             operands.append(self._run(i, x, share))
-        live_weights = weights if self._all_live else weights.index_select(0, self._live_index)
+        if live_weights is None:
+            live_weights = weights if self._all_live else weights.index_select(0, self._live_index)
         return noisy_mixed_sum(promote_operands(operands), live_weights, skip_position, self.noise, scale=self.noise_scale,
-                               training=noisy, backend=self.backend)
+                               training=noisy, backend=self.backend, seed=seeds.take() if seeds is not None else None)

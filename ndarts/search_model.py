@@ -18,6 +18,7 @@ from .batch_norm import use_search_batch_norm
 from .depthwise_conv import use_search_depthwise_conv
 from .edge_groups import EdgeGroup, cell_state_to_edges, cell_state_to_groups
 from .group_sum import node_sums, plan_node_sums
+from .fused_sum import SeedBlock
 from .mixed_op import FusedMixedOp, MixedOp, NodeShare, copy_running_stats
 from .noise import NoiseConfig
 from .operations import NOISYDARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
@@ -43,6 +44,14 @@ class EdgeStreams:
         return {"count": self.count, "_streams": {}}
 
 
+def _run_edge(op, h, w, share, seeds, live_weights):
+    """One edge's mixed op. A fused op takes the pass's seed block and its gathered live weights;
+    without sharing, a reference op gets the classic call (any DARTS-style mixed op fits)."""
+    if isinstance(op, FusedMixedOp):
+        return op(h, w, share, seeds=seeds, live_weights=live_weights)
+    return op(h, w, share) if share is not None else op(h, w)
+
+
 class SearchCell(nn.Module):
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, make_mixed_op,
                  share_node_ops=True, edge_streams: EdgeStreams | None = None, batch_edge_convs=False,
@@ -66,6 +75,11 @@ class SearchCell(nn.Module):
         self.edge_groups = self._make_edge_groups(C, reduction) if batch_edge_convs else None
         self._slots = [slot for _, slot in self.edge_slots()]
         self._sum_plans = self._make_sum_plans() if group_sums else {}
+        # fused ops on a space with `none`: their live weights gathered once per cell, not once per edge
+        op = self._ops[0]
+        self._gather_live = isinstance(op, FusedMixedOp) and 0 < len(op._live) < len(op.primitives)
+        if self._gather_live:
+            self.register_buffer("_live_index", torch.tensor(op._live, dtype=torch.long), persistent=False)
 
     def edge_slots(self) -> list[tuple[int, int]]:
         """(source state, slot) of each edge, in edge order. States 0, 1 are the cell inputs, 2 + k
@@ -95,25 +109,27 @@ class SearchCell(nn.Module):
             cell_state_to_edges(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, s0, s1, weights):
+    def forward(self, s0, s1, weights, seeds=None):
+        """seeds: the forward pass's SeedBlock for the fused sums (SearchNetwork draws it), or None."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         # one row of α weights per edge: unbind's backward is one stack for the whole cell, where
         # indexing weights[k] per edge costs a zero-filled [edges, ops] gradient and an add per edge
         weight_matrix, weights = weights, weights.unbind(0)
+        live = weight_matrix.index_select(1, self._live_index).unbind(0) if self._gather_live else None
         sums: dict = {}  # source state → its edges' mixed sums (group_sums)
         # what all edges leaving a node compute alike, once per node (NodeShare): relu(h), with
         # which sep/dil convs and FactorizedReduce begin (4 ReLUs per edge become 1 per node), and
         # the two pools with their BatchNorm (once per node instead of once per edge)
         syncs: list = []
         groups = self.edge_groups
-        shares = ([NodeShare(h, syncs, groups[j] if groups is not None else None) for j, h in enumerate(states)]
+        shares = ([NodeShare(h, syncs, groups[j] if groups is not None else None, seeds) for j, h in enumerate(states)]
                   if self.share_node_ops else None)
         streams = (self.edge_streams.get(states[0].device)
                    if self.edge_streams is not None and shares is not None and states[0].is_cuda else None)
         offset = 0
         for _ in range(self._steps):
             if streams:
-                s = self._node_on_streams(states, shares, weights, offset, streams)
+                s = self._node_on_streams(states, shares, weights, offset, streams, live)
             else:
                 s = None
                 for j, h in enumerate(states):
@@ -124,19 +140,19 @@ class SearchCell(nn.Module):
                                                 self._sum_index)
                         o = sums[j][self._slots[offset + j]]
                     else:
-                        # without sharing, the classic call: any DARTS-style mixed op fits
-                        o = op(h, w, shares[j]) if shares is not None else op(h, w)
+                        o = _run_edge(op, h, w, shares[j] if shares is not None else None, seeds,
+                                      live[offset + j] if live is not None else None)
                     s = o if s is None else s + o
             offset += len(states)
             states.append(s)
             if shares is not None:
                 j = len(shares)
-                shares.append(NodeShare(s, syncs, groups[j] if groups is not None and j < len(groups) else None))
+                shares.append(NodeShare(s, syncs, groups[j] if groups is not None and j < len(groups) else None, seeds))
         if syncs:
             copy_running_stats(syncs)
         return torch.cat(states[-self._multiplier:], dim=1)
 
-    def _node_on_streams(self, states, shares, weights, offset, streams):
+    def _node_on_streams(self, states, shares, weights, offset, streams, live):
         """One node: its incoming edges on side streams (edge j on stream j mod count), summed on
         the current stream once they are done. What the edges share is computed first, on the
         current stream; record_stream keeps the allocator from reusing a block while another
@@ -150,10 +166,11 @@ class SearchCell(nn.Module):
             stream = streams[j % len(streams)]
             stream.wait_stream(cur)
             w = weights[offset + j]
-            for t in (w, *shares[j].tensors()):  # shares[j].x is h
+            live_w = live[offset + j] if live is not None else None
+            for t in (w, *shares[j].tensors(), *([live_w] if live_w is not None else [])):  # shares[j].x is h
                 t.record_stream(stream)
             with torch.cuda.stream(stream):
-                outs.append((self._ops[offset + j](h, w, shares[j]), stream))
+                outs.append((_run_edge(self._ops[offset + j], h, w, shares[j], None, live_w), stream))
         s = None
         for o, stream in outs:
             cur.wait_stream(stream)
@@ -255,6 +272,8 @@ class SearchNetwork(nn.Module):
             use_search_depthwise_conv(self.cells, backend)
 
         num_edges = sum(2 + i for i in range(steps))
+        # at most two fused sums per edge (the paper's noise on a reduction edge's input is a second)
+        self._seed_block_size = 2 * num_edges * layers
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
 
@@ -297,8 +316,10 @@ class SearchNetwork(nn.Module):
                 # from here the layout follows the activations through every op; set it on the stem's
                 # output too, for a 1-channel image is NCHW and NHWC at once (the stem keeps NCHW)
                 s0 = s1 = s0.contiguous(memory_format=torch.channels_last)
+            # the Philox seeds of every fused sum of this pass, in one draw (graph-safe: drawn on the device)
+            seeds = SeedBlock(x.device, self._seed_block_size) if self.fused and self.training else None
             for cell in self.cells:
-                s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+                s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, seeds)
             out = self.global_pooling(s1)
             logits = self.classifier(out.flatten(1))
         return logits.float() if self.autocast is not None else logits

@@ -46,6 +46,36 @@ def test_node_sharing_launches_fewer_ops():
     assert counts[1] < counts[0] / 2, counts
 
 
+@pytest.mark.parametrize("share_node_ops", [False, True])
+def test_fused_cells_gather_live_weights_once_and_equal_the_reference(share_node_ops):
+    """On a space with `none`, a fused cell gathers its edges' live weights in one index_select (not
+    one per edge); outputs and all gradients (α's `none` column too) equal the reference MixedOp's."""
+    torch.manual_seed(0)
+    kw = dict(C=4, num_classes=6, layers=3, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
+              in_channels=3, share_node_ops=share_node_ops)
+    ref, fused = SearchNetwork(**kw), SearchNetwork(**kw, fused=True)
+    fused.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        for a in ref.arch_parameters():
+            a.normal_()
+        for a, b in zip(fused.arch_parameters(), ref.arch_parameters()):
+            a.copy_(b)
+    x = torch.randn(3, 3, 9, 7)
+    assert_same_forward_backward((ref, fused), x, out_tol=(1e-6, 1e-5), grad_tol=(1e-6, 1e-5))
+    assert all(float(a.grad[:, 0].abs().max()) > 0 for a in fused.arch_parameters())  # `none` stays in the softmax
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fused(x)
+    assert sum(1 for e in prof.events() if e.name == "aten::index_select") == len(fused.cells)
+
+
+def test_live_weights_of_the_wrong_length_are_a_clear_error():
+    from ndarts import FusedMixedOp
+
+    op = FusedMixedOp(4, 1, DARTS_PRIMITIVES)
+    with pytest.raises(ValueError, match="live_weights"):
+        op(torch.randn(2, 4, 5, 5), torch.rand(8), live_weights=torch.rand(8))
+
+
 def test_edge_streams_option_on_cpu_is_the_plain_path():
     """edge_streams only acts on CUDA tensors: on a CPU the network is the one without it (same
     parameters, same outputs), and the stream pool pickles without its streams."""
