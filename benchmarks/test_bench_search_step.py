@@ -103,8 +103,9 @@ def _channels_last(impl: str):
     return True if "_cl" in impl else None
 
 
-def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0) -> StepParts:
-    """The network and optimizers as ndarts.searcher.Searcher._build makes them."""
+def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0, backend: str | None = None) -> StepParts:
+    """The network and optimizers as ndarts.searcher.Searcher._build makes them (backend: the fused
+    ops' and search kernels' backend, None = NDARTS_BACKEND / auto)."""
     defaults = SearchConfig()
     torch.manual_seed(seed)
     model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
@@ -113,7 +114,7 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0)
                           fused_depthwise_conv="dwconv" in impl, edge_streams=EDGE_STREAMS if "streams" in impl else 0,
                           batch_edge_convs=False if "per_edge" in impl else None,
                           autocast=torch.bfloat16 if "bf16" in impl else None,
-                          group_sums="groupsum" in impl, channels_last=_channels_last(impl))
+                          group_sums="groupsum" in impl, channels_last=_channels_last(impl), backend=backend)
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
