@@ -16,6 +16,13 @@ Here each channel is split over S programs (grid C × S, about four programs per
 - backward: ``_bn_grad_stats_kernel`` writes per-program Σg and Σg·y; ``_bn_grad_apply_kernel``
   merges them and writes dx. The backward reads y (= x̂, there being no affine) instead of x, so
   the op keeps only its output for backward: the input can be freed after the forward.
+- several BatchNorms per launch (``batch_norms_forward``/``_backward``): up to four tensors of one
+  shape, each with its own statistics, as one grid of T·C channels (channel q = t·C + c, the
+  tensor's pointer picked per program). A batched conv stage of a search cell (the four sep/dil
+  conv primitives of a node's edges) then costs 4 BatchNorm kernels instead of 16.
+- a ReLU after the BatchNorm, fused (per tensor): the forward writes y (kept for the backward)
+  and relu(y); the backward takes dL/d relu(y) and masks it with y > 0 on the fly. One kernel
+  less each way than BatchNorm + ReLU.
 
 Every reduction runs in a fixed order: results are bitwise reproducible run to run.
 Layout: contiguous NCHW (the launcher makes other layouts contiguous).
@@ -47,18 +54,38 @@ def _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW: tl.constexpr, INDE
 
 
 @triton.jit
+def _pick(t, P0, P1, P2, P3, T: tl.constexpr):
+    """P_t of the launch's T tensors (t a runtime index < T)."""
+    p = P0
+    if T > 1:
+        if t == 1:
+            p = P1
+    if T > 2:
+        if t == 2:
+            p = P2
+    if T > 3:
+        if t == 3:
+            p = P3
+    return p
+
+
+@triton.jit
 def _bn_stats_kernel(
-    X,  # input [N, C, H, W], contiguous
-    PART,  # fp32 [C, S, 3]: (count, mean, M2) of each program's rows
-    N, HW, CHW,
+    X0, X1, X2, X3,  # inputs [N, C, H, W], contiguous, the first T of them used
+    PART,  # fp32 [T·C, S, 3]: (count, mean, M2) of each program's rows
+    N, HW, CHW, C,
     ROWS,  # rows (images) per program
     S,  # programs per channel
+    T: tl.constexpr,  # tensors in this launch, 1..4: channel q = t·C + c
     BLOCK_HW: tl.constexpr,  # columns per tile (power of two ≥ min(HW, TILE))
     BLOCK: tl.constexpr,  # elements per tile
     INDEX_64: tl.constexpr,
 ):
-    c = tl.program_id(0)
+    q = tl.program_id(0)
     s = tl.program_id(1)
+    t = q // C
+    c = q - t * C
+    X = _pick(t, X0, X1, X2, X3, T)
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
     idx = tl.arange(0, BLOCK)
@@ -70,30 +97,38 @@ def _bn_stats_kernel(
             offs, mask = _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW, INDEX_64)
             x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
             count, mean, m2 = merge_tile(count, mean, m2, x, mask)
-    store_moments(PART, c * S + s, count, mean, m2)
+    store_moments(PART, q * S + s, count, mean, m2)
 
 
 @triton.jit
 def _bn_apply_kernel(
-    X, Y,  # input and output [N, C, H, W]
-    PART,  # fp32 [C, S, 3] from _bn_stats_kernel
-    SAVE_RSTD,  # fp32 [C]: rstd, for the backward
-    RUNNING_MEAN, RUNNING_VAR,  # [C] buffers, updated in place (any float dtype)
-    NUM_BATCHES,  # int64 [1] num_batches_tracked, incremented once
-    N, HW, CHW, ROWS, S,
+    X0, X1, X2, X3,  # inputs [N, C, H, W]
+    Y0, Y1, Y2, Y3,  # outputs y = x̂ (kept for the backward)
+    R0, R1, R2, R3,  # relu(y), written for the tensors whose RELU bit is set
+    PART,  # fp32 [T·C, S, 3] from _bn_stats_kernel
+    SAVE_RSTD,  # fp32 [T·C]: rstd, for the backward
+    RM0, RM1, RM2, RM3, RV0, RV1, RV2, RV3,  # running mean / var [C] of each tensor, updated in place
+    NB0, NB1, NB2, NB3,  # int64 [1] num_batches_tracked of each tensor, incremented once
+    N, HW, CHW, C, ROWS, S,
     eps, momentum,
+    T: tl.constexpr,
+    RELU: tl.constexpr,  # bit t set: tensor t's BatchNorm is followed by a ReLU, fused here
     UPDATE_RUNNING: tl.constexpr,
     S_BLOCK: tl.constexpr,  # power of two ≥ S
     BLOCK_HW: tl.constexpr,
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
 ):
-    c = tl.program_id(0)
+    q = tl.program_id(0)
     s = tl.program_id(1)
+    t = q // C
+    c = q - t * C
+    X = _pick(t, X0, X1, X2, X3, T)
+    Y = _pick(t, Y0, Y1, Y2, Y3, T)
     # Chan's merge of this channel's S partials, the same in every program of the channel
     sidx = tl.arange(0, S_BLOCK)
     smask = sidx < S
-    pbase = (c * S + sidx) * 3
+    pbase = (q * S + sidx) * 3
     n_i = tl.load(PART + pbase + 0, mask=smask, other=0.0)
     mean_i = tl.load(PART + pbase + 1, mask=smask, other=0.0)
     m2_i = tl.load(PART + pbase + 2, mask=smask, other=0.0)
@@ -103,16 +138,20 @@ def _bn_apply_kernel(
     m2 = tl.sum(m2_i, axis=0) + tl.sum(n_i * dev * dev, axis=0)
     rstd = 1.0 / tl.sqrt(m2 / count + eps)
     if s == 0:
-        tl.store(SAVE_RSTD + c, rstd)
+        tl.store(SAVE_RSTD + q, rstd)
         if UPDATE_RUNNING:
-            rm = tl.load(RUNNING_MEAN + c).to(tl.float32)
-            rv = tl.load(RUNNING_VAR + c).to(tl.float32)
+            RM = _pick(t, RM0, RM1, RM2, RM3, T)
+            RV = _pick(t, RV0, RV1, RV2, RV3, T)
+            rm = tl.load(RM + c).to(tl.float32)
+            rv = tl.load(RV + c).to(tl.float32)
             # PyTorch's rule: the running variance takes the unbiased batch variance
-            tl.store(RUNNING_MEAN + c, ((1.0 - momentum) * rm + momentum * mean).to(RUNNING_MEAN.dtype.element_ty))
-            tl.store(RUNNING_VAR + c,
-                     ((1.0 - momentum) * rv + momentum * (m2 / (count - 1.0))).to(RUNNING_VAR.dtype.element_ty))
+            tl.store(RM + c, ((1.0 - momentum) * rm + momentum * mean).to(RM.dtype.element_ty))
+            tl.store(RV + c, ((1.0 - momentum) * rv + momentum * (m2 / (count - 1.0))).to(RV.dtype.element_ty))
             if c == 0:
-                tl.store(NUM_BATCHES, tl.load(NUM_BATCHES) + 1)
+                NB = _pick(t, NB0, NB1, NB2, NB3, T)
+                tl.store(NB, tl.load(NB) + 1)
+    relu = ((RELU >> t) & 1) != 0
+    R = _pick(t, R0, R1, R2, R3, T)
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
     idx = tl.arange(0, BLOCK)
@@ -120,20 +159,40 @@ def _bn_apply_kernel(
         for h0 in range(0, HW, BLOCK_HW):
             offs, mask = _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW, INDEX_64)
             x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-            tl.store(Y + offs, ((x - mean) * rstd).to(Y.dtype.element_ty), mask=mask)
+            y = ((x - mean) * rstd).to(Y.dtype.element_ty)
+            tl.store(Y + offs, y, mask=mask)
+            if RELU != 0:
+                tl.store(R + offs, tl.maximum(y, 0.0).to(R.dtype.element_ty), mask=mask & relu)
+
+
+@triton.jit
+def _upstream_grad(G, Y, offs, mask, relu):
+    """(dL/dy, y) in fp32: with a fused ReLU, G is dL/d relu(y), so dL/dy = G where y > 0."""
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.where(relu & (y <= 0.0), 0.0, g)
+    return g, y
 
 
 @triton.jit
 def _bn_grad_stats_kernel(
-    G, Y,  # upstream gradient and the forward's output (= x̂)
-    PART,  # fp32 [C, S, 2]: Σg and Σg·y over each program's rows
-    N, HW, CHW, ROWS, S,
+    G0, G1, G2, G3,  # upstream gradients (of relu(y) for the tensors whose RELU bit is set)
+    Y0, Y1, Y2, Y3,  # the forward's outputs (= x̂)
+    PART,  # fp32 [T·C, S, 2]: Σg and Σg·y over each program's rows
+    N, HW, CHW, C, ROWS, S,
+    T: tl.constexpr,
+    RELU: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
 ):
-    c = tl.program_id(0)
+    q = tl.program_id(0)
     s = tl.program_id(1)
+    t = q // C
+    c = q - t * C
+    G = _pick(t, G0, G1, G2, G3, T)
+    Y = _pick(t, Y0, Y1, Y2, Y3, T)
+    relu = ((RELU >> t) & 1) != 0
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
     idx = tl.arange(0, BLOCK)
@@ -142,48 +201,57 @@ def _bn_grad_stats_kernel(
     for r0 in range(row_start, row_end, BLOCK // BLOCK_HW):
         for h0 in range(0, HW, BLOCK_HW):
             offs, mask = _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW, INDEX_64)
-            g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
-            y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+            g, y = _upstream_grad(G, Y, offs, mask, relu)
             acc_g += g
             acc_gy += g * y
-    base = (c * S + s) * 2
+    base = (q * S + s) * 2
     tl.store(PART + base + 0, tl.sum(acc_g, axis=0))
     tl.store(PART + base + 1, tl.sum(acc_gy, axis=0))
 
 
 @triton.jit
 def _bn_grad_apply_kernel(
-    G, Y, DX,
-    PART,  # fp32 [C, S, 2] from _bn_grad_stats_kernel
-    RSTD,  # fp32 [C]
-    N, HW, CHW, ROWS, S,
+    G0, G1, G2, G3,
+    Y0, Y1, Y2, Y3,
+    DX0, DX1, DX2, DX3,
+    PART,  # fp32 [T·C, S, 2] from _bn_grad_stats_kernel
+    RSTD,  # fp32 [T·C]
+    N, HW, CHW, C, ROWS, S,
     inv_count,  # 1 / (N·H·W)
+    T: tl.constexpr,
+    RELU: tl.constexpr,
     S_BLOCK: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
 ):
-    c = tl.program_id(0)
+    q = tl.program_id(0)
     s = tl.program_id(1)
+    t = q // C
+    c = q - t * C
+    G = _pick(t, G0, G1, G2, G3, T)
+    Y = _pick(t, Y0, Y1, Y2, Y3, T)
+    DX = _pick(t, DX0, DX1, DX2, DX3, T)
+    relu = ((RELU >> t) & 1) != 0
     sidx = tl.arange(0, S_BLOCK)
     smask = sidx < S
-    mean_g = tl.sum(tl.load(PART + (c * S + sidx) * 2 + 0, mask=smask, other=0.0), axis=0) * inv_count
-    mean_gy = tl.sum(tl.load(PART + (c * S + sidx) * 2 + 1, mask=smask, other=0.0), axis=0) * inv_count
-    rstd = tl.load(RSTD + c)
+    mean_g = tl.sum(tl.load(PART + (q * S + sidx) * 2 + 0, mask=smask, other=0.0), axis=0) * inv_count
+    mean_gy = tl.sum(tl.load(PART + (q * S + sidx) * 2 + 1, mask=smask, other=0.0), axis=0) * inv_count
+    rstd = tl.load(RSTD + q)
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
     idx = tl.arange(0, BLOCK)
     for r0 in range(row_start, row_end, BLOCK // BLOCK_HW):
         for h0 in range(0, HW, BLOCK_HW):
             offs, mask = _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW, INDEX_64)
-            g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
-            y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+            g, y = _upstream_grad(G, Y, offs, mask, relu)
             tl.store(DX + offs, (rstd * (g - mean_g - y * mean_gy)).to(DX.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- launchers
-def _geometry(x: torch.Tensor):
-    """(N, C, HW, ROWS, S, BLOCK_HW, BLOCK, INDEX_64, num_warps) for a [N, C, H, W] tensor."""
+def _geometry(x: torch.Tensor, tensors: int = 1):
+    """(N, C, HW, ROWS, S, BLOCK_HW, BLOCK, INDEX_64, num_warps) for `tensors` [N, C, H, W] tensors
+    of one launch (their T·C channels share the multiprocessors)."""
     from . import INTERPRETED
 
     n, c = x.shape[0], x.shape[1]
@@ -192,7 +260,7 @@ def _geometry(x: torch.Tensor):
     block_hw = min(triton.next_power_of_2(hw), tile)
     block = max(block_hw, min(tile, block_hw * triton.next_power_of_2(n)))
     # none with less than one tile of work
-    rows, splits = split_images(x, n, c, most=triton.cdiv(n * hw, block))
+    rows, splits = split_images(x, n, tensors * c, most=triton.cdiv(n * hw, block))
     index_64 = x.numel() > INT32_LIMIT - block
     return n, c, hw, rows, splits, block_hw, block, index_64, 8 if block >= 4096 else 4
 
@@ -207,44 +275,110 @@ def check_batch_norm_input(x: torch.Tensor) -> None:
                          f"shape {tuple(x.shape)}")
 
 
+MAX_TENSORS = 4  # tensors per launch of the multi-tensor kernels
+
+
+def _padded(tensors, like):
+    """Pads a list of up to MAX_TENSORS tensors with `like` for the unused pointer slots."""
+    return list(tensors) + [like] * (MAX_TENSORS - len(tensors))
+
+
+def _relu_bits(relu) -> int:
+    return sum(1 << t for t, r in enumerate(relu) if r)
+
+
+def _chunks(num: int):
+    for start in range(0, num, MAX_TENSORS):
+        yield start, min(num, start + MAX_TENSORS)
+
+
+def _check_same_geometry(tensors, what: str) -> None:
+    first = tensors[0]
+    for i, x in enumerate(tensors):
+        if x.shape != first.shape or x.dtype != first.dtype or x.device != first.device:
+            raise ValueError(f"batch_norm: {what} {i} is {tuple(x.shape)} {x.dtype} on {x.device}, {what} 0 is "
+                             f"{tuple(first.shape)} {first.dtype} on {first.device}; one launch takes alike tensors")
+
+
+def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum: float, eps: float, relu=None):
+    """Training-mode BatchNorm2d (no affine) of several tensors of one shape and dtype, four per
+    launch (each its own statistics). relu[t]: tensor t's BatchNorm is followed by a ReLU, fused.
+
+    Returns (ys, rs, rstd): ys[t] = x̂ of xs[t] (what the backward needs), rs[t] = relu(ys[t]) where
+    relu[t] (else None), rstd fp32 [T, C]. running_means/vars and nums_batches: lists of the
+    tensors' buffers, updated in place, or None (no running statistics)."""
+    if not xs:
+        raise ValueError("batch_norm: no input")
+    for x in xs:
+        check_batch_norm_input(x)
+    _check_same_geometry(xs, "input")
+    relu = [False] * len(xs) if relu is None else list(relu)
+    xs = [x.contiguous() for x in xs]
+    n, c, hw, rows, splits, block_hw, block, index_64, num_warps = _geometry(xs[0], min(len(xs), MAX_TENSORS))
+    ys = [torch.empty_like(x) for x in xs]
+    rs = [torch.empty_like(x) if r else None for x, r in zip(xs, relu)]
+    rstd = torch.empty((len(xs), c), device=xs[0].device, dtype=torch.float32)
+    if xs[0].numel() == 0:
+        return ys, rs, rstd
+    update = running_means is not None
+    for start, stop in _chunks(len(xs)):
+        num = stop - start
+        x0 = xs[start]
+        part = torch.empty((num * c, splits, 3), device=x0.device, dtype=torch.float32)
+        grid = (num * c, splits)
+        _bn_stats_kernel[grid](*_padded(xs[start:stop], x0), part, n, hw, c * hw, c, rows, splits, T=num,
+                               BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
+        flags = relu[start:stop]
+        stats = [_padded(lst[start:stop], rstd) if update else [rstd] * MAX_TENSORS
+                 for lst in (running_means, running_vars)]
+        counts = _padded(nums_batches[start:stop], part) if update else [part] * MAX_TENSORS
+        _bn_apply_kernel[grid](
+            *_padded(xs[start:stop], x0), *_padded(ys[start:stop], x0),
+            *_padded([r if r is not None else y for r, y in zip(rs[start:stop], ys[start:stop])], x0),
+            part, rstd[start:stop], *stats[0], *stats[1], *counts,
+            n, hw, c * hw, c, rows, splits, float(eps), float(momentum),
+            T=num, RELU=_relu_bits(flags), UPDATE_RUNNING=update, S_BLOCK=max(2, triton.next_power_of_2(splits)),
+            BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
+        )
+    return ys, rs, rstd
+
+
+def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None):
+    """dL/dx of batch_norms_forward's tensors, from the upstream gradients (of relu(y) where
+    relu[t]), the outputs ys and rstd [T, C]."""
+    _check_same_geometry(ys, "output")
+    relu = [False] * len(ys) if relu is None else list(relu)
+    grads = [g.contiguous() for g in grads]
+    n, c, hw, rows, splits, block_hw, block, index_64, num_warps = _geometry(ys[0], min(len(ys), MAX_TENSORS))
+    dxs = [torch.empty_like(y) for y in ys]
+    if ys[0].numel() == 0:
+        return dxs
+    for start, stop in _chunks(len(ys)):
+        num = stop - start
+        y0 = ys[start]
+        part = torch.empty((num * c, splits, 2), device=y0.device, dtype=torch.float32)
+        grid = (num * c, splits)
+        bits = _relu_bits(relu[start:stop])
+        _bn_grad_stats_kernel[grid](*_padded(grads[start:stop], y0), *_padded(ys[start:stop], y0), part,
+                                    n, hw, c * hw, c, rows, splits, T=num, RELU=bits, BLOCK_HW=block_hw, BLOCK=block,
+                                    INDEX_64=index_64, num_warps=num_warps)
+        _bn_grad_apply_kernel[grid](*_padded(grads[start:stop], y0), *_padded(ys[start:stop], y0),
+                                    *_padded(dxs[start:stop], y0), part, rstd[start:stop],
+                                    n, hw, c * hw, c, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
+                                    S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block,
+                                    INDEX_64=index_64, num_warps=num_warps)
+    return dxs
+
+
 def batch_norm_forward(x, running_mean, running_var, num_batches_tracked, momentum: float, eps: float):
-    """Training-mode BatchNorm2d (no affine). Returns (y, rstd [C] fp32). running_mean/var and
-    num_batches_tracked are updated in place when given (all three or none)."""
-    check_batch_norm_input(x)
-    x = x.contiguous()
-    n, c, hw, rows, splits, block_hw, block, index_64, num_warps = _geometry(x)
-    y = torch.empty_like(x)
-    rstd = torch.empty((c,), device=x.device, dtype=torch.float32)
-    if x.numel() == 0:
-        return y, rstd
-    part = torch.empty((c, splits, 3), device=x.device, dtype=torch.float32)
+    """Training-mode BatchNorm2d (no affine) of one tensor. Returns (y, rstd [C] fp32). running_mean/var
+    and num_batches_tracked are updated in place when given (all three or none)."""
     update = running_mean is not None
-    grid = (c, splits)
-    _bn_stats_kernel[grid](x, part, n, hw, c * hw, rows, splits, BLOCK_HW=block_hw, BLOCK=block,
-                           INDEX_64=index_64, num_warps=num_warps)
-    _bn_apply_kernel[grid](
-        x, y, part, rstd,
-        running_mean if update else rstd, running_var if update else rstd,
-        num_batches_tracked if update else part,
-        n, hw, c * hw, rows, splits, float(eps), float(momentum),
-        UPDATE_RUNNING=update, S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block,
-        INDEX_64=index_64, num_warps=num_warps,
-    )
-    return y, rstd
+    ys, _, rstd = batch_norms_forward([x], [running_mean] if update else None, [running_var] if update else None,
+                                      [num_batches_tracked] if update else None, momentum, eps)
+    return ys[0], rstd[0]
 
 
 def batch_norm_backward(grad: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
     """dL/dx of training-mode BatchNorm2d (no affine) from the upstream gradient, the output y and rstd."""
-    grad = grad.contiguous()
-    n, c, hw, rows, splits, block_hw, block, index_64, num_warps = _geometry(y)
-    dx = torch.empty_like(y)
-    if y.numel() == 0:
-        return dx
-    part = torch.empty((c, splits, 2), device=y.device, dtype=torch.float32)
-    grid = (c, splits)
-    _bn_grad_stats_kernel[grid](grad, y, part, n, hw, c * hw, rows, splits, BLOCK_HW=block_hw, BLOCK=block,
-                                INDEX_64=index_64, num_warps=num_warps)
-    _bn_grad_apply_kernel[grid](grad, y, dx, part, rstd, n, hw, c * hw, rows, splits, 1.0 / (n * hw),
-                                S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block,
-                                INDEX_64=index_64, num_warps=num_warps)
-    return dx
+    return batch_norms_backward([grad], [y], rstd.view(1, -1))[0]

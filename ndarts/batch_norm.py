@@ -7,12 +7,14 @@ channels split over many programs instead of one thread block per channel, and o
 kept for backward (y is x̂ without affine), so the BatchNorm's input is freed after the forward.
 Everywhere else (eval mode, CPU, affine, momentum=None, torch.compile, other layouts) it is
 ``nn.BatchNorm2d`` unchanged. ``use_search_batch_norm(model)`` swaps it in for every affine-free
-BatchNorm2d of a model.
+BatchNorm2d of a model. ``search_batch_norms`` runs several of them (and the ReLUs after them)
+in one launch each way where the kernels run (ndarts.edge_groups' conv stages).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .backend import convert_modules, graph_kernels_enabled
@@ -34,6 +36,52 @@ class _BatchNormTrain(torch.autograd.Function):
 
         y, rstd = ctx.saved_tensors
         return ndarts_kernels.batch_norm_backward(grad, y, rstd), None, None, None, None, None
+
+
+class _BatchNormsTrain(torch.autograd.Function):
+    """Several affine-free training BatchNorms (and fused ReLUs) in one launch each way."""
+
+    @staticmethod
+    def forward(ctx, bns, relu, *xs):
+        import ndarts_kernels
+
+        ys, rs, rstd = ndarts_kernels.batch_norms_forward(
+            list(xs), [bn.running_mean for bn in bns], [bn.running_var for bn in bns],
+            [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps, relu)
+        ctx.save_for_backward(rstd, *ys)
+        ctx.relu = relu
+        # where a ReLU is fused, the output is relu(y); y itself is kept for the backward only
+        return tuple(r if r is not None else y for r, y in zip(rs, ys))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        import ndarts_kernels
+
+        rstd, *ys = ctx.saved_tensors
+        grads = [g if g is not None else torch.zeros_like(y) for g, y in zip(grads, ys)]
+        return (None, None, *ndarts_kernels.batch_norms_backward(grads, ys, rstd, ctx.relu))
+
+
+def search_batch_norms(xs, bns, relu=None) -> list:
+    """[relu(bn(x)) if relu[t] else bn(x) for the t-th x, bn]: with the Triton kernels (where every
+    bn would run them: SearchBatchNorm2d's rule) and tensors alike, all in one launch each way
+    (four per launch), the ReLUs fused; otherwise each BatchNorm and ReLU by itself, the same math.
+    EdgeGroup uses it for each stage of its batched conv stacks."""
+    relu = [False] * len(xs) if relu is None else list(relu)
+    if _fusable(xs, bns):
+        return list(_BatchNormsTrain.apply(tuple(bns), tuple(relu), *xs))
+    return [F.relu(bn(x)) if r else bn(x) for x, bn, r in zip(xs, bns, relu)]
+
+
+def _fusable(xs, bns) -> bool:
+    """Every bn is a SearchBatchNorm2d that would run the kernels on its x, with the same momentum,
+    eps and buffer dtypes, and the inputs are alike (shape, dtype, device)."""
+    first, bn0 = xs[0], bns[0]
+    return all(isinstance(bn, SearchBatchNorm2d) and bn._use_kernels(x) and x.shape[1] == bn.num_features
+               and x.shape == first.shape and x.dtype == first.dtype and x.device == first.device
+               and bn.momentum == bn0.momentum and bn.eps == bn0.eps
+               and bn.running_mean.dtype == bn0.running_mean.dtype for x, bn in zip(xs, bns))
 
 
 def batch_norm_train(x, running_mean=None, running_var=None, num_batches_tracked=None, momentum=0.1, eps=1e-5):

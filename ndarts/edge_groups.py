@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .batch_norm import search_batch_norms
+
 GROUPED_KINDS = ("sep_conv", "dil_conv")
 
 
@@ -109,10 +111,18 @@ class GroupedConvStack(nn.Module):
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         """r = relu(h) [N, C, H, W] → the E outputs as [N, E·C, H', W'] (edge-major channels;
         ``split_edges`` makes them E contiguous tensors)."""
-        y = self.bn1(F.conv2d(self.dw1(r), self._dense_pw1()))
+        y = self.bn1(self.stage1(r))
         if self.repeats == 2:
-            y = self.bn2(self.pw2(self.dw2(F.relu(y))))
+            y = self.bn2(self.stage2(F.relu(y)))
         return y
+
+    def stage1(self, r: torch.Tensor) -> torch.Tensor:
+        """dw1 and pw1 (bn1's input)."""
+        return F.conv2d(self.dw1(r), self._dense_pw1())
+
+    def stage2(self, y: torch.Tensor) -> torch.Tensor:
+        """dw2 and pw2 of a sep conv (bn2's input) from relu(bn1(stage1))."""
+        return self.pw2(self.dw2(y))
 
 
 def edge_views(t: dict, e: int) -> dict:
@@ -155,7 +165,18 @@ class EdgeGroup(nn.Module):
                                   for i, p in enumerate(primitives) if groupable(p)})
 
     def forward(self, r: torch.Tensor) -> dict:
-        return {int(i): op(r) for i, op in self.ops.items()}
+        """Stage by stage across the primitives, so that each stage's BatchNorms (and the sep
+        convs' ReLU after bn1) run as one launch each way where the Triton kernels run
+        (search_batch_norms); elsewhere the same math as calling each stack."""
+        ops = [(int(i), op) for i, op in self.ops.items()]
+        y1 = search_batch_norms([op.stage1(r) for _, op in ops], [op.bn1 for _, op in ops],
+                                relu=[op.repeats == 2 for _, op in ops])
+        out = dict(zip((i for i, _ in ops), y1))
+        seps = [(i, op) for i, op in ops if op.repeats == 2]
+        if seps:
+            y2 = search_batch_norms([op.stage2(out[i]) for i, op in seps], [op.bn2 for _, op in seps])
+            out.update(zip((i for i, _ in seps), y2))
+        return out
 
 
 class EdgeGroupSlot(nn.Module):

@@ -10,7 +10,8 @@ may reject (types, layouts, control flow); a GPU session is short. This script c
 the kernels (what is recorded is each launch's argument types, constexpr values and num_warps;
 the launchers choose block sizes as for a GPU),
 over a workload that reaches every launch site: the noisy mixed sum (fp32/bf16/fp16, every noise
-kind, contiguous and channels_last, more operands than one launch takes), the ε writer, and a
+kind, contiguous and channels_last, more operands than one launch takes), the ε writer, one to
+four BatchNorms per launch with and without fused ReLUs, and a
 training forward+backward of search networks with every Triton-backed lever (BatchNorm, depthwise
 conv, group sums, bf16 autocast). `compile` compiles each distinct launch with Triton's own
 compiler and ptxas (shipped with Triton) for ``GPUTarget("cuda", 90, 32)``, down to a cubin, and
@@ -65,6 +66,13 @@ def _workload() -> None:
                 K.noisy_mixed_sum_backward(torch.ones_like(y), ops, w, seed, std, 3, kind, mult, 0.2, 0.0)
     for kind in (1, 2):
         K.unit_noise(seed, 100, kind)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # BatchNorms, 1-4 per launch, fused ReLUs
+        for relu in ((False,), (True,), (True, True), (True, False, True), (True, True, False, False, True)):
+            xs = [torch.randn(4, 6, 8, 8).to(dtype) for _ in relu]
+            stats = [[torch.zeros(6) for _ in relu] for _ in range(2)]
+            ys, rs, rstd = K.batch_norms_forward(xs, *stats, [torch.zeros((), dtype=torch.long) for _ in relu],
+                                                 0.1, 1e-5, relu)
+            K.batch_norms_backward(ys, ys, rstd, relu)
     _huge_workload()
     levers = [dict(), dict(group_sums=True), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16)]
     for noise in (NoiseConfig(), NoiseConfig(kind="uniform"), NoiseConfig(mixture="multiplicative", mean=1.0)):
@@ -93,6 +101,8 @@ def _huge_workload() -> None:
     stats = [torch.empty(64, device=meta) for _ in range(2)]
     y, rstd = K.batch_norm_forward(ops[0], *stats, torch.zeros((), dtype=torch.long, device=meta), 0.1, 1e-5)
     K.batch_norm_backward(y, y, rstd)
+    ys, _, rstd = K.batch_norms_forward(ops[:2], None, None, None, 0.1, 1e-5, (True, False))
+    K.batch_norms_backward(ys, ys, rstd, (True, False))
     dw = torch.empty(64, 1, 3, 3, device=meta)
     out = K.depthwise_conv_forward(ops[0], dw, 1, 1, 1)
     K.depthwise_conv_backward(out, ops[0], dw, 1, 1, 1)

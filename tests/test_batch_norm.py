@@ -127,3 +127,59 @@ def test_search_network_with_triton_batch_norm_equals_torch(fresh_seed):
         assert_same_forward_backward((ref, tri), torch.randn(5, 2, 7, 7), out_tol=(1e-5, 1e-4),
                                      buffer_tol=(1e-5, 1e-4))
     assert fwd.call_count > 10  # the BatchNorms ran on the kernels
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES[:2])
+@pytest.mark.parametrize("relu", [(True, False, True, False, True), (False,), (True,), (False, True, True)])
+def test_several_batch_norms_per_launch_with_fused_relus(fresh_seed, dtype, atol, rtol, relu):
+    """batch_norms_forward/backward: T tensors of one shape, each with its own statistics (four per
+    launch: five tensors take two), ReLUs fused where asked, against torch's BatchNorm2d + ReLU."""
+    from unittest import mock
+
+    from ndarts.batch_norm import search_batch_norms
+
+    shape = (3, 5, 7, 6)
+    xs = [(torch.randn(shape) * (t + 1) + 2.0 * t).to(dtype).requires_grad_() for t in range(len(relu))]
+    gs = [torch.randn(shape).to(dtype) for _ in relu]
+    momentum = float(torch.empty(()).uniform_(0.05, 0.5))
+    bns = [SearchBatchNorm2d(shape[1], affine=False, momentum=momentum, backend="triton").train() for _ in relu]
+    refs = [nn.BatchNorm2d(shape[1], affine=False, momentum=momentum).train() for _ in relu]
+    for bn, ref in zip(bns, refs):  # start the running statistics away from their init
+        bn.running_mean.uniform_(-1, 1)
+        ref.running_mean.copy_(bn.running_mean)
+    from triton.runtime import interpreter
+
+    launches = []
+    run = interpreter.GridExecutor.__call__
+
+    def counted(executor, *args, **kwargs):
+        launches.append(executor.fn.__name__)
+        return run(executor, *args, **kwargs)
+
+    with mock.patch.object(interpreter.GridExecutor, "__call__", counted), \
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        outs = search_batch_norms(xs, bns, relu)
+        torch.autograd.backward(outs, gs)
+    chunks = -(-len(relu) // ndarts_kernels.batch_norm.MAX_TENSORS)
+    assert sorted(launches) == sorted(["_bn_stats_kernel", "_bn_apply_kernel", "_bn_grad_stats_kernel",
+                                       "_bn_grad_apply_kernel"] * chunks)
+    assert not [e.name for e in prof.events() if e.name in ("aten::relu", "aten::threshold_backward")]  # fused
+    for x, g, out, bn, ref, r in zip(xs, gs, outs, bns, refs, relu):
+        xr = x.detach().float().requires_grad_()
+        y_ref = ref(xr)
+        y_ref = torch.relu(y_ref) if r else y_ref
+        y_ref.backward(g.float())
+        torch.testing.assert_close(out.float(), y_ref, atol=atol, rtol=rtol)
+        torch.testing.assert_close(x.grad.float(), xr.grad, atol=atol * 4, rtol=rtol * 4)
+        if r:
+            assert bool((out >= 0).all()) and bool((out == 0).any())
+        stat_tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(bn.running_mean, ref.running_mean, atol=stat_tol, rtol=stat_tol)
+        torch.testing.assert_close(bn.running_var, ref.running_var, atol=stat_tol, rtol=stat_tol)
+        assert int(bn.num_batches_tracked) == 1 == int(ref.num_batches_tracked)
+
+
+def test_several_batch_norms_need_alike_inputs():
+    with pytest.raises(ValueError, match="alike"):
+        ndarts_kernels.batch_norms_forward([torch.randn(2, 3, 4, 4), torch.randn(2, 3, 5, 4)], None, None, None,
+                                           0.1, 1e-5)
