@@ -2,28 +2,30 @@
 
 Every edge leaving a node of a DARTS cell starts its sep/dil convs from the same relu(h), each
 with its own weights. ``EdgeGroup`` stores the weights of those E edges stacked, and runs each
-conv primitive for all E edges at once (``SearchNetwork(batch_edge_convs=True)``):
+conv primitive for all E edges at once (``SearchNetwork(batch_edge_convs=True)``), every layer
+with edge-major channels (channel e·C + c = edge e's channel c):
 
-- first depthwise conv: one conv with a channel multiplier (groups = C, C·E outputs), channel
-  c·E + e = edge e's channel c (channel-major);
-- first pointwise conv: one dense 1×1 conv of C·E → E·C channels whose weight is block-diagonal
-  per edge (the E per-edge C×C weights scattered by a constant 0/1 mask): it also reorders the
-  channels to edge-major, e·C + c;
+- relu(h) repeated E times along the channels, once per node for all its primitives;
+- first depthwise conv: groups = E·C, so exactly E per-edge depthwise convs;
+- first pointwise conv: groups = E (edge e's C×C weight);
 - BatchNorm over E·C channels: per channel, so exactly E BatchNorms of C channels;
-- second depthwise conv (groups = E·C) and pointwise conv (groups = E): edge-major, exact;
+- second depthwise conv (groups = E·C) and pointwise conv (groups = E), the same way;
 - the E outputs are made contiguous in one copy ([N, E, C, H, W] → [E, N, C, H, W]), each then
   an operand of its edge's mixed sum (``_EdgeSplit``; its backward is one stack).
 
 Per edge, the math is the DARTS op's (same parameters, same BatchNorm statistics): the tests
 load a per-edge network's state_dict (SearchNetwork converts the layout on load, both ways:
 ``cell_state_to_groups`` / ``cell_state_to_edges``) and compare outputs and gradients.
-A sep conv of 4 edges is ~10 launches instead of ~28; the price is E× the FLOPs of the first
-pointwise conv (tiny next to the launches on a GPU; on a 2-core CPU the dense conv timed the same
-as a channel permutation + grouped conv at the search shapes, 0.5–1.5 ms fwd+bwd each).
+A sep conv of 4 edges is ~10 launches instead of ~28.
+
+Layout history: until 2026-11-29 the first depthwise conv had a channel multiplier (groups = C,
+channel-major outputs c·E + e) and the first pointwise conv was a dense C·E → E·C conv whose
+weight was built from the per-edge weights ``pw1`` [E, C, C] and a 0/1 mask at every call (three
+kernels per stack and pass, 640 per search step of SPEC §6's supernet, benchmarks/count_kernels.py);
+the repeat of relu(h) costs one kernel per node each way instead. Checkpoints in that layout are
+converted on load (``upgrade_grouped_state``).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
@@ -83,34 +85,27 @@ class _EdgeSplit(torch.autograd.Function):
 class GroupedConvStack(nn.Module):
     """One sep conv (``repeats=2``) or dil conv (``repeats=1``) primitive for `edges` edges.
 
-    Layer names: ``dw1``, ``pw1`` (a [E, C, C] parameter), ``bn1`` and, for the sep conv, ``dw2``,
-    ``pw2``, ``bn2``. ``edge_views`` maps their state to edge e's DARTS state names (``op.1.weight`` …).
+    Layer names: ``dw1``, ``pw1``, ``bn1`` and, for the sep conv, ``dw2``, ``pw2``, ``bn2``; every
+    layer edge-major. ``edge_views`` maps their state to edge e's DARTS state names (``op.1.weight`` …).
+    Input: relu(h) repeated `edges` times along the channels ([N, E·C, H, W], EdgeGroup makes it).
     """
 
     def __init__(self, C: int, edges: int, kernel_size: int, stride: int, padding: int, dilation: int,
                  repeats: int):
         super().__init__()
+        EC = edges * C
         self.C, self.edges, self.repeats = C, edges, repeats
-        self.dw1 = nn.Conv2d(C, C * edges, kernel_size, stride, padding, dilation=dilation, groups=C, bias=False)
-        self.pw1 = nn.Parameter(torch.empty(edges, C, C))
-        bound = 1.0 / math.sqrt(C)  # nn.Conv2d's default init for a C → C 1×1 conv
-        nn.init.uniform_(self.pw1, -bound, bound)
-        self.bn1 = nn.BatchNorm2d(edges * C, affine=False)
+        self.dw1 = nn.Conv2d(EC, EC, kernel_size, stride, padding, dilation=dilation, groups=EC, bias=False)
+        self.pw1 = nn.Conv2d(EC, EC, 1, groups=edges, bias=False)
+        self.bn1 = nn.BatchNorm2d(EC, affine=False)
         if repeats == 2:
-            self.dw2 = nn.Conv2d(edges * C, edges * C, kernel_size, 1, padding, groups=edges * C, bias=False)
-            self.pw2 = nn.Conv2d(edges * C, edges * C, 1, groups=edges, bias=False)
-            self.bn2 = nn.BatchNorm2d(edges * C, affine=False)
-        # mask[e, 0, 0, f] = (e == f): scatters edge e's C×C weight into the dense 1×1 conv
-        self.register_buffer("_mask", torch.eye(edges).view(edges, 1, 1, edges), persistent=False)
-
-    def _dense_pw1(self) -> torch.Tensor:
-        E, C = self.edges, self.C
-        # [e, o, c, f] = pw1[e, o, c]·(e == f) → rows e·C + o (edge-major), columns c·E + f (dw1's order)
-        return (self.pw1.unsqueeze(-1) * self._mask.to(self.pw1.dtype)).reshape(E * C, C * E, 1, 1)
+            self.dw2 = nn.Conv2d(EC, EC, kernel_size, 1, padding, groups=EC, bias=False)
+            self.pw2 = nn.Conv2d(EC, EC, 1, groups=edges, bias=False)
+            self.bn2 = nn.BatchNorm2d(EC, affine=False)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        """r = relu(h) [N, C, H, W] → the E outputs as [N, E·C, H', W'] (edge-major channels;
-        ``split_edges`` makes them E contiguous tensors)."""
+        """r = relu(h) repeated E times [N, E·C, H, W] → the E outputs as [N, E·C, H', W'] (edge-major
+        channels; ``split_edges`` makes them E contiguous tensors)."""
         y = self.bn1(self.stage1(r))
         if self.repeats == 2:
             y = self.bn2(self.stage2(F.relu(y)))
@@ -118,7 +113,7 @@ class GroupedConvStack(nn.Module):
 
     def stage1(self, r: torch.Tensor) -> torch.Tensor:
         """dw1 and pw1 (bn1's input)."""
-        return F.conv2d(self.dw1(r), self._dense_pw1())
+        return self.pw1(self.dw1(r))
 
     def stage2(self, y: torch.Tensor) -> torch.Tensor:
         """dw2 and pw2 of a sep conv (bn2's input) from relu(bn1(stage1))."""
@@ -126,12 +121,13 @@ class GroupedConvStack(nn.Module):
 
 
 def edge_views(t: dict, e: int) -> dict:
-    """Edge e's share of a GroupedConvStack's tensors t (its state names: ``dw1.weight``, ``pw1``,
+    """Edge e's share of a GroupedConvStack's tensors t (its state names: ``dw1.weight``, ``pw1.weight``,
     ``bn1.running_mean`` …) as views under the DARTS SepConv/DilConv state names (``op.1.weight`` …).
     Only the names present in t are mapped (t may hold just the parameters)."""
-    E, C = t["pw1"].shape[:2]
+    EC, C = t["pw1.weight"].shape[:2]
+    E = EC // C
     k = t["dw1.weight"].shape[-2:]
-    out = {"op.1.weight": t["dw1.weight"].view(C, E, 1, *k)[:, e], "op.2.weight": t["pw1"][e].view(C, C, 1, 1)}
+    out = {"op.1.weight": t["dw1.weight"].view(E, C, 1, *k)[e], "op.2.weight": t["pw1.weight"].view(E, C, C, 1, 1)[e]}
     bns = [("bn1", 3)]
     if "dw2.weight" in t:  # a sep conv
         out["op.5.weight"] = t["dw2.weight"].view(E, C, 1, *k)[e]
@@ -144,6 +140,19 @@ def edge_views(t: dict, e: int) -> dict:
         if f"{bn}.num_batches_tracked" in t:
             out[f"op.{index}.num_batches_tracked"] = t[f"{bn}.num_batches_tracked"]  # one counter for the group
     return out
+
+
+def upgrade_grouped_state(state: dict, prefix: str) -> None:
+    """Rewrites, in place, EdgeGroup entries of the layout before 2026-11-29 (a channel-major first
+    depthwise conv, ``pw1`` as an [E, C, C] tensor; see the module docstring) in today's layout."""
+    for key in [k for k in state if k.startswith(prefix) and k.endswith(".pw1")]:
+        stack = key[:-len("pw1")]
+        pw1 = state.pop(key)
+        E, C = pw1.shape[:2]
+        state[f"{stack}pw1.weight"] = pw1.reshape(E * C, C, 1, 1)
+        dw1 = state.get(f"{stack}dw1.weight")
+        if dw1 is not None:  # channel c·E + e → e·C + c
+            state[f"{stack}dw1.weight"] = dw1.view(C, E, *dw1.shape[1:]).transpose(0, 1).reshape(dw1.shape)
 
 
 def make_grouped_op(primitive: str, C: int, edges: int, stride: int) -> GroupedConvStack:
@@ -165,10 +174,11 @@ class EdgeGroup(nn.Module):
                                   for i, p in enumerate(primitives) if groupable(p)})
 
     def forward(self, r: torch.Tensor) -> dict:
-        """Stage by stage across the primitives, so that each stage's BatchNorms (and the sep
-        convs' ReLU after bn1) run as one launch each way where the Triton kernels run
-        (search_batch_norms); elsewhere the same math as calling each stack."""
+        """r = relu(h) [N, C, H, W]. Stage by stage across the primitives, so that each stage's
+        BatchNorms (and the sep convs' ReLU after bn1) run as one launch each way where the Triton
+        kernels run (search_batch_norms); elsewhere the same math as calling each stack."""
         ops = [(int(i), op) for i, op in self.ops.items()]
+        r = r.repeat(1, self.edges, 1, 1) if self.edges > 1 else r  # edge-major: channel e·C + c = r's c
         y1 = search_batch_norms([op.stage1(r) for _, op in ops], [op.bn1 for _, op in ops],
                                 relu=[op.repeats == 2 for _, op in ops])
         out = dict(zip((i for i, _ in ops), y1))
@@ -207,6 +217,7 @@ def cell_state_to_groups(cell, state: dict, prefix: str) -> None:
     """Rewrites, in place, a cell's per-edge sep/dil conv entries of a state_dict (``_ops.<edge>._ops.
     <i>.op.…``) as its EdgeGroups' entries (``edge_groups.<source>.ops.<i>.…``): loads a per-edge
     checkpoint into a network with batch_edge_convs. Groups whose entries are absent are left alone."""
+    upgrade_grouped_state(state, f"{prefix}edge_groups.")
     groups, filled = {}, {}
     for edge, source, slot, i in _grouped_ops(cell):
         target = cell.edge_groups[source].ops[str(i)]
@@ -233,12 +244,13 @@ def cell_state_to_groups(cell, state: dict, prefix: str) -> None:
 def cell_state_to_edges(cell, state: dict, prefix: str) -> None:
     """The reverse of cell_state_to_groups: EdgeGroup entries of a state_dict become the per-edge
     entries (loads a batch_edge_convs checkpoint into a per-edge network, or maps gradients)."""
+    upgrade_grouped_state(state, f"{prefix}edge_groups.")
     taken = {}
     for edge, source, slot, i in _grouped_ops(cell):
         group = f"{prefix}edge_groups.{source}.ops.{i}."
         if (source, i) not in taken:
             taken[source, i] = {k[len(group):]: state.pop(k) for k in [k for k in state if k.startswith(group)]}
-        if "pw1" in taken[source, i]:
+        if "pw1.weight" in taken[source, i]:
             for name, view in edge_views(taken[source, i], slot).items():
                 state[f"{prefix}_ops.{edge}._ops.{i}.{name}"] = view.clone()
 
