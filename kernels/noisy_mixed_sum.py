@@ -343,9 +343,10 @@ def skip_std(x: torch.Tensor) -> torch.Tensor:
     return std
 
 
-def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean):
+def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, std=None):
     """y = Σ w_k·o_k with the noisy skip operand. Returns (y, std) where std is the fp32 [1]
-    std of the skip operand used for the noise (zeros when no std was needed)."""
+    std of the skip operand used for the noise (zeros when no std was needed). std: that std when
+    the caller has it already (skip_std of the same operand), else computed here."""
     operands, ref = _layout(operands)
     num = len(operands)
     if weights.shape != (num,):
@@ -353,7 +354,7 @@ def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplic
     n = ref.numel()
     noisy = kind != NOISE_NONE and 0 <= skip_index < num
     if noisy and not multiplicative:
-        std = skip_std(operands[skip_index])
+        std = skip_std(operands[skip_index]) if std is None else std
     else:
         std = torch.zeros((1,), device=ref.device, dtype=torch.float32)
     y = torch.empty_like(ref)

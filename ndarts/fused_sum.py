@@ -18,7 +18,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .backend import TRITON_DTYPES, resolve_backend
-from .noise import NO_NOISE, NoiseConfig, apply_noise_with_eps, sample_eps
+from .noise import NO_NOISE, NoiseConfig, apply_noise_with_eps, operand_std, sample_eps
 
 _KIND_NAMES = {1: "gaussian", 2: "uniform"}
 SEED_HIGH = 2**31 - 1
@@ -37,12 +37,12 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, mean, eps):
+def reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, mean, eps, std=None):
     """y = Σ w_k·o_k with the noisy skip operand for a given ε (None: no noise), fp32 accumulation
     (float64 for float64 operands).
 
     Plain differentiable torch: autograd through it is the reference gradient, because
-    apply_noise_with_eps detaches the noise.
+    apply_noise_with_eps detaches the noise. std: the skip operand's std when known (None: computed).
     """
     acc = None
     acc_dtype = accumulation_dtype(operands[0].dtype)
@@ -50,7 +50,7 @@ def reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, m
     for k, o in enumerate(operands):
         o32 = o.to(acc_dtype)
         if eps is not None and k == skip_index:
-            o32 = apply_noise_with_eps(o32, eps.reshape(o.shape), multiplicative, lam, mean)
+            o32 = apply_noise_with_eps(o32, eps.reshape(o.shape), multiplicative, lam, mean, std)
         term = w[k] * o32
         acc = term if acc is None else acc + term
     return acc.to(operands[0].dtype)
@@ -181,10 +181,10 @@ class _TritonSum(torch.autograd.Function):
     time than the kernels take on a GPU). torch.compile uses the custom op instead."""
 
     @staticmethod
-    def forward(ctx, weights, seed, params, *operands):
+    def forward(ctx, weights, seed, params, known_std, *operands):
         import ndarts_kernels
 
-        y, std = ndarts_kernels.noisy_mixed_sum_forward(list(operands), weights, seed, *params)
+        y, std = ndarts_kernels.noisy_mixed_sum_forward(list(operands), weights, seed, *params, std=known_std)
         ctx.save_for_backward(weights, seed, std, *operands)
         ctx.params = params
         return y
@@ -196,7 +196,7 @@ class _TritonSum(torch.autograd.Function):
 
         weights, seed, std, *operands = ctx.saved_tensors
         grads, dw = ndarts_kernels.noisy_mixed_sum_backward(grad_y, operands, weights, seed, std, *ctx.params)
-        return (dw.to(weights.dtype), None, None, *grads)
+        return (dw.to(weights.dtype), None, None, None, *grads)
 
 
 # ----------------------------------------------------------------------------- public functional form
@@ -235,6 +235,17 @@ def promote_operands(operands) -> list:
     for o in operands[1:]:
         dtype = torch.promote_types(dtype, o.dtype)
     return [o if o.dtype == dtype else o.to(dtype) for o in operands]
+
+
+def skip_operand_std(x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """std(x) exactly as noisy_mixed_sum computes it for a skip operand x on `backend` (the Triton
+    kernels' Chan merge, or the reference's torch.std), for callers that pass it to several sums of
+    the same operand (``std=``): a node's identity skip is the same tensor on every edge leaving it."""
+    if resolve_backend(backend, x.device) == "triton" and x.dtype in TRITON_DTYPES:
+        import ndarts_kernels
+
+        return ndarts_kernels.skip_std(x.detach())
+    return operand_std(x)
 
 
 def draw_seed(device) -> torch.Tensor:
@@ -279,6 +290,7 @@ def noisy_mixed_sum(
     training: bool = True,
     backend: str | None = None,
     seed: torch.Tensor | None = None,
+    std: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Σ_k weights[k]·operands[k], with NoisyDARTS noise on operands[skip_index] when training.
 
@@ -287,8 +299,13 @@ def noisy_mixed_sum(
     Operands share shape, dtype (fp32/bf16/fp16) and device; any shape, contiguous or
     channels_last. NaN/Inf in the skip operand make its std NaN and so the whole output NaN
     (never a silently finite result); the search loop stops on it and names the step.
+    std: the skip operand's std from ``skip_operand_std(operands[skip_index], backend)``, when the
+    caller shares one skip operand among several sums (None: computed here, as it would be).
     """
     _validate(operands, weights, skip_index)
+    if std is not None and (not isinstance(std, torch.Tensor) or std.numel() != 1 or std.device != operands[0].device):
+        raise ValueError("noisy_mixed_sum: std must be a one-element tensor on the operands' device "
+                         "(from skip_operand_std)")
     device = operands[0].device
     noisy = training and skip_index is not None and noise.enabled
     kind, mult, lam, mean = noise.kernel_params(scale) if noisy else (0, False, 0.0, 0.0)
@@ -303,9 +320,10 @@ def noisy_mixed_sum(
         # eager reference: plain autograd through the same math (the custom op's Python autograd
         # costs ~0.45 ms more per mixed op on a CPU: 1.10 vs 0.65 ms at 64×8×8×8, fwd+bwd)
         eps = reference_eps(seed, operands[0].shape, kind, device) if _noisy(kind, skip, len(operands)) else None
-        return reference_sum_with_eps(list(operands), weights, skip, mult, float(lam), float(mean), eps)
+        return reference_sum_with_eps(list(operands), weights, skip, mult, float(lam), float(mean), eps, std)
     if use_triton and not torch.compiler.is_compiling():
-        return _TritonSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), *operands)
+        known = std.reshape(1).float() if std is not None and not mult else None
+        return _TritonSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), known, *operands)
     y, _ = torch.ops.ndarts.noisy_mixed_sum(list(operands), weights, seed, skip, kind, mult, float(lam),
                                             float(mean), use_triton)
     return y

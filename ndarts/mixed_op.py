@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .edge_groups import EdgeGroupSlot, groupable, split_edges
-from .fused_sum import noisy_mixed_sum, promote_operands
+from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std
 from .noise import NoiseConfig, add_noise
 from .operations import DARTS_PRIMITIVES, check_primitives, make_search_op, relu_tail
 
@@ -45,6 +45,7 @@ class NodeShare:
         self.group = group
         self._grouped = None  # {primitive index: [N, E·C, H, W]} of the group's convs
         self._split: dict = {}  # {primitive index: E per-edge tensors}
+        self._skip_std = None  # std(x), the identity skip's noise scale on every stride-1 edge
         self.prepared = False  # prepare_share ran (SearchCell's multi-stream path)
 
     @property
@@ -67,11 +68,19 @@ class NodeShare:
             self._split[index] = split_edges(self.grouped_raw(index), self.group.edges)
         return self._split[index][slot]
 
+    def skip_std(self, backend) -> torch.Tensor:
+        """std(x) for the noise of the identity skip operand, computed once for all the node's
+        stride-1 edges (as each edge's sum would compute it: skip_operand_std)."""
+        if self._skip_std is None:
+            self._skip_std = skip_operand_std(self.x, backend)
+        return self._skip_std
+
     def tensors(self) -> list:
         """The node's output and what has been computed from it so far (relu, pool outputs,
         grouped conv outputs)."""
         out = [self.x] + ([self._relu] if self._relu is not None else [])
         out += [self.seeds.seeds] if self.seeds is not None else []
+        out += [self._skip_std] if self._skip_std is not None else []
         grouped = list(self._grouped.values()) if self._grouped is not None else []
         grouped += [t for outs in self._split.values() for t in outs]
         return out + [t for t, _ in self.pooled.values()] + grouped
@@ -242,5 +251,9 @@ class FusedMixedOp(MixedOp):
             operands.append(self._run(i, x, share))
         if live_weights is None:
             live_weights = weights if self._all_live else weights.index_select(0, self._live_index)
+        # a stride-1 edge's skip operand is the node itself: its std is shared by the node's edges
+        std = (share.skip_std(self.backend) if share is not None and noisy and self.stride == 1
+               and skip_position is not None and self.noise.mixture == "additive" else None)
         return noisy_mixed_sum(promote_operands(operands), live_weights, skip_position, self.noise, scale=self.noise_scale,
-                               training=noisy, backend=self.backend, seed=seeds.take() if seeds is not None else None)
+                               training=noisy, backend=self.backend, seed=seeds.take() if seeds is not None else None,
+                               std=std)

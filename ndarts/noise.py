@@ -95,18 +95,27 @@ def sample_eps(shape, kind: str, *, like: torch.Tensor, generator: torch.Generat
     raise ValueError(f"no ε for noise kind {kind!r}")
 
 
-def apply_noise_with_eps(o: torch.Tensor, eps: torch.Tensor, multiplicative: bool, lam: float, mean: float) -> torch.Tensor:
+def apply_noise_with_eps(o: torch.Tensor, eps: torch.Tensor, multiplicative: bool, lam: float, mean: float,
+                         std: torch.Tensor | None = None) -> torch.Tensor:
     """The noisy operand for a given ε; the noise (std and ε) is detached from autograd.
 
     lam and mean are the effective values (decay applied, see NoiseConfig.kernel_params).
+    std: std(o) when the caller has it already (``operand_std``); None computes it here.
     """
     eps = eps.to(torch.float32)
     if multiplicative:
         factor = (mean + lam * eps).to(o.dtype)
         return o * factor
-    std = o.detach().to(torch.promote_types(o.dtype, torch.float32)).std()
+    if std is None:
+        std = operand_std(o)
     noise = (mean + lam * std * eps).to(o.dtype)
     return o + noise
+
+
+def operand_std(o: torch.Tensor) -> torch.Tensor:
+    """The std the additive noise scales with: unbiased, over all elements, detached, in fp32 (in
+    float64 for float64 operands)."""
+    return o.detach().to(torch.promote_types(o.dtype, torch.float32)).std()
 
 
 def add_noise(o: torch.Tensor, cfg: NoiseConfig, scale: float = 1.0) -> torch.Tensor:

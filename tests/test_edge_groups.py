@@ -159,3 +159,41 @@ def test_grouped_convs_refuse_bad_use():
     edge = net.cells[0]._ops[0]  # a normal cell's edge: C = 4
     with pytest.raises(RuntimeError, match="EdgeGroup"):
         edge(torch.randn(2, 4, 8, 8), torch.softmax(torch.randn(7), 0))
+
+
+def test_repeated_relu_keeps_the_memory_format(fresh_seed):
+    """relu(h) repeated for the E edges stays channels_last in a channels_last network (Tensor.repeat
+    would return NCHW and take every grouped conv off oneDNN's NHWC path); values and gradient as
+    Tensor.repeat's."""
+    from ndarts.edge_groups import repeat_channels
+
+    r = torch.randn(2, 5, 7, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = repeat_channels(r, 4)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    ref = r.detach().clone().requires_grad_()
+    torch.testing.assert_close(y, ref.repeat(1, 4, 1, 1), atol=0, rtol=0)
+    g = torch.randn(y.shape)
+    y.backward(g)
+    ref.repeat(1, 4, 1, 1).backward(g)
+    torch.testing.assert_close(r.grad, ref.grad)
+
+
+@pytest.mark.parametrize("primitive", ["sep_conv_3x3", "dil_conv_5x5"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_both_formulations_of_the_first_stage_agree(primitive, stride, fresh_seed):
+    """On channels_last CPU tensors the first stage runs in the channel-multiplier formulation
+    (oneDNN's faster path), elsewhere edge-major on relu(h) repeated: same output and gradients."""
+    from ndarts.edge_groups import make_grouped_op, multiplier_path, repeat_channels
+
+    op = make_grouped_op(primitive, 5, 3, stride).double()
+    r = torch.rand(2, 5, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    assert multiplier_path(r) and not multiplier_path(r.contiguous())
+    outs = []
+    for edge_major in (False, True):
+        op.zero_grad(set_to_none=True)
+        x = r.detach().clone().requires_grad_()
+        y = op.stage1(x, repeat_channels(x, 3) if edge_major else None)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view(y.shape))
+        outs.append((y.detach(), x.grad, op.dw1.weight.grad, op.pw1.weight.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)

@@ -284,3 +284,29 @@ def test_kernel_kind_codes_agree():
     assert KIND_CODE == {"none": ndarts_kernels.noisy_mixed_sum.NOISE_NONE,
                          "gaussian": ndarts_kernels.noisy_mixed_sum.NOISE_GAUSSIAN,
                          "uniform": ndarts_kernels.noisy_mixed_sum.NOISE_UNIFORM}
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_given_skip_std_is_the_one_computed(backend, fresh_seed):
+    """std= (a skip operand shared by several sums: skip_operand_std once) gives the very output and
+    gradients of the sum that computes the std itself; a bad std is a clear error."""
+    from ndarts.fused_sum import skip_operand_std
+
+    ops, w = _inputs((3, 4, 5, 6), 5, torch.float32, "cpu", offset=2.0)
+    seed = draw_seed("cpu")
+    results = []
+    for std in (None, skip_operand_std(ops[2], backend)):
+        ops_r = [o.clone().requires_grad_() for o in ops]
+        w_r = w.clone().requires_grad_()
+        y = noisy_mixed_sum(ops_r, w_r, 2, NoiseConfig(lam=1.0), seed=seed, backend=backend, std=std)
+        y.backward(torch.ones_like(y))
+        results.append((y.detach(), w_r.grad, ops_r[2].grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    # and it is the std used: twice the std, twice the noise
+    doubled = noisy_mixed_sum(ops, w, 2, NoiseConfig(lam=1.0), seed=seed, backend=backend,
+                              std=2 * skip_operand_std(ops[2], backend))
+    clean = noisy_mixed_sum(ops, w, 2, NoiseConfig(kind="none"), backend=backend)
+    torch.testing.assert_close(doubled - clean, 2 * (results[0][0] - clean), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="std"):
+        noisy_mixed_sum(ops, w, 2, NoiseConfig(), backend=backend, std=torch.ones(3))

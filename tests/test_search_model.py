@@ -68,6 +68,22 @@ def test_fused_cells_gather_live_weights_once_and_equal_the_reference(share_node
     assert sum(1 for e in prof.events() if e.name == "aten::index_select") == len(fused.cells)
 
 
+def test_fused_cells_compute_the_identity_skips_std_once_per_node():
+    """The noise of a stride-1 edge's skip operand scales with std(h) of its source node: one std
+    per node, not one per edge (the equality with per-edge sums: test_node_sharing_equals_per_edge_ops)."""
+    torch.manual_seed(0)
+    net = SearchNetwork(C=4, num_classes=5, layers=3, primitives=NOISYDARTS_PRIMITIVES, fused=True,
+                        noise=NoiseConfig())
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        net(torch.randn(2, 3, 8, 8))
+    stds = sum(1 for e in prof.events() if e.name == "aten::std")
+    expected = 0
+    for cell in net.cells:
+        sources = {src for (src, _), op in zip(cell.edge_slots(), cell._ops) if op.stride == 1}
+        expected += len(sources) + sum(op.stride == 2 for op in cell._ops)  # FactorizedReduce: per edge
+    assert stds == expected < sum(len(c._ops) for c in net.cells)
+
+
 def test_live_weights_of_the_wrong_length_are_a_clear_error():
     from ndarts import FusedMixedOp
 
