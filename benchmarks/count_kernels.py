@@ -14,7 +14,7 @@ BatchNorm, depthwise conv where enabled) and counts
 - Triton launches (each one kernel on a GPU), by kernel name;
 - aten ops that launch a kernel on a GPU: the outermost aten op of each call (what it calls
   inside is the CPU's implementation), less the ops that only make views or allocate
-  (``NO_KERNEL``), a convolution backward as two kernels (input and weight gradient), by op name.
+  (``NO_KERNEL``), a convolution backward as one kernel per gradient it computes, by op name.
 A count is not a time: cuDNN may run 1-3 kernels per convolution call, a kernel's duration
 depends on its work (the depthwise-conv weight gradient took 25 µs on the H200, a BatchNorm
 kernel 2-3 µs). Use it to see what a lever removes; time it on a GPU (gpu_check.sh).
@@ -50,9 +50,9 @@ NO_KERNEL = frozenset({
 # composite ops that launch a kernel only when they copy: counted as what they call
 PASS_THROUGH = frozenset({"aten::to", "aten::contiguous", "aten::reshape", "aten::flatten", "aten::type_as",
                           "aten::_to_copy_if_needed"})
-# ops that launch more than one kernel on a GPU: a convolution's input and weight gradients; CUDA's
-# NCHW BatchNorm: statistics + transform forward, reduce + element-wise backward
-KERNELS_PER_CALL = {"aten::convolution_backward": 2, "aten::batch_norm": 2, "aten::native_batch_norm_backward": 2}
+# ops that launch more than one kernel on a GPU: CUDA's NCHW BatchNorm: statistics + transform
+# forward, reduce + element-wise backward (a convolution's backward: see _kernels)
+KERNELS_PER_CALL = {"aten::batch_norm": 2, "aten::native_batch_norm_backward": 2}
 
 
 def _kernels(event) -> tuple[int, str]:
@@ -62,6 +62,11 @@ def _kernels(event) -> tuple[int, str]:
     if event.name in PASS_THROUGH:
         inner = [_kernels(c) for c in event.cpu_children if c.name.startswith("aten::")]
         return sum(n for n, _ in inner), event.name
+    if event.name == "aten::convolution_backward":
+        # one kernel per gradient it computes: output_mask (input, weight, bias), its last argument
+        # (the α step asks for no weight gradients)
+        mask = (getattr(event, "concrete_inputs", None) or [None])[-1]
+        return (sum(bool(m) for m in mask) if isinstance(mask, (list, tuple)) else 2), event.name
     return KERNELS_PER_CALL.get(event.name, 1), event.name
 
 IMPLS = ["plain", "fused_graph_per_edge", "fused_graph", "fused_graph_groupsum", "fused_graph_dwconv"]
@@ -163,7 +168,7 @@ def census(impl: str, batch: int = 2, image: int = 16) -> dict:
     with TritonLaunches() as triton, _patched(torch.nn.utils, "clip_grad_norm_", functools.partial(clip, foreach=True)):
         step()  # optimizer state, lazy buffers: the graph captures a warm step
         triton.counts.clear()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
             step()
     aten = kernel_ops(prof)
     launches = triton.counts

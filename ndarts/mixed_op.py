@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .batch_norm import search_batch_norms
 from .edge_groups import EdgeGroupSlot, groupable, split_edges
 from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std
 from .noise import NoiseConfig, add_noise
@@ -169,16 +170,23 @@ class MixedOp(nn.Module):
             hit = share.pooled.get(key)
             if hit is not None:
                 out, bn = hit
-                if self.training:
+                if self.training and bn is not self._ops[i][-1]:  # another edge's BatchNorm computed it
                     share.syncs.append((self._ops[i][-1], bn))
                 return out
-            out = self._ops[i](x)
-            share.pooled[key] = (out, self._ops[i][-1])
-            return out
+            self._pool_all(x, share)
+            return share.pooled[key][0]
         tail = self._tails[i]
         if tail is not None:
             return tail(share.relu)
         return self._ops[i](x)
+
+    def _pool_all(self, x, share: NodeShare) -> None:
+        """Every pooling op of this edge with its BatchNorm, into share.pooled for the node's other
+        edges; the BatchNorms in one launch each way where the Triton kernels run (search_batch_norms)."""
+        pools = sorted(self._pools)
+        outs = search_batch_norms([self._ops[i][0](x) for i in pools], [self._ops[i][-1] for i in pools])
+        for i, out in zip(pools, outs):
+            share.pooled[(self.primitives[i], self.stride)] = (out, self._ops[i][-1])
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, share: NodeShare | None = None) -> torch.Tensor:
         """share: what the edges leaving x's node compute alike (SearchCell passes it); None runs
