@@ -19,8 +19,9 @@ A count is not a time: cuDNN may run 1-3 kernels per convolution call, a kernel'
 depends on its work (the depthwise-conv weight gradient took 25 µs on the H200, a BatchNorm
 kernel 2-3 µs). Use it to see what a lever removes; time it on a GPU (gpu_check.sh).
 Calibration: at the H200 run of 2026-11-27 (commit dce82f4, profile_step.py) torch.profiler
-counted 33 572 kernels per step for `plain` and 20 469 for the per-edge graph step
-(`fused_graph_per_edge`); this census counts 5-6 % fewer for the same variants (2026-11-29).
+counted 33 572 kernels per step for `plain` (code unchanged since) and 20 469 for the per-edge
+graph step; this census counts 30 622 (−9 %) and, at commit 354ba66, 17 977 (−12 %, the code of
+that variant changed a little in between): cuDNN runs more than one kernel for some convolutions.
 """
 from __future__ import annotations
 

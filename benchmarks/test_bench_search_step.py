@@ -22,6 +22,10 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                (SearchNetwork(edge_streams=4); a candidate lever, not yet timed).
 - fused_graph_groupsum: fused_graph with the mixed sums of all edges leaving a node as one op
                (SearchNetwork(group_sums=True); a candidate lever, not yet timed).
+- fused_graph_groupsum_dwconv: both candidate levers at once. By benchmarks/count_kernels.py
+               (2026-11-29) fused_graph launches 7.4k kernels per step, _groupsum 6.3k, this one
+               7.9k: the Triton depthwise conv launches more, smaller kernels than PyTorch's, whose
+               weight gradient took 25 µs per call on the H200; only a GPU can tell the time.
 - fused_graph_bf16: fused_graph under bf16 autocast (SearchNetwork(autocast=torch.bfloat16),
                `--autocast bf16`; α, sums and logits fp32; a candidate lever, not yet timed).
 
@@ -169,8 +173,8 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
 
 
 IMPLS = ["plain", "reference_per_edge", "reference_nchw", "reference", "fused", "fused_graph_per_edge",
-         "fused_graph", "fused_graph_dwconv", "fused_graph_streams", "fused_graph_bf16", "fused_graph_groupsum",
-         "fused_graph_cl"]
+         "fused_graph", "fused_graph_groupsum", "fused_graph_groupsum_dwconv", "fused_graph_dwconv",
+         "fused_graph_streams", "fused_graph_bf16", "fused_graph_cl"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 GRAPH_WARMUP = 3  # eager steps before the graph step captures
 

@@ -228,6 +228,33 @@ def test_cuda_batch_norm_matches_torch(dtype, atol, shape):
     torch.testing.assert_close(bn.running_var, ref.running_var, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("shape", [(64, 64, 32, 32), (5, 7, 13, 11)])
+def test_cuda_several_batch_norms_per_launch_with_fused_relus(dtype, atol, shape):
+    """search_batch_norms on CUDA: five BatchNorms (two launches), ReLUs fused on three, against
+    torch's BatchNorm2d + ReLU: outputs, input gradients, running statistics."""
+    from ndarts.batch_norm import SearchBatchNorm2d, search_batch_norms
+
+    relu = (True, False, True, True, False)
+    xs = [(torch.randn(shape, device="cuda") * (t + 1) + t).to(dtype).requires_grad_() for t in range(len(relu))]
+    gs = [torch.randn(shape, device="cuda").to(dtype) for _ in relu]
+    bns = [SearchBatchNorm2d(shape[1], affine=False, backend="triton").cuda().train() for _ in relu]
+    refs = [torch.nn.BatchNorm2d(shape[1], affine=False).cuda().train() for _ in relu]
+    torch.autograd.backward(search_batch_norms(xs, bns, relu), gs)
+    for x, g, bn, ref, r in zip(xs, gs, bns, refs, relu):
+        xr = x.detach().float().requires_grad_()
+        y_ref = torch.relu(ref(xr)) if r else ref(xr)
+        y_ref.backward(g.float())
+        torch.testing.assert_close(x.grad.float(), xr.grad, atol=atol * 4, rtol=atol * 4)
+        torch.testing.assert_close(bn.running_mean, ref.running_mean, atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(bn.running_var, ref.running_var, atol=1e-4, rtol=1e-3)
+    with torch.no_grad():
+        outs = search_batch_norms([x.detach() for x in xs], bns, relu)
+        for x, out, r in zip(xs, outs, relu):  # a second forward: outputs against batch statistics
+            ref = torch.nn.functional.batch_norm(x.float(), None, None, training=True)
+            torch.testing.assert_close(out.float(), torch.relu(ref) if r else ref, atol=atol, rtol=atol)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (5, 1, 4, 2),
                                                        (3, 2, 1, 1), (5, 2, 4, 2)])
