@@ -24,7 +24,7 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                (SearchNetwork(group_sums=True); a candidate lever, not yet timed).
 - fused_graph_groupsum_dwconv: both candidate levers at once. By benchmarks/count_kernels.py
                (2026-11-29) fused_graph launches 7.4k kernels per step, _groupsum 6.3k, this one
-               7.9k: the Triton depthwise conv launches more, smaller kernels than PyTorch's, whose
+               7.0k: the Triton depthwise conv launches more, smaller kernels than PyTorch's, whose
                weight gradient took 25 µs per call on the H200; only a GPU can tell the time.
 - fused_graph_bf16: fused_graph under bf16 autocast (SearchNetwork(autocast=torch.bfloat16),
                `--autocast bf16`; α, sums and logits fp32; a candidate lever, not yet timed).

@@ -142,6 +142,25 @@ def _dw_conv_bwd_weight_kernel(
     tl.store(PART + (c * S + s) * KK_BLOCK + taps, acc)
 
 
+@triton.jit
+def _dw_conv_weight_reduce_kernel(
+    PART,  # fp32 [C·M, S, KK_BLOCK] from _dw_conv_bwd_weight_kernel
+    DW,  # weight gradient [C·M, 1, K, K], contiguous, in the weight's dtype
+    S,
+    KK: tl.constexpr,  # K·K
+    KK_BLOCK: tl.constexpr,
+    S_BLOCK: tl.constexpr,  # power of two ≥ S
+):
+    c = tl.program_id(0)
+    sidx = tl.arange(0, S_BLOCK)[:, None]
+    taps = tl.arange(0, KK_BLOCK)[None, :]
+    part = tl.load(PART + (c * S + sidx) * KK_BLOCK + taps, mask=sidx < S, other=0.0)
+    # a fixed-order reduction over the S partials: deterministic
+    dw = tl.sum(part, axis=0)
+    taps = tl.arange(0, KK_BLOCK)
+    tl.store(DW + c * KK + taps, dw.to(DW.dtype.element_ty), mask=taps < KK)
+
+
 # ----------------------------------------------------------------------------- launchers
 def _blocks(rows: int, cols: int) -> tuple[int, int]:
     from . import INTERPRETED
@@ -211,12 +230,17 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
         bh, bw = _blocks(oh, ow)
         rows, splits = split_images(x, n, co)
         kk_block = triton.next_power_of_2(k * k)
-        part = torch.zeros((co, splits, kk_block), device=x.device, dtype=torch.float32)
-        if n and c:
-            _dw_conv_bwd_weight_kernel[(co, splits)](
-                x, grad, part, n, c, h, w, oh, ow, rows, splits, triton.cdiv(oh, bh), triton.cdiv(ow, bw),
-                K=k, STRIDE=stride, PAD=padding, DIL=dilation, M=co // c, KK_BLOCK=kk_block, BLOCK_H=bh,
-                BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
-        # fixed-order reduction over the S partials: deterministic
-        dw = part.sum(dim=1)[:, : k * k].reshape(weight.shape).to(weight.dtype)
+        if not (n and c):
+            return dx, torch.zeros_like(weight)
+        # every program writes its whole row of partials (taps ≥ K·K as 0): no zero fill needed
+        part = torch.empty((co, splits, kk_block), device=x.device, dtype=torch.float32)
+        _dw_conv_bwd_weight_kernel[(co, splits)](
+            x, grad, part, n, c, h, w, oh, ow, rows, splits, triton.cdiv(oh, bh), triton.cdiv(ow, bw),
+            K=k, STRIDE=stride, PAD=padding, DIL=dilation, M=co // c, KK_BLOCK=kk_block, BLOCK_H=bh,
+            BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
+        # the S partials summed into the weight's dtype and (contiguous) layout in one kernel: a
+        # gradient with the parameter's strides, which autograd accumulates without another copy
+        dw = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        _dw_conv_weight_reduce_kernel[(co,)](part, dw, splits, KK=k * k, KK_BLOCK=kk_block,
+                                             S_BLOCK=max(2, triton.next_power_of_2(splits)), num_warps=1)
     return dx, dw
