@@ -179,6 +179,17 @@ def edge_views(t: dict, e: int) -> dict:
     return out
 
 
+def _upgraded_pw1(pw1: torch.Tensor) -> torch.Tensor:
+    """The earlier layout's ``pw1`` [E, C, C] (or its optimizer state) as today's pw1.weight."""
+    E, C = pw1.shape[:2]
+    return pw1.reshape(E * C, C, 1, 1)
+
+
+def _upgraded_dw1(dw1: torch.Tensor, E: int, C: int) -> torch.Tensor:
+    """The earlier layout's channel-major dw1.weight (or its optimizer state): channel c·E + e → e·C + c."""
+    return dw1.reshape(C, E, *dw1.shape[1:]).transpose(0, 1).reshape(dw1.shape)
+
+
 def upgrade_grouped_state(state: dict, prefix: str) -> None:
     """Rewrites, in place, EdgeGroup entries of the layout before 2026-11-29 (a channel-major first
     depthwise conv, ``pw1`` as an [E, C, C] tensor; see the module docstring) in today's layout."""
@@ -186,10 +197,33 @@ def upgrade_grouped_state(state: dict, prefix: str) -> None:
         stack = key[:-len("pw1")]
         pw1 = state.pop(key)
         E, C = pw1.shape[:2]
-        state[f"{stack}pw1.weight"] = pw1.reshape(E * C, C, 1, 1)
-        dw1 = state.get(f"{stack}dw1.weight")
-        if dw1 is not None:  # channel c·E + e → e·C + c
-            state[f"{stack}dw1.weight"] = dw1.view(C, E, *dw1.shape[1:]).transpose(0, 1).reshape(dw1.shape)
+        state[f"{stack}pw1.weight"] = _upgraded_pw1(pw1)
+        if f"{stack}dw1.weight" in state:
+            state[f"{stack}dw1.weight"] = _upgraded_dw1(state[f"{stack}dw1.weight"], E, C)
+
+
+def upgrade_grouped_optimizer_state(model_state: dict, optimizer_state: dict) -> None:
+    """The per-parameter state of an optimizer over a search network's weights (SGD's momentum
+    buffers) saved with a model state of the earlier grouped layout, rewritten in place for today's
+    layout as upgrade_grouped_state rewrites the weights; a no-op for any other checkpoint. The
+    optimizer's parameter i is the model's i-th parameter other than α (weight_parameters)."""
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    names = [k for k in model_state if not k.endswith(buffers) and not k.startswith("alphas_")]
+    if not any(n.endswith(".pw1") for n in names):
+        return
+    index = {n: i for i, n in enumerate(names)}
+    params = [p for group in optimizer_state["param_groups"] for p in group["params"]]
+    for name in names:
+        if not name.endswith(".pw1"):
+            continue
+        E, C = model_state[name].shape[:2]
+        stack = name[:-len("pw1")]
+        for key, upgrade in ((name, _upgraded_pw1), (f"{stack}dw1.weight", lambda t: _upgraded_dw1(t, E, C))):
+            i = index.get(key)
+            state = optimizer_state["state"].get(params[i]) if i is not None and i < len(params) else None
+            for k, v in (state or {}).items():
+                if isinstance(v, torch.Tensor) and v.numel() == model_state[key].numel():
+                    state[k] = upgrade(v)
 
 
 def make_grouped_op(primitive: str, C: int, edges: int, stride: int) -> GroupedConvStack:

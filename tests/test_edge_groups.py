@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ndarts import DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES, NoiseConfig
+from earlier_layouts import old_grouped_layout
 from ndarts.edge_groups import EdgeGroupSlot, per_edge_state
 from ndarts.search_model import SearchNetwork
 
@@ -109,26 +110,12 @@ def test_state_dicts_load_across_the_two_layouts():
     assert len(slots) == 3 * 14 * 4 and not any(list(m.parameters()) for m in slots)
 
 
-def _old_layout(state: dict) -> dict:
-    """A grouped state_dict as the layout before 2026-11-29 wrote it: the first depthwise conv's
-    channels c·E + e (channel-major), ``pw1`` an [E, C, C] tensor."""
-    old = dict(state)
-    for key in [k for k in state if k.endswith(".pw1.weight")]:
-        stack = key[:-len("pw1.weight")]
-        pw1 = old.pop(key)
-        EC, C = pw1.shape[:2]
-        old[f"{stack}pw1"] = pw1.view(EC // C, C, C)
-        dw1 = old[f"{stack}dw1.weight"]
-        old[f"{stack}dw1.weight"] = dw1.view(EC // C, C, *dw1.shape[1:]).transpose(0, 1).reshape(dw1.shape)
-    return old
-
-
 def test_checkpoints_of_the_earlier_grouped_layout_load_into_both_layouts():
     """A checkpoint written before the edge-major layout (a resumed run) loads into today's grouped
     and per-edge networks: the same eval outputs as the network that wrote it."""
     kw = dict(C=4, layers=3, primitives=DARTS_PRIMITIVES, in_channels=3)
     per_edge, grouped = _pair(**kw)
-    old = _old_layout(grouped.state_dict())
+    old = old_grouped_layout(grouped.state_dict())
     assert any(k.endswith(".pw1") for k in old) and not any(k.endswith(".pw1.weight") for k in old)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():

@@ -93,6 +93,27 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, order):
     assert epochs == [0, 1, 2]
 
 
+def test_resume_from_a_checkpoint_of_the_earlier_grouped_layout(tmp_path, monkeypatch):
+    """A run checkpointed by the grouped-conv layout before 2026-11-29 (weights and SGD momentum in
+    the channel-major order) resumes with today's layout and ends exactly as an uninterrupted run."""
+    from earlier_layouts import old_grouped_layout
+
+    full = Searcher(_cfg(tmp_path / "full", epochs=2))
+    g_full = full.run_search()
+    cut = Searcher(_cfg(tmp_path / "cut", epochs=1))
+    cut.run_search()
+    path = tmp_path / "cut" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["model"] = old_grouped_layout(state["model"], state["w_optimizer"])
+    assert any(k.endswith(".pw1") for k in state["model"])
+    torch.save(state, path)
+    resumed = Searcher(_cfg(tmp_path / "cut", epochs=2, resume=True))
+    assert resumed.start_epoch == 1
+    assert resumed.run_search() == g_full
+    for x, y in zip(_alphas(resumed), _alphas(full)):
+        assert torch.equal(x, y)
+
+
 def test_darts_flags_give_the_original_darts_search(tmp_path):
     out = tmp_path / "darts"
     main([*TINY, "--epochs", "1", "--out", str(out), "--space", "darts", "--noise", "none",
