@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import split_images
+from .grid import chunk_ranges, pad_pointers, split_images
 from .moments import merge_tile, store_moments
 
 INT32_LIMIT = 2**31 - 1
@@ -278,18 +278,8 @@ def check_batch_norm_input(x: torch.Tensor) -> None:
 MAX_TENSORS = 4  # tensors per launch of the multi-tensor kernels
 
 
-def _padded(tensors, like):
-    """Pads a list of up to MAX_TENSORS tensors with `like` for the unused pointer slots."""
-    return list(tensors) + [like] * (MAX_TENSORS - len(tensors))
-
-
 def _relu_bits(relu) -> int:
     return sum(1 << t for t, r in enumerate(relu) if r)
-
-
-def _chunks(num: int):
-    for start in range(0, num, MAX_TENSORS):
-        yield start, min(num, start + MAX_TENSORS)
 
 
 def _check_same_geometry(tensors, what: str) -> None:
@@ -321,24 +311,26 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
     if xs[0].numel() == 0:
         return ys, rs, rstd
     update = running_means is not None
-    for start, stop in _chunks(len(xs)):
+    for start, stop in chunk_ranges(len(xs), MAX_TENSORS):
         num = stop - start
         x0 = xs[start]
+
+        def slots(tensors, like=x0):  # this launch's tensors, padded to the kernels' pointer slots
+            return pad_pointers(tensors[start:stop], MAX_TENSORS, like)
+
         part = torch.empty((num * c, splits, 3), device=x0.device, dtype=torch.float32)
         grid = (num * c, splits)
-        _bn_stats_kernel[grid](*_padded(xs[start:stop], x0), part, n, hw, c * hw, c, rows, splits, T=num,
+        _bn_stats_kernel[grid](*slots(xs), part, n, hw, c * hw, c, rows, splits, T=num,
                                BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
-        flags = relu[start:stop]
-        stats = [_padded(lst[start:stop], rstd) if update else [rstd] * MAX_TENSORS
-                 for lst in (running_means, running_vars)]
-        counts = _padded(nums_batches[start:stop], part) if update else [part] * MAX_TENSORS
+        stats = [slots(lst, rstd) if update else [rstd] * MAX_TENSORS for lst in (running_means, running_vars)]
+        counts = slots(nums_batches, part) if update else [part] * MAX_TENSORS
         _bn_apply_kernel[grid](
-            *_padded(xs[start:stop], x0), *_padded(ys[start:stop], x0),
-            *_padded([r if r is not None else y for r, y in zip(rs[start:stop], ys[start:stop])], x0),
+            *slots(xs), *slots(ys), *slots([r if r is not None else y for r, y in zip(rs, ys)]),
             part, rstd[start:stop], *stats[0], *stats[1], *counts,
             n, hw, c * hw, c, rows, splits, float(eps), float(momentum),
-            T=num, RELU=_relu_bits(flags), UPDATE_RUNNING=update, S_BLOCK=max(2, triton.next_power_of_2(splits)),
-            BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
+            T=num, RELU=_relu_bits(relu[start:stop]), UPDATE_RUNNING=update,
+            S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
+            num_warps=num_warps,
         )
     return ys, rs, rstd
 
@@ -353,17 +345,35 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None):
     dxs = [torch.empty_like(y) for y in ys]
     if ys[0].numel() == 0:
         return dxs
-    for start, stop in _chunks(len(ys)):
+    for start, stop in chunk_ranges(len(ys), MAX_TENSORS):
+        num = stop - start
+        y0 = ys[start]
+
+        def slots(tensors):  # this launch's tensors, padded to the kernels' pointer slots
+            return pad_pointers(tensors[start:stop], MAX_TENSORS, y0)
+
+        part = torch.empty((num * c, splits, 2), device=y0.device, dtype=torch.float32)
+        grid = (num * c, splits)
+        bits = _relu_bits(relu[start:stop])
+        _bn_grad_stats_kernel[grid](*slots(grads), *slots(ys), part, n, hw, c * hw, c, rows, splits, T=num,
+                                    RELU=bits, BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
+                                    num_warps=num_warps)
+        _bn_grad_apply_kernel[grid](*slots(grads), *slots(ys), *slots(dxs), part, rstd[start:stop],
+                                    n, hw, c * hw, c, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
+                                    S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block,
+                                    INDEX_64=index_64, num_warps=num_warps)
+    return dxs
+    for start, stop in chunk_ranges(len(ys), MAX_TENSORS):
         num = stop - start
         y0 = ys[start]
         part = torch.empty((num * c, splits, 2), device=y0.device, dtype=torch.float32)
         grid = (num * c, splits)
         bits = _relu_bits(relu[start:stop])
-        _bn_grad_stats_kernel[grid](*_padded(grads[start:stop], y0), *_padded(ys[start:stop], y0), part,
+        _bn_grad_stats_kernel[grid](*pad_pointers(grads[start:stop], MAX_TENSORS, y0), *pad_pointers(ys[start:stop], MAX_TENSORS, y0), part,
                                     n, hw, c * hw, c, rows, splits, T=num, RELU=bits, BLOCK_HW=block_hw, BLOCK=block,
                                     INDEX_64=index_64, num_warps=num_warps)
-        _bn_grad_apply_kernel[grid](*_padded(grads[start:stop], y0), *_padded(ys[start:stop], y0),
-                                    *_padded(dxs[start:stop], y0), part, rstd[start:stop],
+        _bn_grad_apply_kernel[grid](*pad_pointers(grads[start:stop], MAX_TENSORS, y0), *pad_pointers(ys[start:stop], MAX_TENSORS, y0),
+                                    *pad_pointers(dxs[start:stop], MAX_TENSORS, y0), part, rstd[start:stop],
                                     n, hw, c * hw, c, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
                                     S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block,
                                     INDEX_64=index_64, num_warps=num_warps)

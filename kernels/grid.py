@@ -1,4 +1,6 @@
-"""How the per-channel kernels (BatchNorm, depthwise-conv weight gradient) split their work."""
+"""How the kernels' launches are shaped: how the per-channel kernels (BatchNorm, depthwise-conv
+weight gradient) split their work, and how the kernels that take a fixed number of tensor
+pointers (mixed sums, group sums, BatchNorms) get longer and shorter lists."""
 import torch
 import triton
 
@@ -21,3 +23,17 @@ def split_images(x: torch.Tensor, n: int, channels: int, most: int | None = None
         splits = max(1, min(n, most or n, triton.cdiv(4 * sm, channels)))
     rows = triton.cdiv(n, splits)
     return rows, triton.cdiv(n, rows)
+
+
+def pad_pointers(tensors, count: int, like=None) -> list:
+    """`tensors` padded to `count` pointer arguments with `like` (default: the first tensor); a
+    kernel told how many are live (a constexpr) never reads the padding."""
+    like = tensors[0] if like is None else like
+    return list(tensors) + [like] * (count - len(tensors))
+
+
+def chunk_ranges(num: int, size: int):
+    """(start, stop) of consecutive chunks of at most `size` out of `num`: the launches of a list
+    longer than a kernel's pointer arguments."""
+    for start in range(0, num, size):
+        yield start, min(num, start + size)

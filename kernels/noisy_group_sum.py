@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import pad_pointers
 from .noisy_mixed_sum import (
     INT32_LIMIT,
     NOISE_NONE,
@@ -206,10 +207,6 @@ def _check(shared, grouped, weights):
     return [t.contiguous() for t in shared], [t.contiguous() for t in grouped], weights.contiguous()
 
 
-def _pad(tensors, count):
-    return list(tensors) + [tensors[0]] * (count - len(tensors))
-
-
 def _launch_params(first, edges):
     numel = first.numel()
     block, num_warps = _elementwise_block(numel)
@@ -227,7 +224,7 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
     numel, block, num_warps, index_64 = _launch_params(first, edges)
     if numel:
         _group_forward_kernel[(triton.cdiv(numel, block),)](
-            y, *_pad(shared, MAX_SHARED), *_pad(grouped, MAX_GROUPED), weights, seed, std, numel,
+            y, *pad_pointers(shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED), weights, seed, std, numel,
             numel // first.shape[0], float(lam), float(mean),
             E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), SKIP=skip_index if noisy else -1,
             KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,
@@ -250,8 +247,8 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
         return d_shared, d_grouped, torch.zeros(weights.shape, device=first.device, dtype=torch.float32)
     part = torch.empty((programs, weights.numel()), device=first.device, dtype=torch.float32)
     _group_backward_kernel[(programs,)](
-        grad, *_pad(shared, MAX_SHARED), *_pad(d_shared, MAX_SHARED), *_pad(grouped, MAX_GROUPED),
-        *_pad(d_grouped, MAX_GROUPED), weights, part, seed, std, numel, numel // first.shape[0],
+        grad, *pad_pointers(shared, MAX_SHARED), *pad_pointers(d_shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED),
+        *pad_pointers(d_grouped, MAX_GROUPED), weights, part, seed, std, numel, numel // first.shape[0],
         float(lam), float(mean),
         E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), SKIP=skip_index if noisy else -1,
         KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,

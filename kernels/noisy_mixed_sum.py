@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import chunk_ranges, pad_pointers
 from .moments import merge_tile, store_moments
 
 MAX_OPERANDS = 8
@@ -311,16 +312,6 @@ def _layout(operands) -> tuple[list[torch.Tensor], torch.Tensor]:
     return [_dense(o, ref) for o in operands], ref
 
 
-def _pointer_args(tensors, like):
-    """Pads a list of up to MAX_OPERANDS tensors with `like` for the unused pointer slots."""
-    return list(tensors) + [like] * (MAX_OPERANDS - len(tensors))
-
-
-def _chunks(num: int):
-    for start in range(0, num, MAX_OPERANDS):
-        yield start, min(num, start + MAX_OPERANDS)
-
-
 def _stats_tiles_per_program(tiles: int) -> int:
     """Tiles each stats program merges in registers: keeps the partials ≤ ~2048 on a GPU."""
     if _is_interpreted():
@@ -364,11 +355,11 @@ def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplic
     grid = (triton.cdiv(n, block),)
     index_64 = n > INT32_LIMIT - block
     weights = weights.contiguous()
-    for start, stop in _chunks(num):
+    for start, stop in chunk_ranges(num, MAX_OPERANDS):
         chunk = operands[start:stop]
         local_skip = skip_index - start if noisy and start <= skip_index < stop else -1
         _noisy_mixed_sum_forward_kernel[grid](
-            y, *_pointer_args(chunk, ref), weights[start:stop], seed, std, n, float(lam), float(mean),
+            y, *pad_pointers(chunk, MAX_OPERANDS, ref), weights[start:stop], seed, std, n, float(lam), float(mean),
             NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative),
             ACCUMULATE=start > 0, BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
         )
@@ -390,12 +381,12 @@ def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kin
     index_64 = n > INT32_LIMIT - block
     weights = weights.contiguous()
     dw = []
-    for start, stop in _chunks(num):
+    for start, stop in chunk_ranges(num, MAX_OPERANDS):
         chunk = operands[start:stop]
         local_skip = skip_index - start if noisy and start <= skip_index < stop else -1
         part = torch.empty((programs, len(chunk)), device=ref.device, dtype=torch.float32)
         _noisy_mixed_sum_backward_kernel[(programs,)](
-            grad, *_pointer_args(chunk, ref), *_pointer_args(grads[start:stop], ref),
+            grad, *pad_pointers(chunk, MAX_OPERANDS, ref), *pad_pointers(grads[start:stop], MAX_OPERANDS, ref),
             weights[start:stop], part, seed, std, n, float(lam), float(mean),
             NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative),
             BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
