@@ -18,7 +18,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .backend import TRITON_DTYPES, resolve_backend
-from .noise import NO_NOISE, NoiseConfig, apply_noise_with_eps, operand_std, sample_eps
+from .noise import NO_NOISE, NoiseConfig, accumulation_dtype, apply_noise_with_eps, operand_std, sample_eps
 
 _KIND_NAMES = {1: "gaussian", 2: "uniform"}
 SEED_HIGH = 2**31 - 1
@@ -30,11 +30,6 @@ def reference_eps(seed: torch.Tensor, shape, kind: int, device) -> torch.Tensor:
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed.reshape(-1)[0].item()))
     return sample_eps(shape, _KIND_NAMES[kind], like=torch.empty(0, device=device), generator=gen)
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for fp32/bf16/fp16 operands, float64 for float64 ones (never less precise than the data)."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, mean, eps, std=None):
@@ -67,8 +62,7 @@ def _reference_forward(operands, weights, seed, skip_index, kind, multiplicative
         return reference_sum_with_eps(operands, weights, -1, False, 0.0, 0.0, None), std
     eps = reference_eps(seed, first.shape, kind, first.device)
     skip = operands[skip_index]
-    std = (skip.detach().to(accumulation_dtype(skip.dtype)).std().float().reshape(1) if not multiplicative
-           else skip.new_zeros((1,), dtype=torch.float32))
+    std = operand_std(skip).float().reshape(1) if not multiplicative else skip.new_zeros((1,), dtype=torch.float32)
     y = reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, mean, eps)
     return y, std
 
@@ -248,9 +242,14 @@ def skip_operand_std(x: torch.Tensor, backend: str | None = None) -> torch.Tenso
     return operand_std(x)
 
 
+def draw_seeds(device, count: int = 1) -> torch.Tensor:
+    """int64 [count] Philox seeds drawn on `device` with torch's RNG (graph-safe on CUDA)."""
+    return torch.randint(0, SEED_HIGH, (count,), device=device, dtype=torch.int64)
+
+
 def draw_seed(device) -> torch.Tensor:
-    """An int64 [1] Philox seed drawn on `device` with torch's RNG (graph-safe on CUDA)."""
-    return torch.randint(0, SEED_HIGH, (1,), device=device, dtype=torch.int64)
+    """An int64 [1] Philox seed (draw_seeds)."""
+    return draw_seeds(device)
 
 
 class SeedBlock:
@@ -268,13 +267,13 @@ class SeedBlock:
         if size < 1:
             raise ValueError(f"SeedBlock: size must be ≥ 1, got {size}")
         self.size = size
-        self.seeds = torch.randint(0, SEED_HIGH, (size,), device=device, dtype=torch.int64)
+        self.seeds = draw_seeds(device, size)
         self._next = 0
 
     def take(self) -> torch.Tensor:
         """The next seed, an int64 [1] view of the block."""
         if self._next == self.size:
-            self.seeds = torch.randint(0, SEED_HIGH, (self.size,), device=self.seeds.device, dtype=torch.int64)
+            self.seeds = draw_seeds(self.seeds.device, self.size)
             self._next = 0
         self._next += 1
         return self.seeds[self._next - 1:self._next]

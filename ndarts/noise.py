@@ -112,10 +112,15 @@ def apply_noise_with_eps(o: torch.Tensor, eps: torch.Tensor, multiplicative: boo
     return o + noise
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32/bf16/fp16 operands, float64 for float64 ones (never less precise than the data)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def operand_std(o: torch.Tensor) -> torch.Tensor:
-    """The std the additive noise scales with: unbiased, over all elements, detached, in fp32 (in
-    float64 for float64 operands)."""
-    return o.detach().to(torch.promote_types(o.dtype, torch.float32)).std()
+    """The std the additive noise scales with: unbiased, over all elements, detached, in the
+    accumulation dtype."""
+    return o.detach().to(accumulation_dtype(o.dtype)).std()
 
 
 def add_noise(o: torch.Tensor, cfg: NoiseConfig, scale: float = 1.0) -> torch.Tensor:

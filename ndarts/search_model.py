@@ -75,11 +75,10 @@ class SearchCell(nn.Module):
         self.edge_groups = self._make_edge_groups(C, reduction) if batch_edge_convs else None
         self._slots = [slot for _, slot in self.edge_slots()]
         self._sum_plans = self._make_sum_plans() if group_sums else {}
-        # fused ops on a space with `none`: their live weights gathered once per cell, not once per edge
+        # fused ops on a space with `none`: their live weights gathered once per cell, not once per
+        # edge (every edge has the same primitives, so the first edge's index serves the cell)
         op = self._ops[0]
         self._gather_live = isinstance(op, FusedMixedOp) and 0 < len(op._live) < len(op.primitives)
-        if self._gather_live:
-            self.register_buffer("_live_index", torch.tensor(op._live, dtype=torch.long), persistent=False)
 
     def edge_slots(self) -> list[tuple[int, int]]:
         """(source state, slot) of each edge, in edge order. States 0, 1 are the cell inputs, 2 + k
@@ -115,7 +114,7 @@ class SearchCell(nn.Module):
         # one row of α weights per edge: unbind's backward is one stack for the whole cell, where
         # indexing weights[k] per edge costs a zero-filled [edges, ops] gradient and an add per edge
         weight_matrix, weights = weights, weights.unbind(0)
-        live = weight_matrix.index_select(1, self._live_index).unbind(0) if self._gather_live else None
+        live = weight_matrix.index_select(1, self._ops[0]._live_index).unbind(0) if self._gather_live else None
         sums: dict = {}  # source state → its edges' mixed sums (group_sums)
         # what all edges leaving a node compute alike, once per node (NodeShare): relu(h), with
         # which sep/dil convs and FactorizedReduce begin (4 ReLUs per edge become 1 per node), and
