@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import functools
 import json
 import os
 import sys
+from unittest import mock
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -98,16 +98,6 @@ class TritonLaunches:
         self._cls.__call__ = self._orig
 
 
-@contextlib.contextmanager
-def _patched(obj, name, value):
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
-
-
 def kernel_ops(prof) -> collections.Counter:
     """GPU kernels of the profile's outermost aten calls (what they call inside is the CPU's
     implementation, not the GPU's), by op name."""
@@ -166,7 +156,7 @@ def census(impl: str, batch: int = 2, image: int = 16) -> dict:
                     *batches, lr)
 
     clip = torch.nn.utils.clip_grad_norm_
-    with TritonLaunches() as triton, _patched(torch.nn.utils, "clip_grad_norm_", functools.partial(clip, foreach=True)):
+    with TritonLaunches() as triton, mock.patch.object(torch.nn.utils, "clip_grad_norm_", functools.partial(clip, foreach=True)):
         step()  # optimizer state, lazy buffers: the graph captures a warm step
         triton.counts.clear()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
