@@ -1,7 +1,7 @@
 """Kernel census of one search step, on a CPU: what a captured CUDA-graph step would launch.
 
     python benchmarks/count_kernels.py                      # the graph-step variants of the benchmark
-    python benchmarks/count_kernels.py --impl fused_graph fused_graph_groupsum --json census.json
+    python benchmarks/count_kernels.py --impl fused_graph fused_graph_no_groupsum --json census.json
 
 Why: as one CUDA graph the search step has no host overhead left; on the H200 its replay time
 equalled the GPU's busy time, 20 469 kernels at 5.2 µs on average (benchmarks/RESULTS.md,
@@ -70,7 +70,7 @@ def _kernels(event) -> tuple[int, str]:
         return (sum(bool(m) for m in mask) if isinstance(mask, (list, tuple)) else 2), event.name
     return KERNELS_PER_CALL.get(event.name, 1), event.name
 
-IMPLS = ["plain", "fused_graph_per_edge", "fused_graph", "fused_graph_groupsum", "fused_graph_dwconv"]
+IMPLS = ["plain", "fused_graph_per_edge", "fused_graph_no_groupsum", "fused_graph", "fused_graph_dwconv"]
 
 
 class TritonLaunches:

@@ -113,7 +113,7 @@ run_logged bench_compile_target 90 6 "$PY" -m pytest benchmarks --benchmark-only
 fi
 
 step "profile of one search step (benchmarks/profile_step.py)"
-run_logged profile 90 60 "$PY" benchmarks/profile_step.py --impl plain fused_per_edge fused fused_groupsum --graph-kernels --json "$OUT/profile.json" || STATUS=1
+run_logged profile 90 60 "$PY" benchmarks/profile_step.py --impl plain fused_per_edge fused_no_groupsum fused --graph-kernels --json "$OUT/profile.json" || STATUS=1
 
 if [ "${GPU_CHECK_COMPILE:-1}" != 0 ]; then
 step "benchmarks: torch.compile, the other shapes"

@@ -20,12 +20,12 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                (SearchNetwork(fused_depthwise_conv=True); a candidate lever, not yet timed).
 - fused_graph_streams: fused_graph with the edges into a node on 4 side CUDA streams
                (SearchNetwork(edge_streams=4); a candidate lever, not yet timed).
-- fused_graph_groupsum: fused_graph with the mixed sums of all edges leaving a node as one op
-               (SearchNetwork(group_sums=True); a candidate lever, not yet timed).
-- fused_graph_groupsum_dwconv: both candidate levers at once. By benchmarks/count_kernels.py
-               (2026-11-29) fused_graph launches 7.4k kernels per step, _groupsum 6.3k, this one
-               7.0k: the Triton depthwise conv launches more, smaller kernels than PyTorch's, whose
-               weight gradient took 25 µs per call on the H200; only a GPU can tell the time.
+- fused_graph_no_groupsum: fused_graph with a fused sum per edge (SearchNetwork(group_sums=False));
+               since 2026-11-29 the default sums all stride-1 edges of a conv group in one op
+               (group_sums auto). By benchmarks/count_kernels.py fused_graph launches 5.6k kernels
+               per step, this one 6.6k, fused_graph_dwconv 6.2k: the Triton depthwise conv launches
+               more, smaller kernels than PyTorch's, whose weight gradient took 25 µs per call on the
+               H200; only a GPU can tell the time.
 - fused_graph_bf16: fused_graph under bf16 autocast (SearchNetwork(autocast=torch.bfloat16),
                `--autocast bf16`; α, sums and logits fp32; a candidate lever, not yet timed).
 
@@ -118,7 +118,7 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0,
                           fused_depthwise_conv="dwconv" in impl, edge_streams=EDGE_STREAMS if "streams" in impl else 0,
                           batch_edge_convs=False if "per_edge" in impl else None,
                           autocast=torch.bfloat16 if "bf16" in impl else None,
-                          group_sums="groupsum" in impl, channels_last=_channels_last(impl), backend=backend)
+                          group_sums=False if "no_groupsum" in impl else None, channels_last=_channels_last(impl), backend=backend)
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
@@ -173,7 +173,7 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
 
 
 IMPLS = ["plain", "reference_per_edge", "reference_nchw", "reference", "fused", "fused_graph_per_edge",
-         "fused_graph", "fused_graph_groupsum", "fused_graph_groupsum_dwconv", "fused_graph_dwconv",
+         "fused_graph", "fused_graph_no_groupsum", "fused_graph_dwconv",
          "fused_graph_streams", "fused_graph_bf16", "fused_graph_cl"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 GRAPH_WARMUP = 3  # eager steps before the graph step captures

@@ -54,10 +54,12 @@ def _shared_term(acc, s, W, row, k: tl.constexpr, noise_offs, seed, std, lam, me
 
 
 @triton.jit
-def _grouped_offsets(offs, e: tl.constexpr, INNER, E: tl.constexpr):
-    """Index of edge e's element `offs` (flat over [N, C·H·W]) in a [N, E·C·H·W] grouped operand."""
+def _grouped_offsets(offs, e: tl.constexpr, INNER, G_STRIDE):
+    """Index of edge e's element `offs` (flat over [N, C·H·W]) in a grouped operand whose images
+    are G_STRIDE elements apart (E·C·H·W for a whole [N, E·C, H, W] tensor; more for this call's
+    edges inside a group of several sources)."""
     n = offs // INNER
-    return offs + n * (E - 1) * INNER + e * INNER
+    return offs + n * (G_STRIDE - INNER) + e * INNER
 
 
 @triton.jit
@@ -68,6 +70,7 @@ def _group_forward_kernel(
     W,  # weights [E, NUM_SHARED + NUM_GROUPED], read as fp32
     SEED, STD,  # int64 [1] Philox seed; fp32 [1] std of the shared skip operand
     numel, INNER,  # elements per edge output; elements per image of it (C·H·W)
+    G_STRIDE, E0,  # elements between two images of a grouped operand; noise index of edge 0 (its group's edge number)
     lam, mean,
     E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr,
     SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
@@ -85,14 +88,14 @@ def _group_forward_kernel(
     K = NUM_SHARED + NUM_GROUPED  # constexpr: a sum of constexprs
     for e in tl.static_range(E):
         row = e * K
-        noise_offs = offs + e * numel
+        noise_offs = offs + (E0 + e) * numel
         acc = _shared_term(tl.zeros([BLOCK], dtype=tl.float32), s0, W, row, 0, noise_offs, seed, std, lam, mean,
                            SKIP, KIND, MULT)
         if NUM_SHARED > 1:
             acc = _shared_term(acc, s1, W, row, 1, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
         if NUM_SHARED > 2:
             acc = _shared_term(acc, s2, W, row, 2, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
-        g_offs = _grouped_offsets(offs, e, INNER, E)
+        g_offs = _grouped_offsets(offs, e, INNER, G_STRIDE)
         acc += tl.load(W + row + NUM_SHARED).to(tl.float32) * tl.load(G0 + g_offs, mask=mask, other=0.0).to(tl.float32)
         if NUM_GROUPED > 1:
             acc += tl.load(W + row + NUM_SHARED + 1).to(tl.float32) * tl.load(G1 + g_offs, mask=mask, other=0.0).to(tl.float32)
@@ -136,7 +139,7 @@ def _group_backward_kernel(
     G0, G1, G2, G3, G4, G5,  # grouped operands [N, E·INNER]
     DG0, DG1, DG2, DG3, DG4, DG5,  # their gradients, same layout
     W, PART,  # weights [E, K]; fp32 partials [programs, E·K]
-    SEED, STD, numel, INNER, lam, mean,
+    SEED, STD, numel, INNER, G_STRIDE, E0, lam, mean,
     E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr,
     SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
@@ -157,13 +160,13 @@ def _group_backward_kernel(
     for e in tl.static_range(E):
         # masked lanes hold g = 0: they add nothing to the partial sums
         g = tl.load(DY + e * numel + offs, mask=mask, other=0.0).to(tl.float32)
-        noise_offs = offs + e * numel
+        noise_offs = offs + (E0 + e) * numel
         d0 += _shared_grad(s0, g, W, PART, pid, e, 0, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
         if NUM_SHARED > 1:
             d1 += _shared_grad(s1, g, W, PART, pid, e, 1, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
         if NUM_SHARED > 2:
             d2 += _shared_grad(s2, g, W, PART, pid, e, 2, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
-        g_offs = _grouped_offsets(offs, e, INNER, E)
+        g_offs = _grouped_offsets(offs, e, INNER, G_STRIDE)
         _grouped_grad(G0, DG0, g, W, PART, pid, e, NUM_SHARED, K, E, g_offs, mask)
         if NUM_GROUPED > 1:
             _grouped_grad(G1, DG1, g, W, PART, pid, e, NUM_SHARED + 1, K, E, g_offs, mask)
@@ -183,6 +186,13 @@ def _group_backward_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
+def _fits_in_place(t, edges, c, h, w) -> bool:
+    """Whether a grouped operand can be read where it lies: [N, E·C, H, W] with dense channels and
+    pixels, its images any distance ≥ E·C·H·W apart (a whole tensor, or this call's edges of a
+    group of several sources, ``narrow``ed out of the group's tensor)."""
+    return t.stride()[1:] == (h * w, w, 1) and t.stride(0) >= edges * c * h * w
+
+
 def _check(shared, grouped, weights):
     if not 1 <= len(shared) <= MAX_SHARED or not 1 <= len(grouped) <= MAX_GROUPED:
         raise ValueError(f"noisy_group_sum takes 1..{MAX_SHARED} shared and 1..{MAX_GROUPED} grouped operands, "
@@ -204,28 +214,48 @@ def _check(shared, grouped, weights):
                              f"({edges} edges × {c} channels) in the shared operands' dtype, got {tuple(t.shape)}")
     if first.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"noisy_group_sum supports float32, float16 and bfloat16, got {first.dtype}")
-    return [t.contiguous() for t in shared], [t.contiguous() for t in grouped], weights.contiguous()
+    grouped = [t if _fits_in_place(t, edges, c, h, w) else t.contiguous() for t in grouped]
+    if len({t.stride(0) for t in grouped}) > 1:  # one image stride for all: the kernels take one
+        grouped = [t.contiguous() for t in grouped]
+    return [t.contiguous() for t in shared], grouped, weights.contiguous()
 
 
-def _launch_params(first, edges):
+def _launch_params(first, grouped, edges, first_edge):
+    """(numel, image stride of the grouped operands, block, num_warps, index_64): int64 indices when
+    a grouped operand's or the noise's index range reaches 2^31."""
     numel = first.numel()
     block, num_warps = _elementwise_block(numel)
-    return numel, block, num_warps, edges * numel > INT32_LIMIT - block
+    g_stride = grouped[0].stride(0)
+    reach = max(first.shape[0] * g_stride, (first_edge + edges) * numel)
+    return numel, g_stride, block, num_warps, reach > INT32_LIMIT - block
 
 
-def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, multiplicative, lam, mean):
-    """Returns (y [E, N, C, H, W], std fp32 [1] of the shared skip operand, zeros when unused)."""
+def _output(out, shape, like):
+    if out is None:
+        return torch.empty(shape, device=like.device, dtype=like.dtype)
+    if tuple(out.shape) != tuple(shape) or out.dtype != like.dtype or not out.is_contiguous():
+        raise ValueError(f"noisy_group_sum: out must be a contiguous {like.dtype} tensor of shape {tuple(shape)}")
+    return out
+
+
+def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, multiplicative, lam, mean, *,
+                            first_edge=0, out=None):
+    """Returns (y [E, N, C, H, W], std fp32 [1] of the shared skip operand, zeros when unused).
+
+    first_edge: the number of this call's first edge in its group (several sources share one
+    group): edge e draws the noise of group edge first_edge + e. out: a contiguous tensor to write
+    y into (this call's rows of the group's output)."""
     shared, grouped, weights = _check(shared, grouped, weights)
     first, edges = shared[0], weights.shape[0]
     noisy = kind != NOISE_NONE and 0 <= skip_index < len(shared)
     std = (skip_std(shared[skip_index]) if noisy and not multiplicative
            else torch.zeros((1,), device=first.device, dtype=torch.float32))
-    y = torch.empty((edges, *first.shape), device=first.device, dtype=first.dtype)
-    numel, block, num_warps, index_64 = _launch_params(first, edges)
+    y = _output(out, (edges, *first.shape), first)
+    numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
     if numel:
         _group_forward_kernel[(triton.cdiv(numel, block),)](
             y, *pad_pointers(shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED), weights, seed, std, numel,
-            numel // first.shape[0], float(lam), float(mean),
+            numel // first.shape[0], g_stride, first_edge, float(lam), float(mean),
             E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), SKIP=skip_index if noisy else -1,
             KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,
             num_warps=num_warps,
@@ -233,15 +263,22 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
     return y, std
 
 
-def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean):
-    """Returns (shared operand gradients, grouped operand gradients, dW fp32 [E, K])."""
+def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean,
+                             *, first_edge=0, d_grouped=None):
+    """Returns (shared operand gradients, grouped operand gradients, dW fp32 [E, K]).
+
+    d_grouped: tensors to write the grouped gradients into, laid out as `grouped` (views of the
+    group's gradients, when several sources share it); None allocates them."""
     shared, grouped, weights = _check(shared, grouped, weights)
     first, edges = shared[0], weights.shape[0]
     grad = grad.contiguous()
     noisy = kind != NOISE_NONE and 0 <= skip_index < len(shared)
     d_shared = [torch.empty_like(t) for t in shared]
-    d_grouped = [torch.empty_like(t) for t in grouped]
-    numel, block, num_warps, index_64 = _launch_params(first, edges)
+    if d_grouped is None:
+        d_grouped = [torch.empty_strided(t.shape, t.stride(), device=t.device, dtype=t.dtype) for t in grouped]
+    elif any(d.shape != t.shape or d.stride() != t.stride() or d.dtype != t.dtype for d, t in zip(d_grouped, grouped)):
+        raise ValueError("noisy_group_sum: d_grouped must be laid out as the grouped operands")
+    numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
     programs = triton.cdiv(numel, block)
     if not numel:
         return d_shared, d_grouped, torch.zeros(weights.shape, device=first.device, dtype=torch.float32)
@@ -249,7 +286,7 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     _group_backward_kernel[(programs,)](
         grad, *pad_pointers(shared, MAX_SHARED), *pad_pointers(d_shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED),
         *pad_pointers(d_grouped, MAX_GROUPED), weights, part, seed, std, numel, numel // first.shape[0],
-        float(lam), float(mean),
+        g_stride, first_edge, float(lam), float(mean),
         E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), SKIP=skip_index if noisy else -1,
         KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,
         num_warps=num_warps,

@@ -22,7 +22,8 @@ class BackendError(RuntimeError):
 _IMPORT_ERROR: list = []  # filled once: [None] or [reason]
 
 
-def _triton_import_error() -> str | None:
+def kernels_import_error() -> str | None:
+    """None when the Triton kernels (ndarts_kernels) import, else why not (checked once)."""
     if not _IMPORT_ERROR:
         try:
             import ndarts_kernels  # noqa: F401
@@ -35,7 +36,7 @@ def _triton_import_error() -> str | None:
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
     """None when the Triton kernels can run on `device`, else why not."""
-    err = _triton_import_error()
+    err = kernels_import_error()
     if err:
         return err
     import ndarts_kernels

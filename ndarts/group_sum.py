@@ -1,4 +1,4 @@
-"""The noisy mixed sums of all edges leaving one node, as one op (``SearchNetwork(group_sums=True)``).
+"""The noisy mixed sums of all edges of an EdgeGroup, as one op (``SearchNetwork(group_sums=True)``).
 
 For a node h with E outgoing stride-1 edges, edge e's mixed sum is
 
@@ -6,10 +6,12 @@ For a node h with E outgoing stride-1 edges, edge e's mixed sum is
 
 with the shared operands (the pools with their BatchNorm and the identity skip h: the same tensor
 on every edge) and the grouped ones (ndarts.edge_groups' batched convs, [N, E·C, H, W]). The skip
-operand gets NoisyDARTS noise per edge: its own ε, the std of h (SPEC §1 on every edge). On the
-Triton backend it is one forward and one backward kernel for the E edges
-(``ndarts_kernels.noisy_group_sum_*``) instead of E of each, the shared operands read once and
-their gradients written once; the torch backend runs the reference below (E per-edge sums).
+operand gets NoisyDARTS noise per edge: its own ε, the std of h (SPEC §1 on every edge). A cell's
+two inputs share one EdgeGroup: its edges are input 0's, then input 1's, each source with its own
+shared operands (``noisy_group_sums``). On the Triton backend it is one forward and one backward
+kernel per source (``ndarts_kernels.noisy_group_sum_*``) instead of one per edge, the shared
+operands read once and their gradients written once, the grouped operands read and their
+gradients written in place; the torch backend runs the reference below (E per-edge sums).
 """
 from __future__ import annotations
 
@@ -24,27 +26,52 @@ from .fused_sum import _noisy, draw_seed, promote_operands, reference_eps, refer
 from .noise import NoiseConfig
 
 
-def reference_group_sum(shared, grouped, weights, skip_index: int, multiplicative, lam, mean, eps):
-    """[E, N, C, H, W]: edge e's sum by reference_sum_with_eps with ε = eps[e] (None: no noise)."""
-    edges = weights.shape[0]
-    n, c, h, w = shared[0].shape
+def _edge_ranges(edges) -> list[tuple[int, int]]:
+    """(first edge, edge count) of each source in a group's [E, …] edge order."""
+    out, first = [], 0
+    for e in edges:
+        out.append((first, e))
+        first += e
+    return out
+
+
+def reference_group_sum(sources, grouped, weights, edges, skip_index: int, multiplicative, lam, mean, eps):
+    """[E, N, C, H, W]: group edge e's sum by reference_sum_with_eps with ε = eps[e] (None: no
+    noise); the edges of source s (edges[s] of them, in order) take its shared operands sources[s]."""
+    total = weights.shape[0]
+    n, c, h, w = sources[0][0].shape
     outs = []
-    for e in range(edges):
-        operands = list(shared) + [g.view(n, edges, c, h, w)[:, e] for g in grouped]
-        outs.append(reference_sum_with_eps(operands, weights[e], skip_index, multiplicative, lam, mean,
-                                           None if eps is None else eps[e]))
+    for shared, (first, count) in zip(sources, _edge_ranges(edges)):
+        for e in range(first, first + count):
+            operands = list(shared) + [g.reshape(n, total, c, h, w)[:, e] for g in grouped]
+            outs.append(reference_sum_with_eps(operands, weights[e], skip_index, multiplicative, lam, mean,
+                                               None if eps is None else eps[e]))
     return torch.stack(outs)
 
 
 class _TritonGroupSum(torch.autograd.Function):
+    """The Triton group sums of one EdgeGroup: one launch each way per source, every launch reading
+    its edges' channels of the group's grouped operands in place and writing their gradients into
+    one tensor per operand (no per-source copies, no autograd accumulation)."""
+
     @staticmethod
-    def forward(ctx, weights, seed, params, num_shared, *operands):
+    def forward(ctx, weights, seed, params, edges, num_shared, *operands):
         import ndarts_kernels
 
-        shared, grouped = list(operands[:num_shared]), list(operands[num_shared:])
-        y, std = ndarts_kernels.noisy_group_sum_forward(shared, grouped, weights, seed, *params)
-        ctx.save_for_backward(weights, seed, std, *operands)
-        ctx.params, ctx.num_shared = params, num_shared
+        k = num_shared * len(edges)
+        grouped = [g.contiguous() for g in operands[k:]]
+        first = operands[0]
+        c = first.shape[1]
+        y = torch.empty((weights.shape[0], *first.shape), device=first.device, dtype=first.dtype)
+        stds = []
+        for s, (e0, count) in enumerate(_edge_ranges(edges)):
+            shared = operands[s * num_shared:(s + 1) * num_shared]
+            _, std = ndarts_kernels.noisy_group_sum_forward(
+                shared, _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, *params,
+                first_edge=e0, out=y[e0:e0 + count])
+            stds.append(std)
+        ctx.save_for_backward(weights, seed, *stds, *operands[:k], *grouped)
+        ctx.params, ctx.edges, ctx.num_shared = params, edges, num_shared
         return y
 
     @staticmethod
@@ -52,93 +79,143 @@ class _TritonGroupSum(torch.autograd.Function):
     def backward(ctx, grad):
         import ndarts_kernels
 
-        weights, seed, std, *operands = ctx.saved_tensors
-        k = ctx.num_shared
-        d_shared, d_grouped, dw = ndarts_kernels.noisy_group_sum_backward(
-            grad, operands[:k], operands[k:], weights, seed, std, *ctx.params)
-        return (dw.to(weights.dtype), None, None, None, *d_shared, *d_grouped)
+        weights, seed, *rest = ctx.saved_tensors
+        edges, num_shared = ctx.edges, ctx.num_shared
+        stds, rest = rest[:len(edges)], rest[len(edges):]
+        shared_all, grouped = rest[:num_shared * len(edges)], rest[num_shared * len(edges):]
+        c = shared_all[0].shape[1]
+        d_grouped = [torch.empty_like(g) for g in grouped]
+        d_shared, dws = [], []
+        for s, (e0, count) in enumerate(_edge_ranges(edges)):
+            ds, _, dw = ndarts_kernels.noisy_group_sum_backward(
+                grad[e0:e0 + count], shared_all[s * num_shared:(s + 1) * num_shared],
+                _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, stds[s], *ctx.params,
+                first_edge=e0, d_grouped=_narrow(d_grouped, e0, count, c, len(edges)))
+            d_shared += ds
+            dws.append(dw)
+        dw = dws[0] if len(dws) == 1 else torch.cat(dws)
+        return (dw.to(weights.dtype), None, None, None, None, *d_shared, *d_grouped)
 
 
-def noisy_group_sum(shared, grouped, weights: torch.Tensor, skip_index: int | None, noise: NoiseConfig, *,
-                    scale: float = 1.0, training: bool = True, backend: str | None = None,
-                    seed: torch.Tensor | None = None) -> torch.Tensor:
-    """The E mixed sums of one node's outgoing edges as [E, N, C, H, W] (see the module docstring).
+def _narrow(grouped, first, count, c, sources):
+    """The channels of edges first … first + count - 1 of each grouped operand (views; the whole
+    tensors for a one-source group)."""
+    return grouped if sources == 1 else [g.narrow(1, first * c, count * c) for g in grouped]
 
-    shared: P tensors [N, C, H, W]; grouped: Q tensors [N, E·C, H, W]; weights [E, P + Q] (columns:
-    shared, then grouped); skip_index: the noisy shared operand (None: no noise).
+
+def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index: int | None, noise: NoiseConfig, *,
+                     scale: float = 1.0, training: bool = True, backend: str | None = None,
+                     seed: torch.Tensor | None = None) -> torch.Tensor:
+    """The mixed sums of all E edges of an EdgeGroup with one or more sources (a cell's two input
+    nodes share one) as [E, N, C, H, W]; see the module docstring.
+
+    sources: per source, its P shared operands [N, C, H, W]; edges: per source, how many of the
+    group's edges leave it (in the group's edge order, sources one after another); grouped: Q
+    tensors [N, E·C, H, W]; weights [E, P + Q] (columns: shared, then grouped); skip_index: the
+    noisy shared operand (None: no noise). Edge e draws the noise of index e, whichever its source.
     """
-    if not shared or not grouped:
-        raise ValueError("noisy_group_sum needs shared and grouped operands")
-    if weights.dim() != 2 or weights.shape[1] != len(shared) + len(grouped):
-        raise ValueError(f"noisy_group_sum: weights must be [edges, {len(shared) + len(grouped)}], "
+    if not sources or not all(sources) or not grouped:
+        raise ValueError("noisy_group_sums needs shared and grouped operands")
+    if len(edges) != len(sources) or any(e < 1 for e in edges) or len({len(s) for s in sources}) > 1:
+        raise ValueError(f"noisy_group_sums: one edge count ≥ 1 per source and as many shared operands from each, "
+                         f"got edges {list(edges)} for {[len(s) for s in sources]} shared operands")
+    num_shared = len(sources[0])
+    if weights.dim() != 2 or weights.shape != (sum(edges), num_shared + len(grouped)):
+        raise ValueError(f"noisy_group_sums: weights must be [{sum(edges)}, {num_shared + len(grouped)}], "
                          f"got {tuple(weights.shape)}")
-    device = shared[0].device
+    first = sources[0][0]
+    device = first.device
     noisy = training and skip_index is not None and noise.enabled
     kind, mult, lam, mean = noise.kernel_params(scale) if noisy else (0, False, 0.0, 0.0)
     if seed is None:
         seed = draw_seed(device) if noisy else torch.zeros((1,), device=device, dtype=torch.int64)
     skip = -1 if skip_index is None else int(skip_index)
-    if resolve_backend(backend, device) == "triton" and shared[0].dtype in TRITON_DTYPES:
-        return _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), len(shared),
-                                     *shared, *grouped)
+    if resolve_backend(backend, device) == "triton" and first.dtype in TRITON_DTYPES:
+        return _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), tuple(edges),
+                                     num_shared, *[t for shared in sources for t in shared], *grouped)
     eps = None
-    if _noisy(kind, skip, len(shared)):
-        eps = reference_eps(seed, (weights.shape[0], shared[0].numel()), kind, device)
-    return reference_group_sum(shared, grouped, weights, skip, mult, float(lam), float(mean), eps)
+    if _noisy(kind, skip, num_shared):
+        eps = reference_eps(seed, (weights.shape[0], first.numel()), kind, device)
+    return reference_group_sum(sources, grouped, weights, edges, skip, mult, float(lam), float(mean), eps)
+
+
+def noisy_group_sum(shared, grouped, weights: torch.Tensor, skip_index: int | None, noise: NoiseConfig, *,
+                    scale: float = 1.0, training: bool = True, backend: str | None = None,
+                    seed: torch.Tensor | None = None) -> torch.Tensor:
+    """The E mixed sums of one node's outgoing edges as [E, N, C, H, W] (noisy_group_sums with one
+    source).
+
+    shared: P tensors [N, C, H, W]; grouped: Q tensors [N, E·C, H, W]; weights [E, P + Q] (columns:
+    shared, then grouped); skip_index: the noisy shared operand (None: no noise).
+    """
+    if weights.dim() != 2 or weights.shape[1] != len(shared) + len(grouped):
+        raise ValueError(f"noisy_group_sum: weights must be [edges, {len(shared) + len(grouped)}], "
+                         f"got {tuple(weights.shape)}")
+    return noisy_group_sums([list(shared)], grouped, weights, [weights.shape[0]], skip_index, noise, scale=scale,
+                            training=training, backend=backend, seed=seed)
 
 
 # ----------------------------------------------------------------------------- in a search cell
 class NodeSumPlan(NamedTuple):
-    """How a SearchCell sums the edges leaving one node in one op."""
-    edges: list  # the edges' indices in the cell, by slot
-    shared: list  # primitive indices of the operands alike on every edge: pools, identity skip
+    """How a SearchCell sums the edges of one EdgeGroup in one op."""
+    edges: list  # the edges' indices in the cell, by slot (the sources' edges one after another)
+    counts: tuple  # edges per source node (EdgeGroup.sources)
+    shared: list  # primitive indices of the operands alike on every edge of a source: pools, identity skip
     grouped: list  # primitive indices of the EdgeGroup's convs
     skip: int | None  # position of the skip in `shared`
-    start: int  # this node's weight gather indices: index[start:stop] (see plan_node_sums)
+    start: int  # this group's weight gather indices: index[start:stop] (see plan_node_sums)
     stop: int
 
 
 def plan_node_sums(mixed_ops, edge_slots, edge_groups) -> tuple[dict, list]:
-    """({source state: NodeSumPlan}, gather index) for the nodes of a cell whose outgoing edges can
-    be summed in one op: stride 1 (identity skip, pools alike on every edge), every live op shared
-    or grouped, within the kernels' limits. index[start:stop] picks each plan's [E, K] weights out
-    of the cell's flattened [edges, primitives] weights."""
+    """({group: NodeSumPlan}, gather index) for the EdgeGroups of a cell whose edges can be summed
+    in one op: stride 1 (identity skip, pools alike on every edge of a source), every live op
+    shared or grouped, within the kernels' limits. index[start:stop] picks each plan's [E, K]
+    weights out of the cell's flattened [edges, primitives] weights."""
     from ndarts_kernels.noisy_group_sum import MAX_EDGES, MAX_GROUPED, MAX_SHARED
 
     plans, index = {}, []
-    for j, group in enumerate(edge_groups):
-        edges = [k for _, k in sorted((slot, k) for k, (src, slot) in enumerate(edge_slots) if src == j)]
+    for g, group in enumerate(edge_groups):
+        edges = [k for _, k in sorted((slot, k) for k, (grp, slot) in enumerate(edge_slots) if grp == g)]
         op = mixed_ops[edges[0]]
         shared = [i for i in op._live if i in op._pools or i == op._skip]
         grouped = [i for i in op._live if isinstance(op._ops[i], EdgeGroupSlot)]
         if (group.stride != 1 or len(shared) + len(grouped) != len(op._live) or not 1 <= len(shared) <= MAX_SHARED
-                or not 1 <= len(grouped) <= MAX_GROUPED or len(edges) > MAX_EDGES):
+                or not 1 <= len(grouped) <= MAX_GROUPED or max(group.sources) > MAX_EDGES):
             continue  # these edges keep their own fused sums
         start = len(index)
         index += [k * len(op.primitives) + i for k in edges for i in shared + grouped]
-        plans[j] = NodeSumPlan(edges, shared, grouped, shared.index(op._skip) if op._skip in shared else None,
-                               start, len(index))
+        plans[g] = NodeSumPlan(edges, group.sources, shared, grouped,
+                               shared.index(op._skip) if op._skip in shared else None, start, len(index))
     return plans, index
 
 
-def node_sums(mixed_ops, plan: NodeSumPlan, share, weights: torch.Tensor, index: torch.Tensor) -> tuple:
-    """The mixed sums of all edges leaving share's node, one tensor per slot. weights: the cell's
-    [edges, primitives] α weights; index: the cell's gather index (a device tensor)."""
+def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, index: torch.Tensor) -> tuple:
+    """The mixed sums of all edges of one EdgeGroup, one tensor per slot. shares: the NodeShare of
+    each of the group's source nodes; weights: the cell's [edges, primitives] α weights; index: the
+    cell's gather index (a device tensor)."""
     ops = [mixed_ops[k] for k in plan.edges]
     op = ops[0]
-    shared = []
-    for i in plan.shared:
-        if i == op._skip:
-            shared.append(share.x)  # the identity
-            continue
-        for other in ops:  # the first computes the pool + BN, the others register their BN's statistics
-            out = other._run(i, share.x, share)
-        shared.append(out)
-    grouped = [share.grouped_raw(i) for i in plan.grouped]
-    operands = promote_operands(shared + grouped)  # under autocast, as FusedMixedOp does
-    shared, grouped = operands[:len(shared)], operands[len(shared):]
+    sources, first = [], 0
+    for share, count in zip(shares, plan.counts):
+        shared = []
+        for i in plan.shared:
+            if i == op._skip:
+                shared.append(share.x)  # the identity
+                continue
+            for other in ops[first:first + count]:  # the first computes the pool + BN, the others register their BN's statistics
+                out = other._run(i, share.x, share)
+            shared.append(out)
+        sources.append(shared)
+        first += count
+    grouped = [shares[0].grouped_raw(i) for i in plan.grouped]
+    operands = promote_operands([t for shared in sources for t in shared] + grouped)  # under autocast, as FusedMixedOp does
+    p = len(plan.shared)
+    sources = [operands[s * p:(s + 1) * p] for s in range(len(sources))]
+    grouped = operands[p * len(sources):]
     w = weights.reshape(-1).index_select(0, index[plan.start:plan.stop]).view(len(ops), -1)
     noisy = op.noisy
-    y = noisy_group_sum(shared, grouped, w, plan.skip if noisy else None, op.noise, scale=op.noise_scale,
-                        training=noisy, backend=op.backend, seed=share.seeds.take() if share.seeds is not None else None)
+    seeds = shares[0].seeds
+    y = noisy_group_sums(sources, grouped, w, plan.counts, plan.skip if noisy else None, op.noise, scale=op.noise_scale,
+                         training=noisy, backend=op.backend, seed=seeds.take() if seeds is not None else None)
     return y.unbind(0)

@@ -21,6 +21,37 @@ from .operations import DARTS_PRIMITIVES, check_primitives, make_search_op, relu
 SKIP = "skip_connect"
 
 
+class GroupRun:
+    """One EdgeGroup's work in one forward pass: the sep/dil convs of all its edges, computed on
+    first use from relu(h) of each of its source nodes (the NodeShares that joined it, in the
+    group's source order: a cell's two inputs share one group)."""
+
+    def __init__(self, group):
+        self.group = group
+        self.shares: list = []  # one NodeShare per source, joined in order
+        self._outputs = None  # {primitive index: [N, E·C, H, W]}
+        self._split: dict = {}  # {primitive index: E per-edge tensors}
+
+    def raw(self, index: int) -> torch.Tensor:
+        """Primitive `index` for all the group's edges, [N, E·C, H, W]."""
+        if self._outputs is None:
+            if len(self.shares) != len(self.group.sources):
+                raise RuntimeError(f"this EdgeGroup takes {len(self.group.sources)} source nodes; "
+                                   f"{len(self.shares)} have joined it so far")
+            self._outputs = self.group([share.relu for share in self.shares])
+        return self._outputs[index]
+
+    def edge(self, index: int, slot: int) -> torch.Tensor:
+        """Primitive `index` of the edge in `slot` of the group, [N, C, H, W]."""
+        if index not in self._split:
+            self._split[index] = split_edges(self.raw(index), self.group.edges)
+        return self._split[index][slot]
+
+    def tensors(self) -> list:
+        out = list(self._outputs.values()) if self._outputs is not None else []
+        return out + [t for outs in self._split.values() for t in outs]
+
+
 class NodeShare:
     """What every edge leaving one node of a cell computes alike, computed once for all of them.
 
@@ -32,22 +63,28 @@ class NodeShare:
       the computing BN) pairs, and ``copy_running_stats`` copies the statistics over, so every
       BN's state is what per-edge computation gives.
     - with an EdgeGroup (``SearchNetwork(batch_edge_convs=True)``): the sep/dil convs of all
-      edges leaving the node, computed together on first use (``grouped``).
+      edges leaving the node (and, for a cell input, the other input's), computed together on
+      first use (``run``, a GroupRun this share joins).
     - ``seeds``: the forward pass's SeedBlock (fused sums take their Philox seeds from it), or None.
     One NodeShare per node; ``syncs`` is one list for the whole cell (SearchCell).
     """
 
-    def __init__(self, x: torch.Tensor, syncs: list, group=None, seeds=None):
+    def __init__(self, x: torch.Tensor, syncs: list, run: GroupRun | None = None, seeds=None):
         self.x = x
         self.seeds = seeds
         self._relu = None
         self.pooled: dict = {}
         self.syncs = syncs
-        self.group = group
-        self._grouped = None  # {primitive index: [N, E·C, H, W]} of the group's convs
-        self._split: dict = {}  # {primitive index: E per-edge tensors}
+        self.run = run
+        if run is not None:
+            run.shares.append(self)
         self._skip_std = None  # std(x), the identity skip's noise scale on every stride-1 edge
         self.prepared = False  # prepare_share ran (SearchCell's multi-stream path)
+
+    @property
+    def group(self):
+        """The EdgeGroup of the node's edges, or None."""
+        return self.run.group if self.run is not None else None
 
     @property
     def relu(self) -> torch.Tensor:
@@ -57,17 +94,15 @@ class NodeShare:
 
     def grouped_raw(self, index: int) -> torch.Tensor:
         """Primitive `index` of the node's EdgeGroup for all its edges, [N, E·C, H, W]."""
-        if self._grouped is None:
-            if self.group is None:
-                raise RuntimeError("this edge's convs are grouped, but its node has no EdgeGroup")
-            self._grouped = self.group(self.relu)
-        return self._grouped[index]
+        if self.run is None:
+            raise RuntimeError("this edge's convs are grouped, but its node has no EdgeGroup")
+        return self.run.raw(index)
 
     def grouped(self, index: int, slot: int) -> torch.Tensor:
         """Primitive `index` of the edge in `slot` of the node's EdgeGroup, [N, C, H, W]."""
-        if index not in self._split:
-            self._split[index] = split_edges(self.grouped_raw(index), self.group.edges)
-        return self._split[index][slot]
+        if self.run is None:
+            raise RuntimeError("this edge's convs are grouped, but its node has no EdgeGroup")
+        return self.run.edge(index, slot)
 
     def skip_std(self, backend) -> torch.Tensor:
         """std(x) for the noise of the identity skip operand, computed once for all the node's
@@ -82,9 +117,8 @@ class NodeShare:
         out = [self.x] + ([self._relu] if self._relu is not None else [])
         out += [self.seeds.seeds] if self.seeds is not None else []
         out += [self._skip_std] if self._skip_std is not None else []
-        grouped = list(self._grouped.values()) if self._grouped is not None else []
-        grouped += [t for outs in self._split.values() for t in outs]
-        return out + [t for t, _ in self.pooled.values()] + grouped
+        out += self.run.tensors() if self.run is not None else []
+        return out + [t for t, _ in self.pooled.values()]
 
 
 def copy_running_stats(syncs) -> None:

@@ -13,13 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotype import derive_genotype
-from .backend import resolve_backend
+from .backend import TRITON_DTYPES, kernels_import_error, resolve_backend
 from .batch_norm import use_search_batch_norm
 from .depthwise_conv import use_search_depthwise_conv
-from .edge_groups import EdgeGroup, cell_state_to_edges, cell_state_to_groups
+from .edge_groups import EdgeGroup
+from .grouped_state import convert_cell_state
 from .group_sum import node_sums, plan_node_sums
 from .fused_sum import SeedBlock
-from .mixed_op import FusedMixedOp, MixedOp, NodeShare, copy_running_stats
+from .mixed_op import FusedMixedOp, GroupRun, MixedOp, NodeShare, copy_running_stats
 from .noise import NoiseConfig
 from .operations import NOISYDARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
 
@@ -55,7 +56,7 @@ def _run_edge(op, h, w, share, seeds, live_weights):
 class SearchCell(nn.Module):
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, make_mixed_op,
                  share_node_ops=True, edge_streams: EdgeStreams | None = None, batch_edge_convs=False,
-                 group_sums=False):
+                 group_sums: bool | None = False):
         super().__init__()
         self.reduction = reduction
         self.share_node_ops = share_node_ops
@@ -74,26 +75,37 @@ class SearchCell(nn.Module):
                 self._ops.append(make_mixed_op(C, stride))
         self.edge_groups = self._make_edge_groups(C, reduction) if batch_edge_convs else None
         self._slots = [slot for _, slot in self.edge_slots()]
-        self._sum_plans = self._make_sum_plans() if group_sums else {}
+        # group_sums None (auto): the node sums run where the Triton kernels do (elsewhere the group
+        # op's reference is E per-edge sums and a stack: no gain); True: everywhere
+        self._sum_plans = self._make_sum_plans() if group_sums is not False and batch_edge_convs else {}
+        self._sums_everywhere = group_sums is True
         # fused ops on a space with `none`: their live weights gathered once per cell, not once per
         # edge (every edge has the same primitives, so the first edge's index serves the cell)
         op = self._ops[0]
         self._gather_live = isinstance(op, FusedMixedOp) and 0 < len(op._live) < len(op.primitives)
 
     def edge_slots(self) -> list[tuple[int, int]]:
-        """(source state, slot) of each edge, in edge order. States 0, 1 are the cell inputs, 2 + k
-        node k; state j feeds nodes max(0, j-1) … steps-1, and its edge into node i is number
-        i - max(0, j-1) of the edges leaving it (its slot in state j's EdgeGroup)."""
-        return [(j, i - max(0, j - 1)) for i in range(self._steps) for j in range(2 + i)]
+        """(group, slot) of each edge, in edge order. States 0, 1 are the cell inputs, 2 + k node k;
+        state j feeds nodes max(0, j-1) … steps-1. The two inputs share group 0 (input 0's edge
+        into node i in slot i, input 1's in slot steps + i); node k's edges are group k + 1, its
+        edge into node i in slot i - k - 1."""
+        return [(self.group_of(j), i - max(0, j - 1) + (self._steps if j == 1 else 0))
+                for i in range(self._steps) for j in range(2 + i)]
+
+    @staticmethod
+    def group_of(state: int) -> int:
+        """The EdgeGroup of the edges leaving state `state` (0, 1: the inputs; 2 + k: node k)."""
+        return max(0, state - 1)
 
     def _make_edge_groups(self, C, reduction):
-        """One EdgeGroup per state with outgoing edges; each edge's sep/dil convs move into its
-        source's group."""
-        groups = nn.ModuleList(EdgeGroup(C, self._steps - max(0, j - 1), 2 if reduction and j < 2 else 1,
-                                         self._ops[0].primitives) for j in range(self._steps + 1))
+        """One EdgeGroup for the two inputs' edges and one per node with outgoing edges; each edge's
+        sep/dil convs move into its source's group."""
+        steps, primitives = self._steps, self._ops[0].primitives
+        groups = [EdgeGroup(C, (steps, steps), 2 if reduction else 1, primitives)]
+        groups += [EdgeGroup(C, steps - k - 1, 1, primitives) for k in range(steps - 1)]
         for op, (_, slot) in zip(self._ops, self.edge_slots()):
             op.use_edge_group(slot)
-        return groups
+        return nn.ModuleList(groups)
 
     def _make_sum_plans(self) -> dict:
         plans, index = plan_node_sums(self._ops, self.edge_slots(), self.edge_groups)
@@ -101,11 +113,9 @@ class SearchCell(nn.Module):
         return plans
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints load across the two layouts: per-edge sep/dil conv entries into EdgeGroups and back
-        if self.edge_groups is not None:
-            cell_state_to_groups(self, state_dict, prefix)
-        else:
-            cell_state_to_edges(self, state_dict, prefix)
+        # checkpoints load across the layouts: per-edge sep/dil conv entries into EdgeGroups and
+        # back, and the earlier grouped layouts (ndarts.grouped_state)
+        convert_cell_state(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, s0, s1, weights, seeds=None):
@@ -115,14 +125,20 @@ class SearchCell(nn.Module):
         # indexing weights[k] per edge costs a zero-filled [edges, ops] gradient and an add per edge
         weight_matrix, weights = weights, weights.unbind(0)
         live = weight_matrix.index_select(1, self._ops[0]._live_index).unbind(0) if self._gather_live else None
-        sums: dict = {}  # source state → its edges' mixed sums (group_sums)
+        sums: dict = {}  # EdgeGroup → its edges' mixed sums (group_sums)
+        plans = self._sum_plans if self._sums_everywhere or self._sums_on(states[0]) else {}
         # what all edges leaving a node compute alike, once per node (NodeShare): relu(h), with
         # which sep/dil convs and FactorizedReduce begin (4 ReLUs per edge become 1 per node), and
-        # the two pools with their BatchNorm (once per node instead of once per edge)
+        # the two pools with their BatchNorm (once per node instead of once per edge); the sep/dil
+        # convs of each EdgeGroup's edges at once (GroupRun; the two inputs share one)
         syncs: list = []
-        groups = self.edge_groups
-        shares = ([NodeShare(h, syncs, groups[j] if groups is not None else None, seeds) for j, h in enumerate(states)]
-                  if self.share_node_ops else None)
+        runs = [GroupRun(g) for g in self.edge_groups] if self.edge_groups is not None else []
+
+        def share(j, h):
+            g = self.group_of(j)
+            return NodeShare(h, syncs, runs[g] if g < len(runs) else None, seeds)
+
+        shares = [share(j, h) for j, h in enumerate(states)] if self.share_node_ops else None
         streams = (self.edge_streams.get(states[0].device)
                    if self.edge_streams is not None and shares is not None and states[0].is_cuda else None)
         offset = 0
@@ -133,11 +149,11 @@ class SearchCell(nn.Module):
                 s = None
                 for j, h in enumerate(states):
                     op, w = self._ops[offset + j], weights[offset + j]
-                    if j in self._sum_plans:
-                        if j not in sums:
-                            sums[j] = node_sums(self._ops, self._sum_plans[j], shares[j], weight_matrix,
-                                                self._sum_index)
-                        o = sums[j][self._slots[offset + j]]
+                    g = self.group_of(j)
+                    if g in plans:
+                        if g not in sums:
+                            sums[g] = node_sums(self._ops, plans[g], runs[g].shares, weight_matrix, self._sum_index)
+                        o = sums[g][self._slots[offset + j]]
                     else:
                         o = _run_edge(op, h, w, shares[j] if shares is not None else None, seeds,
                                       live[offset + j] if live is not None else None)
@@ -145,11 +161,17 @@ class SearchCell(nn.Module):
             offset += len(states)
             states.append(s)
             if shares is not None:
-                j = len(shares)
-                shares.append(NodeShare(s, syncs, groups[j] if groups is not None and j < len(groups) else None, seeds))
+                shares.append(share(len(shares), s))
         if syncs:
             copy_running_stats(syncs)
         return torch.cat(states[-self._multiplier:], dim=1)
+
+    def _sums_on(self, x: torch.Tensor) -> bool:
+        """Whether the node sums of group_sums=None (auto) run for x: on the Triton kernels."""
+        if not self._sum_plans:
+            return False
+        op = self._ops[0]
+        return resolve_backend(op.backend, x.device) == "triton" and x.dtype in TRITON_DTYPES
 
     def _node_on_streams(self, states, shares, weights, offset, streams, live):
         """One node: its incoming edges on side streams (edge j on stream j mod count), summed on
@@ -197,9 +219,12 @@ class SearchNetwork(nn.Module):
     as one batched conv stack per primitive (EdgeGroup, ndarts.edge_groups): ~3× fewer conv
     launches, same math. The conv weights then live in ``cells.<i>.edge_groups``; state_dicts load
     across the two layouts (per-edge ↔ grouped).
-    group_sums (default off; opt-in, not yet timed on a GPU): with fused and batch_edge_convs, the
-    mixed sums of all stride-1 edges leaving a node as one op (ndarts.group_sum: one Triton kernel
-    each way for the E edges, shared operands read once); each edge draws its own noise.
+    group_sums (default None = auto: on with fused and batch_edge_convs, without edge_streams, where
+    the fused ops run on the Triton kernels): the mixed sums of all stride-1 edges leaving a node as
+    one op (ndarts.group_sum: one Triton kernel each way for the E edges, shared operands read once;
+    the default graph step launches 14 % fewer kernels, benchmarks/count_kernels.py); each edge draws
+    its own noise. True: wherever those conditions hold, on the torch backend too (its reference: E
+    per-edge sums); False: per-edge fused sums.
     channels_last (default None = auto: on CPU tensors with the torch backend): the images, and so
     every activation after them, in channels_last memory layout; the same math (the search step on a
     2-core CPU: 0.72× the time, benchmarks/RESULTS.md). True/False force it.
@@ -211,7 +236,8 @@ class SearchNetwork(nn.Module):
                  noise: NoiseConfig | None = None, fused=False, steps=4, multiplier=4, stem_multiplier=3,
                  in_channels=3, arch_activation="softmax", backend=None, share_node_ops=True,
                  fused_batch_norm: bool | None = None, fused_depthwise_conv: bool = False, edge_streams: int = 0,
-                 batch_edge_convs: bool | None = None, autocast: torch.dtype | None = None, group_sums: bool = False,
+                 batch_edge_convs: bool | None = None, autocast: torch.dtype | None = None,
+                 group_sums: bool | None = None,
                  channels_last: bool | None = None):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
@@ -243,8 +269,11 @@ class SearchNetwork(nn.Module):
             batch_edge_convs = share_node_ops
         if batch_edge_convs and not share_node_ops:
             raise ValueError("batch_edge_convs needs share_node_ops=True (the groups are per node)")
-        if group_sums and not (fused and batch_edge_convs and not edge_streams):
+        sums_possible = fused and batch_edge_convs and not edge_streams
+        if group_sums and not sums_possible:
             raise ValueError("group_sums needs fused=True and batch_edge_convs, without edge_streams")
+        if group_sums is None and (not sums_possible or kernels_import_error() is not None):
+            group_sums = False  # auto, and the node sums could never run here
         streams = EdgeStreams(edge_streams) if edge_streams else None
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(

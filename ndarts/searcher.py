@@ -18,7 +18,7 @@ import torch.nn as nn
 from .architect import Architect
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from .data import BatchStream, EndlessStream, load_dataset, split_halves
-from .edge_groups import upgrade_grouped_optimizer_state
+from .grouped_state import convert_optimizer_state
 from .errors import NdartsError
 from .genotype import save_genotype
 from .meters import EpochMeter
@@ -246,8 +246,8 @@ class Searcher:
         if state["kind"] != "ndarts-search":
             raise CheckpointError(f"{path} is a {state['kind']!r} checkpoint, not a search checkpoint")
         try:
-            # a run checkpointed in the grouped-conv layout before 2026-11-29: its momentum too
-            upgrade_grouped_optimizer_state(state["model"], state["w_optimizer"])
+            # a run checkpointed in an earlier layout of the grouped convs: its momentum follows the weights
+            convert_optimizer_state(self.model, state["model"], state["w_optimizer"])
             self.model.load_state_dict(state["model"])
             self.w_opt.load_state_dict(state["w_optimizer"])
             self.a_opt.load_state_dict(state["a_optimizer"])

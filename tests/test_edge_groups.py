@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from ndarts import DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES, NoiseConfig
-from earlier_layouts import old_grouped_layout
-from ndarts.edge_groups import EdgeGroupSlot, per_edge_state
+from earlier_layouts import old_grouped_layout, split_input_layout
+from ndarts.edge_groups import EdgeGroupSlot
+from ndarts.grouped_state import per_edge_state
 from ndarts.search_model import SearchNetwork
 
 
@@ -110,13 +111,16 @@ def test_state_dicts_load_across_the_two_layouts():
     assert len(slots) == 3 * 14 * 4 and not any(list(m.parameters()) for m in slots)
 
 
-def test_checkpoints_of_the_earlier_grouped_layout_load_into_both_layouts():
-    """A checkpoint written before the edge-major layout (a resumed run) loads into today's grouped
-    and per-edge networks: the same eval outputs as the network that wrote it."""
+@pytest.mark.parametrize("layout", [old_grouped_layout, split_input_layout])
+def test_checkpoints_of_the_earlier_grouped_layouts_load_into_both_layouts(layout):
+    """A checkpoint written in an earlier grouped layout (before the edge-major one; before the two
+    inputs shared a group) loads into today's grouped and per-edge networks: the same eval outputs
+    as the network that wrote it."""
     kw = dict(C=4, layers=3, primitives=DARTS_PRIMITIVES, in_channels=3)
     per_edge, grouped = _pair(**kw)
-    old = old_grouped_layout(grouped.state_dict())
-    assert any(k.endswith(".pw1") for k in old) and not any(k.endswith(".pw1.weight") for k in old)
+    old = layout(grouped.state_dict())
+    assert any(k.startswith("cells.0.edge_groups.4.") for k in old)  # 5 groups of a 4-node cell
+    assert any(k.endswith(".pw1") for k in old) == (layout is old_grouped_layout)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         want = grouped.eval()(x)
@@ -167,20 +171,54 @@ def test_repeated_relu_keeps_the_memory_format(fresh_seed):
 
 @pytest.mark.parametrize("primitive", ["sep_conv_3x3", "dil_conv_5x5"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_both_formulations_of_the_first_stage_agree(primitive, stride, fresh_seed):
+@pytest.mark.parametrize("counts", [(3,), (3, 2)])
+def test_both_formulations_of_the_first_stage_agree(primitive, stride, counts, fresh_seed):
     """On channels_last CPU tensors the first stage runs in the channel-multiplier formulation
-    (oneDNN's faster path), elsewhere edge-major on relu(h) repeated: same output and gradients."""
-    from ndarts.edge_groups import make_grouped_op, multiplier_path, repeat_channels
+    (oneDNN's faster path; source by source for a group of several sources), elsewhere edge-major
+    on the sources' relus repeated: same output and gradients."""
+    from ndarts.edge_groups import make_grouped_op, multiplier_path, repeat_sources
 
-    op = make_grouped_op(primitive, 5, 3, stride).double()
-    r = torch.rand(2, 5, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    assert multiplier_path(r) and not multiplier_path(r.contiguous())
+    op = make_grouped_op(primitive, 5, sum(counts), stride).double()
+    rs = [torch.rand(2, 5, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last) for _ in counts]
+    assert multiplier_path(rs[0]) and not multiplier_path(rs[0].contiguous())
     outs = []
     for edge_major in (False, True):
         op.zero_grad(set_to_none=True)
-        x = r.detach().clone().requires_grad_()
-        y = op.stage1(x, repeat_channels(x, 3) if edge_major else None)
+        xs = [r.detach().clone().requires_grad_() for r in rs]
+        y = op.stage1(xs, repeat_sources(xs, counts) if edge_major else None, counts)
         y.backward(torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view(y.shape))
-        outs.append((y.detach(), x.grad, op.dw1.weight.grad, op.pw1.weight.grad))
+        outs.append((y.detach(), *[x.grad for x in xs], op.dw1.weight.grad, op.pw1.weight.grad))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sources_repeated_in_one_copy(channels_last, fresh_seed):
+    """repeat_sources: source s's channels repeated counts[s] times, the sources one after another,
+    as a cat of Tensor.repeat's; gradients the sums over the repeats."""
+    from ndarts.edge_groups import repeat_sources
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    rs = [torch.randn(2, 3, 5, 4).contiguous(memory_format=fmt).requires_grad_() for _ in range(2)]
+    y = repeat_sources(rs, (4, 2))
+    refs = [r.detach().clone().requires_grad_() for r in rs]
+    want = torch.cat([refs[0].repeat(1, 4, 1, 1), refs[1].repeat(1, 2, 1, 1)], dim=1)
+    torch.testing.assert_close(y, want, atol=0, rtol=0)
+    assert y.is_contiguous(memory_format=fmt)
+    g = torch.randn(y.shape)
+    y.backward(g)
+    want.backward(g)
+    for r, ref in zip(rs, refs):
+        torch.testing.assert_close(r.grad, ref.grad)
+
+
+def test_a_cells_two_inputs_share_one_group():
+    """The edges leaving a cell's two inputs are one EdgeGroup (input 0's, then input 1's): each
+    layer of their convs runs once for both inputs."""
+    net = SearchNetwork(C=4, layers=3, primitives=DARTS_PRIMITIVES)
+    for cell in net.cells:
+        steps = cell._steps
+        assert [g.sources for g in cell.edge_groups] == [(steps, steps)] + [(steps - k - 1,) for k in range(steps - 1)]
+        slots = cell.edge_slots()
+        assert sorted(slots) == sorted(set(slots))  # every (group, slot) once
+        assert [slots[k] for k in (0, 1)] == [(0, 0), (0, steps)]  # node 0's two edges

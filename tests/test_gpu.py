@@ -143,7 +143,7 @@ def _searcher(tmp_path, name, **kw):
     return Searcher(cfg)
 
 
-def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, group_sums=False):
+def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, group_sums=None):
     from ndarts import DARTS_PRIMITIVES, NoiseConfig
     from ndarts.architect import Architect
     from ndarts.graph_step import prepare_optimizers_for_capture
@@ -161,9 +161,9 @@ def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, g
 
 
 @pytest.mark.parametrize("dwconv,streams,grouped,bf16,group_sums", [
-    (False, 0, False, False, False), (True, 0, False, False, False), (False, 3, False, False, False),
-    (False, 0, True, False, False), (True, 3, True, False, False), (False, 0, True, True, False),
-    (False, 0, True, False, True), (True, 0, True, True, True)])
+    (False, 0, False, False, None), (True, 0, False, False, None), (False, 3, False, False, None),
+    (False, 0, True, False, None), (True, 3, True, False, None), (False, 0, True, True, None),
+    (False, 0, True, False, False), (True, 0, True, True, True)])
 def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf16, group_sums):
     """Warm-up steps, a capture, replays and a re-capture for a new learning rate: each step's
     losses and the final α and weights equal those of the eager steps (noise off, deterministic
@@ -333,6 +333,16 @@ def test_group_sums_equal_per_edge_sums_on_cuda():
     with _no_tf32():
         assert_same_forward_backward(nets, torch.randn(16, 3, 32, 32, device="cuda"), out_tol=(1e-4, 1e-4),
                                      grad_tol=(1e-4, 1e-3), buffer_tol=(1e-5, 1e-4), seed=5)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 3e-2, 2e-2)])
+@pytest.mark.parametrize("layout", [((4, 4), 3, 4, (3, 5, 7, 6)), ((2, 1, 3), 2, 2, (2, 3, 5, 7))])
+def test_cuda_group_kernels_of_several_sources_match_reference(dtype, atol, rtol, layout):
+    """The group sums of a cell's two inputs (one launch per source, the grouped operands read and
+    their gradients written in place through views) on the compiled kernels."""
+    from test_group_sum import test_group_kernels_of_several_sources_match_reference as check
+
+    check(dtype, atol, rtol, layout, "gaussian", device="cuda")
 
 
 def test_channels_last_equals_nchw_on_cuda():

@@ -6,7 +6,7 @@ import torch
 import ndarts_kernels
 from ndarts import NoiseConfig
 from ndarts.fused_sum import draw_seed
-from ndarts.group_sum import noisy_group_sum, reference_group_sum
+from ndarts.group_sum import noisy_group_sum, noisy_group_sums, reference_group_sum
 from test_noisy_mixed_sum import VARIANTS  # the noise variants of the paper's ablation
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -47,7 +47,8 @@ def test_group_kernels_match_reference(device, dtype, atol, rtol, layout, varian
     kind, mult, lam, mean = noise.kernel_params(scale)
     eps = (ndarts_kernels.unit_noise(seed, edges * shared[0].numel(), kind).view(edges, -1)
            if noise.enabled else None)
-    want = _run(lambda s, g, w: reference_group_sum(s, g, w, skip, mult, lam, mean, eps), shared, grouped, weights, grad)
+    want = _run(lambda s, g, w: reference_group_sum([s], g, w, [edges], skip, mult, lam, mean, eps), shared, grouped,
+                weights, grad)
     got = _run(lambda s, g, w: noisy_group_sum(s, g, w, skip, noise, scale=scale, backend="triton", seed=seed),
                shared, grouped, weights, grad)
     names = ["y"] + [f"d shared {i}" for i in range(p)] + [f"d grouped {i}" for i in range(q)] + ["dW"]
@@ -56,6 +57,51 @@ def test_group_kernels_match_reference(device, dtype, atol, rtol, layout, varian
         # dW sums g·o over all elements: a looser bound in bf16
         tol = (atol * 20, rtol * 5) if name == "dW" and dtype != torch.float32 else (atol, rtol)
         torch.testing.assert_close(a.float(), b.float(), atol=tol[0], rtol=tol[1], msg=lambda m: f"{name}: {m}")
+
+
+# (edges per source, shared operands per source, grouped operands, [N, C, H, W])
+SOURCE_LAYOUTS = [((4, 4), 3, 4, (3, 5, 7, 6)), ((2, 1, 3), 2, 2, (2, 3, 5, 7)), ((1, 2), 1, 6, (1, 2, 1, 33))]
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("layout", SOURCE_LAYOUTS)
+@pytest.mark.parametrize("variant", ["gaussian", "multiplicative"])
+def test_group_kernels_of_several_sources_match_reference(dtype, atol, rtol, layout, variant, device="cpu"):
+    """A group whose edges leave several nodes (a cell's two inputs share one): each source's edges
+    take its own shared operands and read their channels of the grouped operands in place; the
+    grouped gradients land in one tensor per operand; edge e draws the noise of index e.
+    (tests/test_gpu.py runs it on CUDA.)"""
+    edges, p, q, shape = layout
+    noise = VARIANTS[variant]
+    total, skip = sum(edges), p - 1
+    sources = [_inputs(total, p, q, shape, dtype, device)[0] for _ in edges]
+    _, grouped, weights, grad = _inputs(total, p, q, shape, dtype, device)
+    seed = draw_seed(device)
+    kind, mult, lam, mean = noise.kernel_params(0.7)
+    eps = ndarts_kernels.unit_noise(seed, total * sources[0][0].numel(), kind).view(total, -1)
+    flat = [t for s in sources for t in s]
+
+    def split(s):
+        return [s[i * p:(i + 1) * p] for i in range(len(edges))]
+
+    want = _run(lambda s, g, w: reference_group_sum(split(s), g, w, edges, skip, mult, lam, mean, eps), flat,
+                grouped, weights, grad)
+    got = _run(lambda s, g, w: noisy_group_sums(split(s), g, w, edges, skip, noise, scale=0.7, backend="triton",
+                                                seed=seed), flat, grouped, weights, grad)
+    names = ["y"] + [f"d shared {i}" for i in range(len(flat))] + [f"d grouped {i}" for i in range(q)] + ["dW"]
+    for name, a, b in zip(names, got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        tol = (atol * 20, rtol * 5) if name == "dW" and dtype != torch.float32 else (atol, rtol)
+        torch.testing.assert_close(a.float(), b.float(), atol=tol[0], rtol=tol[1], msg=lambda m: f"{name}: {m}")
+
+
+def test_group_sums_name_a_bad_source_layout():
+    s = [torch.randn(2, 3, 4, 4)]
+    g = [torch.randn(2, 9, 4, 4)]
+    with pytest.raises(ValueError, match="one edge count"):
+        noisy_group_sums([s, s], g, torch.ones(3, 2), [3], 0, NoiseConfig())
+    with pytest.raises(ValueError, match=r"weights must be \[3, 2\]"):
+        noisy_group_sums([s, s], g, torch.ones(4, 2), [2, 1], 0, NoiseConfig())
 
 
 def test_each_edge_draws_its_own_noise():
@@ -88,7 +134,7 @@ def _networks(**kw):
     from ndarts.search_model import SearchNetwork
 
     torch.manual_seed(0)
-    per_edge = SearchNetwork(fused=True, **kw)
+    per_edge = SearchNetwork(fused=True, group_sums=False, **kw)
     torch.manual_seed(0)
     grouped = SearchNetwork(fused=True, group_sums=True, **kw)
     with torch.no_grad():
@@ -132,3 +178,30 @@ def test_group_sums_need_fused_batched_convs():
     for kw in (dict(fused=False), dict(fused=True, batch_edge_convs=False), dict(fused=True, edge_streams=2)):
         with pytest.raises(ValueError, match="group_sums needs"):
             SearchNetwork(C=4, layers=3, group_sums=True, **kw)
+
+
+@pytest.mark.parametrize("backend,expected", [("triton", True), ("torch", False), ("auto", False)])
+def test_group_sums_by_default_where_the_triton_kernels_run(backend, expected):
+    """group_sums=None (the default): a fused network with batched convs sums each node's
+    stride-1 edges in one op where the fused ops run on Triton (here the interpreter), and keeps
+    per-edge sums where they run the torch reference (auto on a CPU), whose group op is no faster."""
+    from unittest import mock
+
+    import ndarts.search_model as sm
+
+    torch.manual_seed(0)
+    net = sm.SearchNetwork(C=4, num_classes=5, layers=3, steps=2, multiplier=2, fused=True, backend=backend,
+                           fused_batch_norm=False, noise=NoiseConfig(kind="none"))
+    assert any(c._sum_plans for c in net.cells)  # planned on every backend; run where they pay off
+    with mock.patch.object(sm, "node_sums", wraps=sm.node_sums) as spy:
+        net(torch.randn(2, 3, 8, 8))
+    assert (spy.call_count > 0) == expected
+
+
+@pytest.mark.parametrize("kw", [dict(fused=False), dict(fused=True, batch_edge_convs=False),
+                                dict(fused=True, edge_streams=2), dict(fused=True, group_sums=False)])
+def test_no_group_sums_by_default_without_their_conditions(kw):
+    from ndarts.search_model import SearchNetwork
+
+    net = SearchNetwork(C=4, layers=3, backend="triton" if kw.get("fused") else None, **kw)
+    assert not any(c._sum_plans for c in net.cells)

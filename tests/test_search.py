@@ -93,10 +93,13 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, order):
     assert epochs == [0, 1, 2]
 
 
-def test_resume_from_a_checkpoint_of_the_earlier_grouped_layout(tmp_path, monkeypatch):
-    """A run checkpointed by the grouped-conv layout before 2026-11-29 (weights and SGD momentum in
-    the channel-major order) resumes with today's layout and ends exactly as an uninterrupted run."""
-    from earlier_layouts import old_grouped_layout
+@pytest.mark.parametrize("layout", ["old_grouped_layout", "split_input_layout"])
+def test_resume_from_a_checkpoint_of_an_earlier_grouped_layout(tmp_path, monkeypatch, layout):
+    """A run checkpointed in an earlier grouped-conv layout (before the edge-major one: weights and
+    SGD momentum in the channel-major order; before the two inputs shared a group: one group
+    more, the parameters in another order) resumes with today's layout and ends exactly as an
+    uninterrupted run."""
+    import earlier_layouts
 
     full = Searcher(_cfg(tmp_path / "full", epochs=2))
     g_full = full.run_search()
@@ -104,8 +107,9 @@ def test_resume_from_a_checkpoint_of_the_earlier_grouped_layout(tmp_path, monkey
     cut.run_search()
     path = tmp_path / "cut" / "checkpoint.pt"
     state = torch.load(path, weights_only=True)
-    state["model"] = old_grouped_layout(state["model"], state["w_optimizer"])
-    assert any(k.endswith(".pw1") for k in state["model"])
+    params = len(state["w_optimizer"]["param_groups"][0]["params"])
+    state["model"] = getattr(earlier_layouts, layout)(state["model"], state["w_optimizer"])
+    assert len(state["w_optimizer"]["param_groups"][0]["params"]) > params  # one group more per cell
     torch.save(state, path)
     resumed = Searcher(_cfg(tmp_path / "cut", epochs=2, resume=True))
     assert resumed.start_epoch == 1
