@@ -16,7 +16,7 @@ from .batch_norm import search_batch_norms
 from .edge_groups import EdgeGroupSlot, groupable, split_edges
 from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std
 from .noise import NoiseConfig, add_noise
-from .operations import DARTS_PRIMITIVES, check_primitives, make_search_op, relu_tail
+from .operations import DARTS_PRIMITIVES, FactorizedReduce, check_primitives, make_search_op, relu_tail, shifted_by_one
 
 SKIP = "skip_connect"
 
@@ -65,12 +65,17 @@ class NodeShare:
     - with an EdgeGroup (``SearchNetwork(batch_edge_convs=True)``): the sep/dil convs of all
       edges leaving the node (and, for a cell input, the other input's), computed together on
       first use (``run``, a GroupRun this share joins).
+    - ``reductions``: the FactorizedReduce skip ops of the node's stride-2 edges (a reduction
+      cell's inputs), run together on first use (``reduced``): their convs as two convs with the
+      edges' weights stacked, their BatchNorms in one launch where the Triton kernels run.
     - ``seeds``: the forward pass's SeedBlock (fused sums take their Philox seeds from it), or None.
     One NodeShare per node; ``syncs`` is one list for the whole cell (SearchCell).
     """
 
-    def __init__(self, x: torch.Tensor, syncs: list, run: GroupRun | None = None, seeds=None):
+    def __init__(self, x: torch.Tensor, syncs: list, run: GroupRun | None = None, seeds=None, reductions=()):
         self.x = x
+        self.reductions = list(reductions)
+        self._reduced = None  # {id(FactorizedReduce): its output}
         self.seeds = seeds
         self._relu = None
         self.pooled: dict = {}
@@ -104,6 +109,16 @@ class NodeShare:
             raise RuntimeError("this edge's convs are grouped, but its node has no EdgeGroup")
         return self.run.edge(index, slot)
 
+    def reduced(self, op) -> torch.Tensor:
+        """op (a FactorizedReduce of one of the node's stride-2 edges) applied to x: all the
+        node's reductions computed together on first use (one in ``reductions``), else by itself."""
+        if not any(m is op for m in self.reductions):
+            return op.forward_from_relu(self.relu)
+        if self._reduced is None:
+            outs = factorized_reduce_all(self.relu, self.reductions)
+            self._reduced = {id(m): y for m, y in zip(self.reductions, outs)}
+        return self._reduced[id(op)]
+
     def skip_std(self, backend) -> torch.Tensor:
         """std(x) for the noise of the identity skip operand, computed once for all the node's
         stride-1 edges (as each edge's sum would compute it: skip_operand_std)."""
@@ -118,7 +133,26 @@ class NodeShare:
         out += [self.seeds.seeds] if self.seeds is not None else []
         out += [self._skip_std] if self._skip_std is not None else []
         out += self.run.tensors() if self.run is not None else []
+        out += list(self._reduced.values()) if self._reduced is not None else []
         return out + [t for t, _ in self.pooled.values()]
+
+
+def factorized_reduce_all(r: torch.Tensor, ops) -> list:
+    """[op.forward_from_relu(r) for op in ops] (FactorizedReduce ops of the same shape, r = relu(h)
+    of their common input), computed together: each of the two offset stride-2 convs once with the
+    ops' weights stacked, the two paths interleaved per op and made E contiguous tensors in one copy
+    (split_edges), the E BatchNorms in one launch each way where the Triton kernels run."""
+    E = len(ops)
+    y1 = F.conv2d(r, torch.cat([op.conv_1.weight for op in ops]), stride=2)
+    y2 = F.conv2d(shifted_by_one(r), torch.cat([op.conv_2.weight for op in ops]), stride=2)
+    n, _, h, w = y1.shape
+    half = ops[0].conv_1.out_channels
+    if not y1.is_contiguous() and y1.is_contiguous(memory_format=torch.channels_last):  # NHWC: keep it
+        paths = [y.permute(0, 2, 3, 1).reshape(n, h, w, E, half) for y in (y1, y2)]
+        y = torch.cat(paths, dim=4).view(n, h, w, E * 2 * half).permute(0, 3, 1, 2)
+    else:
+        y = torch.cat([y1.view(n, E, half, h, w), y2.view(n, E, half, h, w)], dim=2).view(n, E * 2 * half, h, w)
+    return search_batch_norms(list(split_edges(y, E)), [op.bn for op in ops])
 
 
 def copy_running_stats(syncs) -> None:
@@ -166,6 +200,8 @@ class MixedOp(nn.Module):
         BatchNorm), so that edges running on other CUDA streams only read them (SearchCell)."""
         if any(t is not None for t in self._tails) or share.group is not None:
             share.relu  # noqa: B018 (materialises the lazy relu)
+        if share.reductions and self._skip is not None and not self._noise_on_input():
+            share.reduced(self._ops[self._skip])  # all the node's reductions, before any side stream reads one
         for i, op in enumerate(self._ops):
             if isinstance(op, EdgeGroupSlot):
                 share.grouped(i, op.slot)  # every grouped output split here, before any side stream reads one
@@ -209,6 +245,8 @@ class MixedOp(nn.Module):
                 return out
             self._pool_all(x, share)
             return share.pooled[key][0]
+        if isinstance(op, FactorizedReduce):
+            return share.reduced(op)
         tail = self._tails[i]
         if tail is not None:
             return tail(share.relu)

@@ -38,6 +38,15 @@ class ReLUConvBN(nn.Module):
     def forward(self, x):
         return self.op(x)
 
+    def pre_norm(self, x):
+        """relu and conv: the BatchNorm's input (a search cell runs both preprocessing BatchNorms
+        in one launch)."""
+        return self.op[1](self.op[0](x))
+
+    @property
+    def norm(self) -> nn.Module:
+        return self.op[2]
+
 
 class DilConv(nn.Module):
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
@@ -110,11 +119,28 @@ class FactorizedReduce(nn.Module):
 
     def forward_from_relu(self, x):
         """The op applied to an input already passed through ReLU (shared per node in the search)."""
-        shifted = x[:, :, 1:, 1:]
-        if x.shape[2] % 2 or x.shape[3] % 2:
-            shifted = F.pad(shifted, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
-        out = torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1)
-        return self.bn(out)
+        return self.bn(self.convs_from_relu(x))
+
+    def pre_norm(self, x):
+        """relu, the two convs and their cat: the BatchNorm's input."""
+        return self.convs_from_relu(self.relu(x))
+
+    @property
+    def norm(self) -> nn.Module:
+        return self.bn
+
+    def convs_from_relu(self, x):
+        """The two offset convs of relu(x), concatenated (the BatchNorm's input)."""
+        return torch.cat([self.conv_1(x), self.conv_2(shifted_by_one(x))], dim=1)
+
+
+def shifted_by_one(x: torch.Tensor) -> torch.Tensor:
+    """FactorizedReduce's second path's input: x one pixel down and right, padded back by one on
+    the bottom/right for an odd size (so that its stride-2 output matches the first path's)."""
+    shifted = x[:, :, 1:, 1:]
+    if x.shape[2] % 2 or x.shape[3] % 2:
+        shifted = F.pad(shifted, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
+    return shifted
 
 
 OPS = {

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .genotype import derive_genotype
 from .backend import TRITON_DTYPES, kernels_import_error, resolve_backend
-from .batch_norm import use_search_batch_norm
+from .batch_norm import search_batch_norms, use_search_batch_norm
 from .depthwise_conv import use_search_depthwise_conv
 from .edge_groups import EdgeGroup
 from .grouped_state import convert_cell_state
@@ -74,6 +74,11 @@ class SearchCell(nn.Module):
                 stride = 2 if reduction and j < 2 else 1
                 self._ops.append(make_mixed_op(C, stride))
         self.edge_groups = self._make_edge_groups(C, reduction) if batch_edge_convs else None
+        # the FactorizedReduce skip ops of each input's stride-2 edges, run together (NodeShare.reduced)
+        states = [j for i in range(steps) for j in range(2 + i)]
+        self._reduction_edges = {j: [k for k, (src, op) in enumerate(zip(states, self._ops)) if src == j
+                                     and op._skip is not None and isinstance(op._ops[op._skip], FactorizedReduce)]
+                                 for j in (0, 1)}
         self._slots = [slot for _, slot in self.edge_slots()]
         # group_sums None (auto): the node sums run where the Triton kernels do (elsewhere the group
         # op's reference is E per-edge sums and a stack: no gain); True: everywhere
@@ -120,7 +125,9 @@ class SearchCell(nn.Module):
 
     def forward(self, s0, s1, weights, seeds=None):
         """seeds: the forward pass's SeedBlock for the fused sums (SearchNetwork draws it), or None."""
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        # the two preprocessing BatchNorms in one launch each way where the Triton kernels run
+        pre = (self.preprocess0, self.preprocess1)
+        states = search_batch_norms([p.pre_norm(s) for p, s in zip(pre, (s0, s1))], [p.norm for p in pre])
         # one row of α weights per edge: unbind's backward is one stack for the whole cell, where
         # indexing weights[k] per edge costs a zero-filled [edges, ops] gradient and an add per edge
         weight_matrix, weights = weights, weights.unbind(0)
@@ -136,7 +143,7 @@ class SearchCell(nn.Module):
 
         def share(j, h):
             g = self.group_of(j)
-            return NodeShare(h, syncs, runs[g] if g < len(runs) else None, seeds)
+            return NodeShare(h, syncs, runs[g] if g < len(runs) else None, seeds, self._reductions(j))
 
         shares = [share(j, h) for j, h in enumerate(states)] if self.share_node_ops else None
         streams = (self.edge_streams.get(states[0].device)
@@ -165,6 +172,13 @@ class SearchCell(nn.Module):
         if syncs:
             copy_running_stats(syncs)
         return torch.cat(states[-self._multiplier:], dim=1)
+
+    def _reductions(self, state: int) -> list:
+        """The FactorizedReduce ops of state's stride-2 edges that this pass runs from the node's
+        relu (all but those that take the paper's noise on their input), when two or more."""
+        ops = [self._ops[k] for k in self._reduction_edges.get(state, [])]
+        ops = [op._ops[op._skip] for op in ops if not (op.noisy and op._noise_on_input())]
+        return ops if len(ops) > 1 else []
 
     def _sums_on(self, x: torch.Tensor) -> bool:
         """Whether the node sums of group_sums=None (auto) run for x: on the Triton kernels."""

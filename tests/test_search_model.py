@@ -140,3 +140,45 @@ def test_channels_last_is_off_where_the_triton_kernels_run():
     x = torch.randn(2, 3, 8, 8)
     assert not net._use_channels_last(x) and SearchNetwork(C=4, layers=3)._use_channels_last(x)
     assert SearchNetwork(C=4, layers=3, backend="triton", channels_last=True)._use_channels_last(x)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 8, 10), (2, 6, 9, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_factorized_reduces_of_a_node_run_together(shape, channels_last, fresh_seed):
+    """A reduction cell input's FactorizedReduce skip ops, batched (stacked conv weights, one
+    interleaving copy, their BatchNorms together): each output, the input's and every weight's
+    gradient and the BatchNorm statistics equal those of the ops run one by one (odd sizes too)."""
+    from ndarts.mixed_op import factorized_reduce_all
+    from ndarts.operations import FactorizedReduce
+
+    ops = [FactorizedReduce(shape[1], 8, affine=False).double() for _ in range(3)]
+    solo = [FactorizedReduce(shape[1], 8, affine=False).double() for _ in range(3)]
+    for a, b in zip(solo, ops):
+        a.load_state_dict(b.state_dict())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    r = torch.rand(shape, dtype=torch.float64).contiguous(memory_format=fmt)
+    runs = []
+    for batched, modules in ((True, ops), (False, solo)):
+        x = r.detach().clone().requires_grad_()
+        ys = factorized_reduce_all(x, modules) if batched else [m.forward_from_relu(x) for m in modules]
+        sum((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape) * (i + 1)).sum()
+            for i, y in enumerate(ys)).backward()
+        grads = [p.grad for m in modules for p in (m.conv_1.weight, m.conv_2.weight)]
+        stats = [b for m in modules for b in (m.bn.running_mean, m.bn.running_var)]
+        runs.append((ys, [x.grad], grads, stats))
+    for got, want in zip(*runs):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    assert runs[0][0][0].is_contiguous(memory_format=fmt)
+
+
+def test_preprocessing_splits_at_its_batch_norm(fresh_seed):
+    """A cell runs its two preprocessing ops as pre_norm then norm (both BatchNorms in one launch
+    where the Triton kernels run): the same as their forward, FactorizedReduce on odd sizes too."""
+    from ndarts.operations import FactorizedReduce, ReLUConvBN
+
+    for op, x in ((ReLUConvBN(5, 6, 1, 1, 0, affine=False), torch.randn(2, 5, 7, 7)),
+                  (FactorizedReduce(5, 6, affine=False), torch.randn(2, 5, 7, 9))):
+        op = op.double()
+        x = x.double()
+        torch.testing.assert_close(op.norm(op.pre_norm(x)), op(x), atol=0, rtol=0)
