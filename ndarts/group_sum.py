@@ -190,10 +190,10 @@ def plan_node_sums(mixed_ops, edge_slots, edge_groups) -> tuple[dict, list]:
     return plans, index
 
 
-def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, index: torch.Tensor) -> tuple:
+def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor) -> tuple:
     """The mixed sums of all edges of one EdgeGroup, one tensor per slot. shares: the NodeShare of
-    each of the group's source nodes; weights: the cell's [edges, primitives] α weights; index: the
-    cell's gather index (a device tensor)."""
+    each of the group's source nodes; weights: the plan's α weights, flat [E·K] (the cell's
+    [edges, primitives] weights gathered with its index[start:stop]: plan_node_sums)."""
     ops = [mixed_ops[k] for k in plan.edges]
     op = ops[0]
     sources, first = [], 0
@@ -213,7 +213,7 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, index
     p = len(plan.shared)
     sources = [operands[s * p:(s + 1) * p] for s in range(len(sources))]
     grouped = operands[p * len(sources):]
-    w = weights.reshape(-1).index_select(0, index[plan.start:plan.stop]).view(len(ops), -1)
+    w = weights.view(len(ops), -1)
     noisy = op.noisy
     seeds = shares[0].seeds
     y = noisy_group_sums(sources, grouped, w, plan.counts, plan.skip if noisy else None, op.noise, scale=op.noise_scale,

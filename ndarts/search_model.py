@@ -79,6 +79,7 @@ class SearchCell(nn.Module):
         self._reduction_edges = {j: [k for k, (src, op) in enumerate(zip(states, self._ops)) if src == j
                                      and op._skip is not None and isinstance(op._ops[op._skip], FactorizedReduce)]
                                  for j in (0, 1)}
+        self._groups = [group for group, _ in self.edge_slots()]  # each edge's EdgeGroup (its source's)
         self._slots = [slot for _, slot in self.edge_slots()]
         # group_sums None (auto): the node sums run where the Triton kernels do (elsewhere the group
         # op's reference is E per-edge sums and a stack: no gain); True: everywhere
@@ -131,9 +132,14 @@ class SearchCell(nn.Module):
         # one row of α weights per edge: unbind's backward is one stack for the whole cell, where
         # indexing weights[k] per edge costs a zero-filled [edges, ops] gradient and an add per edge
         weight_matrix, weights = weights, weights.unbind(0)
-        live = weight_matrix.index_select(1, self._ops[0]._live_index).unbind(0) if self._gather_live else None
         sums: dict = {}  # EdgeGroup → its edges' mixed sums (group_sums)
         plans = self._sum_plans if self._sums_everywhere or self._sums_on(states[0]) else {}
+        # the group sums' weights in one gather for the cell (split's backward is one cat); the live
+        # weights of the edges that sum by themselves in another, when there are any
+        group_weights = dict(zip(plans, weight_matrix.reshape(-1).index_select(0, self._sum_index).split(
+            [p.stop - p.start for p in plans.values()]))) if plans else {}
+        live = (weight_matrix.index_select(1, self._ops[0]._live_index).unbind(0)
+                if self._gather_live and any(g not in plans for g in self._groups) else None)
         # what all edges leaving a node compute alike, once per node (NodeShare): relu(h), with
         # which sep/dil convs and FactorizedReduce begin (4 ReLUs per edge become 1 per node), and
         # the two pools with their BatchNorm (once per node instead of once per edge); the sep/dil
@@ -159,7 +165,7 @@ class SearchCell(nn.Module):
                     g = self.group_of(j)
                     if g in plans:
                         if g not in sums:
-                            sums[g] = node_sums(self._ops, plans[g], runs[g].shares, weight_matrix, self._sum_index)
+                            sums[g] = node_sums(self._ops, plans[g], runs[g].shares, group_weights[g])
                         o = sums[g][self._slots[offset + j]]
                     else:
                         o = _run_edge(op, h, w, shares[j] if shares is not None else None, seeds,

@@ -205,3 +205,18 @@ def test_no_group_sums_by_default_without_their_conditions(kw):
 
     net = SearchNetwork(C=4, layers=3, backend="triton" if kw.get("fused") else None, **kw)
     assert not any(c._sum_plans for c in net.cells)
+
+
+def test_a_cell_gathers_its_group_sums_weights_once():
+    """One α gather per cell for all its group sums; the live-weight gather of the per-edge sums
+    only where some edge sums by itself (a reduction cell's stride-2 edges)."""
+    from ndarts.operations import DARTS_PRIMITIVES
+    from ndarts.search_model import SearchNetwork
+
+    torch.manual_seed(0)
+    net = SearchNetwork(C=4, num_classes=5, layers=3, steps=2, multiplier=2, primitives=DARTS_PRIMITIVES, fused=True,
+                        backend="triton", fused_batch_norm=False, noise=NoiseConfig(kind="none"))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        net(torch.randn(2, 3, 8, 8))
+    gathers = sum(1 for e in prof.events() if e.name == "aten::index_select")
+    assert gathers == sum(2 if c.reduction else 1 for c in net.cells)
