@@ -21,6 +21,8 @@ from .noisy_mixed_sum import (  # noqa: E402
     skip_std,
     unit_noise,
 )
+from .relu_repeat import relu_repeat_backward, relu_repeat_forward  # noqa: E402
+from .tensor_sum import tensor_sum  # noqa: E402
 
 __all__ = [
     "INTERPRETED",
@@ -35,6 +37,9 @@ __all__ = [
     "noisy_group_sum_backward",
     "noisy_mixed_sum_forward",
     "noisy_mixed_sum_backward",
+    "relu_repeat_forward",
+    "relu_repeat_backward",
     "skip_std",
+    "tensor_sum",
     "unit_noise",
 ]

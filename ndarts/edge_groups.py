@@ -28,6 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torch.autograd.function import once_differentiable
+
+from .backend import graph_kernels_enabled
 from .batch_norm import search_batch_norms
 
 GROUPED_KINDS = ("sep_conv", "dil_conv")
@@ -81,6 +84,36 @@ def repeat_sources(rs, counts) -> torch.Tensor:
     n, c, h, w = r.shape
     parts = [x.unsqueeze(1).expand(n, k, c, h, w) for x, k in zip(rs, counts)]
     return torch.cat(parts, dim=1).view(n, sum(counts) * c, h, w)
+
+
+class _ReluRepeat(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, counts, *xs):
+        import ndarts_kernels
+
+        ctx.counts = counts
+        ctx.save_for_backward(*xs)  # x, not relu(x): the mask is x <= 0, and x is kept anyway
+        return ndarts_kernels.relu_repeat_forward(list(xs), counts)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        import ndarts_kernels
+
+        return (None, *ndarts_kernels.relu_repeat_backward(grad, list(ctx.saved_tensors), ctx.counts))
+
+
+def relu_repeat_sources(xs, counts, backend=None) -> torch.Tensor:
+    """repeat_sources([relu(x) for x in xs], counts): one Triton launch per source each way
+    (ndarts_kernels.relu_repeat_*) where the search-op kernels run (graph_kernels_enabled); the
+    torch ops elsewhere. The same values and gradients."""
+    from ndarts_kernels.relu_repeat import MAX_REPEATS
+
+    first = xs[0]
+    if (graph_kernels_enabled(backend, first) and max(counts) <= MAX_REPEATS
+            and all(x.shape == first.shape and x.dtype == first.dtype and x.is_contiguous() for x in xs)):
+        return _ReluRepeat.apply(tuple(counts), *xs)
+    return repeat_sources([F.relu(x) for x in xs], counts)
 
 
 def split_edges(y: torch.Tensor, edges: int) -> tuple[torch.Tensor, ...]:
@@ -206,17 +239,20 @@ class EdgeGroup(nn.Module):
         self.ops = nn.ModuleDict({str(i): make_grouped_op(p, C, self.edges, stride)
                                   for i, p in enumerate(primitives) if groupable(p)})
 
-    def forward(self, r) -> dict:
-        """r = relu(h) [N, C, H, W] of each source (a list; a tensor for a one-source group).
-        Stage by stage across the primitives, so that each stage's BatchNorms (and the sep convs'
-        ReLU after bn1) run as one launch each way where the Triton kernels run
-        (search_batch_norms); elsewhere the same math as calling each stack."""
+    def forward(self, r, repeated: torch.Tensor | None = None) -> dict:
+        """r = relu(h) [N, C, H, W] of each source (a list; a tensor for a one-source group);
+        repeated: their repeat_sources when the caller made it (GroupRun, with the ReLU fused in:
+        relu_repeat_sources; r is then not read). Stage by stage across the primitives, so that
+        each stage's BatchNorms (and the sep convs' ReLU after bn1) run as one launch each way
+        where the Triton kernels run (search_batch_norms); elsewhere the same math as calling
+        each stack."""
         rs = list(r) if isinstance(r, (list, tuple)) else [r]
         if len(rs) != len(self.sources):
             raise ValueError(f"this EdgeGroup has {len(self.sources)} source nodes, got {len(rs)} inputs")
         ops = [(int(i), op) for i, op in self.ops.items()]
         # edge-major: channel e·C + c = its source's channel c; made once for all the primitives
-        repeated = None if multiplier_path(rs[0]) else repeat_sources(rs, self.sources)
+        if repeated is None and not multiplier_path(rs[0]):
+            repeated = repeat_sources(rs, self.sources)
         y1 = search_batch_norms([op.stage1(rs, repeated, self.sources) for _, op in ops], [op.bn1 for _, op in ops],
                                 relu=[op.repeats == 2 for _, op in ops])
         out = dict(zip((i for i, _ in ops), y1))

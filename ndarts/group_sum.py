@@ -201,7 +201,7 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor) -> tu
         shared = []
         for i in plan.shared:
             if i == op._skip:
-                shared.append(share.x)  # the identity
+                shared.append(share.input(op.primitives[i]))  # the identity (x's skip alias)
                 continue
             for other in ops[first:first + count]:  # the first computes the pool + BN, the others register their BN's statistics
                 out = other._run(i, share.x, share)

@@ -13,7 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .batch_norm import search_batch_norms
-from .edge_groups import EdgeGroupSlot, groupable, split_edges
+from .backend import graph_kernels_enabled
+from .edge_groups import EdgeGroupSlot, groupable, relu_repeat_sources, split_edges
+from .fan_out import fan_out
 from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std
 from .noise import NoiseConfig, add_noise
 from .operations import DARTS_PRIMITIVES, FactorizedReduce, check_primitives, make_search_op, relu_tail, shifted_by_one
@@ -38,8 +40,20 @@ class GroupRun:
             if len(self.shares) != len(self.group.sources):
                 raise RuntimeError(f"this EdgeGroup takes {len(self.group.sources)} source nodes; "
                                    f"{len(self.shares)} have joined it so far")
-            self._outputs = self.group([share.relu for share in self.shares])
+            if self._fuse_relu():
+                # relu(h) made straight into the edge slots: no separate relu tensor
+                xs = [share.input("relu") for share in self.shares]
+                self._outputs = self.group(xs, relu_repeat_sources(xs, self.group.sources, self.shares[0].backend))
+            else:
+                self._outputs = self.group([share.relu for share in self.shares])
         return self._outputs[index]
+
+    def _fuse_relu(self) -> bool:
+        """Whether the group's input is made by relu_repeat_sources: where the search-op kernels
+        run, and no other op reads the nodes' relu (a reduction input's FactorizedReduces do)."""
+        first = self.shares[0]
+        return (all(share._relu is None and not share.reductions for share in self.shares)
+                and graph_kernels_enabled(first.backend, first.x))
 
     def edge(self, index: int, slot: int) -> torch.Tensor:
         """Primitive `index` of the edge in `slot` of the group, [N, C, H, W]."""
@@ -69,11 +83,19 @@ class NodeShare:
       cell's inputs), run together on first use (``reduced``): their convs as two convs with the
       edges' weights stacked, their BatchNorms in one launch where the Triton kernels run.
     - ``seeds``: the forward pass's SeedBlock (fused sums take their Philox seeds from it), or None.
+    - ``input(consumer)``: x for one of its consumers (its relu, each pool, the identity skip):
+      aliases from one fan-out (ndarts.fan_out), so that their gradients of x are summed in one
+      launch where the search-op kernels run (``backend``: the fused ops').
     One NodeShare per node; ``syncs`` is one list for the whole cell (SearchCell).
     """
 
-    def __init__(self, x: torch.Tensor, syncs: list, run: GroupRun | None = None, seeds=None, reductions=()):
+    CONSUMERS = ("relu", "max_pool_3x3", "avg_pool_3x3", SKIP)
+
+    def __init__(self, x: torch.Tensor, syncs: list, run: GroupRun | None = None, seeds=None, reductions=(),
+                 backend=None):
         self.x = x
+        self.backend = backend
+        self._inputs = None  # {consumer: alias of x}, made on first use
         self.reductions = list(reductions)
         self._reduced = None  # {id(FactorizedReduce): its output}
         self.seeds = seeds
@@ -91,10 +113,18 @@ class NodeShare:
         """The EdgeGroup of the node's edges, or None."""
         return self.run.group if self.run is not None else None
 
+    def input(self, consumer: str) -> torch.Tensor:
+        """x, as consumer's alias (one of CONSUMERS; x itself for any other)."""
+        if consumer not in self.CONSUMERS:
+            return self.x
+        if self._inputs is None:
+            self._inputs = dict(zip(self.CONSUMERS, fan_out(self.x, len(self.CONSUMERS), self.backend)))
+        return self._inputs[consumer]
+
     @property
     def relu(self) -> torch.Tensor:
         if self._relu is None:
-            self._relu = F.relu(self.x)
+            self._relu = F.relu(self.input("relu"))
         return self._relu
 
     def grouped_raw(self, index: int) -> torch.Tensor:
@@ -153,6 +183,17 @@ def factorized_reduce_all(r: torch.Tensor, ops) -> list:
     else:
         y = torch.cat([y1.view(n, E, half, h, w), y2.view(n, E, half, h, w)], dim=2).view(n, E * 2 * half, h, w)
     return search_batch_norms(list(split_edges(y, E)), [op.bn for op in ops])
+
+
+def pool_all(pairs) -> None:
+    """For each (mixed op, NodeShare): every pooling op of that edge with its BatchNorm on the
+    share's node, into share.pooled for the node's other edges; all the BatchNorms (a cell's two
+    inputs' pools: four) in one launch each way where the Triton kernels run (search_batch_norms)."""
+    work = [(op, share, i) for op, share in pairs for i in sorted(op._pools)]
+    outs = search_batch_norms([op._ops[i][0](share.input(op.primitives[i])) for op, share, i in work],
+                              [op._ops[i][-1] for op, _, i in work])
+    for (op, share, i), out in zip(work, outs):
+        share.pooled[(op.primitives[i], op.stride)] = (out, op._ops[i][-1])
 
 
 def copy_running_stats(syncs) -> None:
@@ -250,15 +291,12 @@ class MixedOp(nn.Module):
         tail = self._tails[i]
         if tail is not None:
             return tail(share.relu)
-        return self._ops[i](x)
+        return self._ops[i](share.input(self.primitives[i]))  # the identity skip: x's skip alias
 
     def _pool_all(self, x, share: NodeShare) -> None:
         """Every pooling op of this edge with its BatchNorm, into share.pooled for the node's other
-        edges; the BatchNorms in one launch each way where the Triton kernels run (search_batch_norms)."""
-        pools = sorted(self._pools)
-        outs = search_batch_norms([self._ops[i][0](x) for i in pools], [self._ops[i][-1] for i in pools])
-        for i, out in zip(pools, outs):
-            share.pooled[(self.primitives[i], self.stride)] = (out, self._ops[i][-1])
+        edges (pool_all)."""
+        pool_all([(self, share)])
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, share: NodeShare | None = None) -> torch.Tensor:
         """share: what the edges leaving x's node compute alike (SearchCell passes it); None runs

@@ -20,7 +20,7 @@ from .edge_groups import EdgeGroup
 from .grouped_state import convert_cell_state
 from .group_sum import node_sums, plan_node_sums
 from .fused_sum import SeedBlock
-from .mixed_op import FusedMixedOp, GroupRun, MixedOp, NodeShare, copy_running_stats
+from .mixed_op import FusedMixedOp, GroupRun, MixedOp, NodeShare, copy_running_stats, pool_all
 from .noise import NoiseConfig
 from .operations import NOISYDARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
 
@@ -89,6 +89,7 @@ class SearchCell(nn.Module):
         # edge (every edge has the same primitives, so the first edge's index serves the cell)
         op = self._ops[0]
         self._gather_live = isinstance(op, FusedMixedOp) and 0 < len(op._live) < len(op.primitives)
+        self._backend = op.backend if isinstance(op, FusedMixedOp) else None  # of the node fan-outs
 
     def edge_slots(self) -> list[tuple[int, int]]:
         """(group, slot) of each edge, in edge order. States 0, 1 are the cell inputs, 2 + k node k;
@@ -149,9 +150,12 @@ class SearchCell(nn.Module):
 
         def share(j, h):
             g = self.group_of(j)
-            return NodeShare(h, syncs, runs[g] if g < len(runs) else None, seeds, self._reductions(j))
+            return NodeShare(h, syncs, runs[g] if g < len(runs) else None, seeds, self._reductions(j), self._backend)
 
         shares = [share(j, h) for j, h in enumerate(states)] if self.share_node_ops else None
+        if shares is not None and isinstance(self._ops[0], MixedOp) and self._ops[0]._pools:
+            # the two inputs' pools with their BatchNorms at once, by each input's edge into node 0
+            pool_all([(self._ops[0], shares[0]), (self._ops[1], shares[1])])
         streams = (self.edge_streams.get(states[0].device)
                    if self.edge_streams is not None and shares is not None and states[0].is_cuda else None)
         offset = 0

@@ -73,6 +73,13 @@ def _workload() -> None:
             ys, rs, rstd = K.batch_norms_forward(xs, *stats, [torch.zeros((), dtype=torch.long) for _ in relu],
                                                  0.1, 1e-5, relu)
             K.batch_norms_backward(ys, ys, rstd, relu)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # a group's relu'd input, 1-8 edges per source
+        xs = [torch.randn(2, 3, 4, 4).to(dtype) for _ in range(2)]
+        for counts in ((4, 4), (1, 8)):
+            K.relu_repeat_backward(K.relu_repeat_forward(xs, counts), xs, counts)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # gradient sums, one and two launches
+        for count in (3, 8):
+            K.tensor_sum([torch.randn(2, 3, 4, 4).to(dtype) for _ in range(count)])
     _huge_workload()
     # the default sums each conv group's edges in one op (group_sums auto); False: a fused sum per edge
     levers = [dict(), dict(group_sums=False), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16)]
@@ -109,6 +116,8 @@ def _huge_workload() -> None:
     K.depthwise_conv_backward(out, ops[0], dw, 1, 1, 1)
     grouped = [torch.empty(big[0], 2 * 64, 32, 32, device=meta)]
     gw = torch.empty(2, 2, device=meta)
+    K.tensor_sum(ops)
+    K.relu_repeat_backward(K.relu_repeat_forward(ops[:1], [2]), ops[:1], [2])
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0)
     K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0)
 

@@ -222,3 +222,39 @@ def test_a_cells_two_inputs_share_one_group():
         slots = cell.edge_slots()
         assert sorted(slots) == sorted(set(slots))  # every (group, slot) once
         assert [slots[k] for k in (0, 1)] == [(0, 0), (0, steps)]  # node 0's two edges
+
+
+@pytest.mark.parametrize("counts", [(4, 4), (3,), (1, 2, 5)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_relu_repeat_kernels_equal_relu_then_repeat(counts, dtype, tol, fresh_seed):
+    """The group input with the ReLU fused (Triton, interpreter): the values of relu then
+    repeat_sources, and the sources' gradients (Σ over their edge slots, zero where x <= 0); odd shapes,
+    zeros and NaN as torch.relu treats them."""
+    from unittest import mock
+
+    import ndarts_kernels
+    from ndarts.edge_groups import relu_repeat_sources, repeat_sources
+
+    xs = [torch.randn(3, 5, 7, 3).to(dtype) for _ in counts]
+    xs[0][0, 0, 0, :2] = torch.tensor([0.0, float("nan")])
+    got_in = [x.clone().requires_grad_() for x in xs]
+    want_in = [x.clone().requires_grad_() for x in xs]
+    with mock.patch.object(ndarts_kernels, "relu_repeat_forward", wraps=ndarts_kernels.relu_repeat_forward) as fwd:
+        got = relu_repeat_sources(got_in, counts, "triton")
+    assert fwd.call_count == 1
+    want = repeat_sources([torch.relu(x) for x in want_in], counts)
+    torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
+    g = torch.randn(got.shape).to(dtype)
+    got.backward(g)
+    want.backward(g)
+    for a, b in zip(got_in, want_in):
+        torch.testing.assert_close(a.grad, b.grad, atol=tol, rtol=tol, equal_nan=True)
+
+
+def test_relu_repeat_names_bad_input():
+    import ndarts_kernels
+
+    with pytest.raises(ValueError, match="one count in 1..8 per source"):
+        ndarts_kernels.relu_repeat_forward([torch.randn(2, 3, 4, 4)], [9])
+    with pytest.raises(ValueError, match="share shape"):
+        ndarts_kernels.relu_repeat_forward([torch.randn(2, 3, 4, 4), torch.randn(2, 4, 4, 4)], [1, 1])

@@ -345,6 +345,44 @@ def test_cuda_group_kernels_of_several_sources_match_reference(dtype, atol, rtol
     check(dtype, atol, rtol, layout, "gaussian", device="cuda")
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+def test_cuda_tensor_sum_and_fan_out(dtype, tol):
+    """The node fan-out's gradient sum on the compiled kernel: 3 and 8 terms (two launches), and a
+    fan-out's gradient equal to autograd's."""
+    import ndarts_kernels
+    from test_fan_out import _consumers
+
+    from ndarts.fan_out import fan_out
+
+    for count in (3, 8):
+        xs = [torch.randn(5, 7, 9, 3, device="cuda").to(dtype) for _ in range(count)]
+        want = torch.stack([x.double() for x in xs]).sum(0)
+        torch.testing.assert_close(ndarts_kernels.tensor_sum(xs).double(), want, atol=tol * count, rtol=tol)
+    x = torch.randn(2, 3, 6, 5, device="cuda", requires_grad=True)
+    ref = x.detach().clone().requires_grad_()
+    _consumers(fan_out(x, 5, "triton")).backward()
+    _consumers([ref] * 5).backward()
+    torch.testing.assert_close(x.grad, ref.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("counts", [(4, 4), (3,)])
+def test_cuda_relu_repeat_equals_relu_then_repeat(counts):
+    """A group's input with the ReLU fused, on the compiled kernels: values and gradients."""
+    from ndarts.edge_groups import relu_repeat_sources, repeat_sources
+
+    xs = [torch.randn(16, 8, 32, 32, device="cuda") for _ in counts]
+    got_in = [x.clone().requires_grad_() for x in xs]
+    want_in = [x.clone().requires_grad_() for x in xs]
+    got = relu_repeat_sources(got_in, counts, "triton")
+    want = repeat_sources([torch.relu(x) for x in want_in], counts)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    g = torch.randn_like(got)
+    got.backward(g)
+    want.backward(g)
+    for a, b in zip(got_in, want_in):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
+
+
 def test_channels_last_equals_nchw_on_cuda():
     """channels_last=True on CUDA (the fused sum on the Triton kernels in NHWC, torch's BatchNorm):
     outputs, gradients and BatchNorm statistics equal the NCHW network's (fp32, TF32 off)."""

@@ -1,0 +1,113 @@
+"""Triton kernels: the first-stage input of a batched conv group, relu(x) of each source node
+repeated once per edge, in one pass each way.
+
+An EdgeGroup's sep/dil convs read, edge-major, relu(h_s) repeated counts[s] times along the
+channels ([N, E·C, H, W], ndarts.edge_groups.repeat_sources). In torch that is a relu and a
+repeat (a cat for two sources) forward, and a sum over the repeats and the relu's backward
+backward. Here one launch per source writes its relu into its counts[s] edge slots, and one
+launch per source reads those slots' gradients, sums them and applies the relu's mask. Reads N,
+writes count·N forward; reads count·N + N, writes N backward.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
+
+MAX_REPEATS = 8
+
+
+@triton.jit
+def _slot_offsets(offs, INNER, Y_STRIDE, FIRST):
+    """Index of element `offs` (flat over a source's [N, C·H·W]) in its first edge slot of the
+    group's [N, Y_STRIDE] tensor (slots FIRST, FIRST + 1, … are INNER apart)."""
+    n = offs // INNER
+    return offs + n * (Y_STRIDE - INNER) + FIRST * INNER
+
+
+@triton.jit
+def _relu_repeat_forward_kernel(Y, X, numel, INNER, Y_STRIDE, FIRST, COUNT: tl.constexpr, BLOCK: tl.constexpr,
+                                INDEX_64: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = _block_offsets(pid, BLOCK, INDEX_64)
+    mask = offs < numel
+    x = tl.load(X + offs, mask=mask, other=0.0)
+    y = tl.where(x < 0, tl.zeros_like(x), x)  # torch.relu: NaN stays NaN
+    base = _slot_offsets(offs, INNER, Y_STRIDE, FIRST)
+    for r in tl.static_range(COUNT):
+        tl.store(Y + base + r * INNER, y, mask=mask)
+
+
+@triton.jit
+def _relu_repeat_backward_kernel(DX, DY, X, numel, INNER, Y_STRIDE, FIRST, COUNT: tl.constexpr,
+                                 BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = _block_offsets(pid, BLOCK, INDEX_64)
+    mask = offs < numel
+    base = _slot_offsets(offs, INNER, Y_STRIDE, FIRST)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for r in tl.static_range(COUNT):
+        acc += tl.load(DY + base + r * INNER, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + offs, mask=mask, other=0.0)
+    # torch's relu backward: zero where x <= 0, the gradient elsewhere (NaN included)
+    tl.store(DX + offs, tl.where(x <= 0, 0.0, acc).to(DX.dtype.element_ty), mask=mask)
+
+
+def _check(xs, counts):
+    if not xs or len(xs) != len(counts) or any(not 1 <= c <= MAX_REPEATS for c in counts):
+        raise ValueError(f"relu_repeat: one count in 1..{MAX_REPEATS} per source, got {list(counts)} for {len(xs)} sources")
+    first = xs[0]
+    if first.dim() != 4:
+        raise ValueError(f"relu_repeat: sources must be [N, C, H, W], got {tuple(first.shape)}")
+    for x in xs:
+        if x.shape != first.shape or x.dtype != first.dtype or x.device != first.device:
+            raise ValueError("relu_repeat: sources must share shape, dtype and device")
+    if first.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"relu_repeat supports float32, float16 and bfloat16, got {first.dtype}")
+    return [x.contiguous() for x in xs]
+
+
+def _launches(xs, counts):
+    """(source, first slot, count) of each launch, and the launch geometry."""
+    first = xs[0]
+    numel = first.numel()
+    block, num_warps = _elementwise_block(numel)
+    total = sum(counts) * numel
+    slots, start = [], 0
+    for x, count in zip(xs, counts):
+        slots.append((x, start, count))
+        start += count
+    return slots, numel, block, num_warps, total > INT32_LIMIT - block
+
+
+def relu_repeat_forward(xs, counts) -> torch.Tensor:
+    """[N, E·C, H, W] (E = Σ counts): channel (e·C + c) = relu(xs[s])[:, c] for edge e of source s."""
+    xs = _check(xs, counts)
+    n, c, h, w = xs[0].shape
+    y = torch.empty((n, sum(counts) * c, h, w), device=xs[0].device, dtype=xs[0].dtype)
+    slots, numel, block, num_warps, index_64 = _launches(xs, counts)
+    if numel:
+        for x, start, count in slots:
+            _relu_repeat_forward_kernel[(triton.cdiv(numel, block),)](
+                y, x, numel, c * h * w, y.stride(0), start, COUNT=count, BLOCK=block, INDEX_64=index_64,
+                num_warps=num_warps)
+    return y
+
+
+def relu_repeat_backward(grad, xs, counts) -> list:
+    """The sources' gradients: Σ over each source's edge slots of grad, zero where x <= 0."""
+    xs = _check(xs, counts)
+    n, c, h, w = xs[0].shape
+    grad = grad.contiguous()
+    if tuple(grad.shape) != (n, sum(counts) * c, h, w):
+        raise ValueError(f"relu_repeat: grad must be [{n}, {sum(counts) * c}, {h}, {w}], got {tuple(grad.shape)}")
+    slots, numel, block, num_warps, index_64 = _launches(xs, counts)
+    dxs = [torch.empty_like(x) for x in xs]
+    if numel:
+        for dx, (x, start, count) in zip(dxs, slots):
+            _relu_repeat_backward_kernel[(triton.cdiv(numel, block),)](
+                dx, grad, x, numel, c * h * w, grad.stride(0), start, COUNT=count, BLOCK=block, INDEX_64=index_64,
+                num_warps=num_warps)
+    return dxs

@@ -1,0 +1,74 @@
+"""A node's fan-out (ndarts.fan_out): aliases of one tensor whose gradients are summed in one
+launch (ndarts_kernels.tensor_sum, in Triton's interpreter here) give autograd's gradient."""
+import pytest
+import torch
+
+import ndarts_kernels
+from ndarts.fan_out import fan_out
+
+DTYPES = [(torch.float32, 1e-6, 1e-6), (torch.bfloat16, 2e-2, 2e-2)]
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("count", [1, 2, 3, 6, 7, 13])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 2), (1, 1, 1, 33), (2, 3, 4, 4)])
+def test_tensor_sum_matches_torch(dtype, atol, rtol, count, shape, fresh_seed):
+    """Odd shapes; more tensors than one launch takes (6): the later chunks accumulate."""
+    xs = [(torch.randn(shape) * (i + 1) + i).to(dtype) for i in range(count)]
+    want = torch.stack([x.double() for x in xs]).sum(0)
+    got = ndarts_kernels.tensor_sum(xs)
+    assert got.dtype == dtype and got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, atol=atol * count, rtol=rtol)
+
+
+def test_tensor_sum_keeps_a_shared_layout_and_takes_mixed_ones(fresh_seed):
+    xs = [torch.randn(2, 6, 5, 3).contiguous(memory_format=torch.channels_last) for _ in range(3)]
+    got = ndarts_kernels.tensor_sum(xs)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, xs[0] + xs[1] + xs[2])
+    mixed = [xs[0], xs[1].contiguous(), xs[2].transpose(2, 3).contiguous().transpose(2, 3)]
+    torch.testing.assert_close(ndarts_kernels.tensor_sum(mixed), xs[0] + xs[1] + xs[2])
+
+
+def test_tensor_sum_names_bad_input():
+    with pytest.raises(ValueError, match="at least one"):
+        ndarts_kernels.tensor_sum([])
+    with pytest.raises(ValueError, match="share shape, dtype and device"):
+        ndarts_kernels.tensor_sum([torch.randn(2, 3), torch.randn(3, 2)])
+    with pytest.raises(TypeError, match="float64"):
+        ndarts_kernels.tensor_sum([torch.randn(2, 3, dtype=torch.float64)] * 3)
+
+
+def _consumers(aliases):
+    """What a node's consumers do with x: a relu, two pools, the identity; one alias unused."""
+    r, m, a, s, _ = aliases
+    f = torch.nn.functional
+    return (f.relu(r) * 2).sum() + f.max_pool2d(m, 3, 1, 1).sum() + (f.avg_pool2d(a, 3, 1, 1) ** 2).sum() + (s * s).sum()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_fan_out_gradient_is_autograds(backend, fresh_seed):
+    """Triton (interpreter): the consumers' gradients summed in one launch; torch: by adds."""
+    from unittest import mock
+
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    ref = x.detach().clone().requires_grad_()
+    with mock.patch.object(ndarts_kernels, "tensor_sum", wraps=ndarts_kernels.tensor_sum) as launched:
+        _consumers(fan_out(x, 5, backend)).backward()
+    _consumers([ref] * 5).backward()
+    torch.testing.assert_close(x.grad, ref.grad, atol=1e-6, rtol=1e-6)
+    assert launched.call_count == (1 if backend == "triton" else 0)
+    for alias in fan_out(x, 3, backend):
+        assert alias.data_ptr() == x.data_ptr() and torch.equal(alias, x)  # aliases: no copy
+
+
+def test_fan_out_is_twice_differentiable(fresh_seed):
+    """Under double backward (the architect's exact Hessian-vector product) the sum stays torch's,
+    so the gradient is differentiable."""
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(_consumers(fan_out(x, 5, "triton")), x, create_graph=True)
+    (gg,) = torch.autograd.grad((g * g).sum(), x)
+    ref = x.detach().clone().requires_grad_()
+    (g_ref,) = torch.autograd.grad(_consumers([ref] * 5), ref, create_graph=True)
+    (gg_ref,) = torch.autograd.grad((g_ref * g_ref).sum(), ref)
+    torch.testing.assert_close(gg, gg_ref)
