@@ -22,7 +22,7 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                (SearchNetwork(edge_streams=4); a candidate lever, not yet timed).
 - fused_graph_no_groupsum: fused_graph with a fused sum per edge (SearchNetwork(group_sums=False));
                since 2026-11-29 the default sums all stride-1 edges of a conv group in one op
-               (group_sums auto). By benchmarks/count_kernels.py fused_graph launches 4.9k kernels
+               (group_sums auto). By benchmarks/count_kernels.py fused_graph launches 4.8k kernels
                per step, this one 6.0k, fused_graph_dwconv 5.4k: the Triton depthwise conv launches
                more, smaller kernels than PyTorch's, whose weight gradient took 25 µs per call on the
                H200; only a GPU can tell the time.

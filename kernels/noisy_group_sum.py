@@ -133,8 +133,34 @@ def _grouped_grad(G, DG, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: t
 
 
 @triton.jit
+def _edge_gradient(e: tl.constexpr, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7, GS0, GS1, GS2, GS3, GS4, GS5, GS6, GS7,
+                   offs, INNER, mask):
+    """Edge e's upstream gradient at offs (flat over [N, C·H·W]), fp32: each edge's its own tensor,
+    its images GS_e elements apart (a channel slice of the cell's output gradient is read in place:
+    no stacked copy, no contiguous copy)."""
+    if e == 0:
+        g = tl.load(DY0 + _grouped_offsets(offs, 0, INNER, GS0), mask=mask, other=0.0)
+    elif e == 1:
+        g = tl.load(DY1 + _grouped_offsets(offs, 0, INNER, GS1), mask=mask, other=0.0)
+    elif e == 2:
+        g = tl.load(DY2 + _grouped_offsets(offs, 0, INNER, GS2), mask=mask, other=0.0)
+    elif e == 3:
+        g = tl.load(DY3 + _grouped_offsets(offs, 0, INNER, GS3), mask=mask, other=0.0)
+    elif e == 4:
+        g = tl.load(DY4 + _grouped_offsets(offs, 0, INNER, GS4), mask=mask, other=0.0)
+    elif e == 5:
+        g = tl.load(DY5 + _grouped_offsets(offs, 0, INNER, GS5), mask=mask, other=0.0)
+    elif e == 6:
+        g = tl.load(DY6 + _grouped_offsets(offs, 0, INNER, GS6), mask=mask, other=0.0)
+    else:
+        g = tl.load(DY7 + _grouped_offsets(offs, 0, INNER, GS7), mask=mask, other=0.0)
+    return g.to(tl.float32)
+
+
+@triton.jit
 def _group_backward_kernel(
-    DY,  # upstream gradient [E, numel]
+    DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7,  # upstream gradient of each edge [N, C·H·W]; the first E are read
+    GS0, GS1, GS2, GS3, GS4, GS5, GS6, GS7,  # their image strides (elements)
     S0, S1, S2, DS0, DS1, DS2,  # shared operands and their gradients [numel]
     G0, G1, G2, G3, G4, G5,  # grouped operands [N, E·INNER]
     DG0, DG1, DG2, DG3, DG4, DG5,  # their gradients, same layout
@@ -159,7 +185,8 @@ def _group_backward_kernel(
         d2 = tl.zeros([BLOCK], dtype=tl.float32)
     for e in tl.static_range(E):
         # masked lanes hold g = 0: they add nothing to the partial sums
-        g = tl.load(DY + e * numel + offs, mask=mask, other=0.0).to(tl.float32)
+        g = _edge_gradient(e, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7, GS0, GS1, GS2, GS3, GS4, GS5, GS6, GS7,
+                           offs, INNER, mask)
         noise_offs = offs + (E0 + e) * numel
         d0 += _shared_grad(s0, g, W, PART, pid, e, 0, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
         if NUM_SHARED > 1:
@@ -267,11 +294,18 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
                              *, first_edge=0, d_grouped=None):
     """Returns (shared operand gradients, grouped operand gradients, dW fp32 [E, K]).
 
-    d_grouped: tensors to write the grouped gradients into, laid out as `grouped` (views of the
-    group's gradients, when several sources share it); None allocates them."""
+    grad: the upstream gradient, [E, N, C, H, W] or one [N, C, H, W] tensor per edge (as autograd
+    hands the E outputs' gradients over: no stack). d_grouped: tensors to write the grouped
+    gradients into, laid out as `grouped` (views of the group's gradients, when several sources
+    share it); None allocates them."""
     shared, grouped, weights = _check(shared, grouped, weights)
     first, edges = shared[0], weights.shape[0]
-    grad = grad.contiguous()
+    grads = list(grad.unbind(0)) if isinstance(grad, torch.Tensor) else list(grad)
+    if len(grads) != edges or any(g.shape != first.shape for g in grads):
+        raise ValueError(f"noisy_group_sum: the gradient must be {edges} edges of {tuple(first.shape)}")
+    n, c, h, w = first.shape
+    # read in place where each image is dense (a channel slice of the cell's output gradient is)
+    grads = [g if g.stride()[1:] == (h * w, w, 1) else g.contiguous() for g in grads]
     noisy = kind != NOISE_NONE and 0 <= skip_index < len(shared)
     d_shared = [torch.empty_like(t) for t in shared]
     if d_grouped is None:
@@ -279,12 +313,14 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     elif any(d.shape != t.shape or d.stride() != t.stride() or d.dtype != t.dtype for d, t in zip(d_grouped, grouped)):
         raise ValueError("noisy_group_sum: d_grouped must be laid out as the grouped operands")
     numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
+    index_64 = index_64 or max(n * g.stride(0) for g in grads) > INT32_LIMIT - block
     programs = triton.cdiv(numel, block)
     if not numel:
         return d_shared, d_grouped, torch.zeros(weights.shape, device=first.device, dtype=torch.float32)
     part = torch.empty((programs, weights.numel()), device=first.device, dtype=torch.float32)
     _group_backward_kernel[(programs,)](
-        grad, *pad_pointers(shared, MAX_SHARED), *pad_pointers(d_shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED),
+        *pad_pointers(grads, MAX_EDGES), *[g.stride(0) for g in pad_pointers(grads, MAX_EDGES)],
+        *pad_pointers(shared, MAX_SHARED), *pad_pointers(d_shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED),
         *pad_pointers(d_grouped, MAX_GROUPED), weights, part, seed, std, numel, numel // first.shape[0],
         g_stride, first_edge, float(lam), float(mean),
         E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), SKIP=skip_index if noisy else -1,

@@ -72,13 +72,16 @@ class _TritonGroupSum(torch.autograd.Function):
             stds.append(std)
         ctx.save_for_backward(weights, seed, *stds, *operands[:k], *grouped)
         ctx.params, ctx.edges, ctx.num_shared = params, edges, num_shared
-        return y
+        ctx.set_materialize_grads(False)
+        return y.unbind(0)  # one output per edge: their gradients reach the kernel unstacked
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         import ndarts_kernels
 
+        some = next(g for g in grads if g is not None)
+        grad = [g if g is not None else torch.zeros_like(some) for g in grads]
         weights, seed, *rest = ctx.saved_tensors
         edges, num_shared = ctx.edges, ctx.num_shared
         stds, rest = rest[:len(edges)], rest[len(edges):]
@@ -105,7 +108,7 @@ def _narrow(grouped, first, count, c, sources):
 
 def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index: int | None, noise: NoiseConfig, *,
                      scale: float = 1.0, training: bool = True, backend: str | None = None,
-                     seed: torch.Tensor | None = None) -> torch.Tensor:
+                     seed: torch.Tensor | None = None, per_edge: bool = False):
     """The mixed sums of all E edges of an EdgeGroup with one or more sources (a cell's two input
     nodes share one) as [E, N, C, H, W]; see the module docstring.
 
@@ -113,6 +116,8 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     group's edges leave it (in the group's edge order, sources one after another); grouped: Q
     tensors [N, E·C, H, W]; weights [E, P + Q] (columns: shared, then grouped); skip_index: the
     noisy shared operand (None: no noise). Edge e draws the noise of index e, whichever its source.
+    per_edge: return the E sums as a tuple of [N, C, H, W] tensors (views; on Triton their
+    gradients reach the backward kernel as they are, without a stack) instead of one tensor.
     """
     if not sources or not all(sources) or not grouped:
         raise ValueError("noisy_group_sums needs shared and grouped operands")
@@ -131,12 +136,14 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
         seed = draw_seed(device) if noisy else torch.zeros((1,), device=device, dtype=torch.int64)
     skip = -1 if skip_index is None else int(skip_index)
     if resolve_backend(backend, device) == "triton" and first.dtype in TRITON_DTYPES:
-        return _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), tuple(edges),
+        outs = _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), tuple(edges),
                                      num_shared, *[t for shared in sources for t in shared], *grouped)
+        return outs if per_edge else torch.stack(outs)
     eps = None
     if _noisy(kind, skip, num_shared):
         eps = reference_eps(seed, (weights.shape[0], first.numel()), kind, device)
-    return reference_group_sum(sources, grouped, weights, edges, skip, mult, float(lam), float(mean), eps)
+    y = reference_group_sum(sources, grouped, weights, edges, skip, mult, float(lam), float(mean), eps)
+    return y.unbind(0) if per_edge else y
 
 
 def noisy_group_sum(shared, grouped, weights: torch.Tensor, skip_index: int | None, noise: NoiseConfig, *,
@@ -216,6 +223,6 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor) -> tu
     w = weights.view(len(ops), -1)
     noisy = op.noisy
     seeds = shares[0].seeds
-    y = noisy_group_sums(sources, grouped, w, plan.counts, plan.skip if noisy else None, op.noise, scale=op.noise_scale,
-                         training=noisy, backend=op.backend, seed=seeds.take() if seeds is not None else None)
-    return y.unbind(0)
+    return noisy_group_sums(sources, grouped, w, plan.counts, plan.skip if noisy else None, op.noise,
+                            scale=op.noise_scale, training=noisy, backend=op.backend,
+                            seed=seeds.take() if seeds is not None else None, per_edge=True)

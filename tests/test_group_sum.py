@@ -220,3 +220,34 @@ def test_a_cell_gathers_its_group_sums_weights_once():
         net(torch.randn(2, 3, 8, 8))
     gathers = sum(1 for e in prof.events() if e.name == "aten::index_select")
     assert gathers == sum(2 if c.reduction else 1 for c in net.cells)
+
+
+def test_per_edge_outputs_take_gradients_in_place(fresh_seed):
+    """per_edge=True: one output per edge; their gradients reach the backward kernel as they are,
+    here channel slices of one wider tensor (as the cell's output cat hands them back) and a
+    contiguous one: the same gradients as the stacked reference."""
+    edges, p, q, shape = (3, 2), 2, 2, (2, 3, 5, 4)
+    total = sum(edges)
+    sources = [_inputs(total, p, q, shape, torch.float32, "cpu")[0] for _ in edges]
+    _, grouped, weights, _ = _inputs(total, p, q, shape, torch.float32, "cpu")
+    wide = torch.randn(shape[0], 3 * shape[1], *shape[2:])
+    grads = [wide[:, (e % 3) * shape[1]:(e % 3 + 1) * shape[1]] for e in range(total - 1)] + [torch.randn(shape)]
+    assert not grads[0].is_contiguous()
+    flat = [t for s in sources for t in s]
+
+    def split(s):
+        return [s[i * p:(i + 1) * p] for i in range(len(edges))]
+
+    def run(per_edge_fn):
+        s = [t.detach().clone().requires_grad_() for t in flat]
+        g = [t.detach().clone().requires_grad_() for t in grouped]
+        w = weights.detach().clone().requires_grad_()
+        outs = per_edge_fn(s, g, w)
+        torch.autograd.backward(list(outs), grads)
+        return [torch.stack(outs).detach(), *[t.grad for t in s], *[t.grad for t in g], w.grad]
+
+    noise = NoiseConfig(kind="none")
+    got = run(lambda s, g, w: noisy_group_sums(split(s), g, w, edges, None, noise, backend="triton", per_edge=True))
+    want = run(lambda s, g, w: reference_group_sum(split(s), g, w, edges, -1, False, 0.0, 0.0, None).unbind(0))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
