@@ -363,21 +363,6 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None):
                                     S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block,
                                     INDEX_64=index_64, num_warps=num_warps)
     return dxs
-    for start, stop in chunk_ranges(len(ys), MAX_TENSORS):
-        num = stop - start
-        y0 = ys[start]
-        part = torch.empty((num * c, splits, 2), device=y0.device, dtype=torch.float32)
-        grid = (num * c, splits)
-        bits = _relu_bits(relu[start:stop])
-        _bn_grad_stats_kernel[grid](*pad_pointers(grads[start:stop], MAX_TENSORS, y0), *pad_pointers(ys[start:stop], MAX_TENSORS, y0), part,
-                                    n, hw, c * hw, c, rows, splits, T=num, RELU=bits, BLOCK_HW=block_hw, BLOCK=block,
-                                    INDEX_64=index_64, num_warps=num_warps)
-        _bn_grad_apply_kernel[grid](*pad_pointers(grads[start:stop], MAX_TENSORS, y0), *pad_pointers(ys[start:stop], MAX_TENSORS, y0),
-                                    *pad_pointers(dxs[start:stop], MAX_TENSORS, y0), part, rstd[start:stop],
-                                    n, hw, c * hw, c, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
-                                    S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block,
-                                    INDEX_64=index_64, num_warps=num_warps)
-    return dxs
 
 
 def batch_norm_forward(x, running_mean, running_var, num_batches_tracked, momentum: float, eps: float):
