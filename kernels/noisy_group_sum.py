@@ -54,10 +54,10 @@ def _shared_term(acc, s, W, row, k: tl.constexpr, noise_offs, seed, std, lam, me
 
 
 @triton.jit
-def _grouped_offsets(offs, e: tl.constexpr, INNER, G_STRIDE):
+def _grouped_offsets(offs, e, INNER, G_STRIDE):
     """Index of edge e's element `offs` (flat over [N, C·H·W]) in a grouped operand whose images
     are G_STRIDE elements apart (E·C·H·W for a whole [N, E·C, H, W] tensor; more for this call's
-    edges inside a group of several sources)."""
+    edges inside a group of several sources). e: a constexpr or a runtime edge number."""
     n = offs // INNER
     return offs + n * (G_STRIDE - INNER) + e * INNER
 

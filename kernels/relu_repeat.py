@@ -14,17 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .noisy_group_sum import _grouped_offsets
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
 MAX_REPEATS = 8
-
-
-@triton.jit
-def _slot_offsets(offs, INNER, Y_STRIDE, FIRST):
-    """Index of element `offs` (flat over a source's [N, C·H·W]) in its first edge slot of the
-    group's [N, Y_STRIDE] tensor (slots FIRST, FIRST + 1, … are INNER apart)."""
-    n = offs // INNER
-    return offs + n * (Y_STRIDE - INNER) + FIRST * INNER
 
 
 @triton.jit
@@ -35,7 +28,7 @@ def _relu_repeat_forward_kernel(Y, X, numel, INNER, Y_STRIDE, FIRST, COUNT: tl.c
     mask = offs < numel
     x = tl.load(X + offs, mask=mask, other=0.0)
     y = tl.where(x < 0, tl.zeros_like(x), x)  # torch.relu: NaN stays NaN
-    base = _slot_offsets(offs, INNER, Y_STRIDE, FIRST)
+    base = _grouped_offsets(offs, FIRST, INNER, Y_STRIDE)  # the source's first edge slot
     for r in tl.static_range(COUNT):
         tl.store(Y + base + r * INNER, y, mask=mask)
 
@@ -46,7 +39,7 @@ def _relu_repeat_backward_kernel(DX, DY, X, numel, INNER, Y_STRIDE, FIRST, COUNT
     pid = tl.program_id(0)
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < numel
-    base = _slot_offsets(offs, INNER, Y_STRIDE, FIRST)
+    base = _grouped_offsets(offs, FIRST, INNER, Y_STRIDE)  # the source's first edge slot
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for r in tl.static_range(COUNT):
         acc += tl.load(DY + base + r * INNER, mask=mask, other=0.0).to(tl.float32)
