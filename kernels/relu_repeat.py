@@ -4,9 +4,11 @@ repeated once per edge, in one pass each way.
 An EdgeGroup's sep/dil convs read, edge-major, relu(h_s) repeated counts[s] times along the
 channels ([N, E·C, H, W], ndarts.edge_groups.repeat_sources). In torch that is a relu and a
 repeat (a cat for two sources) forward, and a sum over the repeats and the relu's backward
-backward. Here one launch per source writes its relu into its counts[s] edge slots, and one
-launch per source reads those slots' gradients, sums them and applies the relu's mask. Reads N,
-writes count·N forward; reads count·N + N, writes N backward.
+backward; and since every primitive's first conv reads the repeated tensor, autograd first sums
+their gradients of it (an in-place add per primitive after the first). Here one launch per source
+writes its relu into its counts[s] edge slots, and one launch per source reads those slots'
+gradients from each primitive's gradient tensor, sums them and applies the relu's mask. Reads N,
+writes count·N forward; reads k·count·N + N (k gradient tensors), writes N backward.
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import pad_pointers
 from .noisy_group_sum import _grouped_offsets
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
 MAX_REPEATS = 8
+MAX_GRADS = 6  # gradient tensors of the repeated input read by one backward launch (a group's primitives)
 
 
 @triton.jit
@@ -34,15 +38,32 @@ def _relu_repeat_forward_kernel(Y, X, numel, INNER, Y_STRIDE, FIRST, COUNT: tl.c
 
 
 @triton.jit
-def _relu_repeat_backward_kernel(DX, DY, X, numel, INNER, Y_STRIDE, FIRST, COUNT: tl.constexpr,
-                                 BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
+def _slots_sum(acc, DY, base, INNER, mask, COUNT: tl.constexpr):
+    """acc + Σ over the source's COUNT edge slots of DY (fp32)."""
+    for r in tl.static_range(COUNT):
+        acc += tl.load(DY + base + r * INNER, mask=mask, other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _relu_repeat_backward_kernel(DX, DY0, DY1, DY2, DY3, DY4, DY5, X, numel, INNER, Y_STRIDE, FIRST,
+                                 COUNT: tl.constexpr, NUM_GRADS: tl.constexpr, BLOCK: tl.constexpr,
+                                 INDEX_64: tl.constexpr):
     pid = tl.program_id(0)
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < numel
     base = _grouped_offsets(offs, FIRST, INNER, Y_STRIDE)  # the source's first edge slot
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for r in tl.static_range(COUNT):
-        acc += tl.load(DY + base + r * INNER, mask=mask, other=0.0).to(tl.float32)
+    acc = _slots_sum(tl.zeros([BLOCK], dtype=tl.float32), DY0, base, INNER, mask, COUNT)
+    if NUM_GRADS > 1:
+        acc = _slots_sum(acc, DY1, base, INNER, mask, COUNT)
+    if NUM_GRADS > 2:
+        acc = _slots_sum(acc, DY2, base, INNER, mask, COUNT)
+    if NUM_GRADS > 3:
+        acc = _slots_sum(acc, DY3, base, INNER, mask, COUNT)
+    if NUM_GRADS > 4:
+        acc = _slots_sum(acc, DY4, base, INNER, mask, COUNT)
+    if NUM_GRADS > 5:
+        acc = _slots_sum(acc, DY5, base, INNER, mask, COUNT)
     x = tl.load(X + offs, mask=mask, other=0.0)
     # torch's relu backward: zero where x <= 0, the gradient elsewhere (NaN included)
     tl.store(DX + offs, tl.where(x <= 0, 0.0, acc).to(DX.dtype.element_ty), mask=mask)
@@ -90,17 +111,24 @@ def relu_repeat_forward(xs, counts) -> torch.Tensor:
 
 
 def relu_repeat_backward(grad, xs, counts) -> list:
-    """The sources' gradients: Σ over each source's edge slots of grad, zero where x <= 0."""
+    """The sources' gradients: Σ over each source's edge slots of grad, zero where x <= 0. grad:
+    the repeated tensor's gradient, or a list of up to MAX_GRADS of them (one per consumer of the
+    repeated tensor: summed here, in the same pass)."""
     xs = _check(xs, counts)
     n, c, h, w = xs[0].shape
-    grad = grad.contiguous()
-    if tuple(grad.shape) != (n, sum(counts) * c, h, w):
-        raise ValueError(f"relu_repeat: grad must be [{n}, {sum(counts) * c}, {h}, {w}], got {tuple(grad.shape)}")
+    grads = [grad] if isinstance(grad, torch.Tensor) else list(grad)
+    if not 1 <= len(grads) <= MAX_GRADS:
+        raise ValueError(f"relu_repeat: 1..{MAX_GRADS} gradient tensors, got {len(grads)}")
+    for g in grads:
+        if tuple(g.shape) != (n, sum(counts) * c, h, w) or g.dtype != xs[0].dtype or g.device != xs[0].device:
+            raise ValueError(f"relu_repeat: grad must be [{n}, {sum(counts) * c}, {h}, {w}] {xs[0].dtype} on "
+                             f"{xs[0].device}, got {tuple(g.shape)} {g.dtype} on {g.device}")
+    grads = [g.contiguous() for g in grads]
     slots, numel, block, num_warps, index_64 = _launches(xs, counts)
     dxs = [torch.empty_like(x) for x in xs]
     if numel:
         for dx, (x, start, count) in zip(dxs, slots):
             _relu_repeat_backward_kernel[(triton.cdiv(numel, block),)](
-                dx, grad, x, numel, c * h * w, grad.stride(0), start, COUNT=count, BLOCK=block, INDEX_64=index_64,
-                num_warps=num_warps)
+                dx, *pad_pointers(grads, MAX_GRADS), x, numel, c * h * w, grads[0].stride(0), start, COUNT=count,
+                NUM_GRADS=len(grads), BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
     return dxs

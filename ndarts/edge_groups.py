@@ -32,6 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from .backend import graph_kernels_enabled
 from .batch_norm import search_batch_norms
+from .fan_out import fan_out
 
 GROUPED_KINDS = ("sep_conv", "dil_conv")
 
@@ -88,32 +89,43 @@ def repeat_sources(rs, counts) -> torch.Tensor:
 
 class _ReluRepeat(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, counts, *xs):
+    def forward(ctx, counts, aliases, *xs):
         import ndarts_kernels
 
         ctx.counts = counts
+        ctx.set_materialize_grads(False)  # an unused alias gives None, not a zero-filled tensor
         ctx.save_for_backward(*xs)  # x, not relu(x): the mask is x <= 0, and x is kept anyway
-        return ndarts_kernels.relu_repeat_forward(list(xs), counts)
+        y = ndarts_kernels.relu_repeat_forward(list(xs), counts)
+        return tuple(y.view_as(y) for _ in range(aliases))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         import ndarts_kernels
 
-        return (None, *ndarts_kernels.relu_repeat_backward(grad, list(ctx.saved_tensors), ctx.counts))
+        grads = [g for g in grads if g is not None]
+        if not grads:
+            return (None, None, *(None for _ in ctx.saved_tensors))
+        return (None, None, *ndarts_kernels.relu_repeat_backward(grads, list(ctx.saved_tensors), ctx.counts))
 
 
-def relu_repeat_sources(xs, counts, backend=None) -> torch.Tensor:
+def relu_repeat_sources(xs, counts, backend=None, aliases: int = 1):
     """repeat_sources([relu(x) for x in xs], counts): one Triton launch per source each way
     (ndarts_kernels.relu_repeat_*) where the search-op kernels run (graph_kernels_enabled); the
-    torch ops elsewhere. The same values and gradients."""
-    from ndarts_kernels.relu_repeat import MAX_REPEATS
+    torch ops elsewhere. The same values and gradients.
+
+    aliases > 1: a tuple of that many aliases of the result, one per consumer (a group's
+    primitives), whose gradients the Triton backward sums in its own pass (no autograd adds);
+    on the torch path a fan-out (ndarts.fan_out) of the result."""
+    from ndarts_kernels.relu_repeat import MAX_GRADS, MAX_REPEATS
 
     first = xs[0]
-    if (graph_kernels_enabled(backend, first) and max(counts) <= MAX_REPEATS
+    if (graph_kernels_enabled(backend, first) and max(counts) <= MAX_REPEATS and aliases <= MAX_GRADS
             and all(x.shape == first.shape and x.dtype == first.dtype and x.is_contiguous() for x in xs)):
-        return _ReluRepeat.apply(tuple(counts), *xs)
-    return repeat_sources([F.relu(x) for x in xs], counts)
+        out = _ReluRepeat.apply(tuple(counts), aliases, *xs)
+        return out[0] if aliases == 1 else out
+    y = repeat_sources([F.relu(x) for x in xs], counts)
+    return y if aliases == 1 else fan_out(y, aliases, backend)
 
 
 def split_edges(y: torch.Tensor, edges: int) -> tuple[torch.Tensor, ...]:
@@ -239,13 +251,16 @@ class EdgeGroup(nn.Module):
         self.ops = nn.ModuleDict({str(i): make_grouped_op(p, C, self.edges, stride)
                                   for i, p in enumerate(primitives) if groupable(p)})
 
-    def forward(self, r, repeated: torch.Tensor | None = None) -> dict:
+    def forward(self, r, repeated=None, backend=None) -> dict:
         """r = relu(h) [N, C, H, W] of each source (a list; a tensor for a one-source group);
         repeated: their repeat_sources when the caller made it (GroupRun, with the ReLU fused in:
-        relu_repeat_sources; r is then not read). Stage by stage across the primitives, so that
-        each stage's BatchNorms (and the sep convs' ReLU after bn1) run as one launch each way
-        where the Triton kernels run (search_batch_norms); elsewhere the same math as calling
-        each stack."""
+        relu_repeat_sources; r is then not read), one tensor, or one alias per primitive (in
+        ``self.ops`` order: their gradients reach relu_repeat's backward kernel unsummed).
+        Stage by stage across the primitives, so that each stage's BatchNorms (and the sep convs'
+        ReLU after bn1) run as one launch each way where the Triton kernels run
+        (search_batch_norms); elsewhere the same math as calling each stack. backend: the search
+        ops' (where the primitives' gradients of a repeat made here are summed in one launch:
+        ndarts.fan_out)."""
         rs = list(r) if isinstance(r, (list, tuple)) else [r]
         if len(rs) != len(self.sources):
             raise ValueError(f"this EdgeGroup has {len(self.sources)} source nodes, got {len(rs)} inputs")
@@ -253,8 +268,15 @@ class EdgeGroup(nn.Module):
         # edge-major: channel e·C + c = its source's channel c; made once for all the primitives
         if repeated is None and not multiplier_path(rs[0]):
             repeated = repeat_sources(rs, self.sources)
-        y1 = search_batch_norms([op.stage1(rs, repeated, self.sources) for _, op in ops], [op.bn1 for _, op in ops],
-                                relu=[op.repeats == 2 for _, op in ops])
+            if len(ops) > 1:
+                repeated = fan_out(repeated, len(ops), backend)
+        if isinstance(repeated, (list, tuple)):
+            if len(repeated) != len(ops):
+                raise ValueError(f"this EdgeGroup has {len(ops)} primitives, got {len(repeated)} repeated inputs")
+        else:
+            repeated = [repeated] * len(ops)
+        y1 = search_batch_norms([op.stage1(rs, rep, self.sources) for (_, op), rep in zip(ops, repeated)],
+                                [op.bn1 for _, op in ops], relu=[op.repeats == 2 for _, op in ops])
         out = dict(zip((i for i, _ in ops), y1))
         seps = [(i, op) for i, op in ops if op.repeats == 2]
         if seps:

@@ -43,9 +43,12 @@ class GroupRun:
             if self._fuse_relu():
                 # relu(h) made straight into the edge slots: no separate relu tensor
                 xs = [share.input("relu") for share in self.shares]
-                self._outputs = self.group(xs, relu_repeat_sources(xs, self.group.sources, self.shares[0].backend))
+                backend = self.shares[0].backend
+                # one alias per primitive: the backward kernel sums their gradients itself
+                self._outputs = self.group(xs, relu_repeat_sources(xs, self.group.sources, backend,
+                                                                   aliases=len(self.group.ops)))
             else:
-                self._outputs = self.group([share.relu for share in self.shares])
+                self._outputs = self.group([share.relu for share in self.shares], backend=self.shares[0].backend)
         return self._outputs[index]
 
     def _fuse_relu(self) -> bool:

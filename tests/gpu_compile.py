@@ -51,6 +51,7 @@ def _workload() -> None:
     import torch
 
     import ndarts_kernels as K
+    from ndarts_kernels.relu_repeat import MAX_GRADS as RELU_REPEAT_GRADS
     from ndarts import DARTS_PRIMITIVES, NoiseConfig
     from ndarts.search_model import SearchNetwork
 
@@ -76,7 +77,9 @@ def _workload() -> None:
     for dtype in (torch.float32, torch.bfloat16, torch.float16):  # a group's relu'd input, 1-8 edges per source
         xs = [torch.randn(2, 3, 4, 4).to(dtype) for _ in range(2)]
         for counts in ((4, 4), (1, 8)):
-            K.relu_repeat_backward(K.relu_repeat_forward(xs, counts), xs, counts)
+            y = K.relu_repeat_forward(xs, counts)
+            for grads in range(1, RELU_REPEAT_GRADS + 1):  # the primitives' gradients summed in the kernel
+                K.relu_repeat_backward([y] * grads, xs, counts)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):  # gradient sums, one and two launches
         for count in (3, 8):
             K.tensor_sum([torch.randn(2, 3, 4, 4).to(dtype) for _ in range(count)])
@@ -117,7 +120,8 @@ def _huge_workload() -> None:
     grouped = [torch.empty(big[0], 2 * 64, 32, 32, device=meta)]
     gw = torch.empty(2, 2, device=meta)
     K.tensor_sum(ops)
-    K.relu_repeat_backward(K.relu_repeat_forward(ops[:1], [2]), ops[:1], [2])
+    y = K.relu_repeat_forward(ops[:1], [2])
+    K.relu_repeat_backward([y] * 4, ops[:1], [2])
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0)
     K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0)
 

@@ -224,12 +224,13 @@ def test_a_cells_two_inputs_share_one_group():
         assert [slots[k] for k in (0, 1)] == [(0, 0), (0, steps)]  # node 0's two edges
 
 
-@pytest.mark.parametrize("counts", [(4, 4), (3,), (1, 2, 5)])
+@pytest.mark.parametrize("counts,aliases", [((4, 4), 4), ((3,), 1), ((1, 2, 5), 3)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
-def test_relu_repeat_kernels_equal_relu_then_repeat(counts, dtype, tol, fresh_seed):
+def test_relu_repeat_kernels_equal_relu_then_repeat(counts, aliases, dtype, tol, fresh_seed):
     """The group input with the ReLU fused (Triton, interpreter): the values of relu then
     repeat_sources, and the sources' gradients (Σ over their edge slots, zero where x <= 0); odd shapes,
-    zeros and NaN as torch.relu treats them."""
+    zeros and NaN as torch.relu treats them. With aliases (one per consumer, as a group's primitives
+    read it) the backward kernel sums the aliases' gradients itself: one launch per source, no adds."""
     from unittest import mock
 
     import ndarts_kernels
@@ -240,15 +241,33 @@ def test_relu_repeat_kernels_equal_relu_then_repeat(counts, dtype, tol, fresh_se
     got_in = [x.clone().requires_grad_() for x in xs]
     want_in = [x.clone().requires_grad_() for x in xs]
     with mock.patch.object(ndarts_kernels, "relu_repeat_forward", wraps=ndarts_kernels.relu_repeat_forward) as fwd:
-        got = relu_repeat_sources(got_in, counts, "triton")
+        got = relu_repeat_sources(got_in, counts, "triton", aliases=aliases)
     assert fwd.call_count == 1
+    got = [got] if aliases == 1 else list(got)
+    assert len(got) == aliases
     want = repeat_sources([torch.relu(x) for x in want_in], counts)
-    torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
-    g = torch.randn(got.shape).to(dtype)
-    got.backward(g)
-    want.backward(g)
+    for alias in got:
+        torch.testing.assert_close(alias, want, atol=0, rtol=0, equal_nan=True)
+    gs = [torch.randn(want.shape).to(dtype) for _ in got]
+    with mock.patch.object(ndarts_kernels, "relu_repeat_backward", wraps=ndarts_kernels.relu_repeat_backward) as bwd:
+        torch.autograd.backward(got, gs)
+    assert bwd.call_count == 1
+    want.backward(sum(g.float() for g in gs).to(dtype))
     for a, b in zip(got_in, want_in):
-        torch.testing.assert_close(a.grad, b.grad, atol=tol, rtol=tol, equal_nan=True)
+        torch.testing.assert_close(a.grad, b.grad, atol=tol * aliases, rtol=tol, equal_nan=True)
+
+
+def test_relu_repeat_sums_only_the_aliases_that_get_a_gradient(fresh_seed):
+    """An alias nobody differentiates through adds nothing (its gradient is None, not zeros)."""
+    from ndarts.edge_groups import relu_repeat_sources
+
+    x = torch.randn(2, 3, 5, 4)
+    got_in, want_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+    a, b, c = relu_repeat_sources([got_in], (2,), "triton", aliases=3)
+    g = torch.randn(a.shape)
+    (b * g).sum().backward()
+    (torch.relu(want_in).repeat(1, 2, 1, 1) * g).sum().backward()
+    torch.testing.assert_close(got_in.grad, want_in.grad, atol=1e-6, rtol=1e-6)
 
 
 def test_relu_repeat_names_bad_input():
@@ -258,3 +277,8 @@ def test_relu_repeat_names_bad_input():
         ndarts_kernels.relu_repeat_forward([torch.randn(2, 3, 4, 4)], [9])
     with pytest.raises(ValueError, match="share shape"):
         ndarts_kernels.relu_repeat_forward([torch.randn(2, 3, 4, 4), torch.randn(2, 4, 4, 4)], [1, 1])
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="grad must be"):
+        ndarts_kernels.relu_repeat_backward([torch.randn(2, 6, 4, 4), torch.randn(2, 3, 4, 4)], [x], [2])
+    with pytest.raises(ValueError, match="1..6 gradient tensors"):
+        ndarts_kernels.relu_repeat_backward([torch.randn(2, 6, 4, 4)] * 7, [x], [2])

@@ -365,20 +365,23 @@ def test_cuda_tensor_sum_and_fan_out(dtype, tol):
     torch.testing.assert_close(x.grad, ref.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("counts", [(4, 4), (3,)])
-def test_cuda_relu_repeat_equals_relu_then_repeat(counts):
-    """A group's input with the ReLU fused, on the compiled kernels: values and gradients."""
+@pytest.mark.parametrize("counts,aliases", [((4, 4), 4), ((3,), 1)])
+def test_cuda_relu_repeat_equals_relu_then_repeat(counts, aliases):
+    """A group's input with the ReLU fused, on the compiled kernels: values and gradients (with
+    aliases: the backward kernel sums their gradients)."""
     from ndarts.edge_groups import relu_repeat_sources, repeat_sources
 
     xs = [torch.randn(16, 8, 32, 32, device="cuda") for _ in counts]
     got_in = [x.clone().requires_grad_() for x in xs]
     want_in = [x.clone().requires_grad_() for x in xs]
-    got = relu_repeat_sources(got_in, counts, "triton")
+    got = relu_repeat_sources(got_in, counts, "triton", aliases=aliases)
+    got = [got] if aliases == 1 else list(got)
     want = repeat_sources([torch.relu(x) for x in want_in], counts)
-    torch.testing.assert_close(got, want, atol=0, rtol=0)
-    g = torch.randn_like(got)
-    got.backward(g)
-    want.backward(g)
+    for alias in got:
+        torch.testing.assert_close(alias, want, atol=0, rtol=0)
+    gs = [torch.randn_like(want) for _ in got]
+    torch.autograd.backward(got, gs)
+    want.backward(sum(gs))
     for a, b in zip(got_in, want_in):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
 
