@@ -19,6 +19,7 @@ from .noisy_mixed_sum import (  # noqa: E402
     noisy_mixed_sum_backward,
     noisy_mixed_sum_forward,
     skip_std,
+    skip_stds,
     unit_noise,
 )
 from .relu_repeat import relu_repeat_backward, relu_repeat_forward  # noqa: E402
@@ -40,6 +41,7 @@ __all__ = [
     "relu_repeat_forward",
     "relu_repeat_backward",
     "skip_std",
+    "skip_stds",
     "tensor_sum",
     "unit_noise",
 ]

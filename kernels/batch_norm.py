@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import chunk_ranges, pad_pointers, split_images
+from .grid import chunk_ranges, pad_pointers, pick_pointer, split_images
 from .moments import merge_tile, store_moments
 
 INT32_LIMIT = 2**31 - 1
@@ -54,22 +54,6 @@ def _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW: tl.constexpr, INDE
 
 
 @triton.jit
-def _pick(t, P0, P1, P2, P3, T: tl.constexpr):
-    """P_t of the launch's T tensors (t a runtime index < T)."""
-    p = P0
-    if T > 1:
-        if t == 1:
-            p = P1
-    if T > 2:
-        if t == 2:
-            p = P2
-    if T > 3:
-        if t == 3:
-            p = P3
-    return p
-
-
-@triton.jit
 def _bn_stats_kernel(
     X0, X1, X2, X3,  # inputs [N, C, H, W], contiguous, the first T of them used
     PART,  # fp32 [T·C, S, 3]: (count, mean, M2) of each program's rows
@@ -85,7 +69,7 @@ def _bn_stats_kernel(
     s = tl.program_id(1)
     t = q // C
     c = q - t * C
-    X = _pick(t, X0, X1, X2, X3, T)
+    X = pick_pointer(t, X0, X1, X2, X3, T)
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
     idx = tl.arange(0, BLOCK)
@@ -123,8 +107,8 @@ def _bn_apply_kernel(
     s = tl.program_id(1)
     t = q // C
     c = q - t * C
-    X = _pick(t, X0, X1, X2, X3, T)
-    Y = _pick(t, Y0, Y1, Y2, Y3, T)
+    X = pick_pointer(t, X0, X1, X2, X3, T)
+    Y = pick_pointer(t, Y0, Y1, Y2, Y3, T)
     # Chan's merge of this channel's S partials, the same in every program of the channel
     sidx = tl.arange(0, S_BLOCK)
     smask = sidx < S
@@ -140,18 +124,18 @@ def _bn_apply_kernel(
     if s == 0:
         tl.store(SAVE_RSTD + q, rstd)
         if UPDATE_RUNNING:
-            RM = _pick(t, RM0, RM1, RM2, RM3, T)
-            RV = _pick(t, RV0, RV1, RV2, RV3, T)
+            RM = pick_pointer(t, RM0, RM1, RM2, RM3, T)
+            RV = pick_pointer(t, RV0, RV1, RV2, RV3, T)
             rm = tl.load(RM + c).to(tl.float32)
             rv = tl.load(RV + c).to(tl.float32)
             # PyTorch's rule: the running variance takes the unbiased batch variance
             tl.store(RM + c, ((1.0 - momentum) * rm + momentum * mean).to(RM.dtype.element_ty))
             tl.store(RV + c, ((1.0 - momentum) * rv + momentum * (m2 / (count - 1.0))).to(RV.dtype.element_ty))
             if c == 0:
-                NB = _pick(t, NB0, NB1, NB2, NB3, T)
+                NB = pick_pointer(t, NB0, NB1, NB2, NB3, T)
                 tl.store(NB, tl.load(NB) + 1)
     relu = ((RELU >> t) & 1) != 0
-    R = _pick(t, R0, R1, R2, R3, T)
+    R = pick_pointer(t, R0, R1, R2, R3, T)
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
     idx = tl.arange(0, BLOCK)
@@ -190,8 +174,8 @@ def _bn_grad_stats_kernel(
     s = tl.program_id(1)
     t = q // C
     c = q - t * C
-    G = _pick(t, G0, G1, G2, G3, T)
-    Y = _pick(t, Y0, Y1, Y2, Y3, T)
+    G = pick_pointer(t, G0, G1, G2, G3, T)
+    Y = pick_pointer(t, Y0, Y1, Y2, Y3, T)
     relu = ((RELU >> t) & 1) != 0
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
@@ -229,9 +213,9 @@ def _bn_grad_apply_kernel(
     s = tl.program_id(1)
     t = q // C
     c = q - t * C
-    G = _pick(t, G0, G1, G2, G3, T)
-    Y = _pick(t, Y0, Y1, Y2, Y3, T)
-    DX = _pick(t, DX0, DX1, DX2, DX3, T)
+    G = pick_pointer(t, G0, G1, G2, G3, T)
+    Y = pick_pointer(t, Y0, Y1, Y2, Y3, T)
+    DX = pick_pointer(t, DX0, DX1, DX2, DX3, T)
     relu = ((RELU >> t) & 1) != 0
     sidx = tl.arange(0, S_BLOCK)
     smask = sidx < S

@@ -1,8 +1,10 @@
 """How the kernels' launches are shaped: how the per-channel kernels (BatchNorm, depthwise-conv
 weight gradient) split their work, and how the kernels that take a fixed number of tensor
-pointers (mixed sums, group sums, BatchNorms) get longer and shorter lists."""
+pointers (mixed sums, group sums, BatchNorms, stds) get longer and shorter lists, and how a
+program picks its tensor out of such a list."""
 import torch
 import triton
+import triton.language as tl
 
 
 def split_images(x: torch.Tensor, n: int, channels: int, most: int | None = None) -> tuple[int, int]:
@@ -37,3 +39,19 @@ def chunk_ranges(num: int, size: int):
     longer than a kernel's pointer arguments."""
     for start in range(0, num, size):
         yield start, min(num, start + size)
+
+
+@triton.jit
+def pick_pointer(t, P0, P1, P2, P3, T: tl.constexpr):
+    """P_t of a launch's T tensors (t a runtime index < T; the counterpart of pad_pointers)."""
+    p = P0
+    if T > 1:
+        if t == 1:
+            p = P1
+    if T > 2:
+        if t == 2:
+            p = P2
+    if T > 3:
+        if t == 3:
+            p = P3
+    return p

@@ -10,7 +10,8 @@ For edge e of the group (one source node h, stride 1):
   channels e·C … e·C + C - 1, read in place (no per-edge copies);
 - noise_e: edge e's own ε (Philox keyed on (seed, e·numel + index)), with the one std of the
   shared skip operand (the same tensor on every edge, so the same std).
-The output is [E, N, C, H, W]. The backward reads the E upstream gradients, the operands and
+The output is [E, N, C, H, W]; each edge may add a base (its target node's partial sum: a
+cell's node sums run as a chain of group sums, no separate adds). The backward reads the E upstream gradients, the operands and
 regenerates ε; it writes each shared operand's gradient once (Σ_e W[e, p]·g_e: no autograd
 accumulation over edges), each grouped operand's gradient in its [N, E·C, H, W] layout, and per-
 program partial sums Σ g_e·o_{e,k} reduced deterministically into dW [E, K].
@@ -72,8 +73,11 @@ def _group_forward_kernel(
     numel, INNER,  # elements per edge output; elements per image of it (C·H·W)
     G_STRIDE, E0,  # elements between two images of a grouped operand; noise index of edge 0 (its group's edge number)
     lam, mean,
+    B0, B1, B2, B3, B4, B5, B6, B7,  # each edge's base [N, C·H·W], added to its sum where BASES has its bit
+    BS0, BS1, BS2, BS3, BS4, BS5, BS6, BS7,  # their image strides (elements)
     E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr,
     SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
+    BASES: tl.constexpr,  # bit e set: edge e adds its base (a partial node sum) to its output
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -107,6 +111,8 @@ def _group_forward_kernel(
             acc += tl.load(W + row + NUM_SHARED + 4).to(tl.float32) * tl.load(G4 + g_offs, mask=mask, other=0.0).to(tl.float32)
         if NUM_GROUPED > 5:
             acc += tl.load(W + row + NUM_SHARED + 5).to(tl.float32) * tl.load(G5 + g_offs, mask=mask, other=0.0).to(tl.float32)
+        if (BASES >> e) & 1:  # read before this program writes Y: a base may be the row it adds to
+            acc += _edge_row(e, B0, B1, B2, B3, B4, B5, B6, B7, BS0, BS1, BS2, BS3, BS4, BS5, BS6, BS7, offs, INNER, mask)
         tl.store(Y + e * numel + offs, acc.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -133,27 +139,26 @@ def _grouped_grad(G, DG, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: t
 
 
 @triton.jit
-def _edge_gradient(e: tl.constexpr, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7, GS0, GS1, GS2, GS3, GS4, GS5, GS6, GS7,
-                   offs, INNER, mask):
-    """Edge e's upstream gradient at offs (flat over [N, C·H·W]), fp32: each edge's its own tensor,
-    its images GS_e elements apart (a channel slice of the cell's output gradient is read in place:
-    no stacked copy, no contiguous copy)."""
+def _edge_row(e: tl.constexpr, P0, P1, P2, P3, P4, P5, P6, P7, S0, S1, S2, S3, S4, S5, S6, S7, offs, INNER, mask):
+    """Edge e's tensor at offs (flat over [N, C·H·W]), fp32: each edge its own tensor P_e, its
+    images S_e elements apart (a channel slice of the cell's output gradient is read in place: no
+    stacked copy, no contiguous copy). The backward's upstream gradients, the forward's bases."""
     if e == 0:
-        g = tl.load(DY0 + _grouped_offsets(offs, 0, INNER, GS0), mask=mask, other=0.0)
+        g = tl.load(P0 + _grouped_offsets(offs, 0, INNER, S0), mask=mask, other=0.0)
     elif e == 1:
-        g = tl.load(DY1 + _grouped_offsets(offs, 0, INNER, GS1), mask=mask, other=0.0)
+        g = tl.load(P1 + _grouped_offsets(offs, 0, INNER, S1), mask=mask, other=0.0)
     elif e == 2:
-        g = tl.load(DY2 + _grouped_offsets(offs, 0, INNER, GS2), mask=mask, other=0.0)
+        g = tl.load(P2 + _grouped_offsets(offs, 0, INNER, S2), mask=mask, other=0.0)
     elif e == 3:
-        g = tl.load(DY3 + _grouped_offsets(offs, 0, INNER, GS3), mask=mask, other=0.0)
+        g = tl.load(P3 + _grouped_offsets(offs, 0, INNER, S3), mask=mask, other=0.0)
     elif e == 4:
-        g = tl.load(DY4 + _grouped_offsets(offs, 0, INNER, GS4), mask=mask, other=0.0)
+        g = tl.load(P4 + _grouped_offsets(offs, 0, INNER, S4), mask=mask, other=0.0)
     elif e == 5:
-        g = tl.load(DY5 + _grouped_offsets(offs, 0, INNER, GS5), mask=mask, other=0.0)
+        g = tl.load(P5 + _grouped_offsets(offs, 0, INNER, S5), mask=mask, other=0.0)
     elif e == 6:
-        g = tl.load(DY6 + _grouped_offsets(offs, 0, INNER, GS6), mask=mask, other=0.0)
+        g = tl.load(P6 + _grouped_offsets(offs, 0, INNER, S6), mask=mask, other=0.0)
     else:
-        g = tl.load(DY7 + _grouped_offsets(offs, 0, INNER, GS7), mask=mask, other=0.0)
+        g = tl.load(P7 + _grouped_offsets(offs, 0, INNER, S7), mask=mask, other=0.0)
     return g.to(tl.float32)
 
 
@@ -185,8 +190,8 @@ def _group_backward_kernel(
         d2 = tl.zeros([BLOCK], dtype=tl.float32)
     for e in tl.static_range(E):
         # masked lanes hold g = 0: they add nothing to the partial sums
-        g = _edge_gradient(e, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7, GS0, GS1, GS2, GS3, GS4, GS5, GS6, GS7,
-                           offs, INNER, mask)
+        g = _edge_row(e, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7, GS0, GS1, GS2, GS3, GS4, GS5, GS6, GS7,
+                      offs, INNER, mask)
         noise_offs = offs + (E0 + e) * numel
         d0 += _shared_grad(s0, g, W, PART, pid, e, 0, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
         if NUM_SHARED > 1:
@@ -265,27 +270,58 @@ def _output(out, shape, like):
     return out
 
 
+def _bases(bases, edges, first):
+    """(pointer list, image strides, BASES bit mask) of the forward's per-edge bases (None: none)."""
+    if bases is None:
+        return pad_pointers([first], MAX_EDGES), [0] * MAX_EDGES, 0
+    if len(bases) != edges:
+        raise ValueError(f"noisy_group_sum: one base (or None) per edge, got {len(bases)} for {edges} edges")
+    n, c, h, w = first.shape
+    ptrs, strides, bits = [], [], 0
+    for e, b in enumerate(bases):
+        if b is None:
+            ptrs.append(first)
+            strides.append(0)
+            continue
+        if tuple(b.shape) != tuple(first.shape) or b.dtype != first.dtype or b.device != first.device:
+            raise ValueError(f"noisy_group_sum: a base must be {tuple(first.shape)} {first.dtype} on {first.device}, "
+                             f"got {tuple(b.shape)} {b.dtype} on {b.device}")
+        if b.stride()[1:] != (h * w, w, 1):
+            b = b.contiguous()
+        ptrs.append(b)
+        strides.append(b.stride(0))
+        bits |= 1 << e
+    return pad_pointers(ptrs, MAX_EDGES), strides + [0] * (MAX_EDGES - edges), bits
+
+
 def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, multiplicative, lam, mean, *,
-                            first_edge=0, out=None):
+                            first_edge=0, out=None, bases=None, std=None):
     """Returns (y [E, N, C, H, W], std fp32 [1] of the shared skip operand, zeros when unused).
 
     first_edge: the number of this call's first edge in its group (several sources share one
     group): edge e draws the noise of group edge first_edge + e. out: a contiguous tensor to write
-    y into (this call's rows of the group's output)."""
+    y into (this call's rows of the group's output). bases: per edge a tensor [N, C, H, W] added
+    to its sum (a partial sum of its target node), or None; a base may be the very row of `out`
+    it is added to (each element is read before it is written). std: the skip operand's std
+    (fp32 [1], as skip_std computes it) when the caller has it (skip_stds of several sources)."""
     shared, grouped, weights = _check(shared, grouped, weights)
     first, edges = shared[0], weights.shape[0]
     noisy = kind != NOISE_NONE and 0 <= skip_index < len(shared)
-    std = (skip_std(shared[skip_index]) if noisy and not multiplicative
-           else torch.zeros((1,), device=first.device, dtype=torch.float32))
+    if not (noisy and not multiplicative):
+        std = torch.zeros((1,), device=first.device, dtype=torch.float32)
+    elif std is None:
+        std = skip_std(shared[skip_index])
     y = _output(out, (edges, *first.shape), first)
+    base_ptrs, base_strides, base_bits = _bases(bases, edges, first)
     numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
+    index_64 = index_64 or first.shape[0] * max(base_strides) > INT32_LIMIT - block
     if numel:
         _group_forward_kernel[(triton.cdiv(numel, block),)](
             y, *pad_pointers(shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED), weights, seed, std, numel,
-            numel // first.shape[0], g_stride, first_edge, float(lam), float(mean),
+            numel // first.shape[0], g_stride, first_edge, float(lam), float(mean), *base_ptrs, *base_strides,
             E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), SKIP=skip_index if noisy else -1,
-            KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,
-            num_warps=num_warps,
+            KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative), BASES=base_bits, BLOCK=block,
+            INDEX_64=index_64, num_warps=num_warps,
         )
     return y, std
 

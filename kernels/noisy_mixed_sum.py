@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import chunk_ranges, pad_pointers
+from .grid import chunk_ranges, pad_pointers, pick_pointer
 from .moments import merge_tile, store_moments
 
 MAX_OPERANDS = 8
@@ -102,14 +102,17 @@ def _backward_term(g, O, DO, W, PART, k: tl.constexpr, pid, offs, mask, seed, st
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
 def _skip_stats_kernel(
-    X,  # pointer to the skip operand, N elements in memory order
-    PART,  # fp32 [num_programs, 3]: (count, mean, M2) of this program's elements
+    X0, X1, X2, X3,  # the tensors (the first T used), N elements each in memory order
+    PART,  # fp32 [T, num_programs, 3]: (count, mean, M2) of each program's elements
     N,  # number of elements
+    T: tl.constexpr,  # tensors in this launch (program_id(1) picks one)
     BLOCK: tl.constexpr,  # elements per tile
     ITERS: tl.constexpr,  # tiles per program, merged with Chan's formula in registers
     INDEX_64: tl.constexpr,  # int64 indexing for N ≥ 2^31
 ):
     pid = tl.program_id(0)
+    t = tl.program_id(1)
+    X = pick_pointer(t, X0, X1, X2, X3, T)
     count = tl.zeros([], dtype=tl.float32)
     mean = tl.zeros([], dtype=tl.float32)
     m2 = tl.zeros([], dtype=tl.float32)
@@ -118,16 +121,18 @@ def _skip_stats_kernel(
         mask = offs < N
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         count, mean, m2 = merge_tile(count, mean, m2, x, mask)
-    store_moments(PART, pid, count, mean, m2)
+    store_moments(PART, t * tl.num_programs(0) + pid, count, mean, m2)
 
 
 @triton.jit
 def _stats_merge_kernel(
-    PART,  # fp32 [P, 3] partial (count, mean, M2)
-    STD,  # fp32 [1] output: unbiased std over all elements
-    P,  # number of partials
+    PART,  # fp32 [T, P, 3] partial (count, mean, M2) of each tensor
+    STD,  # fp32 [T] output: unbiased std over all elements of each tensor (program t: tensor t)
+    P,  # number of partials per tensor
     BLOCK: tl.constexpr,  # partials merged per step
 ):
+    t = tl.program_id(0)
+    PART += t * P * 3
     count = tl.zeros([], dtype=tl.float32)
     mean = tl.zeros([], dtype=tl.float32)
     m2 = tl.zeros([], dtype=tl.float32)
@@ -148,7 +153,7 @@ def _stats_merge_kernel(
         m2 = m2 + m2_b + delta * delta * count * frac
         count = total
     # count - 1 = 0 gives nan, as torch.std of one element does
-    tl.store(STD, tl.sqrt(m2 / (count - 1.0)))
+    tl.store(STD + t, tl.sqrt(m2 / (count - 1.0)))
 
 
 @triton.jit
@@ -319,18 +324,38 @@ def _stats_tiles_per_program(tiles: int) -> int:
     return max(1, min(16, triton.cdiv(tiles, 2048)))
 
 
+MAX_STDS = 4  # tensors per stats launch
+
+
 def skip_std(x: torch.Tensor) -> torch.Tensor:
     """Unbiased std over all elements of x as an fp32 [1] tensor on x's device (no host sync)."""
-    x = x if _is_dense(x) else x.contiguous()
-    n = x.numel()
+    return skip_stds([x])
+
+
+def skip_stds(xs) -> torch.Tensor:
+    """skip_std of each tensor of xs (any number, same numel and device) as one fp32 [len(xs)]
+    tensor: two launches per MAX_STDS tensors (one for the partial moments, one for the merges)
+    instead of two per tensor."""
+    if not xs:
+        raise ValueError("skip_stds needs at least one tensor")
+    first = xs[0]
+    for x in xs[1:]:
+        if x.numel() != first.numel() or x.device != first.device:
+            raise ValueError(f"skip_stds: tensors must have as many elements on one device, got {tuple(first.shape)} "
+                             f"on {first.device} and {tuple(x.shape)} on {x.device}")
+    xs = [x if _is_dense(x) else x.contiguous() for x in xs]
+    n = first.numel()
     block, num_warps = _elementwise_block(n)
     iters = _stats_tiles_per_program(triton.cdiv(n, block))
     programs = triton.cdiv(triton.cdiv(n, block), iters)
-    part = torch.empty((programs, 3), device=x.device, dtype=torch.float32)
-    std = torch.empty((1,), device=x.device, dtype=torch.float32)
     index_64 = n > INT32_LIMIT - block * iters
-    _skip_stats_kernel[(programs,)](x, part, n, BLOCK=block, ITERS=iters, INDEX_64=index_64, num_warps=num_warps)
-    _stats_merge_kernel[(1,)](part, std, programs, BLOCK=MERGE_BLOCK, num_warps=4)
+    std = torch.empty((len(xs),), device=first.device, dtype=torch.float32)
+    for start, stop in chunk_ranges(len(xs), MAX_STDS):
+        chunk = xs[start:stop]
+        part = torch.empty((len(chunk), programs, 3), device=first.device, dtype=torch.float32)
+        _skip_stats_kernel[(programs, len(chunk))](*pad_pointers(chunk, MAX_STDS), part, n, T=len(chunk),
+                                                   BLOCK=block, ITERS=iters, INDEX_64=index_64, num_warps=num_warps)
+        _stats_merge_kernel[(len(chunk),)](part, std[start:stop], programs, BLOCK=MERGE_BLOCK, num_warps=4)
     return std
 
 

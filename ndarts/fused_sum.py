@@ -242,6 +242,18 @@ def skip_operand_std(x: torch.Tensor, backend: str | None = None) -> torch.Tenso
     return operand_std(x)
 
 
+def skip_operand_stds(xs, backend: str | None = None) -> list:
+    """[skip_operand_std(x, backend) for x in xs], the Triton ones in one pair of launches for all
+    (ndarts_kernels.skip_stds): the skip operands of a reduction input's stride-2 edges."""
+    first = xs[0]
+    if (resolve_backend(backend, first.device) == "triton" and len(xs) > 1
+            and all(x.dtype in TRITON_DTYPES and x.numel() == first.numel() for x in xs)):
+        import ndarts_kernels
+
+        return list(ndarts_kernels.skip_stds([x.detach() for x in xs]).split(1))
+    return [skip_operand_std(x, backend) for x in xs]
+
+
 def draw_seeds(device, count: int = 1) -> torch.Tensor:
     """int64 [count] Philox seeds drawn on `device` with torch's RNG (graph-safe on CUDA)."""
     return torch.randint(0, SEED_HIGH, (count,), device=device, dtype=torch.int64)

@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 from .backend import TRITON_DTYPES, resolve_backend
 from .edge_groups import EdgeGroupSlot
 from .fused_sum import _noisy, draw_seed, promote_operands, reference_eps, reference_sum_with_eps
-from .noise import NoiseConfig
+from .noise import KIND_CODE, NoiseConfig
 
 
 def _edge_ranges(edges) -> list[tuple[int, int]]:
@@ -52,38 +52,57 @@ def reference_group_sum(sources, grouped, weights, edges, skip_index: int, multi
 class _TritonGroupSum(torch.autograd.Function):
     """The Triton group sums of one EdgeGroup: one launch each way per source, every launch reading
     its edges' channels of the group's grouped operands in place and writing their gradients into
-    one tensor per operand (no per-source copies, no autograd accumulation)."""
+    one tensor per operand (no per-source copies, no autograd accumulation).
+
+    by_target: the outputs are the T targets' sums (Σ over the sources of their edge into it, plus
+    its base where one is given) instead of the E edges' sums; the sources' launches add up in
+    the output in place, and each base's gradient is its target's (identity: no kernel)."""
 
     @staticmethod
-    def forward(ctx, weights, seed, params, edges, num_shared, *operands):
+    def forward(ctx, weights, seed, params, edges, num_shared, by_target, base_slots, *operands):
         import ndarts_kernels
 
         k = num_shared * len(edges)
-        grouped = [g.contiguous() for g in operands[k:]]
+        num_bases = len(base_slots)
+        grouped = [g.contiguous() for g in operands[k:len(operands) - num_bases]]
+        bases = [None] * (edges[0] if by_target else 0)
+        for t, b in zip(base_slots, operands[len(operands) - num_bases:]):
+            bases[t] = b
         first = operands[0]
         c = first.shape[1]
-        y = torch.empty((weights.shape[0], *first.shape), device=first.device, dtype=first.dtype)
+        rows = edges[0] if by_target else weights.shape[0]
+        y = torch.empty((rows, *first.shape), device=first.device, dtype=first.dtype)
+        skip, kind, mult = params[:3]
+        # the sources' skip stds in one pair of launches (additive noise reads them)
+        skip_stds = (ndarts_kernels.skip_stds([operands[s * num_shared + skip] for s in range(len(edges))])
+                     if len(edges) > 1 and kind != KIND_CODE["none"] and 0 <= skip < num_shared and not mult else None)
         stds = []
         for s, (e0, count) in enumerate(_edge_ranges(edges)):
             shared = operands[s * num_shared:(s + 1) * num_shared]
+            # by target: the first source adds the bases, each later one what the earlier wrote
+            extra = dict(out=y, bases=bases if s == 0 else list(y.unbind(0))) if by_target else dict(out=y[e0:e0 + count])
             _, std = ndarts_kernels.noisy_group_sum_forward(
                 shared, _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, *params,
-                first_edge=e0, out=y[e0:e0 + count])
+                first_edge=e0, std=skip_stds[s:s + 1] if skip_stds is not None else None, **extra)
             stds.append(std)
         ctx.save_for_backward(weights, seed, *stds, *operands[:k], *grouped)
         ctx.params, ctx.edges, ctx.num_shared = params, edges, num_shared
+        ctx.by_target, ctx.base_slots = by_target, base_slots
         ctx.set_materialize_grads(False)
-        return y.unbind(0)  # one output per edge: their gradients reach the kernel unstacked
+        return y.unbind(0)  # one output per edge (target): their gradients reach the kernel unstacked
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
         import ndarts_kernels
 
-        some = next(g for g in grads if g is not None)
-        grad = [g if g is not None else torch.zeros_like(some) for g in grads]
+        some = next((g for g in grads if g is not None), None)
         weights, seed, *rest = ctx.saved_tensors
         edges, num_shared = ctx.edges, ctx.num_shared
+        d_bases = [grads[t] for t in ctx.base_slots]  # a base's gradient is its target's
+        if some is None:
+            return (None,) * 7 + (None,) * (len(rest) - len(edges)) + tuple(d_bases)
+        grad = [g if g is not None else torch.zeros_like(some) for g in grads]
         stds, rest = rest[:len(edges)], rest[len(edges):]
         shared_all, grouped = rest[:num_shared * len(edges)], rest[num_shared * len(edges):]
         c = shared_all[0].shape[1]
@@ -91,13 +110,13 @@ class _TritonGroupSum(torch.autograd.Function):
         d_shared, dws = [], []
         for s, (e0, count) in enumerate(_edge_ranges(edges)):
             ds, _, dw = ndarts_kernels.noisy_group_sum_backward(
-                grad[e0:e0 + count], shared_all[s * num_shared:(s + 1) * num_shared],
+                grad if ctx.by_target else grad[e0:e0 + count], shared_all[s * num_shared:(s + 1) * num_shared],
                 _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, stds[s], *ctx.params,
                 first_edge=e0, d_grouped=_narrow(d_grouped, e0, count, c, len(edges)))
             d_shared += ds
             dws.append(dw)
         dw = dws[0] if len(dws) == 1 else torch.cat(dws)
-        return (dw.to(weights.dtype), None, None, None, None, *d_shared, *d_grouped)
+        return (dw.to(weights.dtype), None, None, None, None, None, None, *d_shared, *d_grouped, *d_bases)
 
 
 def _narrow(grouped, first, count, c, sources):
@@ -108,7 +127,8 @@ def _narrow(grouped, first, count, c, sources):
 
 def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index: int | None, noise: NoiseConfig, *,
                      scale: float = 1.0, training: bool = True, backend: str | None = None,
-                     seed: torch.Tensor | None = None, per_edge: bool = False):
+                     seed: torch.Tensor | None = None, per_edge: bool = False, by_target: bool = False,
+                     bases=None):
     """The mixed sums of all E edges of an EdgeGroup with one or more sources (a cell's two input
     nodes share one) as [E, N, C, H, W]; see the module docstring.
 
@@ -118,6 +138,10 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     noisy shared operand (None: no noise). Edge e draws the noise of index e, whichever its source.
     per_edge: return the E sums as a tuple of [N, C, H, W] tensors (views; on Triton their
     gradients reach the backward kernel as they are, without a stack) instead of one tensor.
+    by_target: every source has T edges, its k-th into target k (a cell's nodes); return the T
+    target sums as a tuple, target k's = bases[k] (a partial sum of that node, or None) + Σ over
+    the sources of their k-th edge's sum. On Triton the bases are added in the kernels: a cell's
+    node sums are a chain of group sums, with no adds of their own.
     """
     if not sources or not all(sources) or not grouped:
         raise ValueError("noisy_group_sums needs shared and grouped operands")
@@ -128,6 +152,12 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     if weights.dim() != 2 or weights.shape != (sum(edges), num_shared + len(grouped)):
         raise ValueError(f"noisy_group_sums: weights must be [{sum(edges)}, {num_shared + len(grouped)}], "
                          f"got {tuple(weights.shape)}")
+    if by_target and len(set(edges)) > 1:
+        raise ValueError(f"noisy_group_sums(by_target=True): every source needs as many edges, got {list(edges)}")
+    if bases is not None and (not by_target or len(bases) != edges[0]):
+        raise ValueError(f"noisy_group_sums: bases need by_target=True and one entry (or None) per target, "
+                         f"got {len(bases)} for {edges[0]} targets")
+    bases = list(bases) if bases is not None else [None] * (edges[0] if by_target else 0)
     first = sources[0][0]
     device = first.device
     noisy = training and skip_index is not None and noise.enabled
@@ -136,14 +166,31 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
         seed = draw_seed(device) if noisy else torch.zeros((1,), device=device, dtype=torch.int64)
     skip = -1 if skip_index is None else int(skip_index)
     if resolve_backend(backend, device) == "triton" and first.dtype in TRITON_DTYPES:
+        slots = tuple(t for t, b in enumerate(bases) if b is not None)
         outs = _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), tuple(edges),
-                                     num_shared, *[t for shared in sources for t in shared], *grouped)
-        return outs if per_edge else torch.stack(outs)
+                                     num_shared, by_target, slots, *[t for shared in sources for t in shared],
+                                     *grouped, *[bases[t] for t in slots])
+        return outs if per_edge or by_target else torch.stack(outs)
     eps = None
     if _noisy(kind, skip, num_shared):
         eps = reference_eps(seed, (weights.shape[0], first.numel()), kind, device)
     y = reference_group_sum(sources, grouped, weights, edges, skip, mult, float(lam), float(mean), eps)
+    if by_target:
+        return tuple(sum_targets(y, len(edges), bases))
     return y.unbind(0) if per_edge else y
+
+
+def sum_targets(y: torch.Tensor, sources: int, bases) -> list:
+    """[S·T, …] edge sums (source by source, each source's k-th edge into target k) → the T target
+    sums, bases[k] (or None) + Σ_s y[s·T + k] (the reference of noisy_group_sums(by_target=True))."""
+    per_source = y.view(sources, -1, *y.shape[1:])
+    out = []
+    for k, base in enumerate(bases):
+        total = base
+        for s in range(sources):
+            total = per_source[s, k] if total is None else total + per_source[s, k]
+        out.append(total)
+    return out
 
 
 def noisy_group_sum(shared, grouped, weights: torch.Tensor, skip_index: int | None, noise: NoiseConfig, *,
@@ -170,6 +217,7 @@ class NodeSumPlan(NamedTuple):
     shared: list  # primitive indices of the operands alike on every edge of a source: pools, identity skip
     grouped: list  # primitive indices of the EdgeGroup's convs
     skip: int | None  # position of the skip in `shared`
+    by_target: bool  # every source has as many edges, its k-th into the same node (the cell's chain of node sums)
     start: int  # this group's weight gather indices: index[start:stop] (see plan_node_sums)
     stop: int
 
@@ -193,14 +241,17 @@ def plan_node_sums(mixed_ops, edge_slots, edge_groups) -> tuple[dict, list]:
         start = len(index)
         index += [k * len(op.primitives) + i for k in edges for i in shared + grouped]
         plans[g] = NodeSumPlan(edges, group.sources, shared, grouped,
-                               shared.index(op._skip) if op._skip in shared else None, start, len(index))
+                               shared.index(op._skip) if op._skip in shared else None, len(set(group.sources)) == 1,
+                               start, len(index))
     return plans, index
 
 
-def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor) -> tuple:
-    """The mixed sums of all edges of one EdgeGroup, one tensor per slot. shares: the NodeShare of
-    each of the group's source nodes; weights: the plan's α weights, flat [E·K] (the cell's
-    [edges, primitives] weights gathered with its index[start:stop]: plan_node_sums)."""
+def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, bases=None) -> tuple:
+    """The mixed sums of all edges of one EdgeGroup: one tensor per slot, or, with bases (the
+    plan must be by_target), one per target node: bases[k] (that node's partial sum, or None) +
+    the sources' k-th edges. shares: the NodeShare of each of the group's source nodes; weights:
+    the plan's α weights, flat [E·K] (the cell's [edges, primitives] weights gathered with its
+    index[start:stop]: plan_node_sums)."""
     ops = [mixed_ops[k] for k in plan.edges]
     op = ops[0]
     sources, first = [], 0
@@ -220,9 +271,12 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor) -> tu
     p = len(plan.shared)
     sources = [operands[s * p:(s + 1) * p] for s in range(len(sources))]
     grouped = operands[p * len(sources):]
+    if bases is not None:
+        bases = [b.to(grouped[0].dtype) if b is not None and b.dtype != grouped[0].dtype else b for b in bases]
     w = weights.view(len(ops), -1)
     noisy = op.noisy
     seeds = shares[0].seeds
     return noisy_group_sums(sources, grouped, w, plan.counts, plan.skip if noisy else None, op.noise,
                             scale=op.noise_scale, training=noisy, backend=op.backend,
-                            seed=seeds.take() if seeds is not None else None, per_edge=True)
+                            seed=seeds.take() if seeds is not None else None, per_edge=bases is None,
+                            by_target=bases is not None, bases=bases)

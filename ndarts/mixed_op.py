@@ -16,7 +16,7 @@ from .batch_norm import search_batch_norms
 from .backend import graph_kernels_enabled
 from .edge_groups import EdgeGroupSlot, groupable, relu_repeat_sources, split_edges
 from .fan_out import fan_out
-from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std
+from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std, skip_operand_stds
 from .noise import NoiseConfig, add_noise
 from .operations import DARTS_PRIMITIVES, FactorizedReduce, check_primitives, make_search_op, relu_tail, shifted_by_one
 
@@ -101,6 +101,7 @@ class NodeShare:
         self._inputs = None  # {consumer: alias of x}, made on first use
         self.reductions = list(reductions)
         self._reduced = None  # {id(FactorizedReduce): its output}
+        self._reduced_std = None  # {id(FactorizedReduce): std of its output}, for their additive noise
         self.seeds = seeds
         self._relu = None
         self.pooled: dict = {}
@@ -152,6 +153,15 @@ class NodeShare:
             self._reduced = {id(m): y for m, y in zip(self.reductions, outs)}
         return self._reduced[id(op)]
 
+    def reduced_std(self, op, backend) -> torch.Tensor:
+        """std of op's output (one of ``reductions``: a noisy skip operand of a stride-2 edge), as
+        its sum would compute it: the stds of all the node's reductions in one pair of launches
+        (skip_operand_stds), on first use."""
+        if self._reduced_std is None:
+            outs = [self.reduced(m) for m in self.reductions]
+            self._reduced_std = {id(m): std for m, std in zip(self.reductions, skip_operand_stds(outs, backend))}
+        return self._reduced_std[id(op)]
+
     def skip_std(self, backend) -> torch.Tensor:
         """std(x) for the noise of the identity skip operand, computed once for all the node's
         stride-1 edges (as each edge's sum would compute it: skip_operand_std)."""
@@ -167,6 +177,7 @@ class NodeShare:
         out += [self._skip_std] if self._skip_std is not None else []
         out += self.run.tensors() if self.run is not None else []
         out += list(self._reduced.values()) if self._reduced is not None else []
+        out += list(self._reduced_std.values()) if self._reduced_std is not None else []
         return out + [t for t, _ in self.pooled.values()]
 
 
@@ -372,9 +383,14 @@ class FusedMixedOp(MixedOp):
             operands.append(self._run(i, x, share))
         if live_weights is None:
             live_weights = weights if self._all_live else weights.index_select(0, self._live_index)
-        # a stride-1 edge's skip operand is the node itself: its std is shared by the node's edges
-        std = (share.skip_std(self.backend) if share is not None and noisy and self.stride == 1
-               and skip_position is not None and self.noise.mixture == "additive" else None)
+        # a stride-1 edge's skip operand is the node itself: its std is shared by the node's edges;
+        # a stride-2 edge's (its FactorizedReduce's output) computed with its node's other reductions'
+        std = None
+        if share is not None and noisy and skip_position is not None and self.noise.mixture == "additive":
+            if self.stride == 1:
+                std = share.skip_std(self.backend)
+            elif any(m is self._ops[self._skip] for m in share.reductions):
+                std = share.reduced_std(self._ops[self._skip], self.backend)
         return noisy_mixed_sum(promote_operands(operands), live_weights, skip_position, self.noise, scale=self.noise_scale,
                                training=noisy, backend=self.backend, seed=seeds.take() if seeds is not None else None,
                                std=std)

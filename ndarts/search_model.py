@@ -158,21 +158,34 @@ class SearchCell(nn.Module):
             pool_all([(self._ops[0], shares[0]), (self._ops[1], shares[1])])
         streams = (self.edge_streams.get(states[0].device)
                    if self.edge_streams is not None and shares is not None and states[0].is_cuda else None)
+        # each node's sum so far: a group summed by target (plan.by_target) adds its edges' sums to
+        # the partial sums of its target nodes in its own kernels (a chain, no adds)
+        partial: list = [None] * self._steps
         offset = 0
-        for _ in range(self._steps):
+        for i in range(self._steps):
             if streams:
                 s = self._node_on_streams(states, shares, weights, offset, streams, live)
             else:
-                s = None
+                s = partial[i]
                 for j, h in enumerate(states):
-                    op, w = self._ops[offset + j], weights[offset + j]
                     g = self.group_of(j)
-                    if g in plans:
+                    plan = plans.get(g)
+                    if plan is not None and plan.by_target:
+                        if g not in sums:  # group g's first target is node g (the inputs' group: node 0)
+                            partial[i] = s
+                            targets = range(g, g + plan.counts[0])
+                            sums[g] = node_sums(self._ops, plan, runs[g].shares, group_weights[g],
+                                                bases=[partial[t] for t in targets])
+                            partial[g:g + len(targets)] = sums[g]
+                            s = partial[i]
+                        continue  # this edge's sum is in partial[i] (and so in s)
+                    if plan is not None:
                         if g not in sums:
-                            sums[g] = node_sums(self._ops, plans[g], runs[g].shares, group_weights[g])
+                            sums[g] = node_sums(self._ops, plan, runs[g].shares, group_weights[g])
                         o = sums[g][self._slots[offset + j]]
                     else:
-                        o = _run_edge(op, h, w, shares[j] if shares is not None else None, seeds,
+                        o = _run_edge(self._ops[offset + j], h, weights[offset + j],
+                                      shares[j] if shares is not None else None, seeds,
                                       live[offset + j] if live is not None else None)
                     s = o if s is None else s + o
             offset += len(states)

@@ -124,6 +124,7 @@ def _huge_workload() -> None:
     K.relu_repeat_backward([y] * 4, ops[:1], [2])
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0)
     K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0)
+    K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0, out=y, bases=[ops[1], None])
 
 
 def capture(path: str) -> None:

@@ -132,6 +132,39 @@ def test_reduction_noise_position(position):
         torch.testing.assert_close(m(x, w), m(x, w))
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_reduction_inputs_skip_stds_are_computed_together(backend, monkeypatch):
+    """The noisy skip operands of a reduction input's stride-2 edges (their FactorizedReduces'
+    outputs, computed together) get their stds from one skip_operand_stds call per node: the same
+    output as each edge computing its own std, and the std is the one used (doubled: different)."""
+    from ndarts.mixed_op import NodeShare
+
+    torch.manual_seed(0)
+    net = SearchNetwork(C=4, num_classes=5, layers=3, steps=2, multiplier=2, primitives=DARTS_PRIMITIVES, fused=True,
+                        backend=backend, fused_batch_norm=False, noise=NoiseConfig(lam=0.5))
+    x = torch.randn(2, 3, 8, 8)
+    together = NodeShare.reduced_std
+    calls = []
+
+    def spy(share, op, b):
+        calls.append(op)
+        return together(share, op, b)
+
+    def run(reduced_std):
+        monkeypatch.setattr(NodeShare, "reduced_std", reduced_std)
+        torch.manual_seed(1)  # the same noise seeds
+        return net(x)
+
+    got = run(spy)
+    assert len(calls) == 2 * 2 * 2  # 2 reduction cells, 2 inputs, 2 stride-2 edges each
+    from ndarts.fused_sum import skip_operand_std
+
+    alone = run(lambda share, op, b: skip_operand_std(share.reduced(op), b))
+    torch.testing.assert_close(got, alone, atol=0, rtol=0)
+    doubled = run(lambda share, op, b: 2 * together(share, op, b))
+    assert not torch.allclose(got, doubled)
+
+
 # ----------------------------------------------------------------------------- backend choice
 def test_backend_resolution():
     cpu = torch.device("cpu")

@@ -345,6 +345,15 @@ def test_cuda_group_kernels_of_several_sources_match_reference(dtype, atol, rtol
     check(dtype, atol, rtol, layout, "gaussian", device="cuda")
 
 
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 3e-2, 2e-2)])
+@pytest.mark.parametrize("edges,with_bases", [((4, 4), None), ((3,), (True, True, True)), ((2, 2), (True, False))])
+def test_cuda_target_sums_with_bases_match_reference(dtype, atol, rtol, edges, with_bases):
+    """A cell's chain of node sums (by target, the partial sums added in the kernels) compiled."""
+    from test_group_sum import test_target_sums_with_bases_match_reference as check
+
+    check(dtype, atol, rtol, edges, with_bases, 0, device="cuda")
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
 def test_cuda_tensor_sum_and_fan_out(dtype, tol):
     """The node fan-out's gradient sum on the compiled kernel: 3 and 8 terms (two launches), and a

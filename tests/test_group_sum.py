@@ -6,7 +6,7 @@ import torch
 import ndarts_kernels
 from ndarts import NoiseConfig
 from ndarts.fused_sum import draw_seed
-from ndarts.group_sum import noisy_group_sum, noisy_group_sums, reference_group_sum
+from ndarts.group_sum import noisy_group_sum, noisy_group_sums, reference_group_sum, sum_targets
 from test_noisy_mixed_sum import VARIANTS  # the noise variants of the paper's ablation
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -251,3 +251,84 @@ def test_per_edge_outputs_take_gradients_in_place(fresh_seed):
     want = run(lambda s, g, w: reference_group_sum(split(s), g, w, edges, -1, False, 0.0, 0.0, None).unbind(0))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("edges,with_bases", [((3, 3), (True, False, True)), ((4,), (True, True, True, True)),
+                                              ((2, 2, 2), (False, False)), ((5,), None)])
+def test_target_sums_with_bases_match_reference(dtype, atol, rtol, edges, with_bases, fresh_seed, device="cpu"):
+    """by_target=True: each target's sum over the sources' k-th edges plus its base (a partial
+    node sum, some of them channel slices of a wider tensor, some missing), added in the kernels;
+    the bases' gradients are their targets'. Against the reference with the kernels' own ε.
+    (tests/test_gpu.py runs it on CUDA.)"""
+    noise = VARIANTS["gaussian"]
+    p, q, shape = 2, 3, (2, 3, 5, 7)
+    total, targets = sum(edges), edges[0]
+    sources = [_inputs(total, p, q, shape, dtype, device)[0] for _ in edges]
+    _, grouped, weights, _ = _inputs(total, p, q, shape, dtype, device)
+    wide = torch.randn(shape[0], 2 * shape[1], *shape[2:], device=device).to(dtype)
+    bases = None if with_bases is None else [
+        (wide[:, :shape[1]] if k == 0 else torch.randn(shape, device=device).to(dtype)) if b else None
+        for k, b in enumerate(with_bases)]
+    grads = [torch.randn(shape, device=device).to(dtype) for _ in range(targets)]
+    seed = draw_seed(device)
+    kind, mult, lam, mean = noise.kernel_params(0.7)
+    eps = ndarts_kernels.unit_noise(seed, total * sources[0][0].numel(), kind).view(total, -1)
+
+    def run(fn):
+        src = [[t.detach().clone().requires_grad_() for t in s] for s in sources]
+        g = [t.detach().clone().requires_grad_() for t in grouped]
+        b = None if bases is None else [x.detach().clone().requires_grad_() if x is not None else None for x in bases]
+        w = weights.detach().clone().requires_grad_()
+        outs = fn(src, g, w, b)
+        assert len(outs) == targets
+        torch.autograd.backward(outs, grads)
+        base_grads = [x.grad for x in b if x is not None] if b is not None else []
+        return [torch.stack(outs).detach(), *[t.grad for s in src for t in s], *[t.grad for t in g], *base_grads, w.grad]
+
+    want = run(lambda s, g, w, b: sum_targets(reference_group_sum(s, g, w, edges, p - 1, mult, lam, mean, eps),
+                                              len(edges), b if b is not None else [None] * targets))
+    got = run(lambda s, g, w, b: noisy_group_sums(s, g, w, edges, p - 1, noise, scale=0.7, backend="triton", seed=seed,
+                                                  by_target=True, bases=b))
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape and a.dtype == b.dtype, i
+        tol = (atol * 20, rtol * 5) if i == len(got) - 1 and dtype != torch.float32 else (atol * len(edges), rtol)
+        torch.testing.assert_close(a.float(), b.float(), atol=tol[0], rtol=tol[1], msg=lambda m: f"output {i}: {m}")
+
+
+def test_target_sums_name_bad_bases():
+    s = [torch.randn(2, 3, 4, 4)]
+    g = [torch.randn(2, 12, 4, 4)]
+    with pytest.raises(ValueError, match="as many edges"):
+        noisy_group_sums([s, s], g, torch.ones(4, 2), [3, 1], 0, NoiseConfig(), by_target=True)
+    with pytest.raises(ValueError, match="one entry .* per target"):
+        noisy_group_sums([s, s], g, torch.ones(4, 2), [2, 2], 0, NoiseConfig(), by_target=True, bases=[None])
+    with pytest.raises(ValueError, match=r"a base must be \(2, 3, 4, 4\)"):
+        noisy_group_sums([s, s], g, torch.ones(4, 2), [2, 2], 0, NoiseConfig(), backend="triton", by_target=True,
+                         bases=[torch.randn(2, 3, 4, 5), None])
+
+
+def test_a_cells_node_sums_launch_no_adds():
+    """The group sums summed by target are a chain: a normal cell's node sums launch no adds of
+    their own; a reduction cell adds only its inputs' per-edge (stride-2) sums: 3-node cells,
+    node i has 2 such edges, and the partial sums of nodes 1, 2 were begun by node 0's group
+    (computed before node 2's input edges) → 1 + 1 + 2 adds; the per-edge network: i + 1 per node."""
+    import collections
+
+    from ndarts.operations import DARTS_PRIMITIVES
+    from ndarts.search_model import SearchNetwork
+
+    counts = {}
+    for group_sums in (True, False):
+        torch.manual_seed(0)
+        net = SearchNetwork(C=4, num_classes=5, layers=3, steps=3, multiplier=3, primitives=DARTS_PRIMITIVES,
+                            fused=True, backend="triton", fused_batch_norm=False, noise=NoiseConfig(kind="none"),
+                            group_sums=group_sums)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            net(torch.randn(2, 3, 8, 8))
+        counts[group_sums] = collections.Counter(
+            e.name for e in prof.events() if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    reductions = sum(c.reduction for c in net.cells)
+    assert reductions == 2 and len(net.cells) == 3
+    assert counts[True]["aten::add"] == reductions * (1 + 1 + 2)
+    assert counts[False]["aten::add"] == len(net.cells) * (1 + 2 + 3)

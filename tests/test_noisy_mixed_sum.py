@@ -159,6 +159,35 @@ def test_std_many_programs(monkeypatch, tiles_per_program):
     torch.testing.assert_close(std.double().reshape(()), x.std(), rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("count", [1, 3, 6])  # 6: two launches of the stats kernel
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-5)])
+def test_several_stds_at_once(monkeypatch, count, dtype, rtol, fresh_seed):
+    """skip_stds: each tensor's std (odd shapes, different means and scales, one channels_last,
+    several programs each) from one pair of launches per four tensors, as skip_std gives it."""
+    import ndarts_kernels.noisy_mixed_sum as mod
+
+    monkeypatch.setattr(mod, "_elementwise_block", lambda n: (64, 4))
+    xs = [(torch.randn(3, 5, 7, 4) * (1 + k) + 10 * k).to(dtype) for k in range(count)]
+    xs[-1] = xs[-1].contiguous(memory_format=torch.channels_last)
+    launches = []
+
+    class Counted:  # the kernel, its launches counted
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    kernel = mod._skip_stats_kernel
+    monkeypatch.setattr(mod, "_skip_stats_kernel", Counted())
+    got = mod.skip_stds(xs)
+    assert got.shape == (count,) and got.dtype == torch.float32
+    assert len(launches) == (count + mod.MAX_STDS - 1) // mod.MAX_STDS
+    for k, x in enumerate(xs):
+        torch.testing.assert_close(got[k].double(), x.double().std(), rtol=rtol, atol=0)
+        torch.testing.assert_close(got[k:k + 1], mod.skip_std(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="as many elements"):
+        mod.skip_stds([xs[0], torch.randn(2, 2)])
+
+
 def test_int64_indexing_path(monkeypatch):
     """Tensors of ≥ 2^31 elements switch to int64 indices; forced here on a small tensor."""
     import ndarts_kernels.noisy_mixed_sum as mod
