@@ -127,7 +127,8 @@ def categorise(triton: collections.Counter, aten: collections.Counter) -> dict:
     for name, n in triton.items():
         kind = ("BatchNorm (Triton)" if "_bn_" in name else "depthwise conv (Triton)" if "_dw_" in name
                 else "gradient sums (Triton)" if "_tensor_sum" in name
-                else "group inputs: relu + repeat (Triton)" if "_relu_repeat" in name else "mixed sums (Triton)")
+                else "group inputs: relu + repeat (Triton)" if "_relu_repeat" in name
+                else "pools (Triton)" if "_pools_" in name else "mixed sums (Triton)")
         out[kind] += n
     for name, n in aten.items():
         short = name.split("::", 1)[1]

@@ -22,6 +22,7 @@ from .noisy_mixed_sum import (  # noqa: E402
     skip_stds,
     unit_noise,
 )
+from .pools import pools_3x3_backward, pools_3x3_forward  # noqa: E402
 from .relu_repeat import relu_repeat_backward, relu_repeat_forward  # noqa: E402
 from .tensor_sum import tensor_sum  # noqa: E402
 
@@ -38,6 +39,8 @@ __all__ = [
     "noisy_group_sum_backward",
     "noisy_mixed_sum_forward",
     "noisy_mixed_sum_backward",
+    "pools_3x3_forward",
+    "pools_3x3_backward",
     "relu_repeat_forward",
     "relu_repeat_backward",
     "skip_std",

@@ -18,6 +18,7 @@ from .edge_groups import EdgeGroupSlot, groupable, relu_repeat_sources, split_ed
 from .fan_out import fan_out
 from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std, skip_operand_stds
 from .noise import NoiseConfig, add_noise
+from .pools import darts_pools_stride, pools_3x3
 from .operations import DARTS_PRIMITIVES, FactorizedReduce, check_primitives, make_search_op, relu_tail, shifted_by_one
 
 SKIP = "skip_connect"
@@ -204,10 +205,26 @@ def pool_all(pairs) -> None:
     share's node, into share.pooled for the node's other edges; all the BatchNorms (a cell's two
     inputs' pools: four) in one launch each way where the Triton kernels run (search_batch_norms)."""
     work = [(op, share, i) for op, share in pairs for i in sorted(op._pools)]
-    outs = search_batch_norms([op._ops[i][0](share.input(op.primitives[i])) for op, share, i in work],
-                              [op._ops[i][-1] for op, _, i in work])
+    pooled = {}
+    for op, share in pairs:
+        pooled.update({(id(share), i): y for i, y in _pool(op, share).items()})
+    outs = search_batch_norms([pooled[(id(share), i)] for op, share, i in work], [op._ops[i][-1] for op, _, i in work])
     for (op, share, i), out in zip(work, outs):
         share.pooled[(op.primitives[i], op.stride)] = (out, op._ops[i][-1])
+
+
+def _pool(op, share) -> dict:
+    """{primitive index: op's pool of share's node (its BatchNorm's input)}: DARTS's max and avg
+    3×3 pools as one op (ndarts.pools: one launch each way where the search-op kernels run),
+    any other pool by its own module."""
+    index = {op.primitives[i]: i for i in op._pools}
+    if set(index) == {"max_pool_3x3", "avg_pool_3x3"}:
+        i_max, i_avg = index["max_pool_3x3"], index["avg_pool_3x3"]
+        stride = darts_pools_stride(op._ops[i_max][0], op._ops[i_avg][0])
+        if stride is not None:
+            y_max, y_avg = pools_3x3(share.input("max_pool_3x3"), stride, share.backend)
+            return {i_max: y_max, i_avg: y_avg}
+    return {i: op._ops[i][0](share.input(op.primitives[i])) for i in op._pools}
 
 
 def copy_running_stats(syncs) -> None:

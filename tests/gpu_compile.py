@@ -80,6 +80,12 @@ def _workload() -> None:
             y = K.relu_repeat_forward(xs, counts)
             for grads in range(1, RELU_REPEAT_GRADS + 1):  # the primitives' gradients summed in the kernel
                 K.relu_repeat_backward([y] * grads, xs, counts)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # a node's two pools, both strides
+        x = torch.randn(2, 3, 5, 4).to(dtype)
+        for stride in (1, 2):
+            ymax, yavg, arg = K.pools_3x3_forward(x, stride)
+            for grads in ((ymax, yavg), (ymax, None), (None, yavg)):
+                K.pools_3x3_backward(*grads, arg, x.shape, stride)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):  # gradient sums, one and two launches
         for count in (3, 8):
             K.tensor_sum([torch.randn(2, 3, 4, 4).to(dtype) for _ in range(count)])
@@ -122,6 +128,8 @@ def _huge_workload() -> None:
     K.tensor_sum(ops)
     y = K.relu_repeat_forward(ops[:1], [2])
     K.relu_repeat_backward([y] * 4, ops[:1], [2])
+    ymax, yavg, arg = K.pools_3x3_forward(ops[0], 1)
+    K.pools_3x3_backward(ymax, yavg, arg, ops[0].shape, 1)
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0)
     K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0)
     K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0, out=y, bases=[ops[1], None])

@@ -8,6 +8,7 @@ import contextlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytestmark = [
     pytest.mark.gpu,
@@ -343,6 +344,27 @@ def test_cuda_group_kernels_of_several_sources_match_reference(dtype, atol, rtol
     from test_group_sum import test_group_kernels_of_several_sources_match_reference as check
 
     check(dtype, atol, rtol, layout, "gaussian", device="cuda")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_cuda_pools_match_torch(stride, dtype, tol):
+    """A node's max and avg 3×3 pools in one launch each way, compiled: values and gradients
+    against torch's pools, with ties (small integers)."""
+    from ndarts.pools import pools_3x3
+
+    shape = (16, 8, 33, 32)
+    x = torch.where(torch.rand(shape, device="cuda") < 0.5, torch.randint(-2, 3, shape, device="cuda").float(),
+                    torch.randn(shape, device="cuda")).to(dtype)
+    got_in, want_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = pools_3x3(got_in, stride, "triton")
+    want = (F.max_pool2d(want_in, 3, stride, 1), F.avg_pool2d(want_in, 3, stride, 1, count_include_pad=False))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+    grads = [torch.randn_like(want[0]) for _ in range(2)]
+    torch.autograd.backward(got, grads)
+    torch.autograd.backward(want, grads)
+    torch.testing.assert_close(got_in.grad, want_in.grad, atol=2 * tol, rtol=tol)
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 3e-2, 2e-2)])
