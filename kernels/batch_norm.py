@@ -16,10 +16,12 @@ Here each channel is split over S programs (grid C × S, about four programs per
 - backward: ``_bn_grad_stats_kernel`` writes per-program Σg and Σg·y; ``_bn_grad_apply_kernel``
   merges them and writes dx. The backward reads y (= x̂, there being no affine) instead of x, so
   the op keeps only its output for backward: the input can be freed after the forward.
-- several BatchNorms per launch (``batch_norms_forward``/``_backward``): up to four tensors of one
-  shape, each with its own statistics, as one grid of T·C channels (channel q = t·C + c, the
-  tensor's pointer picked per program). A batched conv stage of a search cell (the four sep/dil
-  conv primitives of a node's edges) then costs 4 BatchNorm kernels instead of 16.
+- several BatchNorms per launch (``batch_norms_forward``/``_backward``): up to eight tensors of
+  one batch and image size (their channel counts may differ), each with its own statistics, as
+  one grid of ΣC_t channels (tensor t's channels follow tensor t-1's; the tensor, its channel and
+  its pointer found per program). A batched conv stage of a search cell (the four sep/dil conv
+  primitives of a node's edges, with the node's two pools) then costs 4 BatchNorm kernels
+  instead of 24.
 - a ReLU after the BatchNorm, fused (per tensor): the forward writes y (kept for the backward)
   and relu(y); the backward takes dL/d relu(y) and masks it with y > 0 on the fly. One kernel
   less each way than BatchNorm + ReLU.
@@ -54,22 +56,53 @@ def _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW: tl.constexpr, INDE
 
 
 @triton.jit
+def _later(t, c, C, q, k: tl.constexpr, O, Ck):
+    """(t, c, C) moved to tensor k where the launch's channel q is at or past its first channel O
+    (tl.where on scalars: no branch, whichever of O, Ck Triton specialised as a constant)."""
+    after = q >= O
+    return tl.where(after, k, t), tl.where(after, q - O, c), tl.where(after, Ck, C)
+
+
+@triton.jit
+def _channel_of(q, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, T: tl.constexpr):
+    """(tensor t, its channel c, its C·H·W) of the launch's channel q: tensor t holds channels
+    O_t … O_t + C_t - 1 of the launch (O_0 = 0; the tensors may differ in their channel count)."""
+    t = q * 0
+    c = q
+    C = q * 0 + C0
+    if T > 1:
+        t, c, C = _later(t, c, C, q, 1, O1, C1)
+    if T > 2:
+        t, c, C = _later(t, c, C, q, 2, O2, C2)
+    if T > 3:
+        t, c, C = _later(t, c, C, q, 3, O3, C3)
+    if T > 4:
+        t, c, C = _later(t, c, C, q, 4, O4, C4)
+    if T > 5:
+        t, c, C = _later(t, c, C, q, 5, O5, C5)
+    if T > 6:
+        t, c, C = _later(t, c, C, q, 6, O6, C6)
+    if T > 7:
+        t, c, C = _later(t, c, C, q, 7, O7, C7)
+    return t, c, C * HW
+
+
+@triton.jit
 def _bn_stats_kernel(
-    X0, X1, X2, X3,  # inputs [N, C, H, W], contiguous, the first T of them used
-    PART,  # fp32 [T·C, S, 3]: (count, mean, M2) of each program's rows
-    N, HW, CHW, C,
+    X0, X1, X2, X3, X4, X5, X6, X7,  # inputs [N, C_t, H, W], contiguous, the first T of them used
+    PART,  # fp32 [ΣC_t, S, 3]: (count, mean, M2) of each program's rows
+    N, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7,  # see _channel_of
     ROWS,  # rows (images) per program
     S,  # programs per channel
-    T: tl.constexpr,  # tensors in this launch, 1..4: channel q = t·C + c
+    T: tl.constexpr,  # tensors in this launch, 1..8: channel q of tensor t is q - O_t
     BLOCK_HW: tl.constexpr,  # columns per tile (power of two ≥ min(HW, TILE))
     BLOCK: tl.constexpr,  # elements per tile
     INDEX_64: tl.constexpr,
 ):
     q = tl.program_id(0)
     s = tl.program_id(1)
-    t = q // C
-    c = q - t * C
-    X = pick_pointer(t, X0, X1, X2, X3, T)
+    t, c, CHW = _channel_of(q, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, T)
+    X = pick_pointer(t, X0, X1, X2, X3, X4, X5, X6, X7, T)
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
     idx = tl.arange(0, BLOCK)
@@ -86,14 +119,15 @@ def _bn_stats_kernel(
 
 @triton.jit
 def _bn_apply_kernel(
-    X0, X1, X2, X3,  # inputs [N, C, H, W]
-    Y0, Y1, Y2, Y3,  # outputs y = x̂ (kept for the backward)
-    R0, R1, R2, R3,  # relu(y), written for the tensors whose RELU bit is set
-    PART,  # fp32 [T·C, S, 3] from _bn_stats_kernel
-    SAVE_RSTD,  # fp32 [T·C]: rstd, for the backward
-    RM0, RM1, RM2, RM3, RV0, RV1, RV2, RV3,  # running mean / var [C] of each tensor, updated in place
-    NB0, NB1, NB2, NB3,  # int64 [1] num_batches_tracked of each tensor, incremented once
-    N, HW, CHW, C, ROWS, S,
+    X0, X1, X2, X3, X4, X5, X6, X7,  # inputs [N, C_t, H, W]
+    Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7,  # outputs y = x̂ (kept for the backward)
+    R0, R1, R2, R3, R4, R5, R6, R7,  # relu(y), written for the tensors whose RELU bit is set
+    PART,  # fp32 [ΣC_t, S, 3] from _bn_stats_kernel
+    SAVE_RSTD,  # fp32 [ΣC_t]: rstd, for the backward
+    RM0, RM1, RM2, RM3, RM4, RM5, RM6, RM7,  # running mean [C_t] of each tensor, updated in place
+    RV0, RV1, RV2, RV3, RV4, RV5, RV6, RV7,  # running var [C_t]
+    NB0, NB1, NB2, NB3, NB4, NB5, NB6, NB7,  # int64 [1] num_batches_tracked of each tensor, incremented once
+    N, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, ROWS, S,
     eps, momentum,
     T: tl.constexpr,
     RELU: tl.constexpr,  # bit t set: tensor t's BatchNorm is followed by a ReLU, fused here
@@ -105,10 +139,9 @@ def _bn_apply_kernel(
 ):
     q = tl.program_id(0)
     s = tl.program_id(1)
-    t = q // C
-    c = q - t * C
-    X = pick_pointer(t, X0, X1, X2, X3, T)
-    Y = pick_pointer(t, Y0, Y1, Y2, Y3, T)
+    t, c, CHW = _channel_of(q, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, T)
+    X = pick_pointer(t, X0, X1, X2, X3, X4, X5, X6, X7, T)
+    Y = pick_pointer(t, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, T)
     # Chan's merge of this channel's S partials, the same in every program of the channel
     sidx = tl.arange(0, S_BLOCK)
     smask = sidx < S
@@ -124,18 +157,18 @@ def _bn_apply_kernel(
     if s == 0:
         tl.store(SAVE_RSTD + q, rstd)
         if UPDATE_RUNNING:
-            RM = pick_pointer(t, RM0, RM1, RM2, RM3, T)
-            RV = pick_pointer(t, RV0, RV1, RV2, RV3, T)
+            RM = pick_pointer(t, RM0, RM1, RM2, RM3, RM4, RM5, RM6, RM7, T)
+            RV = pick_pointer(t, RV0, RV1, RV2, RV3, RV4, RV5, RV6, RV7, T)
             rm = tl.load(RM + c).to(tl.float32)
             rv = tl.load(RV + c).to(tl.float32)
             # PyTorch's rule: the running variance takes the unbiased batch variance
             tl.store(RM + c, ((1.0 - momentum) * rm + momentum * mean).to(RM.dtype.element_ty))
             tl.store(RV + c, ((1.0 - momentum) * rv + momentum * (m2 / (count - 1.0))).to(RV.dtype.element_ty))
             if c == 0:
-                NB = pick_pointer(t, NB0, NB1, NB2, NB3, T)
+                NB = pick_pointer(t, NB0, NB1, NB2, NB3, NB4, NB5, NB6, NB7, T)
                 tl.store(NB, tl.load(NB) + 1)
     relu = ((RELU >> t) & 1) != 0
-    R = pick_pointer(t, R0, R1, R2, R3, T)
+    R = pick_pointer(t, R0, R1, R2, R3, R4, R5, R6, R7, T)
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
     idx = tl.arange(0, BLOCK)
@@ -160,10 +193,10 @@ def _upstream_grad(G, Y, offs, mask, relu):
 
 @triton.jit
 def _bn_grad_stats_kernel(
-    G0, G1, G2, G3,  # upstream gradients (of relu(y) for the tensors whose RELU bit is set)
-    Y0, Y1, Y2, Y3,  # the forward's outputs (= x̂)
-    PART,  # fp32 [T·C, S, 2]: Σg and Σg·y over each program's rows
-    N, HW, CHW, C, ROWS, S,
+    G0, G1, G2, G3, G4, G5, G6, G7,  # upstream gradients (of relu(y) for the tensors whose RELU bit is set)
+    Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7,  # the forward's outputs (= x̂)
+    PART,  # fp32 [ΣC_t, S, 2]: Σg and Σg·y over each program's rows
+    N, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, ROWS, S,
     T: tl.constexpr,
     RELU: tl.constexpr,
     BLOCK_HW: tl.constexpr,
@@ -172,10 +205,9 @@ def _bn_grad_stats_kernel(
 ):
     q = tl.program_id(0)
     s = tl.program_id(1)
-    t = q // C
-    c = q - t * C
-    G = pick_pointer(t, G0, G1, G2, G3, T)
-    Y = pick_pointer(t, Y0, Y1, Y2, Y3, T)
+    t, c, CHW = _channel_of(q, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, T)
+    G = pick_pointer(t, G0, G1, G2, G3, G4, G5, G6, G7, T)
+    Y = pick_pointer(t, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, T)
     relu = ((RELU >> t) & 1) != 0
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
@@ -195,12 +227,12 @@ def _bn_grad_stats_kernel(
 
 @triton.jit
 def _bn_grad_apply_kernel(
-    G0, G1, G2, G3,
-    Y0, Y1, Y2, Y3,
-    DX0, DX1, DX2, DX3,
-    PART,  # fp32 [T·C, S, 2] from _bn_grad_stats_kernel
-    RSTD,  # fp32 [T·C]
-    N, HW, CHW, C, ROWS, S,
+    G0, G1, G2, G3, G4, G5, G6, G7,
+    Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7,
+    DX0, DX1, DX2, DX3, DX4, DX5, DX6, DX7,
+    PART,  # fp32 [ΣC_t, S, 2] from _bn_grad_stats_kernel
+    RSTD,  # fp32 [ΣC_t]
+    N, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, ROWS, S,
     inv_count,  # 1 / (N·H·W)
     T: tl.constexpr,
     RELU: tl.constexpr,
@@ -211,11 +243,10 @@ def _bn_grad_apply_kernel(
 ):
     q = tl.program_id(0)
     s = tl.program_id(1)
-    t = q // C
-    c = q - t * C
-    G = pick_pointer(t, G0, G1, G2, G3, T)
-    Y = pick_pointer(t, Y0, Y1, Y2, Y3, T)
-    DX = pick_pointer(t, DX0, DX1, DX2, DX3, T)
+    t, c, CHW = _channel_of(q, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, T)
+    G = pick_pointer(t, G0, G1, G2, G3, G4, G5, G6, G7, T)
+    Y = pick_pointer(t, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, T)
+    DX = pick_pointer(t, DX0, DX1, DX2, DX3, DX4, DX5, DX6, DX7, T)
     relu = ((RELU >> t) & 1) != 0
     sidx = tl.arange(0, S_BLOCK)
     smask = sidx < S
@@ -233,20 +264,19 @@ def _bn_grad_apply_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
-def _geometry(x: torch.Tensor, tensors: int = 1):
-    """(N, C, HW, ROWS, S, BLOCK_HW, BLOCK, INDEX_64, num_warps) for `tensors` [N, C, H, W] tensors
-    of one launch (their T·C channels share the multiprocessors)."""
+def _geometry(x: torch.Tensor, channels: int):
+    """(N, HW, ROWS, S, BLOCK_HW, BLOCK, num_warps) for a launch of `channels` channels (all its
+    tensors') of images like x's, [N, ·, H, W]."""
     from . import INTERPRETED
 
-    n, c = x.shape[0], x.shape[1]
+    n = x.shape[0]
     hw = x.shape[2] * x.shape[3]
     tile = 1 << 15 if INTERPRETED else TILE  # the interpreter runs programs one by one: few, large ones
     block_hw = min(triton.next_power_of_2(hw), tile)
     block = max(block_hw, min(tile, block_hw * triton.next_power_of_2(n)))
     # none with less than one tile of work
-    rows, splits = split_images(x, n, tensors * c, most=triton.cdiv(n * hw, block))
-    index_64 = x.numel() > INT32_LIMIT - block
-    return n, c, hw, rows, splits, block_hw, block, index_64, 8 if block >= 4096 else 4
+    rows, splits = split_images(x, n, channels, most=triton.cdiv(n * hw, block))
+    return n, hw, rows, splits, block_hw, block, 8 if block >= 4096 else 4
 
 
 def check_batch_norm_input(x: torch.Tensor) -> None:
@@ -259,7 +289,7 @@ def check_batch_norm_input(x: torch.Tensor) -> None:
                          f"shape {tuple(x.shape)}")
 
 
-MAX_TENSORS = 4  # tensors per launch of the multi-tensor kernels
+MAX_TENSORS = 8  # tensors per launch of the multi-tensor kernels
 
 
 def _relu_bits(relu) -> int:
@@ -267,20 +297,42 @@ def _relu_bits(relu) -> int:
 
 
 def _check_same_geometry(tensors, what: str) -> None:
+    """One launch takes tensors of one batch size, image size, dtype and device; their channel
+    counts may differ."""
     first = tensors[0]
     for i, x in enumerate(tensors):
-        if x.shape != first.shape or x.dtype != first.dtype or x.device != first.device:
+        if (x.dim() != 4 or x.shape[0] != first.shape[0] or x.shape[2:] != first.shape[2:] or x.dtype != first.dtype
+                or x.device != first.device):
             raise ValueError(f"batch_norm: {what} {i} is {tuple(x.shape)} {x.dtype} on {x.device}, {what} 0 is "
-                             f"{tuple(first.shape)} {first.dtype} on {first.device}; one launch takes alike tensors")
+                             f"{tuple(first.shape)} {first.dtype} on {first.device}; one launch takes alike tensors "
+                             f"(channel counts may differ)")
+
+
+def _channel_args(tensors) -> list:
+    """O1 … O7 (each tensor's first channel in the launch) and C0 … C7 (channel counts), padded."""
+    counts = [t.shape[1] for t in tensors]
+    offsets = [sum(counts[:k]) for k in range(1, len(counts))]
+    return offsets + [0] * (MAX_TENSORS - 1 - len(offsets)) + counts + [0] * (MAX_TENSORS - len(counts))
+
+
+def _launches(tensors):
+    """(start, stop, first channel, channels) of each launch: up to MAX_TENSORS tensors each."""
+    first = 0
+    for start, stop in chunk_ranges(len(tensors), MAX_TENSORS):
+        channels = sum(t.shape[1] for t in tensors[start:stop])
+        yield start, stop, first, channels
+        first += channels
 
 
 def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum: float, eps: float, relu=None):
-    """Training-mode BatchNorm2d (no affine) of several tensors of one shape and dtype, four per
-    launch (each its own statistics). relu[t]: tensor t's BatchNorm is followed by a ReLU, fused.
+    """Training-mode BatchNorm2d (no affine) of several tensors of one batch size, image size and
+    dtype (channel counts may differ), eight per launch (each its own statistics). relu[t]: tensor
+    t's BatchNorm is followed by a ReLU, fused.
 
     Returns (ys, rs, rstd): ys[t] = x̂ of xs[t] (what the backward needs), rs[t] = relu(ys[t]) where
-    relu[t] (else None), rstd fp32 [T, C]. running_means/vars and nums_batches: lists of the
-    tensors' buffers, updated in place, or None (no running statistics)."""
+    relu[t] (else None), rstd fp32 [ΣC_t] (the tensors' channels one after another).
+    running_means/vars and nums_batches: lists of the tensors' buffers, updated in place, or None
+    (no running statistics)."""
     if not xs:
         raise ValueError("batch_norm: no input")
     for x in xs:
@@ -288,30 +340,32 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
     _check_same_geometry(xs, "input")
     relu = [False] * len(xs) if relu is None else list(relu)
     xs = [x.contiguous() for x in xs]
-    n, c, hw, rows, splits, block_hw, block, index_64, num_warps = _geometry(xs[0], min(len(xs), MAX_TENSORS))
     ys = [torch.empty_like(x) for x in xs]
     rs = [torch.empty_like(x) if r else None for x, r in zip(xs, relu)]
-    rstd = torch.empty((len(xs), c), device=xs[0].device, dtype=torch.float32)
+    rstd = torch.empty((sum(x.shape[1] for x in xs),), device=xs[0].device, dtype=torch.float32)
     if xs[0].numel() == 0:
         return ys, rs, rstd
     update = running_means is not None
-    for start, stop in chunk_ranges(len(xs), MAX_TENSORS):
+    for start, stop, first, channels in _launches(xs):
         num = stop - start
         x0 = xs[start]
+        n, hw, rows, splits, block_hw, block, num_warps = _geometry(x0, channels)
+        index_64 = max(x.numel() for x in xs[start:stop]) > INT32_LIMIT - block
 
         def slots(tensors, like=x0):  # this launch's tensors, padded to the kernels' pointer slots
             return pad_pointers(tensors[start:stop], MAX_TENSORS, like)
 
-        part = torch.empty((num * c, splits, 3), device=x0.device, dtype=torch.float32)
-        grid = (num * c, splits)
-        _bn_stats_kernel[grid](*slots(xs), part, n, hw, c * hw, c, rows, splits, T=num,
+        geometry = _channel_args(xs[start:stop])
+        part = torch.empty((channels, splits, 3), device=x0.device, dtype=torch.float32)
+        grid = (channels, splits)
+        _bn_stats_kernel[grid](*slots(xs), part, n, hw, *geometry, rows, splits, T=num,
                                BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
         stats = [slots(lst, rstd) if update else [rstd] * MAX_TENSORS for lst in (running_means, running_vars)]
         counts = slots(nums_batches, part) if update else [part] * MAX_TENSORS
         _bn_apply_kernel[grid](
             *slots(xs), *slots(ys), *slots([r if r is not None else y for r, y in zip(rs, ys)]),
-            part, rstd[start:stop], *stats[0], *stats[1], *counts,
-            n, hw, c * hw, c, rows, splits, float(eps), float(momentum),
+            part, rstd[first:first + channels], *stats[0], *stats[1], *counts,
+            n, hw, *geometry, rows, splits, float(eps), float(momentum),
             T=num, RELU=_relu_bits(relu[start:stop]), UPDATE_RUNNING=update,
             S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
             num_warps=num_warps,
@@ -321,29 +375,34 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
 
 def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None):
     """dL/dx of batch_norms_forward's tensors, from the upstream gradients (of relu(y) where
-    relu[t]), the outputs ys and rstd [T, C]."""
+    relu[t]), the outputs ys and rstd [ΣC_t]."""
     _check_same_geometry(ys, "output")
     relu = [False] * len(ys) if relu is None else list(relu)
     grads = [g.contiguous() for g in grads]
-    n, c, hw, rows, splits, block_hw, block, index_64, num_warps = _geometry(ys[0], min(len(ys), MAX_TENSORS))
+    for g, y in zip(grads, ys):
+        if g.shape != y.shape:
+            raise ValueError(f"batch_norm: a gradient is {tuple(g.shape)}, its output {tuple(y.shape)}")
     dxs = [torch.empty_like(y) for y in ys]
     if ys[0].numel() == 0:
         return dxs
-    for start, stop in chunk_ranges(len(ys), MAX_TENSORS):
+    for start, stop, first, channels in _launches(ys):
         num = stop - start
         y0 = ys[start]
+        n, hw, rows, splits, block_hw, block, num_warps = _geometry(y0, channels)
+        index_64 = max(y.numel() for y in ys[start:stop]) > INT32_LIMIT - block
 
         def slots(tensors):  # this launch's tensors, padded to the kernels' pointer slots
             return pad_pointers(tensors[start:stop], MAX_TENSORS, y0)
 
-        part = torch.empty((num * c, splits, 2), device=y0.device, dtype=torch.float32)
-        grid = (num * c, splits)
+        geometry = _channel_args(ys[start:stop])
+        part = torch.empty((channels, splits, 2), device=y0.device, dtype=torch.float32)
+        grid = (channels, splits)
         bits = _relu_bits(relu[start:stop])
-        _bn_grad_stats_kernel[grid](*slots(grads), *slots(ys), part, n, hw, c * hw, c, rows, splits, T=num,
+        _bn_grad_stats_kernel[grid](*slots(grads), *slots(ys), part, n, hw, *geometry, rows, splits, T=num,
                                     RELU=bits, BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
                                     num_warps=num_warps)
-        _bn_grad_apply_kernel[grid](*slots(grads), *slots(ys), *slots(dxs), part, rstd[start:stop],
-                                    n, hw, c * hw, c, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
+        _bn_grad_apply_kernel[grid](*slots(grads), *slots(ys), *slots(dxs), part, rstd[first:first + channels],
+                                    n, hw, *geometry, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
                                     S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block,
                                     INDEX_64=index_64, num_warps=num_warps)
     return dxs
@@ -355,9 +414,9 @@ def batch_norm_forward(x, running_mean, running_var, num_batches_tracked, moment
     update = running_mean is not None
     ys, _, rstd = batch_norms_forward([x], [running_mean] if update else None, [running_var] if update else None,
                                       [num_batches_tracked] if update else None, momentum, eps)
-    return ys[0], rstd[0]
+    return ys[0], rstd
 
 
 def batch_norm_backward(grad: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
     """dL/dx of training-mode BatchNorm2d (no affine) from the upstream gradient, the output y and rstd."""
-    return batch_norms_backward([grad], [y], rstd.view(1, -1))[0]
+    return batch_norms_backward([grad], [y], rstd.reshape(-1))[0]

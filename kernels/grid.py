@@ -42,8 +42,9 @@ def chunk_ranges(num: int, size: int):
 
 
 @triton.jit
-def pick_pointer(t, P0, P1, P2, P3, T: tl.constexpr):
-    """P_t of a launch's T tensors (t a runtime index < T; the counterpart of pad_pointers)."""
+def pick_pointer(t, P0, P1, P2, P3, P4, P5, P6, P7, T: tl.constexpr):
+    """P_t of a launch's T values (t a runtime index < T; pointers, the counterpart of
+    pad_pointers, or scalars)."""
     p = P0
     if T > 1:
         if t == 1:
@@ -54,4 +55,16 @@ def pick_pointer(t, P0, P1, P2, P3, T: tl.constexpr):
     if T > 3:
         if t == 3:
             p = P3
+    if T > 4:
+        if t == 4:
+            p = P4
+    if T > 5:
+        if t == 5:
+            p = P5
+    if T > 6:
+        if t == 6:
+            p = P6
+    if T > 7:
+        if t == 7:
+            p = P7
     return p

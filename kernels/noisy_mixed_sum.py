@@ -102,7 +102,7 @@ def _backward_term(g, O, DO, W, PART, k: tl.constexpr, pid, offs, mask, seed, st
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
 def _skip_stats_kernel(
-    X0, X1, X2, X3,  # the tensors (the first T used), N elements each in memory order
+    X0, X1, X2, X3, X4, X5, X6, X7,  # the tensors (the first T used), N elements each in memory order
     PART,  # fp32 [T, num_programs, 3]: (count, mean, M2) of each program's elements
     N,  # number of elements
     T: tl.constexpr,  # tensors in this launch (program_id(1) picks one)
@@ -112,7 +112,7 @@ def _skip_stats_kernel(
 ):
     pid = tl.program_id(0)
     t = tl.program_id(1)
-    X = pick_pointer(t, X0, X1, X2, X3, T)
+    X = pick_pointer(t, X0, X1, X2, X3, X4, X5, X6, X7, T)
     count = tl.zeros([], dtype=tl.float32)
     mean = tl.zeros([], dtype=tl.float32)
     m2 = tl.zeros([], dtype=tl.float32)
@@ -324,7 +324,7 @@ def _stats_tiles_per_program(tiles: int) -> int:
     return max(1, min(16, triton.cdiv(tiles, 2048)))
 
 
-MAX_STDS = 4  # tensors per stats launch
+MAX_STDS = 8  # tensors per stats launch
 
 
 def skip_std(x: torch.Tensor) -> torch.Tensor:
@@ -334,7 +334,7 @@ def skip_std(x: torch.Tensor) -> torch.Tensor:
 
 def skip_stds(xs) -> torch.Tensor:
     """skip_std of each tensor of xs (any number, same numel and device) as one fp32 [len(xs)]
-    tensor: two launches per MAX_STDS tensors (one for the partial moments, one for the merges)
+    tensor: two launches per MAX_STDS (8) tensors (one for the partial moments, one for the merges)
     instead of two per tensor."""
     if not xs:
         raise ValueError("skip_stds needs at least one tensor")

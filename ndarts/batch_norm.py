@@ -65,8 +65,8 @@ class _BatchNormsTrain(torch.autograd.Function):
 
 def search_batch_norms(xs, bns, relu=None) -> list:
     """[relu(bn(x)) if relu[t] else bn(x) for the t-th x, bn]: with the Triton kernels (where every
-    bn would run them: SearchBatchNorm2d's rule) and tensors alike, all in one launch each way
-    (four per launch), the ReLUs fused; otherwise each BatchNorm and ReLU by itself, the same math.
+    bn would run them: SearchBatchNorm2d's rule) and tensors alike (their channel counts may
+    differ), all in one launch each way (eight per launch), the ReLUs fused; otherwise each BatchNorm and ReLU by itself, the same math.
     EdgeGroup uses it for each stage of its batched conv stacks."""
     relu = [False] * len(xs) if relu is None else list(relu)
     if _fusable(xs, bns):
@@ -76,10 +76,12 @@ def search_batch_norms(xs, bns, relu=None) -> list:
 
 def _fusable(xs, bns) -> bool:
     """Every bn is a SearchBatchNorm2d that would run the kernels on its x, with the same momentum,
-    eps and buffer dtypes, and the inputs are alike (shape, dtype, device)."""
+    eps and buffer dtypes, and the inputs are alike (batch and image size, dtype, device; the
+    channel counts may differ)."""
     first, bn0 = xs[0], bns[0]
     return all(isinstance(bn, SearchBatchNorm2d) and bn._use_kernels(x) and x.shape[1] == bn.num_features
-               and x.shape == first.shape and x.dtype == first.dtype and x.device == first.device
+               and x.shape[0] == first.shape[0] and x.shape[2:] == first.shape[2:]
+               and x.dtype == first.dtype and x.device == first.device
                and bn.momentum == bn0.momentum and bn.eps == bn0.eps
                and bn.running_mean.dtype == bn0.running_mean.dtype for x, bn in zip(xs, bns))
 

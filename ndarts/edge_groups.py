@@ -252,6 +252,10 @@ class EdgeGroup(nn.Module):
                                   for i, p in enumerate(primitives) if groupable(p)})
 
     def forward(self, r, repeated=None, backend=None) -> dict:
+        """{primitive index: [N, E·C, H', W']} (see run)."""
+        return self.run(r, repeated, backend)[0]
+
+    def run(self, r, repeated=None, backend=None, extra=()) -> tuple[dict, list]:
         """r = relu(h) [N, C, H, W] of each source (a list; a tensor for a one-source group);
         repeated: their repeat_sources when the caller made it (GroupRun, with the ReLU fused in:
         relu_repeat_sources; r is then not read), one tensor, or one alias per primitive (in
@@ -260,7 +264,8 @@ class EdgeGroup(nn.Module):
         ReLU after bn1) run as one launch each way where the Triton kernels run
         (search_batch_norms); elsewhere the same math as calling each stack. backend: the search
         ops' (where the primitives' gradients of a repeat made here are summed in one launch:
-        ndarts.fan_out)."""
+        ndarts.fan_out). extra: (x, BatchNorm) pairs normalised in the first stage's launch (a
+        node's pools: GroupRun.compute), returned second, in order."""
         rs = list(r) if isinstance(r, (list, tuple)) else [r]
         if len(rs) != len(self.sources):
             raise ValueError(f"this EdgeGroup has {len(self.sources)} source nodes, got {len(rs)} inputs")
@@ -275,14 +280,15 @@ class EdgeGroup(nn.Module):
                 raise ValueError(f"this EdgeGroup has {len(ops)} primitives, got {len(repeated)} repeated inputs")
         else:
             repeated = [repeated] * len(ops)
-        y1 = search_batch_norms([op.stage1(rs, rep, self.sources) for (_, op), rep in zip(ops, repeated)],
-                                [op.bn1 for _, op in ops], relu=[op.repeats == 2 for _, op in ops])
+        y1 = search_batch_norms([op.stage1(rs, rep, self.sources) for (_, op), rep in zip(ops, repeated)]
+                                + [x for x, _ in extra], [op.bn1 for _, op in ops] + [bn for _, bn in extra],
+                                relu=[op.repeats == 2 for _, op in ops] + [False] * len(extra))
         out = dict(zip((i for i, _ in ops), y1))
         seps = [(i, op) for i, op in ops if op.repeats == 2]
         if seps:
             y2 = search_batch_norms([op.stage2(out[i]) for i, op in seps], [op.bn2 for _, op in seps])
             out.update(zip((i for i, _ in seps), y2))
-        return out
+        return out, y1[len(ops):]
 
 
 class EdgeGroupSlot(nn.Module):

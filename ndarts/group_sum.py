@@ -254,6 +254,13 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, bases
     index[start:stop]: plan_node_sums)."""
     ops = [mixed_ops[k] for k in plan.edges]
     op = ops[0]
+    run = shares[0].run
+    if run is not None:
+        # the sources' pools with the group's convs: their BatchNorms in the convs' first launch
+        firsts = [sum(plan.counts[:s]) for s in range(len(shares))]
+        run.compute([(ops[f], share) for f, share in zip(firsts, shares)
+                     if any((ops[f].primitives[i], ops[f].stride) not in share.pooled for i in ops[f]._pools)]
+                    if run._outputs is None else ())
     sources, first = [], 0
     for share, count in zip(shares, plan.counts):
         shared = []

@@ -38,19 +38,35 @@ class GroupRun:
     def raw(self, index: int) -> torch.Tensor:
         """Primitive `index` for all the group's edges, [N, E·C, H, W]."""
         if self._outputs is None:
-            if len(self.shares) != len(self.group.sources):
-                raise RuntimeError(f"this EdgeGroup takes {len(self.group.sources)} source nodes; "
-                                   f"{len(self.shares)} have joined it so far")
-            if self._fuse_relu():
-                # relu(h) made straight into the edge slots: no separate relu tensor
-                xs = [share.input("relu") for share in self.shares]
-                backend = self.shares[0].backend
-                # one alias per primitive: the backward kernel sums their gradients itself
-                self._outputs = self.group(xs, relu_repeat_sources(xs, self.group.sources, backend,
-                                                                   aliases=len(self.group.ops)))
-            else:
-                self._outputs = self.group([share.relu for share in self.shares], backend=self.shares[0].backend)
+            self.compute()
         return self._outputs[index]
+
+    def compute(self, pools=()) -> None:
+        """Runs the group's convs now (once per pass). pools: (mixed op, NodeShare) pairs whose
+        pools (each op's of its share's node, into share.pooled as pool_all puts them) are
+        computed here too, their BatchNorms in the convs' first BatchNorm launch (the node's pools
+        and its group's first stage depend on the node alone)."""
+        if self._outputs is not None:
+            if pools:
+                raise RuntimeError("this EdgeGroup's convs have run already; its pools can no longer join them")
+            return
+        if len(self.shares) != len(self.group.sources):
+            raise RuntimeError(f"this EdgeGroup takes {len(self.group.sources)} source nodes; "
+                               f"{len(self.shares)} have joined it so far")
+        work = [(op, share, i, y) for op, share in pools for i, y in sorted(_pool(op, share).items())]
+        extra = [(y, op._ops[i][-1]) for op, _, i, y in work]
+        backend = self.shares[0].backend
+        if self._fuse_relu():
+            # relu(h) made straight into the edge slots: no separate relu tensor; one alias per
+            # primitive: the backward kernel sums their gradients itself
+            xs = [share.input("relu") for share in self.shares]
+            repeated = relu_repeat_sources(xs, self.group.sources, backend, aliases=len(self.group.ops))
+            self._outputs, pooled = self.group.run(xs, repeated, backend=backend, extra=extra)
+        else:
+            self._outputs, pooled = self.group.run([share.relu for share in self.shares], backend=backend,
+                                                   extra=extra)
+        for (op, share, i, _), out in zip(work, pooled):
+            share.pooled[(op.primitives[i], op.stride)] = (out, op._ops[i][-1])
 
     def _fuse_relu(self) -> bool:
         """Whether the group's input is made by relu_repeat_sources: where the search-op kernels

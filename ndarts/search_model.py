@@ -153,8 +153,9 @@ class SearchCell(nn.Module):
             return NodeShare(h, syncs, runs[g] if g < len(runs) else None, seeds, self._reductions(j), self._backend)
 
         shares = [share(j, h) for j, h in enumerate(states)] if self.share_node_ops else None
-        if shares is not None and isinstance(self._ops[0], MixedOp) and self._ops[0]._pools:
+        if shares is not None and isinstance(self._ops[0], MixedOp) and self._ops[0]._pools and 0 not in plans:
             # the two inputs' pools with their BatchNorms at once, by each input's edge into node 0
+            # (where the inputs' edges are summed as a group, their group runs them with its convs)
             pool_all([(self._ops[0], shares[0]), (self._ops[1], shares[1])])
         streams = (self.edge_streams.get(states[0].device)
                    if self.edge_streams is not None and shares is not None and states[0].is_cuda else None)

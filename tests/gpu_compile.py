@@ -67,10 +67,12 @@ def _workload() -> None:
                 K.noisy_mixed_sum_backward(torch.ones_like(y), ops, w, seed, std, 3, kind, mult, 0.2, 0.0)
     for kind in (1, 2):
         K.unit_noise(seed, 100, kind)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # BatchNorms, 1-4 per launch, fused ReLUs
-        for relu in ((False,), (True,), (True, True), (True, False, True), (True, True, False, False, True)):
-            xs = [torch.randn(4, 6, 8, 8).to(dtype) for _ in relu]
-            stats = [[torch.zeros(6) for _ in relu] for _ in range(2)]
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # BatchNorms, 1-8 per launch (and 9: two), fused ReLUs
+        for relu in ((False,), (True,), (True, True), (True, False, True), (True, True, False, False, True),
+                     (True,) * 4 + (False,) * 4, (False, True) * 4 + (True,)):
+            channels = [6 + (t % 3) for t in range(len(relu))]  # the channel counts of a launch may differ
+            xs = [torch.randn(4, c, 8, 8).to(dtype) for c in channels]
+            stats = [[torch.zeros(c) for c in channels] for _ in range(2)]
             ys, rs, rstd = K.batch_norms_forward(xs, *stats, [torch.zeros((), dtype=torch.long) for _ in relu],
                                                  0.1, 1e-5, relu)
             K.batch_norms_backward(ys, ys, rstd, relu)

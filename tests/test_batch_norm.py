@@ -134,8 +134,8 @@ def test_search_network_with_triton_batch_norm_equals_torch(fresh_seed):
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES[:2])
 @pytest.mark.parametrize("relu", [(True, False, True, False, True), (False,), (True,), (False, True, True)])
 def test_several_batch_norms_per_launch_with_fused_relus(fresh_seed, dtype, atol, rtol, relu):
-    """batch_norms_forward/backward: T tensors of one shape, each with its own statistics (four per
-    launch: five tensors take two), ReLUs fused where asked, against torch's BatchNorm2d + ReLU."""
+    """batch_norms_forward/backward: T tensors of one shape, each with its own statistics (eight per
+    launch), ReLUs fused where asked, against torch's BatchNorm2d + ReLU."""
     from unittest import mock
 
     from ndarts.batch_norm import search_batch_norms
@@ -185,3 +185,36 @@ def test_several_batch_norms_need_alike_inputs():
     with pytest.raises(ValueError, match="alike"):
         ndarts_kernels.batch_norms_forward([torch.randn(2, 3, 4, 4), torch.randn(2, 3, 5, 4)], None, None, None,
                                            0.1, 1e-5)
+
+
+@pytest.mark.parametrize("channels", [(5, 1, 12, 3), (2, 7, 1, 4, 9, 3, 6, 5, 8, 2)])  # 10: two launches
+def test_batch_norms_of_different_channel_counts_share_a_launch(fresh_seed, channels):
+    """One launch takes up to eight tensors of one batch and image size whatever their channel
+    counts (a node's pools with its conv group's first stage): each channel its own statistics,
+    the running statistics of each tensor, ReLUs fused where asked; against torch."""
+    from ndarts.batch_norm import search_batch_norms
+
+    n, h, w = 3, 5, 6
+    relu = [k % 2 == 0 for k in range(len(channels))]
+    xs = [(torch.randn(n, c, h, w) * (k + 1) - k).requires_grad_() for k, c in enumerate(channels)]
+    gs = [torch.randn(n, c, h, w) for c in channels]
+    bns = [SearchBatchNorm2d(c, affine=False, backend="triton").train() for c in channels]
+    refs = [nn.BatchNorm2d(c, affine=False).train() for c in channels]
+    for bn, ref in zip(bns, refs):
+        bn.running_var.uniform_(0.5, 2)
+        ref.running_var.copy_(bn.running_var)
+    from unittest import mock
+
+    with mock.patch.object(ndarts_kernels, "batch_norms_forward", wraps=ndarts_kernels.batch_norms_forward) as fwd:
+        outs = search_batch_norms(xs, bns, relu)
+    assert fwd.call_count == 1
+    torch.autograd.backward(outs, gs)
+    for x, g, out, bn, ref, r in zip(xs, gs, outs, bns, refs, relu):
+        xr = x.detach().clone().requires_grad_()
+        y = torch.relu(ref(xr)) if r else ref(xr)
+        y.backward(g)
+        torch.testing.assert_close(out, y, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(x.grad, xr.grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(bn.running_mean, ref.running_mean, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(bn.running_var, ref.running_var, atol=1e-6, rtol=1e-5)
+        assert int(bn.num_batches_tracked) == 1

@@ -332,3 +332,41 @@ def test_a_cells_node_sums_launch_no_adds():
     assert reductions == 2 and len(net.cells) == 3
     assert counts[True]["aten::add"] == reductions * (1 + 1 + 2)
     assert counts[False]["aten::add"] == len(net.cells) * (1 + 2 + 3)
+
+
+def test_triton_network_equals_the_reference_network(fresh_seed):
+    """Everything the Triton backend changes at once (interpreter): group sums chained by target,
+    both pools per launch, a node's pool BatchNorms in its conv group's first BatchNorm launch,
+    the group input's relu + repeat with the primitives' gradients summed in its backward, the
+    Triton BatchNorms. Outputs, every gradient and every BatchNorm buffer (the pools' of every
+    edge included) equal the torch reference network's with the same state (noise off)."""
+    from unittest import mock
+
+    from network_checks import assert_same_forward_backward
+
+    import ndarts.mixed_op as mixed_op
+    import ndarts.search_model as search_model
+    from ndarts.search_model import SearchNetwork
+
+    # both pools, the skip, a sep conv (two BatchNorm stages) and a dil conv: every kind of operand
+    primitives = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]
+    kw = dict(C=2, num_classes=5, layers=3, steps=2, multiplier=2, primitives=primitives,
+              noise=NoiseConfig(kind="none"), in_channels=3, fused=True, channels_last=False)
+    torch.manual_seed(0)
+    ref = SearchNetwork(backend="torch", fused_batch_norm=False, **kw)
+    with torch.no_grad():
+        for a in ref.arch_parameters():
+            a.normal_()
+    tri = SearchNetwork(backend="triton", fused_batch_norm=True, **kw)
+    tri.load_state_dict(ref.state_dict())
+    assert all(c._sum_plans for c in tri.cells)
+    # the Triton BatchNorm's sums run in another order than torch's: at 2×2 images (8 values per
+    # channel) its backward amplifies fp32 rounding to ~2e-5 of a gradient's largest entry
+    assert_same_forward_backward((ref, tri), torch.randn(2, 3, 7, 6), out_tol=(1e-5, 1e-5), grad_tol=(1e-4, 1e-3),
+                                 buffer_tol=(1e-5, 1e-5), seed=fresh_seed)
+    # every node's pools ran with its conv group, but for a reduction cell's inputs (their
+    # stride-2 edges sum per edge): one pool_all each
+    with mock.patch.object(mixed_op, "pool_all", wraps=mixed_op.pool_all) as pool_all, \
+            mock.patch.object(search_model, "pool_all", pool_all):
+        tri(torch.randn(2, 3, 7, 6))
+    assert pool_all.call_count == sum(c.reduction for c in tri.cells) == 2
