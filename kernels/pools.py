@@ -34,14 +34,18 @@ def _span(o, STRIDE: tl.constexpr, size):
 
 
 @triton.jit
+def _pixels(pid, numel, H, W, OTHER_PLANE, BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
+    """This program's elements of a contiguous [N·C, H, W] tensor: (flat index, mask, row, column,
+    where the same image's plane starts in the other tensor, OTHER_PLANE elements per plane)."""
+    offs = _block_offsets(pid, BLOCK, INDEX_64)
+    return offs, offs < numel, (offs // W) % H, offs % W, (offs // (W * H)) * OTHER_PLANE
+
+
+@triton.jit
 def _pools_forward_kernel(X, YMAX, YAVG, ARG, H, W, HO, WO, numel, STRIDE: tl.constexpr, BLOCK: tl.constexpr,
                           INDEX_64: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = _block_offsets(pid, BLOCK, INDEX_64)  # output elements, NCHW
-    mask = offs < numel
-    ow = offs % WO
-    oh = (offs // WO) % HO
-    base = (offs // (WO * HO)) * (H * W)
+    # output elements; base: their image's plane in x
+    offs, mask, oh, ow, base = _pixels(tl.program_id(0), numel, HO, WO, H * W, BLOCK, INDEX_64)
     first_h, rows = _span(oh, STRIDE, H)
     first_w, cols = _span(ow, STRIDE, W)
     best = tl.full([BLOCK], float("-inf"), tl.float32)
@@ -67,12 +71,8 @@ def _pools_forward_kernel(X, YMAX, YAVG, ARG, H, W, HO, WO, numel, STRIDE: tl.co
 def _pools_backward_kernel(DX, GMAX, GAVG, ARG, H, W, HO, WO, numel, STRIDE: tl.constexpr,
                            HAS_MAX: tl.constexpr, HAS_AVG: tl.constexpr, BLOCK: tl.constexpr,
                            INDEX_64: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = _block_offsets(pid, BLOCK, INDEX_64)  # input elements, NCHW
-    mask = offs < numel
-    iw = offs % W
-    ih = (offs // W) % H
-    base = (offs // (W * H)) * (HO * WO)
+    # input elements; base: their image's plane in the pools' outputs
+    offs, mask, ih, iw, base = _pixels(tl.program_id(0), numel, H, W, HO * WO, BLOCK, INDEX_64)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for kh in tl.static_range(3):
         # the window row oh whose tap kh is ih: oh·STRIDE - 1 + kh = ih
