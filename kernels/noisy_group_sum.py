@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import pad_pointers
+from .grid import pad_pointers, pick_pointer
 from .noisy_mixed_sum import (
     INT32_LIMIT,
     NOISE_NONE,
@@ -143,22 +143,9 @@ def _edge_row(e: tl.constexpr, P0, P1, P2, P3, P4, P5, P6, P7, S0, S1, S2, S3, S
     """Edge e's tensor at offs (flat over [N, C·H·W]), fp32: each edge its own tensor P_e, its
     images S_e elements apart (a channel slice of the cell's output gradient is read in place: no
     stacked copy, no contiguous copy). The backward's upstream gradients, the forward's bases."""
-    if e == 0:
-        g = tl.load(P0 + _grouped_offsets(offs, 0, INNER, S0), mask=mask, other=0.0)
-    elif e == 1:
-        g = tl.load(P1 + _grouped_offsets(offs, 0, INNER, S1), mask=mask, other=0.0)
-    elif e == 2:
-        g = tl.load(P2 + _grouped_offsets(offs, 0, INNER, S2), mask=mask, other=0.0)
-    elif e == 3:
-        g = tl.load(P3 + _grouped_offsets(offs, 0, INNER, S3), mask=mask, other=0.0)
-    elif e == 4:
-        g = tl.load(P4 + _grouped_offsets(offs, 0, INNER, S4), mask=mask, other=0.0)
-    elif e == 5:
-        g = tl.load(P5 + _grouped_offsets(offs, 0, INNER, S5), mask=mask, other=0.0)
-    elif e == 6:
-        g = tl.load(P6 + _grouped_offsets(offs, 0, INNER, S6), mask=mask, other=0.0)
-    else:
-        g = tl.load(P7 + _grouped_offsets(offs, 0, INNER, S7), mask=mask, other=0.0)
+    P = pick_pointer(e, P0, P1, P2, P3, P4, P5, P6, P7, 8)  # e is a constexpr: resolved at compile time
+    S = pick_pointer(e, S0, S1, S2, S3, S4, S5, S6, S7, 8)
+    g = tl.load(P + _grouped_offsets(offs, 0, INNER, S), mask=mask, other=0.0)
     return g.to(tl.float32)
 
 

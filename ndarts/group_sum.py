@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 from .backend import TRITON_DTYPES, resolve_backend
 from .edge_groups import EdgeGroupSlot
 from .fused_sum import _noisy, draw_seed, promote_operands, reference_eps, reference_sum_with_eps
-from .noise import KIND_CODE, NoiseConfig
+from .noise import NoiseConfig
 
 
 def _edge_ranges(edges) -> list[tuple[int, int]]:
@@ -75,7 +75,7 @@ class _TritonGroupSum(torch.autograd.Function):
         skip, kind, mult = params[:3]
         # the sources' skip stds in one pair of launches (additive noise reads them)
         skip_stds = (ndarts_kernels.skip_stds([operands[s * num_shared + skip] for s in range(len(edges))])
-                     if len(edges) > 1 and kind != KIND_CODE["none"] and 0 <= skip < num_shared and not mult else None)
+                     if len(edges) > 1 and _noisy(kind, skip, num_shared) and not mult else None)
         stds = []
         for s, (e0, count) in enumerate(_edge_ranges(edges)):
             shared = operands[s * num_shared:(s + 1) * num_shared]
