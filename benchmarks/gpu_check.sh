@@ -5,14 +5,16 @@
 #   bash benchmarks/gpu_check.sh          # from anywhere; writes everything under $OUT (default /tmp/ndarts_gpu_check)
 #   NDARTS_COMMIT=abc1234 bash benchmarks/gpu_check.sh   # the commit to record (the copy may have no .git)
 #
-# 1. the card and the software; 2. the GPU tests (pytest -m gpu, compiled Triton kernels);
+# 1. the card and the software; 2. the GPU tests (pytest -m gpu, compiled Triton kernels), while
+# one background process per search-step variant fills Triton's cache (warm_triton_cache.py);
 # 3. the benchmarks (pytest-benchmark JSON under $OUT); 4. torch.compile at the target shape;
 # 5. a profile of one search step (benchmarks/profile_step.py); 6. torch.compile at the other
 # shapes; LAST, a short table (summarize.py). Everything under $OUT is packed into gpu_check.tgz
 # (the device tool returns at most 8 files) beside summary.txt.
 # GPU_CHECK_COMPILE=0 leaves out the torch.compile benchmarks (a quick first look); GPU_TESTS_LIMIT_S
 # caps the GPU tests (default 180 s), GPU_BENCH_LIMIT_S the search-step benchmarks (default 150 s,
-# run first: the step is the open target), GPU_SUM_LIMIT_S the mixed-sum benchmarks (default 90 s).
+# run first: the step is the open target), GPU_SUM_LIMIT_S the mixed-sum benchmarks (default 90 s),
+# GPU_WARM_LIMIT_S the background Triton cache warm-up (default 240 s, overlapping the GPU tests).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
 # GPU's settings (clocks, power, persistence, MIG, reset): it measures the card as it finds it.
 set -u
@@ -86,12 +88,25 @@ except Exception as e:
 EOF
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device: stopping"; exit 2; }
 
+step "Triton cache warm-up, in the background (benchmarks/warm_triton_cache.py)"
+# A bare machine compiles every Triton kernel on first use, one after another in a process: ~80
+# specialisations per graph-step variant. One process per variant compiles them now, on the
+# idle cores, while the GPU tests run; the step benchmark then finds them in Triton's cache.
+"$PY" benchmarks/warm_triton_cache.py --limit-s "${GPU_WARM_LIMIT_S:-240}" > "$OUT/warm.log" 2>&1 &
+WARM_PID=$!
+echo "started (pid $WARM_PID, log $OUT/warm.log)"
+
 step "GPU tests (pytest tests -m gpu, compiled kernels)"
 # tests/conftest.py sets TRITON_INTERPRET=1 unless it is set: 0 here so the kernels compile for the GPU.
 TRITON_INTERPRET=0 run_logged gpu_tests "${GPU_TESTS_LIMIT_S:-180}" 25 "$PY" -m pytest tests -m gpu -q -rfEs \
     --junitxml="$OUT/gpu_tests.xml"
 rc=$?
 if [ $rc -eq 5 ]; then echo "(no test is marked gpu yet)"; elif [ $rc -ne 0 ]; then STATUS=1; fi
+
+step "Triton cache warm-up: waiting for it to finish"
+wait "$WARM_PID"
+echo "-- warm-up: exit $? at $SECONDS s of the script"
+tail -n 12 "$OUT/warm.log"
 
 step "benchmarks: the search step, every variant"
 run_logged bench_step "${GPU_BENCH_LIMIT_S:-150}" 14 "$PY" -m pytest benchmarks/test_bench_search_step.py \
