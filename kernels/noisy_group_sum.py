@@ -10,12 +10,17 @@ For edge e of the group (one source node h, stride 1):
   channels e·C … e·C + C - 1, read in place (no per-edge copies);
 - noise_e: edge e's own ε (Philox keyed on (seed, e·numel + index)), with the one std of the
   shared skip operand (the same tensor on every edge, so the same std).
+- an own operand r_e [N, C, H, W] (optional): a tensor of each edge's own, read through one
+  pointer per edge (the FactorizedReduce skip of a reduction cell's stride-2 edges: each edge has
+  its own weights, computed together and BatchNorm'd per edge, NodeShare.reduced); when it is the
+  noisy operand, each edge's noise takes that edge's std (STD[e]).
 The output is [E, N, C, H, W]; each edge may add a base (its target node's partial sum: a
 cell's node sums run as a chain of group sums, no separate adds). The backward reads the E upstream gradients, the operands and
 regenerates ε; it writes each shared operand's gradient once (Σ_e W[e, p]·g_e: no autograd
 accumulation over edges), each grouped operand's gradient in its [N, E·C, H, W] layout, and per-
 program partial sums Σ g_e·o_{e,k} reduced deterministically into dW [E, K].
-Limits (the launcher checks): ≤ 3 shared and ≤ 6 grouped operands, ≤ 8 edges.
+Weight columns: shared, then grouped, then the own operand. Limits (the launcher checks): ≤ 3
+shared, ≤ 6 grouped and ≤ 1 own operand, ≤ 8 edges.
 """
 from __future__ import annotations
 
@@ -31,19 +36,33 @@ from .noisy_mixed_sum import (
     _elementwise_block,
     _noisy_operand,
     skip_std,
+    skip_stds,
 )
 
 MAX_SHARED, MAX_GROUPED, MAX_EDGES = 3, 6, 8
 
 
 @triton.jit
-def _noise_state(SEED, STD, SKIP: tl.constexpr, MULT: tl.constexpr):
-    """(seed, std): the std is read only when it is used (additive noise on a skip operand)."""
+def _noise_state(SEED, STD, SKIP: tl.constexpr, MULT: tl.constexpr, NUM_SHARED: tl.constexpr):
+    """(seed, std of the shared skip operand): the std is read only when it is used (additive noise
+    on a shared skip operand; an own skip operand reads its edge's std, _own_std)."""
     std = tl.zeros([], dtype=tl.float32)
     if SKIP >= 0:
-        if not MULT:
-            std = tl.load(STD)
+        if SKIP < NUM_SHARED:
+            if not MULT:
+                std = tl.load(STD)
     return tl.load(SEED), std
+
+
+@triton.jit
+def _own_std(STD, e: tl.constexpr, NOISY: tl.constexpr, MULT: tl.constexpr):
+    """Edge e's std of its own operand when that is the noisy one with additive noise, STD[e] (0,
+    and nothing read, otherwise)."""
+    std = tl.zeros([], dtype=tl.float32)
+    if NOISY:
+        if not MULT:
+            std = tl.load(STD + e)
+    return std
 
 
 @triton.jit
@@ -75,21 +94,23 @@ def _group_forward_kernel(
     lam, mean,
     B0, B1, B2, B3, B4, B5, B6, B7,  # each edge's base [N, C·H·W], added to its sum where BASES has its bit
     BS0, BS1, BS2, BS3, BS4, BS5, BS6, BS7,  # their image strides (elements)
-    E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr,
-    SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
+    R0, R1, R2, R3, R4, R5, R6, R7,  # each edge's own operand [numel] (NUM_OWN = 1), contiguous
+    E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr, NUM_OWN: tl.constexpr,
+    SKIP: tl.constexpr,  # weight column of the noisy operand (a shared or the own one), -1: none
+    KIND: tl.constexpr, MULT: tl.constexpr,
     BASES: tl.constexpr,  # bit e set: edge e adds its base (a partial node sum) to its output
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < numel
-    seed, std = _noise_state(SEED, STD, SKIP, MULT)
+    seed, std = _noise_state(SEED, STD, SKIP, MULT, NUM_SHARED)
     s0 = tl.load(S0 + offs, mask=mask, other=0.0).to(tl.float32)
     if NUM_SHARED > 1:
         s1 = tl.load(S1 + offs, mask=mask, other=0.0).to(tl.float32)
     if NUM_SHARED > 2:
         s2 = tl.load(S2 + offs, mask=mask, other=0.0).to(tl.float32)
-    K = NUM_SHARED + NUM_GROUPED  # constexpr: a sum of constexprs
+    K = NUM_SHARED + NUM_GROUPED + NUM_OWN  # constexpr: a sum of constexprs
     for e in tl.static_range(E):
         row = e * K
         noise_offs = offs + (E0 + e) * numel
@@ -111,6 +132,11 @@ def _group_forward_kernel(
             acc += tl.load(W + row + NUM_SHARED + 4).to(tl.float32) * tl.load(G4 + g_offs, mask=mask, other=0.0).to(tl.float32)
         if NUM_GROUPED > 5:
             acc += tl.load(W + row + NUM_SHARED + 5).to(tl.float32) * tl.load(G5 + g_offs, mask=mask, other=0.0).to(tl.float32)
+        if NUM_OWN > 0:
+            r = tl.load(pick_pointer(e, R0, R1, R2, R3, R4, R5, R6, R7, 8) + offs, mask=mask, other=0.0).to(tl.float32)
+            if SKIP == NUM_SHARED + NUM_GROUPED:
+                r, _ = _noisy_operand(r, seed, noise_offs, _own_std(STD, e, True, MULT), lam, mean, KIND, MULT)
+            acc += tl.load(W + row + NUM_SHARED + NUM_GROUPED).to(tl.float32) * r
         if (BASES >> e) & 1:  # read before this program writes Y: a base may be the row it adds to
             acc += _edge_row(e, B0, B1, B2, B3, B4, B5, B6, B7, BS0, BS1, BS2, BS3, BS4, BS5, BS6, BS7, offs, INNER, mask)
         tl.store(Y + e * numel + offs, acc.to(Y.dtype.element_ty), mask=mask)
@@ -139,6 +165,20 @@ def _grouped_grad(G, DG, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: t
 
 
 @triton.jit
+def _own_grad(R, DR, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr, E: tl.constexpr,
+              offs, mask, noise_offs, seed, std, lam, mean, NOISY: tl.constexpr, KIND: tl.constexpr,
+              MULT: tl.constexpr):
+    """Edge e's own operand: writes its gradient and the partial Σ g·r_noisy for W[e, k]."""
+    r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+    d = tl.load(W + e * K + k).to(tl.float32) * g
+    if NOISY:
+        r, factor = _noisy_operand(r, seed, noise_offs, std, lam, mean, KIND, MULT)
+        d = d * factor
+    tl.store(DR + offs, d.to(DR.dtype.element_ty), mask=mask)
+    tl.store(PART + pid * (E * K) + e * K + k, tl.sum(g * r, axis=0))
+
+
+@triton.jit
 def _edge_row(e: tl.constexpr, P0, P1, P2, P3, P4, P5, P6, P7, S0, S1, S2, S3, S4, S5, S6, S7, offs, INNER, mask):
     """Edge e's tensor at offs (flat over [N, C·H·W]), fp32: each edge its own tensor P_e, its
     images S_e elements apart (a channel slice of the cell's output gradient is read in place: no
@@ -156,17 +196,19 @@ def _group_backward_kernel(
     S0, S1, S2, DS0, DS1, DS2,  # shared operands and their gradients [numel]
     G0, G1, G2, G3, G4, G5,  # grouped operands [N, E·INNER]
     DG0, DG1, DG2, DG3, DG4, DG5,  # their gradients, same layout
+    R0, R1, R2, R3, R4, R5, R6, R7,  # each edge's own operand [numel] (NUM_OWN = 1)
+    DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7,  # their gradients
     W, PART,  # weights [E, K]; fp32 partials [programs, E·K]
     SEED, STD, numel, INNER, G_STRIDE, E0, lam, mean,
-    E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr,
+    E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr, NUM_OWN: tl.constexpr,
     SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < numel
-    seed, std = _noise_state(SEED, STD, SKIP, MULT)
-    K = NUM_SHARED + NUM_GROUPED  # constexpr: a sum of constexprs
+    seed, std = _noise_state(SEED, STD, SKIP, MULT, NUM_SHARED)
+    K = NUM_SHARED + NUM_GROUPED + NUM_OWN  # constexpr: a sum of constexprs
     s0 = tl.load(S0 + offs, mask=mask, other=0.0).to(tl.float32)
     d0 = tl.zeros([BLOCK], dtype=tl.float32)
     if NUM_SHARED > 1:
@@ -197,6 +239,12 @@ def _group_backward_kernel(
             _grouped_grad(G4, DG4, g, W, PART, pid, e, NUM_SHARED + 4, K, E, g_offs, mask)
         if NUM_GROUPED > 5:
             _grouped_grad(G5, DG5, g, W, PART, pid, e, NUM_SHARED + 5, K, E, g_offs, mask)
+        if NUM_OWN > 0:
+            _own_grad(pick_pointer(e, R0, R1, R2, R3, R4, R5, R6, R7, 8),
+                      pick_pointer(e, DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7, 8), g, W, PART, pid, e,
+                      NUM_SHARED + NUM_GROUPED, K, E, offs, mask, noise_offs, seed,
+                      _own_std(STD, e, SKIP == NUM_SHARED + NUM_GROUPED, MULT), lam, mean,
+                      SKIP == NUM_SHARED + NUM_GROUPED, KIND, MULT)
     tl.store(DS0 + offs, d0.to(DS0.dtype.element_ty), mask=mask)
     if NUM_SHARED > 1:
         tl.store(DS1 + offs, d1.to(DS1.dtype.element_ty), mask=mask)
@@ -212,14 +260,15 @@ def _fits_in_place(t, edges, c, h, w) -> bool:
     return t.stride()[1:] == (h * w, w, 1) and t.stride(0) >= edges * c * h * w
 
 
-def _check(shared, grouped, weights):
+def _check(shared, grouped, weights, own=None):
     if not 1 <= len(shared) <= MAX_SHARED or not 1 <= len(grouped) <= MAX_GROUPED:
         raise ValueError(f"noisy_group_sum takes 1..{MAX_SHARED} shared and 1..{MAX_GROUPED} grouped operands, "
                          f"got {len(shared)} and {len(grouped)}")
     first = shared[0]
     edges = weights.shape[0]
-    if weights.dim() != 2 or weights.shape[1] != len(shared) + len(grouped) or not 1 <= edges <= MAX_EDGES:
-        raise ValueError(f"noisy_group_sum: weights must be [edges ≤ {MAX_EDGES}, {len(shared) + len(grouped)}], "
+    columns = len(shared) + len(grouped) + (own is not None)
+    if weights.dim() != 2 or weights.shape[1] != columns or not 1 <= edges <= MAX_EDGES:
+        raise ValueError(f"noisy_group_sum: weights must be [edges ≤ {MAX_EDGES}, {columns}], "
                          f"got {tuple(weights.shape)}")
     if first.dim() != 4:
         raise ValueError(f"noisy_group_sum: operands must be [N, C, H, W], got {tuple(first.shape)}")
@@ -233,10 +282,30 @@ def _check(shared, grouped, weights):
                              f"({edges} edges × {c} channels) in the shared operands' dtype, got {tuple(t.shape)}")
     if first.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"noisy_group_sum supports float32, float16 and bfloat16, got {first.dtype}")
+    if own is not None:
+        if len(own) != edges:
+            raise ValueError(f"noisy_group_sum: the own operand needs one tensor per edge, got {len(own)} for {edges}")
+        for t in own:
+            if t.shape != first.shape or t.dtype != first.dtype or t.device != first.device:
+                raise ValueError(f"noisy_group_sum: each edge's own operand must be {tuple(first.shape)} {first.dtype} "
+                                 f"on {first.device}, got {tuple(t.shape)} {t.dtype} on {t.device}")
+        own = [t.contiguous() for t in own]
     grouped = [t if _fits_in_place(t, edges, c, h, w) else t.contiguous() for t in grouped]
     if len({t.stride(0) for t in grouped}) > 1:  # one image stride for all: the kernels take one
         grouped = [t.contiguous() for t in grouped]
-    return [t.contiguous() for t in shared], grouped, weights.contiguous()
+    return [t.contiguous() for t in shared], grouped, weights.contiguous(), own
+
+
+def _noise_target(kind, skip_index, shared, grouped, own):
+    """(SKIP constexpr, the noisy operand is the own one): SKIP is the noisy operand's weight column
+    (a shared operand's, or the own operand's, the last), -1 when nothing is noisy."""
+    if kind == NOISE_NONE:
+        return -1, False
+    if 0 <= skip_index < len(shared):
+        return skip_index, False
+    if own is not None and skip_index == len(shared) + len(grouped):
+        return skip_index, True
+    return -1, False
 
 
 def _launch_params(first, grouped, edges, first_edge):
@@ -282,22 +351,27 @@ def _bases(bases, edges, first):
 
 
 def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, multiplicative, lam, mean, *,
-                            first_edge=0, out=None, bases=None, std=None):
-    """Returns (y [E, N, C, H, W], std fp32 [1] of the shared skip operand, zeros when unused).
+                            first_edge=0, out=None, bases=None, std=None, own=None):
+    """Returns (y [E, N, C, H, W], std fp32 of the skip operand: [1] for a shared one, [E] (one per
+    edge) for the own one; zeros [1] when unused).
 
-    first_edge: the number of this call's first edge in its group (several sources share one
-    group): edge e draws the noise of group edge first_edge + e. out: a contiguous tensor to write
-    y into (this call's rows of the group's output). bases: per edge a tensor [N, C, H, W] added
-    to its sum (a partial sum of its target node), or None; a base may be the very row of `out`
-    it is added to (each element is read before it is written). std: the skip operand's std
-    (fp32 [1], as skip_std computes it) when the caller has it (skip_stds of several sources)."""
-    shared, grouped, weights = _check(shared, grouped, weights)
+    skip_index: the noisy operand's weight column (shared, grouped, own). first_edge: the number
+    of this call's first edge in its group (several sources share one group): edge e draws the
+    noise of group edge first_edge + e. out: a contiguous tensor to write y into (this call's rows
+    of the group's output). bases: per edge a tensor [N, C, H, W] added to its sum (a partial sum
+    of its target node), or None; a base may be the very row of `out` it is added to (each element
+    is read before it is written). std: the skip operand's std when the caller has it (as
+    skip_std / skip_stds compute it; skip_stds of several sources, or of the own operands).
+    own: one [N, C, H, W] tensor per edge, the own operand (the last weight column), or None."""
+    shared, grouped, weights, own = _check(shared, grouped, weights, own)
     first, edges = shared[0], weights.shape[0]
-    noisy = kind != NOISE_NONE and 0 <= skip_index < len(shared)
-    if not (noisy and not multiplicative):
+    skip, own_noisy = _noise_target(kind, skip_index, shared, grouped, own)
+    if skip < 0 or multiplicative:
         std = torch.zeros((1,), device=first.device, dtype=torch.float32)
     elif std is None:
-        std = skip_std(shared[skip_index])
+        std = skip_stds(own) if own_noisy else skip_std(shared[skip_index])
+    elif std.numel() != (edges if own_noisy else 1):
+        raise ValueError(f"noisy_group_sum: std must hold {edges if own_noisy else 1} value(s), got {std.numel()}")
     y = _output(out, (edges, *first.shape), first)
     base_ptrs, base_strides, base_bits = _bases(bases, edges, first)
     numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
@@ -306,22 +380,24 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
         _group_forward_kernel[(triton.cdiv(numel, block),)](
             y, *pad_pointers(shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED), weights, seed, std, numel,
             numel // first.shape[0], g_stride, first_edge, float(lam), float(mean), *base_ptrs, *base_strides,
-            E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), SKIP=skip_index if noisy else -1,
-            KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative), BASES=base_bits, BLOCK=block,
+            *pad_pointers(own or [first], MAX_EDGES),
+            E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), NUM_OWN=int(own is not None), SKIP=skip,
+            KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), BASES=base_bits, BLOCK=block,
             INDEX_64=index_64, num_warps=num_warps,
         )
     return y, std
 
 
 def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean,
-                             *, first_edge=0, d_grouped=None):
-    """Returns (shared operand gradients, grouped operand gradients, dW fp32 [E, K]).
+                             *, first_edge=0, d_grouped=None, own=None):
+    """Returns (shared operand gradients, grouped operand gradients, own operand gradients (one per
+    edge; [] without own), dW fp32 [E, K]).
 
     grad: the upstream gradient, [E, N, C, H, W] or one [N, C, H, W] tensor per edge (as autograd
     hands the E outputs' gradients over: no stack). d_grouped: tensors to write the grouped
     gradients into, laid out as `grouped` (views of the group's gradients, when several sources
-    share it); None allocates them."""
-    shared, grouped, weights = _check(shared, grouped, weights)
+    share it); None allocates them. std, own: the forward's."""
+    shared, grouped, weights, own = _check(shared, grouped, weights, own)
     first, edges = shared[0], weights.shape[0]
     grads = list(grad.unbind(0)) if isinstance(grad, torch.Tensor) else list(grad)
     if len(grads) != edges or any(g.shape != first.shape for g in grads):
@@ -329,8 +405,11 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     n, c, h, w = first.shape
     # read in place where each image is dense (a channel slice of the cell's output gradient is)
     grads = [g if g.stride()[1:] == (h * w, w, 1) else g.contiguous() for g in grads]
-    noisy = kind != NOISE_NONE and 0 <= skip_index < len(shared)
+    skip, own_noisy = _noise_target(kind, skip_index, shared, grouped, own)
+    if skip >= 0 and not multiplicative and std.numel() != (edges if own_noisy else 1):
+        raise ValueError(f"noisy_group_sum: std must hold {edges if own_noisy else 1} value(s), got {std.numel()}")
     d_shared = [torch.empty_like(t) for t in shared]
+    d_own = [torch.empty_like(t) for t in own] if own is not None else []
     if d_grouped is None:
         d_grouped = [torch.empty_strided(t.shape, t.stride(), device=t.device, dtype=t.dtype) for t in grouped]
     elif any(d.shape != t.shape or d.stride() != t.stride() or d.dtype != t.dtype for d, t in zip(d_grouped, grouped)):
@@ -339,16 +418,17 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     index_64 = index_64 or max(n * g.stride(0) for g in grads) > INT32_LIMIT - block
     programs = triton.cdiv(numel, block)
     if not numel:
-        return d_shared, d_grouped, torch.zeros(weights.shape, device=first.device, dtype=torch.float32)
+        return d_shared, d_grouped, d_own, torch.zeros(weights.shape, device=first.device, dtype=torch.float32)
     part = torch.empty((programs, weights.numel()), device=first.device, dtype=torch.float32)
     _group_backward_kernel[(programs,)](
         *pad_pointers(grads, MAX_EDGES), *[g.stride(0) for g in pad_pointers(grads, MAX_EDGES)],
         *pad_pointers(shared, MAX_SHARED), *pad_pointers(d_shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED),
-        *pad_pointers(d_grouped, MAX_GROUPED), weights, part, seed, std, numel, numel // first.shape[0],
+        *pad_pointers(d_grouped, MAX_GROUPED), *pad_pointers(own or [first], MAX_EDGES),
+        *pad_pointers(d_own or [first], MAX_EDGES), weights, part, seed, std, numel, numel // first.shape[0],
         g_stride, first_edge, float(lam), float(mean),
-        E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), SKIP=skip_index if noisy else -1,
-        KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,
+        E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), NUM_OWN=int(own is not None), SKIP=skip,
+        KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,
         num_warps=num_warps,
     )
     # fixed-order reduction of the partials: deterministic, no float atomics
-    return d_shared, d_grouped, part.sum(dim=0).view(weights.shape)
+    return d_shared, d_grouped, d_own, part.sum(dim=0).view(weights.shape)

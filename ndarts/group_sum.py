@@ -1,12 +1,15 @@
 """The noisy mixed sums of all edges of an EdgeGroup, as one op (``SearchNetwork(group_sums=True)``).
 
-For a node h with E outgoing stride-1 edges, edge e's mixed sum is
+For a node h with E outgoing edges, edge e's mixed sum is
 
-    y_e = Σ_p W[e, p]·shared_p + Σ_q W[e, P + q]·grouped_q[:, e·C:(e+1)·C]
+    y_e = Σ_p W[e, p]·shared_p + Σ_q W[e, P + q]·grouped_q[:, e·C:(e+1)·C]  (+ W[e, P + Q]·own_e)
 
-with the shared operands (the pools with their BatchNorm and the identity skip h: the same tensor
-on every edge) and the grouped ones (ndarts.edge_groups' batched convs, [N, E·C, H, W]). The skip
-operand gets NoisyDARTS noise per edge: its own ε, the std of h (SPEC §1 on every edge). A cell's
+with the shared operands (the pools with their BatchNorm and, on stride-1 edges, the identity skip
+h: the same tensor on every edge), the grouped ones (ndarts.edge_groups' batched convs,
+[N, E·C, H, W]) and, on a reduction cell's stride-2 edges, each edge's own operand: its
+FactorizedReduce skip (own weights per edge; the node's computed together, NodeShare.reduced).
+The skip operand gets NoisyDARTS noise per edge: its own ε, the std of its operand (h, the same
+on every edge; a FactorizedReduce output, its edge's own), SPEC §1 on every edge. A cell's
 two inputs share one EdgeGroup: its edges are input 0's, then input 1's, each source with its own
 shared operands (``noisy_group_sums``). On the Triton backend it is one forward and one backward
 kernel per source (``ndarts_kernels.noisy_group_sum_*``) instead of one per edge, the shared
@@ -24,6 +27,7 @@ from .backend import TRITON_DTYPES, resolve_backend
 from .edge_groups import EdgeGroupSlot
 from .fused_sum import _noisy, draw_seed, promote_operands, reference_eps, reference_sum_with_eps
 from .noise import NoiseConfig
+from .operations import FactorizedReduce
 
 
 def _edge_ranges(edges) -> list[tuple[int, int]]:
@@ -35,15 +39,17 @@ def _edge_ranges(edges) -> list[tuple[int, int]]:
     return out
 
 
-def reference_group_sum(sources, grouped, weights, edges, skip_index: int, multiplicative, lam, mean, eps):
+def reference_group_sum(sources, grouped, weights, edges, skip_index: int, multiplicative, lam, mean, eps, own=None):
     """[E, N, C, H, W]: group edge e's sum by reference_sum_with_eps with ε = eps[e] (None: no
-    noise); the edges of source s (edges[s] of them, in order) take its shared operands sources[s]."""
+    noise); the edges of source s (edges[s] of them, in order) take its shared operands sources[s],
+    and edge e its own operand own[e] (the last weight column; own None: none)."""
     total = weights.shape[0]
     n, c, h, w = sources[0][0].shape
     outs = []
     for shared, (first, count) in zip(sources, _edge_ranges(edges)):
         for e in range(first, first + count):
             operands = list(shared) + [g.reshape(n, total, c, h, w)[:, e] for g in grouped]
+            operands += [own[e]] if own is not None else []
             outs.append(reference_sum_with_eps(operands, weights[e], skip_index, multiplicative, lam, mean,
                                                None if eps is None else eps[e]))
     return torch.stack(outs)
@@ -56,15 +62,19 @@ class _TritonGroupSum(torch.autograd.Function):
 
     by_target: the outputs are the T targets' sums (Σ over the sources of their edge into it, plus
     its base where one is given) instead of the E edges' sums; the sources' launches add up in
-    the output in place, and each base's gradient is its target's (identity: no kernel)."""
+    the output in place, and each base's gradient is its target's (identity: no kernel).
+    num_own 1: after the grouped operands come the E edges' own operands (one tensor each)."""
 
     @staticmethod
-    def forward(ctx, weights, seed, params, edges, num_shared, by_target, base_slots, *operands):
+    def forward(ctx, weights, seed, params, edges, num_shared, num_own, by_target, base_slots, *operands):
         import ndarts_kernels
 
         k = num_shared * len(edges)
+        total = sum(edges)
         num_bases = len(base_slots)
-        grouped = [g.contiguous() for g in operands[k:len(operands) - num_bases]]
+        tail = len(operands) - num_bases - num_own * total  # end of the grouped operands
+        grouped = [g.contiguous() for g in operands[k:tail]]
+        own = list(operands[tail:tail + num_own * total]) if num_own else None
         bases = [None] * (edges[0] if by_target else 0)
         for t, b in zip(base_slots, operands[len(operands) - num_bases:]):
             bases[t] = b
@@ -73,20 +83,26 @@ class _TritonGroupSum(torch.autograd.Function):
         rows = edges[0] if by_target else weights.shape[0]
         y = torch.empty((rows, *first.shape), device=first.device, dtype=first.dtype)
         skip, kind, mult = params[:3]
-        # the sources' skip stds in one pair of launches (additive noise reads them)
-        skip_stds = (ndarts_kernels.skip_stds([operands[s * num_shared + skip] for s in range(len(edges))])
-                     if len(edges) > 1 and _noisy(kind, skip, num_shared) and not mult else None)
+        # the sources' skip stds (or every edge's, for a noisy own operand) in one pair of launches
+        own_skip = own is not None and kind != 0 and skip == num_shared + len(grouped)
+        if own_skip and not mult:
+            skip_stds = ndarts_kernels.skip_stds(own)
+        elif len(edges) > 1 and _noisy(kind, skip, num_shared) and not mult:
+            skip_stds = ndarts_kernels.skip_stds([operands[s * num_shared + skip] for s in range(len(edges))])
+        else:
+            skip_stds = None
         stds = []
         for s, (e0, count) in enumerate(_edge_ranges(edges)):
             shared = operands[s * num_shared:(s + 1) * num_shared]
             # by target: the first source adds the bases, each later one what the earlier wrote
             extra = dict(out=y, bases=bases if s == 0 else list(y.unbind(0))) if by_target else dict(out=y[e0:e0 + count])
+            std = None if skip_stds is None else skip_stds[e0:e0 + count] if own_skip else skip_stds[s:s + 1]
             _, std = ndarts_kernels.noisy_group_sum_forward(
                 shared, _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, *params,
-                first_edge=e0, std=skip_stds[s:s + 1] if skip_stds is not None else None, **extra)
+                first_edge=e0, std=std, own=own[e0:e0 + count] if own is not None else None, **extra)
             stds.append(std)
-        ctx.save_for_backward(weights, seed, *stds, *operands[:k], *grouped)
-        ctx.params, ctx.edges, ctx.num_shared = params, edges, num_shared
+        ctx.save_for_backward(weights, seed, *stds, *operands[:k], *grouped, *(own or []))
+        ctx.params, ctx.edges, ctx.num_shared, ctx.num_own = params, edges, num_shared, num_own
         ctx.by_target, ctx.base_slots = by_target, base_slots
         ctx.set_materialize_grads(False)
         return y.unbind(0)  # one output per edge (target): their gradients reach the kernel unstacked
@@ -101,22 +117,27 @@ class _TritonGroupSum(torch.autograd.Function):
         edges, num_shared = ctx.edges, ctx.num_shared
         d_bases = [grads[t] for t in ctx.base_slots]  # a base's gradient is its target's
         if some is None:
-            return (None,) * 7 + (None,) * (len(rest) - len(edges)) + tuple(d_bases)
+            return (None,) * 8 + (None,) * (len(rest) - len(edges)) + tuple(d_bases)
         grad = [g if g is not None else torch.zeros_like(some) for g in grads]
         stds, rest = rest[:len(edges)], rest[len(edges):]
+        own = list(rest[len(rest) - sum(edges):]) if ctx.num_own else None
+        rest = rest[:len(rest) - sum(edges)] if ctx.num_own else rest
         shared_all, grouped = rest[:num_shared * len(edges)], rest[num_shared * len(edges):]
         c = shared_all[0].shape[1]
         d_grouped = [torch.empty_like(g) for g in grouped]
-        d_shared, dws = [], []
+        d_shared, d_own, dws = [], [], []
         for s, (e0, count) in enumerate(_edge_ranges(edges)):
-            ds, _, dw = ndarts_kernels.noisy_group_sum_backward(
+            ds, _, do, dw = ndarts_kernels.noisy_group_sum_backward(
                 grad if ctx.by_target else grad[e0:e0 + count], shared_all[s * num_shared:(s + 1) * num_shared],
                 _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, stds[s], *ctx.params,
-                first_edge=e0, d_grouped=_narrow(d_grouped, e0, count, c, len(edges)))
+                first_edge=e0, d_grouped=_narrow(d_grouped, e0, count, c, len(edges)),
+                own=own[e0:e0 + count] if own is not None else None)
             d_shared += ds
+            d_own += do
             dws.append(dw)
         dw = dws[0] if len(dws) == 1 else torch.cat(dws)
-        return (dw.to(weights.dtype), None, None, None, None, None, None, *d_shared, *d_grouped, *d_bases)
+        return (dw.to(weights.dtype), None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
+                *d_bases)
 
 
 def _narrow(grouped, first, count, c, sources):
@@ -128,7 +149,7 @@ def _narrow(grouped, first, count, c, sources):
 def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index: int | None, noise: NoiseConfig, *,
                      scale: float = 1.0, training: bool = True, backend: str | None = None,
                      seed: torch.Tensor | None = None, per_edge: bool = False, by_target: bool = False,
-                     bases=None):
+                     bases=None, own=None):
     """The mixed sums of all E edges of an EdgeGroup with one or more sources (a cell's two input
     nodes share one) as [E, N, C, H, W]; see the module docstring.
 
@@ -142,6 +163,10 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     target sums as a tuple, target k's = bases[k] (a partial sum of that node, or None) + Σ over
     the sources of their k-th edge's sum. On Triton the bases are added in the kernels: a cell's
     node sums are a chain of group sums, with no adds of their own.
+    own: E tensors [N, C, H, W], one per edge, each its edge's own operand (the last weight
+    column: weights [E, P + Q + 1]); a reduction cell's stride-2 edges have their own
+    FactorizedReduce skip. skip_index may name it (P + Q): each edge's noise then takes the std of
+    its own operand, as a per-edge sum would.
     """
     if not sources or not all(sources) or not grouped:
         raise ValueError("noisy_group_sums needs shared and grouped operands")
@@ -149,9 +174,17 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
         raise ValueError(f"noisy_group_sums: one edge count ≥ 1 per source and as many shared operands from each, "
                          f"got edges {list(edges)} for {[len(s) for s in sources]} shared operands")
     num_shared = len(sources[0])
-    if weights.dim() != 2 or weights.shape != (sum(edges), num_shared + len(grouped)):
-        raise ValueError(f"noisy_group_sums: weights must be [{sum(edges)}, {num_shared + len(grouped)}], "
+    num_own = int(own is not None)
+    if weights.dim() != 2 or weights.shape != (sum(edges), num_shared + len(grouped) + num_own):
+        raise ValueError(f"noisy_group_sums: weights must be [{sum(edges)}, {num_shared + len(grouped) + num_own}], "
                          f"got {tuple(weights.shape)}")
+    if own is not None and len(own) != sum(edges):
+        raise ValueError(f"noisy_group_sums: own needs one tensor per edge, got {len(own)} for {sum(edges)} edges")
+    first = sources[0][0]
+    for t in own or ():
+        if t.shape != first.shape or t.dtype != first.dtype or t.device != first.device:
+            raise ValueError(f"noisy_group_sums: each edge's own operand must be {tuple(first.shape)} {first.dtype} "
+                             f"on {first.device}, got {tuple(t.shape)} {t.dtype} on {t.device}")
     if by_target and len(set(edges)) > 1:
         raise ValueError(f"noisy_group_sums(by_target=True): every source needs as many edges, got {list(edges)}")
     if bases is not None and (not by_target or len(bases) != edges[0]):
@@ -168,13 +201,13 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     if resolve_backend(backend, device) == "triton" and first.dtype in TRITON_DTYPES:
         slots = tuple(t for t, b in enumerate(bases) if b is not None)
         outs = _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), tuple(edges),
-                                     num_shared, by_target, slots, *[t for shared in sources for t in shared],
-                                     *grouped, *[bases[t] for t in slots])
+                                     num_shared, num_own, by_target, slots, *[t for shared in sources for t in shared],
+                                     *grouped, *(own or []), *[bases[t] for t in slots])
         return outs if per_edge or by_target else torch.stack(outs)
     eps = None
-    if _noisy(kind, skip, num_shared):
+    if _noisy(kind, skip, num_shared) or (own is not None and kind != 0 and skip == num_shared + len(grouped)):
         eps = reference_eps(seed, (weights.shape[0], first.numel()), kind, device)
-    y = reference_group_sum(sources, grouped, weights, edges, skip, mult, float(lam), float(mean), eps)
+    y = reference_group_sum(sources, grouped, weights, edges, skip, mult, float(lam), float(mean), eps, own)
     if by_target:
         return tuple(sum_targets(y, len(edges), bases))
     return y.unbind(0) if per_edge else y
@@ -216,7 +249,8 @@ class NodeSumPlan(NamedTuple):
     counts: tuple  # edges per source node (EdgeGroup.sources)
     shared: list  # primitive indices of the operands alike on every edge of a source: pools, identity skip
     grouped: list  # primitive indices of the EdgeGroup's convs
-    skip: int | None  # position of the skip in `shared`
+    own: int | None  # primitive index of each edge's own operand: a stride-2 edge's FactorizedReduce skip
+    skip: int | None  # weight column of the noisy skip: its position in `shared`, or that of `own` (last)
     by_target: bool  # every source has as many edges, its k-th into the same node (the cell's chain of node sums)
     start: int  # this group's weight gather indices: index[start:stop] (see plan_node_sums)
     stop: int
@@ -224,24 +258,29 @@ class NodeSumPlan(NamedTuple):
 
 def plan_node_sums(mixed_ops, edge_slots, edge_groups) -> tuple[dict, list]:
     """({group: NodeSumPlan}, gather index) for the EdgeGroups of a cell whose edges can be summed
-    in one op: stride 1 (identity skip, pools alike on every edge of a source), every live op
-    shared or grouped, within the kernels' limits. index[start:stop] picks each plan's [E, K]
-    weights out of the cell's flattened [edges, primitives] weights."""
+    in one op: every live op shared (the pools, alike on every edge of a source; a stride-1 edge's
+    identity skip), grouped (the convs) or, on stride-2 edges, the edge's own FactorizedReduce skip
+    (noise on its output, SPEC §1's default), within the kernels' limits. index[start:stop] picks
+    each plan's [E, K] weights out of the cell's flattened [edges, primitives] weights."""
     from ndarts_kernels.noisy_group_sum import MAX_EDGES, MAX_GROUPED, MAX_SHARED
 
     plans, index = {}, []
     for g, group in enumerate(edge_groups):
         edges = [k for _, k in sorted((slot, k) for k, (grp, slot) in enumerate(edge_slots) if grp == g)]
         op = mixed_ops[edges[0]]
-        shared = [i for i in op._live if i in op._pools or i == op._skip]
+        reduce = group.stride != 1
+        own = op._skip if reduce and op._skip in op._live and isinstance(op._ops[op._skip], FactorizedReduce) else None
+        shared = [i for i in op._live if i in op._pools or (i == op._skip and not reduce)]
         grouped = [i for i in op._live if isinstance(op._ops[i], EdgeGroupSlot)]
-        if (group.stride != 1 or len(shared) + len(grouped) != len(op._live) or not 1 <= len(shared) <= MAX_SHARED
-                or not 1 <= len(grouped) <= MAX_GROUPED or max(group.sources) > MAX_EDGES):
+        if (len(shared) + len(grouped) + (own is not None) != len(op._live) or not 1 <= len(shared) <= MAX_SHARED
+                or not 1 <= len(grouped) <= MAX_GROUPED or max(group.sources) > MAX_EDGES
+                or (reduce and op._noise_on_input())):
             continue  # these edges keep their own fused sums
         start = len(index)
-        index += [k * len(op.primitives) + i for k in edges for i in shared + grouped]
-        plans[g] = NodeSumPlan(edges, group.sources, shared, grouped,
-                               shared.index(op._skip) if op._skip in shared else None, len(set(group.sources)) == 1,
+        columns = shared + grouped + ([own] if own is not None else [])
+        index += [k * len(op.primitives) + i for k in edges for i in columns]
+        skip = columns.index(op._skip) if op._skip in columns else None
+        plans[g] = NodeSumPlan(edges, group.sources, shared, grouped, own, skip, len(set(group.sources)) == 1,
                                start, len(index))
     return plans, index
 
@@ -274,10 +313,15 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, bases
         sources.append(shared)
         first += count
     grouped = [shares[0].grouped_raw(i) for i in plan.grouped]
-    operands = promote_operands([t for shared in sources for t in shared] + grouped)  # under autocast, as FusedMixedOp does
+    # each stride-2 edge's FactorizedReduce of its source (a source's computed together: NodeShare.reduced)
+    own = ([share.reduced(other._ops[plan.own]) for share, (e0, count) in zip(shares, _edge_ranges(plan.counts))
+            for other in ops[e0:e0 + count]] if plan.own is not None else [])
+    # under autocast, as FusedMixedOp does
+    operands = promote_operands([t for shared in sources for t in shared] + grouped + own)
     p = len(plan.shared)
     sources = [operands[s * p:(s + 1) * p] for s in range(len(sources))]
-    grouped = operands[p * len(sources):]
+    grouped = operands[p * len(sources):p * len(sources) + len(grouped)]
+    own = operands[p * len(sources) + len(grouped):] or None
     if bases is not None:
         bases = [b.to(grouped[0].dtype) if b is not None and b.dtype != grouped[0].dtype else b for b in bases]
     w = weights.view(len(ops), -1)
@@ -286,4 +330,4 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, bases
     return noisy_group_sums(sources, grouped, w, plan.counts, plan.skip if noisy else None, op.noise,
                             scale=op.noise_scale, training=noisy, backend=op.backend,
                             seed=seeds.take() if seeds is not None else None, per_edge=bases is None,
-                            by_target=bases is not None, bases=bases)
+                            by_target=bases is not None, bases=bases, own=own)

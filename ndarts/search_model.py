@@ -258,10 +258,11 @@ class SearchNetwork(nn.Module):
     launches, same math. The conv weights then live in ``cells.<i>.edge_groups``; state_dicts load
     across the two layouts (per-edge ↔ grouped).
     group_sums (default None = auto: on with fused and batch_edge_convs, without edge_streams, where
-    the fused ops run on the Triton kernels): the mixed sums of all stride-1 edges leaving a node as
-    one op (ndarts.group_sum: one Triton kernel each way for the E edges, shared operands read once;
-    the default graph step launches 14 % fewer kernels, benchmarks/count_kernels.py); each edge draws
-    its own noise. True: wherever those conditions hold, on the torch backend too (its reference: E
+    the fused ops run on the Triton kernels): the mixed sums of all edges leaving a node as one op
+    (ndarts.group_sum: one Triton kernel each way for the E edges, shared operands read once; the
+    stride-2 edges of a reduction cell too, each with its own FactorizedReduce skip, unless the
+    noise goes on FactorizedReduce's input; benchmarks/count_kernels.py counts the kernels saved);
+    each edge draws its own noise. True: wherever those conditions hold, on the torch backend too (its reference: E
     per-edge sums); False: per-edge fused sums.
     channels_last (default None = auto: on CPU tensors with the torch backend): the images, and so
     every activation after them, in channels_last memory layout; the same math (the search step on a

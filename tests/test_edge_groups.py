@@ -71,10 +71,12 @@ def test_grouped_convs_equal_per_edge_ops(primitives, noise, fused, fresh_seed):
 
 def test_grouped_convs_on_the_triton_kernels_equal_per_edge_ops(fresh_seed):
     """The same with the fused sum and the BatchNorm on the Triton kernels (interpreter): the
-    grouped outputs reach the kernels as contiguous per-edge operands."""
+    grouped outputs reach the kernels as contiguous per-edge operands. Per-edge sums on both
+    sides, so that the noise is the same draw: a group sum draws one seed for its edges
+    (tests/test_group_sum.py checks the group sums, with noise, against their reference)."""
     # one reduction cell of two nodes (groups of 2, 2 and 1 edges): the interpreter is slow
     kw = dict(C=4, num_classes=5, layers=1, steps=2, multiplier=2, primitives=NOISYDARTS_PRIMITIVES,
-              noise=NoiseConfig(), fused=True, backend="triton", in_channels=2)
+              noise=NoiseConfig(), fused=True, backend="triton", in_channels=2, group_sums=False)
     per_edge, grouped = _pair(**kw)
     _assert_same(per_edge, grouped, torch.randn(2, 2, 7, 6), seed=fresh_seed, tol=1e-4)
 

@@ -136,12 +136,13 @@ def test_reduction_noise_position(position):
 def test_a_reduction_inputs_skip_stds_are_computed_together(backend, monkeypatch):
     """The noisy skip operands of a reduction input's stride-2 edges (their FactorizedReduces'
     outputs, computed together) get their stds from one skip_operand_stds call per node: the same
-    output as each edge computing its own std, and the std is the one used (doubled: different)."""
+    output as each edge computing its own std, and the std is the one used (doubled: different).
+    Per-edge sums (group_sums=False): a group sum computes its edges' stds itself."""
     from ndarts.mixed_op import NodeShare
 
     torch.manual_seed(0)
     net = SearchNetwork(C=4, num_classes=5, layers=3, steps=2, multiplier=2, primitives=DARTS_PRIMITIVES, fused=True,
-                        backend=backend, fused_batch_norm=False, noise=NoiseConfig(lam=0.5))
+                        backend=backend, fused_batch_norm=False, noise=NoiseConfig(lam=0.5), group_sums=False)
     x = torch.randn(2, 3, 8, 8)
     together = NodeShare.reduced_std
     calls = []

@@ -307,7 +307,8 @@ def test_cuda_graph_search_recaptures_for_a_new_noise_scale(tmp_path):
 def test_grouped_edge_convs_equal_per_edge_ops_on_cuda(primitives):
     """batch_edge_convs on CUDA with the Triton sum and BatchNorm: outputs, every gradient and the
     BatchNorm statistics equal the per-edge network's (fp32, TF32 off: the grouped first pointwise
-    conv is one dense cuDNN conv, the per-edge ones C×C convs)."""
+    conv is one dense cuDNN conv, the per-edge ones C×C convs). Per-edge sums on both sides, so
+    that the noise is the same draw (a group sum draws one seed for all its edges)."""
     from test_edge_groups import _assert_same, _pair
 
     from ndarts import NoiseConfig
@@ -315,7 +316,7 @@ def test_grouped_edge_convs_equal_per_edge_ops_on_cuda(primitives):
 
     torch.manual_seed(0)
     per_edge, grouped = _pair("cuda", C=8, num_classes=10, layers=5, primitives=SPACES[primitives],
-                              noise=NoiseConfig(), fused=True, backend="triton", in_channels=3)
+                              noise=NoiseConfig(), fused=True, backend="triton", in_channels=3, group_sums=False)
     with _no_tf32():
         _assert_same(per_edge, grouped, torch.randn(16, 3, 32, 32, device="cuda"), seed=3, tol=1e-4)
 
@@ -344,6 +345,17 @@ def test_cuda_group_kernels_of_several_sources_match_reference(dtype, atol, rtol
     from test_group_sum import test_group_kernels_of_several_sources_match_reference as check
 
     check(dtype, atol, rtol, layout, "gaussian", device="cuda")
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 3e-2, 2e-2)])
+@pytest.mark.parametrize("variant", ["gaussian", "multiplicative"])
+@pytest.mark.parametrize("by_target", [False, True])
+def test_cuda_own_operands_match_reference(dtype, atol, rtol, variant, by_target):
+    """A reduction cell's stride-2 group sums (each edge's own FactorizedReduce skip, noisy with
+    its own std) on the compiled kernels."""
+    from test_group_sum import test_own_operands_match_reference as check
+
+    check(dtype, atol, rtol, (4, 4), 2, 4, (16, 16, 16, 16), variant, by_target, 0, device="cuda")
 
 
 @pytest.mark.parametrize("stride", [1, 2])

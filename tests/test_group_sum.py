@@ -207,19 +207,23 @@ def test_no_group_sums_by_default_without_their_conditions(kw):
     assert not any(c._sum_plans for c in net.cells)
 
 
-def test_a_cell_gathers_its_group_sums_weights_once():
+@pytest.mark.parametrize("position", ["output", "input"])
+def test_a_cell_gathers_its_group_sums_weights_once(position):
     """One α gather per cell for all its group sums; the live-weight gather of the per-edge sums
-    only where some edge sums by itself (a reduction cell's stride-2 edges)."""
+    only where some edge sums by itself: a reduction cell's stride-2 edges with the paper's noise
+    on FactorizedReduce's input (by default, noise on its output, they are a group sum too)."""
     from ndarts.operations import DARTS_PRIMITIVES
     from ndarts.search_model import SearchNetwork
 
     torch.manual_seed(0)
     net = SearchNetwork(C=4, num_classes=5, layers=3, steps=2, multiplier=2, primitives=DARTS_PRIMITIVES, fused=True,
-                        backend="triton", fused_batch_norm=False, noise=NoiseConfig(kind="none"))
+                        backend="triton", fused_batch_norm=False,
+                        noise=NoiseConfig(kind="none", reduction_position=position))
+    assert all(0 in c._sum_plans for c in net.cells if not c.reduction or position == "output")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         net(torch.randn(2, 3, 8, 8))
     gathers = sum(1 for e in prof.events() if e.name == "aten::index_select")
-    assert gathers == sum(2 if c.reduction else 1 for c in net.cells)
+    assert gathers == sum(2 if c.reduction and position == "input" else 1 for c in net.cells)
 
 
 def test_per_edge_outputs_take_gradients_in_place(fresh_seed):
@@ -309,10 +313,9 @@ def test_target_sums_name_bad_bases():
 
 
 def test_a_cells_node_sums_launch_no_adds():
-    """The group sums summed by target are a chain: a normal cell's node sums launch no adds of
-    their own; a reduction cell adds only its inputs' per-edge (stride-2) sums: 3-node cells,
-    node i has 2 such edges, and the partial sums of nodes 1, 2 were begun by node 0's group
-    (computed before node 2's input edges) → 1 + 1 + 2 adds; the per-edge network: i + 1 per node."""
+    """The group sums summed by target are a chain: no cell's node sums launch adds of their own
+    (a reduction cell's stride-2 edges are a group sum with their own FactorizedReduce operands);
+    the per-edge network: i + 1 per node of 3-node cells."""
     import collections
 
     from ndarts.operations import DARTS_PRIMITIVES
@@ -328,14 +331,14 @@ def test_a_cells_node_sums_launch_no_adds():
             net(torch.randn(2, 3, 8, 8))
         counts[group_sums] = collections.Counter(
             e.name for e in prof.events() if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
-    reductions = sum(c.reduction for c in net.cells)
-    assert reductions == 2 and len(net.cells) == 3
-    assert counts[True]["aten::add"] == reductions * (1 + 1 + 2)
+    assert sum(c.reduction for c in net.cells) == 2 and len(net.cells) == 3
+    assert counts[True]["aten::add"] == 0
     assert counts[False]["aten::add"] == len(net.cells) * (1 + 2 + 3)
 
 
 def test_triton_network_equals_the_reference_network(fresh_seed):
-    """Everything the Triton backend changes at once (interpreter): group sums chained by target,
+    """Everything the Triton backend changes at once (interpreter): group sums chained by target
+    (a reduction cell's stride-2 edges with their FactorizedReduce skips as own operands),
     both pools per launch, a node's pool BatchNorms in its conv group's first BatchNorm launch,
     the group input's relu + repeat with the primitives' gradients summed in its backward, the
     Triton BatchNorms. Outputs, every gradient and every BatchNorm buffer (the pools' of every
@@ -364,9 +367,70 @@ def test_triton_network_equals_the_reference_network(fresh_seed):
     # channel) its backward amplifies fp32 rounding to ~2e-5 of a gradient's largest entry
     assert_same_forward_backward((ref, tri), torch.randn(2, 3, 7, 6), out_tol=(1e-5, 1e-5), grad_tol=(1e-4, 1e-3),
                                  buffer_tol=(1e-5, 1e-5), seed=fresh_seed)
-    # every node's pools ran with its conv group, but for a reduction cell's inputs (their
-    # stride-2 edges sum per edge): one pool_all each
+    # every node's pools ran with its conv group, a reduction cell's inputs' too (their stride-2
+    # edges are a group sum with their FactorizedReduce skips as the edges' own operands)
     with mock.patch.object(mixed_op, "pool_all", wraps=mixed_op.pool_all) as pool_all, \
             mock.patch.object(search_model, "pool_all", pool_all):
         tri(torch.randn(2, 3, 7, 6))
-    assert pool_all.call_count == sum(c.reduction for c in tri.cells) == 2
+    assert pool_all.call_count == 0
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("edges,p,q,shape", [((4, 4), 2, 4, (3, 5, 4, 6)), ((3,), 1, 2, (2, 3, 5, 7)),
+                                             ((1, 2), 3, 1, (1, 2, 1, 33))])
+@pytest.mark.parametrize("variant", ["gaussian", "uniform", "multiplicative", "none"])
+@pytest.mark.parametrize("by_target", [False, True])
+def test_own_operands_match_reference(dtype, atol, rtol, edges, p, q, shape, variant, by_target, fresh_seed,
+                                      device="cpu"):
+    """Each edge's own operand (a reduction cell's FactorizedReduce skips: one tensor per edge, the
+    last weight column), the noisy one: each edge's noise takes its own operand's std. Outputs and
+    every gradient against the reference with the kernels' own ε. (tests/test_gpu.py runs it on CUDA.)"""
+    if by_target and len(set(edges)) > 1:
+        pytest.skip("by target needs as many edges per source")
+    noise = VARIANTS[variant]
+    total = sum(edges)
+    sources = [_inputs(total, p, q, shape, dtype, device)[0] for _ in edges]
+    _, grouped, _, _ = _inputs(total, p, q, shape, dtype, device)
+    # own operands of different scales and means: a per-edge std that differs from edge to edge
+    own = [(torch.randn(shape, device=device) * (0.5 + e) + e).to(dtype) for e in range(total)]
+    weights = torch.softmax(torch.randn(total, p + q + 1, device=device), 1)
+    rows = edges[0] if by_target else total
+    grads = [torch.randn(shape, device=device).to(dtype) for _ in range(rows)]
+    seed = draw_seed(device)
+    kind, mult, lam, mean = noise.kernel_params(0.7)
+    eps = (ndarts_kernels.unit_noise(seed, total * own[0].numel(), kind).view(total, -1) if noise.enabled else None)
+    skip = p + q  # the own operand
+
+    def run(fn):
+        src = [[t.detach().clone().requires_grad_() for t in s] for s in sources]
+        g = [t.detach().clone().requires_grad_() for t in grouped]
+        o = [t.detach().clone().requires_grad_() for t in own]
+        w = weights.detach().clone().requires_grad_()
+        outs = fn(src, g, w, o)
+        torch.autograd.backward(list(outs), grads)
+        return [torch.stack(list(outs)).detach(), *[t.grad for s in src for t in s], *[t.grad for t in g],
+                *[t.grad for t in o], w.grad]
+
+    def reference(s, g, w, o):
+        y = reference_group_sum(s, g, w, edges, skip, mult, lam, mean, eps, own=o)
+        return sum_targets(y, len(edges), [None] * edges[0]) if by_target else y.unbind(0)
+
+    want = run(reference)
+    got = run(lambda s, g, w, o: noisy_group_sums(s, g, w, edges, skip, noise, scale=0.7, backend="triton", seed=seed,
+                                                  own=o, per_edge=True, by_target=by_target))
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape and a.dtype == b.dtype, i
+        tol = (atol * 20, rtol * 5) if i == len(got) - 1 and dtype != torch.float32 else (atol * len(edges), rtol)
+        torch.testing.assert_close(a.float(), b.float(), atol=tol[0], rtol=tol[1], msg=lambda m: f"output {i}: {m}")
+
+
+def test_own_operands_are_checked():
+    s = [torch.randn(2, 3, 4, 4)]
+    g = [torch.randn(2, 6, 4, 4)]
+    with pytest.raises(ValueError, match="own needs one tensor per edge"):
+        noisy_group_sums([s], g, torch.ones(2, 3), [2], 2, NoiseConfig(), own=[s[0]], backend="triton")
+    with pytest.raises(ValueError, match=r"weights must be \[2, 3\]"):
+        noisy_group_sums([s], g, torch.ones(2, 2), [2], 1, NoiseConfig(), own=[s[0], s[0]], backend="triton")
+    with pytest.raises(ValueError, match="own operand must be"):
+        noisy_group_sums([s], g, torch.ones(2, 3), [2], 2, NoiseConfig(), own=[s[0], torch.randn(2, 3, 4, 5)],
+                         backend="triton")
