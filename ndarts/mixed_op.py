@@ -103,13 +103,14 @@ class NodeShare:
       cell's inputs), run together on first use (``reduced``): their convs as two convs with the
       edges' weights stacked, their BatchNorms in one launch where the Triton kernels run.
     - ``seeds``: the forward pass's SeedBlock (fused sums take their Philox seeds from it), or None.
-    - ``input(consumer)``: x for one of its consumers (its relu, each pool, the identity skip):
-      aliases from one fan-out (ndarts.fan_out), so that their gradients of x are summed in one
-      launch where the search-op kernels run (``backend``: the fused ops').
+    - ``input(consumer)``: x for one of its consumers (its relu, each pool, the identity skip, its
+      slice of the cell's output): aliases from one fan-out (ndarts.fan_out), so that their
+      gradients of x are summed in one launch where the search-op kernels run (``backend``: the
+      fused ops').
     One NodeShare per node; ``syncs`` is one list for the whole cell (SearchCell).
     """
 
-    CONSUMERS = ("relu", "max_pool_3x3", "avg_pool_3x3", SKIP)
+    CONSUMERS = ("relu", "max_pool_3x3", "avg_pool_3x3", SKIP, "concat")
 
     def __init__(self, x: torch.Tensor, syncs: list, run: GroupRun | None = None, seeds=None, reductions=(),
                  backend=None):
@@ -133,6 +134,11 @@ class NodeShare:
     def group(self):
         """The EdgeGroup of the node's edges, or None."""
         return self.run.group if self.run is not None else None
+
+    def output(self) -> torch.Tensor:
+        """x for the cell's output (its concat of the last nodes): the fan-out's alias when the
+        node's edges have made the fan-out, x itself otherwise (a node without outgoing edges)."""
+        return self.input("concat") if self._inputs is not None else self.x
 
     def input(self, consumer: str) -> torch.Tensor:
         """x, as consumer's alias (one of CONSUMERS; x itself for any other)."""

@@ -195,6 +195,10 @@ class SearchCell(nn.Module):
                 shares.append(share(len(shares), s))
         if syncs:
             copy_running_stats(syncs)
+        if shares is not None:
+            # a node's slice of the output as one more consumer of its fan-out: the slice's gradient
+            # joins its edges' in the fan-out's one sum (no autograd add per node)
+            return torch.cat([share.output() for share in shares[-self._multiplier:]], dim=1)
         return torch.cat(states[-self._multiplier:], dim=1)
 
     def _reductions(self, state: int) -> list:

@@ -30,6 +30,22 @@ def test_tensor_sum_keeps_a_shared_layout_and_takes_mixed_ones(fresh_seed):
     torch.testing.assert_close(ndarts_kernels.tensor_sum(mixed), xs[0] + xs[1] + xs[2])
 
 
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("count", [2, 4, 8])
+def test_tensor_sum_reads_channel_slices_in_place(dtype, atol, rtol, count, fresh_seed):
+    """Terms that are channel slices of wider tensors (a cell output's gradient, sliced by
+    torch.cat's backward) mixed with dense ones: read where they lie, summed into a dense result;
+    the later chunk of 8 terms accumulates."""
+    shape = (3, 5, 7, 6)
+    wide = [(torch.randn(shape[0], 4 * shape[1], *shape[2:]) * (i + 1)).to(dtype) for i in range(count)]
+    xs = [w[:, (i % 4) * shape[1]:(i % 4 + 1) * shape[1]] if i % 2 == 0 else w[:, :shape[1]].contiguous()
+          for i, w in enumerate(wide)]
+    assert not xs[0].is_contiguous()
+    got = ndarts_kernels.tensor_sum(xs)
+    assert got.is_contiguous() and got.dtype == dtype
+    torch.testing.assert_close(got.double(), torch.stack([x.double() for x in xs]).sum(0), atol=atol * count, rtol=rtol)
+
+
 def test_tensor_sum_names_bad_input():
     with pytest.raises(ValueError, match="at least one"):
         ndarts_kernels.tensor_sum([])
