@@ -91,6 +91,7 @@ def _workload() -> None:
     for dtype in (torch.float32, torch.bfloat16, torch.float16):  # gradient sums, one and two launches
         for count in (3, 8):
             K.tensor_sum([torch.randn(2, 3, 4, 4).to(dtype) for _ in range(count)])
+            K.tensor_sum([torch.randn(2, 6, 4, 4).to(dtype)[:, 3:] for _ in range(count)])  # channel slices
     _huge_workload()
     # the default sums each conv group's edges in one op (group_sums auto); False: a fused sum per edge
     levers = [dict(), dict(group_sums=False), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16)]
@@ -128,6 +129,7 @@ def _huge_workload() -> None:
     grouped = [torch.empty(big[0], 2 * 64, 32, 32, device=meta)]
     gw = torch.empty(2, 2, device=meta)
     K.tensor_sum(ops)
+    K.tensor_sum([grouped[0][:, :64], ops[0], ops[1]])  # a channel slice read in place
     y = K.relu_repeat_forward(ops[:1], [2])
     K.relu_repeat_backward([y] * 4, ops[:1], [2])
     ymax, yavg, arg = K.pools_3x3_forward(ops[0], 1)

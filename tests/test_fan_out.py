@@ -32,12 +32,12 @@ def test_tensor_sum_keeps_a_shared_layout_and_takes_mixed_ones(fresh_seed):
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 @pytest.mark.parametrize("count", [2, 4, 8])
-def test_tensor_sum_reads_channel_slices_in_place(dtype, atol, rtol, count, fresh_seed):
+def test_tensor_sum_reads_channel_slices_in_place(dtype, atol, rtol, count, fresh_seed, device="cpu"):
     """Terms that are channel slices of wider tensors (a cell output's gradient, sliced by
     torch.cat's backward) mixed with dense ones: read where they lie, summed into a dense result;
     the later chunk of 8 terms accumulates."""
     shape = (3, 5, 7, 6)
-    wide = [(torch.randn(shape[0], 4 * shape[1], *shape[2:]) * (i + 1)).to(dtype) for i in range(count)]
+    wide = [(torch.randn(shape[0], 4 * shape[1], *shape[2:], device=device) * (i + 1)).to(dtype) for i in range(count)]
     xs = [w[:, (i % 4) * shape[1]:(i % 4 + 1) * shape[1]] if i % 2 == 0 else w[:, :shape[1]].contiguous()
           for i, w in enumerate(wide)]
     assert not xs[0].is_contiguous()

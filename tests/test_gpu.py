@@ -388,6 +388,14 @@ def test_cuda_target_sums_with_bases_match_reference(dtype, atol, rtol, edges, w
     check(dtype, atol, rtol, edges, with_bases, 0, device="cuda")
 
 
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 1e-6, 1e-6), (torch.bfloat16, 2e-2, 2e-2)])
+def test_cuda_tensor_sum_reads_channel_slices(dtype, atol, rtol):
+    """The fan-out's sum with a node's slice of the cell output's gradient read in place, compiled."""
+    from test_fan_out import test_tensor_sum_reads_channel_slices_in_place as check
+
+    check(dtype, atol, rtol, 8, 0, device="cuda")
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
 def test_cuda_tensor_sum_and_fan_out(dtype, tol):
     """The node fan-out's gradient sum on the compiled kernel: 3 and 8 terms (two launches), and a
