@@ -143,7 +143,7 @@ def _group_forward_kernel(
 
 
 @triton.jit
-def _shared_grad(s, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr, E: tl.constexpr,
+def _shared_grad(s, g, W, PROW, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr,
                  noise_offs, seed, std, lam, mean, SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr):
     """(d s from edge e, and the partial Σ g·s_noisy written for W[e, k])."""
     w = tl.load(W + e * K + k).to(tl.float32)
@@ -151,21 +151,21 @@ def _shared_grad(s, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: tl.con
     if k == SKIP:
         s, factor = _noisy_operand(s, seed, noise_offs, std, lam, mean, KIND, MULT)
         d = d * factor
-    tl.store(PART + pid * (E * K) + e * K + k, tl.sum(g * s, axis=0))
+    tl.store(PROW + e * K + k, tl.sum(g * s, axis=0))
     return d
 
 
 @triton.jit
-def _grouped_grad(G, DG, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr, E: tl.constexpr,
+def _grouped_grad(G, DG, g, W, PROW, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr,
                   g_offs, mask):
     o = tl.load(G + g_offs, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(W + e * K + k).to(tl.float32)
     tl.store(DG + g_offs, (w * g).to(DG.dtype.element_ty), mask=mask)
-    tl.store(PART + pid * (E * K) + e * K + k, tl.sum(g * o, axis=0))
+    tl.store(PROW + e * K + k, tl.sum(g * o, axis=0))
 
 
 @triton.jit
-def _own_grad(R, DR, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr, E: tl.constexpr,
+def _own_grad(R, DR, g, W, PROW, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr,
               offs, mask, noise_offs, seed, std, lam, mean, NOISY: tl.constexpr, KIND: tl.constexpr,
               MULT: tl.constexpr):
     """Edge e's own operand: writes its gradient and the partial Σ g·r_noisy for W[e, k]."""
@@ -175,7 +175,7 @@ def _own_grad(R, DR, g, W, PART, pid, e: tl.constexpr, k: tl.constexpr, K: tl.co
         r, factor = _noisy_operand(r, seed, noise_offs, std, lam, mean, KIND, MULT)
         d = d * factor
     tl.store(DR + offs, d.to(DR.dtype.element_ty), mask=mask)
-    tl.store(PART + pid * (E * K) + e * K + k, tl.sum(g * r, axis=0))
+    tl.store(PROW + e * K + k, tl.sum(g * r, axis=0))
 
 
 @triton.jit
@@ -198,8 +198,8 @@ def _group_backward_kernel(
     DG0, DG1, DG2, DG3, DG4, DG5,  # their gradients, same layout
     R0, R1, R2, R3, R4, R5, R6, R7,  # each edge's own operand [numel] (NUM_OWN = 1)
     DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7,  # their gradients
-    W, PART,  # weights [E, K]; fp32 partials [programs, E·K]
-    SEED, STD, numel, INNER, G_STRIDE, E0, lam, mean,
+    W, PART,  # weights [E, K]; fp32 partials [programs, ≥ E·K] (rows PART_STRIDE apart)
+    PART_STRIDE, SEED, STD, numel, INNER, G_STRIDE, E0, lam, mean,
     E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr, NUM_OWN: tl.constexpr,
     SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
@@ -209,6 +209,7 @@ def _group_backward_kernel(
     mask = offs < numel
     seed, std = _noise_state(SEED, STD, SKIP, MULT, NUM_SHARED)
     K = NUM_SHARED + NUM_GROUPED + NUM_OWN  # constexpr: a sum of constexprs
+    PROW = PART + pid * PART_STRIDE  # this program's partial sums, W[e, k]'s at e·K + k
     s0 = tl.load(S0 + offs, mask=mask, other=0.0).to(tl.float32)
     d0 = tl.zeros([BLOCK], dtype=tl.float32)
     if NUM_SHARED > 1:
@@ -222,27 +223,27 @@ def _group_backward_kernel(
         g = _edge_row(e, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7, GS0, GS1, GS2, GS3, GS4, GS5, GS6, GS7,
                       offs, INNER, mask)
         noise_offs = offs + (E0 + e) * numel
-        d0 += _shared_grad(s0, g, W, PART, pid, e, 0, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+        d0 += _shared_grad(s0, g, W, PROW, e, 0, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
         if NUM_SHARED > 1:
-            d1 += _shared_grad(s1, g, W, PART, pid, e, 1, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+            d1 += _shared_grad(s1, g, W, PROW, e, 1, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
         if NUM_SHARED > 2:
-            d2 += _shared_grad(s2, g, W, PART, pid, e, 2, K, E, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+            d2 += _shared_grad(s2, g, W, PROW, e, 2, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
         g_offs = _grouped_offsets(offs, e, INNER, G_STRIDE)
-        _grouped_grad(G0, DG0, g, W, PART, pid, e, NUM_SHARED, K, E, g_offs, mask)
+        _grouped_grad(G0, DG0, g, W, PROW, e, NUM_SHARED, K, g_offs, mask)
         if NUM_GROUPED > 1:
-            _grouped_grad(G1, DG1, g, W, PART, pid, e, NUM_SHARED + 1, K, E, g_offs, mask)
+            _grouped_grad(G1, DG1, g, W, PROW, e, NUM_SHARED + 1, K, g_offs, mask)
         if NUM_GROUPED > 2:
-            _grouped_grad(G2, DG2, g, W, PART, pid, e, NUM_SHARED + 2, K, E, g_offs, mask)
+            _grouped_grad(G2, DG2, g, W, PROW, e, NUM_SHARED + 2, K, g_offs, mask)
         if NUM_GROUPED > 3:
-            _grouped_grad(G3, DG3, g, W, PART, pid, e, NUM_SHARED + 3, K, E, g_offs, mask)
+            _grouped_grad(G3, DG3, g, W, PROW, e, NUM_SHARED + 3, K, g_offs, mask)
         if NUM_GROUPED > 4:
-            _grouped_grad(G4, DG4, g, W, PART, pid, e, NUM_SHARED + 4, K, E, g_offs, mask)
+            _grouped_grad(G4, DG4, g, W, PROW, e, NUM_SHARED + 4, K, g_offs, mask)
         if NUM_GROUPED > 5:
-            _grouped_grad(G5, DG5, g, W, PART, pid, e, NUM_SHARED + 5, K, E, g_offs, mask)
+            _grouped_grad(G5, DG5, g, W, PROW, e, NUM_SHARED + 5, K, g_offs, mask)
         if NUM_OWN > 0:
             _own_grad(pick_pointer(e, R0, R1, R2, R3, R4, R5, R6, R7, 8),
-                      pick_pointer(e, DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7, 8), g, W, PART, pid, e,
-                      NUM_SHARED + NUM_GROUPED, K, E, offs, mask, noise_offs, seed,
+                      pick_pointer(e, DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7, 8), g, W, PROW, e,
+                      NUM_SHARED + NUM_GROUPED, K, offs, mask, noise_offs, seed,
                       _own_std(STD, e, SKIP == NUM_SHARED + NUM_GROUPED, MULT), lam, mean,
                       SKIP == NUM_SHARED + NUM_GROUPED, KIND, MULT)
     tl.store(DS0 + offs, d0.to(DS0.dtype.element_ty), mask=mask)
@@ -388,15 +389,22 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
     return y, std
 
 
+def partial_rows(numel: int) -> int:
+    """Rows of the backward's dW partial sums (one per program) for sums of `numel` elements per edge."""
+    return triton.cdiv(numel, _elementwise_block(numel)[0])
+
+
 def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean,
-                             *, first_edge=0, d_grouped=None, own=None):
+                             *, first_edge=0, d_grouped=None, own=None, part=None):
     """Returns (shared operand gradients, grouped operand gradients, own operand gradients (one per
     edge; [] without own), dW fp32 [E, K]).
 
     grad: the upstream gradient, [E, N, C, H, W] or one [N, C, H, W] tensor per edge (as autograd
     hands the E outputs' gradients over: no stack). d_grouped: tensors to write the grouped
     gradients into, laid out as `grouped` (views of the group's gradients, when several sources
-    share it); None allocates them. std, own: the forward's."""
+    share it); None allocates them. std, own: the forward's. part: an fp32 [partial_rows(numel),
+    E·K] view (columns of a buffer that several sources of a group share, so that one sum gives
+    the group's dW) to write the per-program partial sums into; dW is then None: the caller sums."""
     shared, grouped, weights, own = _check(shared, grouped, weights, own)
     first, edges = shared[0], weights.shape[0]
     grads = list(grad.unbind(0)) if isinstance(grad, torch.Tensor) else list(grad)
@@ -417,18 +425,26 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
     index_64 = index_64 or max(n * g.stride(0) for g in grads) > INT32_LIMIT - block
     programs = triton.cdiv(numel, block)
+    own_part = part is None
+    if own_part:
+        part = torch.empty((programs, weights.numel()), device=first.device, dtype=torch.float32)
+    elif (part.dtype != torch.float32 or part.device != first.device or tuple(part.shape) != (programs, weights.numel())
+          or part.stride(1) != 1):
+        raise ValueError(f"noisy_group_sum: part must be an fp32 [{programs}, {weights.numel()}] view with dense rows, "
+                         f"got {part.dtype} {tuple(part.shape)} strides {part.stride()}")
     if not numel:
-        return d_shared, d_grouped, d_own, torch.zeros(weights.shape, device=first.device, dtype=torch.float32)
-    part = torch.empty((programs, weights.numel()), device=first.device, dtype=torch.float32)
+        dw = torch.zeros(weights.shape, device=first.device, dtype=torch.float32)
+        return d_shared, d_grouped, d_own, dw if own_part else None
     _group_backward_kernel[(programs,)](
         *pad_pointers(grads, MAX_EDGES), *[g.stride(0) for g in pad_pointers(grads, MAX_EDGES)],
         *pad_pointers(shared, MAX_SHARED), *pad_pointers(d_shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED),
         *pad_pointers(d_grouped, MAX_GROUPED), *pad_pointers(own or [first], MAX_EDGES),
-        *pad_pointers(d_own or [first], MAX_EDGES), weights, part, seed, std, numel, numel // first.shape[0],
+        *pad_pointers(d_own or [first], MAX_EDGES), weights, part, part.stride(0), seed, std, numel,
+        numel // first.shape[0],
         g_stride, first_edge, float(lam), float(mean),
         E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), NUM_OWN=int(own is not None), SKIP=skip,
         KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,
         num_warps=num_warps,
     )
     # fixed-order reduction of the partials: deterministic, no float atomics
-    return d_shared, d_grouped, d_own, part.sum(dim=0).view(weights.shape)
+    return d_shared, d_grouped, d_own, part.sum(dim=0).view(weights.shape) if own_part else None

@@ -111,6 +111,7 @@ class _TritonGroupSum(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grads):
         import ndarts_kernels
+        from ndarts_kernels.noisy_group_sum import partial_rows
 
         some = next((g for g in grads if g is not None), None)
         weights, seed, *rest = ctx.saved_tensors
@@ -123,19 +124,24 @@ class _TritonGroupSum(torch.autograd.Function):
         own = list(rest[len(rest) - sum(edges):]) if ctx.num_own else None
         rest = rest[:len(rest) - sum(edges)] if ctx.num_own else rest
         shared_all, grouped = rest[:num_shared * len(edges)], rest[num_shared * len(edges):]
-        c = shared_all[0].shape[1]
+        first = shared_all[0]
+        c = first.shape[1]
         d_grouped = [torch.empty_like(g) for g in grouped]
-        d_shared, d_own, dws = [], [], []
+        d_shared, d_own = [], []
+        # the sources' partial sums side by side in one buffer: one sum gives the group's dW [E, K]
+        k = weights.shape[1]
+        part = torch.empty((partial_rows(first.numel()), weights.numel()),
+                           device=first.device, dtype=torch.float32)
         for s, (e0, count) in enumerate(_edge_ranges(edges)):
-            ds, _, do, dw = ndarts_kernels.noisy_group_sum_backward(
+            ds, _, do, _ = ndarts_kernels.noisy_group_sum_backward(
                 grad if ctx.by_target else grad[e0:e0 + count], shared_all[s * num_shared:(s + 1) * num_shared],
                 _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, stds[s], *ctx.params,
                 first_edge=e0, d_grouped=_narrow(d_grouped, e0, count, c, len(edges)),
-                own=own[e0:e0 + count] if own is not None else None)
+                own=own[e0:e0 + count] if own is not None else None, part=part[:, e0 * k:(e0 + count) * k])
             d_shared += ds
             d_own += do
-            dws.append(dw)
-        dw = dws[0] if len(dws) == 1 else torch.cat(dws)
+        # fixed-order reduction of the partials: deterministic, no float atomics
+        dw = part.sum(dim=0).view(weights.shape)
         return (dw.to(weights.dtype), None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
                 *d_bases)
 

@@ -434,3 +434,22 @@ def test_own_operands_are_checked():
     with pytest.raises(ValueError, match="own operand must be"):
         noisy_group_sums([s], g, torch.ones(2, 3), [2], 2, NoiseConfig(), own=[s[0], torch.randn(2, 3, 4, 5)],
                          backend="triton")
+
+
+def test_backward_partials_into_a_shared_buffer_are_checked():
+    """The sources of a group write their dW partial sums side by side into one buffer (one sum for
+    the group); a buffer of the wrong shape or dtype is named, not written out of bounds."""
+    from ndarts_kernels.noisy_group_sum import noisy_group_sum_backward, partial_rows
+
+    s, g, w = [torch.randn(2, 3, 4, 4)], [torch.randn(2, 6, 4, 4)], torch.rand(2, 2)
+    grad = torch.randn(2, 2, 3, 4, 4)
+    seed, std = torch.zeros(1, dtype=torch.int64), torch.zeros(1)
+    rows = partial_rows(s[0].numel())
+    wide = torch.empty(rows, 3 * w.numel())
+    _, _, _, dw = noisy_group_sum_backward(grad, s, g, w, seed, std, -1, 0, False, 0.0, 0.0, part=wide[:, 4:8])
+    assert dw is None
+    want = noisy_group_sum_backward(grad, s, g, w, seed, std, -1, 0, False, 0.0, 0.0)[3]
+    torch.testing.assert_close(wide[:, 4:8].sum(0).view(2, 2), want)
+    for bad in (torch.empty(rows, 5), torch.empty(rows, 4, dtype=torch.float64), torch.empty(rows, 8)[:, ::2]):
+        with pytest.raises(ValueError, match="part must be an fp32"):
+            noisy_group_sum_backward(grad, s, g, w, seed, std, -1, 0, False, 0.0, 0.0, part=bad)
