@@ -43,6 +43,10 @@ class ReLUConvBN(nn.Module):
         in one launch)."""
         return self.op[1](self.op[0](x))
 
+    def pre_norm_from_relu(self, r):
+        """pre_norm(x) from r = relu(x) (a cell output's relu, made once for the two cells that read it)."""
+        return self.op[1](r)
+
     @property
     def norm(self) -> nn.Module:
         return self.op[2]
@@ -124,6 +128,10 @@ class FactorizedReduce(nn.Module):
     def pre_norm(self, x):
         """relu, the two convs and their cat: the BatchNorm's input."""
         return self.convs_from_relu(self.relu(x))
+
+    def pre_norm_from_relu(self, r):
+        """pre_norm(x) from r = relu(x)."""
+        return self.convs_from_relu(r)
 
     @property
     def norm(self) -> nn.Module:

@@ -125,11 +125,15 @@ class SearchCell(nn.Module):
         convert_cell_state(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, s0, s1, weights, seeds=None):
-        """seeds: the forward pass's SeedBlock for the fused sums (SearchNetwork draws it), or None."""
+    def forward(self, s0, s1, weights, seeds=None, relus=None):
+        """seeds: the forward pass's SeedBlock for the fused sums (SearchNetwork draws it), or None.
+        relus: (relu(s0), relu(s1)) when the caller has them (a cell output is read by the next two
+        cells, both preprocessings begin with its relu: SearchNetwork makes it once), else None."""
         # the two preprocessing BatchNorms in one launch each way where the Triton kernels run
         pre = (self.preprocess0, self.preprocess1)
-        states = search_batch_norms([p.pre_norm(s) for p, s in zip(pre, (s0, s1))], [p.norm for p in pre])
+        inputs = ([p.pre_norm(s) for p, s in zip(pre, (s0, s1))] if relus is None
+                  else [p.pre_norm_from_relu(r) for p, r in zip(pre, relus)])
+        states = search_batch_norms(inputs, [p.norm for p in pre])
         # one row of α weights per edge: unbind's backward is one stack for the whole cell, where
         # indexing weights[k] per edge costs a zero-filled [edges, ops] gradient and an add per edge
         weight_matrix, weights = weights, weights.unbind(0)
@@ -250,7 +254,8 @@ class SearchNetwork(nn.Module):
     steps/multiplier/stem_multiplier as DARTS, in_channels of the images,
     arch_activation 'softmax' (DARTS) or 'sigmoid' (FairDARTS), backend for the fused op,
     share_node_ops: compute once per node what all edges leaving it compute alike: relu(h) and the
-    pools with their BatchNorm (same outputs, gradients and BatchNorm state; fewer kernels).
+    pools with their BatchNorm (same outputs, gradients and BatchNorm state; fewer kernels); and
+    once per cell output its relu, with which both cells that read it begin their preprocessing.
     fused_batch_norm (default: as fused): the affine-free BatchNorms of the cells run on the Triton
     kernels wherever the fused op does (SearchBatchNorm2d, ndarts.batch_norm).
     fused_depthwise_conv (default off: not yet timed on a GPU): the depthwise convolutions of the
@@ -308,6 +313,7 @@ class SearchNetwork(nn.Module):
         self.autocast = autocast
         self.channels_last = channels_last
         self.backend = backend
+        self._share_relus = share_node_ops
         if batch_edge_convs is None:
             batch_edge_convs = share_node_ops
         if batch_edge_convs and not share_node_ops:
@@ -389,8 +395,15 @@ class SearchNetwork(nn.Module):
                 s0 = s1 = s0.contiguous(memory_format=torch.channels_last)
             # the Philox seeds of every fused sum of this pass, in one draw (graph-safe: drawn on the device)
             seeds = SeedBlock(x.device, self._seed_block_size) if self.fused and self.training else None
-            for cell in self.cells:
-                s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, seeds)
+            # with node sharing, each cell output's relu once for the two cells that read it (both
+            # preprocessings begin with it); the stem's output is both inputs of the first cell
+            r0 = r1 = F.relu(s1) if self._share_relus else None
+            for k, cell in enumerate(self.cells):
+                out = cell(s0, s1, w_reduce if cell.reduction else w_normal, seeds,
+                           relus=(r0, r1) if self._share_relus else None)
+                s0, s1 = s1, out
+                if self._share_relus and k + 1 < len(self.cells):
+                    r0, r1 = r1, F.relu(out)
             out = self.global_pooling(s1)
             logits = self.classifier(out.flatten(1))
         return logits.float() if self.autocast is not None else logits

@@ -182,3 +182,30 @@ def test_preprocessing_splits_at_its_batch_norm(fresh_seed):
         op = op.double()
         x = x.double()
         torch.testing.assert_close(op.norm(op.pre_norm(x)), op(x), atol=0, rtol=0)
+        torch.testing.assert_close(op.pre_norm_from_relu(torch.relu(x)), op.pre_norm(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_cell_outputs_relu_is_made_once_for_the_two_cells_that_read_it(fused, fresh_seed):
+    """Both preprocessings that read a cell output (the next cell's, and FactorizedReduce's or
+    ReLUConvBN's of the cell after) begin with its relu: made once per cell output (and once for
+    the stem's, both inputs of the first cell): one relu per cell instead of two, and the same
+    outputs and gradients as each preprocessing making its own."""
+    torch.manual_seed(0)
+    net = SearchNetwork(C=4, num_classes=5, layers=4, primitives=DARTS_PRIMITIVES, in_channels=3, fused=fused)
+    x = torch.randn(2, 3, 8, 8)
+    results = []
+    for share in (False, True):
+        net._share_relus = share
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(fresh_seed)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = net(x)
+            out.logsumexp(1).sum().backward()
+        relus = sum(1 for e in prof.events() if e.name == "aten::relu")
+        results.append((out.detach(), [p.grad.clone() for p in net.parameters()], relus))
+    (out0, grads0, relus0), (out1, grads1, relus1) = results
+    assert relus0 - relus1 == len(net.cells)
+    torch.testing.assert_close(out1, out0, atol=1e-6, rtol=1e-6)
+    for a, b in zip(grads1, grads0):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
