@@ -29,8 +29,11 @@ import triton
 import triton.language as tl
 
 from .grid import pad_pointers, pick_pointer
+from .moments import merge_tile, store_moments
 from .noisy_mixed_sum import (
     INT32_LIMIT,
+    MERGE_BLOCK,
+    _stats_merge_kernel,
     NOISE_NONE,
     _block_offsets,
     _elementwise_block,
@@ -95,10 +98,12 @@ def _group_forward_kernel(
     B0, B1, B2, B3, B4, B5, B6, B7,  # each edge's base [N, C·H·W], added to its sum where BASES has its bit
     BS0, BS1, BS2, BS3, BS4, BS5, BS6, BS7,  # their image strides (elements)
     R0, R1, R2, R3, R4, R5, R6, R7,  # each edge's own operand [numel] (NUM_OWN = 1), contiguous
+    MOMENTS,  # fp32 [programs, 3]: (count, mean, M2) of each program's elements of row 0 (STATS)
     E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr, NUM_OWN: tl.constexpr,
     SKIP: tl.constexpr,  # weight column of the noisy operand (a shared or the own one), -1: none
     KIND: tl.constexpr, MULT: tl.constexpr,
     BASES: tl.constexpr,  # bit e set: edge e adds its base (a partial node sum) to its output
+    STATS: tl.constexpr,  # write row 0's partial moments (its std without another pass over it)
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -139,7 +144,13 @@ def _group_forward_kernel(
             acc += tl.load(W + row + NUM_SHARED + NUM_GROUPED).to(tl.float32) * r
         if (BASES >> e) & 1:  # read before this program writes Y: a base may be the row it adds to
             acc += _edge_row(e, B0, B1, B2, B3, B4, B5, B6, B7, BS0, BS1, BS2, BS3, BS4, BS5, BS6, BS7, offs, INNER, mask)
-        tl.store(Y + e * numel + offs, acc.to(Y.dtype.element_ty), mask=mask)
+        out = acc.to(Y.dtype.element_ty)
+        tl.store(Y + e * numel + offs, out, mask=mask)
+        if STATS:
+            if e == 0:  # the moments of what was stored (its dtype's values), for that tensor's std
+                zero = tl.zeros([], dtype=tl.float32)
+                count, mu, m2 = merge_tile(zero, zero, zero, tl.where(mask, out.to(tl.float32), 0.0), mask)
+                store_moments(MOMENTS, pid, count, mu, m2)
 
 
 @triton.jit
@@ -352,7 +363,7 @@ def _bases(bases, edges, first):
 
 
 def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, multiplicative, lam, mean, *,
-                            first_edge=0, out=None, bases=None, std=None, own=None):
+                            first_edge=0, out=None, bases=None, std=None, own=None, row0_std=False):
     """Returns (y [E, N, C, H, W], std fp32 of the skip operand: [1] for a shared one, [E] (one per
     edge) for the own one; zeros [1] when unused).
 
@@ -363,7 +374,11 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
     of its target node), or None; a base may be the very row of `out` it is added to (each element
     is read before it is written). std: the skip operand's std when the caller has it (as
     skip_std / skip_stds compute it; skip_stds of several sources, or of the own operands).
-    own: one [N, C, H, W] tensor per edge, the own operand (the last weight column), or None."""
+    own: one [N, C, H, W] tensor per edge, the own operand (the last weight column), or None.
+    row0_std: also return, third, the fp32 [1] std of y[0] as skip_std computes it (unbiased, over
+    all elements, Chan merges of per-program moments), its moments taken in this pass as y[0] is
+    written: one merge launch instead of another two passes (a finished node sum's std, which the
+    noise of that node's skip edges needs next)."""
     shared, grouped, weights, own = _check(shared, grouped, weights, own)
     first, edges = shared[0], weights.shape[0]
     skip, own_noisy = _noise_target(kind, skip_index, shared, grouped, own)
@@ -377,16 +392,25 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
     base_ptrs, base_strides, base_bits = _bases(bases, edges, first)
     numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
     index_64 = index_64 or first.shape[0] * max(base_strides) > INT32_LIMIT - block
+    programs = triton.cdiv(numel, block)
+    moments = torch.empty((programs, 3), device=first.device, dtype=torch.float32) if row0_std else first
     if numel:
-        _group_forward_kernel[(triton.cdiv(numel, block),)](
+        _group_forward_kernel[(programs,)](
             y, *pad_pointers(shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED), weights, seed, std, numel,
             numel // first.shape[0], g_stride, first_edge, float(lam), float(mean), *base_ptrs, *base_strides,
-            *pad_pointers(own or [first], MAX_EDGES),
+            *pad_pointers(own or [first], MAX_EDGES), moments,
             E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), NUM_OWN=int(own is not None), SKIP=skip,
-            KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), BASES=base_bits, BLOCK=block,
-            INDEX_64=index_64, num_warps=num_warps,
+            KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), BASES=base_bits, STATS=row0_std,
+            BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
         )
-    return y, std
+    if not row0_std:
+        return y, std
+    row0 = torch.empty((1,), device=first.device, dtype=torch.float32)
+    if numel:
+        _stats_merge_kernel[(1,)](moments, row0, programs, BLOCK=MERGE_BLOCK, num_warps=4)
+    else:
+        row0.fill_(float("nan"))  # the std of nothing, as torch.std gives
+    return y, std, row0
 
 
 def partial_rows(numel: int) -> int:

@@ -63,10 +63,13 @@ class _TritonGroupSum(torch.autograd.Function):
     by_target: the outputs are the T targets' sums (Σ over the sources of their edge into it, plus
     its base where one is given) instead of the E edges' sums; the sources' launches add up in
     the output in place, and each base's gradient is its target's (identity: no kernel).
-    num_own 1: after the grouped operands come the E edges' own operands (one tensor each)."""
+    num_own 1: after the grouped operands come the E edges' own operands (one tensor each).
+    stds: (the sources' shared skip stds as one fp32 [S] tensor when the caller has them, or None;
+    a list to append the std of target 0's sum to, or None: by_target, the last source's launch
+    takes that sum's moments as it writes it)."""
 
     @staticmethod
-    def forward(ctx, weights, seed, params, edges, num_shared, num_own, by_target, base_slots, *operands):
+    def forward(ctx, weights, seed, params, edges, num_shared, num_own, by_target, base_slots, stds, *operands):
         import ndarts_kernels
 
         k = num_shared * len(edges)
@@ -85,8 +88,11 @@ class _TritonGroupSum(torch.autograd.Function):
         skip, kind, mult = params[:3]
         # the sources' skip stds (or every edge's, for a noisy own operand) in one pair of launches
         own_skip = own is not None and kind != 0 and skip == num_shared + len(grouped)
+        known, target_std_out = stds
         if own_skip and not mult:
             skip_stds = ndarts_kernels.skip_stds(own)
+        elif _noisy(kind, skip, num_shared) and not mult and known is not None:
+            skip_stds = known
         elif len(edges) > 1 and _noisy(kind, skip, num_shared) and not mult:
             skip_stds = ndarts_kernels.skip_stds([operands[s * num_shared + skip] for s in range(len(edges))])
         else:
@@ -97,10 +103,14 @@ class _TritonGroupSum(torch.autograd.Function):
             # by target: the first source adds the bases, each later one what the earlier wrote
             extra = dict(out=y, bases=bases if s == 0 else list(y.unbind(0))) if by_target else dict(out=y[e0:e0 + count])
             std = None if skip_stds is None else skip_stds[e0:e0 + count] if own_skip else skip_stds[s:s + 1]
-            _, std = ndarts_kernels.noisy_group_sum_forward(
+            last = target_std_out is not None and by_target and s == len(edges) - 1
+            std, *row0 = ndarts_kernels.noisy_group_sum_forward(
                 shared, _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, *params,
-                first_edge=e0, std=std, own=own[e0:e0 + count] if own is not None else None, **extra)
+                first_edge=e0, std=std, own=own[e0:e0 + count] if own is not None else None, row0_std=last,
+                **extra)[1:]
             stds.append(std)
+            if last:
+                target_std_out.append(row0[0])
         ctx.save_for_backward(weights, seed, *stds, *operands[:k], *grouped, *(own or []))
         ctx.params, ctx.edges, ctx.num_shared, ctx.num_own = params, edges, num_shared, num_own
         ctx.by_target, ctx.base_slots = by_target, base_slots
@@ -118,7 +128,7 @@ class _TritonGroupSum(torch.autograd.Function):
         edges, num_shared = ctx.edges, ctx.num_shared
         d_bases = [grads[t] for t in ctx.base_slots]  # a base's gradient is its target's
         if some is None:
-            return (None,) * 8 + (None,) * (len(rest) - len(edges)) + tuple(d_bases)
+            return (None,) * 9 + (None,) * (len(rest) - len(edges)) + tuple(d_bases)
         grad = [g if g is not None else torch.zeros_like(some) for g in grads]
         stds, rest = rest[:len(edges)], rest[len(edges):]
         own = list(rest[len(rest) - sum(edges):]) if ctx.num_own else None
@@ -142,7 +152,7 @@ class _TritonGroupSum(torch.autograd.Function):
             d_own += do
         # fixed-order reduction of the partials: deterministic, no float atomics
         dw = part.sum(dim=0).view(weights.shape)
-        return (dw.to(weights.dtype), None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
+        return (dw.to(weights.dtype), None, None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
                 *d_bases)
 
 
@@ -155,7 +165,7 @@ def _narrow(grouped, first, count, c, sources):
 def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index: int | None, noise: NoiseConfig, *,
                      scale: float = 1.0, training: bool = True, backend: str | None = None,
                      seed: torch.Tensor | None = None, per_edge: bool = False, by_target: bool = False,
-                     bases=None, own=None):
+                     bases=None, own=None, skip_stds: torch.Tensor | None = None, target_std_out: list | None = None):
     """The mixed sums of all E edges of an EdgeGroup with one or more sources (a cell's two input
     nodes share one) as [E, N, C, H, W]; see the module docstring.
 
@@ -173,6 +183,11 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     column: weights [E, P + Q + 1]); a reduction cell's stride-2 edges have their own
     FactorizedReduce skip. skip_index may name it (P + Q): each edge's noise then takes the std of
     its own operand, as a per-edge sum would.
+    skip_stds: the sources' shared skip operands' stds, fp32 [S] (as skip_operand_stds computes
+    them), when the caller has them (a node's std from the kernel that wrote the node); None
+    computes them. target_std_out: a list; on Triton with by_target, the std of target 0's sum (as
+    skip_operand_std would compute it) is appended, its moments taken as the last source's kernel
+    writes it (target 0 is then final: the chain's node whose edges run next); elsewhere nothing.
     """
     if not sources or not all(sources) or not grouped:
         raise ValueError("noisy_group_sums needs shared and grouped operands")
@@ -199,6 +214,9 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     bases = list(bases) if bases is not None else [None] * (edges[0] if by_target else 0)
     first = sources[0][0]
     device = first.device
+    if skip_stds is not None and (not isinstance(skip_stds, torch.Tensor) or skip_stds.numel() != len(sources)
+                                  or skip_stds.device != device):
+        raise ValueError(f"noisy_group_sums: skip_stds must be one std per source ({len(sources)}) on {device}")
     noisy = training and skip_index is not None and noise.enabled
     kind, mult, lam, mean = noise.kernel_params(scale) if noisy else (0, False, 0.0, 0.0)
     if seed is None:
@@ -207,7 +225,8 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     if resolve_backend(backend, device) == "triton" and first.dtype in TRITON_DTYPES:
         slots = tuple(t for t, b in enumerate(bases) if b is not None)
         outs = _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), tuple(edges),
-                                     num_shared, num_own, by_target, slots, *[t for shared in sources for t in shared],
+                                     num_shared, num_own, by_target, slots, (skip_stds, target_std_out),
+                                     *[t for shared in sources for t in shared],
                                      *grouped, *(own or []), *[bases[t] for t in slots])
         return outs if per_edge or by_target else torch.stack(outs)
     eps = None
@@ -291,12 +310,14 @@ def plan_node_sums(mixed_ops, edge_slots, edge_groups) -> tuple[dict, list]:
     return plans, index
 
 
-def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, bases=None) -> tuple:
+def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, bases=None,
+              target_std_out: list | None = None) -> tuple:
     """The mixed sums of all edges of one EdgeGroup: one tensor per slot, or, with bases (the
     plan must be by_target), one per target node: bases[k] (that node's partial sum, or None) +
     the sources' k-th edges. shares: the NodeShare of each of the group's source nodes; weights:
     the plan's α weights, flat [E·K] (the cell's [edges, primitives] weights gathered with its
-    index[start:stop]: plan_node_sums)."""
+    index[start:stop]: plan_node_sums). A source whose share knows its std already (NodeShare.
+    known_std: its kernel's) lends it to the noise. target_std_out: see noisy_group_sums."""
     ops = [mixed_ops[k] for k in plan.edges]
     op = ops[0]
     run = shares[0].run
@@ -333,7 +354,10 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, bases
     w = weights.view(len(ops), -1)
     noisy = op.noisy
     seeds = shares[0].seeds
+    known = [share.known_std for share in shares]
+    skip_stds = (known[0] if len(known) == 1 else torch.cat(known)) if all(k is not None for k in known) else None
     return noisy_group_sums(sources, grouped, w, plan.counts, plan.skip if noisy else None, op.noise,
                             scale=op.noise_scale, training=noisy, backend=op.backend,
                             seed=seeds.take() if seeds is not None else None, per_edge=bases is None,
-                            by_target=bases is not None, bases=bases, own=own)
+                            by_target=bases is not None, bases=bases, own=own, skip_stds=skip_stds,
+                            target_std_out=target_std_out)

@@ -192,6 +192,16 @@ class NodeShare:
             self._skip_std = skip_operand_std(self.x, backend)
         return self._skip_std
 
+    @property
+    def known_std(self) -> torch.Tensor | None:
+        """std(x) when it is known already (set by the kernel that wrote x, or computed), else None."""
+        return self._skip_std
+
+    def set_std(self, std: torch.Tensor) -> None:
+        """std(x) as skip_operand_std would give it, from whoever computed it (the group-sum kernel
+        that wrote x took its moments in the same pass)."""
+        self._skip_std = std
+
     def tensors(self) -> list:
         """The node's output and what has been computed from it so far (relu, pool outputs,
         grouped conv outputs)."""

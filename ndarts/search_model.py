@@ -166,6 +166,9 @@ class SearchCell(nn.Module):
         # each node's sum so far: a group summed by target (plan.by_target) adds its edges' sums to
         # the partial sums of its target nodes in its own kernels (a chain, no adds)
         partial: list = [None] * self._steps
+        # node stds taken by the group-sum kernel that finishes a node (its first target), for the
+        # additive noise of that node's skip edges: no separate pass over the node
+        node_stds = {} if plans and self._ops[0].noisy and self._ops[0].noise.mixture == "additive" else None
         offset = 0
         for i in range(self._steps):
             if streams:
@@ -179,8 +182,12 @@ class SearchCell(nn.Module):
                         if g not in sums:  # group g's first target is node g (the inputs' group: node 0)
                             partial[i] = s
                             targets = range(g, g + plan.counts[0])
+                            after = plans.get(g + 1)  # node g's edges: summed next, their skip noisy
+                            out = [] if node_stds is not None and after is not None and after.skip is not None else None
                             sums[g] = node_sums(self._ops, plan, runs[g].shares, group_weights[g],
-                                                bases=[partial[t] for t in targets])
+                                                bases=[partial[t] for t in targets], target_std_out=out)
+                            if out:
+                                node_stds[g] = out[0]
                             partial[g:g + len(targets)] = sums[g]
                             s = partial[i]
                         continue  # this edge's sum is in partial[i] (and so in s)
@@ -197,6 +204,8 @@ class SearchCell(nn.Module):
             states.append(s)
             if shares is not None:
                 shares.append(share(len(shares), s))
+                if node_stds is not None and i in node_stds:
+                    shares[-1].set_std(node_stds[i])
         if syncs:
             copy_running_stats(syncs)
         if shares is not None:

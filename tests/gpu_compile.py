@@ -136,7 +136,8 @@ def _huge_workload() -> None:
     K.pools_3x3_backward(ymax, yavg, arg, ops[0].shape, 1)
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0)
     K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0)
-    K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0, out=y, bases=[ops[1], None])
+    K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0, out=y, bases=[ops[1], None],
+                              row0_std=True)
     own, ow = [ops[1], ops[2]], torch.empty(2, 3, device=meta)  # each edge's own operand, the noisy one
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, ow, seed, 2, 1, False, 0.2, 0.0, own=own)
     K.noisy_group_sum_backward(y, ops[:1], grouped, ow, seed, std, 2, 1, False, 0.2, 0.0, own=own)

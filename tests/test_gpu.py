@@ -358,6 +358,14 @@ def test_cuda_own_operands_match_reference(dtype, atol, rtol, variant, by_target
     check(dtype, atol, rtol, (4, 4), 2, 4, (16, 16, 16, 16), variant, by_target, 0, device="cuda")
 
 
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-3)])
+def test_cuda_node_std_taken_as_the_node_is_written(dtype, rtol):
+    """A finished node's std from the moments its group-sum kernel took (compiled, 23 programs)."""
+    from test_group_sum import test_the_first_targets_std_is_taken_as_it_is_written as check
+
+    check(dtype, rtol, (3, 5, 37, 41), 0, device="cuda")
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_cuda_pools_match_torch(stride, dtype, tol):

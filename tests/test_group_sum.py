@@ -453,3 +453,56 @@ def test_backward_partials_into_a_shared_buffer_are_checked():
     for bad in (torch.empty(rows, 5), torch.empty(rows, 4, dtype=torch.float64), torch.empty(rows, 8)[:, ::2]):
         with pytest.raises(ValueError, match="part must be an fp32"):
             noisy_group_sum_backward(grad, s, g, w, seed, std, -1, 0, False, 0.0, 0.0, part=bad)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-3)])
+@pytest.mark.parametrize("shape", [(3, 5, 37, 41), (1, 1, 1, 7)])
+def test_the_first_targets_std_is_taken_as_it_is_written(dtype, rtol, shape, fresh_seed, device="cpu"):
+    """row0_std: the std of y[0] from per-program moments taken in the forward pass (several
+    programs: 22 755 elements in blocks of ≤ 8 192) equals skip_std of the written y[0], mean far
+    from 0 (Chan merges, no Σx² cancellation); of a single element: NaN, as torch.std."""
+    from ndarts_kernels.noisy_group_sum import noisy_group_sum_forward
+
+    shared = [(torch.randn(shape, device=device) * 3 + 40).to(dtype)]
+    grouped = [torch.randn(shape[0], 2 * shape[1], *shape[2:], device=device).to(dtype)]
+    base = torch.randn(shape, device=device).to(dtype)
+    w = torch.rand(2, 2, device=device)
+    seed = draw_seed(device)
+    y, _, std = noisy_group_sum_forward(shared, grouped, w, seed, 0, 1, False, 0.2, 0.0, bases=[base, None],
+                                        row0_std=True)
+    want = ndarts_kernels.skip_std(y[0])
+    if y[0].numel() == 1:
+        assert torch.isnan(std).all() and torch.isnan(want).all()
+    else:
+        torch.testing.assert_close(std, want, atol=0, rtol=rtol)
+        torch.testing.assert_close(std.double(), y[0].double().std().reshape(1), atol=0, rtol=rtol)
+
+
+def test_a_cells_node_stds_come_from_the_kernels_that_finish_the_nodes(fresh_seed):
+    """With additive noise on the Triton backend, a node's std for its skip edges' noise is the
+    one the group-sum kernel that finished the node took (no std pass over the node): the same
+    network output as computing each node's std anew (same seeds; the two differ by rounding)."""
+    from unittest import mock
+
+    from ndarts.mixed_op import NodeShare
+    from ndarts.operations import DARTS_PRIMITIVES
+    from ndarts.search_model import SearchNetwork
+
+    torch.manual_seed(0)
+    net = SearchNetwork(C=4, num_classes=5, layers=2, steps=3, multiplier=3, primitives=DARTS_PRIMITIVES,
+                        fused=True, backend="triton", fused_batch_norm=False, noise=NoiseConfig(lam=0.5))
+    x = torch.randn(2, 3, 8, 8)
+    outs, calls = [], []
+    real = NodeShare.set_std
+    for known in ("kernel", "anew", "doubled"):
+        torch.manual_seed(fresh_seed)
+        set_std = {"kernel": real, "anew": lambda share, std: None,
+                   "doubled": lambda share, std: real(share, 2 * std)}[known]
+        with mock.patch.object(NodeShare, "set_std", lambda share, std: (calls.append(known), set_std(share, std))):
+            outs.append(net(x))
+    # nodes 0 and 1 of each 3-node cell have skip edges summed in a group after them: 2 per cell
+    assert calls.count("kernel") == 2 * len(net.cells)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(outs[2], outs[0], atol=1e-4)  # the std handed over is the one the noise uses
+    with torch.no_grad():  # and the noise is there: another draw gives another output
+        assert not torch.allclose(net(x), outs[0])
