@@ -64,12 +64,12 @@ class _TritonGroupSum(torch.autograd.Function):
     its base where one is given) instead of the E edges' sums; the sources' launches add up in
     the output in place, and each base's gradient is its target's (identity: no kernel).
     num_own 1: after the grouped operands come the E edges' own operands (one tensor each).
-    stds: (the sources' shared skip stds as one fp32 [S] tensor when the caller has them, or None;
+    std_args: (the sources' shared skip stds as one fp32 [S] tensor when the caller has them, or None;
     a list to append the std of target 0's sum to, or None: by_target, the last source's launch
     takes that sum's moments as it writes it)."""
 
     @staticmethod
-    def forward(ctx, weights, seed, params, edges, num_shared, num_own, by_target, base_slots, stds, *operands):
+    def forward(ctx, weights, seed, params, edges, num_shared, num_own, by_target, base_slots, std_args, *operands):
         import ndarts_kernels
 
         k = num_shared * len(edges)
@@ -88,7 +88,7 @@ class _TritonGroupSum(torch.autograd.Function):
         skip, kind, mult = params[:3]
         # the sources' skip stds (or every edge's, for a noisy own operand) in one pair of launches
         own_skip = own is not None and kind != 0 and skip == num_shared + len(grouped)
-        known, target_std_out = stds
+        known, target_std_out = std_args
         if own_skip and not mult:
             skip_stds = ndarts_kernels.skip_stds(own)
         elif _noisy(kind, skip, num_shared) and not mult and known is not None:
@@ -212,7 +212,6 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
         raise ValueError(f"noisy_group_sums: bases need by_target=True and one entry (or None) per target, "
                          f"got {len(bases)} for {edges[0]} targets")
     bases = list(bases) if bases is not None else [None] * (edges[0] if by_target else 0)
-    first = sources[0][0]
     device = first.device
     if skip_stds is not None and (not isinstance(skip_stds, torch.Tensor) or skip_stds.numel() != len(sources)
                                   or skip_stds.device != device):
