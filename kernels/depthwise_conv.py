@@ -13,9 +13,11 @@ the GPU time, and PyTorch's NCHW grad-weight kernel 25 µs per call on 4 MiB ten
   the same input tile (cache hits), accumulated in fp32.
 - input gradient: one program per (input plane, input tile), summing its M output planes; for
   stride 2 only the taps that land on an output pixel (t = h + p − i·d divisible by 2) contribute.
-- weight gradient: grid (C·M, S): each program sums g·x over its images for all K·K taps (per-tap
-  block reductions) into fp32 partials [C·M, S, K·K]; a fixed-order torch sum over S finishes it,
-  so the result is bitwise reproducible.
+- weight gradient: grid (C·M, S): each program sums g·x over its images for all K·K taps into
+  fp32 partials [C·M, S, K·K]. It keeps one running product sum per (tap, pixel of its tile) in
+  registers, [K·K, TILE]: each tile is one gather of the K·K shifted windows and one multiply-add,
+  and the only reductions (over the tile's pixels) come once per program, not K·K per tile. A
+  fixed-order reduce kernel over S finishes it, so the result is bitwise reproducible.
 Layout: contiguous NCHW; K, stride, dilation are compile-time constants (DARTS: K 3/5, stride
 1/2, dilation 1/2).
 """
@@ -124,22 +126,27 @@ def _dw_conv_bwd_weight_kernel(
 ):
     c = tl.program_id(0)  # output channel
     s = tl.program_id(1)
-    taps = tl.arange(0, KK_BLOCK)
-    acc = tl.zeros([KK_BLOCK], dtype=tl.float32)
+    taps = tl.arange(0, KK_BLOCK)[:, None]  # [KK, 1]: tap i·K + j
+    tap_ok = taps < K * K
+    di = (taps // K) * DIL
+    dj = (taps % K) * DIL
+    pix = tl.arange(0, BLOCK_H * BLOCK_W)[None, :]  # [1, P]: the tile's pixels, row-major
+    acc = tl.zeros([KK_BLOCK, BLOCK_H * BLOCK_W], dtype=tl.float32)  # Σ g·x per (tap, pixel)
     n_end = tl.minimum((s + 1) * ROWS, N)
     for n in range(s * ROWS, n_end):
         x_base = _plane(X, n * C + c // M, H * W, INDEX_64)
         g_base = _plane(G, n * C * M + c, OH * OW, INDEX_64)
         for t in range(TILES_H * TILES_W):
-            oh, ow = _tile_coords(t, TILES_W, BLOCK_H, BLOCK_W)
+            oh = (t // TILES_W) * BLOCK_H + pix // BLOCK_W
+            ow = (t % TILES_W) * BLOCK_W + pix % BLOCK_W
             out_mask = (oh < OH) & (ow < OW)
-            g = tl.load(g_base + oh * OW + ow, mask=out_mask, other=0.0).to(tl.float32)
-            for i in tl.static_range(K):
-                for j in tl.static_range(K):
-                    x = _load_tap(x_base, oh, ow, out_mask, i, j, H, W, STRIDE, PAD, DIL)
-                    part = tl.sum(tl.sum(g * x, axis=1), axis=0)
-                    acc += tl.where(taps == i * K + j, part, 0.0)
-    tl.store(PART + (c * S + s) * KK_BLOCK + taps, acc)
+            g = tl.load(g_base + oh * OW + ow, mask=out_mask, other=0.0).to(tl.float32)  # [1, P]
+            ih = oh * STRIDE - PAD + di  # [KK, P]: the input pixel each tap meets
+            iw = ow * STRIDE - PAD + dj
+            mask = out_mask & tap_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x = tl.load(x_base + ih * W + iw, mask=mask, other=0.0).to(tl.float32)  # K·K shifted windows
+            acc += x * g
+    tl.store(PART + (c * S + s) * KK_BLOCK + tl.arange(0, KK_BLOCK), tl.sum(acc, axis=1))
 
 
 @triton.jit
@@ -167,6 +174,17 @@ def _blocks(rows: int, cols: int) -> tuple[int, int]:
 
     cap = 64 if INTERPRETED else 32  # 32×32 = 1024 elements per program on a GPU
     return min(triton.next_power_of_2(rows), cap), min(triton.next_power_of_2(cols), cap)
+
+
+def _weight_tile(rows: int, cols: int, kk_block: int) -> tuple[int, int]:
+    """(BLOCK_H, BLOCK_W) of the weight-gradient kernel's tile: its [K·K, tile] accumulators live in
+    registers, so at most 8 192 of them per program on a GPU (K = 5: a 16×16 tile)."""
+    from . import INTERPRETED
+
+    cap = 2**16 if INTERPRETED else 8192
+    bw = min(triton.next_power_of_2(cols), 32)
+    bh = min(triton.next_power_of_2(rows), max(1, cap // (kk_block * bw)))
+    return bh, bw
 
 
 def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
@@ -227,9 +245,9 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
                 grad, weight, dx, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation,
                 M=co // c, BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
     if need_weight:
-        bh, bw = _blocks(oh, ow)
         rows, splits = split_images(x, n, co)
         kk_block = triton.next_power_of_2(k * k)
+        bh, bw = _weight_tile(oh, ow, kk_block)
         if not (n and c):
             return dx, torch.zeros_like(weight)
         # every program writes its whole row of partials (taps ≥ K·K as 0): no zero fill needed
@@ -237,7 +255,7 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
         _dw_conv_bwd_weight_kernel[(co, splits)](
             x, grad, part, n, c, h, w, oh, ow, rows, splits, triton.cdiv(oh, bh), triton.cdiv(ow, bw),
             K=k, STRIDE=stride, PAD=padding, DIL=dilation, M=co // c, KK_BLOCK=kk_block, BLOCK_H=bh,
-            BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
+            BLOCK_W=bw, INDEX_64=index_64, num_warps=8)  # 8 warps: 32 accumulators per thread at most
         # the S partials summed into the weight's dtype and (contiguous) layout in one kernel: a
         # gradient with the parameter's strides, which autograd accumulates without another copy
         dw = torch.empty_like(weight, memory_format=torch.contiguous_format)

@@ -46,6 +46,13 @@ def test_channel_multiplier_matches_conv2d(fresh_seed, k, stride, padding, dilat
     check_against_conv2d((2, 3, 7, 6), torch.float32, 2e-5, k, stride, padding, dilation, "cpu", multiplier)
 
 
+@pytest.mark.parametrize("k,stride,padding,dilation", [(5, 1, 2, 1), (3, 2, 2, 2), (5, 1, 4, 2)])
+def test_images_wider_than_a_tile(fresh_seed, k, stride, padding, dilation):
+    """Rows of 70 pixels: several tiles per image in every kernel (tiles are at most 64 wide in
+    the interpreter, 32 on a GPU), the weight gradient's tap accumulators summed over all of them."""
+    check_against_conv2d((2, 2, 5, 70), torch.float32, 2e-5, k, stride, padding, dilation, "cpu")
+
+
 def check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, device, multiplier=1):
     """Output and both gradients of depthwise_conv against conv2d in float64 on fresh random data."""
     c = shape[1]
