@@ -7,8 +7,10 @@ repeat (a cat for two sources) forward, and a sum over the repeats and the relu'
 backward; and since every primitive's first conv reads the repeated tensor, autograd first sums
 their gradients of it (an in-place add per primitive after the first). Here one launch per source
 writes its relu into its counts[s] edge slots, and one launch per source reads those slots'
-gradients from each primitive's gradient tensor, sums them and applies the relu's mask. Reads N,
-writes count·N forward; reads k·count·N + N (k gradient tensors), writes N backward.
+gradients from each primitive's gradient tensor, sums them and applies the relu's mask; sources
+with as many edges each (a cell's two inputs) share one launch each way (program_id(1) picks the
+source). Reads N, writes count·N forward; reads k·count·N + N (k gradient tensors), writes N
+backward.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import pad_pointers
+from .grid import pad_pointers, pick_pointer
 from .noisy_group_sum import _grouped_offsets
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
@@ -25,9 +27,12 @@ MAX_GRADS = 6  # gradient tensors of the repeated input read by one backward lau
 
 
 @triton.jit
-def _relu_repeat_forward_kernel(Y, X, numel, INNER, Y_STRIDE, FIRST, COUNT: tl.constexpr, BLOCK: tl.constexpr,
-                                INDEX_64: tl.constexpr):
+def _relu_repeat_forward_kernel(Y, X0, X1, numel, INNER, Y_STRIDE, FIRST, COUNT: tl.constexpr,
+                                SOURCES: tl.constexpr, BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
     pid = tl.program_id(0)
+    src = tl.program_id(1)  # source src of this launch: X_src, its edge slots FIRST + src·COUNT …
+    X = pick_pointer(src, X0, X1, X1, X1, X1, X1, X1, X1, SOURCES)
+    FIRST = FIRST + src * COUNT
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < numel
     x = tl.load(X + offs, mask=mask, other=0.0)
@@ -46,10 +51,14 @@ def _slots_sum(acc, DY, base, INNER, mask, COUNT: tl.constexpr):
 
 
 @triton.jit
-def _relu_repeat_backward_kernel(DX, DY0, DY1, DY2, DY3, DY4, DY5, X, numel, INNER, Y_STRIDE, FIRST,
-                                 COUNT: tl.constexpr, NUM_GRADS: tl.constexpr, BLOCK: tl.constexpr,
-                                 INDEX_64: tl.constexpr):
+def _relu_repeat_backward_kernel(DX0, DX1, DY0, DY1, DY2, DY3, DY4, DY5, X0, X1, numel, INNER, Y_STRIDE, FIRST,
+                                 COUNT: tl.constexpr, NUM_GRADS: tl.constexpr, SOURCES: tl.constexpr,
+                                 BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
     pid = tl.program_id(0)
+    src = tl.program_id(1)  # as in the forward
+    X = pick_pointer(src, X0, X1, X1, X1, X1, X1, X1, X1, SOURCES)
+    DX = pick_pointer(src, DX0, DX1, DX1, DX1, DX1, DX1, DX1, DX1, SOURCES)
+    FIRST = FIRST + src * COUNT
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < numel
     base = _grouped_offsets(offs, FIRST, INNER, Y_STRIDE)  # the source's first edge slot
@@ -84,14 +93,17 @@ def _check(xs, counts):
 
 
 def _launches(xs, counts):
-    """(source, first slot, count) of each launch, and the launch geometry."""
+    """(source indices, first slot, count) of each launch (two sources with as many edges share
+    one), and the launch geometry."""
     first = xs[0]
     numel = first.numel()
     block, num_warps = _elementwise_block(numel)
     total = sum(counts) * numel
+    if len(xs) == 2 and counts[0] == counts[1]:
+        return [((0, 1), 0, counts[0])], numel, block, num_warps, total > INT32_LIMIT - block
     slots, start = [], 0
-    for x, count in zip(xs, counts):
-        slots.append((x, start, count))
+    for s, count in enumerate(counts):
+        slots.append(((s,), start, count))
         start += count
     return slots, numel, block, num_warps, total > INT32_LIMIT - block
 
@@ -103,10 +115,11 @@ def relu_repeat_forward(xs, counts) -> torch.Tensor:
     y = torch.empty((n, sum(counts) * c, h, w), device=xs[0].device, dtype=xs[0].dtype)
     slots, numel, block, num_warps, index_64 = _launches(xs, counts)
     if numel:
-        for x, start, count in slots:
-            _relu_repeat_forward_kernel[(triton.cdiv(numel, block),)](
-                y, x, numel, c * h * w, y.stride(0), start, COUNT=count, BLOCK=block, INDEX_64=index_64,
-                num_warps=num_warps)
+        for sources, start, count in slots:
+            x = [xs[s] for s in sources]
+            _relu_repeat_forward_kernel[(triton.cdiv(numel, block), len(x))](
+                y, *pad_pointers(x, 2), numel, c * h * w, y.stride(0), start, COUNT=count, SOURCES=len(x),
+                BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
     return y
 
 
@@ -127,8 +140,10 @@ def relu_repeat_backward(grad, xs, counts) -> list:
     slots, numel, block, num_warps, index_64 = _launches(xs, counts)
     dxs = [torch.empty_like(x) for x in xs]
     if numel:
-        for dx, (x, start, count) in zip(dxs, slots):
-            _relu_repeat_backward_kernel[(triton.cdiv(numel, block),)](
-                dx, *pad_pointers(grads, MAX_GRADS), x, numel, c * h * w, grads[0].stride(0), start, COUNT=count,
-                NUM_GRADS=len(grads), BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
+        for sources, start, count in slots:
+            x, dx = [xs[s] for s in sources], [dxs[s] for s in sources]
+            _relu_repeat_backward_kernel[(triton.cdiv(numel, block), len(x))](
+                *pad_pointers(dx, 2), *pad_pointers(grads, MAX_GRADS), *pad_pointers(x, 2), numel, c * h * w,
+                grads[0].stride(0), start, COUNT=count, NUM_GRADS=len(grads), SOURCES=len(x), BLOCK=block,
+                INDEX_64=index_64, num_warps=num_warps)
     return dxs

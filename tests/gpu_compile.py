@@ -132,6 +132,8 @@ def _huge_workload() -> None:
     K.tensor_sum([grouped[0][:, :64], ops[0], ops[1]])  # a channel slice read in place
     y = K.relu_repeat_forward(ops[:1], [2])
     K.relu_repeat_backward([y] * 4, ops[:1], [2])
+    y = K.relu_repeat_forward(ops[:2], [1, 1])  # two sources in one launch
+    K.relu_repeat_backward([y] * 2, ops[:2], [1, 1])
     ymax, yavg, arg = K.pools_3x3_forward(ops[0], 1)
     K.pools_3x3_backward(ymax, yavg, arg, ops[0].shape, 1)
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0)
