@@ -32,12 +32,11 @@ from .grid import pad_pointers, pick_pointer
 from .moments import merge_tile, store_moments
 from .noisy_mixed_sum import (
     INT32_LIMIT,
-    MERGE_BLOCK,
-    _stats_merge_kernel,
     NOISE_NONE,
     _block_offsets,
     _elementwise_block,
     _noisy_operand,
+    merge_moments,
     skip_std,
     skip_stds,
 )
@@ -407,7 +406,7 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
         return y, std
     row0 = torch.empty((1,), device=first.device, dtype=torch.float32)
     if numel:
-        _stats_merge_kernel[(1,)](moments, row0, programs, BLOCK=MERGE_BLOCK, num_warps=4)
+        merge_moments(moments, row0, programs)
     else:
         row0.fill_(float("nan"))  # the std of nothing, as torch.std gives
     return y, std, row0

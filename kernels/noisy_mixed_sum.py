@@ -355,8 +355,14 @@ def skip_stds(xs) -> torch.Tensor:
         part = torch.empty((len(chunk), programs, 3), device=first.device, dtype=torch.float32)
         _skip_stats_kernel[(programs, len(chunk))](*pad_pointers(chunk, MAX_STDS), part, n, T=len(chunk),
                                                    BLOCK=block, ITERS=iters, INDEX_64=index_64, num_warps=num_warps)
-        _stats_merge_kernel[(len(chunk),)](part, std[start:stop], programs, BLOCK=MERGE_BLOCK, num_warps=4)
+        merge_moments(part, std[start:stop], programs)
     return std
+
+
+def merge_moments(part: torch.Tensor, std: torch.Tensor, programs: int) -> None:
+    """std[t] = the unbiased std from tensor t's `programs` partial (count, mean, M2) in part
+    [T, programs, 3] (Chan merges in a fixed order): one launch for the T tensors."""
+    _stats_merge_kernel[(std.numel(),)](part, std, programs, BLOCK=MERGE_BLOCK, num_warps=4)
 
 
 def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, std=None):

@@ -39,6 +39,11 @@ def _edge_ranges(edges) -> list[tuple[int, int]]:
     return out
 
 
+def _own_noisy(kind: int, skip: int, num_shared: int, num_grouped: int, has_own: bool) -> bool:
+    """Whether the noisy operand is the edges' own one (the last weight column)."""
+    return has_own and kind != 0 and skip == num_shared + num_grouped
+
+
 def reference_group_sum(sources, grouped, weights, edges, skip_index: int, multiplicative, lam, mean, eps, own=None):
     """[E, N, C, H, W]: group edge e's sum by reference_sum_with_eps with ε = eps[e] (None: no
     noise); the edges of source s (edges[s] of them, in order) take its shared operands sources[s],
@@ -87,7 +92,7 @@ class _TritonGroupSum(torch.autograd.Function):
         y = torch.empty((rows, *first.shape), device=first.device, dtype=first.dtype)
         skip, kind, mult = params[:3]
         # the sources' skip stds (or every edge's, for a noisy own operand) in one pair of launches
-        own_skip = own is not None and kind != 0 and skip == num_shared + len(grouped)
+        own_skip = _own_noisy(kind, skip, num_shared, len(grouped), own is not None)
         known, target_std_out = std_args
         if own_skip and not mult:
             skip_stds = ndarts_kernels.skip_stds(own)
@@ -229,7 +234,7 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
                                      *grouped, *(own or []), *[bases[t] for t in slots])
         return outs if per_edge or by_target else torch.stack(outs)
     eps = None
-    if _noisy(kind, skip, num_shared) or (own is not None and kind != 0 and skip == num_shared + len(grouped)):
+    if _noisy(kind, skip, num_shared) or _own_noisy(kind, skip, num_shared, len(grouped), own is not None):
         eps = reference_eps(seed, (weights.shape[0], first.numel()), kind, device)
     y = reference_group_sum(sources, grouped, weights, edges, skip, mult, float(lam), float(mean), eps, own)
     if by_target:
