@@ -18,7 +18,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "tensorboard"],
+        "test": ["pytest", "pytest-xdist", "pytest-benchmark", "hypothesis", "tensorboard"],
         "tensorboard": ["tensorboard"],
     },
 )

@@ -98,8 +98,13 @@ echo "started (pid $WARM_PID, log $OUT/warm.log)"
 
 step "GPU tests (pytest tests -m gpu, compiled kernels)"
 # tests/conftest.py sets TRITON_INTERPRET=1 unless it is set: 0 here so the kernels compile for the GPU.
+# Where pytest-xdist is installed, GPU_TESTS_WORKERS (default 4) processes share the tests: each
+# compiles its own Triton kernels, so the compiling (most of a bare machine's test time) runs in parallel.
+XDIST=()
+if "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n "${GPU_TESTS_WORKERS:-4}" --dist load); fi
+echo "pytest-xdist: ${XDIST[*]:-not installed, one process}"
 TRITON_INTERPRET=0 run_logged gpu_tests "${GPU_TESTS_LIMIT_S:-180}" 25 "$PY" -m pytest tests -m gpu -q -rfEs \
-    --junitxml="$OUT/gpu_tests.xml"
+    "${XDIST[@]}" --junitxml="$OUT/gpu_tests.xml"
 rc=$?
 if [ $rc -eq 5 ]; then echo "(no test is marked gpu yet)"; elif [ $rc -ne 0 ]; then STATUS=1; fi
 

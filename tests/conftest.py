@@ -13,7 +13,8 @@ import torch  # noqa: E402
 
 # One thread unless OMP_NUM_THREADS says otherwise: the tensors here are tiny, and two OpenMP
 # threads on a 2-core machine whose other core is busy collapse (a depthwise conv took 44 ms
-# instead of 0.07 ms; a Hessian test 640 s instead of 4 s). Subprocesses inherit the setting.
+# instead of 0.07 ms; a Hessian test 640 s instead of 4 s). Subprocesses inherit the setting, and
+# each pytest-xdist worker (`pytest -n auto`, one per core) reads this file: one thread per core.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
