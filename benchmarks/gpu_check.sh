@@ -62,6 +62,17 @@ if ! "$PY" -c "import ndarts, ndarts_kernels" 2>/dev/null; then
     echo "import through PYTHONPATH failed; trying pip install -e . --no-deps --no-build-isolation"
     "$PY" -m pip install -q -e . --no-deps --no-build-isolation 2>&1 | tail -n 5
 fi
+# pytest-xdist for the GPU tests' workers: a bare machine may lack it and has no network, so the
+# caller may bring the pure-Python wheels in .whl/ (ignored by git; the device tool's `carry`):
+#   pip download -q --no-deps -d .whl pytest-xdist execnet
+# They are unpacked into the shim (a wheel is a zip; no pip needed) only where xdist is missing.
+if ! "$PY" -c "import xdist" 2>/dev/null && ls "$ROOT"/.whl/pytest_xdist-*.whl > /dev/null 2>&1; then
+    for w in "$ROOT"/.whl/pytest_xdist-*.whl "$ROOT"/.whl/execnet-*.whl; do
+        [ -f "$w" ] && "$PY" -m zipfile -e "$w" "$SHIM/site"
+    done
+    export PYTHONPATH="$PYTHONPATH:$SHIM/site"
+    "$PY" -c "import xdist" 2>/dev/null && echo "pytest-xdist: from .whl/" || echo "pytest-xdist: .whl/ did not import"
+fi
 export NDARTS_COMMIT="${NDARTS_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 "$PY" - <<'EOF' 2>&1 | tee "$OUT/env.txt"
 import os, sys, torch
