@@ -70,7 +70,8 @@ def _kernels(event) -> tuple[int, str]:
         return (sum(bool(m) for m in mask) if isinstance(mask, (list, tuple)) else 2), event.name
     return KERNELS_PER_CALL.get(event.name, 1), event.name
 
-IMPLS = ["plain", "fused_graph_per_edge", "fused_graph_no_groupsum", "fused_graph", "fused_graph_dwconv"]
+IMPLS = ["plain", "fused_graph_per_edge", "fused_graph_no_groupsum", "fused_graph", "fused_graph_dwwgrad",
+         "fused_graph_dwconv"]
 
 
 class TritonLaunches:

@@ -78,7 +78,8 @@ def profile_impl(impl: str, top: int, graph_kernels: bool = False) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--impl", nargs="+", default=["plain", "reference", "fused"],
-                    help="plain, reference, fused, fused_dwconv (+ depthwise-conv kernels), fused_per_edge (no batch_edge_convs)")
+                    help="plain, reference, fused, fused_dwconv (+ depthwise-conv kernels), fused_dwwgrad (+ their weight "
+                         "gradient only), fused_per_edge (no batch_edge_convs)")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--graph-kernels", action="store_true",

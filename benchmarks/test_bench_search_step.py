@@ -18,6 +18,10 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                inside the graph the search ops' BatchNorm runs on the Triton kernels.
 - fused_graph_dwconv: fused_graph with the depthwise convolutions on the Triton kernels too
                (SearchNetwork(fused_depthwise_conv=True); a candidate lever, not yet timed).
+- fused_graph_dwwgrad: fused_graph with only the depthwise convolutions' weight gradient on the
+               Triton kernel (fused_depthwise_conv="weight_grad"): PyTorch's NCHW weight-gradient
+               kernel reads every plane K·K times (16.9 ms of the 106 ms step on the H200); the
+               forward and input gradient stay PyTorch's. A candidate lever, not yet timed.
 - fused_graph_streams: fused_graph with the edges into a node on 4 side CUDA streams
                (SearchNetwork(edge_streams=4); a candidate lever, not yet timed).
 - fused_graph_no_groupsum: fused_graph with a fused sum per edge (SearchNetwork(group_sums=False));
@@ -107,6 +111,11 @@ def _channels_last(impl: str):
     return True if "_cl" in impl else None
 
 
+def _depthwise_kernels(impl: str):
+    """SearchNetwork's fused_depthwise_conv for a variant: the whole conv, its weight gradient, or off."""
+    return True if "dwconv" in impl else "weight_grad" if "dwwgrad" in impl else False
+
+
 def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0, backend: str | None = None) -> StepParts:
     """The network and optimizers as ndarts.searcher.Searcher._build makes them (backend: the fused
     ops' and search kernels' backend, None = NDARTS_BACKEND / auto)."""
@@ -115,7 +124,7 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0,
     model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
                           fused=impl.startswith("fused"), in_channels=cfg.in_channels,
                           share_node_ops=impl != "plain",  # plain: DARTS as it was, a ReLU in every op
-                          fused_depthwise_conv="dwconv" in impl, edge_streams=EDGE_STREAMS if "streams" in impl else 0,
+                          fused_depthwise_conv=_depthwise_kernels(impl), edge_streams=EDGE_STREAMS if "streams" in impl else 0,
                           batch_edge_convs=False if "per_edge" in impl else None,
                           autocast=torch.bfloat16 if "bf16" in impl else None,
                           group_sums=False if "no_groupsum" in impl else None, channels_last=_channels_last(impl), backend=backend)
@@ -174,8 +183,8 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
 
 # run order: the baseline and the target's variant first, the levers next, the eager steps last, so
 # that a GPU run cut off by its time limit (benchmarks/gpu_check.sh) still has the headline numbers
-IMPLS = ["plain", "fused_graph", "fused_graph_no_groupsum", "fused_graph_per_edge", "fused_graph_dwconv",
-         "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference",
+IMPLS = ["plain", "fused_graph", "fused_graph_no_groupsum", "fused_graph_per_edge", "fused_graph_dwwgrad",
+         "fused_graph_dwconv", "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference",
          "reference_per_edge", "reference_nchw"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 GRAPH_WARMUP = 3  # eager steps before the graph step captures

@@ -7,14 +7,46 @@ padding). Where
 always on 'triton') it runs ``ndarts_kernels.depthwise_conv_*``; elsewhere it is nn.Conv2d.
 ``use_search_depthwise_conv(model)`` swaps it in. Off by default in the search network
 (``SearchNetwork(fused_depthwise_conv=True)`` turns it on): not yet timed on a GPU.
+
+``kernels="weight_grad"`` (``SearchNetwork(fused_depthwise_conv="weight_grad")``) puts only the
+weight gradient on Triton: the forward and the input gradient stay PyTorch's. On the H200 PyTorch's
+NCHW weight-gradient kernel was the slowest of them (16.9 ms of a 106 ms graph step, 25 µs per
+call for 16 channels; RESULTS.md, 2026-11-27): one block per weight element, each reading its
+channel's whole input and output-gradient planes, so every plane is read K·K times (9 or 25) from
+L2 or memory, and batching the edges' convs adds channels without removing any of those reads.
+The Triton kernel reads each tile once and takes all K·K taps from it (kernels/depthwise_conv.py).
+
+Either way a weight gradient is computed only when the backward pass uses it: an α step's
+``autograd.grad(loss, alphas)`` skips it, as PyTorch's own convolution backward does.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .backend import convert_modules, graph_kernels_enabled
+
+
+KERNEL_PARTS = ("all", "weight_grad")
+
+
+def grads_used(ctx, count: int) -> tuple[bool, ...]:
+    """For the first `count` inputs of a custom autograd Function, in its backward: whether this
+    backward pass uses their gradients. ``ctx.needs_input_grad`` only says whether they require
+    grad; an ``autograd.grad(loss, alphas)`` does not use a conv weight's gradient although the
+    weight requires grad. Where the engine cannot tell (a leaf that is itself an input of
+    ``autograd.grad``), the gradient counts as used."""
+    used = []
+    for needed, (node, _) in zip(ctx.needs_input_grad[:count], ctx.next_functions[:count]):
+        if needed and node is not None:
+            try:
+                needed = bool(torch._C._will_engine_execute_node(node))
+            except RuntimeError:
+                pass
+        used.append(bool(needed))
+    return tuple(used)
 
 
 class _DepthwiseConv(torch.autograd.Function):
@@ -32,16 +64,48 @@ class _DepthwiseConv(torch.autograd.Function):
         import ndarts_kernels
 
         x, weight = ctx.saved_tensors
+        need_input, need_weight = grads_used(ctx, 2)
         dx, dw = ndarts_kernels.depthwise_conv_backward(grad, x, weight, *ctx.conf,
-                                                        need_input=ctx.needs_input_grad[0],
-                                                        need_weight=ctx.needs_input_grad[1])
+                                                        need_input=need_input, need_weight=need_weight)
         return dx, dw, None, None, None
 
 
-def depthwise_conv(x, weight, stride: int = 1, padding: int = 0, dilation: int = 1):
+class _DepthwiseConvWeightGrad(torch.autograd.Function):
+    """PyTorch's depthwise conv forward and input gradient, the Triton weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation)
+        return F.conv2d(x, weight, None, stride, padding, dilation, groups=x.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        import ndarts_kernels
+
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.conf
+        need_input, need_weight = grads_used(ctx, 2)
+        dx = dw = None
+        if need_input:
+            dx = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
+                [True, False, False])[0]
+        if need_weight:
+            dw = ndarts_kernels.depthwise_conv_backward(grad, x, weight, stride, padding, dilation,
+                                                        need_input=False, need_weight=True)[1]
+        return dx, dw, None, None, None
+
+
+def depthwise_conv(x, weight, stride: int = 1, padding: int = 0, dilation: int = 1, kernels: str = "all"):
     """Depthwise 2-D convolution (groups = in channels; weight [C·M, 1, K, K]: M outputs per
-    channel; no bias) on the Triton kernels."""
-    return _DepthwiseConv.apply(x, weight, int(stride), int(padding), int(dilation))
+    channel; no bias) on the Triton kernels; kernels="weight_grad": only its weight gradient there
+    (the forward and the input gradient PyTorch's)."""
+    if kernels not in KERNEL_PARTS:
+        raise ValueError(f"depthwise_conv: kernels must be one of {KERNEL_PARTS}, got {kernels!r}")
+    fn = _DepthwiseConv if kernels == "all" else _DepthwiseConvWeightGrad
+    return fn.apply(x, weight, int(stride), int(padding), int(dilation))
 
 
 def _square(v) -> int | None:
@@ -52,12 +116,14 @@ def _square(v) -> int | None:
 class SearchDepthwiseConv2d(nn.Conv2d):
     """nn.Conv2d for depthwise convolutions, on the Triton kernels where enabled (module docstring)."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
+    def __init__(self, *args, backend: str | None = None, kernels: str = "all", **kwargs):
         super().__init__(*args, **kwargs)
-        self._setup(backend)
+        self._setup(backend, kernels)
 
-    def _setup(self, backend):
-        self.backend = backend
+    def _setup(self, backend, kernels: str = "all"):
+        if kernels not in KERNEL_PARTS:
+            raise ValueError(f"{type(self).__name__}: kernels must be one of {KERNEL_PARTS}, got {kernels!r}")
+        self.backend, self.kernels = backend, kernels
         self._conf = (_square(self.stride), _square(self.padding), _square(self.dilation))
 
     def _use_kernels(self, x: torch.Tensor) -> bool:
@@ -69,7 +135,7 @@ class SearchDepthwiseConv2d(nn.Conv2d):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__}: expected {self.in_channels} channels, got input of shape "
                              f"{tuple(x.shape)}")
-        return depthwise_conv(x, self.weight, *self._conf)
+        return depthwise_conv(x, self.weight, *self._conf, kernels=self.kernels)
 
 
 def is_plain_depthwise(m: nn.Module) -> bool:
@@ -82,7 +148,14 @@ def is_plain_depthwise(m: nn.Module) -> bool:
             and None not in (_square(m.stride), _square(m.padding), _square(m.dilation)))
 
 
-def use_search_depthwise_conv(model: nn.Module, backend: str | None = None) -> nn.Module:
+def use_search_depthwise_conv(model: nn.Module, backend: str | None = None, kernels: str = "all") -> nn.Module:
     """Turns every depthwise nn.Conv2d of `model` that the kernels cover into a
-    SearchDepthwiseConv2d (in place, same parameters; returns the model)."""
-    return convert_modules(model, is_plain_depthwise, SearchDepthwiseConv2d, backend)
+    SearchDepthwiseConv2d (in place, same parameters; returns the model); kernels: "all" or
+    "weight_grad" (module docstring)."""
+    if kernels not in KERNEL_PARTS:
+        raise ValueError(f"use_search_depthwise_conv: kernels must be one of {KERNEL_PARTS}, got {kernels!r}")
+    convert_modules(model, is_plain_depthwise, SearchDepthwiseConv2d, backend)
+    for m in model.modules():
+        if isinstance(m, SearchDepthwiseConv2d):
+            m.kernels = kernels
+    return model

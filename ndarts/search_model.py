@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .genotype import derive_genotype
 from .backend import TRITON_DTYPES, kernels_import_error, resolve_backend
 from .batch_norm import search_batch_norms, use_search_batch_norm
-from .depthwise_conv import use_search_depthwise_conv
+from .depthwise_conv import KERNEL_PARTS as DEPTHWISE_KERNEL_PARTS, use_search_depthwise_conv
 from .edge_groups import EdgeGroup
 from .grouped_state import convert_cell_state
 from .group_sum import node_sums, plan_node_sums
@@ -268,7 +268,8 @@ class SearchNetwork(nn.Module):
     fused_batch_norm (default: as fused): the affine-free BatchNorms of the cells run on the Triton
     kernels wherever the fused op does (SearchBatchNorm2d, ndarts.batch_norm).
     fused_depthwise_conv (default off: not yet timed on a GPU): the depthwise convolutions of the
-    sep/dil convs on the Triton kernels, under the same rule (ndarts.depthwise_conv).
+    sep/dil convs on the Triton kernels, under the same rule (ndarts.depthwise_conv); "weight_grad":
+    only their weight gradient (PyTorch's forward and input gradient; True is "all").
     edge_streams (default 0; opt-in, not yet timed on a GPU): on CUDA, with share_node_ops, run the
     edges into a node concurrently on this many side streams (EdgeStreams); same math.
     batch_edge_convs (default: as share_node_ops): the sep/dil convs of all edges leaving a node run
@@ -292,7 +293,7 @@ class SearchNetwork(nn.Module):
     def __init__(self, C=16, num_classes=10, layers=8, primitives=NOISYDARTS_PRIMITIVES,
                  noise: NoiseConfig | None = None, fused=False, steps=4, multiplier=4, stem_multiplier=3,
                  in_channels=3, arch_activation="softmax", backend=None, share_node_ops=True,
-                 fused_batch_norm: bool | None = None, fused_depthwise_conv: bool = False, edge_streams: int = 0,
+                 fused_batch_norm: bool | None = None, fused_depthwise_conv: bool | str = False, edge_streams: int = 0,
                  batch_edge_convs: bool | None = None, autocast: torch.dtype | None = None,
                  group_sums: bool | None = None,
                  channels_last: bool | None = None):
@@ -354,8 +355,11 @@ class SearchNetwork(nn.Module):
         self.classifier = nn.Linear(C_prev, num_classes)
         if fused if fused_batch_norm is None else fused_batch_norm:
             use_search_batch_norm(self.cells, backend)
+        if fused_depthwise_conv not in (False, True, *DEPTHWISE_KERNEL_PARTS):
+            raise ValueError(f"SearchNetwork: fused_depthwise_conv must be False, True or one of "
+                             f"{DEPTHWISE_KERNEL_PARTS}, got {fused_depthwise_conv!r}")
         if fused_depthwise_conv:
-            use_search_depthwise_conv(self.cells, backend)
+            use_search_depthwise_conv(self.cells, backend, "all" if fused_depthwise_conv is True else fused_depthwise_conv)
 
         num_edges = sum(2 + i for i in range(steps))
         # at most two fused sums per edge (the paper's noise on a reduction edge's input is a second)

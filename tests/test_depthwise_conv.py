@@ -53,12 +53,21 @@ def test_images_wider_than_a_tile(fresh_seed, k, stride, padding, dilation):
     check_against_conv2d((2, 2, 5, 70), torch.float32, 2e-5, k, stride, padding, dilation, "cpu")
 
 
-def check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, device, multiplier=1):
+@pytest.mark.parametrize("k,stride,padding,dilation", CONFIGS)
+@pytest.mark.parametrize("dtype,tol,multiplier", [(torch.float32, 2e-5, 1), (torch.float32, 2e-5, 2),
+                                                  (torch.bfloat16, 3e-2, 1)])
+def test_weight_grad_kernels_match_conv2d(fresh_seed, k, stride, padding, dilation, dtype, tol, multiplier):
+    """kernels="weight_grad": torch's forward and input gradient, the Triton weight gradient."""
+    check_against_conv2d((3, 2, 7, 5), dtype, tol, k, stride, padding, dilation, "cpu", multiplier,
+                         kernels="weight_grad")
+
+
+def check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, device, multiplier=1, kernels="all"):
     """Output and both gradients of depthwise_conv against conv2d in float64 on fresh random data."""
     c = shape[1]
     x = torch.randn(shape, device=device).to(dtype).requires_grad_()
     w = torch.randn(c * multiplier, 1, k, k, device=device).to(dtype).requires_grad_()
-    y = depthwise_conv(x, w, stride, padding, dilation)
+    y = depthwise_conv(x, w, stride, padding, dilation, kernels=kernels)
     xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
     y_ref = F.conv2d(xr, wr, stride=stride, padding=padding, dilation=dilation, groups=c)
     g = torch.randn_like(y_ref)
@@ -86,6 +95,40 @@ def test_only_the_needed_gradient(fresh_seed):
         got, want = (xa.grad, xb.grad) if grad_x else (wa.grad, wb.grad)
         assert (xa.grad is None) != grad_x and (wa.grad is None) == grad_x
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernels", ["all", "weight_grad"])
+def test_a_weight_gradient_is_computed_only_when_the_pass_uses_it(fresh_seed, kernels):
+    """An α step's autograd.grad(loss, alphas) does not use the conv weights' gradients although
+    they require grad: the Triton weight-gradient kernels do not run (as torch's convolution
+    backward skips it). loss.backward() and autograd.grad on the weight itself get it."""
+    from unittest import mock
+
+    a = torch.randn(2, 3, 9, 8, requires_grad=True)
+    w = torch.randn(6, 1, 3, 3, requires_grad=True)
+    g = torch.randn(2, 6, 9, 8)
+
+    def loss():
+        return (depthwise_conv(a * 1.5, w, 1, 1, 1, kernels=kernels) * g).sum()
+
+    def want(t):
+        x, v = a.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+        out = (F.conv2d(x * 1.5, v, padding=1, groups=3) * g.double()).sum()
+        return torch.autograd.grad(out, [x if t is a else v])[0]
+
+    with mock.patch.object(ndarts_kernels, "depthwise_conv_backward",
+                           wraps=ndarts_kernels.depthwise_conv_backward) as bwd:
+        (ga,) = torch.autograd.grad(loss(), [a])
+        weight_runs = [c.kwargs["need_weight"] for c in bwd.call_args_list]
+        assert weight_runs == ([False] if kernels == "all" else [])
+        torch.testing.assert_close(ga.double(), want(a), atol=1e-4, rtol=1e-4)
+        (gw,) = torch.autograd.grad(loss(), [w])  # the engine cannot tell for an input leaf: computed
+        torch.testing.assert_close(gw.double(), want(w), atol=1e-4, rtol=1e-4)
+        bwd.reset_mock()
+        loss().backward()
+        assert [c.kwargs["need_weight"] for c in bwd.call_args_list] == [True]
+        torch.testing.assert_close(w.grad.double(), want(w), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a.grad.double(), want(a), atol=1e-4, rtol=1e-4)
 
 
 def test_conversion_keeps_parameters_and_rng(fresh_seed):
@@ -120,9 +163,16 @@ def test_bad_input_is_named():
     conv = SearchDepthwiseConv2d(3, 3, 3, padding=1, groups=3, bias=False, backend="triton")
     with pytest.raises(ValueError, match="channels"):
         conv(torch.randn(2, 4, 5, 5))
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        depthwise_conv(torch.randn(2, 3, 5, 5), torch.randn(3, 1, 3, 3), kernels="forward")
+    from ndarts.search_model import SearchNetwork
+
+    with pytest.raises(ValueError, match="fused_depthwise_conv must be"):
+        SearchNetwork(C=4, layers=1, steps=1, multiplier=1, fused_depthwise_conv="weights")
 
 
-def test_search_network_with_triton_depthwise_conv_equals_torch(fresh_seed):
+@pytest.mark.parametrize("kernels", [True, "weight_grad"])
+def test_search_network_with_triton_depthwise_conv_equals_torch(fresh_seed, kernels):
     from ndarts import NoiseConfig
     from ndarts.search_model import SearchNetwork
 
@@ -133,7 +183,7 @@ def test_search_network_with_triton_depthwise_conv_equals_torch(fresh_seed):
     torch.manual_seed(3)
     ref = SearchNetwork(**kw)
     torch.manual_seed(3)
-    tri = SearchNetwork(**kw, fused_depthwise_conv=True)
+    tri = SearchNetwork(**kw, fused_depthwise_conv=kernels)
     for a, b in zip(tri.state_dict().values(), ref.state_dict().values()):
         assert torch.equal(a, b)  # same RNG stream: the conversion draws nothing
     convs = [m for m in tri.modules() if isinstance(m, SearchDepthwiseConv2d)]
@@ -145,3 +195,4 @@ def test_search_network_with_triton_depthwise_conv_equals_torch(fresh_seed):
     with mock.patch.object(ndarts_kernels, "depthwise_conv_backward", wraps=ndarts_kernels.depthwise_conv_backward) as bwd:
         assert_same_forward_backward((ref, tri), torch.randn(3, 2, 9, 9), out_tol=(1e-5, 1e-4))
     assert bwd.call_count == len(convs)  # every depthwise conv ran on the kernels
+    assert all(m.kernels == ("all" if kernels is True else kernels) for m in convs)

@@ -164,7 +164,7 @@ def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, g
 @pytest.mark.parametrize("dwconv,streams,grouped,bf16,group_sums", [
     (False, 0, False, False, None), (True, 0, False, False, None), (False, 3, False, False, None),
     (False, 0, True, False, None), (True, 3, True, False, None), (False, 0, True, True, None),
-    (False, 0, True, False, False), (True, 0, True, True, True)])
+    (False, 0, True, False, False), (True, 0, True, True, True), ("weight_grad", 0, True, False, None)])
 def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf16, group_sums):
     """Warm-up steps, a capture, replays and a re-capture for a new learning rate: each step's
     losses and the final α and weights equal those of the eager steps (noise off, deterministic
@@ -264,6 +264,16 @@ def test_cuda_depthwise_conv_matches_conv2d(dtype, tol, k, stride, padding, dila
     from test_depthwise_conv import check_against_conv2d
 
     check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, "cuda")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (5, 1, 4, 2), (3, 2, 1, 1)])
+@pytest.mark.parametrize("shape", [(64, 128, 32, 32), (3, 5, 13, 11)])
+def test_cuda_depthwise_weight_grad_kernel_matches_conv2d(dtype, tol, k, stride, padding, dilation, shape):
+    """kernels="weight_grad" (torch's forward and input gradient) at a batched group's width (8 edges × 16)."""
+    from test_depthwise_conv import check_against_conv2d
+
+    check_against_conv2d(shape, dtype, tol, k, stride, padding, dilation, "cuda", kernels="weight_grad")
 
 
 @pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (5, 2, 4, 2)])
