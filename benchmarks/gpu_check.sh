@@ -7,14 +7,16 @@
 #
 # 1. the card and the software; 2. the GPU tests (pytest -m gpu, compiled Triton kernels), while
 # one background process per search-step variant fills Triton's cache (warm_triton_cache.py);
-# 3. the benchmarks (pytest-benchmark JSON under $OUT); 4. torch.compile at the target shape;
+# 3. the benchmarks (pytest-benchmark JSON under $OUT: the search step, the depthwise conv parts,
+# the mixed-op sum); 4. torch.compile at the target shape;
 # 5. a profile of one search step (benchmarks/profile_step.py); 6. torch.compile at the other
 # shapes; LAST, a short table (summarize.py). Everything under $OUT is packed into gpu_check.tgz
 # (the device tool returns at most 8 files) beside summary.txt.
 # GPU_CHECK_COMPILE=0 leaves out the torch.compile benchmarks (a quick first look); GPU_TESTS_LIMIT_S
 # caps the GPU tests (default 180 s), GPU_BENCH_LIMIT_S the search-step benchmarks (default 150 s,
 # run first: the step is the open target), GPU_SUM_LIMIT_S the mixed-sum benchmarks (default 90 s),
-# GPU_WARM_LIMIT_S the background Triton cache warm-up (default 240 s, overlapping the GPU tests).
+# GPU_WARM_LIMIT_S the background Triton cache warm-up (default 240 s, overlapping the GPU tests),
+# GPU_DWCONV_LIMIT_S the depthwise-conv part benchmarks (default 60 s, after the step's).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
 # GPU's settings (clocks, power, persistence, MIG, reset): it measures the card as it finds it.
 set -u
@@ -128,6 +130,10 @@ step "benchmarks: the search step, every variant"
 run_logged bench_step "${GPU_BENCH_LIMIT_S:-150}" 14 "$PY" -m pytest benchmarks/test_bench_search_step.py \
     --benchmark-only -q -rs --benchmark-json="$OUT/bench_step.json" --benchmark-columns=median,mean,rounds || STATUS=1
 
+step "benchmarks: the depthwise conv parts (torch vs Triton: fwd, dgrad, wgrad)"
+run_logged bench_dwconv "${GPU_DWCONV_LIMIT_S:-60}" 4 "$PY" -m pytest benchmarks/test_bench_depthwise_conv.py \
+    --benchmark-only -q -rs --benchmark-json="$OUT/bench_dwconv.json" --benchmark-columns=median,rounds || STATUS=1
+
 step "benchmarks: the mixed-op sum (fused, eager)"
 run_logged bench_sum "${GPU_SUM_LIMIT_S:-90}" 8 "$PY" -m pytest benchmarks/test_bench_noisy_mixed_sum.py \
     --benchmark-only -q -rs -k "not compiled" --benchmark-json="$OUT/bench_sum.json" \
@@ -157,7 +163,7 @@ fi
 
 step "summary (benchmarks/summarize.py; JSON and logs in $OUT)"
 files=()
-for f in bench_step.json bench_sum.json bench_compile_target.json bench_compile_rest.json; do
+for f in bench_step.json bench_dwconv.json bench_sum.json bench_compile_target.json bench_compile_rest.json; do
     [ -s "$OUT/$f" ] && files+=("$OUT/$f")
 done
 if [ ${#files[@]} -gt 0 ]; then

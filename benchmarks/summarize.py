@@ -6,7 +6,8 @@ Mixed-op sum rows: time per call (CUDA events over back-to-back calls on a GPU, 
 on a CPU), effective GB/s from the minimal bytes, its fraction of the copy bandwidth measured in
 the same run, and speedups at equal (mode, shape, dtype): against the faster eager implementation
 and against torch.compile. Search-step rows: ms per step, peak memory, ratio to the plain DARTS
-MixedOp. Then the targets of issue 4 with their status (never a failure: a report).
+MixedOp. Depthwise-conv rows: each part (fwd, dgrad, wgrad) of PyTorch's and the Triton kernels
+side by side. Then the targets of issue 4 with their status (never a failure: a report).
 """
 from __future__ import annotations
 
@@ -79,6 +80,32 @@ def search_step_table(rows):
     return lines
 
 
+def depthwise_table(rows):
+    """Per shape, geometry and part: each impl's time (CUDA-graph device time where measured, as
+    the step runs; else per call), its GB/s share of the copy bandwidth, and torch / triton."""
+    cases = {}
+    for r in rows:
+        cases.setdefault((tuple(r["shape"]), r["geometry"], r["part"]), {})[r["impl"]] = r
+    lines = [f"{'shape':>14} {'geom':5} {'part':6} {'torch ms':>9} {'%copy':>6} {'triton ms':>10} {'%copy':>6} "
+             f"{'x torch':>8}"]
+    order = {"fwd": 0, "dgrad": 1, "wgrad": 2}
+
+    def ms(r):
+        return None if r is None else (r.get("graph_ms") or r["time_ms"])
+
+    def pct(r):
+        t = ms(r)
+        return None if t is None else 100 * r["min_bytes"] / (t * 1e-3) / 1e9 / r["copy_GBps"]
+
+    for (shape, geom, part), impls in sorted(cases.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
+        t, tr = impls.get("torch"), impls.get("triton")
+        speedup = ms(t) / ms(tr) if t and tr and ms(tr) else None
+        lines.append(f"{'x'.join(map(str, shape)):>14} {geom:5} {part:6} {_fmt(ms(t), '9.4f'):>9} "
+                     f"{_fmt(pct(t), '5.1f'):>5}% {_fmt(ms(tr), '10.4f'):>10} {_fmt(pct(tr), '5.1f'):>5}% "
+                     f"{_fmt(speedup, '8.2f'):>8}")
+    return lines
+
+
 def target_lines(rows):
     lines = []
     for r in rows:
@@ -120,7 +147,8 @@ def main(argv):
                   + (f" | threads {m['torch_threads']} | loadavg {m.get('loadavg')}" if "torch_threads" in m else ""))
     mixed = [r for r in rows if r["kind"] == "mixed_sum"]
     steps = [r for r in rows if r["kind"] == "search_step"]
-    copy = {round(r["copy_GBps"], 1) for r in mixed}
+    depthwise = [r for r in rows if r["kind"] == "depthwise_conv"]
+    copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise}
     if copy:
         print(f"copy bandwidth (read + write), measured in the run: {', '.join(f'{c:.1f}' for c in sorted(copy))} GB/s")
     if mixed:
@@ -129,6 +157,9 @@ def main(argv):
     if steps:
         print("\nsearch step (alpha step + w step, first order)")
         print("\n".join(search_step_table(steps)))
+    if depthwise:
+        print("\ndepthwise conv parts, fp32, stride 1 (ms: CUDA-graph replay where measured; x torch > 1: triton faster)")
+        print("\n".join(depthwise_table(depthwise)))
     print("\ntargets (issue 4; recorded, not asserted)")
     print("\n".join(target_lines(mixed + steps)))
     return 0
