@@ -137,7 +137,10 @@ def categorise(triton: collections.Counter, aten: collections.Counter) -> dict:
     return dict(out)
 
 
-def census(impl: str, batch: int = 2, image: int = 16) -> dict:
+def graph_step(impl: str, batch: int = 2, image: int = 16, with_parts: bool = False):
+    """The step a CUDA graph of `impl` captures (α step + w step, no host checks), on the CPU, for
+    SPEC §6's supernet at this batch and image size; run it inside ``graph_step_context()``.
+    with_parts: (step, its StepParts, its batches)."""
     import dataclasses
 
     from test_bench_search_step import GPU_CONFIG, build_parts, make_batches
@@ -158,8 +161,29 @@ def census(impl: str, batch: int = 2, image: int = 16) -> dict:
         search_step(parts.architect, parts.model, parts.criterion, parts.w_opt, parts.weights, parts.grad_clip,
                     *batches, lr)
 
-    clip = torch.nn.utils.clip_grad_norm_
-    with TritonLaunches() as triton, mock.patch.object(torch.nn.utils, "clip_grad_norm_", functools.partial(clip, foreach=True)):
+    return (step, parts, batches) if with_parts else step
+
+
+class graph_step_context:
+    """Triton launches counted, not run (TritonLaunches, as ``.triton``), and clipping by foreach
+    as on CUDA: the setting in which ``graph_step`` is run."""
+
+    def __enter__(self):
+        clip = torch.nn.utils.clip_grad_norm_
+        self._clip = mock.patch.object(torch.nn.utils, "clip_grad_norm_", functools.partial(clip, foreach=True))
+        self.triton = TritonLaunches().__enter__()
+        self._clip.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._clip.__exit__(*exc)
+        self.triton.__exit__(*exc)
+
+
+def census(impl: str, batch: int = 2, image: int = 16) -> dict:
+    step = graph_step(impl, batch, image)
+    with graph_step_context() as ctx:
+        triton = ctx.triton
         step()  # optimizer state, lazy buffers: the graph captures a warm step
         triton.counts.clear()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:

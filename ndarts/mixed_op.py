@@ -8,6 +8,8 @@ and checkpoints load both ways.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -124,11 +126,25 @@ class NodeShare:
         self._relu = None
         self.pooled: dict = {}
         self.syncs = syncs
-        self.run = run
+        # weakly: the run holds its shares, and a cycle (share ↔ run) would keep the pass's
+        # activations (the shares' inputs and pools, the run's conv outputs) alive after the
+        # backward until Python's cyclic gc ran, into the next pass (the α step's into the w
+        # step's: +1.6 GiB of peak by benchmarks/step_memory.py). The cell holds the runs for the pass.
+        self._run = None if run is None else weakref.ref(run)
         if run is not None:
             run.shares.append(self)
         self._skip_std = None  # std(x), the identity skip's noise scale on every stride-1 edge
         self.prepared = False  # prepare_share ran (SearchCell's multi-stream path)
+
+    @property
+    def run(self) -> GroupRun | None:
+        """The GroupRun of the node's edges in this pass, or None."""
+        if self._run is None:
+            return None
+        run = self._run()
+        if run is None:
+            raise RuntimeError("this NodeShare's GroupRun is gone: a NodeShare lives for one pass of its cell")
+        return run
 
     @property
     def group(self):
