@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import json
 import os
@@ -164,26 +165,18 @@ def graph_step(impl: str, batch: int = 2, image: int = 16, with_parts: bool = Fa
     return (step, parts, batches) if with_parts else step
 
 
-class graph_step_context:
-    """Triton launches counted, not run (TritonLaunches, as ``.triton``), and clipping by foreach
-    as on CUDA: the setting in which ``graph_step`` is run."""
-
-    def __enter__(self):
-        clip = torch.nn.utils.clip_grad_norm_
-        self._clip = mock.patch.object(torch.nn.utils, "clip_grad_norm_", functools.partial(clip, foreach=True))
-        self.triton = TritonLaunches().__enter__()
-        self._clip.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._clip.__exit__(*exc)
-        self.triton.__exit__(*exc)
+@contextlib.contextmanager
+def graph_step_context():
+    """Triton launches counted, not run (yields the TritonLaunches), and clipping by foreach as on
+    CUDA: the setting in which ``graph_step`` is run."""
+    clip = torch.nn.utils.clip_grad_norm_
+    with TritonLaunches() as triton, mock.patch.object(torch.nn.utils, "clip_grad_norm_", functools.partial(clip, foreach=True)):
+        yield triton
 
 
 def census(impl: str, batch: int = 2, image: int = 16) -> dict:
     step = graph_step(impl, batch, image)
-    with graph_step_context() as ctx:
-        triton = ctx.triton
+    with graph_step_context() as triton:
         step()  # optimizer state, lazy buffers: the graph captures a warm step
         triton.counts.clear()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:

@@ -92,15 +92,15 @@ def graph_kernels_enabled(backend: str | None, x: torch.Tensor) -> bool:
     return torch.cuda.is_current_stream_capturing()
 
 
-def convert_modules(model: torch.nn.Module, predicate, cls, backend: str | None = None) -> torch.nn.Module:
+def convert_modules(model: torch.nn.Module, predicate, cls, backend: str | None = None, **setup) -> torch.nn.Module:
     """Turns every submodule of `model` for which predicate holds into `cls` (a subclass that adds
-    no parameters or buffers; its ``_setup(backend)`` sets what it adds), in place: the same
-    module objects, parameters and state, so no parameter is drawn (the RNG stream is untouched)
-    and optimizers built before keep working. Returns the model."""
+    no parameters or buffers; its ``_setup(backend, **setup)`` sets what it adds), in place: the
+    same module objects, parameters and state, so no parameter is drawn (the RNG stream is
+    untouched) and optimizers built before keep working. Returns the model."""
     for child in model.children():
         if predicate(child):
             child.__class__ = cls
-            child._setup(backend)
+            child._setup(backend, **setup)
         else:
-            convert_modules(child, predicate, cls, backend)
+            convert_modules(child, predicate, cls, backend, **setup)
     return model

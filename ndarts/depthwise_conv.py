@@ -32,6 +32,13 @@ from .backend import convert_modules, graph_kernels_enabled
 KERNEL_PARTS = ("all", "weight_grad")
 
 
+def check_kernel_parts(kernels: str, who: str) -> str:
+    """kernels, if it is one of KERNEL_PARTS; else a ValueError naming `who`."""
+    if kernels not in KERNEL_PARTS:
+        raise ValueError(f"{who}: kernels must be one of {KERNEL_PARTS}, got {kernels!r}")
+    return kernels
+
+
 def grads_used(ctx, count: int) -> tuple[bool, ...]:
     """For the first `count` inputs of a custom autograd Function, in its backward: whether this
     backward pass uses their gradients. ``ctx.needs_input_grad`` only says whether they require
@@ -102,9 +109,7 @@ def depthwise_conv(x, weight, stride: int = 1, padding: int = 0, dilation: int =
     """Depthwise 2-D convolution (groups = in channels; weight [C·M, 1, K, K]: M outputs per
     channel; no bias) on the Triton kernels; kernels="weight_grad": only its weight gradient there
     (the forward and the input gradient PyTorch's)."""
-    if kernels not in KERNEL_PARTS:
-        raise ValueError(f"depthwise_conv: kernels must be one of {KERNEL_PARTS}, got {kernels!r}")
-    fn = _DepthwiseConv if kernels == "all" else _DepthwiseConvWeightGrad
+    fn = _DepthwiseConv if check_kernel_parts(kernels, "depthwise_conv") == "all" else _DepthwiseConvWeightGrad
     return fn.apply(x, weight, int(stride), int(padding), int(dilation))
 
 
@@ -121,9 +126,7 @@ class SearchDepthwiseConv2d(nn.Conv2d):
         self._setup(backend, kernels)
 
     def _setup(self, backend, kernels: str = "all"):
-        if kernels not in KERNEL_PARTS:
-            raise ValueError(f"{type(self).__name__}: kernels must be one of {KERNEL_PARTS}, got {kernels!r}")
-        self.backend, self.kernels = backend, kernels
+        self.backend, self.kernels = backend, check_kernel_parts(kernels, type(self).__name__)
         self._conf = (_square(self.stride), _square(self.padding), _square(self.dilation))
 
     def _use_kernels(self, x: torch.Tensor) -> bool:
@@ -152,10 +155,5 @@ def use_search_depthwise_conv(model: nn.Module, backend: str | None = None, kern
     """Turns every depthwise nn.Conv2d of `model` that the kernels cover into a
     SearchDepthwiseConv2d (in place, same parameters; returns the model); kernels: "all" or
     "weight_grad" (module docstring)."""
-    if kernels not in KERNEL_PARTS:
-        raise ValueError(f"use_search_depthwise_conv: kernels must be one of {KERNEL_PARTS}, got {kernels!r}")
-    convert_modules(model, is_plain_depthwise, SearchDepthwiseConv2d, backend)
-    for m in model.modules():
-        if isinstance(m, SearchDepthwiseConv2d):
-            m.kernels = kernels
-    return model
+    check_kernel_parts(kernels, "use_search_depthwise_conv")  # before any module is converted
+    return convert_modules(model, is_plain_depthwise, SearchDepthwiseConv2d, backend, kernels=kernels)
