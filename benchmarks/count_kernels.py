@@ -82,6 +82,7 @@ class TritonLaunches:
 
     def __init__(self):
         self.counts = collections.Counter()
+        self.on_launch = None  # called as on_launch(executor, args, kwargs) for each launch, if set
 
     def __enter__(self):
         from triton.runtime import interpreter
@@ -92,6 +93,8 @@ class TritonLaunches:
 
         def counted(executor, *args, **kwargs):
             counts[getattr(executor.fn, "__name__", "triton")] += 1
+            if self.on_launch is not None:
+                self.on_launch(executor, args, kwargs)
 
         self._cls.__call__ = counted
         return self

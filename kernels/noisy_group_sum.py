@@ -153,39 +153,58 @@ def _group_forward_kernel(
 
 
 @triton.jit
+def _operand_for_wgrad(S, offs, mask, WGRAD: tl.constexpr, BLOCK: tl.constexpr):
+    """A shared operand in fp32 where W's gradient reads it; zeros (never read from memory) where not."""
+    if WGRAD:
+        s = tl.load(S + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        s = tl.zeros([BLOCK], dtype=tl.float32)
+    return s
+
+
+@triton.jit
 def _shared_grad(s, g, W, PROW, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr,
-                 noise_offs, seed, std, lam, mean, SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr):
-    """(d s from edge e, and the partial Σ g·s_noisy written for W[e, k])."""
+                 noise_offs, seed, std, lam, mean, SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
+                 WGRAD: tl.constexpr):
+    """(d s from edge e, and, with WGRAD, the partial Σ g·s_noisy written for W[e, k])."""
     w = tl.load(W + e * K + k).to(tl.float32)
     d = w * g
     if k == SKIP:
         s, factor = _noisy_operand(s, seed, noise_offs, std, lam, mean, KIND, MULT)
-        d = d * factor
-    tl.store(PROW + e * K + k, tl.sum(g * s, axis=0))
+        if MULT:  # additive noise: factor 1, and without WGRAD nothing reads the noisy s (no draw)
+            d = d * factor
+    if WGRAD:
+        tl.store(PROW + e * K + k, tl.sum(g * s, axis=0))
     return d
 
 
 @triton.jit
 def _grouped_grad(G, DG, g, W, PROW, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr,
-                  g_offs, mask):
-    o = tl.load(G + g_offs, mask=mask, other=0.0).to(tl.float32)
+                  g_offs, mask, WGRAD: tl.constexpr):
     w = tl.load(W + e * K + k).to(tl.float32)
     tl.store(DG + g_offs, (w * g).to(DG.dtype.element_ty), mask=mask)
-    tl.store(PROW + e * K + k, tl.sum(g * o, axis=0))
+    if WGRAD:  # only W's gradient reads the operand
+        o = tl.load(G + g_offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(PROW + e * K + k, tl.sum(g * o, axis=0))
 
 
 @triton.jit
 def _own_grad(R, DR, g, W, PROW, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr,
               offs, mask, noise_offs, seed, std, lam, mean, NOISY: tl.constexpr, KIND: tl.constexpr,
-              MULT: tl.constexpr):
-    """Edge e's own operand: writes its gradient and the partial Σ g·r_noisy for W[e, k]."""
-    r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+              MULT: tl.constexpr, WGRAD: tl.constexpr):
+    """Edge e's own operand: writes its gradient and, with WGRAD, the partial Σ g·r_noisy for W[e, k]."""
     d = tl.load(W + e * K + k).to(tl.float32) * g
+    if WGRAD:
+        r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        r = g  # a stand-in: without WGRAD only a multiplicative noise's factor is used, which is r's own
     if NOISY:
         r, factor = _noisy_operand(r, seed, noise_offs, std, lam, mean, KIND, MULT)
-        d = d * factor
+        if MULT:
+            d = d * factor
     tl.store(DR + offs, d.to(DR.dtype.element_ty), mask=mask)
-    tl.store(PROW + e * K + k, tl.sum(g * r, axis=0))
+    if WGRAD:
+        tl.store(PROW + e * K + k, tl.sum(g * r, axis=0))
 
 
 @triton.jit
@@ -208,10 +227,11 @@ def _group_backward_kernel(
     DG0, DG1, DG2, DG3, DG4, DG5,  # their gradients, same layout
     R0, R1, R2, R3, R4, R5, R6, R7,  # each edge's own operand [numel] (NUM_OWN = 1)
     DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7,  # their gradients
-    W, PART,  # weights [E, K]; fp32 partials [programs, ≥ E·K] (rows PART_STRIDE apart)
+    W, PART,  # weights [E, K]; fp32 partials [programs, ≥ E·K] (rows PART_STRIDE apart; unused without WGRAD)
     PART_STRIDE, SEED, STD, numel, INNER, G_STRIDE, E0, lam, mean,
     E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr, NUM_OWN: tl.constexpr,
     SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
+    WGRAD: tl.constexpr,  # write W's partial sums; without, no operand is read (a w step's backward)
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -220,42 +240,42 @@ def _group_backward_kernel(
     seed, std = _noise_state(SEED, STD, SKIP, MULT, NUM_SHARED)
     K = NUM_SHARED + NUM_GROUPED + NUM_OWN  # constexpr: a sum of constexprs
     PROW = PART + pid * PART_STRIDE  # this program's partial sums, W[e, k]'s at e·K + k
-    s0 = tl.load(S0 + offs, mask=mask, other=0.0).to(tl.float32)
+    s0 = _operand_for_wgrad(S0, offs, mask, WGRAD, BLOCK)
     d0 = tl.zeros([BLOCK], dtype=tl.float32)
     if NUM_SHARED > 1:
-        s1 = tl.load(S1 + offs, mask=mask, other=0.0).to(tl.float32)
+        s1 = _operand_for_wgrad(S1, offs, mask, WGRAD, BLOCK)
         d1 = tl.zeros([BLOCK], dtype=tl.float32)
     if NUM_SHARED > 2:
-        s2 = tl.load(S2 + offs, mask=mask, other=0.0).to(tl.float32)
+        s2 = _operand_for_wgrad(S2, offs, mask, WGRAD, BLOCK)
         d2 = tl.zeros([BLOCK], dtype=tl.float32)
     for e in tl.static_range(E):
         # masked lanes hold g = 0: they add nothing to the partial sums
         g = _edge_row(e, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7, GS0, GS1, GS2, GS3, GS4, GS5, GS6, GS7,
                       offs, INNER, mask)
         noise_offs = offs + (E0 + e) * numel
-        d0 += _shared_grad(s0, g, W, PROW, e, 0, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+        d0 += _shared_grad(s0, g, W, PROW, e, 0, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT, WGRAD)
         if NUM_SHARED > 1:
-            d1 += _shared_grad(s1, g, W, PROW, e, 1, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+            d1 += _shared_grad(s1, g, W, PROW, e, 1, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT, WGRAD)
         if NUM_SHARED > 2:
-            d2 += _shared_grad(s2, g, W, PROW, e, 2, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
+            d2 += _shared_grad(s2, g, W, PROW, e, 2, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT, WGRAD)
         g_offs = _grouped_offsets(offs, e, INNER, G_STRIDE)
-        _grouped_grad(G0, DG0, g, W, PROW, e, NUM_SHARED, K, g_offs, mask)
+        _grouped_grad(G0, DG0, g, W, PROW, e, NUM_SHARED, K, g_offs, mask, WGRAD)
         if NUM_GROUPED > 1:
-            _grouped_grad(G1, DG1, g, W, PROW, e, NUM_SHARED + 1, K, g_offs, mask)
+            _grouped_grad(G1, DG1, g, W, PROW, e, NUM_SHARED + 1, K, g_offs, mask, WGRAD)
         if NUM_GROUPED > 2:
-            _grouped_grad(G2, DG2, g, W, PROW, e, NUM_SHARED + 2, K, g_offs, mask)
+            _grouped_grad(G2, DG2, g, W, PROW, e, NUM_SHARED + 2, K, g_offs, mask, WGRAD)
         if NUM_GROUPED > 3:
-            _grouped_grad(G3, DG3, g, W, PROW, e, NUM_SHARED + 3, K, g_offs, mask)
+            _grouped_grad(G3, DG3, g, W, PROW, e, NUM_SHARED + 3, K, g_offs, mask, WGRAD)
         if NUM_GROUPED > 4:
-            _grouped_grad(G4, DG4, g, W, PROW, e, NUM_SHARED + 4, K, g_offs, mask)
+            _grouped_grad(G4, DG4, g, W, PROW, e, NUM_SHARED + 4, K, g_offs, mask, WGRAD)
         if NUM_GROUPED > 5:
-            _grouped_grad(G5, DG5, g, W, PROW, e, NUM_SHARED + 5, K, g_offs, mask)
+            _grouped_grad(G5, DG5, g, W, PROW, e, NUM_SHARED + 5, K, g_offs, mask, WGRAD)
         if NUM_OWN > 0:
             _own_grad(pick_pointer(e, R0, R1, R2, R3, R4, R5, R6, R7, 8),
                       pick_pointer(e, DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7, 8), g, W, PROW, e,
                       NUM_SHARED + NUM_GROUPED, K, offs, mask, noise_offs, seed,
                       _own_std(STD, e, SKIP == NUM_SHARED + NUM_GROUPED, MULT), lam, mean,
-                      SKIP == NUM_SHARED + NUM_GROUPED, KIND, MULT)
+                      SKIP == NUM_SHARED + NUM_GROUPED, KIND, MULT, WGRAD)
     tl.store(DS0 + offs, d0.to(DS0.dtype.element_ty), mask=mask)
     if NUM_SHARED > 1:
         tl.store(DS1 + offs, d1.to(DS1.dtype.element_ty), mask=mask)
@@ -418,7 +438,7 @@ def partial_rows(numel: int) -> int:
 
 
 def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean,
-                             *, first_edge=0, d_grouped=None, own=None, part=None):
+                             *, first_edge=0, d_grouped=None, own=None, part=None, weight_grad=True):
     """Returns (shared operand gradients, grouped operand gradients, own operand gradients (one per
     edge; [] without own), dW fp32 [E, K]).
 
@@ -427,7 +447,9 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     gradients into, laid out as `grouped` (views of the group's gradients, when several sources
     share it); None allocates them. std, own: the forward's. part: an fp32 [partial_rows(numel),
     E·K] view (columns of a buffer that several sources of a group share, so that one sum gives
-    the group's dW) to write the per-program partial sums into; dW is then None: the caller sums."""
+    the group's dW) to write the per-program partial sums into; dW is then None: the caller sums.
+    weight_grad False: no dW (None; pass no part): the kernel reads no operand, only the upstream
+    gradients (and, for multiplicative noise, regenerates ε), as a w step's backward needs."""
     shared, grouped, weights, own = _check(shared, grouped, weights, own)
     first, edges = shared[0], weights.shape[0]
     grads = list(grad.unbind(0)) if isinstance(grad, torch.Tensor) else list(grad)
@@ -449,7 +471,11 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     index_64 = index_64 or max(n * g.stride(0) for g in grads) > INT32_LIMIT - block
     programs = triton.cdiv(numel, block)
     own_part = part is None
-    if own_part:
+    if not weight_grad:
+        if not own_part:
+            raise ValueError("noisy_group_sum: part is where dW's partial sums go; pass none with weight_grad=False")
+        part = weights  # never written: a pointer for the unused argument
+    elif own_part:
         part = torch.empty((programs, weights.numel()), device=first.device, dtype=torch.float32)
     elif (part.dtype != torch.float32 or part.device != first.device or tuple(part.shape) != (programs, weights.numel())
           or part.stride(1) != 1):
@@ -457,17 +483,16 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
                          f"got {part.dtype} {tuple(part.shape)} strides {part.stride()}")
     if not numel:
         dw = torch.zeros(weights.shape, device=first.device, dtype=torch.float32)
-        return d_shared, d_grouped, d_own, dw if own_part else None
+        return d_shared, d_grouped, d_own, dw if own_part and weight_grad else None
     _group_backward_kernel[(programs,)](
         *pad_pointers(grads, MAX_EDGES), *[g.stride(0) for g in pad_pointers(grads, MAX_EDGES)],
         *pad_pointers(shared, MAX_SHARED), *pad_pointers(d_shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED),
         *pad_pointers(d_grouped, MAX_GROUPED), *pad_pointers(own or [first], MAX_EDGES),
-        *pad_pointers(d_own or [first], MAX_EDGES), weights, part, part.stride(0), seed, std, numel,
-        numel // first.shape[0],
-        g_stride, first_edge, float(lam), float(mean),
+        *pad_pointers(d_own or [first], MAX_EDGES), weights, part, part.stride(0) if weight_grad else 0, seed, std,
+        numel, numel // first.shape[0], g_stride, first_edge, float(lam), float(mean),
         E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), NUM_OWN=int(own is not None), SKIP=skip,
-        KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), BLOCK=block, INDEX_64=index_64,
-        num_warps=num_warps,
+        KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), WGRAD=bool(weight_grad), BLOCK=block,
+        INDEX_64=index_64, num_warps=num_warps,
     )
     # fixed-order reduction of the partials: deterministic, no float atomics
-    return d_shared, d_grouped, d_own, part.sum(dim=0).view(weights.shape) if own_part else None
+    return d_shared, d_grouped, d_own, part.sum(dim=0).view(weights.shape) if own_part and weight_grad else None

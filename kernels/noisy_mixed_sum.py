@@ -87,16 +87,22 @@ def _forward_term(acc, O, W, k: tl.constexpr, offs, mask, seed, std, lam, mean,
 
 @triton.jit
 def _backward_term(g, O, DO, W, PART, k: tl.constexpr, pid, offs, mask, seed, std, lam, mean,
-                   NUM_OPS: tl.constexpr, SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr):
-    o = tl.load(O + offs, mask=mask, other=0.0).to(tl.float32)
+                   NUM_OPS: tl.constexpr, SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
+                   WGRAD: tl.constexpr):
     w = tl.load(W + k).to(tl.float32)
     d = w * g
+    if WGRAD:  # only W's gradient reads the operand
+        o = tl.load(O + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        o = g  # a stand-in: without WGRAD only a multiplicative noise's factor is used, which is o's own
     if k == SKIP:
         o, factor = _noisy_operand(o, seed, offs, std, lam, mean, KIND, MULT)
-        d = d * factor
+        if MULT:  # additive noise: factor 1 (and without WGRAD nothing reads the noisy o: no draw)
+            d = d * factor
     tl.store(DO + offs, d.to(DO.dtype.element_ty), mask=mask)
-    # masked lanes hold g = 0, so they add nothing to the partial sum
-    tl.store(PART + pid * NUM_OPS + k, tl.sum(g * o, axis=0))
+    if WGRAD:
+        # masked lanes hold g = 0, so they add nothing to the partial sum
+        tl.store(PART + pid * NUM_OPS + k, tl.sum(g * o, axis=0))
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -210,7 +216,7 @@ def _noisy_mixed_sum_backward_kernel(
     O0, O1, O2, O3, O4, O5, O6, O7,  # operands (forward inputs)
     D0, D1, D2, D3, D4, D5, D6, D7,  # operand gradients (outputs)
     W,  # weights [NUM_OPS] of this chunk
-    PART,  # fp32 [num_programs, NUM_OPS]: Σ g·o_k over this program's block (noisy o for skip)
+    PART,  # fp32 [num_programs, NUM_OPS]: Σ g·o_k over this program's block (noisy o for skip); WGRAD only
     SEED,  # int64 [1], the forward's seed: ε is regenerated, never stored
     STD,  # fp32 [1], the forward's std
     N,
@@ -220,6 +226,7 @@ def _noisy_mixed_sum_backward_kernel(
     SKIP: tl.constexpr,
     KIND: tl.constexpr,
     MULT: tl.constexpr,
+    WGRAD: tl.constexpr,  # write W's partial sums; without, no operand is read (a w step's backward)
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
 ):
@@ -232,21 +239,21 @@ def _noisy_mixed_sum_backward_kernel(
         if not MULT:
             std = tl.load(STD)
     g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
-    _backward_term(g, O0, D0, W, PART, 0, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+    _backward_term(g, O0, D0, W, PART, 0, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT, WGRAD)
     if NUM_OPS > 1:
-        _backward_term(g, O1, D1, W, PART, 1, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+        _backward_term(g, O1, D1, W, PART, 1, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT, WGRAD)
     if NUM_OPS > 2:
-        _backward_term(g, O2, D2, W, PART, 2, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+        _backward_term(g, O2, D2, W, PART, 2, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT, WGRAD)
     if NUM_OPS > 3:
-        _backward_term(g, O3, D3, W, PART, 3, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+        _backward_term(g, O3, D3, W, PART, 3, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT, WGRAD)
     if NUM_OPS > 4:
-        _backward_term(g, O4, D4, W, PART, 4, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+        _backward_term(g, O4, D4, W, PART, 4, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT, WGRAD)
     if NUM_OPS > 5:
-        _backward_term(g, O5, D5, W, PART, 5, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+        _backward_term(g, O5, D5, W, PART, 5, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT, WGRAD)
     if NUM_OPS > 6:
-        _backward_term(g, O6, D6, W, PART, 6, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+        _backward_term(g, O6, D6, W, PART, 6, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT, WGRAD)
     if NUM_OPS > 7:
-        _backward_term(g, O7, D7, W, PART, 7, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT)
+        _backward_term(g, O7, D7, W, PART, 7, pid, offs, mask, seed, std, lam, mean, NUM_OPS, SKIP, KIND, MULT, WGRAD)
 
 
 @triton.jit
@@ -397,8 +404,12 @@ def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplic
     return y, std
 
 
-def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean):
-    """Returns (operand gradients in the operands' dtype, dW in fp32)."""
+def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean,
+                             weight_grad=True):
+    """Returns (operand gradients in the operands' dtype, dW in fp32).
+
+    weight_grad False: dW is None, and the kernel reads only the upstream gradient, no operand (for
+    multiplicative noise it regenerates ε): the backward of a pass that uses no α gradient."""
     operands, ref = _layout(operands)
     grad = _dense(grad, ref)
     num = len(operands)
@@ -406,7 +417,7 @@ def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kin
     noisy = kind != NOISE_NONE and 0 <= skip_index < num
     grads = [torch.empty_like(ref) for _ in operands]
     if n == 0:
-        return grads, torch.zeros((num,), device=ref.device, dtype=torch.float32)
+        return grads, torch.zeros((num,), device=ref.device, dtype=torch.float32) if weight_grad else None
     block, num_warps = _elementwise_block(n)
     programs = triton.cdiv(n, block)
     index_64 = n > INT32_LIMIT - block
@@ -415,15 +426,19 @@ def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kin
     for start, stop in chunk_ranges(num, MAX_OPERANDS):
         chunk = operands[start:stop]
         local_skip = skip_index - start if noisy and start <= skip_index < stop else -1
-        part = torch.empty((programs, len(chunk)), device=ref.device, dtype=torch.float32)
+        # unused without weight_grad: the weights stand in as its pointer
+        part = torch.empty((programs, len(chunk)), device=ref.device, dtype=torch.float32) if weight_grad else weights
         _noisy_mixed_sum_backward_kernel[(programs,)](
             grad, *pad_pointers(chunk, MAX_OPERANDS, ref), *pad_pointers(grads[start:stop], MAX_OPERANDS, ref),
             weights[start:stop], part, seed, std, n, float(lam), float(mean),
             NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative),
-            BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
+            WGRAD=bool(weight_grad), BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
         )
-        # fixed-order tree reduction of the partials: deterministic, no float atomics
-        dw.append(part.sum(dim=0))
+        if weight_grad:
+            # fixed-order tree reduction of the partials: deterministic, no float atomics
+            dw.append(part.sum(dim=0))
+    if not weight_grad:
+        return grads, None
     return grads, dw[0] if len(dw) == 1 else torch.cat(dw)
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .backend import convert_modules, graph_kernels_enabled
+from .grad_use import grads_used
 
 
 KERNEL_PARTS = ("all", "weight_grad")
@@ -37,23 +38,6 @@ def check_kernel_parts(kernels: str, who: str) -> str:
     if kernels not in KERNEL_PARTS:
         raise ValueError(f"{who}: kernels must be one of {KERNEL_PARTS}, got {kernels!r}")
     return kernels
-
-
-def grads_used(ctx, count: int) -> tuple[bool, ...]:
-    """For the first `count` inputs of a custom autograd Function, in its backward: whether this
-    backward pass uses their gradients. ``ctx.needs_input_grad`` only says whether they require
-    grad; an ``autograd.grad(loss, alphas)`` does not use a conv weight's gradient although the
-    weight requires grad. Where the engine cannot tell (a leaf that is itself an input of
-    ``autograd.grad``), the gradient counts as used."""
-    used = []
-    for needed, (node, _) in zip(ctx.needs_input_grad[:count], ctx.next_functions[:count]):
-        if needed and node is not None:
-            try:
-                needed = bool(torch._C._will_engine_execute_node(node))
-            except RuntimeError:
-                pass
-        used.append(bool(needed))
-    return tuple(used)
 
 
 class _DepthwiseConv(torch.autograd.Function):

@@ -18,6 +18,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .backend import TRITON_DTYPES, resolve_backend
+from .grad_use import grads_used
 from .noise import NO_NOISE, NoiseConfig, accumulation_dtype, apply_noise_with_eps, operand_std, sample_eps
 
 _KIND_NAMES = {1: "gaussian", 2: "uniform"}
@@ -189,8 +190,11 @@ class _TritonSum(torch.autograd.Function):
         import ndarts_kernels
 
         weights, seed, std, *operands = ctx.saved_tensors
-        grads, dw = ndarts_kernels.noisy_mixed_sum_backward(grad_y, operands, weights, seed, std, *ctx.params)
-        return (dw.to(weights.dtype), None, None, None, *grads)
+        # a pass that uses no α gradient (a w step) reads no operand: only the gradient in, theirs out
+        need_w = grads_used(ctx, 1)[0]
+        grads, dw = ndarts_kernels.noisy_mixed_sum_backward(grad_y, operands, weights, seed, std, *ctx.params,
+                                                            weight_grad=need_w)
+        return (dw.to(weights.dtype) if need_w else None, None, None, None, *grads)
 
 
 # ----------------------------------------------------------------------------- public functional form

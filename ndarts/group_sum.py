@@ -26,6 +26,7 @@ from torch.autograd.function import once_differentiable
 from .backend import TRITON_DTYPES, resolve_backend
 from .edge_groups import EdgeGroupSlot
 from .fused_sum import _noisy, draw_seed, promote_operands, reference_eps, reference_sum_with_eps
+from .grad_use import grads_used
 from .noise import NoiseConfig
 from .operations import FactorizedReduce
 
@@ -143,21 +144,24 @@ class _TritonGroupSum(torch.autograd.Function):
         c = first.shape[1]
         d_grouped = [torch.empty_like(g) for g in grouped]
         d_shared, d_own = [], []
-        # the sources' partial sums side by side in one buffer: one sum gives the group's dW [E, K]
+        # the sources' partial sums side by side in one buffer: one sum gives the group's dW [E, K];
+        # a pass that uses no α gradient (a w step) reads no operand: only the gradients in, theirs out
+        need_w = grads_used(ctx, 1)[0]
         k = weights.shape[1]
         part = torch.empty((partial_rows(first.numel()), weights.numel()),
-                           device=first.device, dtype=torch.float32)
+                           device=first.device, dtype=torch.float32) if need_w else None
         for s, (e0, count) in enumerate(_edge_ranges(edges)):
             ds, _, do, _ = ndarts_kernels.noisy_group_sum_backward(
                 grad if ctx.by_target else grad[e0:e0 + count], shared_all[s * num_shared:(s + 1) * num_shared],
                 _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, stds[s], *ctx.params,
                 first_edge=e0, d_grouped=_narrow(d_grouped, e0, count, c, len(edges)),
-                own=own[e0:e0 + count] if own is not None else None, part=part[:, e0 * k:(e0 + count) * k])
+                own=own[e0:e0 + count] if own is not None else None,
+                part=part[:, e0 * k:(e0 + count) * k] if need_w else None, weight_grad=need_w)
             d_shared += ds
             d_own += do
         # fixed-order reduction of the partials: deterministic, no float atomics
-        dw = part.sum(dim=0).view(weights.shape)
-        return (dw.to(weights.dtype), None, None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
+        dw = part.sum(dim=0).view(weights.shape).to(weights.dtype) if need_w else None
+        return (dw, None, None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
                 *d_bases)
 
 

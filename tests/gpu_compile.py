@@ -64,7 +64,9 @@ def _workload() -> None:
             w = torch.rand(len(ops))
             for kind, mult in ((1, False), (2, False), (1, True), (0, False)):
                 y, std = K.noisy_mixed_sum_forward(ops, w, seed, 3, kind, mult, 0.2, 0.0)
-                K.noisy_mixed_sum_backward(torch.ones_like(y), ops, w, seed, std, 3, kind, mult, 0.2, 0.0)
+                for weight_grad in (True, False):  # False: a w step's backward (no dW, no operand read)
+                    K.noisy_mixed_sum_backward(torch.ones_like(y), ops, w, seed, std, 3, kind, mult, 0.2, 0.0,
+                                               weight_grad=weight_grad)
     for kind in (1, 2):
         K.unit_noise(seed, 100, kind)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):  # BatchNorms, 1-8 per launch (and 9: two), fused ReLUs
@@ -101,6 +103,8 @@ def _workload() -> None:
             net = SearchNetwork(C=4, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES, noise=noise, fused=True,
                                 backend="triton", **lever)
             net(torch.randn(2, 3, 32, 32)).sum().backward()
+            # a w step's backward: the sums' kernels without dW
+            torch.autograd.backward(net(torch.randn(2, 3, 32, 32)).sum(), inputs=list(net.weight_parameters()))
 
 
 def _huge_workload() -> None:
@@ -142,7 +146,10 @@ def _huge_workload() -> None:
                               row0_std=True)
     own, ow = [ops[1], ops[2]], torch.empty(2, 3, device=meta)  # each edge's own operand, the noisy one
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, ow, seed, 2, 1, False, 0.2, 0.0, own=own)
-    K.noisy_group_sum_backward(y, ops[:1], grouped, ow, seed, std, 2, 1, False, 0.2, 0.0, own=own)
+    for weight_grad in (True, False):
+        K.noisy_group_sum_backward(y, ops[:1], grouped, ow, seed, std, 2, 1, False, 0.2, 0.0, own=own,
+                                   weight_grad=weight_grad)
+    K.noisy_mixed_sum_backward(ops[0], ops, w, seed, std[:1], 1, 1, True, 0.2, 0.0, weight_grad=False)
 
 
 def capture(path: str) -> None:

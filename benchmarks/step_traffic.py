@@ -1,0 +1,204 @@
+"""Memory traffic of one search step, counted on a CPU: the bytes each kernel of a CUDA-graph step
+reads and writes, and what that predicts for its time on a GPU.
+
+    python benchmarks/step_traffic.py                             # fused_graph_per_edge, fused_graph
+    python benchmarks/step_traffic.py --impl plain fused_graph --json traffic.json
+
+Why: as one CUDA graph the search step has no host time left; its time is the sum of its
+kernels' times (on the H200 on 2026-11-27 the replay took 106.4 ms and the kernels 105.9 ms).
+Most kernels of the step are element-wise or memory-bound convolutions on 4 MiB tensors, so a
+kernel's time is roughly the larger of a fixed cost (launch latency, ramp-up) and its bytes over
+the memory bandwidth. The kernel census (count_kernels.py) gives the first term; this script
+gives the second: it runs count_kernels.graph_step on the CPU (the Triton launches recorded,
+not run) and takes, for every kernel the step would launch,
+- an aten op (below autograd, through a TorchDispatchMode): the bytes of its tensor inputs and
+  outputs (a view's own elements; a convolution backward as one kernel per gradient, each with
+  the tensors it reads);
+- a Triton launch: the bytes of its distinct tensor arguments, less the ones the kernel does not
+  read at its constexprs (UNREAD).
+It does so at batch 2 and 4 (16×16) and extrapolates each kernel's bytes linearly in batch ×
+pixels to SPEC §6's batch 64 at 32×32, as step_memory.py does for the peak.
+
+The bytes are a lower bound: a kernel that reads its input more than once (PyTorch's depthwise
+weight gradient reads each plane K·K times) or spills to memory moves more, and caches help a
+kernel read what the one before it wrote. The predicted time, Σ max(T_MIN, bytes / BANDWIDTH), is a
+model, not a measurement; RESULTS.md holds its constants' calibration against the H200's numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import inspect
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import count_kernels  # noqa: E402  (sets TRITON_INTERPRET before the kernels are defined)
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+SIZES = ((2, 16), (4, 16))  # (batch, image) of the two runs
+TARGET = (64, 32)  # SPEC §6: batch 64, 32×32
+BANDWIDTH = 3.4e12  # bytes/s a streaming kernel reaches on an H200 (80 % of the copy bandwidth measured there)
+T_MIN = 2.5e-6  # s: the least a kernel takes in a replayed graph (the H200's BatchNorm kernels: 2-3 µs)
+
+# Triton kernels' tensor arguments they do not read at these constexprs: (constexpr, value) → names
+# (their PART is then a stand-in pointer, the weights, which they read)
+UNREAD = {
+    "_group_backward_kernel": (("WGRAD", False), ("S0", "S1", "S2", "G0", "G1", "G2", "G3", "G4", "G5",
+                                                  "R0", "R1", "R2", "R3", "R4", "R5", "R6", "R7")),
+    "_noisy_mixed_sum_backward_kernel": (("WGRAD", False), ("O0", "O1", "O2", "O3", "O4", "O5", "O6", "O7")),
+}
+
+
+def _view_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _view_key(t: torch.Tensor) -> tuple:
+    return t.data_ptr(), t.shape, t.stride(), t.dtype
+
+
+def _distinct_bytes(tensors, unread=()) -> int:
+    """Bytes of the distinct views among tensors (the same view passed twice counts once), less
+    the views in unread (a launcher pads unused pointer arguments with a tensor it passes)."""
+    skip = {_view_key(t) for t in unread if isinstance(t, torch.Tensor)}
+    seen = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type != "meta" and _view_key(t) not in skip:
+            seen[_view_key(t)] = _view_bytes(t)
+    return sum(seen.values())
+
+
+def _conv_kind(weight: torch.Tensor, groups: int) -> str:
+    """'depthwise conv' (one group per input channel), 'pointwise conv' (1×1) or 'conv'."""
+    if groups > 1 and weight.shape[1] == 1:
+        return "depthwise conv"
+    return "pointwise conv" if weight.shape[2:] == (1, 1) else "conv"
+
+
+def _aten_kernels(func, args, kwargs, out) -> list[tuple[str, int]]:
+    """(name, bytes) of each GPU kernel an aten op below autograd launches; [] for none. A
+    convolution's name says its kind and part: 'depthwise conv forward', 'pointwise conv weight
+    gradient', …"""
+    name = func._schema.name
+    if name in count_kernels.NO_KERNEL:
+        return []
+    leaves = torch.utils._pytree.tree_leaves
+    if name == "aten::convolution":  # (input, weight, bias, stride, padding, dilation, transposed, output padding, groups)
+        return [(f"{_conv_kind(args[1], args[8])} forward", _distinct_bytes(leaves(args[:3]) + [out]))]
+    if name == "aten::convolution_backward":  # (grad_out, input, weight, bias sizes, …, groups, output mask)
+        grad_out, inp, weight = args[:3]
+        kind, mask, grads = _conv_kind(weight, args[9]), args[-1], out
+        kernels = []
+        if mask[0]:  # reads the output gradient and the weight, writes the input gradient
+            kernels.append((f"{kind} input gradient", _distinct_bytes([grad_out, weight, grads[0]])))
+        if mask[1]:  # reads the output gradient and the input, writes the weight gradient
+            kernels.append((f"{kind} weight gradient", _distinct_bytes([grad_out, inp, grads[1]])))
+        if mask[2]:
+            kernels.append((f"{kind} bias gradient", _distinct_bytes([grad_out, grads[2]])))
+        return kernels
+    return [(name, _distinct_bytes(leaves((args, kwargs)) + leaves(out)))]
+
+
+class KernelTraffic(TorchDispatchMode):
+    """Records (kind, name, bytes) of every kernel the step launches, in order: aten ops as they
+    are dispatched, Triton launches as the interpreter would run them (not run)."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernels: list[tuple[str, str, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for name, nbytes in _aten_kernels(func, args, kwargs or {}, out):
+            self.kernels.append(("aten", name, nbytes))
+        return out
+
+    def triton_launch(self, executor, args, kwargs) -> None:
+        fn = executor.fn
+        call = inspect.getcallargs(fn, *args, **{k: v for k, v in kwargs.items()
+                                                 if k in inspect.getfullargspec(fn).args})
+        skip = ()
+        rule = UNREAD.get(fn.__name__)
+        if rule is not None and call.get(rule[0][0]) == rule[0][1]:
+            skip = rule[1]
+        self.kernels.append(("triton", fn.__name__, _distinct_bytes(call.values(), [call[k] for k in skip])))
+
+
+def step_kernels(impl: str, batch: int, image: int) -> list[tuple[str, str, int]]:
+    """The kernels of one warm graph step of impl at this size, with their bytes."""
+    step = count_kernels.graph_step(impl, batch, image)
+    with count_kernels.graph_step_context() as launches:
+        step()  # optimizer state, lazy buffers: the graph captures a warm step
+        tracker = KernelTraffic()
+        launches.on_launch = tracker.triton_launch
+        with tracker:
+            step()
+        launches.on_launch = None
+    return tracker.kernels
+
+
+def _category(kind: str, name: str) -> str:
+    """The census's category (count_kernels.categorise); convolutions by kind and part."""
+    if kind == "aten" and "conv " in name:
+        return f"{name} (aten)"
+    if kind == "triton" and name.startswith("_dw_conv"):
+        part = "forward" if "fwd" in name else "input gradient" if "input" in name else "weight gradient"
+        return f"depthwise conv {part} (triton)"
+    counter = collections.Counter({name: 1})
+    cats = (count_kernels.categorise(counter, collections.Counter()) if kind == "triton"
+            else count_kernels.categorise(collections.Counter(), counter))
+    return next(iter(cats))
+
+
+def traffic(impl: str, bandwidth: float = BANDWIDTH, t_min: float = T_MIN) -> dict:
+    """Each kernel's bytes at SIZES, extrapolated to TARGET; totals and the modelled time by category."""
+    runs = [step_kernels(impl, b, i) for b, i in SIZES]
+    if len(runs[0]) != len(runs[1]) or any(a[:2] != b[:2] for a, b in zip(*runs)):
+        raise RuntimeError(f"{impl}: the step launched different kernels at the two sizes; cannot extrapolate")
+    work = [b * i * i for b, i in SIZES]
+    target = TARGET[0] * TARGET[1] ** 2
+    by_cat = collections.defaultdict(lambda: {"kernels": 0, "bytes": 0.0, "model_s": 0.0, "floor_kernels": 0})
+    for (kind, name, b0), (_, _, b1) in zip(*runs):
+        nbytes = max(b0 + (b1 - b0) / (work[1] - work[0]) * (target - work[0]), 0.0)
+        cat = by_cat[_category(kind, name)]
+        cat["kernels"] += 1
+        cat["bytes"] += nbytes
+        cat["model_s"] += max(t_min, nbytes / bandwidth)
+        cat["floor_kernels"] += nbytes / bandwidth < t_min
+    total_bytes = sum(c["bytes"] for c in by_cat.values())
+    return {"impl": impl, "sizes": [list(s) for s in SIZES], "target": list(TARGET), "kernels": len(runs[0]),
+            "GB": total_bytes / 1e9, "model_ms": sum(c["model_s"] for c in by_cat.values()) * 1e3,
+            "bandwidth": bandwidth, "t_min": t_min,
+            "by_category": {k: {**v, "GB": v["bytes"] / 1e9, "model_ms": v["model_s"] * 1e3}
+                            for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1]["model_s"])}}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--impl", nargs="+", default=["fused_graph_per_edge", "fused_graph"],
+                        help="variants of benchmarks/test_bench_search_step.py")
+    parser.add_argument("--bandwidth", type=float, default=BANDWIDTH, help="bytes/s of a streaming kernel")
+    parser.add_argument("--t-min", type=float, default=T_MIN, help="seconds: the least a kernel takes")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    results = []
+    for impl in args.impl:
+        r = traffic(impl, args.bandwidth, args.t_min)
+        results.append(r)
+        print(f"\n{impl}: {r['kernels']} kernels, {r['GB']:.1f} GB per step at b{TARGET[0]} {TARGET[1]}x{TARGET[1]}, "
+              f"model {r['model_ms']:.1f} ms ({args.bandwidth / 1e12:.2f} TB/s, {args.t_min * 1e6:.1f} µs per kernel at least)")
+        print(f"  {'category':44} {'kernels':>8} {'at floor':>9} {'GB':>7} {'model ms':>9}")
+        for name, c in r["by_category"].items():
+            print(f"  {name:44} {c['kernels']:8d} {c['floor_kernels']:9d} {c['GB']:7.2f} {c['model_ms']:9.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
