@@ -167,3 +167,59 @@ def measure_copy_bandwidth(device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"copy_GBps": nbytes / (ms * 1e-3) / 1e9, "copy_bytes": nbytes, "copy_ms": ms, "copy_source": source}
+
+
+# ----------------------------------------------------------------------------- convolution parts
+# The part-by-part convolution benchmarks (test_bench_depthwise_conv.py, test_bench_pointwise_conv.py)
+# time each part of a stride-1 conv without bias on its own: `fwd` (y = conv(x)), `dgrad` (dL/dx
+# from dL/dy), `wgrad` (dL/dw from x and dL/dy).
+CONV_PARTS = ["fwd", "dgrad", "wgrad"]
+
+
+def triton_skip_reason(device: torch.device) -> str | None:
+    """Why the Triton cases of a part benchmark cannot run here, or None where they can."""
+    if device.type != "cuda":
+        return needs_cuda("the Triton kernels run compiled on a CUDA device only "
+                          "(TRITON_INTERPRET=1 is for tests, not for timing)")
+    from ndarts.backend import triton_unavailable_reason  # here: bench_common stays importable without ndarts
+
+    reason = triton_unavailable_reason(device)
+    return f"Triton kernels unavailable: {reason}" if reason else None
+
+
+def torch_conv_part(part: str, x, w, g, *, padding: int = 0, dilation: int = 1, groups: int = 1):
+    """A no-argument callable running PyTorch's kernel of one part of a stride-1 conv without bias,
+    as nn.Conv2d runs it: F.conv2d, or aten's convolution_backward asked for the one gradient
+    (autograd asks for both at once only where both are needed; the parts are timed apart)."""
+    if part == "fwd":
+        return lambda: torch.nn.functional.conv2d(x, w, None, 1, padding, dilation, groups)
+    mask = [part == "dgrad", part == "wgrad", False]
+    return lambda: torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [padding] * 2, [dilation] * 2,
+                                                       False, [0, 0], groups, mask)
+
+
+def conv_part_bytes(x, dy) -> int:
+    """Bytes each part must move at least: fwd reads x and writes y, dgrad reads dL/dy and writes
+    dL/dx, wgrad reads x and dL/dy; y has dL/dy's size and the weights are negligible, so each is
+    x plus dL/dy."""
+    return (x.numel() + dy.numel()) * x.element_size()
+
+
+def record_conv_part(benchmark, fn, device: torch.device, copy_bandwidth: dict, *, x, dy, rounds: int,
+                     warmup: int, **fields) -> None:
+    """Times one part (run_benchmark; on CUDA also a CUDA-graph replay, `graph_ms`: device time
+    only, as the graphed search step runs it) and records in extra_info `fields` (kind, impl, part,
+    geometry, shape: what summarize.py's conv-parts table reads), the minimal bytes and the GB/s
+    they give, against the copy bandwidth measured in the same run: an implementation that
+    re-reads its inputs shows a lower share."""
+    info = run_benchmark(benchmark, fn, device, rounds=rounds, warmup=warmup)
+    if info["time_ms"] is None:
+        return
+    nbytes = conv_part_bytes(x, dy)
+    info.update(fields)
+    info.update({"dtype": str(x.dtype).removeprefix("torch."), "device": str(device), "min_bytes": nbytes,
+                 "GBps": nbytes / (info["time_ms"] * 1e-3) / 1e9, "copy_GBps": copy_bandwidth["copy_GBps"]})
+    info["frac_copy_bw"] = info["GBps"] / info["copy_GBps"]
+    if device.type == "cuda":
+        info["graph_ms"], info["graph_error"] = cuda_graph_ms(fn)
+    benchmark.extra_info.update(info)

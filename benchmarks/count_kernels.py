@@ -72,7 +72,7 @@ def _kernels(event) -> tuple[int, str]:
     return KERNELS_PER_CALL.get(event.name, 1), event.name
 
 IMPLS = ["plain", "fused_graph_per_edge", "fused_graph_no_groupsum", "fused_graph", "fused_graph_dwwgrad",
-         "fused_graph_dwconv"]
+         "fused_graph_dwconv", "fused_graph_pwconv"]
 
 
 class TritonLaunches:
@@ -131,6 +131,7 @@ def categorise(triton: collections.Counter, aten: collections.Counter) -> dict:
     out = collections.Counter()
     for name, n in triton.items():
         kind = ("BatchNorm (Triton)" if "_bn_" in name else "depthwise conv (Triton)" if "_dw_" in name
+                else "pointwise conv (Triton)" if "_pw_conv" in name
                 else "gradient sums (Triton)" if "_tensor_sum" in name
                 else "group inputs: relu + repeat (Triton)" if "_relu_repeat" in name
                 else "pools (Triton)" if "_pools_" in name else "mixed sums (Triton)")

@@ -7,8 +7,8 @@
 #
 # 1. the card and the software; 2. the GPU tests (pytest -m gpu, compiled Triton kernels), while
 # one background process per search-step variant fills Triton's cache (warm_triton_cache.py);
-# 3. the benchmarks (pytest-benchmark JSON under $OUT: the search step, the depthwise conv parts,
-# the mixed-op sum); 4. torch.compile at the target shape;
+# 3. the benchmarks (pytest-benchmark JSON under $OUT: the search step, the pointwise and
+# depthwise conv parts, the mixed-op sum); 4. torch.compile at the target shape;
 # 5. a profile of one search step (benchmarks/profile_step.py); 6. torch.compile at the other
 # shapes; LAST, a short table (summarize.py). Everything under $OUT is packed into gpu_check.tgz
 # (the device tool returns at most 8 files) beside summary.txt.
@@ -16,7 +16,7 @@
 # caps the GPU tests (default 180 s), GPU_BENCH_LIMIT_S the search-step benchmarks (default 150 s,
 # run first: the step is the open target), GPU_SUM_LIMIT_S the mixed-sum benchmarks (default 90 s),
 # GPU_WARM_LIMIT_S the background Triton cache warm-up (default 240 s, overlapping the GPU tests),
-# GPU_DWCONV_LIMIT_S the depthwise-conv part benchmarks (default 60 s, after the step's).
+# GPU_DWCONV_LIMIT_S the pointwise- and depthwise-conv part benchmarks (default 60 s, after the step's).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
 # GPU's settings (clocks, power, persistence, MIG, reset): it measures the card as it finds it.
 set -u
@@ -130,9 +130,12 @@ step "benchmarks: the search step, every variant"
 run_logged bench_step "${GPU_BENCH_LIMIT_S:-150}" 14 "$PY" -m pytest benchmarks/test_bench_search_step.py \
     --benchmark-only -q -rs --benchmark-json="$OUT/bench_step.json" --benchmark-columns=median,mean,rounds || STATUS=1
 
-step "benchmarks: the depthwise conv parts (torch vs Triton: fwd, dgrad, wgrad)"
-run_logged bench_dwconv "${GPU_DWCONV_LIMIT_S:-60}" 4 "$PY" -m pytest benchmarks/test_bench_depthwise_conv.py \
-    --benchmark-only -q -rs --benchmark-json="$OUT/bench_dwconv.json" --benchmark-columns=median,rounds || STATUS=1
+step "benchmarks: the pointwise and depthwise conv parts (torch vs Triton: fwd, dgrad, wgrad)"
+# one pytest call, one JSON, one limit for both files; the pointwise (24 cases) first, so that a
+# run cut off by the limit loses depthwise cases (48) rather than the newer question
+run_logged bench_dwconv "${GPU_DWCONV_LIMIT_S:-60}" 4 "$PY" -m pytest benchmarks/test_bench_pointwise_conv.py \
+    benchmarks/test_bench_depthwise_conv.py --benchmark-only -q -rs --benchmark-json="$OUT/bench_dwconv.json" \
+    --benchmark-columns=median,rounds || STATUS=1
 
 step "benchmarks: the mixed-op sum (fused, eager)"
 run_logged bench_sum "${GPU_SUM_LIMIT_S:-90}" 8 "$PY" -m pytest benchmarks/test_bench_noisy_mixed_sum.py \
@@ -152,7 +155,7 @@ fi
 step "profile of one search step (benchmarks/profile_step.py)"
 # the default step first, then the depthwise weight-gradient lever (the kernel it replaces was the
 # slowest one on 2026-11-27), then the rest: a profile cut off by its limit keeps the first ones
-run_logged profile 90 60 "$PY" benchmarks/profile_step.py --impl fused fused_dwwgrad plain fused_no_groupsum fused_per_edge --graph-kernels --json "$OUT/profile.json" || STATUS=1
+run_logged profile 90 60 "$PY" benchmarks/profile_step.py --impl fused fused_dwwgrad fused_pwconv plain fused_no_groupsum fused_per_edge --graph-kernels --json "$OUT/profile.json" || STATUS=1
 
 if [ "${GPU_CHECK_COMPILE:-1}" != 0 ]; then
 step "benchmarks: torch.compile, the other shapes"

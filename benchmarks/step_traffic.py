@@ -148,6 +148,8 @@ def _category(kind: str, name: str) -> str:
     if kind == "triton" and name.startswith("_dw_conv"):
         part = "forward" if "fwd" in name else "input gradient" if "input" in name else "weight gradient"
         return f"depthwise conv {part} (triton)"
+    if kind == "triton" and name.startswith("_pw_conv"):  # one kernel for the forward and the input gradient
+        return f"pointwise conv {'weight gradient' if 'wgrad' in name else 'forward, input gradient'} (triton)"
     counter = collections.Counter({name: 1})
     cats = (count_kernels.categorise(counter, collections.Counter()) if kind == "triton"
             else count_kernels.categorise(collections.Counter(), counter))
@@ -192,9 +194,9 @@ def main(argv=None):
         results.append(r)
         print(f"\n{impl}: {r['kernels']} kernels, {r['GB']:.1f} GB per step at b{TARGET[0]} {TARGET[1]}x{TARGET[1]}, "
               f"model {r['model_ms']:.1f} ms ({args.bandwidth / 1e12:.2f} TB/s, {args.t_min * 1e6:.1f} µs per kernel at least)")
-        print(f"  {'category':44} {'kernels':>8} {'at floor':>9} {'GB':>7} {'model ms':>9}")
+        print(f"  {'category':48} {'kernels':>8} {'at floor':>9} {'GB':>7} {'model ms':>9}")
         for name, c in r["by_category"].items():
-            print(f"  {name:44} {c['kernels']:8d} {c['floor_kernels']:9d} {c['GB']:7.2f} {c['model_ms']:9.2f}")
+            print(f"  {name:48} {c['kernels']:8d} {c['floor_kernels']:9d} {c['GB']:7.2f} {c['model_ms']:9.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -6,8 +6,9 @@ Mixed-op sum rows: time per call (CUDA events over back-to-back calls on a GPU, 
 on a CPU), effective GB/s from the minimal bytes, its fraction of the copy bandwidth measured in
 the same run, and speedups at equal (mode, shape, dtype): against the faster eager implementation
 and against torch.compile. Search-step rows: ms per step, peak memory, ratio to the plain DARTS
-MixedOp. Depthwise-conv rows: each part (fwd, dgrad, wgrad) of PyTorch's and the Triton kernels
-side by side. Then the targets of issue 4 with their status (never a failure: a report).
+MixedOp. Depthwise- and pointwise-conv rows (one table each): each part (fwd, dgrad, wgrad) of
+PyTorch's and the Triton kernels side by side. Then the targets of issue 4 with their status
+(never a failure: a report).
 """
 from __future__ import annotations
 
@@ -80,13 +81,15 @@ def search_step_table(rows):
     return lines
 
 
-def depthwise_table(rows):
-    """Per shape, geometry and part: each impl's time (CUDA-graph device time where measured, as
-    the step runs; else per call), its GB/s share of the copy bandwidth, and torch / triton."""
+def conv_parts_table(rows):
+    """Per shape, geometry and part of a conv-parts benchmark (depthwise or pointwise): each impl's
+    time (CUDA-graph device time where measured, as the step runs; else per call), its GB/s share
+    of the copy bandwidth, and torch / triton."""
     cases = {}
     for r in rows:
         cases.setdefault((tuple(r["shape"]), r["geometry"], r["part"]), {})[r["impl"]] = r
-    lines = [f"{'shape':>14} {'geom':5} {'part':6} {'torch ms':>9} {'%copy':>6} {'triton ms':>10} {'%copy':>6} "
+    gw = max(len("geom"), *(len(geom) for _, geom, _ in cases))  # depthwise 'sep3', pointwise 'g8 16>16'
+    lines = [f"{'shape':>14} {'geom':{gw}} {'part':6} {'torch ms':>9} {'%copy':>6} {'triton ms':>10} {'%copy':>6} "
              f"{'x torch':>8}"]
     order = {"fwd": 0, "dgrad": 1, "wgrad": 2}
 
@@ -100,7 +103,7 @@ def depthwise_table(rows):
     for (shape, geom, part), impls in sorted(cases.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
         t, tr = impls.get("torch"), impls.get("triton")
         speedup = ms(t) / ms(tr) if t and tr and ms(tr) else None
-        lines.append(f"{'x'.join(map(str, shape)):>14} {geom:5} {part:6} {_fmt(ms(t), '9.4f'):>9} "
+        lines.append(f"{'x'.join(map(str, shape)):>14} {geom:{gw}} {part:6} {_fmt(ms(t), '9.4f'):>9} "
                      f"{_fmt(pct(t), '5.1f'):>5}% {_fmt(ms(tr), '10.4f'):>10} {_fmt(pct(tr), '5.1f'):>5}% "
                      f"{_fmt(speedup, '8.2f'):>8}")
     return lines
@@ -148,7 +151,8 @@ def main(argv):
     mixed = [r for r in rows if r["kind"] == "mixed_sum"]
     steps = [r for r in rows if r["kind"] == "search_step"]
     depthwise = [r for r in rows if r["kind"] == "depthwise_conv"]
-    copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise}
+    pointwise = [r for r in rows if r["kind"] == "pointwise_conv"]
+    copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise + pointwise}
     if copy:
         print(f"copy bandwidth (read + write), measured in the run: {', '.join(f'{c:.1f}' for c in sorted(copy))} GB/s")
     if mixed:
@@ -159,7 +163,11 @@ def main(argv):
         print("\n".join(search_step_table(steps)))
     if depthwise:
         print("\ndepthwise conv parts, fp32, stride 1 (ms: CUDA-graph replay where measured; x torch > 1: triton faster)")
-        print("\n".join(depthwise_table(depthwise)))
+        print("\n".join(conv_parts_table(depthwise)))
+    if pointwise:
+        print("\npointwise (1x1) conv parts, fp32 (geom 'gG CI>CO': G groups of CI channels in, CO out; "
+              "ms: CUDA-graph replay where measured; x torch > 1: triton faster)")
+        print("\n".join(conv_parts_table(pointwise)))
     print("\ntargets (issue 4; recorded, not asserted)")
     print("\n".join(target_lines(mixed + steps)))
     return 0

@@ -21,27 +21,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from bench_common import CUDA, cuda_graph_ms, needs_cuda, run_benchmark, shape_id
-from ndarts.backend import triton_unavailable_reason
+from bench_common import CONV_PARTS, CUDA, record_conv_part, shape_id, torch_conv_part, triton_skip_reason
 
 # (name, K, padding, dilation), stride 1: DARTS's sep_conv / dil_conv depthwise convs
 GEOMETRIES = [("sep3", 3, 1, 1), ("sep5", 5, 2, 1), ("dil3", 3, 2, 2), ("dil5", 5, 4, 2)]
 SHAPES = [(64, 128, 32, 32), (64, 16, 32, 32)] if CUDA else [(2, 16, 16, 16)]
-PARTS = ["fwd", "dgrad", "wgrad"]
 ROUNDS, WARMUP = (10, 3) if CUDA else (5, 1)
 
 
 def part_fn(impl: str, part: str, x, w, g, padding: int, dilation: int):
     """A no-argument callable that computes one part of a stride-1 depthwise conv."""
-    c = x.shape[1]
     if impl == "torch":
-        if part == "fwd":
-            return lambda: F.conv2d(x, w, None, 1, padding, dilation, groups=c)
-        mask = [part == "dgrad", part == "wgrad", False]
-        return lambda: torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [padding] * 2, [dilation] * 2,
-                                                           False, [0, 0], c, mask)
+        return torch_conv_part(part, x, w, g, padding=padding, dilation=dilation, groups=x.shape[1])
     import ndarts_kernels
 
     if part == "fwd":
@@ -50,24 +42,14 @@ def part_fn(impl: str, part: str, x, w, g, padding: int, dilation: int):
                                                           need_weight=part == "wgrad")
 
 
-def minimal_bytes(part: str, numel: int, elem: int) -> int:
-    """Each part reads two planes-sized tensors or writes one: fwd reads x, writes y; dgrad reads
-    dL/dy, writes dL/dx; wgrad reads x and dL/dy (the K·K weights are negligible)."""
-    return 2 * numel * elem
-
-
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-@pytest.mark.parametrize("part", PARTS)
+@pytest.mark.parametrize("part", CONV_PARTS)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g[0] for g in GEOMETRIES])
 @pytest.mark.parametrize("shape", SHAPES, ids=[shape_id(s) for s in SHAPES])
 def test_depthwise_conv(benchmark, copy_bandwidth, device, impl, part, geometry, shape):
-    if impl == "triton":
-        if device.type != "cuda":
-            pytest.skip(needs_cuda("the Triton kernels run compiled on a CUDA device only "
-                                   "(TRITON_INTERPRET=1 is for tests, not for timing)"))
-        reason = triton_unavailable_reason(device)
-        if reason:
-            pytest.skip(f"Triton kernels unavailable: {reason}")
+    reason = triton_skip_reason(device) if impl == "triton" else None
+    if reason:
+        pytest.skip(reason)
     name, k, padding, dilation = geometry
     benchmark.group = f"depthwise_conv {part} {name} {shape_id(shape)}"
     gen = torch.Generator(device=device).manual_seed(0)
@@ -75,15 +57,5 @@ def test_depthwise_conv(benchmark, copy_bandwidth, device, impl, part, geometry,
     w = torch.randn(shape[1], 1, k, k, device=device, generator=gen)
     g = torch.randn(shape, device=device, generator=gen)  # stride 1, "same" padding: dL/dy is x's shape
     fn = part_fn(impl, part, x, w, g, padding, dilation)
-    info = run_benchmark(benchmark, fn, device, rounds=ROUNDS, warmup=WARMUP)
-    if info["time_ms"] is None:
-        return
-    numel = x.numel()
-    nbytes = minimal_bytes(part, numel, x.element_size())
-    info.update({"kind": "depthwise_conv", "impl": impl, "part": part, "geometry": name, "shape": list(shape),
-                 "dtype": "float32", "device": str(device), "min_bytes": nbytes,
-                 "GBps": nbytes / (info["time_ms"] * 1e-3) / 1e9, "copy_GBps": copy_bandwidth["copy_GBps"]})
-    info["frac_copy_bw"] = info["GBps"] / info["copy_GBps"]
-    if device.type == "cuda":
-        info["graph_ms"], info["graph_error"] = cuda_graph_ms(fn)
-    benchmark.extra_info.update(info)
+    record_conv_part(benchmark, fn, device, copy_bandwidth, x=x, dy=g, rounds=ROUNDS, warmup=WARMUP,
+                     kind="depthwise_conv", impl=impl, part=part, geometry=name, shape=list(shape))

@@ -22,6 +22,10 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                Triton kernel (fused_depthwise_conv="weight_grad"): PyTorch's NCHW weight-gradient
                kernel reads every plane K·K times (16.9 ms of the 106 ms step on the H200); the
                forward and input gradient stay PyTorch's. A candidate lever, not yet timed.
+- fused_graph_pwconv: fused_graph with the cells' 1×1 convolutions (the batched stacks' grouped
+               ones, the preprocessing ones) on the Triton kernels (SearchNetwork(fused_pointwise_conv=
+               True)): cuDNN runs grouped convs of 16 channels per group far from the memory bandwidth
+               (benchmarks/step_traffic.py). A candidate lever, not yet timed.
 - fused_graph_streams: fused_graph with the edges into a node on 4 side CUDA streams
                (SearchNetwork(edge_streams=4); a candidate lever, not yet timed).
 - fused_graph_no_groupsum: fused_graph with a fused sum per edge (SearchNetwork(group_sums=False));
@@ -127,7 +131,8 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0,
                           fused_depthwise_conv=_depthwise_kernels(impl), edge_streams=EDGE_STREAMS if "streams" in impl else 0,
                           batch_edge_convs=False if "per_edge" in impl else None,
                           autocast=torch.bfloat16 if "bf16" in impl else None,
-                          group_sums=False if "no_groupsum" in impl else None, channels_last=_channels_last(impl), backend=backend)
+                          group_sums=False if "no_groupsum" in impl else None, channels_last=_channels_last(impl), backend=backend,
+                          fused_pointwise_conv="pwconv" in impl)
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
@@ -184,7 +189,7 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
 # run order: the baseline and the target's variant first, the levers next, the eager steps last, so
 # that a GPU run cut off by its time limit (benchmarks/gpu_check.sh) still has the headline numbers
 IMPLS = ["plain", "fused_graph", "fused_graph_no_groupsum", "fused_graph_per_edge", "fused_graph_dwwgrad",
-         "fused_graph_dwconv", "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference",
+         "fused_graph_dwconv", "fused_graph_pwconv", "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference",
          "reference_per_edge", "reference_nchw"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 GRAPH_WARMUP = 3  # eager steps before the graph step captures

@@ -22,6 +22,7 @@ from .noisy_mixed_sum import (  # noqa: E402
     skip_stds,
     unit_noise,
 )
+from .pointwise_conv import pointwise_conv_backward, pointwise_conv_forward  # noqa: E402
 from .pools import pools_3x3_backward, pools_3x3_forward  # noqa: E402
 from .relu_repeat import relu_repeat_backward, relu_repeat_forward  # noqa: E402
 from .tensor_sum import tensor_sum  # noqa: E402
@@ -39,6 +40,8 @@ __all__ = [
     "noisy_group_sum_backward",
     "noisy_mixed_sum_forward",
     "noisy_mixed_sum_backward",
+    "pointwise_conv_forward",
+    "pointwise_conv_backward",
     "pools_3x3_forward",
     "pools_3x3_backward",
     "relu_repeat_forward",

@@ -16,6 +16,7 @@ from .genotype import derive_genotype
 from .backend import TRITON_DTYPES, kernels_import_error, resolve_backend
 from .batch_norm import search_batch_norms, use_search_batch_norm
 from .depthwise_conv import KERNEL_PARTS as DEPTHWISE_KERNEL_PARTS, use_search_depthwise_conv
+from .pointwise_conv import use_search_pointwise_conv
 from .edge_groups import EdgeGroup
 from .grouped_state import convert_cell_state
 from .group_sum import node_sums, plan_node_sums
@@ -270,6 +271,9 @@ class SearchNetwork(nn.Module):
     fused_depthwise_conv (default off: not yet timed on a GPU): the depthwise convolutions of the
     sep/dil convs on the Triton kernels, under the same rule (ndarts.depthwise_conv); "weight_grad":
     only their weight gradient (PyTorch's forward and input gradient; True is "all").
+    fused_pointwise_conv (default off: not yet timed on a GPU): the cells' 1×1 stride-1 convolutions
+    (the batched stacks' grouped ones, the preprocessing ones) on the Triton kernels, under the same
+    rule (ndarts.pointwise_conv).
     edge_streams (default 0; opt-in, not yet timed on a GPU): on CUDA, with share_node_ops, run the
     edges into a node concurrently on this many side streams (EdgeStreams); same math.
     batch_edge_convs (default: as share_node_ops): the sep/dil convs of all edges leaving a node run
@@ -296,7 +300,7 @@ class SearchNetwork(nn.Module):
                  fused_batch_norm: bool | None = None, fused_depthwise_conv: bool | str = False, edge_streams: int = 0,
                  batch_edge_convs: bool | None = None, autocast: torch.dtype | None = None,
                  group_sums: bool | None = None,
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, fused_pointwise_conv: bool = False):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -360,6 +364,8 @@ class SearchNetwork(nn.Module):
                              f"{DEPTHWISE_KERNEL_PARTS}, got {fused_depthwise_conv!r}")
         if fused_depthwise_conv:
             use_search_depthwise_conv(self.cells, backend, "all" if fused_depthwise_conv is True else fused_depthwise_conv)
+        if fused_pointwise_conv:
+            use_search_pointwise_conv(self.cells, backend)
 
         num_edges = sum(2 + i for i in range(steps))
         # at most two fused sums per edge (the paper's noise on a reduction edge's input is a second)

@@ -11,9 +11,9 @@ the kernels (what is recorded is each launch's argument types, constexpr values 
 the launchers choose block sizes as for a GPU),
 over a workload that reaches every launch site: the noisy mixed sum (fp32/bf16/fp16, every noise
 kind, contiguous and channels_last, more operands than one launch takes), the ε writer, one to
-four BatchNorms per launch with and without fused ReLUs, and a
+four BatchNorms per launch with and without fused ReLUs, grouped and dense 1×1 convolutions, and a
 training forward+backward of search networks with every Triton-backed lever (BatchNorm, depthwise
-conv, group sums, bf16 autocast). `compile` compiles each distinct launch with Triton's own
+conv, pointwise conv, group sums, bf16 autocast), their backward as an α step and as a w step runs it. `compile` compiles each distinct launch with Triton's own
 compiler and ptxas (shipped with Triton) for ``GPUTarget("cuda", 90, 32)``, down to a cubin, and
 exits non-zero naming the kernels that fail. tests/test_gpu_compile.py runs both in CI.
 """
@@ -94,9 +94,16 @@ def _workload() -> None:
         for count in (3, 8):
             K.tensor_sum([torch.randn(2, 3, 4, 4).to(dtype) for _ in range(count)])
             K.tensor_sum([torch.randn(2, 6, 4, 4).to(dtype)[:, 3:] for _ in range(count)])  # channel slices
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # 1×1 convs: grouped, dense, channels over a block
+        for n, g, ci, co in ((2, 4, 16, 16), (2, 1, 48, 16), (1, 1, 70, 80)):
+            x = torch.randn(n, g * ci, 4, 5).to(dtype)
+            weight = torch.randn(g * co, ci, 1, 1).to(dtype)
+            y = K.pointwise_conv_forward(x, weight)
+            K.pointwise_conv_backward(y, x, weight)
     _huge_workload()
     # the default sums each conv group's edges in one op (group_sums auto); False: a fused sum per edge
-    levers = [dict(), dict(group_sums=False), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16)]
+    levers = [dict(), dict(group_sums=False), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16),
+              dict(fused_pointwise_conv=True)]
     for noise in (NoiseConfig(), NoiseConfig(kind="uniform"), NoiseConfig(mixture="multiplicative", mean=1.0)):
         for lever in levers:
             torch.manual_seed(0)
@@ -130,6 +137,9 @@ def _huge_workload() -> None:
     dw = torch.empty(64, 1, 3, 3, device=meta)
     out = K.depthwise_conv_forward(ops[0], dw, 1, 1, 1)
     K.depthwise_conv_backward(out, ops[0], dw, 1, 1, 1)
+    pw = torch.empty(64, 16, 1, 1, device=meta)  # 4 groups of 16 channels
+    out = K.pointwise_conv_forward(ops[0], pw)
+    K.pointwise_conv_backward(out, ops[0], pw)
     grouped = [torch.empty(big[0], 2 * 64, 32, 32, device=meta)]
     gw = torch.empty(2, 2, device=meta)
     K.tensor_sum(ops)

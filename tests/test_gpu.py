@@ -144,7 +144,7 @@ def _searcher(tmp_path, name, **kw):
     return Searcher(cfg)
 
 
-def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, group_sums=None):
+def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, group_sums=None, pwconv=False):
     from ndarts import DARTS_PRIMITIVES, NoiseConfig
     from ndarts.architect import Architect
     from ndarts.graph_step import prepare_optimizers_for_capture
@@ -153,7 +153,8 @@ def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, g
     torch.manual_seed(seed)
     model = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
                           fused=True, backend="triton", fused_depthwise_conv=dwconv, edge_streams=streams,
-                          batch_edge_convs=grouped, autocast=autocast, group_sums=group_sums).cuda()
+                          batch_edge_convs=grouped, autocast=autocast, group_sums=group_sums,
+                          fused_pointwise_conv=pwconv).cuda()
     w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     prepare_optimizers_for_capture(a_opt)  # the same Adam arithmetic on both sides
@@ -161,11 +162,13 @@ def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, g
     return model, Architect(model, a_opt, w_opt, criterion, "first"), w_opt, criterion
 
 
-@pytest.mark.parametrize("dwconv,streams,grouped,bf16,group_sums", [
-    (False, 0, False, False, None), (True, 0, False, False, None), (False, 3, False, False, None),
-    (False, 0, True, False, None), (True, 3, True, False, None), (False, 0, True, True, None),
-    (False, 0, True, False, False), (True, 0, True, True, True), ("weight_grad", 0, True, False, None)])
-def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf16, group_sums):
+@pytest.mark.parametrize("dwconv,streams,grouped,bf16,group_sums,pwconv", [
+    (False, 0, False, False, None, False), (True, 0, False, False, None, False), (False, 3, False, False, None, False),
+    (False, 0, True, False, None, False), (True, 3, True, False, None, False), (False, 0, True, True, None, False),
+    (False, 0, True, False, False, False), (True, 0, True, True, True, False),
+    ("weight_grad", 0, True, False, None, False), (False, 0, True, False, None, True),
+    (True, 0, True, True, None, True)])
+def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf16, group_sums, pwconv):
     """Warm-up steps, a capture, replays and a re-capture for a new learning rate: each step's
     losses and the final α and weights equal those of the eager steps (noise off, deterministic
     cuDNN, the same capturable Adam on both sides)."""
@@ -183,7 +186,7 @@ def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf1
     for graphed in (False, True):
         model, architect, w_opt, criterion = _step_parts(dwconv=dwconv, streams=streams, grouped=grouped,
                                                          autocast=torch.bfloat16 if bf16 else None,
-                                                         group_sums=group_sums)
+                                                         group_sums=group_sums, pwconv=pwconv)
         weights = model.weight_parameters()
         step = make_graph_step(model, architect, w_opt, criterion, 5.0, batches[0], warmup=2) if graphed else None
         losses = []
@@ -283,6 +286,17 @@ def test_cuda_depthwise_conv_with_channel_multiplier(k, stride, padding, dilatio
     from test_depthwise_conv import check_against_conv2d
 
     check_against_conv2d(shape, torch.float32, 1e-4, k, stride, padding, dilation, "cuda", multiplier=4)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("shape", [(64, 8, 16, 16, 32, 32), (64, 1, 48, 16, 32, 32), (3, 3, 5, 3, 13, 11),
+                                   (2, 1, 70, 80, 7, 9)])
+def test_cuda_pointwise_conv_matches_conv2d(dtype, tol, shape):
+    """(N, groups, CI, CO, H, W): a normal cell's first batched group (8 edges × 16 channels), a
+    preprocessing conv (48 → 16), odd channel counts, more channels than one block."""
+    from test_pointwise_conv import check_against_conv2d
+
+    check_against_conv2d(shape, dtype, tol, "cuda")
 
 
 def test_edge_streams_equal_one_stream():
