@@ -26,6 +26,10 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                ones, the preprocessing ones) on the Triton kernels (SearchNetwork(fused_pointwise_conv=
                True)): cuDNN runs grouped convs of 16 channels per group far from the memory bandwidth
                (benchmarks/step_traffic.py). A candidate lever, not yet timed.
+- fused_graph_cudnnbench: fused_graph with torch.backends.cudnn.benchmark on (`--cudnn-benchmark`,
+               as DARTS's search script sets it): cuDNN times its algorithms per conv shape in the
+               eager warm-up steps instead of choosing by heuristics. A candidate lever, not yet timed
+               (its algorithms may take more workspace: see its peak).
 - fused_graph_streams: fused_graph with the edges into a node on 4 side CUDA streams
                (SearchNetwork(edge_streams=4); a candidate lever, not yet timed).
 - fused_graph_no_groupsum: fused_graph with a fused sum per edge (SearchNetwork(group_sums=False));
@@ -189,14 +193,23 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
 # run order: the baseline and the target's variant first, the levers next, the eager steps last, so
 # that a GPU run cut off by its time limit (benchmarks/gpu_check.sh) still has the headline numbers
 IMPLS = ["plain", "fused_graph", "fused_graph_no_groupsum", "fused_graph_per_edge", "fused_graph_dwwgrad",
-         "fused_graph_dwconv", "fused_graph_pwconv", "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference",
+         "fused_graph_dwconv", "fused_graph_pwconv", "fused_graph_cudnnbench", "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference",
          "reference_per_edge", "reference_nchw"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 GRAPH_WARMUP = 3  # eager steps before the graph step captures
 
 
+@pytest.fixture
+def cudnn_benchmark(request):
+    """torch.backends.cudnn.benchmark on for the `cudnnbench` variants only, restored after."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = "cudnnbench" in request.node.callspec.params["impl"]
+    yield torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = saved
+
+
 @pytest.mark.parametrize("impl", IMPLS)
-def test_search_step(benchmark, device, impl):
+def test_search_step(benchmark, device, impl, cudnn_benchmark):
     cfg = CONFIG
     graphed = impl.startswith("fused_graph")
     if graphed and device.type != "cuda":
@@ -229,6 +242,7 @@ def test_search_step(benchmark, device, impl):
     if info["time_ms"] is None:
         return
     info.update({"kind": "search_step", "impl": impl, "config": dataclasses.asdict(cfg), "config_name": cfg.name,
+                 "cudnn_benchmark": cudnn_benchmark,
                  "device": str(device), "torch_threads": torch.get_num_threads() if device.type == "cpu" else None})
     if peak is not None:
         info.update({"peak_bytes": peak, "peak_GiB": peak / GIB, "resident_before_step_GiB": base / GIB})

@@ -15,7 +15,7 @@ from .errors import cli_errors
 from .noise import MIXTURES, NOISE_KINDS, POSITIONS
 from .operations import SPACES
 from .rundir import config_values
-from .searcher import SearchConfig, Searcher
+from .searcher import TRITON_CONVS, SearchConfig, Searcher
 
 # The embedded dataset is 1,437 8×8 training images: a small network and few epochs suffice.
 DIGITS_PRESET = {"epochs": 10, "batch_size": 64, "init_channels": 8, "layers": 5, "report_freq": 5}
@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default=None, choices=["none", "bf16"],
                    help="bf16: run the network under bf16 autocast (α, its softmax, the mixed sums' "
                         "accumulation and the logits stay fp32); default none")
+    g.add_argument("--triton-convs", default=None, choices=list(TRITON_CONVS),
+                   help="the cells' depthwise and/or 1x1 convolutions on ndarts' Triton kernels where the "
+                        "search kernels run (inside a --cuda-graph capture, or with --backend triton); "
+                        "depthwise-wgrad: only the depthwise weight gradient; opt-in, not yet timed on a GPU")
+    g.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
+                   help="let cuDNN time its algorithms for each conv shape on CUDA, as DARTS's code does "
+                        "(may speed the convolutions up; results not bitwise repeatable run to run); default: torch's (off)")
     g.add_argument("--backend", default=None, choices=["auto", "triton", "torch"],
                    help="fused op backend (default: NDARTS_BACKEND or auto)")
     g.add_argument("--report-freq", type=int, default=None, help="log a progress line every N steps")

@@ -35,6 +35,11 @@ STRUCTURAL = ("dataset", "space", "layers", "init_channels", "steps", "order", "
               "batch_size", "train_portion", "image_size")
 
 SEARCH_AMP = {"none": None, "bf16": torch.bfloat16}  # --amp: the autocast dtype
+# --triton-convs: the cells' convolutions on ndarts' Triton kernels, as SearchNetwork's
+# (fused_depthwise_conv, fused_pointwise_conv); they run where the other search kernels do (inside
+# a --cuda-graph capture, or everywhere with --backend triton). Opt-in: not yet timed on a GPU.
+TRITON_CONVS = {"none": (False, False), "depthwise": (True, False), "depthwise-wgrad": ("weight_grad", False),
+                "pointwise": (False, True), "all": (True, True)}
 
 
 @dataclass
@@ -81,6 +86,8 @@ class SearchConfig:
     batch_edge_convs: bool = True  # the sep/dil convs of all edges leaving a node as one batched stack
     amp: str = "none"  # "bf16": the network under bf16 autocast (α, softmax, sums, logits fp32)
     channels_last: bool | None = None  # activations in NHWC; None: on a CPU with the torch ops
+    triton_convs: str = "none"  # see TRITON_CONVS
+    cudnn_benchmark: bool | None = None  # cuDNN times its algorithms per conv shape (CUDA); None: as the process has it
     tensorboard: bool = False  # scalars per epoch into OUT/tensorboard
     report_freq: int = 50
     max_steps: int | None = None  # steps per epoch cap, for quick runs
@@ -105,6 +112,8 @@ class SearchConfig:
         if self.amp not in SEARCH_AMP:
             raise NdartsError(f"--amp must be one of {sorted(SEARCH_AMP)} for the search, got {self.amp!r} "
                               "(fp16 would need loss scaling)")
+        if self.triton_convs not in TRITON_CONVS:
+            raise NdartsError(f"--triton-convs must be one of {sorted(TRITON_CONVS)}, got {self.triton_convs!r}")
         if not 0 < self.train_portion < 1:
             raise NdartsError(f"--train-portion must be in (0, 1), got {self.train_portion}")
         if self.order not in ("first", "second"):
@@ -185,12 +194,18 @@ class Searcher:
         if cfg.fused and dev.type != "cuda" and (cfg.backend or "auto") == "auto":
             self.run.log("note: --fused on a CPU uses the reference implementation of the fused op "
                          "(the Triton kernels need CUDA, or TRITON_INTERPRET=1 with --backend triton)")
+        if dev.type == "cuda" and cfg.cudnn_benchmark is not None:
+            # process-wide, as DARTS's search script sets it; cuDNN then times its algorithms on the
+            # first call of each conv shape (the eager warm-up steps before a --cuda-graph capture)
+            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        depthwise, pointwise = TRITON_CONVS[cfg.triton_convs]
         try:
             model = SearchNetwork(cfg.init_channels, spec.num_classes, cfg.layers, SPACES[cfg.space],
                                   cfg.noise_config(), fused=cfg.fused, steps=cfg.steps, multiplier=cfg.steps,
                                   in_channels=spec.in_channels, arch_activation=cfg.arch_activation,
                                   backend=cfg.backend, batch_edge_convs=cfg.batch_edge_convs,
-                                  autocast=SEARCH_AMP[cfg.amp], channels_last=cfg.channels_last)
+                                  autocast=SEARCH_AMP[cfg.amp], channels_last=cfg.channels_last,
+                                  fused_depthwise_conv=depthwise, fused_pointwise_conv=pointwise)
         except ValueError as e:
             raise NdartsError(f"cannot build the search network: {e}") from None
         self.model = model.to(dev)

@@ -198,3 +198,26 @@ def test_bf16_autocast_search(tmp_path):
     assert all(map(torch.isfinite, torch.tensor([record["train_loss"], record["val_loss"]])))
     r = _run_cli(*TINY, "--amp", "fp16", "--out", str(tmp_path / "fp16"))
     assert r.returncode == 2 and "invalid choice: 'fp16'" in r.stderr
+
+
+def test_triton_convs_and_cudnn_benchmark_options(tmp_path):
+    """--triton-convs swaps the cells' convs for the Triton ones (here: the Triton backend in the
+    interpreter, one step), --cudnn-benchmark is recorded; a bad value is one clear line."""
+    from ndarts.depthwise_conv import SearchDepthwiseConv2d
+    from ndarts.pointwise_conv import SearchPointwiseConv2d
+
+    cfg = _cfg(tmp_path / "convs", layers=1, steps=1, init_channels=2, batch_size=2, max_steps=1, epochs=1,
+               fused=True, backend="triton", triton_convs="all", cudnn_benchmark=True)
+    s = Searcher(cfg)
+    kinds = {type(m) for m in s.model.modules()}
+    assert {SearchDepthwiseConv2d, SearchPointwiseConv2d} <= kinds
+    s.run_search()
+    saved = json.loads((tmp_path / "convs" / "config.json").read_text())
+    assert saved["triton_convs"] == "all" and saved["cudnn_benchmark"] is True
+    wgrad = Searcher(_cfg(tmp_path / "wgrad", layers=1, steps=1, triton_convs="depthwise-wgrad"))
+    assert {m.kernels for m in wgrad.model.modules() if isinstance(m, SearchDepthwiseConv2d)} == {"weight_grad"}
+    assert not any(isinstance(m, SearchPointwiseConv2d) for m in wgrad.model.modules())
+    r = _run_cli(*TINY, "--triton-convs", "winograd", "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "invalid choice: 'winograd'" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(Exception, match="--triton-convs must be one of"):
+        Searcher(_cfg(tmp_path / "bad2", triton_convs="winograd"))

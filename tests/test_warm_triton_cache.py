@@ -12,8 +12,11 @@ def test_the_warmed_variants_are_the_benchmarks_triton_variants():
     warm = pytest.importorskip("warm_triton_cache")
     bench = pytest.importorskip("test_bench_search_step")
     assert set(warm.DEFAULT_IMPLS) <= set(bench.IMPLS)
-    # every graph-step variant launches Triton kernels: all of them are warmed
-    assert {i for i in bench.IMPLS if i.startswith("fused_graph")} <= set(warm.DEFAULT_IMPLS)
+    # every graph-step variant launches Triton kernels: all of them are warmed, or the variant whose
+    # kernels they launch
+    graphed = {warm.SAME_KERNELS.get(i, i) for i in bench.IMPLS if i.startswith("fused_graph")}
+    assert graphed <= set(warm.DEFAULT_IMPLS)
+    assert set(warm.SAME_KERNELS) <= set(bench.IMPLS) and not set(warm.SAME_KERNELS) & set(warm.DEFAULT_IMPLS)
 
 
 def test_failures_are_reported_per_variant(capsys):
