@@ -30,6 +30,11 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                as DARTS's search script sets it): cuDNN times its algorithms per conv shape in the
                eager warm-up steps instead of choosing by heuristics. A candidate lever, not yet timed
                (its algorithms may take more workspace: see its peak).
+- fused_graph_keep_relu: fused_graph with SearchNetwork(recompute_relu=False), the default before
+               2026-11-30: the batched sep convs' second depthwise conv keeps its input, bn1's ReLU
+               output, instead of making it again from bn1's output for its weight gradient (more
+               peak memory, one element-wise pass less per sep conv in the w step;
+               benchmarks/step_memory.py: 4.02 vs 3.51 GiB estimated).
 - fused_graph_streams: fused_graph with the edges into a node on 4 side CUDA streams
                (SearchNetwork(edge_streams=4); a candidate lever, not yet timed).
 - fused_graph_no_groupsum: fused_graph with a fused sum per edge (SearchNetwork(group_sums=False));
@@ -136,7 +141,7 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0,
                           batch_edge_convs=False if "per_edge" in impl else None,
                           autocast=torch.bfloat16 if "bf16" in impl else None,
                           group_sums=False if "no_groupsum" in impl else None, channels_last=_channels_last(impl), backend=backend,
-                          fused_pointwise_conv="pwconv" in impl)
+                          fused_pointwise_conv="pwconv" in impl, recompute_relu="keep_relu" not in impl)
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
@@ -193,8 +198,9 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
 # run order: the baseline and the target's variant first, the levers next, the eager steps last, so
 # that a GPU run cut off by its time limit (benchmarks/gpu_check.sh) still has the headline numbers
 IMPLS = ["plain", "fused_graph", "fused_graph_no_groupsum", "fused_graph_per_edge", "fused_graph_dwwgrad",
-         "fused_graph_dwconv", "fused_graph_pwconv", "fused_graph_cudnnbench", "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference",
-         "reference_per_edge", "reference_nchw"]
+         "fused_graph_dwconv", "fused_graph_pwconv", "fused_graph_keep_relu", "fused_graph_cudnnbench",
+         "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference", "reference_per_edge",
+         "reference_nchw"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 GRAPH_WARMUP = 3  # eager steps before the graph step captures
 

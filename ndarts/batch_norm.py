@@ -42,7 +42,7 @@ class _BatchNormsTrain(torch.autograd.Function):
     """Several affine-free training BatchNorms (and fused ReLUs) in one launch each way."""
 
     @staticmethod
-    def forward(ctx, bns, relu, *xs):
+    def forward(ctx, bns, relu, pre_relu, *xs):
         import ndarts_kernels
 
         ys, rs, rstd = ndarts_kernels.batch_norms_forward(
@@ -50,8 +50,12 @@ class _BatchNormsTrain(torch.autograd.Function):
             [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps, relu)
         ctx.save_for_backward(rstd, *ys)
         ctx.relu = relu
-        # where a ReLU is fused, the output is relu(y); y itself is kept for the backward only
-        return tuple(r if r is not None else y for r, y in zip(rs, ys))
+        # where a ReLU is fused, the output is relu(y); y itself is kept for the backward only, and
+        # (pre_relu) handed out too, not differentiable: a consumer may keep it instead of relu(y)
+        extra = [y for y, r in zip(ys, relu) if r] if pre_relu else []
+        ctx.mark_non_differentiable(*extra)
+        ctx.set_materialize_grads(False)  # no zero gradients made for the extra outputs (nor unused ones)
+        return (*(r if r is not None else y for r, y in zip(rs, ys)), *extra)
 
     @staticmethod
     @once_differentiable
@@ -59,18 +63,26 @@ class _BatchNormsTrain(torch.autograd.Function):
         import ndarts_kernels
 
         rstd, *ys = ctx.saved_tensors
-        grads = [g if g is not None else torch.zeros_like(y) for g, y in zip(grads, ys)]
-        return (None, None, *ndarts_kernels.batch_norms_backward(grads, ys, rstd, ctx.relu))
+        grads = [g if g is not None else torch.zeros_like(y) for g, y in zip(grads[:len(ys)], ys)]
+        return (None, None, None, *ndarts_kernels.batch_norms_backward(grads, ys, rstd, ctx.relu))
 
 
-def search_batch_norms(xs, bns, relu=None) -> list:
+def search_batch_norms(xs, bns, relu=None, pre_relu_out: list | None = None) -> list:
     """[relu(bn(x)) if relu[t] else bn(x) for the t-th x, bn]: with the Triton kernels (where every
     bn would run them: SearchBatchNorm2d's rule) and tensors alike (their channel counts may
     differ), all in one launch each way (eight per launch), the ReLUs fused; otherwise each BatchNorm and ReLU by itself, the same math.
-    EdgeGroup uses it for each stage of its batched conv stacks."""
+    EdgeGroup uses it for each stage of its batched conv stacks.
+    pre_relu_out: a list to append, per x, bn(x) before its ReLU where the kernels ran with one
+    (the BatchNorm keeps it for its backward anyway; not differentiable), else None."""
     relu = [False] * len(xs) if relu is None else list(relu)
     if _fusable(xs, bns):
-        return list(_BatchNormsTrain.apply(tuple(bns), tuple(relu), *xs))
+        outs = _BatchNormsTrain.apply(tuple(bns), tuple(relu), pre_relu_out is not None, *xs)
+        if pre_relu_out is not None:
+            pre = iter(outs[len(xs):])
+            pre_relu_out.extend(next(pre) if r else None for r in relu)
+        return list(outs[:len(xs)])
+    if pre_relu_out is not None:
+        pre_relu_out.extend([None] * len(xs))
     return [F.relu(bn(x)) if r else bn(x) for x, bn, r in zip(xs, bns, relu)]
 
 

@@ -40,61 +40,103 @@ def check_kernel_parts(kernels: str, who: str) -> str:
     return kernels
 
 
+def depthwise_grads(kernels: str, grad, x, weight, conf, need_input: bool, need_weight: bool, input_of=None):
+    """(dL/dx or None, dL/dweight or None) of a depthwise conv, on kernels "all" (Triton), "weight_grad"
+    (PyTorch's input gradient, the Triton weight gradient) or "torch". conf: (stride, padding,
+    dilation). input_of: a callable that makes the conv's input, called only for the weight
+    gradient; x is then any tensor of the input's shape and dtype (the input gradient reads none of
+    its values)."""
+    import ndarts_kernels
+
+    stride, padding, dilation = conf
+    if kernels == "all" and input_of is None:  # one call: both gradients from the input at hand
+        return ndarts_kernels.depthwise_conv_backward(grad, x, weight, *conf, need_input=need_input,
+                                                      need_weight=need_weight)
+    dx = dw = None
+    if need_input:
+        if kernels == "all":
+            dx = ndarts_kernels.depthwise_conv_backward(grad, x, weight, *conf, need_input=True, need_weight=False)[0]
+        else:
+            dx = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
+                [True, False, False])[0]
+    if need_weight:
+        inp = input_of() if input_of is not None else x
+        if kernels == "torch":
+            dw = torch.ops.aten.convolution_backward(
+                grad, inp, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], inp.shape[1],
+                [False, True, False])[1]
+        else:
+            dw = ndarts_kernels.depthwise_conv_backward(grad, inp, weight, *conf, need_input=False, need_weight=True)[1]
+    return dx, dw
+
+
 class _DepthwiseConv(torch.autograd.Function):
+    """The depthwise conv on kernels "all" (Triton) or "weight_grad" (PyTorch's forward and input
+    gradient, the Triton weight gradient)."""
+
     @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation):
+    def forward(ctx, x, weight, stride, padding, dilation, kernels):
         import ndarts_kernels
 
         ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, dilation)
-        return ndarts_kernels.depthwise_conv_forward(x, weight, stride, padding, dilation)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        import ndarts_kernels
-
-        x, weight = ctx.saved_tensors
-        need_input, need_weight = grads_used(ctx, 2)
-        dx, dw = ndarts_kernels.depthwise_conv_backward(grad, x, weight, *ctx.conf,
-                                                        need_input=need_input, need_weight=need_weight)
-        return dx, dw, None, None, None
-
-
-class _DepthwiseConvWeightGrad(torch.autograd.Function):
-    """PyTorch's depthwise conv forward and input gradient, the Triton weight gradient."""
-
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation):
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, dilation)
+        ctx.conf, ctx.kernels = (stride, padding, dilation), kernels
+        if kernels == "all":
+            return ndarts_kernels.depthwise_conv_forward(x, weight, stride, padding, dilation)
         return F.conv2d(x, weight, None, stride, padding, dilation, groups=x.shape[1])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        import ndarts_kernels
-
         x, weight = ctx.saved_tensors
-        stride, padding, dilation = ctx.conf
-        need_input, need_weight = grads_used(ctx, 2)
-        dx = dw = None
-        if need_input:
-            dx = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
-                [True, False, False])[0]
-        if need_weight:
-            dw = ndarts_kernels.depthwise_conv_backward(grad, x, weight, stride, padding, dilation,
-                                                        need_input=False, need_weight=True)[1]
-        return dx, dw, None, None, None
+        return (*depthwise_grads(ctx.kernels, grad, x, weight, ctx.conf, *grads_used(ctx, 2)), None, None, None, None)
 
 
 def depthwise_conv(x, weight, stride: int = 1, padding: int = 0, dilation: int = 1, kernels: str = "all"):
     """Depthwise 2-D convolution (groups = in channels; weight [C·M, 1, K, K]: M outputs per
     channel; no bias) on the Triton kernels; kernels="weight_grad": only its weight gradient there
     (the forward and the input gradient PyTorch's)."""
-    fn = _DepthwiseConv if check_kernel_parts(kernels, "depthwise_conv") == "all" else _DepthwiseConvWeightGrad
-    return fn.apply(x, weight, int(stride), int(padding), int(dilation))
+    return _DepthwiseConv.apply(x, weight, int(stride), int(padding), int(dilation),
+                                check_kernel_parts(kernels, "depthwise_conv"))
+
+
+class _DepthwiseConvOfRelu(torch.autograd.Function):
+    """conv(r) for r = relu(y), keeping y (which the BatchNorm before it keeps for its own backward)
+    instead of r: r is made again from y in the backward, and only for the weight gradient (a w
+    step; an α step needs none). relu(y) is bitwise the r the fused BatchNorm + ReLU wrote (rounding
+    to the dtype and the ReLU commute)."""
+
+    @staticmethod
+    def forward(ctx, r, y, weight, conf, kernels):
+        import ndarts_kernels
+
+        ctx.save_for_backward(y, weight)
+        ctx.conf, ctx.kernels = conf, kernels
+        if kernels == "all":
+            return ndarts_kernels.depthwise_conv_forward(r, weight, *conf)
+        return F.conv2d(r, weight, None, conf[0], conf[1], conf[2], groups=r.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        y, weight = ctx.saved_tensors
+        need_r, _, need_w = grads_used(ctx, 3)
+        dr, dw = depthwise_grads(ctx.kernels, grad, y, weight, ctx.conf, need_r, need_w, input_of=lambda: F.relu(y))
+        return dr, None, dw, None, None
+
+
+def depthwise_conv_of_relu(r: torch.Tensor, y: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """conv(r) for r = relu(y) (y: a tensor the caller keeps alive anyway, not differentiated
+    through here), without keeping r for the backward (``_DepthwiseConvOfRelu``). conv: a
+    depthwise nn.Conv2d (is_plain_depthwise) or SearchDepthwiseConv2d, whose kernels it runs on."""
+    if not (isinstance(conv, SearchDepthwiseConv2d) or is_plain_depthwise(conv)):
+        raise ValueError(f"depthwise_conv_of_relu: {conv} is not a depthwise conv the kernels cover")
+    if r.shape != y.shape or r.shape[1] != conv.in_channels:
+        raise ValueError(f"depthwise_conv_of_relu: r {tuple(r.shape)} and y {tuple(y.shape)} must be alike, with "
+                         f"{conv.in_channels} channels")
+    kernels = conv.kernels if isinstance(conv, SearchDepthwiseConv2d) and conv._use_kernels(r) else "torch"
+    conf = (_square(conv.stride), _square(conv.padding), _square(conv.dilation))
+    return _DepthwiseConvOfRelu.apply(r, y.detach(), conv.weight, conf, kernels)
 
 
 def _square(v) -> int | None:

@@ -32,6 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from .backend import graph_kernels_enabled
 from .batch_norm import search_batch_norms
+from .depthwise_conv import depthwise_conv_of_relu
 from .fan_out import fan_out
 
 GROUPED_KINDS = ("sep_conv", "dil_conv")
@@ -225,8 +226,12 @@ class GroupedConvStack(nn.Module):
         pw1 = self.pw1.weight[first * C:(first + count) * C]
         return F.conv2d(y, (pw1.view(count, C, C, 1) * mask).reshape(count * C, C * count, 1, 1))
 
-    def stage2(self, y: torch.Tensor) -> torch.Tensor:
-        """dw2 and pw2 of a sep conv (bn2's input) from relu(bn1(stage1))."""
+    def stage2(self, y: torch.Tensor, pre_relu: torch.Tensor | None = None) -> torch.Tensor:
+        """dw2 and pw2 of a sep conv (bn2's input) from y = relu(bn1(stage1)); pre_relu: bn1(stage1)
+        itself, kept by bn1 anyway, when dw2 should keep it for its backward instead of y
+        (EdgeGroup.recompute_relu)."""
+        if pre_relu is not None:
+            return self.pw2(depthwise_conv_of_relu(y, pre_relu, self.dw2))
         return self.pw2(self.dw2(y))
 
 
@@ -246,6 +251,10 @@ class EdgeGroup(nn.Module):
 
     def __init__(self, C: int, edges, stride: int, primitives):
         super().__init__()
+        # where the BatchNorm kernels run: the sep convs' dw2 keeps bn1's output, not its ReLU, for
+        # the backward (one activation less per sep conv; the ReLU made again for the weight
+        # gradient). SearchNetwork sets it (recompute_relu, on by default).
+        self.recompute_relu = False
         self.sources = (edges,) if isinstance(edges, int) else tuple(edges)
         self.edges, self.stride = sum(self.sources), stride
         self.ops = nn.ModuleDict({str(i): make_grouped_op(p, C, self.edges, stride)
@@ -280,13 +289,15 @@ class EdgeGroup(nn.Module):
                 raise ValueError(f"this EdgeGroup has {len(ops)} primitives, got {len(repeated)} repeated inputs")
         else:
             repeated = [repeated] * len(ops)
+        pre = [] if self.recompute_relu else None
         y1 = search_batch_norms([op.stage1(rs, rep, self.sources) for (_, op), rep in zip(ops, repeated)]
                                 + [x for x, _ in extra], [op.bn1 for _, op in ops] + [bn for _, bn in extra],
-                                relu=[op.repeats == 2 for _, op in ops] + [False] * len(extra))
+                                relu=[op.repeats == 2 for _, op in ops] + [False] * len(extra), pre_relu_out=pre)
         out = dict(zip((i for i, _ in ops), y1))
+        pre_relu = dict(zip((i for i, _ in ops), pre)) if pre is not None else {}
         seps = [(i, op) for i, op in ops if op.repeats == 2]
         if seps:
-            y2 = search_batch_norms([op.stage2(out[i]) for i, op in seps], [op.bn2 for _, op in seps])
+            y2 = search_batch_norms([op.stage2(out[i], pre_relu.get(i)) for i, op in seps], [op.bn2 for _, op in seps])
             out.update(zip((i for i, _ in seps), y2))
         return out, y1[len(ops):]
 

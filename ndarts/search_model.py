@@ -274,6 +274,11 @@ class SearchNetwork(nn.Module):
     fused_pointwise_conv (default off: not yet timed on a GPU): the cells' 1×1 stride-1 convolutions
     (the batched stacks' grouped ones, the preprocessing ones) on the Triton kernels, under the same
     rule (ndarts.pointwise_conv).
+    recompute_relu (default on): where the BatchNorm kernels run, the batched sep convs' second
+    depthwise conv keeps the BatchNorm output before its ReLU (which the BatchNorm keeps anyway)
+    instead of the ReLU's output, and makes the ReLU again for its weight gradient: one activation
+    less per sep conv at the peak (the graph step's estimated peak 4.02 → 3.51 GiB,
+    benchmarks/step_memory.py), one more element-wise pass per sep conv in the w step.
     edge_streams (default 0; opt-in, not yet timed on a GPU): on CUDA, with share_node_ops, run the
     edges into a node concurrently on this many side streams (EdgeStreams); same math.
     batch_edge_convs (default: as share_node_ops): the sep/dil convs of all edges leaving a node run
@@ -300,7 +305,7 @@ class SearchNetwork(nn.Module):
                  fused_batch_norm: bool | None = None, fused_depthwise_conv: bool | str = False, edge_streams: int = 0,
                  batch_edge_convs: bool | None = None, autocast: torch.dtype | None = None,
                  group_sums: bool | None = None,
-                 channels_last: bool | None = None, fused_pointwise_conv: bool = False):
+                 channels_last: bool | None = None, fused_pointwise_conv: bool = False, recompute_relu: bool = True):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -366,6 +371,9 @@ class SearchNetwork(nn.Module):
             use_search_depthwise_conv(self.cells, backend, "all" if fused_depthwise_conv is True else fused_depthwise_conv)
         if fused_pointwise_conv:
             use_search_pointwise_conv(self.cells, backend)
+        for m in self.cells.modules():
+            if isinstance(m, EdgeGroup):
+                m.recompute_relu = recompute_relu
 
         num_edges = sum(2 + i for i in range(steps))
         # at most two fused sums per edge (the paper's noise on a reduction edge's input is a second)

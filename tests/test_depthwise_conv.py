@@ -196,3 +196,48 @@ def test_search_network_with_triton_depthwise_conv_equals_torch(fresh_seed, kern
         assert_same_forward_backward((ref, tri), torch.randn(3, 2, 9, 9), out_tol=(1e-5, 1e-4))
     assert bwd.call_count == len(convs)  # every depthwise conv ran on the kernels
     assert all(m.kernels == ("all" if kernels is True else kernels) for m in convs)
+
+
+@pytest.mark.parametrize("kernels", ["torch", "all", "weight_grad"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
+def test_conv_of_relu_keeps_y_not_relu_y(fresh_seed, kernels, dtype, tol):
+    """depthwise_conv_of_relu(relu(y), y, conv): conv(relu(y)) and its gradients as conv2d gives
+    them, relu(y) not among the tensors kept for the backward, and made again only for the weight
+    gradient (not in an α step's pass)."""
+    from unittest import mock
+
+    from ndarts.depthwise_conv import depthwise_conv_of_relu
+
+    conv = nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6, bias=False).to(dtype)
+    if kernels != "torch":  # the Triton kernels (in the interpreter), all or the weight gradient only
+        conv.__class__ = SearchDepthwiseConv2d
+        conv._setup("triton", kernels)
+    y = torch.randn(2, 6, 7, 9, dtype=dtype)
+    g = torch.randn(2, 6, 7, 9, dtype=dtype)
+    a = torch.ones((), requires_grad=True)  # stands in for α: upstream of r
+
+    def run(of_relu: bool):
+        yy = y.clone().requires_grad_()
+        r = torch.relu(yy) * a
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = depthwise_conv_of_relu(r, (yy * a).detach(), conv) if of_relu else F.conv2d(
+                r, conv.weight, None, 1, 2, 2, groups=6)
+        return out, r, yy, saved
+
+    out, r, yy, saved = run(True)
+    want, r_ref, yy_ref, _ = run(False)
+    torch.testing.assert_close(out.float(), want.float(), atol=tol, rtol=tol)
+    assert not any(t.data_ptr() == r.data_ptr() for t in saved)  # relu(y) is not kept
+    with mock.patch("torch.nn.functional.relu", wraps=F.relu) as relu:
+        (ga,) = torch.autograd.grad((out * g).sum(), [a], retain_graph=True)
+        assert relu.call_count == 0  # an α step's pass: no weight gradient, no ReLU made again
+        (out * g).sum().backward()
+        assert relu.call_count == 1
+    (want_ga,) = torch.autograd.grad((want * g).sum(), [a], retain_graph=True)
+    torch.testing.assert_close(ga.float(), want_ga.float(), atol=tol * 50, rtol=tol)
+    w_grad = conv.weight.grad.clone()
+    conv.weight.grad = None
+    (want * g).sum().backward()
+    torch.testing.assert_close(w_grad.float(), conv.weight.grad.float(), atol=tol * 50, rtol=tol)
+    torch.testing.assert_close(yy.grad.float(), yy_ref.grad.float(), atol=tol, rtol=tol)

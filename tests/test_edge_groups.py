@@ -284,3 +284,27 @@ def test_relu_repeat_names_bad_input():
         ndarts_kernels.relu_repeat_backward([torch.randn(2, 6, 4, 4), torch.randn(2, 3, 4, 4)], [x], [2])
     with pytest.raises(ValueError, match="1..6 gradient tensors"):
         ndarts_kernels.relu_repeat_backward([torch.randn(2, 6, 4, 4)] * 7, [x], [2])
+
+
+@pytest.mark.parametrize("dwconv", [False, True])
+def test_recomputed_relu_equals_kept_relu(fresh_seed, dwconv):
+    """SearchNetwork(recompute_relu=True), the default where the BatchNorm kernels run: outputs,
+    every gradient and the BatchNorm statistics equal those of the network whose sep convs keep
+    their inner ReLU's output (the Triton kernels in the interpreter; with the Triton depthwise
+    convs too)."""
+    from network_checks import assert_same_forward_backward
+
+    from ndarts import NoiseConfig
+    from ndarts.search_model import SearchNetwork
+
+    # one cell of one node (a group of the inputs' two edges), both stacks kinds; small: the interpreter
+    kw = dict(C=4, num_classes=5, layers=1, primitives=["skip_connect", "sep_conv_3x3", "dil_conv_3x3"],
+              noise=NoiseConfig(kind="none"), fused=True, steps=1, multiplier=1, in_channels=2, backend="triton",
+              fused_depthwise_conv=dwconv)
+    torch.manual_seed(3)
+    kept = SearchNetwork(**kw, recompute_relu=False)
+    torch.manual_seed(3)
+    recomputed = SearchNetwork(**kw)
+    assert all(g.recompute_relu for c in recomputed.cells for g in c.edge_groups)
+    assert_same_forward_backward((kept, recomputed), torch.randn(2, 2, 6, 7), out_tol=(0, 0), grad_tol=(0, 0),
+                                 buffer_tol=(0, 0), seed=fresh_seed)

@@ -54,3 +54,12 @@ def test_live_storages_counts_views_once_and_frees():
         c = x.sum()  # 1 float, after a and b are freed
     assert tracker.peak == 3 * 4 * n
     assert tracker._sweep() == 4 * n + c.untyped_storage().nbytes()
+
+
+def test_the_recomputed_relu_lowers_the_peak():
+    """The default graph step (recompute_relu) holds less at its peak than the one whose sep convs
+    keep their inner ReLU's output (estimated 3.51 vs 4.02 GiB at batch 64, 32×32)."""
+    step_memory = pytest.importorskip("step_memory")
+    default = step_memory.peak_bytes("fused_graph", 2, 16)
+    kept = step_memory.peak_bytes("fused_graph_keep_relu", 2, 16)
+    assert default < 0.97 * kept
