@@ -136,7 +136,10 @@ def depthwise_conv_of_relu(r: torch.Tensor, y: torch.Tensor, conv: nn.Conv2d) ->
                          f"{conv.in_channels} channels")
     kernels = conv.kernels if isinstance(conv, SearchDepthwiseConv2d) and conv._use_kernels(r) else "torch"
     conf = (_square(conv.stride), _square(conv.padding), _square(conv.dilation))
-    return _DepthwiseConvOfRelu.apply(r, y.detach(), conv.weight, conf, kernels)
+    weight = conv.weight
+    if weight.dtype != r.dtype:  # under autocast: the weight cast where autograd sees it, as autocast's own
+        weight = weight.to(r.dtype)
+    return _DepthwiseConvOfRelu.apply(r, y.detach(), weight, conf, kernels)
 
 
 def _square(v) -> int | None:

@@ -241,3 +241,26 @@ def test_conv_of_relu_keeps_y_not_relu_y(fresh_seed, kernels, dtype, tol):
     (want * g).sum().backward()
     torch.testing.assert_close(w_grad.float(), conv.weight.grad.float(), atol=tol * 50, rtol=tol)
     torch.testing.assert_close(yy.grad.float(), yy_ref.grad.float(), atol=tol, rtol=tol)
+
+
+def test_conv_of_relu_under_autocast(fresh_seed):
+    """bf16 autocast (the search's --amp bf16): bf16 activations, the fp32 weight cast where autograd
+    sees it, so its gradient comes back fp32, as autocast's own conv gives it."""
+    from ndarts.depthwise_conv import depthwise_conv_of_relu
+
+    conv = nn.Conv2d(4, 4, 5, padding=2, groups=4, bias=False)
+    y = torch.randn(2, 4, 6, 7).bfloat16()
+    g = torch.randn(2, 4, 6, 7)
+    outs, grads = [], []
+    for of_relu in (True, False):
+        conv.weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            r = torch.relu(y)
+            out = depthwise_conv_of_relu(r, y, conv) if of_relu else conv(r)
+        assert out.dtype == torch.bfloat16
+        (out.float() * g).sum().backward()
+        assert conv.weight.grad.dtype == torch.float32
+        outs.append(out.float())
+        grads.append(conv.weight.grad.clone())
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-2, rtol=1e-2)
