@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import split_images
+from .grid import plane_pointer, split_images
 
 INT32_LIMIT = 2**31 - 1
 
@@ -38,14 +38,6 @@ def _tile_coords(tile, TILES_W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     rows = (tile // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
     cols = (tile % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
     return rows, cols
-
-
-@triton.jit
-def _plane(ptr, plane, size, INDEX_64: tl.constexpr):
-    """Pointer to the first element of plane `plane` (size elements each)."""
-    if INDEX_64:
-        return ptr + plane.to(tl.int64) * size
-    return ptr + plane * size
 
 
 @triton.jit
@@ -70,8 +62,8 @@ def _dw_conv_fwd_kernel(
     c = plane % (C * M)
     oh, ow = _tile_coords(tl.program_id(1), TILES_W, BLOCK_H, BLOCK_W)
     out_mask = (oh < OH) & (ow < OW)
-    x_base = _plane(X, (plane // (C * M)) * C + c // M, H * W, INDEX_64)
-    y_base = _plane(Y, plane, OH * OW, INDEX_64)
+    x_base = plane_pointer(X, (plane // (C * M)) * C + c // M, H * W, INDEX_64)
+    y_base = plane_pointer(Y, plane, OH * OW, INDEX_64)
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     for i in tl.static_range(K):
         for j in tl.static_range(K):
@@ -92,10 +84,10 @@ def _dw_conv_bwd_input_kernel(
     c = plane % C
     h, w = _tile_coords(tl.program_id(1), TILES_W, BLOCK_H, BLOCK_W)
     in_mask = (h < H) & (w < W)
-    dx_base = _plane(DX, plane, H * W, INDEX_64)
+    dx_base = plane_pointer(DX, plane, H * W, INDEX_64)
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     for m in tl.static_range(M):  # the M output channels of input channel c
-        g_base = _plane(G, plane * M + m, OH * OW, INDEX_64)
+        g_base = plane_pointer(G, plane * M + m, OH * OW, INDEX_64)
         w_base = Wt + (c * M + m) * K * K
         for i in tl.static_range(K):
             th = h + PAD - i * DIL  # = oh·STRIDE for the output row this tap came from
@@ -134,8 +126,8 @@ def _dw_conv_bwd_weight_kernel(
     acc = tl.zeros([KK_BLOCK, BLOCK_H * BLOCK_W], dtype=tl.float32)  # Σ g·x per (tap, pixel)
     n_end = tl.minimum((s + 1) * ROWS, N)
     for n in range(s * ROWS, n_end):
-        x_base = _plane(X, n * C + c // M, H * W, INDEX_64)
-        g_base = _plane(G, n * C * M + c, OH * OW, INDEX_64)
+        x_base = plane_pointer(X, n * C + c // M, H * W, INDEX_64)
+        g_base = plane_pointer(G, n * C * M + c, OH * OW, INDEX_64)
         for t in range(TILES_H * TILES_W):
             oh = (t // TILES_W) * BLOCK_H + pix // BLOCK_W
             ow = (t % TILES_W) * BLOCK_W + pix % BLOCK_W

@@ -1,7 +1,7 @@
 """How the kernels' launches are shaped: how the per-channel kernels (BatchNorm, depthwise-conv
 weight gradient) split their work, and how the kernels that take a fixed number of tensor
-pointers (mixed sums, group sums, BatchNorms, stds) get longer and shorter lists, and how a
-program picks its tensor out of such a list."""
+pointers (mixed sums, group sums, BatchNorms, stds) get longer and shorter lists, how a
+program picks its tensor out of such a list, and where a plane of an NCHW tensor starts."""
 import torch
 import triton
 import triton.language as tl
@@ -68,3 +68,12 @@ def pick_pointer(t, P0, P1, P2, P3, P4, P5, P6, P7, T: tl.constexpr):
         if t == 7:
             p = P7
     return p
+
+
+@triton.jit
+def plane_pointer(ptr, plane, size, INDEX_64: tl.constexpr):
+    """Pointer to the first element of plane `plane` of a tensor of planes `size` elements each, in
+    int64 arithmetic where the tensor needs it (INDEX_64)."""
+    if INDEX_64:
+        return ptr + plane.to(tl.int64) * size
+    return ptr + plane * size

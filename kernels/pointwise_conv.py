@@ -23,16 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import plane_pointer
+
 INT32_LIMIT = 2**31 - 1
 MAX_BLOCK_C = 64  # channels per block of the weight (the search network's have 16-64)
-
-
-@triton.jit
-def _base(ptr, plane, size, INDEX_64: tl.constexpr):
-    """ptr + plane · size, in int64 where the tensor needs it."""
-    if INDEX_64:
-        return ptr + plane.to(tl.int64) * size
-    return ptr + plane * size
 
 
 @triton.jit
@@ -48,7 +42,7 @@ def _pw_conv_kernel(
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     o = tl.program_id(2) * BLOCK_O + tl.arange(0, BLOCK_O)
     p_ok = p < P
-    x_base = _base(X, ng, CI * P, INDEX_64)
+    x_base = plane_pointer(X, ng, CI * P, INDEX_64)
     acc = tl.zeros([BLOCK_O, BLOCK_P], dtype=tl.float32)
     for i0 in range(0, CI, BLOCK_I):
         i = i0 + tl.arange(0, BLOCK_I)
@@ -56,7 +50,7 @@ def _pw_conv_kernel(
         w = tl.load(Wt + g * W_GROUP + o[:, None] * W_OUT + i[None, :] * W_IN,
                     mask=(o < CO)[:, None] & (i < CI)[None, :], other=0.0)
         acc += tl.dot(w.to(tl.float32), x.to(tl.float32), input_precision="ieee")
-    y_base = _base(Y, ng, CO * P, INDEX_64)
+    y_base = plane_pointer(Y, ng, CO * P, INDEX_64)
     tl.store(y_base + o[:, None] * P + p[None, :], acc.to(Y.dtype.element_ty), mask=(o < CO)[:, None] & p_ok[None, :])
 
 
@@ -82,9 +76,9 @@ def _pw_conv_wgrad_kernel(
         ng = (u // blocks) * G + g
         p = (u % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = p < P
-        dy = tl.load(_base(DY, ng, CO * P, INDEX_64) + o[:, None] * P + p[None, :],
+        dy = tl.load(plane_pointer(DY, ng, CO * P, INDEX_64) + o[:, None] * P + p[None, :],
                      mask=o_ok[:, None] & p_ok[None, :], other=0.0)
-        x = tl.load(_base(X, ng, CI * P, INDEX_64) + i[:, None] * P + p[None, :],
+        x = tl.load(plane_pointer(X, ng, CI * P, INDEX_64) + i[:, None] * P + p[None, :],
                     mask=i_ok[:, None] & p_ok[None, :], other=0.0)
         acc += tl.dot(dy.to(tl.float32), tl.trans(x.to(tl.float32)), input_precision="ieee")
     r = tl.arange(0, BLOCK_O)[:, None] * BLOCK_I + tl.arange(0, BLOCK_I)[None, :]
