@@ -132,3 +132,22 @@ def test_search_network_with_triton_pointwise_conv_equals_torch(fresh_seed):
                            wraps=ndarts_kernels.pointwise_conv_backward) as bwd:
         assert_same_forward_backward((ref, tri), torch.randn(3, 2, 9, 9), out_tol=(1e-5, 1e-4))
     assert bwd.call_count == len(convs)  # every pointwise conv ran on the kernels
+
+
+def test_int64_indexing_path(monkeypatch, fresh_seed):
+    """The int64-index variant (tensors of ≥ 2^31 elements) on a small tensor: the launchers take it
+    when the size passes INT32_LIMIT, lowered here."""
+    import ndarts_kernels.pointwise_conv as pw
+    from triton.runtime import interpreter
+
+    monkeypatch.setattr(pw, "INT32_LIMIT", 16)
+    run = interpreter.GridExecutor.__call__
+    seen = []
+
+    def recorded(executor, *args, **kwargs):
+        seen.append((executor.fn.__name__, kwargs.get("INDEX_64")))
+        return run(executor, *args, **kwargs)
+
+    monkeypatch.setattr(interpreter.GridExecutor, "__call__", recorded)
+    check_against_conv2d((2, 2, 16, 16, 3, 5), torch.float32, 2e-5)
+    assert {(name, True) for name in ("_pw_conv_kernel", "_pw_conv_wgrad_kernel")} <= set(seen)
