@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import torch
 
+# private to PyTorch (torch 2.x); without it every gradient that is required counts as used
+_will_execute = getattr(torch._C, "_will_engine_execute_node", None)
+
 
 def grads_used(ctx, count: int) -> tuple[bool, ...]:
     """For the first `count` inputs of a custom autograd Function, in its backward: whether this
@@ -20,9 +23,9 @@ def grads_used(ctx, count: int) -> tuple[bool, ...]:
     ``ctx.next_functions`` has an entry per tensor input only."""
     used = []
     for needed, (node, _) in zip(ctx.needs_input_grad[:count], ctx.next_functions[:count]):
-        if needed and node is not None:
+        if needed and node is not None and _will_execute is not None:
             try:
-                needed = bool(torch._C._will_engine_execute_node(node))
+                needed = bool(_will_execute(node))
             except RuntimeError:
                 pass
         used.append(bool(needed))

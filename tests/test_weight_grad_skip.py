@@ -180,3 +180,27 @@ def test_search_step_weight_grads_unchanged(fresh_seed):
         computed = w_step_grads()
     for i, (a, b) in enumerate(zip(skipped, computed)):
         assert torch.equal(a, b), f"weight {i}"
+
+
+def test_grads_used_without_the_engine_query(monkeypatch):
+    """On a torch without the engine's private query every required gradient counts as used (the
+    kernels then compute dW as before): correct, only slower."""
+    import ndarts.grad_use as grad_use
+
+    monkeypatch.setattr(grad_use, "_will_execute", None)
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, w):
+            return a * w
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(grads_used(ctx, 2))
+            return g, g
+
+    alpha = torch.randn(3, requires_grad=True)
+    weight = torch.randn(3)
+    torch.autograd.grad(Probe.apply(torch.softmax(alpha, 0), weight).sum(), [alpha])
+    assert seen == [(True, False)]  # weight requires no grad: not used either way
