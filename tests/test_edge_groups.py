@@ -308,3 +308,22 @@ def test_recomputed_relu_equals_kept_relu(fresh_seed, dwconv):
     assert all(g.recompute_relu for c in recomputed.cells for g in c.edge_groups)
     assert_same_forward_backward((kept, recomputed), torch.randn(2, 2, 6, 7), out_tol=(0, 0), grad_tol=(0, 0),
                                  buffer_tol=(0, 0), seed=fresh_seed)
+
+
+def test_every_graph_kernel_lever_at_once_equals_the_plain_per_edge_network(fresh_seed):
+    """The graph step's network with every Triton-backed lever on (group sums, BatchNorms, the
+    remade inner ReLU, and the opt-in depthwise and pointwise conv kernels) against the per-edge
+    network on PyTorch's ops, loaded from the same state: outputs, every gradient and every buffer
+    (noise off: group sums draw their noise per group)."""
+    # a reduction cell of two nodes (stride-2 groups with own FactorizedReduce skips, a stride-1
+    # group), a pool, both stack kinds: small, for the interpreter
+    kw = dict(C=4, num_classes=5, layers=1, steps=2, multiplier=2, noise=NoiseConfig(kind="none"), fused=True,
+              primitives=["skip_connect", "max_pool_3x3", "sep_conv_3x3", "dil_conv_5x5"], in_channels=2)
+    per_edge = SearchNetwork(**kw, batch_edge_convs=False, backend="torch")
+    levers = SearchNetwork(**kw, backend="triton", fused_depthwise_conv=True, fused_pointwise_conv=True)
+    assert any(c._sum_plans for c in levers.cells) and all(g.recompute_relu for g in levers.cells[0].edge_groups)
+    with torch.no_grad():
+        for a in per_edge.arch_parameters():
+            a.normal_()
+    levers.load_state_dict(per_edge.state_dict())
+    _assert_same(per_edge, levers, torch.randn(2, 2, 6, 5), seed=fresh_seed, tol=1e-4)
