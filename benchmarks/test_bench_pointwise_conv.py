@@ -12,7 +12,8 @@ each part on its own, so that the next GPU run can say which kernel wins at the 
   nn.Conv2d runs); impl `triton`: ndarts_kernels.pointwise_conv_forward / _backward (CUDA only);
 - cases (input N×C×H×W, groups G, output channels per group), fp32, at batch 64 and 32×32: a
   normal cell's first conv group (8 edges × 16 channels, edge-major: G = 8), 4 edges (G = 4), one
-  edge (16 channels, dense), and a cell's preprocessing conv (the stem's 48 channels to 16, dense).
+  edge (16 channels, dense), a cell's preprocessing conv (the stem's 48 channels to 16, dense), and
+  the 8 groups' tensors as one dense 128 → 128 conv (is cuDNN's dense 1×1 faster than its grouped one?).
 
 Time: CUDA events over back-to-back calls and a CUDA-graph replay (`graph_ms`); GB/s from the
 bytes each part must move at least, against the copy bandwidth measured in the same run
@@ -26,7 +27,10 @@ import torch
 from bench_common import CONV_PARTS, CUDA, record_conv_part, shape_id, torch_conv_part, triton_skip_reason
 
 # (input shape, groups G, output channels per group)
-CASES = ([((64, 128, 32, 32), 8, 16), ((64, 64, 32, 32), 4, 16), ((64, 16, 32, 32), 1, 16), ((64, 48, 32, 32), 1, 16)]
+# (64×128 dense, 128 → 128: the same tensors as the 8 groups, for the grouped-vs-dense question of the
+# channel-multiplier first stage, RESULTS.md 2026-11-30)
+CASES = ([((64, 128, 32, 32), 8, 16), ((64, 64, 32, 32), 4, 16), ((64, 16, 32, 32), 1, 16), ((64, 48, 32, 32), 1, 16),
+          ((64, 128, 32, 32), 1, 128)]
          if CUDA else [((2, 32, 16, 16), 2, 16), ((2, 48, 16, 16), 1, 16)])
 ROUNDS, WARMUP = (10, 3) if CUDA else (5, 1)
 

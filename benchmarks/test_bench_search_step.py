@@ -30,6 +30,8 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                as DARTS's search script sets it): cuDNN times its algorithms per conv shape in the
                eager warm-up steps instead of choosing by heuristics. A candidate lever, not yet timed
                (its algorithms may take more workspace: see its peak).
+- fused_graph_convs: fused_graph_dwconv and fused_graph_pwconv together: every conv of the cells but
+               a FactorizedReduce's on the Triton kernels (`--triton-convs all`). Not yet timed.
 - fused_graph_keep_relu: fused_graph with SearchNetwork(recompute_relu=False), the default before
                2026-11-30: the batched sep convs' second depthwise conv keeps its input, bn1's ReLU
                output, instead of making it again from bn1's output for its weight gradient (more
@@ -126,7 +128,7 @@ def _channels_last(impl: str):
 
 def _depthwise_kernels(impl: str):
     """SearchNetwork's fused_depthwise_conv for a variant: the whole conv, its weight gradient, or off."""
-    return True if "dwconv" in impl else "weight_grad" if "dwwgrad" in impl else False
+    return True if "dwconv" in impl or impl.endswith("_convs") else "weight_grad" if "dwwgrad" in impl else False
 
 
 def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0, backend: str | None = None) -> StepParts:
@@ -141,7 +143,7 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0,
                           batch_edge_convs=False if "per_edge" in impl else None,
                           autocast=torch.bfloat16 if "bf16" in impl else None,
                           group_sums=False if "no_groupsum" in impl else None, channels_last=_channels_last(impl), backend=backend,
-                          fused_pointwise_conv="pwconv" in impl, recompute_relu="keep_relu" not in impl)
+                          fused_pointwise_conv="pwconv" in impl or impl.endswith("_convs"), recompute_relu="keep_relu" not in impl)
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
@@ -200,7 +202,7 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
 # rest, the eager steps last, so that a GPU run cut off by its time limit (benchmarks/gpu_check.sh)
 # still has the numbers that decide
 IMPLS = ["plain", "fused_graph", "fused_graph_dwwgrad", "fused_graph_pwconv", "fused_graph_cudnnbench",
-         "fused_graph_dwconv", "fused_graph_keep_relu", "fused_graph_no_groupsum", "fused_graph_per_edge",
+         "fused_graph_dwconv", "fused_graph_convs", "fused_graph_keep_relu", "fused_graph_no_groupsum", "fused_graph_per_edge",
          "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference", "reference_per_edge",
          "reference_nchw"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
