@@ -326,4 +326,7 @@ def test_every_graph_kernel_lever_at_once_equals_the_plain_per_edge_network(fres
         for a in per_edge.arch_parameters():
             a.normal_()
     levers.load_state_dict(per_edge.state_dict())
-    _assert_same(per_edge, levers, torch.randn(2, 2, 6, 5), seed=fresh_seed, tol=1e-4)
+    # fp32 (the kernels' dtypes), and BatchNorms over 2 images of 6×5: summation-order rounding is
+    # amplified up to ~3e-4 relative in the stem's gradient, as much with the Triton network without
+    # the conv levers (measured over seeds); a wrong weight, channel or statistic is O(1)
+    _assert_same(per_edge, levers, torch.randn(2, 2, 6, 5), seed=fresh_seed, tol=2e-3)
