@@ -8,9 +8,9 @@
 # 1. the card and the software; 2. the GPU tests (pytest -m gpu, compiled Triton kernels), while
 # one background process per search-step variant fills Triton's cache (warm_triton_cache.py);
 # 3. the benchmarks (pytest-benchmark JSON under $OUT: the search step, the pointwise and
-# depthwise conv parts, the mixed-op sum); 4. torch.compile at the target shape;
-# 5. a profile of one search step (benchmarks/profile_step.py); 6. torch.compile at the other
-# shapes; LAST, a short table (summarize.py). Everything under $OUT is packed into gpu_check.tgz
+# depthwise conv parts); 4. a profile of one search step (benchmarks/profile_step.py: busy time by
+# kernel category); 5. the mixed-op sum benchmarks; 6. torch.compile at the target shape, then at
+# the other shapes; LAST, a short table (summarize.py). Everything under $OUT is packed into gpu_check.tgz
 # (the device tool returns at most 8 files) beside summary.txt.
 # GPU_CHECK_COMPILE=0 leaves out the torch.compile benchmarks (a quick first look); GPU_TESTS_LIMIT_S
 # caps the GPU tests (default 180 s), GPU_BENCH_LIMIT_S the search-step benchmarks (default 180 s,
@@ -138,6 +138,13 @@ run_logged bench_dwconv "${GPU_DWCONV_LIMIT_S:-60}" 4 "$PY" -m pytest benchmarks
     benchmarks/test_bench_depthwise_conv.py --benchmark-only -q -rs --benchmark-json="$OUT/bench_dwconv.json" \
     --benchmark-columns=median,rounds || STATUS=1
 
+step "profile of one search step (benchmarks/profile_step.py)"
+# the default step first, then the depthwise weight-gradient and pointwise levers (the kernel the
+# first replaces was the slowest one on 2026-11-27), then the rest: a profile cut off by its limit
+# keeps the first ones. Before the mixed-sum benchmarks: where the step's time goes matters more
+# than numbers measured on 2026-11-27 already
+run_logged profile 90 60 "$PY" benchmarks/profile_step.py --impl fused fused_dwwgrad fused_pwconv plain fused_no_groupsum fused_per_edge --graph-kernels --json "$OUT/profile.json" || STATUS=1
+
 step "benchmarks: the mixed-op sum (fused, eager)"
 run_logged bench_sum "${GPU_SUM_LIMIT_S:-60}" 8 "$PY" -m pytest benchmarks/test_bench_noisy_mixed_sum.py \
     --benchmark-only -q -rs -k "not compiled" --benchmark-json="$OUT/bench_sum.json" \
@@ -152,11 +159,6 @@ run_logged bench_compile_target 90 6 "$PY" -m pytest benchmarks --benchmark-only
     --benchmark-columns=median,rounds || STATUS=1
 
 fi
-
-step "profile of one search step (benchmarks/profile_step.py)"
-# the default step first, then the depthwise weight-gradient lever (the kernel it replaces was the
-# slowest one on 2026-11-27), then the rest: a profile cut off by its limit keeps the first ones
-run_logged profile 90 60 "$PY" benchmarks/profile_step.py --impl fused fused_dwwgrad fused_pwconv plain fused_no_groupsum fused_per_edge --graph-kernels --json "$OUT/profile.json" || STATUS=1
 
 if [ "${GPU_CHECK_COMPILE:-1}" != 0 ]; then
 step "benchmarks: torch.compile, the other shapes"
