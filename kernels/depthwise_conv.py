@@ -115,6 +115,7 @@ def _dw_conv_bwd_weight_kernel(
     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, M: tl.constexpr,
     KK_BLOCK: tl.constexpr,  # power of two ≥ K·K
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
+    RELU_INPUT: tl.constexpr,  # the conv's input is relu(X): applied as X is loaded
 ):
     c = tl.program_id(0)  # output channel
     s = tl.program_id(1)
@@ -137,6 +138,8 @@ def _dw_conv_bwd_weight_kernel(
             iw = ow * STRIDE - PAD + dj
             mask = out_mask & tap_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             x = tl.load(x_base + ih * W + iw, mask=mask, other=0.0).to(tl.float32)  # K·K shifted windows
+            if RELU_INPUT:
+                x = tl.maximum(x, 0.0)
             acc += x * g
     tl.store(PART + (c * S + s) * KK_BLOCK + tl.arange(0, KK_BLOCK), tl.sum(acc, axis=1))
 
@@ -220,8 +223,10 @@ def depthwise_conv_forward(x, weight, stride: int, padding: int, dilation: int) 
 
 
 def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation: int,
-                            need_input: bool = True, need_weight: bool = True):
-    """(dL/dx or None, dL/dweight or None), dL/dweight in the weight's dtype."""
+                            need_input: bool = True, need_weight: bool = True, relu_input: bool = False):
+    """(dL/dx or None, dL/dweight or None), dL/dweight in the weight's dtype. relu_input: the conv's
+    input was relu(x); the weight gradient applies the ReLU as it reads x (the input gradient reads
+    no input values)."""
     k, oh, ow = check_depthwise_args(x, weight, stride, padding, dilation)
     grad, x, weight = grad.contiguous(), x.contiguous(), weight.contiguous()
     n, c, h, w = x.shape
@@ -247,7 +252,7 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
         _dw_conv_bwd_weight_kernel[(co, splits)](
             x, grad, part, n, c, h, w, oh, ow, rows, splits, triton.cdiv(oh, bh), triton.cdiv(ow, bw),
             K=k, STRIDE=stride, PAD=padding, DIL=dilation, M=co // c, KK_BLOCK=kk_block, BLOCK_H=bh,
-            BLOCK_W=bw, INDEX_64=index_64, num_warps=8)  # 8 warps: 32 accumulators per thread at most
+            BLOCK_W=bw, INDEX_64=index_64, RELU_INPUT=bool(relu_input), num_warps=8)  # 8 warps: ≤ 32 accumulators a thread
         # the S partials summed into the weight's dtype and (contiguous) layout in one kernel: a
         # gradient with the parameter's strides, which autograd accumulates without another copy
         dw = torch.empty_like(weight, memory_format=torch.contiguous_format)

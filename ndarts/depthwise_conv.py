@@ -40,34 +40,37 @@ def check_kernel_parts(kernels: str, who: str) -> str:
     return kernels
 
 
-def depthwise_grads(kernels: str, grad, x, weight, conf, need_input: bool, need_weight: bool, input_of=None):
+def depthwise_grads(kernels: str, grad, x, weight, conf, need_input: bool, need_weight: bool,
+                    relu_input: bool = False):
     """(dL/dx or None, dL/dweight or None) of a depthwise conv, on kernels "all" (Triton), "weight_grad"
     (PyTorch's input gradient, the Triton weight gradient) or "torch". conf: (stride, padding,
-    dilation). input_of: a callable that makes the conv's input, called only for the weight
-    gradient; x is then any tensor of the input's shape and dtype (the input gradient reads none of
-    its values)."""
+    dilation). relu_input: the conv's input was relu(x) (the input gradient reads no input values;
+    the Triton weight gradient applies the ReLU as it reads x, PyTorch's gets relu(x) made)."""
     import ndarts_kernels
 
     stride, padding, dilation = conf
-    if kernels == "all" and input_of is None:  # one call: both gradients from the input at hand
-        return ndarts_kernels.depthwise_conv_backward(grad, x, weight, *conf, need_input=need_input,
-                                                      need_weight=need_weight)
-    dx = dw = None
-    if need_input:
-        if kernels == "all":
-            dx = ndarts_kernels.depthwise_conv_backward(grad, x, weight, *conf, need_input=True, need_weight=False)[0]
-        else:
+    if kernels != "torch" and need_weight:  # one call: the weight gradient (and the input's, on "all")
+        dx, dw = ndarts_kernels.depthwise_conv_backward(grad, x, weight, *conf, need_input=need_input and kernels == "all",
+                                                        need_weight=True, relu_input=relu_input)
+        if need_input and kernels != "all":
             dx = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
                 [True, False, False])[0]
+        return dx, dw
+    if kernels == "all":
+        return ndarts_kernels.depthwise_conv_backward(grad, x, weight, *conf, need_input=need_input,
+                                                      need_weight=False)
+    # PyTorch's kernels (and the "weight_grad" input gradient without a weight gradient)
+    dx = dw = None
+    if need_input:
+        dx = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
+            [True, False, False])[0]
     if need_weight:
-        inp = input_of() if input_of is not None else x
-        if kernels == "torch":
-            dw = torch.ops.aten.convolution_backward(
-                grad, inp, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], inp.shape[1],
-                [False, True, False])[1]
-        else:
-            dw = ndarts_kernels.depthwise_conv_backward(grad, inp, weight, *conf, need_input=False, need_weight=True)[1]
+        inp = F.relu(x) if relu_input else x
+        dw = torch.ops.aten.convolution_backward(
+            grad, inp, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], inp.shape[1],
+            [False, True, False])[1]
     return dx, dw
 
 
@@ -103,8 +106,9 @@ def depthwise_conv(x, weight, stride: int = 1, padding: int = 0, dilation: int =
 class _DepthwiseConvOfRelu(torch.autograd.Function):
     """conv(r) for r = relu(y), keeping y (which the BatchNorm before it keeps for its own backward)
     instead of r: r is made again from y in the backward, and only for the weight gradient (a w
-    step; an α step needs none). relu(y) is bitwise the r the fused BatchNorm + ReLU wrote (rounding
-    to the dtype and the ReLU commute)."""
+    step; an α step needs none): by a ReLU for PyTorch's kernel, as it reads y in the Triton one.
+    relu(y) is bitwise the r the fused BatchNorm + ReLU wrote (rounding to the dtype and the ReLU
+    commute)."""
 
     @staticmethod
     def forward(ctx, r, y, weight, conf, kernels):
@@ -121,7 +125,7 @@ class _DepthwiseConvOfRelu(torch.autograd.Function):
     def backward(ctx, grad):
         y, weight = ctx.saved_tensors
         need_r, _, need_w = grads_used(ctx, 3)
-        dr, dw = depthwise_grads(ctx.kernels, grad, y, weight, ctx.conf, need_r, need_w, input_of=lambda: F.relu(y))
+        dr, dw = depthwise_grads(ctx.kernels, grad, y, weight, ctx.conf, need_r, need_w, relu_input=True)
         return dr, None, dw, None, None
 
 

@@ -229,11 +229,16 @@ def test_conv_of_relu_keeps_y_not_relu_y(fresh_seed, kernels, dtype, tol):
     want, r_ref, yy_ref, _ = run(False)
     torch.testing.assert_close(out.float(), want.float(), atol=tol, rtol=tol)
     assert not any(t.data_ptr() == r.data_ptr() for t in saved)  # relu(y) is not kept
-    with mock.patch("torch.nn.functional.relu", wraps=F.relu) as relu:
+    with mock.patch("torch.nn.functional.relu", wraps=F.relu) as relu, \
+            mock.patch.object(ndarts_kernels, "depthwise_conv_backward",
+                              wraps=ndarts_kernels.depthwise_conv_backward) as bwd:
         (ga,) = torch.autograd.grad((out * g).sum(), [a], retain_graph=True)
         assert relu.call_count == 0  # an α step's pass: no weight gradient, no ReLU made again
         (out * g).sum().backward()
-        assert relu.call_count == 1
+        # PyTorch's weight gradient gets relu(y) made; the Triton one applies the ReLU as it reads y
+        assert relu.call_count == (1 if kernels == "torch" else 0)
+        assert [c.kwargs.get("relu_input") for c in bwd.call_args_list if c.kwargs["need_weight"]] == (
+            [] if kernels == "torch" else [True])
     (want_ga,) = torch.autograd.grad((want * g).sum(), [a], retain_graph=True)
     torch.testing.assert_close(ga.float(), want_ga.float(), atol=tol * 50, rtol=tol)
     w_grad = conv.weight.grad.clone()

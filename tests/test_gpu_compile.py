@@ -59,6 +59,8 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
     no_dw = {(s["kernel"], s["constexprs"].get("MULT")) for s in captured if s["constexprs"].get("WGRAD") is False}
     assert no_dw >= {(k, m) for k in ("_noisy_mixed_sum_backward_kernel", "_group_backward_kernel")
                      for m in (False, True)}, sorted(no_dw)
+    # the depthwise weight gradient of relu(x) (a sep conv's dw2 keeping bn1's output)
+    assert any(s["constexprs"].get("RELU_INPUT") for s in captured)
     with_int64 = {k for m, k in _jit_kernels() if "INDEX_64" in _parameters(m, k) and k != "_unit_noise_kernel"}
     assert {s["kernel"] for s in captured if s["constexprs"].get("INDEX_64")} >= with_int64
     out = _run("compile", str(specs), env_update={"TRITON_CACHE_DIR": str(tmp_path / "triton_cache")})
