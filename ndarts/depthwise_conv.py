@@ -40,6 +40,14 @@ def check_kernel_parts(kernels: str, who: str) -> str:
     return kernels
 
 
+def _aten_grad(grad, x, weight, conf, part: int) -> torch.Tensor:
+    """PyTorch's input (part 0) or weight (part 1) gradient of a depthwise conv of x, alone."""
+    stride, padding, dilation = conf
+    mask = [part == 0, part == 1, False]
+    return torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2,
+                                               False, [0, 0], x.shape[1], mask)[part]
+
+
 def depthwise_grads(kernels: str, grad, x, weight, conf, need_input: bool, need_weight: bool,
                     relu_input: bool = False):
     """(dL/dx or None, dL/dweight or None) of a depthwise conv, on kernels "all" (Triton), "weight_grad"
@@ -48,29 +56,16 @@ def depthwise_grads(kernels: str, grad, x, weight, conf, need_input: bool, need_
     the Triton weight gradient applies the ReLU as it reads x, PyTorch's gets relu(x) made)."""
     import ndarts_kernels
 
-    stride, padding, dilation = conf
-    if kernels != "torch" and need_weight:  # one call: the weight gradient (and the input's, on "all")
-        dx, dw = ndarts_kernels.depthwise_conv_backward(grad, x, weight, *conf, need_input=need_input and kernels == "all",
-                                                        need_weight=True, relu_input=relu_input)
-        if need_input and kernels != "all":
-            dx = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
-                [True, False, False])[0]
+    if kernels == "all" or (kernels == "weight_grad" and need_weight):
+        # one Triton call: the weight gradient where asked, and on "all" the input gradient too
+        on_triton = need_input and kernels == "all"
+        dx, dw = ndarts_kernels.depthwise_conv_backward(grad, x, weight, *conf, need_input=on_triton,
+                                                        need_weight=need_weight, relu_input=relu_input)
+        if need_input and not on_triton:
+            dx = _aten_grad(grad, x, weight, conf, 0)
         return dx, dw
-    if kernels == "all":
-        return ndarts_kernels.depthwise_conv_backward(grad, x, weight, *conf, need_input=need_input,
-                                                      need_weight=False)
-    # PyTorch's kernels (and the "weight_grad" input gradient without a weight gradient)
-    dx = dw = None
-    if need_input:
-        dx = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], x.shape[1],
-            [True, False, False])[0]
-    if need_weight:
-        inp = F.relu(x) if relu_input else x
-        dw = torch.ops.aten.convolution_backward(
-            grad, inp, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], inp.shape[1],
-            [False, True, False])[1]
+    dx = _aten_grad(grad, x, weight, conf, 0) if need_input else None
+    dw = _aten_grad(grad, F.relu(x) if relu_input else x, weight, conf, 1) if need_weight else None
     return dx, dw
 
 
