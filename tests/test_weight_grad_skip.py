@@ -125,26 +125,29 @@ def test_group_sum_backward_with_a_part_needs_weight_grad():
             0.0, 0.0, part=torch.empty((1, weights.numel())), weight_grad=False)
 
 
+class _Probe(torch.autograd.Function):
+    """a · w; its backward appends grads_used for (a, w) to the list it was given."""
+
+    @staticmethod
+    def forward(ctx, a, w, seen):
+        ctx.seen = seen
+        return a * w
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.seen.append(grads_used(ctx, 2))
+        return g, g, None
+
+
 def test_grads_used_follows_the_pass():
     """The engine's view: the α step's autograd.grad skips a weight's gradient, backward(inputs=…)
     an α's, and a plain backward uses both."""
     seen = []
-
-    class Probe(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, a, w):
-            return a * w
-
-        @staticmethod
-        def backward(ctx, g):
-            seen.append(grads_used(ctx, 2))
-            return g, g
-
     alpha = torch.randn(3, requires_grad=True)
     weight = torch.randn(3, requires_grad=True)
 
     def loss():
-        return Probe.apply(torch.softmax(alpha, 0), weight).sum()
+        return _Probe.apply(torch.softmax(alpha, 0), weight, seen).sum()
 
     torch.autograd.grad(loss(), [alpha])
     torch.autograd.backward(loss(), inputs=[weight])
@@ -189,18 +192,7 @@ def test_grads_used_without_the_engine_query(monkeypatch):
 
     monkeypatch.setattr(grad_use, "_will_execute", None)
     seen = []
-
-    class Probe(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, a, w):
-            return a * w
-
-        @staticmethod
-        def backward(ctx, g):
-            seen.append(grads_used(ctx, 2))
-            return g, g
-
     alpha = torch.randn(3, requires_grad=True)
     weight = torch.randn(3)
-    torch.autograd.grad(Probe.apply(torch.softmax(alpha, 0), weight).sum(), [alpha])
+    torch.autograd.grad(_Probe.apply(torch.softmax(alpha, 0), weight, seen).sum(), [alpha])
     assert seen == [(True, False)]  # weight requires no grad: not used either way
