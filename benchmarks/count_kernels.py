@@ -127,18 +127,23 @@ CATEGORIES = (  # first match wins
 )
 
 
-def categorise(triton: collections.Counter, aten: collections.Counter) -> dict:
-    out = collections.Counter()
-    for name, n in triton.items():
-        kind = ("BatchNorm (Triton)" if "_bn_" in name else "depthwise conv (Triton)" if "_dw_" in name
+def category(kind: str, name: str) -> str:
+    """The category of one kernel: kind "triton" (a Triton kernel's name) or "aten" (an op name)."""
+    if kind == "triton":
+        return ("BatchNorm (Triton)" if "_bn_" in name else "depthwise conv (Triton)" if "_dw_" in name
                 else "pointwise conv (Triton)" if "_pw_conv" in name
                 else "gradient sums (Triton)" if "_tensor_sum" in name
                 else "group inputs: relu + repeat (Triton)" if "_relu_repeat" in name
                 else "pools (Triton)" if "_pools_" in name else "mixed sums (Triton)")
-        out[kind] += n
-    for name, n in aten.items():
-        short = name.split("::", 1)[1]
-        out[next((c for c, keys in CATEGORIES if any(k in short for k in keys)), "other aten")] += n
+    short = name.split("::", 1)[1]
+    return next((c for c, keys in CATEGORIES if any(k in short for k in keys)), "other aten")
+
+
+def categorise(triton: collections.Counter, aten: collections.Counter) -> dict:
+    out = collections.Counter()
+    for kind, counts in (("triton", triton), ("aten", aten)):
+        for name, n in counts.items():
+            out[category(kind, name)] += n
     return dict(out)
 
 

@@ -142,7 +142,7 @@ def step_kernels(impl: str, batch: int, image: int) -> list[tuple[str, str, int]
 
 
 def _category(kind: str, name: str) -> str:
-    """The census's category (count_kernels.categorise); convolutions by kind and part."""
+    """The census's category (count_kernels.category); convolutions by kind and part."""
     if kind == "aten" and "conv " in name:
         return f"{name} (aten)"
     if kind == "triton" and name.startswith("_dw_conv"):
@@ -150,10 +150,7 @@ def _category(kind: str, name: str) -> str:
         return f"depthwise conv {part} (triton)"
     if kind == "triton" and name.startswith("_pw_conv"):  # one kernel for the forward and the input gradient
         return f"pointwise conv {'weight gradient' if 'wgrad' in name else 'forward, input gradient'} (triton)"
-    counter = collections.Counter({name: 1})
-    cats = (count_kernels.categorise(counter, collections.Counter()) if kind == "triton"
-            else count_kernels.categorise(collections.Counter(), counter))
-    return next(iter(cats))
+    return count_kernels.category(kind, name)
 
 
 def traffic(impl: str, bandwidth: float = BANDWIDTH, t_min: float = T_MIN) -> dict:
