@@ -206,16 +206,16 @@ def conv_part_bytes(x, dy) -> int:
 
 
 def record_conv_part(benchmark, fn, device: torch.device, copy_bandwidth: dict, *, x, dy, rounds: int,
-                     warmup: int, **fields) -> None:
+                     warmup: int, extra_bytes: int = 0, **fields) -> None:
     """Times one part (run_benchmark; on CUDA also a CUDA-graph replay, `graph_ms`: device time
     only, as the graphed search step runs it) and records in extra_info `fields` (kind, impl, part,
     geometry, shape: what summarize.py's conv-parts table reads), the minimal bytes and the GB/s
     they give, against the copy bandwidth measured in the same run: an implementation that
-    re-reads its inputs shows a lower share."""
+    re-reads its inputs shows a lower share. extra_bytes: what the part must move beyond x and dy."""
     info = run_benchmark(benchmark, fn, device, rounds=rounds, warmup=warmup)
     if info["time_ms"] is None:
         return
-    nbytes = conv_part_bytes(x, dy)
+    nbytes = conv_part_bytes(x, dy) + extra_bytes
     info.update(fields)
     info.update({"dtype": str(x.dtype).removeprefix("torch."), "device": str(device), "min_bytes": nbytes,
                  "GBps": nbytes / (info["time_ms"] * 1e-3) / 1e9, "copy_GBps": copy_bandwidth["copy_GBps"]})

@@ -72,7 +72,7 @@ def _kernels(event) -> tuple[int, str]:
     return KERNELS_PER_CALL.get(event.name, 1), event.name
 
 IMPLS = ["plain", "fused_graph_per_edge", "fused_graph_no_groupsum", "fused_graph", "fused_graph_dwwgrad",
-         "fused_graph_dwconv", "fused_graph_pwconv"]
+         "fused_graph_dwconv", "fused_graph_pwconv", "fused_graph_sepconv"]
 
 
 class TritonLaunches:
@@ -132,6 +132,7 @@ def category(kind: str, name: str) -> str:
     if kind == "triton":
         return ("BatchNorm (Triton)" if "_bn_" in name else "depthwise conv (Triton)" if "_dw_" in name
                 else "pointwise conv (Triton)" if "_pw_conv" in name
+                else "separable conv: depthwise + 1×1 (Triton)" if "_sep_conv" in name
                 else "gradient sums (Triton)" if "_tensor_sum" in name
                 else "group inputs: relu + repeat (Triton)" if "_relu_repeat" in name
                 else "pools (Triton)" if "_pools_" in name else "mixed sums (Triton)")

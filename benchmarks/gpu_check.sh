@@ -17,7 +17,7 @@
 # run first: the step is the open target, with 17 variants), GPU_SUM_LIMIT_S the mixed-sum
 # benchmarks (default 60 s: measured on 2026-11-27, their kernels' dW path unchanged since),
 # GPU_WARM_LIMIT_S the background Triton cache warm-up (default 240 s, overlapping the GPU tests),
-# GPU_DWCONV_LIMIT_S the pointwise- and depthwise-conv part benchmarks (default 60 s, after the step's).
+# GPU_DWCONV_LIMIT_S the conv part benchmarks (fused dw + 1x1 pair, 1x1, depthwise; default 60 s, after the step's).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
 # GPU's settings (clocks, power, persistence, MIG, reset): it measures the card as it finds it.
 set -u
@@ -131,19 +131,21 @@ step "benchmarks: the search step, every variant"
 run_logged bench_step "${GPU_BENCH_LIMIT_S:-180}" 14 "$PY" -m pytest benchmarks/test_bench_search_step.py \
     --benchmark-only -q -rs --benchmark-json="$OUT/bench_step.json" --benchmark-columns=median,mean,rounds || STATUS=1
 
-step "benchmarks: the pointwise and depthwise conv parts (torch vs Triton: fwd, dgrad, wgrad)"
-# one pytest call, one JSON, one limit for both files; the pointwise (24 cases) first, so that a
-# run cut off by the limit loses depthwise cases (48) rather than the newer question
-run_logged bench_dwconv "${GPU_DWCONV_LIMIT_S:-60}" 4 "$PY" -m pytest benchmarks/test_bench_pointwise_conv.py \
-    benchmarks/test_bench_depthwise_conv.py --benchmark-only -q -rs --benchmark-json="$OUT/bench_dwconv.json" \
+step "benchmarks: the conv parts (torch vs Triton: the fused dw + 1x1 pair, then 1x1, then depthwise)"
+# one pytest call, one JSON, one limit for the three files; the newest question first (the fused
+# pair, 18 cases; then pointwise, 30; depthwise, 48), so that a run cut off by the limit loses
+# depthwise cases rather than the newer questions
+run_logged bench_dwconv "${GPU_DWCONV_LIMIT_S:-60}" 4 "$PY" -m pytest benchmarks/test_bench_separable_conv.py \
+    benchmarks/test_bench_pointwise_conv.py benchmarks/test_bench_depthwise_conv.py --benchmark-only -q -rs --benchmark-json="$OUT/bench_dwconv.json" \
     --benchmark-columns=median,rounds || STATUS=1
 
 step "profile of one search step (benchmarks/profile_step.py)"
-# the default step first, then the depthwise weight-gradient and pointwise levers (the kernel the
-# first replaces was the slowest one on 2026-11-27), then the rest: a profile cut off by its limit
+# the default step first, then the conv levers (the fused dw + 1x1 pair; the depthwise weight
+# gradient, whose PyTorch kernel was the slowest one on 2026-11-27; the 1x1 kernels), then the
+# rest: a profile cut off by its limit
 # keeps the first ones. Before the mixed-sum benchmarks: where the step's time goes matters more
 # than numbers measured on 2026-11-27 already
-run_logged profile 90 60 "$PY" benchmarks/profile_step.py --impl fused fused_dwwgrad fused_pwconv plain fused_no_groupsum fused_per_edge --graph-kernels --json "$OUT/profile.json" || STATUS=1
+run_logged profile 90 60 "$PY" benchmarks/profile_step.py --impl fused fused_sepconv fused_dwwgrad fused_pwconv plain fused_no_groupsum fused_per_edge --graph-kernels --json "$OUT/profile.json" || STATUS=1
 
 step "benchmarks: the mixed-op sum (fused, eager)"
 run_logged bench_sum "${GPU_SUM_LIMIT_S:-60}" 8 "$PY" -m pytest benchmarks/test_bench_noisy_mixed_sum.py \

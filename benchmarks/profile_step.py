@@ -50,6 +50,9 @@ CATEGORIES = (
     ("_dw_conv_weight_reduce", "depthwise conv weight gradient (Triton)"),
     ("_pw_conv_wgrad", "pointwise conv weight gradient (Triton)"),
     ("_pw_conv_kernel", "pointwise conv forward, input gradient (Triton)"),
+    ("_sep_conv_fwd", "separable conv forward (Triton)"),
+    ("_sep_conv_bwd", "separable conv backward: 1×1 input gradient, both weight gradients (Triton)"),
+    ("_sep_conv_reduce", "separable conv backward: 1×1 input gradient, both weight gradients (Triton)"),
     ("_bn_", "BatchNorm (Triton)"),
     ("_group_", "mixed sums (Triton)"),
     ("_noisy_mixed_sum", "mixed sums (Triton)"),
@@ -83,13 +86,14 @@ def profile_impl(impl: str, top: int, graph_kernels: bool = False) -> dict:
 
     from ndarts.batch_norm import SearchBatchNorm2d
     from ndarts.depthwise_conv import SearchDepthwiseConv2d
+    from ndarts.edge_groups import GroupedConvStack
     from ndarts.pointwise_conv import SearchPointwiseConv2d
 
     device = torch.device("cuda")
     parts = build_parts(GPU_CONFIG, impl, device)
     if graph_kernels:  # eagerly, the kernels a captured step runs (auto uses them only under capture)
         for m in parts.model.modules():
-            if isinstance(m, (SearchBatchNorm2d, SearchDepthwiseConv2d, SearchPointwiseConv2d)):
+            if isinstance(m, (SearchBatchNorm2d, SearchDepthwiseConv2d, SearchPointwiseConv2d, GroupedConvStack)):
                 m.backend = "triton"
     batches = make_batches(GPU_CONFIG, device)
     lr = SearchConfig().learning_rate
@@ -130,7 +134,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--impl", nargs="+", default=["plain", "reference", "fused"],
                     help="plain, reference, fused, fused_dwconv (+ depthwise-conv kernels), fused_dwwgrad (+ their weight "
-                         "gradient only), fused_pwconv (+ pointwise-conv kernels), fused_per_edge (no batch_edge_convs)")
+                         "gradient only), fused_pwconv (+ pointwise-conv kernels), fused_sepconv (+ the fused dw + 1x1 pair), fused_per_edge (no batch_edge_convs)")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--graph-kernels", action="store_true",

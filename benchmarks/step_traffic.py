@@ -50,6 +50,7 @@ UNREAD = {
     "_group_backward_kernel": (("WGRAD", False), ("S0", "S1", "S2", "G0", "G1", "G2", "G3", "G4", "G5",
                                                   "R0", "R1", "R2", "R3", "R4", "R5", "R6", "R7")),
     "_noisy_mixed_sum_backward_kernel": (("WGRAD", False), ("O0", "O1", "O2", "O3", "O4", "O5", "O6", "O7")),
+    "_sep_conv_bwd_kernel": (("NEED_WEIGHT", False), ("X",)),
 }
 
 
@@ -150,6 +151,9 @@ def _category(kind: str, name: str) -> str:
         return f"depthwise conv {part} (triton)"
     if kind == "triton" and name.startswith("_pw_conv"):  # one kernel for the forward and the input gradient
         return f"pointwise conv {'weight gradient' if 'wgrad' in name else 'forward, input gradient'} (triton)"
+    if kind == "triton" and name.startswith("_sep_conv"):
+        part = "forward" if "fwd" in name else "backward" if "bwd" in name else "weight gradient reduce"
+        return f"separable conv {part} (triton)"
     return count_kernels.category(kind, name)
 
 

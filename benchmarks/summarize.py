@@ -86,7 +86,7 @@ def search_step_table(rows):
 
 
 def conv_parts_table(rows):
-    """Per shape, geometry and part of a conv-parts benchmark (depthwise or pointwise): each impl's
+    """Per shape, geometry and part of a conv-parts benchmark (depthwise, pointwise, separable): each impl's
     time (CUDA-graph device time where measured, as the step runs; else per call), its GB/s share
     of the copy bandwidth, and torch / triton."""
     cases = {}
@@ -95,7 +95,7 @@ def conv_parts_table(rows):
     gw = max(len("geom"), *(len(geom) for _, geom, _ in cases))  # depthwise 'sep3', pointwise 'g8 16>16'
     lines = [f"{'shape':>14} {'geom':{gw}} {'part':6} {'torch ms':>9} {'%copy':>6} {'triton ms':>10} {'%copy':>6} "
              f"{'x torch':>8}"]
-    order = {"fwd": 0, "dgrad": 1, "wgrad": 2}
+    order = {"fwd": 0, "dgrad": 1, "wgrad": 2, "both": 3}  # both: the separable pair's w-step backward
 
     def ms(r):
         return None if r is None else (r.get("graph_ms") or r["time_ms"])
@@ -156,7 +156,8 @@ def main(argv):
     steps = [r for r in rows if r["kind"] == "search_step"]
     depthwise = [r for r in rows if r["kind"] == "depthwise_conv"]
     pointwise = [r for r in rows if r["kind"] == "pointwise_conv"]
-    copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise + pointwise}
+    separable = [r for r in rows if r["kind"] == "separable_conv"]
+    copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise + pointwise + separable}
     if copy:
         print(f"copy bandwidth (read + write), measured in the run: {', '.join(f'{c:.1f}' for c in sorted(copy))} GB/s")
     if mixed:
@@ -172,6 +173,10 @@ def main(argv):
         print("\npointwise (1x1) conv parts, fp32 (geom 'gG CI>CO': G groups of CI channels in, CO out; "
               "ms: CUDA-graph replay where measured; x torch > 1: triton faster)")
         print("\n".join(conv_parts_table(pointwise)))
+    if separable:
+        print("\ndepthwise + 1x1 conv pair, PyTorch's two convs vs the fused kernels, fp32 (dgrad: the alpha step's "
+              "backward; both: the w step's, dx and both weight gradients; ms: CUDA-graph replay where measured)")
+        print("\n".join(conv_parts_table(separable)))
     print("\ntargets (issue 4; recorded, not asserted)")
     print("\n".join(target_lines(mixed + steps)))
     return 0

@@ -26,6 +26,10 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                ones, the preprocessing ones) on the Triton kernels (SearchNetwork(fused_pointwise_conv=
                True)): cuDNN runs grouped convs of 16 channels per group far from the memory bandwidth
                (benchmarks/step_traffic.py). A candidate lever, not yet timed.
+- fused_graph_sepconv: fused_graph with each depthwise → 1×1 conv pair of the batched stacks on one
+               fused Triton kernel each way (SearchNetwork(fused_separable_conv=True), `--triton-convs
+               separable`): the depthwise output is never written, read back or kept (by
+               benchmarks/step_traffic.py ≈ 40 % less conv traffic). A candidate lever, not yet timed.
 - fused_graph_cudnnbench: fused_graph with torch.backends.cudnn.benchmark on (`--cudnn-benchmark`,
                as DARTS's search script sets it): cuDNN times its algorithms per conv shape in the
                eager warm-up steps instead of choosing by heuristics. A candidate lever, not yet timed
@@ -143,7 +147,8 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0,
                           batch_edge_convs=False if "per_edge" in impl else None,
                           autocast=torch.bfloat16 if "bf16" in impl else None,
                           group_sums=False if "no_groupsum" in impl else None, channels_last=_channels_last(impl), backend=backend,
-                          fused_pointwise_conv="pwconv" in impl or impl.endswith("_convs"), recompute_relu="keep_relu" not in impl)
+                          fused_pointwise_conv="pwconv" in impl or impl.endswith("_convs"), recompute_relu="keep_relu" not in impl,
+                          fused_separable_conv="sepconv" in impl)
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
@@ -201,7 +206,7 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
 # a default (the conv kernels, cuDNN's autotuning, the kept ReLU), then the earlier defaults and the
 # rest, the eager steps last, so that a GPU run cut off by its time limit (benchmarks/gpu_check.sh)
 # still has the numbers that decide
-IMPLS = ["plain", "fused_graph", "fused_graph_dwwgrad", "fused_graph_pwconv", "fused_graph_cudnnbench",
+IMPLS = ["plain", "fused_graph", "fused_graph_sepconv", "fused_graph_dwwgrad", "fused_graph_pwconv", "fused_graph_cudnnbench",
          "fused_graph_dwconv", "fused_graph_convs", "fused_graph_keep_relu", "fused_graph_no_groupsum", "fused_graph_per_edge",
          "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference", "reference_per_edge",
          "reference_nchw"]

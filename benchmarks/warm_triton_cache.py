@@ -27,7 +27,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the variants that launch Triton kernels on a GPU (test_bench_search_step.IMPLS less the torch-only ones)
-DEFAULT_IMPLS = ["fused_graph", "fused_graph_no_groupsum", "fused_graph_per_edge", "fused_graph_dwwgrad", "fused_graph_dwconv",
+DEFAULT_IMPLS = ["fused_graph", "fused_graph_sepconv", "fused_graph_no_groupsum", "fused_graph_per_edge", "fused_graph_dwwgrad", "fused_graph_dwconv",
                  "fused_graph_pwconv", "fused_graph_convs",
                  "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused"]
 # variants whose Triton kernels are another's (a torch setting differs, not the network): not warmed twice

@@ -25,6 +25,7 @@ from .noisy_mixed_sum import (  # noqa: E402
 from .pointwise_conv import pointwise_conv_backward, pointwise_conv_forward  # noqa: E402
 from .pools import pools_3x3_backward, pools_3x3_forward  # noqa: E402
 from .relu_repeat import relu_repeat_backward, relu_repeat_forward  # noqa: E402
+from .separable_conv import separable_conv_backward, separable_conv_forward  # noqa: E402
 from .tensor_sum import tensor_sum  # noqa: E402
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "pools_3x3_backward",
     "relu_repeat_forward",
     "relu_repeat_backward",
+    "separable_conv_forward",
+    "separable_conv_backward",
     "skip_std",
     "skip_stds",
     "tensor_sum",

@@ -34,6 +34,7 @@ from .backend import graph_kernels_enabled
 from .batch_norm import search_batch_norms
 from .depthwise_conv import depthwise_conv_of_relu
 from .fan_out import fan_out
+from .separable_conv import separable_conv, use_separable
 
 GROUPED_KINDS = ("sep_conv", "dil_conv")
 
@@ -188,6 +189,18 @@ class GroupedConvStack(nn.Module):
             self.bn2 = nn.BatchNorm2d(EC, affine=False)
         # mask[e, 0, 0, f] = (e == f): edge e's C×C block of the dense 1×1 conv of multiplier_path
         self.register_buffer("_mask", torch.eye(edges).view(edges, 1, 1, edges), persistent=False)
+        # each dw → pw pair on one fused kernel each way where the search kernels run
+        # (ndarts.separable_conv); SearchNetwork(fused_separable_conv=True) sets both
+        self.fused_separable, self.backend = False, None
+
+    def _conv_pair(self, r: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, relu_of: torch.Tensor | None = None):
+        """pw(dw(r)); relu_of: y with r = relu(y), kept by the BatchNorm before anyway, which the
+        backward then keeps instead of r."""
+        if self.fused_separable and use_separable(r, dw, pw, self.backend):
+            return separable_conv(r, dw, pw, relu_of)
+        if relu_of is not None:
+            return pw(depthwise_conv_of_relu(r, relu_of, dw))
+        return pw(dw(r))
 
     def forward(self, r, counts=None) -> torch.Tensor:
         """r = relu(h) [N, C, H, W] (or one per source, with counts: the edges of each) → the E
@@ -212,7 +225,7 @@ class GroupedConvStack(nn.Module):
                 outs.append(self._multiplier_stage1(x, first, count))
                 first += count
             return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-        return self.pw1(self.dw1(repeated if repeated is not None else repeat_sources(rs, counts)))
+        return self._conv_pair(repeated if repeated is not None else repeat_sources(rs, counts), self.dw1, self.pw1)
 
     def _multiplier_stage1(self, r: torch.Tensor, first: int, count: int) -> torch.Tensor:
         """Edges first … first + count - 1 (one source's) of stage1 in the channel-multiplier
@@ -230,9 +243,7 @@ class GroupedConvStack(nn.Module):
         """dw2 and pw2 of a sep conv (bn2's input) from y = relu(bn1(stage1)); pre_relu: bn1(stage1)
         itself, kept by bn1 anyway, when dw2 should keep it for its backward instead of y
         (EdgeGroup.recompute_relu)."""
-        if pre_relu is not None:
-            return self.pw2(depthwise_conv_of_relu(y, pre_relu, self.dw2))
-        return self.pw2(self.dw2(y))
+        return self._conv_pair(y, self.dw2, self.pw2, pre_relu)
 
 
 def make_grouped_op(primitive: str, C: int, edges: int, stride: int) -> GroupedConvStack:

@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--triton-convs", default=None, choices=list(TRITON_CONVS),
                    help="the cells' depthwise and/or 1x1 convolutions on ndarts' Triton kernels where the "
                         "search kernels run (inside a --cuda-graph capture, or with --backend triton); "
-                        "depthwise-wgrad: only the depthwise weight gradient; opt-in, not yet timed on a GPU")
+                        "depthwise-wgrad: only the depthwise weight gradient; separable: each depthwise + 1x1 "
+                        "pair of the batched conv stacks on one fused kernel; opt-in, not yet timed on a GPU")
     g.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
                    help="let cuDNN time its algorithms for each conv shape on CUDA, as DARTS's code does "
                         "(may speed the convolutions up; results not bitwise repeatable run to run); default: torch's (off)")

@@ -17,7 +17,7 @@ from .backend import TRITON_DTYPES, kernels_import_error, resolve_backend
 from .batch_norm import search_batch_norms, use_search_batch_norm
 from .depthwise_conv import KERNEL_PARTS as DEPTHWISE_KERNEL_PARTS, use_search_depthwise_conv
 from .pointwise_conv import use_search_pointwise_conv
-from .edge_groups import EdgeGroup
+from .edge_groups import EdgeGroup, GroupedConvStack
 from .grouped_state import convert_cell_state
 from .group_sum import node_sums, plan_node_sums
 from .fused_sum import SeedBlock
@@ -274,6 +274,9 @@ class SearchNetwork(nn.Module):
     fused_pointwise_conv (default off: not yet timed on a GPU): the cells' 1×1 stride-1 convolutions
     (the batched stacks' grouped ones, the preprocessing ones) on the Triton kernels, under the same
     rule (ndarts.pointwise_conv).
+    fused_separable_conv (default off: not yet timed on a GPU): each depthwise → 1×1 conv pair of
+    the batched sep/dil conv stacks on one fused Triton kernel each way, under the same rule
+    (ndarts.separable_conv): the depthwise output is never written or kept.
     recompute_relu (default on): where the BatchNorm kernels run, the batched sep convs' second
     depthwise conv keeps the BatchNorm output before its ReLU (which the BatchNorm keeps anyway)
     instead of the ReLU's output, and makes the ReLU again for its weight gradient: one activation
@@ -305,7 +308,8 @@ class SearchNetwork(nn.Module):
                  fused_batch_norm: bool | None = None, fused_depthwise_conv: bool | str = False, edge_streams: int = 0,
                  batch_edge_convs: bool | None = None, autocast: torch.dtype | None = None,
                  group_sums: bool | None = None,
-                 channels_last: bool | None = None, fused_pointwise_conv: bool = False, recompute_relu: bool = True):
+                 channels_last: bool | None = None, fused_pointwise_conv: bool = False, recompute_relu: bool = True,
+                 fused_separable_conv: bool = False):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -374,6 +378,8 @@ class SearchNetwork(nn.Module):
         for m in self.cells.modules():
             if isinstance(m, EdgeGroup):
                 m.recompute_relu = recompute_relu
+            if isinstance(m, GroupedConvStack):
+                m.fused_separable, m.backend = bool(fused_separable_conv), backend
 
         num_edges = sum(2 + i for i in range(steps))
         # at most two fused sums per edge (the paper's noise on a reduction edge's input is a second)

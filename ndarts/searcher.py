@@ -36,10 +36,12 @@ STRUCTURAL = ("dataset", "space", "layers", "init_channels", "steps", "order", "
 
 SEARCH_AMP = {"none": None, "bf16": torch.bfloat16}  # --amp: the autocast dtype
 # --triton-convs: the cells' convolutions on ndarts' Triton kernels, as SearchNetwork's
-# (fused_depthwise_conv, fused_pointwise_conv); they run where the other search kernels do (inside
-# a --cuda-graph capture, or everywhere with --backend triton). Opt-in: not yet timed on a GPU.
-TRITON_CONVS = {"none": (False, False), "depthwise": (True, False), "depthwise-wgrad": ("weight_grad", False),
-                "pointwise": (False, True), "all": (True, True)}
+# (fused_depthwise_conv, fused_pointwise_conv, fused_separable_conv); they run where the other search
+# kernels do (inside a --cuda-graph capture, or everywhere with --backend triton). Opt-in: not yet
+# timed on a GPU. separable: each depthwise → 1×1 pair of the batched stacks on one fused kernel.
+TRITON_CONVS = {"none": (False, False, False), "depthwise": (True, False, False),
+                "depthwise-wgrad": ("weight_grad", False, False), "pointwise": (False, True, False),
+                "all": (True, True, False), "separable": (False, False, True)}
 
 
 @dataclass
@@ -198,14 +200,15 @@ class Searcher:
             # process-wide, as DARTS's search script sets it; cuDNN then times its algorithms on the
             # first call of each conv shape (the eager warm-up steps before a --cuda-graph capture)
             torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-        depthwise, pointwise = TRITON_CONVS[cfg.triton_convs]
+        depthwise, pointwise, separable = TRITON_CONVS[cfg.triton_convs]
         try:
             model = SearchNetwork(cfg.init_channels, spec.num_classes, cfg.layers, SPACES[cfg.space],
                                   cfg.noise_config(), fused=cfg.fused, steps=cfg.steps, multiplier=cfg.steps,
                                   in_channels=spec.in_channels, arch_activation=cfg.arch_activation,
                                   backend=cfg.backend, batch_edge_convs=cfg.batch_edge_convs,
                                   autocast=SEARCH_AMP[cfg.amp], channels_last=cfg.channels_last,
-                                  fused_depthwise_conv=depthwise, fused_pointwise_conv=pointwise)
+                                  fused_depthwise_conv=depthwise, fused_pointwise_conv=pointwise,
+                                  fused_separable_conv=separable)
         except ValueError as e:
             raise NdartsError(f"cannot build the search network: {e}") from None
         self.model = model.to(dev)

@@ -13,7 +13,7 @@ over a workload that reaches every launch site: the noisy mixed sum (fp32/bf16/f
 kind, contiguous and channels_last, more operands than one launch takes), the ε writer, one to
 four BatchNorms per launch with and without fused ReLUs, grouped and dense 1×1 convolutions, and a
 training forward+backward of search networks with every Triton-backed lever (BatchNorm, depthwise
-conv, pointwise conv, group sums, bf16 autocast), their backward as an α step and as a w step runs it. `compile` compiles each distinct launch with Triton's own
+conv, pointwise conv, group sums, bf16 autocast; the fused dw + 1×1 pair on direct cases), their backward as an α step and as a w step runs it. `compile` compiles each distinct launch with Triton's own
 compiler and ptxas (shipped with Triton) for ``GPUTarget("cuda", 90, 32)``, down to a cubin, and
 exits non-zero naming the kernels that fail. tests/test_gpu_compile.py runs both in CI.
 """
@@ -100,6 +100,21 @@ def _workload() -> None:
             weight = torch.randn(g * co, ci, 1, 1).to(dtype)
             y = K.pointwise_conv_forward(x, weight)
             K.pointwise_conv_backward(y, x, weight)
+    # fused dw + 1×1 pairs (heavy to compile: the direct cases only, not a network): sep 3×3 in every
+    # dtype, dil 5×5 with the ReLU read in at 32×32 (the step's pixel blocks), stride 2, 64 channels.
+    # Both passes of a search step need the input gradient (with weight gradients: the w step's; without:
+    # the α step's); weight gradients alone, once
+    for n, g, c, h, k, stride, pad, dil, relu, dtypes in (
+            (2, 4, 16, 6, 3, 1, 1, 1, False, (torch.float32, torch.bfloat16, torch.float16)),
+            (1, 2, 16, 32, 5, 1, 4, 2, True, (torch.float32,)), (2, 2, 32, 6, 3, 2, 1, 1, False, (torch.float32,)),
+            (1, 1, 64, 6, 5, 1, 2, 1, True, (torch.float32,))):
+        for dtype in dtypes:
+            x = torch.randn(n, g * c, h, h - 1).to(dtype)
+            w_dw, w_pw = torch.randn(g * c, 1, k, k).to(dtype), torch.randn(g * c, c, 1, 1).to(dtype)
+            z = K.separable_conv_forward(x, w_dw, w_pw, stride, pad, dil, relu_input=relu)
+            for need_weight in (True, False):
+                K.separable_conv_backward(z, x, w_dw, w_pw, stride, pad, dil, need_weight=need_weight, relu_input=relu)
+    K.separable_conv_backward(z, x, w_dw, w_pw, stride, pad, dil, need_input=False, relu_input=relu)
     _huge_workload()
     # the default sums each conv group's edges in one op (group_sums auto); False: a fused sum per edge
     levers = [dict(), dict(group_sums=False), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16),
@@ -140,6 +155,8 @@ def _huge_workload() -> None:
     pw = torch.empty(64, 16, 1, 1, device=meta)  # 4 groups of 16 channels
     out = K.pointwise_conv_forward(ops[0], pw)
     K.pointwise_conv_backward(out, ops[0], pw)
+    out = K.separable_conv_forward(ops[0], dw, pw, 1, 1, 1)
+    K.separable_conv_backward(out, ops[0], dw, pw, 1, 1, 1)
     grouped = [torch.empty(big[0], 2 * 64, 32, 32, device=meta)]
     gw = torch.empty(2, 2, device=meta)
     K.tensor_sum(ops)

@@ -144,7 +144,8 @@ def _searcher(tmp_path, name, **kw):
     return Searcher(cfg)
 
 
-def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, group_sums=None, pwconv=False):
+def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, group_sums=None, pwconv=False,
+                sepconv=False):
     from ndarts import DARTS_PRIMITIVES, NoiseConfig
     from ndarts.architect import Architect
     from ndarts.graph_step import prepare_optimizers_for_capture
@@ -154,7 +155,7 @@ def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, g
     model = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
                           fused=True, backend="triton", fused_depthwise_conv=dwconv, edge_streams=streams,
                           batch_edge_convs=grouped, autocast=autocast, group_sums=group_sums,
-                          fused_pointwise_conv=pwconv).cuda()
+                          fused_pointwise_conv=pwconv, fused_separable_conv=sepconv).cuda()
     w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     prepare_optimizers_for_capture(a_opt)  # the same Adam arithmetic on both sides
@@ -162,13 +163,15 @@ def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, g
     return model, Architect(model, a_opt, w_opt, criterion, "first"), w_opt, criterion
 
 
-@pytest.mark.parametrize("dwconv,streams,grouped,bf16,group_sums,pwconv", [
-    (False, 0, False, False, None, False), (True, 0, False, False, None, False), (False, 3, False, False, None, False),
-    (False, 0, True, False, None, False), (True, 3, True, False, None, False), (False, 0, True, True, None, False),
-    (False, 0, True, False, False, False), (True, 0, True, True, True, False),
-    ("weight_grad", 0, True, False, None, False), (False, 0, True, False, None, True),
-    (True, 0, True, True, None, True)])
-def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf16, group_sums, pwconv):
+@pytest.mark.parametrize("dwconv,streams,grouped,bf16,group_sums,pwconv,sepconv", [
+    (False, 0, False, False, None, False, False), (True, 0, False, False, None, False, False),
+    (False, 3, False, False, None, False, False), (False, 0, True, False, None, False, False),
+    (True, 3, True, False, None, False, False), (False, 0, True, True, None, False, False),
+    (False, 0, True, False, False, False, False), (True, 0, True, True, True, False, False),
+    ("weight_grad", 0, True, False, None, False, False), (False, 0, True, False, None, True, False),
+    (True, 0, True, True, None, True, False), (False, 0, True, False, None, False, True),
+    (False, 0, True, True, None, True, True)])
+def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf16, group_sums, pwconv, sepconv):
     """Warm-up steps, a capture, replays and a re-capture for a new learning rate: each step's
     losses and the final α and weights equal those of the eager steps (noise off, deterministic
     cuDNN, the same capturable Adam on both sides)."""
@@ -186,7 +189,7 @@ def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf1
     for graphed in (False, True):
         model, architect, w_opt, criterion = _step_parts(dwconv=dwconv, streams=streams, grouped=grouped,
                                                          autocast=torch.bfloat16 if bf16 else None,
-                                                         group_sums=group_sums, pwconv=pwconv)
+                                                         group_sums=group_sums, pwconv=pwconv, sepconv=sepconv)
         weights = model.weight_parameters()
         step = make_graph_step(model, architect, w_opt, criterion, 5.0, batches[0], warmup=2) if graphed else None
         losses = []
@@ -297,6 +300,19 @@ def test_cuda_pointwise_conv_matches_conv2d(dtype, tol, shape):
     from test_pointwise_conv import check_against_conv2d
 
     check_against_conv2d(shape, dtype, tol, "cuda")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("shape,relu", [((64, 8, 16, 16, 32, 32, 3, 1, 1, 1), False), ((64, 8, 16, 16, 32, 32, 5, 1, 4, 2), True),
+                                        ((64, 4, 32, 32, 16, 16, 5, 2, 2, 1), False), ((3, 2, 5, 3, 13, 11, 3, 1, 2, 2), True),
+                                        ((2, 1, 64, 64, 9, 7, 5, 1, 2, 1), False)])
+def test_cuda_separable_conv_matches_conv2d(dtype, tol, shape, relu):
+    """(N, groups, C, CO, H, W, K, stride, padding, dilation): a normal cell's first batched group
+    (8 edges × 16 channels) as sep 3×3 and dil 5×5 (the ReLU read in), a reduction stage, odd
+    sizes and channels, 64 channels per group (the kernels' most)."""
+    from test_separable_conv import check_against_conv2d
+
+    check_against_conv2d(shape, dtype, tol, relu, "cuda")
 
 
 def test_edge_streams_equal_one_stream():

@@ -204,6 +204,7 @@ def test_triton_convs_and_cudnn_benchmark_options(tmp_path):
     """--triton-convs swaps the cells' convs for the Triton ones (here: the Triton backend in the
     interpreter, one step), --cudnn-benchmark is recorded; a bad value is one clear line."""
     from ndarts.depthwise_conv import SearchDepthwiseConv2d
+    from ndarts.edge_groups import GroupedConvStack
     from ndarts.pointwise_conv import SearchPointwiseConv2d
 
     cfg = _cfg(tmp_path / "convs", layers=1, steps=1, init_channels=2, batch_size=2, max_steps=1, epochs=1,
@@ -217,6 +218,10 @@ def test_triton_convs_and_cudnn_benchmark_options(tmp_path):
     wgrad = Searcher(_cfg(tmp_path / "wgrad", layers=1, steps=1, triton_convs="depthwise-wgrad"))
     assert {m.kernels for m in wgrad.model.modules() if isinstance(m, SearchDepthwiseConv2d)} == {"weight_grad"}
     assert not any(isinstance(m, SearchPointwiseConv2d) for m in wgrad.model.modules())
+    separable = Searcher(_cfg(tmp_path / "separable", layers=1, steps=2, triton_convs="separable"))
+    stacks = [m for m in separable.model.modules() if isinstance(m, GroupedConvStack)]
+    assert stacks and all(m.fused_separable for m in stacks)
+    assert not any(m.fused_separable for m in s.model.modules() if isinstance(m, GroupedConvStack))
     r = _run_cli(*TINY, "--triton-convs", "winograd", "--out", str(tmp_path / "bad"))
     assert r.returncode == 2 and "invalid choice: 'winograd'" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(Exception, match="--triton-convs must be one of"):

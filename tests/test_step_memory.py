@@ -63,3 +63,13 @@ def test_the_recomputed_relu_lowers_the_peak():
     default = step_memory.peak_bytes("fused_graph", 2, 16)
     kept = step_memory.peak_bytes("fused_graph_keep_relu", 2, 16)
     assert default < 0.97 * kept
+
+
+def test_the_fused_separable_pair_lowers_the_peak():
+    """With each dw → pw pair of the stacks fused (fused_graph_sepconv) the depthwise outputs are
+    never kept, nor the sep convs' inner ReLU output: the peak drops (estimated 3.48 → 2.05 GiB at
+    batch 64, 32×32)."""
+    step_memory = pytest.importorskip("step_memory")
+    default = step_memory.peak_bytes("fused_graph", 2, 16)
+    fused = step_memory.peak_bytes("fused_graph_sepconv", 2, 16)
+    assert fused < 0.9 * default

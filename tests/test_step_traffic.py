@@ -59,6 +59,28 @@ def test_unread_operands_are_not_counted():
     assert counted[True] > counted[False] + 2 * elem + 2 * edges * elem  # + the operands and the partials
 
 
+def test_the_fused_pairs_backward_counts_its_input_only_for_weight_gradients():
+    """The fused dw + 1×1 backward without weight gradients (an α step's) reads no input: its
+    counted bytes are the output gradient in, d's gradient out, the weights and the one-float
+    stand-in for the partial sums it does not write."""
+    step_traffic = pytest.importorskip("step_traffic")
+    count_kernels = pytest.importorskip("count_kernels")
+    import ndarts_kernels
+
+    x, w_dw, w_pw = torch.randn(2, 8, 5, 7), torch.randn(8, 1, 3, 3), torch.randn(8, 4, 1, 1)
+    grad = torch.randn(2, 8, 5, 7)
+    counted = {}
+    for need_weight in (True, False):
+        tracker = step_traffic.KernelTraffic()
+        with count_kernels.TritonLaunches() as launches:
+            launches.on_launch = tracker.triton_launch
+            ndarts_kernels.separable_conv_backward(grad, x, w_dw, w_pw, 1, 1, 1, need_weight=need_weight)
+        counted[need_weight] = sum(b for kind, name, b in tracker.kernels if name == "_sep_conv_bwd_kernel")
+    elem = x.numel() * 4
+    assert counted[False] == 2 * elem + (w_dw.numel() + w_pw.numel()) * 4 + 4
+    assert counted[True] > counted[False] + elem  # + x and the partial sums
+
+
 def test_traffic_of_the_default_step_covers_its_census():
     """Every Triton launch of the census is in the traffic, the extrapolated bytes grow with the
     batch, and the model's time is at least the floor of each kernel."""

@@ -1,0 +1,91 @@
+"""A depthwise conv followed by a grouped 1×1 conv (one stage of a batched sep/dil conv stack),
+PyTorch's two convolutions vs ndarts' fused Triton kernels (kernels/separable_conv.py).
+
+Why: the batched stacks' convolutions are most of the graphed search step's time (≈ 75 of 106 ms
+on the H200 on 2026-11-27, when they were per edge), and each dw → pw pair moves its intermediate
+through memory twice each way. The step benchmark times the whole-step variant
+(fused_graph_sepconv); this file times one pair, as the step runs it:
+
+- parts: `fwd` (z = pw(dw(x))); `dgrad`, the α step's backward (dL/dx from dL/dz only: no weight
+  gradient); `both`, the w step's (dL/dx and both weight gradients);
+- impl `torch`: F.conv2d twice, and aten's convolution_backward of each conv with the gradients
+  the pass asks for (what autograd runs for nn.Conv2d; the intermediate d made before timing, as
+  autograd keeps it); impl `triton`: ndarts_kernels.separable_conv_forward / _backward (CUDA only);
+- cases, fp32, batch 64: a normal cell's first conv group (8 edges × 16 channels, 32×32) as sep 3×3
+  and dil 5×5, and a later cell's (4 edges × 32 channels at 16×16) sep 5×5.
+
+Time: CUDA events over back-to-back calls and a CUDA-graph replay (`graph_ms`, device time only).
+GB/s from the bytes each part must move at least (fwd: x and z; dgrad: dL/dz and dL/dx; both:
+those and x), against the copy bandwidth measured in the same run. On a CPU: the torch parts at
+batch 2, 16×16, wall clock.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench_common import CUDA, record_conv_part, shape_id, triton_skip_reason
+
+# (input shape, groups G, K, padding, dilation, name): stride 1, C = channels // G in and out
+CASES = ([((64, 128, 32, 32), 8, 3, 1, 1, "sep3"), ((64, 128, 32, 32), 8, 5, 4, 2, "dil5"),
+          ((64, 128, 16, 16), 4, 5, 2, 1, "sep5")] if CUDA else [((2, 32, 16, 16), 2, 3, 1, 1, "sep3")])
+PARTS = ["fwd", "dgrad", "both"]
+ROUNDS, WARMUP = (10, 3) if CUDA else (5, 1)
+
+
+def geometry(case) -> str:
+    """'sep3 g8x16': the primitive's conv geometry, G groups × channels per group."""
+    shape, groups, _, _, _, name = case
+    return f"{name} g{groups}x{shape[1] // groups}"
+
+
+def case_id(case) -> str:
+    return f"{shape_id(case[0])}_{geometry(case).replace(' ', '_')}"
+
+
+def part_fn(impl: str, part: str, x, w_dw, w_pw, g, padding: int, dilation: int):
+    """A no-argument callable that computes one part of the pair."""
+    c, groups = x.shape[1], x.shape[1] // w_pw.shape[1]
+    if impl == "triton":
+        import ndarts_kernels
+
+        if part == "fwd":
+            return lambda: ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, 1, padding, dilation)
+        return lambda: ndarts_kernels.separable_conv_backward(g, x, w_dw, w_pw, 1, padding, dilation,
+                                                              need_weight=part == "both")
+    if part == "fwd":
+        return lambda: F.conv2d(F.conv2d(x, w_dw, None, 1, padding, dilation, c), w_pw, groups=groups)
+    d = F.conv2d(x, w_dw, None, 1, padding, dilation, c)  # kept by autograd for pw's weight gradient
+    weights = part == "both"
+
+    def backward():
+        gd = torch.ops.aten.convolution_backward(g, d, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], groups,
+                                                 [True, weights, False])[0]
+        return torch.ops.aten.convolution_backward(gd, x, w_dw, None, [1, 1], [padding] * 2, [dilation] * 2,
+                                                   False, [0, 0], c, [True, weights, False])
+
+    return backward
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("part", PARTS)
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_separable_conv(benchmark, copy_bandwidth, device, impl, part, case):
+    reason = triton_skip_reason(device) if impl == "triton" else None
+    if reason:
+        pytest.skip(reason)
+    shape, groups, k, padding, dilation, _ = case
+    c = shape[1] // groups
+    benchmark.group = f"separable_conv {part} {geometry(case)} {shape_id(shape)}"
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(shape, device=device, generator=gen)
+    w_dw = torch.randn(shape[1], 1, k, k, device=device, generator=gen) / k
+    w_pw = torch.randn(shape[1], c, 1, 1, device=device, generator=gen) / c ** 0.5
+    g = torch.randn(shape, device=device, generator=gen)  # stride 1, "same" padding: dL/dz is x's shape
+    fn = part_fn(impl, part, x, w_dw, w_pw, g, padding, dilation)
+    # x and dL/dz (fwd: x and z; dgrad: dL/dz and dL/dx), plus x once more for the w step's backward
+    extra = x.numel() * x.element_size() if part == "both" else 0
+    record_conv_part(benchmark, fn, device, copy_bandwidth, x=x, dy=g, rounds=ROUNDS, warmup=WARMUP, extra_bytes=extra,
+                     kind="separable_conv", impl=impl, part=part, geometry=geometry(case), shape=list(shape),
+                     groups=groups)

@@ -1,0 +1,283 @@
+"""Triton kernels for a depthwise convolution followed by a grouped 1×1 convolution, fused: one
+half of a DARTS sep conv (or a dil conv's convolutions) for the E edges of a batched conv stack.
+
+    d[n, g·C + c, q]  = Σ_{i,j} wd[g·C + c, i, j] · x[n, g·C + c, q·s − p + (i, j)·dil]   (zero padding)
+    z[n, g·CO + o, q] = Σ_c wp[g·CO + o, c] · d[n, g·C + c, q]                           (q: an output pixel)
+
+(G groups = E edges, ndarts.edge_groups; C channels per group in, CO out). Unfused, PyTorch writes d
+to memory, reads it back for the 1×1 conv and keeps it alive until the backward for the 1×1 conv's
+weight gradient: per layer pair 4 passes over an activation forward (read x, write d, read d,
+write z) and 8 backward (the 1×1 conv's input and weight gradients read its output gradient and d;
+the depthwise conv's read d's gradient and x). Here d never reaches memory:
+
+- forward: a program computes a [CO, pixels] block of one image·group: d for its C channels from
+  the K·K shifted windows of x (cache hits), then z = wp_g @ d (tl.dot in fp32 "ieee", no TF32).
+  Passes: read x, write z.
+- backward, weight and 1×1-input gradient in one kernel: grid (G, S); program s loops over its
+  share of (image, pixel block) units: gd = wp_gᵀ @ gz (d's gradient, written for the depthwise
+  input gradient), d made again from x's windows, and in fp32 partials Σ gz·dᵀ (the 1×1 weight
+  gradient) and, per tap, Σ gd·window (the depthwise weight gradient), reduced over S by a
+  fixed-order kernel (one launch for both weights): bitwise reproducible, no atomics. Passes: read
+  gz and x, write gd.
+- the depthwise input gradient from gd: ``kernels/depthwise_conv.py``'s kernel (read gd, write dx).
+A pass that uses no weight gradient (the α step) reads no x: gd only.
+relu_input: the conv's input is relu(x): the kernels apply it as they read x, so a caller can keep
+x (a BatchNorm's output, which its backward keeps anyway) instead of relu(x).
+Layout: contiguous NCHW; K, stride, dilation are compile-time constants.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .depthwise_conv import INT32_LIMIT, check_depthwise_args, depthwise_conv_backward
+
+MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
+
+
+@triton.jit
+def _planes(ptr, plane, size, INDEX_64: tl.constexpr):
+    """Pointers to the first elements of planes `plane` (a vector) of planes `size` elements each."""
+    if INDEX_64:
+        return ptr + plane.to(tl.int64) * size
+    return ptr + plane * size
+
+
+@triton.jit
+def _window(x_rows, c_ok, oh, ow, p_ok, i: tl.constexpr, j: tl.constexpr, H, W,
+            STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, RELU_INPUT: tl.constexpr):
+    """[channels, pixels]: the input each output pixel's tap (i, j) meets, fp32, 0 in the padding."""
+    ih = oh * STRIDE - PAD + i * DIL
+    iw = ow * STRIDE - PAD + j * DIL
+    ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    x = tl.load(x_rows + (ih * W + iw)[None, :], mask=c_ok[:, None] & ok[None, :], other=0.0).to(tl.float32)
+    if RELU_INPUT:
+        x = tl.maximum(x, 0.0)
+    return x
+
+
+@triton.jit
+def _group_weights(WDW, WPW, g, C, CO, K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr):
+    """Group g's channel indices/masks, its depthwise taps' base pointer [C] and its 1×1 weight
+    [BLOCK_O, BLOCK_C] in fp32."""
+    cin = tl.arange(0, BLOCK_C)
+    c_ok = cin < C
+    o = tl.arange(0, BLOCK_O)
+    o_ok = o < CO
+    taps = WDW + (g * C + cin) * (K * K)
+    wp = tl.load(WPW + (g * CO + o[:, None]) * C + cin[None, :], mask=o_ok[:, None] & c_ok[None, :], other=0.0)
+    return cin, c_ok, o, o_ok, taps, wp.to(tl.float32)
+
+
+@triton.jit
+def _sep_conv_fwd_kernel(
+    X, WDW, WPW, Z,  # input [N, G·C, H, W]; weights [G·C, 1, K, K], [G·CO, C, 1, 1]; output [N, G·CO, OH, OW]
+    G, C, CO, H, W, OH, OW,  # G groups: a runtime value (one compiled kernel for every edge count)
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    RELU_INPUT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    ng = tl.program_id(0)  # image · G + group
+    g = ng % G
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < OH * OW
+    oh = p // OW
+    ow = p % OW
+    cin, c_ok, o, o_ok, taps, wp = _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C, BLOCK_O)
+    x_rows = _planes(X, ng * C + cin, H * W, INDEX_64)[:, None]
+    d = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for i in tl.static_range(K):
+        for j in tl.static_range(K):
+            x = _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT)
+            d += tl.load(taps + i * K + j, mask=c_ok, other=0.0).to(tl.float32)[:, None] * x
+    z = tl.dot(wp, d, input_precision="ieee")
+    z_rows = _planes(Z, ng * CO + o, OH * OW, INDEX_64)[:, None]
+    tl.store(z_rows + p[None, :], z.to(Z.dtype.element_ty), mask=o_ok[:, None] & p_ok[None, :])
+
+
+@triton.jit
+def _sep_conv_bwd_kernel(
+    X, WDW, WPW, GZ, GD,  # input, weights, z's gradient [N, G·CO, OH, OW], d's gradient [N, G·C, OH, OW] (out)
+    PART,  # fp32 partials [G, S, BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK]: the 1×1 weight's, then the depthwise one's
+    G, C, CO, H, W, OH, OW,
+    UNITS, PER_PROGRAM, S,  # (image, pixel block) units per group, per program, programs per group
+    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    RELU_INPUT: tl.constexpr, NEED_INPUT: tl.constexpr, NEED_WEIGHT: tl.constexpr,
+    KK_BLOCK: tl.constexpr,  # power of two ≥ K·K
+    BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    g = tl.program_id(0)
+    s = tl.program_id(1)
+    cin, c_ok, o, o_ok, taps, wp = _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C, BLOCK_O)
+    wp_t = tl.trans(wp)  # [BLOCK_C, BLOCK_O]
+    tap_col = tl.arange(0, KK_BLOCK)[None, :]
+    acc_p = tl.zeros([BLOCK_O, BLOCK_C], dtype=tl.float32)  # Σ gz · dᵀ
+    acc_d = tl.zeros([BLOCK_C, KK_BLOCK], dtype=tl.float32)  # Σ gd · window, per tap
+    blocks = tl.cdiv(OH * OW, BLOCK_P)
+    u_end = tl.minimum((s + 1) * PER_PROGRAM, UNITS)
+    for u in range(s * PER_PROGRAM, u_end):
+        ng = (u // blocks) * G + g
+        p = (u % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_ok = p < OH * OW
+        gz = tl.load(_planes(GZ, ng * CO + o, OH * OW, INDEX_64)[:, None] + p[None, :],
+                     mask=o_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+        gd = tl.dot(wp_t, gz, input_precision="ieee")  # [BLOCK_C, BLOCK_P]
+        if NEED_INPUT:
+            tl.store(_planes(GD, ng * C + cin, OH * OW, INDEX_64)[:, None] + p[None, :], gd.to(GD.dtype.element_ty),
+                     mask=c_ok[:, None] & p_ok[None, :])
+        if NEED_WEIGHT:
+            oh = p // OW
+            ow = p % OW
+            x_rows = _planes(X, ng * C + cin, H * W, INDEX_64)[:, None]
+            d = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+            for i in tl.static_range(K):
+                for j in tl.static_range(K):
+                    x = _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT)
+                    d += tl.load(taps + i * K + j, mask=c_ok, other=0.0).to(tl.float32)[:, None] * x
+                    acc_d += tl.where(tap_col == i * K + j, tl.sum(gd * x, axis=1)[:, None], 0.0)
+            acc_p += tl.dot(gz, tl.trans(d), input_precision="ieee")
+    if NEED_WEIGHT:
+        row = PART + (g * S + s) * (BLOCK_O * BLOCK_C + BLOCK_C * KK_BLOCK)
+        tl.store(row + tl.arange(0, BLOCK_O)[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :], acc_p)
+        tl.store(row + BLOCK_O * BLOCK_C + tl.arange(0, BLOCK_C)[:, None] * KK_BLOCK + tap_col, acc_d)
+
+
+@triton.jit
+def _sep_conv_reduce_kernel(
+    PART,  # fp32 [G, S, R] from _sep_conv_bwd_kernel, R = BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK
+    DPW, DDW,  # weight gradients [G·CO, C], [G·C, K·K], contiguous, in the weights' dtype
+    S, C, CO,
+    KK: tl.constexpr, KK_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
+    R_BLOCK: tl.constexpr, S_BLOCK: tl.constexpr,
+):
+    g = tl.program_id(0)
+    r = tl.program_id(1) * R_BLOCK + tl.arange(0, R_BLOCK)  # a chunk of the row
+    R = BLOCK_O * BLOCK_C + BLOCK_C * KK_BLOCK  # constexpr
+    acc = tl.zeros([R_BLOCK], dtype=tl.float32)
+    for s0 in range(0, S, S_BLOCK):  # a fixed order: deterministic
+        sidx = s0 + tl.arange(0, S_BLOCK)[:, None]
+        part = tl.load(PART + (g * S + sidx) * R + r[None, :], mask=(sidx < S) & (r[None, :] < R), other=0.0)
+        acc += tl.sum(part, axis=0)
+    # the 1×1 weight's [BLOCK_O, BLOCK_C] block, then the depthwise one's [BLOCK_C, KK_BLOCK]
+    is_pw = r < BLOCK_O * BLOCK_C
+    o = r // BLOCK_C
+    ci = r % BLOCK_C
+    tl.store(DPW + (g * CO + o) * C + ci, acc.to(DPW.dtype.element_ty), mask=is_pw & (o < CO) & (ci < C))
+    rd = tl.where(is_pw, 0, r - BLOCK_O * BLOCK_C)
+    cd = rd // KK_BLOCK
+    tap = rd % KK_BLOCK
+    tl.store(DDW + (g * C + cd) * KK + tap, acc.to(DDW.dtype.element_ty),
+             mask=(~is_pw) & (r < R) & (cd < C) & (tap < KK))
+
+
+# ----------------------------------------------------------------------------- launchers
+def _block(c: int) -> int:
+    """Channels of a block: a power of two, at least 16 (tl.dot's least)."""
+    return max(16, triton.next_power_of_2(c))
+
+
+def _pixel_block(p: int, channels: int, cap: int) -> int:
+    """Pixels per block: [channels, pixels] tiles of at most `cap` elements on a GPU (registers);
+    larger in the interpreter (fewer programs, which it runs one by one)."""
+    from . import INTERPRETED
+
+    if INTERPRETED:
+        cap = 2**15
+    return max(16, min(triton.next_power_of_2(p), cap // channels))
+
+
+def check_separable_args(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
+                         dilation: int) -> tuple[int, int, int, int, int]:
+    """(groups, channels per group in, out, OH, OW) of a depthwise conv (one output per channel)
+    followed by a grouped 1×1 conv; a ValueError/TypeError naming what does not fit."""
+    k, oh, ow = check_depthwise_args(x, w_dw, stride, padding, dilation)
+    if w_dw.shape[0] != x.shape[1]:
+        raise ValueError(f"separable_conv: the depthwise weight must have one output per input channel "
+                         f"({x.shape[1]}), got shape {tuple(w_dw.shape)}")
+    if w_pw.dim() != 4 or w_pw.shape[2:] != (1, 1) or w_pw.shape[1] < 1 or x.shape[1] % w_pw.shape[1]:
+        raise ValueError(f"separable_conv: expected a 1×1 weight (G·CO, C, 1, 1) with C dividing the input's "
+                         f"{x.shape[1]} channels, got {tuple(w_pw.shape)}")
+    c = w_pw.shape[1]
+    groups = x.shape[1] // c
+    if w_pw.shape[0] % groups:
+        raise ValueError(f"separable_conv: {w_pw.shape[0]} output channels do not split into {groups} groups")
+    co = w_pw.shape[0] // groups
+    if max(c, co) > MAX_CHANNELS:
+        raise ValueError(f"separable_conv: at most {MAX_CHANNELS} channels per group, got {c} in, {co} out")
+    if w_pw.dtype != x.dtype:
+        raise TypeError(f"separable_conv: the 1×1 weight must be {x.dtype} like the input, got {w_pw.dtype}")
+    return groups, c, co, oh, ow
+
+
+def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
+                           dilation: int, relu_input: bool = False) -> torch.Tensor:
+    """z = conv2d(conv2d(r, w_dw, groups=G·C), w_pw, groups=G), r = relu(x) if relu_input else x."""
+    groups, c, co, oh, ow = check_separable_args(x, w_dw, w_pw, stride, padding, dilation)
+    x, w_dw, w_pw = x.contiguous(), w_dw.contiguous(), w_pw.contiguous()
+    n, _, h, w = x.shape
+    z = torch.empty((n, groups * co, oh, ow), device=x.device, dtype=x.dtype)
+    if z.numel() == 0:
+        return z
+    bc, bo = _block(c), _block(co)
+    bp = _pixel_block(oh * ow, max(bc, bo), 4096)
+    _sep_conv_fwd_kernel[(n * groups, triton.cdiv(oh * ow, bp))](
+        x, w_dw, w_pw, z, groups, c, co, h, w, oh, ow, K=w_dw.shape[2], STRIDE=stride, PAD=padding, DIL=dilation,
+        RELU_INPUT=bool(relu_input), BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+        INDEX_64=max(x.numel(), z.numel()) > INT32_LIMIT, num_warps=4)
+    return z
+
+
+def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int,
+                            padding: int, dilation: int, need_input: bool = True, need_weight: bool = True,
+                            relu_input: bool = False):
+    """(dL/dr or None, dL/dw_dw or None, dL/dw_pw or None) of separable_conv_forward (r: the conv's
+    input, relu(x) with relu_input; the caller masks dL/dr for the ReLU); the weight gradients in
+    the weights' dtype and (contiguous) layout."""
+    from . import INTERPRETED
+
+    groups, c, co, oh, ow = check_separable_args(x, w_dw, w_pw, stride, padding, dilation)
+    n, _, h, w = x.shape
+    if tuple(grad.shape) != (n, groups * co, oh, ow) or grad.dtype != x.dtype:
+        raise ValueError(f"separable_conv: the output gradient must be {(n, groups * co, oh, ow)} {x.dtype}, "
+                         f"got {tuple(grad.shape)} {grad.dtype}")
+    if not (need_input or need_weight):
+        return None, None, None
+    grad, x, w_dw, w_pw = grad.contiguous(), x.contiguous(), w_dw.contiguous(), w_pw.contiguous()
+    k = w_dw.shape[2]
+    kk_block = triton.next_power_of_2(k * k)
+    bc, bo = _block(c), _block(co)
+    # five [channels, pixels] tiles live at once (gz, gd, d, a window, a product): fewer pixels than the forward's
+    bp = _pixel_block(oh * ow, max(bc, bo), 2048)
+    units = n * triton.cdiv(oh * ow, bp)
+    if INTERPRETED or not x.is_cuda:
+        splits = min(units, 2)  # the reduce of several partials runs in the tests too
+    else:
+        splits = min(units, triton.cdiv(4 * torch.cuda.get_device_properties(x.device).multi_processor_count, groups))
+    per_program = triton.cdiv(units, splits)
+    splits = triton.cdiv(units, per_program)
+    gd = torch.empty((n, groups * c, oh, ow), device=x.device, dtype=x.dtype) if need_input else grad
+    row = bo * bc + bc * kk_block
+    part = torch.empty((groups, splits, row) if need_weight else (1,), device=x.device, dtype=torch.float32)
+    if units:
+        _sep_conv_bwd_kernel[(groups, splits)](
+            x, w_dw, w_pw, grad, gd, part, groups, c, co, h, w, oh, ow, units, per_program, splits,
+            K=k, STRIDE=stride, PAD=padding, DIL=dilation, RELU_INPUT=bool(relu_input),
+            NEED_INPUT=need_input, NEED_WEIGHT=need_weight, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+            INDEX_64=max(x.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=4)
+    dx = d_dw = d_pw = None
+    if need_input:
+        if units:
+            dx = depthwise_conv_backward(gd, x, w_dw, stride, padding, dilation, need_weight=False)[0]
+        else:
+            dx = torch.zeros_like(x)
+    if need_weight:
+        d_pw = torch.empty_like(w_pw, memory_format=torch.contiguous_format)
+        d_dw = torch.empty_like(w_dw, memory_format=torch.contiguous_format)
+        if not units:
+            return dx, d_dw.zero_(), d_pw.zero_()
+        r_block = min(1024, triton.next_power_of_2(row))
+        _sep_conv_reduce_kernel[(groups, triton.cdiv(row, r_block))](
+            part, d_pw, d_dw, splits, c, co, KK=k * k, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, R_BLOCK=r_block,
+            S_BLOCK=min(16, max(2, triton.next_power_of_2(splits))), num_warps=4)
+    return dx, d_dw, d_pw
