@@ -23,7 +23,11 @@ the depthwise conv's read d's gradient and x). Here d never reaches memory:
 A pass that uses no weight gradient (the α step) reads no x: gd only.
 relu_input: the conv's input is relu(x): the kernels apply it as they read x, so a caller can keep
 x (a BatchNorm's output, which its backward keeps anyway) instead of relu(x).
-Layout: contiguous NCHW; K, stride, dilation are compile-time constants.
+Layout: contiguous NCHW. The kernel size, stride, padding, dilation, the ReLU and the group count are
+runtime arguments, not constants: a search step runs ~26 geometries of these pairs (sep/dil 3×3/5×5,
+stride 1/2, with and without the ReLU, at three widths), and compiled as constants they were ~80
+specialisations of kernels that take seconds each to compile (a bare GPU machine compiles them on
+first use); this way one per channel/pixel block size, dtype and pass.
 """
 from __future__ import annotations
 
@@ -45,20 +49,19 @@ def _planes(ptr, plane, size, INDEX_64: tl.constexpr):
 
 
 @triton.jit
-def _window(x_rows, c_ok, oh, ow, p_ok, i: tl.constexpr, j: tl.constexpr, H, W,
-            STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, RELU_INPUT: tl.constexpr):
+def _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT):
     """[channels, pixels]: the input each output pixel's tap (i, j) meets, fp32, 0 in the padding."""
     ih = oh * STRIDE - PAD + i * DIL
     iw = ow * STRIDE - PAD + j * DIL
     ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     x = tl.load(x_rows + (ih * W + iw)[None, :], mask=c_ok[:, None] & ok[None, :], other=0.0).to(tl.float32)
-    if RELU_INPUT:
+    if RELU_INPUT != 0:
         x = tl.maximum(x, 0.0)
     return x
 
 
 @triton.jit
-def _group_weights(WDW, WPW, g, C, CO, K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr):
+def _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr):
     """Group g's channel indices/masks, its depthwise taps' base pointer [C] and its 1×1 weight
     [BLOCK_O, BLOCK_C] in fp32."""
     cin = tl.arange(0, BLOCK_C)
@@ -70,12 +73,16 @@ def _group_weights(WDW, WPW, g, C, CO, K: tl.constexpr, BLOCK_C: tl.constexpr, B
     return cin, c_ok, o, o_ok, taps, wp.to(tl.float32)
 
 
-@triton.jit
+# the geometry and the counts are not specialised on (Triton would compile a variant for each value 1
+# and each multiple of 16 among them); the image sizes are, for aligned loads and stores
+_GENERIC = ("G", "C", "CO", "K", "STRIDE", "PAD", "DIL", "RELU_INPUT")
+
+
+@triton.jit(do_not_specialize=_GENERIC)
 def _sep_conv_fwd_kernel(
     X, WDW, WPW, Z,  # input [N, G·C, H, W]; weights [G·C, 1, K, K], [G·CO, C, 1, 1]; output [N, G·CO, OH, OW]
-    G, C, CO, H, W, OH, OW,  # G groups: a runtime value (one compiled kernel for every edge count)
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
-    RELU_INPUT: tl.constexpr,
+    G, C, CO, H, W, OH, OW,
+    K, STRIDE, PAD, DIL, RELU_INPUT,  # runtime values: one compiled kernel for every geometry (module docstring)
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     ng = tl.program_id(0)  # image · G + group
@@ -87,8 +94,8 @@ def _sep_conv_fwd_kernel(
     cin, c_ok, o, o_ok, taps, wp = _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C, BLOCK_O)
     x_rows = _planes(X, ng * C + cin, H * W, INDEX_64)[:, None]
     d = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-    for i in tl.static_range(K):
-        for j in tl.static_range(K):
+    for i in range(K):
+        for j in range(K):
             x = _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT)
             d += tl.load(taps + i * K + j, mask=c_ok, other=0.0).to(tl.float32)[:, None] * x
     z = tl.dot(wp, d, input_precision="ieee")
@@ -96,14 +103,14 @@ def _sep_conv_fwd_kernel(
     tl.store(z_rows + p[None, :], z.to(Z.dtype.element_ty), mask=o_ok[:, None] & p_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_GENERIC + ("UNITS", "PER_PROGRAM", "S"))
 def _sep_conv_bwd_kernel(
     X, WDW, WPW, GZ, GD,  # input, weights, z's gradient [N, G·CO, OH, OW], d's gradient [N, G·C, OH, OW] (out)
     PART,  # fp32 partials [G, S, BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK]: the 1×1 weight's, then the depthwise one's
     G, C, CO, H, W, OH, OW,
     UNITS, PER_PROGRAM, S,  # (image, pixel block) units per group, per program, programs per group
-    K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
-    RELU_INPUT: tl.constexpr, NEED_INPUT: tl.constexpr, NEED_WEIGHT: tl.constexpr,
+    K, STRIDE, PAD, DIL, RELU_INPUT,
+    NEED_INPUT: tl.constexpr, NEED_WEIGHT: tl.constexpr,
     KK_BLOCK: tl.constexpr,  # power of two ≥ K·K
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
 ):
@@ -131,8 +138,8 @@ def _sep_conv_bwd_kernel(
             ow = p % OW
             x_rows = _planes(X, ng * C + cin, H * W, INDEX_64)[:, None]
             d = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-            for i in tl.static_range(K):
-                for j in tl.static_range(K):
+            for i in range(K):
+                for j in range(K):
                     x = _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT)
                     d += tl.load(taps + i * K + j, mask=c_ok, other=0.0).to(tl.float32)[:, None] * x
                     acc_d += tl.where(tap_col == i * K + j, tl.sum(gd * x, axis=1)[:, None], 0.0)
@@ -222,8 +229,8 @@ def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tens
     bc, bo = _block(c), _block(co)
     bp = _pixel_block(oh * ow, max(bc, bo), 4096)
     _sep_conv_fwd_kernel[(n * groups, triton.cdiv(oh * ow, bp))](
-        x, w_dw, w_pw, z, groups, c, co, h, w, oh, ow, K=w_dw.shape[2], STRIDE=stride, PAD=padding, DIL=dilation,
-        RELU_INPUT=bool(relu_input), BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+        x, w_dw, w_pw, z, groups, c, co, h, w, oh, ow, w_dw.shape[2], stride, padding, dilation, int(relu_input),
+        BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
         INDEX_64=max(x.numel(), z.numel()) > INT32_LIMIT, num_warps=4)
     return z
 
@@ -262,8 +269,7 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
     if units:
         _sep_conv_bwd_kernel[(groups, splits)](
             x, w_dw, w_pw, grad, gd, part, groups, c, co, h, w, oh, ow, units, per_program, splits,
-            K=k, STRIDE=stride, PAD=padding, DIL=dilation, RELU_INPUT=bool(relu_input),
-            NEED_INPUT=need_input, NEED_WEIGHT=need_weight, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+            k, stride, padding, dilation, int(relu_input), NEED_INPUT=need_input, NEED_WEIGHT=need_weight, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
             INDEX_64=max(x.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=4)
     dx = d_dw = d_pw = None
     if need_input:
