@@ -136,8 +136,8 @@ step "benchmarks: the conv parts (torch vs Triton: the fused dw + 1x1 pair, then
 # pair, 18 cases; then pointwise, 30; depthwise, 48), so that a run cut off by the limit loses
 # depthwise cases rather than the newer questions
 run_logged bench_dwconv "${GPU_DWCONV_LIMIT_S:-60}" 4 "$PY" -m pytest benchmarks/test_bench_separable_conv.py \
-    benchmarks/test_bench_pointwise_conv.py benchmarks/test_bench_depthwise_conv.py --benchmark-only -q -rs --benchmark-json="$OUT/bench_dwconv.json" \
-    --benchmark-columns=median,rounds || STATUS=1
+    benchmarks/test_bench_pointwise_conv.py benchmarks/test_bench_depthwise_conv.py --benchmark-only -q -rs \
+    --benchmark-json="$OUT/bench_dwconv.json" --benchmark-columns=median,rounds || STATUS=1
 
 step "profile of one search step (benchmarks/profile_step.py)"
 # the default step first, then the conv levers (the fused dw + 1x1 pair; the depthwise weight
@@ -145,7 +145,8 @@ step "profile of one search step (benchmarks/profile_step.py)"
 # rest: a profile cut off by its limit
 # keeps the first ones. Before the mixed-sum benchmarks: where the step's time goes matters more
 # than numbers measured on 2026-11-27 already
-run_logged profile 90 60 "$PY" benchmarks/profile_step.py --impl fused fused_sepconv fused_dwwgrad fused_pwconv plain fused_no_groupsum fused_per_edge --graph-kernels --json "$OUT/profile.json" || STATUS=1
+run_logged profile 90 60 "$PY" benchmarks/profile_step.py --impl fused fused_sepconv fused_dwwgrad fused_pwconv plain \
+    fused_no_groupsum fused_per_edge --graph-kernels --json "$OUT/profile.json" || STATUS=1
 
 step "benchmarks: the mixed-op sum (fused, eager)"
 run_logged bench_sum "${GPU_SUM_LIMIT_S:-60}" 8 "$PY" -m pytest benchmarks/test_bench_noisy_mixed_sum.py \

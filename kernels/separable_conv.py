@@ -269,7 +269,8 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
     if units:
         _sep_conv_bwd_kernel[(groups, splits)](
             x, w_dw, w_pw, grad, gd, part, groups, c, co, h, w, oh, ow, units, per_program, splits,
-            k, stride, padding, dilation, int(relu_input), NEED_INPUT=need_input, NEED_WEIGHT=need_weight, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+            k, stride, padding, dilation, int(relu_input), NEED_INPUT=need_input, NEED_WEIGHT=need_weight,
+            KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
             INDEX_64=max(x.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=4)
     dx = d_dw = d_pw = None
     if need_input:

@@ -67,6 +67,39 @@ def test_bf16_autocast_with_noise_and_the_triton_kernels(fresh_seed):
     assert noisy.alphas_reduce.grad.dtype == torch.float32
 
 
+def test_bf16_autocast_with_the_fused_separable_convs(fresh_seed):
+    """The fused dw + 1×1 pairs under bf16 autocast (their fp32 weights cast to bf16 where autograd
+    sees it, as autocast casts nn.Conv2d's): they run, the logits and the conv weights' gradients
+    are fp32, close to the network without them."""
+    from unittest import mock
+
+    import ndarts_kernels
+    from ndarts.edge_groups import GroupedConvStack
+
+    kw = dict(C=4, num_classes=5, layers=1, steps=2, multiplier=2,
+              primitives=["skip_connect", "sep_conv_3x3", "dil_conv_3x3"],
+              noise=NoiseConfig(kind="none"), fused=True, in_channels=2, autocast=torch.bfloat16, backend="torch",
+              channels_last=False)  # NCHW: the kernels' layout
+    ref = SearchNetwork(**kw)
+    tri = SearchNetwork(**kw, fused_separable_conv=True)
+    tri.load_state_dict(ref.state_dict())
+    for m in tri.modules():
+        if isinstance(m, GroupedConvStack):
+            m.backend = "triton"  # only the pairs on the kernels (interpreter)
+    x = torch.randn(2, 2, 6, 6)
+    with mock.patch.object(ndarts_kernels, "separable_conv_forward",
+                           wraps=ndarts_kernels.separable_conv_forward) as fwd:
+        out_tri = _run(tri, x, fresh_seed)
+    assert fwd.call_count > 0 and all(c.args[0].dtype == torch.bfloat16 for c in fwd.call_args_list)
+    out_ref = _run(ref, x, fresh_seed)
+    assert out_tri.dtype == torch.float32
+    torch.testing.assert_close(out_tri, out_ref, atol=3e-2, rtol=3e-2)
+    grads = [(a.grad, b.grad) for (name, a), b in zip(tri.named_parameters(), ref.parameters())
+             if "edge_groups" in name and a.grad is not None]
+    assert grads and all(g.dtype == torch.float32 for g, _ in grads)
+    assert _cosine(torch.cat([g.flatten() for g, _ in grads]), torch.cat([g.flatten() for _, g in grads])) > 0.9
+
+
 def test_autocast_takes_bf16_only():
     with pytest.raises(ValueError, match="float16 would need loss scaling"):
         SearchNetwork(C=4, layers=2, autocast=torch.float16)

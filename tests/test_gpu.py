@@ -303,9 +303,10 @@ def test_cuda_pointwise_conv_matches_conv2d(dtype, tol, shape):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-@pytest.mark.parametrize("shape,relu", [((64, 8, 16, 16, 32, 32, 3, 1, 1, 1), False), ((64, 8, 16, 16, 32, 32, 5, 1, 4, 2), True),
-                                        ((64, 4, 32, 32, 16, 16, 5, 2, 2, 1), False), ((3, 2, 5, 3, 13, 11, 3, 1, 2, 2), True),
-                                        ((2, 1, 64, 64, 9, 7, 5, 1, 2, 1), False)])
+@pytest.mark.parametrize("shape,relu", [
+    ((64, 8, 16, 16, 32, 32, 3, 1, 1, 1), False), ((64, 8, 16, 16, 32, 32, 5, 1, 4, 2), True),
+    ((64, 4, 32, 32, 16, 16, 5, 2, 2, 1), False), ((3, 2, 5, 3, 13, 11, 3, 1, 2, 2), True),
+    ((2, 1, 64, 64, 9, 7, 5, 1, 2, 1), False)])
 def test_cuda_separable_conv_matches_conv2d(dtype, tol, shape, relu):
     """(N, groups, C, CO, H, W, K, stride, padding, dilation): a normal cell's first batched group
     (8 edges × 16 channels) as sep 3×3 and dil 5×5 (the ReLU read in), a reduction stage, odd
