@@ -13,6 +13,10 @@ with edge-major channels (channel e·C + c = edge e's channel c):
 - the E outputs are made contiguous in one copy ([N, E, C, H, W] → [E, N, C, H, W]), each then
   an operand of its edge's mixed sum (``_EdgeSplit``; its backward is one stack).
 
+With ``SearchNetwork(fused_separable_conv=True)``, where the search kernels run, each depthwise →
+pointwise pair is one fused Triton kernel each way (ndarts.separable_conv): the depthwise output
+never reaches memory.
+
 The edges leaving a cell's two input nodes form one group (8 edges in a 4-node cell): their
 first stage reads both inputs (``repeat_sources``), so each layer of the inputs' convs is one
 launch instead of two.

@@ -341,6 +341,9 @@ class SearchNetwork(nn.Module):
             batch_edge_convs = share_node_ops
         if batch_edge_convs and not share_node_ops:
             raise ValueError("batch_edge_convs needs share_node_ops=True (the groups are per node)")
+        if fused_separable_conv and not batch_edge_convs:
+            raise ValueError("fused_separable_conv needs batch_edge_convs (it fuses the batched conv stacks' "
+                             "depthwise → 1×1 pairs)")
         sums_possible = fused and batch_edge_convs and not edge_streams
         if group_sums and not sums_possible:
             raise ValueError("group_sums needs fused=True and batch_edge_convs, without edge_streams")

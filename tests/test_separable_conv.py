@@ -150,6 +150,8 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="not a depthwise"):
         separable_conv(x, dw, nn.Conv2d(8, 8, 1, groups=2, bias=True))
     assert not separable_fits(torch.randn(2, 6, 4, 4), dw, pw)
+    with pytest.raises(ValueError, match="fused_separable_conv needs batch_edge_convs"):
+        _network(backend="torch", batch_edge_convs=False, fused_separable_conv=True)
 
 
 def _network(**kw):
