@@ -73,6 +73,21 @@ def _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C: tl.constexpr, BLOCK_O: tl.con
     return cin, c_ok, o, o_ok, taps, wp.to(tl.float32)
 
 
+@triton.jit
+def _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, gd, acc_d, tap_col,
+                     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, TAP_SUMS: tl.constexpr):
+    """(d, acc_d): the depthwise conv's [channels, pixels] block from the K·K windows of x, and with
+    TAP_SUMS acc_d plus, per tap, Σ over the pixels of gd·window (the depthwise weight gradient)."""
+    d = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for i in range(K):
+        for j in range(K):
+            x = _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT)
+            d += tl.load(taps + i * K + j, mask=c_ok, other=0.0).to(tl.float32)[:, None] * x
+            if TAP_SUMS:
+                acc_d += tl.where(tap_col == i * K + j, tl.sum(gd * x, axis=1)[:, None], 0.0)
+    return d, acc_d
+
+
 # the geometry and the counts are not specialised on (Triton would compile a variant for each value 1
 # and each multiple of 16 among them); the image sizes are, for aligned loads and stores
 _GENERIC = ("G", "C", "CO", "K", "STRIDE", "PAD", "DIL", "RELU_INPUT")
@@ -93,11 +108,8 @@ def _sep_conv_fwd_kernel(
     ow = p % OW
     cin, c_ok, o, o_ok, taps, wp = _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C, BLOCK_O)
     x_rows = _planes(X, ng * C + cin, H * W, INDEX_64)[:, None]
-    d = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-    for i in range(K):
-        for j in range(K):
-            x = _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT)
-            d += tl.load(taps + i * K + j, mask=c_ok, other=0.0).to(tl.float32)[:, None] * x
+    d, _ = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, 0.0, 0.0, 0,
+                            BLOCK_C, BLOCK_P, TAP_SUMS=False)
     z = tl.dot(wp, d, input_precision="ieee")
     z_rows = _planes(Z, ng * CO + o, OH * OW, INDEX_64)[:, None]
     tl.store(z_rows + p[None, :], z.to(Z.dtype.element_ty), mask=o_ok[:, None] & p_ok[None, :])
@@ -137,12 +149,8 @@ def _sep_conv_bwd_kernel(
             oh = p // OW
             ow = p % OW
             x_rows = _planes(X, ng * C + cin, H * W, INDEX_64)[:, None]
-            d = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-            for i in range(K):
-                for j in range(K):
-                    x = _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT)
-                    d += tl.load(taps + i * K + j, mask=c_ok, other=0.0).to(tl.float32)[:, None] * x
-                    acc_d += tl.where(tap_col == i * K + j, tl.sum(gd * x, axis=1)[:, None], 0.0)
+            d, acc_d = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT,
+                                        gd, acc_d, tap_col, BLOCK_C, BLOCK_P, TAP_SUMS=True)
             acc_p += tl.dot(gz, tl.trans(d), input_precision="ieee")
     if NEED_WEIGHT:
         row = PART + (g * S + s) * (BLOCK_O * BLOCK_C + BLOCK_C * KK_BLOCK)
