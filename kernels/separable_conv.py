@@ -265,6 +265,9 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
     # five [channels, pixels] tiles live at once (gz, gd, d, a window, a product): fewer pixels than the forward's
     bp = _pixel_block(oh * ow, max(bc, bo), 2048)
     units = n * triton.cdiv(oh * ow, bp)
+    if not units:  # no image: nothing flows back
+        zeros = [torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (x, w_dw, w_pw)]
+        return zeros[0] if need_input else None, *(zeros[1:] if need_weight else (None, None))
     if INTERPRETED or not x.is_cuda:
         splits = min(units, 2)  # the reduce of several partials runs in the tests too
     else:
@@ -274,23 +277,17 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
     gd = torch.empty((n, groups * c, oh, ow), device=x.device, dtype=x.dtype) if need_input else grad
     row = bo * bc + bc * kk_block
     part = torch.empty((groups, splits, row) if need_weight else (1,), device=x.device, dtype=torch.float32)
-    if units:
-        _sep_conv_bwd_kernel[(groups, splits)](
-            x, w_dw, w_pw, grad, gd, part, groups, c, co, h, w, oh, ow, units, per_program, splits,
-            k, stride, padding, dilation, int(relu_input), NEED_INPUT=need_input, NEED_WEIGHT=need_weight,
-            KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
-            INDEX_64=max(x.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=4)
+    _sep_conv_bwd_kernel[(groups, splits)](
+        x, w_dw, w_pw, grad, gd, part, groups, c, co, h, w, oh, ow, units, per_program, splits,
+        k, stride, padding, dilation, int(relu_input), NEED_INPUT=need_input, NEED_WEIGHT=need_weight,
+        KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+        INDEX_64=max(x.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=4)
     dx = d_dw = d_pw = None
     if need_input:
-        if units:
-            dx = depthwise_conv_backward(gd, x, w_dw, stride, padding, dilation, need_weight=False)[0]
-        else:
-            dx = torch.zeros_like(x)
+        dx = depthwise_conv_backward(gd, x, w_dw, stride, padding, dilation, need_weight=False)[0]
     if need_weight:
         d_pw = torch.empty_like(w_pw, memory_format=torch.contiguous_format)
         d_dw = torch.empty_like(w_dw, memory_format=torch.contiguous_format)
-        if not units:
-            return dx, d_dw.zero_(), d_pw.zero_()
         r_block = min(1024, triton.next_power_of_2(row))
         _sep_conv_reduce_kernel[(groups, triton.cdiv(row, r_block))](
             part, d_pw, d_dw, splits, c, co, KK=k * k, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, R_BLOCK=r_block,

@@ -76,6 +76,20 @@ def test_only_the_needed_gradients_bitwise(fresh_seed):
                                                   need_weight=False) == (None, None, None)
 
 
+def test_an_empty_batch_matches_conv2d(fresh_seed):
+    """No image: an empty output, and the gradients PyTorch's convs give (no division by zero
+    programs)."""
+    x, w_dw, w_pw = torch.randn(0, 8, 5, 5), torch.randn(8, 1, 3, 3), torch.randn(8, 4, 1, 1)
+    xr, dr, pr = (t.clone().requires_grad_() for t in (x, w_dw, w_pw))
+    want = _reference(xr, dr, pr, 1, 1, 1)
+    want.sum().backward()
+    z = ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, 1, 1, 1)
+    assert z.shape == want.shape
+    got = ndarts_kernels.separable_conv_backward(torch.ones_like(z), x, w_dw, w_pw, 1, 1, 1)
+    for a, b in zip(got, (xr.grad, dr.grad, pr.grad)):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
 def test_bitwise_reproducible(fresh_seed):
     x, w_dw, w_pw = torch.randn(3, 8, 7, 5), torch.randn(8, 1, 5, 5), torch.randn(8, 4, 1, 1)
     grad = torch.randn(3, 8, 4, 3)
