@@ -113,6 +113,19 @@ def conv_parts_table(rows):
     return lines
 
 
+def tile_sweep_table(rows, defaults):
+    """The fused dw + 1×1 kernels' tile sweep: per part, each (tile elements, warps) pair's time
+    (CUDA-graph device time where measured), fastest first; `*`: the kernels' default."""
+    lines = [f"{'part':6} {'tile':>6} {'warps':>5} {'ms':>9} {'%copy':>6}"]
+    order = {"fwd": 0, "dgrad": 1, "both": 2}
+    for r in sorted(rows, key=lambda r: (order.get(r["part"], 3), r.get("graph_ms") or r["time_ms"])):
+        ms = r.get("graph_ms") or r["time_ms"]
+        pct = 100 * r["min_bytes"] / (ms * 1e-3) / 1e9 / r["copy_GBps"]
+        mark = "*" if tuple(r["tile"]) == defaults[r["part"] == "fwd"] else " "
+        lines.append(f"{r['part']:6} {r['tile'][0]:>6} {r['tile'][1]:>5} {ms:>9.4f} {pct:>5.1f}% {mark}")
+    return lines
+
+
 def target_lines(rows):
     lines = []
     for r in rows:
@@ -157,6 +170,7 @@ def main(argv):
     depthwise = [r for r in rows if r["kind"] == "depthwise_conv"]
     pointwise = [r for r in rows if r["kind"] == "pointwise_conv"]
     separable = [r for r in rows if r["kind"] == "separable_conv"]
+    tiles = [r for r in rows if r["kind"] == "separable_conv_tile"]
     copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise + pointwise + separable}
     if copy:
         print(f"copy bandwidth (read + write), measured in the run: {', '.join(f'{c:.1f}' for c in sorted(copy))} GB/s")
@@ -177,6 +191,12 @@ def main(argv):
         print("\ndepthwise + 1x1 conv pair, PyTorch's two convs vs the fused kernels, fp32 (dgrad: the alpha step's "
               "backward; both: the w step's, dx and both weight gradients; ms: CUDA-graph replay where measured)")
         print("\n".join(conv_parts_table(separable)))
+    if tiles:
+        from ndarts_kernels.separable_conv import BACKWARD_TILE, FORWARD_TILE
+
+        print(f"\nfused dw + 1x1 kernels, tile sweep at {tiles[0]['geometry']} {'x'.join(map(str, tiles[0]['shape']))} "
+              "(tile elements, warps; * the default)")
+        print("\n".join(tile_sweep_table(tiles, {True: FORWARD_TILE, False: BACKWARD_TILE})))
     print("\ntargets (issue 4; recorded, not asserted)")
     print("\n".join(target_lines(mixed + steps)))
     return 0

@@ -14,6 +14,10 @@ through memory twice each way. The step benchmark times the whole-step variant
 - cases, fp32, batch 64: a normal cell's first conv group (8 edges × 16 channels, 32×32) as sep 3×3
   and dil 5×5, and a later cell's (4 edges × 32 channels at 16×16) sep 5×5.
 
+The tile sweep (`test_separable_conv_tiles`, CUDA only): the fused kernels on the first case with
+other (tile elements, warps) pairs than FORWARD_TILE / BACKWARD_TILE, so that the GPU run that
+times them also says which tiles to keep.
+
 Time: CUDA events over back-to-back calls and a CUDA-graph replay (`graph_ms`, device time only).
 GB/s from the bytes each part must move at least (fwd: x and z; dgrad: dL/dz and dL/dx; both:
 those and x), against the copy bandwidth measured in the same run. On a CPU: the torch parts at
@@ -44,16 +48,21 @@ def case_id(case) -> str:
     return f"{shape_id(case[0])}_{geometry(case).replace(' ', '_')}"
 
 
-def part_fn(impl: str, part: str, x, w_dw, w_pw, g, padding: int, dilation: int):
-    """A no-argument callable that computes one part of the pair."""
+# (tile elements, warps) pairs of the sweep, forward and backward (the defaults among them)
+FORWARD_TILES = [(2048, 4), (4096, 4), (4096, 8), (8192, 8)]
+BACKWARD_TILES = [(1024, 4), (2048, 4), (2048, 8), (4096, 8)]
+
+
+def part_fn(impl: str, part: str, x, w_dw, w_pw, g, padding: int, dilation: int, tile=None):
+    """A no-argument callable that computes one part of the pair (tile: the fused kernels')."""
     c, groups = x.shape[1], x.shape[1] // w_pw.shape[1]
     if impl == "triton":
         import ndarts_kernels
 
         if part == "fwd":
-            return lambda: ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, 1, padding, dilation)
+            return lambda: ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, 1, padding, dilation, tile=tile)
         return lambda: ndarts_kernels.separable_conv_backward(g, x, w_dw, w_pw, 1, padding, dilation,
-                                                              need_weight=part == "both")
+                                                              need_weight=part == "both", tile=tile)
     if part == "fwd":
         return lambda: F.conv2d(F.conv2d(x, w_dw, None, 1, padding, dilation, c), w_pw, groups=groups)
     d = F.conv2d(x, w_dw, None, 1, padding, dilation, c)  # kept by autograd for pw's weight gradient
@@ -68,6 +77,23 @@ def part_fn(impl: str, part: str, x, w_dw, w_pw, g, padding: int, dilation: int)
     return backward
 
 
+def _time_part(benchmark, copy_bandwidth, device, impl, part, case, tile=None, **fields):
+    shape, groups, k, padding, dilation, _ = case
+    c = shape[1] // groups
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(shape, device=device, generator=gen)
+    w_dw = torch.randn(shape[1], 1, k, k, device=device, generator=gen) / k
+    w_pw = torch.randn(shape[1], c, 1, 1, device=device, generator=gen) / c ** 0.5
+    g = torch.randn(shape, device=device, generator=gen)  # stride 1, "same" padding: dL/dz is x's shape
+    fn = part_fn(impl, part, x, w_dw, w_pw, g, padding, dilation, tile)
+    # x and dL/dz (fwd: x and z; dgrad: dL/dz and dL/dx), plus x once more for the w step's backward
+    extra = x.numel() * x.element_size() if part == "both" else 0
+    if tile is not None:
+        fields["tile"] = list(tile)
+    record_conv_part(benchmark, fn, device, copy_bandwidth, x=x, dy=g, rounds=ROUNDS, warmup=WARMUP, extra_bytes=extra,
+                     impl=impl, part=part, geometry=geometry(case), shape=list(shape), groups=groups, **fields)
+
+
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("part", PARTS)
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
@@ -75,17 +101,17 @@ def test_separable_conv(benchmark, copy_bandwidth, device, impl, part, case):
     reason = triton_skip_reason(device) if impl == "triton" else None
     if reason:
         pytest.skip(reason)
-    shape, groups, k, padding, dilation, _ = case
-    c = shape[1] // groups
-    benchmark.group = f"separable_conv {part} {geometry(case)} {shape_id(shape)}"
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(shape, device=device, generator=gen)
-    w_dw = torch.randn(shape[1], 1, k, k, device=device, generator=gen) / k
-    w_pw = torch.randn(shape[1], c, 1, 1, device=device, generator=gen) / c ** 0.5
-    g = torch.randn(shape, device=device, generator=gen)  # stride 1, "same" padding: dL/dz is x's shape
-    fn = part_fn(impl, part, x, w_dw, w_pw, g, padding, dilation)
-    # x and dL/dz (fwd: x and z; dgrad: dL/dz and dL/dx), plus x once more for the w step's backward
-    extra = x.numel() * x.element_size() if part == "both" else 0
-    record_conv_part(benchmark, fn, device, copy_bandwidth, x=x, dy=g, rounds=ROUNDS, warmup=WARMUP, extra_bytes=extra,
-                     kind="separable_conv", impl=impl, part=part, geometry=geometry(case), shape=list(shape),
-                     groups=groups)
+    benchmark.group = f"separable_conv {part} {geometry(case)} {shape_id(case[0])}"
+    _time_part(benchmark, copy_bandwidth, device, impl, part, case, kind="separable_conv")
+
+
+@pytest.mark.parametrize("part", PARTS)
+@pytest.mark.parametrize("index", range(len(FORWARD_TILES)))
+def test_separable_conv_tiles(benchmark, copy_bandwidth, device, part, index):
+    reason = triton_skip_reason(device)
+    if reason:
+        pytest.skip(reason)
+    tile = (FORWARD_TILES if part == "fwd" else BACKWARD_TILES)[index]
+    case = CASES[0]
+    benchmark.group = f"separable_conv tiles {part} {geometry(case)} {shape_id(case[0])}"
+    _time_part(benchmark, copy_bandwidth, device, "triton", part, case, tile=tile, kind="separable_conv_tile")

@@ -225,9 +225,16 @@ def check_separable_args(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor
     return groups, c, co, oh, ow
 
 
+# (elements of a [channels, pixels] tile, warps per program) on a GPU: the forward's, the backward's
+# (its five live tiles: smaller ones). Guesses until measured: test_bench_separable_conv.py times
+# other pairs beside them (its tile sweep) in the same GPU run.
+FORWARD_TILE, BACKWARD_TILE = (4096, 4), (2048, 4)
+
+
 def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
-                           dilation: int, relu_input: bool = False) -> torch.Tensor:
-    """z = conv2d(conv2d(r, w_dw, groups=G·C), w_pw, groups=G), r = relu(x) if relu_input else x."""
+                           dilation: int, relu_input: bool = False, tile: tuple[int, int] | None = None) -> torch.Tensor:
+    """z = conv2d(conv2d(r, w_dw, groups=G·C), w_pw, groups=G), r = relu(x) if relu_input else x.
+    tile: (tile elements, warps) instead of FORWARD_TILE (the benchmark's sweep)."""
     groups, c, co, oh, ow = check_separable_args(x, w_dw, w_pw, stride, padding, dilation)
     x, w_dw, w_pw = x.contiguous(), w_dw.contiguous(), w_pw.contiguous()
     n, _, h, w = x.shape
@@ -235,20 +242,21 @@ def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tens
     if z.numel() == 0:
         return z
     bc, bo = _block(c), _block(co)
-    bp = _pixel_block(oh * ow, max(bc, bo), 4096)
+    elems, warps = tile or FORWARD_TILE
+    bp = _pixel_block(oh * ow, max(bc, bo), elems)
     _sep_conv_fwd_kernel[(n * groups, triton.cdiv(oh * ow, bp))](
         x, w_dw, w_pw, z, groups, c, co, h, w, oh, ow, w_dw.shape[2], stride, padding, dilation, int(relu_input),
         BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
-        INDEX_64=max(x.numel(), z.numel()) > INT32_LIMIT, num_warps=4)
+        INDEX_64=max(x.numel(), z.numel()) > INT32_LIMIT, num_warps=warps)
     return z
 
 
 def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int,
                             padding: int, dilation: int, need_input: bool = True, need_weight: bool = True,
-                            relu_input: bool = False):
+                            relu_input: bool = False, tile: tuple[int, int] | None = None):
     """(dL/dr or None, dL/dw_dw or None, dL/dw_pw or None) of separable_conv_forward (r: the conv's
     input, relu(x) with relu_input; the caller masks dL/dr for the ReLU); the weight gradients in
-    the weights' dtype and (contiguous) layout."""
+    the weights' dtype and (contiguous) layout. tile: as separable_conv_forward's (BACKWARD_TILE)."""
     from . import INTERPRETED
 
     groups, c, co, oh, ow = check_separable_args(x, w_dw, w_pw, stride, padding, dilation)
@@ -263,7 +271,8 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
     kk_block = triton.next_power_of_2(k * k)
     bc, bo = _block(c), _block(co)
     # five [channels, pixels] tiles live at once (gz, gd, d, a window, a product): fewer pixels than the forward's
-    bp = _pixel_block(oh * ow, max(bc, bo), 2048)
+    elems, warps = tile or BACKWARD_TILE
+    bp = _pixel_block(oh * ow, max(bc, bo), elems)
     units = n * triton.cdiv(oh * ow, bp)
     if not units:  # no image: nothing flows back
         zeros = [torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (x, w_dw, w_pw)]
@@ -281,7 +290,7 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
         x, w_dw, w_pw, grad, gd, part, groups, c, co, h, w, oh, ow, units, per_program, splits,
         k, stride, padding, dilation, int(relu_input), NEED_INPUT=need_input, NEED_WEIGHT=need_weight,
         KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
-        INDEX_64=max(x.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=4)
+        INDEX_64=max(x.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=warps)
     dx = d_dw = d_pw = None
     if need_input:
         dx = depthwise_conv_backward(gd, x, w_dw, stride, padding, dilation, need_weight=False)[0]

@@ -1,0 +1,48 @@
+"""benchmarks/summarize.py's conv tables from pytest-benchmark JSON: the fused dw + 1×1 pair beside
+PyTorch's convs, and the fused kernels' tile sweep (fastest first, the default marked)."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+
+def _bench(name, ms, **info):
+    return {"name": name, "stats": {"median": ms / 1e3}, "extra_info": info}
+
+
+def test_separable_tables_from_benchmark_json(tmp_path, capsys, fresh_seed):
+    summarize = pytest.importorskip("summarize")
+    import random
+
+    from ndarts_kernels.separable_conv import BACKWARD_TILE, FORWARD_TILE
+
+    shape, geom = [64, 128, 32, 32], "sep3 g8x16"
+    common = dict(geometry=geom, shape=shape, min_bytes=64 * 2**20, copy_GBps=4000.0, groups=8)
+    times = {part: (random.uniform(0.2, 0.4), random.uniform(0.02, 0.1)) for part in ("fwd", "dgrad", "both")}
+    benches = []
+    for part, (torch_ms, triton_ms) in times.items():
+        benches.append(_bench(f"torch-{part}", torch_ms, kind="separable_conv", impl="torch", part=part, **common))
+        benches.append(_bench(f"triton-{part}", triton_ms, kind="separable_conv", impl="triton", part=part, **common))
+    sweep = {(2048, 4): 0.07, FORWARD_TILE: 0.05, (8192, 8): 0.06}
+    for tile, ms in sweep.items():
+        benches.append(_bench(f"tile-{tile}", ms, kind="separable_conv_tile", impl="triton", part="fwd",
+                              tile=list(tile), **common))
+    benches.append(_bench("tile-bwd", 0.09, kind="separable_conv_tile", impl="triton", part="both",
+                          tile=list(BACKWARD_TILE), **common))
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": benches}))
+    assert summarize.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "depthwise + 1x1 conv pair" in out and "tile sweep" in out
+    rows = {line.split()[3]: line.split() for line in out.splitlines()  # shape, geometry (2 words), part
+            if line.strip().startswith("64x128x32x32") and geom.split()[0] in line}
+    for part, (torch_ms, triton_ms) in times.items():
+        assert float(rows[part][-1]) == pytest.approx(torch_ms / triton_ms, rel=1e-2)  # x torch
+    sweep_lines = [line.split() for line in out.splitlines() if line.startswith("fwd ") and line.split()[1].isdigit()]
+    assert [float(r[3]) for r in sweep_lines] == sorted(sweep.values())  # fastest first
+    assert [(int(r[1]), int(r[2])) for r in sweep_lines if r[-1] == "*"] == [FORWARD_TILE]
+    both = [line.split() for line in out.splitlines() if line.startswith("both ") and line.split()[1].isdigit()]
+    assert both and both[0][-1] == "*"
