@@ -72,8 +72,9 @@ def pick_pointer(t, P0, P1, P2, P3, P4, P5, P6, P7, T: tl.constexpr):
 
 @triton.jit
 def plane_pointer(ptr, plane, size, INDEX_64: tl.constexpr):
-    """Pointer to the first element of plane `plane` of a tensor of planes `size` elements each, in
-    int64 arithmetic where the tensor needs it (INDEX_64)."""
+    """Pointer to the first element of plane `plane` (a scalar, or a vector of planes: a vector of
+    pointers) of a tensor of planes `size` elements each, in int64 arithmetic where the tensor
+    needs it (INDEX_64)."""
     if INDEX_64:
         return ptr + plane.to(tl.int64) * size
     return ptr + plane * size

@@ -36,16 +36,9 @@ import triton
 import triton.language as tl
 
 from .depthwise_conv import INT32_LIMIT, check_depthwise_args, depthwise_conv_backward
+from .grid import plane_pointer
 
 MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
-
-
-@triton.jit
-def _planes(ptr, plane, size, INDEX_64: tl.constexpr):
-    """Pointers to the first elements of planes `plane` (a vector) of planes `size` elements each."""
-    if INDEX_64:
-        return ptr + plane.to(tl.int64) * size
-    return ptr + plane * size
 
 
 @triton.jit
@@ -107,11 +100,11 @@ def _sep_conv_fwd_kernel(
     oh = p // OW
     ow = p % OW
     cin, c_ok, o, o_ok, taps, wp = _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C, BLOCK_O)
-    x_rows = _planes(X, ng * C + cin, H * W, INDEX_64)[:, None]
+    x_rows = plane_pointer(X, ng * C + cin, H * W, INDEX_64)[:, None]
     d, _ = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, 0.0, 0.0, 0,
                             BLOCK_C, BLOCK_P, TAP_SUMS=False)
     z = tl.dot(wp, d, input_precision="ieee")
-    z_rows = _planes(Z, ng * CO + o, OH * OW, INDEX_64)[:, None]
+    z_rows = plane_pointer(Z, ng * CO + o, OH * OW, INDEX_64)[:, None]
     tl.store(z_rows + p[None, :], z.to(Z.dtype.element_ty), mask=o_ok[:, None] & p_ok[None, :])
 
 
@@ -139,16 +132,16 @@ def _sep_conv_bwd_kernel(
         ng = (u // blocks) * G + g
         p = (u % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = p < OH * OW
-        gz = tl.load(_planes(GZ, ng * CO + o, OH * OW, INDEX_64)[:, None] + p[None, :],
+        gz = tl.load(plane_pointer(GZ, ng * CO + o, OH * OW, INDEX_64)[:, None] + p[None, :],
                      mask=o_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
         gd = tl.dot(wp_t, gz, input_precision="ieee")  # [BLOCK_C, BLOCK_P]
         if NEED_INPUT:
-            tl.store(_planes(GD, ng * C + cin, OH * OW, INDEX_64)[:, None] + p[None, :], gd.to(GD.dtype.element_ty),
-                     mask=c_ok[:, None] & p_ok[None, :])
+            tl.store(plane_pointer(GD, ng * C + cin, OH * OW, INDEX_64)[:, None] + p[None, :],
+                     gd.to(GD.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
         if NEED_WEIGHT:
             oh = p // OW
             ow = p % OW
-            x_rows = _planes(X, ng * C + cin, H * W, INDEX_64)[:, None]
+            x_rows = plane_pointer(X, ng * C + cin, H * W, INDEX_64)[:, None]
             d, acc_d = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT,
                                         gd, acc_d, tap_col, BLOCK_C, BLOCK_P, TAP_SUMS=True)
             acc_p += tl.dot(gz, tl.trans(d), input_precision="ieee")
@@ -232,7 +225,8 @@ FORWARD_TILE, BACKWARD_TILE = (4096, 4), (2048, 4)
 
 
 def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
-                           dilation: int, relu_input: bool = False, tile: tuple[int, int] | None = None) -> torch.Tensor:
+                           dilation: int, relu_input: bool = False,
+                           tile: tuple[int, int] | None = None) -> torch.Tensor:
     """z = conv2d(conv2d(r, w_dw, groups=G·C), w_pw, groups=G), r = relu(x) if relu_input else x.
     tile: (tile elements, warps) instead of FORWARD_TILE (the benchmark's sweep)."""
     groups, c, co, oh, ow = check_separable_args(x, w_dw, w_pw, stride, padding, dilation)
