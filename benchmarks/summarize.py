@@ -85,6 +85,11 @@ def search_step_table(rows):
     return lines
 
 
+# the order of a conv-parts table's rows: forward, input gradient, weight gradient; both: the fused
+# dw + 1×1 pair's w-step backward (input and weight gradients)
+PART_ORDER = {"fwd": 0, "dgrad": 1, "wgrad": 2, "both": 3}
+
+
 def conv_parts_table(rows):
     """Per shape, geometry and part of a conv-parts benchmark (depthwise, pointwise, separable): each impl's
     time (CUDA-graph device time where measured, as the step runs; else per call), its GB/s share
@@ -95,7 +100,6 @@ def conv_parts_table(rows):
     gw = max(len("geom"), *(len(geom) for _, geom, _ in cases))  # depthwise 'sep3', pointwise 'g8 16>16'
     lines = [f"{'shape':>14} {'geom':{gw}} {'part':6} {'torch ms':>9} {'%copy':>6} {'triton ms':>10} {'%copy':>6} "
              f"{'x torch':>8}"]
-    order = {"fwd": 0, "dgrad": 1, "wgrad": 2, "both": 3}  # both: the separable pair's w-step backward
 
     def ms(r):
         return None if r is None else (r.get("graph_ms") or r["time_ms"])
@@ -104,7 +108,7 @@ def conv_parts_table(rows):
         t = ms(r)
         return None if t is None else 100 * r["min_bytes"] / (t * 1e-3) / 1e9 / r["copy_GBps"]
 
-    for (shape, geom, part), impls in sorted(cases.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]])):
+    for (shape, geom, part), impls in sorted(cases.items(), key=lambda kv: (kv[0][0], kv[0][1], PART_ORDER[kv[0][2]])):
         t, tr = impls.get("torch"), impls.get("triton")
         speedup = ms(t) / ms(tr) if t and tr and ms(tr) else None
         lines.append(f"{'x'.join(map(str, shape)):>14} {geom:{gw}} {part:6} {_fmt(ms(t), '9.4f'):>9} "
@@ -113,15 +117,14 @@ def conv_parts_table(rows):
     return lines
 
 
-def tile_sweep_table(rows, defaults):
+def tile_sweep_table(rows):
     """The fused dw + 1×1 kernels' tile sweep: per part, each (tile elements, warps) pair's time
-    (CUDA-graph device time where measured), fastest first; `*`: the kernels' default."""
+    (CUDA-graph device time where measured), fastest first; `*`: the kernels' default when measured."""
     lines = [f"{'part':6} {'tile':>6} {'warps':>5} {'ms':>9} {'%copy':>6}"]
-    order = {"fwd": 0, "dgrad": 1, "both": 2}
-    for r in sorted(rows, key=lambda r: (order.get(r["part"], 3), r.get("graph_ms") or r["time_ms"])):
+    for r in sorted(rows, key=lambda r: (PART_ORDER[r["part"]], r.get("graph_ms") or r["time_ms"])):
         ms = r.get("graph_ms") or r["time_ms"]
         pct = 100 * r["min_bytes"] / (ms * 1e-3) / 1e9 / r["copy_GBps"]
-        mark = "*" if tuple(r["tile"]) == defaults[r["part"] == "fwd"] else " "
+        mark = "*" if r["default_tile"] else " "
         lines.append(f"{r['part']:6} {r['tile'][0]:>6} {r['tile'][1]:>5} {ms:>9.4f} {pct:>5.1f}% {mark}")
     return lines
 
@@ -192,11 +195,9 @@ def main(argv):
               "backward; both: the w step's, dx and both weight gradients; ms: CUDA-graph replay where measured)")
         print("\n".join(conv_parts_table(separable)))
     if tiles:
-        from ndarts_kernels.separable_conv import BACKWARD_TILE, FORWARD_TILE
-
         print(f"\nfused dw + 1x1 kernels, tile sweep at {tiles[0]['geometry']} {'x'.join(map(str, tiles[0]['shape']))} "
               "(tile elements, warps; * the default)")
-        print("\n".join(tile_sweep_table(tiles, {True: FORWARD_TILE, False: BACKWARD_TILE})))
+        print("\n".join(tile_sweep_table(tiles)))
     print("\ntargets (issue 4; recorded, not asserted)")
     print("\n".join(target_lines(mixed + steps)))
     return 0

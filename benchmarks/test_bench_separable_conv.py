@@ -89,7 +89,10 @@ def _time_part(benchmark, copy_bandwidth, device, impl, part, case, tile=None, *
     # x and dL/dz (fwd: x and z; dgrad: dL/dz and dL/dx), plus x once more for the w step's backward
     extra = x.numel() * x.element_size() if part == "both" else 0
     if tile is not None:
+        import ndarts_kernels.separable_conv as fused
+
         fields["tile"] = list(tile)
+        fields["default_tile"] = tile == (fused.FORWARD_TILE if part == "fwd" else fused.BACKWARD_TILE)
     record_conv_part(benchmark, fn, device, copy_bandwidth, x=x, dy=g, rounds=ROUNDS, warmup=WARMUP, extra_bytes=extra,
                      impl=impl, part=part, geometry=geometry(case), shape=list(shape), groups=groups, **fields)
 

@@ -169,14 +169,19 @@ class SearchDepthwiseConv2d(nn.Conv2d):
         return depthwise_conv(x, self.weight, *self._conf, kernels=self.kernels)
 
 
-def is_plain_depthwise(m: nn.Module) -> bool:
-    """A depthwise nn.Conv2d the kernels cover: groups = in channels, out channels a multiple of
-    them (M per channel: the batched edge convs' first one), square kernel, square
-    stride/padding/dilation, no bias, zero padding."""
-    return (type(m) is nn.Conv2d and m.groups == m.in_channels and m.out_channels % m.in_channels == 0
+def covers_depthwise(m: nn.Conv2d) -> bool:
+    """A depthwise conv the kernels cover (an nn.Conv2d or a subclass): groups = in channels, out
+    channels a multiple of them (M per channel: the batched edge convs' first one), square kernel,
+    square stride/padding/dilation, no bias, zero padding."""
+    return (m.groups == m.in_channels and m.out_channels % m.in_channels == 0
             and m.bias is None
             and m.padding_mode == "zeros" and m.kernel_size[0] == m.kernel_size[1]
             and None not in (_square(m.stride), _square(m.padding), _square(m.dilation)))
+
+
+def is_plain_depthwise(m: nn.Module) -> bool:
+    """A plain nn.Conv2d (not yet converted) that the kernels cover (covers_depthwise)."""
+    return type(m) is nn.Conv2d and covers_depthwise(m)
 
 
 def use_search_depthwise_conv(model: nn.Module, backend: str | None = None, kernels: str = "all") -> nn.Module:

@@ -68,11 +68,15 @@ class SearchPointwiseConv2d(nn.Conv2d):
         return pointwise_conv(x, self.weight)
 
 
+def covers_pointwise(m: nn.Conv2d) -> bool:
+    """A 1×1 conv the kernels cover (an nn.Conv2d or a subclass): stride 1, no padding, no bias
+    (any groups). The FactorizedReduce's stride-2 convs are not."""
+    return m.kernel_size == (1, 1) and m.stride == (1, 1) and m.padding in ((0, 0), 0) and m.bias is None
+
+
 def is_plain_pointwise(m: nn.Module) -> bool:
-    """A 1×1 nn.Conv2d the kernels cover: stride 1, no padding, no bias (any groups). The
-    FactorizedReduce's stride-2 convs stay nn.Conv2d."""
-    return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.padding in ((0, 0), 0)
-            and m.bias is None)
+    """A plain nn.Conv2d (not yet converted) that the kernels cover (covers_pointwise)."""
+    return type(m) is nn.Conv2d and covers_pointwise(m)
 
 
 def use_search_pointwise_conv(model: nn.Module, backend: str | None = None) -> nn.Module:

@@ -20,8 +20,9 @@ import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
 from .backend import graph_kernels_enabled
-from .depthwise_conv import _square
+from .depthwise_conv import _square, covers_depthwise
 from .grad_use import grads_used
+from .pointwise_conv import covers_pointwise
 
 
 class _SeparableConv(torch.autograd.Function):
@@ -53,12 +54,9 @@ def separable_fits(r: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d) -> bool:
     most MAX_CHANNELS channels per group; r with dw's channels."""
     from ndarts_kernels.separable_conv import MAX_CHANNELS
 
-    conf = (_square(dw.stride), _square(dw.padding), _square(dw.dilation))
-    return (r.dim() == 4 and r.shape[1] == dw.in_channels == dw.out_channels == dw.groups == pw.in_channels
-            and dw.bias is None and pw.bias is None and dw.padding_mode == "zeros"
-            and dw.kernel_size[0] == dw.kernel_size[1] and None not in conf
-            and pw.kernel_size == (1, 1) and _square(pw.stride) == 1 and _square(pw.padding) == 0
-            and _square(pw.dilation) == 1 and pw.in_channels % pw.groups == 0 and pw.out_channels % pw.groups == 0
+    return (r.dim() == 4 and r.shape[1] == dw.in_channels == dw.out_channels == pw.in_channels
+            and covers_depthwise(dw) and covers_pointwise(pw) and _square(pw.dilation) == 1
+            and pw.in_channels % pw.groups == 0 and pw.out_channels % pw.groups == 0
             and max(pw.in_channels, pw.out_channels) // pw.groups <= MAX_CHANNELS)
 
 

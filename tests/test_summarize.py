@@ -29,9 +29,9 @@ def test_separable_tables_from_benchmark_json(tmp_path, capsys, fresh_seed):
     sweep = {(2048, 4): 0.07, FORWARD_TILE: 0.05, (8192, 8): 0.06}
     for tile, ms in sweep.items():
         benches.append(_bench(f"tile-{tile}", ms, kind="separable_conv_tile", impl="triton", part="fwd",
-                              tile=list(tile), **common))
+                              tile=list(tile), default_tile=tile == FORWARD_TILE, **common))
     benches.append(_bench("tile-bwd", 0.09, kind="separable_conv_tile", impl="triton", part="both",
-                          tile=list(BACKWARD_TILE), **common))
+                          tile=list(BACKWARD_TILE), default_tile=True, **common))
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({"benchmarks": benches}))
     assert summarize.main([str(path)]) == 0
