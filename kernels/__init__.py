@@ -11,7 +11,7 @@ import os
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-from .batch_norm import batch_norm_backward, batch_norm_forward, batch_norms_backward, batch_norms_forward  # noqa: E402
+from .batch_norm import BatchNormGrad, batch_norm_backward, batch_norm_forward, batch_norms_backward, batch_norms_forward  # noqa: E402
 from .depthwise_conv import depthwise_conv_backward, depthwise_conv_forward  # noqa: E402
 from .noisy_group_sum import noisy_group_sum_backward, noisy_group_sum_forward  # noqa: E402
 from .noisy_mixed_sum import (  # noqa: E402
@@ -30,6 +30,7 @@ from .tensor_sum import tensor_sum  # noqa: E402
 
 __all__ = [
     "INTERPRETED",
+    "BatchNormGrad",
     "batch_norm_forward",
     "batch_norm_backward",
     "batch_norms_forward",

@@ -25,11 +25,17 @@ Here each channel is split over S programs (grid C × S, about four programs per
 - a ReLU after the BatchNorm, fused (per tensor): the forward writes y (kept for the backward)
   and relu(y); the backward takes dL/d relu(y) and masks it with y > 0 on the fly. One kernel
   less each way than BatchNorm + ReLU.
+- the backward folded into the producer's (per tensor, ``batch_norms_backward(fold=…)``): the
+  statistics kernel runs as usual, the apply kernel skips the tensor, and its producer's backward
+  kernel (kernels/separable_conv.py) applies dx = rstd·(g − mean g − y·mean g·y) as it reads g,
+  from the ``BatchNormGrad`` it is handed: dL/dx is never written nor read back.
 
 Every reduction runs in a fixed order: results are bitwise reproducible run to run.
 Layout: contiguous NCHW (the launcher makes other layouts contiguous).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -236,6 +242,7 @@ def _bn_grad_apply_kernel(
     inv_count,  # 1 / (N·H·W)
     T: tl.constexpr,
     RELU: tl.constexpr,
+    APPLY: tl.constexpr,  # bit t set: tensor t's dx is written here (else its consumer folds the backward in)
     S_BLOCK: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -254,7 +261,8 @@ def _bn_grad_apply_kernel(
     mean_gy = tl.sum(tl.load(PART + (q * S + sidx) * 2 + 1, mask=smask, other=0.0), axis=0) * inv_count
     rstd = tl.load(RSTD + q)
     row_start = s * ROWS
-    row_end = tl.minimum(row_start + ROWS, N)
+    # a folded tensor's programs have no rows (its G, Y, DX slots are another tensor's: never read)
+    row_end = tl.where(((APPLY >> t) & 1) != 0, tl.minimum(row_start + ROWS, N), row_start)
     idx = tl.arange(0, BLOCK)
     for r0 in range(row_start, row_end, BLOCK // BLOCK_HW):
         for h0 in range(0, HW, BLOCK_HW):
@@ -292,8 +300,9 @@ def check_batch_norm_input(x: torch.Tensor) -> None:
 MAX_TENSORS = 8  # tensors per launch of the multi-tensor kernels
 
 
-def _relu_bits(relu) -> int:
-    return sum(1 << t for t, r in enumerate(relu) if r)
+def _bits(flags) -> int:
+    """A constexpr bit mask: bit t set where flags[t] (a launch's per-tensor switches)."""
+    return sum(1 << t for t, f in enumerate(flags) if f)
 
 
 def _check_same_geometry(tensors, what: str) -> None:
@@ -366,25 +375,47 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
             *slots(xs), *slots(ys), *slots([r if r is not None else y for r, y in zip(rs, ys)]),
             part, rstd[first:first + channels], *stats[0], *stats[1], *counts,
             n, hw, *geometry, rows, splits, float(eps), float(momentum),
-            T=num, RELU=_relu_bits(relu[start:stop]), UPDATE_RUNNING=update,
+            T=num, RELU=_bits(relu[start:stop]), UPDATE_RUNNING=update,
             S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
             num_warps=num_warps,
         )
     return ys, rs, rstd
 
 
-def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None):
+class BatchNormGrad(NamedTuple):
+    """A BatchNorm's backward for its input's producer to apply as it reads the gradient (folded:
+    no dL/dx written): per channel c, with g the upstream gradient (masked by y > 0 where a ReLU
+    followed the BatchNorm),
+
+        dL/dx = rstd_c · (g − Σg_c / count − y · Σ(g·y)_c / count)
+    """
+
+    y: torch.Tensor  # the BatchNorm's output x̂ [N, C, H, W], contiguous
+    sums: torch.Tensor  # fp32 [C, S, 2], contiguous: per-program partial Σg and Σg·y, summed in a fixed order
+    rstd: torch.Tensor  # fp32 [C]
+    inv_count: float  # 1 / (N·H·W)
+    relu: bool  # a ReLU followed the BatchNorm: g is dL/d relu(y)
+
+
+def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None) -> list:
     """dL/dx of batch_norms_forward's tensors, from the upstream gradients (of relu(y) where
-    relu[t]), the outputs ys and rstd [ΣC_t]."""
+    relu[t]), the outputs ys and rstd [ΣC_t]. fold[t]: tensor t's producer applies the backward
+    itself (kernels/separable_conv.py): its entry is a BatchNormGrad instead, and no dL/dx is
+    written for it (the gradient statistics are still made here, in the same launch as the others')."""
     _check_same_geometry(ys, "output")
     relu = [False] * len(ys) if relu is None else list(relu)
+    fold = [False] * len(ys) if fold is None else list(fold)
     grads = [g.contiguous() for g in grads]
+    ys = [y.contiguous() for y in ys]
     for g, y in zip(grads, ys):
         if g.shape != y.shape:
             raise ValueError(f"batch_norm: a gradient is {tuple(g.shape)}, its output {tuple(y.shape)}")
-    dxs = [torch.empty_like(y) for y in ys]
-    if ys[0].numel() == 0:
-        return dxs
+    dxs = [None if f else torch.empty_like(y) for y, f in zip(ys, fold)]
+    if ys[0].numel() == 0:  # nothing flows back; a folded entry with no partial sums
+        firsts = [sum(y.shape[1] for y in ys[:t]) for t in range(len(ys))]
+        return [BatchNormGrad(y, y.new_zeros((y.shape[1], 0, 2), dtype=torch.float32),
+                              rstd[o:o + y.shape[1]], 0.0, r) if f else dx
+                for y, dx, f, r, o in zip(ys, dxs, fold, relu, firsts)]
     for start, stop, first, channels in _launches(ys):
         num = stop - start
         y0 = ys[start]
@@ -397,14 +428,28 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None):
         geometry = _channel_args(ys[start:stop])
         part = torch.empty((channels, splits, 2), device=y0.device, dtype=torch.float32)
         grid = (channels, splits)
-        bits = _relu_bits(relu[start:stop])
+        bits = _bits(relu[start:stop])
         _bn_grad_stats_kernel[grid](*slots(grads), *slots(ys), part, n, hw, *geometry, rows, splits, T=num,
                                     RELU=bits, BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
                                     num_warps=num_warps)
-        _bn_grad_apply_kernel[grid](*slots(grads), *slots(ys), *slots(dxs), part, rstd[first:first + channels],
-                                    n, hw, *geometry, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
-                                    S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block,
-                                    INDEX_64=index_64, num_warps=num_warps)
+        applied = [t for t in range(start, stop) if not fold[t]]
+        if applied:
+            # a folded tensor's slots take an applied one's tensors: the kernel reads no row of them
+            def live(tensors):
+                return slots([tensors[t if not fold[t] else applied[0]] for t in range(len(tensors))])
+
+            _bn_grad_apply_kernel[grid](*live(grads), *live(ys), *live(dxs), part, rstd[first:first + channels],
+                                        n, hw, *geometry, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
+                                        APPLY=_bits([not fold[t] for t in range(start, stop)]),
+                                        S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw,
+                                        BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
+        offset = 0
+        for t in range(start, stop):
+            size = ys[t].shape[1]
+            if fold[t]:
+                dxs[t] = BatchNormGrad(ys[t], part[offset:offset + size], rstd[first + offset:first + offset + size],
+                                       1.0 / (n * hw), relu[t])
+            offset += size
     return dxs
 
 

@@ -21,6 +21,10 @@ the depthwise conv's read d's gradient and x). Here d never reaches memory:
   gz and x, write gd.
 - the depthwise input gradient from gd: ``kernels/depthwise_conv.py``'s kernel (read gd, write dx).
 A pass that uses no weight gradient (the α step) reads no x: gd only.
+A BatchNorm after the pair (every stage of the stacks has one) can be folded into the backward
+(``bn``: kernels/batch_norm.py's BatchNormGrad): the kernel then reads the gradient of the
+BatchNorm's output and its output y, and makes z's gradient on the fly (one pass less than writing
+z's gradient and reading it back, and one launch less).
 relu_input: the conv's input is relu(x): the kernels apply it as they read x, so a caller can keep
 x (a BatchNorm's output, which its backward keeps anyway) instead of relu(x).
 Layout: contiguous NCHW. The kernel size, stride, padding, dilation, the ReLU and the group count are
@@ -35,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .batch_norm import BatchNormGrad
 from .depthwise_conv import INT32_LIMIT, check_depthwise_args, depthwise_conv_backward
 from .grid import plane_pointer
 
@@ -108,20 +113,41 @@ def _sep_conv_fwd_kernel(
     tl.store(z_rows + p[None, :], z.to(Z.dtype.element_ty), mask=o_ok[:, None] & p_ok[None, :])
 
 
-@triton.jit(do_not_specialize=_GENERIC + ("UNITS", "PER_PROGRAM", "S"))
+@triton.jit
+def _bn_coefficients(BN_SUMS, BN_RSTD, BN_S, bn_inv_count, ch, o_ok, S_CHUNK: tl.constexpr):
+    """(rstd, mean g, mean g·y) [BLOCK_O] of the folded BatchNorm's channels ch: its S partial sums
+    added in a fixed order (the same in every program)."""
+    sum_g = tl.zeros(ch.shape, dtype=tl.float32)
+    sum_gy = tl.zeros(ch.shape, dtype=tl.float32)
+    for s0 in range(0, BN_S, S_CHUNK):
+        sidx = s0 + tl.arange(0, S_CHUNK)
+        where = (ch[:, None] * BN_S + sidx[None, :]) * 2
+        ok = o_ok[:, None] & (sidx < BN_S)[None, :]
+        sum_g += tl.sum(tl.load(BN_SUMS + where, mask=ok, other=0.0), axis=1)
+        sum_gy += tl.sum(tl.load(BN_SUMS + where + 1, mask=ok, other=0.0), axis=1)
+    rstd = tl.load(BN_RSTD + ch, mask=o_ok, other=0.0)
+    return rstd, sum_g * bn_inv_count, sum_gy * bn_inv_count
+
+
+@triton.jit(do_not_specialize=_GENERIC + ("UNITS", "PER_PROGRAM", "S", "BN_S", "BN_RELU"))
 def _sep_conv_bwd_kernel(
     X, WDW, WPW, GZ, GD,  # input, weights, z's gradient [N, G·CO, OH, OW], d's gradient [N, G·C, OH, OW] (out)
     PART,  # fp32 partials [G, S, BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK]: the 1×1 weight's, then the depthwise one's
+    Y, BN_SUMS, BN_RSTD,  # with FOLD_BN: the BatchNorm's output [N, G·CO, OH, OW], Σg/Σg·y [G·CO, BN_S, 2], rstd
     G, C, CO, H, W, OH, OW,
     UNITS, PER_PROGRAM, S,  # (image, pixel block) units per group, per program, programs per group
     K, STRIDE, PAD, DIL, RELU_INPUT,
+    BN_S, bn_inv_count, BN_RELU,  # the BatchNorm's partial sums per channel, 1 / (N·OH·OW), its ReLU
     NEED_INPUT: tl.constexpr, NEED_WEIGHT: tl.constexpr,
+    FOLD_BN: tl.constexpr,  # GZ is the gradient of a BatchNorm of z (of its ReLU): applied on load
     KK_BLOCK: tl.constexpr,  # power of two ≥ K·K
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     g = tl.program_id(0)
     s = tl.program_id(1)
     cin, c_ok, o, o_ok, taps, wp = _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C, BLOCK_O)
+    if FOLD_BN:
+        bn_rstd, mean_g, mean_gy = _bn_coefficients(BN_SUMS, BN_RSTD, BN_S, bn_inv_count, g * CO + o, o_ok, 16)
     wp_t = tl.trans(wp)  # [BLOCK_C, BLOCK_O]
     tap_col = tl.arange(0, KK_BLOCK)[None, :]
     acc_p = tl.zeros([BLOCK_O, BLOCK_C], dtype=tl.float32)  # Σ gz · dᵀ
@@ -132,8 +158,15 @@ def _sep_conv_bwd_kernel(
         ng = (u // blocks) * G + g
         p = (u % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = p < OH * OW
+        z_ok = o_ok[:, None] & p_ok[None, :]
         gz = tl.load(plane_pointer(GZ, ng * CO + o, OH * OW, INDEX_64)[:, None] + p[None, :],
-                     mask=o_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+                     mask=z_ok, other=0.0).to(tl.float32)
+        if FOLD_BN:  # the BatchNorm's backward (kernels/batch_norm.py), z's gradient made here
+            y = tl.load(plane_pointer(Y, ng * CO + o, OH * OW, INDEX_64)[:, None] + p[None, :],
+                        mask=z_ok, other=0.0).to(tl.float32)
+            if BN_RELU != 0:
+                gz = tl.where(y > 0.0, gz, 0.0)
+            gz = tl.where(z_ok, bn_rstd[:, None] * (gz - mean_g[:, None] - y * mean_gy[:, None]), 0.0)
         gd = tl.dot(wp_t, gz, input_precision="ieee")  # [BLOCK_C, BLOCK_P]
         if NEED_INPUT:
             tl.store(plane_pointer(GD, ng * C + cin, OH * OW, INDEX_64)[:, None] + p[None, :],
@@ -247,10 +280,14 @@ def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tens
 
 def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int,
                             padding: int, dilation: int, need_input: bool = True, need_weight: bool = True,
-                            relu_input: bool = False, tile: tuple[int, int] | None = None):
+                            relu_input: bool = False, tile: tuple[int, int] | None = None,
+                            bn: BatchNormGrad | None = None):
     """(dL/dr or None, dL/dw_dw or None, dL/dw_pw or None) of separable_conv_forward (r: the conv's
     input, relu(x) with relu_input; the caller masks dL/dr for the ReLU); the weight gradients in
-    the weights' dtype and (contiguous) layout. tile: as separable_conv_forward's (BACKWARD_TILE)."""
+    the weights' dtype and (contiguous) layout. tile: as separable_conv_forward's (BACKWARD_TILE).
+    bn: the output z was normalised by a BatchNorm (batch_norms_backward's fold): grad is the
+    gradient of that BatchNorm's output (of its ReLU's, bn.relu), whose backward the kernel applies
+    as it reads grad (z's gradient never written)."""
     from . import INTERPRETED
 
     groups, c, co, oh, ow = check_separable_args(x, w_dw, w_pw, stride, padding, dilation)
@@ -258,6 +295,12 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
     if tuple(grad.shape) != (n, groups * co, oh, ow) or grad.dtype != x.dtype:
         raise ValueError(f"separable_conv: the output gradient must be {(n, groups * co, oh, ow)} {x.dtype}, "
                          f"got {tuple(grad.shape)} {grad.dtype}")
+    if bn is not None and (bn.y.shape != grad.shape or bn.y.dtype != grad.dtype or not bn.y.is_contiguous()
+                           or tuple(bn.sums.shape[::2]) != (groups * co, 2) or not bn.sums.is_contiguous()
+                           or bn.rstd.shape != (groups * co,)):
+        raise ValueError(f"separable_conv: the folded BatchNorm's output must be a contiguous "
+                         f"{tuple(grad.shape)} {grad.dtype} with statistics for {groups * co} channels, got "
+                         f"{tuple(bn.y.shape)} {bn.y.dtype}, sums {tuple(bn.sums.shape)}, rstd {tuple(bn.rstd.shape)}")
     if not (need_input or need_weight):
         return None, None, None
     grad, x, w_dw, w_pw = grad.contiguous(), x.contiguous(), w_dw.contiguous(), w_pw.contiguous()
@@ -280,10 +323,12 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
     gd = torch.empty((n, groups * c, oh, ow), device=x.device, dtype=x.dtype) if need_input else grad
     row = bo * bc + bc * kk_block
     part = torch.empty((groups, splits, row) if need_weight else (1,), device=x.device, dtype=torch.float32)
+    fold = (bn.y, bn.sums, bn.rstd) if bn is not None else (grad, part, part)  # else stand-ins, never read
+    bn_args = (bn.sums.shape[1], bn.inv_count, int(bn.relu)) if bn is not None else (0, 0.0, 0)
     _sep_conv_bwd_kernel[(groups, splits)](
-        x, w_dw, w_pw, grad, gd, part, groups, c, co, h, w, oh, ow, units, per_program, splits,
-        k, stride, padding, dilation, int(relu_input), NEED_INPUT=need_input, NEED_WEIGHT=need_weight,
-        KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+        x, w_dw, w_pw, grad, gd, part, *fold, groups, c, co, h, w, oh, ow, units, per_program, splits,
+        k, stride, padding, dilation, int(relu_input), *bn_args, NEED_INPUT=need_input, NEED_WEIGHT=need_weight,
+        FOLD_BN=bn is not None, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
         INDEX_64=max(x.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=warps)
     dx = d_dw = d_pw = None
     if need_input:

@@ -15,7 +15,10 @@ with edge-major channels (channel e·C + c = edge e's channel c):
 
 With ``SearchNetwork(fused_separable_conv=True)``, where the search kernels run, each depthwise →
 pointwise pair is one fused Triton kernel each way (ndarts.separable_conv): the depthwise output
-never reaches memory.
+never reaches memory; where the BatchNorm kernels run too, each stage (pairs and BatchNorms) is one
+autograd Function whose pair kernels apply the BatchNorms' backward as they read the gradient, and
+the sep convs' ReLU after bn1 is applied by the second pair as it reads bn1's output
+(ndarts.separable_stage).
 
 The edges leaving a cell's two input nodes form one group (8 edges in a 4-node cell): their
 first stage reads both inputs (``repeat_sources``), so each layer of the inputs' convs is one
@@ -39,6 +42,7 @@ from .batch_norm import search_batch_norms
 from .depthwise_conv import depthwise_conv_of_relu
 from .fan_out import fan_out
 from .separable_conv import separable_conv, use_separable
+from .separable_stage import fused_conv_stages, stage_fits
 
 GROUPED_KINDS = ("sep_conv", "dil_conv")
 
@@ -304,6 +308,10 @@ class EdgeGroup(nn.Module):
                 raise ValueError(f"this EdgeGroup has {len(ops)} primitives, got {len(repeated)} repeated inputs")
         else:
             repeated = [repeated] * len(ops)
+        if repeated[0] is not None and stage_fits(repeated[0], [op for _, op in ops], extra):
+            # each stage one Function: the pairs' backward applies their BatchNorms' (ndarts.separable_stage)
+            outs, pooled = fused_conv_stages(repeated, [op for _, op in ops], extra)
+            return dict(zip((i for i, _ in ops), outs)), pooled
         pre = [] if self.recompute_relu else None
         y1 = search_batch_norms([op.stage1(rs, rep, self.sources) for (_, op), rep in zip(ops, repeated)]
                                 + [x for x, _ in extra], [op.bn1 for _, op in ops] + [bn for _, bn in extra],

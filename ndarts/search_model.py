@@ -276,12 +276,16 @@ class SearchNetwork(nn.Module):
     rule (ndarts.pointwise_conv).
     fused_separable_conv (default off: not yet timed on a GPU): each depthwise → 1×1 conv pair of
     the batched sep/dil conv stacks on one fused Triton kernel each way, under the same rule
-    (ndarts.separable_conv): the depthwise output is never written or kept.
+    (ndarts.separable_conv): the depthwise output is never written or kept; where the BatchNorm
+    kernels run too, each stage of a stack (its pairs and BatchNorms) is one autograd Function whose
+    pair kernels apply the BatchNorms' backward as they read the gradient, and the sep convs' ReLU
+    after bn1 is applied by the second pair on load (ndarts.separable_stage).
     recompute_relu (default on): where the BatchNorm kernels run, the batched sep convs' second
     depthwise conv keeps the BatchNorm output before its ReLU (which the BatchNorm keeps anyway)
     instead of the ReLU's output, and makes the ReLU again for its weight gradient: one activation
     less per sep conv at the peak (the graph step's estimated peak 4.02 → 3.51 GiB,
-    benchmarks/step_memory.py), one more element-wise pass per sep conv in the w step.
+    benchmarks/step_memory.py), one more element-wise pass per sep conv in the w step. (With the
+    fused stages of fused_separable_conv the second pair always keeps bn1's output: no ReLU is written.)
     edge_streams (default 0; opt-in, not yet timed on a GPU): on CUDA, with share_node_ops, run the
     edges into a node concurrently on this many side streams (EdgeStreams); same math.
     batch_edge_convs (default: as share_node_ops): the sep/dil convs of all edges leaving a node run

@@ -8,7 +8,9 @@ conv and kept until the backward for the 1×1 conv's weight gradient. The fused 
 makes it again from the input, so a stage moves about 5 activation passes per forward+backward
 instead of 12, runs 1 kernel forward instead of 2, and keeps one activation less for the
 backward. ``SearchNetwork(fused_separable_conv=True)`` turns it on (opt-in: not yet timed on a GPU);
-it runs where the other search kernels do (``ndarts.backend.graph_kernels_enabled``).
+it runs where the other search kernels do (``ndarts.backend.graph_kernels_enabled``). Where the
+BatchNorm kernels run too, EdgeGroup runs each stage with its BatchNorms as one Function
+(ndarts.separable_stage); ``separable_conv`` is the pair alone, for the other cases.
 
 Weight gradients are computed only when the backward pass uses them (ndarts.grad_use): the α
 step's backward runs the 1×1 conv's input gradient and the depthwise one, nothing else.

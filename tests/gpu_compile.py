@@ -112,8 +112,13 @@ def _workload() -> None:
             x = torch.randn(n, g * c, h, h - 1).to(dtype)
             w_dw, w_pw = torch.randn(g * c, 1, k, k).to(dtype), torch.randn(g * c, c, 1, 1).to(dtype)
             z = K.separable_conv_forward(x, w_dw, w_pw, stride, pad, dil, relu_input=relu)
+            # the backward alone, and with its BatchNorm folded in (ndarts.separable_stage: the search step's)
+            ys, _, rstd = K.batch_norms_forward([z], None, None, None, 0.1, 1e-5)
+            fold = K.batch_norms_backward([z], ys, rstd, relu=[relu], fold=[True])[0]
             for need_weight in (True, False):
-                K.separable_conv_backward(z, x, w_dw, w_pw, stride, pad, dil, need_weight=need_weight, relu_input=relu)
+                for bn in (None, fold):
+                    K.separable_conv_backward(z, x, w_dw, w_pw, stride, pad, dil, need_weight=need_weight,
+                                              relu_input=relu, bn=bn)
     K.separable_conv_backward(z, x, w_dw, w_pw, stride, pad, dil, need_input=False, relu_input=relu)
     _huge_workload()
     # the default sums each conv group's edges in one op (group_sums auto); False: a fused sum per edge
@@ -157,6 +162,9 @@ def _huge_workload() -> None:
     K.pointwise_conv_backward(out, ops[0], pw)
     out = K.separable_conv_forward(ops[0], dw, pw, 1, 1, 1)
     K.separable_conv_backward(out, ops[0], dw, pw, 1, 1, 1)
+    ys, _, rstd = K.batch_norms_forward([out], None, None, None, 0.1, 1e-5)
+    fold = K.batch_norms_backward([out], ys, rstd, fold=[True])[0]
+    K.separable_conv_backward(out, ops[0], dw, pw, 1, 1, 1, bn=fold)
     grouped = [torch.empty(big[0], 2 * 64, 32, 32, device=meta)]
     gw = torch.empty(2, 2, device=meta)
     K.tensor_sum(ops)

@@ -316,6 +316,18 @@ def test_cuda_separable_conv_matches_conv2d(dtype, tol, shape, relu):
     check_against_conv2d(shape, dtype, tol, relu, "cuda")
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("shape,relu", [
+    ((64, 8, 16, 16, 32, 32, 3, 1, 1, 1), True), ((64, 4, 32, 32, 16, 16, 5, 2, 2, 1), False),
+    ((3, 2, 5, 3, 13, 11, 3, 1, 2, 2), True)])
+def test_cuda_folded_batch_norm_matches_float64(dtype, tol, shape, relu):
+    """The separable conv's backward with its BatchNorm (+ ReLU) folded in (ndarts.separable_stage)
+    at the step's widths and on odd sizes, against float64 convs and F.batch_norm."""
+    from test_separable_stage import check_folded_against_float64
+
+    check_folded_against_float64(shape, dtype, tol, relu, "cuda")
+
+
 def test_edge_streams_equal_one_stream():
     """Edges on side streams: the same outputs, gradients and BatchNorm statistics as on one
     stream, with noise (same draws in the same order), eagerly, repeated to shake out races."""

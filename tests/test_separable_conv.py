@@ -183,8 +183,8 @@ def _network(**kw):
 @pytest.mark.parametrize("batch_norm_kernels", [False, True], ids=["torch_bn", "triton_bn"])
 def test_search_network_with_separable_conv_equals_without(fresh_seed, batch_norm_kernels):
     """Outputs, every gradient and the BatchNorm statistics of the network with each dw → pw pair of
-    its stacks fused equal the network without. With the BatchNorm kernels, the sep convs' second
-    pair keeps bn1's output instead of its ReLU (relu_of)."""
+    its stacks fused equal the network without. With the BatchNorm kernels (the fused stages of
+    ndarts.separable_stage), the sep convs' second pair reads bn1's output with the ReLU on load."""
     backend = "triton" if batch_norm_kernels else "torch"
     ref = _network(backend=backend, fused_batch_norm=batch_norm_kernels)
     tri = _network(backend=backend, fused_batch_norm=batch_norm_kernels, fused_separable_conv=True)

@@ -1,0 +1,149 @@
+"""The conv stages of a batched sep/dil conv stack with their BatchNorms, one autograd Function per
+stage: ``fused_conv_stages``, for EdgeGroup (ndarts.edge_groups) where the fused separable conv
+kernels and the BatchNorm kernels both run.
+
+A stage of an EdgeGroup is, per primitive, one depthwise → 1×1 pair (ndarts.separable_conv)
+followed by its BatchNorm; the BatchNorms of all primitives (and of the node's pools, which join
+the first stage's launch) run as one launch each way. As separate autograd Functions, the
+BatchNorm's backward writes dL/dz and the pair's backward reads it back: here the stage is one
+Function, and its backward hands each pair's kernel the BatchNorm's gradient statistics instead
+(``batch_norms_backward(fold=…)``), so that the kernel applies the BatchNorm's backward as it
+reads the upstream gradient. Per pair and pass: no dL/dz written or read, one BatchNorm apply
+kernel less (the pools' BatchNorms still get theirs).
+
+The sep convs' first BatchNorm is followed by a ReLU. Its stage writes only the BatchNorm's output
+y (no relu(y)); the second stage's pair reads y with the ReLU on load and keeps y for its backward
+(the ReLU's output is never written). That deferred ReLU is why both stages live here together:
+stage 1 hands out y, and treats the gradient that comes back for it as the gradient of relu(y)
+(its backward masks it with y > 0, as the fused BatchNorm + ReLU does), which is right only
+because its one consumer is stage 2's pair, which gives back the gradient of its input relu(y).
+
+The same math as the separate Functions (tests/test_separable_stage.py); the gradient of a folded
+BatchNorm is made in fp32 from the upstream gradient instead of being rounded to the activations'
+dtype first.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+from torch.autograd.function import once_differentiable
+
+from .batch_norm import SearchBatchNorm2d
+from .depthwise_conv import _square
+from .grad_use import grads_used
+
+
+class Pair(NamedTuple):
+    """A depthwise → 1×1 pair of a stage: conv geometry and whether it reads relu(x) of its input."""
+
+    stride: int
+    padding: int
+    dilation: int
+    relu_input: bool
+
+
+class _SeparableStage(torch.autograd.Function):
+    """(x_0, w_dw_0, w_pw_0, …, x_P-1, …, e_0, …, pairs, deferred, bns) → per pair
+    bn(pw(dw(x))) (with its relu_input: of relu(x)), then per extra input bn(e)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        import ndarts_kernels
+
+        *tensors, pairs, deferred, bns = args
+        count = len(pairs)
+        xs, w_dws, w_pws, extras = tensors[0:3 * count:3], tensors[1:3 * count:3], tensors[2:3 * count:3], tensors[3 * count:]
+        zs = [ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, p.stride, p.padding, p.dilation,
+                                                   relu_input=p.relu_input)
+              for x, w_dw, w_pw, p in zip(xs, w_dws, w_pws, pairs)]
+        ys, _, rstd = ndarts_kernels.batch_norms_forward(
+            zs + list(extras), [bn.running_mean for bn in bns], [bn.running_var for bn in bns],
+            [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps)
+        ctx.save_for_backward(rstd, *xs, *w_dws, *w_pws, *ys)
+        ctx.pairs, ctx.deferred = pairs, deferred
+        return tuple(ys)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        import ndarts_kernels
+
+        count = len(ctx.pairs)
+        rstd, *saved = ctx.saved_tensors
+        xs, w_dws, w_pws, ys = saved[:count], saved[count:2 * count], saved[2 * count:3 * count], saved[3 * count:]
+        used = grads_used(ctx, 3 * count + len(ys) - count)
+        relu = list(ctx.deferred) + [False] * (len(ys) - count)
+        folds = ndarts_kernels.batch_norms_backward(list(grads), ys, rstd, relu=relu,
+                                                    fold=[True] * count + [False] * (len(ys) - count))
+        out = []
+        for i, (p, x, w_dw, w_pw) in enumerate(zip(ctx.pairs, xs, w_dws, w_pws)):
+            need_x, need_dw, need_pw = used[3 * i:3 * i + 3]
+            dx, d_dw, d_pw = ndarts_kernels.separable_conv_backward(
+                grads[i], x, w_dw, w_pw, p.stride, p.padding, p.dilation, need_input=need_x,
+                need_weight=need_dw or need_pw, relu_input=p.relu_input, bn=folds[i])
+            out += [dx, d_dw if need_dw else None, d_pw if need_pw else None]
+        return (*out, *folds[count:], None, None, None)
+
+
+def stage_fits(r: torch.Tensor, stacks, extras=()) -> bool:
+    """Whether EdgeGroup can run its stacks' stages here (fused_conv_stages): every stack asks for
+    the fused pairs and each of its pairs runs them (ndarts.separable_conv.use_separable), and
+    every BatchNorm of the stages (the extras' too) runs the BatchNorm kernels with one momentum,
+    eps and buffer dtype, on inputs alike the stage's outputs."""
+    from .separable_conv import use_separable
+
+    bns = [bn for s in stacks for bn in ((s.bn1, s.bn2) if s.repeats == 2 else (s.bn1,))] + [bn for _, bn in extras]
+    if not stacks or not all(s.fused_separable and use_separable(r, s.dw1, s.pw1, s.backend)
+                             and (s.repeats == 1 or use_separable(r, s.dw2, s.pw2, s.backend)) for s in stacks):
+        return False
+    first = stacks[0]
+    out_hw = _conv_output_size(r, first.dw1)
+    return (all(isinstance(bn, SearchBatchNorm2d) and bn._use_kernels(r) and bn.momentum == bns[0].momentum
+                and bn.eps == bns[0].eps and bn.running_mean.dtype == bns[0].running_mean.dtype for bn in bns)
+            and all(_conv_output_size(r, s.dw1) == out_hw for s in stacks)
+            and all(x.shape[0] == r.shape[0] and tuple(x.shape[2:]) == out_hw and x.dtype == r.dtype
+                    and x.device == r.device and x.shape[1] == bn.num_features for x, bn in extras))
+
+
+def _conv_output_size(r: torch.Tensor, conv: nn.Conv2d) -> tuple[int, int]:
+    k, s, p, d = (_square(v) for v in (conv.kernel_size, conv.stride, conv.padding, conv.dilation))
+    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size in r.shape[2:])
+
+
+def _weights(conv: nn.Conv2d, dtype: torch.dtype) -> torch.Tensor:
+    """The weight in the activations' dtype (autocast's cast, where autograd sees it)."""
+    return conv.weight if conv.weight.dtype == dtype else conv.weight.to(dtype)
+
+
+def _pair(conv: nn.Conv2d, relu_input: bool) -> Pair:
+    return Pair(_square(conv.stride), _square(conv.padding), _square(conv.dilation), relu_input)
+
+
+def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None) -> list:
+    dw_name, pw_name = ("dw1", "pw1") if which == 1 else ("dw2", "pw2")
+    tensors, pairs = [], []
+    for x, s in zip(inputs, stacks):
+        dw, pw = getattr(s, dw_name), getattr(s, pw_name)
+        tensors += [x, _weights(dw, x.dtype), _weights(pw, x.dtype)]
+        pairs.append(_pair(dw, relu_input=which == 2))
+    deferred = tuple(deferred or (False,) * len(stacks))
+    return list(_SeparableStage.apply(*tensors, *(x for x, _ in extras), tuple(pairs), deferred,
+                                      tuple(bns) + tuple(bn for _, bn in extras)))
+
+
+def fused_conv_stages(inputs, stacks, extras=()) -> tuple[list, list]:
+    """The stacks' outputs (stack i from inputs[i]: the group's repeated relu(h), [N, E·C, H, W]
+    each) and the extras' BatchNorms ((x, BatchNorm) pairs normalised in the first stage's launch),
+    as EdgeGroup.run computes them, on one Function per stage (stage_fits must hold)."""
+    seps = [i for i, s in enumerate(stacks) if s.repeats == 2]
+    first = _stage(inputs, stacks, 1, [s.bn1 for s in stacks], extras,
+                   deferred=tuple(s.repeats == 2 for s in stacks))
+    outs, pooled = first[:len(stacks)], first[len(stacks):]
+    if seps:
+        # the sep convs' bn1 outputs y, their ReLU deferred to the second pair, which reads relu(y)
+        second = _stage([outs[i] for i in seps], [stacks[i] for i in seps], 2, [stacks[i].bn2 for i in seps])
+        for i, y in zip(seps, second):
+            outs[i] = y
+    return outs, pooled

@@ -1,0 +1,151 @@
+"""A batched conv stage as one Function (interpreter on CPU): the BatchNorm's backward folded into
+the separable conv's backward kernel, against float64 convs + BatchNorm per dtype, with and without
+the ReLU, on odd shapes; the other tensors of the BatchNorm launch bitwise as unfolded; the search
+network with the stages fused equals the network without (outputs, every gradient, BatchNorm
+statistics), pools joining the first stage; the deferred ReLU (no relu(y) written or kept); only
+the gradients a pass uses."""
+from unittest import mock
+
+import ndarts_kernels
+from network_checks import assert_same_forward_backward
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ndarts.edge_groups import EdgeGroup, GroupedConvStack
+
+DTYPES = [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)]
+# (N, groups, C, CO, H, W, K, stride, padding, dilation): a sep conv stage, a stride-2 dil conv on
+# odd sizes, channels off the blocks
+SHAPES = [(2, 2, 16, 16, 6, 7, 3, 1, 1, 1), (3, 2, 5, 3, 9, 7, 5, 2, 4, 2), (2, 3, 4, 6, 5, 5, 3, 1, 1, 1)]
+
+
+def _draw(shape, dtype):
+    n, g, c, co, h, w, k, *_ = shape
+    x = torch.randn(n, g * c, h, w).to(dtype)
+    w_dw = (torch.randn(g * c, 1, k, k) / k).to(dtype)
+    w_pw = (torch.randn(g * co, c, 1, 1) / c ** 0.5).to(dtype)
+    return x, w_dw, w_pw
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["bn", "bn_relu"])
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_folded_batch_norm_matches_float64(fresh_seed, shape, dtype, tol, relu):
+    check_folded_against_float64(shape, dtype, tol, relu)
+
+
+def check_folded_against_float64(shape, dtype, tol, relu, device="cpu"):
+    """bn(pw(dw(x))) (and its ReLU) with the BatchNorm's backward applied inside the conv's backward
+    kernel: all three gradients as float64 convs and F.batch_norm give them; a second tensor of the
+    BatchNorm launch (a pool's) gets its dx bitwise as without the fold."""
+    n, g, c, co, h, w, k, stride, padding, dilation = shape
+    x, w_dw, w_pw = (t.to(device) for t in _draw(shape, dtype))
+    z = ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, stride, padding, dilation)
+    other = torch.randn(n, 5, *z.shape[2:], device=device).to(dtype)
+    ys, _, rstd = ndarts_kernels.batch_norms_forward([other, z], None, None, None, 0.1, 1e-5)
+    grads = [torch.randn_like(y) for y in ys]
+    folded = ndarts_kernels.batch_norms_backward(grads, ys, rstd, relu=[False, relu], fold=[False, True])
+    plain = ndarts_kernels.batch_norms_backward(grads, ys, rstd, relu=[False, relu])
+    assert torch.equal(folded[0], plain[0])
+    assert isinstance(folded[1], ndarts_kernels.BatchNormGrad) and folded[1].relu == relu
+    got = ndarts_kernels.separable_conv_backward(grads[1], x, w_dw, w_pw, stride, padding, dilation, bn=folded[1])
+
+    xr, dr, pr = (t.double().requires_grad_() for t in (x, w_dw, w_pw))
+    d = F.conv2d(xr, dr, None, stride, padding, dilation, groups=g * c)
+    y = F.batch_norm(F.conv2d(d, pr, groups=g), None, None, training=True, eps=1e-5)
+    (F.relu(y) if relu else y).backward(grads[1].double())
+    for name, a, b in (("dx", got[0], xr.grad), ("d_dw", got[1], dr.grad), ("d_pw", got[2], pr.grad)):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        # relative to the gradient's largest value (bf16: the forward's z and y are rounded)
+        torch.testing.assert_close(a.double(), b, atol=tol * b.abs().max().item(), rtol=tol,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def test_the_fold_over_two_launches_and_only_what_is_used(fresh_seed):
+    """Nine tensors (two BatchNorm launches): each folded one's gradient statistics are its own;
+    the α-step backward (no weight gradients) reads no conv input."""
+    x, w_dw, w_pw = _draw(SHAPES[0], torch.float32)
+    z = ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, 1, 1, 1)
+    others = [torch.randn(2, 3 + t, *z.shape[2:]) for t in range(8)]
+    ys, _, rstd = ndarts_kernels.batch_norms_forward(others + [z], None, None, None, 0.1, 1e-5)
+    grads = [torch.randn_like(y) for y in ys]
+    plain = ndarts_kernels.batch_norms_backward(grads, ys, rstd)
+    fold = [t % 3 == 2 for t in range(9)]  # the last (z's) too, alone in the second launch
+    folded = ndarts_kernels.batch_norms_backward(grads, ys, rstd, fold=fold)
+    for t, f in enumerate(fold):
+        assert isinstance(folded[t], ndarts_kernels.BatchNormGrad) == f
+        if not f:
+            assert torch.equal(folded[t], plain[t])
+    want = ndarts_kernels.separable_conv_backward(plain[8], x, w_dw, w_pw, 1, 1, 1)
+    got = ndarts_kernels.separable_conv_backward(grads[8], x, w_dw, w_pw, 1, 1, 1, bn=folded[8])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    dx, d_dw, d_pw = ndarts_kernels.separable_conv_backward(grads[8], torch.full_like(x, float("nan")), w_dw, w_pw,
+                                                            1, 1, 1, need_weight=False, bn=folded[8])
+    assert d_dw is None and d_pw is None and torch.equal(dx, got[0])
+
+
+def test_a_fold_that_does_not_fit_is_named():
+    x, w_dw, w_pw = _draw(SHAPES[0], torch.float32)
+    z = ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, 1, 1, 1)
+    ys, _, rstd = ndarts_kernels.batch_norms_forward([z[:, :16]], None, None, None, 0.1, 1e-5)
+    fold = ndarts_kernels.batch_norms_backward([torch.randn_like(ys[0])], ys, rstd, fold=[True])[0]
+    with pytest.raises(ValueError, match="folded BatchNorm"):
+        ndarts_kernels.separable_conv_backward(torch.randn_like(z), x, w_dw, w_pw, 1, 1, 1, bn=fold)
+
+
+def _network(primitives, **kw):
+    from ndarts import NoiseConfig
+    from ndarts.search_model import SearchNetwork
+
+    # one reduction cell (layers=1) of two nodes: a stride-2 group (the inputs') and a stride-1 one,
+    # pools, sep and dil convs in both
+    kw = dict(C=4, num_classes=5, layers=1, primitives=primitives, noise=NoiseConfig(kind="none"), fused=True,
+              steps=2, multiplier=2, in_channels=2, channels_last=False, backend="triton", **kw)
+    torch.manual_seed(5)
+    return SearchNetwork(**kw)
+
+
+PRIMITIVES = ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_5x5"]
+
+
+def test_search_network_with_fused_stages_equals_without(fresh_seed):
+    """The network whose stacks run as fused stages (pairs and BatchNorms one Function each, the
+    BatchNorm backward folded, the sep convs' ReLU deferred) equals the one on PyTorch's convs and
+    the BatchNorm kernels: outputs, every gradient, the BatchNorm statistics. The pools' BatchNorms
+    join the first stage's launch (their dx written); no fused ReLU is written."""
+    ref = _network(PRIMITIVES)
+    tri = _network(PRIMITIVES, fused_separable_conv=True)
+    stacks = [m for m in tri.modules() if isinstance(m, GroupedConvStack)]
+    with mock.patch.object(ndarts_kernels, "batch_norms_backward", wraps=ndarts_kernels.batch_norms_backward) as bwd, \
+            mock.patch.object(ndarts_kernels, "batch_norms_forward", wraps=ndarts_kernels.batch_norms_forward) as fwd, \
+            mock.patch.object(ndarts_kernels, "separable_conv_backward",
+                              wraps=ndarts_kernels.separable_conv_backward) as sep:
+        assert_same_forward_backward((ref, tri), torch.randn(3, 2, 7, 7), out_tol=(1e-5, 1e-4),
+                                     grad_tol=(2e-5, 2e-4), buffer_tol=(1e-6, 1e-5))
+    folds = [c.kwargs["fold"] for c in bwd.call_args_list if c.kwargs.get("fold")]
+    groups = len(stacks) // 2  # two stacks (sep, dil) per group
+    sources = [m.sources for m in tri.modules() if isinstance(m, EdgeGroup)]
+    assert len(folds) == 2 * groups  # two stages per group
+    # the first stage: both stacks folded, the two pools' BatchNorms of each source node not; the second:
+    # the sep conv's
+    assert sorted(folds) == sorted([[True]] * groups + [[True, True] + [False] * 2 * len(s) for s in sources])
+    ran = fwd.call_args_list[len(fwd.call_args_list) // 2:]  # the fused network's
+    assert all(not any(c.kwargs.get("relu") or []) for c in ran if len(c.args[0]) <= 4)
+    assert sep.call_count == 3 * groups and all(c.kwargs["bn"] is not None for c in sep.call_args_list)
+    assert [c.kwargs["relu_input"] for c in sep.call_args_list].count(True) == groups  # the sep convs' second pairs
+
+
+def test_a_weight_gradient_is_computed_only_when_the_pass_uses_it(fresh_seed):
+    """The α step's autograd.grad asks the stages for no weight gradient, a w step for no input
+    gradient of the first stage (relu(h) of the inputs does not require grad)."""
+    net = _network(["skip_connect", "sep_conv_3x3"], fused_separable_conv=True)
+    x = torch.randn(2, 2, 5, 5)
+    with mock.patch.object(ndarts_kernels, "separable_conv_backward",
+                           wraps=ndarts_kernels.separable_conv_backward) as sep:
+        torch.autograd.grad(net(x).logsumexp(1).sum(), net.arch_parameters(), allow_unused=True)
+        assert sep.call_count and not any(c.kwargs["need_weight"] for c in sep.call_args_list)
+        sep.reset_mock()
+        net(x).logsumexp(1).sum().backward(inputs=net.weight_parameters())
+        assert sep.call_count and all(c.kwargs["need_weight"] for c in sep.call_args_list)
