@@ -123,22 +123,23 @@ def _bn_stats_kernel(
     store_moments(PART, q * S + s, count, mean, m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("M0", "M1", "M2", "M3", "M4", "M5", "M6", "M7"))
 def _bn_apply_kernel(
     X0, X1, X2, X3, X4, X5, X6, X7,  # inputs [N, C_t, H, W]
     Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7,  # outputs y = x̂ (kept for the backward)
     R0, R1, R2, R3, R4, R5, R6, R7,  # relu(y), written for the tensors whose RELU bit is set
-    PART,  # fp32 [ΣC_t, S, 3] from _bn_stats_kernel
+    PART0, PART1, PART2, PART3, PART4, PART5, PART6, PART7,  # fp32 [C_t, M_t, 3]: tensor t's partial moments
     SAVE_RSTD,  # fp32 [ΣC_t]: rstd, for the backward
     RM0, RM1, RM2, RM3, RM4, RM5, RM6, RM7,  # running mean [C_t] of each tensor, updated in place
     RV0, RV1, RV2, RV3, RV4, RV5, RV6, RV7,  # running var [C_t]
     NB0, NB1, NB2, NB3, NB4, NB5, NB6, NB7,  # int64 [1] num_batches_tracked of each tensor, incremented once
     N, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, ROWS, S,
+    M0, M1, M2, M3, M4, M5, M6, M7,  # partials per channel of each tensor (_bn_stats_kernel's S, or its producer's)
     eps, momentum,
     T: tl.constexpr,
     RELU: tl.constexpr,  # bit t set: tensor t's BatchNorm is followed by a ReLU, fused here
     UPDATE_RUNNING: tl.constexpr,
-    S_BLOCK: tl.constexpr,  # power of two ≥ S
+    S_BLOCK: tl.constexpr,  # power of two ≥ every M_t
     BLOCK_HW: tl.constexpr,
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
@@ -148,10 +149,12 @@ def _bn_apply_kernel(
     t, c, CHW = _channel_of(q, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, T)
     X = pick_pointer(t, X0, X1, X2, X3, X4, X5, X6, X7, T)
     Y = pick_pointer(t, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, T)
-    # Chan's merge of this channel's S partials, the same in every program of the channel
+    # Chan's merge of this channel's M_t partials, the same in every program of the channel
+    PART = pick_pointer(t, PART0, PART1, PART2, PART3, PART4, PART5, PART6, PART7, T)
+    M = pick_pointer(t, M0, M1, M2, M3, M4, M5, M6, M7, T)
     sidx = tl.arange(0, S_BLOCK)
-    smask = sidx < S
-    pbase = (q * S + sidx) * 3
+    smask = sidx < M
+    pbase = (c * M + sidx) * 3
     n_i = tl.load(PART + pbase + 0, mask=smask, other=0.0)
     mean_i = tl.load(PART + pbase + 1, mask=smask, other=0.0)
     m2_i = tl.load(PART + pbase + 2, mask=smask, other=0.0)
@@ -333,10 +336,13 @@ def _launches(tensors):
         first += channels
 
 
-def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum: float, eps: float, relu=None):
+def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum: float, eps: float, relu=None,
+                        moments=None):
     """Training-mode BatchNorm2d (no affine) of several tensors of one batch size, image size and
     dtype (channel counts may differ), eight per launch (each its own statistics). relu[t]: tensor
-    t's BatchNorm is followed by a ReLU, fused.
+    t's BatchNorm is followed by a ReLU, fused. moments[t]: tensor t's statistics as partial
+    (count, mean, M2) per channel, fp32 [C_t, M, 3], made by the kernel that wrote it
+    (kernels/separable_conv.py): the statistics kernel does not read that tensor.
 
     Returns (ys, rs, rstd): ys[t] = x̂ of xs[t] (what the backward needs), rs[t] = relu(ys[t]) where
     relu[t] (else None), rstd fp32 [ΣC_t] (the tensors' channels one after another).
@@ -348,6 +354,12 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
         check_batch_norm_input(x)
     _check_same_geometry(xs, "input")
     relu = [False] * len(xs) if relu is None else list(relu)
+    moments = [None] * len(xs) if moments is None else list(moments)
+    for x, m in zip(xs, moments):
+        if m is not None and (m.dim() != 3 or m.shape[0] != x.shape[1] or m.shape[2] != 3
+                              or m.dtype != torch.float32 or not m.is_contiguous()):
+            raise ValueError(f"batch_norm: partial moments for {x.shape[1]} channels must be a contiguous "
+                             f"fp32 [{x.shape[1]}, M, 3], got {tuple(m.shape)} {m.dtype}")
     xs = [x.contiguous() for x in xs]
     ys = [torch.empty_like(x) for x in xs]
     rs = [torch.empty_like(x) if r else None for x, r in zip(xs, relu)]
@@ -365,19 +377,29 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
             return pad_pointers(tensors[start:stop], MAX_TENSORS, like)
 
         geometry = _channel_args(xs[start:stop])
-        part = torch.empty((channels, splits, 3), device=x0.device, dtype=torch.float32)
-        grid = (channels, splits)
-        _bn_stats_kernel[grid](*slots(xs), part, n, hw, *geometry, rows, splits, T=num,
-                               BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
+        parts = moments[:]
+        missing = [t for t in range(start, stop) if parts[t] is None]
+        if missing:  # the statistics kernel over the tensors without moments, a launch of their own
+            held = [xs[t] for t in missing]
+            s_n, s_hw, s_rows, s_splits, s_bhw, s_block, s_warps = _geometry(x0, sum(x.shape[1] for x in held))
+            part = torch.empty((sum(x.shape[1] for x in held), s_splits, 3), device=x0.device, dtype=torch.float32)
+            _bn_stats_kernel[(part.shape[0], s_splits)](
+                *pad_pointers(held, MAX_TENSORS), part, s_n, s_hw, *_channel_args(held), s_rows, s_splits,
+                T=len(held), BLOCK_HW=s_bhw, BLOCK=s_block, INDEX_64=index_64, num_warps=s_warps)
+            offset = 0
+            for t in missing:
+                parts[t] = part[offset:offset + xs[t].shape[1]]
+                offset += xs[t].shape[1]
+        counts_m = [parts[t].shape[1] for t in range(start, stop)]
         stats = [slots(lst, rstd) if update else [rstd] * MAX_TENSORS for lst in (running_means, running_vars)]
-        counts = slots(nums_batches, part) if update else [part] * MAX_TENSORS
-        _bn_apply_kernel[grid](
+        counts = slots(nums_batches, rstd) if update else [rstd] * MAX_TENSORS
+        _bn_apply_kernel[(channels, splits)](
             *slots(xs), *slots(ys), *slots([r if r is not None else y for r, y in zip(rs, ys)]),
-            part, rstd[first:first + channels], *stats[0], *stats[1], *counts,
-            n, hw, *geometry, rows, splits, float(eps), float(momentum),
+            *slots(parts, parts[start]), rstd[first:first + channels], *stats[0], *stats[1], *counts,
+            n, hw, *geometry, rows, splits, *(counts_m + [0] * (MAX_TENSORS - num)), float(eps), float(momentum),
             T=num, RELU=_bits(relu[start:stop]), UPDATE_RUNNING=update,
-            S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
-            num_warps=num_warps,
+            S_BLOCK=max(2, triton.next_power_of_2(max(counts_m))), BLOCK_HW=block_hw, BLOCK=block,
+            INDEX_64=index_64, num_warps=num_warps,
         )
     return ys, rs, rstd
 

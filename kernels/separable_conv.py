@@ -94,8 +94,10 @@ _GENERIC = ("G", "C", "CO", "K", "STRIDE", "PAD", "DIL", "RELU_INPUT")
 @triton.jit(do_not_specialize=_GENERIC)
 def _sep_conv_fwd_kernel(
     X, WDW, WPW, Z,  # input [N, G·C, H, W]; weights [G·C, 1, K, K], [G·CO, C, 1, 1]; output [N, G·CO, OH, OW]
+    MOM,  # with MOMENTS: fp32 [G·CO, N·blocks, 3], each program's (count, mean, M2) of z per channel
     G, C, CO, H, W, OH, OW,
     K, STRIDE, PAD, DIL, RELU_INPUT,  # runtime values: one compiled kernel for every geometry (module docstring)
+    MOMENTS: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     ng = tl.program_id(0)  # image · G + group
@@ -108,9 +110,19 @@ def _sep_conv_fwd_kernel(
     x_rows = plane_pointer(X, ng * C + cin, H * W, INDEX_64)[:, None]
     d, _ = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, 0.0, 0.0, 0,
                             BLOCK_C, BLOCK_P, TAP_SUMS=False)
-    z = tl.dot(wp, d, input_precision="ieee")
+    z = tl.dot(wp, d, input_precision="ieee").to(Z.dtype.element_ty)
     z_rows = plane_pointer(Z, ng * CO + o, OH * OW, INDEX_64)[:, None]
-    tl.store(z_rows + p[None, :], z.to(Z.dtype.element_ty), mask=o_ok[:, None] & p_ok[None, :])
+    tl.store(z_rows + p[None, :], z, mask=o_ok[:, None] & p_ok[None, :])
+    if MOMENTS:  # the BatchNorm's statistics of z as stored (kernels/batch_norm.py merges them)
+        zf = tl.where(p_ok[None, :], z.to(tl.float32), 0.0)
+        count = tl.sum(p_ok.to(tl.float32), axis=0)
+        mean = tl.sum(zf, axis=1) / count
+        dev = tl.where(p_ok[None, :], zf - mean[:, None], 0.0)
+        at = MOM + ((g * CO + o) * (tl.num_programs(0) // G * tl.num_programs(1))
+                    + (ng // G) * tl.num_programs(1) + tl.program_id(1)) * 3
+        tl.store(at, tl.zeros_like(mean) + count, mask=o_ok)
+        tl.store(at + 1, mean, mask=o_ok)
+        tl.store(at + 2, tl.sum(dev * dev, axis=1), mask=o_ok)
 
 
 @triton.jit
@@ -258,24 +270,27 @@ FORWARD_TILE, BACKWARD_TILE = (4096, 4), (2048, 4)
 
 
 def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
-                           dilation: int, relu_input: bool = False,
-                           tile: tuple[int, int] | None = None) -> torch.Tensor:
+                           dilation: int, relu_input: bool = False, tile: tuple[int, int] | None = None,
+                           moments: bool = False):
     """z = conv2d(conv2d(r, w_dw, groups=G·C), w_pw, groups=G), r = relu(x) if relu_input else x.
-    tile: (tile elements, warps) instead of FORWARD_TILE (the benchmark's sweep)."""
+    tile: (tile elements, warps) instead of FORWARD_TILE (the benchmark's sweep).
+    moments: returns (z, partial moments): z's per-channel statistics as the kernel made them, fp32
+    [G·CO, M, 3] (count, mean, M2 of each program's pixels), for batch_norms_forward(moments=…)."""
     groups, c, co, oh, ow = check_separable_args(x, w_dw, w_pw, stride, padding, dilation)
     x, w_dw, w_pw = x.contiguous(), w_dw.contiguous(), w_pw.contiguous()
     n, _, h, w = x.shape
     z = torch.empty((n, groups * co, oh, ow), device=x.device, dtype=x.dtype)
-    if z.numel() == 0:
-        return z
     bc, bo = _block(c), _block(co)
     elems, warps = tile or FORWARD_TILE
     bp = _pixel_block(oh * ow, max(bc, bo), elems)
-    _sep_conv_fwd_kernel[(n * groups, triton.cdiv(oh * ow, bp))](
-        x, w_dw, w_pw, z, groups, c, co, h, w, oh, ow, w_dw.shape[2], stride, padding, dilation, int(relu_input),
-        BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
-        INDEX_64=max(x.numel(), z.numel()) > INT32_LIMIT, num_warps=warps)
-    return z
+    blocks = triton.cdiv(oh * ow, bp)
+    mom = torch.empty((groups * co, n * blocks, 3) if moments else (1,), device=x.device, dtype=torch.float32)
+    if z.numel():
+        _sep_conv_fwd_kernel[(n * groups, blocks)](
+            x, w_dw, w_pw, z, mom, groups, c, co, h, w, oh, ow, w_dw.shape[2], stride, padding, dilation,
+            int(relu_input), MOMENTS=moments, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+            INDEX_64=max(x.numel(), z.numel()) > INT32_LIMIT, num_warps=warps)
+    return (z, mom) if moments else z
 
 
 def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int,

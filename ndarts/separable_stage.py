@@ -9,7 +9,9 @@ BatchNorm's backward writes dL/dz and the pair's backward reads it back: here th
 Function, and its backward hands each pair's kernel the BatchNorm's gradient statistics instead
 (``batch_norms_backward(fold=…)``), so that the kernel applies the BatchNorm's backward as it
 reads the upstream gradient. Per pair and pass: no dL/dz written or read, one BatchNorm apply
-kernel less (the pools' BatchNorms still get theirs).
+kernel less (the pools' BatchNorms still get theirs). In the forward, each pair's kernel writes
+its BatchNorm's statistics (partial moments) as it writes z, so the BatchNorm reads z once (to
+normalise it), not twice, and a stage without pools runs no statistics kernel.
 
 The sep convs' first BatchNorm is followed by a ReLU. Its stage writes only the BatchNorm's output
 y (no relu(y)); the second stage's pair reads y with the ReLU on load and keeps y for its backward
@@ -55,12 +57,15 @@ class _SeparableStage(torch.autograd.Function):
         *tensors, pairs, deferred, bns = args
         count = len(pairs)
         xs, w_dws, w_pws, extras = tensors[0:3 * count:3], tensors[1:3 * count:3], tensors[2:3 * count:3], tensors[3 * count:]
-        zs = [ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, p.stride, p.padding, p.dilation,
-                                                   relu_input=p.relu_input)
-              for x, w_dw, w_pw, p in zip(xs, w_dws, w_pws, pairs)]
+        # each pair's kernel makes its BatchNorm's statistics as it writes z: the BatchNorm reads z once
+        zs, moments = zip(*(ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, p.stride, p.padding, p.dilation,
+                                                                  relu_input=p.relu_input, moments=True)
+                            for x, w_dw, w_pw, p in zip(xs, w_dws, w_pws, pairs)))
         ys, _, rstd = ndarts_kernels.batch_norms_forward(
-            zs + list(extras), [bn.running_mean for bn in bns], [bn.running_var for bn in bns],
-            [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps)
+            list(zs) + list(extras), [bn.running_mean for bn in bns], [bn.running_var for bn in bns],
+            [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps,
+            moments=list(moments) + [None] * len(extras))
+        del zs, moments
         ctx.save_for_backward(rstd, *xs, *w_dws, *w_pws, *ys)
         ctx.pairs, ctx.deferred = pairs, deferred
         return tuple(ys)

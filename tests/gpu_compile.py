@@ -112,9 +112,11 @@ def _workload() -> None:
             x = torch.randn(n, g * c, h, h - 1).to(dtype)
             w_dw, w_pw = torch.randn(g * c, 1, k, k).to(dtype), torch.randn(g * c, c, 1, 1).to(dtype)
             z = K.separable_conv_forward(x, w_dw, w_pw, stride, pad, dil, relu_input=relu)
-            # the backward alone, and with its BatchNorm folded in (ndarts.separable_stage: the search step's)
-            ys, _, rstd = K.batch_norms_forward([z], None, None, None, 0.1, 1e-5)
-            fold = K.batch_norms_backward([z], ys, rstd, relu=[relu], fold=[True])[0]
+            # with its BatchNorm's statistics, and the backward with its BatchNorm folded in
+            # (ndarts.separable_stage: the search step's), besides the pair alone
+            z, moments = K.separable_conv_forward(x, w_dw, w_pw, stride, pad, dil, relu_input=relu, moments=True)
+            ys, _, rstd = K.batch_norms_forward([z, z], None, None, None, 0.1, 1e-5, moments=[moments, None])
+            fold = K.batch_norms_backward([z, z], ys, rstd, relu=[relu, False], fold=[True, False])[0]
             for need_weight in (True, False):
                 for bn in (None, fold):
                     K.separable_conv_backward(z, x, w_dw, w_pw, stride, pad, dil, need_weight=need_weight,
@@ -162,7 +164,8 @@ def _huge_workload() -> None:
     K.pointwise_conv_backward(out, ops[0], pw)
     out = K.separable_conv_forward(ops[0], dw, pw, 1, 1, 1)
     K.separable_conv_backward(out, ops[0], dw, pw, 1, 1, 1)
-    ys, _, rstd = K.batch_norms_forward([out], None, None, None, 0.1, 1e-5)
+    out, moments = K.separable_conv_forward(ops[0], dw, pw, 1, 1, 1, moments=True)
+    ys, _, rstd = K.batch_norms_forward([out], None, None, None, 0.1, 1e-5, moments=[moments])
     fold = K.batch_norms_backward([out], ys, rstd, fold=[True])[0]
     K.separable_conv_backward(out, ops[0], dw, pw, 1, 1, 1, bn=fold)
     grouped = [torch.empty(big[0], 2 * 64, 32, 32, device=meta)]

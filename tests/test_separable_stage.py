@@ -1,5 +1,5 @@
-"""A batched conv stage as one Function (interpreter on CPU): the BatchNorm's backward folded into
-the separable conv's backward kernel, against float64 convs + BatchNorm per dtype, with and without
+"""A batched conv stage as one Function (interpreter on CPU): the BatchNorm's statistics made by the
+separable conv's forward kernel, its backward folded into the separable conv's backward kernel, against float64 convs + BatchNorm per dtype, with and without
 the ReLU, on odd shapes; the other tensors of the BatchNorm launch bitwise as unfolded; the search
 network with the stages fused equals the network without (outputs, every gradient, BatchNorm
 statistics), pools joining the first stage; the deferred ReLU (no relu(y) written or kept); only
@@ -53,7 +53,10 @@ def check_folded_against_float64(shape, dtype, tol, relu, device="cpu"):
 
     xr, dr, pr = (t.double().requires_grad_() for t in (x, w_dw, w_pw))
     d = F.conv2d(xr, dr, None, stride, padding, dilation, groups=g * c)
-    y = F.batch_norm(F.conv2d(d, pr, groups=g), None, None, training=True, eps=1e-5)
+    zr = F.conv2d(d, pr, groups=g)
+    # the kernel's z (rounded to dtype) as the value, the float64 convs' gradient: the ReLU's mask and
+    # the BatchNorm's statistics as the kernels saw them
+    y = F.batch_norm(zr + (z.double() - zr).detach(), None, None, training=True, eps=1e-5)
     (F.relu(y) if relu else y).backward(grads[1].double())
     for name, a, b in (("dx", got[0], xr.grad), ("d_dw", got[1], dr.grad), ("d_pw", got[2], pr.grad)):
         assert a.dtype == dtype and a.shape == b.shape, name
@@ -84,6 +87,36 @@ def test_the_fold_over_two_launches_and_only_what_is_used(fresh_seed):
     dx, d_dw, d_pw = ndarts_kernels.separable_conv_backward(grads[8], torch.full_like(x, float("nan")), w_dw, w_pw,
                                                             1, 1, 1, need_weight=False, bn=folded[8])
     assert d_dw is None and d_pw is None and torch.equal(dx, got[0])
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_moments_from_the_forward_kernel(fresh_seed, dtype, tol):
+    """The pair's forward kernel writes its output's BatchNorm statistics (partial moments, here of
+    two pixel blocks per image: 2 250 pixels): z bitwise as without them; a BatchNorm launch that
+    takes them (beside a tensor it makes the statistics of itself) gives the outputs, rstd and
+    running statistics of the launch that reads z; an off-centre z (|mean| ≫ std) loses nothing."""
+    x, w_dw, w_pw = _draw((2, 1, 16, 16, 50, 45, 3, 1, 1, 1), dtype)
+    x = x + 4.0
+    z, moments = ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, 1, 1, 1, moments=True)
+    assert torch.equal(z, ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, 1, 1, 1))
+    assert moments.shape == (16, 2 * 2, 3) and torch.equal(moments[..., 0].sum(1), torch.full((16,), 2 * 2250.0))
+    other = torch.randn(2, 3, 50, 45).to(dtype)
+    runs = []
+    for given in ([None, moments], None):
+        buffers = [[torch.zeros(3), torch.zeros(16)], [torch.ones(3), torch.ones(16)],
+                   [torch.zeros((), dtype=torch.long) for _ in range(2)]]
+        ys, _, rstd = ndarts_kernels.batch_norms_forward([other, z], *buffers, 0.1, 1e-5, moments=given)
+        runs.append((ys, rstd, buffers))
+    (ys, rstd, buffers), (ys_ref, rstd_ref, buffers_ref) = runs
+    assert torch.equal(ys[0], ys_ref[0])
+    torch.testing.assert_close(ys[1].float(), ys_ref[1].float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(rstd, rstd_ref, atol=0, rtol=1e-5)
+    for a, b in zip(sum(buffers, []), sum(buffers_ref, [])):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    want = F.batch_norm(z.double(), None, None, training=True, eps=1e-5)
+    torch.testing.assert_close(ys[1].double(), want, atol=tol * 4, rtol=tol)
+    with pytest.raises(ValueError, match="partial moments for 16 channels"):
+        ndarts_kernels.batch_norms_forward([z], None, None, None, 0.1, 1e-5, moments=[moments[:8]])
 
 
 def test_a_fold_that_does_not_fit_is_named():
@@ -131,8 +164,12 @@ def test_search_network_with_fused_stages_equals_without(fresh_seed):
     # the first stage: both stacks folded, the two pools' BatchNorms of each source node not; the second:
     # the sep conv's
     assert sorted(folds) == sorted([[True]] * groups + [[True, True] + [False] * 2 * len(s) for s in sources])
-    ran = fwd.call_args_list[len(fwd.call_args_list) // 2:]  # the fused network's
-    assert all(not any(c.kwargs.get("relu") or []) for c in ran if len(c.args[0]) <= 4)
+    # the stages' BatchNorm launches: statistics from the pair kernels, no fused ReLU written
+    staged = [c for c in fwd.call_args_list if c.kwargs.get("moments")]
+    assert len(staged) == 2 * groups
+    assert all(not any(c.kwargs.get("relu") or []) for c in staged)
+    assert sorted(sum(m is None for m in c.kwargs["moments"]) for c in staged) == sorted(
+        [0] * groups + [2 * len(s) for s in sources])  # the pools' statistics from the BatchNorm kernel
     assert sep.call_count == 3 * groups and all(c.kwargs["bn"] is not None for c in sep.call_args_list)
     assert [c.kwargs["relu_input"] for c in sep.call_args_list].count(True) == groups  # the sep convs' second pairs
 
