@@ -139,7 +139,7 @@ def _bn_apply_kernel(
     T: tl.constexpr,
     RELU: tl.constexpr,  # bit t set: tensor t's BatchNorm is followed by a ReLU, fused here
     UPDATE_RUNNING: tl.constexpr,
-    S_BLOCK: tl.constexpr,  # power of two ≥ every M_t
+    S_BLOCK: tl.constexpr,  # partials merged per step (a power of two)
     BLOCK_HW: tl.constexpr,
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
@@ -152,16 +152,23 @@ def _bn_apply_kernel(
     # Chan's merge of this channel's M_t partials, the same in every program of the channel
     PART = pick_pointer(t, PART0, PART1, PART2, PART3, PART4, PART5, PART6, PART7, T)
     M = pick_pointer(t, M0, M1, M2, M3, M4, M5, M6, M7, T)
+    # (two passes over chunks of S_BLOCK: the mean first, then M2 about it; any M_t, a fixed order)
     sidx = tl.arange(0, S_BLOCK)
-    smask = sidx < M
-    pbase = (c * M + sidx) * 3
-    n_i = tl.load(PART + pbase + 0, mask=smask, other=0.0)
-    mean_i = tl.load(PART + pbase + 1, mask=smask, other=0.0)
-    m2_i = tl.load(PART + pbase + 2, mask=smask, other=0.0)
-    count = tl.sum(n_i, axis=0)
-    mean = tl.sum(n_i * mean_i, axis=0) / count
-    dev = tl.where(smask, mean_i - mean, 0.0)
-    m2 = tl.sum(m2_i, axis=0) + tl.sum(n_i * dev * dev, axis=0)
+    count = tl.zeros([], dtype=tl.float32)
+    total = tl.zeros([], dtype=tl.float32)
+    for s0 in range(0, M, S_BLOCK):
+        smask = s0 + sidx < M
+        n_i = tl.load(PART + (c * M + s0 + sidx) * 3 + 0, mask=smask, other=0.0)
+        count += tl.sum(n_i, axis=0)
+        total += tl.sum(n_i * tl.load(PART + (c * M + s0 + sidx) * 3 + 1, mask=smask, other=0.0), axis=0)
+    mean = total / count
+    m2 = tl.zeros([], dtype=tl.float32)
+    for s0 in range(0, M, S_BLOCK):
+        smask = s0 + sidx < M
+        pbase = (c * M + s0 + sidx) * 3
+        n_i = tl.load(PART + pbase + 0, mask=smask, other=0.0)
+        dev = tl.where(smask, tl.load(PART + pbase + 1, mask=smask, other=0.0) - mean, 0.0)
+        m2 += tl.sum(tl.load(PART + pbase + 2, mask=smask, other=0.0), axis=0) + tl.sum(n_i * dev * dev, axis=0)
     rstd = 1.0 / tl.sqrt(m2 / count + eps)
     if s == 0:
         tl.store(SAVE_RSTD + q, rstd)
@@ -301,6 +308,7 @@ def check_batch_norm_input(x: torch.Tensor) -> None:
 
 
 MAX_TENSORS = 8  # tensors per launch of the multi-tensor kernels
+MERGE_CHUNK = 256  # partial moments the apply kernel merges per step (a producer's can be N × pixel blocks)
 
 
 def _bits(flags) -> int:
@@ -398,7 +406,7 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
             *slots(parts, parts[start]), rstd[first:first + channels], *stats[0], *stats[1], *counts,
             n, hw, *geometry, rows, splits, *(counts_m + [0] * (MAX_TENSORS - num)), float(eps), float(momentum),
             T=num, RELU=_bits(relu[start:stop]), UPDATE_RUNNING=update,
-            S_BLOCK=max(2, triton.next_power_of_2(max(counts_m))), BLOCK_HW=block_hw, BLOCK=block,
+            S_BLOCK=max(2, min(MERGE_CHUNK, triton.next_power_of_2(max(counts_m)))), BLOCK_HW=block_hw, BLOCK=block,
             INDEX_64=index_64, num_warps=num_warps,
         )
     return ys, rs, rstd
@@ -457,10 +465,10 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None) ->
         applied = [t for t in range(start, stop) if not fold[t]]
         if applied:
             # a folded tensor's slots take an applied one's tensors: the kernel reads no row of them
-            def live(tensors):
-                return slots([tensors[t if not fold[t] else applied[0]] for t in range(len(tensors))])
-
-            _bn_grad_apply_kernel[grid](*live(grads), *live(ys), *live(dxs), part, rstd[first:first + channels],
+            stand_in = [t if not fold[t] else applied[0] for t in range(len(ys))]
+            grads_in, ys_in, dxs_in = ([lst[t] for t in stand_in] for lst in (grads, ys, dxs))
+            _bn_grad_apply_kernel[grid](*slots(grads_in), *slots(ys_in), *slots(dxs_in), part,
+                                        rstd[first:first + channels],
                                         n, hw, *geometry, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
                                         APPLY=_bits([not fold[t] for t in range(start, stop)]),
                                         S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw,

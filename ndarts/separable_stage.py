@@ -56,7 +56,8 @@ class _SeparableStage(torch.autograd.Function):
 
         *tensors, pairs, deferred, bns = args
         count = len(pairs)
-        xs, w_dws, w_pws, extras = tensors[0:3 * count:3], tensors[1:3 * count:3], tensors[2:3 * count:3], tensors[3 * count:]
+        xs, w_dws, w_pws = tensors[0:3 * count:3], tensors[1:3 * count:3], tensors[2:3 * count:3]
+        extras = tensors[3 * count:]
         # each pair's kernel makes its BatchNorm's statistics as it writes z: the BatchNorm reads z once
         zs, moments = zip(*(ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, p.stride, p.padding, p.dilation,
                                                                   relu_input=p.relu_input, moments=True)

@@ -218,3 +218,23 @@ def test_batch_norms_of_different_channel_counts_share_a_launch(fresh_seed, chan
         torch.testing.assert_close(bn.running_mean, ref.running_mean, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(bn.running_var, ref.running_var, atol=1e-6, rtol=1e-5)
         assert int(bn.num_batches_tracked) == 1
+
+
+def test_given_partial_moments_of_any_count_merge_like_the_statistics_kernel(fresh_seed):
+    """Statistics handed in as partial (count, mean, M2) per channel, here one partial per image of
+    a 300-image batch (more than the apply kernel merges per step: two chunks), off-centre: the
+    outputs, rstd and running statistics equal those of the launch that makes them itself."""
+    x = torch.randn(300, 3, 2, 3) * 0.5 + 3.0
+    flat = x.transpose(0, 1).reshape(3, 300, 6)
+    mean = flat.mean(2)
+    moments = torch.stack([torch.full_like(mean, 6.0), mean, ((flat - mean[..., None]) ** 2).sum(2)], 2)
+    assert moments.shape[1] > ndarts_kernels.batch_norm.MERGE_CHUNK
+    runs = []
+    for given in ([moments.contiguous()], None):
+        buffers = [[torch.zeros(3)], [torch.ones(3)], [torch.zeros((), dtype=torch.long)]]
+        ys, _, rstd = ndarts_kernels.batch_norms_forward([x], *buffers, 0.1, 1e-5, moments=given)
+        runs.append([ys[0], rstd, *sum(buffers, [])])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(runs[0][0], torch.nn.functional.batch_norm(x, None, None, training=True, eps=1e-5),
+                               atol=1e-5, rtol=1e-5)

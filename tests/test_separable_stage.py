@@ -1,9 +1,9 @@
 """A batched conv stage as one Function (interpreter on CPU): the BatchNorm's statistics made by the
-separable conv's forward kernel, its backward folded into the separable conv's backward kernel, against float64 convs + BatchNorm per dtype, with and without
-the ReLU, on odd shapes; the other tensors of the BatchNorm launch bitwise as unfolded; the search
-network with the stages fused equals the network without (outputs, every gradient, BatchNorm
-statistics), pools joining the first stage; the deferred ReLU (no relu(y) written or kept); only
-the gradients a pass uses."""
+separable conv's forward kernel, its backward folded into the separable conv's backward kernel,
+against float64 convs + BatchNorm per dtype, with and without the ReLU, on odd shapes; the other
+tensors of the BatchNorm launch bitwise as unfolded; the search network with the stages fused
+equals the network without (outputs, every gradient, BatchNorm statistics), pools joining the
+first stage; the deferred ReLU (no relu(y) written); only the gradients a pass uses."""
 from unittest import mock
 
 import ndarts_kernels
