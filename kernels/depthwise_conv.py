@@ -228,13 +228,13 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
     input was relu(x); the weight gradient applies the ReLU as it reads x (the input gradient reads
     no input values)."""
     k, oh, ow = check_depthwise_args(x, weight, stride, padding, dilation)
-    grad, x, weight = grad.contiguous(), x.contiguous(), weight.contiguous()
+    grad, weight = grad.contiguous(), weight.contiguous()
     n, c, h, w = x.shape
     co = weight.shape[0]
     index_64 = max(x.numel(), grad.numel()) > INT32_LIMIT
     dx = dw = None
-    if need_input:
-        dx = torch.empty_like(x)
+    if need_input:  # reads no x: x may be any tensor of its shape (a meta tensor)
+        dx = torch.empty(x.shape, device=grad.device, dtype=x.dtype)
         bh, bw = _blocks(h, w)
         tiles_w = triton.cdiv(w, bw)
         if dx.numel():
@@ -242,6 +242,7 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
                 grad, weight, dx, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation,
                 M=co // c, BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
     if need_weight:
+        x = x.contiguous()
         rows, splits = split_images(x, n, co)
         kk_block = triton.next_power_of_2(k * k)
         bh, bw = _weight_tile(oh, ow, kk_block)

@@ -27,6 +27,10 @@ BatchNorm's output and its output y, and makes z's gradient on the fly (one pass
 z's gradient and reading it back, and one launch less).
 relu_input: the conv's input is relu(x): the kernels apply it as they read x, so a caller can keep
 x (a BatchNorm's output, which its backward keeps anyway) instead of relu(x).
+Source inputs (``counts``): a batched stack's first stage reads relu(h_s) of its group's source
+nodes repeated once per edge (ndarts.edge_groups.repeat_sources); the kernels read each group's
+plane from its source h_s itself (the ReLU on load), so the repeated tensor is never made nor kept.
+The forward can also write the per-channel moments of z for the BatchNorm that follows (``moments``).
 Layout: contiguous NCHW. The kernel size, stride, padding, dilation, the ReLU and the group count are
 runtime arguments, not constants: a search step runs ~26 geometries of these pairs (sep/dil 3×3/5×5,
 stride 1/2, with and without the ReLU, at three widths), and compiled as constants they were ~80
@@ -56,6 +60,20 @@ def _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT
     if RELU_INPUT != 0:
         x = tl.maximum(x, 0.0)
     return x
+
+
+@triton.jit
+def _input_rows(X, X2, G0, n, g, G, C, cin, HW, SOURCES: tl.constexpr, INDEX_64: tl.constexpr):
+    """[BLOCK_C, 1] pointers to the planes of the input that group g of image n reads: x [N, G·C, H, W],
+    or with SOURCES the group's source node, [N, C, H, W] (X for the groups below G0, X2 for the
+    rest): the repeated input of ndarts.edge_groups.repeat_sources, read without being made."""
+    base = X
+    plane = (n * G + g) * C + cin
+    if SOURCES:
+        plane = n * C + cin
+        if g >= G0:
+            base = X2
+    return plane_pointer(base, plane, HW, INDEX_64)[:, None]
 
 
 @triton.jit
@@ -91,13 +109,14 @@ def _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL
 _GENERIC = ("G", "C", "CO", "K", "STRIDE", "PAD", "DIL", "RELU_INPUT")
 
 
-@triton.jit(do_not_specialize=_GENERIC)
+@triton.jit(do_not_specialize=_GENERIC + ("G0",))
 def _sep_conv_fwd_kernel(
     X, WDW, WPW, Z,  # input [N, G·C, H, W]; weights [G·C, 1, K, K], [G·CO, C, 1, 1]; output [N, G·CO, OH, OW]
+    X2, G0,  # with SOURCES: X, X2 the groups' two source nodes [N, C, H, W], X read by groups 0 … G0 - 1
     MOM,  # with MOMENTS: fp32 [G·CO, N·blocks, 3], each program's (count, mean, M2) of z per channel
     G, C, CO, H, W, OH, OW,
     K, STRIDE, PAD, DIL, RELU_INPUT,  # runtime values: one compiled kernel for every geometry (module docstring)
-    MOMENTS: tl.constexpr,
+    MOMENTS: tl.constexpr, SOURCES: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     ng = tl.program_id(0)  # image · G + group
@@ -107,7 +126,7 @@ def _sep_conv_fwd_kernel(
     oh = p // OW
     ow = p % OW
     cin, c_ok, o, o_ok, taps, wp = _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C, BLOCK_O)
-    x_rows = plane_pointer(X, ng * C + cin, H * W, INDEX_64)[:, None]
+    x_rows = _input_rows(X, X2, G0, ng // G, g, G, C, cin, H * W, SOURCES, INDEX_64)
     d, _ = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, 0.0, 0.0, 0,
                             BLOCK_C, BLOCK_P, TAP_SUMS=False)
     z = tl.dot(wp, d, input_precision="ieee").to(Z.dtype.element_ty)
@@ -141,17 +160,19 @@ def _bn_coefficients(BN_SUMS, BN_RSTD, BN_S, bn_inv_count, ch, o_ok, S_CHUNK: tl
     return rstd, sum_g * bn_inv_count, sum_gy * bn_inv_count
 
 
-@triton.jit(do_not_specialize=_GENERIC + ("UNITS", "PER_PROGRAM", "S", "BN_S", "BN_RELU"))
+@triton.jit(do_not_specialize=_GENERIC + ("G0", "UNITS", "PER_PROGRAM", "S", "BN_S", "BN_RELU"))
 def _sep_conv_bwd_kernel(
     X, WDW, WPW, GZ, GD,  # input, weights, z's gradient [N, G·CO, OH, OW], d's gradient [N, G·C, OH, OW] (out)
     PART,  # fp32 partials [G, S, BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK]: the 1×1 weight's, then the depthwise one's
     Y, BN_SUMS, BN_RSTD,  # with FOLD_BN: the BatchNorm's output [N, G·CO, OH, OW], Σg/Σg·y [G·CO, BN_S, 2], rstd
+    X2, G0,  # with SOURCES: as the forward's
     G, C, CO, H, W, OH, OW,
     UNITS, PER_PROGRAM, S,  # (image, pixel block) units per group, per program, programs per group
     K, STRIDE, PAD, DIL, RELU_INPUT,
     BN_S, bn_inv_count, BN_RELU,  # the BatchNorm's partial sums per channel, 1 / (N·OH·OW), its ReLU
     NEED_INPUT: tl.constexpr, NEED_WEIGHT: tl.constexpr,
     FOLD_BN: tl.constexpr,  # GZ is the gradient of a BatchNorm of z (of its ReLU): applied on load
+    SOURCES: tl.constexpr,
     KK_BLOCK: tl.constexpr,  # power of two ≥ K·K
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
 ):
@@ -186,7 +207,7 @@ def _sep_conv_bwd_kernel(
         if NEED_WEIGHT:
             oh = p // OW
             ow = p % OW
-            x_rows = plane_pointer(X, ng * C + cin, H * W, INDEX_64)[:, None]
+            x_rows = _input_rows(X, X2, G0, ng // G, g, G, C, cin, H * W, SOURCES, INDEX_64)
             d, acc_d = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT,
                                         gd, acc_d, tap_col, BLOCK_C, BLOCK_P, TAP_SUMS=True)
             acc_p += tl.dot(gz, tl.trans(d), input_precision="ieee")
@@ -263,6 +284,27 @@ def check_separable_args(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor
     return groups, c, co, oh, ow
 
 
+def _input(x, counts):
+    """(X, X2, G0, like): the kernels' input pointers and a tensor shaped like the input they read,
+    [N, G·C, H, W] (a meta tensor for sources). x: that input; or, with counts, the list of (one or
+    two) source nodes [N, C, H, W], source s read by counts[s] consecutive groups, as if repeated
+    (ndarts.edge_groups.repeat_sources) but never made."""
+    if counts is None:
+        x = x.contiguous()
+        return x, x, 0, x
+    xs, counts = list(x), list(counts)
+    if not 1 <= len(xs) <= 2 or len(counts) != len(xs) or min(counts) < 1:
+        raise ValueError(f"separable_conv: one or two source inputs with an edge count each, got {len(xs)} "
+                         f"inputs and counts {counts}")
+    first = xs[0]
+    if any(t.dim() != 4 or t.shape != first.shape or t.dtype != first.dtype or t.device != first.device for t in xs):
+        raise ValueError(f"separable_conv: the source inputs must be alike 4-D tensors, got "
+                         f"{[(tuple(t.shape), t.dtype, str(t.device)) for t in xs]}")
+    n, c, h, w = first.shape
+    like = torch.empty((n, sum(counts) * c, h, w), device="meta", dtype=first.dtype)
+    return first.contiguous(), xs[-1].contiguous(), counts[0], like
+
+
 # (elements of a [channels, pixels] tile, warps per program) on a GPU: the forward's, the backward's
 # (its five live tiles: smaller ones). Guesses until measured: test_bench_separable_conv.py times
 # other pairs beside them (its tile sweep) in the same GPU run.
@@ -271,14 +313,16 @@ FORWARD_TILE, BACKWARD_TILE = (4096, 4), (2048, 4)
 
 def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
                            dilation: int, relu_input: bool = False, tile: tuple[int, int] | None = None,
-                           moments: bool = False):
+                           moments: bool = False, counts=None):
     """z = conv2d(conv2d(r, w_dw, groups=G·C), w_pw, groups=G), r = relu(x) if relu_input else x.
     tile: (tile elements, warps) instead of FORWARD_TILE (the benchmark's sweep).
     moments: returns (z, partial moments): z's per-channel statistics as the kernel made them, fp32
-    [G·CO, M, 3] (count, mean, M2 of each program's pixels), for batch_norms_forward(moments=…)."""
-    groups, c, co, oh, ow = check_separable_args(x, w_dw, w_pw, stride, padding, dilation)
-    x, w_dw, w_pw = x.contiguous(), w_dw.contiguous(), w_pw.contiguous()
-    n, _, h, w = x.shape
+    [G·CO, M, 3] (count, mean, M2 of each program's pixels), for batch_norms_forward(moments=…).
+    counts: x is a list of source nodes, source s the input of counts[s] groups (``_input``)."""
+    x, x2, g0, like = _input(x, counts)
+    groups, c, co, oh, ow = check_separable_args(like, w_dw, w_pw, stride, padding, dilation)
+    w_dw, w_pw = w_dw.contiguous(), w_pw.contiguous()
+    n, _, h, w = like.shape
     z = torch.empty((n, groups * co, oh, ow), device=x.device, dtype=x.dtype)
     bc, bo = _block(c), _block(co)
     elems, warps = tile or FORWARD_TILE
@@ -287,26 +331,29 @@ def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tens
     mom = torch.empty((groups * co, n * blocks, 3) if moments else (1,), device=x.device, dtype=torch.float32)
     if z.numel():
         _sep_conv_fwd_kernel[(n * groups, blocks)](
-            x, w_dw, w_pw, z, mom, groups, c, co, h, w, oh, ow, w_dw.shape[2], stride, padding, dilation,
-            int(relu_input), MOMENTS=moments, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
-            INDEX_64=max(x.numel(), z.numel()) > INT32_LIMIT, num_warps=warps)
+            x, w_dw, w_pw, z, x2, g0, mom, groups, c, co, h, w, oh, ow, w_dw.shape[2], stride, padding, dilation,
+            int(relu_input), MOMENTS=moments, SOURCES=counts is not None, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+            INDEX_64=max(like.numel(), z.numel()) > INT32_LIMIT, num_warps=warps)
     return (z, mom) if moments else z
 
 
 def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int,
                             padding: int, dilation: int, need_input: bool = True, need_weight: bool = True,
                             relu_input: bool = False, tile: tuple[int, int] | None = None,
-                            bn: BatchNormGrad | None = None):
+                            bn: BatchNormGrad | None = None, counts=None):
     """(dL/dr or None, dL/dw_dw or None, dL/dw_pw or None) of separable_conv_forward (r: the conv's
     input, relu(x) with relu_input; the caller masks dL/dr for the ReLU); the weight gradients in
     the weights' dtype and (contiguous) layout. tile: as separable_conv_forward's (BACKWARD_TILE).
     bn: the output z was normalised by a BatchNorm (batch_norms_backward's fold): grad is the
     gradient of that BatchNorm's output (of its ReLU's, bn.relu), whose backward the kernel applies
-    as it reads grad (z's gradient never written)."""
+    as it reads grad (z's gradient never written). counts: x is a list of source nodes, as the
+    forward's; dL/dr is then the gradient of the repeated input the groups read, [N, G·C, H, W]
+    (kernels/relu_repeat.py's backward sums it per source)."""
     from . import INTERPRETED
 
-    groups, c, co, oh, ow = check_separable_args(x, w_dw, w_pw, stride, padding, dilation)
-    n, _, h, w = x.shape
+    x, x2, g0, like = _input(x, counts)
+    groups, c, co, oh, ow = check_separable_args(like, w_dw, w_pw, stride, padding, dilation)
+    n, _, h, w = like.shape
     if tuple(grad.shape) != (n, groups * co, oh, ow) or grad.dtype != x.dtype:
         raise ValueError(f"separable_conv: the output gradient must be {(n, groups * co, oh, ow)} {x.dtype}, "
                          f"got {tuple(grad.shape)} {grad.dtype}")
@@ -318,7 +365,7 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
                          f"{tuple(bn.y.shape)} {bn.y.dtype}, sums {tuple(bn.sums.shape)}, rstd {tuple(bn.rstd.shape)}")
     if not (need_input or need_weight):
         return None, None, None
-    grad, x, w_dw, w_pw = grad.contiguous(), x.contiguous(), w_dw.contiguous(), w_pw.contiguous()
+    grad, w_dw, w_pw = grad.contiguous(), w_dw.contiguous(), w_pw.contiguous()
     k = w_dw.shape[2]
     kk_block = triton.next_power_of_2(k * k)
     bc, bo = _block(c), _block(co)
@@ -327,7 +374,7 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
     bp = _pixel_block(oh * ow, max(bc, bo), elems)
     units = n * triton.cdiv(oh * ow, bp)
     if not units:  # no image: nothing flows back
-        zeros = [torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (x, w_dw, w_pw)]
+        zeros = [torch.zeros(t.shape, device=grad.device, dtype=t.dtype) for t in (like, w_dw, w_pw)]
         return zeros[0] if need_input else None, *(zeros[1:] if need_weight else (None, None))
     if INTERPRETED or not x.is_cuda:
         splits = min(units, 2)  # the reduce of several partials runs in the tests too
@@ -341,13 +388,13 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
     fold = (bn.y, bn.sums, bn.rstd) if bn is not None else (grad, part, part)  # else stand-ins, never read
     bn_args = (bn.sums.shape[1], bn.inv_count, int(bn.relu)) if bn is not None else (0, 0.0, 0)
     _sep_conv_bwd_kernel[(groups, splits)](
-        x, w_dw, w_pw, grad, gd, part, *fold, groups, c, co, h, w, oh, ow, units, per_program, splits,
+        x, w_dw, w_pw, grad, gd, part, *fold, x2, g0, groups, c, co, h, w, oh, ow, units, per_program, splits,
         k, stride, padding, dilation, int(relu_input), *bn_args, NEED_INPUT=need_input, NEED_WEIGHT=need_weight,
-        FOLD_BN=bn is not None, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
-        INDEX_64=max(x.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=warps)
+        FOLD_BN=bn is not None, SOURCES=counts is not None, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+        INDEX_64=max(like.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=warps)
     dx = d_dw = d_pw = None
-    if need_input:
-        dx = depthwise_conv_backward(gd, x, w_dw, stride, padding, dilation, need_weight=False)[0]
+    if need_input:  # the depthwise input gradient reads gd and the weights only (like: the input's shape)
+        dx = depthwise_conv_backward(gd, like, w_dw, stride, padding, dilation, need_weight=False)[0]
     if need_weight:
         d_pw = torch.empty_like(w_pw, memory_format=torch.contiguous_format)
         d_dw = torch.empty_like(w_dw, memory_format=torch.contiguous_format)

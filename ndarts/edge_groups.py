@@ -16,9 +16,10 @@ with edge-major channels (channel e·C + c = edge e's channel c):
 With ``SearchNetwork(fused_separable_conv=True)``, where the search kernels run, each depthwise →
 pointwise pair is one fused Triton kernel each way (ndarts.separable_conv): the depthwise output
 never reaches memory; where the BatchNorm kernels run too, each stage (pairs and BatchNorms) is one
-autograd Function whose pair kernels apply the BatchNorms' backward as they read the gradient, and
-the sep convs' ReLU after bn1 is applied by the second pair as it reads bn1's output
-(ndarts.separable_stage).
+autograd Function whose pair kernels make the BatchNorms' statistics and apply their backward as
+they read the gradient, the sep convs' ReLU after bn1 is applied by the second pair as it reads
+bn1's output, and the first stage reads relu(h) of its sources straight from h (no repeated input
+made; ndarts.separable_stage).
 
 The edges leaving a cell's two input nodes form one group (8 edges in a 4-node cell): their
 first stage reads both inputs (``repeat_sources``), so each layer of the inputs' convs is one
@@ -283,11 +284,13 @@ class EdgeGroup(nn.Module):
         """{primitive index: [N, E·C, H', W']} (see run)."""
         return self.run(r, repeated, backend)[0]
 
-    def run(self, r, repeated=None, backend=None, extra=()) -> tuple[dict, list]:
+    def run(self, r, repeated=None, backend=None, extra=(), relu_fused: bool = False) -> tuple[dict, list]:
         """r = relu(h) [N, C, H, W] of each source (a list; a tensor for a one-source group);
-        repeated: their repeat_sources when the caller made it (GroupRun, with the ReLU fused in:
-        relu_repeat_sources; r is then not read), one tensor, or one alias per primitive (in
-        ``self.ops`` order: their gradients reach relu_repeat's backward kernel unsummed).
+        repeated: their repeat_sources when the caller made it, one tensor, or one alias per
+        primitive (in ``self.ops`` order: their gradients reach relu_repeat's backward kernel
+        unsummed). relu_fused: r are the sources h before their ReLU (GroupRun, where the search
+        kernels run), which the fused stages' kernels read as relu(h) repeated (ndarts.separable_stage),
+        or else relu_repeat_sources makes the repeated input (one launch each way; r then not read).
         Stage by stage across the primitives, so that each stage's BatchNorms (and the sep convs'
         ReLU after bn1) run as one launch each way where the Triton kernels run
         (search_batch_norms); elsewhere the same math as calling each stack. backend: the search
@@ -298,6 +301,14 @@ class EdgeGroup(nn.Module):
         if len(rs) != len(self.sources):
             raise ValueError(f"this EdgeGroup has {len(self.sources)} source nodes, got {len(rs)} inputs")
         ops = [(int(i), op) for i, op in self.ops.items()]
+        stacks = [op for _, op in ops]
+        if relu_fused:
+            if repeated is not None:
+                raise ValueError("EdgeGroup.run: relu_fused makes the repeated input itself; got one")
+            if stage_fits(rs, stacks, extra, counts=self.sources):
+                outs, pooled = fused_conv_stages(rs, stacks, extra, counts=self.sources)
+                return dict(zip((i for i, _ in ops), outs)), pooled
+            repeated = relu_repeat_sources(rs, self.sources, backend, aliases=len(ops))
         # edge-major: channel e·C + c = its source's channel c; made once for all the primitives
         if repeated is None and not multiplier_path(rs[0]):
             repeated = repeat_sources(rs, self.sources)
@@ -308,9 +319,9 @@ class EdgeGroup(nn.Module):
                 raise ValueError(f"this EdgeGroup has {len(ops)} primitives, got {len(repeated)} repeated inputs")
         else:
             repeated = [repeated] * len(ops)
-        if repeated[0] is not None and stage_fits(repeated[0], [op for _, op in ops], extra):
+        if repeated[0] is not None and stage_fits(repeated, stacks, extra):
             # each stage one Function: the pairs' backward applies their BatchNorms' (ndarts.separable_stage)
-            outs, pooled = fused_conv_stages(repeated, [op for _, op in ops], extra)
+            outs, pooled = fused_conv_stages(repeated, stacks, extra)
             return dict(zip((i for i, _ in ops), outs)), pooled
         pre = [] if self.recompute_relu else None
         y1 = search_batch_norms([op.stage1(rs, rep, self.sources) for (_, op), rep in zip(ops, repeated)]

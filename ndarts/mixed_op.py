@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .batch_norm import search_batch_norms
 from .backend import graph_kernels_enabled
-from .edge_groups import EdgeGroupSlot, groupable, relu_repeat_sources, split_edges
+from .edge_groups import EdgeGroupSlot, groupable, split_edges
 from .fan_out import fan_out
 from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std, skip_operand_stds
 from .noise import NoiseConfig, add_noise
@@ -59,11 +59,11 @@ class GroupRun:
         extra = [(y, op._ops[i][-1]) for op, _, i, y in work]
         backend = self.shares[0].backend
         if self._fuse_relu():
-            # relu(h) made straight into the edge slots: no separate relu tensor; one alias per
-            # primitive: the backward kernel sums their gradients itself
+            # relu(h) read by the fused stages' kernels straight from h, or made straight into the
+            # edge slots by relu_repeat_sources (one alias per primitive: its backward kernel sums
+            # their gradients itself): no separate relu tensor (EdgeGroup.run)
             xs = [share.input("relu") for share in self.shares]
-            repeated = relu_repeat_sources(xs, self.group.sources, backend, aliases=len(self.group.ops))
-            self._outputs, pooled = self.group.run(xs, repeated, backend=backend, extra=extra)
+            self._outputs, pooled = self.group.run(xs, backend=backend, extra=extra, relu_fused=True)
         else:
             self._outputs, pooled = self.group.run([share.relu for share in self.shares], backend=backend,
                                                    extra=extra)
@@ -71,8 +71,9 @@ class GroupRun:
             share.pooled[(op.primitives[i], op.stride)] = (out, op._ops[i][-1])
 
     def _fuse_relu(self) -> bool:
-        """Whether the group's input is made by relu_repeat_sources: where the search-op kernels
-        run, and no other op reads the nodes' relu (a reduction input's FactorizedReduces do)."""
+        """Whether the group reads its sources before their ReLU (EdgeGroup.run(relu_fused=True)):
+        where the search-op kernels run, and no other op reads the nodes' relu (a reduction input's
+        FactorizedReduces do)."""
         first = self.shares[0]
         return (all(share._relu is None and not share.reductions for share in self.shares)
                 and graph_kernels_enabled(first.backend, first.x))

@@ -278,8 +278,9 @@ class SearchNetwork(nn.Module):
     the batched sep/dil conv stacks on one fused Triton kernel each way, under the same rule
     (ndarts.separable_conv): the depthwise output is never written or kept; where the BatchNorm
     kernels run too, each stage of a stack (its pairs and BatchNorms) is one autograd Function whose
-    pair kernels apply the BatchNorms' backward as they read the gradient, and the sep convs' ReLU
-    after bn1 is applied by the second pair on load (ndarts.separable_stage).
+    pair kernels make the BatchNorms' statistics and apply their backward as they read the gradient,
+    the sep convs' ReLU after bn1 is applied by the second pair on load, and the first stage reads
+    relu(h) of its source nodes without a repeated copy (ndarts.separable_stage).
     recompute_relu (default on): where the BatchNorm kernels run, the batched sep convs' second
     depthwise conv keeps the BatchNorm output before its ReLU (which the BatchNorm keeps anyway)
     instead of the ReLU's output, and makes the ReLU again for its weight gradient: one activation

@@ -78,9 +78,12 @@ def separable_conv(r: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, relu_of: torch
     return _SeparableConv.apply(r, w_dw, w_pw, None if relu_of is None else relu_of.detach(), conf)
 
 
-def use_separable(r: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, backend: str | None) -> bool:
+def use_separable(r: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, backend: str | None,
+                  like: torch.Tensor | None = None) -> bool:
     """Whether a stack asked to fuse its dw → pw pairs (SearchNetwork(fused_separable_conv=True))
     runs them on the kernels now: where the search kernels run (graph_kernels_enabled), the pair
-    fits, and the weights have r's dtype or autocast casts them (as it would for nn.Conv2d)."""
+    fits, and the weights have r's dtype or autocast casts them (as it would for nn.Conv2d).
+    like: a tensor shaped like the pair's input, where r is not (a source node the kernels read
+    repeated: ndarts.separable_stage)."""
     same = dw.weight.dtype == r.dtype or torch.is_autocast_enabled(r.device.type)
-    return same and graph_kernels_enabled(backend, r) and separable_fits(r, dw, pw)
+    return same and graph_kernels_enabled(backend, r) and separable_fits(r if like is None else like, dw, pw)

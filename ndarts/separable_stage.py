@@ -20,6 +20,12 @@ stage 1 hands out y, and treats the gradient that comes back for it as the gradi
 (its backward masks it with y > 0, as the fused BatchNorm + ReLU does), which is right only
 because its one consumer is stage 2's pair, which gives back the gradient of its input relu(y).
 
+Where the group's source nodes' ReLU is read by nothing else (GroupRun's relu_fused), the first
+stage takes the sources h_s before their ReLU and its kernels read relu(h_s) repeated per edge
+straight from them: the repeated input is never written, read back or kept for the backward (h_s is
+kept anyway), and the backward sums the pairs' input gradients per source with the ReLU's mask in
+one relu_repeat kernel, as the separate relu + repeat Function did.
+
 The same math as the separate Functions (tests/test_separable_stage.py); the gradient of a folded
 BatchNorm is made in fp32 from the upstream gradient instead of being rounded to the activations'
 dtype first.
@@ -46,29 +52,42 @@ class Pair(NamedTuple):
     relu_input: bool
 
 
+class Spec(NamedTuple):
+    """What a stage Function computes besides its tensors."""
+
+    pairs: tuple  # a Pair per stack
+    deferred: tuple  # per pair: its BatchNorm's ReLU is applied by the consumer (the output is y)
+    counts: tuple | None  # the inputs are source nodes h_s read as relu(h_s), source s by counts[s] edges
+    bns: tuple  # the pairs' BatchNorms, then the extras'
+
+
 class _SeparableStage(torch.autograd.Function):
-    """(x_0, w_dw_0, w_pw_0, …, x_P-1, …, e_0, …, pairs, deferred, bns) → per pair
-    bn(pw(dw(x))) (with its relu_input: of relu(x)), then per extra input bn(e)."""
+    """(inputs, w_dw_0, w_pw_0, …, w_dw_P-1, w_pw_P-1, e_0, …, spec) → per pair bn(pw(dw(x))) (with
+    its relu_input: of relu(x)), then per extra input bn(e). inputs: one x per pair; or, with
+    spec.counts, the group's source nodes, which every pair reads as relu(h) repeated per edge."""
 
     @staticmethod
     def forward(ctx, *args):
         import ndarts_kernels
 
-        *tensors, pairs, deferred, bns = args
-        count = len(pairs)
-        xs, w_dws, w_pws = tensors[0:3 * count:3], tensors[1:3 * count:3], tensors[2:3 * count:3]
-        extras = tensors[3 * count:]
+        *tensors, spec = args
+        count, bns = len(spec.pairs), spec.bns
+        inputs = len(spec.counts) if spec.counts is not None else count
+        xs = tensors[:inputs] if spec.counts is None else [list(tensors[:inputs])] * count
+        w_dws, w_pws = tensors[inputs:inputs + 2 * count:2], tensors[inputs + 1:inputs + 2 * count:2]
+        extras = tensors[inputs + 2 * count:]
         # each pair's kernel makes its BatchNorm's statistics as it writes z: the BatchNorm reads z once
         zs, moments = zip(*(ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, p.stride, p.padding, p.dilation,
-                                                                  relu_input=p.relu_input, moments=True)
-                            for x, w_dw, w_pw, p in zip(xs, w_dws, w_pws, pairs)))
+                                                                  relu_input=p.relu_input, moments=True,
+                                                                  counts=spec.counts)
+                            for x, w_dw, w_pw, p in zip(xs, w_dws, w_pws, spec.pairs)))
         ys, _, rstd = ndarts_kernels.batch_norms_forward(
             list(zs) + list(extras), [bn.running_mean for bn in bns], [bn.running_var for bn in bns],
             [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps,
             moments=list(moments) + [None] * len(extras))
         del zs, moments
-        ctx.save_for_backward(rstd, *xs, *w_dws, *w_pws, *ys)
-        ctx.pairs, ctx.deferred = pairs, deferred
+        ctx.save_for_backward(rstd, *tensors[:inputs + 2 * count], *ys)
+        ctx.spec, ctx.inputs = spec, inputs
         return tuple(ys)
 
     @staticmethod
@@ -76,36 +95,54 @@ class _SeparableStage(torch.autograd.Function):
     def backward(ctx, *grads):
         import ndarts_kernels
 
-        count = len(ctx.pairs)
+        spec, inputs, count = ctx.spec, ctx.inputs, len(ctx.spec.pairs)
         rstd, *saved = ctx.saved_tensors
-        xs, w_dws, w_pws, ys = saved[:count], saved[count:2 * count], saved[2 * count:3 * count], saved[3 * count:]
-        used = grads_used(ctx, 3 * count + len(ys) - count)
-        relu = list(ctx.deferred) + [False] * (len(ys) - count)
-        folds = ndarts_kernels.batch_norms_backward(list(grads), ys, rstd, relu=relu,
-                                                    fold=[True] * count + [False] * (len(ys) - count))
-        out = []
-        for i, (p, x, w_dw, w_pw) in enumerate(zip(ctx.pairs, xs, w_dws, w_pws)):
-            need_x, need_dw, need_pw = used[3 * i:3 * i + 3]
+        sources = spec.counts is not None
+        xs = saved[:inputs] if not sources else [list(saved[:inputs])] * count
+        w_dws, w_pws = saved[inputs:inputs + 2 * count:2], saved[inputs + 1:inputs + 2 * count:2]
+        ys = saved[inputs + 2 * count:]
+        extras = len(ys) - count
+        used = grads_used(ctx, inputs + 2 * count + extras)
+        folds = ndarts_kernels.batch_norms_backward(list(grads), ys, rstd, relu=list(spec.deferred) + [False] * extras,
+                                                    fold=[True] * count + [False] * extras)
+        dxs, dws = [], []
+        for i, (p, x, w_dw, w_pw) in enumerate(zip(spec.pairs, xs, w_dws, w_pws)):
+            need_x = any(used[:inputs]) if sources else used[i]
+            need_dw, need_pw = used[inputs + 2 * i:inputs + 2 * i + 2]
             dx, d_dw, d_pw = ndarts_kernels.separable_conv_backward(
                 grads[i], x, w_dw, w_pw, p.stride, p.padding, p.dilation, need_input=need_x,
-                need_weight=need_dw or need_pw, relu_input=p.relu_input, bn=folds[i])
-            out += [dx, d_dw if need_dw else None, d_pw if need_pw else None]
-        return (*out, *folds[count:], None, None, None)
+                need_weight=need_dw or need_pw, relu_input=p.relu_input, bn=folds[i], counts=spec.counts)
+            dxs.append(dx)
+            dws += [d_dw if need_dw else None, d_pw if need_pw else None]
+        if sources:  # the pairs' gradients of the repeated relu(h): summed per source, the ReLU's mask applied
+            dxs = ndarts_kernels.relu_repeat_backward(dxs, list(saved[:inputs]), list(spec.counts)) \
+                if any(used[:inputs]) else [None] * inputs
+        return (*dxs, *dws, *folds[count:], None)
 
 
-def stage_fits(r: torch.Tensor, stacks, extras=()) -> bool:
+def stage_fits(inputs, stacks, extras=(), counts=None) -> bool:
     """Whether EdgeGroup can run its stacks' stages here (fused_conv_stages): every stack asks for
     the fused pairs and each of its pairs runs them (ndarts.separable_conv.use_separable), and
     every BatchNorm of the stages (the extras' too) runs the BatchNorm kernels with one momentum,
-    eps and buffer dtype, on inputs alike the stage's outputs."""
+    eps and buffer dtype, on inputs alike the stage's outputs. inputs: the first stage's, as
+    fused_conv_stages takes them; with counts, alike contiguous source nodes, at most
+    relu_repeat's MAX_REPEATS edges each and MAX_GRADS stacks (its backward sums their gradients)."""
+    from ndarts_kernels.relu_repeat import MAX_GRADS, MAX_REPEATS
+
     from .separable_conv import use_separable
 
+    r = like = inputs[0]
+    if counts is not None:
+        if (len(stacks) > MAX_GRADS or len(counts) != len(inputs) or not 1 <= len(counts) <= 2
+                or max(counts) > MAX_REPEATS
+                or not all(x.shape == r.shape and x.dtype == r.dtype and x.is_contiguous() for x in inputs)):
+            return False
+        like = torch.empty((r.shape[0], sum(counts) * r.shape[1], *r.shape[2:]), device="meta", dtype=r.dtype)
     bns = [bn for s in stacks for bn in ((s.bn1, s.bn2) if s.repeats == 2 else (s.bn1,))] + [bn for _, bn in extras]
-    if not stacks or not all(s.fused_separable and use_separable(r, s.dw1, s.pw1, s.backend)
-                             and (s.repeats == 1 or use_separable(r, s.dw2, s.pw2, s.backend)) for s in stacks):
+    if not stacks or not all(s.fused_separable and use_separable(r, s.dw1, s.pw1, s.backend, like)
+                             and (s.repeats == 1 or use_separable(r, s.dw2, s.pw2, s.backend, like)) for s in stacks):
         return False
-    first = stacks[0]
-    out_hw = _conv_output_size(r, first.dw1)
+    out_hw = _conv_output_size(r, stacks[0].dw1)
     return (all(isinstance(bn, SearchBatchNorm2d) and bn._use_kernels(r) and bn.momentum == bns[0].momentum
                 and bn.eps == bns[0].eps and bn.running_mean.dtype == bns[0].running_mean.dtype for bn in bns)
             and all(_conv_output_size(r, s.dw1) == out_hw for s in stacks)
@@ -127,25 +164,32 @@ def _pair(conv: nn.Conv2d, relu_input: bool) -> Pair:
     return Pair(_square(conv.stride), _square(conv.padding), _square(conv.dilation), relu_input)
 
 
-def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None) -> list:
+def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=None) -> list:
+    """One stage (which: 1 = dw1 → pw1, 2 = dw2 → pw2) of the stacks with their BatchNorms bns and
+    the extras' ((x, BatchNorm) pairs): inputs one per stack, or with counts the source nodes."""
     dw_name, pw_name = ("dw1", "pw1") if which == 1 else ("dw2", "pw2")
-    tensors, pairs = [], []
-    for x, s in zip(inputs, stacks):
+    dtype = inputs[0].dtype
+    weights, pairs = [], []
+    for s in stacks:
         dw, pw = getattr(s, dw_name), getattr(s, pw_name)
-        tensors += [x, _weights(dw, x.dtype), _weights(pw, x.dtype)]
-        pairs.append(_pair(dw, relu_input=which == 2))
+        weights += [_weights(dw, dtype), _weights(pw, dtype)]
+        pairs.append(_pair(dw, relu_input=which == 2 or counts is not None))
     deferred = tuple(deferred or (False,) * len(stacks))
-    return list(_SeparableStage.apply(*tensors, *(x for x, _ in extras), tuple(pairs), deferred,
-                                      tuple(bns) + tuple(bn for _, bn in extras)))
+    spec = Spec(tuple(pairs), deferred, None if counts is None else tuple(counts),
+                tuple(bns) + tuple(bn for _, bn in extras))
+    return list(_SeparableStage.apply(*inputs, *weights, *(x for x, _ in extras), spec))
 
 
-def fused_conv_stages(inputs, stacks, extras=()) -> tuple[list, list]:
-    """The stacks' outputs (stack i from inputs[i]: the group's repeated relu(h), [N, E·C, H, W]
-    each) and the extras' BatchNorms ((x, BatchNorm) pairs normalised in the first stage's launch),
-    as EdgeGroup.run computes them, on one Function per stage (stage_fits must hold)."""
+def fused_conv_stages(inputs, stacks, extras=(), counts=None) -> tuple[list, list]:
+    """The stacks' outputs and the extras' BatchNorms ((x, BatchNorm) pairs normalised in the first
+    stage's launch), as EdgeGroup.run computes them, on one Function per stage (stage_fits must
+    hold). inputs: stack i's first-stage input inputs[i] (the group's repeated relu(h),
+    [N, E·C, H, W]); or, with counts, the group's source nodes h_s before their ReLU, [N, C, H, W],
+    which the first stage's kernels read as relu(h_s) repeated counts[s] times: the repeated input
+    is never made, and the stage keeps h_s (kept anyway) for its backward."""
     seps = [i for i, s in enumerate(stacks) if s.repeats == 2]
     first = _stage(inputs, stacks, 1, [s.bn1 for s in stacks], extras,
-                   deferred=tuple(s.repeats == 2 for s in stacks))
+                   deferred=tuple(s.repeats == 2 for s in stacks), counts=counts)
     outs, pooled = first[:len(stacks)], first[len(stacks):]
     if seps:
         # the sep convs' bn1 outputs y, their ReLU deferred to the second pair, which reads relu(y)

@@ -122,6 +122,14 @@ def _workload() -> None:
                     K.separable_conv_backward(z, x, w_dw, w_pw, stride, pad, dil, need_weight=need_weight,
                                               relu_input=relu, bn=bn)
     K.separable_conv_backward(z, x, w_dw, w_pw, stride, pad, dil, need_input=False, relu_input=relu)
+    # a first stage reading its two source nodes (ndarts.separable_stage): moments forward, BatchNorm folded
+    hs, w_dw, w_pw = [torch.randn(2, 16, 6, 5) for _ in range(2)], torch.randn(64, 1, 3, 3), torch.randn(64, 16, 1, 1)
+    z, moments = K.separable_conv_forward(hs, w_dw, w_pw, 1, 1, 1, relu_input=True, moments=True, counts=(2, 2))
+    ys, _, rstd = K.batch_norms_forward([z], None, None, None, 0.1, 1e-5, moments=[moments])
+    fold = K.batch_norms_backward([z], ys, rstd, fold=[True])[0]
+    for need_weight in (True, False):
+        K.separable_conv_backward(z, hs, w_dw, w_pw, 1, 1, 1, need_weight=need_weight, relu_input=True, bn=fold,
+                                  counts=(2, 2))
     _huge_workload()
     # the default sums each conv group's edges in one op (group_sums auto); False: a fused sum per edge
     levers = [dict(), dict(group_sums=False), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16),

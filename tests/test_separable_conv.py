@@ -201,4 +201,29 @@ def test_search_network_with_separable_conv_equals_without(fresh_seed, batch_nor
     pairs = sum(m.repeats for m in stacks)  # sep: two pairs, dil: one
     assert bwd.call_count == pairs
     relu_kept = [c.kwargs["relu_input"] for c in bwd.call_args_list]
-    assert relu_kept.count(True) == (2 if batch_norm_kernels else 0)  # the two sep convs' second pairs
+    # the two sep convs' second pairs, and (fused stages) node 0's group's two first pairs reading its source
+    assert relu_kept.count(True) == (4 if batch_norm_kernels else 0)
+
+
+@pytest.mark.parametrize("counts", [(3,), (2, 1)], ids=["one_source", "two_sources"])
+def test_source_inputs_read_as_the_repeated_input(fresh_seed, counts):
+    """With counts, the kernels read each group's source node (its ReLU applied on load) where the
+    repeated relu input would be: z, the moments and all three gradients bitwise as from the
+    repeated tensor; bad sources named."""
+    from ndarts.edge_groups import repeat_sources
+
+    hs = [torch.randn(2, 5, 7, 6) for _ in counts]
+    groups = sum(counts)
+    w_dw, w_pw = torch.randn(groups * 5, 1, 3, 3), torch.randn(groups * 4, 5, 1, 1)
+    repeated = repeat_sources([F.relu(h) for h in hs], counts)
+    want = ndarts_kernels.separable_conv_forward(repeated, w_dw, w_pw, 2, 1, 1, moments=True)
+    got = ndarts_kernels.separable_conv_forward(hs, w_dw, w_pw, 2, 1, 1, relu_input=True, moments=True, counts=counts)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    grad = torch.randn_like(want[0])
+    want = ndarts_kernels.separable_conv_backward(grad, repeated, w_dw, w_pw, 2, 1, 1)
+    got = ndarts_kernels.separable_conv_backward(grad, hs, w_dw, w_pw, 2, 1, 1, relu_input=True, counts=counts)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(ValueError, match="alike 4-D"):
+        ndarts_kernels.separable_conv_forward([hs[0], hs[0][:, :4]], w_dw, w_pw, 2, 1, 1, counts=(2, 1))
+    with pytest.raises(ValueError, match="one or two source inputs"):
+        ndarts_kernels.separable_conv_forward(hs, w_dw, w_pw, 2, 1, 1, counts=counts + (1,))

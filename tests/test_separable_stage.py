@@ -143,20 +143,33 @@ def _network(primitives, **kw):
 PRIMITIVES = ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_5x5"]
 
 
-def test_search_network_with_fused_stages_equals_without(fresh_seed):
+@pytest.mark.parametrize("primitives", [PRIMITIVES, [p for p in PRIMITIVES if p != "skip_connect"]],
+                         ids=["with_skip", "without_skip"])
+def test_search_network_with_fused_stages_equals_without(fresh_seed, primitives):
     """The network whose stacks run as fused stages (pairs and BatchNorms one Function each, the
     BatchNorm backward folded, the sep convs' ReLU deferred) equals the one on PyTorch's convs and
     the BatchNorm kernels: outputs, every gradient, the BatchNorm statistics. The pools' BatchNorms
-    join the first stage's launch (their dx written); no fused ReLU is written."""
-    ref = _network(PRIMITIVES)
-    tri = _network(PRIMITIVES, fused_separable_conv=True)
+    join the first stage's launch (their dx written); no fused ReLU is written. A group whose
+    sources' relu nothing else reads has its first stage read the sources themselves (the
+    reduction cell's inputs group does only without skip_connect, whose FactorizedReduce reads it)."""
+    ref = _network(primitives)
+    tri = _network(primitives, fused_separable_conv=True)
     stacks = [m for m in tri.modules() if isinstance(m, GroupedConvStack)]
     with mock.patch.object(ndarts_kernels, "batch_norms_backward", wraps=ndarts_kernels.batch_norms_backward) as bwd, \
             mock.patch.object(ndarts_kernels, "batch_norms_forward", wraps=ndarts_kernels.batch_norms_forward) as fwd, \
+            mock.patch.object(ndarts_kernels, "separable_conv_forward",
+                              wraps=ndarts_kernels.separable_conv_forward) as sep_fwd, \
+            mock.patch.object(ndarts_kernels, "relu_repeat_forward", wraps=ndarts_kernels.relu_repeat_forward) as rep, \
             mock.patch.object(ndarts_kernels, "separable_conv_backward",
                               wraps=ndarts_kernels.separable_conv_backward) as sep:
         assert_same_forward_backward((ref, tri), torch.randn(3, 2, 7, 7), out_tol=(1e-5, 1e-4),
                                      grad_tol=(2e-5, 2e-4), buffer_tol=(1e-6, 1e-5))
+    read = sorted(c.kwargs["counts"] for c in sep_fwd.call_args_list if c.kwargs["counts"] is not None)
+    skip = "skip_connect" in primitives
+    # per stack of a group read from its sources: the node-0 group (one source, one edge), and the inputs' (2 + 2)
+    assert read == [(1,)] * 2 + ([] if skip else [(2, 2)] * 2)
+    # relu + repeat launches (one per group whose sources' relu nothing else reads): all the reference's
+    assert rep.call_count == (1 if skip else 2)
     folds = [c.kwargs["fold"] for c in bwd.call_args_list if c.kwargs.get("fold")]
     groups = len(stacks) // 2  # two stacks (sep, dil) per group
     sources = [m.sources for m in tri.modules() if isinstance(m, EdgeGroup)]
@@ -171,7 +184,8 @@ def test_search_network_with_fused_stages_equals_without(fresh_seed):
     assert sorted(sum(m is None for m in c.kwargs["moments"]) for c in staged) == sorted(
         [0] * groups + [2 * len(s) for s in sources])  # the pools' statistics from the BatchNorm kernel
     assert sep.call_count == 3 * groups and all(c.kwargs["bn"] is not None for c in sep.call_args_list)
-    assert [c.kwargs["relu_input"] for c in sep.call_args_list].count(True) == groups  # the sep convs' second pairs
+    # the ReLU read in: the sep convs' second pairs, and the first pairs that read their sources
+    assert [c.kwargs["relu_input"] for c in sep.call_args_list].count(True) == groups + len(read)
 
 
 def test_a_weight_gradient_is_computed_only_when_the_pass_uses_it(fresh_seed):
