@@ -44,7 +44,15 @@ def test_matches_torch_batch_norm(fresh_seed, device, dtype, atol, rtol, shape):
     y.backward(g)
     y_ref, dx_ref, ref = _reference(x, g, momentum, eps, steps=3)
     torch.testing.assert_close(y.float(), y_ref, atol=atol, rtol=rtol)
-    torch.testing.assert_close(xt.grad.float(), dx_ref, atol=atol * 4, rtol=rtol * 4)
+    if dtype == torch.float32:
+        torch.testing.assert_close(xt.grad.float(), dx_ref, atol=atol * 4, rtol=rtol * 4)
+    # the backward reads y as stored (x̂ rounded to the dtype: the BatchNorm keeps only its output), which
+    # with few values per channel and a large rstd moves dx by more than the dtype's rounding; so dx
+    # against rstd·(g − mean g − y·mean g·y) in float64 from that y and the batch's exact rstd
+    yd, gd = y.detach().double(), g.double()
+    rstd = (x.double().var((0, 2, 3), unbiased=False) + eps).rsqrt().view(1, -1, 1, 1)
+    want = rstd * (gd - gd.mean((0, 2, 3), keepdim=True) - yd * (gd * yd).mean((0, 2, 3), keepdim=True))
+    torch.testing.assert_close(xt.grad.double(), want, atol=atol * 4, rtol=rtol * 4)
     # running statistics: three momentum updates with the unbiased batch variance, as torch
     stat_tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(bn.running_mean, ref.running_mean, atol=stat_tol, rtol=stat_tol)
