@@ -182,7 +182,8 @@ def _weight_tile(rows: int, cols: int, kk_block: int) -> tuple[int, int]:
     return bh, bw
 
 
-def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+def conv_output_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    """A convolution's output size along one axis (PyTorch's rule)."""
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
@@ -198,7 +199,7 @@ def check_depthwise_args(x: torch.Tensor, weight: torch.Tensor, stride: int, pad
         raise TypeError(f"depthwise_conv: input and weight must share a float32/float16/bfloat16 dtype, "
                         f"got {x.dtype} and {weight.dtype}")
     k = weight.shape[2]
-    oh, ow = (_out_size(s, k, stride, padding, dilation) for s in x.shape[2:])
+    oh, ow = (conv_output_size(s, k, stride, padding, dilation) for s in x.shape[2:])
     if oh < 1 or ow < 1:
         raise ValueError(f"depthwise_conv: input {tuple(x.shape)} is too small for a {k}x{k} kernel with "
                          f"dilation {dilation} and padding {padding}")

@@ -86,16 +86,21 @@ def search_batch_norms(xs, bns, relu=None, pre_relu_out: list | None = None) -> 
     return [F.relu(bn(x)) if r else bn(x) for x, bn, r in zip(xs, bns, relu)]
 
 
+def kernel_batch_norms(bns, xs) -> bool:
+    """Every bn is a SearchBatchNorm2d that would run the kernels on its x (its input, or a tensor
+    like it), with bns[0]'s momentum, eps and buffer dtype: they can share the multi-tensor launches."""
+    bn0 = bns[0]
+    return all(isinstance(bn, SearchBatchNorm2d) and bn._use_kernels(x) and bn.momentum == bn0.momentum
+               and bn.eps == bn0.eps and bn.running_mean.dtype == bn0.running_mean.dtype for x, bn in zip(xs, bns))
+
+
 def _fusable(xs, bns) -> bool:
-    """Every bn is a SearchBatchNorm2d that would run the kernels on its x, with the same momentum,
-    eps and buffer dtypes, and the inputs are alike (batch and image size, dtype, device; the
+    """kernel_batch_norms, and the inputs are alike (batch and image size, dtype, device; the
     channel counts may differ)."""
-    first, bn0 = xs[0], bns[0]
-    return all(isinstance(bn, SearchBatchNorm2d) and bn._use_kernels(x) and x.shape[1] == bn.num_features
-               and x.shape[0] == first.shape[0] and x.shape[2:] == first.shape[2:]
-               and x.dtype == first.dtype and x.device == first.device
-               and bn.momentum == bn0.momentum and bn.eps == bn0.eps
-               and bn.running_mean.dtype == bn0.running_mean.dtype for x, bn in zip(xs, bns))
+    first = xs[0]
+    return kernel_batch_norms(bns, xs) and all(
+        x.shape[1] == bn.num_features and x.shape[0] == first.shape[0] and x.shape[2:] == first.shape[2:]
+        and x.dtype == first.dtype and x.device == first.device for x, bn in zip(xs, bns))
 
 
 def batch_norm_train(x, running_mean=None, running_var=None, num_batches_tracked=None, momentum=0.1, eps=1e-5):

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-from .batch_norm import SearchBatchNorm2d
+from .batch_norm import kernel_batch_norms
 from .depthwise_conv import _square
 from .grad_use import grads_used
 
@@ -143,16 +143,17 @@ def stage_fits(inputs, stacks, extras=(), counts=None) -> bool:
                              and (s.repeats == 1 or use_separable(r, s.dw2, s.pw2, s.backend, like)) for s in stacks):
         return False
     out_hw = _conv_output_size(r, stacks[0].dw1)
-    return (all(isinstance(bn, SearchBatchNorm2d) and bn._use_kernels(r) and bn.momentum == bns[0].momentum
-                and bn.eps == bns[0].eps and bn.running_mean.dtype == bns[0].running_mean.dtype for bn in bns)
+    return (kernel_batch_norms(bns, [r] * len(bns))  # the stages' outputs: contiguous, r's dtype and device
             and all(_conv_output_size(r, s.dw1) == out_hw for s in stacks)
             and all(x.shape[0] == r.shape[0] and tuple(x.shape[2:]) == out_hw and x.dtype == r.dtype
                     and x.device == r.device and x.shape[1] == bn.num_features for x, bn in extras))
 
 
 def _conv_output_size(r: torch.Tensor, conv: nn.Conv2d) -> tuple[int, int]:
+    from ndarts_kernels.depthwise_conv import conv_output_size
+
     k, s, p, d = (_square(v) for v in (conv.kernel_size, conv.stride, conv.padding, conv.dilation))
-    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size in r.shape[2:])
+    return tuple(conv_output_size(size, k, s, p, d) for size in r.shape[2:])
 
 
 def _weights(conv: nn.Conv2d, dtype: torch.dtype) -> torch.Tensor:
