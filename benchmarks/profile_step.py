@@ -46,6 +46,7 @@ CATEGORIES = (
     ("conv_depthwise2d_grad_weight", "depthwise conv weight gradient (PyTorch)"),
     ("_dw_conv_fwd", "depthwise conv forward (Triton)"),
     ("_dw_conv_bwd_input", "depthwise conv input gradient (Triton)"),
+    ("_dw_pairs_bwd_input", "depthwise conv input gradient (Triton)"),
     ("_dw_conv_bwd_weight", "depthwise conv weight gradient (Triton)"),
     ("_dw_conv_weight_reduce", "depthwise conv weight gradient (Triton)"),
     ("_pw_conv_wgrad", "pointwise conv weight gradient (Triton)"),

@@ -50,7 +50,7 @@ UNREAD = {
     "_group_backward_kernel": (("WGRAD", False), ("S0", "S1", "S2", "G0", "G1", "G2", "G3", "G4", "G5",
                                                   "R0", "R1", "R2", "R3", "R4", "R5", "R6", "R7")),
     "_noisy_mixed_sum_backward_kernel": (("WGRAD", False), ("O0", "O1", "O2", "O3", "O4", "O5", "O6", "O7")),
-    "_sep_conv_bwd_kernel": (("NEED_WEIGHT", False), ("X",)),
+    "_sep_conv_bwd_kernel": (("NEED_WEIGHT", False), ("X0", "X1", "X2", "X3")),
 }
 
 
@@ -146,7 +146,7 @@ def _category(kind: str, name: str) -> str:
     """The census's category (count_kernels.category); convolutions by kind and part."""
     if kind == "aten" and "conv " in name:
         return f"{name} (aten)"
-    if kind == "triton" and name.startswith("_dw_conv"):
+    if kind == "triton" and name.startswith(("_dw_conv", "_dw_pairs")):
         part = "forward" if "fwd" in name else "input gradient" if "input" in name else "weight gradient"
         return f"depthwise conv {part} (triton)"
     if kind == "triton" and name.startswith("_pw_conv"):  # one kernel for the forward and the input gradient

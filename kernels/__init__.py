@@ -25,7 +25,12 @@ from .noisy_mixed_sum import (  # noqa: E402
 from .pointwise_conv import pointwise_conv_backward, pointwise_conv_forward  # noqa: E402
 from .pools import pools_3x3_backward, pools_3x3_forward  # noqa: E402
 from .relu_repeat import relu_repeat_backward, relu_repeat_forward  # noqa: E402
-from .separable_conv import separable_conv_backward, separable_conv_forward  # noqa: E402
+from .separable_conv import (  # noqa: E402
+    separable_conv_backward,
+    separable_conv_forward,
+    separable_pairs_backward,
+    separable_pairs_forward,
+)
 from .tensor_sum import tensor_sum  # noqa: E402
 
 __all__ = [
@@ -50,6 +55,8 @@ __all__ = [
     "relu_repeat_backward",
     "separable_conv_forward",
     "separable_conv_backward",
+    "separable_pairs_forward",
+    "separable_pairs_backward",
     "skip_std",
     "skip_stds",
     "tensor_sum",

@@ -73,6 +73,28 @@ def _dw_conv_fwd_kernel(
 
 
 @triton.jit
+def _input_grad_taps(acc, g_base, w_base, h, w, in_mask, OH, OW,
+                     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr):
+    """acc + the input gradient of one output plane (g_base) through its K×K taps (w_base) at the
+    input pixels (h, w): for stride 2 only the taps that land on an output pixel contribute."""
+    for i in tl.static_range(K):
+        th = h + PAD - i * DIL  # = oh·STRIDE for the output row this tap came from
+        th_ok = th >= 0
+        th = tl.where(th_ok, th, 0)
+        oh = th // STRIDE
+        row_ok = th_ok & (oh * STRIDE == th) & (oh < OH)
+        for j in tl.static_range(K):
+            tw = w + PAD - j * DIL
+            tw_ok = tw >= 0
+            tw = tl.where(tw_ok, tw, 0)
+            ow = tw // STRIDE
+            mask = in_mask & row_ok & tw_ok & (ow * STRIDE == tw) & (ow < OW)
+            g = tl.load(g_base + oh * OW + ow, mask=mask, other=0.0).to(tl.float32)
+            acc += g * tl.load(w_base + i * K + j).to(tl.float32)
+    return acc
+
+
+@triton.jit
 def _dw_conv_bwd_input_kernel(
     G, Wt, DX,  # output gradient [N, C·M, OH, OW], weight, input gradient [N, C, H, W]
     C, H, W, OH, OW,
@@ -87,23 +109,89 @@ def _dw_conv_bwd_input_kernel(
     dx_base = plane_pointer(DX, plane, H * W, INDEX_64)
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     for m in tl.static_range(M):  # the M output channels of input channel c
-        g_base = plane_pointer(G, plane * M + m, OH * OW, INDEX_64)
-        w_base = Wt + (c * M + m) * K * K
-        for i in tl.static_range(K):
-            th = h + PAD - i * DIL  # = oh·STRIDE for the output row this tap came from
-            th_ok = th >= 0
-            th = tl.where(th_ok, th, 0)
-            oh = th // STRIDE
-            row_ok = th_ok & (oh * STRIDE == th) & (oh < OH)
-            for j in tl.static_range(K):
-                tw = w + PAD - j * DIL
-                tw_ok = tw >= 0
-                tw = tl.where(tw_ok, tw, 0)
-                ow = tw // STRIDE
-                mask = in_mask & row_ok & tw_ok & (ow * STRIDE == tw) & (ow < OW)
-                g = tl.load(g_base + oh * OW + ow, mask=mask, other=0.0).to(tl.float32)
-                acc += g * tl.load(w_base + i * K + j).to(tl.float32)
+        acc = _input_grad_taps(acc, plane_pointer(G, plane * M + m, OH * OW, INDEX_64), Wt + (c * M + m) * K * K,
+                               h, w, in_mask, OH, OW, K, STRIDE, PAD, DIL)
     tl.store(dx_base + h * W + w, acc.to(DX.dtype.element_ty), mask=in_mask)
+
+
+@triton.jit
+def _pair_input_grad(acc, pair, p: tl.constexpr, ALL: tl.constexpr, G, plane, PLANES, Wt, ch, h, w, in_mask, OH, OW,
+                     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+                     INDEX_64: tl.constexpr):
+    """acc + conv p's input gradient of its output plane `plane` (channel ch): always with ALL, else
+    only in the programs of that conv (pair == p)."""
+    if ALL:
+        acc = _input_grad_taps(acc, plane_pointer(G, p * PLANES + plane, OH * OW, INDEX_64), Wt + ch * K * K,
+                               h, w, in_mask, OH, OW, K, STRIDE, PAD, DIL)
+    else:
+        if pair == p:
+            acc = _input_grad_taps(acc, plane_pointer(G, p * PLANES + plane, OH * OW, INDEX_64), Wt + ch * K * K,
+                                   h, w, in_mask, OH, OW, K, STRIDE, PAD, DIL)
+    return acc
+
+
+@triton.jit
+def _pairs_input_grad(acc, pair, ALL: tl.constexpr, G, plane, PLANES, W0, W1, W2, W3, ch, h, w, in_mask, OH, OW,
+                      K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
+                      PAD0: tl.constexpr, PAD1: tl.constexpr, PAD2: tl.constexpr, PAD3: tl.constexpr,
+                      DIL0: tl.constexpr, DIL1: tl.constexpr, DIL2: tl.constexpr, DIL3: tl.constexpr,
+                      STRIDE: tl.constexpr, PAIRS: tl.constexpr, INDEX_64: tl.constexpr):
+    acc = _pair_input_grad(acc, pair, 0, ALL, G, plane, PLANES, W0, ch, h, w, in_mask, OH, OW, K0, STRIDE, PAD0, DIL0,
+                           INDEX_64)
+    if PAIRS > 1:
+        acc = _pair_input_grad(acc, pair, 1, ALL, G, plane, PLANES, W1, ch, h, w, in_mask, OH, OW, K1, STRIDE, PAD1,
+                               DIL1, INDEX_64)
+    if PAIRS > 2:
+        acc = _pair_input_grad(acc, pair, 2, ALL, G, plane, PLANES, W2, ch, h, w, in_mask, OH, OW, K2, STRIDE, PAD2,
+                               DIL2, INDEX_64)
+    if PAIRS > 3:
+        acc = _pair_input_grad(acc, pair, 3, ALL, G, plane, PLANES, W3, ch, h, w, in_mask, OH, OW, K3, STRIDE, PAD3,
+                               DIL3, INDEX_64)
+    return acc
+
+
+@triton.jit(do_not_specialize=("N", "C", "G", "G0"))
+def _dw_pairs_bwd_input_kernel(
+    GD,  # the convs' output gradients [PAIRS, N, G·C, OH, OW]
+    W0, W1, W2, W3,  # conv p's weight [G·C, 1, K_p, K_p]
+    X0, X1,  # with SOURCES: the two source nodes [N, C, H, W] (groups < G0 read X0), for the ReLU's mask
+    DX,  # out: SOURCES [sources, N, C, H, W] (Σ over each source's groups and the convs); else [PAIRS, N, G·C, H, W]
+    N, C, G, G0, H, W, OH, OW, TILES_W,
+    K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
+    PAD0: tl.constexpr, PAD1: tl.constexpr, PAD2: tl.constexpr, PAD3: tl.constexpr,
+    DIL0: tl.constexpr, DIL1: tl.constexpr, DIL2: tl.constexpr, DIL3: tl.constexpr,
+    STRIDE: tl.constexpr, PAIRS: tl.constexpr, SOURCES: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    plane = tl.program_id(0)  # SOURCES: (source·N + n)·C + c; else n·G·C + group·C + c
+    h, w = _tile_coords(tl.program_id(1), TILES_W, BLOCK_H, BLOCK_W)
+    in_mask = (h < H) & (w < W)
+    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    planes = N * G * C  # of one conv's output gradient
+    if SOURCES:  # every conv of every group (edge) that reads this source's plane
+        src = plane // (N * C)
+        n = (plane // C) % N
+        c = plane % C
+        first = tl.where(src == 0, 0, G0)
+        last = tl.where(src == 0, G0, G)
+        for e in range(first, last):
+            acc = _pairs_input_grad(acc, 0, True, GD, (n * G + e) * C + c, planes, W0, W1, W2, W3, e * C + c,
+                                    h, w, in_mask, OH, OW, K0, K1, K2, K3, PAD0, PAD1, PAD2, PAD3,
+                                    DIL0, DIL1, DIL2, DIL3, STRIDE, PAIRS, INDEX_64)
+        if RELU:  # torch's relu backward: 0 where x <= 0, the gradient elsewhere (NaN included)
+            X = X0
+            if src != 0:
+                X = X1
+            x = tl.load(plane_pointer(X, n * C + c, H * W, INDEX_64) + h * W + w, mask=in_mask, other=0.0)
+            acc = tl.where(x <= 0, 0.0, acc)
+        out = plane
+    else:
+        pair = tl.program_id(2)
+        acc = _pairs_input_grad(acc, pair, False, GD, plane, planes, W0, W1, W2, W3, plane % (G * C),
+                                h, w, in_mask, OH, OW, K0, K1, K2, K3, PAD0, PAD1, PAD2, PAD3,
+                                DIL0, DIL1, DIL2, DIL3, STRIDE, PAIRS, INDEX_64)
+        out = pair * planes + plane
+    tl.store(plane_pointer(DX, out, H * W, INDEX_64) + h * W + w, acc.to(DX.dtype.element_ty), mask=in_mask)
 
 
 @triton.jit
@@ -221,6 +309,56 @@ def depthwise_conv_forward(x, weight, stride: int, padding: int, dilation: int) 
         x, weight, y, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation, M=co // c,
         BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
     return y
+
+
+def depthwise_pairs_input_grad(grad: torch.Tensor, like: torch.Tensor, weights, geometry, sources=None,
+                               relu: bool = False) -> list:
+    """The input gradients of P ≤ 4 depthwise convs (one output per channel) of one shape and stride,
+    in one launch. grad: their output gradients, one [P, N, G·C, OH, OW] tensor; like: a tensor
+    shaped like their inputs [N, G·C, H, W] (any device: its shape is all that is read); weights:
+    conv p's [G·C, 1, K_p, K_p]; geometry: (stride, padding, dilation) per conv.
+    Returns the P input gradients, or with sources = ([h_0, h_1], counts) the input they all read
+    being relu(h_s) repeated (groups 0 … counts[0] - 1 read h_0, the rest h_1; relu: apply the
+    ReLU's mask), the gradient of each source h_s: Σ over its groups and the P convs, in fp32 before
+    one rounding (kernels/relu_repeat.py's backward, without the P gradients of the repeated input)."""
+    pairs = len(weights)
+    if not 1 <= pairs <= 4 or len(geometry) != pairs or grad.dim() != 5 or grad.shape[0] != pairs:
+        raise ValueError(f"depthwise_pairs_input_grad: 1..4 convs with a weight and a geometry each and their "
+                         f"gradients stacked [P, N, C, OH, OW]; got {pairs} weights, {len(geometry)} geometries, "
+                         f"gradient {tuple(grad.shape)}")
+    n, gc, h, w = like.shape
+    oh, ow = grad.shape[3:]
+    for wt, (stride, padding, dilation) in zip(weights, geometry):
+        k, *out = check_depthwise_args(torch.empty(like.shape, device="meta", dtype=grad.dtype), wt, stride, padding,
+                                       dilation)
+        if wt.shape[0] != gc or tuple(out) != (oh, ow) or stride != geometry[0][0] or grad.shape[1:3] != (n, gc):
+            raise ValueError(f"depthwise_pairs_input_grad: conv {tuple(wt.shape)} with stride {stride} does not "
+                             f"map {tuple(like.shape)} to the gradients' {tuple(grad.shape[1:])}")
+    grad = grad.contiguous()
+    weights = [wt.contiguous() for wt in weights]
+    ks = [wt.shape[2] for wt in weights] + [1] * (4 - pairs)
+    pads = [g[1] for g in geometry] + [0] * (4 - pairs)
+    dils = [g[2] for g in geometry] + [1] * (4 - pairs)
+    if sources is not None:
+        xs, counts = sources
+        c = xs[0].shape[1]
+        if sum(counts) * c != gc or len(xs) != len(counts) or any(x.shape != (n, c, h, w) for x in xs):
+            raise ValueError(f"depthwise_pairs_input_grad: sources {[tuple(x.shape) for x in xs]} read "
+                             f"{list(counts)} times do not make {tuple(like.shape)}")
+        dx = torch.empty((len(xs), n, c, h, w), device=grad.device, dtype=grad.dtype)
+        grid_planes, group0, groups, channels, x0, x1 = len(xs) * n * c, counts[0], gc // c, c, xs[0], xs[-1]
+    else:
+        dx = torch.empty((pairs, n, gc, h, w), device=grad.device, dtype=grad.dtype)
+        grid_planes, group0, groups, channels, x0, x1 = n * gc, 0, 1, gc, grad, grad
+    if dx.numel():
+        bh, bw = _blocks(h, w)
+        tiles_w = triton.cdiv(w, bw)
+        _dw_pairs_bwd_input_kernel[(grid_planes, triton.cdiv(h, bh) * tiles_w, 1 if sources is not None else pairs)](
+            grad, *weights, *[weights[-1]] * (4 - pairs), x0, x1, dx, n, channels, groups, group0, h, w, oh, ow,
+            tiles_w, *ks, *pads, *dils, STRIDE=geometry[0][0], PAIRS=pairs, SOURCES=sources is not None,
+            RELU=bool(relu), BLOCK_H=bh, BLOCK_W=bw, INDEX_64=max(grad.numel(), dx.numel()) > INT32_LIMIT,
+            num_warps=4)
+    return list(dx.unbind(0))
 
 
 def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation: int,

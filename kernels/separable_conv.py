@@ -36,18 +36,49 @@ runtime arguments, not constants: a search step runs ~26 geometries of these pai
 stride 1/2, with and without the ReLU, at three widths), and compiled as constants they were ~80
 specialisations of kernels that take seconds each to compile (a bare GPU machine compiles them on
 first use); this way one per channel/pixel block size, dtype and pass.
+Several pairs in one launch (``separable_pairs_*``, up to MAX_PAIRS): the pairs of one stage of an
+EdgeGroup's stacks (sep 3×3/5×5, dil 3×3/5×5: one input shape, one stride, one output size) differ
+only in their weights and geometry, so the grid's third axis picks the pair, each program its
+pair's pointers and (K, padding, dilation) (pack_geometry): one launch of each kernel per stage
+instead of one per pair. Their depthwise input gradients are one more launch
+(depthwise_conv.depthwise_pairs_input_grad), which with source inputs sums each source's edges and
+the pairs and applies the ReLU's mask: dL/dh_s written, no per-pair gradient of the repeated input.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from .batch_norm import BatchNormGrad
-from .depthwise_conv import INT32_LIMIT, check_depthwise_args, depthwise_conv_backward
-from .grid import plane_pointer
+from .depthwise_conv import INT32_LIMIT, check_depthwise_args, depthwise_conv_backward, depthwise_pairs_input_grad
+from .grid import pad_pointers, pick_pointer, plane_pointer
 
 MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
+MAX_PAIRS = 4  # pairs of one launch (a stage of the search's stacks: sep 3×3/5×5, dil 3×3/5×5)
+
+
+def pack_geometry(k: int, padding: int, dilation: int, bn_relu: bool = False) -> int:
+    """One runtime int per pair of a launch: its kernel size, padding, dilation and its folded
+    BatchNorm's ReLU (_pair_geometry unpacks it)."""
+    if not (0 < k < 256 and 0 <= padding < 256 and 0 < dilation < 256):
+        raise ValueError(f"separable_conv: kernel size {k}, padding {padding}, dilation {dilation} out of range")
+    return k | padding << 8 | dilation << 16 | int(bn_relu) << 24
+
+
+@triton.jit
+def _of_pair(pair, P0, P1, P2, P3, PAIRS: tl.constexpr):
+    """P_pair of a launch's PAIRS pointers (or scalars)."""
+    return pick_pointer(pair, P0, P1, P2, P3, P3, P3, P3, P3, PAIRS)
+
+
+@triton.jit
+def _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS: tl.constexpr):
+    """(K, PAD, DIL, BN_RELU) of pair `pair` (pack_geometry)."""
+    geo = _of_pair(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
+    return geo & 255, (geo >> 8) & 255, (geo >> 16) & 255, (geo >> 24) & 1
 
 
 @triton.jit
@@ -63,16 +94,20 @@ def _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT
 
 
 @triton.jit
-def _input_rows(X, X2, G0, n, g, G, C, cin, HW, SOURCES: tl.constexpr, INDEX_64: tl.constexpr):
-    """[BLOCK_C, 1] pointers to the planes of the input that group g of image n reads: x [N, G·C, H, W],
-    or with SOURCES the group's source node, [N, C, H, W] (X for the groups below G0, X2 for the
-    rest): the repeated input of ndarts.edge_groups.repeat_sources, read without being made."""
-    base = X
-    plane = (n * G + g) * C + cin
+def _input_rows(X0, X1, X2, X3, pair, G0, n, g, G, C, cin, HW, PAIRS: tl.constexpr, SOURCES: tl.constexpr,
+                INDEX_64: tl.constexpr):
+    """[BLOCK_C, 1] pointers to the planes of the input that group g of image n reads: pair `pair`'s
+    x [N, G·C, H, W] (X_pair), or with SOURCES the group's source node, [N, C, H, W] (X0 for the
+    groups below G0, X1 for the rest, whatever the pair): the repeated input of
+    ndarts.edge_groups.repeat_sources, read without being made."""
     if SOURCES:
+        base = X0
         plane = n * C + cin
         if g >= G0:
-            base = X2
+            base = X1
+    else:
+        base = _of_pair(pair, X0, X1, X2, X3, PAIRS)
+        plane = (n * G + g) * C + cin
     return plane_pointer(base, plane, HW, INDEX_64)[:, None]
 
 
@@ -106,38 +141,44 @@ def _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL
 
 # the geometry and the counts are not specialised on (Triton would compile a variant for each value 1
 # and each multiple of 16 among them); the image sizes are, for aligned loads and stores
-_GENERIC = ("G", "C", "CO", "K", "STRIDE", "PAD", "DIL", "RELU_INPUT")
+_GENERIC = ("G", "C", "CO", "STRIDE", "RELU_INPUT", "GEO0", "GEO1", "GEO2", "GEO3")
 
 
 @triton.jit(do_not_specialize=_GENERIC + ("G0",))
 def _sep_conv_fwd_kernel(
-    X, WDW, WPW, Z,  # input [N, G·C, H, W]; weights [G·C, 1, K, K], [G·CO, C, 1, 1]; output [N, G·CO, OH, OW]
-    X2, G0,  # with SOURCES: X, X2 the groups' two source nodes [N, C, H, W], X read by groups 0 … G0 - 1
-    MOM,  # with MOMENTS: fp32 [G·CO, N·blocks, 3], each program's (count, mean, M2) of z per channel
+    X0, X1, X2, X3,  # pair p's input X_p [N, G·C, H, W]; with SOURCES X0, X1: the groups' two source nodes
+    WDW0, WDW1, WDW2, WDW3, WPW0, WPW1, WPW2, WPW3,  # pair p's weights [G·C, 1, K, K], [G·CO, C, 1, 1]
+    Z,  # output [PAIRS, N, G·CO, OH, OW]
+    G0,  # with SOURCES: groups 0 … G0 - 1 read X0, the others X1 [N, C, H, W]
+    MOM,  # with MOMENTS: fp32 [PAIRS, G·CO, N·blocks, 3], each program's (count, mean, M2) of z per channel
     G, C, CO, H, W, OH, OW,
-    K, STRIDE, PAD, DIL, RELU_INPUT,  # runtime values: one compiled kernel for every geometry (module docstring)
-    MOMENTS: tl.constexpr, SOURCES: tl.constexpr,
+    GEO0, GEO1, GEO2, GEO3, STRIDE, RELU_INPUT,  # runtime values: one compiled kernel for every geometry (module docstring)
+    PAIRS: tl.constexpr, MOMENTS: tl.constexpr, SOURCES: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     ng = tl.program_id(0)  # image · G + group
     g = ng % G
+    pair = tl.program_id(2)
+    K, PAD, DIL, _ = _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < OH * OW
     oh = p // OW
     ow = p % OW
-    cin, c_ok, o, o_ok, taps, wp = _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C, BLOCK_O)
-    x_rows = _input_rows(X, X2, G0, ng // G, g, G, C, cin, H * W, SOURCES, INDEX_64)
+    cin, c_ok, o, o_ok, taps, wp = _group_weights(_of_pair(pair, WDW0, WDW1, WDW2, WDW3, PAIRS),
+                                                  _of_pair(pair, WPW0, WPW1, WPW2, WPW3, PAIRS),
+                                                  g, C, CO, K, BLOCK_C, BLOCK_O)
+    x_rows = _input_rows(X0, X1, X2, X3, pair, G0, ng // G, g, G, C, cin, H * W, PAIRS, SOURCES, INDEX_64)
     d, _ = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, 0.0, 0.0, 0,
                             BLOCK_C, BLOCK_P, TAP_SUMS=False)
     z = tl.dot(wp, d, input_precision="ieee").to(Z.dtype.element_ty)
-    z_rows = plane_pointer(Z, ng * CO + o, OH * OW, INDEX_64)[:, None]
+    z_rows = plane_pointer(Z, (pair * tl.num_programs(0) + ng) * CO + o, OH * OW, INDEX_64)[:, None]
     tl.store(z_rows + p[None, :], z, mask=o_ok[:, None] & p_ok[None, :])
     if MOMENTS:  # the BatchNorm's statistics of z as stored (kernels/batch_norm.py merges them)
         zf = tl.where(p_ok[None, :], z.to(tl.float32), 0.0)
         count = tl.sum(p_ok.to(tl.float32), axis=0)
         mean = tl.sum(zf, axis=1) / count
         dev = tl.where(p_ok[None, :], zf - mean[:, None], 0.0)
-        at = MOM + ((g * CO + o) * (tl.num_programs(0) // G * tl.num_programs(1))
+        at = MOM + (((pair * G + g) * CO + o) * (tl.num_programs(0) // G * tl.num_programs(1))
                     + (ng // G) * tl.num_programs(1) + tl.program_id(1)) * 3
         tl.store(at, tl.zeros_like(mean) + count, mask=o_ok)
         tl.store(at + 1, mean, mask=o_ok)
@@ -160,32 +201,45 @@ def _bn_coefficients(BN_SUMS, BN_RSTD, BN_S, bn_inv_count, ch, o_ok, S_CHUNK: tl
     return rstd, sum_g * bn_inv_count, sum_gy * bn_inv_count
 
 
-@triton.jit(do_not_specialize=_GENERIC + ("G0", "UNITS", "PER_PROGRAM", "S", "BN_S", "BN_RELU"))
+@triton.jit(do_not_specialize=_GENERIC + ("G0", "UNITS", "PER_PROGRAM", "S", "BN_S"))
 def _sep_conv_bwd_kernel(
-    X, WDW, WPW, GZ, GD,  # input, weights, z's gradient [N, G·CO, OH, OW], d's gradient [N, G·C, OH, OW] (out)
-    PART,  # fp32 partials [G, S, BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK]: the 1×1 weight's, then the depthwise one's
-    Y, BN_SUMS, BN_RSTD,  # with FOLD_BN: the BatchNorm's output [N, G·CO, OH, OW], Σg/Σg·y [G·CO, BN_S, 2], rstd
-    X2, G0,  # with SOURCES: as the forward's
+    X0, X1, X2, X3,  # inputs, as the forward's
+    WDW0, WDW1, WDW2, WDW3, WPW0, WPW1, WPW2, WPW3,  # weights, as the forward's
+    GZ0, GZ1, GZ2, GZ3,  # pair p's z gradient [N, G·CO, OH, OW]
+    GD,  # d's gradient [PAIRS, N, G·C, OH, OW] (out)
+    PART,  # fp32 partials [PAIRS, G, S, BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK]: the 1×1 weight's, then the depthwise one's
+    Y0, Y1, Y2, Y3,  # with FOLD_BN: pair p's BatchNorm output [N, G·CO, OH, OW]
+    SUMS0, SUMS1, SUMS2, SUMS3, RSTD0, RSTD1, RSTD2, RSTD3,  # its Σg/Σg·y [G·CO, BN_S, 2] and rstd [G·CO]
+    G0,  # with SOURCES: as the forward's
     G, C, CO, H, W, OH, OW,
     UNITS, PER_PROGRAM, S,  # (image, pixel block) units per group, per program, programs per group
-    K, STRIDE, PAD, DIL, RELU_INPUT,
-    BN_S, bn_inv_count, BN_RELU,  # the BatchNorm's partial sums per channel, 1 / (N·OH·OW), its ReLU
+    GEO0, GEO1, GEO2, GEO3, STRIDE, RELU_INPUT,  # the geometry (and the folded BatchNorm's ReLU) per pair
+    BN_S, bn_inv_count,  # the BatchNorms' partial sums per channel, 1 / (N·OH·OW)
     NEED_INPUT: tl.constexpr, NEED_WEIGHT: tl.constexpr,
     FOLD_BN: tl.constexpr,  # GZ is the gradient of a BatchNorm of z (of its ReLU): applied on load
-    SOURCES: tl.constexpr,
-    KK_BLOCK: tl.constexpr,  # power of two ≥ K·K
+    PAIRS: tl.constexpr, SOURCES: tl.constexpr,
+    KK_BLOCK: tl.constexpr,  # power of two ≥ every pair's K·K
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     g = tl.program_id(0)
     s = tl.program_id(1)
-    cin, c_ok, o, o_ok, taps, wp = _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C, BLOCK_O)
+    pair = tl.program_id(2)
+    K, PAD, DIL, BN_RELU = _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
+    GZ = _of_pair(pair, GZ0, GZ1, GZ2, GZ3, PAIRS)
+    cin, c_ok, o, o_ok, taps, wp = _group_weights(_of_pair(pair, WDW0, WDW1, WDW2, WDW3, PAIRS),
+                                                  _of_pair(pair, WPW0, WPW1, WPW2, WPW3, PAIRS),
+                                                  g, C, CO, K, BLOCK_C, BLOCK_O)
     if FOLD_BN:
-        bn_rstd, mean_g, mean_gy = _bn_coefficients(BN_SUMS, BN_RSTD, BN_S, bn_inv_count, g * CO + o, o_ok, 16)
+        Y = _of_pair(pair, Y0, Y1, Y2, Y3, PAIRS)
+        bn_rstd, mean_g, mean_gy = _bn_coefficients(_of_pair(pair, SUMS0, SUMS1, SUMS2, SUMS3, PAIRS),
+                                                    _of_pair(pair, RSTD0, RSTD1, RSTD2, RSTD3, PAIRS), BN_S,
+                                                    bn_inv_count, g * CO + o, o_ok, 16)
     wp_t = tl.trans(wp)  # [BLOCK_C, BLOCK_O]
     tap_col = tl.arange(0, KK_BLOCK)[None, :]
     acc_p = tl.zeros([BLOCK_O, BLOCK_C], dtype=tl.float32)  # Σ gz · dᵀ
     acc_d = tl.zeros([BLOCK_C, KK_BLOCK], dtype=tl.float32)  # Σ gd · window, per tap
     blocks = tl.cdiv(OH * OW, BLOCK_P)
+    images = UNITS // blocks
     u_end = tl.minimum((s + 1) * PER_PROGRAM, UNITS)
     for u in range(s * PER_PROGRAM, u_end):
         ng = (u // blocks) * G + g
@@ -202,36 +256,43 @@ def _sep_conv_bwd_kernel(
             gz = tl.where(z_ok, bn_rstd[:, None] * (gz - mean_g[:, None] - y * mean_gy[:, None]), 0.0)
         gd = tl.dot(wp_t, gz, input_precision="ieee")  # [BLOCK_C, BLOCK_P]
         if NEED_INPUT:
-            tl.store(plane_pointer(GD, ng * C + cin, OH * OW, INDEX_64)[:, None] + p[None, :],
+            tl.store(plane_pointer(GD, (pair * images * G + ng) * C + cin, OH * OW, INDEX_64)[:, None] + p[None, :],
                      gd.to(GD.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
         if NEED_WEIGHT:
             oh = p // OW
             ow = p % OW
-            x_rows = _input_rows(X, X2, G0, ng // G, g, G, C, cin, H * W, SOURCES, INDEX_64)
+            x_rows = _input_rows(X0, X1, X2, X3, pair, G0, ng // G, g, G, C, cin, H * W, PAIRS, SOURCES, INDEX_64)
             d, acc_d = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT,
                                         gd, acc_d, tap_col, BLOCK_C, BLOCK_P, TAP_SUMS=True)
             acc_p += tl.dot(gz, tl.trans(d), input_precision="ieee")
     if NEED_WEIGHT:
-        row = PART + (g * S + s) * (BLOCK_O * BLOCK_C + BLOCK_C * KK_BLOCK)
+        row = PART + ((pair * G + g) * S + s) * (BLOCK_O * BLOCK_C + BLOCK_C * KK_BLOCK)
         tl.store(row + tl.arange(0, BLOCK_O)[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :], acc_p)
         tl.store(row + BLOCK_O * BLOCK_C + tl.arange(0, BLOCK_C)[:, None] * KK_BLOCK + tap_col, acc_d)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("S", "G", "C", "CO", "GEO0", "GEO1", "GEO2", "GEO3"))
 def _sep_conv_reduce_kernel(
-    PART,  # fp32 [G, S, R] from _sep_conv_bwd_kernel, R = BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK
-    DPW, DDW,  # weight gradients [G·CO, C], [G·C, K·K], contiguous, in the weights' dtype
-    S, C, CO,
-    KK: tl.constexpr, KK_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
+    PART,  # fp32 [PAIRS, G, S, R] from _sep_conv_bwd_kernel, R = BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK
+    DPW0, DPW1, DPW2, DPW3,  # pair p's weight gradients [G·CO, C] and [G·C, K·K], contiguous, in the weights' dtype
+    DDW0, DDW1, DDW2, DDW3,
+    S, G, C, CO, GEO0, GEO1, GEO2, GEO3,
+    PAIRS: tl.constexpr, KK_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
     R_BLOCK: tl.constexpr, S_BLOCK: tl.constexpr,
 ):
-    g = tl.program_id(0)
+    pg = tl.program_id(0)  # pair · G + group
+    pair = pg // G
+    g = pg % G
+    K, _, _, _ = _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
+    KK = K * K
+    DPW = _of_pair(pair, DPW0, DPW1, DPW2, DPW3, PAIRS)
+    DDW = _of_pair(pair, DDW0, DDW1, DDW2, DDW3, PAIRS)
     r = tl.program_id(1) * R_BLOCK + tl.arange(0, R_BLOCK)  # a chunk of the row
     R = BLOCK_O * BLOCK_C + BLOCK_C * KK_BLOCK  # constexpr
     acc = tl.zeros([R_BLOCK], dtype=tl.float32)
     for s0 in range(0, S, S_BLOCK):  # a fixed order: deterministic
         sidx = s0 + tl.arange(0, S_BLOCK)[:, None]
-        part = tl.load(PART + (g * S + sidx) * R + r[None, :], mask=(sidx < S) & (r[None, :] < R), other=0.0)
+        part = tl.load(PART + (pg * S + sidx) * R + r[None, :], mask=(sidx < S) & (r[None, :] < R), other=0.0)
         acc += tl.sum(part, axis=0)
     # the 1×1 weight's [BLOCK_O, BLOCK_C] block, then the depthwise one's [BLOCK_C, KK_BLOCK]
     is_pw = r < BLOCK_O * BLOCK_C
@@ -285,10 +346,10 @@ def check_separable_args(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor
 
 
 def _input(x, counts):
-    """(X, X2, G0, like): the kernels' input pointers and a tensor shaped like the input they read,
-    [N, G·C, H, W] (a meta tensor for sources). x: that input; or, with counts, the list of (one or
-    two) source nodes [N, C, H, W], source s read by counts[s] consecutive groups, as if repeated
-    (ndarts.edge_groups.repeat_sources) but never made."""
+    """(X0, X1, G0, like): the input pointers a pair's kernels read and a tensor shaped like the
+    input they read, [N, G·C, H, W] (a meta tensor for sources). x: that input; or, with counts, the
+    list of (one or two) source nodes [N, C, H, W], source s read by counts[s] consecutive groups, as
+    if repeated (ndarts.edge_groups.repeat_sources) but never made."""
     if counts is None:
         x = x.contiguous()
         return x, x, 0, x
@@ -305,10 +366,86 @@ def _input(x, counts):
     return first.contiguous(), xs[-1].contiguous(), counts[0], like
 
 
+class _Launch(NamedTuple):
+    """What the kernels of one launch of P pairs take besides the gradients."""
+
+    xs: list  # X0 … X3: the pairs' inputs, or the two source nodes (then G0 > 0 or sources)
+    g0: int  # groups read from X0 with sources
+    like: torch.Tensor  # shaped like the input every pair reads, [N, G·C, H, W]
+    w_dws: list  # padded to MAX_PAIRS
+    w_pws: list
+    geos: list  # pack_geometry per pair, padded
+    sizes: tuple  # (groups, c, co, oh, ow)
+    stride: int
+    pairs: int
+    kk_block: int  # power of two ≥ every pair's K·K
+
+
+def _launch(xs, w_dws, w_pws, geometry, counts, bn_relus=None) -> _Launch:
+    """Checks P pairs of one launch: alike inputs (or one list of sources), outputs of one size, one
+    stride; geometry: (stride, padding, dilation) per pair."""
+    pairs = len(w_dws)
+    if not 1 <= pairs <= MAX_PAIRS or len(w_pws) != pairs or len(geometry) != pairs \
+            or (counts is None and len(xs) != pairs):
+        raise ValueError(f"separable_conv: 1..{MAX_PAIRS} pairs, each with an input (or shared sources), two "
+                         f"weights and a geometry; got {len(xs)} inputs, {len(w_dws)} + {len(w_pws)} weights, "
+                         f"{len(geometry)} geometries")
+    if counts is None:
+        inputs = [_input(x, None)[0] for x in xs]
+        like, g0 = inputs[0], 0
+    else:
+        x0, x1, g0, like = _input(xs, counts)
+        inputs = [x0, x1]
+    sizes = None
+    for i, (w_dw, w_pw, (stride, padding, dilation)) in enumerate(zip(w_dws, w_pws, geometry)):
+        x = inputs[i] if counts is None else like
+        if counts is None and (x.shape != like.shape or x.dtype != like.dtype or x.device != like.device):
+            raise ValueError(f"separable_conv: the pairs of one launch need alike inputs, got {tuple(x.shape)} "
+                             f"{x.dtype} beside {tuple(like.shape)} {like.dtype}")
+        got = check_separable_args(x, w_dw, w_pw, stride, padding, dilation)
+        if sizes is not None and (got != sizes or stride != geometry[0][0]):
+            raise ValueError(f"separable_conv: the pairs of one launch need one stride and outputs of one size, "
+                             f"got (groups, C, CO, OH, OW) {got} stride {stride} beside {sizes} stride {geometry[0][0]}")
+        sizes = got
+    ks = [w.shape[2] for w in w_dws]
+    relus = bn_relus or [False] * pairs
+    geos = [pack_geometry(k, p, d, r) for k, (_, p, d), r in zip(ks, geometry, relus)]
+    return _Launch(pad_pointers(inputs, MAX_PAIRS), g0, like, pad_pointers([w.contiguous() for w in w_dws], MAX_PAIRS),
+                   pad_pointers([w.contiguous() for w in w_pws], MAX_PAIRS), pad_pointers(geos, MAX_PAIRS), sizes,
+                   geometry[0][0], pairs, triton.next_power_of_2(max(k * k for k in ks)))
+
+
 # (elements of a [channels, pixels] tile, warps per program) on a GPU: the forward's, the backward's
 # (its five live tiles: smaller ones). Guesses until measured: test_bench_separable_conv.py times
 # other pairs beside them (its tile sweep) in the same GPU run.
 FORWARD_TILE, BACKWARD_TILE = (4096, 4), (2048, 4)
+
+
+def separable_pairs_forward(xs, w_dws, w_pws, geometry, relu_input: bool = False, moments: bool = False, counts=None,
+                            tile: tuple[int, int] | None = None):
+    """Up to MAX_PAIRS depthwise → 1×1 pairs of one stage in one launch: (the pairs' z, a list of
+    [N, G·CO, OH, OW] views of one buffer; with moments, their partial moments as
+    separable_conv_forward's, else None). xs: one input per pair (alike), or with counts the
+    source nodes every pair reads; geometry: (stride, padding, dilation) per pair (one stride);
+    relu_input: every pair reads relu(x)."""
+    launch = _launch(xs, w_dws, w_pws, geometry, counts)
+    groups, c, co, oh, ow = launch.sizes
+    n, _, h, w = launch.like.shape
+    x0 = launch.xs[0]
+    z = torch.empty((launch.pairs, n, groups * co, oh, ow), device=x0.device, dtype=x0.dtype)
+    bc, bo = _block(c), _block(co)
+    elems, warps = tile or FORWARD_TILE
+    bp = _pixel_block(oh * ow, max(bc, bo), elems)
+    blocks = triton.cdiv(oh * ow, bp)
+    mom = torch.empty((launch.pairs, groups * co, n * blocks, 3) if moments else (1,), device=x0.device,
+                      dtype=torch.float32)
+    if z.numel():
+        _sep_conv_fwd_kernel[(n * groups, blocks, launch.pairs)](
+            *launch.xs, *launch.w_dws, *launch.w_pws, z, launch.g0, mom, groups, c, co, h, w, oh, ow, *launch.geos,
+            launch.stride, int(relu_input), PAIRS=launch.pairs, MOMENTS=moments, SOURCES=counts is not None,
+            BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp, INDEX_64=max(launch.like.numel(), z.numel()) > INT32_LIMIT,
+            num_warps=warps)
+    return list(z.unbind(0)), list(mom.unbind(0)) if moments else None
 
 
 def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
@@ -319,22 +456,109 @@ def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tens
     moments: returns (z, partial moments): z's per-channel statistics as the kernel made them, fp32
     [G·CO, M, 3] (count, mean, M2 of each program's pixels), for batch_norms_forward(moments=…).
     counts: x is a list of source nodes, source s the input of counts[s] groups (``_input``)."""
-    x, x2, g0, like = _input(x, counts)
-    groups, c, co, oh, ow = check_separable_args(like, w_dw, w_pw, stride, padding, dilation)
-    w_dw, w_pw = w_dw.contiguous(), w_pw.contiguous()
-    n, _, h, w = like.shape
-    z = torch.empty((n, groups * co, oh, ow), device=x.device, dtype=x.dtype)
+    zs, moms = separable_pairs_forward(x if counts is not None else [x], [w_dw], [w_pw], [(stride, padding, dilation)],
+                                       relu_input, moments, counts, tile)
+    return (zs[0], moms[0]) if moments else zs[0]
+
+
+def _check_grads(grads, bns, launch):
+    groups, c, co, oh, ow = launch.sizes
+    n = launch.like.shape[0]
+    dtype = launch.xs[0].dtype
+    if len(grads) != launch.pairs or (bns is not None and len(bns) != launch.pairs):
+        raise ValueError(f"separable_conv: one output gradient (and fold) per pair, got {len(grads)} for "
+                         f"{launch.pairs} pairs")
+    for grad in grads:
+        if tuple(grad.shape) != (n, groups * co, oh, ow) or grad.dtype != dtype:
+            raise ValueError(f"separable_conv: the output gradient must be {(n, groups * co, oh, ow)} {dtype}, "
+                             f"got {tuple(grad.shape)} {grad.dtype}")
+    for bn, grad in zip(bns or (), grads):
+        if (bn.y.shape != grad.shape or bn.y.dtype != grad.dtype or not bn.y.is_contiguous()
+                or tuple(bn.sums.shape[::2]) != (groups * co, 2) or not bn.sums.is_contiguous()
+                or bn.rstd.shape != (groups * co,) or bn.sums.shape[1] != bns[0].sums.shape[1]
+                or bn.inv_count != bns[0].inv_count):
+            raise ValueError(f"separable_conv: the folded BatchNorm's output must be a contiguous "
+                             f"{tuple(grad.shape)} {grad.dtype} with statistics for {groups * co} channels (as many "
+                             f"partial sums as the launch's other folds), got {tuple(bn.y.shape)} {bn.y.dtype}, "
+                             f"sums {tuple(bn.sums.shape)}, rstd {tuple(bn.rstd.shape)}")
+
+
+def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight, relu_input, bns, counts, tile):
+    """(launch, d's gradient [P, N, G·C, OH, OW] or None, the pairs' d_dw, the pairs' d_pw (None
+    without need_weight)): the pairs' backward kernel and the weight gradients' reduce."""
+    from . import INTERPRETED
+
+    launch = _launch(xs, w_dws, w_pws, geometry, counts, [bn.relu for bn in bns] if bns else None)
+    _check_grads(grads, bns, launch)
+    groups, c, co, oh, ow = launch.sizes
+    n, _, h, w = launch.like.shape
+    pairs, x0 = launch.pairs, launch.xs[0]
+    grads = [g.contiguous() for g in grads]
     bc, bo = _block(c), _block(co)
-    elems, warps = tile or FORWARD_TILE
+    # five [channels, pixels] tiles live at once (gz, gd, d, a window, a product): fewer pixels than the forward's
+    elems, warps = tile or BACKWARD_TILE
     bp = _pixel_block(oh * ow, max(bc, bo), elems)
-    blocks = triton.cdiv(oh * ow, bp)
-    mom = torch.empty((groups * co, n * blocks, 3) if moments else (1,), device=x.device, dtype=torch.float32)
-    if z.numel():
-        _sep_conv_fwd_kernel[(n * groups, blocks)](
-            x, w_dw, w_pw, z, x2, g0, mom, groups, c, co, h, w, oh, ow, w_dw.shape[2], stride, padding, dilation,
-            int(relu_input), MOMENTS=moments, SOURCES=counts is not None, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
-            INDEX_64=max(like.numel(), z.numel()) > INT32_LIMIT, num_warps=warps)
-    return (z, mom) if moments else z
+    units = n * triton.cdiv(oh * ow, bp)
+    if INTERPRETED or not x0.is_cuda:
+        splits = min(units, 2)  # the reduce of several partials runs in the tests too
+    else:
+        sm = torch.cuda.get_device_properties(x0.device).multi_processor_count
+        splits = min(units, triton.cdiv(4 * sm, groups * pairs))
+    splits = max(splits, 1)
+    per_program = triton.cdiv(max(units, 1), splits)
+    splits = triton.cdiv(max(units, 1), per_program)
+    gd = torch.empty((pairs, n, groups * c, oh, ow), device=x0.device, dtype=x0.dtype) if need_input else None
+    kk_block = launch.kk_block
+    row = bo * bc + bc * kk_block
+    part = torch.empty((pairs, groups, splits, row) if need_weight else (1,), device=x0.device, dtype=torch.float32)
+    if bns:
+        fold = (*pad_pointers([bn.y for bn in bns], MAX_PAIRS), *pad_pointers([bn.sums for bn in bns], MAX_PAIRS),
+                *pad_pointers([bn.rstd for bn in bns], MAX_PAIRS))
+        bn_args = (bns[0].sums.shape[1], bns[0].inv_count)
+    else:
+        fold, bn_args = (grads[0],) * MAX_PAIRS + (part,) * (2 * MAX_PAIRS), (0, 0.0)  # stand-ins, never read
+    if units and (need_input or need_weight):
+        _sep_conv_bwd_kernel[(groups, splits, pairs)](
+            *launch.xs, *launch.w_dws, *launch.w_pws, *pad_pointers(grads, MAX_PAIRS),
+            gd if gd is not None else grads[0], part, *fold, launch.g0, groups, c, co, h, w, oh, ow, units,
+            per_program, splits, *launch.geos, launch.stride, int(relu_input), *bn_args, NEED_INPUT=need_input,
+            NEED_WEIGHT=need_weight, FOLD_BN=bool(bns), PAIRS=pairs, SOURCES=counts is not None, KK_BLOCK=kk_block,
+            BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
+            INDEX_64=max(launch.like.numel(), grads[0].numel(), gd.numel() if gd is not None else 0) > INT32_LIMIT,
+            num_warps=warps)
+    elif gd is not None:  # no image: nothing flows back
+        gd.zero_()
+    if not need_weight:
+        return launch, gd, None, None
+    d_pws = [torch.empty_like(w_pw, memory_format=torch.contiguous_format) for w_pw in w_pws]
+    d_dws = [torch.empty_like(w_dw, memory_format=torch.contiguous_format) for w_dw in w_dws]
+    if not units:
+        return launch, gd, [d.zero_() for d in d_dws], [d.zero_() for d in d_pws]
+    r_block = min(1024, triton.next_power_of_2(row))
+    _sep_conv_reduce_kernel[(pairs * groups, triton.cdiv(row, r_block))](
+        part, *pad_pointers(d_pws, MAX_PAIRS), *pad_pointers(d_dws, MAX_PAIRS), splits, groups, c, co, *launch.geos,
+        PAIRS=pairs, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, R_BLOCK=r_block,
+        S_BLOCK=min(16, max(2, triton.next_power_of_2(splits))), num_warps=4)
+    return launch, gd, d_dws, d_pws
+
+
+def separable_pairs_backward(grads, xs, w_dws, w_pws, geometry, need_input: bool = True, need_weight: bool = True,
+                             relu_input: bool = False, bns=None, counts=None, tile: tuple[int, int] | None = None):
+    """(dxs or None, the pairs' dL/dw_dw or None, the pairs' dL/dw_pw or None) of
+    separable_pairs_forward, in three launches (the pairs' kernel, the weight gradients' reduce, the
+    depthwise input gradients). bns: a BatchNormGrad per pair (every pair folded) or None.
+    dxs: per pair dL/dr (r its input, relu(x) with relu_input: the caller masks); with counts, per
+    source node h_s the gradient Σ over its edges and the pairs, the ReLU's mask applied with
+    relu_input: dL/dh_s of the repeated relu(h_s) the pairs read, in one kernel with the pairs'
+    depthwise input gradients (no per-pair gradient of the repeated input is written)."""
+    launch, gd, d_dws, d_pws = _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight,
+                                                 relu_input, bns, counts, tile)
+    dxs = None
+    if need_input:
+        sources = ([x.contiguous() for x in xs], list(counts)) if counts is not None else None
+        dxs = depthwise_pairs_input_grad(gd, launch.like, w_dws, geometry, sources=sources,
+                                         relu=relu_input and counts is not None)
+    return dxs, d_dws, d_pws
 
 
 def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int,
@@ -349,57 +573,13 @@ def separable_conv_backward(grad: torch.Tensor, x: torch.Tensor, w_dw: torch.Ten
     as it reads grad (z's gradient never written). counts: x is a list of source nodes, as the
     forward's; dL/dr is then the gradient of the repeated input the groups read, [N, G·C, H, W]
     (kernels/relu_repeat.py's backward sums it per source)."""
-    from . import INTERPRETED
-
-    x, x2, g0, like = _input(x, counts)
-    groups, c, co, oh, ow = check_separable_args(like, w_dw, w_pw, stride, padding, dilation)
-    n, _, h, w = like.shape
-    if tuple(grad.shape) != (n, groups * co, oh, ow) or grad.dtype != x.dtype:
-        raise ValueError(f"separable_conv: the output gradient must be {(n, groups * co, oh, ow)} {x.dtype}, "
-                         f"got {tuple(grad.shape)} {grad.dtype}")
-    if bn is not None and (bn.y.shape != grad.shape or bn.y.dtype != grad.dtype or not bn.y.is_contiguous()
-                           or tuple(bn.sums.shape[::2]) != (groups * co, 2) or not bn.sums.is_contiguous()
-                           or bn.rstd.shape != (groups * co,)):
-        raise ValueError(f"separable_conv: the folded BatchNorm's output must be a contiguous "
-                         f"{tuple(grad.shape)} {grad.dtype} with statistics for {groups * co} channels, got "
-                         f"{tuple(bn.y.shape)} {bn.y.dtype}, sums {tuple(bn.sums.shape)}, rstd {tuple(bn.rstd.shape)}")
     if not (need_input or need_weight):
+        _launch(x if counts is not None else [x], [w_dw], [w_pw], [(stride, padding, dilation)], counts)  # checks
         return None, None, None
-    grad, w_dw, w_pw = grad.contiguous(), w_dw.contiguous(), w_pw.contiguous()
-    k = w_dw.shape[2]
-    kk_block = triton.next_power_of_2(k * k)
-    bc, bo = _block(c), _block(co)
-    # five [channels, pixels] tiles live at once (gz, gd, d, a window, a product): fewer pixels than the forward's
-    elems, warps = tile or BACKWARD_TILE
-    bp = _pixel_block(oh * ow, max(bc, bo), elems)
-    units = n * triton.cdiv(oh * ow, bp)
-    if not units:  # no image: nothing flows back
-        zeros = [torch.zeros(t.shape, device=grad.device, dtype=t.dtype) for t in (like, w_dw, w_pw)]
-        return zeros[0] if need_input else None, *(zeros[1:] if need_weight else (None, None))
-    if INTERPRETED or not x.is_cuda:
-        splits = min(units, 2)  # the reduce of several partials runs in the tests too
-    else:
-        splits = min(units, triton.cdiv(4 * torch.cuda.get_device_properties(x.device).multi_processor_count, groups))
-    per_program = triton.cdiv(units, splits)
-    splits = triton.cdiv(units, per_program)
-    gd = torch.empty((n, groups * c, oh, ow), device=x.device, dtype=x.dtype) if need_input else grad
-    row = bo * bc + bc * kk_block
-    part = torch.empty((groups, splits, row) if need_weight else (1,), device=x.device, dtype=torch.float32)
-    fold = (bn.y, bn.sums, bn.rstd) if bn is not None else (grad, part, part)  # else stand-ins, never read
-    bn_args = (bn.sums.shape[1], bn.inv_count, int(bn.relu)) if bn is not None else (0, 0.0, 0)
-    _sep_conv_bwd_kernel[(groups, splits)](
-        x, w_dw, w_pw, grad, gd, part, *fold, x2, g0, groups, c, co, h, w, oh, ow, units, per_program, splits,
-        k, stride, padding, dilation, int(relu_input), *bn_args, NEED_INPUT=need_input, NEED_WEIGHT=need_weight,
-        FOLD_BN=bn is not None, SOURCES=counts is not None, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
-        INDEX_64=max(like.numel(), grad.numel(), gd.numel()) > INT32_LIMIT, num_warps=warps)
-    dx = d_dw = d_pw = None
+    launch, gd, d_dws, d_pws = _backward_kernels([grad], x if counts is not None else [x], [w_dw], [w_pw],
+                                                 [(stride, padding, dilation)], need_input, need_weight, relu_input,
+                                                 [bn] if bn is not None else None, counts, tile)
+    dx = None
     if need_input:  # the depthwise input gradient reads gd and the weights only (like: the input's shape)
-        dx = depthwise_conv_backward(gd, like, w_dw, stride, padding, dilation, need_weight=False)[0]
-    if need_weight:
-        d_pw = torch.empty_like(w_pw, memory_format=torch.contiguous_format)
-        d_dw = torch.empty_like(w_dw, memory_format=torch.contiguous_format)
-        r_block = min(1024, triton.next_power_of_2(row))
-        _sep_conv_reduce_kernel[(groups, triton.cdiv(row, r_block))](
-            part, d_pw, d_dw, splits, c, co, KK=k * k, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, R_BLOCK=r_block,
-            S_BLOCK=min(16, max(2, triton.next_power_of_2(splits))), num_warps=4)
-    return dx, d_dw, d_pw
+        dx = depthwise_conv_backward(gd[0], launch.like, w_dw, stride, padding, dilation, need_weight=False)[0]
+    return (dx, d_dws[0], d_pws[0]) if need_weight else (dx, None, None)

@@ -23,8 +23,13 @@ because its one consumer is stage 2's pair, which gives back the gradient of its
 Where the group's source nodes' ReLU is read by nothing else (GroupRun's relu_fused), the first
 stage takes the sources h_s before their ReLU and its kernels read relu(h_s) repeated per edge
 straight from them: the repeated input is never written, read back or kept for the backward (h_s is
-kept anyway), and the backward sums the pairs' input gradients per source with the ReLU's mask in
-one relu_repeat kernel, as the separate relu + repeat Function did.
+kept anyway), and the backward's depthwise input-gradient kernel sums the pairs' gradients over each
+source's edges with the ReLU's mask (what relu_repeat's backward does for the separate relu +
+repeat Function), writing dL/dh_s only.
+
+A stage's pairs (up to MAX_PAIRS: sep 3×3/5×5, dil 3×3/5×5 in DARTS' space) run as one launch of
+each kernel (ndarts_kernels.separable_pairs_*): the forward, the backward, its weight gradients'
+reduce and the depthwise input gradient, 4 launches per stage and pass instead of 4 per pair.
 
 The same math as the separate Functions (tests/test_separable_stage.py); the gradient of a folded
 BatchNorm is made in fp32 from the upstream gradient instead of being rounded to the activations'
@@ -73,14 +78,13 @@ class _SeparableStage(torch.autograd.Function):
         *tensors, spec = args
         count, bns = len(spec.pairs), spec.bns
         inputs = len(spec.counts) if spec.counts is not None else count
-        xs = tensors[:inputs] if spec.counts is None else [list(tensors[:inputs])] * count
+        xs = tensors[:inputs]
         w_dws, w_pws = tensors[inputs:inputs + 2 * count:2], tensors[inputs + 1:inputs + 2 * count:2]
         extras = tensors[inputs + 2 * count:]
-        # each pair's kernel makes its BatchNorm's statistics as it writes z: the BatchNorm reads z once
-        zs, moments = zip(*(ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, p.stride, p.padding, p.dilation,
-                                                                  relu_input=p.relu_input, moments=True,
-                                                                  counts=spec.counts)
-                            for x, w_dw, w_pw, p in zip(xs, w_dws, w_pws, spec.pairs)))
+        # the pairs in one launch, each making its BatchNorm's statistics as it writes z: the BatchNorm reads z once
+        zs, moments = ndarts_kernels.separable_pairs_forward(
+            list(xs), w_dws, w_pws, _geometry(spec),
+            relu_input=spec.pairs[0].relu_input, moments=True, counts=spec.counts)
         ys, _, rstd = ndarts_kernels.batch_norms_forward(
             list(zs) + list(extras), [bn.running_mean for bn in bns], [bn.running_var for bn in bns],
             [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps,
@@ -97,26 +101,23 @@ class _SeparableStage(torch.autograd.Function):
 
         spec, inputs, count = ctx.spec, ctx.inputs, len(ctx.spec.pairs)
         rstd, *saved = ctx.saved_tensors
-        sources = spec.counts is not None
-        xs = saved[:inputs] if not sources else [list(saved[:inputs])] * count
+        xs = list(saved[:inputs])
         w_dws, w_pws = saved[inputs:inputs + 2 * count:2], saved[inputs + 1:inputs + 2 * count:2]
         ys = saved[inputs + 2 * count:]
         extras = len(ys) - count
         used = grads_used(ctx, inputs + 2 * count + extras)
         folds = ndarts_kernels.batch_norms_backward(list(grads), ys, rstd, relu=list(spec.deferred) + [False] * extras,
                                                     fold=[True] * count + [False] * extras)
-        dxs, dws = [], []
-        for i, (p, x, w_dw, w_pw) in enumerate(zip(spec.pairs, xs, w_dws, w_pws)):
-            need_x = any(used[:inputs]) if sources else used[i]
-            need_dw, need_pw = used[inputs + 2 * i:inputs + 2 * i + 2]
-            dx, d_dw, d_pw = ndarts_kernels.separable_conv_backward(
-                grads[i], x, w_dw, w_pw, p.stride, p.padding, p.dilation, need_input=need_x,
-                need_weight=need_dw or need_pw, relu_input=p.relu_input, bn=folds[i], counts=spec.counts)
-            dxs.append(dx)
-            dws += [d_dw if need_dw else None, d_pw if need_pw else None]
-        if sources:  # the pairs' gradients of the repeated relu(h): summed per source, the ReLU's mask applied
-            dxs = ndarts_kernels.relu_repeat_backward(dxs, list(saved[:inputs]), list(spec.counts)) \
-                if any(used[:inputs]) else [None] * inputs
+        need_w = used[inputs:inputs + 2 * count]
+        # the pairs in one launch each way; with sources, the gradient of each source h_s itself (Σ over
+        # its edges and the pairs, the ReLU's mask applied) from the depthwise input-gradient kernel
+        dxs, d_dws, d_pws = ndarts_kernels.separable_pairs_backward(
+            list(grads[:count]), xs, list(w_dws), list(w_pws), _geometry(spec), need_input=any(used[:inputs]),
+            need_weight=any(need_w), relu_input=spec.pairs[0].relu_input, bns=list(folds[:count]),
+            counts=spec.counts)
+        dxs = [dx if use else None for dx, use in zip(dxs, used[:inputs])] if dxs is not None else [None] * inputs
+        dws = [None] * (2 * count) if d_dws is None else [
+            d if use else None for d, use in zip((d for pair in zip(d_dws, d_pws) for d in pair), need_w)]
         return (*dxs, *dws, *folds[count:], None)
 
 
@@ -124,17 +125,18 @@ def stage_fits(inputs, stacks, extras=(), counts=None) -> bool:
     """Whether EdgeGroup can run its stacks' stages here (fused_conv_stages): every stack asks for
     the fused pairs and each of its pairs runs them (ndarts.separable_conv.use_separable), and
     every BatchNorm of the stages (the extras' too) runs the BatchNorm kernels with one momentum,
-    eps and buffer dtype, on inputs alike the stage's outputs. inputs: the first stage's, as
-    fused_conv_stages takes them; with counts, alike contiguous source nodes, at most
-    relu_repeat's MAX_REPEATS edges each and MAX_GRADS stacks (its backward sums their gradients)."""
-    from ndarts_kernels.relu_repeat import MAX_GRADS, MAX_REPEATS
+    eps and buffer dtype, on inputs alike the stage's outputs; at most MAX_PAIRS stacks, of one
+    stride (their pairs share a launch). inputs: the first stage's, as fused_conv_stages takes
+    them; with counts, one or two alike contiguous source nodes."""
+    from ndarts_kernels.separable_conv import MAX_PAIRS
 
     from .separable_conv import use_separable
 
     r = like = inputs[0]
+    if not 1 <= len(stacks) <= MAX_PAIRS or len({_square(s.dw1.stride) for s in stacks}) > 1:
+        return False
     if counts is not None:
-        if (len(stacks) > MAX_GRADS or len(counts) != len(inputs) or not 1 <= len(counts) <= 2
-                or max(counts) > MAX_REPEATS
+        if (len(counts) != len(inputs) or not 1 <= len(counts) <= 2
                 or not all(x.shape == r.shape and x.dtype == r.dtype and x.is_contiguous() for x in inputs)):
             return False
         like = torch.empty((r.shape[0], sum(counts) * r.shape[1], *r.shape[2:]), device="meta", dtype=r.dtype)
@@ -147,6 +149,11 @@ def stage_fits(inputs, stacks, extras=(), counts=None) -> bool:
             and all(_conv_output_size(r, s.dw1) == out_hw for s in stacks)
             and all(x.shape[0] == r.shape[0] and tuple(x.shape[2:]) == out_hw and x.dtype == r.dtype
                     and x.device == r.device and x.shape[1] == bn.num_features for x, bn in extras))
+
+
+def _geometry(spec: Spec) -> list:
+    """(stride, padding, dilation) of each pair of a stage."""
+    return [(p.stride, p.padding, p.dilation) for p in spec.pairs]
 
 
 def _conv_output_size(r: torch.Tensor, conv: nn.Conv2d) -> tuple[int, int]:

@@ -130,6 +130,25 @@ def _workload() -> None:
     for need_weight in (True, False):
         K.separable_conv_backward(z, hs, w_dw, w_pw, 1, 1, 1, need_weight=need_weight, relu_input=True, bn=fold,
                                   counts=(2, 2))
+    # a stage's pairs in one launch (ndarts.separable_stage: the search step's): the first stage of four
+    # pairs reading two source nodes, the second of two pairs reading relu(y); moments forward, BatchNorms
+    # folded (each with its own ReLU) and the input gradients summed per source, or per pair
+    for dtype in (torch.float32, torch.bfloat16):
+        for pairs, counts, stride in ((4, (2, 2), 1), (4, (1,), 2), (2, None, 1)):
+            geometry = [(stride, p, d) for p, d in ((1, 1), (2, 1), (2, 2), (4, 2))[:pairs]]
+            g, c = sum(counts or (2,)), 16
+            xs = [torch.randn(2, c, 8, 8).to(dtype) for _ in counts] if counts else \
+                [torch.randn(2, g * c, 8, 8).to(dtype) for _ in range(pairs)]
+            w_dws = [torch.randn(g * c, 1, k, k).to(dtype) for k in (3, 5, 3, 5)[:pairs]]
+            w_pws = [torch.randn(g * c, c, 1, 1).to(dtype) for _ in range(pairs)]
+            zs, moments = K.separable_pairs_forward(xs, w_dws, w_pws, geometry, relu_input=True, moments=True,
+                                                    counts=counts)
+            ys, _, rstd = K.batch_norms_forward(zs, None, None, None, 0.1, 1e-5, moments=moments)
+            folds = K.batch_norms_backward(zs, ys, rstd, relu=[i % 2 == 0 for i in range(pairs)],
+                                           fold=[True] * pairs)
+            for need_weight in (True, False):
+                K.separable_pairs_backward(zs, xs, w_dws, w_pws, geometry, need_weight=need_weight, relu_input=True,
+                                           bns=folds, counts=counts)
     _huge_workload()
     # the default sums each conv group's edges in one op (group_sums auto); False: a fused sum per edge
     levers = [dict(), dict(group_sums=False), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16),
@@ -176,6 +195,11 @@ def _huge_workload() -> None:
     ys, _, rstd = K.batch_norms_forward([out], None, None, None, 0.1, 1e-5, moments=[moments])
     fold = K.batch_norms_backward([out], ys, rstd, fold=[True])[0]
     K.separable_conv_backward(out, ops[0], dw, pw, 1, 1, 1, bn=fold)
+    # a stage's two pairs in one launch reading a source node (4 groups of it): the per-source input gradient
+    dws, pws = [torch.empty(4 * 64, 1, k, k, device=meta) for k in (3, 5)], [torch.empty(4 * 64, 64, 1, 1, device=meta)] * 2
+    outs, _ = K.separable_pairs_forward(ops[:1], dws, pws, [(1, 1, 1), (1, 2, 1)], relu_input=True, counts=(4,))
+    K.separable_pairs_backward(outs, ops[:1], dws, pws, [(1, 1, 1), (1, 2, 1)], relu_input=True, counts=(4,))
+    K.separable_pairs_backward([out, out], [ops[0]] * 2, [dw, dw], [pw, pw], [(1, 1, 1), (1, 2, 2)])
     grouped = [torch.empty(big[0], 2 * 64, 32, 32, device=meta)]
     gw = torch.empty(2, 2, device=meta)
     K.tensor_sum(ops)

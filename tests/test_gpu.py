@@ -328,6 +328,25 @@ def test_cuda_folded_batch_norm_matches_float64(dtype, tol, shape, relu):
     check_folded_against_float64(shape, dtype, tol, relu, "cuda")
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("stride,shape", [(1, (64, 5, 16, 16, 32, 32)), (2, (64, 4, 32, 32, 16, 16)),
+                                          (1, (3, 2, 5, 3, 13, 11))])
+def test_cuda_pairs_in_one_launch_equal_each_pair_alone(dtype, tol, stride, shape):
+    """A stage's four pairs (sep/dil 3×3/5×5) in one launch each way (ndarts.separable_stage) at the
+    step's widths and on odd sizes: z, moments and input gradients bitwise as each pair alone."""
+    from test_separable_pairs import check_pairs_in_one_launch
+
+    check_pairs_in_one_launch(dtype, tol, stride, shape, "cuda")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("counts,shape", [((2, 2), (64, 16, 32, 32)), ((3,), (5, 7, 9, 11))])
+def test_cuda_source_gradients_summed_over_edges_and_pairs(dtype, tol, counts, shape):
+    from test_separable_pairs import check_source_gradients
+
+    check_source_gradients(dtype, tol, counts, shape, "cuda")
+
+
 def test_edge_streams_equal_one_stream():
     """Edges on side streams: the same outputs, gradients and BatchNorm statistics as on one
     stream, with noise (same draws in the same order), eagerly, repeated to shake out races."""

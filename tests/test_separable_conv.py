@@ -195,14 +195,19 @@ def test_search_network_with_separable_conv_equals_without(fresh_seed, batch_nor
     for m in stacks:
         m.backend = "triton"  # on the torch backend too: only the pairs on the kernels
     with mock.patch.object(ndarts_kernels, "separable_conv_backward",
-                           wraps=ndarts_kernels.separable_conv_backward) as bwd:
+                           wraps=ndarts_kernels.separable_conv_backward) as bwd, \
+            mock.patch.object(ndarts_kernels, "separable_pairs_backward",
+                              wraps=ndarts_kernels.separable_pairs_backward) as stage_bwd:
         assert_same_forward_backward((ref, tri), torch.randn(3, 2, 9, 9), out_tol=(1e-5, 1e-4),
                                      grad_tol=(2e-5, 2e-4), buffer_tol=(1e-6, 1e-5))
     pairs = sum(m.repeats for m in stacks)  # sep: two pairs, dil: one
-    assert bwd.call_count == pairs
-    relu_kept = [c.kwargs["relu_input"] for c in bwd.call_args_list]
+    # (pairs, relu_input) per launch: one per pair, or (fused stages) one per stage
+    launches = [(1, c.kwargs["relu_input"]) for c in bwd.call_args_list]
+    launches += [(len(c.args[0]), c.kwargs["relu_input"]) for c in stage_bwd.call_args_list]
+    assert sum(count for count, _ in launches) == pairs
+    assert len(launches) == (2 * 2 if batch_norm_kernels else pairs)  # two groups, two stages each
     # the two sep convs' second pairs, and (fused stages) node 0's group's two first pairs reading its source
-    assert relu_kept.count(True) == (4 if batch_norm_kernels else 0)
+    assert sum(count for count, relu in launches if relu) == (4 if batch_norm_kernels else 0)
 
 
 @pytest.mark.parametrize("counts", [(3,), (2, 1)], ids=["one_source", "two_sources"])

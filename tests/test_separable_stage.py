@@ -157,17 +157,18 @@ def test_search_network_with_fused_stages_equals_without(fresh_seed, primitives)
     stacks = [m for m in tri.modules() if isinstance(m, GroupedConvStack)]
     with mock.patch.object(ndarts_kernels, "batch_norms_backward", wraps=ndarts_kernels.batch_norms_backward) as bwd, \
             mock.patch.object(ndarts_kernels, "batch_norms_forward", wraps=ndarts_kernels.batch_norms_forward) as fwd, \
-            mock.patch.object(ndarts_kernels, "separable_conv_forward",
-                              wraps=ndarts_kernels.separable_conv_forward) as sep_fwd, \
+            mock.patch.object(ndarts_kernels, "separable_pairs_forward",
+                              wraps=ndarts_kernels.separable_pairs_forward) as sep_fwd, \
             mock.patch.object(ndarts_kernels, "relu_repeat_forward", wraps=ndarts_kernels.relu_repeat_forward) as rep, \
-            mock.patch.object(ndarts_kernels, "separable_conv_backward",
-                              wraps=ndarts_kernels.separable_conv_backward) as sep:
+            mock.patch.object(ndarts_kernels, "separable_pairs_backward",
+                              wraps=ndarts_kernels.separable_pairs_backward) as sep:
         assert_same_forward_backward((ref, tri), torch.randn(3, 2, 7, 7), out_tol=(1e-5, 1e-4),
                                      grad_tol=(2e-5, 2e-4), buffer_tol=(1e-6, 1e-5))
     read = sorted(c.kwargs["counts"] for c in sep_fwd.call_args_list if c.kwargs["counts"] is not None)
     skip = "skip_connect" in primitives
-    # per stack of a group read from its sources: the node-0 group (one source, one edge), and the inputs' (2 + 2)
-    assert read == [(1,)] * 2 + ([] if skip else [(2, 2)] * 2)
+    # per first stage (both stacks' pairs in one launch) read from its sources: the node-0 group (one
+    # source, one edge), and the inputs' (2 + 2)
+    assert read == [(1,)] + ([] if skip else [(2, 2)])
     # relu + repeat launches (one per group whose sources' relu nothing else reads): all the reference's
     assert rep.call_count == (1 if skip else 2)
     folds = [c.kwargs["fold"] for c in bwd.call_args_list if c.kwargs.get("fold")]
@@ -183,7 +184,9 @@ def test_search_network_with_fused_stages_equals_without(fresh_seed, primitives)
     assert all(not any(c.kwargs.get("relu") or []) for c in staged)
     assert sorted(sum(m is None for m in c.kwargs["moments"]) for c in staged) == sorted(
         [0] * groups + [2 * len(s) for s in sources])  # the pools' statistics from the BatchNorm kernel
-    assert sep.call_count == 3 * groups and all(c.kwargs["bn"] is not None for c in sep.call_args_list)
+    # one launch per stage: the sep and dil convs' first pairs, the sep conv's second, BatchNorms folded
+    assert sorted(len(c.args[0]) for c in sep.call_args_list) == [1] * groups + [2] * groups
+    assert all(len(c.kwargs["bns"]) == len(c.args[0]) for c in sep.call_args_list)
     # the ReLU read in: the sep convs' second pairs, and the first pairs that read their sources
     assert [c.kwargs["relu_input"] for c in sep.call_args_list].count(True) == groups + len(read)
 
@@ -193,8 +196,8 @@ def test_a_weight_gradient_is_computed_only_when_the_pass_uses_it(fresh_seed):
     gradient of the first stage (relu(h) of the inputs does not require grad)."""
     net = _network(["skip_connect", "sep_conv_3x3"], fused_separable_conv=True)
     x = torch.randn(2, 2, 5, 5)
-    with mock.patch.object(ndarts_kernels, "separable_conv_backward",
-                           wraps=ndarts_kernels.separable_conv_backward) as sep:
+    with mock.patch.object(ndarts_kernels, "separable_pairs_backward",
+                           wraps=ndarts_kernels.separable_pairs_backward) as sep:
         torch.autograd.grad(net(x).logsumexp(1).sum(), net.arch_parameters(), allow_unused=True)
         assert sep.call_count and not any(c.kwargs["need_weight"] for c in sep.call_args_list)
         sep.reset_mock()
