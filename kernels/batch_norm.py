@@ -130,6 +130,7 @@ def _bn_apply_kernel(
     R0, R1, R2, R3, R4, R5, R6, R7,  # relu(y), written for the tensors whose RELU bit is set
     PART0, PART1, PART2, PART3, PART4, PART5, PART6, PART7,  # fp32 [C_t, M_t, 3]: tensor t's partial moments
     SAVE_RSTD,  # fp32 [ΣC_t]: rstd, for the backward
+    SAVE_MEAN,  # fp32 [ΣC_t]: the mean, where SAVE_MEAN_ON (for consumers that normalise on load)
     RM0, RM1, RM2, RM3, RM4, RM5, RM6, RM7,  # running mean [C_t] of each tensor, updated in place
     RV0, RV1, RV2, RV3, RV4, RV5, RV6, RV7,  # running var [C_t]
     NB0, NB1, NB2, NB3, NB4, NB5, NB6, NB7,  # int64 [1] num_batches_tracked of each tensor, incremented once
@@ -138,6 +139,8 @@ def _bn_apply_kernel(
     eps, momentum,
     T: tl.constexpr,
     RELU: tl.constexpr,  # bit t set: tensor t's BatchNorm is followed by a ReLU, fused here
+    APPLY: tl.constexpr,  # bit t set: tensor t's y is written here (else only its statistics: its consumers normalise)
+    SAVE_MEAN_ON: tl.constexpr,
     UPDATE_RUNNING: tl.constexpr,
     S_BLOCK: tl.constexpr,  # partials merged per step (a power of two)
     BLOCK_HW: tl.constexpr,
@@ -172,6 +175,8 @@ def _bn_apply_kernel(
     rstd = 1.0 / tl.sqrt(m2 / count + eps)
     if s == 0:
         tl.store(SAVE_RSTD + q, rstd)
+        if SAVE_MEAN_ON:
+            tl.store(SAVE_MEAN + q, mean)
         if UPDATE_RUNNING:
             RM = pick_pointer(t, RM0, RM1, RM2, RM3, RM4, RM5, RM6, RM7, T)
             RV = pick_pointer(t, RV0, RV1, RV2, RV3, RV4, RV5, RV6, RV7, T)
@@ -186,7 +191,8 @@ def _bn_apply_kernel(
     relu = ((RELU >> t) & 1) != 0
     R = pick_pointer(t, R0, R1, R2, R3, R4, R5, R6, R7, T)
     row_start = s * ROWS
-    row_end = tl.minimum(row_start + ROWS, N)
+    # a tensor not applied here has no rows (its Y slot is another tensor's: never written)
+    row_end = tl.where(((APPLY >> t) & 1) != 0, tl.minimum(row_start + ROWS, N), row_start)
     idx = tl.arange(0, BLOCK)
     for r0 in range(row_start, row_end, BLOCK // BLOCK_HW):
         for h0 in range(0, HW, BLOCK_HW):
@@ -199,12 +205,26 @@ def _bn_apply_kernel(
 
 
 @triton.jit
-def _upstream_grad(G, Y, offs, mask, relu):
-    """(dL/dy, y) in fp32: with a fused ReLU, G is dL/d relu(y), so dL/dy = G where y > 0."""
+def _upstream_grad(G, Y, offs, mask, relu, lazy, mean, rstd):
+    """(dL/dy, y) in fp32: with a fused ReLU, G is dL/d relu(y), so dL/dy = G where y > 0. lazy:
+    Y holds the BatchNorm's input x (its y never written): y = (x − mean)·rstd made here."""
     g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.where(lazy, (y - mean) * rstd, y)
     g = tl.where(relu & (y <= 0.0), 0.0, g)
     return g, y
+
+
+@triton.jit
+def _lazy_statistics(t, q, MEAN, RSTD, LAZY: tl.constexpr):
+    """(tensor t is lazy, the mean and rstd of the launch's channel q: read only where LAZY has bits)."""
+    lazy = ((LAZY >> t) & 1) != 0
+    mean = tl.zeros([], dtype=tl.float32)
+    rstd = tl.zeros([], dtype=tl.float32)
+    if LAZY != 0:
+        mean = tl.load(MEAN + q)
+        rstd = tl.load(RSTD + q)
+    return lazy, mean, rstd
 
 
 @triton.jit
@@ -212,9 +232,11 @@ def _bn_grad_stats_kernel(
     G0, G1, G2, G3, G4, G5, G6, G7,  # upstream gradients (of relu(y) for the tensors whose RELU bit is set)
     Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7,  # the forward's outputs (= x̂)
     PART,  # fp32 [ΣC_t, S, 2]: Σg and Σg·y over each program's rows
+    MEAN, RSTD,  # fp32 [ΣC_t]: the forward's statistics (read for the LAZY tensors)
     N, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, ROWS, S,
     T: tl.constexpr,
     RELU: tl.constexpr,
+    LAZY: tl.constexpr,  # bit t set: Y_t is the BatchNorm's input, normalised on load (its y never written)
     BLOCK_HW: tl.constexpr,
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
@@ -225,6 +247,7 @@ def _bn_grad_stats_kernel(
     G = pick_pointer(t, G0, G1, G2, G3, G4, G5, G6, G7, T)
     Y = pick_pointer(t, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, T)
     relu = ((RELU >> t) & 1) != 0
+    lazy, mean, rstd = _lazy_statistics(t, q, MEAN, RSTD, LAZY)
     row_start = s * ROWS
     row_end = tl.minimum(row_start + ROWS, N)
     idx = tl.arange(0, BLOCK)
@@ -233,7 +256,7 @@ def _bn_grad_stats_kernel(
     for r0 in range(row_start, row_end, BLOCK // BLOCK_HW):
         for h0 in range(0, HW, BLOCK_HW):
             offs, mask = _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW, INDEX_64)
-            g, y = _upstream_grad(G, Y, offs, mask, relu)
+            g, y = _upstream_grad(G, Y, offs, mask, relu, lazy, mean, rstd)
             acc_g += g
             acc_gy += g * y
     base = (q * S + s) * 2
@@ -248,10 +271,12 @@ def _bn_grad_apply_kernel(
     DX0, DX1, DX2, DX3, DX4, DX5, DX6, DX7,
     PART,  # fp32 [ΣC_t, S, 2] from _bn_grad_stats_kernel
     RSTD,  # fp32 [ΣC_t]
+    MEAN,  # fp32 [ΣC_t]: the forward's mean (read for the LAZY tensors)
     N, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, ROWS, S,
     inv_count,  # 1 / (N·H·W)
     T: tl.constexpr,
     RELU: tl.constexpr,
+    LAZY: tl.constexpr,  # as _bn_grad_stats_kernel's
     APPLY: tl.constexpr,  # bit t set: tensor t's dx is written here (else its consumer folds the backward in)
     S_BLOCK: tl.constexpr,
     BLOCK_HW: tl.constexpr,
@@ -270,6 +295,7 @@ def _bn_grad_apply_kernel(
     mean_g = tl.sum(tl.load(PART + (q * S + sidx) * 2 + 0, mask=smask, other=0.0), axis=0) * inv_count
     mean_gy = tl.sum(tl.load(PART + (q * S + sidx) * 2 + 1, mask=smask, other=0.0), axis=0) * inv_count
     rstd = tl.load(RSTD + q)
+    lazy, mean, _ = _lazy_statistics(t, q, MEAN, RSTD, LAZY)
     row_start = s * ROWS
     # a folded tensor's programs have no rows (its G, Y, DX slots are another tensor's: never read)
     row_end = tl.where(((APPLY >> t) & 1) != 0, tl.minimum(row_start + ROWS, N), row_start)
@@ -277,7 +303,7 @@ def _bn_grad_apply_kernel(
     for r0 in range(row_start, row_end, BLOCK // BLOCK_HW):
         for h0 in range(0, HW, BLOCK_HW):
             offs, mask = _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW, INDEX_64)
-            g, y = _upstream_grad(G, Y, offs, mask, relu)
+            g, y = _upstream_grad(G, Y, offs, mask, relu, lazy, mean, rstd)
             tl.store(DX + offs, (rstd * (g - mean_g - y * mean_gy)).to(DX.dtype.element_ty), mask=mask)
 
 
@@ -345,12 +371,15 @@ def _launches(tensors):
 
 
 def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum: float, eps: float, relu=None,
-                        moments=None):
+                        moments=None, apply=None, mean_out: torch.Tensor | None = None):
     """Training-mode BatchNorm2d (no affine) of several tensors of one batch size, image size and
     dtype (channel counts may differ), eight per launch (each its own statistics). relu[t]: tensor
     t's BatchNorm is followed by a ReLU, fused. moments[t]: tensor t's statistics as partial
     (count, mean, M2) per channel, fp32 [C_t, M, 3], made by the kernel that wrote it
     (kernels/separable_conv.py): the statistics kernel does not read that tensor.
+    apply[t] False: tensor t's statistics (and running statistics) only, its y not written (ys[t]
+    None): its consumers normalise xs[t] as they read it (the mean from mean_out, the rstd from rstd).
+    mean_out: fp32 [ΣC_t] to write the batch means into (launch layout, as rstd), or None.
 
     Returns (ys, rs, rstd): ys[t] = x̂ of xs[t] (what the backward needs), rs[t] = relu(ys[t]) where
     relu[t] (else None), rstd fp32 [ΣC_t] (the tensors' channels one after another).
@@ -363,15 +392,22 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
     _check_same_geometry(xs, "input")
     relu = [False] * len(xs) if relu is None else list(relu)
     moments = [None] * len(xs) if moments is None else list(moments)
+    apply = [True] * len(xs) if apply is None else list(apply)
+    channels_all = sum(x.shape[1] for x in xs)
+    if len(apply) != len(xs) or any(r and not a for r, a in zip(relu, apply)):
+        raise ValueError("batch_norm: one apply flag per tensor, and a fused ReLU only where y is written")
+    if mean_out is not None and (mean_out.shape != (channels_all,) or mean_out.dtype != torch.float32
+                                 or not mean_out.is_contiguous() or mean_out.device != xs[0].device):
+        raise ValueError(f"batch_norm: mean_out must be a contiguous fp32 [{channels_all}] on {xs[0].device}")
     for x, m in zip(xs, moments):
         if m is not None and (m.dim() != 3 or m.shape[0] != x.shape[1] or m.shape[2] != 3
                               or m.dtype != torch.float32 or not m.is_contiguous()):
             raise ValueError(f"batch_norm: partial moments for {x.shape[1]} channels must be a contiguous "
                              f"fp32 [{x.shape[1]}, M, 3], got {tuple(m.shape)} {m.dtype}")
     xs = [x.contiguous() for x in xs]
-    ys = [torch.empty_like(x) for x in xs]
+    ys = [torch.empty_like(x) if a else None for x, a in zip(xs, apply)]
     rs = [torch.empty_like(x) if r else None for x, r in zip(xs, relu)]
-    rstd = torch.empty((sum(x.shape[1] for x in xs),), device=xs[0].device, dtype=torch.float32)
+    rstd = torch.empty((channels_all,), device=xs[0].device, dtype=torch.float32)
     if xs[0].numel() == 0:
         return ys, rs, rstd
     update = running_means is not None
@@ -401,11 +437,17 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
         counts_m = [parts[t].shape[1] for t in range(start, stop)]
         stats = [slots(lst, rstd) if update else [rstd] * MAX_TENSORS for lst in (running_means, running_vars)]
         counts = slots(nums_batches, rstd) if update else [rstd] * MAX_TENSORS
+        # a tensor not applied here: an applied tensor's x and y as stand-ins (never read nor written)
+        stand_in = next((t for t in range(start, stop) if apply[t]), start)
+        ins = [x if apply[t] else xs[stand_in] for t, x in enumerate(xs)]
+        outs = [y if y is not None else (ys[stand_in] if ys[stand_in] is not None else xs[stand_in]) for y in ys]
         _bn_apply_kernel[(channels, splits)](
-            *slots(xs), *slots(ys), *slots([r if r is not None else y for r, y in zip(rs, ys)]),
-            *slots(parts, parts[start]), rstd[first:first + channels], *stats[0], *stats[1], *counts,
+            *slots(ins), *slots(outs), *slots([r if r is not None else y for r, y in zip(rs, outs)]),
+            *slots(parts, parts[start]), rstd[first:first + channels],
+            mean_out[first:first + channels] if mean_out is not None else rstd, *stats[0], *stats[1], *counts,
             n, hw, *geometry, rows, splits, *(counts_m + [0] * (MAX_TENSORS - num)), float(eps), float(momentum),
-            T=num, RELU=_bits(relu[start:stop]), UPDATE_RUNNING=update,
+            T=num, RELU=_bits(relu[start:stop]), APPLY=_bits(apply[start:stop]), SAVE_MEAN_ON=mean_out is not None,
+            UPDATE_RUNNING=update,
             S_BLOCK=max(2, min(MERGE_CHUNK, triton.next_power_of_2(max(counts_m)))), BLOCK_HW=block_hw, BLOCK=block,
             INDEX_64=index_64, num_warps=num_warps,
         )
@@ -425,16 +467,26 @@ class BatchNormGrad(NamedTuple):
     rstd: torch.Tensor  # fp32 [C]
     inv_count: float  # 1 / (N·H·W)
     relu: bool  # a ReLU followed the BatchNorm: g is dL/d relu(y)
+    mean: torch.Tensor | None = None  # fp32 [C]: y holds the BatchNorm's input x, y = (x − mean)·rstd (lazy)
 
 
-def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None) -> list:
+def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None, lazy=None,
+                         mean: torch.Tensor | None = None) -> list:
     """dL/dx of batch_norms_forward's tensors, from the upstream gradients (of relu(y) where
     relu[t]), the outputs ys and rstd [ΣC_t]. fold[t]: tensor t's producer applies the backward
     itself (kernels/separable_conv.py): its entry is a BatchNormGrad instead, and no dL/dx is
-    written for it (the gradient statistics are still made here, in the same launch as the others')."""
+    written for it (the gradient statistics are still made here, in the same launch as the others').
+    lazy[t]: ys[t] is the BatchNorm's input x (batch_norms_forward(apply=…) wrote no y), normalised
+    here on load with mean [ΣC_t] (batch_norms_forward's mean_out) and rstd."""
     _check_same_geometry(ys, "output")
     relu = [False] * len(ys) if relu is None else list(relu)
     fold = [False] * len(ys) if fold is None else list(fold)
+    lazy = [False] * len(ys) if lazy is None else list(lazy)
+    if len(lazy) != len(ys) or (any(lazy) and (mean is None or mean.shape != rstd.shape
+                                               or mean.dtype != torch.float32 or not mean.is_contiguous())):
+        raise ValueError(f"batch_norm: one lazy flag per output, and lazy outputs need the forward's mean, an "
+                         f"fp32 {tuple(rstd.shape)} like rstd")
+    mean = mean if any(lazy) else rstd
     grads = [g.contiguous() for g in grads]
     ys = [y.contiguous() for y in ys]
     for g, y in zip(grads, ys):
@@ -444,8 +496,8 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None) ->
     if ys[0].numel() == 0:  # nothing flows back; a folded entry with no partial sums
         firsts = [sum(y.shape[1] for y in ys[:t]) for t in range(len(ys))]
         return [BatchNormGrad(y, y.new_zeros((y.shape[1], 0, 2), dtype=torch.float32),
-                              rstd[o:o + y.shape[1]], 0.0, r) if f else dx
-                for y, dx, f, r, o in zip(ys, dxs, fold, relu, firsts)]
+                              rstd[o:o + y.shape[1]], 0.0, r, mean[o:o + y.shape[1]] if z else None) if f else dx
+                for y, dx, f, r, z, o in zip(ys, dxs, fold, relu, lazy, firsts)]
     for start, stop, first, channels in _launches(ys):
         num = stop - start
         y0 = ys[start]
@@ -458,18 +510,19 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None) ->
         geometry = _channel_args(ys[start:stop])
         part = torch.empty((channels, splits, 2), device=y0.device, dtype=torch.float32)
         grid = (channels, splits)
-        bits = _bits(relu[start:stop])
-        _bn_grad_stats_kernel[grid](*slots(grads), *slots(ys), part, n, hw, *geometry, rows, splits, T=num,
-                                    RELU=bits, BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
+        bits, lazy_bits = _bits(relu[start:stop]), _bits(lazy[start:stop])
+        stats = (mean[first:first + channels], rstd[first:first + channels])
+        _bn_grad_stats_kernel[grid](*slots(grads), *slots(ys), part, *stats, n, hw, *geometry, rows, splits, T=num,
+                                    RELU=bits, LAZY=lazy_bits, BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
                                     num_warps=num_warps)
         applied = [t for t in range(start, stop) if not fold[t]]
         if applied:
             # a folded tensor's slots take an applied one's tensors: the kernel reads no row of them
             stand_in = [t if not fold[t] else applied[0] for t in range(len(ys))]
             grads_in, ys_in, dxs_in = ([lst[t] for t in stand_in] for lst in (grads, ys, dxs))
-            _bn_grad_apply_kernel[grid](*slots(grads_in), *slots(ys_in), *slots(dxs_in), part,
-                                        rstd[first:first + channels],
+            _bn_grad_apply_kernel[grid](*slots(grads_in), *slots(ys_in), *slots(dxs_in), part, *stats[::-1],
                                         n, hw, *geometry, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
+                                        LAZY=lazy_bits,
                                         APPLY=_bits([not fold[t] for t in range(start, stop)]),
                                         S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw,
                                         BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
@@ -478,7 +531,8 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None) ->
             size = ys[t].shape[1]
             if fold[t]:
                 dxs[t] = BatchNormGrad(ys[t], part[offset:offset + size], rstd[first + offset:first + offset + size],
-                                       1.0 / (n * hw), relu[t])
+                                       1.0 / (n * hw), relu[t],
+                                       mean[first + offset:first + offset + size] if lazy[t] else None)
             offset += size
     return dxs
 

@@ -60,12 +60,12 @@ MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
 MAX_PAIRS = 4  # pairs of one launch (a stage of the search's stacks: sep 3×3/5×5, dil 3×3/5×5)
 
 
-def pack_geometry(k: int, padding: int, dilation: int, bn_relu: bool = False) -> int:
-    """One runtime int per pair of a launch: its kernel size, padding, dilation and its folded
-    BatchNorm's ReLU (_pair_geometry unpacks it)."""
+def pack_geometry(k: int, padding: int, dilation: int, bn_relu: bool = False, bn_lazy: bool = False) -> int:
+    """One runtime int per pair of a launch: its kernel size, padding, dilation, its folded
+    BatchNorm's ReLU and whether that BatchNorm's y is made from z on load (_pair_geometry unpacks it)."""
     if not (0 < k < 256 and 0 <= padding < 256 and 0 < dilation < 256):
         raise ValueError(f"separable_conv: kernel size {k}, padding {padding}, dilation {dilation} out of range")
-    return k | padding << 8 | dilation << 16 | int(bn_relu) << 24
+    return k | padding << 8 | dilation << 16 | int(bn_relu) << 24 | int(bn_lazy) << 25
 
 
 @triton.jit
@@ -76,18 +76,36 @@ def _of_pair(pair, P0, P1, P2, P3, PAIRS: tl.constexpr):
 
 @triton.jit
 def _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS: tl.constexpr):
-    """(K, PAD, DIL, BN_RELU) of pair `pair` (pack_geometry)."""
+    """(K, PAD, DIL, BN_RELU, BN_LAZY) of pair `pair` (pack_geometry)."""
     geo = _of_pair(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
-    return geo & 255, (geo >> 8) & 255, (geo >> 16) & 255, (geo >> 24) & 1
+    return geo & 255, (geo >> 8) & 255, (geo >> 16) & 255, (geo >> 24) & 1, (geo >> 25) & 1
 
 
 @triton.jit
-def _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT):
-    """[channels, pixels]: the input each output pixel's tap (i, j) meets, fp32, 0 in the padding."""
+def _input_statistics(pair, M0, M1, M2, M3, R0, R1, R2, R3, g, C, cin, c_ok, NORM_INPUT: tl.constexpr,
+                      PAIRS: tl.constexpr):
+    """([BLOCK_C, 1] mean, rstd) of the BatchNorm whose input the pair reads with NORM_INPUT (its
+    producer wrote z, not y: y = (z − mean)·rstd on load); zeros, nothing read, without."""
+    mean = tl.zeros(cin.shape, dtype=tl.float32)[:, None]
+    rstd = tl.zeros(cin.shape, dtype=tl.float32)[:, None]
+    if NORM_INPUT:
+        mean = tl.load(_of_pair(pair, M0, M1, M2, M3, PAIRS) + g * C + cin, mask=c_ok, other=0.0)[:, None]
+        rstd = tl.load(_of_pair(pair, R0, R1, R2, R3, PAIRS) + g * C + cin, mask=c_ok, other=0.0)[:, None]
+    return mean, rstd
+
+
+@triton.jit
+def _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT, in_mean, in_rstd,
+            NORM_INPUT: tl.constexpr):
+    """[channels, pixels]: the input each output pixel's tap (i, j) meets, fp32, 0 in the padding
+    (with NORM_INPUT normalised first: (x − mean)·rstd inside the image)."""
     ih = oh * STRIDE - PAD + i * DIL
     iw = ow * STRIDE - PAD + j * DIL
     ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    x = tl.load(x_rows + (ih * W + iw)[None, :], mask=c_ok[:, None] & ok[None, :], other=0.0).to(tl.float32)
+    inside = c_ok[:, None] & ok[None, :]
+    x = tl.load(x_rows + (ih * W + iw)[None, :], mask=inside, other=0.0).to(tl.float32)
+    if NORM_INPUT:
+        x = tl.where(inside, (x - in_mean) * in_rstd, 0.0)
     if RELU_INPUT != 0:
         x = tl.maximum(x, 0.0)
     return x
@@ -125,14 +143,16 @@ def _group_weights(WDW, WPW, g, C, CO, K, BLOCK_C: tl.constexpr, BLOCK_O: tl.con
 
 
 @triton.jit
-def _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, gd, acc_d, tap_col,
+def _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, in_mean, in_rstd,
+                     NORM_INPUT: tl.constexpr, gd, acc_d, tap_col,
                      BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, TAP_SUMS: tl.constexpr):
     """(d, acc_d): the depthwise conv's [channels, pixels] block from the K·K windows of x, and with
     TAP_SUMS acc_d plus, per tap, Σ over the pixels of gd·window (the depthwise weight gradient)."""
     d = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     for i in range(K):
         for j in range(K):
-            x = _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT)
+            x = _window(x_rows, c_ok, oh, ow, p_ok, i, j, H, W, STRIDE, PAD, DIL, RELU_INPUT, in_mean, in_rstd,
+                        NORM_INPUT)
             d += tl.load(taps + i * K + j, mask=c_ok, other=0.0).to(tl.float32)[:, None] * x
             if TAP_SUMS:
                 acc_d += tl.where(tap_col == i * K + j, tl.sum(gd * x, axis=1)[:, None], 0.0)
@@ -148,18 +168,20 @@ _GENERIC = ("G", "C", "CO", "STRIDE", "RELU_INPUT", "GEO0", "GEO1", "GEO2", "GEO
 def _sep_conv_fwd_kernel(
     X0, X1, X2, X3,  # pair p's input X_p [N, G·C, H, W]; with SOURCES X0, X1: the groups' two source nodes
     WDW0, WDW1, WDW2, WDW3, WPW0, WPW1, WPW2, WPW3,  # pair p's weights [G·C, 1, K, K], [G·CO, C, 1, 1]
-    Z,  # output [PAIRS, N, G·CO, OH, OW]
+    Z0, Z1, Z2, Z3,  # pair p's output [N, G·CO, OH, OW] (one tensor each: each may outlive the others)
     G0,  # with SOURCES: groups 0 … G0 - 1 read X0, the others X1 [N, C, H, W]
     MOM,  # with MOMENTS: fp32 [PAIRS, G·CO, N·blocks, 3], each program's (count, mean, M2) of z per channel
+    IN_MEAN0, IN_MEAN1, IN_MEAN2, IN_MEAN3, IN_RSTD0, IN_RSTD1, IN_RSTD2, IN_RSTD3,  # with NORM_INPUT: [G·C] each
     G, C, CO, H, W, OH, OW,
     GEO0, GEO1, GEO2, GEO3, STRIDE, RELU_INPUT,  # runtime values: one compiled kernel for every geometry (module docstring)
     PAIRS: tl.constexpr, MOMENTS: tl.constexpr, SOURCES: tl.constexpr,
+    NORM_INPUT: tl.constexpr,  # X_p is a BatchNorm's input z: its y = (z − mean)·rstd made on load
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     ng = tl.program_id(0)  # image · G + group
     g = ng % G
     pair = tl.program_id(2)
-    K, PAD, DIL, _ = _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
+    K, PAD, DIL, _, _ = _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < OH * OW
     oh = p // OW
@@ -168,10 +190,13 @@ def _sep_conv_fwd_kernel(
                                                   _of_pair(pair, WPW0, WPW1, WPW2, WPW3, PAIRS),
                                                   g, C, CO, K, BLOCK_C, BLOCK_O)
     x_rows = _input_rows(X0, X1, X2, X3, pair, G0, ng // G, g, G, C, cin, H * W, PAIRS, SOURCES, INDEX_64)
-    d, _ = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, 0.0, 0.0, 0,
-                            BLOCK_C, BLOCK_P, TAP_SUMS=False)
+    in_mean, in_rstd = _input_statistics(pair, IN_MEAN0, IN_MEAN1, IN_MEAN2, IN_MEAN3, IN_RSTD0, IN_RSTD1, IN_RSTD2,
+                                         IN_RSTD3, g, C, cin, c_ok, NORM_INPUT, PAIRS)
+    d, _ = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, in_mean, in_rstd,
+                            NORM_INPUT, 0.0, 0.0, 0, BLOCK_C, BLOCK_P, TAP_SUMS=False)
+    Z = _of_pair(pair, Z0, Z1, Z2, Z3, PAIRS)
     z = tl.dot(wp, d, input_precision="ieee").to(Z.dtype.element_ty)
-    z_rows = plane_pointer(Z, (pair * tl.num_programs(0) + ng) * CO + o, OH * OW, INDEX_64)[:, None]
+    z_rows = plane_pointer(Z, ng * CO + o, OH * OW, INDEX_64)[:, None]
     tl.store(z_rows + p[None, :], z, mask=o_ok[:, None] & p_ok[None, :])
     if MOMENTS:  # the BatchNorm's statistics of z as stored (kernels/batch_norm.py merges them)
         zf = tl.where(p_ok[None, :], z.to(tl.float32), 0.0)
@@ -210,6 +235,8 @@ def _sep_conv_bwd_kernel(
     PART,  # fp32 partials [PAIRS, G, S, BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK]: the 1×1 weight's, then the depthwise one's
     Y0, Y1, Y2, Y3,  # with FOLD_BN: pair p's BatchNorm output [N, G·CO, OH, OW]
     SUMS0, SUMS1, SUMS2, SUMS3, RSTD0, RSTD1, RSTD2, RSTD3,  # its Σg/Σg·y [G·CO, BN_S, 2] and rstd [G·CO]
+    MEAN0, MEAN1, MEAN2, MEAN3,  # its mean [G·CO], where the pair's BN_LAZY bit says Y_p holds z (y made on load)
+    IN_MEAN0, IN_MEAN1, IN_MEAN2, IN_MEAN3, IN_RSTD0, IN_RSTD1, IN_RSTD2, IN_RSTD3,  # as the forward's
     G0,  # with SOURCES: as the forward's
     G, C, CO, H, W, OH, OW,
     UNITS, PER_PROGRAM, S,  # (image, pixel block) units per group, per program, programs per group
@@ -217,14 +244,14 @@ def _sep_conv_bwd_kernel(
     BN_S, bn_inv_count,  # the BatchNorms' partial sums per channel, 1 / (N·OH·OW)
     NEED_INPUT: tl.constexpr, NEED_WEIGHT: tl.constexpr,
     FOLD_BN: tl.constexpr,  # GZ is the gradient of a BatchNorm of z (of its ReLU): applied on load
-    PAIRS: tl.constexpr, SOURCES: tl.constexpr,
+    PAIRS: tl.constexpr, SOURCES: tl.constexpr, NORM_INPUT: tl.constexpr,
     KK_BLOCK: tl.constexpr,  # power of two ≥ every pair's K·K
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     g = tl.program_id(0)
     s = tl.program_id(1)
     pair = tl.program_id(2)
-    K, PAD, DIL, BN_RELU = _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
+    K, PAD, DIL, BN_RELU, BN_LAZY = _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
     GZ = _of_pair(pair, GZ0, GZ1, GZ2, GZ3, PAIRS)
     cin, c_ok, o, o_ok, taps, wp = _group_weights(_of_pair(pair, WDW0, WDW1, WDW2, WDW3, PAIRS),
                                                   _of_pair(pair, WPW0, WPW1, WPW2, WPW3, PAIRS),
@@ -234,6 +261,10 @@ def _sep_conv_bwd_kernel(
         bn_rstd, mean_g, mean_gy = _bn_coefficients(_of_pair(pair, SUMS0, SUMS1, SUMS2, SUMS3, PAIRS),
                                                     _of_pair(pair, RSTD0, RSTD1, RSTD2, RSTD3, PAIRS), BN_S,
                                                     bn_inv_count, g * CO + o, o_ok, 16)
+        bn_mean = tl.load(_of_pair(pair, MEAN0, MEAN1, MEAN2, MEAN3, PAIRS) + g * CO + o, mask=o_ok & (BN_LAZY != 0),
+                          other=0.0)
+    in_mean, in_rstd = _input_statistics(pair, IN_MEAN0, IN_MEAN1, IN_MEAN2, IN_MEAN3, IN_RSTD0, IN_RSTD1, IN_RSTD2,
+                                         IN_RSTD3, g, C, cin, c_ok, NORM_INPUT, PAIRS)
     wp_t = tl.trans(wp)  # [BLOCK_C, BLOCK_O]
     tap_col = tl.arange(0, KK_BLOCK)[None, :]
     acc_p = tl.zeros([BLOCK_O, BLOCK_C], dtype=tl.float32)  # Σ gz · dᵀ
@@ -251,6 +282,8 @@ def _sep_conv_bwd_kernel(
         if FOLD_BN:  # the BatchNorm's backward (kernels/batch_norm.py), z's gradient made here
             y = tl.load(plane_pointer(Y, ng * CO + o, OH * OW, INDEX_64)[:, None] + p[None, :],
                         mask=z_ok, other=0.0).to(tl.float32)
+            if BN_LAZY != 0:  # Y holds z: y = (z − mean)·rstd
+                y = (y - bn_mean[:, None]) * bn_rstd[:, None]
             if BN_RELU != 0:
                 gz = tl.where(y > 0.0, gz, 0.0)
             gz = tl.where(z_ok, bn_rstd[:, None] * (gz - mean_g[:, None] - y * mean_gy[:, None]), 0.0)
@@ -263,7 +296,8 @@ def _sep_conv_bwd_kernel(
             ow = p % OW
             x_rows = _input_rows(X0, X1, X2, X3, pair, G0, ng // G, g, G, C, cin, H * W, PAIRS, SOURCES, INDEX_64)
             d, acc_d = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT,
-                                        gd, acc_d, tap_col, BLOCK_C, BLOCK_P, TAP_SUMS=True)
+                                        in_mean, in_rstd, NORM_INPUT, gd, acc_d, tap_col, BLOCK_C, BLOCK_P,
+                                        TAP_SUMS=True)
             acc_p += tl.dot(gz, tl.trans(d), input_precision="ieee")
     if NEED_WEIGHT:
         row = PART + ((pair * G + g) * S + s) * (BLOCK_O * BLOCK_C + BLOCK_C * KK_BLOCK)
@@ -283,7 +317,7 @@ def _sep_conv_reduce_kernel(
     pg = tl.program_id(0)  # pair · G + group
     pair = pg // G
     g = pg % G
-    K, _, _, _ = _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
+    K, _, _, _, _ = _pair_geometry(pair, GEO0, GEO1, GEO2, GEO3, PAIRS)
     KK = K * K
     DPW = _of_pair(pair, DPW0, DPW1, DPW2, DPW3, PAIRS)
     DDW = _of_pair(pair, DDW0, DDW1, DDW2, DDW3, PAIRS)
@@ -375,15 +409,17 @@ class _Launch(NamedTuple):
     w_dws: list  # padded to MAX_PAIRS
     w_pws: list
     geos: list  # pack_geometry per pair, padded
+    norms: list  # IN_MEAN0 … IN_RSTD3: the pairs' input statistics (stand-ins without input_norm)
     sizes: tuple  # (groups, c, co, oh, ow)
     stride: int
     pairs: int
     kk_block: int  # power of two ≥ every pair's K·K
 
 
-def _launch(xs, w_dws, w_pws, geometry, counts, bn_relus=None) -> _Launch:
+def _launch(xs, w_dws, w_pws, geometry, counts, bns=None, input_norm=None) -> _Launch:
     """Checks P pairs of one launch: alike inputs (or one list of sources), outputs of one size, one
-    stride; geometry: (stride, padding, dilation) per pair."""
+    stride; geometry: (stride, padding, dilation) per pair; bns: their folds (BatchNormGrad) or
+    None; input_norm: per pair the (mean, rstd) [G·C] of the BatchNorm whose input it reads, or None."""
     pairs = len(w_dws)
     if not 1 <= pairs <= MAX_PAIRS or len(w_pws) != pairs or len(geometry) != pairs \
             or (counts is None and len(xs) != pairs):
@@ -408,11 +444,22 @@ def _launch(xs, w_dws, w_pws, geometry, counts, bn_relus=None) -> _Launch:
                              f"got (groups, C, CO, OH, OW) {got} stride {stride} beside {sizes} stride {geometry[0][0]}")
         sizes = got
     ks = [w.shape[2] for w in w_dws]
-    relus = bn_relus or [False] * pairs
-    geos = [pack_geometry(k, p, d, r) for k, (_, p, d), r in zip(ks, geometry, relus)]
+    folds = bns or [None] * pairs
+    geos = [pack_geometry(k, p, d, bn is not None and bn.relu, bn is not None and bn.mean is not None)
+            for k, (_, p, d), bn in zip(ks, geometry, folds)]
+    if input_norm is not None:
+        if counts is not None or len(input_norm) != pairs or any(
+                t.shape != (sizes[0] * sizes[1],) or t.dtype != torch.float32 or not t.is_contiguous()
+                or t.device != like.device for stats in input_norm for t in stats):
+            raise ValueError(f"separable_conv: input_norm takes per pair (mean, rstd), contiguous fp32 "
+                             f"[{sizes[0] * sizes[1]}] on {like.device}, and no source inputs")
+        norms = [*pad_pointers([m for m, _ in input_norm], MAX_PAIRS), *pad_pointers([r for _, r in input_norm],
+                                                                                     MAX_PAIRS)]
+    else:
+        norms = [w_pws[0]] * (2 * MAX_PAIRS)  # stand-ins, never read
     return _Launch(pad_pointers(inputs, MAX_PAIRS), g0, like, pad_pointers([w.contiguous() for w in w_dws], MAX_PAIRS),
-                   pad_pointers([w.contiguous() for w in w_pws], MAX_PAIRS), pad_pointers(geos, MAX_PAIRS), sizes,
-                   geometry[0][0], pairs, triton.next_power_of_2(max(k * k for k in ks)))
+                   pad_pointers([w.contiguous() for w in w_pws], MAX_PAIRS), pad_pointers(geos, MAX_PAIRS), norms,
+                   sizes, geometry[0][0], pairs, triton.next_power_of_2(max(k * k for k in ks)))
 
 
 # (elements of a [channels, pixels] tile, warps per program) on a GPU: the forward's, the backward's
@@ -422,30 +469,32 @@ FORWARD_TILE, BACKWARD_TILE = (4096, 4), (2048, 4)
 
 
 def separable_pairs_forward(xs, w_dws, w_pws, geometry, relu_input: bool = False, moments: bool = False, counts=None,
-                            tile: tuple[int, int] | None = None):
+                            tile: tuple[int, int] | None = None, input_norm=None):
     """Up to MAX_PAIRS depthwise → 1×1 pairs of one stage in one launch: (the pairs' z, a list of
-    [N, G·CO, OH, OW] views of one buffer; with moments, their partial moments as
+    [N, G·CO, OH, OW] tensors; with moments, their partial moments as
     separable_conv_forward's, else None). xs: one input per pair (alike), or with counts the
     source nodes every pair reads; geometry: (stride, padding, dilation) per pair (one stride);
-    relu_input: every pair reads relu(x)."""
-    launch = _launch(xs, w_dws, w_pws, geometry, counts)
+    relu_input: every pair reads relu(x). input_norm: per pair (mean, rstd) fp32 [G·C]: x is a
+    BatchNorm's input z whose y was never written; the pairs read y = (z − mean)·rstd (then its ReLU)."""
+    launch = _launch(xs, w_dws, w_pws, geometry, counts, input_norm=input_norm)
     groups, c, co, oh, ow = launch.sizes
     n, _, h, w = launch.like.shape
     x0 = launch.xs[0]
-    z = torch.empty((launch.pairs, n, groups * co, oh, ow), device=x0.device, dtype=x0.dtype)
+    zs = [torch.empty((n, groups * co, oh, ow), device=x0.device, dtype=x0.dtype) for _ in range(launch.pairs)]
     bc, bo = _block(c), _block(co)
     elems, warps = tile or FORWARD_TILE
     bp = _pixel_block(oh * ow, max(bc, bo), elems)
     blocks = triton.cdiv(oh * ow, bp)
     mom = torch.empty((launch.pairs, groups * co, n * blocks, 3) if moments else (1,), device=x0.device,
                       dtype=torch.float32)
-    if z.numel():
+    if zs[0].numel():
         _sep_conv_fwd_kernel[(n * groups, blocks, launch.pairs)](
-            *launch.xs, *launch.w_dws, *launch.w_pws, z, launch.g0, mom, groups, c, co, h, w, oh, ow, *launch.geos,
-            launch.stride, int(relu_input), PAIRS=launch.pairs, MOMENTS=moments, SOURCES=counts is not None,
-            BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp, INDEX_64=max(launch.like.numel(), z.numel()) > INT32_LIMIT,
+            *launch.xs, *launch.w_dws, *launch.w_pws, *pad_pointers(zs, MAX_PAIRS), launch.g0, mom, *launch.norms, groups, c, co, h, w, oh, ow,
+            *launch.geos, launch.stride, int(relu_input), PAIRS=launch.pairs, MOMENTS=moments,
+            SOURCES=counts is not None, NORM_INPUT=input_norm is not None,
+            BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp, INDEX_64=max(launch.like.numel(), zs[0].numel()) > INT32_LIMIT,
             num_warps=warps)
-    return list(z.unbind(0)), list(mom.unbind(0)) if moments else None
+    return zs, list(mom.unbind(0)) if moments else None
 
 
 def separable_conv_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
@@ -483,12 +532,13 @@ def _check_grads(grads, bns, launch):
                              f"sums {tuple(bn.sums.shape)}, rstd {tuple(bn.rstd.shape)}")
 
 
-def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight, relu_input, bns, counts, tile):
+def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight, relu_input, bns, counts, tile,
+                      input_norm=None):
     """(launch, d's gradient [P, N, G·C, OH, OW] or None, the pairs' d_dw, the pairs' d_pw (None
     without need_weight)): the pairs' backward kernel and the weight gradients' reduce."""
     from . import INTERPRETED
 
-    launch = _launch(xs, w_dws, w_pws, geometry, counts, [bn.relu for bn in bns] if bns else None)
+    launch = _launch(xs, w_dws, w_pws, geometry, counts, bns, input_norm)
     _check_grads(grads, bns, launch)
     groups, c, co, oh, ow = launch.sizes
     n, _, h, w = launch.like.shape
@@ -513,16 +563,18 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
     part = torch.empty((pairs, groups, splits, row) if need_weight else (1,), device=x0.device, dtype=torch.float32)
     if bns:
         fold = (*pad_pointers([bn.y for bn in bns], MAX_PAIRS), *pad_pointers([bn.sums for bn in bns], MAX_PAIRS),
-                *pad_pointers([bn.rstd for bn in bns], MAX_PAIRS))
+                *pad_pointers([bn.rstd for bn in bns], MAX_PAIRS),
+                *pad_pointers([bn.mean if bn.mean is not None else bn.rstd for bn in bns], MAX_PAIRS))
         bn_args = (bns[0].sums.shape[1], bns[0].inv_count)
     else:
-        fold, bn_args = (grads[0],) * MAX_PAIRS + (part,) * (2 * MAX_PAIRS), (0, 0.0)  # stand-ins, never read
+        fold, bn_args = (grads[0],) * MAX_PAIRS + (part,) * (3 * MAX_PAIRS), (0, 0.0)  # stand-ins, never read
     if units and (need_input or need_weight):
         _sep_conv_bwd_kernel[(groups, splits, pairs)](
             *launch.xs, *launch.w_dws, *launch.w_pws, *pad_pointers(grads, MAX_PAIRS),
-            gd if gd is not None else grads[0], part, *fold, launch.g0, groups, c, co, h, w, oh, ow, units,
-            per_program, splits, *launch.geos, launch.stride, int(relu_input), *bn_args, NEED_INPUT=need_input,
-            NEED_WEIGHT=need_weight, FOLD_BN=bool(bns), PAIRS=pairs, SOURCES=counts is not None, KK_BLOCK=kk_block,
+            gd if gd is not None else grads[0], part, *fold, *launch.norms, launch.g0, groups, c, co, h, w, oh, ow,
+            units, per_program, splits, *launch.geos, launch.stride, int(relu_input), *bn_args, NEED_INPUT=need_input,
+            NEED_WEIGHT=need_weight, FOLD_BN=bool(bns), PAIRS=pairs, SOURCES=counts is not None,
+            NORM_INPUT=input_norm is not None, KK_BLOCK=kk_block,
             BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
             INDEX_64=max(launch.like.numel(), grads[0].numel(), gd.numel() if gd is not None else 0) > INT32_LIMIT,
             num_warps=warps)
@@ -543,16 +595,19 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
 
 
 def separable_pairs_backward(grads, xs, w_dws, w_pws, geometry, need_input: bool = True, need_weight: bool = True,
-                             relu_input: bool = False, bns=None, counts=None, tile: tuple[int, int] | None = None):
+                             relu_input: bool = False, bns=None, counts=None, tile: tuple[int, int] | None = None,
+                             input_norm=None):
     """(dxs or None, the pairs' dL/dw_dw or None, the pairs' dL/dw_pw or None) of
     separable_pairs_forward, in three launches (the pairs' kernel, the weight gradients' reduce, the
     depthwise input gradients). bns: a BatchNormGrad per pair (every pair folded) or None.
     dxs: per pair dL/dr (r its input, relu(x) with relu_input: the caller masks); with counts, per
     source node h_s the gradient Σ over its edges and the pairs, the ReLU's mask applied with
     relu_input: dL/dh_s of the repeated relu(h_s) the pairs read, in one kernel with the pairs'
-    depthwise input gradients (no per-pair gradient of the repeated input is written)."""
+    depthwise input gradients (no per-pair gradient of the repeated input is written).
+    input_norm: as the forward's (dxs are then the gradients of the normalised input's ReLU, or of
+    the normalised input: the BatchNorm's backward is its producer's)."""
     launch, gd, d_dws, d_pws = _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight,
-                                                 relu_input, bns, counts, tile)
+                                                 relu_input, bns, counts, tile, input_norm)
     dxs = None
     if need_input:
         sources = ([x.contiguous() for x in xs], list(counts)) if counts is not None else None

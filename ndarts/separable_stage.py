@@ -61,15 +61,19 @@ class Spec(NamedTuple):
     """What a stage Function computes besides its tensors."""
 
     pairs: tuple  # a Pair per stack
-    deferred: tuple  # per pair: its BatchNorm's ReLU is applied by the consumer (the output is y)
+    deferred: tuple  # per pair: its BatchNorm's normalisation and ReLU are applied by the consumer (the output is z)
     counts: tuple | None  # the inputs are source nodes h_s read as relu(h_s), source s by counts[s] edges
     bns: tuple  # the pairs' BatchNorms, then the extras'
+    input_norm: bool = False  # each input is a deferred BatchNorm's z, read as relu((z − mean)·rstd)
 
 
 class _SeparableStage(torch.autograd.Function):
-    """(inputs, w_dw_0, w_pw_0, …, w_dw_P-1, w_pw_P-1, e_0, …, spec) → per pair bn(pw(dw(x))) (with
-    its relu_input: of relu(x)), then per extra input bn(e). inputs: one x per pair; or, with
-    spec.counts, the group's source nodes, which every pair reads as relu(h) repeated per edge."""
+    """(inputs, w_dw_0, w_pw_0, …, w_dw_P-1, w_pw_P-1, e_0, …, [mean_0, rstd_0, …], spec) → per pair
+    bn(pw(dw(x))) (with its relu_input: of relu(x)), then per extra input bn(e); where a pair's
+    BatchNorm is deferred its z instead, and then, last, the stage's BatchNorm mean and rstd (fp32
+    [ΣC], the pairs' channels first; not differentiable). inputs: one x per pair; or, with
+    spec.counts, the group's source nodes, which every pair reads as relu(h) repeated per edge. With
+    spec.input_norm, per pair the (mean, rstd) of its input's deferred BatchNorm follow the extras."""
 
     @staticmethod
     def forward(ctx, *args):
@@ -80,45 +84,58 @@ class _SeparableStage(torch.autograd.Function):
         inputs = len(spec.counts) if spec.counts is not None else count
         xs = tensors[:inputs]
         w_dws, w_pws = tensors[inputs:inputs + 2 * count:2], tensors[inputs + 1:inputs + 2 * count:2]
-        extras = tensors[inputs + 2 * count:]
+        extras = tensors[inputs + 2 * count:len(tensors) - (2 * count if spec.input_norm else 0)]
+        input_stats = tensors[len(tensors) - 2 * count:] if spec.input_norm else ()
+        norm = list(zip(input_stats[::2], input_stats[1::2])) if spec.input_norm else None
         # the pairs in one launch, each making its BatchNorm's statistics as it writes z: the BatchNorm reads z once
         zs, moments = ndarts_kernels.separable_pairs_forward(
-            list(xs), w_dws, w_pws, _geometry(spec),
-            relu_input=spec.pairs[0].relu_input, moments=True, counts=spec.counts)
+            list(xs), w_dws, w_pws, _geometry(spec), relu_input=spec.pairs[0].relu_input, moments=True,
+            counts=spec.counts, input_norm=norm)
+        lazy = list(spec.deferred) + [False] * len(extras)
+        mean = torch.empty((sum(z.shape[1] for z in zs) + sum(e.shape[1] for e in extras),), device=zs[0].device,
+                           dtype=torch.float32) if any(lazy) else None
+        # a deferred BatchNorm: statistics only, its consumer normalises z as it reads it (no y written)
         ys, _, rstd = ndarts_kernels.batch_norms_forward(
             list(zs) + list(extras), [bn.running_mean for bn in bns], [bn.running_var for bn in bns],
             [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps,
-            moments=list(moments) + [None] * len(extras))
-        del zs, moments
-        ctx.save_for_backward(rstd, *tensors[:inputs + 2 * count], *ys)
-        ctx.spec, ctx.inputs = spec, inputs
-        return tuple(ys)
+            moments=list(moments) + [None] * len(extras), apply=[not z for z in lazy], mean_out=mean)
+        outs = [z if d else y for z, y, d in zip(zs, ys, lazy)] + list(ys[count:])
+        del zs, moments, ys
+        ctx.save_for_backward(rstd, mean, *tensors[:inputs + 2 * count], *input_stats, *outs)
+        ctx.spec, ctx.inputs, ctx.extras = spec, inputs, len(extras)
+        if mean is None:
+            return tuple(outs)
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)
+        return (*outs, mean, rstd)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
         import ndarts_kernels
 
-        spec, inputs, count = ctx.spec, ctx.inputs, len(ctx.spec.pairs)
-        rstd, *saved = ctx.saved_tensors
+        spec, inputs, extras, count = ctx.spec, ctx.inputs, ctx.extras, len(ctx.spec.pairs)
+        rstd, mean, *saved = ctx.saved_tensors
         xs = list(saved[:inputs])
         w_dws, w_pws = saved[inputs:inputs + 2 * count:2], saved[inputs + 1:inputs + 2 * count:2]
-        ys = saved[inputs + 2 * count:]
-        extras = len(ys) - count
+        stats = saved[inputs + 2 * count:inputs + 4 * count] if spec.input_norm else ()
+        outs = saved[inputs + 2 * count + len(stats):]
+        grads = [g if g is not None else torch.zeros_like(o) for g, o in zip(grads, outs)]
         used = grads_used(ctx, inputs + 2 * count + extras)
-        folds = ndarts_kernels.batch_norms_backward(list(grads), ys, rstd, relu=list(spec.deferred) + [False] * extras,
-                                                    fold=[True] * count + [False] * extras)
+        lazy = list(spec.deferred) + [False] * extras
+        folds = ndarts_kernels.batch_norms_backward(grads, outs, rstd, relu=lazy, fold=[True] * count + [False] * extras,
+                                                    lazy=lazy, mean=mean)
         need_w = used[inputs:inputs + 2 * count]
         # the pairs in one launch each way; with sources, the gradient of each source h_s itself (Σ over
         # its edges and the pairs, the ReLU's mask applied) from the depthwise input-gradient kernel
         dxs, d_dws, d_pws = ndarts_kernels.separable_pairs_backward(
-            list(grads[:count]), xs, list(w_dws), list(w_pws), _geometry(spec), need_input=any(used[:inputs]),
+            grads[:count], xs, list(w_dws), list(w_pws), _geometry(spec), need_input=any(used[:inputs]),
             need_weight=any(need_w), relu_input=spec.pairs[0].relu_input, bns=list(folds[:count]),
-            counts=spec.counts)
+            counts=spec.counts, input_norm=list(zip(stats[::2], stats[1::2])) if spec.input_norm else None)
         dxs = [dx if use else None for dx, use in zip(dxs, used[:inputs])] if dxs is not None else [None] * inputs
         dws = [None] * (2 * count) if d_dws is None else [
             d if use else None for d, use in zip((d for pair in zip(d_dws, d_pws) for d in pair), need_w)]
-        return (*dxs, *dws, *folds[count:], None)
+        return (*dxs, *dws, *folds[count:], *[None] * len(stats), None)
 
 
 def stage_fits(inputs, stacks, extras=(), counts=None) -> bool:
@@ -172,9 +189,10 @@ def _pair(conv: nn.Conv2d, relu_input: bool) -> Pair:
     return Pair(_square(conv.stride), _square(conv.padding), _square(conv.dilation), relu_input)
 
 
-def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=None) -> list:
+def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=None, input_stats=()) -> list:
     """One stage (which: 1 = dw1 → pw1, 2 = dw2 → pw2) of the stacks with their BatchNorms bns and
-    the extras' ((x, BatchNorm) pairs): inputs one per stack, or with counts the source nodes."""
+    the extras' ((x, BatchNorm) pairs): inputs one per stack, or with counts the source nodes;
+    input_stats: per stack the (mean, rstd) of its input's deferred BatchNorm (its z the input)."""
     dw_name, pw_name = ("dw1", "pw1") if which == 1 else ("dw2", "pw2")
     dtype = inputs[0].dtype
     weights, pairs = [], []
@@ -184,8 +202,9 @@ def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=Non
         pairs.append(_pair(dw, relu_input=which == 2 or counts is not None))
     deferred = tuple(deferred or (False,) * len(stacks))
     spec = Spec(tuple(pairs), deferred, None if counts is None else tuple(counts),
-                tuple(bns) + tuple(bn for _, bn in extras))
-    return list(_SeparableStage.apply(*inputs, *weights, *(x for x, _ in extras), spec))
+                tuple(bns) + tuple(bn for _, bn in extras), bool(input_stats))
+    return list(_SeparableStage.apply(*inputs, *weights, *(x for x, _ in extras),
+                                      *(t for stats in input_stats for t in stats), spec))
 
 
 def fused_conv_stages(inputs, stacks, extras=(), counts=None) -> tuple[list, list]:
@@ -198,10 +217,16 @@ def fused_conv_stages(inputs, stacks, extras=(), counts=None) -> tuple[list, lis
     seps = [i for i, s in enumerate(stacks) if s.repeats == 2]
     first = _stage(inputs, stacks, 1, [s.bn1 for s in stacks], extras,
                    deferred=tuple(s.repeats == 2 for s in stacks), counts=counts)
+    if seps:
+        first, (mean, rstd) = first[:-2], first[-2:]
     outs, pooled = first[:len(stacks)], first[len(stacks):]
     if seps:
-        # the sep convs' bn1 outputs y, their ReLU deferred to the second pair, which reads relu(y)
-        second = _stage([outs[i] for i in seps], [stacks[i] for i in seps], 2, [stacks[i].bn2 for i in seps])
+        # the sep convs' bn1 deferred: stage 1 hands out z and the statistics, the second pair reads
+        # relu((z − mean)·rstd) (bn1's y and its ReLU never written)
+        c = outs[0].shape[1]
+        stats = [(mean[i * c:(i + 1) * c], rstd[i * c:(i + 1) * c]) for i in seps]
+        second = _stage([outs[i] for i in seps], [stacks[i] for i in seps], 2, [stacks[i].bn2 for i in seps],
+                        input_stats=stats)
         for i, y in zip(seps, second):
             outs[i] = y
     return outs, pooled

@@ -149,6 +149,28 @@ def _workload() -> None:
             for need_weight in (True, False):
                 K.separable_pairs_backward(zs, xs, w_dws, w_pws, geometry, need_weight=need_weight, relu_input=True,
                                            bns=folds, counts=counts)
+            if counts is None:
+                continue
+            # the sep convs' bn1 deferred (the first stage of ndarts.separable_stage): statistics and mean only,
+            # the backward normalising z on load, the second stage's pairs reading relu((z − mean)·rstd)
+            mean = torch.empty_like(rstd)
+            lazy = [i < 2 for i in range(pairs)]
+            K.batch_norms_forward(zs, None, None, None, 0.1, 1e-5, moments=moments, apply=[not z for z in lazy],
+                                  mean_out=mean)
+            folds = K.batch_norms_backward(zs, zs, rstd, relu=lazy, fold=[True] * pairs, lazy=lazy, mean=mean)
+            K.batch_norms_backward(zs, zs, rstd, relu=lazy, lazy=lazy, mean=mean)  # unfolded, lazy
+            for need_weight in (True, False):
+                K.separable_pairs_backward(zs, xs, w_dws, w_pws, geometry, need_weight=need_weight, relu_input=True,
+                                           bns=folds, counts=counts)
+            c2 = zs[0].shape[1]
+            stats = [(mean[i * c2:(i + 1) * c2], rstd[i * c2:(i + 1) * c2]) for i in range(2)]
+            w_pws2 = [torch.randn(c2, c, 1, 1).to(dtype) for _ in range(2)]
+            second = [(1, p, d) for _, p, d in geometry[:2]]  # the second stage: stride 1
+            ys2, _ = K.separable_pairs_forward(zs[:2], w_dws[:2], w_pws2, second, relu_input=True, moments=True,
+                                               input_norm=stats)
+            for need_weight in (True, False):
+                K.separable_pairs_backward(ys2, zs[:2], w_dws[:2], w_pws2, second, need_weight=need_weight,
+                                           relu_input=True, input_norm=stats)
     _huge_workload()
     # the default sums each conv group's edges in one op (group_sums auto); False: a fused sum per edge
     levers = [dict(), dict(group_sums=False), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16),

@@ -347,6 +347,16 @@ def test_cuda_source_gradients_summed_over_edges_and_pairs(dtype, tol, counts, s
     check_source_gradients(dtype, tol, counts, shape, "cuda")
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("shape", [(64, 4, 16, 32, 32), (3, 2, 5, 13, 11)])
+def test_cuda_deferred_batch_norm_equals_its_output_read_back(dtype, tol, shape):
+    """A sep conv's bn1 deferred (no y written; its consumers and its backward normalise z on
+    load) against y written and read back, at a first stage's width and on odd sizes."""
+    from test_separable_stage import check_deferred_batch_norm
+
+    check_deferred_batch_norm(dtype, tol, shape, "cuda")
+
+
 def test_edge_streams_equal_one_stream():
     """Edges on side streams: the same outputs, gradients and BatchNorm statistics as on one
     stream, with noise (same draws in the same order), eagerly, repeated to shake out races."""

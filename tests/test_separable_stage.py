@@ -1,9 +1,11 @@
 """A batched conv stage as one Function (interpreter on CPU): the BatchNorm's statistics made by the
 separable conv's forward kernel, its backward folded into the separable conv's backward kernel,
 against float64 convs + BatchNorm per dtype, with and without the ReLU, on odd shapes; the other
-tensors of the BatchNorm launch bitwise as unfolded; the search network with the stages fused
-equals the network without (outputs, every gradient, BatchNorm statistics), pools joining the
-first stage; the deferred ReLU (no relu(y) written); only the gradients a pass uses."""
+tensors of the BatchNorm launch bitwise as unfolded; a deferred BatchNorm (no y written, its
+consumers and its backward normalising z on load) as its y written and read back; the search
+network with the stages fused equals the network without (outputs, every gradient, BatchNorm
+statistics), pools joining the first stage; the deferred bn1 + ReLU (no y, no relu(y) written);
+only the gradients a pass uses."""
 from unittest import mock
 
 import ndarts_kernels
@@ -182,6 +184,8 @@ def test_search_network_with_fused_stages_equals_without(fresh_seed, primitives)
     staged = [c for c in fwd.call_args_list if c.kwargs.get("moments")]
     assert len(staged) == 2 * groups
     assert all(not any(c.kwargs.get("relu") or []) for c in staged)
+    # the sep conv's bn1 deferred: its launch (the first stage's) writes no y, the second stage normalises on load
+    assert sorted(list(c.kwargs["apply"]).count(False) for c in staged) == [0] * groups + [1] * groups
     assert sorted(sum(m is None for m in c.kwargs["moments"]) for c in staged) == sorted(
         [0] * groups + [2 * len(s) for s in sources])  # the pools' statistics from the BatchNorm kernel
     # one launch per stage: the sep and dil convs' first pairs, the sep conv's second, BatchNorms folded
@@ -203,3 +207,60 @@ def test_a_weight_gradient_is_computed_only_when_the_pass_uses_it(fresh_seed):
         sep.reset_mock()
         net(x).logsumexp(1).sum().backward(inputs=net.weight_parameters())
         assert sep.call_count and all(c.kwargs["need_weight"] for c in sep.call_args_list)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_a_deferred_batch_norm_equals_its_output_read_back(fresh_seed, dtype, tol):
+    check_deferred_batch_norm(dtype, tol, (2, 2, 5, 7, 6))
+
+
+def check_deferred_batch_norm(dtype, tol, shape, device="cpu"):
+    """A sep conv's bn1 deferred (ndarts.separable_stage): its launch writes the statistics (and the
+    running ones) but no y; the next pairs read relu((z − mean)·rstd), the backward makes y from z
+    on load (gradient statistics, the fold). Against y written and read back: fp32 bitwise in the
+    interpreter, else within the dtype's rounding (bf16: y is then never rounded to bf16); the
+    launch's other tensor bitwise.
+    shape: (N, groups, C, H, W)."""
+    n, g, c, h, w = shape
+    zs = [torch.randn(n, g * c, h, w, device=device).to(dtype) * 3 + 1 for _ in range(2)]
+    other = torch.randn(n, 3, h, w, device=device).to(dtype)
+    running = [[torch.zeros(t.shape[1], device=device), torch.ones(t.shape[1], device=device),
+                torch.zeros((), dtype=torch.long, device=device)] for t in zs + [other]] * 2
+    plain, lazy_run = running[:3], [[t.clone() for t in r] for r in running[3:]]
+    ys, _, rstd = ndarts_kernels.batch_norms_forward(zs + [other], *zip(*plain), 0.1, 1e-5)
+    mean = torch.empty_like(rstd)
+    ys_l, _, rstd_l = ndarts_kernels.batch_norms_forward(zs + [other], *zip(*lazy_run), 0.1, 1e-5,
+                                                         apply=[False, False, True], mean_out=mean)
+    assert ys_l[0] is None and ys_l[1] is None and torch.equal(ys_l[2], ys[2]) and torch.equal(rstd_l, rstd)
+    for a, b in zip(plain, lazy_run):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))  # the running statistics updated alike
+    torch.testing.assert_close(mean[:g * c], zs[0].double().mean((0, 2, 3)).float(), atol=1e-5, rtol=1e-5)
+    # the next pairs read relu(y) of the z's
+    w_dws = [(torch.randn(g * c, 1, k, k, device=device) / k).to(dtype) for k in (3, 5)]
+    w_pws = [(torch.randn(g * c, c, 1, 1, device=device) / c ** 0.5).to(dtype) for _ in range(2)]
+    geometry = [(1, 1, 1), (1, 2, 1)]
+    stats = [(mean[i * g * c:(i + 1) * g * c], rstd[i * g * c:(i + 1) * g * c]) for i in range(2)]
+    read_back, _ = ndarts_kernels.separable_pairs_forward(ys[:2], w_dws, w_pws, geometry, relu_input=True)
+    on_load, _ = ndarts_kernels.separable_pairs_forward(zs, w_dws, w_pws, geometry, relu_input=True, input_norm=stats)
+    grads = [torch.randn_like(y) for y in ys]
+    dxs_back, dws_back, dps_back = ndarts_kernels.separable_pairs_backward(read_back, ys[:2], w_dws, w_pws, geometry,
+                                                                           relu_input=True)
+    dxs_load, dws_load, dps_load = ndarts_kernels.separable_pairs_backward(read_back, zs, w_dws, w_pws, geometry,
+                                                                           relu_input=True, input_norm=stats)
+    folded = ndarts_kernels.batch_norms_backward(grads, ys, rstd, relu=[True, False, False], fold=[True, True, False])
+    folded_l = ndarts_kernels.batch_norms_backward(grads, zs + [ys_l[2]], rstd, relu=[True, False, False],
+                                                   fold=[True, True, False], lazy=[True, True, False], mean=mean)
+    assert torch.equal(folded_l[2], folded[2])
+    # the producing pairs' backward with the fold, from y or from z
+    x = [torch.randn(n, g * c, h, w, device=device).to(dtype) for _ in range(2)]
+    want = ndarts_kernels.separable_pairs_backward(grads[:2], x, w_dws, w_pws, geometry, bns=folded[:2])
+    got = ndarts_kernels.separable_pairs_backward(grads[:2], x, w_dws, w_pws, geometry, bns=folded_l[:2])
+    pairs = [(on_load, read_back), (dxs_load, dxs_back), (dws_load, dws_back), (dps_load, dps_back),
+             ([f.sums for f in folded_l[:2]], [f.sums for f in folded[:2]])] + list(zip(got, want))
+    for a_list, b_list in pairs:
+        for a, b in zip(a_list, b_list):
+            if dtype == torch.float32 and device == "cpu":
+                assert torch.equal(a, b)
+            else:
+                torch.testing.assert_close(a.float(), b.float(), atol=tol * max(1.0, b.float().abs().max().item()),
+                                           rtol=tol)
