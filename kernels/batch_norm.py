@@ -29,6 +29,10 @@ Here each channel is split over S programs (grid C × S, about four programs per
   statistics kernel runs as usual, the apply kernel skips the tensor, and its producer's backward
   kernel (kernels/separable_conv.py) applies dx = rstd·(g − mean g − y·mean g·y) as it reads g,
   from the ``BatchNormGrad`` it is handed: dL/dx is never written nor read back.
+- the normalisation deferred to the consumers (per tensor, ``batch_norms_forward(apply=…)``): the
+  apply kernel makes that tensor's statistics (mean via ``mean_out``, rstd, the running ones) but
+  writes no y; its consumers read (x − mean)·rstd on load (kernels/separable_conv.py's
+  ``input_norm``), and its backward takes x where y would be (``lazy``): y is made on load.
 
 Every reduction runs in a fixed order: results are bitwise reproducible run to run.
 Layout: contiguous NCHW (the launcher makes other layouts contiguous).

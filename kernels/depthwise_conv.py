@@ -13,6 +13,10 @@ the GPU time, and PyTorch's NCHW grad-weight kernel 25 µs per call on 4 MiB ten
   the same input tile (cache hits), accumulated in fp32.
 - input gradient: one program per (input plane, input tile), summing its M output planes; for
   stride 2 only the taps that land on an output pixel (t = h + p − i·d divisible by 2) contribute.
+  ``depthwise_pairs_input_grad``: the input gradients of up to four convs of one shape and stride
+  (a conv stage's pairs, kernels/separable_conv.py) in one launch, each conv's geometry a constant;
+  where they all read relu(h_s) repeated per edge, one program per plane of h_s sums the convs and
+  the source's edges and applies the ReLU's mask (dL/dh_s written, nothing per conv).
 - weight gradient: grid (C·M, S): each program sums g·x over its images for all K·K taps into
   fp32 partials [C·M, S, K·K]. It keeps one running product sum per (tap, pixel of its tile) in
   registers, [K·K, TILE]: each tile is one gather of the K·K shifted windows and one multiply-add,

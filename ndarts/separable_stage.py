@@ -13,12 +13,15 @@ kernel less (the pools' BatchNorms still get theirs). In the forward, each pair'
 its BatchNorm's statistics (partial moments) as it writes z, so the BatchNorm reads z once (to
 normalise it), not twice, and a stage without pools runs no statistics kernel.
 
-The sep convs' first BatchNorm is followed by a ReLU. Its stage writes only the BatchNorm's output
-y (no relu(y)); the second stage's pair reads y with the ReLU on load and keeps y for its backward
-(the ReLU's output is never written). That deferred ReLU is why both stages live here together:
-stage 1 hands out y, and treats the gradient that comes back for it as the gradient of relu(y)
-(its backward masks it with y > 0, as the fused BatchNorm + ReLU does), which is right only
-because its one consumer is stage 2's pair, which gives back the gradient of its input relu(y).
+The sep convs' first BatchNorm (bn1) is followed by a ReLU, and both are deferred to the consumer:
+stage 1's BatchNorm launch makes bn1's statistics (and running statistics) but writes neither y nor
+relu(y) (``batch_norms_forward(apply=…)``); stage 1 hands out z with bn1's mean and rstd, and the
+second stage's pair reads relu((z − mean)·rstd) on load and keeps z for its backward. Stage 1's
+backward makes y from z on load too (``batch_norms_backward(lazy=…)``, the fold's
+``BatchNormGrad.mean``). That deferral is why both stages live here together: stage 1 treats the
+gradient that comes back for z as the gradient of relu(y) (its backward masks it with y > 0, as
+the fused BatchNorm + ReLU does), which is right only because its one consumer is stage 2's pair,
+which gives back the gradient of its input relu(y).
 
 Where the group's source nodes' ReLU is read by nothing else (GroupRun's relu_fused), the first
 stage takes the sources h_s before their ReLU and its kernels read relu(h_s) repeated per edge
