@@ -129,6 +129,20 @@ def tile_sweep_table(rows):
     return lines
 
 
+def stage_table(rows):
+    """A conv stage's four pairs launched one by one vs in one launch of each kernel, per part (ms:
+    CUDA-graph device time where measured; x > 1: the stage launch faster)."""
+    by_part = {}
+    for r in rows:
+        by_part.setdefault(r["part"], {})[r["impl"]] = r.get("graph_ms") or r["time_ms"]
+    lines = [f"{'part':6} {'per pair ms':>12} {'stage ms':>9} {'x':>6}"]
+    for part in sorted(by_part, key=PART_ORDER.get):
+        per_pair, stage = by_part[part].get("per_pair"), by_part[part].get("stage")
+        speedup = per_pair / stage if per_pair and stage else None
+        lines.append(f"{part:6} {_fmt(per_pair, '12.4f'):>12} {_fmt(stage, '9.4f'):>9} {_fmt(speedup, '6.2f'):>6}")
+    return lines
+
+
 def target_lines(rows):
     lines = []
     for r in rows:
@@ -174,6 +188,7 @@ def main(argv):
     pointwise = [r for r in rows if r["kind"] == "pointwise_conv"]
     separable = [r for r in rows if r["kind"] == "separable_conv"]
     tiles = [r for r in rows if r["kind"] == "separable_conv_tile"]
+    stages = [r for r in rows if r["kind"] == "separable_stage"]
     copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise + pointwise + separable}
     if copy:
         print(f"copy bandwidth (read + write), measured in the run: {', '.join(f'{c:.1f}' for c in sorted(copy))} GB/s")
@@ -198,6 +213,10 @@ def main(argv):
         print(f"\nfused dw + 1x1 kernels, tile sweep at {tiles[0]['geometry']} {'x'.join(map(str, tiles[0]['shape']))} "
               "(tile elements, warps; * the default)")
         print("\n".join(tile_sweep_table(tiles)))
+    if stages:
+        print(f"\na conv stage's four pairs ({stages[0]['geometry']}, {'x'.join(map(str, stages[0]['shape']))}), "
+              "one launch per pair vs one per stage (ms: CUDA-graph replay where measured)")
+        print("\n".join(stage_table(stages)))
     print("\ntargets (issue 4; recorded, not asserted)")
     print("\n".join(target_lines(mixed + steps)))
     return 0

@@ -14,6 +14,11 @@ through memory twice each way. The step benchmark times the whole-step variant
 - cases, fp32, batch 64: a normal cell's first conv group (8 edges × 16 channels, 32×32) as sep 3×3
   and dil 5×5, and a later cell's (4 edges × 32 channels at 16×16) sep 5×5.
 
+A whole stage (`test_separable_stage`, CUDA only): the first stage of a normal cell's first conv
+group, its four pairs (sep 3×3, sep 5×5, dil 3×3, dil 5×5 on 8 edges × 16 channels, 32×32), each
+pair launched alone (`per_pair`, as before 2026-11-30's sixth entry) vs the four in one launch of
+each kernel (`stage`: ndarts_kernels.separable_pairs_*, as ndarts.separable_stage runs them).
+
 The tile sweep (`test_separable_conv_tiles`, CUDA only): the fused kernels on the first case with
 other (tile elements, warps) pairs than FORWARD_TILE / BACKWARD_TILE, so that the GPU run that
 times them also says which tiles to keep.
@@ -97,6 +102,49 @@ def _time_part(benchmark, copy_bandwidth, device, impl, part, case, tile=None, *
                      impl=impl, part=part, geometry=geometry(case), shape=list(shape), groups=groups, **fields)
 
 
+# a stage's four pairs: (K, padding, dilation) of sep 3×3, sep 5×5, dil 3×3, dil 5×5 (stride 1)
+STAGE_PAIRS = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2)]
+STAGE_SHAPE, STAGE_GROUPS = ((64, 128, 32, 32), 8) if CUDA else ((2, 32, 16, 16), 2)
+
+
+def stage_fn(impl: str, part: str, x, w_dws, w_pws, g):
+    """A no-argument callable computing one part of a stage's pairs: one launch per pair or per stage."""
+    import ndarts_kernels
+
+    geometry = [(1, p, d) for _, p, d in STAGE_PAIRS]
+    if impl == "stage":
+        if part == "fwd":
+            return lambda: ndarts_kernels.separable_pairs_forward([x] * 4, w_dws, w_pws, geometry)
+        return lambda: ndarts_kernels.separable_pairs_backward([g] * 4, [x] * 4, w_dws, w_pws, geometry,
+                                                               need_weight=part == "both")
+    if part == "fwd":
+        return lambda: [ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, *geo)
+                        for w_dw, w_pw, geo in zip(w_dws, w_pws, geometry)]
+    return lambda: [ndarts_kernels.separable_conv_backward(g, x, w_dw, w_pw, *geo, need_weight=part == "both")
+                    for w_dw, w_pw, geo in zip(w_dws, w_pws, geometry)]
+
+
+@pytest.mark.parametrize("impl", ["per_pair", "stage"])
+@pytest.mark.parametrize("part", PARTS)
+def test_separable_stage(benchmark, copy_bandwidth, device, impl, part):
+    reason = triton_skip_reason(device)
+    if reason:
+        pytest.skip(reason)
+    c = STAGE_SHAPE[1] // STAGE_GROUPS
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(STAGE_SHAPE, device=device, generator=gen)
+    g = torch.randn(STAGE_SHAPE, device=device, generator=gen)
+    w_dws = [torch.randn(STAGE_SHAPE[1], 1, k, k, device=device, generator=gen) / k for k, _, _ in STAGE_PAIRS]
+    w_pws = [torch.randn(STAGE_SHAPE[1], c, 1, 1, device=device, generator=gen) / c ** 0.5 for _ in STAGE_PAIRS]
+    benchmark.group = f"separable_stage {part} {shape_id(STAGE_SHAPE)}"
+    # each pair's least bytes (as test_separable_conv's), four pairs; conv_part_bytes counts x and g once
+    pair_bytes = (2 * x.numel() + (x.numel() if part == "both" else 0)) * x.element_size()
+    record_conv_part(benchmark, stage_fn(impl, part, x, w_dws, w_pws, g), device, copy_bandwidth, x=x, dy=g,
+                     rounds=ROUNDS, warmup=WARMUP, extra_bytes=4 * pair_bytes - 2 * x.numel() * x.element_size(),
+                     kind="separable_stage", impl=impl, part=part, geometry="sep3 sep5 dil3 dil5",
+                     shape=list(STAGE_SHAPE), groups=STAGE_GROUPS)
+
+
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("part", PARTS)
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
@@ -118,3 +166,4 @@ def test_separable_conv_tiles(benchmark, copy_bandwidth, device, part, index):
     case = CASES[0]
     benchmark.group = f"separable_conv tiles {part} {geometry(case)} {shape_id(case[0])}"
     _time_part(benchmark, copy_bandwidth, device, "triton", part, case, tile=tile, kind="separable_conv_tile")
+

@@ -1,5 +1,6 @@
 """benchmarks/summarize.py's conv tables from pytest-benchmark JSON: the fused dw + 1×1 pair beside
-PyTorch's convs, and the fused kernels' tile sweep (fastest first, the default marked)."""
+PyTorch's convs, the fused kernels' tile sweep (fastest first, the default marked), and a stage's
+pairs launched one by one vs in one launch."""
 import json
 import os
 import sys
@@ -46,3 +47,24 @@ def test_separable_tables_from_benchmark_json(tmp_path, capsys, fresh_seed):
     assert [(int(r[1]), int(r[2])) for r in sweep_lines if r[-1] == "*"] == [FORWARD_TILE]
     both = [line.split() for line in out.splitlines() if line.startswith("both ") and line.split()[1].isdigit()]
     assert both and both[0][-1] == "*"
+
+
+def test_stage_table_from_benchmark_json(tmp_path, capsys, fresh_seed):
+    summarize = pytest.importorskip("summarize")
+    import random
+
+    common = dict(geometry="sep3 sep5 dil3 dil5", shape=[64, 128, 32, 32], min_bytes=2**28, copy_GBps=4000.0, groups=8)
+    times = {part: (random.uniform(0.3, 0.6), random.uniform(0.1, 0.3)) for part in ("fwd", "dgrad", "both")}
+    benches = [_bench(f"{impl}-{part}", ms, kind="separable_stage", impl=impl, part=part, **common)
+               for part, pair in times.items() for impl, ms in zip(("per_pair", "stage"), pair)]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": benches}))
+    assert summarize.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "one launch per pair vs one per stage" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["fwd"], ["dgrad"],
+                                                                                             ["both"])}
+    assert list(rows) == ["fwd", "dgrad", "both"]
+    for part, (per_pair, stage) in times.items():
+        assert float(rows[part][1]) == pytest.approx(per_pair, abs=1e-4)
+        assert float(rows[part][3]) == pytest.approx(per_pair / stage, rel=1e-2)
