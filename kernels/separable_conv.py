@@ -403,7 +403,7 @@ def _input(x, counts):
 class _Launch(NamedTuple):
     """What the kernels of one launch of P pairs take besides the gradients."""
 
-    xs: list  # X0 … X3: the pairs' inputs, or the two source nodes (then G0 > 0 or sources)
+    xs: list  # X0 … X3: the pairs' inputs, or (with counts) the one or two source nodes, padded
     g0: int  # groups read from X0 with sources
     like: torch.Tensor  # shaped like the input every pair reads, [N, G·C, H, W]
     w_dws: list  # padded to MAX_PAIRS
@@ -525,7 +525,9 @@ def _check_grads(grads, bns, launch):
         if (bn.y.shape != grad.shape or bn.y.dtype != grad.dtype or not bn.y.is_contiguous()
                 or tuple(bn.sums.shape[::2]) != (groups * co, 2) or not bn.sums.is_contiguous()
                 or bn.rstd.shape != (groups * co,) or bn.sums.shape[1] != bns[0].sums.shape[1]
-                or bn.inv_count != bns[0].inv_count):
+                or bn.inv_count != bns[0].inv_count
+                or (bn.mean is not None and (bn.mean.shape != bn.rstd.shape or bn.mean.dtype != torch.float32
+                                             or not bn.mean.is_contiguous()))):
             raise ValueError(f"separable_conv: the folded BatchNorm's output must be a contiguous "
                              f"{tuple(grad.shape)} {grad.dtype} with statistics for {groups * co} channels (as many "
                              f"partial sums as the launch's other folds), got {tuple(bn.y.shape)} {bn.y.dtype}, "

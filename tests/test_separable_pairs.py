@@ -118,3 +118,10 @@ def test_a_launch_that_does_not_fit_is_named():
     zs, _ = ndarts_kernels.separable_pairs_forward([x, x], w_dws, w_pws, [(1, 1, 1), (1, 2, 1)])
     with pytest.raises(ValueError, match="one output gradient"):
         ndarts_kernels.separable_pairs_backward(zs[:1], [x, x], w_dws, w_pws, [(1, 1, 1), (1, 2, 1)])
+    _, folds = _folds(zs, [False, False])
+    lazy = [f._replace(y=z, mean=f.rstd[:3]) for f, z in zip(folds, zs)]  # a mean for 3 of the 8 channels
+    with pytest.raises(ValueError, match="folded BatchNorm"):
+        ndarts_kernels.separable_pairs_backward(zs, [x, x], w_dws, w_pws, [(1, 1, 1), (1, 2, 1)], bns=lazy)
+    with pytest.raises(ValueError, match="input_norm"):
+        ndarts_kernels.separable_pairs_forward([x, x], w_dws, w_pws, [(1, 1, 1), (1, 2, 1)],
+                                               input_norm=[(folds[0].rstd, folds[0].rstd[:4])] * 2)
