@@ -346,6 +346,14 @@ def _bits(flags) -> int:
     return sum(1 << t for t, f in enumerate(flags) if f)
 
 
+def _stand_ins(kept, start, stop) -> list:
+    """Per tensor, whose tensors fill its pointer slots in the launch over start … stop: its own
+    where kept[t]; else the launch's first kept tensor's (its programs have no rows: those slots are
+    never read nor written), or its own where the launch keeps none."""
+    first = next((t for t in range(start, stop) if kept[t]), None)
+    return [t if kept[t] or first is None else first for t in range(len(kept))]
+
+
 def _check_same_geometry(tensors, what: str) -> None:
     """One launch takes tensors of one batch size, image size, dtype and device; their channel
     counts may differ."""
@@ -442,9 +450,9 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
         stats = [slots(lst, rstd) if update else [rstd] * MAX_TENSORS for lst in (running_means, running_vars)]
         counts = slots(nums_batches, rstd) if update else [rstd] * MAX_TENSORS
         # a tensor not applied here: an applied tensor's x and y as stand-ins (never read nor written)
-        stand_in = next((t for t in range(start, stop) if apply[t]), start)
-        ins = [x if apply[t] else xs[stand_in] for t, x in enumerate(xs)]
-        outs = [y if y is not None else (ys[stand_in] if ys[stand_in] is not None else xs[stand_in]) for y in ys]
+        stand_in = _stand_ins(apply, start, stop)
+        ins = [xs[i] for i in stand_in]
+        outs = [ys[i] if ys[i] is not None else xs[i] for i in stand_in]
         _bn_apply_kernel[(channels, splits)](
             *slots(ins), *slots(outs), *slots([r if r is not None else y for r, y in zip(rs, outs)]),
             *slots(parts, parts[start]), rstd[first:first + channels],
@@ -519,10 +527,9 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None, la
         _bn_grad_stats_kernel[grid](*slots(grads), *slots(ys), part, *stats, n, hw, *geometry, rows, splits, T=num,
                                     RELU=bits, LAZY=lazy_bits, BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
                                     num_warps=num_warps)
-        applied = [t for t in range(start, stop) if not fold[t]]
-        if applied:
+        if not all(fold[start:stop]):
             # a folded tensor's slots take an applied one's tensors: the kernel reads no row of them
-            stand_in = [t if not fold[t] else applied[0] for t in range(len(ys))]
+            stand_in = _stand_ins([not f for f in fold], start, stop)
             grads_in, ys_in, dxs_in = ([lst[t] for t in stand_in] for lst in (grads, ys, dxs))
             _bn_grad_apply_kernel[grid](*slots(grads_in), *slots(ys_in), *slots(dxs_in), part, *stats[::-1],
                                         n, hw, *geometry, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,

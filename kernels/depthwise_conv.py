@@ -34,6 +34,7 @@ import triton.language as tl
 from .grid import plane_pointer, split_images
 
 INT32_LIMIT = 2**31 - 1
+MAX_CONVS = 4  # convs of one depthwise_pairs_input_grad launch (its W0 … W3 and K0 … K3)
 
 
 @triton.jit
@@ -317,7 +318,7 @@ def depthwise_conv_forward(x, weight, stride: int, padding: int, dilation: int) 
 
 def depthwise_pairs_input_grad(grad: torch.Tensor, like: torch.Tensor, weights, geometry, sources=None,
                                relu: bool = False) -> list:
-    """The input gradients of P ≤ 4 depthwise convs (one output per channel) of one shape and stride,
+    """The input gradients of P ≤ MAX_CONVS depthwise convs (one output per channel) of one shape and stride,
     in one launch. grad: their output gradients, one [P, N, G·C, OH, OW] tensor; like: a tensor
     shaped like their inputs [N, G·C, H, W] (any device: its shape is all that is read); weights:
     conv p's [G·C, 1, K_p, K_p]; geometry: (stride, padding, dilation) per conv.
@@ -326,23 +327,23 @@ def depthwise_pairs_input_grad(grad: torch.Tensor, like: torch.Tensor, weights, 
     ReLU's mask), the gradient of each source h_s: Σ over its groups and the P convs, in fp32 before
     one rounding (kernels/relu_repeat.py's backward, without the P gradients of the repeated input)."""
     pairs = len(weights)
-    if not 1 <= pairs <= 4 or len(geometry) != pairs or grad.dim() != 5 or grad.shape[0] != pairs:
-        raise ValueError(f"depthwise_pairs_input_grad: 1..4 convs with a weight and a geometry each and their "
-                         f"gradients stacked [P, N, C, OH, OW]; got {pairs} weights, {len(geometry)} geometries, "
-                         f"gradient {tuple(grad.shape)}")
+    if not 1 <= pairs <= MAX_CONVS or len(geometry) != pairs or grad.dim() != 5 or grad.shape[0] != pairs:
+        raise ValueError(f"depthwise_pairs_input_grad: 1..{MAX_CONVS} convs with a weight and a geometry each and "
+                         f"their gradients stacked [P, N, C, OH, OW]; got {pairs} weights, {len(geometry)} "
+                         f"geometries, gradient {tuple(grad.shape)}")
     n, gc, h, w = like.shape
     oh, ow = grad.shape[3:]
+    shape_only = torch.empty(like.shape, device="meta", dtype=grad.dtype)  # what check_depthwise_args reads
     for wt, (stride, padding, dilation) in zip(weights, geometry):
-        k, *out = check_depthwise_args(torch.empty(like.shape, device="meta", dtype=grad.dtype), wt, stride, padding,
-                                       dilation)
+        _, *out = check_depthwise_args(shape_only, wt, stride, padding, dilation)
         if wt.shape[0] != gc or tuple(out) != (oh, ow) or stride != geometry[0][0] or grad.shape[1:3] != (n, gc):
             raise ValueError(f"depthwise_pairs_input_grad: conv {tuple(wt.shape)} with stride {stride} does not "
                              f"map {tuple(like.shape)} to the gradients' {tuple(grad.shape[1:])}")
     grad = grad.contiguous()
     weights = [wt.contiguous() for wt in weights]
-    ks = [wt.shape[2] for wt in weights] + [1] * (4 - pairs)
-    pads = [g[1] for g in geometry] + [0] * (4 - pairs)
-    dils = [g[2] for g in geometry] + [1] * (4 - pairs)
+    ks = [wt.shape[2] for wt in weights] + [1] * (MAX_CONVS - pairs)
+    pads = [g[1] for g in geometry] + [0] * (MAX_CONVS - pairs)
+    dils = [g[2] for g in geometry] + [1] * (MAX_CONVS - pairs)
     if sources is not None:
         xs, counts = sources
         c = xs[0].shape[1]
@@ -358,7 +359,7 @@ def depthwise_pairs_input_grad(grad: torch.Tensor, like: torch.Tensor, weights, 
         bh, bw = _blocks(h, w)
         tiles_w = triton.cdiv(w, bw)
         _dw_pairs_bwd_input_kernel[(grid_planes, triton.cdiv(h, bh) * tiles_w, 1 if sources is not None else pairs)](
-            grad, *weights, *[weights[-1]] * (4 - pairs), x0, x1, dx, n, channels, groups, group0, h, w, oh, ow,
+            grad, *weights, *[weights[-1]] * (MAX_CONVS - pairs), x0, x1, dx, n, channels, groups, group0, h, w, oh, ow,
             tiles_w, *ks, *pads, *dils, STRIDE=geometry[0][0], PAIRS=pairs, SOURCES=sources is not None,
             RELU=bool(relu), BLOCK_H=bh, BLOCK_W=bw, INDEX_64=max(grad.numel(), dx.numel()) > INT32_LIMIT,
             num_warps=4)

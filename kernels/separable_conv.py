@@ -53,11 +53,17 @@ import triton
 import triton.language as tl
 
 from .batch_norm import BatchNormGrad
-from .depthwise_conv import INT32_LIMIT, check_depthwise_args, depthwise_conv_backward, depthwise_pairs_input_grad
+from .depthwise_conv import (
+    INT32_LIMIT,
+    MAX_CONVS,
+    check_depthwise_args,
+    depthwise_conv_backward,
+    depthwise_pairs_input_grad,
+)
 from .grid import pad_pointers, pick_pointer, plane_pointer
 
 MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
-MAX_PAIRS = 4  # pairs of one launch (a stage of the search's stacks: sep 3×3/5×5, dil 3×3/5×5)
+MAX_PAIRS = MAX_CONVS  # pairs of one launch (a stage of the search's stacks: sep 3×3/5×5, dil 3×3/5×5)
 
 
 def pack_geometry(k: int, padding: int, dilation: int, bn_relu: bool = False, bn_lazy: bool = False) -> int:
