@@ -14,6 +14,10 @@ For edge e of the group (one source node h, stride 1):
   pointer per edge (the FactorizedReduce skip of a reduction cell's stride-2 edges: each edge has
   its own weights, computed together and BatchNorm'd per edge, NodeShare.reduced); when it is the
   noisy operand, each edge's noise takes that edge's std (STD[e]).
+- a grouped operand may be a deferred BatchNorm's input z (its y never written: ``grouped_norm``):
+  the kernels read it as y = (z − mean[c])·rstd[c], c its channel in the group's edge-major order,
+  in the forward and where the backward reads it (W's gradient). The gradient written for it is
+  dL/dy, which the BatchNorm's backward takes (batch_norms_backward(lazy=…) makes y from z too).
 The output is [E, N, C, H, W]; each edge may add a base (its target node's partial sum: a
 cell's node sums run as a chain of group sums, no separate adds). The backward reads the E upstream gradients, the operands and
 regenerates ε; it writes each shared operand's gradient once (Σ_e W[e, p]·g_e: no autograd
@@ -76,6 +80,30 @@ def _shared_term(acc, s, W, row, k: tl.constexpr, noise_offs, seed, std, lam, me
 
 
 @triton.jit
+def _grouped_operand(G, g_offs, mask, q: tl.constexpr, NORM: tl.constexpr, M, Q, stat):
+    """Grouped operand q at g_offs, fp32; where NORM has bit q it holds a deferred BatchNorm's
+    input z, read as its output (z − mean)·rstd with the statistics at index `stat` (the element's
+    channel in the group's edge-major channel order)."""
+    o = tl.load(G + g_offs, mask=mask, other=0.0).to(tl.float32)
+    if (NORM >> q) & 1:
+        o = (o - tl.load(M + stat, mask=mask, other=0.0)) * tl.load(Q + stat, mask=mask, other=0.0)
+    return o
+
+
+@triton.jit
+def _channel_in_edge(offs, INNER, HW, NORM: tl.constexpr):
+    """(channel of each element within its edge, channels per edge) where a grouped operand is a
+    deferred BatchNorm's input (NORM ≠ 0); zeros, not computed, otherwise."""
+    if NORM != 0:
+        chan = (offs % INNER) // HW
+        per_edge = INNER // HW
+    else:
+        chan = offs * 0
+        per_edge = INNER * 0
+    return chan, per_edge
+
+
+@triton.jit
 def _grouped_offsets(offs, e, INNER, G_STRIDE):
     """Index of edge e's element `offs` (flat over [N, C·H·W]) in a grouped operand whose images
     are G_STRIDE elements apart (E·C·H·W for a whole [N, E·C, H, W] tensor; more for this call's
@@ -98,9 +126,13 @@ def _group_forward_kernel(
     BS0, BS1, BS2, BS3, BS4, BS5, BS6, BS7,  # their image strides (elements)
     R0, R1, R2, R3, R4, R5, R6, R7,  # each edge's own operand [numel] (NUM_OWN = 1), contiguous
     MOMENTS,  # fp32 [programs, 3]: (count, mean, M2) of each program's elements of row 0 (STATS)
+    M0, M1, M2, M3, M4, M5,  # fp32 [E·C] BatchNorm mean of each grouped operand whose NORM bit is set
+    Q0, Q1, Q2, Q3, Q4, Q5,  # fp32 [E·C] its rstd
+    HW,  # pixels per channel (NORM's channel of an element)
     E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr, NUM_OWN: tl.constexpr,
     SKIP: tl.constexpr,  # weight column of the noisy operand (a shared or the own one), -1: none
     KIND: tl.constexpr, MULT: tl.constexpr,
+    NORM: tl.constexpr,  # bit q set: grouped operand q is a deferred BatchNorm's input z, read as its y
     BASES: tl.constexpr,  # bit e set: edge e adds its base (a partial node sum) to its output
     STATS: tl.constexpr,  # write row 0's partial moments (its std without another pass over it)
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
@@ -115,6 +147,7 @@ def _group_forward_kernel(
     if NUM_SHARED > 2:
         s2 = tl.load(S2 + offs, mask=mask, other=0.0).to(tl.float32)
     K = NUM_SHARED + NUM_GROUPED + NUM_OWN  # constexpr: a sum of constexprs
+    chan, per_edge = _channel_in_edge(offs, INNER, HW, NORM)
     for e in tl.static_range(E):
         row = e * K
         noise_offs = offs + (E0 + e) * numel
@@ -125,17 +158,18 @@ def _group_forward_kernel(
         if NUM_SHARED > 2:
             acc = _shared_term(acc, s2, W, row, 2, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT)
         g_offs = _grouped_offsets(offs, e, INNER, G_STRIDE)
-        acc += tl.load(W + row + NUM_SHARED).to(tl.float32) * tl.load(G0 + g_offs, mask=mask, other=0.0).to(tl.float32)
+        stat = e * per_edge + chan
+        acc += tl.load(W + row + NUM_SHARED).to(tl.float32) * _grouped_operand(G0, g_offs, mask, 0, NORM, M0, Q0, stat)
         if NUM_GROUPED > 1:
-            acc += tl.load(W + row + NUM_SHARED + 1).to(tl.float32) * tl.load(G1 + g_offs, mask=mask, other=0.0).to(tl.float32)
+            acc += tl.load(W + row + NUM_SHARED + 1).to(tl.float32) * _grouped_operand(G1, g_offs, mask, 1, NORM, M1, Q1, stat)
         if NUM_GROUPED > 2:
-            acc += tl.load(W + row + NUM_SHARED + 2).to(tl.float32) * tl.load(G2 + g_offs, mask=mask, other=0.0).to(tl.float32)
+            acc += tl.load(W + row + NUM_SHARED + 2).to(tl.float32) * _grouped_operand(G2, g_offs, mask, 2, NORM, M2, Q2, stat)
         if NUM_GROUPED > 3:
-            acc += tl.load(W + row + NUM_SHARED + 3).to(tl.float32) * tl.load(G3 + g_offs, mask=mask, other=0.0).to(tl.float32)
+            acc += tl.load(W + row + NUM_SHARED + 3).to(tl.float32) * _grouped_operand(G3, g_offs, mask, 3, NORM, M3, Q3, stat)
         if NUM_GROUPED > 4:
-            acc += tl.load(W + row + NUM_SHARED + 4).to(tl.float32) * tl.load(G4 + g_offs, mask=mask, other=0.0).to(tl.float32)
+            acc += tl.load(W + row + NUM_SHARED + 4).to(tl.float32) * _grouped_operand(G4, g_offs, mask, 4, NORM, M4, Q4, stat)
         if NUM_GROUPED > 5:
-            acc += tl.load(W + row + NUM_SHARED + 5).to(tl.float32) * tl.load(G5 + g_offs, mask=mask, other=0.0).to(tl.float32)
+            acc += tl.load(W + row + NUM_SHARED + 5).to(tl.float32) * _grouped_operand(G5, g_offs, mask, 5, NORM, M5, Q5, stat)
         if NUM_OWN > 0:
             r = tl.load(pick_pointer(e, R0, R1, R2, R3, R4, R5, R6, R7, 8) + offs, mask=mask, other=0.0).to(tl.float32)
             if SKIP == NUM_SHARED + NUM_GROUPED:
@@ -180,11 +214,13 @@ def _shared_grad(s, g, W, PROW, e: tl.constexpr, k: tl.constexpr, K: tl.constexp
 
 @triton.jit
 def _grouped_grad(G, DG, g, W, PROW, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr,
-                  g_offs, mask, WGRAD: tl.constexpr):
+                  g_offs, mask, WGRAD: tl.constexpr, q: tl.constexpr, NORM: tl.constexpr, M, Q, stat):
+    """Writes grouped operand q's gradient (of its y, where it is a deferred BatchNorm's z) and, with
+    WGRAD, the partial Σ g·o for W[e, k]."""
     w = tl.load(W + e * K + k).to(tl.float32)
     tl.store(DG + g_offs, (w * g).to(DG.dtype.element_ty), mask=mask)
     if WGRAD:  # only W's gradient reads the operand
-        o = tl.load(G + g_offs, mask=mask, other=0.0).to(tl.float32)
+        o = _grouped_operand(G, g_offs, mask, q, NORM, M, Q, stat)
         tl.store(PROW + e * K + k, tl.sum(g * o, axis=0))
 
 
@@ -229,8 +265,9 @@ def _group_backward_kernel(
     DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7,  # their gradients
     W, PART,  # weights [E, K]; fp32 partials [programs, ≥ E·K] (rows PART_STRIDE apart; unused without WGRAD)
     PART_STRIDE, SEED, STD, numel, INNER, G_STRIDE, E0, lam, mean,
+    M0, M1, M2, M3, M4, M5, Q0, Q1, Q2, Q3, Q4, Q5, HW,  # the forward's deferred BatchNorm statistics (NORM)
     E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr, NUM_OWN: tl.constexpr,
-    SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr,
+    SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr, NORM: tl.constexpr,
     WGRAD: tl.constexpr,  # write W's partial sums; without, no operand is read (a w step's backward)
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
@@ -248,6 +285,7 @@ def _group_backward_kernel(
     if NUM_SHARED > 2:
         s2 = _operand_for_wgrad(S2, offs, mask, WGRAD, BLOCK)
         d2 = tl.zeros([BLOCK], dtype=tl.float32)
+    chan, per_edge = _channel_in_edge(offs, INNER, HW, NORM)  # used where W's gradient reads the operands
     for e in tl.static_range(E):
         # masked lanes hold g = 0: they add nothing to the partial sums
         g = _edge_row(e, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7, GS0, GS1, GS2, GS3, GS4, GS5, GS6, GS7,
@@ -259,17 +297,18 @@ def _group_backward_kernel(
         if NUM_SHARED > 2:
             d2 += _shared_grad(s2, g, W, PROW, e, 2, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT, WGRAD)
         g_offs = _grouped_offsets(offs, e, INNER, G_STRIDE)
-        _grouped_grad(G0, DG0, g, W, PROW, e, NUM_SHARED, K, g_offs, mask, WGRAD)
+        stat = e * per_edge + chan
+        _grouped_grad(G0, DG0, g, W, PROW, e, NUM_SHARED, K, g_offs, mask, WGRAD, 0, NORM, M0, Q0, stat)
         if NUM_GROUPED > 1:
-            _grouped_grad(G1, DG1, g, W, PROW, e, NUM_SHARED + 1, K, g_offs, mask, WGRAD)
+            _grouped_grad(G1, DG1, g, W, PROW, e, NUM_SHARED + 1, K, g_offs, mask, WGRAD, 1, NORM, M1, Q1, stat)
         if NUM_GROUPED > 2:
-            _grouped_grad(G2, DG2, g, W, PROW, e, NUM_SHARED + 2, K, g_offs, mask, WGRAD)
+            _grouped_grad(G2, DG2, g, W, PROW, e, NUM_SHARED + 2, K, g_offs, mask, WGRAD, 2, NORM, M2, Q2, stat)
         if NUM_GROUPED > 3:
-            _grouped_grad(G3, DG3, g, W, PROW, e, NUM_SHARED + 3, K, g_offs, mask, WGRAD)
+            _grouped_grad(G3, DG3, g, W, PROW, e, NUM_SHARED + 3, K, g_offs, mask, WGRAD, 3, NORM, M3, Q3, stat)
         if NUM_GROUPED > 4:
-            _grouped_grad(G4, DG4, g, W, PROW, e, NUM_SHARED + 4, K, g_offs, mask, WGRAD)
+            _grouped_grad(G4, DG4, g, W, PROW, e, NUM_SHARED + 4, K, g_offs, mask, WGRAD, 4, NORM, M4, Q4, stat)
         if NUM_GROUPED > 5:
-            _grouped_grad(G5, DG5, g, W, PROW, e, NUM_SHARED + 5, K, g_offs, mask, WGRAD)
+            _grouped_grad(G5, DG5, g, W, PROW, e, NUM_SHARED + 5, K, g_offs, mask, WGRAD, 5, NORM, M5, Q5, stat)
         if NUM_OWN > 0:
             _own_grad(pick_pointer(e, R0, R1, R2, R3, R4, R5, R6, R7, 8),
                       pick_pointer(e, DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7, 8), g, W, PROW, e,
@@ -339,6 +378,35 @@ def _noise_target(kind, skip_index, shared, grouped, own):
     return -1, False
 
 
+def _norm_args(grouped_norm, grouped, edges, first):
+    """(mean pointers, rstd pointers, NORM bit mask) of the grouped operands that are deferred
+    BatchNorms' inputs: grouped_norm None, or per grouped operand None or (mean, rstd), each an
+    fp32 [edges·C] tensor on the operands' device (this call's edges' channels, edge-major)."""
+    if grouped_norm is None:
+        return pad_pointers([first], MAX_GROUPED), pad_pointers([first], MAX_GROUPED), 0
+    if len(grouped_norm) != len(grouped):
+        raise ValueError(f"noisy_group_sum: grouped_norm needs one entry (or None) per grouped operand, "
+                         f"got {len(grouped_norm)} for {len(grouped)}")
+    channels = edges * first.shape[1]
+    means, rstds, bits = [], [], 0
+    for q, stats in enumerate(grouped_norm):
+        if stats is None:
+            means.append(first)
+            rstds.append(first)
+            continue
+        for t in stats:
+            if (not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.device != first.device
+                    or t.dim() != 1 or t.numel() != channels):
+                raise ValueError(f"noisy_group_sum: grouped operand {q}'s BatchNorm mean and rstd must be fp32 "
+                                 f"[{channels}] ({edges} edges × {first.shape[1]} channels) on {first.device}, got "
+                                 + (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor)
+                                    else type(t).__name__))
+        means.append(stats[0].contiguous())
+        rstds.append(stats[1].contiguous())
+        bits |= 1 << q
+    return pad_pointers(means, MAX_GROUPED), pad_pointers(rstds, MAX_GROUPED), bits
+
+
 def _launch_params(first, grouped, edges, first_edge):
     """(numel, image stride of the grouped operands, block, num_warps, index_64): int64 indices when
     a grouped operand's or the noise's index range reaches 2^31."""
@@ -382,7 +450,8 @@ def _bases(bases, edges, first):
 
 
 def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, multiplicative, lam, mean, *,
-                            first_edge=0, out=None, bases=None, std=None, own=None, row0_std=False):
+                            first_edge=0, out=None, bases=None, std=None, own=None, row0_std=False,
+                            grouped_norm=None):
     """Returns (y [E, N, C, H, W], std fp32 of the skip operand: [1] for a shared one, [E] (one per
     edge) for the own one; zeros [1] when unused).
 
@@ -397,7 +466,10 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
     row0_std: also return, third, the fp32 [1] std of y[0] as skip_std computes it (unbiased, over
     all elements, Chan merges of per-program moments), its moments taken in this pass as y[0] is
     written: one merge launch instead of another two passes (a finished node sum's std, which the
-    noise of that node's skip edges needs next)."""
+    noise of that node's skip edges needs next).
+    grouped_norm: per grouped operand None, or the (mean, rstd) (fp32 [E·C], this call's edges'
+    channels) of the BatchNorm whose input it is: it is then read as (z − mean)·rstd (a
+    BatchNorm whose normalisation the consumer applies, batch_norms_forward(apply=…))."""
     shared, grouped, weights, own = _check(shared, grouped, weights, own)
     first, edges = shared[0], weights.shape[0]
     skip, own_noisy = _noise_target(kind, skip_index, shared, grouped, own)
@@ -409,6 +481,7 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
         raise ValueError(f"noisy_group_sum: std must hold {edges if own_noisy else 1} value(s), got {std.numel()}")
     y = _output(out, (edges, *first.shape), first)
     base_ptrs, base_strides, base_bits = _bases(bases, edges, first)
+    means, rstds, norm_bits = _norm_args(grouped_norm, grouped, edges, first)
     numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
     index_64 = index_64 or first.shape[0] * max(base_strides) > INT32_LIMIT - block
     programs = triton.cdiv(numel, block)
@@ -417,9 +490,10 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
         _group_forward_kernel[(programs,)](
             y, *pad_pointers(shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED), weights, seed, std, numel,
             numel // first.shape[0], g_stride, first_edge, float(lam), float(mean), *base_ptrs, *base_strides,
-            *pad_pointers(own or [first], MAX_EDGES), moments,
+            *pad_pointers(own or [first], MAX_EDGES), moments, *means, *rstds, first.shape[2] * first.shape[3],
             E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), NUM_OWN=int(own is not None), SKIP=skip,
-            KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), BASES=base_bits, STATS=row0_std,
+            KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), NORM=norm_bits, BASES=base_bits,
+            STATS=row0_std,
             BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
         )
     if not row0_std:
@@ -438,7 +512,8 @@ def partial_rows(numel: int) -> int:
 
 
 def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean,
-                             *, first_edge=0, d_grouped=None, own=None, part=None, weight_grad=True):
+                             *, first_edge=0, d_grouped=None, own=None, part=None, weight_grad=True,
+                             grouped_norm=None):
     """Returns (shared operand gradients, grouped operand gradients, own operand gradients (one per
     edge; [] without own), dW fp32 [E, K]).
 
@@ -449,7 +524,8 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     E·K] view (columns of a buffer that several sources of a group share, so that one sum gives
     the group's dW) to write the per-program partial sums into; dW is then None: the caller sums.
     weight_grad False: no dW (None; pass no part): the kernel reads no operand, only the upstream
-    gradients (and, for multiplicative noise, regenerates ε), as a w step's backward needs."""
+    gradients (and, for multiplicative noise, regenerates ε), as a w step's backward needs.
+    grouped_norm: the forward's; a deferred BatchNorm's operand gets the gradient of its y."""
     shared, grouped, weights, own = _check(shared, grouped, weights, own)
     first, edges = shared[0], weights.shape[0]
     grads = list(grad.unbind(0)) if isinstance(grad, torch.Tensor) else list(grad)
@@ -467,6 +543,7 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
         d_grouped = [torch.empty_strided(t.shape, t.stride(), device=t.device, dtype=t.dtype) for t in grouped]
     elif any(d.shape != t.shape or d.stride() != t.stride() or d.dtype != t.dtype for d, t in zip(d_grouped, grouped)):
         raise ValueError("noisy_group_sum: d_grouped must be laid out as the grouped operands")
+    means, rstds, norm_bits = _norm_args(grouped_norm, grouped, edges, first)
     numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
     index_64 = index_64 or max(n * g.stride(0) for g in grads) > INT32_LIMIT - block
     programs = triton.cdiv(numel, block)
@@ -489,9 +566,10 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
         *pad_pointers(shared, MAX_SHARED), *pad_pointers(d_shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED),
         *pad_pointers(d_grouped, MAX_GROUPED), *pad_pointers(own or [first], MAX_EDGES),
         *pad_pointers(d_own or [first], MAX_EDGES), weights, part, part.stride(0) if weight_grad else 0, seed, std,
-        numel, numel // first.shape[0], g_stride, first_edge, float(lam), float(mean),
+        numel, numel // first.shape[0], g_stride, first_edge, float(lam), float(mean), *means, *rstds, h * w,
         E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), NUM_OWN=int(own is not None), SKIP=skip,
-        KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), WGRAD=bool(weight_grad), BLOCK=block,
+        KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), NORM=norm_bits if weight_grad else 0,
+        WGRAD=bool(weight_grad), BLOCK=block,
         INDEX_64=index_64, num_warps=num_warps,
     )
     # fixed-order reduction of the partials: deterministic, no float atomics

@@ -39,20 +39,28 @@ class _BatchNormTrain(torch.autograd.Function):
 
 
 class _BatchNormsTrain(torch.autograd.Function):
-    """Several affine-free training BatchNorms (and fused ReLUs) in one launch each way."""
+    """Several affine-free training BatchNorms (and fused ReLUs) in one launch each way. A deferred
+    BatchNorm (defer[t]) makes its statistics only: its output is its input z, whose consumer
+    normalises it on load with the mean and rstd handed out last (not differentiable), and whose
+    gradient is that of y = (z − mean)·rstd (the backward makes y from z as it reads it)."""
 
     @staticmethod
-    def forward(ctx, bns, relu, pre_relu, *xs):
+    def forward(ctx, bns, relu, pre_relu, defer, *xs):
         import ndarts_kernels
 
+        channels = sum(x.shape[1] for x in xs)
+        mean = torch.empty((channels,), device=xs[0].device, dtype=torch.float32) if any(defer) else None
         ys, rs, rstd = ndarts_kernels.batch_norms_forward(
             list(xs), [bn.running_mean for bn in bns], [bn.running_var for bn in bns],
-            [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps, relu)
-        ctx.save_for_backward(rstd, *ys)
-        ctx.relu = relu
+            [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps, relu,
+            apply=[not d for d in defer], mean_out=mean)
+        ys = [x if d else y for x, y, d in zip(xs, ys, defer)]
+        ctx.save_for_backward(rstd, mean, *ys)
+        ctx.relu, ctx.defer = relu, defer
         # where a ReLU is fused, the output is relu(y); y itself is kept for the backward only, and
         # (pre_relu) handed out too, not differentiable: a consumer may keep it instead of relu(y)
         extra = [y for y, r in zip(ys, relu) if r] if pre_relu else []
+        extra += [mean, rstd] if mean is not None else []
         ctx.mark_non_differentiable(*extra)
         ctx.set_materialize_grads(False)  # no zero gradients made for the extra outputs (nor unused ones)
         return (*(r if r is not None else y for r, y in zip(rs, ys)), *extra)
@@ -62,27 +70,64 @@ class _BatchNormsTrain(torch.autograd.Function):
     def backward(ctx, *grads):
         import ndarts_kernels
 
-        rstd, *ys = ctx.saved_tensors
+        rstd, mean, *ys = ctx.saved_tensors
         grads = [g if g is not None else torch.zeros_like(y) for g, y in zip(grads[:len(ys)], ys)]
-        return (None, None, None, *ndarts_kernels.batch_norms_backward(grads, ys, rstd, ctx.relu))
+        return (None, None, None, None,
+                *ndarts_kernels.batch_norms_backward(grads, ys, rstd, ctx.relu, lazy=list(ctx.defer), mean=mean))
 
 
-def search_batch_norms(xs, bns, relu=None, pre_relu_out: list | None = None) -> list:
+class _DeferredOutput(torch.autograd.Function):
+    """y = (z − mean)·rstd per channel from a deferred BatchNorm's z, for a consumer that does not
+    normalise on load; the gradient is handed back as it comes: the deferred output's gradient is
+    already that of y (the BatchNorm's backward takes dL/dy for it)."""
+
+    @staticmethod
+    def forward(ctx, z, mean, rstd):
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        return ((z.float() - mean.view(shape)) * rstd.view(shape)).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None
+
+
+def deferred_output(z: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """A deferred BatchNorm's output (search_batch_norms(defer=…): z, with its per-channel fp32
+    mean and rstd) made as a tensor: (z − mean)·rstd, whose gradient flows back to z unchanged."""
+    return _DeferredOutput.apply(z, mean, rstd)
+
+
+def search_batch_norms(xs, bns, relu=None, pre_relu_out: list | None = None, defer=None,
+                       norms_out: list | None = None) -> list:
     """[relu(bn(x)) if relu[t] else bn(x) for the t-th x, bn]: with the Triton kernels (where every
     bn would run them: SearchBatchNorm2d's rule) and tensors alike (their channel counts may
     differ), all in one launch each way (eight per launch), the ReLUs fused; otherwise each BatchNorm and ReLU by itself, the same math.
     EdgeGroup uses it for each stage of its batched conv stacks.
     pre_relu_out: a list to append, per x, bn(x) before its ReLU where the kernels ran with one
-    (the BatchNorm keeps it for its backward anyway; not differentiable), else None."""
+    (the BatchNorm keeps it for its backward anyway; not differentiable), else None.
+    defer[t] (not with relu[t]; needs norms_out): where the kernels run, bn(x) is not written: the
+    t-th output is x itself, standing for bn(x) (its gradient is bn(x)'s), and norms_out gets its
+    (mean, rstd), fp32 [C], for a consumer that normalises on load (noisy_group_sums(grouped_norm=…)
+    or deferred_output); elsewhere the output is bn(x) and norms_out gets None."""
     relu = [False] * len(xs) if relu is None else list(relu)
+    defer = [False] * len(xs) if defer is None else list(defer)
+    if len(defer) != len(xs) or any(d and r for d, r in zip(defer, relu)) or (any(defer) and norms_out is None):
+        raise ValueError("search_batch_norms: one defer flag per input, none with a ReLU, and a norms_out list")
     if _fusable(xs, bns):
-        outs = _BatchNormsTrain.apply(tuple(bns), tuple(relu), pre_relu_out is not None, *xs)
+        outs = _BatchNormsTrain.apply(tuple(bns), tuple(relu), pre_relu_out is not None, tuple(defer), *xs)
+        extra = iter(outs[len(xs):])
         if pre_relu_out is not None:
-            pre = iter(outs[len(xs):])
-            pre_relu_out.extend(next(pre) if r else None for r in relu)
+            pre_relu_out.extend(next(extra) if r else None for r in relu)
+        if norms_out is not None:
+            mean, rstd = (next(extra), next(extra)) if any(defer) else (None, None)
+            first = [sum(x.shape[1] for x in xs[:t]) for t in range(len(xs))]
+            norms_out.extend((mean[o:o + x.shape[1]], rstd[o:o + x.shape[1]]) if d else None
+                             for x, d, o in zip(xs, defer, first))
         return list(outs[:len(xs)])
     if pre_relu_out is not None:
         pre_relu_out.extend([None] * len(xs))
+    if norms_out is not None:
+        norms_out.extend([None] * len(xs))
     return [F.relu(bn(x)) if r else bn(x) for x, bn, r in zip(xs, bns, relu)]
 
 

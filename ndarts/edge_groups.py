@@ -284,7 +284,8 @@ class EdgeGroup(nn.Module):
         """{primitive index: [N, E·C, H', W']} (see run)."""
         return self.run(r, repeated, backend)[0]
 
-    def run(self, r, repeated=None, backend=None, extra=(), relu_fused: bool = False) -> tuple[dict, list]:
+    def run(self, r, repeated=None, backend=None, extra=(), relu_fused: bool = False, defer_last: bool = False,
+            norms_out: dict | None = None) -> tuple[dict, list]:
         """r = relu(h) [N, C, H, W] of each source (a list; a tensor for a one-source group);
         repeated: their repeat_sources when the caller made it, one tensor, or one alias per
         primitive (in ``self.ops`` order: their gradients reach relu_repeat's backward kernel
@@ -296,7 +297,14 @@ class EdgeGroup(nn.Module):
         (search_batch_norms); elsewhere the same math as calling each stack. backend: the search
         ops' (where the primitives' gradients of a repeat made here are summed in one launch:
         ndarts.fan_out). extra: (x, BatchNorm) pairs normalised in the first stage's launch (a
-        node's pools: GroupRun.compute), returned second, in order."""
+        node's pools: GroupRun.compute), returned second, in order.
+        defer_last (needs norms_out): each stack's last BatchNorm (a sep conv's bn2, a dil conv's bn)
+        deferred where the kernels run: its output is that BatchNorm's input z, standing for y (its
+        gradient is y's), and norms_out[i] its (mean, rstd) for a consumer that normalises on load
+        (the group sums: noisy_group_sums(grouped_norm=…)); primitives whose y was written get no
+        entry."""
+        if defer_last and norms_out is None:
+            raise ValueError("EdgeGroup.run: defer_last hands out the BatchNorms' statistics in norms_out; got none")
         rs = list(r) if isinstance(r, (list, tuple)) else [r]
         if len(rs) != len(self.sources):
             raise ValueError(f"this EdgeGroup has {len(self.sources)} source nodes, got {len(rs)} inputs")
@@ -306,8 +314,8 @@ class EdgeGroup(nn.Module):
             if repeated is not None:
                 raise ValueError("EdgeGroup.run: relu_fused makes the repeated input itself; got one")
             if stage_fits(rs, stacks, extra, counts=self.sources):
-                outs, pooled = fused_conv_stages(rs, stacks, extra, counts=self.sources)
-                return dict(zip((i for i, _ in ops), outs)), pooled
+                outs, pooled, norms = fused_conv_stages(rs, stacks, extra, counts=self.sources, defer_last=defer_last)
+                return self._outputs(ops, outs, norms, norms_out), pooled
             repeated = relu_repeat_sources(rs, self.sources, backend, aliases=len(ops))
         # edge-major: channel e·C + c = its source's channel c; made once for all the primitives
         if repeated is None and not multiplier_path(rs[0]):
@@ -321,19 +329,32 @@ class EdgeGroup(nn.Module):
             repeated = [repeated] * len(ops)
         if repeated[0] is not None and stage_fits(repeated, stacks, extra):
             # each stage one Function: the pairs' backward applies their BatchNorms' (ndarts.separable_stage)
-            outs, pooled = fused_conv_stages(repeated, stacks, extra)
-            return dict(zip((i for i, _ in ops), outs)), pooled
+            outs, pooled, norms = fused_conv_stages(repeated, stacks, extra, defer_last=defer_last)
+            return self._outputs(ops, outs, norms, norms_out), pooled
         pre = [] if self.recompute_relu else None
+        norms1, norms2 = [], []
         y1 = search_batch_norms([op.stage1(rs, rep, self.sources) for (_, op), rep in zip(ops, repeated)]
                                 + [x for x, _ in extra], [op.bn1 for _, op in ops] + [bn for _, bn in extra],
-                                relu=[op.repeats == 2 for _, op in ops] + [False] * len(extra), pre_relu_out=pre)
+                                relu=[op.repeats == 2 for _, op in ops] + [False] * len(extra), pre_relu_out=pre,
+                                defer=[defer_last and op.repeats == 1 for _, op in ops] + [False] * len(extra),
+                                norms_out=norms1)
         out = dict(zip((i for i, _ in ops), y1))
+        norms = dict(zip((i for i, _ in ops), norms1))
         pre_relu = dict(zip((i for i, _ in ops), pre)) if pre is not None else {}
         seps = [(i, op) for i, op in ops if op.repeats == 2]
         if seps:
-            y2 = search_batch_norms([op.stage2(out[i], pre_relu.get(i)) for i, op in seps], [op.bn2 for _, op in seps])
+            y2 = search_batch_norms([op.stage2(out[i], pre_relu.get(i)) for i, op in seps], [op.bn2 for _, op in seps],
+                                    defer=[defer_last] * len(seps), norms_out=norms2)
             out.update(zip((i for i, _ in seps), y2))
-        return out, y1[len(ops):]
+            norms.update(zip((i for i, _ in seps), norms2))
+        return self._outputs(ops, [out[i] for i, _ in ops], [norms[i] for i, _ in ops], norms_out), y1[len(ops):]
+
+    @staticmethod
+    def _outputs(ops, outs, norms, norms_out) -> dict:
+        """{primitive index: output}; the deferred BatchNorms' (mean, rstd) into norms_out."""
+        if norms_out is not None:
+            norms_out.update((i, n) for (i, _), n in zip(ops, norms) if n is not None)
+        return dict(zip((i for i, _ in ops), outs))
 
 
 class EdgeGroupSlot(nn.Module):

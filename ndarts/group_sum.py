@@ -24,6 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .backend import TRITON_DTYPES, resolve_backend
+from .batch_norm import deferred_output
 from .edge_groups import EdgeGroupSlot
 from .fused_sum import _noisy, draw_seed, promote_operands, reference_eps, reference_sum_with_eps
 from .grad_use import grads_used
@@ -75,18 +76,21 @@ class _TritonGroupSum(torch.autograd.Function):
     takes that sum's moments as it writes it)."""
 
     @staticmethod
-    def forward(ctx, weights, seed, params, edges, num_shared, num_own, by_target, base_slots, std_args, *operands):
+    def forward(ctx, weights, seed, params, edges, num_shared, num_own, by_target, base_slots, norm_slots, std_args,
+                *operands):
         import ndarts_kernels
 
         k = num_shared * len(edges)
         total = sum(edges)
-        num_bases = len(base_slots)
+        num_bases, num_stats = len(base_slots), 2 * len(norm_slots)
+        operands, stats = operands[:len(operands) - num_stats], operands[len(operands) - num_stats:]
         tail = len(operands) - num_bases - num_own * total  # end of the grouped operands
         grouped = [g.contiguous() for g in operands[k:tail]]
         own = list(operands[tail:tail + num_own * total]) if num_own else None
         bases = [None] * (edges[0] if by_target else 0)
         for t, b in zip(base_slots, operands[len(operands) - num_bases:]):
             bases[t] = b
+        norms = _grouped_norms(norm_slots, stats, len(grouped))
         first = operands[0]
         c = first.shape[1]
         rows = edges[0] if by_target else weights.shape[0]
@@ -113,13 +117,13 @@ class _TritonGroupSum(torch.autograd.Function):
             std, *row0 = ndarts_kernels.noisy_group_sum_forward(
                 shared, _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, *params,
                 first_edge=e0, std=std, own=own[e0:e0 + count] if own is not None else None, row0_std=last,
-                **extra)[1:]
+                grouped_norm=_narrow_norms(norms, e0, count, c), **extra)[1:]
             stds.append(std)
             if last:
                 target_std_out.append(row0[0])
-        ctx.save_for_backward(weights, seed, *stds, *operands[:k], *grouped, *(own or []))
+        ctx.save_for_backward(weights, seed, *stds, *operands[:k], *grouped, *(own or []), *stats)
         ctx.params, ctx.edges, ctx.num_shared, ctx.num_own = params, edges, num_shared, num_own
-        ctx.by_target, ctx.base_slots = by_target, base_slots
+        ctx.by_target, ctx.base_slots, ctx.norm_slots = by_target, base_slots, norm_slots
         ctx.set_materialize_grads(False)
         return y.unbind(0)  # one output per edge (target): their gradients reach the kernel unstacked
 
@@ -133,8 +137,11 @@ class _TritonGroupSum(torch.autograd.Function):
         weights, seed, *rest = ctx.saved_tensors
         edges, num_shared = ctx.edges, ctx.num_shared
         d_bases = [grads[t] for t in ctx.base_slots]  # a base's gradient is its target's
+        num_stats = 2 * len(ctx.norm_slots)
+        rest, stats = rest[:len(rest) - num_stats], rest[len(rest) - num_stats:]
+        d_stats = (None,) * num_stats  # the BatchNorm statistics: not differentiable
         if some is None:
-            return (None,) * 9 + (None,) * (len(rest) - len(edges)) + tuple(d_bases)
+            return (None,) * 10 + (None,) * (len(rest) - len(edges)) + tuple(d_bases) + d_stats
         grad = [g if g is not None else torch.zeros_like(some) for g in grads]
         stds, rest = rest[:len(edges)], rest[len(edges):]
         own = list(rest[len(rest) - sum(edges):]) if ctx.num_own else None
@@ -142,6 +149,7 @@ class _TritonGroupSum(torch.autograd.Function):
         shared_all, grouped = rest[:num_shared * len(edges)], rest[num_shared * len(edges):]
         first = shared_all[0]
         c = first.shape[1]
+        norms = _grouped_norms(ctx.norm_slots, stats, len(grouped))
         d_grouped = [torch.empty_like(g) for g in grouped]
         d_shared, d_own = [], []
         # the sources' partial sums side by side in one buffer: one sum gives the group's dW [E, K];
@@ -156,13 +164,32 @@ class _TritonGroupSum(torch.autograd.Function):
                 _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, stds[s], *ctx.params,
                 first_edge=e0, d_grouped=_narrow(d_grouped, e0, count, c, len(edges)),
                 own=own[e0:e0 + count] if own is not None else None,
-                part=part[:, e0 * k:(e0 + count) * k] if need_w else None, weight_grad=need_w)
+                part=part[:, e0 * k:(e0 + count) * k] if need_w else None, weight_grad=need_w,
+                grouped_norm=_narrow_norms(norms, e0, count, c))
             d_shared += ds
             d_own += do
         # fixed-order reduction of the partials: deterministic, no float atomics
         dw = part.sum(dim=0).view(weights.shape).to(weights.dtype) if need_w else None
-        return (dw, None, None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
-                *d_bases)
+        return (dw, None, None, None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
+                *d_bases, *d_stats)
+
+
+def _grouped_norms(norm_slots, stats, num_grouped):
+    """Per grouped operand None or its deferred BatchNorm's (mean, rstd) (stats: two per slot);
+    None for none."""
+    if not norm_slots:
+        return None
+    norms = [None] * num_grouped
+    for i, q in enumerate(norm_slots):
+        norms[q] = (stats[2 * i], stats[2 * i + 1])
+    return norms
+
+
+def _narrow_norms(norms, first, count, c):
+    """The statistics of edges first … first + count - 1's channels (views)."""
+    if norms is None:
+        return None
+    return [None if n is None else tuple(t.narrow(0, first * c, count * c) for t in n) for n in norms]
 
 
 def _narrow(grouped, first, count, c, sources):
@@ -174,7 +201,8 @@ def _narrow(grouped, first, count, c, sources):
 def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index: int | None, noise: NoiseConfig, *,
                      scale: float = 1.0, training: bool = True, backend: str | None = None,
                      seed: torch.Tensor | None = None, per_edge: bool = False, by_target: bool = False,
-                     bases=None, own=None, skip_stds: torch.Tensor | None = None, target_std_out: list | None = None):
+                     bases=None, own=None, skip_stds: torch.Tensor | None = None, target_std_out: list | None = None,
+                     grouped_norm=None):
     """The mixed sums of all E edges of an EdgeGroup with one or more sources (a cell's two input
     nodes share one) as [E, N, C, H, W]; see the module docstring.
 
@@ -197,6 +225,10 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     computes them. target_std_out: a list; on Triton with by_target, the std of target 0's sum (as
     skip_operand_std would compute it) is appended, its moments taken as the last source's kernel
     writes it (target 0 is then final: the chain's node whose edges run next); elsewhere nothing.
+    grouped_norm: per grouped operand None, or (mean, rstd) (fp32 [E·C]) when it is a deferred
+    BatchNorm's input z (search_batch_norms(defer=…)): the sums read it as that BatchNorm's output
+    (z − mean)·rstd, and its gradient is that output's (what the BatchNorm's backward takes). On
+    Triton the kernels normalise as they read z; elsewhere deferred_output makes y first.
     """
     if not sources or not all(sources) or not grouped:
         raise ValueError("noisy_group_sums needs shared and grouped operands")
@@ -230,13 +262,20 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     if seed is None:
         seed = draw_seed(device) if noisy else torch.zeros((1,), device=device, dtype=torch.int64)
     skip = -1 if skip_index is None else int(skip_index)
+    if grouped_norm is not None and len(grouped_norm) != len(grouped):
+        raise ValueError(f"noisy_group_sums: grouped_norm needs one entry (or None) per grouped operand, "
+                         f"got {len(grouped_norm)} for {len(grouped)}")
+    norm_slots = tuple(q for q, n in enumerate(grouped_norm or ()) if n is not None)
     if resolve_backend(backend, device) == "triton" and first.dtype in TRITON_DTYPES:
         slots = tuple(t for t, b in enumerate(bases) if b is not None)
         outs = _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), tuple(edges),
-                                     num_shared, num_own, by_target, slots, (skip_stds, target_std_out),
+                                     num_shared, num_own, by_target, slots, norm_slots, (skip_stds, target_std_out),
                                      *[t for shared in sources for t in shared],
-                                     *grouped, *(own or []), *[bases[t] for t in slots])
+                                     *grouped, *(own or []), *[bases[t] for t in slots],
+                                     *[t for q in norm_slots for t in grouped_norm[q]])
         return outs if per_edge or by_target else torch.stack(outs)
+    if norm_slots:
+        grouped = [deferred_output(g, *grouped_norm[q]) if q in norm_slots else g for q, g in enumerate(grouped)]
     eps = None
     if _noisy(kind, skip, num_shared) or _own_noisy(kind, skip, num_shared, len(grouped), own is not None):
         eps = reference_eps(seed, (weights.shape[0], first.numel()), kind, device)
@@ -348,6 +387,8 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, bases
         sources.append(shared)
         first += count
     grouped = [shares[0].grouped_raw(i) for i in plan.grouped]
+    # a stack whose last BatchNorm is deferred (GroupRun.defer): its z, read as y by the sums
+    norms = [shares[0].grouped_norm(i) for i in plan.grouped]
     # each stride-2 edge's FactorizedReduce of its source (a source's computed together: NodeShare.reduced)
     own = ([share.reduced(other._ops[plan.own]) for share, (e0, count) in zip(shares, _edge_ranges(plan.counts))
             for other in ops[e0:e0 + count]] if plan.own is not None else [])
@@ -368,4 +409,4 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, bases
                             scale=op.noise_scale, training=noisy, backend=op.backend,
                             seed=seeds.take() if seeds is not None else None, per_edge=bases is None,
                             by_target=bases is not None, bases=bases, own=own, skip_stds=skip_stds,
-                            target_std_out=target_std_out)
+                            target_std_out=target_std_out, grouped_norm=norms if any(norms) else None)

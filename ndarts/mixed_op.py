@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .batch_norm import search_batch_norms
+from .batch_norm import deferred_output, search_batch_norms
 from .backend import graph_kernels_enabled
 from .edge_groups import EdgeGroupSlot, groupable, split_edges
 from .fan_out import fan_out
@@ -31,17 +31,31 @@ class GroupRun:
     first use from relu(h) of each of its source nodes (the NodeShares that joined it, in the
     group's source order: a cell's two inputs share one group)."""
 
-    def __init__(self, group):
+    def __init__(self, group, defer: bool = False):
         self.group = group
         self.shares: list = []  # one NodeShare per source, joined in order
         self._outputs = None  # {primitive index: [N, E·C, H, W]}
         self._split: dict = {}  # {primitive index: E per-edge tensors}
+        # defer: the stacks' last BatchNorms are applied by the consumers as they read the outputs
+        # (their readers are group sums, which normalise on load: SearchCell sets it where a
+        # NodeSumPlan sums the group); where the kernels run, raw() is then the BatchNorm's input z
+        # and norm() its statistics (EdgeGroup.run(defer_last=True))
+        self.defer = defer
+        self._norms: dict = {}  # {primitive index: (mean, rstd)} of the deferred BatchNorms
 
     def raw(self, index: int) -> torch.Tensor:
-        """Primitive `index` for all the group's edges, [N, E·C, H, W]."""
+        """Primitive `index` for all the group's edges, [N, E·C, H, W] (with norm(index), a
+        deferred BatchNorm's input z standing for its output)."""
         if self._outputs is None:
             self.compute()
         return self._outputs[index]
+
+    def norm(self, index: int):
+        """(mean, rstd), fp32 [E·C], of primitive `index`'s deferred last BatchNorm (raw(index) is
+        its input z, read as (z − mean)·rstd), or None where its output was written."""
+        if self._outputs is None:
+            self.compute()
+        return self._norms.get(index)
 
     def compute(self, pools=()) -> None:
         """Runs the group's convs now (once per pass). pools: (mixed op, NodeShare) pairs whose
@@ -63,10 +77,11 @@ class GroupRun:
             # edge slots by relu_repeat_sources (one alias per primitive: its backward kernel sums
             # their gradients itself): no separate relu tensor (EdgeGroup.run)
             xs = [share.input("relu") for share in self.shares]
-            self._outputs, pooled = self.group.run(xs, backend=backend, extra=extra, relu_fused=True)
+            self._outputs, pooled = self.group.run(xs, backend=backend, extra=extra, relu_fused=True,
+                                                   defer_last=self.defer, norms_out=self._norms)
         else:
             self._outputs, pooled = self.group.run([share.relu for share in self.shares], backend=backend,
-                                                   extra=extra)
+                                                   extra=extra, defer_last=self.defer, norms_out=self._norms)
         for (op, share, i, _), out in zip(work, pooled):
             share.pooled[(op.primitives[i], op.stride)] = (out, op._ops[i][-1])
 
@@ -81,11 +96,14 @@ class GroupRun:
     def edge(self, index: int, slot: int) -> torch.Tensor:
         """Primitive `index` of the edge in `slot` of the group, [N, C, H, W]."""
         if index not in self._split:
-            self._split[index] = split_edges(self.raw(index), self.group.edges)
+            y, norm = self.raw(index), self.norm(index)
+            # a deferred BatchNorm's output made here (a group summed edge by edge reads y itself)
+            self._split[index] = split_edges(deferred_output(y, *norm) if norm is not None else y, self.group.edges)
         return self._split[index][slot]
 
     def tensors(self) -> list:
         out = list(self._outputs.values()) if self._outputs is not None else []
+        out += [t for norm in self._norms.values() for t in norm]
         return out + [t for outs in self._split.values() for t in outs]
 
 
@@ -176,6 +194,10 @@ class NodeShare:
         if self.run is None:
             raise RuntimeError("this edge's convs are grouped, but its node has no EdgeGroup")
         return self.run.raw(index)
+
+    def grouped_norm(self, index: int):
+        """The deferred BatchNorm statistics of grouped_raw(index), or None (GroupRun.norm)."""
+        return self.run.norm(index) if self.run is not None else None
 
     def grouped(self, index: int, slot: int) -> torch.Tensor:
         """Primitive `index` of the edge in `slot` of the node's EdgeGroup, [N, C, H, W]."""

@@ -151,7 +151,12 @@ class SearchCell(nn.Module):
         # the two pools with their BatchNorm (once per node instead of once per edge); the sep/dil
         # convs of each EdgeGroup's edges at once (GroupRun; the two inputs share one)
         syncs: list = []
-        runs = [GroupRun(g) for g in self.edge_groups] if self.edge_groups is not None else []
+        # a group whose edges are summed by its NodeSumPlan: its stacks' last BatchNorms deferred into
+        # the group sums, which normalise as they read (one write and one read of each output less)
+        streams = (self.edge_streams.get(states[0].device)
+                   if self.edge_streams is not None and self.share_node_ops and states[0].is_cuda else None)
+        runs = ([GroupRun(group, defer=g in plans and not streams) for g, group in enumerate(self.edge_groups)]
+                if self.edge_groups is not None else [])
 
         def share(j, h):
             g = self.group_of(j)
@@ -162,8 +167,6 @@ class SearchCell(nn.Module):
             # the two inputs' pools with their BatchNorms at once, by each input's edge into node 0
             # (where the inputs' edges are summed as a group, their group runs them with its convs)
             pool_all([(self._ops[0], shares[0]), (self._ops[1], shares[1])])
-        streams = (self.edge_streams.get(states[0].device)
-                   if self.edge_streams is not None and shares is not None and states[0].is_cuda else None)
         # each node's sum so far: a group summed by target (plan.by_target) adds its edges' sums to
         # the partial sums of its target nodes in its own kernels (a chain, no adds)
         partial: list = [None] * self._steps

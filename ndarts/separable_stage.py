@@ -64,7 +64,8 @@ class Spec(NamedTuple):
     """What a stage Function computes besides its tensors."""
 
     pairs: tuple  # a Pair per stack
-    deferred: tuple  # per pair: its BatchNorm's normalisation and ReLU are applied by the consumer (the output is z)
+    deferred: tuple  # per pair: its BatchNorm's normalisation (and ReLU) are applied by the consumer (the output is z)
+    relu_after: tuple  # per pair: a ReLU follows its BatchNorm (applied by the consumer of a deferred one)
     counts: tuple | None  # the inputs are source nodes h_s read as relu(h_s), source s by counts[s] edges
     bns: tuple  # the pairs' BatchNorms, then the extras'
     input_norm: bool = False  # each input is a deferred BatchNorm's z, read as relu((z − mean)·rstd)
@@ -126,7 +127,10 @@ class _SeparableStage(torch.autograd.Function):
         grads = [g if g is not None else torch.zeros_like(o) for g, o in zip(grads, outs)]
         used = grads_used(ctx, inputs + 2 * count + extras)
         lazy = list(spec.deferred) + [False] * extras
-        folds = ndarts_kernels.batch_norms_backward(grads, outs, rstd, relu=lazy, fold=[True] * count + [False] * extras,
+        # a deferred BatchNorm's consumer read relu(y) (the sep convs' bn1) or y (a stack's last BatchNorm, read
+        # by the group sums): the gradient that comes back is of that
+        relu = [d and r for d, r in zip(spec.deferred, spec.relu_after)] + [False] * extras
+        folds = ndarts_kernels.batch_norms_backward(grads, outs, rstd, relu=relu, fold=[True] * count + [False] * extras,
                                                     lazy=lazy, mean=mean)
         need_w = used[inputs:inputs + 2 * count]
         # the pairs in one launch each way; with sources, the gradient of each source h_s itself (Σ over
@@ -195,7 +199,9 @@ def _pair(conv: nn.Conv2d, relu_input: bool) -> Pair:
 def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=None, input_stats=()) -> list:
     """One stage (which: 1 = dw1 → pw1, 2 = dw2 → pw2) of the stacks with their BatchNorms bns and
     the extras' ((x, BatchNorm) pairs): inputs one per stack, or with counts the source nodes;
-    input_stats: per stack the (mean, rstd) of its input's deferred BatchNorm (its z the input)."""
+    input_stats: per stack the (mean, rstd) of its input's deferred BatchNorm (its z the input);
+    deferred: per stack, its BatchNorm deferred to the consumer (which applies the ReLU after a sep
+    conv's bn1 too); the outputs then end with the stage's BatchNorm mean and rstd."""
     dw_name, pw_name = ("dw1", "pw1") if which == 1 else ("dw2", "pw2")
     dtype = inputs[0].dtype
     weights, pairs = [], []
@@ -204,32 +210,38 @@ def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=Non
         weights += [_weights(dw, dtype), _weights(pw, dtype)]
         pairs.append(_pair(dw, relu_input=which == 2 or counts is not None))
     deferred = tuple(deferred or (False,) * len(stacks))
-    spec = Spec(tuple(pairs), deferred, None if counts is None else tuple(counts),
+    relu_after = tuple(which == 1 and s.repeats == 2 for s in stacks)  # bn1 of a sep conv
+    spec = Spec(tuple(pairs), deferred, relu_after, None if counts is None else tuple(counts),
                 tuple(bns) + tuple(bn for _, bn in extras), bool(input_stats))
     return list(_SeparableStage.apply(*inputs, *weights, *(x for x, _ in extras),
                                       *(t for stats in input_stats for t in stats), spec))
 
 
-def fused_conv_stages(inputs, stacks, extras=(), counts=None) -> tuple[list, list]:
-    """The stacks' outputs and the extras' BatchNorms ((x, BatchNorm) pairs normalised in the first
-    stage's launch), as EdgeGroup.run computes them, on one Function per stage (stage_fits must
-    hold). inputs: stack i's first-stage input inputs[i] (the group's repeated relu(h),
-    [N, E·C, H, W]); or, with counts, the group's source nodes h_s before their ReLU, [N, C, H, W],
-    which the first stage's kernels read as relu(h_s) repeated counts[s] times: the repeated input
-    is never made, and the stage keeps h_s (kept anyway) for its backward."""
+def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool = False) -> tuple[list, list, list]:
+    """(the stacks' outputs, the extras' BatchNorms ((x, BatchNorm) pairs normalised in the first
+    stage's launch), per stack None or its deferred last BatchNorm's (mean, rstd)), as EdgeGroup.run
+    computes them, on one Function per stage (stage_fits must hold). inputs: stack i's first-stage
+    input inputs[i] (the group's repeated relu(h), [N, E·C, H, W]); or, with counts, the group's
+    source nodes h_s before their ReLU, [N, C, H, W], which the first stage's kernels read as
+    relu(h_s) repeated counts[s] times: the repeated input is never made, and the stage keeps h_s
+    (kept anyway) for its backward. defer_last: each stack's last BatchNorm (a dil conv's bn, a sep
+    conv's bn2) is deferred to the consumer (EdgeGroup.run's defer_last): its output is its z."""
     seps = [i for i, s in enumerate(stacks) if s.repeats == 2]
-    first = _stage(inputs, stacks, 1, [s.bn1 for s in stacks], extras,
-                   deferred=tuple(s.repeats == 2 for s in stacks), counts=counts)
-    if seps:
+    deferred = tuple(s.repeats == 2 or defer_last for s in stacks)
+    first = _stage(inputs, stacks, 1, [s.bn1 for s in stacks], extras, deferred=deferred, counts=counts)
+    if any(deferred):
         first, (mean, rstd) = first[:-2], first[-2:]
     outs, pooled = first[:len(stacks)], first[len(stacks):]
+    c = outs[0].shape[1]
+    norms = [(mean[i * c:(i + 1) * c], rstd[i * c:(i + 1) * c]) if d else None for i, d in enumerate(deferred)]
     if seps:
         # the sep convs' bn1 deferred: stage 1 hands out z and the statistics, the second pair reads
         # relu((z − mean)·rstd) (bn1's y and its ReLU never written)
-        c = outs[0].shape[1]
-        stats = [(mean[i * c:(i + 1) * c], rstd[i * c:(i + 1) * c]) for i in seps]
         second = _stage([outs[i] for i in seps], [stacks[i] for i in seps], 2, [stacks[i].bn2 for i in seps],
-                        input_stats=stats)
-        for i, y in zip(seps, second):
+                        deferred=(defer_last,) * len(seps), input_stats=[norms[i] for i in seps])
+        if defer_last:
+            second, (mean2, rstd2) = second[:-2], second[-2:]
+        for k, (i, y) in enumerate(zip(seps, second)):
             outs[i] = y
-    return outs, pooled
+            norms[i] = (mean2[k * c:(k + 1) * c], rstd2[k * c:(k + 1) * c]) if defer_last else None
+    return outs, pooled, norms

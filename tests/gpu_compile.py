@@ -236,6 +236,9 @@ def _huge_workload() -> None:
     K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0)
     K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0, out=y, bases=[ops[1], None],
                               row0_std=True)
+    norm = [tuple(torch.empty(2 * 64, device=meta) for _ in range(2))]  # a deferred BatchNorm's z, read as its y
+    y, std = K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0, grouped_norm=norm)
+    K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0, grouped_norm=norm)
     own, ow = [ops[1], ops[2]], torch.empty(2, 3, device=meta)  # each edge's own operand, the noisy one
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, ow, seed, 2, 1, False, 0.2, 0.0, own=own)
     for weight_grad in (True, False):

@@ -330,3 +330,45 @@ def test_every_graph_kernel_lever_at_once_equals_the_plain_per_edge_network(fres
     # amplified up to ~3e-4 relative in the stem's gradient, as much with the Triton network without
     # the conv levers (measured over seeds); a wrong weight, channel or statistic is O(1)
     _assert_same(per_edge, levers, torch.randn(2, 2, 6, 5), seed=fresh_seed, tol=2e-3)
+
+
+@pytest.mark.parametrize("fused_separable", [False, True], ids=["torch_convs", "fused_stages"])
+def test_deferred_last_batch_norms_equal_their_outputs(fused_separable, fresh_seed, device="cpu", shape=(2, 4, 6, 5)):
+    """EdgeGroup.run(defer_last=True), as a group summed by its group sums runs it: each stack's
+    last BatchNorm (sep bn2, dil bn) writes no y, its output is its input z and norms_out its
+    (mean, rstd); y made from them (deferred_output, whose gradient passes through as the group
+    sums' does) equals the written y, and so do every gradient and the running statistics (the
+    BatchNorm kernels on PyTorch's convs, or the fused stages)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from ndarts.batch_norm import deferred_output, use_search_batch_norm
+    from ndarts.edge_groups import EdgeGroup
+
+    n, c, h, w = shape
+    group = EdgeGroup(c, (2, 2), 1, ["skip_connect", "sep_conv_3x3", "dil_conv_5x5"]).to(device)
+    use_search_batch_norm(group, "triton")
+    for stack in group.ops.values():
+        stack.fused_separable, stack.backend = fused_separable, "triton"
+    xs = [torch.randn(shape, device=device) for _ in range(2)]
+    grads = {i: torch.randn(n, 4 * c, h, w, device=device) for i in (1, 2)}
+
+    def run(g, defer):
+        inputs = [x.clone().requires_grad_() for x in xs]
+        norms = {} if defer else None
+        outs, _ = g.run([F.relu(x) for x in inputs], backend="triton", defer_last=defer, norms_out=norms)
+        if defer:
+            assert sorted(norms) == [1, 2]  # both stacks' last BatchNorms deferred
+            for i, z in outs.items():  # the output is z, not normalised
+                assert not torch.allclose(z.mean((0, 2, 3)), torch.zeros_like(z[0, :, 0, 0]), atol=1e-3)
+            outs = {i: deferred_output(z, *norms[i]) for i, z in outs.items()}
+        sum((outs[i] * grads[i]).sum() for i in outs).backward()
+        return ([outs[i].detach() for i in sorted(outs)] + [x.grad for x in inputs]
+                + [p.grad for p in g.parameters()] + [b.clone() for b in g.buffers()])
+
+    want = run(copy.deepcopy(group), False)
+    got = run(group, True)
+    assert len(got) == len(want)
+    for k, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"tensor {k}: {m}")

@@ -440,6 +440,25 @@ def test_cuda_own_operands_match_reference(dtype, atol, rtol, variant, by_target
     check(dtype, atol, rtol, (4, 4), 2, 4, (16, 16, 16, 16), variant, by_target, 0, device="cuda")
 
 
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 3e-2, 2e-2)])
+@pytest.mark.parametrize("alpha_grad", [True, False])
+def test_cuda_deferred_batch_norm_operands_are_read_as_their_output(dtype, atol, rtol, alpha_grad):
+    """Grouped operands that are deferred BatchNorms' inputs, normalised as the compiled group-sum
+    kernels read them (a cell's inputs' group: two sources, each its channels' statistics)."""
+    from test_group_sum import test_deferred_batch_norm_operands_are_read_as_their_output as check
+
+    check(dtype, atol, rtol, ((4, 4), 3, 4, (16, 16, 16, 16)), alpha_grad, 0, device="cuda")
+
+
+@pytest.mark.parametrize("fused_separable", [False, True], ids=["torch_convs", "fused_stages"])
+def test_cuda_deferred_last_batch_norms_equal_their_outputs(fused_separable):
+    """A conv group's last BatchNorms deferred (their y not written) on CUDA: the same outputs,
+    gradients and running statistics as written ones."""
+    from test_edge_groups import test_deferred_last_batch_norms_equal_their_outputs as check
+
+    check(fused_separable, 0, device="cuda", shape=(16, 16, 16, 16))
+
+
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-3)])
 def test_cuda_node_std_taken_as_the_node_is_written(dtype, rtol):
     """A finished node's std from the moments its group-sum kernel took (compiled, 23 programs)."""

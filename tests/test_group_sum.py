@@ -5,7 +5,7 @@ import torch
 
 import ndarts_kernels
 from ndarts import NoiseConfig
-from ndarts.fused_sum import draw_seed
+from ndarts.fused_sum import draw_seed, reference_eps
 from ndarts.group_sum import noisy_group_sum, noisy_group_sums, reference_group_sum, sum_targets
 from test_noisy_mixed_sum import VARIANTS  # the noise variants of the paper's ablation
 
@@ -93,6 +93,67 @@ def test_group_kernels_of_several_sources_match_reference(dtype, atol, rtol, lay
         assert a.shape == b.shape and a.dtype == b.dtype, name
         tol = (atol * 20, rtol * 5) if name == "dW" and dtype != torch.float32 else (atol, rtol)
         torch.testing.assert_close(a.float(), b.float(), atol=tol[0], rtol=tol[1], msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("layout", [((4, 4), 3, 4, (3, 5, 7, 6)), ((3,), 2, 3, (2, 4, 3, 9))])
+@pytest.mark.parametrize("alpha_grad", [True, False])
+def test_deferred_batch_norm_operands_are_read_as_their_output(dtype, atol, rtol, layout, alpha_grad, fresh_seed,
+                                                                device="cpu"):
+    """A grouped operand that is a deferred BatchNorm's input z (grouped_norm: its mean and rstd)
+    is summed as (z − mean)·rstd, and its gradient is that of the BatchNorm's output, as if y had
+    been written (deferred_output, whose gradient passes through); per source its channels'
+    statistics. alpha_grad False: the w step's backward (no operand read)."""
+    from ndarts.batch_norm import deferred_output
+
+    edges, p, q, shape = layout
+    total, c, skip = sum(edges), shape[1], p - 1
+    noise = VARIANTS["gaussian"]
+    sources = [_inputs(total, p, q, shape, dtype, device)[0] for _ in edges]
+    _, grouped, weights, grad = _inputs(total, p, q, shape, dtype, device)
+    grouped = [(g.float() * 3 + 2).to(dtype) for g in grouped]  # a BatchNorm input: not normalised
+    norms = [(torch.randn(total * c, device=device) + 2, torch.rand(total * c, device=device) + 0.2)
+             if i % 2 == 0 else None for i in range(q)]
+    seed = draw_seed(device)
+    kind, mult, lam, mean = noise.kernel_params(0.7)
+    eps = ndarts_kernels.unit_noise(seed, total * sources[0][0].numel(), kind).view(total, -1)
+    flat = [t for s in sources for t in s]
+
+    def split(s):
+        return [s[i * p:(i + 1) * p] for i in range(len(edges))]
+
+    def made(g):
+        return [deferred_output(z, *n) if n is not None else z for z, n in zip(g, norms)]
+
+    def run(fn):
+        out = _run(fn, flat, grouped, weights if alpha_grad else weights.detach(), grad)
+        return out if alpha_grad else out[:-1]
+
+    # the torch backend draws its ε with torch's generator (fused_sum.reference_eps), the kernels with Philox
+    for backend, eps in [("triton", eps), ("torch", reference_eps(seed, eps.shape, kind, device))]:
+        want = run(lambda s, g, w: reference_group_sum(split(s), made(g), w if alpha_grad else w.detach(), edges,
+                                                       skip, mult, lam, mean, eps))
+        got = run(lambda s, g, w: torch.stack(noisy_group_sums(
+            split(s), g, w if alpha_grad else w.detach(), edges, skip, noise, scale=0.7, backend=backend,
+            seed=seed, per_edge=True, grouped_norm=norms)))
+        names = ["y"] + [f"d shared {i}" for i in range(len(flat))] + [f"d grouped {i}" for i in range(q)] + ["dW"]
+        for name, a, b in zip(names, got, want):
+            assert a.shape == b.shape and a.dtype == b.dtype, name
+            tol = (atol * 20, rtol * 5) if name == "dW" and dtype != torch.float32 else (atol, rtol)
+            torch.testing.assert_close(a.float(), b.float(), atol=tol[0], rtol=tol[1],
+                                       msg=lambda m: f"{backend} {name}: {m}")
+
+
+def test_deferred_batch_norm_statistics_are_checked():
+    from ndarts_kernels.noisy_group_sum import noisy_group_sum_forward
+
+    shared, grouped, weights, _ = _inputs(3, 1, 2, (2, 4, 3, 3), torch.float32, "cpu")
+    seed = draw_seed("cpu")
+    good = (torch.zeros(12), torch.ones(12))
+    for norm, what in [([good], "one entry"), ([good, (torch.zeros(12), torch.ones(11))], r"\[12\]"),
+                       ([None, (torch.zeros(12, dtype=torch.float64), torch.ones(12))], "fp32")]:
+        with pytest.raises(ValueError, match=what):
+            noisy_group_sum_forward(shared, grouped, weights, seed, -1, 0, False, 0.0, 0.0, grouped_norm=norm)
 
 
 def test_group_sums_name_a_bad_source_layout():
@@ -371,8 +432,17 @@ def test_triton_network_equals_the_reference_network(fresh_seed):
     assert all(c._sum_plans for c in tri.cells)
     # the Triton BatchNorm's sums run in another order than torch's: at 2×2 images (8 values per
     # channel) its backward amplifies fp32 rounding to ~2e-5 of a gradient's largest entry
-    assert_same_forward_backward((ref, tri), torch.randn(2, 3, 7, 6), out_tol=(1e-5, 1e-5), grad_tol=(1e-4, 1e-3),
-                                 buffer_tol=(1e-5, 1e-5), seed=fresh_seed)
+    with mock.patch.object(ndarts_kernels, "noisy_group_sum_forward",
+                           wraps=ndarts_kernels.noisy_group_sum_forward) as sums, \
+            mock.patch.object(ndarts_kernels, "batch_norms_forward", wraps=ndarts_kernels.batch_norms_forward) as bns:
+        assert_same_forward_backward((ref, tri), torch.randn(2, 3, 7, 6), out_tol=(1e-5, 1e-5),
+                                     grad_tol=(1e-4, 1e-3), buffer_tol=(1e-5, 1e-5), seed=fresh_seed)
+    # the stacks' last BatchNorms (sep bn2, dil bn) deferred into the group sums, which read both
+    # grouped operands as (z − mean)·rstd: no y written for them
+    assert sums.call_count and all(sum(n is not None for n in c.kwargs["grouped_norm"]) == 2
+                                   for c in sums.call_args_list)
+    groups = sum(len(c.edge_groups) for c in tri.cells)
+    assert sum(list(c.kwargs.get("apply") or []).count(False) for c in bns.call_args_list) == 2 * groups
     # every node's pools ran with its conv group, a reduction cell's inputs' too (their stride-2
     # edges are a group sum with their FactorizedReduce skips as the edges' own operands)
     with mock.patch.object(mixed_op, "pool_all", wraps=mixed_op.pool_all) as pool_all, \
