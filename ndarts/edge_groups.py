@@ -25,6 +25,10 @@ The edges leaving a cell's two input nodes form one group (8 edges in a 4-node c
 first stage reads both inputs (``repeat_sources``), so each layer of the inputs' convs is one
 launch instead of two.
 
+Where the group's edges are summed by its group sums (ndarts.group_sum), each stack's last BatchNorm
+is deferred (``run(defer_last=True)``): it writes statistics only, and the group sums normalise its
+input as they read it.
+
 Per edge, the math is the DARTS op's (same parameters, same BatchNorm statistics): the tests
 load a per-edge network's state_dict (SearchNetwork converts the layout on load, both ways, and
 from the earlier grouped layouts: ndarts.grouped_state) and compare outputs and gradients.

@@ -15,6 +15,9 @@ shared operands (``noisy_group_sums``). On the Triton backend it is one forward 
 kernel per source (``ndarts_kernels.noisy_group_sum_*``) instead of one per edge, the shared
 operands read once and their gradients written once, the grouped operands read and their
 gradients written in place; the torch backend runs the reference below (E per-edge sums).
+A grouped operand may be a deferred BatchNorm's input z (the stacks' last BatchNorms, where the
+group is summed here: GroupRun.defer): the kernels read it as (z − mean)·rstd, so that BatchNorm
+never writes its output (``grouped_norm``).
 """
 from __future__ import annotations
 
