@@ -273,7 +273,8 @@ def _bn_grad_apply_kernel(
     G0, G1, G2, G3, G4, G5, G6, G7,
     Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7,
     DX0, DX1, DX2, DX3, DX4, DX5, DX6, DX7,
-    PART,  # fp32 [ΣC_t, S, 2] from _bn_grad_stats_kernel
+    PART0, PART1, PART2, PART3, PART4, PART5, PART6, PART7,  # fp32 [C_t, P_t, 2]: tensor t's Σg, Σg·y partials
+    P0, P1, P2, P3, P4, P5, P6, P7,  # P_t (_bn_grad_stats_kernel's S, or what the gradient's producer made)
     RSTD,  # fp32 [ΣC_t]
     MEAN,  # fp32 [ΣC_t]: the forward's mean (read for the LAZY tensors)
     N, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, ROWS, S,
@@ -294,10 +295,17 @@ def _bn_grad_apply_kernel(
     Y = pick_pointer(t, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, T)
     DX = pick_pointer(t, DX0, DX1, DX2, DX3, DX4, DX5, DX6, DX7, T)
     relu = ((RELU >> t) & 1) != 0
-    sidx = tl.arange(0, S_BLOCK)
-    smask = sidx < S
-    mean_g = tl.sum(tl.load(PART + (q * S + sidx) * 2 + 0, mask=smask, other=0.0), axis=0) * inv_count
-    mean_gy = tl.sum(tl.load(PART + (q * S + sidx) * 2 + 1, mask=smask, other=0.0), axis=0) * inv_count
+    PART = pick_pointer(t, PART0, PART1, PART2, PART3, PART4, PART5, PART6, PART7, T)
+    P = pick_pointer(t, P0, P1, P2, P3, P4, P5, P6, P7, T)
+    sum_g = tl.zeros([], dtype=tl.float32)
+    sum_gy = tl.zeros([], dtype=tl.float32)
+    for s0 in range(0, P, S_BLOCK):  # chunks of S_BLOCK partials, in a fixed order
+        sidx = s0 + tl.arange(0, S_BLOCK)
+        smask = sidx < P
+        sum_g += tl.sum(tl.load(PART + (c * P + sidx) * 2 + 0, mask=smask, other=0.0), axis=0)
+        sum_gy += tl.sum(tl.load(PART + (c * P + sidx) * 2 + 1, mask=smask, other=0.0), axis=0)
+    mean_g = sum_g * inv_count
+    mean_gy = sum_gy * inv_count
     rstd = tl.load(RSTD + q)
     lazy, mean, _ = _lazy_statistics(t, q, MEAN, RSTD, LAZY)
     row_start = s * ROWS
@@ -483,13 +491,16 @@ class BatchNormGrad(NamedTuple):
 
 
 def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None, lazy=None,
-                         mean: torch.Tensor | None = None) -> list:
+                         mean: torch.Tensor | None = None, sums=None) -> list:
     """dL/dx of batch_norms_forward's tensors, from the upstream gradients (of relu(y) where
     relu[t]), the outputs ys and rstd [ΣC_t]. fold[t]: tensor t's producer applies the backward
     itself (kernels/separable_conv.py): its entry is a BatchNormGrad instead, and no dL/dx is
     written for it (the gradient statistics are still made here, in the same launch as the others').
     lazy[t]: ys[t] is the BatchNorm's input x (batch_norms_forward(apply=…) wrote no y), normalised
-    here on load with mean [ΣC_t] (batch_norms_forward's mean_out) and rstd."""
+    here on load with mean [ΣC_t] (batch_norms_forward's mean_out) and rstd.
+    sums[t]: tensor t's Σg and Σg·y per channel as partial sums, fp32 [C_t, P, 2] (any P ≥ 1), made
+    by the kernel that wrote its gradient (kernels/noisy_group_sum.py's bn_sums): the statistics
+    kernel does not read that tensor (a launch whose tensors all have them runs none)."""
     _check_same_geometry(ys, "output")
     relu = [False] * len(ys) if relu is None else list(relu)
     fold = [False] * len(ys) if fold is None else list(fold)
@@ -499,6 +510,15 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None, la
         raise ValueError(f"batch_norm: one lazy flag per output, and lazy outputs need the forward's mean, an "
                          f"fp32 {tuple(rstd.shape)} like rstd")
     mean = mean if any(lazy) else rstd
+    sums = [None] * len(ys) if sums is None else list(sums)
+    if len(sums) != len(ys):
+        raise ValueError(f"batch_norm: one entry of sums (or None) per output, got {len(sums)} for {len(ys)}")
+    for y, part in zip(ys, sums):
+        if part is not None and (part.dtype != torch.float32 or part.dim() != 3 or part.shape[0] != y.shape[1]
+                                 or part.shape[1] < 1 or part.shape[2] != 2 or not part.is_contiguous()
+                                 or part.device != y.device):
+            raise ValueError(f"batch_norm: gradient sums for {y.shape[1]} channels must be a contiguous fp32 "
+                             f"[{y.shape[1]}, P, 2] on {y.device}, got {part.dtype} {tuple(part.shape)}")
     grads = [g.contiguous() for g in grads]
     ys = [y.contiguous() for y in ys]
     for g, y in zip(grads, ys):
@@ -520,31 +540,49 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None, la
             return pad_pointers(tensors[start:stop], MAX_TENSORS, y0)
 
         geometry = _channel_args(ys[start:stop])
-        part = torch.empty((channels, splits, 2), device=y0.device, dtype=torch.float32)
         grid = (channels, splits)
         bits, lazy_bits = _bits(relu[start:stop]), _bits(lazy[start:stop])
         stats = (mean[first:first + channels], rstd[first:first + channels])
-        _bn_grad_stats_kernel[grid](*slots(grads), *slots(ys), part, *stats, n, hw, *geometry, rows, splits, T=num,
-                                    RELU=bits, LAZY=lazy_bits, BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64,
-                                    num_warps=num_warps)
+        offsets = [first + sum(y.shape[1] for y in ys[start:t]) for t in range(start, stop + 1)]
+        parts = sums[:]
+        missing = [t for t in range(start, stop) if parts[t] is None]
+        if missing:  # the statistics kernel over the tensors without sums
+            m_channels = sum(ys[t].shape[1] for t in missing)
+            part = torch.empty((m_channels, splits, 2), device=y0.device, dtype=torch.float32)
+            if len(missing) == num:
+                m_stats = stats
+            else:  # their mean and rstd, one after another as the kernel indexes them (only lazy ones are read)
+                m_stats = [torch.cat([v[offsets[t - start]:offsets[t - start + 1]] for t in missing])
+                           if any(lazy[t] for t in missing) else rstd for v in (mean, rstd)]
+            _bn_grad_stats_kernel[(m_channels, splits)](
+                *pad_pointers([grads[t] for t in missing], MAX_TENSORS, y0),
+                *pad_pointers([ys[t] for t in missing], MAX_TENSORS, y0), part, *m_stats, n, hw,
+                *_channel_args([ys[t] for t in missing]), rows, splits, T=len(missing),
+                RELU=_bits([relu[t] for t in missing]), LAZY=_bits([lazy[t] for t in missing]), BLOCK_HW=block_hw,
+                BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
+            offset = 0
+            for t in missing:
+                parts[t] = part[offset:offset + ys[t].shape[1]]
+                offset += ys[t].shape[1]
+        counts_p = [parts[t].shape[1] for t in range(start, stop)]
         if not all(fold[start:stop]):
             # a folded tensor's slots take an applied one's tensors: the kernel reads no row of them
             stand_in = _stand_ins([not f for f in fold], start, stop)
             grads_in, ys_in, dxs_in = ([lst[t] for t in stand_in] for lst in (grads, ys, dxs))
-            _bn_grad_apply_kernel[grid](*slots(grads_in), *slots(ys_in), *slots(dxs_in), part, *stats[::-1],
+            _bn_grad_apply_kernel[grid](*slots(grads_in), *slots(ys_in), *slots(dxs_in),
+                                        *pad_pointers(parts[start:stop], MAX_TENSORS, parts[start]),
+                                        *(counts_p + [0] * (MAX_TENSORS - num)), *stats[::-1],
                                         n, hw, *geometry, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
                                         LAZY=lazy_bits,
                                         APPLY=_bits([not fold[t] for t in range(start, stop)]),
-                                        S_BLOCK=max(2, triton.next_power_of_2(splits)), BLOCK_HW=block_hw,
+                                        S_BLOCK=max(2, min(MERGE_CHUNK, triton.next_power_of_2(max(counts_p)))),
+                                        BLOCK_HW=block_hw,
                                         BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
-        offset = 0
         for t in range(start, stop):
-            size = ys[t].shape[1]
+            lo, hi = offsets[t - start], offsets[t - start + 1]
             if fold[t]:
-                dxs[t] = BatchNormGrad(ys[t], part[offset:offset + size], rstd[first + offset:first + offset + size],
-                                       1.0 / (n * hw), relu[t],
-                                       mean[first + offset:first + offset + size] if lazy[t] else None)
-            offset += size
+                dxs[t] = BatchNormGrad(ys[t], parts[t], rstd[lo:hi], 1.0 / (n * hw), relu[t],
+                                       mean[lo:hi] if lazy[t] else None)
     return dxs
 
 

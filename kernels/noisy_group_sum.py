@@ -17,7 +17,9 @@ For edge e of the group (one source node h, stride 1):
 - a grouped operand may be a deferred BatchNorm's input z (its y never written: ``grouped_norm``):
   the kernels read it as y = (z − mean[c])·rstd[c], c its channel in the group's edge-major order,
   in the forward and where the backward reads it (W's gradient). The gradient written for it is
-  dL/dy, which the BatchNorm's backward takes (batch_norms_backward(lazy=…) makes y from z too).
+  dL/dy, which the BatchNorm's backward takes (batch_norms_backward(lazy=…) makes y from z too);
+  the backward can also write that BatchNorm's backward sums (Σd and Σd·y per channel, as partials
+  over runs of one image's plane: ``bn_sums``), so that the BatchNorm does not read d and z again.
 The output is [E, N, C, H, W]; each edge may add a base (its target node's partial sum: a
 cell's node sums run as a chain of group sums, no separate adds). The backward reads the E upstream gradients, the operands and
 regenerates ε; it writes each shared operand's gradient once (Σ_e W[e, p]·g_e: no autograd
@@ -214,14 +216,24 @@ def _shared_grad(s, g, W, PROW, e: tl.constexpr, k: tl.constexpr, K: tl.constexp
 
 @triton.jit
 def _grouped_grad(G, DG, g, W, PROW, e: tl.constexpr, k: tl.constexpr, K: tl.constexpr,
-                  g_offs, mask, WGRAD: tl.constexpr, q: tl.constexpr, NORM: tl.constexpr, M, Q, stat):
-    """Writes grouped operand q's gradient (of its y, where it is a deferred BatchNorm's z) and, with
-    WGRAD, the partial Σ g·o for W[e, k]."""
+                  g_offs, mask, WGRAD: tl.constexpr, q: tl.constexpr, NORM: tl.constexpr, M, Q, stat,
+                  GSTATS: tl.constexpr, SUMS, row_stat, row_slot, row_ok, SLOTS,
+                  BLOCK: tl.constexpr, HW_BLOCK: tl.constexpr):
+    """Writes grouped operand q's gradient d = w·g (of its y, where it is a deferred BatchNorm's z)
+    and, with WGRAD, the partial Σ g·o for W[e, k]; where GSTATS has bit q, that BatchNorm's
+    backward statistics: per row of HW_BLOCK elements (one channel of one image, or a part of one),
+    Σd and Σd·y into SUMS [channel, slot, 2] (its statistics kernel then does not run)."""
     w = tl.load(W + e * K + k).to(tl.float32)
-    tl.store(DG + g_offs, (w * g).to(DG.dtype.element_ty), mask=mask)
-    if WGRAD:  # only W's gradient reads the operand
+    d = w * g
+    tl.store(DG + g_offs, d.to(DG.dtype.element_ty), mask=mask)
+    if WGRAD or (GSTATS >> q) & 1:  # only W's gradient and the BatchNorm statistics read the operand
         o = _grouped_operand(G, g_offs, mask, q, NORM, M, Q, stat)
-        tl.store(PROW + e * K + k, tl.sum(g * o, axis=0))
+        if WGRAD:
+            tl.store(PROW + e * K + k, tl.sum(g * o, axis=0))
+        if (GSTATS >> q) & 1:  # masked lanes hold g = 0; a row past the end is not stored
+            where = SUMS + (row_stat * SLOTS + row_slot) * 2
+            tl.store(where, tl.sum(tl.reshape(d, (BLOCK // HW_BLOCK, HW_BLOCK)), axis=1), mask=row_ok)
+            tl.store(where + 1, tl.sum(tl.reshape(d * o, (BLOCK // HW_BLOCK, HW_BLOCK)), axis=1), mask=row_ok)
 
 
 @triton.jit
@@ -266,8 +278,12 @@ def _group_backward_kernel(
     W, PART,  # weights [E, K]; fp32 partials [programs, ≥ E·K] (rows PART_STRIDE apart; unused without WGRAD)
     PART_STRIDE, SEED, STD, numel, INNER, G_STRIDE, E0, lam, mean,
     M0, M1, M2, M3, M4, M5, Q0, Q1, Q2, Q3, Q4, Q5, HW,  # the forward's deferred BatchNorm statistics (NORM)
+    U0, U1, U2, U3, U4, U5,  # fp32 [E·C, SLOTS, 2]: each deferred BatchNorm's backward sums (GSTATS)
+    SLOTS,  # partial sums per channel: images × HW / HW_BLOCK
     E: tl.constexpr, NUM_SHARED: tl.constexpr, NUM_GROUPED: tl.constexpr, NUM_OWN: tl.constexpr,
     SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr, NORM: tl.constexpr,
+    GSTATS: tl.constexpr,  # bit q set: write grouped operand q's BatchNorm backward sums (needs its NORM bit)
+    HW_BLOCK: tl.constexpr,  # elements per row of those sums: min(HW, BLOCK), dividing both
     WGRAD: tl.constexpr,  # write W's partial sums; without, no operand is read (a w step's backward)
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
@@ -285,7 +301,13 @@ def _group_backward_kernel(
     if NUM_SHARED > 2:
         s2 = _operand_for_wgrad(S2, offs, mask, WGRAD, BLOCK)
         d2 = tl.zeros([BLOCK], dtype=tl.float32)
-    chan, per_edge = _channel_in_edge(offs, INNER, HW, NORM)  # used where W's gradient reads the operands
+    chan, per_edge = _channel_in_edge(offs, INNER, HW, NORM)  # used where an operand is read
+    # the rows of the BatchNorm backward sums (GSTATS): this program's BLOCK // HW_BLOCK runs of
+    # HW_BLOCK elements, each inside one channel of one image; its channel and slot (image, part)
+    row_start = pid.to(offs.dtype) * BLOCK + tl.arange(0, BLOCK // HW_BLOCK).to(offs.dtype) * HW_BLOCK
+    row_ok = row_start < numel
+    row_chan = (row_start % INNER) // HW
+    row_slot = (row_start // INNER) * (HW // HW_BLOCK) + (row_start % HW) // HW_BLOCK
     for e in tl.static_range(E):
         # masked lanes hold g = 0: they add nothing to the partial sums
         g = _edge_row(e, DY0, DY1, DY2, DY3, DY4, DY5, DY6, DY7, GS0, GS1, GS2, GS3, GS4, GS5, GS6, GS7,
@@ -298,17 +320,24 @@ def _group_backward_kernel(
             d2 += _shared_grad(s2, g, W, PROW, e, 2, K, noise_offs, seed, std, lam, mean, SKIP, KIND, MULT, WGRAD)
         g_offs = _grouped_offsets(offs, e, INNER, G_STRIDE)
         stat = e * per_edge + chan
-        _grouped_grad(G0, DG0, g, W, PROW, e, NUM_SHARED, K, g_offs, mask, WGRAD, 0, NORM, M0, Q0, stat)
+        row_stat = e * per_edge + row_chan
+        _grouped_grad(G0, DG0, g, W, PROW, e, NUM_SHARED, K, g_offs, mask, WGRAD, 0, NORM, M0, Q0, stat,
+                      GSTATS, U0, row_stat, row_slot, row_ok, SLOTS, BLOCK, HW_BLOCK)
         if NUM_GROUPED > 1:
-            _grouped_grad(G1, DG1, g, W, PROW, e, NUM_SHARED + 1, K, g_offs, mask, WGRAD, 1, NORM, M1, Q1, stat)
+            _grouped_grad(G1, DG1, g, W, PROW, e, NUM_SHARED + 1, K, g_offs, mask, WGRAD, 1, NORM, M1, Q1, stat,
+                          GSTATS, U1, row_stat, row_slot, row_ok, SLOTS, BLOCK, HW_BLOCK)
         if NUM_GROUPED > 2:
-            _grouped_grad(G2, DG2, g, W, PROW, e, NUM_SHARED + 2, K, g_offs, mask, WGRAD, 2, NORM, M2, Q2, stat)
+            _grouped_grad(G2, DG2, g, W, PROW, e, NUM_SHARED + 2, K, g_offs, mask, WGRAD, 2, NORM, M2, Q2, stat,
+                          GSTATS, U2, row_stat, row_slot, row_ok, SLOTS, BLOCK, HW_BLOCK)
         if NUM_GROUPED > 3:
-            _grouped_grad(G3, DG3, g, W, PROW, e, NUM_SHARED + 3, K, g_offs, mask, WGRAD, 3, NORM, M3, Q3, stat)
+            _grouped_grad(G3, DG3, g, W, PROW, e, NUM_SHARED + 3, K, g_offs, mask, WGRAD, 3, NORM, M3, Q3, stat,
+                          GSTATS, U3, row_stat, row_slot, row_ok, SLOTS, BLOCK, HW_BLOCK)
         if NUM_GROUPED > 4:
-            _grouped_grad(G4, DG4, g, W, PROW, e, NUM_SHARED + 4, K, g_offs, mask, WGRAD, 4, NORM, M4, Q4, stat)
+            _grouped_grad(G4, DG4, g, W, PROW, e, NUM_SHARED + 4, K, g_offs, mask, WGRAD, 4, NORM, M4, Q4, stat,
+                          GSTATS, U4, row_stat, row_slot, row_ok, SLOTS, BLOCK, HW_BLOCK)
         if NUM_GROUPED > 5:
-            _grouped_grad(G5, DG5, g, W, PROW, e, NUM_SHARED + 5, K, g_offs, mask, WGRAD, 5, NORM, M5, Q5, stat)
+            _grouped_grad(G5, DG5, g, W, PROW, e, NUM_SHARED + 5, K, g_offs, mask, WGRAD, 5, NORM, M5, Q5, stat,
+                          GSTATS, U5, row_stat, row_slot, row_ok, SLOTS, BLOCK, HW_BLOCK)
         if NUM_OWN > 0:
             _own_grad(pick_pointer(e, R0, R1, R2, R3, R4, R5, R6, R7, 8),
                       pick_pointer(e, DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7, 8), g, W, PROW, e,
@@ -405,6 +434,35 @@ def _norm_args(grouped_norm, grouped, edges, first):
         rstds.append(stats[1].contiguous())
         bits |= 1 << q
     return pad_pointers(means, MAX_GROUPED), pad_pointers(rstds, MAX_GROUPED), bits
+
+
+def _sum_args(bn_sums, norm_bits, num_grouped, edges, first):
+    """(sum pointers, GSTATS bit mask, slots per channel) of the backward's BatchNorm sums."""
+    if bn_sums is not None and len(bn_sums) != num_grouped:
+        raise ValueError(f"noisy_group_sum: bn_sums needs one entry (or None) per grouped operand, "
+                         f"got {len(bn_sums)} for {num_grouped}")
+    if bn_sums is None or not any(t is not None for t in bn_sums):
+        return pad_pointers([first], MAX_GROUPED), 0, 0
+    slots = batch_norm_sum_slots(first.shape)
+    shape = (edges * first.shape[1], slots, 2)
+    ptrs, bits = [], 0
+    for q, t in enumerate(bn_sums):
+        if t is None:
+            ptrs.append(first)
+            continue
+        if not (norm_bits >> q) & 1:
+            raise ValueError(f"noisy_group_sum: grouped operand {q} has BatchNorm sums but no grouped_norm: "
+                             "only a deferred BatchNorm's sums are made here")
+        if slots is None:
+            raise ValueError(f"noisy_group_sum: no BatchNorm sums for images of {tuple(first.shape[2:])} "
+                             "(batch_norm_sum_slots is None)")
+        if (t.dtype != torch.float32 or t.device != first.device or tuple(t.shape) != shape
+                or not t.is_contiguous()):
+            raise ValueError(f"noisy_group_sum: grouped operand {q}'s BatchNorm sums must be a contiguous fp32 "
+                             f"{shape} on {first.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+        ptrs.append(t)
+        bits |= 1 << q
+    return pad_pointers(ptrs, MAX_GROUPED), bits, slots
 
 
 def _launch_params(first, grouped, edges, first_edge):
@@ -506,6 +564,24 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
     return y, std, row0
 
 
+def _sum_rows(numel: int, hw: int) -> int | None:
+    """Elements per row of the backward's BatchNorm sums (GSTATS) for operands of `numel`
+    elements per edge and `hw` pixels per channel: a run inside one channel of one image that
+    divides the kernel's block, min(hw, BLOCK) when that divides both; None when none does."""
+    block = _elementwise_block(numel)[0]
+    rows = min(hw, block)
+    return rows if hw and block % rows == 0 and hw % rows == 0 else None
+
+
+def batch_norm_sum_slots(shape) -> int | None:
+    """Partial sums per channel that noisy_group_sum_backward(bn_sums=…) writes for operands of
+    [N, C, H, W] (per edge): N × (H·W / its row), each a run of one channel of one image; None
+    when the image size does not split into the kernel's blocks (the BatchNorm then sums itself)."""
+    n, c, h, w = shape
+    rows = _sum_rows(n * c * h * w, h * w)
+    return None if rows is None or n * c * h * w == 0 else n * (h * w // rows)
+
+
 def partial_rows(numel: int) -> int:
     """Rows of the backward's dW partial sums (one per program) for sums of `numel` elements per edge."""
     return triton.cdiv(numel, _elementwise_block(numel)[0])
@@ -513,7 +589,7 @@ def partial_rows(numel: int) -> int:
 
 def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean,
                              *, first_edge=0, d_grouped=None, own=None, part=None, weight_grad=True,
-                             grouped_norm=None):
+                             grouped_norm=None, bn_sums=None):
     """Returns (shared operand gradients, grouped operand gradients, own operand gradients (one per
     edge; [] without own), dW fp32 [E, K]).
 
@@ -525,7 +601,11 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     the group's dW) to write the per-program partial sums into; dW is then None: the caller sums.
     weight_grad False: no dW (None; pass no part): the kernel reads no operand, only the upstream
     gradients (and, for multiplicative noise, regenerates ε), as a w step's backward needs.
-    grouped_norm: the forward's; a deferred BatchNorm's operand gets the gradient of its y."""
+    grouped_norm: the forward's; a deferred BatchNorm's operand gets the gradient of its y.
+    bn_sums: per grouped operand None, or (for one with grouped_norm) an fp32 [E·C, S, 2] tensor
+    (S = batch_norm_sum_slots of the operands' shape; this call's edges' channels) to write its
+    BatchNorm's backward sums into: per channel and slot, Σd and Σd·y of the gradient d written
+    for it (batch_norms_backward(sums=…) merges them instead of reading d and z again)."""
     shared, grouped, weights, own = _check(shared, grouped, weights, own)
     first, edges = shared[0], weights.shape[0]
     grads = list(grad.unbind(0)) if isinstance(grad, torch.Tensor) else list(grad)
@@ -544,6 +624,7 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     elif any(d.shape != t.shape or d.stride() != t.stride() or d.dtype != t.dtype for d, t in zip(d_grouped, grouped)):
         raise ValueError("noisy_group_sum: d_grouped must be laid out as the grouped operands")
     means, rstds, norm_bits = _norm_args(grouped_norm, grouped, edges, first)
+    sums, sum_bits, slots = _sum_args(bn_sums, norm_bits, len(grouped), edges, first)
     numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
     index_64 = index_64 or max(n * g.stride(0) for g in grads) > INT32_LIMIT - block
     programs = triton.cdiv(numel, block)
@@ -567,9 +648,11 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
         *pad_pointers(d_grouped, MAX_GROUPED), *pad_pointers(own or [first], MAX_EDGES),
         *pad_pointers(d_own or [first], MAX_EDGES), weights, part, part.stride(0) if weight_grad else 0, seed, std,
         numel, numel // first.shape[0], g_stride, first_edge, float(lam), float(mean), *means, *rstds, h * w,
+        *sums, slots,
         E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), NUM_OWN=int(own is not None), SKIP=skip,
-        KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), NORM=norm_bits if weight_grad else 0,
-        WGRAD=bool(weight_grad), BLOCK=block,
+        KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative),
+        NORM=norm_bits if weight_grad or sum_bits else 0, GSTATS=sum_bits,
+        HW_BLOCK=_sum_rows(numel, h * w) if sum_bits else 1, WGRAD=bool(weight_grad), BLOCK=block,
         INDEX_64=index_64, num_warps=num_warps,
     )
     # fixed-order reduction of the partials: deterministic, no float atomics

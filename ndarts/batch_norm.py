@@ -12,6 +12,8 @@ in one launch each way where the kernels run (ndarts.edge_groups' conv stages).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,7 +47,7 @@ class _BatchNormsTrain(torch.autograd.Function):
     gradient is that of y = (z − mean)·rstd (the backward makes y from z as it reads it)."""
 
     @staticmethod
-    def forward(ctx, bns, relu, pre_relu, defer, *xs):
+    def forward(ctx, bns, relu, pre_relu, defer, sinks, *xs):
         import ndarts_kernels
 
         channels = sum(x.shape[1] for x in xs)
@@ -56,7 +58,7 @@ class _BatchNormsTrain(torch.autograd.Function):
             apply=[not d for d in defer], mean_out=mean)
         ys = [x if d else y for x, y, d in zip(xs, ys, defer)]
         ctx.save_for_backward(rstd, mean, *ys)
-        ctx.relu, ctx.defer = relu, defer
+        ctx.relu, ctx.defer, ctx.sinks = relu, defer, sinks
         # where a ReLU is fused, the output is relu(y); y itself is kept for the backward only, and
         # (pre_relu) handed out too, not differentiable: a consumer may keep it instead of relu(y)
         extra = [y for y, r in zip(ys, relu) if r] if pre_relu else []
@@ -72,8 +74,40 @@ class _BatchNormsTrain(torch.autograd.Function):
 
         rstd, mean, *ys = ctx.saved_tensors
         grads = [g if g is not None else torch.zeros_like(y) for g, y in zip(grads[:len(ys)], ys)]
-        return (None, None, None, None,
-                *ndarts_kernels.batch_norms_backward(grads, ys, rstd, ctx.relu, lazy=list(ctx.defer), mean=mean))
+        # a deferred output's reader may have made its backward sums as it wrote the gradient
+        sums = [sink.take() if sink is not None else None for sink in ctx.sinks]
+        return (None, None, None, None, None,
+                *ndarts_kernels.batch_norms_backward(grads, ys, rstd, ctx.relu, lazy=list(ctx.defer), mean=mean,
+                                                     sums=sums))
+
+
+class GradSums:
+    """Where the reader of a deferred BatchNorm's output leaves that BatchNorm's backward sums (Σg
+    and Σg·y per channel, as partial sums fp32 [C, P, 2]) as it writes the output's gradient (the
+    group-sum kernels: noisy_group_sums), for the BatchNorm's backward to merge instead of reading
+    the gradient and z once more. Valid only when that reader is the output's one consumer: any
+    other (deferred_output) marks it shared, and the BatchNorm then sums itself."""
+
+    def __init__(self):
+        self.sums = None
+        self.shared = False
+
+    def put(self, sums: torch.Tensor) -> None:
+        self.sums = sums
+
+    def take(self):
+        """The sums of this backward pass (once), or None."""
+        sums, self.sums = self.sums, None
+        return None if self.shared else sums
+
+
+class DeferredNorm(NamedTuple):
+    """A deferred BatchNorm's statistics: its output is (z − mean)·rstd per channel, made by its
+    reader; sums: where that reader may leave the backward's sums (GradSums), or None."""
+
+    mean: torch.Tensor
+    rstd: torch.Tensor
+    sums: GradSums | None = None
 
 
 class _DeferredOutput(torch.autograd.Function):
@@ -91,9 +125,13 @@ class _DeferredOutput(torch.autograd.Function):
         return grad, None, None
 
 
-def deferred_output(z: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+def deferred_output(z: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, sums: GradSums | None = None
+                    ) -> torch.Tensor:
     """A deferred BatchNorm's output (search_batch_norms(defer=…): z, with its per-channel fp32
-    mean and rstd) made as a tensor: (z − mean)·rstd, whose gradient flows back to z unchanged."""
+    mean and rstd) made as a tensor: (z − mean)·rstd, whose gradient flows back to z unchanged.
+    sums: the DeferredNorm's; marked shared (this reader leaves no backward sums)."""
+    if sums is not None:
+        sums.shared = True
     return _DeferredOutput.apply(z, mean, rstd)
 
 
@@ -107,22 +145,24 @@ def search_batch_norms(xs, bns, relu=None, pre_relu_out: list | None = None, def
     (the BatchNorm keeps it for its backward anyway; not differentiable), else None.
     defer[t] (not with relu[t]; needs norms_out): where the kernels run, bn(x) is not written: the
     t-th output is x itself, standing for bn(x) (its gradient is bn(x)'s), and norms_out gets its
-    (mean, rstd), fp32 [C], for a consumer that normalises on load (noisy_group_sums(grouped_norm=…)
-    or deferred_output); elsewhere the output is bn(x) and norms_out gets None."""
+    DeferredNorm (mean, rstd fp32 [C], and a GradSums its reader may fill), for a consumer that
+    normalises on load (noisy_group_sums(grouped_norm=…) or deferred_output); elsewhere the output
+    is bn(x) and norms_out gets None."""
     relu = [False] * len(xs) if relu is None else list(relu)
     defer = [False] * len(xs) if defer is None else list(defer)
     if len(defer) != len(xs) or any(d and r for d, r in zip(defer, relu)) or (any(defer) and norms_out is None):
         raise ValueError("search_batch_norms: one defer flag per input, none with a ReLU, and a norms_out list")
     if _fusable(xs, bns):
-        outs = _BatchNormsTrain.apply(tuple(bns), tuple(relu), pre_relu_out is not None, tuple(defer), *xs)
+        sinks = tuple(GradSums() if d else None for d in defer)
+        outs = _BatchNormsTrain.apply(tuple(bns), tuple(relu), pre_relu_out is not None, tuple(defer), sinks, *xs)
         extra = iter(outs[len(xs):])
         if pre_relu_out is not None:
             pre_relu_out.extend(next(extra) if r else None for r in relu)
         if norms_out is not None:
             mean, rstd = (next(extra), next(extra)) if any(defer) else (None, None)
             first = [sum(x.shape[1] for x in xs[:t]) for t in range(len(xs))]
-            norms_out.extend((mean[o:o + x.shape[1]], rstd[o:o + x.shape[1]]) if d else None
-                             for x, d, o in zip(xs, defer, first))
+            norms_out.extend(DeferredNorm(mean[o:o + x.shape[1]], rstd[o:o + x.shape[1]], sink) if d else None
+                             for x, d, o, sink in zip(xs, defer, first, sinks))
         return list(outs[:len(xs)])
     if pre_relu_out is not None:
         pre_relu_out.extend([None] * len(xs))

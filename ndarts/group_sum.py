@@ -79,8 +79,8 @@ class _TritonGroupSum(torch.autograd.Function):
     takes that sum's moments as it writes it)."""
 
     @staticmethod
-    def forward(ctx, weights, seed, params, edges, num_shared, num_own, by_target, base_slots, norm_slots, std_args,
-                *operands):
+    def forward(ctx, weights, seed, params, edges, num_shared, num_own, by_target, base_slots, norm_slots, sinks,
+                std_args, *operands):
         import ndarts_kernels
 
         k = num_shared * len(edges)
@@ -126,7 +126,7 @@ class _TritonGroupSum(torch.autograd.Function):
                 target_std_out.append(row0[0])
         ctx.save_for_backward(weights, seed, *stds, *operands[:k], *grouped, *(own or []), *stats)
         ctx.params, ctx.edges, ctx.num_shared, ctx.num_own = params, edges, num_shared, num_own
-        ctx.by_target, ctx.base_slots, ctx.norm_slots = by_target, base_slots, norm_slots
+        ctx.by_target, ctx.base_slots, ctx.norm_slots, ctx.sinks = by_target, base_slots, norm_slots, sinks
         ctx.set_materialize_grads(False)
         return y.unbind(0)  # one output per edge (target): their gradients reach the kernel unstacked
 
@@ -144,7 +144,7 @@ class _TritonGroupSum(torch.autograd.Function):
         rest, stats = rest[:len(rest) - num_stats], rest[len(rest) - num_stats:]
         d_stats = (None,) * num_stats  # the BatchNorm statistics: not differentiable
         if some is None:
-            return (None,) * 10 + (None,) * (len(rest) - len(edges)) + tuple(d_bases) + d_stats
+            return (None,) * 11 + (None,) * (len(rest) - len(edges)) + tuple(d_bases) + d_stats
         grad = [g if g is not None else torch.zeros_like(some) for g in grads]
         stds, rest = rest[:len(edges)], rest[len(edges):]
         own = list(rest[len(rest) - sum(edges):]) if ctx.num_own else None
@@ -154,6 +154,8 @@ class _TritonGroupSum(torch.autograd.Function):
         c = first.shape[1]
         norms = _grouped_norms(ctx.norm_slots, stats, len(grouped))
         d_grouped = [torch.empty_like(g) for g in grouped]
+        # a deferred BatchNorm's backward sums, made here as its gradient is written (GradSums)
+        bn_sums = _bn_sum_buffers(ctx.norm_slots, ctx.sinks, grouped, first.shape)
         d_shared, d_own = [], []
         # the sources' partial sums side by side in one buffer: one sum gives the group's dW [E, K];
         # a pass that uses no α gradient (a w step) reads no operand: only the gradients in, theirs out
@@ -168,12 +170,15 @@ class _TritonGroupSum(torch.autograd.Function):
                 first_edge=e0, d_grouped=_narrow(d_grouped, e0, count, c, len(edges)),
                 own=own[e0:e0 + count] if own is not None else None,
                 part=part[:, e0 * k:(e0 + count) * k] if need_w else None, weight_grad=need_w,
-                grouped_norm=_narrow_norms(norms, e0, count, c))
+                grouped_norm=_narrow_norms(norms, e0, count, c), bn_sums=_narrow_sums(bn_sums, e0, count, c))
             d_shared += ds
             d_own += do
+        for q, sink in zip(ctx.norm_slots, ctx.sinks):
+            if bn_sums is not None and bn_sums[q] is not None:
+                sink.put(bn_sums[q])
         # fixed-order reduction of the partials: deterministic, no float atomics
         dw = part.sum(dim=0).view(weights.shape).to(weights.dtype) if need_w else None
-        return (dw, None, None, None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
+        return (dw, None, None, None, None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
                 *d_bases, *d_stats)
 
 
@@ -193,6 +198,28 @@ def _narrow_norms(norms, first, count, c):
     if norms is None:
         return None
     return [None if n is None else tuple(t.narrow(0, first * c, count * c) for t in n) for n in norms]
+
+
+def _bn_sum_buffers(norm_slots, sinks, grouped, shape):
+    """Per grouped operand None or an fp32 [E·C, S, 2] buffer for its deferred BatchNorm's backward
+    sums (where its reader gets a GradSums and the image size allows them); None for none."""
+    from ndarts_kernels.noisy_group_sum import batch_norm_sum_slots
+
+    slots = batch_norm_sum_slots(shape) if any(s is not None for s in sinks) else None
+    if slots is None:
+        return None
+    out = [None] * len(grouped)
+    for q, sink in zip(norm_slots, sinks):
+        if sink is not None:
+            out[q] = torch.empty((grouped[q].shape[1], slots, 2), device=grouped[q].device, dtype=torch.float32)
+    return out
+
+
+def _narrow_sums(sums, first, count, c):
+    """The backward sums' rows of edges first … first + count - 1's channels (views), or None."""
+    if sums is None:
+        return None
+    return [None if t is None else t.narrow(0, first * c, count * c) for t in sums]
 
 
 def _narrow(grouped, first, count, c, sources):
@@ -231,7 +258,9 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     grouped_norm: per grouped operand None, or (mean, rstd) (fp32 [E·C]) when it is a deferred
     BatchNorm's input z (search_batch_norms(defer=…)): the sums read it as that BatchNorm's output
     (z − mean)·rstd, and its gradient is that output's (what the BatchNorm's backward takes). On
-    Triton the kernels normalise as they read z; elsewhere deferred_output makes y first.
+    Triton the kernels normalise as they read z; elsewhere deferred_output makes y first. A
+    DeferredNorm (mean, rstd, GradSums): on Triton the backward kernels also make that BatchNorm's
+    backward sums as they write the gradient, and leave them in its GradSums.
     """
     if not sources or not all(sources) or not grouped:
         raise ValueError("noisy_group_sums needs shared and grouped operands")
@@ -271,11 +300,12 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     norm_slots = tuple(q for q, n in enumerate(grouped_norm or ()) if n is not None)
     if resolve_backend(backend, device) == "triton" and first.dtype in TRITON_DTYPES:
         slots = tuple(t for t, b in enumerate(bases) if b is not None)
+        sinks = tuple(grouped_norm[q][2] if len(grouped_norm[q]) > 2 else None for q in norm_slots)
         outs = _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), tuple(edges),
-                                     num_shared, num_own, by_target, slots, norm_slots, (skip_stds, target_std_out),
-                                     *[t for shared in sources for t in shared],
+                                     num_shared, num_own, by_target, slots, norm_slots, sinks,
+                                     (skip_stds, target_std_out), *[t for shared in sources for t in shared],
                                      *grouped, *(own or []), *[bases[t] for t in slots],
-                                     *[t for q in norm_slots for t in grouped_norm[q]])
+                                     *[t for q in norm_slots for t in grouped_norm[q][:2]])
         return outs if per_edge or by_target else torch.stack(outs)
     if norm_slots:
         grouped = [deferred_output(g, *grouped_norm[q]) if q in norm_slots else g for q, g in enumerate(grouped)]

@@ -41,7 +41,7 @@ class GroupRun:
         # NodeSumPlan sums the group); where the kernels run, raw() is then the BatchNorm's input z
         # and norm() its statistics (EdgeGroup.run(defer_last=True))
         self.defer = defer
-        self._norms: dict = {}  # {primitive index: (mean, rstd)} of the deferred BatchNorms
+        self._norms: dict = {}  # {primitive index: DeferredNorm} of the deferred BatchNorms
 
     def raw(self, index: int) -> torch.Tensor:
         """Primitive `index` for all the group's edges, [N, E·C, H, W] (with norm(index), a
@@ -51,8 +51,9 @@ class GroupRun:
         return self._outputs[index]
 
     def norm(self, index: int):
-        """(mean, rstd), fp32 [E·C], of primitive `index`'s deferred last BatchNorm (raw(index) is
-        its input z, read as (z − mean)·rstd), or None where its output was written."""
+        """The DeferredNorm (mean, rstd fp32 [E·C], GradSums) of primitive `index`'s deferred last
+        BatchNorm (raw(index) is its input z, read as (z − mean)·rstd), or None where its output
+        was written."""
         if self._outputs is None:
             self.compute()
         return self._norms.get(index)
@@ -103,7 +104,7 @@ class GroupRun:
 
     def tensors(self) -> list:
         out = list(self._outputs.values()) if self._outputs is not None else []
-        out += [t for norm in self._norms.values() for t in norm]
+        out += [t for norm in self._norms.values() for t in norm[:2]]
         return out + [t for outs in self._split.values() for t in outs]
 
 

@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-from .batch_norm import kernel_batch_norms
+from .batch_norm import DeferredNorm, GradSums, kernel_batch_norms
 from .depthwise_conv import _square
 from .grad_use import grads_used
 
@@ -83,7 +83,7 @@ class _SeparableStage(torch.autograd.Function):
     def forward(ctx, *args):
         import ndarts_kernels
 
-        *tensors, spec = args
+        *tensors, sinks, spec = args
         count, bns = len(spec.pairs), spec.bns
         inputs = len(spec.counts) if spec.counts is not None else count
         xs = tensors[:inputs]
@@ -106,7 +106,7 @@ class _SeparableStage(torch.autograd.Function):
         outs = [z if d else y for z, y, d in zip(zs, ys, lazy)] + list(ys[count:])
         del zs, moments, ys
         ctx.save_for_backward(rstd, mean, *tensors[:inputs + 2 * count], *input_stats, *outs)
-        ctx.spec, ctx.inputs, ctx.extras = spec, inputs, len(extras)
+        ctx.spec, ctx.inputs, ctx.extras, ctx.sinks = spec, inputs, len(extras), sinks
         if mean is None:
             return tuple(outs)
         ctx.mark_non_differentiable(mean, rstd)
@@ -130,8 +130,12 @@ class _SeparableStage(torch.autograd.Function):
         # a deferred BatchNorm's consumer read relu(y) (the sep convs' bn1) or y (a stack's last BatchNorm, read
         # by the group sums): the gradient that comes back is of that
         relu = [d and r for d, r in zip(spec.deferred, spec.relu_after)] + [False] * extras
+        # the backward sums the group sums made as they wrote the deferred outputs' gradients (GradSums):
+        # for every pair or none (the pair kernels take one partial count for all their folds)
+        sums = [sink.take() for sink in ctx.sinks] if ctx.sinks is not None else None
+        sums = sums + [None] * extras if sums is not None and all(t is not None for t in sums) else None
         folds = ndarts_kernels.batch_norms_backward(grads, outs, rstd, relu=relu, fold=[True] * count + [False] * extras,
-                                                    lazy=lazy, mean=mean)
+                                                    lazy=lazy, mean=mean, sums=sums)
         need_w = used[inputs:inputs + 2 * count]
         # the pairs in one launch each way; with sources, the gradient of each source h_s itself (Σ over
         # its edges and the pairs, the ReLU's mask applied) from the depthwise input-gradient kernel
@@ -142,7 +146,7 @@ class _SeparableStage(torch.autograd.Function):
         dxs = [dx if use else None for dx, use in zip(dxs, used[:inputs])] if dxs is not None else [None] * inputs
         dws = [None] * (2 * count) if d_dws is None else [
             d if use else None for d, use in zip((d for pair in zip(d_dws, d_pws) for d in pair), need_w)]
-        return (*dxs, *dws, *folds[count:], *[None] * len(stats), None)
+        return (*dxs, *dws, *folds[count:], *[None] * len(stats), None, None)
 
 
 def stage_fits(inputs, stacks, extras=(), counts=None) -> bool:
@@ -213,8 +217,13 @@ def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=Non
     relu_after = tuple(which == 1 and s.repeats == 2 for s in stacks)  # bn1 of a sep conv
     spec = Spec(tuple(pairs), deferred, relu_after, None if counts is None else tuple(counts),
                 tuple(bns) + tuple(bn for _, bn in extras), bool(input_stats))
-    return list(_SeparableStage.apply(*inputs, *weights, *(x for x, _ in extras),
-                                      *(t for stats in input_stats for t in stats), spec))
+    # every pair's output read by the group sums (deferred, no ReLU after): they may make the
+    # BatchNorms' backward sums (one GradSums each; the pair kernels take them for all pairs or none)
+    sinks = (tuple(GradSums() for _ in stacks)
+             if all(deferred) and not any(relu_after) else None)
+    outs = list(_SeparableStage.apply(*inputs, *weights, *(x for x, _ in extras),
+                                      *(t for stats in input_stats for t in stats), sinks, spec))
+    return outs, sinks
 
 
 def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool = False) -> tuple[list, list, list]:
@@ -228,20 +237,22 @@ def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool =
     conv's bn2) is deferred to the consumer (EdgeGroup.run's defer_last): its output is its z."""
     seps = [i for i, s in enumerate(stacks) if s.repeats == 2]
     deferred = tuple(s.repeats == 2 or defer_last for s in stacks)
-    first = _stage(inputs, stacks, 1, [s.bn1 for s in stacks], extras, deferred=deferred, counts=counts)
+    first, sinks = _stage(inputs, stacks, 1, [s.bn1 for s in stacks], extras, deferred=deferred, counts=counts)
     if any(deferred):
         first, (mean, rstd) = first[:-2], first[-2:]
     outs, pooled = first[:len(stacks)], first[len(stacks):]
     c = outs[0].shape[1]
-    norms = [(mean[i * c:(i + 1) * c], rstd[i * c:(i + 1) * c]) if d else None for i, d in enumerate(deferred)]
+    norms = [DeferredNorm(mean[i * c:(i + 1) * c], rstd[i * c:(i + 1) * c], sinks[i] if sinks else None)
+             if d else None for i, d in enumerate(deferred)]
     if seps:
         # the sep convs' bn1 deferred: stage 1 hands out z and the statistics, the second pair reads
         # relu((z − mean)·rstd) (bn1's y and its ReLU never written)
-        second = _stage([outs[i] for i in seps], [stacks[i] for i in seps], 2, [stacks[i].bn2 for i in seps],
-                        deferred=(defer_last,) * len(seps), input_stats=[norms[i] for i in seps])
+        second, sinks = _stage([outs[i] for i in seps], [stacks[i] for i in seps], 2, [stacks[i].bn2 for i in seps],
+                               deferred=(defer_last,) * len(seps), input_stats=[norms[i][:2] for i in seps])
         if defer_last:
             second, (mean2, rstd2) = second[:-2], second[-2:]
         for k, (i, y) in enumerate(zip(seps, second)):
             outs[i] = y
-            norms[i] = (mean2[k * c:(k + 1) * c], rstd2[k * c:(k + 1) * c]) if defer_last else None
+            norms[i] = (DeferredNorm(mean2[k * c:(k + 1) * c], rstd2[k * c:(k + 1) * c], sinks[k] if sinks else None)
+                        if defer_last else None)
     return outs, pooled, norms

@@ -239,6 +239,13 @@ def _huge_workload() -> None:
     norm = [tuple(torch.empty(2 * 64, device=meta) for _ in range(2))]  # a deferred BatchNorm's z, read as its y
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0, grouped_norm=norm)
     K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0, grouped_norm=norm)
+    from ndarts_kernels.noisy_group_sum import batch_norm_sum_slots
+
+    sums = torch.empty(2 * 64, batch_norm_sum_slots(big), 2, device=meta)  # the deferred BatchNorm's backward sums
+    for weight_grad in (True, False):
+        K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0, grouped_norm=norm,
+                                   bn_sums=[sums], weight_grad=weight_grad)
+    K.batch_norms_backward([grouped[0]], [grouped[0]], norm[0][1], lazy=[True], mean=norm[0][0], sums=[sums])
     own, ow = [ops[1], ops[2]], torch.empty(2, 3, device=meta)  # each edge's own operand, the noisy one
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, ow, seed, 2, 1, False, 0.2, 0.0, own=own)
     for weight_grad in (True, False):

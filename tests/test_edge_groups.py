@@ -333,18 +333,25 @@ def test_every_graph_kernel_lever_at_once_equals_the_plain_per_edge_network(fres
 
 
 @pytest.mark.parametrize("fused_separable", [False, True], ids=["torch_convs", "fused_stages"])
-def test_deferred_last_batch_norms_equal_their_outputs(fused_separable, fresh_seed, device="cpu", shape=(2, 4, 6, 5)):
+@pytest.mark.parametrize("reader,shape", [("deferred_output", (2, 4, 6, 5)), ("group_sums", (3, 4, 8, 8)),
+                                          ("group_sums", (2, 3, 5, 7))])
+def test_deferred_last_batch_norms_equal_their_outputs(fused_separable, reader, shape, fresh_seed, device="cpu"):
     """EdgeGroup.run(defer_last=True), as a group summed by its group sums runs it: each stack's
     last BatchNorm (sep bn2, dil bn) writes no y, its output is its input z and norms_out its
-    (mean, rstd); y made from them (deferred_output, whose gradient passes through as the group
-    sums' does) equals the written y, and so do every gradient and the running statistics (the
-    BatchNorm kernels on PyTorch's convs, or the fused stages)."""
+    DeferredNorm; read as y (by deferred_output, whose gradient passes through, or by the group
+    sums, which normalise on load) it gives the outputs, every gradient and the running statistics
+    of the written y (the BatchNorm kernels on PyTorch's convs, or the fused stages). Where the
+    group sums read z and the image splits into their blocks (8×8, not 5×7), their backward kernels
+    make the BatchNorms' backward sums, which the BatchNorm backward takes instead of summing."""
     import copy
+    from unittest import mock
 
     import torch.nn.functional as F
 
+    import ndarts_kernels
     from ndarts.batch_norm import deferred_output, use_search_batch_norm
     from ndarts.edge_groups import EdgeGroup
+    from ndarts.group_sum import noisy_group_sums
 
     n, c, h, w = shape
     group = EdgeGroup(c, (2, 2), 1, ["skip_connect", "sep_conv_3x3", "dil_conv_5x5"]).to(device)
@@ -352,23 +359,40 @@ def test_deferred_last_batch_norms_equal_their_outputs(fused_separable, fresh_se
     for stack in group.ops.values():
         stack.fused_separable, stack.backend = fused_separable, "triton"
     xs = [torch.randn(shape, device=device) for _ in range(2)]
-    grads = {i: torch.randn(n, 4 * c, h, w, device=device) for i in (1, 2)}
+    weights = torch.softmax(torch.randn(4, 3, device=device), 1)
+    grads = torch.randn(4, *shape, device=device)  # the group sums' (4 edges)
+    grads_out = torch.randn(2, n, 4 * c, h, w, device=device)  # the two stacks' outputs'
 
     def run(g, defer):
         inputs = [x.clone().requires_grad_() for x in xs]
+        alpha = weights.clone().requires_grad_()
         norms = {} if defer else None
         outs, _ = g.run([F.relu(x) for x in inputs], backend="triton", defer_last=defer, norms_out=norms)
         if defer:
             assert sorted(norms) == [1, 2]  # both stacks' last BatchNorms deferred
             for i, z in outs.items():  # the output is z, not normalised
                 assert not torch.allclose(z.mean((0, 2, 3)), torch.zeros_like(z[0, :, 0, 0]), atol=1e-3)
-            outs = {i: deferred_output(z, *norms[i]) for i, z in outs.items()}
-        sum((outs[i] * grads[i]).sum() for i in outs).backward()
-        return ([outs[i].detach() for i in sorted(outs)] + [x.grad for x in inputs]
-                + [p.grad for p in g.parameters()] + [b.clone() for b in g.buffers()])
+        if reader == "deferred_output":
+            if defer:
+                outs = {i: deferred_output(z, *norms[i]) for i, z in outs.items()}
+            y = torch.stack([outs[1], outs[2]])
+            loss = (y * grads_out).sum() + alpha.sum()
+        else:  # each input's identity as the shared operand, the two stacks grouped
+            y = noisy_group_sums([[inputs[0]], [inputs[1]]], [outs[1], outs[2]], alpha, (2, 2), None,
+                                 NoiseConfig(kind="none"), backend="triton",
+                                 grouped_norm=[norms[1], norms[2]] if defer else None)
+            loss = (y * grads).sum()
+        loss.backward()
+        return ([y.detach(), alpha.grad] + [x.grad for x in inputs] + [p.grad for p in g.parameters()]
+                + [b.clone() for b in g.buffers()])
 
     want = run(copy.deepcopy(group), False)
-    got = run(group, True)
+    with mock.patch.object(ndarts_kernels, "batch_norms_backward", wraps=ndarts_kernels.batch_norms_backward) as bwd:
+        got = run(group, True)
+    given = sum(t is not None for call in bwd.call_args_list for t in call.kwargs.get("sums") or ())
+    # both deferred BatchNorms' sums; on the fused stages the sep conv's only: the dil conv's BatchNorm is
+    # folded into its pair in the first stage with bn1s, which take none (one partial count for a launch's folds)
+    assert given == ((1 if fused_separable else 2) if reader == "group_sums" and h * w == 64 else 0)
     assert len(got) == len(want)
     for k, (a, b) in enumerate(zip(got, want)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"tensor {k}: {m}")

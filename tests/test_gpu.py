@@ -451,12 +451,27 @@ def test_cuda_deferred_batch_norm_operands_are_read_as_their_output(dtype, atol,
 
 
 @pytest.mark.parametrize("fused_separable", [False, True], ids=["torch_convs", "fused_stages"])
-def test_cuda_deferred_last_batch_norms_equal_their_outputs(fused_separable):
-    """A conv group's last BatchNorms deferred (their y not written) on CUDA: the same outputs,
+@pytest.mark.parametrize("reader,shape", [("deferred_output", (16, 16, 16, 16)), ("group_sums", (16, 16, 16, 16)),
+                                          ("group_sums", (8, 16, 64, 64)), ("group_sums", (4, 16, 9, 7))])
+def test_cuda_deferred_last_batch_norms_equal_their_outputs(fused_separable, reader, shape):
+    """A conv group's last BatchNorms deferred (their y not written) on CUDA, read back by
+    deferred_output or the group sums (whose backward makes the BatchNorms' sums: 16×16 and 64×64
+    images, where a plane spans several of the kernel's blocks; 9×7 makes none): the same outputs,
     gradients and running statistics as written ones."""
     from test_edge_groups import test_deferred_last_batch_norms_equal_their_outputs as check
 
-    check(fused_separable, 0, device="cuda", shape=(16, 16, 16, 16))
+    check(fused_separable, reader, shape, 0, device="cuda")
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 3e-2, 2e-2)])
+@pytest.mark.parametrize("alpha_grad", [True, False])
+def test_cuda_backward_makes_the_deferred_batch_norms_sums(dtype, atol, rtol, alpha_grad):
+    """The group-sum backward's BatchNorm sums on the compiled kernels (32×32: one plane per block
+    row; 64×64: a plane over four blocks)."""
+    from test_group_sum import test_the_backward_makes_the_deferred_batch_norms_sums as check
+
+    check(dtype, atol, rtol, (4, 4), (8, 16, 32, 32), alpha_grad, 0, device="cuda")
+    check(dtype, atol, rtol, (3,), (2, 8, 64, 64), alpha_grad, 0, device="cuda")
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-3)])

@@ -24,6 +24,24 @@ def _inputs(edges, p, q, shape, dtype, device):
     return shared, grouped, weights, grad
 
 
+def _by_source(flat, p, sources):
+    """The flat list of the sources' shared operands (p each) split per source."""
+    return [flat[i * p:(i + 1) * p] for i in range(sources)]
+
+
+def _sources_inputs(layout, dtype, device, noise):
+    """(the sources' shared operands, flat; grouped operands; weights; the upstream gradient; a
+    seed; the ε the kernels draw from it at scale 0.7) for a group of several sources."""
+    edges, p, q, shape = layout
+    total = sum(edges)
+    sources = [_inputs(total, p, q, shape, dtype, device)[0] for _ in edges]
+    _, grouped, weights, grad = _inputs(total, p, q, shape, dtype, device)
+    seed = draw_seed(device)
+    kind = noise.kernel_params(0.7)[0]
+    eps = ndarts_kernels.unit_noise(seed, total * sources[0][0].numel(), kind).view(total, -1)
+    return [t for s in sources for t in s], grouped, weights, grad, seed, eps
+
+
 def _run(fn, shared, grouped, weights, grad):
     s = [t.detach().clone().requires_grad_() for t in shared]
     g = [t.detach().clone().requires_grad_() for t in grouped]
@@ -73,16 +91,12 @@ def test_group_kernels_of_several_sources_match_reference(dtype, atol, rtol, lay
     (tests/test_gpu.py runs it on CUDA.)"""
     edges, p, q, shape = layout
     noise = VARIANTS[variant]
-    total, skip = sum(edges), p - 1
-    sources = [_inputs(total, p, q, shape, dtype, device)[0] for _ in edges]
-    _, grouped, weights, grad = _inputs(total, p, q, shape, dtype, device)
-    seed = draw_seed(device)
-    kind, mult, lam, mean = noise.kernel_params(0.7)
-    eps = ndarts_kernels.unit_noise(seed, total * sources[0][0].numel(), kind).view(total, -1)
-    flat = [t for s in sources for t in s]
+    skip = p - 1
+    flat, grouped, weights, grad, seed, eps = _sources_inputs(layout, dtype, device, noise)
+    mult, lam, mean = noise.kernel_params(0.7)[1:]
 
     def split(s):
-        return [s[i * p:(i + 1) * p] for i in range(len(edges))]
+        return _by_source(s, p, len(edges))
 
     want = _run(lambda s, g, w: reference_group_sum(split(s), g, w, edges, skip, mult, lam, mean, eps), flat,
                 grouped, weights, grad)
@@ -109,18 +123,14 @@ def test_deferred_batch_norm_operands_are_read_as_their_output(dtype, atol, rtol
     edges, p, q, shape = layout
     total, c, skip = sum(edges), shape[1], p - 1
     noise = VARIANTS["gaussian"]
-    sources = [_inputs(total, p, q, shape, dtype, device)[0] for _ in edges]
-    _, grouped, weights, grad = _inputs(total, p, q, shape, dtype, device)
+    flat, grouped, weights, grad, seed, eps = _sources_inputs(layout, dtype, device, noise)
+    kind, mult, lam, mean = noise.kernel_params(0.7)
     grouped = [(g.float() * 3 + 2).to(dtype) for g in grouped]  # a BatchNorm input: not normalised
     norms = [(torch.randn(total * c, device=device) + 2, torch.rand(total * c, device=device) + 0.2)
              if i % 2 == 0 else None for i in range(q)]
-    seed = draw_seed(device)
-    kind, mult, lam, mean = noise.kernel_params(0.7)
-    eps = ndarts_kernels.unit_noise(seed, total * sources[0][0].numel(), kind).view(total, -1)
-    flat = [t for s in sources for t in s]
 
     def split(s):
-        return [s[i * p:(i + 1) * p] for i in range(len(edges))]
+        return _by_source(s, p, len(edges))
 
     def made(g):
         return [deferred_output(z, *n) if n is not None else z for z, n in zip(g, norms)]
@@ -142,6 +152,53 @@ def test_deferred_batch_norm_operands_are_read_as_their_output(dtype, atol, rtol
             tol = (atol * 20, rtol * 5) if name == "dW" and dtype != torch.float32 else (atol, rtol)
             torch.testing.assert_close(a.float(), b.float(), atol=tol[0], rtol=tol[1],
                                        msg=lambda m: f"{backend} {name}: {m}")
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("edges,shape", [((4, 4), (3, 5, 4, 4)), ((3,), (2, 3, 8, 8)), ((1, 2), (1, 2, 2, 2))])
+@pytest.mark.parametrize("alpha_grad", [True, False])
+def test_the_backward_makes_the_deferred_batch_norms_sums(dtype, atol, rtol, edges, shape, alpha_grad, fresh_seed,
+                                                          device="cpu"):
+    """A deferred BatchNorm's operand with a GradSums (DeferredNorm): as the backward kernels write
+    its gradient d they leave, per channel, partial Σd and Σd·y (y = (z − mean)·rstd) over runs of
+    one image's plane, one launch per source into one buffer; their totals are torch's. Also in a
+    w step (alpha_grad False), whose kernels otherwise read no operand."""
+    from ndarts.batch_norm import DeferredNorm, GradSums
+    from ndarts_kernels.noisy_group_sum import batch_norm_sum_slots
+
+    total, (n, c, h, w) = sum(edges), shape
+    sources = [_inputs(total, 2, 3, shape, dtype, device)[0] for _ in edges]
+    _, grouped, weights, grad = _inputs(total, 2, 3, shape, dtype, device)
+    grouped = [g.requires_grad_() for g in grouped]
+    norms = [DeferredNorm(torch.randn(total * c, device=device), torch.rand(total * c, device=device) + 0.2,
+                          GradSums()) if q != 1 else None for q in range(3)]
+    y = noisy_group_sums(sources, grouped, weights.requires_grad_(alpha_grad), edges, 1, VARIANTS["gaussian"],
+                         backend="triton", grouped_norm=norms)
+    y.backward(grad)
+    for q, norm in enumerate(norms):
+        if norm is None:
+            continue
+        sums = norm.sums.take()
+        assert sums.shape == (total * c, batch_norm_sum_slots(shape), 2) and norm.sums.take() is None
+        d = grouped[q].grad.float()
+        yq = (grouped[q].detach().float() - norm.mean.view(1, -1, 1, 1)) * norm.rstd.view(1, -1, 1, 1)
+        want = torch.stack([d.sum((0, 2, 3)), (d * yq).sum((0, 2, 3))], 1)
+        torch.testing.assert_close(sums.sum(1), want, atol=atol * 50, rtol=rtol * 5, msg=lambda m: f"operand {q}: {m}")
+
+
+def test_deferred_batch_norm_sums_are_checked():
+    from ndarts_kernels.noisy_group_sum import batch_norm_sum_slots, noisy_group_sum_backward
+
+    shared, grouped, weights, grad = _inputs(3, 1, 2, (2, 4, 4, 4), torch.float32, "cpu")
+    seed, std = draw_seed("cpu"), torch.ones(1)
+    norm = [(torch.zeros(12), torch.ones(12))] * 2
+    slots = batch_norm_sum_slots((2, 4, 4, 4))
+    assert slots == 2 and batch_norm_sum_slots((2, 4, 5, 7)) is None
+    for kw, what in [(dict(grouped_norm=None, bn_sums=[torch.zeros(12, slots, 2), None]), "no grouped_norm"),
+                     (dict(grouped_norm=norm, bn_sums=[torch.zeros(12, slots + 1, 2), None]), r"\(12, 2, 2\)"),
+                     (dict(grouped_norm=norm, bn_sums=[None]), "one entry")]:
+        with pytest.raises(ValueError, match=what):
+            noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, -1, 0, False, 0.0, 0.0, **kw)
 
 
 def test_deferred_batch_norm_statistics_are_checked():
@@ -301,7 +358,7 @@ def test_per_edge_outputs_take_gradients_in_place(fresh_seed):
     flat = [t for s in sources for t in s]
 
     def split(s):
-        return [s[i * p:(i + 1) * p] for i in range(len(edges))]
+        return _by_source(s, p, len(edges))
 
     def run(per_edge_fn):
         s = [t.detach().clone().requires_grad_() for t in flat]
@@ -434,15 +491,19 @@ def test_triton_network_equals_the_reference_network(fresh_seed):
     # channel) its backward amplifies fp32 rounding to ~2e-5 of a gradient's largest entry
     with mock.patch.object(ndarts_kernels, "noisy_group_sum_forward",
                            wraps=ndarts_kernels.noisy_group_sum_forward) as sums, \
-            mock.patch.object(ndarts_kernels, "batch_norms_forward", wraps=ndarts_kernels.batch_norms_forward) as bns:
-        assert_same_forward_backward((ref, tri), torch.randn(2, 3, 7, 6), out_tol=(1e-5, 1e-5),
+            mock.patch.object(ndarts_kernels, "batch_norms_forward", wraps=ndarts_kernels.batch_norms_forward) as bns, \
+            mock.patch.object(ndarts_kernels, "batch_norms_backward",
+                              wraps=ndarts_kernels.batch_norms_backward) as bwd:
+        assert_same_forward_backward((ref, tri), torch.randn(2, 3, 8, 8), out_tol=(1e-5, 1e-5),
                                      grad_tol=(1e-4, 1e-3), buffer_tol=(1e-5, 1e-5), seed=fresh_seed)
     # the stacks' last BatchNorms (sep bn2, dil bn) deferred into the group sums, which read both
-    # grouped operands as (z − mean)·rstd: no y written for them
+    # grouped operands as (z − mean)·rstd: no y written for them; and (8×8, 4×4, 2×2 images split
+    # into the sums' blocks) the group sums' backward made those BatchNorms' backward sums
     assert sums.call_count and all(sum(n is not None for n in c.kwargs["grouped_norm"]) == 2
                                    for c in sums.call_args_list)
     groups = sum(len(c.edge_groups) for c in tri.cells)
     assert sum(list(c.kwargs.get("apply") or []).count(False) for c in bns.call_args_list) == 2 * groups
+    assert sum(t is not None for c in bwd.call_args_list for t in c.kwargs.get("sums") or ()) == 2 * groups
     # every node's pools ran with its conv group, a reduction cell's inputs' too (their stride-2
     # edges are a group sum with their FactorizedReduce skips as the edges' own operands)
     with mock.patch.object(mixed_op, "pool_all", wraps=mixed_op.pool_all) as pool_all, \
