@@ -200,12 +200,13 @@ def _pair(conv: nn.Conv2d, relu_input: bool) -> Pair:
     return Pair(_square(conv.stride), _square(conv.padding), _square(conv.dilation), relu_input)
 
 
-def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=None, input_stats=()) -> list:
+def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=None, input_stats=()) -> tuple:
     """One stage (which: 1 = dw1 → pw1, 2 = dw2 → pw2) of the stacks with their BatchNorms bns and
     the extras' ((x, BatchNorm) pairs): inputs one per stack, or with counts the source nodes;
     input_stats: per stack the (mean, rstd) of its input's deferred BatchNorm (its z the input);
     deferred: per stack, its BatchNorm deferred to the consumer (which applies the ReLU after a sep
-    conv's bn1 too); the outputs then end with the stage's BatchNorm mean and rstd."""
+    conv's bn1 too); the outputs then end with the stage's BatchNorm mean and rstd. Returns (the
+    outputs, per stack a GradSums where every stack's output goes to the group sums, else None)."""
     dw_name, pw_name = ("dw1", "pw1") if which == 1 else ("dw2", "pw2")
     dtype = inputs[0].dtype
     weights, pairs = [], []
@@ -228,7 +229,7 @@ def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=Non
 
 def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool = False) -> tuple[list, list, list]:
     """(the stacks' outputs, the extras' BatchNorms ((x, BatchNorm) pairs normalised in the first
-    stage's launch), per stack None or its deferred last BatchNorm's (mean, rstd)), as EdgeGroup.run
+    stage's launch), per stack None or its deferred last BatchNorm's DeferredNorm), as EdgeGroup.run
     computes them, on one Function per stage (stage_fits must hold). inputs: stack i's first-stage
     input inputs[i] (the group's repeated relu(h), [N, E·C, H, W]); or, with counts, the group's
     source nodes h_s before their ReLU, [N, C, H, W], which the first stage's kernels read as

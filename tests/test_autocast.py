@@ -35,12 +35,13 @@ def test_bf16_autocast_is_close_to_fp32(fused, batch_edge_convs, primitives, fre
     out_ref, out_amp = _run(ref, x, fresh_seed), _run(amp, x, fresh_seed)
     assert out_amp.dtype == torch.float32
     scale = out_ref.abs().max().item()
-    # bf16 rounding (8-bit mantissa) through 3 cells: ~1–4 % of the logit scale; α-gradient cosine
-    # 0.93–0.999 over seeds (a wrong or dropped op gives far less)
+    # bf16 rounding (8-bit mantissa) through 3 cells: ~1–4 % of the logit scale. α-gradient cosine
+    # over fresh seeds (DARTS space, batched convs, 150 seeds on 2026-11-30): 0.91–0.999, and 0.898 once
+    # in CI; with sep_conv_3x3 dropped from the bf16 network: −0.07–0.86, median 0.4 (40 seeds)
     torch.testing.assert_close(out_amp, out_ref, atol=0.1 * scale, rtol=0.1)
     for a, b in zip(amp.arch_parameters(), ref.arch_parameters()):
         assert a.dtype == a.grad.dtype == torch.float32
-        assert _cosine(a.grad, b.grad) > 0.9
+        assert _cosine(a.grad, b.grad) > 0.85
     grads = [(p.grad, q.grad) for p, q in zip(amp.weight_parameters(), ref.weight_parameters()) if q.grad is not None]
     assert all(g.dtype == torch.float32 for g, _ in grads)
     assert _cosine(torch.cat([g.flatten() for g, _ in grads]), torch.cat([g.flatten() for _, g in grads])) > 0.9
