@@ -362,6 +362,15 @@ def _stand_ins(kept, start, stop) -> list:
     return [t if kept[t] or first is None else first for t in range(len(kept))]
 
 
+def _share_rows(parts, which, tensors, part) -> None:
+    """parts[t] = tensor t's channels' rows of `part` (a statistics launch's partials over the
+    tensors `which`, their channels one after another), for each t in which."""
+    offset = 0
+    for t in which:
+        parts[t] = part[offset:offset + tensors[t].shape[1]]
+        offset += tensors[t].shape[1]
+
+
 def _check_same_geometry(tensors, what: str) -> None:
     """One launch takes tensors of one batch size, image size, dtype and device; their channel
     counts may differ."""
@@ -450,10 +459,7 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
             _bn_stats_kernel[(part.shape[0], s_splits)](
                 *pad_pointers(held, MAX_TENSORS), part, s_n, s_hw, *_channel_args(held), s_rows, s_splits,
                 T=len(held), BLOCK_HW=s_bhw, BLOCK=s_block, INDEX_64=index_64, num_warps=s_warps)
-            offset = 0
-            for t in missing:
-                parts[t] = part[offset:offset + xs[t].shape[1]]
-                offset += xs[t].shape[1]
+            _share_rows(parts, missing, xs, part)
         counts_m = [parts[t].shape[1] for t in range(start, stop)]
         stats = [slots(lst, rstd) if update else [rstd] * MAX_TENSORS for lst in (running_means, running_vars)]
         counts = slots(nums_batches, rstd) if update else [rstd] * MAX_TENSORS
@@ -560,10 +566,7 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None, la
                 *_channel_args([ys[t] for t in missing]), rows, splits, T=len(missing),
                 RELU=_bits([relu[t] for t in missing]), LAZY=_bits([lazy[t] for t in missing]), BLOCK_HW=block_hw,
                 BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
-            offset = 0
-            for t in missing:
-                parts[t] = part[offset:offset + ys[t].shape[1]]
-                offset += ys[t].shape[1]
+            _share_rows(parts, missing, ys, part)
         counts_p = [parts[t].shape[1] for t in range(start, stop)]
         if not all(fold[start:stop]):
             # a folded tensor's slots take an applied one's tensors: the kernel reads no row of them

@@ -120,7 +120,7 @@ class _TritonGroupSum(torch.autograd.Function):
             std, *row0 = ndarts_kernels.noisy_group_sum_forward(
                 shared, _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, *params,
                 first_edge=e0, std=std, own=own[e0:e0 + count] if own is not None else None, row0_std=last,
-                grouped_norm=_narrow_norms(norms, e0, count, c), **extra)[1:]
+                grouped_norm=_edge_channels(norms, e0, count, c), **extra)[1:]
             stds.append(std)
             if last:
                 target_std_out.append(row0[0])
@@ -170,7 +170,7 @@ class _TritonGroupSum(torch.autograd.Function):
                 first_edge=e0, d_grouped=_narrow(d_grouped, e0, count, c, len(edges)),
                 own=own[e0:e0 + count] if own is not None else None,
                 part=part[:, e0 * k:(e0 + count) * k] if need_w else None, weight_grad=need_w,
-                grouped_norm=_narrow_norms(norms, e0, count, c), bn_sums=_narrow_sums(bn_sums, e0, count, c))
+                grouped_norm=_edge_channels(norms, e0, count, c), bn_sums=_edge_channels(bn_sums, e0, count, c))
             d_shared += ds
             d_own += do
         for q, sink in zip(ctx.norm_slots, ctx.sinks):
@@ -193,11 +193,13 @@ def _grouped_norms(norm_slots, stats, num_grouped):
     return norms
 
 
-def _narrow_norms(norms, first, count, c):
-    """The statistics of edges first … first + count - 1's channels (views)."""
-    if norms is None:
+def _edge_channels(entries, first, count, c):
+    """Per grouped operand, its per-channel tensor (or tuple of them: its statistics) cut to edges
+    first … first + count - 1's channels (views); None entries (and None) stay None."""
+    if entries is None:
         return None
-    return [None if n is None else tuple(t.narrow(0, first * c, count * c) for t in n) for n in norms]
+    return [None if n is None else n.narrow(0, first * c, count * c) if isinstance(n, torch.Tensor)
+            else tuple(t.narrow(0, first * c, count * c) for t in n) for n in entries]
 
 
 def _bn_sum_buffers(norm_slots, sinks, grouped, shape):
@@ -213,13 +215,6 @@ def _bn_sum_buffers(norm_slots, sinks, grouped, shape):
         if sink is not None:
             out[q] = torch.empty((grouped[q].shape[1], slots, 2), device=grouped[q].device, dtype=torch.float32)
     return out
-
-
-def _narrow_sums(sums, first, count, c):
-    """The backward sums' rows of edges first … first + count - 1's channels (views), or None."""
-    if sums is None:
-        return None
-    return [None if t is None else t.narrow(0, first * c, count * c) for t in sums]
 
 
 def _narrow(grouped, first, count, c, sources):

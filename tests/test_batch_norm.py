@@ -249,11 +249,13 @@ def test_given_partial_moments_of_any_count_merge_like_the_statistics_kernel(fre
 
 
 @pytest.mark.parametrize("fold", [False, True])
-def test_given_gradient_sums_of_any_count_merge_like_the_statistics_kernel(fresh_seed, fold):
+@pytest.mark.parametrize("given_for", [(0, 2), (2,)], ids=["lazy_given", "lazy_summed_here"])
+def test_given_gradient_sums_of_any_count_merge_like_the_statistics_kernel(fresh_seed, fold, given_for):
     """The backward's Σg and Σg·y handed in as partial sums per channel (as the group-sum kernels
     make them for a deferred BatchNorm: one per image), for some tensors of a launch, one with 300
     partials (more than the apply kernel merges per step): every dx (or fold) equals that of the
-    launch that sums itself, ReLU-masked and lazy tensors among the others."""
+    launch that sums itself, ReLU-masked and lazy tensors among the others (the lazy one given its
+    sums, or summed here beside a given one: its statistics gathered for the partial launch)."""
     n, h, w = 300, 2, 3
     channels, relu, lazy = (3, 2, 4), [False, True, False], [True, False, False]
     xs = [torch.randn(n, c, h, w) * 2 + 1 for c in channels]
@@ -264,10 +266,10 @@ def test_given_gradient_sums_of_any_count_merge_like_the_statistics_kernel(fresh
     gs = [torch.randn_like(x) for x in xs]
     y0 = (xs[0] - mean[:3].view(1, -1, 1, 1)) * rstd[:3].view(1, -1, 1, 1)  # the lazy tensor's y
     given = [None] * 3
-    for t in (0, 2):  # per image, as the group sums give them (ReLU-free tensors)
+    for t in given_for:  # per image, as the group sums give them (ReLU-free tensors)
         y = y0 if t == 0 else outs[2]
         given[t] = torch.stack([gs[t].sum((2, 3)), (gs[t] * y).sum((2, 3))], 2).transpose(0, 1).contiguous()
-    assert given[0].shape == (3, n, 2) and n > ndarts_kernels.batch_norm.MERGE_CHUNK
+    assert given[2].shape == (4, n, 2) and n > ndarts_kernels.batch_norm.MERGE_CHUNK
     runs = [ndarts_kernels.batch_norms_backward(gs, outs, rstd, relu=relu, fold=[fold] * 3, lazy=lazy, mean=mean,
                                                 sums=sums) for sums in (given, None)]
     for t, (a, b) in enumerate(zip(*runs)):
@@ -276,6 +278,6 @@ def test_given_gradient_sums_of_any_count_merge_like_the_statistics_kernel(fresh
             assert a.sums.shape[1] == (n if given[t] is not None else b.sums.shape[1])
         else:
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=f"tensor {t}")
-    with pytest.raises(ValueError, match="gradient sums for 3 channels"):
+    with pytest.raises(ValueError, match="gradient sums for 4 channels"):
         ndarts_kernels.batch_norms_backward(gs, outs, rstd, relu=relu, lazy=lazy, mean=mean,
-                                            sums=[given[0][:2], None, None])
+                                            sums=[None, None, given[2][:2]])
