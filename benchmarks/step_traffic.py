@@ -44,9 +44,9 @@ TARGET = (64, 32)  # SPEC §6: batch 64, 32×32
 BANDWIDTH = 3.4e12  # bytes/s a streaming kernel reaches on an H200 (80 % of the copy bandwidth measured there)
 T_MIN = 2.5e-6  # s: the least a kernel takes in a replayed graph (the H200's BatchNorm kernels: 2-3 µs)
 
-# Triton kernels' tensor arguments they do not read at these constexprs: (constexpr, value) → names, or a
-# function of the launch's arguments giving them (their PART is then a stand-in pointer, the weights, which
-# they read)
+# Triton kernels' tensor arguments they do not read at these constexprs: (constexpr, value) (or None: at any)
+# → names, or a function of the launch's arguments giving them (their PART is then a stand-in pointer, the
+# weights, which they read)
 UNREAD = {
     # without WGRAD the group backward reads only the grouped operands whose BatchNorm sums it makes (GSTATS)
     "_group_backward_kernel": (("WGRAD", False), lambda call: (
@@ -54,6 +54,9 @@ UNREAD = {
         *(f"G{q}" for q in range(6) if not (call["GSTATS"] >> q) & 1))),
     "_noisy_mixed_sum_backward_kernel": (("WGRAD", False), ("O0", "O1", "O2", "O3", "O4", "O5", "O6", "O7")),
     "_sep_conv_bwd_kernel": (("NEED_WEIGHT", False), ("X0", "X1", "X2", "X3")),
+    # the programs of a tensor whose sums its gradient's producer made (SKIP) read nothing
+    "_bn_grad_stats_kernel": (None, lambda call: (
+        *(f"{p}{t}" for p in "GY" for t in range(8) if (call["SKIP"] >> t) & 1),)),
 }
 
 
@@ -127,7 +130,7 @@ class KernelTraffic(TorchDispatchMode):
                                                  if k in inspect.getfullargspec(fn).args})
         skip = ()
         rule = UNREAD.get(fn.__name__)
-        if rule is not None and call.get(rule[0][0]) == rule[0][1]:
+        if rule is not None and (rule[0] is None or call.get(rule[0][0]) == rule[0][1]):
             skip = rule[1](call) if callable(rule[1]) else rule[1]
         self.kernels.append(("triton", fn.__name__, _distinct_bytes(call.values(), [call[k] for k in skip])))
 

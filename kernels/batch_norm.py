@@ -241,6 +241,7 @@ def _bn_grad_stats_kernel(
     T: tl.constexpr,
     RELU: tl.constexpr,
     LAZY: tl.constexpr,  # bit t set: Y_t is the BatchNorm's input, normalised on load (its y never written)
+    SKIP: tl.constexpr,  # bit t set: tensor t's sums were made by its gradient's producer: its programs do nothing
     BLOCK_HW: tl.constexpr,
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
@@ -248,24 +249,25 @@ def _bn_grad_stats_kernel(
     q = tl.program_id(0)
     s = tl.program_id(1)
     t, c, CHW = _channel_of(q, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, T)
-    G = pick_pointer(t, G0, G1, G2, G3, G4, G5, G6, G7, T)
-    Y = pick_pointer(t, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, T)
-    relu = ((RELU >> t) & 1) != 0
-    lazy, mean, rstd = _lazy_statistics(t, q, MEAN, RSTD, LAZY)
-    row_start = s * ROWS
-    row_end = tl.minimum(row_start + ROWS, N)
-    idx = tl.arange(0, BLOCK)
-    acc_g = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_gy = tl.zeros([BLOCK], dtype=tl.float32)
-    for r0 in range(row_start, row_end, BLOCK // BLOCK_HW):
-        for h0 in range(0, HW, BLOCK_HW):
-            offs, mask = _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW, INDEX_64)
-            g, y = _upstream_grad(G, Y, offs, mask, relu, lazy, mean, rstd)
-            acc_g += g
-            acc_gy += g * y
-    base = (q * S + s) * 2
-    tl.store(PART + base + 0, tl.sum(acc_g, axis=0))
-    tl.store(PART + base + 1, tl.sum(acc_gy, axis=0))
+    if ((SKIP >> t) & 1) == 0:
+        G = pick_pointer(t, G0, G1, G2, G3, G4, G5, G6, G7, T)
+        Y = pick_pointer(t, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, T)
+        relu = ((RELU >> t) & 1) != 0
+        lazy, mean, rstd = _lazy_statistics(t, q, MEAN, RSTD, LAZY)
+        row_start = s * ROWS
+        row_end = tl.minimum(row_start + ROWS, N)
+        idx = tl.arange(0, BLOCK)
+        acc_g = tl.zeros([BLOCK], dtype=tl.float32)
+        acc_gy = tl.zeros([BLOCK], dtype=tl.float32)
+        for r0 in range(row_start, row_end, BLOCK // BLOCK_HW):
+            for h0 in range(0, HW, BLOCK_HW):
+                offs, mask = _tile_offsets(c, r0, h0, row_end, HW, CHW, idx, BLOCK_HW, INDEX_64)
+                g, y = _upstream_grad(G, Y, offs, mask, relu, lazy, mean, rstd)
+                acc_g += g
+                acc_gy += g * y
+        base = (q * S + s) * 2
+        tl.store(PART + base + 0, tl.sum(acc_g, axis=0))
+        tl.store(PART + base + 1, tl.sum(acc_gy, axis=0))
 
 
 @triton.jit
@@ -362,12 +364,13 @@ def _stand_ins(kept, start, stop) -> list:
     return [t if kept[t] or first is None else first for t in range(len(kept))]
 
 
-def _share_rows(parts, which, tensors, part) -> None:
+def _share_rows(parts, which, tensors, part, keep=None) -> None:
     """parts[t] = tensor t's channels' rows of `part` (a statistics launch's partials over the
-    tensors `which`, their channels one after another), for each t in which."""
+    tensors `which`, their channels one after another), for each t in which (in keep, if given)."""
     offset = 0
     for t in which:
-        parts[t] = part[offset:offset + tensors[t].shape[1]]
+        if keep is None or t in keep:
+            parts[t] = part[offset:offset + tensors[t].shape[1]]
         offset += tensors[t].shape[1]
 
 
@@ -552,21 +555,13 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None, la
         offsets = [first + sum(y.shape[1] for y in ys[start:t]) for t in range(start, stop + 1)]
         parts = sums[:]
         missing = [t for t in range(start, stop) if parts[t] is None]
-        if missing:  # the statistics kernel over the tensors without sums
-            m_channels = sum(ys[t].shape[1] for t in missing)
-            part = torch.empty((m_channels, splits, 2), device=y0.device, dtype=torch.float32)
-            if len(missing) == num:
-                m_stats = stats
-            else:  # their mean and rstd, one after another as the kernel indexes them (only lazy ones are read)
-                m_stats = [torch.cat([v[offsets[t - start]:offsets[t - start + 1]] for t in missing])
-                           if any(lazy[t] for t in missing) else rstd for v in (mean, rstd)]
-            _bn_grad_stats_kernel[(m_channels, splits)](
-                *pad_pointers([grads[t] for t in missing], MAX_TENSORS, y0),
-                *pad_pointers([ys[t] for t in missing], MAX_TENSORS, y0), part, *m_stats, n, hw,
-                *_channel_args([ys[t] for t in missing]), rows, splits, T=len(missing),
-                RELU=_bits([relu[t] for t in missing]), LAZY=_bits([lazy[t] for t in missing]), BLOCK_HW=block_hw,
-                BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
-            _share_rows(parts, missing, ys, part)
+        if missing:  # the statistics kernel; the programs of the tensors with sums do nothing
+            part = torch.empty((channels, splits, 2), device=y0.device, dtype=torch.float32)
+            _bn_grad_stats_kernel[grid](*slots(grads), *slots(ys), part, *stats, n, hw, *geometry, rows, splits,
+                                        T=num, RELU=bits, LAZY=lazy_bits,
+                                        SKIP=_bits([parts[t] is not None for t in range(start, stop)]),
+                                        BLOCK_HW=block_hw, BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
+            _share_rows(parts, range(start, stop), ys, part, keep=missing)
         counts_p = [parts[t].shape[1] for t in range(start, stop)]
         if not all(fold[start:stop]):
             # a folded tensor's slots take an applied one's tensors: the kernel reads no row of them

@@ -232,7 +232,7 @@ def _bn_coefficients(BN_SUMS, BN_RSTD, BN_S, bn_inv_count, ch, o_ok, S_CHUNK: tl
     return rstd, sum_g * bn_inv_count, sum_gy * bn_inv_count
 
 
-@triton.jit(do_not_specialize=_GENERIC + ("G0", "UNITS", "PER_PROGRAM", "S", "BN_S"))
+@triton.jit(do_not_specialize=_GENERIC + ("G0", "UNITS", "PER_PROGRAM", "S", "BN_S0", "BN_S1", "BN_S2", "BN_S3"))
 def _sep_conv_bwd_kernel(
     X0, X1, X2, X3,  # inputs, as the forward's
     WDW0, WDW1, WDW2, WDW3, WPW0, WPW1, WPW2, WPW3,  # weights, as the forward's
@@ -240,14 +240,15 @@ def _sep_conv_bwd_kernel(
     GD,  # d's gradient [PAIRS, N, G·C, OH, OW] (out)
     PART,  # fp32 partials [PAIRS, G, S, BLOCK_O·BLOCK_C + BLOCK_C·KK_BLOCK]: the 1×1 weight's, then the depthwise one's
     Y0, Y1, Y2, Y3,  # with FOLD_BN: pair p's BatchNorm output [N, G·CO, OH, OW]
-    SUMS0, SUMS1, SUMS2, SUMS3, RSTD0, RSTD1, RSTD2, RSTD3,  # its Σg/Σg·y [G·CO, BN_S, 2] and rstd [G·CO]
+    SUMS0, SUMS1, SUMS2, SUMS3, RSTD0, RSTD1, RSTD2, RSTD3,  # its Σg/Σg·y [G·CO, BN_S_p, 2] and rstd [G·CO]
     MEAN0, MEAN1, MEAN2, MEAN3,  # its mean [G·CO], where the pair's BN_LAZY bit says Y_p holds z (y made on load)
     IN_MEAN0, IN_MEAN1, IN_MEAN2, IN_MEAN3, IN_RSTD0, IN_RSTD1, IN_RSTD2, IN_RSTD3,  # as the forward's
     G0,  # with SOURCES: as the forward's
     G, C, CO, H, W, OH, OW,
     UNITS, PER_PROGRAM, S,  # (image, pixel block) units per group, per program, programs per group
     GEO0, GEO1, GEO2, GEO3, STRIDE, RELU_INPUT,  # the geometry (and the folded BatchNorm's ReLU) per pair
-    BN_S, bn_inv_count,  # the BatchNorms' partial sums per channel, 1 / (N·OH·OW)
+    BN_S0, BN_S1, BN_S2, BN_S3,  # pair p's BatchNorm: its partial sums per channel (their makers differ)
+    bn_inv_count,  # 1 / (N·OH·OW)
     NEED_INPUT: tl.constexpr, NEED_WEIGHT: tl.constexpr,
     FOLD_BN: tl.constexpr,  # GZ is the gradient of a BatchNorm of z (of its ReLU): applied on load
     PAIRS: tl.constexpr, SOURCES: tl.constexpr, NORM_INPUT: tl.constexpr,
@@ -265,7 +266,8 @@ def _sep_conv_bwd_kernel(
     if FOLD_BN:
         Y = _of_pair(pair, Y0, Y1, Y2, Y3, PAIRS)
         bn_rstd, mean_g, mean_gy = _bn_coefficients(_of_pair(pair, SUMS0, SUMS1, SUMS2, SUMS3, PAIRS),
-                                                    _of_pair(pair, RSTD0, RSTD1, RSTD2, RSTD3, PAIRS), BN_S,
+                                                    _of_pair(pair, RSTD0, RSTD1, RSTD2, RSTD3, PAIRS),
+                                                    _of_pair(pair, BN_S0, BN_S1, BN_S2, BN_S3, PAIRS),
                                                     bn_inv_count, g * CO + o, o_ok, 16)
         bn_mean = tl.load(_of_pair(pair, MEAN0, MEAN1, MEAN2, MEAN3, PAIRS) + g * CO + o, mask=o_ok & (BN_LAZY != 0),
                           other=0.0)
@@ -530,14 +532,13 @@ def _check_grads(grads, bns, launch):
     for bn, grad in zip(bns or (), grads):
         if (bn.y.shape != grad.shape or bn.y.dtype != grad.dtype or not bn.y.is_contiguous()
                 or tuple(bn.sums.shape[::2]) != (groups * co, 2) or not bn.sums.is_contiguous()
-                or bn.rstd.shape != (groups * co,) or bn.sums.shape[1] != bns[0].sums.shape[1]
+                or bn.rstd.shape != (groups * co,)
                 or bn.inv_count != bns[0].inv_count
                 or (bn.mean is not None and (bn.mean.shape != bn.rstd.shape or bn.mean.dtype != torch.float32
                                              or not bn.mean.is_contiguous()))):
             raise ValueError(f"separable_conv: the folded BatchNorm's output must be a contiguous "
-                             f"{tuple(grad.shape)} {grad.dtype} with statistics for {groups * co} channels (as many "
-                             f"partial sums as the launch's other folds), got {tuple(bn.y.shape)} {bn.y.dtype}, "
-                             f"sums {tuple(bn.sums.shape)}, rstd {tuple(bn.rstd.shape)}")
+                             f"{tuple(grad.shape)} {grad.dtype} with statistics for {groups * co} channels, got "
+                             f"{tuple(bn.y.shape)} {bn.y.dtype}, sums {tuple(bn.sums.shape)}, rstd {tuple(bn.rstd.shape)}")
 
 
 def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight, relu_input, bns, counts, tile,
@@ -573,9 +574,9 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
         fold = (*pad_pointers([bn.y for bn in bns], MAX_PAIRS), *pad_pointers([bn.sums for bn in bns], MAX_PAIRS),
                 *pad_pointers([bn.rstd for bn in bns], MAX_PAIRS),
                 *pad_pointers([bn.mean if bn.mean is not None else bn.rstd for bn in bns], MAX_PAIRS))
-        bn_args = (bns[0].sums.shape[1], bns[0].inv_count)
+        bn_args = (*[bn.sums.shape[1] for bn in bns], *[0] * (MAX_PAIRS - len(bns)), bns[0].inv_count)
     else:
-        fold, bn_args = (grads[0],) * MAX_PAIRS + (part,) * (3 * MAX_PAIRS), (0, 0.0)  # stand-ins, never read
+        fold, bn_args = (grads[0],) * MAX_PAIRS + (part,) * (3 * MAX_PAIRS), (0,) * MAX_PAIRS + (0.0,)  # stand-ins, never read
     if units and (need_input or need_weight):
         _sep_conv_bwd_kernel[(groups, splits, pairs)](
             *launch.xs, *launch.w_dws, *launch.w_pws, *pad_pointers(grads, MAX_PAIRS),

@@ -130,10 +130,9 @@ class _SeparableStage(torch.autograd.Function):
         # a deferred BatchNorm's consumer read relu(y) (the sep convs' bn1) or y (a stack's last BatchNorm, read
         # by the group sums): the gradient that comes back is of that
         relu = [d and r for d, r in zip(spec.deferred, spec.relu_after)] + [False] * extras
-        # the backward sums the group sums made as they wrote the deferred outputs' gradients (GradSums):
-        # for every pair or none (the pair kernels take one partial count for all their folds)
-        sums = [sink.take() for sink in ctx.sinks] if ctx.sinks is not None else None
-        sums = sums + [None] * extras if sums is not None and all(t is not None for t in sums) else None
+        # the backward sums the group sums made as they wrote the deferred outputs' gradients (GradSums);
+        # the BatchNorm backward sums the others (each pair's fold takes its own partial count)
+        sums = [sink.take() if sink is not None else None for sink in ctx.sinks] + [None] * extras
         folds = ndarts_kernels.batch_norms_backward(grads, outs, rstd, relu=relu, fold=[True] * count + [False] * extras,
                                                     lazy=lazy, mean=mean, sums=sums)
         need_w = used[inputs:inputs + 2 * count]
@@ -206,7 +205,8 @@ def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=Non
     input_stats: per stack the (mean, rstd) of its input's deferred BatchNorm (its z the input);
     deferred: per stack, its BatchNorm deferred to the consumer (which applies the ReLU after a sep
     conv's bn1 too); the outputs then end with the stage's BatchNorm mean and rstd. Returns (the
-    outputs, per stack a GradSums where every stack's output goes to the group sums, else None)."""
+    outputs, per stack a GradSums where its output goes to the group sums (deferred, no ReLU after),
+    else None)."""
     dw_name, pw_name = ("dw1", "pw1") if which == 1 else ("dw2", "pw2")
     dtype = inputs[0].dtype
     weights, pairs = [], []
@@ -218,10 +218,9 @@ def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=Non
     relu_after = tuple(which == 1 and s.repeats == 2 for s in stacks)  # bn1 of a sep conv
     spec = Spec(tuple(pairs), deferred, relu_after, None if counts is None else tuple(counts),
                 tuple(bns) + tuple(bn for _, bn in extras), bool(input_stats))
-    # every pair's output read by the group sums (deferred, no ReLU after): they may make the
-    # BatchNorms' backward sums (one GradSums each; the pair kernels take them for all pairs or none)
-    sinks = (tuple(GradSums() for _ in stacks)
-             if all(deferred) and not any(relu_after) else None)
+    # a pair's output read by the group sums (deferred, no ReLU after): they may make its BatchNorm's
+    # backward sums (a GradSums each)
+    sinks = tuple(GradSums() if d and not r else None for d, r in zip(deferred, relu_after))
     outs = list(_SeparableStage.apply(*inputs, *weights, *(x for x, _ in extras),
                                       *(t for stats in input_stats for t in stats), sinks, spec))
     return outs, sinks
@@ -243,7 +242,7 @@ def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool =
         first, (mean, rstd) = first[:-2], first[-2:]
     outs, pooled = first[:len(stacks)], first[len(stacks):]
     c = outs[0].shape[1]
-    norms = [DeferredNorm(mean[i * c:(i + 1) * c], rstd[i * c:(i + 1) * c], sinks[i] if sinks else None)
+    norms = [DeferredNorm(mean[i * c:(i + 1) * c], rstd[i * c:(i + 1) * c], sinks[i])
              if d else None for i, d in enumerate(deferred)]
     if seps:
         # the sep convs' bn1 deferred: stage 1 hands out z and the statistics, the second pair reads
@@ -254,6 +253,6 @@ def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool =
             second, (mean2, rstd2) = second[:-2], second[-2:]
         for k, (i, y) in enumerate(zip(seps, second)):
             outs[i] = y
-            norms[i] = (DeferredNorm(mean2[k * c:(k + 1) * c], rstd2[k * c:(k + 1) * c], sinks[k] if sinks else None)
+            norms[i] = (DeferredNorm(mean2[k * c:(k + 1) * c], rstd2[k * c:(k + 1) * c], sinks[k])
                         if defer_last else None)
     return outs, pooled, norms

@@ -3,7 +3,8 @@ interpreter on CPU): each pair's z, moments and weight gradients bitwise as the 
 alone, on pairs of different kernel sizes, paddings and dilations, stride 1 and 2, odd shapes; the
 input gradients as the depthwise kernel gives them per pair, or (source inputs) summed over each
 source's edges and the pairs with the ReLU's mask, as relu_repeat's backward sums the pairs' own;
-BatchNorms folded per pair (each with or without its ReLU); bad launches named."""
+BatchNorms folded per pair (each with or without its ReLU, each with its own count of partial sums);
+bad launches named."""
 import ndarts_kernels
 import pytest
 import torch
@@ -24,6 +25,16 @@ def _folds(zs, relus):
     ys, _, rstd = ndarts_kernels.batch_norms_forward(zs, None, None, None, 0.1, 1e-5)
     grads = [torch.randn_like(y) for y in ys]
     return grads, ndarts_kernels.batch_norms_backward(grads, ys, rstd, relu=relus, fold=[True] * len(zs))
+
+
+def _repartitioned(folds):
+    """The folds with the same sums in partial counts that differ per pair (as where one fold's sums
+    come from the group sums' backward and another's from the BatchNorm's): pair 1's in one partial,
+    pair 2's after three zero partials."""
+    sums = [f.sums for f in folds]
+    sums[1] = sums[1].sum(1, keepdim=True)
+    sums[2] = torch.cat([torch.zeros_like(sums[2][:, :3]), sums[2]], dim=1)
+    return [f._replace(sums=t.contiguous()) for f, t in zip(folds, sums)]
 
 
 def _same_weight_grads(got, want, device, tol):
@@ -54,7 +65,7 @@ def check_pairs_in_one_launch(dtype, tol, stride, shape, device="cpu"):
         assert torch.equal(zs[i], z) and torch.equal(moments[i], mom)
     relus = [True, False, True, False]
     grads, folds = _folds(zs, relus)
-    for bns in (None, folds):
+    for bns in (None, folds, _repartitioned(folds)):
         dxs, d_dws, d_pws = ndarts_kernels.separable_pairs_backward(grads, xs, w_dws, w_pws, geometry,
                                                                      relu_input=True, bns=bns)
         for i in range(pairs):
