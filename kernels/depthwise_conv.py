@@ -16,7 +16,10 @@ the GPU time, and PyTorch's NCHW grad-weight kernel 25 µs per call on 4 MiB ten
   ``depthwise_pairs_input_grad``: the input gradients of up to four convs of one shape and stride
   (a conv stage's pairs, kernels/separable_conv.py) in one launch, each conv's geometry a constant;
   where they all read relu(h_s) repeated per edge, one program per plane of h_s sums the convs and
-  the source's edges and applies the ReLU's mask (dL/dh_s written, nothing per conv).
+  the source's edges and applies the ReLU's mask (dL/dh_s written, nothing per conv); where each
+  conv's input is relu(y) of a deferred BatchNorm (y = (z − mean)·rstd), each program also writes
+  that BatchNorm's backward partial sums over its tile (Σg, Σg·y, g masked by y > 0): the
+  BatchNorm's backward then reads neither the gradient nor z to make them.
 - weight gradient: grid (C·M, S): each program sums g·x over its images for all K·K taps into
   fp32 partials [C·M, S, K·K]. It keeps one running product sum per (tap, pixel of its tile) in
   registers, [K·K, TILE]: each tile is one gather of the K·K shifted windows and one multiply-add,
@@ -31,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import plane_pointer, split_images
+from .grid import pad_pointers, pick_pointer, plane_pointer, split_images
 
 INT32_LIMIT = 2**31 - 1
 MAX_CONVS = 4  # convs of one depthwise_pairs_input_grad launch (its W0 … W3 and K0 … K3)
@@ -155,17 +158,40 @@ def _pairs_input_grad(acc, pair, ALL: tl.constexpr, G, plane, PLANES, W0, W1, W2
     return acc
 
 
+@triton.jit
+def _relu_norm_sums(acc, X0, X1, X2, X3, M0, M1, M2, M3, R0, R1, R2, R3, SUMS, pair, plane, GC, H, W, h, w,
+                    in_mask, DTYPE: tl.constexpr, PAIRS: tl.constexpr, INDEX_64: tl.constexpr):
+    """Σg and Σg·y over this program's tile, written to its slot of SUMS [PAIRS, GC, N·tiles, 2]: the
+    backward sums of the BatchNorm whose output y = (z − mean)·rstd, through a ReLU, is conv `pair`'s
+    input (z = X_pair), with g = acc (dL/d relu(y), rounded as it is written) where y > 0: what
+    kernels/batch_norm.py's statistics kernel would sum from the written gradient."""
+    ch = plane % GC
+    z = tl.load(plane_pointer(pick_pointer(pair, X0, X1, X2, X3, X3, X3, X3, X3, PAIRS), plane, H * W, INDEX_64)
+                + h * W + w, mask=in_mask, other=0.0).to(tl.float32)
+    mean = tl.load(pick_pointer(pair, M0, M1, M2, M3, M3, M3, M3, M3, PAIRS) + ch)
+    rstd = tl.load(pick_pointer(pair, R0, R1, R2, R3, R3, R3, R3, R3, PAIRS) + ch)
+    y = (z - mean) * rstd
+    g = tl.where(in_mask & (y > 0.0), acc.to(DTYPE).to(tl.float32), 0.0)
+    tiles = tl.num_programs(1)
+    slot = ((pair * GC + ch) * (tl.num_programs(0) // GC) + plane // GC) * tiles + tl.program_id(1)
+    tl.store(SUMS + slot * 2, tl.sum(tl.sum(g, axis=1), axis=0))
+    tl.store(SUMS + slot * 2 + 1, tl.sum(tl.sum(g * y, axis=1), axis=0))
+
+
 @triton.jit(do_not_specialize=("N", "C", "G", "G0"))
 def _dw_pairs_bwd_input_kernel(
     GD,  # the convs' output gradients [PAIRS, N, G·C, OH, OW]
     W0, W1, W2, W3,  # conv p's weight [G·C, 1, K_p, K_p]
     X0, X1,  # with SOURCES: the two source nodes [N, C, H, W] (groups < G0 read X0), for the ReLU's mask
+    Z0, Z1, Z2, Z3,  # with BN_SUMS: conv p's input is relu((Z_p − MEAN_p)·RSTD_p), Z_p [N, G·C, H, W]
+    MEAN0, MEAN1, MEAN2, MEAN3, RSTD0, RSTD1, RSTD2, RSTD3,  # with BN_SUMS: fp32 [G·C]
     DX,  # out: SOURCES [sources, N, C, H, W] (Σ over each source's groups and the convs); else [PAIRS, N, G·C, H, W]
+    SUMS,  # out, with BN_SUMS: fp32 [PAIRS, G·C, N·tiles, 2], that BatchNorm's backward sums (_relu_norm_sums)
     N, C, G, G0, H, W, OH, OW, TILES_W,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
     PAD0: tl.constexpr, PAD1: tl.constexpr, PAD2: tl.constexpr, PAD3: tl.constexpr,
     DIL0: tl.constexpr, DIL1: tl.constexpr, DIL2: tl.constexpr, DIL3: tl.constexpr,
-    STRIDE: tl.constexpr, PAIRS: tl.constexpr, SOURCES: tl.constexpr, RELU: tl.constexpr,
+    STRIDE: tl.constexpr, PAIRS: tl.constexpr, SOURCES: tl.constexpr, RELU: tl.constexpr, BN_SUMS: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     plane = tl.program_id(0)  # SOURCES: (source·N + n)·C + c; else n·G·C + group·C + c
@@ -196,6 +222,9 @@ def _dw_pairs_bwd_input_kernel(
                                 h, w, in_mask, OH, OW, K0, K1, K2, K3, PAD0, PAD1, PAD2, PAD3,
                                 DIL0, DIL1, DIL2, DIL3, STRIDE, PAIRS, INDEX_64)
         out = pair * planes + plane
+        if BN_SUMS:
+            _relu_norm_sums(acc, Z0, Z1, Z2, Z3, MEAN0, MEAN1, MEAN2, MEAN3, RSTD0, RSTD1, RSTD2, RSTD3, SUMS, pair,
+                            plane, G * C, H, W, h, w, in_mask, DX.dtype.element_ty, PAIRS, INDEX_64)
     tl.store(plane_pointer(DX, out, H * W, INDEX_64) + h * W + w, acc.to(DX.dtype.element_ty), mask=in_mask)
 
 
@@ -317,7 +346,7 @@ def depthwise_conv_forward(x, weight, stride: int, padding: int, dilation: int) 
 
 
 def depthwise_pairs_input_grad(grad: torch.Tensor, like: torch.Tensor, weights, geometry, sources=None,
-                               relu: bool = False) -> list:
+                               relu: bool = False, relu_norm=None, sums_out: list | None = None) -> list:
     """The input gradients of P ≤ MAX_CONVS depthwise convs (one output per channel) of one shape and stride,
     in one launch. grad: their output gradients, one [P, N, G·C, OH, OW] tensor; like: a tensor
     shaped like their inputs [N, G·C, H, W] (any device: its shape is all that is read); weights:
@@ -325,7 +354,12 @@ def depthwise_pairs_input_grad(grad: torch.Tensor, like: torch.Tensor, weights, 
     Returns the P input gradients, or with sources = ([h_0, h_1], counts) the input they all read
     being relu(h_s) repeated (groups 0 … counts[0] - 1 read h_0, the rest h_1; relu: apply the
     ReLU's mask), the gradient of each source h_s: Σ over its groups and the P convs, in fp32 before
-    one rounding (kernels/relu_repeat.py's backward, without the P gradients of the repeated input)."""
+    one rounding (kernels/relu_repeat.py's backward, without the P gradients of the repeated input).
+    relu_norm (not with sources; needs sums_out): per conv (z, mean, rstd), its input being
+    relu((z − mean)·rstd) of a deferred BatchNorm (z [N, G·C, H, W], mean and rstd fp32 [G·C]); the
+    returned gradients are of that ReLU (unmasked), and sums_out gets per conv that BatchNorm's
+    backward sums, fp32 [G·C, P, 2] (P partials of Σg and Σg·y per channel, g the written gradient
+    masked by y > 0: batch_norms_backward(sums=…) of the BatchNorm with its ReLU)."""
     pairs = len(weights)
     if not 1 <= pairs <= MAX_CONVS or len(geometry) != pairs or grad.dim() != 5 or grad.shape[0] != pairs:
         raise ValueError(f"depthwise_pairs_input_grad: 1..{MAX_CONVS} convs with a weight and a geometry each and "
@@ -355,15 +389,40 @@ def depthwise_pairs_input_grad(grad: torch.Tensor, like: torch.Tensor, weights, 
     else:
         dx = torch.empty((pairs, n, gc, h, w), device=grad.device, dtype=grad.dtype)
         grid_planes, group0, groups, channels, x0, x1 = n * gc, 0, 1, gc, grad, grad
+    bh, bw = _blocks(h, w)
+    tiles = triton.cdiv(h, bh) * triton.cdiv(w, bw)
+    norm_args, sums = _relu_norm_args(relu_norm, sums_out, sources, pairs, like, grad, tiles)
     if dx.numel():
-        bh, bw = _blocks(h, w)
-        tiles_w = triton.cdiv(w, bw)
-        _dw_pairs_bwd_input_kernel[(grid_planes, triton.cdiv(h, bh) * tiles_w, 1 if sources is not None else pairs)](
-            grad, *weights, *[weights[-1]] * (MAX_CONVS - pairs), x0, x1, dx, n, channels, groups, group0, h, w, oh, ow,
-            tiles_w, *ks, *pads, *dils, STRIDE=geometry[0][0], PAIRS=pairs, SOURCES=sources is not None,
-            RELU=bool(relu), BLOCK_H=bh, BLOCK_W=bw, INDEX_64=max(grad.numel(), dx.numel()) > INT32_LIMIT,
-            num_warps=4)
+        _dw_pairs_bwd_input_kernel[(grid_planes, tiles, 1 if sources is not None else pairs)](
+            grad, *weights, *[weights[-1]] * (MAX_CONVS - pairs), x0, x1, *norm_args, dx,
+            sums if sums is not None else dx, n, channels, groups, group0, h, w, oh, ow,
+            triton.cdiv(w, bw), *ks, *pads, *dils, STRIDE=geometry[0][0], PAIRS=pairs, SOURCES=sources is not None,
+            RELU=bool(relu), BN_SUMS=sums is not None, BLOCK_H=bh, BLOCK_W=bw,
+            INDEX_64=max(grad.numel(), dx.numel()) > INT32_LIMIT, num_warps=4)
+    elif sums is not None:  # no pixel: nothing to sum
+        sums.zero_()
+    if sums is not None:
+        sums_out.extend(sums.unbind(0))
     return list(dx.unbind(0))
+
+
+def _relu_norm_args(relu_norm, sums_out, sources, pairs: int, like, grad, tiles: int):
+    """(the kernel's Z, MEAN, RSTD pointers, the sums buffer [P, G·C, N·tiles, 2] or None) of
+    depthwise_pairs_input_grad's relu_norm, checked."""
+    if relu_norm is None:
+        return (grad,) * (3 * MAX_CONVS), None
+    n, gc = like.shape[:2]
+    if sums_out is None or sources is not None or len(relu_norm) != pairs or any(
+            z.shape != like.shape or z.dtype != grad.dtype or not z.is_contiguous() or z.device != grad.device
+            or any(v.shape != (gc,) or v.dtype != torch.float32 or not v.is_contiguous() for v in (mean, rstd))
+            for z, mean, rstd in relu_norm):
+        raise ValueError(f"depthwise_pairs_input_grad: relu_norm takes per conv a contiguous z "
+                         f"{tuple(like.shape)} {grad.dtype} and its BatchNorm's fp32 mean and rstd [{gc}], with a "
+                         f"sums_out list and no sources")
+    zs, means, rstds = zip(*relu_norm)
+    sums = torch.empty((pairs, gc, n * tiles, 2), device=grad.device, dtype=torch.float32)
+    return (*pad_pointers(list(zs), MAX_CONVS), *pad_pointers(list(means), MAX_CONVS),
+            *pad_pointers(list(rstds), MAX_CONVS)), sums
 
 
 def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation: int,

@@ -605,7 +605,7 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
 
 def separable_pairs_backward(grads, xs, w_dws, w_pws, geometry, need_input: bool = True, need_weight: bool = True,
                              relu_input: bool = False, bns=None, counts=None, tile: tuple[int, int] | None = None,
-                             input_norm=None):
+                             input_norm=None, input_sums: list | None = None):
     """(dxs or None, the pairs' dL/dw_dw or None, the pairs' dL/dw_pw or None) of
     separable_pairs_forward, in three launches (the pairs' kernel, the weight gradients' reduce, the
     depthwise input gradients). bns: a BatchNormGrad per pair (every pair folded) or None.
@@ -614,14 +614,22 @@ def separable_pairs_backward(grads, xs, w_dws, w_pws, geometry, need_input: bool
     relu_input: dL/dh_s of the repeated relu(h_s) the pairs read, in one kernel with the pairs'
     depthwise input gradients (no per-pair gradient of the repeated input is written).
     input_norm: as the forward's (dxs are then the gradients of the normalised input's ReLU, or of
-    the normalised input: the BatchNorm's backward is its producer's)."""
+    the normalised input: the BatchNorm's backward is its producer's). input_sums (with input_norm,
+    relu_input and need_input, no counts): a list that gets per pair that BatchNorm's backward sums, fp32
+    [G·C, P, 2], made as the input gradients are written (batch_norms_backward(sums=…) with its ReLU)."""
+    if input_sums is not None and (input_norm is None or not relu_input or not need_input or counts is not None):
+        raise ValueError("separable_conv: input_sums are the sums of a normalised input's BatchNorm with its ReLU: "
+                         "they need input_norm, relu_input and need_input, and no source inputs")
     launch, gd, d_dws, d_pws = _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight,
                                                  relu_input, bns, counts, tile, input_norm)
     dxs = None
     if need_input:
         sources = ([x.contiguous() for x in xs], list(counts)) if counts is not None else None
+        relu_norm = ([(x.contiguous(), *stats) for x, stats in zip(xs, input_norm)]
+                     if input_sums is not None else None)
         dxs = depthwise_pairs_input_grad(gd, launch.like, w_dws, geometry, sources=sources,
-                                         relu=relu_input and counts is not None)
+                                         relu=relu_input and counts is not None, relu_norm=relu_norm,
+                                         sums_out=input_sums)
     return dxs, d_dws, d_pws
 
 

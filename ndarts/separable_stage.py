@@ -18,7 +18,10 @@ stage 1's BatchNorm launch makes bn1's statistics (and running statistics) but w
 relu(y) (``batch_norms_forward(apply=…)``); stage 1 hands out z with bn1's mean and rstd, and the
 second stage's pair reads relu((z − mean)·rstd) on load and keeps z for its backward. Stage 1's
 backward makes y from z on load too (``batch_norms_backward(lazy=…)``, the fold's
-``BatchNormGrad.mean``). That deferral is why both stages live here together: stage 1 treats the
+``BatchNormGrad.mean``), and takes bn1's backward sums from stage 2's depthwise input-gradient
+kernel, which makes them as it writes the gradient (``separable_pairs_backward(input_sums=…)``;
+handed over in a GradSums): stage 1's BatchNorm backward reads neither that gradient nor z to sum
+them. That deferral is why both stages live here together: stage 1 treats the
 gradient that comes back for z as the gradient of relu(y) (its backward masks it with y > 0, as
 the fused BatchNorm + ReLU does), which is right only because its one consumer is stage 2's pair,
 which gives back the gradient of its input relu(y).
@@ -83,7 +86,7 @@ class _SeparableStage(torch.autograd.Function):
     def forward(ctx, *args):
         import ndarts_kernels
 
-        *tensors, sinks, spec = args
+        *tensors, sinks, input_sinks, spec = args
         count, bns = len(spec.pairs), spec.bns
         inputs = len(spec.counts) if spec.counts is not None else count
         xs = tensors[:inputs]
@@ -106,7 +109,7 @@ class _SeparableStage(torch.autograd.Function):
         outs = [z if d else y for z, y, d in zip(zs, ys, lazy)] + list(ys[count:])
         del zs, moments, ys
         ctx.save_for_backward(rstd, mean, *tensors[:inputs + 2 * count], *input_stats, *outs)
-        ctx.spec, ctx.inputs, ctx.extras, ctx.sinks = spec, inputs, len(extras), sinks
+        ctx.spec, ctx.inputs, ctx.extras, ctx.sinks, ctx.input_sinks = spec, inputs, len(extras), sinks, input_sinks
         if mean is None:
             return tuple(outs)
         ctx.mark_non_differentiable(mean, rstd)
@@ -130,22 +133,29 @@ class _SeparableStage(torch.autograd.Function):
         # a deferred BatchNorm's consumer read relu(y) (the sep convs' bn1) or y (a stack's last BatchNorm, read
         # by the group sums): the gradient that comes back is of that
         relu = [d and r for d, r in zip(spec.deferred, spec.relu_after)] + [False] * extras
-        # the backward sums the group sums made as they wrote the deferred outputs' gradients (GradSums);
-        # the BatchNorm backward sums the others (each pair's fold takes its own partial count)
+        # the backward sums the deferred outputs' consumers made as they wrote their gradients (GradSums: the
+        # group sums, the next stage); the BatchNorm backward sums the others (each fold its own partial count)
         sums = [sink.take() if sink is not None else None for sink in ctx.sinks] + [None] * extras
         folds = ndarts_kernels.batch_norms_backward(grads, outs, rstd, relu=relu, fold=[True] * count + [False] * extras,
                                                     lazy=lazy, mean=mean, sums=sums)
         need_w = used[inputs:inputs + 2 * count]
         # the pairs in one launch each way; with sources, the gradient of each source h_s itself (Σ over
-        # its edges and the pairs, the ReLU's mask applied) from the depthwise input-gradient kernel
+        # its edges and the pairs, the ReLU's mask applied) from the depthwise input-gradient kernel; with
+        # input sinks, that kernel makes the input BatchNorms' backward sums too (their stage's backward reads
+        # neither the gradient nor z to sum them)
+        need_input = any(used[:inputs])
+        input_sums = [] if ctx.input_sinks is not None and need_input else None
         dxs, d_dws, d_pws = ndarts_kernels.separable_pairs_backward(
-            grads[:count], xs, list(w_dws), list(w_pws), _geometry(spec), need_input=any(used[:inputs]),
+            grads[:count], xs, list(w_dws), list(w_pws), _geometry(spec), need_input=need_input,
             need_weight=any(need_w), relu_input=spec.pairs[0].relu_input, bns=list(folds[:count]),
-            counts=spec.counts, input_norm=list(zip(stats[::2], stats[1::2])) if spec.input_norm else None)
+            counts=spec.counts, input_norm=list(zip(stats[::2], stats[1::2])) if spec.input_norm else None,
+            input_sums=input_sums)
+        for sink, part in zip(ctx.input_sinks if input_sums else (), input_sums or ()):
+            sink.put(part)
         dxs = [dx if use else None for dx, use in zip(dxs, used[:inputs])] if dxs is not None else [None] * inputs
         dws = [None] * (2 * count) if d_dws is None else [
             d if use else None for d, use in zip((d for pair in zip(d_dws, d_pws) for d in pair), need_w)]
-        return (*dxs, *dws, *folds[count:], *[None] * len(stats), None, None)
+        return (*dxs, *dws, *folds[count:], *[None] * len(stats), None, None, None)
 
 
 def stage_fits(inputs, stacks, extras=(), counts=None) -> bool:
@@ -199,14 +209,16 @@ def _pair(conv: nn.Conv2d, relu_input: bool) -> Pair:
     return Pair(_square(conv.stride), _square(conv.padding), _square(conv.dilation), relu_input)
 
 
-def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=None, input_stats=()) -> tuple:
+def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=None, input_stats=(),
+           input_sinks=None) -> tuple:
     """One stage (which: 1 = dw1 → pw1, 2 = dw2 → pw2) of the stacks with their BatchNorms bns and
     the extras' ((x, BatchNorm) pairs): inputs one per stack, or with counts the source nodes;
     input_stats: per stack the (mean, rstd) of its input's deferred BatchNorm (its z the input);
     deferred: per stack, its BatchNorm deferred to the consumer (which applies the ReLU after a sep
     conv's bn1 too); the outputs then end with the stage's BatchNorm mean and rstd. Returns (the
-    outputs, per stack a GradSums where its output goes to the group sums (deferred, no ReLU after),
-    else None)."""
+    outputs, per stack a GradSums where its BatchNorm is deferred (filled by the consumer: the group
+    sums, or with a ReLU after, the next stage through its input_sinks), else None). input_sinks: the
+    previous stage's GradSums of the inputs (with input_stats), which this stage's backward fills."""
     dw_name, pw_name = ("dw1", "pw1") if which == 1 else ("dw2", "pw2")
     dtype = inputs[0].dtype
     weights, pairs = [], []
@@ -218,11 +230,12 @@ def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=Non
     relu_after = tuple(which == 1 and s.repeats == 2 for s in stacks)  # bn1 of a sep conv
     spec = Spec(tuple(pairs), deferred, relu_after, None if counts is None else tuple(counts),
                 tuple(bns) + tuple(bn for _, bn in extras), bool(input_stats))
-    # a pair's output read by the group sums (deferred, no ReLU after): they may make its BatchNorm's
-    # backward sums (a GradSums each)
-    sinks = tuple(GradSums() if d and not r else None for d, r in zip(deferred, relu_after))
+    # a deferred BatchNorm's consumer may make its backward sums (a GradSums each): the group sums, or the
+    # next stage's depthwise input-gradient kernel (a ReLU after: bn1 of a sep conv)
+    sinks = tuple(GradSums() if d else None for d in deferred)
     outs = list(_SeparableStage.apply(*inputs, *weights, *(x for x, _ in extras),
-                                      *(t for stats in input_stats for t in stats), sinks, spec))
+                                      *(t for stats in input_stats for t in stats), sinks,
+                                      tuple(input_sinks) if input_sinks is not None else None, spec))
     return outs, sinks
 
 
@@ -243,12 +256,13 @@ def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool =
     outs, pooled = first[:len(stacks)], first[len(stacks):]
     c = outs[0].shape[1]
     norms = [DeferredNorm(mean[i * c:(i + 1) * c], rstd[i * c:(i + 1) * c], sinks[i])
-             if d else None for i, d in enumerate(deferred)]
+             if d else None for i, d in enumerate(deferred)]  # the seps': read by stage 2 only
     if seps:
         # the sep convs' bn1 deferred: stage 1 hands out z and the statistics, the second pair reads
         # relu((z − mean)·rstd) (bn1's y and its ReLU never written)
         second, sinks = _stage([outs[i] for i in seps], [stacks[i] for i in seps], 2, [stacks[i].bn2 for i in seps],
-                               deferred=(defer_last,) * len(seps), input_stats=[norms[i][:2] for i in seps])
+                               deferred=(defer_last,) * len(seps), input_stats=[norms[i][:2] for i in seps],
+                               input_sinks=[norms[i].sums for i in seps])
         if defer_last:
             second, (mean2, rstd2) = second[:-2], second[-2:]
         for k, (i, y) in enumerate(zip(seps, second)):

@@ -171,6 +171,9 @@ def _workload() -> None:
             for need_weight in (True, False):
                 K.separable_pairs_backward(ys2, zs[:2], w_dws[:2], w_pws2, second, need_weight=need_weight,
                                            relu_input=True, input_norm=stats)
+            # its input-gradient kernel making bn1's backward sums (ndarts.separable_stage's input_sinks)
+            K.separable_pairs_backward(ys2, zs[:2], w_dws[:2], w_pws2, second, relu_input=True, input_norm=stats,
+                                       input_sums=[])
     _huge_workload()
     # the default sums each conv group's edges in one op (group_sums auto); False: a fused sum per edge
     levers = [dict(), dict(group_sums=False), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16),

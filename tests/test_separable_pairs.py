@@ -144,3 +144,19 @@ def test_a_launch_that_does_not_fit_is_named():
     with pytest.raises(ValueError, match="input_norm"):
         ndarts_kernels.separable_pairs_forward([x, x], w_dws, w_pws, [(1, 1, 1), (1, 2, 1)],
                                                input_norm=[(folds[0].rstd, folds[0].rstd[:4])] * 2)
+    # an input BatchNorm's backward sums need its statistics and the ReLU read in
+    with pytest.raises(ValueError, match="input_sums"):
+        ndarts_kernels.separable_pairs_backward(zs, [x, x], w_dws, w_pws, [(1, 1, 1), (1, 2, 1)], relu_input=True,
+                                                input_sums=[])
+    stats = [(folds[0].rstd, folds[0].rstd)] * 2
+    with pytest.raises(ValueError, match="input_sums"):
+        ndarts_kernels.separable_pairs_backward(zs, [x, x], w_dws, w_pws, [(1, 1, 1), (1, 2, 1)], input_norm=stats,
+                                                input_sums=[])
+    from ndarts_kernels.depthwise_conv import depthwise_pairs_input_grad
+
+    grad = torch.randn(1, *x.shape)
+    for relu_norm, sums_out in [([(x, folds[0].rstd[:4], folds[0].rstd)], []),  # a mean for 4 of the 8 channels
+                                ([(x[:1], folds[0].rstd, folds[0].rstd)], []),  # z of another shape
+                                ([(x, folds[0].rstd, folds[0].rstd)], None)]:  # nowhere to put the sums
+        with pytest.raises(ValueError, match="relu_norm"):
+            depthwise_pairs_input_grad(grad, x, w_dws[:1], [(1, 1, 1)], relu_norm=relu_norm, sums_out=sums_out)

@@ -194,6 +194,13 @@ def test_search_network_with_fused_stages_equals_without(fresh_seed, primitives)
     assert all(len(c.kwargs["bns"]) == len(c.args[0]) for c in sep.call_args_list)
     # the ReLU read in: the sep convs' second pairs, and the first pairs that read their sources
     assert [c.kwargs["relu_input"] for c in sep.call_args_list].count(True) == groups + len(read)
+    # the sep conv's bn1 takes the backward sums its second pair's input-gradient kernel made; the dil conv's bn
+    # those of the group sums where they make them (4×4 planes: the reduction cell; not 7×7), the pools' none
+    first = [(c.kwargs.get("sums"), c.args[1][0].shape[2:]) for c in bwd.call_args_list
+             if len(c.kwargs.get("fold") or []) > 1]
+    assert len(first) == groups
+    for sums, size in first:
+        assert sums[0] is not None and (sums[1] is not None) == (size == (4, 4)) and all(t is None for t in sums[2:])
 
 
 def test_a_weight_gradient_is_computed_only_when_the_pass_uses_it(fresh_seed):
@@ -265,3 +272,17 @@ def check_deferred_batch_norm(dtype, tol, shape, device="cpu"):
             else:
                 torch.testing.assert_close(a.float(), b.float(), atol=tol * max(1.0, b.float().abs().max().item()),
                                            rtol=tol)
+    # the next pairs' depthwise input-gradient kernel makes bn1's backward sums (with its ReLU) as it writes the
+    # gradients (input_sums): the gradients unchanged, the sums those the BatchNorm backward makes from them
+    sums = []
+    dxs_sums, _, _ = ndarts_kernels.separable_pairs_backward(read_back, zs, w_dws, w_pws, geometry, relu_input=True,
+                                                             input_norm=stats, input_sums=sums)
+    assert len(sums) == 2 and all(torch.equal(a, b) for a, b in zip(dxs_sums, dxs_load))
+    gc = g * c
+    made = ndarts_kernels.batch_norms_backward(dxs_load, zs, rstd[:2 * gc], relu=[True, True], fold=[True, True],
+                                               lazy=[True, True], mean=mean[:2 * gc])
+    for got_sums, fold in zip(sums, made):
+        assert got_sums.shape[:1] == (gc,) and got_sums.shape[2] == 2
+        want_sums = fold.sums.double().sum(1)
+        torch.testing.assert_close(got_sums.double().sum(1), want_sums, rtol=1e-4,
+                                   atol=1e-5 * fold.sums.double().abs().sum(1).max().item())
