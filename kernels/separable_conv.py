@@ -538,7 +538,8 @@ def _check_grads(grads, bns, launch):
                                              or not bn.mean.is_contiguous()))):
             raise ValueError(f"separable_conv: the folded BatchNorm's output must be a contiguous "
                              f"{tuple(grad.shape)} {grad.dtype} with statistics for {groups * co} channels, got "
-                             f"{tuple(bn.y.shape)} {bn.y.dtype}, sums {tuple(bn.sums.shape)}, rstd {tuple(bn.rstd.shape)}")
+                             f"{tuple(bn.y.shape)} {bn.y.dtype}, sums {tuple(bn.sums.shape)}, "
+                             f"rstd {tuple(bn.rstd.shape)}")
 
 
 def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight, relu_input, bns, counts, tile,
@@ -576,7 +577,8 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
                 *pad_pointers([bn.mean if bn.mean is not None else bn.rstd for bn in bns], MAX_PAIRS))
         bn_args = (*[bn.sums.shape[1] for bn in bns], *[0] * (MAX_PAIRS - len(bns)), bns[0].inv_count)
     else:
-        fold, bn_args = (grads[0],) * MAX_PAIRS + (part,) * (3 * MAX_PAIRS), (0,) * MAX_PAIRS + (0.0,)  # stand-ins, never read
+        # stand-ins, never read
+        fold, bn_args = (grads[0],) * MAX_PAIRS + (part,) * (3 * MAX_PAIRS), (0,) * MAX_PAIRS + (0.0,)
     if units and (need_input or need_weight):
         _sep_conv_bwd_kernel[(groups, splits, pairs)](
             *launch.xs, *launch.w_dws, *launch.w_pws, *pad_pointers(grads, MAX_PAIRS),
