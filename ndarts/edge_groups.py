@@ -104,13 +104,15 @@ def repeat_sources(rs, counts) -> torch.Tensor:
 
 class _ReluRepeat(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, counts, aliases, *xs):
+    def forward(ctx, counts, aliases, keep_output, *xs):
         import ndarts_kernels
 
         ctx.counts = counts
         ctx.set_materialize_grads(False)  # an unused alias gives None, not a zero-filled tensor
-        ctx.save_for_backward(*xs)  # x, not relu(x): the mask is x <= 0, and x is kept anyway
         y = ndarts_kernels.relu_repeat_forward(list(xs), counts)
+        # the mask is x <= 0, or relu(x) <= 0 alike (NaN passes both): x, kept anyway by a group's nodes, or
+        # (keep_output, one source repeated once) relu(x), kept anyway by its readers
+        ctx.save_for_backward(*((y,) if keep_output else xs))
         return tuple(y.view_as(y) for _ in range(aliases))
 
     @staticmethod
@@ -120,24 +122,30 @@ class _ReluRepeat(torch.autograd.Function):
 
         grads = [g for g in grads if g is not None]
         if not grads:
-            return (None, None, *(None for _ in ctx.saved_tensors))
-        return (None, None, *ndarts_kernels.relu_repeat_backward(grads, list(ctx.saved_tensors), ctx.counts))
+            return (None, None, None, *(None for _ in ctx.saved_tensors))
+        return (None, None, None, *ndarts_kernels.relu_repeat_backward(grads, list(ctx.saved_tensors), ctx.counts))
 
 
-def relu_repeat_sources(xs, counts, backend=None, aliases: int = 1):
+def relu_repeat_sources(xs, counts, backend=None, aliases: int = 1, keep_output: bool = False):
     """repeat_sources([relu(x) for x in xs], counts): one Triton launch per source each way
     (ndarts_kernels.relu_repeat_*) where the search-op kernels run (graph_kernels_enabled); the
     torch ops elsewhere. The same values and gradients.
 
     aliases > 1: a tuple of that many aliases of the result, one per consumer (a group's
     primitives), whose gradients the Triton backward sums in its own pass (no autograd adds);
-    on the torch path a fan-out (ndarts.fan_out) of the result."""
+    on the torch path a fan-out (ndarts.fan_out) of the result.
+
+    keep_output (one source, counts [1]): the Triton backward's ReLU mask is read from relu(x), which
+    the readers keep for their backward anyway (a cell output's preprocessing convs), instead of
+    keeping x alive for it."""
+    if keep_output and (len(xs) != 1 or list(counts) != [1]):
+        raise ValueError(f"relu_repeat_sources: keep_output takes one source repeated once, got counts {list(counts)}")
     from ndarts_kernels.relu_repeat import MAX_GRADS, MAX_REPEATS
 
     first = xs[0]
     if (graph_kernels_enabled(backend, first) and max(counts) <= MAX_REPEATS and aliases <= MAX_GRADS
             and all(x.shape == first.shape and x.dtype == first.dtype and x.is_contiguous() for x in xs)):
-        out = _ReluRepeat.apply(tuple(counts), aliases, *xs)
+        out = _ReluRepeat.apply(tuple(counts), aliases, keep_output, *xs)
         return out[0] if aliases == 1 else out
     y = repeat_sources([F.relu(x) for x in xs], counts)
     return y if aliases == 1 else fan_out(y, aliases, backend)

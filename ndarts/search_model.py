@@ -13,11 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotype import derive_genotype
-from .backend import TRITON_DTYPES, kernels_import_error, resolve_backend
+from .backend import TRITON_DTYPES, graph_kernels_enabled, kernels_import_error, resolve_backend
 from .batch_norm import search_batch_norms, use_search_batch_norm
 from .depthwise_conv import KERNEL_PARTS as DEPTHWISE_KERNEL_PARTS, use_search_depthwise_conv
 from .pointwise_conv import use_search_pointwise_conv
-from .edge_groups import EdgeGroup, GroupedConvStack
+from .edge_groups import EdgeGroup, GroupedConvStack, relu_repeat_sources
 from .grouped_state import convert_cell_state
 from .group_sum import node_sums, plan_node_sums
 from .fused_sum import SeedBlock
@@ -440,17 +440,30 @@ class SearchNetwork(nn.Module):
             # the Philox seeds of every fused sum of this pass, in one draw (graph-safe: drawn on the device)
             seeds = SeedBlock(x.device, self._seed_block_size) if self.fused and self.training else None
             # with node sharing, each cell output's relu once for the two cells that read it (both
-            # preprocessings begin with it); the stem's output is both inputs of the first cell
-            r0 = r1 = F.relu(s1) if self._share_relus else None
+            # preprocessings begin with it); the stem's output is both inputs of the first cell and
+            # the first input of the second. Each use takes one alias of it (_cell_relus).
+            if self._share_relus:
+                a0 = a1 = iter(self._cell_relus(s1, 2 + (len(self.cells) > 1)))
             for k, cell in enumerate(self.cells):
                 out = cell(s0, s1, w_reduce if cell.reduction else w_normal, seeds,
-                           relus=(r0, r1) if self._share_relus else None)
+                           relus=(next(a0), next(a1)) if self._share_relus else None)
                 s0, s1 = s1, out
                 if self._share_relus and k + 1 < len(self.cells):
-                    r0, r1 = r1, F.relu(out)
+                    a0, a1 = a1, iter(self._cell_relus(out, 1 + (k + 2 < len(self.cells))))
             out = self.global_pooling(s1)
             logits = self.classifier(out.flatten(1))
         return logits.float() if self.autocast is not None else logits
+
+    def _cell_relus(self, x, uses: int) -> list:
+        """relu(x) for each of its `uses` readers (the preprocessings of the cells that read cell output
+        x). Where the fused network's search-op kernels run, one alias each from one relu_repeat launch
+        (ndarts.edge_groups.relu_repeat_sources), whose backward kernel sums their gradients and applies
+        the ReLU's mask in one pass (no autograd add of the readers' gradients, no separate ReLU
+        backward); elsewhere one F.relu shared by all."""
+        if uses > 1 and self.fused and graph_kernels_enabled(self.backend, x):
+            # the preprocessing convs keep relu(x) for their backward: the ReLU's mask is read from it
+            return list(relu_repeat_sources([x], [1], self.backend, aliases=uses, keep_output=True))
+        return [F.relu(x)] * uses
 
     def _use_channels_last(self, x) -> bool:
         if self.channels_last is not None:

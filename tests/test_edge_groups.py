@@ -272,6 +272,30 @@ def test_relu_repeat_sums_only_the_aliases_that_get_a_gradient(fresh_seed):
     torch.testing.assert_close(got_in.grad, want_in.grad, atol=1e-6, rtol=1e-6)
 
 
+def test_relu_repeat_masks_by_its_output_where_asked(fresh_seed):
+    """keep_output (a cell output's relu, whose readers keep relu(x)): the backward masks by relu(x),
+    which it keeps instead of x, with torch's relu gradient at zeros, negative zeros and NaNs too;
+    only for one source repeated once."""
+    from ndarts.edge_groups import relu_repeat_sources
+
+    x = torch.randn(2, 3, 5, 4)
+    x.view(-1)[:4] = torch.tensor([0.0, -0.0, float("nan"), -float("nan")])
+    for keep_output in (True, False):
+        got_in, want_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+        a, b = relu_repeat_sources([got_in], (1,), "triton", aliases=2, keep_output=keep_output)
+        (saved,) = a.grad_fn.saved_tensors
+        torch.testing.assert_close(saved, torch.relu(x) if keep_output else x, equal_nan=True, atol=0, rtol=0)
+        gs = [torch.randn(a.shape) for _ in range(2)]
+        ((a * gs[0]).sum() + (b * gs[1]).sum()).backward()
+        (torch.relu(want_in) * gs[0] + torch.relu(want_in) * gs[1]).sum().backward()  # NaN loss, finite gradient
+        assert torch.isfinite(want_in.grad).all()
+        torch.testing.assert_close(got_in.grad, want_in.grad, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="keep_output"):
+        relu_repeat_sources([x, x], (1, 1), "triton", aliases=2, keep_output=True)
+    with pytest.raises(ValueError, match="keep_output"):
+        relu_repeat_sources([x], (2,), "triton", keep_output=True)
+
+
 def test_relu_repeat_names_bad_input():
     import ndarts_kernels
 

@@ -88,3 +88,32 @@ def test_fan_out_is_twice_differentiable(fresh_seed):
     (g_ref,) = torch.autograd.grad(_consumers([ref] * 5), ref, create_graph=True)
     (gg_ref,) = torch.autograd.grad((g_ref * g_ref).sum(), ref)
     torch.testing.assert_close(gg, gg_ref)
+
+
+def test_cell_output_relus_are_one_launch_with_an_alias_per_reader(fresh_seed):
+    """Where the kernels run, each cell output's relu (read by the next two cells' preprocessings; the
+    stem's by three: both inputs of cell 0, the first of cell 1) is one relu_repeat launch with one
+    alias per reader, whose backward kernel sums the readers' gradients with the ReLU's mask; the
+    last cell but one's output (one reader) keeps F.relu. The network equals the same one on torch's
+    ops: outputs, every gradient and buffer."""
+    from unittest import mock
+
+    import ndarts.search_model as search_model
+    from ndarts import NoiseConfig
+    from ndarts.search_model import SearchNetwork
+    from network_checks import assert_same_forward_backward
+
+    # four cells (two reduction cells among them) of one node; no convs: small, for the interpreter
+    kw = dict(C=4, num_classes=5, layers=4, steps=1, multiplier=1, noise=NoiseConfig(kind="none"), fused=True,
+              primitives=["skip_connect", "avg_pool_3x3"], in_channels=2)
+    torch.manual_seed(fresh_seed)
+    ref = SearchNetwork(**kw, backend="torch")
+    tri = SearchNetwork(**kw, backend="triton")
+    tri.load_state_dict(ref.state_dict())
+    with mock.patch.object(search_model, "relu_repeat_sources", wraps=search_model.relu_repeat_sources) as made, \
+            mock.patch.object(ndarts_kernels, "relu_repeat_backward", wraps=ndarts_kernels.relu_repeat_backward) as bwd:
+        assert_same_forward_backward((ref, tri), torch.randn(3, 2, 8, 8), out_tol=(1e-5, 1e-4),
+                                     grad_tol=(1e-5, 1e-4), buffer_tol=(1e-6, 1e-5))
+    # the stem's output, cell 0's and cell 1's (cell 2's has one reader, cell 3's none)
+    assert [c.kwargs["aliases"] for c in made.call_args_list] == [3, 2, 2]
+    assert sorted(len(c.args[0]) for c in bwd.call_args_list) == [2, 2, 3]  # every reader's gradient, one launch
