@@ -42,6 +42,21 @@ def _sources_inputs(layout, dtype, device, noise):
     return [t for s in sources for t in s], grouped, weights, grad, seed, eps
 
 
+def _largest_abs_term_sum(shared_by_source, grouped, grad, edges, skip, lam, eps) -> float:
+    """max over (edge e, operand k) of Σ|g_e·op_k|, the scale of dW[e, k]'s rounding: shared operands
+    per source (the skip's with its noise bounded by λ·std(x)·|ε|), grouped ones edge-major."""
+    largest, e = 0.0, 0
+    c = grouped[0].shape[1] // sum(edges) if grouped else 0
+    for shared, count in zip(shared_by_source, edges):
+        for _ in range(count):
+            g = grad[e].float().abs()
+            ops = [x.float().abs() + (abs(lam) * x.float().std() * eps[e].abs().view_as(x) if k == skip else 0)
+                   for k, x in enumerate(shared)] + [y[:, e * c:(e + 1) * c].float().abs() for y in grouped]
+            largest = max(largest, *((g * op).sum().item() for op in ops))
+            e += 1
+    return largest
+
+
 def _run(fn, shared, grouped, weights, grad):
     s = [t.detach().clone().requires_grad_() for t in shared]
     g = [t.detach().clone().requires_grad_() for t in grouped]
@@ -139,6 +154,10 @@ def test_deferred_batch_norm_operands_are_read_as_their_output(dtype, atol, rtol
         out = _run(fn, flat, grouped, weights if alpha_grad else weights.detach(), grad)
         return out if alpha_grad else out[:-1]
 
+    # dW[e, k] sums N·C·H·W products g_e·op_k: its fp32 rounding scales with Σ|g_e·op_k| (the deferred
+    # operands, (3·z + 2 − mean)·rstd, reach ~10), not with dW where the terms cancel; the noisy skip's
+    # op bounded by |x| + λ·std(x)·|ε|
+    dw_atol = torch.finfo(dtype).eps * _largest_abs_term_sum(split(flat), made(grouped), grad, edges, skip, lam, eps)
     # the torch backend draws its ε with torch's generator (fused_sum.reference_eps), the kernels with Philox
     for backend, eps in [("triton", eps), ("torch", reference_eps(seed, eps.shape, kind, device))]:
         want = run(lambda s, g, w: reference_group_sum(split(s), made(g), w if alpha_grad else w.detach(), edges,
@@ -149,7 +168,8 @@ def test_deferred_batch_norm_operands_are_read_as_their_output(dtype, atol, rtol
         names = ["y"] + [f"d shared {i}" for i in range(len(flat))] + [f"d grouped {i}" for i in range(q)] + ["dW"]
         for name, a, b in zip(names, got, want):
             assert a.shape == b.shape and a.dtype == b.dtype, name
-            tol = (atol * 20, rtol * 5) if name == "dW" and dtype != torch.float32 else (atol, rtol)
+            tol = (atol * 20, rtol * 5) if dtype != torch.float32 else (atol + dw_atol, rtol)
+            tol = tol if name == "dW" else (atol, rtol)
             torch.testing.assert_close(a.float(), b.float(), atol=tol[0], rtol=tol[1],
                                        msg=lambda m: f"{backend} {name}: {m}")
 
