@@ -159,7 +159,7 @@ def _pairs_input_grad(acc, pair, ALL: tl.constexpr, G, plane, PLANES, W0, W1, W2
 
 
 @triton.jit
-def _relu_norm_sums(acc, X0, X1, X2, X3, M0, M1, M2, M3, R0, R1, R2, R3, SUMS, pair, plane, GC, H, W, h, w,
+def _relu_norm_sums(acc, X0, X1, X2, X3, M0, M1, M2, M3, R0, R1, R2, R3, SUMS, pair, plane, N, GC, H, W, h, w,
                     in_mask, DTYPE: tl.constexpr, PAIRS: tl.constexpr, INDEX_64: tl.constexpr):
     """Σg and Σg·y over this program's tile, written to its slot of SUMS [PAIRS, GC, N·tiles, 2]: the
     backward sums of the BatchNorm whose output y = (z − mean)·rstd, through a ReLU, is conv `pair`'s
@@ -173,7 +173,7 @@ def _relu_norm_sums(acc, X0, X1, X2, X3, M0, M1, M2, M3, R0, R1, R2, R3, SUMS, p
     y = (z - mean) * rstd
     g = tl.where(in_mask & (y > 0.0), acc.to(DTYPE).to(tl.float32), 0.0)
     tiles = tl.num_programs(1)
-    slot = ((pair * GC + ch) * (tl.num_programs(0) // GC) + plane // GC) * tiles + tl.program_id(1)
+    slot = ((pair * GC + ch) * N + plane // GC) * tiles + tl.program_id(1)
     tl.store(SUMS + slot * 2, tl.sum(tl.sum(g, axis=1), axis=0))
     tl.store(SUMS + slot * 2 + 1, tl.sum(tl.sum(g * y, axis=1), axis=0))
 
@@ -224,7 +224,7 @@ def _dw_pairs_bwd_input_kernel(
         out = pair * planes + plane
         if BN_SUMS:
             _relu_norm_sums(acc, Z0, Z1, Z2, Z3, MEAN0, MEAN1, MEAN2, MEAN3, RSTD0, RSTD1, RSTD2, RSTD3, SUMS, pair,
-                            plane, G * C, H, W, h, w, in_mask, DX.dtype.element_ty, PAIRS, INDEX_64)
+                            plane, N, G * C, H, W, h, w, in_mask, DX.dtype.element_ty, PAIRS, INDEX_64)
     tl.store(plane_pointer(DX, out, H * W, INDEX_64) + h * W + w, acc.to(DX.dtype.element_ty), mask=in_mask)
 
 

@@ -150,8 +150,9 @@ class _SeparableStage(torch.autograd.Function):
             need_weight=any(need_w), relu_input=spec.pairs[0].relu_input, bns=list(folds[:count]),
             counts=spec.counts, input_norm=list(zip(stats[::2], stats[1::2])) if spec.input_norm else None,
             input_sums=input_sums)
-        for sink, part in zip(ctx.input_sinks if input_sums else (), input_sums or ()):
-            sink.put(part)
+        if input_sums is not None:
+            for sink, part in zip(ctx.input_sinks, input_sums):
+                sink.put(part)
         dxs = [dx if use else None for dx, use in zip(dxs, used[:inputs])] if dxs is not None else [None] * inputs
         dws = [None] * (2 * count) if d_dws is None else [
             d if use else None for d, use in zip((d for pair in zip(d_dws, d_pws) for d in pair), need_w)]
