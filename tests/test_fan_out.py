@@ -112,8 +112,12 @@ def test_cell_output_relus_are_one_launch_with_an_alias_per_reader(fresh_seed):
     tri.load_state_dict(ref.state_dict())
     with mock.patch.object(search_model, "relu_repeat_sources", wraps=search_model.relu_repeat_sources) as made, \
             mock.patch.object(ndarts_kernels, "relu_repeat_backward", wraps=ndarts_kernels.relu_repeat_backward) as bwd:
+        # fp32; four cells of BatchNorms over 3 images of 8×8 amplify the kernels' summation-order rounding
+        # in the stem's gradient up to ~1e-4 absolute, 0.7 % relative (CI at e956e4c, one fresh
+        # seed), as tests/test_edge_groups.py's all-levers network test measured (2e-3); a reader's gradient
+        # left out, or the ReLU's mask misplaced, is O(1)
         assert_same_forward_backward((ref, tri), torch.randn(3, 2, 8, 8), out_tol=(1e-5, 1e-4),
-                                     grad_tol=(1e-5, 1e-4), buffer_tol=(1e-6, 1e-5))
+                                     grad_tol=(2e-3, 2e-3), buffer_tol=(1e-6, 1e-5))
     # the stem's output, cell 0's and cell 1's (cell 2's has one reader, cell 3's none)
     assert [c.kwargs["aliases"] for c in made.call_args_list] == [3, 2, 2]
     assert sorted(len(c.args[0]) for c in bwd.call_args_list) == [2, 2, 3]  # every reader's gradient, one launch
