@@ -133,7 +133,7 @@ run_logged bench_step "${GPU_BENCH_LIMIT_S:-180}" 14 "$PY" -m pytest benchmarks/
 
 step "benchmarks: the conv parts (torch vs Triton: the fused dw + 1x1 pair, then 1x1, then depthwise)"
 # one pytest call, one JSON, one limit for the three files; the newest question first (the fused
-# pair: a stage's pairs per pair vs in one launch, 6 cases; the pair, 18 and a 12-case tile sweep; then
+# pair: a stage's pairs per pair vs in one launch, 6 cases; the pair, 18 and a 15-case tile sweep; then
 # pointwise, 30; depthwise, 48), so that a run cut off by the limit loses
 # depthwise cases rather than the newer questions
 run_logged bench_dwconv "${GPU_DWCONV_LIMIT_S:-60}" 4 "$PY" -m pytest benchmarks/test_bench_separable_conv.py \

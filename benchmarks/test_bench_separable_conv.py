@@ -54,8 +54,8 @@ def case_id(case) -> str:
 
 
 # (tile elements, warps) pairs of the sweep, forward and backward (the defaults among them)
-FORWARD_TILES = [(2048, 4), (4096, 4), (4096, 8), (8192, 8)]
-BACKWARD_TILES = [(1024, 4), (2048, 4), (2048, 8), (4096, 8)]
+FORWARD_TILES = [(2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8)]
+BACKWARD_TILES = [(1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8)]
 
 
 def part_fn(impl: str, part: str, x, w_dw, w_pw, g, padding: int, dilation: int, tile=None):

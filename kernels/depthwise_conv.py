@@ -293,6 +293,14 @@ def _blocks(rows: int, cols: int) -> tuple[int, int]:
     return min(triton.next_power_of_2(rows), cap), min(triton.next_power_of_2(cols), cap)
 
 
+def _block_warps(bh: int, bw: int) -> int:
+    """Warps of a program over a [BLOCK_H, BLOCK_W] block of pixels (the forward's, the input
+    gradient's): four pixels a thread at most. At eight (a 32×32 block, 4 warps) a 5×5 conv needs
+    250 registers a thread and the four-conv input gradient spills; at four, 76-196 and no spill
+    (benchmarks/kernel_resources.py, sm_90)."""
+    return max(4, min(8, bh * bw // 128))
+
+
 def _weight_tile(rows: int, cols: int, kk_block: int) -> tuple[int, int]:
     """(BLOCK_H, BLOCK_W) of the weight-gradient kernel's tile: its [K·K, tile] accumulators live in
     registers, so at most 8 192 of them per program on a GPU (K = 5: a 16×16 tile)."""
@@ -341,7 +349,7 @@ def depthwise_conv_forward(x, weight, stride: int, padding: int, dilation: int) 
     index_64 = max(x.numel(), y.numel()) > INT32_LIMIT
     _dw_conv_fwd_kernel[(n * co, triton.cdiv(oh, bh) * tiles_w)](
         x, weight, y, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation, M=co // c,
-        BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
+        BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=_block_warps(bh, bw))
     return y
 
 
@@ -398,7 +406,7 @@ def depthwise_pairs_input_grad(grad: torch.Tensor, like: torch.Tensor, weights, 
             sums if sums is not None else dx, n, channels, groups, group0, h, w, oh, ow,
             triton.cdiv(w, bw), *ks, *pads, *dils, STRIDE=geometry[0][0], PAIRS=pairs, SOURCES=sources is not None,
             RELU=bool(relu), BN_SUMS=sums is not None, BLOCK_H=bh, BLOCK_W=bw,
-            INDEX_64=max(grad.numel(), dx.numel()) > INT32_LIMIT, num_warps=4)
+            INDEX_64=max(grad.numel(), dx.numel()) > INT32_LIMIT, num_warps=_block_warps(bh, bw))
     elif sums is not None:  # no pixel: nothing to sum
         sums.zero_()
     if sums is not None:
@@ -443,7 +451,7 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
         if dx.numel():
             _dw_conv_bwd_input_kernel[(n * c, triton.cdiv(h, bh) * tiles_w)](
                 grad, weight, dx, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation,
-                M=co // c, BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=4)
+                M=co // c, BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=_block_warps(bh, bw))
     if need_weight:
         x = x.contiguous()
         rows, splits = split_images(x, n, co)

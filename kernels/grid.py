@@ -7,6 +7,24 @@ import triton
 import triton.language as tl
 
 
+# Where no GPU is at hand, the multiprocessor count the launchers size their grids for (None: they
+# size them for Triton's interpreter). benchmarks/kernel_resources.py sets it to an H100/H200's to
+# record, on a CPU, the launches a search step makes on that card.
+ASSUMED_MULTIPROCESSORS: int | None = None
+
+
+def multiprocessors(x: torch.Tensor) -> int | None:
+    """The multiprocessors of x's GPU, for sizing a grid; None in Triton's interpreter or for a CPU
+    tensor (unless ASSUMED_MULTIPROCESSORS is set): the launcher then makes few programs."""
+    from . import INTERPRETED
+
+    if ASSUMED_MULTIPROCESSORS is not None:
+        return ASSUMED_MULTIPROCESSORS
+    if INTERPRETED or not x.is_cuda:
+        return None
+    return torch.cuda.get_device_properties(x.device).multi_processor_count
+
+
 def split_images(x: torch.Tensor, n: int, channels: int, most: int | None = None) -> tuple[int, int]:
     """(images per program, programs per channel) for a grid of channels × programs over n images.
 
@@ -21,7 +39,7 @@ def split_images(x: torch.Tensor, n: int, channels: int, most: int | None = None
     if INTERPRETED:
         splits = min(n, 2)
     else:
-        sm = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 8
+        sm = multiprocessors(x) or 8
         splits = max(1, min(n, most or n, triton.cdiv(4 * sm, channels)))
     rows = triton.cdiv(n, splits)
     return rows, triton.cdiv(n, rows)

@@ -469,7 +469,7 @@ def _launch_params(first, grouped, edges, first_edge):
     """(numel, image stride of the grouped operands, block, num_warps, index_64): int64 indices when
     a grouped operand's or the noise's index range reaches 2^31."""
     numel = first.numel()
-    block, num_warps = _elementwise_block(numel)
+    block, num_warps = _elementwise_block(numel, many_operands=True)
     g_stride = grouped[0].stride(0)
     reach = max(first.shape[0] * g_stride, (first_edge + edges) * numel)
     return numel, g_stride, block, num_warps, reach > INT32_LIMIT - block
@@ -568,7 +568,7 @@ def _sum_rows(numel: int, hw: int) -> int | None:
     """Elements per row of the backward's BatchNorm sums (GSTATS) for operands of `numel`
     elements per edge and `hw` pixels per channel: a run inside one channel of one image that
     divides the kernel's block, min(hw, BLOCK) when that divides both; None when none does."""
-    block = _elementwise_block(numel)[0]
+    block = _elementwise_block(numel, many_operands=True)[0]
     rows = min(hw, block)
     return rows if hw and block % rows == 0 and hw % rows == 0 else None
 
@@ -584,7 +584,7 @@ def batch_norm_sum_slots(shape) -> int | None:
 
 def partial_rows(numel: int) -> int:
     """Rows of the backward's dW partial sums (one per program) for sums of `numel` elements per edge."""
-    return triton.cdiv(numel, _elementwise_block(numel)[0])
+    return triton.cdiv(numel, _elementwise_block(numel, many_operands=True)[0])
 
 
 def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean,

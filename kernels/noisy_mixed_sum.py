@@ -277,11 +277,16 @@ def _is_interpreted() -> bool:
     return INTERPRETED
 
 
-def _elementwise_block(n: int) -> tuple[int, int]:
-    """(BLOCK, num_warps). The interpreter runs programs one by one: large blocks keep it fast."""
+def _elementwise_block(n: int, many_operands: bool = False) -> tuple[int, int]:
+    """(BLOCK, num_warps). The interpreter runs programs one by one: large blocks keep it fast.
+
+    On a GPU eight elements per thread, or two for a kernel that holds many operands per element
+    (a group sum's edges, each with up to three shared and six grouped operands and a base; the
+    pools' nine taps): at eight those need all 255 registers of a thread and spill 0.2-2 KB more
+    to local memory, at two 48-128 registers and nothing (benchmarks/kernel_resources.py, sm_90)."""
     if _is_interpreted():
         return max(16, min(triton.next_power_of_2(n), 8192)), 4
-    return 1024, 4
+    return (512, 8) if many_operands else (1024, 4)
 
 
 def _check_operands(operands) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import plane_pointer
+from .grid import multiprocessors, plane_pointer
 
 INT32_LIMIT = 2**31 - 1
 MAX_BLOCK_C = 64  # channels per block of the weight (the search network's have 16-64)
@@ -90,19 +90,20 @@ def _pw_conv_wgrad_reduce_kernel(
     PART, DW,  # fp32 partials [G·TO·TI, S, BLOCK_O·BLOCK_I]; weight gradient [G·CO, CI], the weight's dtype
     CI, CO, S,
     TILES_O: tl.constexpr, TILES_I: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, S_BLOCK: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+    R_BLOCK: tl.constexpr,  # elements of the tile's row per program (program_id(1): which chunk)
+    S_BLOCK: tl.constexpr,
 ):
     t = tl.program_id(0)
     g = t // (TILES_O * TILES_I)
-    o = ((t // TILES_I) % TILES_O) * BLOCK_O + tl.arange(0, BLOCK_O)[:, None]
-    i = (t % TILES_I) * BLOCK_I + tl.arange(0, BLOCK_I)[None, :]
-    r = tl.arange(0, BLOCK_O * BLOCK_I)
-    acc = tl.zeros([BLOCK_O * BLOCK_I], dtype=tl.float32)
+    r = tl.program_id(1) * R_BLOCK + tl.arange(0, R_BLOCK)  # a chunk of the [BLOCK_O·BLOCK_I] row
+    acc = tl.zeros([R_BLOCK], dtype=tl.float32)
     for s0 in range(0, S, S_BLOCK):  # a fixed order: deterministic
         sidx = s0 + tl.arange(0, S_BLOCK)[:, None]
         part = tl.load(PART + (t * S + sidx) * (BLOCK_O * BLOCK_I) + r[None, :], mask=sidx < S, other=0.0)
         acc += tl.sum(part, axis=0)
-    acc = tl.reshape(acc, [BLOCK_O, BLOCK_I])
+    o = ((t // TILES_I) % TILES_O) * BLOCK_O + r // BLOCK_I
+    i = (t % TILES_I) * BLOCK_I + r % BLOCK_I
     tl.store(DW + (g * CO + o) * CI + i, acc.to(DW.dtype.element_ty), mask=(o < CO) & (i < CI))
 
 
@@ -119,6 +120,12 @@ def _pixel_block(p: int, *channel_blocks: int) -> int:
 
     cap = (2**15 if INTERPRETED else 4096) // max(channel_blocks)
     return max(16, min(triton.next_power_of_2(p), cap))
+
+
+# Warps per program: 8, so that a thread holds at most 16 elements of each 4 096-element tile. At 4
+# the 64-channel tiles of both kernels used all 255 registers of sm_90 (the weight gradient's spilled),
+# at 8 they need 64-152 and spill nothing (benchmarks/kernel_resources.py).
+WARPS = 8
 
 
 def check_pointwise_args(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int]:
@@ -150,7 +157,7 @@ def _product(inp, weight, out, groups: int, c_in: int, c_out: int, transposed: b
     index_64 = max(inp.numel(), out.numel()) > INT32_LIMIT
     _pw_conv_kernel[(n * groups, triton.cdiv(p, bp), triton.cdiv(c_out, bo))](
         inp, weight, out, c_in, c_out, p, co * ci, *strides,
-        BLOCK_O=bo, BLOCK_I=bi, BLOCK_P=bp, G=groups, INDEX_64=index_64, num_warps=4)
+        BLOCK_O=bo, BLOCK_I=bi, BLOCK_P=bp, G=groups, INDEX_64=index_64, num_warps=WARPS)
 
 
 def pointwise_conv_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -188,8 +195,6 @@ def pointwise_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.T
 
 
 def _weight_grad(grad, x, dw, groups: int, ci: int, co: int) -> torch.Tensor:
-    from . import INTERPRETED
-
     n, _, h, w = x.shape
     p = h * w
     bo, bi = _channel_block(co), _channel_block(ci)
@@ -199,18 +204,22 @@ def _weight_grad(grad, x, dw, groups: int, ci: int, co: int) -> torch.Tensor:
     units = n * triton.cdiv(p, bp)
     # about four programs per multiprocessor in all on a GPU; two per tile in the interpreter (the
     # reduce of several partials runs in the tests too)
-    if INTERPRETED or not x.is_cuda:
+    sm = multiprocessors(x)
+    if sm is None:
         splits = min(units, 2)
     else:
-        splits = min(units, triton.cdiv(4 * torch.cuda.get_device_properties(x.device).multi_processor_count, tiles))
+        splits = min(units, triton.cdiv(4 * sm, tiles))
     per_program = triton.cdiv(units, splits)
     splits = triton.cdiv(units, per_program)
     index_64 = max(x.numel(), grad.numel()) > INT32_LIMIT
     part = torch.empty((tiles, splits, bo * bi), device=x.device, dtype=torch.float32)
     _pw_conv_wgrad_kernel[(tiles, splits)](
         x, grad, part, ci, co, p, units, per_program, splits, G=groups, TILES_O=tiles_o, TILES_I=tiles_i,
-        BLOCK_O=bo, BLOCK_I=bi, BLOCK_P=bp, INDEX_64=index_64, num_warps=4)
-    _pw_conv_wgrad_reduce_kernel[(tiles,)](
-        part, dw, ci, co, splits, TILES_O=tiles_o, TILES_I=tiles_i, BLOCK_O=bo, BLOCK_I=bi,
-        S_BLOCK=min(32, max(2, triton.next_power_of_2(splits))), num_warps=4)
+        BLOCK_O=bo, BLOCK_I=bi, BLOCK_P=bp, INDEX_64=index_64, num_warps=WARPS)
+    # [S_BLOCK, R_BLOCK] partials per step: 32 a thread at most (the whole [32, 64·64] tile at
+    # once needed 23 KB of spills a thread on sm_90: benchmarks/kernel_resources.py)
+    r_block = min(256, bo * bi)
+    _pw_conv_wgrad_reduce_kernel[(tiles, bo * bi // r_block)](
+        part, dw, ci, co, splits, TILES_O=tiles_o, TILES_I=tiles_i, BLOCK_O=bo, BLOCK_I=bi, R_BLOCK=r_block,
+        S_BLOCK=min(16, max(2, triton.next_power_of_2(splits))), num_warps=4)
     return dw

@@ -123,7 +123,7 @@ def pools_3x3_forward(x: torch.Tensor, stride: int):
     arg = torch.empty((n, c, ho, wo), device=x.device, dtype=torch.int8)
     numel = ymax.numel()
     if numel:
-        block, num_warps = _elementwise_block(numel)
+        block, num_warps = _elementwise_block(numel, many_operands=True)
         _pools_forward_kernel[(triton.cdiv(numel, block),)](
             x, ymax, yavg, arg, h, w, ho, wo, numel, STRIDE=stride, BLOCK=block,
             INDEX_64=max(x.numel(), numel) > INT32_LIMIT - block, num_warps=num_warps)
@@ -148,7 +148,7 @@ def pools_3x3_backward(grad_max, grad_avg, arg: torch.Tensor, x_shape, stride: i
     dx = torch.empty((n, c, h, w), device=some.device, dtype=some.dtype)
     numel = dx.numel()
     if numel:
-        block, num_warps = _elementwise_block(numel)
+        block, num_warps = _elementwise_block(numel, many_operands=True)
         _pools_backward_kernel[(triton.cdiv(numel, block),)](
             dx, grad_max if grad_max is not None else some, grad_avg if grad_avg is not None else some, arg,
             h, w, ho, wo, numel, STRIDE=stride, HAS_MAX=grad_max is not None, HAS_AVG=grad_avg is not None,

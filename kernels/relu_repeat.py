@@ -92,12 +92,13 @@ def _check(xs, counts):
     return [x.contiguous() for x in xs]
 
 
-def _launches(xs, counts):
+def _launches(xs, counts, grads: int = 0):
     """(source indices, first slot, count) of each launch (two sources with as many edges share
-    one), and the launch geometry."""
+    one), and the launch geometry. grads: the backward's gradient tensors (count · grads loads
+    an element: past eight, the smaller blocks of _elementwise_block's many_operands)."""
     first = xs[0]
     numel = first.numel()
-    block, num_warps = _elementwise_block(numel)
+    block, num_warps = _elementwise_block(numel, many_operands=max(counts) * grads > 8)
     total = sum(counts) * numel
     if len(xs) == 2 and counts[0] == counts[1]:
         return [((0, 1), 0, counts[0])], numel, block, num_warps, total > INT32_LIMIT - block
@@ -137,7 +138,7 @@ def relu_repeat_backward(grad, xs, counts) -> list:
             raise ValueError(f"relu_repeat: grad must be [{n}, {sum(counts) * c}, {h}, {w}] {xs[0].dtype} on "
                              f"{xs[0].device}, got {tuple(g.shape)} {g.dtype} on {g.device}")
     grads = [g.contiguous() for g in grads]
-    slots, numel, block, num_warps, index_64 = _launches(xs, counts)
+    slots, numel, block, num_warps, index_64 = _launches(xs, counts, len(grads))
     dxs = [torch.empty_like(x) for x in xs]
     if numel:
         for sources, start, count in slots:

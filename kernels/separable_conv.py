@@ -60,7 +60,7 @@ from .depthwise_conv import (
     depthwise_conv_backward,
     depthwise_pairs_input_grad,
 )
-from .grid import pad_pointers, pick_pointer, plane_pointer
+from .grid import multiprocessors, pad_pointers, pick_pointer, plane_pointer
 
 MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
 MAX_PAIRS = MAX_CONVS  # pairs of one launch (a stage of the search's stacks: sep 3×3/5×5, dil 3×3/5×5)
@@ -471,9 +471,11 @@ def _launch(xs, w_dws, w_pws, geometry, counts, bns=None, input_norm=None) -> _L
 
 
 # (elements of a [channels, pixels] tile, warps per program) on a GPU: the forward's, the backward's
-# (its five live tiles: smaller ones). Guesses until measured: test_bench_separable_conv.py times
-# other pairs beside them (its tile sweep) in the same GPU run.
-FORWARD_TILE, BACKWARD_TILE = (4096, 4), (2048, 4)
+# (its five live tiles: smaller ones). Chosen so that no compiled variant of the search step spills
+# registers on sm_90 (benchmarks/kernel_resources.py; at (4096, 4) and (2048, 4) the 64-channel tiles
+# used all 255 registers and spilled up to 1.3 and 2.5 KB a thread), not yet timed:
+# test_bench_separable_conv.py times other pairs beside them (its tile sweep) in the same GPU run.
+FORWARD_TILE, BACKWARD_TILE = (4096, 8), (1024, 8)
 
 
 def separable_pairs_forward(xs, w_dws, w_pws, geometry, relu_input: bool = False, moments: bool = False, counts=None,
@@ -546,8 +548,6 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
                       input_norm=None):
     """(launch, d's gradient [P, N, G·C, OH, OW] or None, the pairs' d_dw, the pairs' d_pw (None
     without need_weight)): the pairs' backward kernel and the weight gradients' reduce."""
-    from . import INTERPRETED
-
     launch = _launch(xs, w_dws, w_pws, geometry, counts, bns, input_norm)
     _check_grads(grads, bns, launch)
     groups, c, co, oh, ow = launch.sizes
@@ -559,10 +559,10 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
     elems, warps = tile or BACKWARD_TILE
     bp = _pixel_block(oh * ow, max(bc, bo), elems)
     units = n * triton.cdiv(oh * ow, bp)
-    if INTERPRETED or not x0.is_cuda:
+    sm = multiprocessors(x0)
+    if sm is None:
         splits = min(units, 2)  # the reduce of several partials runs in the tests too
     else:
-        sm = torch.cuda.get_device_properties(x0.device).multi_processor_count
         splits = min(units, triton.cdiv(4 * sm, groups * pairs))
     splits = max(splits, 1)
     per_program = triton.cdiv(max(units, 1), splits)
@@ -597,7 +597,8 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
     d_dws = [torch.empty_like(w_dw, memory_format=torch.contiguous_format) for w_dw in w_dws]
     if not units:
         return launch, gd, [d.zero_() for d in d_dws], [d.zero_() for d in d_pws]
-    r_block = min(1024, triton.next_power_of_2(row))
+    # 256 of a row per program: pairs · groups · row / 256 programs (at 1024, as few as 2 at C 16)
+    r_block = min(256, triton.next_power_of_2(row))
     _sep_conv_reduce_kernel[(pairs * groups, triton.cdiv(row, r_block))](
         part, *pad_pointers(d_pws, MAX_PAIRS), *pad_pointers(d_dws, MAX_PAIRS), splits, groups, c, co, *launch.geos,
         PAIRS=pairs, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, R_BLOCK=r_block,

@@ -1,0 +1,44 @@
+"""The search step's Triton kernels fit in an H100/H200's registers (benchmarks/kernel_resources.py).
+
+On 2026-11-30 the tool found, on a CPU, that the group sums, the pools' backward, the fused
+depthwise + 1×1 kernels and the opt-in conv kernels used all 255 registers a thread of sm_90 and
+spilled 0.2-2.5 KB more to local memory at the search step's shapes (the 1×1 convs' weight-gradient
+reduce, 23 KB): traffic the step's byte model does not count, at cache latency. Their launchers now
+choose smaller blocks or more warps; this test keeps it so. Every variant that a graph step of SPEC
+§6's supernet (batch 64, 32×32: the launches are recorded, not run) launches compiles for sm_90
+with at most SPILL_BYTES spilled, in two steps that reach every Triton kernel of the search:
+fused_graph_sepconv (the default step's group sums, pools, BatchNorms, relus and gradient sums,
+and the fused conv pairs) and fused_graph_convs (the depthwise and 1×1 conv kernels).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "kernel_resources.py")
+SPILL_BYTES = 64  # spill stores + loads a thread: a few registers' worth
+
+
+@pytest.mark.slow
+def test_search_step_kernels_do_not_spill(tmp_path):
+    pytest.importorskip("triton.backends.nvidia")
+    out = tmp_path / "resources.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "TRITON_CACHE_DIR": str(tmp_path / "triton_cache")}
+    run = subprocess.run([sys.executable, SCRIPT, "--impl", "fused_graph_sepconv", "fused_graph_convs",
+                          "--workers", "2", "--json", str(out)], capture_output=True, text=True, env=env, timeout=1200)
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads(out.read_text())
+    kernels = {k["kernel"] for r in results for k in r["kernels"]}
+    # the two steps reach every kernel family of the search step's levers
+    assert {"_group_forward_kernel", "_group_backward_kernel", "_sep_conv_fwd_kernel", "_sep_conv_bwd_kernel",
+            "_dw_pairs_bwd_input_kernel", "_pools_backward_kernel", "_bn_grad_apply_kernel", "_dw_conv_fwd_kernel",
+            "_dw_conv_bwd_input_kernel", "_pw_conv_kernel", "_pw_conv_wgrad_kernel",
+            "_pw_conv_wgrad_reduce_kernel"} <= kernels
+    variants = [(k["kernel"], v) for r in results for k in r["kernels"] for v in k["variants"]]
+    assert all("error" not in v for _, v in variants), [(k, v["error"]) for k, v in variants if "error" in v]
+    spilled = [(k, v["constexprs"], v["num_warps"], v["spill_stores"] + v["spill_loads"]) for k, v in variants
+               if v["spill_stores"] + v["spill_loads"] > SPILL_BYTES]
+    assert not spilled, spilled
+    assert all(0 < v["registers"] <= 255 for _, v in variants)
