@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import json
 import math
 import multiprocessing
@@ -70,7 +71,7 @@ def record_launches(impl: str, batch: int, image: int) -> list[dict]:
     def on_launch(executor, args, kwargs):
         traffic.triton_launch(executor, args, kwargs)
         spec = gpu_compile._spec(executor.fn, args, kwargs)
-        launches.append({"spec": spec, "programs": _programs(executor, spec), "bytes": traffic.kernels[-1][2]})
+        launches.append({"spec": spec, "programs": _programs(executor, args, kwargs), "bytes": traffic.kernels[-1][2]})
 
     try:
         step = count_kernels.graph_step(impl, batch, image)
@@ -82,10 +83,13 @@ def record_launches(impl: str, batch: int, image: int) -> list[dict]:
     return launches
 
 
-def _programs(executor, spec: dict) -> int:
+def _programs(executor, args, kwargs) -> int:
+    """Programs of one launch: its grid, or what its grid function gives for the launch's arguments."""
     g = executor.grid
     if callable(g):
-        g = g({**spec["constexprs"]})
+        sig = inspect.signature(executor.fn)
+        meta = dict(sig.bind_partial(*args, **{k: v for k, v in kwargs.items() if k in sig.parameters}).arguments)
+        g = g({**meta, **kwargs})
     return math.prod(int(d) for d in (g if isinstance(g, (tuple, list)) else (g,)))
 
 

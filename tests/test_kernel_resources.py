@@ -42,3 +42,18 @@ def test_search_step_kernels_do_not_spill(tmp_path):
                if v["spill_stores"] + v["spill_loads"] > SPILL_BYTES]
     assert not spilled, spilled
     assert all(0 < v["registers"] <= 255 for _, v in variants)
+
+
+def test_resident_programs_follow_sm90_limits():
+    """The occupancy arithmetic: registers (allocated per warp in units of 256), warps, programs and
+    shared memory (1 KiB reserved a program) each bound the programs resident on a multiprocessor."""
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    from kernel_resources import resident_programs
+
+    assert resident_programs(255, 4, 0) == 2  # 256 × 32 × 4 = 32 768 registers a program
+    assert resident_programs(128, 8, 0) == 2
+    assert resident_programs(40, 4, 0) == 12  # 40 registers → 1 280 a warp: 65 536 // 5 120
+    assert resident_programs(32, 4, 0) == 16  # and 64 warps // 4
+    assert resident_programs(16, 1, 0) == 32  # the most programs a multiprocessor holds
+    assert resident_programs(32, 4, 100 * 1024) == 2  # 228 KiB // 101 KiB
+    assert resident_programs(255, 8, 0) == 1
