@@ -19,8 +19,8 @@ CPU with every Triton launch recorded, not run, the launchers sizing their grids
 (argument types, constexprs, num_warps: tests/gpu_compile.py) for sm_90 down to a cubin, asks ptxas
 (`-v`, Triton's own) for its registers and spills, and prints per kernel: launches, bytes moved
 (as step_traffic.py counts them), programs per launch, warps, registers, spill bytes, shared memory,
-resident programs per multiprocessor and the occupancy they give, and the model's time at full and
-at grid-limited bandwidth (min(1, programs / multiprocessors) of it).
+resident programs per multiprocessor and the occupancy they give, the waves of resident programs a
+launch takes, and the model's time at full and at grid-limited bandwidth (min(1, programs / multiprocessors) of it).
 """
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ def kernel_table(launches: list[dict], compiled: dict, bandwidth: float, t_min: 
         row = rows.setdefault(spec["kernel"], {
             "kernel": spec["kernel"], "launches": 0, "variants": set(), "bytes": 0, "model_ms": 0.0,
             "grid_model_ms": 0.0, "min_programs": None, "max_programs": 0, "warps": set(), "max_registers": 0,
-            "spill_bytes": 0, "max_shared": 0, "min_occupancy": None, "errors": set()})
+            "spill_bytes": 0, "max_shared": 0, "min_occupancy": None, "waves": [], "errors": set()})
         row["launches"] += 1
         row["variants"].add(_key(spec))
         row["bytes"] += launch["bytes"]
@@ -173,12 +173,17 @@ def kernel_table(launches: list[dict], compiled: dict, bandwidth: float, t_min: 
         row["max_registers"] = max(row["max_registers"], res["registers"])
         row["spill_bytes"] = max(row["spill_bytes"], res["spill_stores"] + res["spill_loads"])
         row["max_shared"] = max(row["max_shared"], res["shared"])
-        occ = resident_programs(res["registers"], spec["num_warps"], res["shared"]) * spec["num_warps"] / SM90["warps"]
+        resident = resident_programs(res["registers"], spec["num_warps"], res["shared"])
+        occ = resident * spec["num_warps"] / SM90["warps"]
         row["min_occupancy"] = occ if row["min_occupancy"] is None else min(row["min_occupancy"], occ)
+        # waves of resident programs the launch takes (4.1: a fifth, nearly empty wave)
+        row["waves"].append(launch["programs"] / (MULTIPROCESSORS * resident) if resident else math.inf)
     out = []
     for row in rows.values():
+        waves = row.pop("waves")
         out.append({**row, "variants": _variants(launches, compiled, row["variants"]), "warps": sorted(row["warps"]),
-                    "errors": sorted(row["errors"]), "GB": row["bytes"] / 1e9})
+                    "errors": sorted(row["errors"]), "GB": row["bytes"] / 1e9,
+                    "min_waves": min(waves, default=None), "max_waves": max(waves, default=None)})
     return sorted(out, key=lambda r: -r["grid_model_ms"])
 
 
@@ -223,13 +228,14 @@ def print_report(r: dict, show_variants: bool = False) -> None:
           f"b{r['batch']} {r['image']}x{r['image']}, {r['multiprocessors']} SMs; Triton kernels' model "
           f"{r['model_ms']:.1f} ms at full bandwidth, {r['grid_model_ms']:.1f} ms grid-limited "
           f"(recorded in {r['record_s']:.0f} s, compiled in {r['compile_s']:.0f} s)")
-    print(f"  {'kernel':34} {'launch':>6} {'GB':>6} {'programs':>13} {'warps':>5} {'regs':>4} {'spill B':>7} "
-          f"{'smem KB':>7} {'occ %':>5} {'ms':>6} {'grid ms':>7}")
+    print(f"  {'kernel':34} {'launch':>6} {'GB':>6} {'programs':>13} {'waves':>11} {'warps':>5} {'regs':>4} "
+          f"{'spill B':>7} {'smem KB':>7} {'occ %':>5} {'ms':>6} {'grid ms':>7}")
     for k in r["kernels"]:
         programs = f"{k['min_programs']}-{k['max_programs']}" if k["min_programs"] != k["max_programs"] \
             else str(k["max_programs"])
         occ = "-" if k["min_occupancy"] is None else f"{100 * k['min_occupancy']:.0f}"
-        print(f"  {k['kernel'][:34]:34} {k['launches']:6d} {k['GB']:6.2f} {programs:>13} "
+        waves = "-" if k["min_waves"] is None else f"{k['min_waves']:.1f}-{k['max_waves']:.1f}"
+        print(f"  {k['kernel'][:34]:34} {k['launches']:6d} {k['GB']:6.2f} {programs:>13} {waves:>11} "
               f"{'/'.join(map(str, k['warps'])):>5} {k['max_registers']:4d} {k['spill_bytes']:7d} "
               f"{k['max_shared'] / 1024:7.1f} {occ:>5} {k['model_ms']:6.2f} {k['grid_model_ms']:7.2f}")
         for e in k["errors"]:

@@ -202,13 +202,14 @@ def _weight_grad(grad, x, dw, groups: int, ci: int, co: int) -> torch.Tensor:
     tiles_o, tiles_i = triton.cdiv(co, bo), triton.cdiv(ci, bi)
     tiles = groups * tiles_o * tiles_i
     units = n * triton.cdiv(p, bp)
-    # about four programs per multiprocessor in all on a GPU; two per tile in the interpreter (the
-    # reduce of several partials runs in the tests too)
+    # at most four programs per multiprocessor in all on a GPU (one or two are resident at a time:
+    # 8 warps of ≤ 152 registers; more would add a partial wave); two per tile in the interpreter
+    # (the reduce of several partials runs in the tests too)
     sm = multiprocessors(x)
     if sm is None:
         splits = min(units, 2)
     else:
-        splits = min(units, triton.cdiv(4 * sm, tiles))
+        splits = min(units, max(1, 4 * sm // tiles))
     per_program = triton.cdiv(units, splits)
     splits = triton.cdiv(units, per_program)
     index_64 = max(x.numel(), grad.numel()) > INT32_LIMIT

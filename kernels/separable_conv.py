@@ -563,7 +563,10 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
     if sm is None:
         splits = min(units, 2)  # the reduce of several partials runs in the tests too
     else:
-        splits = min(units, triton.cdiv(4 * sm, groups * pairs))
+        # at most four programs per multiprocessor in all: one of them is resident at a time (8
+        # warps of ≤ 166 registers, benchmarks/kernel_resources.py), so a count just over a multiple
+        # of the multiprocessors (cdiv: 544 of 528 at 32 groups · pairs) adds a wave of stragglers
+        splits = min(units, max(1, 4 * sm // (groups * pairs)))
     splits = max(splits, 1)
     per_program = triton.cdiv(max(units, 1), splits)
     splits = triton.cdiv(max(units, 1), per_program)
