@@ -118,7 +118,8 @@ def conv_parts_table(rows):
 
 
 def tile_sweep_table(rows):
-    """The fused dw + 1×1 kernels' tile sweep: per part, each (tile elements, warps) pair's time
+    """A kernel's launch-parameter sweep (the fused dw + 1×1 kernels' tiles, the group sums'
+    blocks): per part, each (tile elements, warps) pair's time
     (CUDA-graph device time where measured), fastest first; `*`: the kernels' default when measured."""
     lines = [f"{'part':6} {'tile':>6} {'warps':>5} {'ms':>9} {'%copy':>6}"]
     for r in sorted(rows, key=lambda r: (PART_ORDER[r["part"]], r.get("graph_ms") or r["time_ms"])):
@@ -189,6 +190,7 @@ def main(argv):
     separable = [r for r in rows if r["kind"] == "separable_conv"]
     tiles = [r for r in rows if r["kind"] == "separable_conv_tile"]
     stages = [r for r in rows if r["kind"] == "separable_stage"]
+    group_blocks = [r for r in rows if r["kind"] == "group_sum_block"]
     copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise + pointwise + separable}
     if copy:
         print(f"copy bandwidth (read + write), measured in the run: {', '.join(f'{c:.1f}' for c in sorted(copy))} GB/s")
@@ -217,6 +219,10 @@ def main(argv):
         print(f"\na conv stage's four pairs ({stages[0]['geometry']}, {'x'.join(map(str, stages[0]['shape']))}), "
               "one launch per pair vs one per stage (ms: CUDA-graph replay where measured)")
         print("\n".join(stage_table(stages)))
+    if group_blocks:
+        print(f"\ngroup sums, block sweep at {group_blocks[0]['geometry']} {'x'.join(map(str, group_blocks[0]['shape']))} "
+              "(block elements, warps; * the default; dgrad: the w step's backward, both: the alpha step's)")
+        print("\n".join(tile_sweep_table(group_blocks)))
     print("\ntargets (issue 4; recorded, not asserted)")
     print("\n".join(target_lines(mixed + steps)))
     return 0

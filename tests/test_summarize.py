@@ -68,3 +68,26 @@ def test_stage_table_from_benchmark_json(tmp_path, capsys, fresh_seed):
     for part, (per_pair, stage) in times.items():
         assert float(rows[part][1]) == pytest.approx(per_pair, abs=1e-4)
         assert float(rows[part][3]) == pytest.approx(per_pair / stage, rel=1e-2)
+
+
+def test_group_sum_block_sweep_from_benchmark_json(tmp_path, capsys, fresh_seed):
+    """benchmarks/test_bench_group_sum.py's rows: per part, the blocks fastest first, the default marked."""
+    summarize = pytest.importorskip("summarize")
+    import random
+
+    common = dict(geometry="4 edges x (3 shared + 4 grouped)", shape=[64, 16, 32, 32], min_bytes=2**27,
+                  copy_GBps=4000.0)
+    blocks = [(1024, 4), (512, 8), (256, 4)]
+    times = {(part, b): random.uniform(0.05, 0.5) for part in ("fwd", "dgrad", "both") for b in blocks}
+    benches = [_bench(f"{part}-{b}", ms, kind="group_sum_block", part=part, tile=list(b), default_tile=b == (512, 8),
+                      **common) for (part, b), ms in times.items()]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": benches}))
+    assert summarize.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "group sums, block sweep" in out
+    table = out[out.index("group sums, block sweep"):].splitlines()[2:]
+    for part in ("fwd", "dgrad", "both"):
+        lines = [line.split() for line in table if line.split()[:1] == [part]]
+        assert [float(r[3]) for r in lines] == pytest.approx(sorted(times[(part, b)] for b in blocks), abs=1e-4)
+        assert [(int(r[1]), int(r[2])) for r in lines if r[-1] == "*"] == [(512, 8)]
