@@ -25,6 +25,22 @@ def multiprocessors(x: torch.Tensor) -> int | None:
     return torch.cuda.get_device_properties(x.device).multi_processor_count
 
 
+def split_units(x: torch.Tensor, units: int, tiles: int) -> tuple[int, int]:
+    """(units per program, programs per tile) for a grid of tiles × programs in which each program
+    loops over its share of `units` work units and writes one row of partial sums (a reduce adds
+    them: the weight-gradient kernels of the fused dw + 1×1 pairs and of the 1×1 convs).
+
+    On a GPU at most four programs per multiprocessor in all: those kernels hold one or two resident
+    programs per multiprocessor (8 warps of ≤ 166 registers, benchmarks/kernel_resources.py), so
+    rounding up past a multiple of the multiprocessors (544 programs of 528) adds a wave of
+    stragglers. In Triton's interpreter two per tile (the reduce of several partials runs in the
+    tests too)."""
+    sm = multiprocessors(x)
+    splits = max(min(units, 2) if sm is None else min(units, 4 * sm // tiles), 1)
+    per_program = triton.cdiv(max(units, 1), splits)
+    return per_program, triton.cdiv(max(units, 1), per_program)
+
+
 def split_images(x: torch.Tensor, n: int, channels: int, most: int | None = None) -> tuple[int, int]:
     """(images per program, programs per channel) for a grid of channels × programs over n images.
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import multiprocessors, plane_pointer
+from .grid import plane_pointer, split_units
 
 INT32_LIMIT = 2**31 - 1
 MAX_BLOCK_C = 64  # channels per block of the weight (the search network's have 16-64)
@@ -202,16 +202,7 @@ def _weight_grad(grad, x, dw, groups: int, ci: int, co: int) -> torch.Tensor:
     tiles_o, tiles_i = triton.cdiv(co, bo), triton.cdiv(ci, bi)
     tiles = groups * tiles_o * tiles_i
     units = n * triton.cdiv(p, bp)
-    # at most four programs per multiprocessor in all on a GPU (one or two are resident at a time:
-    # 8 warps of ≤ 152 registers; more would add a partial wave); two per tile in the interpreter
-    # (the reduce of several partials runs in the tests too)
-    sm = multiprocessors(x)
-    if sm is None:
-        splits = min(units, 2)
-    else:
-        splits = min(units, max(1, 4 * sm // tiles))
-    per_program = triton.cdiv(units, splits)
-    splits = triton.cdiv(units, per_program)
+    per_program, splits = split_units(x, units, tiles)
     index_64 = max(x.numel(), grad.numel()) > INT32_LIMIT
     part = torch.empty((tiles, splits, bo * bi), device=x.device, dtype=torch.float32)
     _pw_conv_wgrad_kernel[(tiles, splits)](

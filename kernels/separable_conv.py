@@ -60,7 +60,7 @@ from .depthwise_conv import (
     depthwise_conv_backward,
     depthwise_pairs_input_grad,
 )
-from .grid import multiprocessors, pad_pointers, pick_pointer, plane_pointer
+from .grid import pad_pointers, pick_pointer, plane_pointer, split_units
 
 MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
 MAX_PAIRS = MAX_CONVS  # pairs of one launch (a stage of the search's stacks: sep 3×3/5×5, dil 3×3/5×5)
@@ -559,17 +559,7 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
     elems, warps = tile or BACKWARD_TILE
     bp = _pixel_block(oh * ow, max(bc, bo), elems)
     units = n * triton.cdiv(oh * ow, bp)
-    sm = multiprocessors(x0)
-    if sm is None:
-        splits = min(units, 2)  # the reduce of several partials runs in the tests too
-    else:
-        # at most four programs per multiprocessor in all: one of them is resident at a time (8
-        # warps of ≤ 166 registers, benchmarks/kernel_resources.py), so a count just over a multiple
-        # of the multiprocessors (cdiv: 544 of 528 at 32 groups · pairs) adds a wave of stragglers
-        splits = min(units, max(1, 4 * sm // (groups * pairs)))
-    splits = max(splits, 1)
-    per_program = triton.cdiv(max(units, 1), splits)
-    splits = triton.cdiv(max(units, 1), per_program)
+    per_program, splits = split_units(x0, units, groups * pairs)
     gd = torch.empty((pairs, n, groups * c, oh, ow), device=x0.device, dtype=x0.dtype) if need_input else None
     kk_block = launch.kk_block
     row = bo * bc + bc * kk_block
