@@ -20,7 +20,8 @@ CPU with every Triton launch recorded, not run, the launchers sizing their grids
 (`-v`, Triton's own) for its registers and spills, and prints per kernel: launches, bytes moved
 (as step_traffic.py counts them), programs per launch, warps, registers, spill bytes, shared memory,
 resident programs per multiprocessor and the occupancy they give, the waves of resident programs a
-launch takes, and the model's time at full and at grid-limited bandwidth (min(1, programs / multiprocessors) of it).
+launch takes, how many of its variants run their products on tensor cores (`mma`: mma.sync / wgmma
+instructions in the PTX; the rest are fp32 FMA), and the model's time at full and at grid-limited bandwidth (min(1, programs / multiprocessors) of it).
 """
 from __future__ import annotations
 
@@ -114,6 +115,13 @@ def _ptxas_report(ptx: str) -> dict:
             "spill_loads": int(loads.group(1)) if loads else 0}
 
 
+def instruction_counts(ptx: str) -> dict:
+    """Tensor-core instructions (mma.sync, wgmma) and fp32 FMAs in one kernel's PTX: whether its
+    tl.dot products run on tensor cores (TF32, bf16, fp16) or as FMA ("ieee" fp32: kernels/dot_precision.py)."""
+    return {"mma": len(re.findall(r"\bw?gmma\.mma_async\.|\bmma\.sync\.", ptx)),
+            "fma": len(re.findall(r"\bfma\.rn\.f32\b", ptx))}
+
+
 def _compiling_process() -> None:
     os.environ.pop("TRITON_INTERPRET", None)
 
@@ -131,7 +139,8 @@ def compile_resources(spec: dict) -> dict:
         src = ASTSource(fn, signature=spec["signature"], constexprs=spec["constexprs"])
         kernel = triton.compile(src, target=GPUTarget("cuda", gpu_compile.ARCH, 32),
                                 options={"num_warps": spec["num_warps"]})
-        return {**_ptxas_report(kernel.asm["ptx"]), "shared": int(kernel.metadata.shared)}
+        ptx = kernel.asm["ptx"]
+        return {**_ptxas_report(ptx), "shared": int(kernel.metadata.shared), **instruction_counts(ptx)}
     except Exception as e:  # reported in the table, not raised: one kernel must not hide the others
         return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"}
 
@@ -157,7 +166,8 @@ def kernel_table(launches: list[dict], compiled: dict, bandwidth: float, t_min: 
         row = rows.setdefault(spec["kernel"], {
             "kernel": spec["kernel"], "launches": 0, "variants": set(), "bytes": 0, "model_ms": 0.0,
             "grid_model_ms": 0.0, "min_programs": None, "max_programs": 0, "warps": set(), "max_registers": 0,
-            "spill_bytes": 0, "max_shared": 0, "min_occupancy": None, "waves": [], "errors": set()})
+            "spill_bytes": 0, "max_shared": 0, "min_occupancy": None, "waves": [], "errors": set(),
+            "mma_variants": set()})
         row["launches"] += 1
         row["variants"].add(_key(spec))
         row["bytes"] += launch["bytes"]
@@ -174,6 +184,8 @@ def kernel_table(launches: list[dict], compiled: dict, bandwidth: float, t_min: 
         row["max_registers"] = max(row["max_registers"], res["registers"])
         row["spill_bytes"] = max(row["spill_bytes"], res["spill_stores"] + res["spill_loads"])
         row["max_shared"] = max(row["max_shared"], res["shared"])
+        if res["mma"]:
+            row["mma_variants"].add(_key(spec))
         resident = resident_programs(res["registers"], spec["num_warps"], res["shared"])
         occ = resident * spec["num_warps"] / SM90["warps"]
         row["min_occupancy"] = occ if row["min_occupancy"] is None else min(row["min_occupancy"], occ)
@@ -182,6 +194,7 @@ def kernel_table(launches: list[dict], compiled: dict, bandwidth: float, t_min: 
     out = []
     for row in rows.values():
         waves = row.pop("waves")
+        row["mma_variants"] = len(row["mma_variants"])  # of len(variants): on tensor cores
         out.append({**row, "variants": _variants(launches, compiled, row["variants"]), "warps": sorted(row["warps"]),
                     "errors": sorted(row["errors"]), "GB": row["bytes"] / 1e9,
                     "min_waves": min(waves, default=None), "max_waves": max(waves, default=None)})
@@ -230,15 +243,16 @@ def print_report(r: dict, show_variants: bool = False) -> None:
           f"{r['model_ms']:.1f} ms at full bandwidth, {r['grid_model_ms']:.1f} ms grid-limited "
           f"(recorded in {r['record_s']:.0f} s, compiled in {r['compile_s']:.0f} s)")
     print(f"  {'kernel':34} {'launch':>6} {'GB':>6} {'programs':>13} {'waves':>11} {'warps':>5} {'regs':>4} "
-          f"{'spill B':>7} {'smem KB':>7} {'occ %':>5} {'ms':>6} {'grid ms':>7}")
+          f"{'spill B':>7} {'smem KB':>7} {'occ %':>5} {'mma':>5} {'ms':>6} {'grid ms':>7}")
     for k in r["kernels"]:
         programs = f"{k['min_programs']}-{k['max_programs']}" if k["min_programs"] != k["max_programs"] \
             else str(k["max_programs"])
         occ = "-" if k["min_occupancy"] is None else f"{100 * k['min_occupancy']:.0f}"
         waves = "-" if k["min_waves"] is None else f"{k['min_waves']:.1f}-{k['max_waves']:.1f}"
+        mma = f"{k['mma_variants']}/{len(k['variants'])}" if k["mma_variants"] else "-"
         print(f"  {k['kernel'][:34]:34} {k['launches']:6d} {k['GB']:6.2f} {programs:>13} {waves:>11} "
               f"{'/'.join(map(str, k['warps'])):>5} {k['max_registers']:4d} {k['spill_bytes']:7d} "
-              f"{k['max_shared'] / 1024:7.1f} {occ:>5} {k['model_ms']:6.2f} {k['grid_model_ms']:7.2f}")
+              f"{k['max_shared'] / 1024:7.1f} {occ:>5} {mma:>5} {k['model_ms']:6.2f} {k['grid_model_ms']:7.2f}")
         for e in k["errors"]:
             print(f"    FAILED to compile: {e}")
         for v in k["variants"] if show_variants else ():
@@ -247,7 +261,8 @@ def print_report(r: dict, show_variants: bool = False) -> None:
             occ = resident_programs(v["registers"], v["num_warps"], v["shared"]) * v["num_warps"] / SM90["warps"]
             consts = " ".join(f"{n}={c}" for n, c in v["constexprs"].items() if n != "INDEX_64")
             print(f"    {v['launches']:4d}× {v['bytes'] / 1e9:6.2f} GB  {v['num_warps']} warps {v['registers']:3d} regs "
-                  f"{v['spill_stores'] + v['spill_loads']:5d} B spilled {100 * occ:3.0f} % occ  {consts}")
+                  f"{v['spill_stores'] + v['spill_loads']:5d} B spilled {100 * occ:3.0f} % occ {v['mma']:4d} mma "
+                  f"{v['fma']:5d} fma  {consts}")
 
 
 def main(argv=None):

@@ -189,6 +189,9 @@ def main(argv):
     pointwise = [r for r in rows if r["kind"] == "pointwise_conv"]
     separable = [r for r in rows if r["kind"] == "separable_conv"]
     tiles = [r for r in rows if r["kind"] == "separable_conv_tile"]
+    # the precision sweep as conv parts, one geometry per precision ('sep3 g8x16 tf32')
+    precisions = [{**r, "geometry": f"{r['geometry']} {r['precision']}"} for r in rows
+                  if r["kind"] == "separable_conv_precision"]
     stages = [r for r in rows if r["kind"] == "separable_stage"]
     group_blocks = [r for r in rows if r["kind"] == "group_sum_block"]
     copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise + pointwise + separable}
@@ -211,6 +214,10 @@ def main(argv):
         print("\ndepthwise + 1x1 conv pair, PyTorch's two convs vs the fused kernels, fp32 (dgrad: the alpha step's "
               "backward; both: the w step's, dx and both weight gradients; ms: CUDA-graph replay where measured)")
         print("\n".join(conv_parts_table(separable)))
+    if precisions:
+        print("\ndepthwise + 1x1 conv pair, fp32 products rounded to TF32 (PyTorch's default for convolutions) "
+              "and not (ieee), each impl (ms: CUDA-graph replay where measured)")
+        print("\n".join(conv_parts_table(precisions)))
     if tiles:
         print(f"\nfused dw + 1x1 kernels, tile sweep at {tiles[0]['geometry']} {'x'.join(map(str, tiles[0]['shape']))} "
               "(tile elements, warps; * the default)")

@@ -19,6 +19,11 @@ group, its four pairs (sep 3×3, sep 5×5, dil 3×3, dil 5×5 on 8 edges × 16 c
 pair launched alone (`per_pair`, as before 2026-11-30's sixth entry) vs the four in one launch of
 each kernel (`stage`: ndarts_kernels.separable_pairs_*, as ndarts.separable_stage runs them).
 
+The precision sweep (`test_separable_conv_precision`, CUDA only): both impls on the first case with
+fp32 products rounded to TF32 (PyTorch's default for convolutions: cuDNN's tensor cores; the fused
+kernels follow it, kernels/dot_precision.py) and without ("ieee": cuDNN's fp32 kernels, the fused
+kernels' FMA), so that the GPU run says what the 1×1 products cost each way.
+
 The tile sweep (`test_separable_conv_tiles`, CUDA only): the fused kernels on the first case with
 other (tile elements, warps) pairs than FORWARD_TILE / BACKWARD_TILE, so that the GPU run that
 times them also says which tiles to keep.
@@ -29,6 +34,8 @@ those and x), against the copy bandwidth measured in the same run. On a CPU: the
 batch 2, 16×16, wall clock.
 """
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -82,7 +89,19 @@ def part_fn(impl: str, part: str, x, w_dw, w_pw, g, padding: int, dilation: int,
     return backward
 
 
-def _time_part(benchmark, copy_bandwidth, device, impl, part, case, tile=None, **fields):
+@contextlib.contextmanager
+def conv_precision(precision: str | None):
+    """PyTorch's fp32 precision for convolutions ("tf32" / "ieee"; None: as it is), restored after."""
+    saved = torch.backends.cudnn.conv.fp32_precision
+    if precision is not None:
+        torch.backends.cudnn.conv.fp32_precision = precision
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = saved
+
+
+def _time_part(benchmark, copy_bandwidth, device, impl, part, case, tile=None, precision=None, **fields):
     shape, groups, k, padding, dilation, _ = case
     c = shape[1] // groups
     gen = torch.Generator(device=device).manual_seed(0)
@@ -98,8 +117,27 @@ def _time_part(benchmark, copy_bandwidth, device, impl, part, case, tile=None, *
 
         fields["tile"] = list(tile)
         fields["default_tile"] = tile == (fused.FORWARD_TILE if part == "fwd" else fused.BACKWARD_TILE)
-    record_conv_part(benchmark, fn, device, copy_bandwidth, x=x, dy=g, rounds=ROUNDS, warmup=WARMUP, extra_bytes=extra,
-                     impl=impl, part=part, geometry=geometry(case), shape=list(shape), groups=groups, **fields)
+    with conv_precision(precision):  # read at each launch (cuDNN's and the fused kernels'), and when captured
+        fields["precision"] = torch.backends.cudnn.conv.fp32_precision
+        record_conv_part(benchmark, fn, device, copy_bandwidth, x=x, dy=g, rounds=ROUNDS, warmup=WARMUP,
+                         extra_bytes=extra, impl=impl, part=part, geometry=geometry(case), shape=list(shape),
+                         groups=groups, **fields)
+
+
+# first in the file: the newest question of the GPU run (gpu_check.sh runs the file in order under one limit)
+@pytest.mark.parametrize("precision", ["tf32", "ieee"])
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("part", PARTS)
+def test_separable_conv_precision(benchmark, copy_bandwidth, device, precision, impl, part):
+    if device.type != "cuda":
+        pytest.skip("TF32 is a GPU's: a CPU's convolutions and the interpreter compute in fp32 either way")
+    reason = triton_skip_reason(device) if impl == "triton" else None
+    if reason:
+        pytest.skip(reason)
+    case = CASES[0]
+    benchmark.group = f"separable_conv precision {part} {geometry(case)} {shape_id(case[0])}"
+    _time_part(benchmark, copy_bandwidth, device, impl, part, case, precision=precision,
+               kind="separable_conv_precision")
 
 
 # a stage's four pairs: (K, padding, dilation) of sep 3×3, sep 5×5, dil 3×3, dil 5×5 (stride 1)

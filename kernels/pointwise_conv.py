@@ -10,7 +10,8 @@ Each of these kernels reads its inputs once and writes its output once.
 
 - forward and input gradient: one kernel. A program computes a [BLOCK_O, BLOCK_P] block of one
   image·group's output as Σ over input-channel blocks of w[BLOCK_O, BLOCK_I] @ in[BLOCK_I, BLOCK_P]
-  (tl.dot in fp32, "ieee": no TF32 rounding). The input gradient is the same product with the
+  (tl.dot, fp32 accumulation; TF32 products where PyTorch's convolutions use TF32, its default on
+  a GPU: kernels/dot_precision.py). The input gradient is the same product with the
   weight transposed: the launcher passes the weight's strides swapped.
 - weight gradient: grid (G · weight tiles, S). Program s sums dy[BLOCK_O, P] @ x[BLOCK_I, P]ᵀ over
   its share of the (image, pixel block) units into fp32 partials [tiles, S, BLOCK_O·BLOCK_I]; a
@@ -23,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .dot_precision import conv_dot_precision
 from .grid import plane_pointer, split_units
 
 INT32_LIMIT = 2**31 - 1
@@ -35,7 +37,7 @@ def _pw_conv_kernel(
     CI, CO, P,
     W_GROUP, W_OUT, W_IN,  # weight element (g, out o, in i) at g·W_GROUP + o·W_OUT + i·W_IN
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, G: tl.constexpr,
-    INDEX_64: tl.constexpr,
+    INDEX_64: tl.constexpr, DOT_PRECISION: tl.constexpr,  # "tf32" / "ieee" (kernels/dot_precision.py)
 ):
     ng = tl.program_id(0)  # image · G + group
     g = ng % G
@@ -49,7 +51,7 @@ def _pw_conv_kernel(
         x = tl.load(x_base + i[:, None] * P + p[None, :], mask=(i < CI)[:, None] & p_ok[None, :], other=0.0)
         w = tl.load(Wt + g * W_GROUP + o[:, None] * W_OUT + i[None, :] * W_IN,
                     mask=(o < CO)[:, None] & (i < CI)[None, :], other=0.0)
-        acc += tl.dot(w.to(tl.float32), x.to(tl.float32), input_precision="ieee")
+        acc += tl.dot(w.to(tl.float32), x.to(tl.float32), input_precision=DOT_PRECISION)
     y_base = plane_pointer(Y, ng, CO * P, INDEX_64)
     tl.store(y_base + o[:, None] * P + p[None, :], acc.to(Y.dtype.element_ty), mask=(o < CO)[:, None] & p_ok[None, :])
 
@@ -61,6 +63,7 @@ def _pw_conv_wgrad_kernel(
     UNITS, PER_PROGRAM, S,  # (image, pixel block) units in all, per program, programs per tile
     G: tl.constexpr, TILES_O: tl.constexpr, TILES_I: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     t = tl.program_id(0)  # g · TILES_O · TILES_I + tile
     s = tl.program_id(1)
@@ -80,7 +83,7 @@ def _pw_conv_wgrad_kernel(
                      mask=o_ok[:, None] & p_ok[None, :], other=0.0)
         x = tl.load(plane_pointer(X, ng, CI * P, INDEX_64) + i[:, None] * P + p[None, :],
                     mask=i_ok[:, None] & p_ok[None, :], other=0.0)
-        acc += tl.dot(dy.to(tl.float32), tl.trans(x.to(tl.float32)), input_precision="ieee")
+        acc += tl.dot(dy.to(tl.float32), tl.trans(x.to(tl.float32)), input_precision=DOT_PRECISION)
     r = tl.arange(0, BLOCK_O)[:, None] * BLOCK_I + tl.arange(0, BLOCK_I)[None, :]
     tl.store(PART + (t * S + s) * (BLOCK_O * BLOCK_I) + r, acc)
 
@@ -157,7 +160,8 @@ def _product(inp, weight, out, groups: int, c_in: int, c_out: int, transposed: b
     index_64 = max(inp.numel(), out.numel()) > INT32_LIMIT
     _pw_conv_kernel[(n * groups, triton.cdiv(p, bp), triton.cdiv(c_out, bo))](
         inp, weight, out, c_in, c_out, p, co * ci, *strides,
-        BLOCK_O=bo, BLOCK_I=bi, BLOCK_P=bp, G=groups, INDEX_64=index_64, num_warps=WARPS)
+        BLOCK_O=bo, BLOCK_I=bi, BLOCK_P=bp, G=groups, INDEX_64=index_64, DOT_PRECISION=conv_dot_precision(),
+        num_warps=WARPS)
 
 
 def pointwise_conv_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -207,7 +211,7 @@ def _weight_grad(grad, x, dw, groups: int, ci: int, co: int) -> torch.Tensor:
     part = torch.empty((tiles, splits, bo * bi), device=x.device, dtype=torch.float32)
     _pw_conv_wgrad_kernel[(tiles, splits)](
         x, grad, part, ci, co, p, units, per_program, splits, G=groups, TILES_O=tiles_o, TILES_I=tiles_i,
-        BLOCK_O=bo, BLOCK_I=bi, BLOCK_P=bp, INDEX_64=index_64, num_warps=WARPS)
+        BLOCK_O=bo, BLOCK_I=bi, BLOCK_P=bp, INDEX_64=index_64, DOT_PRECISION=conv_dot_precision(), num_warps=WARPS)
     # [S_BLOCK, R_BLOCK] partials per step: 32 a thread at most (the whole [32, 64·64] tile at
     # once needed 23 KB of spills a thread on sm_90: benchmarks/kernel_resources.py)
     r_block = min(256, bo * bi)

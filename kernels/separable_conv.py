@@ -11,7 +11,8 @@ write z) and 8 backward (the 1×1 conv's input and weight gradients read its out
 the depthwise conv's read d's gradient and x). Here d never reaches memory:
 
 - forward: a program computes a [CO, pixels] block of one image·group: d for its C channels from
-  the K·K shifted windows of x (cache hits), then z = wp_g @ d (tl.dot in fp32 "ieee", no TF32).
+  the K·K shifted windows of x (cache hits), then z = wp_g @ d (tl.dot, fp32 accumulation; TF32
+  products where PyTorch's convolutions use TF32, its default on a GPU: kernels/dot_precision.py).
   Passes: read x, write z.
 - backward, weight and 1×1-input gradient in one kernel: grid (G, S); program s loops over its
   share of (image, pixel block) units: gd = wp_gᵀ @ gz (d's gradient, written for the depthwise
@@ -60,6 +61,7 @@ from .depthwise_conv import (
     depthwise_conv_backward,
     depthwise_pairs_input_grad,
 )
+from .dot_precision import conv_dot_precision
 from .grid import pad_pointers, pick_pointer, plane_pointer, split_units
 
 MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
@@ -183,6 +185,7 @@ def _sep_conv_fwd_kernel(
     PAIRS: tl.constexpr, MOMENTS: tl.constexpr, SOURCES: tl.constexpr,
     NORM_INPUT: tl.constexpr,  # X_p is a BatchNorm's input z: its y = (z − mean)·rstd made on load
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,  # the 1×1 products' ("tf32" / "ieee": kernels/dot_precision.py)
 ):
     ng = tl.program_id(0)  # image · G + group
     g = ng % G
@@ -201,7 +204,7 @@ def _sep_conv_fwd_kernel(
     d, _ = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT, in_mean, in_rstd,
                             NORM_INPUT, 0.0, 0.0, 0, BLOCK_C, BLOCK_P, TAP_SUMS=False)
     Z = _of_pair(pair, Z0, Z1, Z2, Z3, PAIRS)
-    z = tl.dot(wp, d, input_precision="ieee").to(Z.dtype.element_ty)
+    z = tl.dot(wp, d, input_precision=DOT_PRECISION).to(Z.dtype.element_ty)
     z_rows = plane_pointer(Z, ng * CO + o, OH * OW, INDEX_64)[:, None]
     tl.store(z_rows + p[None, :], z, mask=o_ok[:, None] & p_ok[None, :])
     if MOMENTS:  # the BatchNorm's statistics of z as stored (kernels/batch_norm.py merges them)
@@ -254,6 +257,7 @@ def _sep_conv_bwd_kernel(
     PAIRS: tl.constexpr, SOURCES: tl.constexpr, NORM_INPUT: tl.constexpr,
     KK_BLOCK: tl.constexpr,  # power of two ≥ every pair's K·K
     BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_P: tl.constexpr, INDEX_64: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,  # as the forward's
 ):
     g = tl.program_id(0)
     s = tl.program_id(1)
@@ -295,7 +299,7 @@ def _sep_conv_bwd_kernel(
             if BN_RELU != 0:
                 gz = tl.where(y > 0.0, gz, 0.0)
             gz = tl.where(z_ok, bn_rstd[:, None] * (gz - mean_g[:, None] - y * mean_gy[:, None]), 0.0)
-        gd = tl.dot(wp_t, gz, input_precision="ieee")  # [BLOCK_C, BLOCK_P]
+        gd = tl.dot(wp_t, gz, input_precision=DOT_PRECISION)  # [BLOCK_C, BLOCK_P]
         if NEED_INPUT:
             tl.store(plane_pointer(GD, (pair * images * G + ng) * C + cin, OH * OW, INDEX_64)[:, None] + p[None, :],
                      gd.to(GD.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
@@ -306,7 +310,7 @@ def _sep_conv_bwd_kernel(
             d, acc_d = _depthwise_block(x_rows, taps, c_ok, oh, ow, p_ok, H, W, K, STRIDE, PAD, DIL, RELU_INPUT,
                                         in_mean, in_rstd, NORM_INPUT, gd, acc_d, tap_col, BLOCK_C, BLOCK_P,
                                         TAP_SUMS=True)
-            acc_p += tl.dot(gz, tl.trans(d), input_precision="ieee")
+            acc_p += tl.dot(gz, tl.trans(d), input_precision=DOT_PRECISION)
     if NEED_WEIGHT:
         row = PART + ((pair * G + g) * S + s) * (BLOCK_O * BLOCK_C + BLOCK_C * KK_BLOCK)
         tl.store(row + tl.arange(0, BLOCK_O)[:, None] * BLOCK_C + tl.arange(0, BLOCK_C)[None, :], acc_p)
@@ -503,7 +507,7 @@ def separable_pairs_forward(xs, w_dws, w_pws, geometry, relu_input: bool = False
             *launch.geos, launch.stride, int(relu_input), PAIRS=launch.pairs, MOMENTS=moments,
             SOURCES=counts is not None, NORM_INPUT=input_norm is not None,
             BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp, INDEX_64=max(launch.like.numel(), zs[0].numel()) > INT32_LIMIT,
-            num_warps=warps)
+            DOT_PRECISION=conv_dot_precision(), num_warps=warps)
     return zs, list(mom.unbind(0)) if moments else None
 
 
@@ -581,7 +585,7 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
             NORM_INPUT=input_norm is not None, KK_BLOCK=kk_block,
             BLOCK_C=bc, BLOCK_O=bo, BLOCK_P=bp,
             INDEX_64=max(launch.like.numel(), grads[0].numel(), gd.numel() if gd is not None else 0) > INT32_LIMIT,
-            num_warps=warps)
+            DOT_PRECISION=conv_dot_precision(), num_warps=warps)
     elif gd is not None:  # no image: nothing flows back
         gd.zero_()
     if not need_weight:

@@ -122,6 +122,17 @@ def _workload() -> None:
                     K.separable_conv_backward(z, x, w_dw, w_pw, stride, pad, dil, need_weight=need_weight,
                                               relu_input=relu, bn=bn)
     K.separable_conv_backward(z, x, w_dw, w_pw, stride, pad, dil, need_input=False, relu_input=relu)
+    # the fp32 products without TF32 (kernels/dot_precision.py: the variants above follow PyTorch's
+    # default, TF32): each conv kernel with a tl.dot once more
+    saved = torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    try:
+        x, weight = torch.randn(2, 64, 4, 5), torch.randn(64, 16, 1, 1)
+        K.pointwise_conv_backward(K.pointwise_conv_forward(x, weight), x, weight)
+        w_dw, w_pw = torch.randn(64, 1, 3, 3), torch.randn(64, 16, 1, 1)
+        K.separable_conv_backward(K.separable_conv_forward(x, w_dw, w_pw, 1, 1, 1), x, w_dw, w_pw, 1, 1, 1)
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = saved
     # a first stage reading its two source nodes (ndarts.separable_stage): moments forward, BatchNorm folded
     hs, w_dw, w_pw = [torch.randn(2, 16, 6, 5) for _ in range(2)], torch.randn(64, 1, 3, 3), torch.randn(64, 16, 1, 1)
     z, moments = K.separable_conv_forward(hs, w_dw, w_pw, 1, 1, 1, relu_input=True, moments=True, counts=(2, 2))

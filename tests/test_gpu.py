@@ -115,13 +115,28 @@ def test_search_network_fused_equals_reference_without_noise():
 
 
 @contextlib.contextmanager
-def _no_tf32():
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+def _tf32(enabled: bool):
+    """PyTorch's TF32 setting for cuDNN convolutions and matmuls, restored after; the fused conv
+    kernels (kernels/separable_conv.py, pointwise_conv.py) follow the convolutions' (kernels/dot_precision.py)."""
+    settings = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    saved = [s.fp32_precision for s in settings]
+    for s in settings:
+        s.fp32_precision = "tf32" if enabled else "ieee"
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        for s, value in zip(settings, saved):
+            s.fp32_precision = value
+
+
+def _no_tf32():
+    return _tf32(False)
+
+
+# TF32 rounds each product's inputs to 10 mantissa bits (unit roundoff 2^-11 ≈ 4.9e-4, ≤ 1e-3 a
+# product): against float64, 1e-2 of the result's scale; the weight gradients, sums over N·H·W
+# products, with the bound grown as bf16's (rounded_products)
+TF32_TOL = 1e-2
 
 
 def test_torch_compile_inductor_with_the_triton_op():
@@ -296,10 +311,21 @@ def test_cuda_depthwise_conv_with_channel_multiplier(k, stride, padding, dilatio
                                    (2, 1, 70, 80, 7, 9)])
 def test_cuda_pointwise_conv_matches_conv2d(dtype, tol, shape):
     """(N, groups, CI, CO, H, W): a normal cell's first batched group (8 edges × 16 channels), a
-    preprocessing conv (48 → 16), odd channel counts, more channels than one block."""
+    preprocessing conv (48 → 16), odd channel counts, more channels than one block. fp32 without
+    TF32: plain fp32 products."""
     from test_pointwise_conv import check_against_conv2d
 
-    check_against_conv2d(shape, dtype, tol, "cuda")
+    with _no_tf32():
+        check_against_conv2d(shape, dtype, tol, "cuda")
+
+
+@pytest.mark.parametrize("shape", [(64, 8, 16, 16, 32, 32), (2, 1, 70, 80, 7, 9)])
+def test_cuda_pointwise_conv_tf32_matches_conv2d(shape):
+    """fp32 with PyTorch's default TF32 convolutions: the kernels' products on tensor cores."""
+    from test_pointwise_conv import check_against_conv2d
+
+    with _tf32(True):
+        check_against_conv2d(shape, torch.float32, TF32_TOL, "cuda", rounded_products=True)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
@@ -310,10 +336,21 @@ def test_cuda_pointwise_conv_matches_conv2d(dtype, tol, shape):
 def test_cuda_separable_conv_matches_conv2d(dtype, tol, shape, relu):
     """(N, groups, C, CO, H, W, K, stride, padding, dilation): a normal cell's first batched group
     (8 edges × 16 channels) as sep 3×3 and dil 5×5 (the ReLU read in), a reduction stage, odd
-    sizes and channels, 64 channels per group (the kernels' most)."""
+    sizes and channels, 64 channels per group (the kernels' most). fp32 without TF32."""
     from test_separable_conv import check_against_conv2d
 
-    check_against_conv2d(shape, dtype, tol, relu, "cuda")
+    with _no_tf32():
+        check_against_conv2d(shape, dtype, tol, relu, "cuda")
+
+
+@pytest.mark.parametrize("shape,relu", [((64, 8, 16, 16, 32, 32, 3, 1, 1, 1), False),
+                                        ((2, 1, 64, 64, 9, 7, 5, 1, 2, 1), True)])
+def test_cuda_separable_conv_tf32_matches_conv2d(shape, relu):
+    """fp32 with PyTorch's default TF32 convolutions: the 1×1 products on tensor cores."""
+    from test_separable_conv import check_against_conv2d
+
+    with _tf32(True):
+        check_against_conv2d(shape, torch.float32, TF32_TOL, relu, "cuda", rounded_products=True)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
@@ -322,10 +359,15 @@ def test_cuda_separable_conv_matches_conv2d(dtype, tol, shape, relu):
     ((3, 2, 5, 3, 13, 11, 3, 1, 2, 2), True)])
 def test_cuda_folded_batch_norm_matches_float64(dtype, tol, shape, relu):
     """The separable conv's backward with its BatchNorm (+ ReLU) folded in (ndarts.separable_stage)
-    at the step's widths and on odd sizes, against float64 convs and F.batch_norm."""
+    at the step's widths and on odd sizes, against float64 convs and F.batch_norm (fp32 without
+    TF32; with it, TF32's bound)."""
     from test_separable_stage import check_folded_against_float64
 
-    check_folded_against_float64(shape, dtype, tol, relu, "cuda")
+    with _no_tf32():
+        check_folded_against_float64(shape, dtype, tol, relu, "cuda")
+    if dtype == torch.float32:
+        with _tf32(True):
+            check_folded_against_float64(shape, dtype, TF32_TOL, relu, "cuda")
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])

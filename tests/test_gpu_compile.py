@@ -61,6 +61,10 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
                      for m in (False, True)}, sorted(no_dw)
     # the depthwise weight gradient of relu(x) (a sep conv's dw2 keeping bn1's output)
     assert any(s["constexprs"].get("RELU_INPUT") for s in captured)
+    # the conv kernels' products in both precisions (kernels/dot_precision.py), TF32 by default
+    precisions = {(s["kernel"], s["constexprs"]["DOT_PRECISION"]) for s in captured if "DOT_PRECISION" in s["constexprs"]}
+    assert precisions == {(k, p) for k in ("_pw_conv_kernel", "_pw_conv_wgrad_kernel", "_sep_conv_fwd_kernel",
+                                           "_sep_conv_bwd_kernel") for p in ("tf32", "ieee")}, sorted(precisions)
     with_int64 = {k for m, k in _jit_kernels() if "INDEX_64" in _parameters(m, k) and k != "_unit_noise_kernel"}
     assert {s["kernel"] for s in captured if s["constexprs"].get("INDEX_64")} >= with_int64
     out = _run("compile", str(specs), env_update={"TRITON_CACHE_DIR": str(tmp_path / "triton_cache")})

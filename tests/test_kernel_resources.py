@@ -19,6 +19,7 @@ import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "kernel_resources.py")
 SPILL_BYTES = 64  # spill stores + loads a thread: a few registers' worth
+DOT_KERNELS = {"_sep_conv_fwd_kernel", "_sep_conv_bwd_kernel", "_pw_conv_kernel", "_pw_conv_wgrad_kernel"}
 
 
 @pytest.mark.slow
@@ -42,6 +43,11 @@ def test_search_step_kernels_do_not_spill(tmp_path):
                if v["spill_stores"] + v["spill_loads"] > SPILL_BYTES]
     assert not spilled, spilled
     assert all(0 < v["registers"] <= 255 for _, v in variants)
+    # at PyTorch's default (TF32 convolutions) the fused convs' fp32 products run on tensor cores
+    # (kernels/dot_precision.py), the other kernels have no products
+    dots = {k: v["mma"] for k, v in variants if k in DOT_KERNELS}
+    assert set(dots) == DOT_KERNELS and all(dots.values()), dots
+    assert not [k for k, v in variants if k not in DOT_KERNELS and v["mma"]]
 
 
 def test_resident_programs_follow_sm90_limits():

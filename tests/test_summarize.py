@@ -91,3 +91,28 @@ def test_group_sum_block_sweep_from_benchmark_json(tmp_path, capsys, fresh_seed)
         lines = [line.split() for line in table if line.split()[:1] == [part]]
         assert [float(r[3]) for r in lines] == pytest.approx(sorted(times[(part, b)] for b in blocks), abs=1e-4)
         assert [(int(r[1]), int(r[2])) for r in lines if r[-1] == "*"] == [(512, 8)]
+
+
+def test_precision_sweep_from_benchmark_json(tmp_path, capsys, fresh_seed):
+    """test_bench_separable_conv.py's precision sweep: per precision and part, PyTorch's convs beside
+    the fused kernels (x torch)."""
+    summarize = pytest.importorskip("summarize")
+    import random
+
+    common = dict(geometry="sep3 g8x16", shape=[64, 128, 32, 32], min_bytes=64 * 2**20, copy_GBps=4000.0, groups=8)
+    times = {(precision, part): (random.uniform(0.2, 0.4), random.uniform(0.02, 0.1))
+             for precision in ("tf32", "ieee") for part in ("fwd", "dgrad", "both")}
+    benches = [_bench(f"{impl}-{precision}-{part}", ms, kind="separable_conv_precision", impl=impl, part=part,
+                      precision=precision, **common)
+               for (precision, part), pair in times.items() for impl, ms in zip(("torch", "triton"), pair)]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": benches}))
+    assert summarize.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "rounded to TF32" in out
+    rows = {(line.split()[3], line.split()[4]): line.split() for line in out.splitlines()  # shape, geom (3 words), part
+            if line.strip().startswith("64x128x32x32")}
+    assert len(rows) == len(times)
+    for (precision, part), (torch_ms, triton_ms) in times.items():
+        assert float(rows[precision, part][5]) == pytest.approx(torch_ms, abs=1e-4)
+        assert float(rows[precision, part][-1]) == pytest.approx(torch_ms / triton_ms, rel=1e-2)
