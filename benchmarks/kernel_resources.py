@@ -276,8 +276,13 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="compiling processes")
     parser.add_argument("--variants", action="store_true", help="a line per compiled variant of each kernel")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--conv-precision", choices=["tf32", "ieee"],
+                        help="PyTorch's fp32 precision for convolutions while the step is recorded, which the "
+                             "fused convs' products follow (kernels/dot_precision.py; default: as PyTorch has it, tf32)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.conv_precision:
+        torch.backends.cudnn.conv.fp32_precision = args.conv_precision
     results = [resources(impl, args.batch, args.image, args.bandwidth, args.t_min, args.workers) for impl in args.impl]
     for r in results:
         print_report(r, args.variants)
