@@ -21,7 +21,14 @@ from .fan_out import fan_out
 from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std, skip_operand_stds
 from .noise import NoiseConfig, add_noise
 from .pools import darts_pools_stride, pools_3x3
-from .operations import DARTS_PRIMITIVES, FactorizedReduce, check_primitives, make_search_op, relu_tail, shifted_by_one
+from .operations import (
+    DARTS_PRIMITIVES,
+    FactorizedReduce,
+    check_primitives,
+    factorized_convs,
+    make_search_op,
+    relu_tail,
+)
 
 SKIP = "skip_connect"
 
@@ -256,20 +263,11 @@ class NodeShare:
 
 def factorized_reduce_all(r: torch.Tensor, ops) -> list:
     """[op.forward_from_relu(r) for op in ops] (FactorizedReduce ops of the same shape, r = relu(h)
-    of their common input), computed together: each of the two offset stride-2 convs once with the
-    ops' weights stacked, the two paths interleaved per op and made E contiguous tensors in one copy
-    (split_edges), the E BatchNorms in one launch each way where the Triton kernels run."""
-    E = len(ops)
-    y1 = F.conv2d(r, torch.cat([op.conv_1.weight for op in ops]), stride=2)
-    y2 = F.conv2d(shifted_by_one(r), torch.cat([op.conv_2.weight for op in ops]), stride=2)
-    n, _, h, w = y1.shape
-    half = ops[0].conv_1.out_channels
-    if not y1.is_contiguous() and y1.is_contiguous(memory_format=torch.channels_last):  # NHWC: keep it
-        paths = [y.permute(0, 2, 3, 1).reshape(n, h, w, E, half) for y in (y1, y2)]
-        y = torch.cat(paths, dim=4).view(n, h, w, E * 2 * half).permute(0, 3, 1, 2)
-    else:
-        y = torch.cat([y1.view(n, E, half, h, w), y2.view(n, E, half, h, w)], dim=2).view(n, E * 2 * half, h, w)
-    return search_batch_norms(list(split_edges(y, E)), [op.bn for op in ops])
+    of their common input), computed together: both paths of every op in one convolution
+    (operations.factorized_convs: edge-major, each op's two paths side by side), made E contiguous
+    tensors in one copy (split_edges), the E BatchNorms in one launch each way where the Triton
+    kernels run."""
+    return search_batch_norms(list(split_edges(factorized_convs(r, ops), len(ops))), [op.bn for op in ops])
 
 
 def pool_all(pairs) -> None:

@@ -119,7 +119,11 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
-        return self.forward_from_relu(self.relu(x))
+        """DARTS's op as written: relu, two offset 1×1 stride-2 convs, cat, BatchNorm (what the plain
+        DARTS baseline and the evaluation network run; the search's entry points below compute the
+        same function with one convolution, factorized_convs)."""
+        r = self.relu(x)
+        return self.bn(torch.cat([self.conv_1(r), self.conv_2(shifted_by_one(r))], dim=1))
 
     def forward_from_relu(self, x):
         """The op applied to an input already passed through ReLU (shared per node in the search)."""
@@ -139,7 +143,7 @@ class FactorizedReduce(nn.Module):
 
     def convs_from_relu(self, x):
         """The two offset convs of relu(x), concatenated (the BatchNorm's input)."""
-        return torch.cat([self.conv_1(x), self.conv_2(shifted_by_one(x))], dim=1)
+        return factorized_convs(x, [self])
 
 
 def shifted_by_one(x: torch.Tensor) -> torch.Tensor:
@@ -149,6 +153,29 @@ def shifted_by_one(x: torch.Tensor) -> torch.Tensor:
     if x.shape[2] % 2 or x.shape[3] % 2:
         shifted = F.pad(shifted, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
     return shifted
+
+
+def factorized_convs(x: torch.Tensor, ops) -> torch.Tensor:
+    """[N, E·C_out, ⌈H/2⌉, ⌈W/2⌉]: per FactorizedReduce op of `ops` (E of them, one input x),
+    cat(conv_1(x), conv_2(shifted_by_one(x))), edge-major (FactorizedReduce.forward's convs), as ONE
+    convolution.
+
+    conv_1 reads x[2i, 2j] and conv_2 x[2i+1, 2j+1] (zero beyond an odd edge): the taps (0, 0) and
+    (1, 1) of a 2×2 stride-2 window. A 2×2 stride-2 conv whose weight holds conv_1's at tap (0, 0)
+    and conv_2's at (1, 1), zeros elsewhere, is the same linear map: no shifted copy of x (a
+    sliced view that a convolution reads through a contiguous copy, and whose backward zero-fills
+    a gradient of x's size and copies into it), no second convolution each way, no cat of the two
+    paths and no sum of x's two gradients. The weights stay the ops' own parameters (state dicts
+    unchanged); the zero taps get no gradient."""
+    half = ops[0].conv_1.out_channels
+    c = x.shape[1]
+    w1 = torch.cat([op.conv_1.weight for op in ops]) if len(ops) > 1 else ops[0].conv_1.weight
+    w2 = torch.cat([op.conv_2.weight for op in ops]) if len(ops) > 1 else ops[0].conv_2.weight
+    taps = torch.stack([F.pad(w1, (0, 1, 0, 1)).view(len(ops), half, c, 2, 2),  # conv_1 at (0, 0)
+                        F.pad(w2, (1, 0, 1, 0)).view(len(ops), half, c, 2, 2)], dim=1)  # conv_2 at (1, 1)
+    if x.shape[2] % 2 or x.shape[3] % 2:  # conv_2's zero row/column past an odd edge
+        x = F.pad(x, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
+    return F.conv2d(x, taps.view(len(ops) * 2 * half, c, 2, 2), stride=2)
 
 
 OPS = {

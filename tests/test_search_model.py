@@ -142,6 +142,41 @@ def test_channels_last_is_off_where_the_triton_kernels_run():
     assert SearchNetwork(C=4, layers=3, backend="triton", channels_last=True)._use_channels_last(x)
 
 
+def _darts_factorized_convs(x, op):
+    """DARTS's FactorizedReduce convs, literally: cat(conv_1(x), conv_2(x[:, :, 1:, 1:])), the
+    shifted path padded back by one on the bottom/right for an odd size."""
+    shifted = x[:, :, 1:, 1:]
+    if x.shape[2] % 2 or x.shape[3] % 2:
+        shifted = torch.nn.functional.pad(shifted, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
+    return torch.cat([op.conv_1(x), op.conv_2(shifted)], dim=1)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 8, 10), (2, 5, 9, 7), (2, 4, 1, 1)])
+@pytest.mark.parametrize("ops", [1, 3])
+def test_factorized_convs_are_dartss_two_offset_convs(shape, ops, fresh_seed):
+    """Both paths of E FactorizedReduce ops as one 2×2 stride-2 conv (operations.factorized_convs):
+    outputs, the input's and every weight's gradient as DARTS's two 1×1 stride-2 convs of x and of x
+    shifted by one pixel (even, odd and 1×1 inputs, float64 and float32)."""
+    from ndarts.operations import FactorizedReduce, factorized_convs
+
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        modules = [FactorizedReduce(shape[1], 8, affine=False).to(dtype) for _ in range(ops)]
+        x = torch.randn(shape, dtype=dtype)
+        runs, grad = [], None
+        for fused in (True, False):
+            xi = x.clone().requires_grad_()
+            y = factorized_convs(xi, modules) if fused else torch.cat([_darts_factorized_convs(xi, m) for m in modules], 1)
+            grad = torch.randn_like(y) if grad is None else grad
+            y.backward(grad)
+            grads = [p.grad.clone() for m in modules for p in (m.conv_1.weight, m.conv_2.weight)]
+            for m in modules:
+                m.zero_grad(set_to_none=True)
+            runs.append((y, xi.grad, *grads))
+        assert runs[0][0].shape == (shape[0], 8 * ops, (shape[2] + 1) // 2, (shape[3] + 1) // 2)
+        for a, b in zip(*runs):
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize("shape", [(3, 6, 8, 10), (2, 6, 9, 7)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_factorized_reduces_of_a_node_run_together(shape, channels_last, fresh_seed):
