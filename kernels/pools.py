@@ -7,7 +7,8 @@ same input, so a search cell runs both pools once per node. In torch that is two
 the node's gradient sum. Here:
 
 - forward: one launch reads each 3×3 window once and writes both outputs and the max's window
-  position (int8: 0…8, row-major), with torch's rules: a NaN wins (the last one in the window,
+  position (int8: 0…8, row-major) and, if asked, both outputs' per-channel partial moments for the
+  BatchNorms that follow (their statistics kernel then does not read the pools), with torch's rules: a NaN wins (the last one in the window,
   as in torch's ``val > max || isnan(val)``), ties go to the first maximum, the divisor is the
   number of window positions inside the image;
 - backward: one launch gathers, for each input element, over the (at most 9) windows that
@@ -20,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import plane_pointer
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
 
@@ -42,29 +44,55 @@ def _pixels(pid, numel, H, W, OTHER_PLANE, BLOCK: tl.constexpr, INDEX_64: tl.con
 
 
 @triton.jit
-def _pools_forward_kernel(X, YMAX, YAVG, ARG, H, W, HO, WO, numel, STRIDE: tl.constexpr, BLOCK: tl.constexpr,
-                          INDEX_64: tl.constexpr):
-    # output elements; base: their image's plane in x
-    offs, mask, oh, ow, base = _pixels(tl.program_id(0), numel, HO, WO, H * W, BLOCK, INDEX_64)
+def _plane_moments(y, ok, MOM, plane, C, PLANES):
+    """Each row's (count, mean, M2) of y [ROWS, PIXELS] over ok: a plane's chunk (plane = n·C + c,
+    chunk = program_id(1)), stored at MOM[c, n·chunks + chunk] (fp32 [C, N·chunks, 3], the partial
+    moments kernels/batch_norm.py merges for the BatchNorm of the stored tensor)."""
+    yf = tl.where(ok, y, 0.0)
+    count = tl.sum(ok.to(tl.float32), axis=1)
+    mean = tl.sum(yf, axis=1) / tl.maximum(count, 1.0)
+    dev = tl.where(ok, y - mean[:, None], 0.0)
+    at = MOM + (((plane % C) * (PLANES // C) + plane // C) * tl.num_programs(1) + tl.program_id(1)) * 3
+    row_ok = plane < PLANES
+    tl.store(at, count, mask=row_ok)
+    tl.store(at + 1, mean, mask=row_ok)
+    tl.store(at + 2, tl.sum(dev * dev, axis=1), mask=row_ok)
+
+
+@triton.jit
+def _pools_forward_kernel(X, YMAX, YAVG, ARG, MOM_MAX, MOM_AVG, PLANES, C, H, W, HO, WO, STRIDE: tl.constexpr,
+                          MOMENTS: tl.constexpr, ROWS: tl.constexpr, PIXELS: tl.constexpr, INDEX_64: tl.constexpr):
+    # a [ROWS planes (n·C + c), PIXELS output pixels of each] tile
+    plane = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    q = tl.program_id(1) * PIXELS + tl.arange(0, PIXELS)
+    mask = (plane < PLANES)[:, None] & (q < HO * WO)[None, :]
+    oh = (q // WO)[None, :]
+    ow = (q % WO)[None, :]
+    x_rows = plane_pointer(X, plane, H * W, INDEX_64)[:, None]
     first_h, rows = _span(oh, STRIDE, H)
     first_w, cols = _span(ow, STRIDE, W)
-    best = tl.full([BLOCK], float("-inf"), tl.float32)
-    arg = first_h * 3 + first_w  # torch starts at the window's first valid position
-    total = tl.zeros([BLOCK], dtype=tl.float32)
+    best = tl.full([ROWS, PIXELS], float("-inf"), tl.float32)
+    arg = tl.zeros([ROWS, PIXELS], dtype=tl.int32) + first_h * 3 + first_w  # torch starts at the first valid position
+    total = tl.zeros([ROWS, PIXELS], dtype=tl.float32)
     for kh in tl.static_range(3):
         ih = oh * STRIDE - 1 + kh
         row_ok = (ih >= 0) & (ih < H)
         for kw in tl.static_range(3):
             iw = ow * STRIDE - 1 + kw
             ok = mask & row_ok & (iw >= 0) & (iw < W)
-            v = tl.load(X + base + ih * W + iw, mask=ok, other=float("-inf")).to(tl.float32)
+            v = tl.load(x_rows + ih * W + iw, mask=ok, other=float("-inf")).to(tl.float32)
             better = ok & ((v > best) | (v != v))
             best = tl.where(better, v, best)
             arg = tl.where(better, kh * 3 + kw, arg)
             total += tl.where(ok, v, 0.0)
-    tl.store(YMAX + offs, best.to(YMAX.dtype.element_ty), mask=mask)
-    tl.store(YAVG + offs, (total / (rows * cols).to(tl.float32)).to(YAVG.dtype.element_ty), mask=mask)
-    tl.store(ARG + offs, arg.to(tl.int8), mask=mask)
+    ymax = best.to(YMAX.dtype.element_ty)
+    yavg = (total / (rows * cols).to(tl.float32)).to(YAVG.dtype.element_ty)
+    tl.store(plane_pointer(YMAX, plane, HO * WO, INDEX_64)[:, None] + q[None, :], ymax, mask=mask)
+    tl.store(plane_pointer(YAVG, plane, HO * WO, INDEX_64)[:, None] + q[None, :], yavg, mask=mask)
+    tl.store(plane_pointer(ARG, plane, HO * WO, INDEX_64)[:, None] + q[None, :], arg.to(tl.int8), mask=mask)
+    if MOMENTS:  # the BatchNorms' statistics of both outputs as stored
+        _plane_moments(ymax.to(tl.float32), mask, MOM_MAX, plane, C, PLANES)
+        _plane_moments(yavg.to(tl.float32), mask, MOM_AVG, plane, C, PLANES)
 
 
 @triton.jit
@@ -111,10 +139,12 @@ def _geometry(x: torch.Tensor, stride: int) -> tuple[int, int]:
     return (h - 1) // stride + 1, (w - 1) // stride + 1  # (H + 2·1 - 3) // stride + 1
 
 
-def pools_3x3_forward(x: torch.Tensor, stride: int):
+def pools_3x3_forward(x: torch.Tensor, stride: int, moments: bool = False):
     """(max_pool, avg_pool, argmax) of x [N, C, H, W]: the DARTS pools (padding 1, the average
     over the positions inside the image) and the max's window position, int8 0…8, for the
-    backward."""
+    backward. moments: also each output's per-channel statistics as the kernel stored it, fp32
+    [C, M, 3] (count, mean, M2 of each program's pixels of a plane), for
+    batch_norms_forward(moments=…): (max_pool, avg_pool, argmax, moments of max_pool, of avg_pool)."""
     ho, wo = _geometry(x, stride)
     x = x.contiguous()
     n, c, h, w = x.shape
@@ -122,12 +152,20 @@ def pools_3x3_forward(x: torch.Tensor, stride: int):
     yavg = torch.empty_like(ymax)
     arg = torch.empty((n, c, ho, wo), device=x.device, dtype=torch.int8)
     numel = ymax.numel()
+    # a program: ROWS planes × PIXELS output pixels (a chunk of each plane), as many elements as an
+    # element-wise block of the pools (two a thread on a GPU: their nine taps)
+    block, num_warps = _elementwise_block(numel, many_operands=True)
+    pixels = min(triton.next_power_of_2(max(ho * wo, 1)), block)
+    chunks = triton.cdiv(ho * wo, pixels)
+    mom = torch.empty((2, c, n * chunks, 3) if moments else (2, 1), device=x.device, dtype=torch.float32)
     if numel:
-        block, num_warps = _elementwise_block(numel, many_operands=True)
-        _pools_forward_kernel[(triton.cdiv(numel, block),)](
-            x, ymax, yavg, arg, h, w, ho, wo, numel, STRIDE=stride, BLOCK=block,
-            INDEX_64=max(x.numel(), numel) > INT32_LIMIT - block, num_warps=num_warps)
-    return ymax, yavg, arg
+        _pools_forward_kernel[(triton.cdiv(n * c, block // pixels), chunks)](
+            x, ymax, yavg, arg, mom[0], mom[1], n * c, c, h, w, ho, wo, STRIDE=stride, MOMENTS=moments,
+            ROWS=block // pixels, PIXELS=pixels, INDEX_64=max(x.numel(), numel) > INT32_LIMIT - block,
+            num_warps=num_warps)
+    elif moments:  # no pixel: empty statistics (count 0)
+        mom.zero_()
+    return (ymax, yavg, arg, mom[0], mom[1]) if moments else (ymax, yavg, arg)
 
 
 def pools_3x3_backward(grad_max, grad_avg, arg: torch.Tensor, x_shape, stride: int) -> torch.Tensor:

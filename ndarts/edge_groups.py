@@ -297,7 +297,7 @@ class EdgeGroup(nn.Module):
         return self.run(r, repeated, backend)[0]
 
     def run(self, r, repeated=None, backend=None, extra=(), relu_fused: bool = False, defer_last: bool = False,
-            norms_out: dict | None = None) -> tuple[dict, list]:
+            norms_out: dict | None = None, extra_moments=None) -> tuple[dict, list]:
         """r = relu(h) [N, C, H, W] of each source (a list; a tensor for a one-source group);
         repeated: their repeat_sources when the caller made it, one tensor, or one alias per
         primitive (in ``self.ops`` order: their gradients reach relu_repeat's backward kernel
@@ -309,7 +309,9 @@ class EdgeGroup(nn.Module):
         (search_batch_norms); elsewhere the same math as calling each stack. backend: the search
         ops' (where the primitives' gradients of a repeat made here are summed in one launch:
         ndarts.fan_out). extra: (x, BatchNorm) pairs normalised in the first stage's launch (a
-        node's pools: GroupRun.compute), returned second, in order.
+        node's pools: GroupRun.compute), returned second, in order; extra_moments: per extra None or
+        its per-channel partial moments (the pools kernel's), which the fused stages' BatchNorm launch
+        takes instead of reading the extra for its statistics (the other paths compute them).
         defer_last (needs norms_out): each stack's last BatchNorm (a sep conv's bn2, a dil conv's bn)
         deferred where the kernels run: its output is that BatchNorm's input z, standing for y (its
         gradient is y's), and norms_out[i] its (mean, rstd) for a consumer that normalises on load
@@ -326,7 +328,8 @@ class EdgeGroup(nn.Module):
             if repeated is not None:
                 raise ValueError("EdgeGroup.run: relu_fused makes the repeated input itself; got one")
             if stage_fits(rs, stacks, extra, counts=self.sources):
-                outs, pooled, norms = fused_conv_stages(rs, stacks, extra, counts=self.sources, defer_last=defer_last)
+                outs, pooled, norms = fused_conv_stages(rs, stacks, extra, counts=self.sources, defer_last=defer_last,
+                                                        extra_moments=extra_moments)
                 return self._outputs(ops, outs, norms, norms_out), pooled
             repeated = relu_repeat_sources(rs, self.sources, backend, aliases=len(ops))
         # edge-major: channel e·C + c = its source's channel c; made once for all the primitives
@@ -341,7 +344,8 @@ class EdgeGroup(nn.Module):
             repeated = [repeated] * len(ops)
         if repeated[0] is not None and stage_fits(repeated, stacks, extra):
             # each stage one Function: the pairs' backward applies their BatchNorms' (ndarts.separable_stage)
-            outs, pooled, norms = fused_conv_stages(repeated, stacks, extra, defer_last=defer_last)
+            outs, pooled, norms = fused_conv_stages(repeated, stacks, extra, defer_last=defer_last,
+                                                    extra_moments=extra_moments)
             return self._outputs(ops, outs, norms, norms_out), pooled
         pre = [] if self.recompute_relu else None
         norms1, norms2 = [], []

@@ -77,8 +77,12 @@ class GroupRun:
         if len(self.shares) != len(self.group.sources):
             raise RuntimeError(f"this EdgeGroup takes {len(self.group.sources)} source nodes; "
                                f"{len(self.shares)} have joined it so far")
-        work = [(op, share, i, y) for op, share in pools for i, y in sorted(_pool(op, share).items())]
-        extra = [(y, op._ops[i][-1]) for op, _, i, y in work]
+        # the pools with their outputs' statistics where the pools kernel made them (their BatchNorms
+        # then read no pool output for statistics in the fused stages' launch)
+        work = [(op, share, i, y, m) for op, share in pools
+                for i, (y, m) in sorted(_pool(op, share, moments=True).items())]
+        extra = [(y, op._ops[i][-1]) for op, _, i, y, _ in work]
+        extra_moments = [m for *_, m in work]
         backend = self.shares[0].backend
         if self._fuse_relu():
             # relu(h) read by the fused stages' kernels straight from h, or made straight into the
@@ -86,11 +90,13 @@ class GroupRun:
             # their gradients itself): no separate relu tensor (EdgeGroup.run)
             xs = [share.input("relu") for share in self.shares]
             self._outputs, pooled = self.group.run(xs, backend=backend, extra=extra, relu_fused=True,
-                                                   defer_last=self.defer, norms_out=self._norms)
+                                                   defer_last=self.defer, norms_out=self._norms,
+                                                   extra_moments=extra_moments)
         else:
             self._outputs, pooled = self.group.run([share.relu for share in self.shares], backend=backend,
-                                                   extra=extra, defer_last=self.defer, norms_out=self._norms)
-        for (op, share, i, _), out in zip(work, pooled):
+                                                   extra=extra, defer_last=self.defer, norms_out=self._norms,
+                                                   extra_moments=extra_moments)
+        for (op, share, i, _, _), out in zip(work, pooled):
             share.pooled[(op.primitives[i], op.stride)] = (out, op._ops[i][-1])
 
     def _fuse_relu(self) -> bool:
@@ -277,24 +283,26 @@ def pool_all(pairs) -> None:
     work = [(op, share, i) for op, share in pairs for i in sorted(op._pools)]
     pooled = {}
     for op, share in pairs:
-        pooled.update({(id(share), i): y for i, y in _pool(op, share).items()})
+        pooled.update({(id(share), i): y for i, (y, _) in _pool(op, share).items()})
     outs = search_batch_norms([pooled[(id(share), i)] for op, share, i in work], [op._ops[i][-1] for op, _, i in work])
     for (op, share, i), out in zip(work, outs):
         share.pooled[(op.primitives[i], op.stride)] = (out, op._ops[i][-1])
 
 
-def _pool(op, share) -> dict:
-    """{primitive index: op's pool of share's node (its BatchNorm's input)}: DARTS's max and avg
-    3×3 pools as one op (ndarts.pools: one launch each way where the search-op kernels run),
-    any other pool by its own module."""
+def _pool(op, share, moments: bool = False) -> dict:
+    """{primitive index: (op's pool of share's node (its BatchNorm's input), its per-channel partial
+    moments or None)}: DARTS's max and avg 3×3 pools as one op (ndarts.pools: one launch each way
+    where the search-op kernels run, which with `moments` also makes their statistics), any other
+    pool by its own module."""
     index = {op.primitives[i]: i for i in op._pools}
     if set(index) == {"max_pool_3x3", "avg_pool_3x3"}:
         i_max, i_avg = index["max_pool_3x3"], index["avg_pool_3x3"]
         stride = darts_pools_stride(op._ops[i_max][0], op._ops[i_avg][0])
         if stride is not None:
-            y_max, y_avg = pools_3x3(share.input("max_pool_3x3"), stride, share.backend)
-            return {i_max: y_max, i_avg: y_avg}
-    return {i: op._ops[i][0](share.input(op.primitives[i])) for i in op._pools}
+            y_max, y_avg, *parts = pools_3x3(share.input("max_pool_3x3"), stride, share.backend, moments=moments)
+            m_max, m_avg = parts or (None, None)
+            return {i_max: (y_max, m_max), i_avg: (y_avg, m_avg)}
+    return {i: (op._ops[i][0](share.input(op.primitives[i])), None) for i in op._pools}
 
 
 def copy_running_stats(syncs) -> None:

@@ -19,33 +19,36 @@ from .backend import graph_kernels_enabled
 
 class _Pools3x3(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, stride: int):
+    def forward(ctx, x, stride: int, moments: bool):
         import ndarts_kernels
 
-        ymax, yavg, arg = ndarts_kernels.pools_3x3_forward(x, stride)
+        ymax, yavg, arg, *parts = ndarts_kernels.pools_3x3_forward(x, stride, moments=moments)
         ctx.save_for_backward(arg)
         ctx.shape, ctx.stride = tuple(x.shape), stride
         ctx.set_materialize_grads(False)  # an unused pool gives None, not a zero-filled gradient
-        return ymax, yavg
+        ctx.mark_non_differentiable(*parts)
+        return (ymax, yavg, *parts)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_max, grad_avg):
+    def backward(ctx, grad_max, grad_avg, *_moments):
         import ndarts_kernels
 
         if grad_max is None and grad_avg is None:
             return None, None
         (arg,) = ctx.saved_tensors
-        return ndarts_kernels.pools_3x3_backward(grad_max, grad_avg, arg, ctx.shape, ctx.stride), None
+        return ndarts_kernels.pools_3x3_backward(grad_max, grad_avg, arg, ctx.shape, ctx.stride), None, None
 
 
-def pools_3x3(x: torch.Tensor, stride: int, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pools_3x3(x: torch.Tensor, stride: int, backend: str | None = None, moments: bool = False) -> tuple:
     """(max_pool_3x3(x), avg_pool_3x3(x)) at `stride`: one Triton launch each way where the
-    search-op kernels run, torch's pools elsewhere (see the module docstring)."""
+    search-op kernels run, torch's pools elsewhere (see the module docstring). moments: then
+    (max pool, avg pool, their per-channel partial moments or None, None where torch pooled):
+    the statistics of their BatchNorms, from the kernel that wrote them (batch_norms_forward(moments=…))."""
     if graph_kernels_enabled(backend, x):
-        return _Pools3x3.apply(x, stride)
-    return (F.max_pool2d(x, 3, stride, 1),
-            F.avg_pool2d(x, 3, stride, 1, count_include_pad=False))
+        return _Pools3x3.apply(x, stride, moments)
+    pooled = (F.max_pool2d(x, 3, stride, 1), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False))
+    return (*pooled, None, None) if moments else pooled
 
 
 def darts_pools_stride(max_pool: nn.Module, avg_pool: nn.Module) -> int | None:

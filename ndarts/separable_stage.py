@@ -86,7 +86,7 @@ class _SeparableStage(torch.autograd.Function):
     def forward(ctx, *args):
         import ndarts_kernels
 
-        *tensors, sinks, input_sinks, spec = args
+        *tensors, sinks, input_sinks, extra_moments, spec = args
         count, bns = len(spec.pairs), spec.bns
         inputs = len(spec.counts) if spec.counts is not None else count
         xs = tensors[:inputs]
@@ -105,7 +105,8 @@ class _SeparableStage(torch.autograd.Function):
         ys, _, rstd = ndarts_kernels.batch_norms_forward(
             list(zs) + list(extras), [bn.running_mean for bn in bns], [bn.running_var for bn in bns],
             [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps,
-            moments=list(moments) + [None] * len(extras), apply=[not z for z in lazy], mean_out=mean)
+            moments=list(moments) + list(extra_moments or [None] * len(extras)), apply=[not z for z in lazy],
+            mean_out=mean)
         outs = [z if d else y for z, y, d in zip(zs, ys, lazy)] + list(ys[count:])
         del zs, moments, ys
         ctx.save_for_backward(rstd, mean, *tensors[:inputs + 2 * count], *input_stats, *outs)
@@ -156,7 +157,7 @@ class _SeparableStage(torch.autograd.Function):
         dxs = [dx if use else None for dx, use in zip(dxs, used[:inputs])] if dxs is not None else [None] * inputs
         dws = [None] * (2 * count) if d_dws is None else [
             d if use else None for d, use in zip((d for pair in zip(d_dws, d_pws) for d in pair), need_w)]
-        return (*dxs, *dws, *folds[count:], *[None] * len(stats), None, None, None)
+        return (*dxs, *dws, *folds[count:], *[None] * len(stats), None, None, None, None)
 
 
 def stage_fits(inputs, stacks, extras=(), counts=None) -> bool:
@@ -211,7 +212,7 @@ def _pair(conv: nn.Conv2d, relu_input: bool) -> Pair:
 
 
 def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=None, input_stats=(),
-           input_sinks=None) -> tuple:
+           input_sinks=None, extra_moments=None) -> tuple:
     """One stage (which: 1 = dw1 → pw1, 2 = dw2 → pw2) of the stacks with their BatchNorms bns and
     the extras' ((x, BatchNorm) pairs): inputs one per stack, or with counts the source nodes;
     input_stats: per stack the (mean, rstd) of its input's deferred BatchNorm (its z the input);
@@ -236,11 +237,13 @@ def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=Non
     sinks = tuple(GradSums() if d else None for d in deferred)
     outs = list(_SeparableStage.apply(*inputs, *weights, *(x for x, _ in extras),
                                       *(t for stats in input_stats for t in stats), sinks,
-                                      tuple(input_sinks) if input_sinks is not None else None, spec))
+                                      tuple(input_sinks) if input_sinks is not None else None,
+                                      tuple(extra_moments) if extra_moments is not None else None, spec))
     return outs, sinks
 
 
-def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool = False) -> tuple[list, list, list]:
+def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool = False,
+                      extra_moments=None) -> tuple[list, list, list]:
     """(the stacks' outputs, the extras' BatchNorms ((x, BatchNorm) pairs normalised in the first
     stage's launch), per stack None or its deferred last BatchNorm's DeferredNorm), as EdgeGroup.run
     computes them, on one Function per stage (stage_fits must hold). inputs: stack i's first-stage
@@ -248,10 +251,13 @@ def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool =
     source nodes h_s before their ReLU, [N, C, H, W], which the first stage's kernels read as
     relu(h_s) repeated counts[s] times: the repeated input is never made, and the stage keeps h_s
     (kept anyway) for its backward. defer_last: each stack's last BatchNorm (a dil conv's bn, a sep
-    conv's bn2) is deferred to the consumer (EdgeGroup.run's defer_last): its output is its z."""
+    conv's bn2) is deferred to the consumer (EdgeGroup.run's defer_last): its output is its z.
+    extra_moments: per extra None or its partial moments (the pools kernel's): its BatchNorm's
+    statistics without reading it."""
     seps = [i for i, s in enumerate(stacks) if s.repeats == 2]
     deferred = tuple(s.repeats == 2 or defer_last for s in stacks)
-    first, sinks = _stage(inputs, stacks, 1, [s.bn1 for s in stacks], extras, deferred=deferred, counts=counts)
+    first, sinks = _stage(inputs, stacks, 1, [s.bn1 for s in stacks], extras, deferred=deferred, counts=counts,
+                          extra_moments=extra_moments)
     if any(deferred):
         first, (mean, rstd) = first[:-2], first[-2:]
     outs, pooled = first[:len(stacks)], first[len(stacks):]

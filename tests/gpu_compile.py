@@ -88,6 +88,7 @@ def _workload() -> None:
         x = torch.randn(2, 3, 5, 4).to(dtype)
         for stride in (1, 2):
             ymax, yavg, arg = K.pools_3x3_forward(x, stride)
+            K.pools_3x3_forward(x, stride, moments=True)  # with their BatchNorms' statistics
             for grads in ((ymax, yavg), (ymax, None), (None, yavg)):
                 K.pools_3x3_backward(*grads, arg, x.shape, stride)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):  # gradient sums, one and two launches
@@ -244,7 +245,7 @@ def _huge_workload() -> None:
     K.relu_repeat_backward([y] * 4, ops[:1], [2])
     y = K.relu_repeat_forward(ops[:2], [1, 1])  # two sources in one launch
     K.relu_repeat_backward([y] * 2, ops[:2], [1, 1])
-    ymax, yavg, arg = K.pools_3x3_forward(ops[0], 1)
+    ymax, yavg, arg, *_ = K.pools_3x3_forward(ops[0], 1, moments=True)
     K.pools_3x3_backward(ymax, yavg, arg, ops[0].shape, 1)
     y, std = K.noisy_group_sum_forward(ops[:1], grouped, gw, seed, 0, 1, False, 0.2, 0.0)
     K.noisy_group_sum_backward(y, ops[:1], grouped, gw, seed, std, 0, 1, False, 0.2, 0.0)

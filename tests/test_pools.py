@@ -100,3 +100,34 @@ def test_bad_input_is_named():
         ndarts_kernels.pools_3x3_backward(torch.randn(1, 2, 4, 4), None, arg, (1, 2, 4, 4), 2)
     with pytest.raises(ValueError, match="at least one gradient"):
         ndarts_kernels.pools_3x3_backward(None, None, arg, (1, 2, 4, 4), 2)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES + [(3, 5, 32, 32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_moments_are_the_outputs_statistics(stride, shape, dtype, fresh_seed):
+    """The forward's partial moments of both outputs (moments=True), merged, are each channel's
+    count, mean and sum of squared deviations of the outputs as stored; the outputs are those
+    without moments; the BatchNorm kernels given the moments normalise as from the outputs."""
+    x = torch.randn(shape).to(dtype)
+    ymax, yavg, arg, m_max, m_avg = ndarts_kernels.pools_3x3_forward(x, stride, moments=True)
+    plain = ndarts_kernels.pools_3x3_forward(x, stride)
+    assert all(torch.equal(a, b) for a, b in zip((ymax, yavg, arg), plain))
+    for y, m in ((ymax, m_max), (yavg, m_avg)):
+        assert m.dtype == torch.float32 and m.shape[0] == y.shape[1] and m.shape[2] == 3 and m.is_contiguous()
+        count, mean, m2 = m.double().unbind(2)
+        total = count.sum(1)
+        merged = (count * mean).sum(1) / total
+        merged_m2 = (m2 + count * (mean - merged[:, None]) ** 2).sum(1)
+        yd = y.double().transpose(0, 1).reshape(y.shape[1], -1)
+        assert torch.equal(total, torch.full_like(total, yd.shape[1]))
+        torch.testing.assert_close(merged, yd.mean(1), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(merged_m2, ((yd - yd.mean(1, keepdim=True)) ** 2).sum(1), atol=1e-5, rtol=1e-5)
+    if ymax[:, 0].numel() < 2:
+        return  # a BatchNorm needs more than one value per channel
+    with_m, _, rstd_m = ndarts_kernels.batch_norms_forward([ymax, yavg], None, None, None, 0.1, 1e-5,
+                                                           moments=[m_max, m_avg])
+    without, _, rstd = ndarts_kernels.batch_norms_forward([ymax, yavg], None, None, None, 0.1, 1e-5)
+    torch.testing.assert_close(rstd_m, rstd, atol=1e-5, rtol=1e-5)
+    for a, b in zip(with_m, without):
+        torch.testing.assert_close(a.float(), b.float(), atol=1e-5 if dtype == torch.float32 else 2e-2, rtol=1e-4)
