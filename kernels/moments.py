@@ -26,3 +26,13 @@ def store_moments(PART, index, count, mean, m2):
     tl.store(PART + index * 3 + 0, count)
     tl.store(PART + index * 3 + 1, mean)
     tl.store(PART + index * 3 + 2, m2)
+
+
+@triton.jit
+def row_moments(y, ok):
+    """Each row's (count, mean, M2) of the fp32 tile y [R, P] over the mask ok (y's shape): the
+    partial moments a kernel stores for the BatchNorm of the tensor it wrote."""
+    count = tl.sum(ok.to(tl.float32), axis=1)
+    mean = tl.sum(tl.where(ok, y, 0.0), axis=1) / tl.maximum(count, 1.0)
+    dev = tl.where(ok, y - mean[:, None], 0.0)
+    return count, mean, tl.sum(dev * dev, axis=1)

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .grid import plane_pointer
+from .moments import row_moments
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
 
@@ -48,15 +49,12 @@ def _plane_moments(y, ok, MOM, plane, C, PLANES):
     """Each row's (count, mean, M2) of y [ROWS, PIXELS] over ok: a plane's chunk (plane = n·C + c,
     chunk = program_id(1)), stored at MOM[c, n·chunks + chunk] (fp32 [C, N·chunks, 3], the partial
     moments kernels/batch_norm.py merges for the BatchNorm of the stored tensor)."""
-    yf = tl.where(ok, y, 0.0)
-    count = tl.sum(ok.to(tl.float32), axis=1)
-    mean = tl.sum(yf, axis=1) / tl.maximum(count, 1.0)
-    dev = tl.where(ok, y - mean[:, None], 0.0)
+    count, mean, m2 = row_moments(y, ok)
     at = MOM + (((plane % C) * (PLANES // C) + plane // C) * tl.num_programs(1) + tl.program_id(1)) * 3
     row_ok = plane < PLANES
     tl.store(at, count, mask=row_ok)
     tl.store(at + 1, mean, mask=row_ok)
-    tl.store(at + 2, tl.sum(dev * dev, axis=1), mask=row_ok)
+    tl.store(at + 2, m2, mask=row_ok)
 
 
 @triton.jit

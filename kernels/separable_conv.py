@@ -63,6 +63,7 @@ from .depthwise_conv import (
 )
 from .dot_precision import conv_dot_precision
 from .grid import pad_pointers, pick_pointer, plane_pointer, split_units
+from .moments import row_moments
 
 MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
 MAX_PAIRS = MAX_CONVS  # pairs of one launch (a stage of the search's stacks: sep 3×3/5×5, dil 3×3/5×5)
@@ -208,15 +209,12 @@ def _sep_conv_fwd_kernel(
     z_rows = plane_pointer(Z, ng * CO + o, OH * OW, INDEX_64)[:, None]
     tl.store(z_rows + p[None, :], z, mask=o_ok[:, None] & p_ok[None, :])
     if MOMENTS:  # the BatchNorm's statistics of z as stored (kernels/batch_norm.py merges them)
-        zf = tl.where(p_ok[None, :], z.to(tl.float32), 0.0)
-        count = tl.sum(p_ok.to(tl.float32), axis=0)
-        mean = tl.sum(zf, axis=1) / count
-        dev = tl.where(p_ok[None, :], zf - mean[:, None], 0.0)
+        count, mean, m2 = row_moments(z.to(tl.float32), tl.broadcast_to(p_ok[None, :], (BLOCK_O, BLOCK_P)))
         at = MOM + (((pair * G + g) * CO + o) * (tl.num_programs(0) // G * tl.num_programs(1))
                     + (ng // G) * tl.num_programs(1) + tl.program_id(1)) * 3
-        tl.store(at, tl.zeros_like(mean) + count, mask=o_ok)
+        tl.store(at, count, mask=o_ok)
         tl.store(at + 1, mean, mask=o_ok)
-        tl.store(at + 2, tl.sum(dev * dev, axis=1), mask=o_ok)
+        tl.store(at + 2, m2, mask=o_ok)
 
 
 @triton.jit

@@ -77,10 +77,11 @@ class GroupRun:
         if len(self.shares) != len(self.group.sources):
             raise RuntimeError(f"this EdgeGroup takes {len(self.group.sources)} source nodes; "
                                f"{len(self.shares)} have joined it so far")
-        # the pools with their outputs' statistics where the pools kernel made them (their BatchNorms
-        # then read no pool output for statistics in the fused stages' launch)
+        # where the group's stacks may run as fused stages (EdgeGroup.run), the pools with their outputs'
+        # statistics from the pools kernel: their BatchNorms then read no pool output for statistics
+        moments = any(stack.fused_separable for stack in self.group.ops.values())
         work = [(op, share, i, y, m) for op, share in pools
-                for i, (y, m) in sorted(_pool(op, share, moments=True).items())]
+                for i, (y, m) in sorted(_pool(op, share, moments=moments).items())]
         extra = [(y, op._ops[i][-1]) for op, _, i, y, _ in work]
         extra_moments = [m for *_, m in work]
         backend = self.shares[0].backend

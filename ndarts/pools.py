@@ -35,7 +35,7 @@ class _Pools3x3(torch.autograd.Function):
         import ndarts_kernels
 
         if grad_max is None and grad_avg is None:
-            return None, None
+            return None, None, None
         (arg,) = ctx.saved_tensors
         return ndarts_kernels.pools_3x3_backward(grad_max, grad_avg, arg, ctx.shape, ctx.stride), None, None
 
