@@ -7,8 +7,8 @@
 #
 # 1. the card and the software; 2. the GPU tests (pytest -m gpu, compiled Triton kernels), while
 # one background process per search-step variant fills Triton's cache (warm_triton_cache.py);
-# 3. the benchmarks (pytest-benchmark JSON under $OUT: the search step, the pointwise and
-# depthwise conv parts); 4. a profile of one search step (benchmarks/profile_step.py: busy time by
+# 3. the benchmarks (pytest-benchmark JSON under $OUT: the search step, the search loop end to
+# end, the pointwise and depthwise conv parts); 4. a profile of one search step (benchmarks/profile_step.py: busy time by
 # kernel category); 5. the mixed-op sum benchmarks; 6. torch.compile at the target shape, then at
 # the other shapes; LAST, a short table (summarize.py). Everything under $OUT is packed into gpu_check.tgz
 # (the device tool returns at most 8 files) beside summary.txt.
@@ -16,7 +16,7 @@
 # caps the GPU tests (default 180 s), GPU_BENCH_LIMIT_S the search-step benchmarks (default 180 s,
 # run first: the step is the open target, with 17 variants), GPU_SUM_LIMIT_S the mixed-sum
 # benchmarks (default 60 s: measured on 2026-11-27, their kernels' dW path unchanged since),
-# GPU_WARM_LIMIT_S the background Triton cache warm-up (default 240 s, overlapping the GPU tests),
+# GPU_LOOP_LIMIT_S the search loop (default 100 s), GPU_WARM_LIMIT_S the background Triton cache warm-up (default 240 s, overlapping the GPU tests),
 # GPU_DWCONV_LIMIT_S the kernel part benchmarks (fused dw + 1x1 pair, group-sum blocks, 1x1, depthwise; default
 # 90 s, after the step's).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
@@ -132,6 +132,11 @@ step "benchmarks: the search step, every variant"
 run_logged bench_step "${GPU_BENCH_LIMIT_S:-180}" 14 "$PY" -m pytest benchmarks/test_bench_search_step.py \
     --benchmark-only -q -rs --benchmark-json="$OUT/bench_step.json" --benchmark-columns=median,mean,rounds || STATUS=1
 
+step "benchmarks: the search loop end to end (data on the device, meter, checks, evaluation; 50-epoch projection)"
+# after the step benchmarks: their process filled Triton's cache with the fused_graph step's kernels
+run_logged bench_loop "${GPU_LOOP_LIMIT_S:-100}" 6 "$PY" -m pytest benchmarks/test_bench_search_loop.py \
+    --benchmark-only -q -rs --benchmark-json="$OUT/bench_loop.json" --benchmark-columns=median,rounds || STATUS=1
+
 step "benchmarks: the kernel parts (the fused dw + 1x1 pair, the group sums' blocks, then 1x1, then depthwise)"
 # one pytest call, one JSON, one limit for the four files; the newest questions first (the fused
 # pair: its products with and without TF32, 12 cases; a stage's pairs per pair vs in one launch, 6
@@ -176,7 +181,7 @@ fi
 
 step "summary (benchmarks/summarize.py; JSON and logs in $OUT)"
 files=()
-for f in bench_step.json bench_dwconv.json bench_sum.json bench_compile_target.json bench_compile_rest.json; do
+for f in bench_step.json bench_loop.json bench_dwconv.json bench_sum.json bench_compile_target.json bench_compile_rest.json; do
     [ -s "$OUT/$f" ] && files+=("$OUT/$f")
 done
 if [ ${#files[@]} -gt 0 ]; then

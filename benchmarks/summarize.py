@@ -144,6 +144,24 @@ def stage_table(rows):
     return lines
 
 
+def search_loop_table(rows):
+    """The search loop per step against the bare step of the same run, the evaluation, the projection."""
+    lines = [f"{'config':34} {'impl':12} {'loop ms':>8} {'step ms':>8} {'+ loop':>7} {'eval us/img':>11} "
+             f"{'50 epochs':>10}"]
+    for r in rows:
+        lines.append(f"{r['config_name']:34} {r['impl']:12} {r['loop_step_ms']:8.1f} {r['bare_step_ms']:8.1f} "
+                     f"{r['loop_overhead_ms']:7.1f} {1e3 * r['eval_ms_per_image']:11.1f} "
+                     f"{r['projected_search_min']:7.1f} min")
+    return lines
+
+
+def cifar_batches_table(rows):
+    lines = [f"{'impl':14} {'batch':>5} {'ms':>8}"]
+    for r in sorted(rows, key=lambda r: r["time_ms"]):
+        lines.append(f"{r['impl']:14} {r['batch']:5d} {r['time_ms']:8.3f}")
+    return lines
+
+
 def target_lines(rows):
     lines = []
     for r in rows:
@@ -159,6 +177,9 @@ def target_lines(rows):
                 status = _status(value, 0.8, f"{100 * value:.0f}% of {r['copy_GBps']:.0f} GB/s")
             elif "ms per step" in target:
                 status = ("met" if r.get("target_step_met") else "NOT met") + f" ({r['time_ms']:.1f} ms)"
+            elif "50-epoch search" in target:
+                minutes = r.get("projected_search_min")
+                status = ("met" if minutes <= 15 else "NOT met") + f" ({minutes:.1f} min projected)"
             elif "peak" in target:
                 status = ("met" if r.get("target_peak_met") else "NOT met") + f" ({r.get('peak_GiB', float('nan')):.2f} GiB)"
             else:
@@ -194,6 +215,8 @@ def main(argv):
                   if r["kind"] == "separable_conv_precision"]
     stages = [r for r in rows if r["kind"] == "separable_stage"]
     group_blocks = [r for r in rows if r["kind"] == "group_sum_block"]
+    loops = [r for r in rows if r["kind"] == "search_loop"]
+    data = [r for r in rows if r["kind"] == "cifar_batches"]
     copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise + pointwise + separable}
     if copy:
         print(f"copy bandwidth (read + write), measured in the run: {', '.join(f'{c:.1f}' for c in sorted(copy))} GB/s")
@@ -203,6 +226,13 @@ def main(argv):
     if steps:
         print("\nsearch step (alpha step + w step, first order)")
         print("\n".join(search_step_table(steps)))
+    if loops:
+        print("\nsearch loop (ms per step with its data, meter and checks vs the bare step, same run; the epoch's "
+              "evaluation; projected to 50 CIFAR-10 epochs)")
+        print("\n".join(search_loop_table(loops)))
+    if data:
+        print("\na search step's two augmented CIFAR batches, made on the device (ms)")
+        print("\n".join(cifar_batches_table(data)))
     if depthwise:
         print("\ndepthwise conv parts, fp32, stride 1 (ms: CUDA-graph replay where measured; x torch > 1: triton faster)")
         print("\n".join(conv_parts_table(depthwise)))
@@ -231,7 +261,7 @@ def main(argv):
               "(block elements, warps; * the default; dgrad: the w step's backward, both: the alpha step's)")
         print("\n".join(tile_sweep_table(group_blocks)))
     print("\ntargets (issue 4; recorded, not asserted)")
-    print("\n".join(target_lines(mixed + steps)))
+    print("\n".join(target_lines(mixed + steps + loops)))
     return 0
 
 

@@ -7,7 +7,10 @@ optional ``DIR/val`` or ``DIR/test``, resized to ``--image-size``).
 
 Batch order never comes from a global RNG: pass p of stream s draws its permutation from a
 generator seeded with (seed, s, p). So a stream's position is two integers (pass, step), saved in
-checkpoints, and a resumed run sees exactly the batches an uninterrupted one would.
+checkpoints, and a resumed run sees exactly the batches an uninterrupted one would. CIFAR and
+digits live in memory and their batches are made on the device the stream is given (CIFAR's
+augmentation too, drawn per pass the same way: ndarts.image_tensors); an image folder is read by
+a DataLoader with torchvision's transforms.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import NdartsError
+from .image_tensors import Augmentation, ImageTensors
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
@@ -31,12 +35,20 @@ class InMemoryDataset(Dataset):
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y
+        self._copies = {}  # device → (x, y) there
 
     def __len__(self):
         return len(self.y)
 
     def __getitem__(self, i):
         return self.x[i], self.y[i]
+
+    def on(self, device) -> tuple:
+        """(x, y) on `device`, copied there once and kept."""
+        device = torch.device(device)
+        if device not in self._copies:
+            self._copies[device] = (self.x.to(device), self.y.to(device))
+        return self._copies[device]
 
 
 @dataclass
@@ -68,7 +80,6 @@ def _digits(test_fraction=0.2) -> DataSpec:
 
 def _cifar(name, root, download, augment, cutout=0) -> DataSpec:
     import torchvision
-    import torchvision.transforms as T
 
     if root is None:
         raise NdartsError(f"{name} needs --data DIR (add --download to fetch it there)")
@@ -76,14 +87,9 @@ def _cifar(name, root, download, augment, cutout=0) -> DataSpec:
     if not download and not root.is_dir():
         raise NdartsError(f"dataset directory {root} does not exist; pass the folder that holds {name} "
                           "to --data, or add --download to fetch it")
-    norm = T.Normalize(CIFAR_MEAN[name], CIFAR_STD[name])
-    train_tf = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
-    train_tf = T.Compose(train_tf + [T.ToTensor(), norm] + ([Cutout(cutout)] if cutout else []))
-    test_tf = T.Compose([T.ToTensor(), norm])
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     try:
-        train = cls(str(root), train=True, download=download, transform=train_tf)
-        test = cls(str(root), train=False, download=download, transform=test_tf)
+        splits = [cls(str(root), train=train, download=download) for train in (True, False)]
     except RuntimeError as e:
         raise NdartsError(f"{name} not found or corrupt under {root} ({e}); add --download to fetch it") from None
     except OSError as e:
@@ -92,6 +98,11 @@ def _cifar(name, root, download, augment, cutout=0) -> DataSpec:
         # files that pass the checksum but do not parse (or were swapped after it)
         raise NdartsError(f"{name} under {root} is corrupt ({type(e).__name__}: {e}); delete it and "
                           "add --download to fetch it again") from None
+    # DARTS's transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize, Cutout)
+    # made by the batch from one uint8 tensor, where the batch is used (ndarts.image_tensors)
+    train_aug = Augmentation(padding=4, flip=True, cutout=cutout) if augment else Augmentation(cutout=cutout)
+    train, test = (ImageTensors(torch.from_numpy(s.data).permute(0, 3, 1, 2), s.targets, CIFAR_MEAN[name],
+                                CIFAR_STD[name], aug) for s, aug in zip(splits, (train_aug, Augmentation())))
     return DataSpec(name, train, test, 100 if name == "cifar100" else 10, 3, 32)
 
 
@@ -171,10 +182,12 @@ class _ListSampler:
 
 
 class BatchStream:
-    """Batches over a subset of a dataset; pass p's order is a pure function of (seed, stream, p)."""
+    """Batches over a subset of a dataset; pass p's order (and augmentation) is a pure function of
+    (seed, stream, p). Batches of the in-memory datasets (ImageTensors, InMemoryDataset) are made on
+    `device` from a copy of the dataset kept there; the others come from a DataLoader on the host."""
 
     def __init__(self, dataset: Dataset, indices, batch_size: int, seed: int, stream: int,
-                 workers: int = 0, shuffle: bool = True, drop_last: bool = False):
+                 workers: int = 0, shuffle: bool = True, drop_last: bool = False, device=None):
         if batch_size < 1:
             raise NdartsError(f"batch size must be >= 1, got {batch_size}")
         self.dataset = dataset
@@ -184,35 +197,61 @@ class BatchStream:
         self.batch_size = batch_size
         self.seed, self.stream = seed, stream
         self.workers, self.shuffle, self.drop_last = workers, shuffle, drop_last
+        self.device = torch.device("cpu") if device is None else torch.device(device)
 
     def __len__(self):
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def batches(self, pass_idx: int) -> list[list[int]]:
+    def _generator(self, pass_idx: int, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream * 10_007 + pass_idx + salt)
+
+    def order(self, pass_idx: int) -> torch.Tensor:
+        """The dataset indices of pass `pass_idx`, in batch order (without the dropped last batch)."""
         idx = self.indices
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream * 10_007 + pass_idx)
-            idx = idx[torch.randperm(len(idx), generator=g)]
-        out = [idx[i:i + self.batch_size].tolist() for i in range(0, len(idx), self.batch_size)]
-        if self.drop_last and out and len(out[-1]) < self.batch_size:
-            out.pop()
-        if not out:
-            raise NdartsError(f"batch size {self.batch_size} is larger than the {len(idx)} samples of a stream "
-                              "(with drop_last): lower --batch-size")
-        return out
+            idx = idx[torch.randperm(len(idx), generator=self._generator(pass_idx))]
+        if self.drop_last:
+            idx = idx[:len(idx) - len(idx) % self.batch_size]
+            if len(idx) == 0:
+                raise NdartsError(f"batch size {self.batch_size} is larger than the {len(self.indices)} samples "
+                                  "of a stream (with drop_last): lower --batch-size")
+        return idx
+
+    def batches(self, pass_idx: int) -> list[list[int]]:
+        idx = self.order(pass_idx)
+        return [idx[i:i + self.batch_size].tolist() for i in range(0, len(idx), self.batch_size)]
 
     def iterate(self, pass_idx: int, start: int = 0):
         """Yields (x, y) for pass `pass_idx` from batch `start` on."""
-        batches = self.batches(pass_idx)[start:]
-        if isinstance(self.dataset, InMemoryDataset):
-            for b in batches:
-                b = torch.as_tensor(b)
-                yield self.dataset.x[b], self.dataset.y[b]
+        if isinstance(self.dataset, ImageTensors):
+            yield from self._image_batches(pass_idx, start)
             return
-        loader = DataLoader(self.dataset, batch_sampler=_ListSampler(batches), num_workers=self.workers,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
-        yield from loader
+        if isinstance(self.dataset, InMemoryDataset):
+            x, y = self.dataset.on(self.device)
+            order = self.order(pass_idx).to(self.device)
+            for i in range(start * self.batch_size, len(order), self.batch_size):
+                b = order[i:i + self.batch_size]
+                yield x[b], y[b]
+            return
+        loader = DataLoader(self.dataset, batch_sampler=_ListSampler(self.batches(pass_idx)[start:]),
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _image_batches(self, pass_idx: int, start: int):
+        """The pass's order and augmentation drawn at once, copied to the device once: a batch is then
+        made there with no host work but its launches."""
+        order = self.order(pass_idx)
+        params = None
+        if self.dataset.augmentation.random:
+            # its own generator (salt): the order stays that of a stream without augmentation
+            params = self.dataset.draw(len(order), self._generator(pass_idx, salt=500_009)).to(self.device)
+        order = order.to(self.device)
+        for i in range(start * self.batch_size, len(order), self.batch_size):
+            sl = slice(i, i + self.batch_size)
+            yield self.dataset.batch(order[sl], None if params is None else params[sl])
 
 
 class EndlessStream:

@@ -71,7 +71,7 @@ def main(argv=None):
         raise NdartsError(f"the dataset has {spec.num_classes} classes and {spec.in_channels} channels; the "
                           f"network was trained for {state['num_classes']} and {state['in_channels']}")
     stream = BatchStream(spec.test, range(len(spec.test)), args.batch_size, seed=0, stream=2,
-                         workers=args.workers, shuffle=False)
+                         workers=args.workers, shuffle=False, device=device)
     loss, acc = evaluate_model(model, stream, device, args.amp)
     result = {"checkpoint": str(args.checkpoint), "epoch": int(state["epoch"]), "dataset": cfg["dataset"],
               "test_images": len(spec.test), "test_loss": loss, "test_acc": acc}

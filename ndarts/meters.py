@@ -1,4 +1,7 @@
-"""Running loss / accuracy of a training epoch, its progress line and its cross-rank total."""
+"""Running loss / accuracy of a training epoch, its progress line and its cross-rank total.
+
+The sums stay on the device (no host sync per step): they are read where a line is logged and at
+the end of the epoch."""
 from __future__ import annotations
 
 import time
@@ -6,22 +9,33 @@ import time
 
 class EpochMeter:
     def __init__(self):
-        self.loss, self.correct, self.n = 0.0, 0, 0
+        self._loss, self._correct, self.n = None, None, 0  # device tensors: Σ loss·batch, Σ correct
         self.t_start = time.time()
 
     def update(self, loss, logits, y) -> None:
         n = y.shape[0]
-        self.loss += float(loss.detach()) * n
-        self.correct += int((logits.argmax(1) == y).sum())
+        loss_sum = loss.detach().float() * n
+        correct = (logits.detach().argmax(1) == y).sum()
+        self._loss = loss_sum if self._loss is None else self._loss + loss_sum
+        self._correct = correct if self._correct is None else self._correct + correct
         self.n += n
+
+    @property
+    def loss(self) -> float:
+        return 0.0 if self._loss is None else float(self._loss)
+
+    @property
+    def correct(self) -> int:
+        return 0 if self._correct is None else int(self._correct)
 
     def log_progress(self, run, epoch: int, step: int, n_steps: int, every: int) -> None:
         """A line every `every` steps (0: never) with the running loss, accuracy and throughput."""
         if not every or (step + 1) % every:
             return
+        loss, correct = self.loss, self.correct  # the sync: the time below counts the steps done
         rate = self.n / max(time.time() - self.t_start, 1e-9)
-        run.log(f"  epoch {epoch + 1} step {step + 1}/{n_steps} loss {self.loss / self.n:.4f} "
-                f"acc {self.correct / self.n:.4f} | {rate:.0f} img/s")
+        run.log(f"  epoch {epoch + 1} step {step + 1}/{n_steps} loss {loss / self.n:.4f} "
+                f"acc {correct / self.n:.4f} | {rate:.0f} img/s")
 
     def summary(self, n_steps: int, dist=None) -> dict:
         """Totals over every rank (under DDP) as train_loss / train_acc."""

@@ -31,7 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", default=None, help="dataset directory (cifar10/cifar100/imagefolder)")
     g.add_argument("--download", action="store_true", help="download CIFAR into --data (opt-in)")
     g.add_argument("--image-size", type=int, default=d.image_size, help="imagefolder: resize to this size")
-    g.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
+    g.add_argument("--workers", type=int, default=d.workers,
+                   help="data loader processes (imagefolder; CIFAR and digits batches are made on the device)")
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
+                   help="batch of the α half's evaluation each epoch (eval-mode BatchNorm: the same math at any size)")
     g.add_argument("--train-portion", type=float, default=d.train_portion, help="share of the training set for w")
 
     g = p.add_argument_group("schedule")

@@ -17,9 +17,10 @@ import torch.nn as nn
 
 from .architect import Architect
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
-from .data import BatchStream, EndlessStream, load_dataset, split_halves
+from .data import BatchStream, DataSpec, EndlessStream, load_dataset, split_halves
 from .grouped_state import convert_optimizer_state
 from .errors import NdartsError
+from .finite_watch import FiniteWatch
 from .genotype import save_genotype
 from .meters import EpochMeter
 from .noise import NoiseConfig
@@ -53,6 +54,7 @@ class SearchConfig:
     image_size: int = 32
     workers: int = 0
     train_portion: float = 0.5
+    eval_batch_size: int = 256  # the α half's evaluation each epoch (eval-mode BatchNorm: any size, the same math)
     # schedule (the official NoisyDARTS search)
     epochs: int = 50
     batch_size: int = 128
@@ -104,7 +106,7 @@ class SearchConfig:
     def validate(self) -> None:
         if self.space not in SPACES:
             raise NdartsError(f"unknown search space {self.space!r}; choose one of {sorted(SPACES)}")
-        for name in ("epochs", "batch_size", "init_channels", "layers", "steps"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "init_channels", "layers", "steps"):
             if getattr(self, name) < 1:
                 raise NdartsError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("learning_rate", "arch_learning_rate"):
@@ -141,8 +143,10 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _finite(tensors) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
+# what the loop watches each step (FiniteWatch), and how a divergence names it
+WATCHED = ("loss", "arch_loss", "grad_norm", "alphas_normal", "alphas_reduce")
+WATCHED_AS = {"loss": "training loss", "arch_loss": "validation (α) loss", "grad_norm": "weight gradient",
+              "alphas_normal": "architecture weights α", "alphas_reduce": "architecture weights α"}
 
 
 class Divergence(NdartsError):
@@ -150,9 +154,13 @@ class Divergence(NdartsError):
 
 
 class Searcher:
-    def __init__(self, cfg: SearchConfig, dist=None):
+    """data: a DataSpec to search on instead of loading cfg.dataset (a caller's own in-memory images,
+    e.g. ndarts.image_tensors.ImageTensors; a resumed run must be given the same data)."""
+
+    def __init__(self, cfg: SearchConfig, dist=None, data: DataSpec | None = None):
         cfg.validate()
         self.cfg = cfg
+        self._data = data
         self.dist = dist  # ndarts.distributed.DistContext or None
         self.rank0 = dist is None or dist.rank == 0
         self.device = dist.device if dist is not None else resolve_device(cfg.device)
@@ -184,14 +192,21 @@ class Searcher:
 
     def _build(self):
         cfg, dev = self.cfg, self.device
-        spec = load_dataset(cfg.dataset, cfg.data, cfg.download, cfg.image_size, augment=cfg.dataset != "digits")
+        spec = self._data or load_dataset(cfg.dataset, cfg.data, cfg.download, cfg.image_size,
+                                          augment=cfg.dataset != "digits")
         self.spec = spec
         w_idx, a_idx = split_halves(len(spec.train), seed=0, portion=cfg.train_portion)
         if self.dist is not None:
             w_idx, a_idx = self.dist.shard(w_idx), self.dist.shard(a_idx)
-        self.train_stream = BatchStream(spec.train, w_idx, cfg.batch_size, cfg.seed, stream=0, workers=cfg.workers)
-        self.val_stream = BatchStream(spec.train, a_idx, cfg.batch_size, cfg.seed, stream=1, workers=cfg.workers)
+        # batches are made on the device where the dataset fits in memory (CIFAR: ndarts.image_tensors)
+        self.train_stream = BatchStream(spec.train, w_idx, cfg.batch_size, cfg.seed, stream=0, workers=cfg.workers,
+                                        device=dev)
+        self.val_stream = BatchStream(spec.train, a_idx, cfg.batch_size, cfg.seed, stream=1, workers=cfg.workers,
+                                      device=dev)
         self.val_iter = EndlessStream(self.val_stream)
+        # the epoch's evaluation on the α half, as DARTS's infer() (its images augmented as the α steps' are)
+        self.eval_stream = BatchStream(spec.train, a_idx, cfg.eval_batch_size, cfg.seed, stream=1,
+                                       workers=cfg.workers, device=dev)
 
         if cfg.fused and dev.type != "cuda" and (cfg.backend or "auto") == "auto":
             self.run.log("note: --fused on a CPU uses the reference implementation of the fused op "
@@ -344,7 +359,7 @@ class Searcher:
         lr = self.scheduler.get_last_lr()[0]
         t0 = time.time()
         train = self._train_epoch(epoch, lr, scale)
-        val_loss, val_acc = self.evaluate(self.val_stream, epoch)
+        val_loss, val_acc = self.evaluate(self.eval_stream, epoch)
         self.scheduler.step()
         genotype = model.genotype()
         skips = genotype.skip_counts()
@@ -381,6 +396,9 @@ class Searcher:
         self.forward_model.train()
         weights = self.model.weight_parameters()
         meter = EpochMeter()
+        # no host sync per step: the losses, the gradient norm and α are checked on the device, and
+        # read where a progress line is logged and at the end of the epoch (before its checkpoint)
+        watch = FiniteWatch(WATCHED)
         n_steps = len(self.train_stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.train_stream))
         for step, (x, y) in enumerate(self.train_stream.iterate(epoch)):
             if step >= n_steps:
@@ -390,49 +408,47 @@ class Searcher:
             xv, yv = xv.to(dev, non_blocking=True), yv.to(dev, non_blocking=True)
 
             if self.graph_step is not None:
-                # replayed as one CUDA graph; the check reads its outputs after the step
-                # the noise scale is a constant of the captured kernels, like lr: a new one re-captures
+                # replayed as one CUDA graph; the noise scale is a constant of the captured kernels,
+                # like lr: a new one re-captures
                 loss, logits, arch_loss, grad_norm = self.graph_step(x, y, xv, yv, lr, key=noise_scale)
-                self._check_finite(epoch, step, loss, arch_loss, grad_norm)
             else:
-                loss, logits, _, _ = search_step(
+                loss, logits, arch_loss, grad_norm = search_step(
                     self.architect, self.forward_model, self.criterion, self.w_opt, weights, cfg.grad_clip,
-                    x, y, xv, yv, lr, check=lambda *losses: self._check_finite(epoch, step, *losses))
-
+                    x, y, xv, yv, lr)
+            watch.update(step, (loss, arch_loss, grad_norm, *self.model.arch_parameters()))
             meter.update(loss, logits, y)
+            if cfg.report_freq and (step + 1) % cfg.report_freq == 0:
+                self._stop_if_diverged(watch, epoch)
             meter.log_progress(self.run, epoch, step, n_steps, cfg.report_freq)
+        self._stop_if_diverged(watch, epoch)
         return meter.summary(n_steps, self.dist)
 
-    def _check_finite(self, epoch, step, loss, arch_loss, grad_norm):
-        bad = None
-        if not torch.isfinite(loss):
-            bad = "training loss"
-        elif not torch.isfinite(arch_loss):
-            bad = "validation (α) loss"
-        elif not torch.isfinite(grad_norm):
-            bad = "weight gradient"
-        elif not _finite(self.model.arch_parameters()):
-            bad = "architecture weights α"
-        if bad:
-            raise Divergence(f"non-finite {bad} at epoch {epoch + 1}, step {step + 1}: stopping. The last good "
-                             f"checkpoint ({self.run.checkpoint}, after epoch {epoch}) is kept; lower the learning "
-                             "rates and --resume, or start again")
+    def _stop_if_diverged(self, watch: FiniteWatch, epoch: int):
+        bad = watch.first_bad()
+        if bad is not None:
+            what, step = bad
+            raise Divergence(f"non-finite {WATCHED_AS[what]} at epoch {epoch + 1}, step {step + 1}: stopping. The "
+                             f"last good checkpoint ({self.run.checkpoint}, after epoch {epoch}) is kept; lower the "
+                             "learning rates and --resume, or start again")
 
     @torch.no_grad()
     def evaluate(self, stream: BatchStream, epoch: int) -> tuple[float, float]:
         if self.dist is not None:
             self.dist.broadcast_buffers(self.model)  # every rank evaluates the model rank 0 checkpoints
         self.model.eval()
-        tot_loss, correct, n = 0.0, 0, 0
+        sum_loss = torch.zeros((), device=self.device)  # on the device: one sync at the end, not one per batch
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        n = 0
         for step, (x, y) in enumerate(stream.iterate(0)):
             if self.cfg.max_steps is not None and step >= self.cfg.max_steps:
                 break
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             logits = self.model(x)
-            tot_loss += float(self.criterion(logits, y)) * y.shape[0]
-            correct += int((logits.argmax(1) == y).sum())
+            sum_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
             n += y.shape[0]
         self.model.train()
+        tot_loss, correct = float(sum_loss), int(correct)
         if self.dist is not None:
             tot_loss, correct, n = self.dist.sum_scalars(tot_loss, correct, n)
         return tot_loss / max(n, 1), correct / max(n, 1)

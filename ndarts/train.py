@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, default=None, help="imagefolder: resize to this size (default 32, 224 imagenet)")
     g.add_argument("--cutout", type=int, default=None, help=f"cutout length, 0 = off; default {d.cutout} (0 on digits)")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
-    g.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
+    g.add_argument("--workers", type=int, default=d.workers,
+                   help="data loader processes (imagefolder; CIFAR and digits batches are made on the device)")
 
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs} (10 on digits, 250 imagenet)")

@@ -150,14 +150,15 @@ class Trainer:
             train_idx = self.dist.shard(train_idx)
         # a last batch of one image would break BatchNorm in training mode: drop it then
         self.train_stream = BatchStream(spec.train, train_idx, cfg.batch_size, cfg.seed, stream=0,
-                                        workers=cfg.workers, drop_last=len(train_idx) % cfg.batch_size == 1)
+                                        workers=cfg.workers, drop_last=len(train_idx) % cfg.batch_size == 1,
+                                        device=dev)
         self.test_stream = None
         if spec.test is not None:
             test_idx = list(range(len(spec.test)))
             if self.dist is not None:  # every rank tests its own share, the sums are all-reduced
                 test_idx = test_idx[self.dist.rank::self.dist.world_size]
             self.test_stream = BatchStream(spec.test, test_idx, cfg.batch_size, cfg.seed, stream=2,
-                                           workers=cfg.workers, shuffle=False)
+                                           workers=cfg.workers, shuffle=False, device=dev)
         try:
             model = build_network(cfg.network, self.genotype, cfg.init_channels, spec.num_classes, cfg.layers,
                                   cfg.auxiliary, in_channels=spec.in_channels, drop_path_prob=0.0)
@@ -330,17 +331,20 @@ def evaluate_model(model, stream: BatchStream, device, amp: str = "none", max_st
     was_training = model.training
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    tot_loss, correct, n = 0.0, 0, 0
+    sum_loss = torch.zeros((), device=device)  # on the device: one sync at the end, not one per batch
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
     for step, (x, y) in enumerate(stream.iterate(0)):
         if max_steps is not None and step >= max_steps:
             break
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast_context(device, amp):
             logits, _ = model(x)
-        tot_loss += float(criterion(logits.float(), y))
-        correct += int((logits.argmax(1) == y).sum())
+        sum_loss += criterion(logits.float(), y)
+        correct += (logits.argmax(1) == y).sum()
         n += y.shape[0]
     model.train(was_training)
+    tot_loss, correct = float(sum_loss), int(correct)
     if dist is not None:
         tot_loss, correct, n = dist.sum_scalars(tot_loss, correct, n)
     return tot_loss / max(n, 1), correct / max(n, 1)

@@ -146,6 +146,8 @@ def single_process_over_global_batch(cfg, world_size: int):
     s.val_stream = _UnionStream([BatchStream(s.spec.train, d.shard(a_idx), cfg.batch_size, cfg.seed, stream=1)
                                  for d in shards])
     s.val_iter = EndlessStream(s.val_stream)
+    s.eval_stream = _UnionStream([BatchStream(s.spec.train, d.shard(a_idx), cfg.eval_batch_size, cfg.seed, stream=1)
+                                  for d in shards])
     initial = {n: p.detach().clone() for n, p in s.model.named_parameters()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers (OMP_NUM_THREADS=1); 2 threads on a loaded 2-core CI box crawl

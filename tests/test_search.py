@@ -208,7 +208,8 @@ def test_triton_convs_and_cudnn_benchmark_options(tmp_path):
     from ndarts.pointwise_conv import SearchPointwiseConv2d
 
     cfg = _cfg(tmp_path / "convs", layers=1, steps=1, init_channels=2, batch_size=2, max_steps=1, epochs=1,
-               fused=True, backend="triton", triton_convs="all", cudnn_benchmark=True)
+               fused=True, backend="triton", triton_convs="all", cudnn_benchmark=True,
+               eval_batch_size=2)  # the interpreter runs each program: the smallest evaluation
     s = Searcher(cfg)
     kinds = {type(m) for m in s.model.modules()}
     assert {SearchDepthwiseConv2d, SearchPointwiseConv2d} <= kinds

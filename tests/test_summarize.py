@@ -116,3 +116,27 @@ def test_precision_sweep_from_benchmark_json(tmp_path, capsys, fresh_seed):
     for (precision, part), (torch_ms, triton_ms) in times.items():
         assert float(rows[precision, part][5]) == pytest.approx(torch_ms, abs=1e-4)
         assert float(rows[precision, part][-1]) == pytest.approx(torch_ms / triton_ms, rel=1e-2)
+
+
+def test_search_loop_table_and_its_target(tmp_path, capsys, fresh_seed):
+    """The loop row shows its overhead over the bare step; the 15-minute target reads the projection."""
+    summarize = pytest.importorskip("summarize")
+    import random
+
+    loop, step = random.uniform(30, 60), random.uniform(20, 29)
+    minutes = random.choice([random.uniform(5, 14.9), random.uniform(15.1, 40)])
+    info = dict(kind="search_loop", impl="fused_graph", config_name="b64-C16-L8-32x32x3-darts-gaussian",
+                loop_step_ms=loop, bare_step_ms=step, loop_overhead_ms=loop - step, eval_ms_per_image=0.05,
+                projected_search_min=minutes, targets=["<= 15 min for the 50-epoch search"])
+    batches = [_bench(f"batches-{impl}", ms, kind="cifar_batches", impl=impl, batch=64, time_ms=ms)
+               for impl, ms in (("torchvision", random.uniform(10, 30)), ("image_tensors", random.uniform(0.1, 1)))]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": [_bench("test_search_loop", loop * 100, **info)] + batches}))
+    assert summarize.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("b64-C16") and "fused_graph" in line)
+    assert f"{loop:.1f}" in row and f"{step:.1f}" in row and f"{loop - step:.1f}" in row and f"{minutes:.1f} min" in row
+    target = next(line for line in out.splitlines() if "50-epoch search" in line)
+    assert ("NOT met" in target) == (minutes > 15) and f"{minutes:.1f} min projected" in target
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith(("torchvision", "image_tensors"))]
+    assert rows == ["image_tensors", "torchvision"]  # fastest first
