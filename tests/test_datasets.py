@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ndarts.data import load_dataset
+from ndarts.data import CIFAR_MEAN, CIFAR_STD, load_dataset
 from ndarts.searcher import SearchConfig, Searcher
+from ndarts.trainer import TrainConfig, Trainer
 
 
 def _search(tmp_path, **kw):
@@ -61,8 +62,18 @@ def test_cifar10_from_disk(tmp_path, monkeypatch):
     assert (spec.num_classes, spec.in_channels, len(spec.train), len(spec.test)) == (10, 3, 40, 8)
     x, _ = spec.test[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    # the files' images, in torchvision's layout, are the dataset's (test split: not augmented)
+    raw = torchvision.datasets.CIFAR10(str(tmp_path / "cifar"), train=False)
+    want = torchvision.transforms.functional.normalize(torchvision.transforms.functional.to_tensor(raw[0][0]),
+                                                       CIFAR_MEAN["cifar10"], CIFAR_STD["cifar10"])
+    assert torch.equal(x, want) and spec.test[0][1] == raw[0][1]
     _search(tmp_path, dataset="cifar10", data=str(tmp_path / "cifar"))
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
+    # the evaluation network's training, with DARTS's cutout
+    cfg = TrainConfig(dataset="cifar10", data=str(tmp_path / "cifar"), cutout=16, init_channels=4, layers=3,
+                      auxiliary=False, batch_size=8, epochs=1, max_steps=2, report_freq=0, out=str(tmp_path / "train"))
+    Trainer(cfg).fit()
+    assert (tmp_path / "train" / "metrics.jsonl").read_text().count("\n") == 1
 
 
 def test_cifar10_missing_or_corrupt_files_are_named(tmp_path, monkeypatch):
