@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
+from .finite_watch import FiniteWatch
 from .data import BatchStream, load_dataset
 from .errors import NdartsError
 from .eval_model import NETWORKS, build_network, count_parameters
@@ -281,6 +282,9 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         self.forward_model.train()
         meter = EpochMeter()
+        # checked on the device, read at progress lines and at the end of the epoch (no sync per
+        # step); fp16's GradScaler skips the steps with inf/NaN gradients itself
+        watch = FiniteWatch(("training loss",) if self.scaler is not None else ("training loss", "gradient"))
         n_steps = len(self.train_stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.train_stream))
         for step, (x, y) in enumerate(self.train_stream.iterate(epoch)):
             if step >= n_steps:
@@ -291,8 +295,6 @@ class Trainer:
                 loss = self.criterion(logits, y)
                 if logits_aux is not None:
                     loss = loss + cfg.auxiliary_weight * self.criterion(logits_aux, y)
-            if not torch.isfinite(loss):
-                self._diverged(epoch, step, "training loss")
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -300,15 +302,23 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.scaler.step(self.optimizer)  # skips the step on inf/NaN gradients (fp16 overflow)
                 self.scaler.update()
+                watch.update(step, (loss,))
             else:
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                if not torch.isfinite(grad_norm):
-                    self._diverged(epoch, step, "gradient")
                 self.optimizer.step()
+                watch.update(step, (loss, grad_norm))
             meter.update(loss, logits, y)
+            if cfg.report_freq and (step + 1) % cfg.report_freq == 0:
+                self._stop_if_diverged(watch, epoch)
             meter.log_progress(self.run, epoch, step, n_steps, cfg.report_freq)
+        self._stop_if_diverged(watch, epoch)
         return meter.summary(n_steps, self.dist)
+
+    def _stop_if_diverged(self, watch: FiniteWatch, epoch: int):
+        bad = watch.first_bad()
+        if bad is not None:
+            self._diverged(epoch, bad[1], bad[0])
 
     def _diverged(self, epoch, step, what):
         last = f"after epoch {epoch}" if epoch > 0 or self.cfg.resume else "none yet"
