@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import NdartsError
-from .image_tensors import Augmentation, ImageTensors
+from .image_tensors import Augmentation, ImageTensors, canonical_device
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
@@ -45,7 +45,7 @@ class InMemoryDataset(Dataset):
 
     def on(self, device) -> tuple:
         """(x, y) on `device`, copied there once and kept."""
-        device = torch.device(device)
+        device = canonical_device(device)
         if device not in self._copies:
             self._copies[device] = (self.x.to(device), self.y.to(device))
         return self._copies[device]

@@ -25,6 +25,14 @@ from torch.utils.data import Dataset
 from .errors import NdartsError
 
 
+def canonical_device(device) -> torch.device:
+    """'cuda' and 'cuda:0' (the current device) as one key: a tensor reports the index."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class Augmentation(NamedTuple):
     """DARTS's training augmentation: zero-padded random crop, horizontal flip, cutout (0: off)."""
 
@@ -74,7 +82,7 @@ class ImageTensors(Dataset):
 
     def on(self, device) -> tuple:
         """(images, labels, mean, std) on `device`, copied there once and kept."""
-        device = torch.device(device)
+        device = canonical_device(device)
         if device not in self._copies:
             self._copies[device] = (self.images.to(device), self.labels.to(device),
                                     torch.tensor(self.mean, device=device).view(-1, 1, 1),

@@ -133,3 +133,10 @@ def test_batches_made_on_the_gpu_equal_the_cpus():
     for (xc, yc), (xg, yg) in zip(_stream(ds).iterate(1), _stream(ds, device="cuda").iterate(1)):
         assert xg.is_cuda and torch.equal(yc, yg.cpu())
         torch.testing.assert_close(xg.cpu(), xc, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
+def test_one_device_copy_however_the_device_is_spelled():
+    ds = ImageTensors(_images(4, 8, 8), torch.arange(4), (0.5,) * 3, (0.5,) * 3)
+    assert ds.on("cuda")[0] is ds.on(torch.device("cuda", torch.cuda.current_device()))[0]
