@@ -16,7 +16,7 @@
 # caps the GPU tests (default 180 s), GPU_BENCH_LIMIT_S the search-step benchmarks (default 180 s,
 # run first: the step is the open target, with 17 variants), GPU_SUM_LIMIT_S the mixed-sum
 # benchmarks (default 60 s: measured on 2026-11-27, their kernels' dW path unchanged since),
-# GPU_LOOP_LIMIT_S the search loop (default 100 s), GPU_WARM_LIMIT_S the background Triton cache warm-up (default 240 s, overlapping the GPU tests),
+# GPU_LOOP_LIMIT_S the search loop (default 120 s: the default graph step, then the sepconv one), GPU_WARM_LIMIT_S the background Triton cache warm-up (default 240 s, overlapping the GPU tests),
 # GPU_DWCONV_LIMIT_S the kernel part benchmarks (fused dw + 1x1 pair, group-sum blocks, 1x1, depthwise; default
 # 90 s, after the step's).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
@@ -134,7 +134,7 @@ run_logged bench_step "${GPU_BENCH_LIMIT_S:-180}" 14 "$PY" -m pytest benchmarks/
 
 step "benchmarks: the search loop end to end (data on the device, meter, checks, evaluation; 50-epoch projection)"
 # after the step benchmarks: their process filled Triton's cache with the fused_graph step's kernels
-run_logged bench_loop "${GPU_LOOP_LIMIT_S:-100}" 6 "$PY" -m pytest benchmarks/test_bench_search_loop.py \
+run_logged bench_loop "${GPU_LOOP_LIMIT_S:-120}" 6 "$PY" -m pytest benchmarks/test_bench_search_loop.py \
     --benchmark-only -q -rs --benchmark-json="$OUT/bench_loop.json" --benchmark-columns=median,rounds || STATUS=1
 
 step "benchmarks: the kernel parts (the fused dw + 1x1 pair, the group sums' blocks, then 1x1, then depthwise)"

@@ -11,8 +11,9 @@ download), the network of test_bench_search_step.py (SPEC §6's supernet):
   bare step in the same run (the same step called back to back on fixed batches: the figure of
   test_bench_search_step.py), the evaluation's time per image (eval_batch_size), the graph
   step's capture for a new learning rate (once an epoch), and their projection to 50 epochs of
-  CIFAR-10 (extra_info `projected_search_min`). GPU: --fused
-  --cuda-graph, the target's configuration. CPU: the default search (reference ops).
+  CIFAR-10 (extra_info `projected_search_min`). GPU: --fused --cuda-graph, the target's
+  configuration, with the default convs and with `--triton-convs separable`. CPU: the default
+  search (reference ops).
 - test_cifar_batches: one step's two training batches made by ndarts (ImageTensors on the device)
   against torchvision's transforms in a DataLoader, the pipeline DARTS uses (and ndarts did until
   2026-12-01).
@@ -48,19 +49,25 @@ def _random_cifar(n: int, image: int, seed: int = 0) -> DataSpec:
     return DataSpec("cifar10", train, None, 10, 3, image)
 
 
-def _searcher(tmp_path, max_steps: int) -> Searcher:
+def _searcher(tmp_path, max_steps: int, triton_convs: str = "none") -> Searcher:
     c = CONFIG
     # enough images for STEPS steps on each half and the capped evaluation (the full set on a GPU)
     n = CIFAR_TRAIN if CUDA else 2 * max(STEPS * c.batch, STEPS * EVAL_BATCH) + 2 * c.batch
     cfg = SearchConfig(dataset="cifar10", batch_size=c.batch, init_channels=c.channels, layers=c.layers,
                        space=c.space, noise=c.noise, epochs=EPOCHS, max_steps=max_steps, report_freq=0,
                        eval_batch_size=EVAL_BATCH, out=str(tmp_path / "run"), fused=CUDA, cuda_graph=CUDA,
-                       device="cuda" if CUDA else "cpu")
+                       triton_convs=triton_convs, device="cuda" if CUDA else "cpu")
     return Searcher(cfg, data=_random_cifar(n, c.image))
 
 
-def test_search_loop(benchmark, device, tmp_path):
-    s = _searcher(tmp_path, WARM_STEPS)
+# the loop around the default graph step, then around fused_graph_sepconv's (`--triton-convs
+# separable`: the candidate default of test_bench_search_step.py), GPU only
+LOOP_IMPLS = {"fused_graph": "none", "fused_graph_sepconv": "separable"} if CUDA else {"reference": "none"}
+
+
+@pytest.mark.parametrize("impl", list(LOOP_IMPLS))
+def test_search_loop(benchmark, device, tmp_path, impl):
+    s = _searcher(tmp_path, WARM_STEPS, LOOP_IMPLS[impl])
     # epoch 0's learning rate and noise scale throughout: the graph step captured in the warm epoch
     # is replayed, not captured again (a new epoch's rate re-captures once: timed on its own below)
     lr = s.scheduler.get_last_lr()[0]
@@ -112,7 +119,7 @@ def test_search_loop(benchmark, device, tmp_path):
     epoch_s = (steps_per_epoch * loop_ms + CIFAR_TRAIN // 2 * eval_ms_per_image) / 1e3 + recapture_s
     benchmark.group = f"search_loop {c.name}"
     benchmark.extra_info.update({
-        "kind": "search_loop", "impl": "fused_graph" if CUDA else "reference", "config": dataclasses.asdict(c),
+        "kind": "search_loop", "impl": impl, "config": dataclasses.asdict(c),
         "config_name": c.name, "device": str(device), "steps_timed": STEPS,
         "loop_step_ms": loop_ms, "bare_step_ms": step_ms, "loop_overhead_ms": loop_ms - step_ms,
         "recapture_s": recapture_s, "eval_batch_size": EVAL_BATCH, "eval_images_timed": eval_images, "eval_ms_per_image": eval_ms_per_image,
