@@ -192,8 +192,8 @@ class Searcher:
 
     def _build(self):
         cfg, dev = self.cfg, self.device
-        spec = self._data or load_dataset(cfg.dataset, cfg.data, cfg.download, cfg.image_size,
-                                          augment=cfg.dataset != "digits")
+        spec = self._data if self._data is not None else load_dataset(
+            cfg.dataset, cfg.data, cfg.download, cfg.image_size, augment=cfg.dataset != "digits")
         self.spec = spec
         w_idx, a_idx = split_halves(len(spec.train), seed=0, portion=cfg.train_portion)
         if self.dist is not None:

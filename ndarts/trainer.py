@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
-from .finite_watch import FiniteWatch
 from .data import BatchStream, load_dataset
 from .errors import NdartsError
+from .finite_watch import FiniteWatch
 from .eval_model import NETWORKS, build_network, count_parameters
 from .genotype import Genotype, load_genotype
 from .meters import EpochMeter
