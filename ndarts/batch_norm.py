@@ -47,7 +47,7 @@ class _BatchNormsTrain(torch.autograd.Function):
     gradient is that of y = (z − mean)·rstd (the backward makes y from z as it reads it)."""
 
     @staticmethod
-    def forward(ctx, bns, relu, pre_relu, defer, sinks, *xs):
+    def forward(ctx, bns, relu, pre_relu, defer, sinks, moments, *xs):
         import ndarts_kernels
 
         channels = sum(x.shape[1] for x in xs)
@@ -55,6 +55,7 @@ class _BatchNormsTrain(torch.autograd.Function):
         ys, rs, rstd = ndarts_kernels.batch_norms_forward(
             list(xs), [bn.running_mean for bn in bns], [bn.running_var for bn in bns],
             [bn.num_batches_tracked for bn in bns], bns[0].momentum, bns[0].eps, relu,
+            moments=list(moments) if any(m is not None for m in moments) else None,
             apply=[not d for d in defer], mean_out=mean)
         ys = [x if d else y for x, y, d in zip(xs, ys, defer)]
         ctx.save_for_backward(rstd, mean, *ys)
@@ -76,7 +77,7 @@ class _BatchNormsTrain(torch.autograd.Function):
         grads = [g if g is not None else torch.zeros_like(y) for g, y in zip(grads[:len(ys)], ys)]
         # a deferred output's reader may have made its backward sums as it wrote the gradient
         sums = [sink.take() if sink is not None else None for sink in ctx.sinks]
-        return (None, None, None, None, None,
+        return (None, None, None, None, None, None,
                 *ndarts_kernels.batch_norms_backward(grads, ys, rstd, ctx.relu, lazy=list(ctx.defer), mean=mean,
                                                      sums=sums))
 
@@ -136,7 +137,7 @@ def deferred_output(z: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, sum
 
 
 def search_batch_norms(xs, bns, relu=None, pre_relu_out: list | None = None, defer=None,
-                       norms_out: list | None = None) -> list:
+                       norms_out: list | None = None, moments=None) -> list:
     """[relu(bn(x)) if relu[t] else bn(x) for the t-th x, bn]: with the Triton kernels (where every
     bn would run them: SearchBatchNorm2d's rule) and tensors alike (their channel counts may
     differ), all in one launch each way (eight per launch), the ReLUs fused; otherwise each BatchNorm and ReLU by itself, the same math.
@@ -147,14 +148,21 @@ def search_batch_norms(xs, bns, relu=None, pre_relu_out: list | None = None, def
     t-th output is x itself, standing for bn(x) (its gradient is bn(x)'s), and norms_out gets its
     DeferredNorm (mean, rstd fp32 [C], and a GradSums its reader may fill), for a consumer that
     normalises on load (noisy_group_sums(grouped_norm=…) or deferred_output); elsewhere the output
-    is bn(x) and norms_out gets None."""
+    is bn(x) and norms_out gets None.
+    moments[t]: None, or x's per-channel partial moments made by the kernel that wrote it (the
+    pools kernel's), which the kernels' launch takes instead of reading x for its statistics
+    (elsewhere unused: the BatchNorm computes them)."""
     relu = [False] * len(xs) if relu is None else list(relu)
+    moments = [None] * len(xs) if moments is None else list(moments)
+    if len(moments) != len(xs):
+        raise ValueError(f"search_batch_norms: one moments entry (or None) per input, got {len(moments)} for {len(xs)}")
     defer = [False] * len(xs) if defer is None else list(defer)
     if len(defer) != len(xs) or any(d and r for d, r in zip(defer, relu)) or (any(defer) and norms_out is None):
         raise ValueError("search_batch_norms: one defer flag per input, none with a ReLU, and a norms_out list")
     if _fusable(xs, bns):
         sinks = tuple(GradSums() if d else None for d in defer)
-        outs = _BatchNormsTrain.apply(tuple(bns), tuple(relu), pre_relu_out is not None, tuple(defer), sinks, *xs)
+        outs = _BatchNormsTrain.apply(tuple(bns), tuple(relu), pre_relu_out is not None, tuple(defer), sinks,
+                                      tuple(moments), *xs)
         extra = iter(outs[len(xs):])
         if pre_relu_out is not None:
             pre_relu_out.extend(next(extra) if r else None for r in relu)

@@ -310,8 +310,9 @@ class EdgeGroup(nn.Module):
         ops' (where the primitives' gradients of a repeat made here are summed in one launch:
         ndarts.fan_out). extra: (x, BatchNorm) pairs normalised in the first stage's launch (a
         node's pools: GroupRun.compute), returned second, in order; extra_moments: per extra None or
-        its per-channel partial moments (the pools kernel's), which the fused stages' BatchNorm launch
-        takes instead of reading the extra for its statistics (the other paths compute them).
+        its per-channel partial moments (the pools kernel's), which the first stage's BatchNorm launch
+        takes instead of reading the extra for its statistics (where the kernels run; elsewhere
+        the BatchNorms compute them).
         defer_last (needs norms_out): each stack's last BatchNorm (a sep conv's bn2, a dil conv's bn)
         deferred where the kernels run: its output is that BatchNorm's input z, standing for y (its
         gradient is y's), and norms_out[i] its (mean, rstd) for a consumer that normalises on load
@@ -353,7 +354,8 @@ class EdgeGroup(nn.Module):
                                 + [x for x, _ in extra], [op.bn1 for _, op in ops] + [bn for _, bn in extra],
                                 relu=[op.repeats == 2 for _, op in ops] + [False] * len(extra), pre_relu_out=pre,
                                 defer=[defer_last and op.repeats == 1 for _, op in ops] + [False] * len(extra),
-                                norms_out=norms1)
+                                norms_out=norms1,
+                                moments=[None] * len(ops) + list(extra_moments or [None] * len(extra)))
         out = dict(zip((i for i, _ in ops), y1))
         norms = dict(zip((i for i, _ in ops), norms1))
         pre_relu = dict(zip((i for i, _ in ops), pre)) if pre is not None else {}

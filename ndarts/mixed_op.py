@@ -77,11 +77,10 @@ class GroupRun:
         if len(self.shares) != len(self.group.sources):
             raise RuntimeError(f"this EdgeGroup takes {len(self.group.sources)} source nodes; "
                                f"{len(self.shares)} have joined it so far")
-        # where the group's stacks may run as fused stages (EdgeGroup.run), the pools with their outputs'
-        # statistics from the pools kernel: their BatchNorms then read no pool output for statistics
-        moments = any(stack.fused_separable for stack in self.group.ops.values())
+        # the pools with their outputs' statistics from the pools kernel (where it runs): their
+        # BatchNorms, in the group's first BatchNorm launch, then read no pool output for statistics
         work = [(op, share, i, y, m) for op, share in pools
-                for i, (y, m) in sorted(_pool(op, share, moments=moments).items())]
+                for i, (y, m) in sorted(_pool(op, share, moments=True).items())]
         extra = [(y, op._ops[i][-1]) for op, _, i, y, _ in work]
         extra_moments = [m for *_, m in work]
         backend = self.shares[0].backend
@@ -280,12 +279,14 @@ def factorized_reduce_all(r: torch.Tensor, ops) -> list:
 def pool_all(pairs) -> None:
     """For each (mixed op, NodeShare): every pooling op of that edge with its BatchNorm on the
     share's node, into share.pooled for the node's other edges; all the BatchNorms (a cell's two
-    inputs' pools: four) in one launch each way where the Triton kernels run (search_batch_norms)."""
+    inputs' pools: four) in one launch each way where the Triton kernels run (search_batch_norms),
+    their statistics from the pools kernel."""
     work = [(op, share, i) for op, share in pairs for i in sorted(op._pools)]
     pooled = {}
-    for op, share in pairs:
-        pooled.update({(id(share), i): y for i, (y, _) in _pool(op, share).items()})
-    outs = search_batch_norms([pooled[(id(share), i)] for op, share, i in work], [op._ops[i][-1] for op, _, i in work])
+    for op, share in pairs:  # with their statistics from the pools kernel, where it runs
+        pooled.update({(id(share), i): ym for i, ym in _pool(op, share, moments=True).items()})
+    outs = search_batch_norms([pooled[(id(share), i)][0] for op, share, i in work], [op._ops[i][-1] for op, _, i in work],
+                              moments=[pooled[(id(share), i)][1] for op, share, i in work])
     for (op, share, i), out in zip(work, outs):
         share.pooled[(op.primitives[i], op.stride)] = (out, op._ops[i][-1])
 
