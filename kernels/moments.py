@@ -21,11 +21,12 @@ def merge_tile(count, mean, m2, x, mask):
 
 
 @triton.jit
-def store_moments(PART, index, count, mean, m2):
-    """Writes (count, mean, M2) to PART[index, 0:3]."""
-    tl.store(PART + index * 3 + 0, count)
-    tl.store(PART + index * 3 + 1, mean)
-    tl.store(PART + index * 3 + 2, m2)
+def store_moments(PART, index, count, mean, m2, mask=None):
+    """Writes (count, mean, M2) to PART[index, 0:3] (index and the moments: scalars, or blocks of
+    one shape stored where mask)."""
+    tl.store(PART + index * 3 + 0, count, mask=mask)
+    tl.store(PART + index * 3 + 1, mean, mask=mask)
+    tl.store(PART + index * 3 + 2, m2, mask=mask)
 
 
 @triton.jit

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .grid import plane_pointer
-from .moments import row_moments
+from .moments import row_moments, store_moments
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
 
@@ -50,11 +50,8 @@ def _plane_moments(y, ok, MOM, plane, C, PLANES):
     chunk = program_id(1)), stored at MOM[c, n·chunks + chunk] (fp32 [C, N·chunks, 3], the partial
     moments kernels/batch_norm.py merges for the BatchNorm of the stored tensor)."""
     count, mean, m2 = row_moments(y, ok)
-    at = MOM + (((plane % C) * (PLANES // C) + plane // C) * tl.num_programs(1) + tl.program_id(1)) * 3
-    row_ok = plane < PLANES
-    tl.store(at, count, mask=row_ok)
-    tl.store(at + 1, mean, mask=row_ok)
-    tl.store(at + 2, m2, mask=row_ok)
+    index = ((plane % C) * (PLANES // C) + plane // C) * tl.num_programs(1) + tl.program_id(1)
+    store_moments(MOM, index, count, mean, m2, mask=plane < PLANES)
 
 
 @triton.jit

@@ -63,7 +63,7 @@ from .depthwise_conv import (
 )
 from .dot_precision import conv_dot_precision
 from .grid import pad_pointers, pick_pointer, plane_pointer, split_units
-from .moments import row_moments
+from .moments import row_moments, store_moments
 
 MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
 MAX_PAIRS = MAX_CONVS  # pairs of one launch (a stage of the search's stacks: sep 3×3/5×5, dil 3×3/5×5)
@@ -210,11 +210,9 @@ def _sep_conv_fwd_kernel(
     tl.store(z_rows + p[None, :], z, mask=o_ok[:, None] & p_ok[None, :])
     if MOMENTS:  # the BatchNorm's statistics of z as stored (kernels/batch_norm.py merges them)
         count, mean, m2 = row_moments(z.to(tl.float32), tl.broadcast_to(p_ok[None, :], (BLOCK_O, BLOCK_P)))
-        at = MOM + (((pair * G + g) * CO + o) * (tl.num_programs(0) // G * tl.num_programs(1))
-                    + (ng // G) * tl.num_programs(1) + tl.program_id(1)) * 3
-        tl.store(at, count, mask=o_ok)
-        tl.store(at + 1, mean, mask=o_ok)
-        tl.store(at + 2, m2, mask=o_ok)
+        index = (((pair * G + g) * CO + o) * (tl.num_programs(0) // G * tl.num_programs(1))
+                 + (ng // G) * tl.num_programs(1) + tl.program_id(1))
+        store_moments(MOM, index, count, mean, m2, mask=o_ok)
 
 
 @triton.jit

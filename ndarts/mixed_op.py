@@ -80,7 +80,7 @@ class GroupRun:
         # the pools with their outputs' statistics from the pools kernel (where it runs): their
         # BatchNorms, in the group's first BatchNorm launch, then read no pool output for statistics
         work = [(op, share, i, y, m) for op, share in pools
-                for i, (y, m) in sorted(_pool(op, share, moments=True).items())]
+                for i, (y, m) in sorted(_pool(op, share).items())]
         extra = [(y, op._ops[i][-1]) for op, _, i, y, _ in work]
         extra_moments = [m for *_, m in work]
         backend = self.shares[0].backend
@@ -284,25 +284,24 @@ def pool_all(pairs) -> None:
     work = [(op, share, i) for op, share in pairs for i in sorted(op._pools)]
     pooled = {}
     for op, share in pairs:  # with their statistics from the pools kernel, where it runs
-        pooled.update({(id(share), i): ym for i, ym in _pool(op, share, moments=True).items()})
+        pooled.update({(id(share), i): ym for i, ym in _pool(op, share).items()})
     outs = search_batch_norms([pooled[(id(share), i)][0] for op, share, i in work], [op._ops[i][-1] for op, _, i in work],
                               moments=[pooled[(id(share), i)][1] for op, share, i in work])
     for (op, share, i), out in zip(work, outs):
         share.pooled[(op.primitives[i], op.stride)] = (out, op._ops[i][-1])
 
 
-def _pool(op, share, moments: bool = False) -> dict:
+def _pool(op, share) -> dict:
     """{primitive index: (op's pool of share's node (its BatchNorm's input), its per-channel partial
     moments or None)}: DARTS's max and avg 3×3 pools as one op (ndarts.pools: one launch each way
-    where the search-op kernels run, which with `moments` also makes their statistics), any other
-    pool by its own module."""
+    where the search-op kernels run, which also makes their statistics), any other pool by its own
+    module (no moments)."""
     index = {op.primitives[i]: i for i in op._pools}
     if set(index) == {"max_pool_3x3", "avg_pool_3x3"}:
         i_max, i_avg = index["max_pool_3x3"], index["avg_pool_3x3"]
         stride = darts_pools_stride(op._ops[i_max][0], op._ops[i_avg][0])
         if stride is not None:
-            y_max, y_avg, *parts = pools_3x3(share.input("max_pool_3x3"), stride, share.backend, moments=moments)
-            m_max, m_avg = parts or (None, None)
+            y_max, y_avg, m_max, m_avg = pools_3x3(share.input("max_pool_3x3"), stride, share.backend, moments=True)
             return {i_max: (y_max, m_max), i_avg: (y_avg, m_avg)}
     return {i: (op._ops[i][0](share.input(op.primitives[i])), None) for i in op._pools}
 
