@@ -31,7 +31,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class InMemoryDataset(Dataset):
-    """Images [N, C, H, W] float and labels [N] long, already normalised."""
+    """Images [N, C, H, W] float and labels [N] long, already normalised; batches made on the
+    device as ImageTensors' are (BatchStream), without augmentation."""
+
+    augmentation = Augmentation()
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y
@@ -49,6 +52,11 @@ class InMemoryDataset(Dataset):
         if device not in self._copies:
             self._copies[device] = (self.x.to(device), self.y.to(device))
         return self._copies[device]
+
+    def batch(self, indices: torch.Tensor, params=None):
+        """(x, y) of images `indices`, on the indices' device (params: unused, nothing is random)."""
+        x, y = self.on(indices.device)
+        return x[indices], y[indices]
 
 
 @dataclass
@@ -224,15 +232,8 @@ class BatchStream:
 
     def iterate(self, pass_idx: int, start: int = 0):
         """Yields (x, y) for pass `pass_idx` from batch `start` on."""
-        if isinstance(self.dataset, ImageTensors):
-            yield from self._image_batches(pass_idx, start)
-            return
-        if isinstance(self.dataset, InMemoryDataset):
-            x, y = self.dataset.on(self.device)
-            order = self.order(pass_idx).to(self.device)
-            for i in range(start * self.batch_size, len(order), self.batch_size):
-                b = order[i:i + self.batch_size]
-                yield x[b], y[b]
+        if isinstance(self.dataset, (ImageTensors, InMemoryDataset)):
+            yield from self._device_batches(pass_idx, start)
             return
         loader = DataLoader(self.dataset, batch_sampler=_ListSampler(self.batches(pass_idx)[start:]),
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
@@ -240,7 +241,7 @@ class BatchStream:
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def _image_batches(self, pass_idx: int, start: int):
+    def _device_batches(self, pass_idx: int, start: int):
         """The pass's order and augmentation drawn at once, copied to the device once: a batch is then
         made there with no host work but its launches."""
         order = self.order(pass_idx)
