@@ -203,12 +203,12 @@ def curves_figure(records):
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 3.8))
     epochs = _epochs(records)
     for key, style in (("train", "-"), ("val", "--"), ("test", "--")):
-        if all(r.get(f"{key}_loss") is not None for r in records) and f"{key}_loss" in records[0]:
-            ax_l.plot(epochs, [r[f"{key}_loss"] for r in records], style, marker="o" if len(epochs) < 15 else None,
-                      ms=4, label=key)
-        if all(r.get(f"{key}_acc") is not None for r in records) and f"{key}_acc" in records[0]:
-            ax_a.plot(epochs, [100 * r[f"{key}_acc"] for r in records], style,
-                      marker="o" if len(epochs) < 15 else None, ms=4, label=key)
+        for ax, what, scale in ((ax_l, "loss", 1), (ax_a, "acc", 100)):
+            # the epochs that have the value (the search evaluates every --eval-every epochs)
+            points = [(e, scale * r[f"{key}_{what}"]) for e, r in zip(epochs, records) if r.get(f"{key}_{what}") is not None]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, style, marker="o" if len(points) < 15 else None, ms=4, label=key)
     for ax, name in ((ax_l, "loss"), (ax_a, "accuracy (%)")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data loader processes (imagefolder; CIFAR and digits batches are made on the device)")
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
                    help="batch of the α half's evaluation each epoch (eval-mode BatchNorm: the same math at any size)")
+    g.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="evaluate the α half every N epochs and after the last (1: each epoch, as DARTS; "
+                        "the evaluation only logs, it steers nothing)")
     g.add_argument("--train-portion", type=float, default=d.train_portion, help="share of the training set for w")
 
     g = p.add_argument_group("schedule")

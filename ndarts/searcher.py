@@ -55,6 +55,7 @@ class SearchConfig:
     workers: int = 0
     train_portion: float = 0.5
     eval_batch_size: int = 256  # the α half's evaluation each epoch (eval-mode BatchNorm: any size, the same math)
+    eval_every: int = 1  # evaluate the α half every N epochs and after the last (1: each epoch, as DARTS)
     # schedule (the official NoisyDARTS search)
     epochs: int = 50
     batch_size: int = 128
@@ -106,7 +107,7 @@ class SearchConfig:
     def validate(self) -> None:
         if self.space not in SPACES:
             raise NdartsError(f"unknown search space {self.space!r}; choose one of {sorted(SPACES)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "init_channels", "layers", "steps"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "eval_every", "init_channels", "layers", "steps"):
             if getattr(self, name) < 1:
                 raise NdartsError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("learning_rate", "arch_learning_rate"):
@@ -359,7 +360,9 @@ class Searcher:
         lr = self.scheduler.get_last_lr()[0]
         t0 = time.time()
         train = self._train_epoch(epoch, lr, scale)
-        val_loss, val_acc = self.evaluate(self.eval_stream, epoch)
+        val_loss = val_acc = None  # JSON null, no TensorBoard scalar, no point on the curve
+        if self.evaluates_after(epoch):
+            val_loss, val_acc = self.evaluate(self.eval_stream, epoch)
         self.scheduler.step()
         genotype = model.genotype()
         skips = genotype.skip_counts()
@@ -388,8 +391,13 @@ class Searcher:
         if self.dist is not None:
             self.dist.barrier()  # the checkpoint is on disk before any rank goes on (or reads it on a restart)
         self.run.log(f"epoch {epoch + 1}/{cfg.epochs} train loss {train['train_loss']:.4f} acc {train['train_acc']:.3f} "
-                     f"| val loss {val_loss:.4f} acc {val_acc:.3f} | skips normal {skips[0]} reduce {skips[1]} "
+                     + (f"| val loss {val_loss:.4f} acc {val_acc:.3f} " if val_loss is not None else "| val - ")
+                     + f"| skips normal {skips[0]} reduce {skips[1]} "
                      f"| {record['seconds']:.1f}s")
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether the α half is evaluated after `epoch` (0-based): every --eval-every epochs and the last."""
+        return (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
 
     def _train_epoch(self, epoch: int, lr: float, noise_scale: float) -> dict:
         cfg, dev = self.cfg, self.device

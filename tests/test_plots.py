@@ -69,6 +69,22 @@ def test_alpha_figure_from_synthetic_records(tmp_path):
         plots.plot_run(tmp_path)
 
 
+def test_curves_plot_the_epochs_that_have_a_value():
+    """A search run with --eval-every 2 records val_* as null on the other epochs: the val curve
+    has a point at each evaluated epoch only (and no gap-filled zero); train has every epoch."""
+    recs = [{"epoch": e, "train_loss": 2.0 - 0.3 * e, "train_acc": 0.2 + 0.1 * e,
+             "val_loss": 1.9 - 0.3 * e if e % 2 else None, "val_acc": 0.25 + 0.1 * e if e % 2 else None}
+            for e in range(4)]
+    fig = plots.curves_figure(recs)
+    (ax_l, ax_a) = fig.axes
+    lines = {(ax is ax_a, ln.get_label()): ln for ax in (ax_l, ax_a) for ln in ax.get_lines()}
+    assert list(lines[(False, "train")].get_xdata()) == [1, 2, 3, 4]
+    assert list(lines[(False, "val")].get_xdata()) == [2, 4]
+    assert list(lines[(False, "val")].get_ydata()) == pytest.approx([1.6, 1.0])
+    assert list(lines[(True, "val")].get_ydata()) == pytest.approx([35.0, 55.0])
+    assert (False, "test") not in lines
+
+
 def test_plots_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         plots.main([str(tmp_path / "missing")])

@@ -62,6 +62,34 @@ def test_same_seed_same_alpha_and_genotype(tmp_path):
     assert not torch.equal(_alphas(s)[0], a1[0])
 
 
+def test_eval_every_skips_evaluations_and_changes_nothing_else(tmp_path, monkeypatch):
+    """--eval-every 2 over 3 epochs evaluates after epochs 2 and 3 (the last) only; the search
+    itself (α, genotype, training losses) is exactly that of a run evaluating every epoch."""
+    every = Searcher(_cfg(tmp_path / "every", epochs=3))
+    g_every = every.run_search()
+    evaluated = []
+    real_evaluate = Searcher.evaluate
+
+    def counting(self, stream, epoch):
+        evaluated.append(epoch)
+        return real_evaluate(self, stream, epoch)
+
+    monkeypatch.setattr(Searcher, "evaluate", counting)
+    sparse = Searcher(_cfg(tmp_path / "sparse", epochs=3, eval_every=2))
+    assert sparse.run_search() == g_every
+    assert evaluated == [1, 2]
+    for x, y in zip(_alphas(sparse), _alphas(every)):
+        assert torch.equal(x, y)
+    read = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+            for run in ("every", "sparse")]
+    assert [r["val_acc"] is None for r in read[1]] == [True, False, False]
+    for full, part in zip(*read):
+        assert part["train_loss"] == full["train_loss"]
+        if part["val_loss"] is not None:
+            assert (part["val_loss"], part["val_acc"]) == (full["val_loss"], full["val_acc"])
+    assert "| val - |" in (tmp_path / "sparse" / "log.txt").read_text()
+
+
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, order):
     """Stopped after epoch 1 of 3 and resumed: exactly the α and genotype of an uninterrupted run."""
