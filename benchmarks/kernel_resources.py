@@ -216,32 +216,42 @@ def _variants(launches: list[dict], compiled: dict, keys: set) -> list[dict]:
     return [{**v, "programs": sorted(v["programs"])} for v in sorted(out.values(), key=lambda v: -v["bytes"])]
 
 
-def resources(impl: str, batch: int, image: int, bandwidth: float, t_min: float, workers: int) -> dict:
+def resources(impls: list[str], batch: int, image: int, bandwidth: float, t_min: float, workers: int) -> list[dict]:
+    """The table of each impl's graph step. The distinct launches of all impls are compiled once,
+    in one pool: the steps share most of their kernels' variants."""
     from concurrent.futures import ProcessPoolExecutor
 
-    t0 = time.perf_counter()
-    launches = record_launches(impl, batch, image)
-    t1 = time.perf_counter()
-    specs = {_key(launch["spec"]): launch["spec"] for launch in launches}
+    recorded = []
+    for impl in impls:
+        t0 = time.perf_counter()
+        recorded.append((impl, record_launches(impl, batch, image), time.perf_counter() - t0))
+    specs = {_key(launch["spec"]): launch["spec"] for _, launches, _ in recorded for launch in launches}
     keys = sorted(specs)
+    t1 = time.perf_counter()
     # fresh processes that define the kernels for the GPU: TRITON_INTERPRET is unset in them before
     # they first import ndarts_kernels (this process's kernels are the interpreter's)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_compiling_process) as pool:
         compiled = dict(zip(keys, pool.map(compile_resources, [specs[k] for k in keys])))
-    table = kernel_table(launches, compiled, bandwidth, t_min)
-    return {"impl": impl, "batch": batch, "image": image, "multiprocessors": MULTIPROCESSORS,
-            "launches": len(launches), "distinct_launches": len(specs), "record_s": t1 - t0,
-            "compile_s": time.perf_counter() - t1, "bandwidth": bandwidth, "t_min": t_min,
-            "model_ms": sum(r["model_ms"] for r in table), "grid_model_ms": sum(r["grid_model_ms"] for r in table),
-            "kernels": table}
+    compile_s = time.perf_counter() - t1
+    results = []
+    for impl, launches, record_s in recorded:
+        table = kernel_table(launches, compiled, bandwidth, t_min)
+        results.append({
+            "impl": impl, "batch": batch, "image": image, "multiprocessors": MULTIPROCESSORS,
+            "launches": len(launches), "distinct_launches": len({_key(launch["spec"]) for launch in launches}),
+            "record_s": record_s, "compile_s": compile_s, "compiled_with": len(impls), "compiled_launches": len(keys),
+            "bandwidth": bandwidth, "t_min": t_min, "model_ms": sum(r["model_ms"] for r in table),
+            "grid_model_ms": sum(r["grid_model_ms"] for r in table), "kernels": table})
+    return results
 
 
 def print_report(r: dict, show_variants: bool = False) -> None:
     print(f"\n{r['impl']}: {r['launches']} Triton launches ({r['distinct_launches']} distinct) per step at "
           f"b{r['batch']} {r['image']}x{r['image']}, {r['multiprocessors']} SMs; Triton kernels' model "
           f"{r['model_ms']:.1f} ms at full bandwidth, {r['grid_model_ms']:.1f} ms grid-limited "
-          f"(recorded in {r['record_s']:.0f} s, compiled in {r['compile_s']:.0f} s)")
+          f"(recorded in {r['record_s']:.0f} s; {r['compiled_launches']} distinct launches of {r['compiled_with']} "
+          f"step(s) compiled in {r['compile_s']:.0f} s)")
     print(f"  {'kernel':34} {'launch':>6} {'GB':>6} {'programs':>13} {'waves':>11} {'warps':>5} {'regs':>4} "
           f"{'spill B':>7} {'smem KB':>7} {'occ %':>5} {'mma':>5} {'ms':>6} {'grid ms':>7}")
     for k in r["kernels"]:
@@ -283,7 +293,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     if args.conv_precision:
         torch.backends.cudnn.conv.fp32_precision = args.conv_precision
-    results = [resources(impl, args.batch, args.image, args.bandwidth, args.t_min, args.workers) for impl in args.impl]
+    results = resources(args.impl, args.batch, args.image, args.bandwidth, args.t_min, args.workers)
     for r in results:
         print_report(r, args.variants)
     if args.json:

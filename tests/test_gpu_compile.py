@@ -67,6 +67,44 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
                                            "_sep_conv_bwd_kernel") for p in ("tf32", "ieee")}, sorted(precisions)
     with_int64 = {k for m, k in _jit_kernels() if "INDEX_64" in _parameters(m, k) and k != "_unit_noise_kernel"}
     assert {s["kernel"] for s in captured if s["constexprs"].get("INDEX_64")} >= with_int64
-    out = _run("compile", str(specs), env_update={"TRITON_CACHE_DIR": str(tmp_path / "triton_cache")})
+    out = _run("compile", "--pairwise", str(specs), env_update={"TRITON_CACHE_DIR": str(tmp_path / "triton_cache")})
     assert out.returncode == 0, out.stdout + out.stderr
-    assert f"compiled {len(captured)} of {len(captured)} launches" in out.stdout
+    n = len(_gpu_compile().pairwise_cover(captured))
+    assert f"pairwise cover: {n} of {len(captured)} launches" in out.stdout
+    assert f"compiled {n} of {n} launches" in out.stdout
+
+
+def _gpu_compile():
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    import gpu_compile
+
+    return gpu_compile
+
+
+def test_pairwise_cover_keeps_every_pair_of_features(fresh_seed):
+    """Random launches of three kernels: the cover is a subset, deterministic, smaller than the
+    whole, and every pair of compile-time features that one launch combined, one chosen launch
+    combines (so also every single value; a kernel with one launch keeps it)."""
+    import itertools
+    import random
+
+    gc = _gpu_compile()
+    rng = random.Random(fresh_seed)
+    specs = []
+    for kernel, n in (("_a_kernel", 60), ("_b_kernel", 25), ("_c_kernel", 1)):
+        for _ in range(n):
+            specs.append({"module": "m", "kernel": kernel, "num_warps": rng.choice([4, 8]),
+                          "signature": {"x": rng.choice(["*fp32", "*bf16"]), "n": rng.choice(["i32", "i64"]),
+                                        "BLOCK": "constexpr", "MODE": "constexpr"},
+                          "constexprs": {"BLOCK": rng.choice([64, 128, 256, 512]), "MODE": rng.choice([0, 1, 2]),
+                                         **({"FLAG": rng.random() < 0.5} if kernel == "_a_kernel" else {})}})
+    specs = [json.loads(s) for s in dict.fromkeys(json.dumps(s, sort_keys=True) for s in specs)]
+    cover = gc.pairwise_cover(specs)
+    assert cover == gc.pairwise_cover([dict(s) for s in specs])
+    assert all(c in specs for c in cover) and len(cover) < len(specs)
+    for kernel in ("_a_kernel", "_b_kernel", "_c_kernel"):
+        def pairs(launches):
+            return {p for s in launches if s["kernel"] == kernel
+                    for p in itertools.combinations(sorted(gc._features(s)), 2)}
+        assert pairs(cover) == pairs(specs), kernel
+    assert sum(s["kernel"] == "_c_kernel" for s in cover) == 1
