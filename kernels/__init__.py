@@ -10,6 +10,10 @@ which mode the kernels here were defined in.
 import os
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if INTERPRETED:
+    from .interpreter import skip_discarded_overflow_checks
+
+    skip_discarded_overflow_checks()  # the interpreter's overflow checks are computed, then dropped
 
 from .batch_norm import BatchNormGrad, batch_norm_backward, batch_norm_forward, batch_norms_backward, batch_norms_forward  # noqa: E402
 from .depthwise_conv import depthwise_conv_backward, depthwise_conv_forward  # noqa: E402
