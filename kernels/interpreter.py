@@ -1,12 +1,13 @@
-"""Triton's CPU interpreter, without the overflow checks it computes and then discards.
+"""Two shortcuts for Triton's CPU interpreter, which runs the kernels in the CPU tests; neither
+changes a value a kernel computes (tests/test_interpreter_options.py) nor touches compiled kernels.
 
-For every int32 add, sub and mul the interpreter (triton 3.8) also evaluates an int64 overflow
-check (two casts, the op again, two compares, an and) and hands it to ``device_assert``, which does
-nothing unless the options have ``debug=True``; the interpreter's options never do. Those numpy ops
-were ~40 % of an interpreted search step on a CPU (2026-12-01: one step of a 1-cell search with every
-Triton lever, 36.8 s → 21.7 s, α bitwise equal). Turning ``sanitize_overflow`` off skips computing
-them; every value a kernel computes is the same (tests/test_interpreter_options.py). Compiled kernels
-are not affected: their options are their own.
+- ``skip_discarded_overflow_checks``: for every int32 add, sub and mul the interpreter (triton 3.8)
+  also evaluates an int64 overflow check (two casts, the op again, two compares, an and) and hands
+  it to ``device_assert``, which does nothing unless the options have ``debug=True``; the
+  interpreter's options never do. Those numpy ops were ~40 % of an interpreted search step
+  (2026-12-01: one step of a 1-cell search with every Triton lever, 36.8 s → 21.7 s).
+- ``patch_language_once_per_launch``: the interpreter walks triton.language's members again at
+  every call of a @triton.jit helper inside a kernel (see its docstring).
 """
 from __future__ import annotations
 
@@ -26,4 +27,61 @@ def skip_discarded_overflow_checks() -> bool:
             or not getattr(options, "sanitize_overflow", False):
         return False
     builder.options = dataclasses.replace(options, sanitize_overflow=False)
+    return True
+
+
+class _Unpatched:
+    """The scope of a language patch that was already in place: nothing to restore."""
+
+    def restore(self) -> None:
+        pass
+
+
+def patch_language_once_per_launch() -> bool:
+    """Makes the interpreter patch triton.language once per kernel launch, not again at each call of
+    a @triton.jit helper inside it.
+
+    The interpreter replaces triton.language's builtins by interpreted ones when a launch starts
+    (and puts them back when it ends), and again at every call of a device function: each such call
+    walks the members of tl, tl.tensor and tl.math with ``inspect.getmembers``, though the launch
+    has patched them already and nothing in them changes (the helpers' ``tl`` is the same module).
+    With the helpers of these kernels (moments, index and noise helpers) skipping that walk made the
+    interpreted step above 1.5× faster again (33-36 s → 22 s, measured alternately on a busy 2-core
+    machine, 2026-12-01). A call whose modules the running launch has patched now
+    skips it; any other patch (the launch's own, a helper seeing a module the launch did not) runs
+    as before. Returns whether it was installed (not for a Triton without these internals)."""
+    try:
+        import inspect
+
+        from triton import language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return False
+    patch = getattr(interpreter, "_patch_lang", None)
+    if patch is None or getattr(patch, "_ndarts_once", False):
+        return patch is not None
+    patched: set = set()  # ids of the language modules the running launch has patched
+
+    def languages(fn) -> set:
+        return {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
+
+    def patch_once(fn):
+        mods = languages(fn)
+        if mods and mods <= patched:
+            return _Unpatched()
+        before = set(patched)
+        scope = patch(fn)
+        patched.update(mods)
+        restore = scope.restore
+
+        def restore_and_forget():
+            restore()
+            patched.clear()
+            patched.update(before)
+
+        scope.restore = restore_and_forget
+        return scope
+
+    patch_once._ndarts_once, patch_once.original = True, patch
+    interpreter._patch_lang = patch_once
     return True

@@ -1,5 +1,6 @@
-"""The interpreter runs without the overflow checks it would compute and drop (kernels/interpreter.py):
-every value the kernels compute is the same with them and without."""
+"""The interpreter's two shortcuts (kernels/interpreter.py): no overflow checks computed only to be
+dropped, and triton.language patched once per launch, not again at each @triton.jit helper call.
+Every value the kernels compute is the same with them and without."""
 import dataclasses
 
 import pytest
@@ -9,6 +10,14 @@ import ndarts_kernels
 from ndarts_kernels.interpreter import skip_discarded_overflow_checks
 
 interpreter = pytest.importorskip("triton.runtime.interpreter")
+
+
+@pytest.fixture
+def patch_lang():
+    """The interpreter's language patch, restored after the test."""
+    saved = interpreter._patch_lang
+    yield saved
+    interpreter._patch_lang = saved
 
 
 @pytest.fixture
@@ -49,3 +58,28 @@ def test_checks_that_would_assert_are_kept(options):
     interpreter.interpreter_builder.options = dataclasses.replace(options, sanitize_overflow=True, debug=True)
     assert not skip_discarded_overflow_checks()
     assert interpreter.interpreter_builder.options.sanitize_overflow is True
+
+
+def _pools_with_moments(seed):
+    """A launch whose kernel calls @triton.jit helpers (row_moments, store_moments) per program."""
+    x = torch.randn(2, 3, 7, 5, generator=torch.Generator().manual_seed(seed))
+    return ndarts_kernels.pools_3x3_forward(x, 2, moments=True)
+
+
+def test_language_is_patched_once_per_launch(patch_lang, monkeypatch, fresh_seed):
+    assert getattr(patch_lang, "original", None) is not None  # installed when the kernels were imported
+    import triton.language as tl
+
+    builtin_load = tl.load
+    walks = []
+    real_walk = interpreter._patch_builtin
+    monkeypatch.setattr(interpreter, "_patch_builtin", lambda *a: walks.append(a[0]) or real_walk(*a))
+    once = _pools_with_moments(fresh_seed)
+    once_walks = len(walks)
+    assert tl.load is builtin_load  # the launch put the language back
+    interpreter._patch_lang = patch_lang.original  # the interpreter's own: a patch per helper call too
+    walks.clear()
+    each = _pools_with_moments(fresh_seed)
+    assert len(walks) > 4 * once_walks  # the helpers ran in every program of the launch
+    assert tl.load is builtin_load
+    assert all(torch.equal(a, b) for a, b in zip(once, each))
