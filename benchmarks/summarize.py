@@ -148,11 +148,12 @@ def search_loop_table(rows):
     """The search loop per step against the bare step of the same run, the evaluation, the graph step's
     capture for a new learning rate (once an epoch), the projection."""
     lines = [f"{'config':34} {'impl':12} {'loop ms':>8} {'step ms':>8} {'+ loop':>7} {'eval us/img':>11} "
-             f"{'capture s':>9} {'50 epochs':>10}"]
+             f"{'capture s':>9} {'50 epochs':>10} {'of it eval':>10}"]
     for r in rows:
         lines.append(f"{r['config_name']:34} {r['impl']:12} {r['loop_step_ms']:8.1f} {r['bare_step_ms']:8.1f} "
                      f"{r['loop_overhead_ms']:7.1f} {1e3 * r['eval_ms_per_image']:11.1f} "
-                     f"{r.get('recapture_s', 0.0):9.2f} {r['projected_search_min']:7.1f} min")
+                     f"{r.get('recapture_s', 0.0):9.2f} {r['projected_search_min']:7.1f} min "
+                     f"{_fmt(r.get('projected_eval_min'), '6.1f'):>6} min")
     return lines
 
 
@@ -229,7 +230,7 @@ def main(argv):
         print("\n".join(search_step_table(steps)))
     if loops:
         print("\nsearch loop (ms per step with its data, meter and checks vs the bare step, same run; the epoch's "
-              "evaluation; projected to 50 CIFAR-10 epochs)")
+              "evaluation; projected to 50 CIFAR-10 epochs, of which the evaluations: --eval-every N saves (N-1)/N of them)")
         print("\n".join(search_loop_table(loops)))
     if data:
         print("\na search step's two augmented CIFAR batches, made on the device (ms)")

@@ -124,6 +124,8 @@ def test_search_loop(benchmark, device, tmp_path, impl):
         "loop_step_ms": loop_ms, "bare_step_ms": step_ms, "loop_overhead_ms": loop_ms - step_ms,
         "recapture_s": recapture_s, "eval_batch_size": EVAL_BATCH, "eval_images_timed": eval_images, "eval_ms_per_image": eval_ms_per_image,
         "projected_epoch_s": epoch_s, "projected_search_min": EPOCHS * epoch_s / 60,
+        # the evaluations' part of it: what --eval-every N saves, (N - 1) / N of it
+        "projected_eval_min": EPOCHS * CIFAR_TRAIN // 2 * eval_ms_per_image / 6e4,
         "projection": f"{EPOCHS} epochs × ({steps_per_epoch} loop steps + {CIFAR_TRAIN // 2} evaluated images "
                       "+ one graph capture)",
         "targets": ["<= 15 min for the 50-epoch search"] if c == GPU_CONFIG else [],
