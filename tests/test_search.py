@@ -167,6 +167,7 @@ def _run_cli(*args, cwd=None):
     (["--dataset", "cifar10", "--data", "/nonexistent/cifar"], "dataset directory /nonexistent/cifar does not exist"),
     (["--dataset", "imagefolder", "--data", "/nonexistent/imgs"], "train does not exist"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--eval-every", "0"], "--eval-every must be >= 1, got 0"),
     (["--device", "tpu:0" if torch.cuda.is_available() else "cuda:7"], "--device"),
 ])
 def test_cli_errors_are_one_clear_line(tmp_path, args, message):
