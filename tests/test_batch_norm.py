@@ -242,8 +242,11 @@ def test_given_partial_moments_of_any_count_merge_like_the_statistics_kernel(fre
         buffers = [[torch.zeros(3)], [torch.ones(3)], [torch.zeros((), dtype=torch.long)]]
         ys, _, rstd = ndarts_kernels.batch_norms_forward([x], *buffers, 0.1, 1e-5, moments=given)
         runs.append([ys[0], rstd, *sum(buffers, [])])
-    for a, b in zip(*runs):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # y = (x - mean)·rstd: the two merge orders may round mean a few ulps of |x| apart (the data sit
+    # off-centre, at 3), which rstd scales; a fixed atol of 1e-6 failed about 1 seed in 50 (2026-12-01)
+    y_atol = 8 * torch.finfo(torch.float32).eps * float(x.abs().max() * runs[1][1].max())
+    for i, (a, b) in enumerate(zip(*runs)):
+        torch.testing.assert_close(a, b, atol=y_atol if i == 0 else 1e-6, rtol=1e-5)
     torch.testing.assert_close(runs[0][0], torch.nn.functional.batch_norm(x, None, None, training=True, eps=1e-5),
                                atol=1e-5, rtol=1e-5)
 
