@@ -14,6 +14,9 @@ batch of an epoch) runs eagerly. Noise stays random: the fused op draws its Phil
 torch's CUDA generator, which a graph advances on every replay, and the reference op draws ε with
 torch.randn on the device, likewise.
 
+The epoch's evaluation (GraphedEvaluation) is a second graph of the same kind: the forward of one
+evaluation batch in eval mode, captured once for the whole search.
+
 Requirements (checked by the caller, ndarts.searcher): a CUDA device, no DDP, the α optimizer
 (Adam) built with ``capturable=True``, and a fused op on its Triton backend (the torch reference
 backend reads its seed on the host, which a graph cannot capture).
@@ -23,12 +26,12 @@ from __future__ import annotations
 import torch
 
 
-class GraphedSearchStep:
-    """Calls ``step_fn(x, y, x_val, y_val, lr) -> tuple of tensors`` as a replayed CUDA graph.
+class CapturedCall:
+    """Calls ``fn(*batch, lr) -> tuple of tensors`` as a replayed CUDA graph (``run(batch, lr, key)``).
 
-    step_fn must not synchronise with the host (no .item(), no checks that read values): the
-    caller inspects the returned tensors after each call instead. The tensors returned for a
-    replayed step are the graph's static outputs, overwritten by the next replay.
+    fn must not synchronise with the host (no .item(), no checks that read values): the caller
+    inspects the returned tensors after each call instead. The tensors returned for a replayed
+    call are the graph's static outputs, overwritten by the next replay.
     """
 
     def __init__(self, step_fn, warmup: int = 3):
@@ -69,10 +72,9 @@ class GraphedSearchStep:
         self.graph, self.static_outputs, self.captured_key = graph, outputs, key
         self.captures += 1
 
-    def __call__(self, x, y, x_val, y_val, lr: float, key=None):
+    def run(self, batch: tuple, lr: float, key=None):
         """key: anything else the captured kernels hold as a constant (the search passes the noise
         scale, which --noise-decay changes per epoch); a new (lr, key) triggers a new capture."""
-        batch = (x, y, x_val, y_val)
         if self.expected is None:
             self.expected = self._signature(batch)
         if self.eager_steps < self.warmup and self.graph is None:
@@ -87,6 +89,41 @@ class GraphedSearchStep:
                 static.copy_(t, non_blocking=True)
         self.graph.replay()
         return self.static_outputs
+
+
+class GraphedSearchStep(CapturedCall):
+    """``step(x, y, x_val, y_val, lr, key=None)``: the search step as a replayed CUDA graph."""
+
+    def __call__(self, x, y, x_val, y_val, lr: float, key=None):
+        return self.run((x, y, x_val, y_val), lr, key)
+
+
+class GraphedEvaluation(CapturedCall):
+    """``evaluate(x, y) -> (summed loss, correct count)`` of one evaluation batch (the model in eval
+    mode, under no_grad) as a replayed CUDA graph.
+
+    Why: an evaluation batch runs the network's forward, on the order of a thousand kernels launched
+    from Python, each ~10-25 µs of host time (SPEC §6's measurement of eager DARTS); a forward's
+    bytes at batch 256 take about as long on an H200 by the byte model (benchmarks/step_traffic.py),
+    so the eager evaluation may wait on the host (an estimate: the loop benchmark's evaluation µs per
+    image, benchmarks/test_bench_search_loop.py, measures it with this graph). Captured once, for the
+    whole search: the forward reads the weights, α and the BatchNorm running statistics in their
+    storage, which the steps update in place, so each replay evaluates the current model (nothing
+    of it is a constant of the graph: no learning rate, no noise in eval mode). The batch's loss
+    and count are summed in the graph; the caller adds them to its totals before the next replay.
+    The last, partial batch runs eagerly.
+    """
+
+    def __init__(self, model, warmup: int = 1):
+        def batch_fn(x, y, _lr):
+            logits = model(x)
+            return (torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"),
+                    (logits.argmax(1) == y).sum())
+
+        super().__init__(batch_fn, warmup=warmup)
+
+    def __call__(self, x, y):
+        return self.run((x, y), 0.0)
 
 
 def prepare_optimizers_for_capture(arch_optimizer) -> None:

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--fused", action="store_true", help="fused mixed ops (Triton kernels on CUDA)")
     g.add_argument("--cuda-graph", action="store_true",
-                   help="replay the whole search step (α + w) as one CUDA graph (CUDA only, no DDP)")
+                   help="replay the whole search step (α + w) as one CUDA graph, and the evaluation's batches as another (CUDA only, no DDP)")
     g.add_argument("--batch-edge-convs", action=argparse.BooleanOptionalAction, default=None,
                    help="run the sep/dil convs of all edges leaving a node as one batched conv stack "
                         "(default on: same math, ~3x fewer conv launches; --no-batch-edge-convs: per edge)")

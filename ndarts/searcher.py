@@ -22,6 +22,7 @@ from .grouped_state import convert_optimizer_state
 from .errors import NdartsError
 from .finite_watch import FiniteWatch
 from .genotype import save_genotype
+from .graph_step import GraphedEvaluation, make_graph_step
 from .meters import EpochMeter
 from .noise import NoiseConfig
 from .operations import SPACES
@@ -87,7 +88,7 @@ class SearchConfig:
     device: str = "auto"
     fused: bool = False
     backend: str | None = None
-    cuda_graph: bool = False  # replay the whole search step as one CUDA graph (ndarts.graph_step)
+    cuda_graph: bool = False  # replay the whole search step (and the evaluation's batches) as CUDA graphs (ndarts.graph_step)
     batch_edge_convs: bool = True  # the sep/dil convs of all edges leaving a node as one batched stack
     amp: str = "none"  # "bf16": the network under bf16 autocast (α, softmax, sums, logits fp32)
     channels_last: bool | None = None  # activations in NHWC; None: on a CPU with the torch ops
@@ -239,6 +240,8 @@ class Searcher:
                                    cfg.momentum, cfg.weight_decay,
                                    grad_hook=self.dist.all_reduce_mean if self.dist is not None else None)
         self.graph_step = self._make_graph_step() if cfg.cuda_graph else None
+        # the evaluation's full batches as one CUDA graph too, captured once for the whole search
+        self.graph_eval = GraphedEvaluation(self.model) if cfg.cuda_graph else None
 
     def _make_graph_step(self):
         cfg = self.cfg
@@ -252,8 +255,6 @@ class Searcher:
             if resolve_backend(cfg.backend, self.device) != "triton":
                 raise NdartsError("--cuda-graph with --fused needs the Triton backend (the torch backend reads "
                                   "its noise seed on the host, which a CUDA graph cannot capture)")
-        from .graph_step import make_graph_step
-
         return make_graph_step(self.model, self.architect, self.w_opt, self.criterion, cfg.grad_clip)
 
     # ------------------------------------------------------------------ checkpoints
@@ -431,6 +432,23 @@ class Searcher:
         self._stop_if_diverged(watch, epoch)
         return meter.summary(n_steps, self.dist)
 
+    def _evaluate_batch(self, x, y):
+        """(summed loss, correct count) of one batch, replayed as a CUDA graph with --cuda-graph."""
+        if self.graph_eval is not None:
+            try:
+                return self.graph_eval(x, y)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except RuntimeError as e:
+                if self.graph_eval.captures:
+                    raise
+                # the step's graph is what --cuda-graph promises; the evaluation may stay eager
+                self.run.log(f"the evaluation is not replayed as a CUDA graph ({str(e).splitlines()[0]}): "
+                             "evaluating eagerly")
+                self.graph_eval = None
+        logits = self.model(x)
+        return nn.functional.cross_entropy(logits.float(), y, reduction="sum"), (logits.argmax(1) == y).sum()
+
     def _stop_if_diverged(self, watch: FiniteWatch, epoch: int):
         bad = watch.first_bad()
         if bad is not None:
@@ -451,9 +469,9 @@ class Searcher:
             if self.cfg.max_steps is not None and step >= self.cfg.max_steps:
                 break
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            logits = self.model(x)
-            sum_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+            batch_loss, batch_correct = self._evaluate_batch(x, y)
+            sum_loss += batch_loss  # before the next replay overwrites the graph's outputs (same stream)
+            correct += batch_correct
             n += y.shape[0]
         self.model.train()
         tot_loss, correct = float(sum_loss), int(correct)

@@ -232,6 +232,30 @@ def test_cuda_graph_search_with_noise_runs_and_draws_noise(tmp_path):
     assert len(records) == 2 and s.graph_step.captures == 2 and s.graph_step.eager_steps >= 3
 
 
+def test_graphed_evaluation_equals_eager_and_follows_the_model(tmp_path):
+    """--cuda-graph's evaluation (captured once, ndarts.graph_step.GraphedEvaluation) gives the eager
+    evaluation's loss and accuracy, before and after the steps have changed the weights, α and the
+    BatchNorm running statistics in place; it is captured once."""
+    s = _searcher(tmp_path, "eval", cuda_graph=True, eval_batch_size=64)  # 6 full batches (max_steps)
+    graph_eval = s.graph_eval
+
+    def both():
+        s.graph_eval = graph_eval
+        graphed = s.evaluate(s.eval_stream, 0)
+        s.graph_eval = None
+        eager = s.evaluate(s.eval_stream, 0)
+        s.graph_eval = graph_eval
+        assert graphed[0] == pytest.approx(eager[0], rel=1e-4, abs=1e-5) and graphed[1] == pytest.approx(eager[1])
+        return graphed
+
+    before = both()
+    assert graph_eval.captures == 1 and graph_eval.eager_steps == 1
+    s._train_epoch(0, s.scheduler.get_last_lr()[0], s.cfg.noise_config().scale_at(0, s.cfg.epochs))
+    after = both()
+    assert after[0] != before[0]  # the replays read the trained model
+    assert graph_eval.captures == 1 and graph_eval.eager_steps == 1
+
+
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("shape", [(64, 16, 32, 32), (64, 64, 8, 8), (5, 7, 13, 11), (256, 32, 16, 16)])
 def test_cuda_batch_norm_matches_torch(dtype, atol, shape):

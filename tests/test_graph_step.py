@@ -56,3 +56,33 @@ def test_capture_replay_and_recapture_keys(fake_cuda):
     assert len(calls) == 6
     # the static inputs hold the last batch copied in before its replay
     assert torch.equal(step.static_inputs[0], full[0])
+
+
+def test_graphed_evaluation_captures_once_and_runs_partial_batches_eagerly(fake_cuda, fresh_seed):
+    """A warm-up batch eagerly, a capture, replays (no forward run), the partial batch eagerly; each
+    call that runs returns the batch's summed cross-entropy and correct count."""
+    from ndarts.graph_step import GraphedEvaluation
+
+    model = torch.nn.Linear(3, 5).eval()
+    forwards = []
+    model.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[0]))
+    evaluate = GraphedEvaluation(model, warmup=1)
+    batches = [(torch.randn(8, 3), torch.randint(0, 5, (8,))) for _ in range(4)] + \
+        [(torch.randn(3, 3), torch.randint(0, 5, (3,)))]
+
+    def want(x, y):
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum()
+
+    with torch.no_grad():
+        for i, (x, y) in enumerate(batches):
+            got = evaluate(x, y)
+            if i != 2 and i != 3:  # warm-up, capture (its replay is the fake's no-op) and the partial batch
+                n = len(forwards)
+                expected = want(x, y)
+                del forwards[n:]
+                torch.testing.assert_close(got[0], expected[0])
+                assert int(got[1]) == int(expected[1])
+    assert forwards == [8, 8, 3]  # the replays ran no forward
+    assert evaluate.captures == 1 and evaluate.eager_steps == 2
+    assert torch.equal(evaluate.static_inputs[0], batches[3][0])  # the last full batch, copied in
