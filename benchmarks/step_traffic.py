@@ -3,6 +3,7 @@ reads and writes, and what that predicts for its time on a GPU.
 
     python benchmarks/step_traffic.py                             # fused_graph_per_edge, fused_graph
     python benchmarks/step_traffic.py --impl plain fused_graph --json traffic.json
+    python benchmarks/step_traffic.py --impl fused_graph --eval-batch 256   # one evaluation batch instead
 
 Why: as one CUDA graph the search step has no host time left; its time is the sum of its
 kernels' times (on the H200 on 2026-11-27 the replay took 106.4 ms and the kernels 105.9 ms).
@@ -135,9 +136,19 @@ class KernelTraffic(TorchDispatchMode):
         self.kernels.append(("triton", fn.__name__, _distinct_bytes(call.values(), [call[k] for k in skip])))
 
 
-def step_kernels(impl: str, batch: int, image: int) -> list[tuple[str, str, int]]:
-    """The kernels of one warm graph step of impl at this size, with their bytes."""
-    step = count_kernels.graph_step(impl, batch, image)
+def step_kernels(impl: str, batch: int, image: int, evaluation: bool = False) -> list[tuple[str, str, int]]:
+    """The kernels of one warm graph step of impl at this size, with their bytes; evaluation: of one
+    evaluation batch instead (the forward in eval mode, no gradient: what ndarts.graph_step's
+    GraphedEvaluation captures)."""
+    step, parts, batches = count_kernels.graph_step(impl, batch, image, with_parts=True)
+    if evaluation:
+        parts.model.eval()
+
+        @torch.no_grad()
+        def step():
+            logits = parts.model(batches[0])
+            torch.nn.functional.cross_entropy(logits.float(), batches[1], reduction="sum")
+            (logits.argmax(1) == batches[1]).sum()
     with count_kernels.graph_step_context() as launches:
         step()  # optimizer state, lazy buffers: the graph captures a warm step
         tracker = KernelTraffic()
@@ -163,13 +174,14 @@ def _category(kind: str, name: str) -> str:
     return count_kernels.category(kind, name)
 
 
-def traffic(impl: str, bandwidth: float = BANDWIDTH, t_min: float = T_MIN) -> dict:
-    """Each kernel's bytes at SIZES, extrapolated to TARGET; totals and the modelled time by category."""
-    runs = [step_kernels(impl, b, i) for b, i in SIZES]
+def traffic(impl: str, bandwidth: float = BANDWIDTH, t_min: float = T_MIN, eval_batch: int | None = None) -> dict:
+    """Each kernel's bytes at SIZES, extrapolated to TARGET; totals and the modelled time by category.
+    eval_batch: of one evaluation batch of that size at TARGET's image size, instead of the step."""
+    runs = [step_kernels(impl, b, i, evaluation=eval_batch is not None) for b, i in SIZES]
     if len(runs[0]) != len(runs[1]) or any(a[:2] != b[:2] for a, b in zip(*runs)):
         raise RuntimeError(f"{impl}: the step launched different kernels at the two sizes; cannot extrapolate")
     work = [b * i * i for b, i in SIZES]
-    target = TARGET[0] * TARGET[1] ** 2
+    target = (eval_batch or TARGET[0]) * TARGET[1] ** 2
     by_cat = collections.defaultdict(lambda: {"kernels": 0, "bytes": 0.0, "model_s": 0.0, "floor_kernels": 0})
     for (kind, name, b0), (_, _, b1) in zip(*runs):
         nbytes = max(b0 + (b1 - b0) / (work[1] - work[0]) * (target - work[0]), 0.0)
@@ -179,7 +191,8 @@ def traffic(impl: str, bandwidth: float = BANDWIDTH, t_min: float = T_MIN) -> di
         cat["model_s"] += max(t_min, nbytes / bandwidth)
         cat["floor_kernels"] += nbytes / bandwidth < t_min
     total_bytes = sum(c["bytes"] for c in by_cat.values())
-    return {"impl": impl, "sizes": [list(s) for s in SIZES], "target": list(TARGET), "kernels": len(runs[0]),
+    return {"impl": impl, "what": "step" if eval_batch is None else "evaluation batch",
+            "sizes": [list(s) for s in SIZES], "target": [eval_batch or TARGET[0], TARGET[1]], "kernels": len(runs[0]),
             "GB": total_bytes / 1e9, "model_ms": sum(c["model_s"] for c in by_cat.values()) * 1e3,
             "bandwidth": bandwidth, "t_min": t_min,
             "by_category": {k: {**v, "GB": v["bytes"] / 1e9, "model_ms": v["model_s"] * 1e3}
@@ -192,14 +205,17 @@ def main(argv=None):
                         help="variants of benchmarks/test_bench_search_step.py")
     parser.add_argument("--bandwidth", type=float, default=BANDWIDTH, help="bytes/s of a streaming kernel")
     parser.add_argument("--t-min", type=float, default=T_MIN, help="seconds: the least a kernel takes")
+    parser.add_argument("--eval-batch", type=int, help="one evaluation batch of this size (eval-mode forward) "
+                                                          "instead of the search step")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = []
     for impl in args.impl:
-        r = traffic(impl, args.bandwidth, args.t_min)
+        r = traffic(impl, args.bandwidth, args.t_min, args.eval_batch)
         results.append(r)
-        print(f"\n{impl}: {r['kernels']} kernels, {r['GB']:.1f} GB per step at b{TARGET[0]} {TARGET[1]}x{TARGET[1]}, "
+        b, image = r["target"]
+        print(f"\n{impl}: {r['kernels']} kernels, {r['GB']:.1f} GB per {r['what']} at b{b} {image}x{image}, "
               f"model {r['model_ms']:.1f} ms ({args.bandwidth / 1e12:.2f} TB/s, {args.t_min * 1e6:.1f} µs per kernel at least)")
         print(f"  {'category':48} {'kernels':>8} {'at floor':>9} {'GB':>7} {'model ms':>9}")
         for name, c in r["by_category"].items():

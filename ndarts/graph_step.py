@@ -102,9 +102,9 @@ class GraphedEvaluation(CapturedCall):
     """``evaluate(x, y) -> (summed loss, correct count)`` of one evaluation batch (the model in eval
     mode, under no_grad) as a replayed CUDA graph.
 
-    Why: an evaluation batch runs the network's forward, on the order of a thousand kernels launched
-    from Python, each ~10-25 µs of host time (SPEC §6's measurement of eager DARTS); a forward's
-    bytes at batch 256 take about as long on an H200 by the byte model (benchmarks/step_traffic.py),
+    Why: an evaluation batch of 256 on the default path launches 1 025 kernels from Python, each
+    ~10-25 µs of host time (SPEC §6's measurement of eager DARTS: 10-26 ms), and its kernels' bytes
+    take 16.8 ms on an H200 by the byte model (`python benchmarks/step_traffic.py --eval-batch 256`),
     so the eager evaluation may wait on the host (an estimate: the loop benchmark's evaluation µs per
     image, benchmarks/test_bench_search_loop.py, measures it with this graph). Captured once, for the
     whole search: the forward reads the weights, α and the BatchNorm running statistics in their

@@ -96,3 +96,19 @@ def test_traffic_of_the_default_step_covers_its_census():
     assert result["GB"] > 10  # batch 64 at 32×32: tens of GB per step
     assert result["model_ms"] >= result["kernels"] * step_traffic.T_MIN * 1e3 * (1 - 1e-9)
     assert result["model_ms"] >= result["GB"] * 1e9 / step_traffic.BANDWIDTH * 1e3 * (1 - 1e-9)
+
+
+def test_an_evaluation_batch_is_a_forward_without_gradients():
+    """--eval-batch counts one eval-mode forward (GraphedEvaluation's): no gradient kernels, no
+    BatchNorm statistics (running ones are read), fewer kernels than the step; its bytes scale with
+    the batch it is extrapolated to."""
+    step_traffic = pytest.importorskip("step_traffic")
+    kernels = step_traffic.step_kernels("fused_graph", 2, 8, evaluation=True)
+    names = {name for _, name, _ in kernels}
+    assert not any("gradient" in n or "backward" in n or "_grad_" in n for n in names), sorted(names)
+    assert not any("stats" in n for n in names), sorted(names)
+    assert "_group_forward_kernel" in names and "depthwise conv forward" in names
+    assert len(kernels) < len(step_traffic.step_kernels("fused_graph", 2, 8)) / 2
+    small, large = (step_traffic.traffic("fused_graph", eval_batch=b) for b in (64, 256))
+    assert small["what"] == "evaluation batch" and small["kernels"] == large["kernels"]
+    assert large["GB"] == pytest.approx(4 * small["GB"], rel=0.02)  # weights and per-channel vectors: no batch
