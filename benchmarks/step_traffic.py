@@ -40,6 +40,8 @@ import count_kernels  # noqa: E402  (sets TRITON_INTERPRET before the kernels ar
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+from ndarts.graph_step import evaluation_sums  # noqa: E402
+
 SIZES = ((2, 16), (4, 16))  # (batch, image) of the two runs
 TARGET = (64, 32)  # SPEC §6: batch 64, 32×32
 BANDWIDTH = 3.4e12  # bytes/s a streaming kernel reaches on an H200 (80 % of the copy bandwidth measured there)
@@ -146,9 +148,7 @@ def step_kernels(impl: str, batch: int, image: int, evaluation: bool = False) ->
 
         @torch.no_grad()
         def step():
-            logits = parts.model(batches[0])
-            torch.nn.functional.cross_entropy(logits.float(), batches[1], reduction="sum")
-            (logits.argmax(1) == batches[1]).sum()
+            evaluation_sums(parts.model, *batches[:2])
     with count_kernels.graph_step_context() as launches:
         step()  # optimizer state, lazy buffers: the graph captures a warm step
         tracker = KernelTraffic()

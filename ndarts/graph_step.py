@@ -98,6 +98,13 @@ class GraphedSearchStep(CapturedCall):
         return self.run((x, y, x_val, y_val), lr, key)
 
 
+def evaluation_sums(model, x, y):
+    """(summed cross-entropy, correct count) of one evaluation batch: what the search's evaluation
+    adds up per batch, eagerly or replayed (GraphedEvaluation)."""
+    logits = model(x)
+    return torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"), (logits.argmax(1) == y).sum()
+
+
 class GraphedEvaluation(CapturedCall):
     """``evaluate(x, y) -> (summed loss, correct count)`` of one evaluation batch (the model in eval
     mode, under no_grad) as a replayed CUDA graph.
@@ -115,12 +122,7 @@ class GraphedEvaluation(CapturedCall):
     """
 
     def __init__(self, model, warmup: int = 1):
-        def batch_fn(x, y, _lr):
-            logits = model(x)
-            return (torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"),
-                    (logits.argmax(1) == y).sum())
-
-        super().__init__(batch_fn, warmup=warmup)
+        super().__init__(lambda x, y, _lr: evaluation_sums(model, x, y), warmup=warmup)
 
     def __call__(self, x, y):
         return self.run((x, y), 0.0)

@@ -22,7 +22,7 @@ from .grouped_state import convert_optimizer_state
 from .errors import NdartsError
 from .finite_watch import FiniteWatch
 from .genotype import save_genotype
-from .graph_step import GraphedEvaluation, make_graph_step
+from .graph_step import GraphedEvaluation, evaluation_sums, make_graph_step
 from .meters import EpochMeter
 from .noise import NoiseConfig
 from .operations import SPACES
@@ -446,8 +446,7 @@ class Searcher:
                 self.run.log(f"the evaluation is not replayed as a CUDA graph ({str(e).splitlines()[0]}): "
                              "evaluating eagerly")
                 self.graph_eval = None
-        logits = self.model(x)
-        return nn.functional.cross_entropy(logits.float(), y, reduction="sum"), (logits.argmax(1) == y).sum()
+        return evaluation_sums(self.model, x, y)
 
     def _stop_if_diverged(self, watch: FiniteWatch, epoch: int):
         bad = watch.first_bad()
