@@ -86,11 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default=None, choices=["none", "bf16"],
                    help="bf16: run the network under bf16 autocast (α, its softmax, the mixed sums' "
                         "accumulation and the logits stay fp32); default none")
-    g.add_argument("--triton-convs", default=None, choices=list(TRITON_CONVS),
+    g.add_argument("--triton-convs", default=None, choices=[*TRITON_CONVS, "auto"],
                    help="the cells' depthwise and/or 1x1 convolutions on ndarts' Triton kernels where the "
                         "search kernels run (inside a --cuda-graph capture, or with --backend triton); "
                         "depthwise-wgrad: only the depthwise weight gradient; separable: each depthwise + 1x1 "
-                        "pair of the batched conv stacks on one fused kernel; opt-in, not yet timed on a GPU")
+                        "pair of the batched conv stacks on one fused kernel; auto: time none, depthwise-wgrad "
+                        "and separable as this run's step on this device first and keep the fastest (logged); "
+                        "opt-in, not yet timed on a GPU")
     g.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
                    help="let cuDNN time its algorithms for each conv shape on CUDA, as DARTS's code does "
                         "(may speed the convolutions up; results not bitwise repeatable run to run); default: torch's (off)")

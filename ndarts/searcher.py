@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .architect import Architect
+from .conv_tuning import AUTO_CANDIDATES, TUNING_CALLS, synthetic_batch, tune_triton_convs
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from .data import BatchStream, DataSpec, EndlessStream, load_dataset, split_halves
 from .grouped_state import convert_optimizer_state
@@ -92,7 +93,7 @@ class SearchConfig:
     batch_edge_convs: bool = True  # the sep/dil convs of all edges leaving a node as one batched stack
     amp: str = "none"  # "bf16": the network under bf16 autocast (α, softmax, sums, logits fp32)
     channels_last: bool | None = None  # activations in NHWC; None: on a CPU with the torch ops
-    triton_convs: str = "none"  # see TRITON_CONVS
+    triton_convs: str = "none"  # a TRITON_CONVS key, or "auto": the fastest of AUTO_CANDIDATES, timed here
     cudnn_benchmark: bool | None = None  # cuDNN times its algorithms per conv shape (CUDA); None: as the process has it
     tensorboard: bool = False  # scalars per epoch into OUT/tensorboard
     report_freq: int = 50
@@ -118,8 +119,9 @@ class SearchConfig:
         if self.amp not in SEARCH_AMP:
             raise NdartsError(f"--amp must be one of {sorted(SEARCH_AMP)} for the search, got {self.amp!r} "
                               "(fp16 would need loss scaling)")
-        if self.triton_convs not in TRITON_CONVS:
-            raise NdartsError(f"--triton-convs must be one of {sorted(TRITON_CONVS)}, got {self.triton_convs!r}")
+        if self.triton_convs not in TRITON_CONVS and self.triton_convs != "auto":
+            raise NdartsError(f"--triton-convs must be auto or one of {sorted(TRITON_CONVS)}, "
+                              f"got {self.triton_convs!r}")
         if not 0 < self.train_portion < 1:
             raise NdartsError(f"--train-portion must be in (0, 1), got {self.train_portion}")
         if self.order not in ("first", "second"):
@@ -217,7 +219,23 @@ class Searcher:
             # process-wide, as DARTS's search script sets it; cuDNN then times its algorithms on the
             # first call of each conv shape (the eager warm-up steps before a --cuda-graph capture)
             torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-        depthwise, pointwise, separable = TRITON_CONVS[cfg.triton_convs]
+        if cfg.cuda_graph:
+            self._check_graph_step_allowed()  # before any tuning step is captured
+        self.criterion = nn.CrossEntropyLoss()
+        self.triton_convs = self._choose_triton_convs()  # a TRITON_CONVS key ("auto": the fastest here)
+        self.model = self._new_model(self.triton_convs)
+        self.w_opt, self.a_opt, self.architect = self._optimizers(self.model)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.learning_rate_min)
+        self.forward_model = self.dist.wrap(self.model) if self.dist is not None else self.model
+        self.graph_step = self._make_graph_step() if cfg.cuda_graph else None
+        # the evaluation's full batches as one CUDA graph too, captured once for the whole search
+        self.graph_eval = GraphedEvaluation(self.model) if cfg.cuda_graph else None
+
+    def _new_model(self, triton_convs: str) -> SearchNetwork:
+        """A search network of this run's configuration on its device, its cells' convolutions as
+        `triton_convs` (a TRITON_CONVS key) says."""
+        cfg, spec = self.cfg, self.spec
+        depthwise, pointwise, separable = TRITON_CONVS[triton_convs]
         try:
             model = SearchNetwork(cfg.init_channels, spec.num_classes, cfg.layers, SPACES[cfg.space],
                                   cfg.noise_config(), fused=cfg.fused, steps=cfg.steps, multiplier=cfg.steps,
@@ -228,22 +246,69 @@ class Searcher:
                                   fused_separable_conv=separable)
         except ValueError as e:
             raise NdartsError(f"cannot build the search network: {e}") from None
-        self.model = model.to(dev)
-        self.criterion = nn.CrossEntropyLoss()
-        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), cfg.learning_rate, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
-        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.arch_learning_rate, betas=(0.5, 0.999),
-                                      weight_decay=cfg.arch_weight_decay, capturable=cfg.cuda_graph)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.learning_rate_min)
-        self.forward_model = self.dist.wrap(self.model) if self.dist is not None else self.model
-        self.architect = Architect(self.model, self.a_opt, self.w_opt, self.criterion, cfg.order,
-                                   cfg.momentum, cfg.weight_decay,
-                                   grad_hook=self.dist.all_reduce_mean if self.dist is not None else None)
-        self.graph_step = self._make_graph_step() if cfg.cuda_graph else None
-        # the evaluation's full batches as one CUDA graph too, captured once for the whole search
-        self.graph_eval = GraphedEvaluation(self.model) if cfg.cuda_graph else None
+        return model.to(self.device)
 
-    def _make_graph_step(self):
+    def _optimizers(self, model):
+        """(w optimizer, α optimizer, architect) of a model, as the search steps them."""
+        cfg = self.cfg
+        w_opt = torch.optim.SGD(model.weight_parameters(), cfg.learning_rate, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+        a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_learning_rate, betas=(0.5, 0.999),
+                                 weight_decay=cfg.arch_weight_decay, capturable=cfg.cuda_graph)
+        architect = Architect(model, a_opt, w_opt, self.criterion, cfg.order, cfg.momentum, cfg.weight_decay,
+                              grad_hook=self.dist.all_reduce_mean if self.dist is not None else None)
+        return w_opt, a_opt, architect
+
+    def _choose_triton_convs(self) -> str:
+        """cfg.triton_convs, or with "auto" the fastest candidate timed on this device (ndarts.conv_tuning)."""
+        cfg = self.cfg
+        if cfg.triton_convs != "auto":
+            return cfg.triton_convs
+        why_not = self._why_conv_kernels_idle()
+        if why_not:
+            self.run.log(f"--triton-convs auto: none ({why_not})")
+            return "none"
+        candidates = [c for c in AUTO_CANDIDATES if cfg.batch_edge_convs or not TRITON_CONVS[c][2]]
+        spec = self.spec
+        batch = synthetic_batch(cfg.batch_size, spec.in_channels, spec.image_size, spec.num_classes, self.device)
+        state = rng_state()  # the candidates' networks draw weights and noise: the search after them must not differ
+        try:
+            result = tune_triton_convs(candidates, self._tuning_step, batch, cfg.learning_rate, self.device,
+                                       **TUNING_CALLS["graph" if cfg.cuda_graph else "eager"])
+        finally:
+            set_rng_state(state)
+        self.run.log(result.summary())
+        return result.choice
+
+    def _why_conv_kernels_idle(self) -> str | None:
+        """Why --triton-convs would change nothing in this run (None: it would)."""
+        cfg = self.cfg
+        if self.dist is not None:
+            return "not tuned under torchrun, where the Triton convs run only with --backend triton"
+        from .backend import BackendError, requested_backend, resolve_backend
+
+        try:
+            resolved = resolve_backend(cfg.backend, self.device)
+        except BackendError as e:
+            raise NdartsError(str(e)) from None
+        if resolved != "triton":
+            return f"the search kernels run on the torch backend on {self.device}"
+        if not cfg.cuda_graph and requested_backend(cfg.backend) != "triton":
+            return "the Triton convs run only inside a --cuda-graph capture or with --backend triton"
+        return None
+
+    def _tuning_step(self, triton_convs: str):
+        """The step this run would take, on a fresh network whose convolutions run as triton_convs."""
+        cfg = self.cfg
+        model = self._new_model(triton_convs)
+        w_opt, _, architect = self._optimizers(model)
+        if cfg.cuda_graph:
+            return make_graph_step(model, architect, w_opt, self.criterion, cfg.grad_clip)
+        weights = model.weight_parameters()
+        return lambda x, y, xv, yv, lr: search_step(architect, model, self.criterion, w_opt, weights,
+                                                     cfg.grad_clip, x, y, xv, yv, lr)
+
+    def _check_graph_step_allowed(self):
         cfg = self.cfg
         if self.device.type != "cuda":
             raise NdartsError("--cuda-graph needs a CUDA device")
@@ -255,7 +320,9 @@ class Searcher:
             if resolve_backend(cfg.backend, self.device) != "triton":
                 raise NdartsError("--cuda-graph with --fused needs the Triton backend (the torch backend reads "
                                   "its noise seed on the host, which a CUDA graph cannot capture)")
-        return make_graph_step(self.model, self.architect, self.w_opt, self.criterion, cfg.grad_clip)
+
+    def _make_graph_step(self):
+        return make_graph_step(self.model, self.architect, self.w_opt, self.criterion, self.cfg.grad_clip)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_state(self, epoch_done: int, rng_ranks=None) -> dict:

@@ -256,6 +256,25 @@ def test_graphed_evaluation_equals_eager_and_follows_the_model(tmp_path):
     assert graph_eval.captures == 1 and graph_eval.eager_steps == 1
 
 
+def test_triton_convs_auto_times_every_candidate_as_a_graph_step_then_searches(tmp_path):
+    """--triton-convs auto with --cuda-graph: each candidate compiles, captures and replays as a
+    graph step on this card (none fails), the fastest is chosen, and the search then runs on it with
+    the RNG streams as a run without tuning has them."""
+    from ndarts.conv_tuning import AUTO_CANDIDATES
+
+    s = _searcher(tmp_path, "auto", cuda_graph=True, triton_convs="auto", epochs=1)
+    log = (tmp_path / "auto" / "log.txt").read_text()
+    line = next(line for line in log.splitlines() if "--triton-convs auto:" in line)
+    assert "failed" not in line, line
+    assert s.triton_convs in AUTO_CANDIDATES and all(f"{c} " in line for c in AUTO_CANDIDATES)
+    initial = [p.detach().clone() for p in s.model.parameters()]
+    s.run_search()
+    assert s.graph_step.captures == 1 and len((tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()) == 1
+    direct = _searcher(tmp_path, "direct", cuda_graph=True, triton_convs=s.triton_convs, epochs=1)
+    for a, b in zip(initial, direct.model.parameters()):
+        assert torch.equal(a, b)  # the same initial weights: the tuning drew nothing from the streams
+
+
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("shape", [(64, 16, 32, 32), (64, 64, 8, 8), (5, 7, 13, 11), (256, 32, 16, 16)])
 def test_cuda_batch_norm_matches_torch(dtype, atol, shape):

@@ -254,5 +254,5 @@ def test_triton_convs_and_cudnn_benchmark_options(tmp_path):
     assert not any(m.fused_separable for m in s.model.modules() if isinstance(m, GroupedConvStack))
     r = _run_cli(*TINY, "--triton-convs", "winograd", "--out", str(tmp_path / "bad"))
     assert r.returncode == 2 and "invalid choice: 'winograd'" in r.stderr and "Traceback" not in r.stderr
-    with pytest.raises(Exception, match="--triton-convs must be one of"):
+    with pytest.raises(Exception, match="--triton-convs must be auto or one of"):
         Searcher(_cfg(tmp_path / "bad2", triton_convs="winograd"))
