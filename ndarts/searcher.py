@@ -94,6 +94,7 @@ class SearchConfig:
     amp: str = "none"  # "bf16": the network under bf16 autocast (α, softmax, sums, logits fp32)
     channels_last: bool | None = None  # activations in NHWC; None: on a CPU with the torch ops
     triton_convs: str = "none"  # a TRITON_CONVS key, or "auto": the fastest of AUTO_CANDIDATES, timed here
+    triton_convs_chosen: str | None = None  # what "auto" chose (config.json): a resumed run keeps it, untimed
     cudnn_benchmark: bool | None = None  # cuDNN times its algorithms per conv shape (CUDA); None: as the process has it
     tensorboard: bool = False  # scalars per epoch into OUT/tensorboard
     report_freq: int = 50
@@ -122,6 +123,8 @@ class SearchConfig:
         if self.triton_convs not in TRITON_CONVS and self.triton_convs != "auto":
             raise NdartsError(f"--triton-convs must be auto or one of {sorted(TRITON_CONVS)}, "
                               f"got {self.triton_convs!r}")
+        if self.triton_convs_chosen is not None and self.triton_convs_chosen not in TRITON_CONVS:
+            raise NdartsError(f"triton_convs_chosen must be one of {sorted(TRITON_CONVS)}, got {self.triton_convs_chosen!r}")
         if not 0 < self.train_portion < 1:
             raise NdartsError(f"--train-portion must be in (0, 1), got {self.train_portion}")
         if self.order not in ("first", "second"):
@@ -188,11 +191,17 @@ class Searcher:
     def _keep_checkpoint_layout(self):
         """A resumed run keeps the conv layout of its checkpoint (batch_edge_convs; runs from before
         the option are per edge): the same math either way, but the optimizer's momentum is stored
-        per parameter, and the two layouts have different parameters."""
-        saved = (self.run.read_config() or {}).get("batch_edge_convs", False)
+        per parameter, and the two layouts have different parameters. With --triton-convs auto it
+        keeps the variant the run chose."""
+        config = self.run.read_config() or {}
+        saved = config.get("batch_edge_convs", False)
         if saved != self.cfg.batch_edge_convs:
             self.run.log(f"note: resuming with batch_edge_convs={saved}, the layout of the checkpoint")
             self.cfg.batch_edge_convs = saved
+        # --triton-convs auto: the variant the run chose, not a new timing that may choose another
+        # (another variant rounds differently: the resumed run would not be the uninterrupted one)
+        if self.cfg.triton_convs == "auto" == config.get("triton_convs") and config.get("triton_convs_chosen"):
+            self.cfg.triton_convs_chosen = config["triton_convs_chosen"]
 
     def _build(self):
         cfg, dev = self.cfg, self.device
@@ -264,9 +273,13 @@ class Searcher:
         cfg = self.cfg
         if cfg.triton_convs != "auto":
             return cfg.triton_convs
+        if cfg.triton_convs_chosen is not None:
+            self.run.log(f"--triton-convs auto: {cfg.triton_convs_chosen}, as this run chose before")
+            return cfg.triton_convs_chosen
         why_not = self._why_conv_kernels_idle()
         if why_not:
             self.run.log(f"--triton-convs auto: none ({why_not})")
+            cfg.triton_convs_chosen = "none"
             return "none"
         candidates = [c for c in AUTO_CANDIDATES if cfg.batch_edge_convs or not TRITON_CONVS[c][2]]
         spec = self.spec
@@ -278,6 +291,7 @@ class Searcher:
         finally:
             set_rng_state(state)
         self.run.log(result.summary())
+        cfg.triton_convs_chosen = result.choice  # into config.json
         return result.choice
 
     def _why_conv_kernels_idle(self) -> str | None:

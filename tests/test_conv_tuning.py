@@ -86,15 +86,26 @@ def test_auto_times_the_candidates_then_searches_as_a_run_given_the_choice(tmp_p
     for a, b in zip(tuned.model.parameters(), direct.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
+    # resumed: the variant the run chose (config.json), not a new timing that might choose another
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["triton_convs_chosen"] == tuned.triton_convs
+    monkeypatch.setattr("ndarts.searcher.tune_triton_convs", _never)
+    resumed = Searcher(_cfg(tmp_path / "auto", triton_convs="auto", epochs=2, resume=True))
+    assert resumed.triton_convs == tuned.triton_convs and resumed.start_epoch == 1
+    log = (tmp_path / "auto" / "log.txt").read_text()
+    assert f"--triton-convs auto: {tuned.triton_convs}, as this run chose before" in log
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("nothing to time here")
+
 
 def test_auto_without_the_triton_kernels_is_none_untimed(tmp_path, monkeypatch, capsys):
-    def never(*args, **kwargs):
-        raise AssertionError("nothing to time: the Triton convs would not run")
-
-    monkeypatch.setattr("ndarts.searcher.tune_triton_convs", never)
+    monkeypatch.setattr("ndarts.searcher.tune_triton_convs", _never)
     s = Searcher(_cfg(tmp_path / "torch", backend="torch"))
     s.cfg.triton_convs = "auto"
-    assert s._choose_triton_convs() == "none"
+    assert s._choose_triton_convs() == "none" == s.cfg.triton_convs_chosen
+    with pytest.raises(NdartsError, match="triton_convs_chosen must be one of"):
+        Searcher(_cfg(tmp_path / "bad", triton_convs="auto", triton_convs_chosen="winograd"))
     main(["--layers", "2", "--init-channels", "2", "--batch-size", "4", "--max-steps", "1", "--epochs", "1",
           "--eval-batch-size", "4", "--fused", "--triton-convs", "auto", "--out", str(tmp_path / "cli")])
     assert "--triton-convs auto: none (the search kernels run on the torch backend on cpu)" in capsys.readouterr().out
