@@ -146,6 +146,7 @@ def _bn_apply_kernel(
     APPLY: tl.constexpr,  # bit t set: tensor t's y is written here (else only its statistics: its consumers normalise)
     SAVE_MEAN_ON: tl.constexpr,
     UPDATE_RUNNING: tl.constexpr,
+    USE_RUNNING: tl.constexpr,  # eval mode: normalise with the running statistics (no partials read)
     S_BLOCK: tl.constexpr,  # partials merged per step (a power of two)
     BLOCK_HW: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -156,34 +157,38 @@ def _bn_apply_kernel(
     t, c, CHW = _channel_of(q, HW, O1, O2, O3, O4, O5, O6, O7, C0, C1, C2, C3, C4, C5, C6, C7, T)
     X = pick_pointer(t, X0, X1, X2, X3, X4, X5, X6, X7, T)
     Y = pick_pointer(t, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, T)
-    # Chan's merge of this channel's M_t partials, the same in every program of the channel
-    PART = pick_pointer(t, PART0, PART1, PART2, PART3, PART4, PART5, PART6, PART7, T)
-    M = pick_pointer(t, M0, M1, M2, M3, M4, M5, M6, M7, T)
-    # (two passes over chunks of S_BLOCK: the mean first, then M2 about it; any M_t, a fixed order)
-    sidx = tl.arange(0, S_BLOCK)
+    RM = pick_pointer(t, RM0, RM1, RM2, RM3, RM4, RM5, RM6, RM7, T)
+    RV = pick_pointer(t, RV0, RV1, RV2, RV3, RV4, RV5, RV6, RV7, T)
     count = tl.zeros([], dtype=tl.float32)
-    total = tl.zeros([], dtype=tl.float32)
-    for s0 in range(0, M, S_BLOCK):
-        smask = s0 + sidx < M
-        n_i = tl.load(PART + (c * M + s0 + sidx) * 3 + 0, mask=smask, other=0.0)
-        count += tl.sum(n_i, axis=0)
-        total += tl.sum(n_i * tl.load(PART + (c * M + s0 + sidx) * 3 + 1, mask=smask, other=0.0), axis=0)
-    mean = total / count
     m2 = tl.zeros([], dtype=tl.float32)
-    for s0 in range(0, M, S_BLOCK):
-        smask = s0 + sidx < M
-        pbase = (c * M + s0 + sidx) * 3
-        n_i = tl.load(PART + pbase + 0, mask=smask, other=0.0)
-        dev = tl.where(smask, tl.load(PART + pbase + 1, mask=smask, other=0.0) - mean, 0.0)
-        m2 += tl.sum(tl.load(PART + pbase + 2, mask=smask, other=0.0), axis=0) + tl.sum(n_i * dev * dev, axis=0)
-    rstd = 1.0 / tl.sqrt(m2 / count + eps)
+    if USE_RUNNING:
+        mean = tl.load(RM + c).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.load(RV + c).to(tl.float32) + eps)
+    else:
+        # Chan's merge of this channel's M_t partials, the same in every program of the channel
+        PART = pick_pointer(t, PART0, PART1, PART2, PART3, PART4, PART5, PART6, PART7, T)
+        M = pick_pointer(t, M0, M1, M2, M3, M4, M5, M6, M7, T)
+        # (two passes over chunks of S_BLOCK: the mean first, then M2 about it; any M_t, a fixed order)
+        sidx = tl.arange(0, S_BLOCK)
+        total = tl.zeros([], dtype=tl.float32)
+        for s0 in range(0, M, S_BLOCK):
+            smask = s0 + sidx < M
+            n_i = tl.load(PART + (c * M + s0 + sidx) * 3 + 0, mask=smask, other=0.0)
+            count += tl.sum(n_i, axis=0)
+            total += tl.sum(n_i * tl.load(PART + (c * M + s0 + sidx) * 3 + 1, mask=smask, other=0.0), axis=0)
+        mean = total / count
+        for s0 in range(0, M, S_BLOCK):
+            smask = s0 + sidx < M
+            pbase = (c * M + s0 + sidx) * 3
+            n_i = tl.load(PART + pbase + 0, mask=smask, other=0.0)
+            dev = tl.where(smask, tl.load(PART + pbase + 1, mask=smask, other=0.0) - mean, 0.0)
+            m2 += tl.sum(tl.load(PART + pbase + 2, mask=smask, other=0.0), axis=0) + tl.sum(n_i * dev * dev, axis=0)
+        rstd = 1.0 / tl.sqrt(m2 / count + eps)
     if s == 0:
         tl.store(SAVE_RSTD + q, rstd)
         if SAVE_MEAN_ON:
             tl.store(SAVE_MEAN + q, mean)
         if UPDATE_RUNNING:
-            RM = pick_pointer(t, RM0, RM1, RM2, RM3, RM4, RM5, RM6, RM7, T)
-            RV = pick_pointer(t, RV0, RV1, RV2, RV3, RV4, RV5, RV6, RV7, T)
             rm = tl.load(RM + c).to(tl.float32)
             rv = tl.load(RV + c).to(tl.float32)
             # PyTorch's rule: the running variance takes the unbiased batch variance
@@ -403,7 +408,8 @@ def _launches(tensors):
 
 
 def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum: float, eps: float, relu=None,
-                        moments=None, apply=None, mean_out: torch.Tensor | None = None):
+                        moments=None, apply=None, mean_out: torch.Tensor | None = None, relu_in_place: bool = False,
+                        use_running: bool = False):
     """Training-mode BatchNorm2d (no affine) of several tensors of one batch size, image size and
     dtype (channel counts may differ), eight per launch (each its own statistics). relu[t]: tensor
     t's BatchNorm is followed by a ReLU, fused. moments[t]: tensor t's statistics as partial
@@ -412,6 +418,10 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
     apply[t] False: tensor t's statistics (and running statistics) only, its y not written (ys[t]
     None): its consumers normalise xs[t] as they read it (the mean from mean_out, the rstd from rstd).
     mean_out: fp32 [ΣC_t] to write the batch means into (launch layout, as rstd), or None.
+    relu_in_place: where relu[t], relu(y) is written over y (rs[t] is ys[t]): for a forward that keeps
+    nothing for a backward (an evaluation: ndarts.batch_norm's eval-mode launches).
+    use_running: eval mode: each tensor normalised with its running statistics (running_means and
+    running_vars, read, not updated; nums_batches and moments unused): no statistics read or made.
 
     Returns (ys, rs, rstd): ys[t] = x̂ of xs[t] (what the backward needs), rs[t] = relu(ys[t]) where
     relu[t] (else None), rstd fp32 [ΣC_t] (the tensors' channels one after another).
@@ -438,11 +448,14 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
                              f"fp32 [{x.shape[1]}, M, 3], got {tuple(m.shape)} {m.dtype}")
     xs = [x.contiguous() for x in xs]
     ys = [torch.empty_like(x) if a else None for x, a in zip(xs, apply)]
-    rs = [torch.empty_like(x) if r else None for x, r in zip(xs, relu)]
+    # in place: the kernel stores y, then relu(y) at the same addresses, in the same thread
+    rs = [(y if relu_in_place else torch.empty_like(x)) if r else None for x, y, r in zip(xs, ys, relu)]
     rstd = torch.empty((channels_all,), device=xs[0].device, dtype=torch.float32)
     if xs[0].numel() == 0:
         return ys, rs, rstd
-    update = running_means is not None
+    if use_running and (running_means is None or running_vars is None):
+        raise ValueError("batch_norm: use_running normalises with the running statistics; got none")
+    update = running_means is not None and not use_running
     for start, stop, first, channels in _launches(xs):
         num = stop - start
         x0 = xs[start]
@@ -453,7 +466,8 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
             return pad_pointers(tensors[start:stop], MAX_TENSORS, like)
 
         geometry = _channel_args(xs[start:stop])
-        parts = moments[:]
+        # eval mode (use_running): no partial moments; rstd stands in for their pointers (never read)
+        parts = [rstd[:1].view(1, 1, 1)] * len(xs) if use_running else moments[:]
         missing = [t for t in range(start, stop) if parts[t] is None]
         if missing:  # the statistics kernel over the tensors without moments, a launch of their own
             held = [xs[t] for t in missing]
@@ -464,7 +478,8 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
                 T=len(held), BLOCK_HW=s_bhw, BLOCK=s_block, INDEX_64=index_64, num_warps=s_warps)
             _share_rows(parts, missing, xs, part)
         counts_m = [parts[t].shape[1] for t in range(start, stop)]
-        stats = [slots(lst, rstd) if update else [rstd] * MAX_TENSORS for lst in (running_means, running_vars)]
+        stats = [slots(lst, rstd) if update or use_running else [rstd] * MAX_TENSORS
+                 for lst in (running_means, running_vars)]
         counts = slots(nums_batches, rstd) if update else [rstd] * MAX_TENSORS
         # a tensor not applied here: an applied tensor's x and y as stand-ins (never read nor written)
         stand_in = _stand_ins(apply, start, stop)
@@ -476,7 +491,7 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
             mean_out[first:first + channels] if mean_out is not None else rstd, *stats[0], *stats[1], *counts,
             n, hw, *geometry, rows, splits, *(counts_m + [0] * (MAX_TENSORS - num)), float(eps), float(momentum),
             T=num, RELU=_bits(relu[start:stop]), APPLY=_bits(apply[start:stop]), SAVE_MEAN_ON=mean_out is not None,
-            UPDATE_RUNNING=update,
+            UPDATE_RUNNING=update, USE_RUNNING=use_running,
             S_BLOCK=max(2, min(MERGE_CHUNK, triton.next_power_of_2(max(counts_m)))), BLOCK_HW=block_hw, BLOCK=block,
             INDEX_64=index_64, num_warps=num_warps,
         )

@@ -83,6 +83,10 @@ def _workload() -> None:
             ys, rs, rstd = K.batch_norms_forward(xs, *stats, [torch.zeros((), dtype=torch.long) for _ in relu],
                                                  0.1, 1e-5, relu)
             K.batch_norms_backward(ys, ys, rstd, relu)
+            # eval mode: the running statistics, the ReLUs over y, the last tensor deferred (its mean written)
+            K.batch_norms_forward(xs, *stats, None, 0.0, 1e-5, relu[:-1] + (False,), relu_in_place=True,
+                                  use_running=True, apply=[True] * (len(relu) - 1) + [False],
+                                  mean_out=torch.empty(sum(channels)))
     for dtype in (torch.float32, torch.bfloat16, torch.float16):  # a group's relu'd input, 1-8 edges per source
         xs = [torch.randn(2, 3, 4, 4).to(dtype) for _ in range(2)]
         for counts in ((4, 4), (1, 8)):
@@ -203,6 +207,12 @@ def _workload() -> None:
             net(torch.randn(2, 3, 32, 32)).sum().backward()
             # a w step's backward: the sums' kernels without dW
             torch.autograd.backward(net(torch.randn(2, 3, 32, 32)).sum(), inputs=list(net.weight_parameters()))
+    for lever in (dict(), dict(autocast=torch.bfloat16), dict(fused_separable_conv=True)):  # the evaluation's forward
+        torch.manual_seed(0)
+        net = SearchNetwork(C=4, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(),
+                            fused=True, backend="triton", **lever).eval()
+        with torch.no_grad():
+            net(torch.randn(2, 3, 32, 32))
 
 
 def _huge_workload() -> None:

@@ -2,8 +2,11 @@
 
 Forward output, input gradient and the running statistics after several steps, on fresh random
 inputs with odd shapes and a large mean (Chan's merge), per dtype; the module swap keeps the
-state_dict; eval mode and the torch backend are plain nn.BatchNorm2d.
+state_dict; eval mode and the torch backend are plain nn.BatchNorm2d (search_batch_norms in eval
+mode under no_grad runs the kernels on the running statistics, against nn.BatchNorm2d in eval mode).
 """
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn as nn
@@ -284,3 +287,84 @@ def test_given_gradient_sums_of_any_count_merge_like_the_statistics_kernel(fresh
     with pytest.raises(ValueError, match="gradient sums for 4 channels"):
         ndarts_kernels.batch_norms_backward(gs, outs, rstd, relu=relu, lazy=lazy, mean=mean,
                                             sums=[None, None, given[2][:2]])
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("channels,relu,defer", [
+    ((5, 1, 12, 3), (True, False, False, True), (False, True, False, False)),
+    ((2, 7, 1, 4, 9, 3, 6, 5, 8, 2), (True,) * 4 + (False,) * 6, (False,) * 6 + (True,) * 4),  # two launches
+    ((3,), (False,), (True,))])
+def test_eval_mode_batch_norms_run_the_kernels_with_the_running_statistics(fresh_seed, dtype, atol, rtol,
+                                                                         channels, relu, defer):
+    """search_batch_norms in eval mode under no_grad (an evaluation): one apply launch per eight
+    tensors normalising with the running statistics, the ReLUs fused, no statistics pass, the
+    running statistics untouched; a deferred BatchNorm's output is its input, with the running mean
+    and rstd for its reader. Equal to nn.BatchNorm2d in eval mode (+ ReLU)."""
+    from ndarts.batch_norm import search_batch_norms
+
+    xs = [(torch.randn(3, c, 5, 7) * 2 + 1).to(dtype) for c in channels]
+    bns = [SearchBatchNorm2d(c, affine=False, eps=0.05, backend="triton").eval() for c in channels]  # eps matters
+    for bn in bns:
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.05, 3.0)
+        bn.num_batches_tracked.fill_(5)
+    state = [{k: v.clone() for k, v in bn.state_dict().items()} for bn in bns]
+    norms = []
+    with torch.no_grad(), \
+            mock.patch.object(ndarts_kernels, "batch_norms_forward", wraps=ndarts_kernels.batch_norms_forward) as fwd:
+        outs = search_batch_norms(xs, bns, relu=[r and not d for r, d in zip(relu, defer)], defer=defer,
+                                  norms_out=norms)
+    assert fwd.call_count == 1 and fwd.call_args.kwargs["use_running"]
+    for x, bn, out, r, d, norm, saved in zip(xs, bns, outs, relu, defer, norms, state):
+        plain = nn.BatchNorm2d(x.shape[1], affine=False, eps=0.05).eval()
+        plain.load_state_dict(saved)
+        want = plain(x.float())
+        if d:
+            assert out is x and norm is not None
+            shape = (1, -1, 1, 1)
+            got = (x.float() - norm.mean.view(shape)) * norm.rstd.view(shape)
+            torch.testing.assert_close(got, want, atol=3e-5, rtol=3e-5)
+        else:
+            assert norm is None and out.dtype == dtype
+            torch.testing.assert_close(out.float(), want.relu() if r else want, atol=atol, rtol=rtol)
+        for k, v in bn.state_dict().items():
+            assert torch.equal(v, saved[k]), k
+
+
+def test_eval_mode_batch_norms_with_gradients_to_take_are_torch_s(fresh_seed):
+    """Eval mode with a gradient to take (not an evaluation): torch's BatchNorm, differentiable."""
+    from ndarts.batch_norm import search_batch_norms
+
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    bn = SearchBatchNorm2d(4, affine=False, backend="triton").eval()
+    with mock.patch.object(ndarts_kernels, "batch_norms_forward") as fwd:
+        (y,) = search_batch_norms([x], [bn], relu=[True])
+    assert fwd.call_count == 0
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_search_network_evaluation_on_the_kernels_equals_torch(fresh_seed, separable):
+    """A search network in eval mode under no_grad with the Triton kernels (interpreter: eval-mode
+    BatchNorms on the running statistics, the stacks' last BatchNorms normalised by the group sums)
+    gives the logits of the same network on torch's ops, with running statistics far from (0, 1)."""
+    from ndarts import DARTS_PRIMITIVES, NoiseConfig
+    from ndarts.search_model import SearchNetwork
+
+    kw = dict(C=4, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(), in_channels=3,
+              fused=True, steps=2, multiplier=2, channels_last=False)
+    tri = SearchNetwork(**kw, backend="triton", fused_separable_conv=separable)
+    for m in tri.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.3, 3.0)
+    ref = SearchNetwork(**kw, backend="torch")
+    ref.load_state_dict(tri.state_dict())
+    x = torch.randn(3, 3, 7, 9)
+    with torch.no_grad(), \
+            mock.patch.object(ndarts_kernels, "batch_norms_forward", wraps=ndarts_kernels.batch_norms_forward) as fwd:
+        got = tri.eval()(x)
+    assert sum(c.kwargs.get("use_running", False) for c in fwd.call_args_list) >= 3 * 4  # every cell's stages
+    with torch.no_grad():
+        torch.testing.assert_close(got, ref.eval()(x), atol=1e-5, rtol=1e-5)
