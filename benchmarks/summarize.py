@@ -145,14 +145,16 @@ def stage_table(rows):
 
 
 def search_loop_table(rows):
-    """The search loop per step against the bare step of the same run, the evaluation, the graph step's
-    capture for a new learning rate (once an epoch), the projection."""
+    """The search loop per step against the bare step of the same run, the evaluation, what the graph
+    step's new learning rate costs (once an epoch) and what a new capture costs (--noise-decay: once
+    an epoch), the projection."""
     lines = [f"{'config':34} {'impl':12} {'loop ms':>8} {'step ms':>8} {'+ loop':>7} {'eval us/img':>11} "
-             f"{'capture s':>9} {'50 epochs':>10} {'of it eval':>10}"]
+             f"{'new lr s':>8} {'capture s':>9} {'50 epochs':>10} {'of it eval':>10}"]
     for r in rows:
         lines.append(f"{r['config_name']:34} {r['impl']:12} {r['loop_step_ms']:8.1f} {r['bare_step_ms']:8.1f} "
                      f"{r['loop_overhead_ms']:7.1f} {1e3 * r['eval_ms_per_image']:11.1f} "
-                     f"{r.get('recapture_s', 0.0):9.2f} {r['projected_search_min']:7.1f} min "
+                     f"{r.get('recapture_s', 0.0):8.2f} {_fmt(r.get('capture_s'), '9.2f'):>9} "
+                     f"{r['projected_search_min']:7.1f} min "
                      f"{_fmt(r.get('projected_eval_min'), '6.1f'):>6} min")
     return lines
 

@@ -9,7 +9,8 @@ state, cuDNN algorithms, Triton compilation); the next step is captured into sta
 buffers and replayed; every later step copies its batch into those buffers and replays. The
 captured step holds the learning rate and the noise scale as constants, so a new learning rate
 or noise scale (the cosine schedule and --noise-decay change them once per epoch) triggers a new
-capture; a batch of another shape (the last, partial
+capture, except the learning rate of a first-order step, whose w update reads it from a device
+tensor (ndarts.device_lr_sgd); a batch of another shape (the last, partial
 batch of an epoch) runs eagerly. Noise stays random: the fused op draws its Philox seed with
 torch's CUDA generator, which a graph advances on every replay, and the reference op draws ε with
 torch.randn on the device, likewise.
@@ -72,18 +73,20 @@ class CapturedCall:
         self.graph, self.static_outputs, self.captured_key = graph, outputs, key
         self.captures += 1
 
-    def run(self, batch: tuple, lr: float, key=None):
+    def run(self, batch: tuple, lr: float, key=None, lr_in_graph: bool = False):
         """key: anything else the captured kernels hold as a constant (the search passes the noise
-        scale, which --noise-decay changes per epoch); a new (lr, key) triggers a new capture."""
+        scale, which --noise-decay changes per epoch); a new (lr, key) triggers a new capture, a
+        new key alone where the graph reads lr from the device (lr_in_graph)."""
         if self.expected is None:
             self.expected = self._signature(batch)
         if self.eager_steps < self.warmup and self.graph is None:
             return self._eager(batch, lr, side_stream=True)
         if not self._fits(batch):
             return self._eager(batch, lr, side_stream=False)
-        if self.graph is None or (lr, key) != self.captured_key:
+        wanted = (None if lr_in_graph else lr, key)
+        if self.graph is None or wanted != self.captured_key:
             # capture records the kernels without running them: replay right after runs this step
-            self._capture(batch, lr, (lr, key))
+            self._capture(batch, lr, wanted)
         else:
             for static, t in zip(self.static_inputs, batch):
                 static.copy_(t, non_blocking=True)
@@ -92,10 +95,21 @@ class CapturedCall:
 
 
 class GraphedSearchStep(CapturedCall):
-    """``step(x, y, x_val, y_val, lr, key=None)``: the search step as a replayed CUDA graph."""
+    """``step(x, y, x_val, y_val, lr, key=None)``: the search step as a replayed CUDA graph.
+
+    device_lr: the captured w update reads the learning rate from this DeviceLrSGD's device tensor
+    (ndarts.device_lr_sgd; a first-order step, whose α step does not use lr): a new rate is set
+    there before the replay instead of triggering a new capture."""
+
+    def __init__(self, step_fn, warmup: int = 3, device_lr=None):
+        super().__init__(step_fn, warmup)
+        self.device_lr = device_lr
 
     def __call__(self, x, y, x_val, y_val, lr: float, key=None):
-        return self.run((x, y, x_val, y_val), lr, key)
+        if self.device_lr is None:
+            return self.run((x, y, x_val, y_val), lr, key)
+        self.device_lr.set_lr(lr)
+        return self.run((x, y, x_val, y_val), lr, key, lr_in_graph=True)
 
 
 def evaluation_sums(model, x, y):
@@ -140,13 +154,20 @@ def prepare_optimizers_for_capture(arch_optimizer) -> None:
 
 def make_graph_step(model, architect, w_optimizer, criterion, grad_clip, example_batches=None, warmup: int = 3):
     """A graphed search step for a model, its architect and the weight optimizer:
-    ``step(x, y, x_val, y_val, lr)`` returns (loss, logits, arch_loss, grad_norm)."""
+    ``step(x, y, x_val, y_val, lr)`` returns (loss, logits, arch_loss, grad_norm).
+
+    First order with an SGD w optimizer (the search's): the captured w update reads lr from the
+    device (ndarts.device_lr_sgd), so the cosine schedule's new rate each epoch needs no new
+    capture; second order keeps lr (the virtual step's ξ) a constant of the graph."""
+    from .device_lr_sgd import CaptureAwareSGD
     from .search_step import search_step
 
     prepare_optimizers_for_capture(architect.arch_optimizer)
     weights = model.weight_parameters()
+    device_lr = architect.order == "first" and type(w_optimizer) is torch.optim.SGD
+    optimizer = CaptureAwareSGD(w_optimizer) if device_lr else w_optimizer
 
     def step_fn(x, y, x_val, y_val, lr):
-        return search_step(architect, model, criterion, w_optimizer, weights, grad_clip, x, y, x_val, y_val, lr)
+        return search_step(architect, model, criterion, optimizer, weights, grad_clip, x, y, x_val, y_val, lr)
 
-    return GraphedSearchStep(step_fn, warmup=warmup)
+    return GraphedSearchStep(step_fn, warmup=warmup, device_lr=optimizer.device_lr if device_lr else None)

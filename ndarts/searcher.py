@@ -498,8 +498,8 @@ class Searcher:
             xv, yv = xv.to(dev, non_blocking=True), yv.to(dev, non_blocking=True)
 
             if self.graph_step is not None:
-                # replayed as one CUDA graph; the noise scale is a constant of the captured kernels,
-                # like lr: a new one re-captures
+                # replayed as one CUDA graph; the noise scale is a constant of the captured kernels
+                # (a new one re-captures), lr too in a second-order step (first order: read on the device)
                 loss, logits, arch_loss, grad_norm = self.graph_step(x, y, xv, yv, lr, key=noise_scale)
             else:
                 loss, logits, arch_loss, grad_norm = search_step(

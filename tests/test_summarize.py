@@ -127,7 +127,7 @@ def test_search_loop_table_and_its_target(tmp_path, capsys, fresh_seed):
     minutes = random.choice([random.uniform(5, 14.9), random.uniform(15.1, 40)])
     info = dict(kind="search_loop", impl="fused_graph", config_name="b64-C16-L8-32x32x3-darts-gaussian",
                 loop_step_ms=loop, bare_step_ms=step, loop_overhead_ms=loop - step, eval_ms_per_image=0.05,
-                recapture_s=0.75, projected_search_min=minutes, projected_eval_min=minutes / 7,
+                recapture_s=0.02, capture_s=0.75, projected_search_min=minutes, projected_eval_min=minutes / 7,
                 targets=["<= 15 min for the 50-epoch search"])
     batches = [_bench(f"batches-{impl}", ms, kind="cifar_batches", impl=impl, batch=64, time_ms=ms)
                for impl, ms in (("torchvision", random.uniform(10, 30)), ("image_tensors", random.uniform(0.1, 1)))]
@@ -137,7 +137,7 @@ def test_search_loop_table_and_its_target(tmp_path, capsys, fresh_seed):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("b64-C16") and "fused_graph" in line)
     assert f"{loop:.1f}" in row and f"{step:.1f}" in row and f"{loop - step:.1f}" in row and f"{minutes:.1f} min" in row
-    assert " 0.75 " in row and f"{minutes / 7:.1f} min" in row
+    assert " 0.02 " in row and " 0.75 " in row and f"{minutes / 7:.1f} min" in row
     target = next(line for line in out.splitlines() if "50-epoch search" in line)
     assert ("NOT met" in target) == (minutes > 15) and f"{minutes:.1f} min projected" in target
     rows = [line.split()[0] for line in out.splitlines() if line.startswith(("torchvision", "image_tensors"))]
