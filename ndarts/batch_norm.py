@@ -187,16 +187,32 @@ def search_batch_norms(xs, bns, relu=None, pre_relu_out: list | None = None, def
     return [F.relu(bn(x)) if r else bn(x) for x, bn, r in zip(xs, bns, relu)]
 
 
-def _eval_fusable(xs, bns) -> bool:
-    """Eval-mode SearchBatchNorm2d's (affine-free, with running statistics) where the kernels run, on
-    inputs alike, with one eps, and nothing to differentiate (an evaluation under no_grad)."""
-    first, bn0 = xs[0], bns[0]
+def eval_kernel_batch_norms(bns, xs) -> bool:
+    """Every bn is an eval-mode SearchBatchNorm2d (affine-free, with running statistics) whose
+    kernels would run on its x (its input, or a tensor like it), with bns[0]'s eps, and nothing is
+    to be differentiated (an evaluation under no_grad): they can share the eval-mode launches."""
+    bn0 = bns[0]
     return (not (torch.is_grad_enabled() and any(x.requires_grad for x in xs)) and all(
         isinstance(bn, SearchBatchNorm2d) and not bn.training and not bn.affine and bn.track_running_stats
         and bn.eps == bn0.eps and bn.running_mean.dtype == torch.float32 == bn.running_var.dtype
-        and graph_kernels_enabled(bn.backend, x) and x.shape[1] == bn.num_features
-        and x.shape[0] == first.shape[0] and x.shape[2:] == first.shape[2:] and x.dtype == first.dtype
-        and x.device == first.device for x, bn in zip(xs, bns)))
+        and graph_kernels_enabled(bn.backend, x) for x, bn in zip(xs, bns)))
+
+
+def _eval_fusable(xs, bns) -> bool:
+    """eval_kernel_batch_norms, on inputs alike (batch and image size, dtype, device)."""
+    first = xs[0]
+    return eval_kernel_batch_norms(bns, xs) and all(
+        x.shape[1] == bn.num_features and x.shape[0] == first.shape[0] and x.shape[2:] == first.shape[2:]
+        and x.dtype == first.dtype and x.device == first.device for x, bn in zip(xs, bns))
+
+
+def running_norms(bns) -> list:
+    """Per BatchNorm (mean, rstd) of its running statistics, fp32 [C] each (the mean is its buffer;
+    the rstds of all in three small launches): what an eval-mode BatchNorm normalises with, for a
+    consumer that normalises on load."""
+    rstd = torch.cat([bn.running_var for bn in bns]).add_(bns[0].eps).rsqrt_()
+    first = [sum(bn.num_features for bn in bns[:t]) for t in range(len(bns))]
+    return [(bn.running_mean, rstd[o:o + bn.num_features]) for bn, o in zip(bns, first)]
 
 
 def _eval_batch_norms(xs, bns, relu, defer, pre_relu_out, norms_out) -> list:

@@ -47,7 +47,7 @@ from .batch_norm import search_batch_norms
 from .depthwise_conv import depthwise_conv_of_relu
 from .fan_out import fan_out
 from .separable_conv import separable_conv, use_separable
-from .separable_stage import fused_conv_stages, stage_fits
+from .separable_stage import conv_stages, stage_fits
 
 GROUPED_KINDS = ("sep_conv", "dil_conv")
 
@@ -329,7 +329,7 @@ class EdgeGroup(nn.Module):
             if repeated is not None:
                 raise ValueError("EdgeGroup.run: relu_fused makes the repeated input itself; got one")
             if stage_fits(rs, stacks, extra, counts=self.sources):
-                outs, pooled, norms = fused_conv_stages(rs, stacks, extra, counts=self.sources, defer_last=defer_last,
+                outs, pooled, norms = conv_stages(rs, stacks, extra, counts=self.sources, defer_last=defer_last,
                                                         extra_moments=extra_moments)
                 return self._outputs(ops, outs, norms, norms_out), pooled
             repeated = relu_repeat_sources(rs, self.sources, backend, aliases=len(ops))
@@ -345,7 +345,7 @@ class EdgeGroup(nn.Module):
             repeated = [repeated] * len(ops)
         if repeated[0] is not None and stage_fits(repeated, stacks, extra):
             # each stage one Function: the pairs' backward applies their BatchNorms' (ndarts.separable_stage)
-            outs, pooled, norms = fused_conv_stages(repeated, stacks, extra, defer_last=defer_last,
+            outs, pooled, norms = conv_stages(repeated, stacks, extra, defer_last=defer_last,
                                                     extra_moments=extra_moments)
             return self._outputs(ops, outs, norms, norms_out), pooled
         pre = [] if self.recompute_relu else None

@@ -37,6 +37,11 @@ A stage's pairs (up to MAX_PAIRS: sep 3×3/5×5, dil 3×3/5×5 in DARTS' space) 
 each kernel (ndarts_kernels.separable_pairs_*): the forward, the backward, its weight gradients'
 reduce and the depthwise input gradient, 4 launches per stage and pass instead of 4 per pair.
 
+An evaluation (eval-mode BatchNorms, under no_grad) runs the same stages forward only
+(``eval_conv_stages``, chosen by ``conv_stages``): one pair launch per stage reading the sources as
+relu(h_s) repeated, the sep convs' bn1 + ReLU applied by the second pairs on load with bn1's running
+statistics, the last BatchNorms deferred to the group sums with theirs.
+
 The same math as the separate Functions (tests/test_separable_stage.py); the gradient of a folded
 BatchNorm is made in fp32 from the upstream gradient instead of being rounded to the activations'
 dtype first.
@@ -49,7 +54,14 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-from .batch_norm import DeferredNorm, GradSums, kernel_batch_norms
+from .batch_norm import (
+    DeferredNorm,
+    GradSums,
+    eval_kernel_batch_norms,
+    kernel_batch_norms,
+    running_norms,
+    search_batch_norms,
+)
 from .depthwise_conv import _square
 from .grad_use import grads_used
 
@@ -164,7 +176,8 @@ def stage_fits(inputs, stacks, extras=(), counts=None) -> bool:
     """Whether EdgeGroup can run its stacks' stages here (fused_conv_stages): every stack asks for
     the fused pairs and each of its pairs runs them (ndarts.separable_conv.use_separable), and
     every BatchNorm of the stages (the extras' too) runs the BatchNorm kernels with one momentum,
-    eps and buffer dtype, on inputs alike the stage's outputs; at most MAX_PAIRS stacks, of one
+    eps and buffer dtype (or, all in eval mode under no_grad, their eval-mode launches: conv_stages
+    then runs eval_conv_stages), on inputs alike the stage's outputs; at most MAX_PAIRS stacks, of one
     stride (their pairs share a launch). inputs: the first stage's, as fused_conv_stages takes
     them; with counts, one or two alike contiguous source nodes."""
     from ndarts_kernels.separable_conv import MAX_PAIRS
@@ -184,7 +197,8 @@ def stage_fits(inputs, stacks, extras=(), counts=None) -> bool:
                              and (s.repeats == 1 or use_separable(r, s.dw2, s.pw2, s.backend, like)) for s in stacks):
         return False
     out_hw = _conv_output_size(r, stacks[0].dw1)
-    return (kernel_batch_norms(bns, [r] * len(bns))  # the stages' outputs: contiguous, r's dtype and device
+    outputs = [r] * len(bns)  # the stages' outputs: contiguous, r's dtype and device
+    return ((kernel_batch_norms(bns, outputs) or eval_kernel_batch_norms(bns, outputs))
             and all(_conv_output_size(r, s.dw1) == out_hw for s in stacks)
             and all(x.shape[0] == r.shape[0] and tuple(x.shape[2:]) == out_hw and x.dtype == r.dtype
                     and x.device == r.device and x.shape[1] == bn.num_features for x, bn in extras))
@@ -277,3 +291,50 @@ def fused_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool =
             norms[i] = (DeferredNorm(mean2[k * c:(k + 1) * c], rstd2[k * c:(k + 1) * c], sinks[k])
                         if defer_last else None)
     return outs, pooled, norms
+
+
+def conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool = False, extra_moments=None):
+    """fused_conv_stages in training; eval_conv_stages where the stacks' BatchNorms are in eval mode
+    (stage_fits holds for either)."""
+    if stacks[0].bn1.training:
+        return fused_conv_stages(inputs, stacks, extras, counts, defer_last, extra_moments)
+    return eval_conv_stages(inputs, stacks, extras, counts, defer_last)
+
+
+@torch.no_grad()
+def eval_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool = False) -> tuple[list, list, list]:
+    """fused_conv_stages' outputs for an evaluation (eval-mode BatchNorms, nothing to differentiate):
+    each stage's pairs in one forward launch, reading the source nodes h_s as relu(h_s) repeated (with
+    counts; no repeated input made); the sep convs' bn1 and its ReLU applied by the second pairs as
+    they read z (its running mean and rstd: bn1's y never written); each stack's last BatchNorm
+    deferred to the consumer with its running statistics (defer_last), else applied; the extras'
+    (the node's pools') BatchNorms in one eval-mode launch."""
+    import ndarts_kernels
+
+    dtype = inputs[0].dtype
+    seps = [i for i, s in enumerate(stacks) if s.repeats == 2]
+    zs, _ = ndarts_kernels.separable_pairs_forward(
+        list(inputs), [_weights(s.dw1, dtype) for s in stacks], [_weights(s.pw1, dtype) for s in stacks],
+        [(p.stride, p.padding, p.dilation) for p in (_pair(s.dw1, False) for s in stacks)],
+        relu_input=counts is not None, counts=counts)
+    # the running (mean, rstd) of the BatchNorms applied by a consumer: the seps' bn1, the last ones if deferred
+    last = [s.bn2 if s.repeats == 2 else s.bn1 for s in stacks]
+    read_on_load = [stacks[i].bn1 for i in seps] + (last if defer_last else [])
+    norms_of = dict(zip(map(id, read_on_load), running_norms(read_on_load))) if read_on_load else {}
+    outs = list(zs)
+    if seps:
+        second, _ = ndarts_kernels.separable_pairs_forward(
+            [zs[i] for i in seps], [_weights(stacks[i].dw2, dtype) for i in seps],
+            [_weights(stacks[i].pw2, dtype) for i in seps],
+            [(p.stride, p.padding, p.dilation) for p in (_pair(stacks[i].dw2, True) for i in seps)],
+            relu_input=True, input_norm=[norms_of[id(stacks[i].bn1)] for i in seps])
+        for i, z in zip(seps, second):
+            outs[i] = z
+    # the BatchNorms still to apply (the last ones, unless deferred; the extras'), in one launch
+    applied = [] if defer_last else list(range(len(stacks)))
+    ys = search_batch_norms([outs[i] for i in applied] + [x for x, _ in extras],
+                            [last[i] for i in applied] + [bn for _, bn in extras]) if applied or extras else []
+    for i, y in zip(applied, ys):
+        outs[i] = y
+    norms = [DeferredNorm(*norms_of[id(bn)]) if defer_last else None for bn in last]
+    return outs, ys[len(applied):], norms

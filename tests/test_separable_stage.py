@@ -6,6 +6,7 @@ consumers and its backward normalising z on load) as its y written and read back
 network with the stages fused equals the network without (outputs, every gradient, BatchNorm
 statistics), pools joining the first stage; the deferred bn1 + ReLU (no y, no relu(y) written);
 only the gradients a pass uses."""
+import contextlib
 from unittest import mock
 
 import ndarts_kernels
@@ -294,3 +295,63 @@ def check_deferred_batch_norm(dtype, tol, shape, device="cpu"):
         want_sums = fold.sums.double().sum(1)
         torch.testing.assert_close(got_sums.double().sum(1), want_sums, rtol=1e-4,
                                    atol=1e-5 * fold.sums.double().abs().sum(1).max().item())
+
+
+@pytest.mark.parametrize("relu_fused", [True, False], ids=["sources", "repeated"])
+@pytest.mark.parametrize("defer_last", [True, False])
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_an_evaluation_s_stages_equal_the_stacks_in_eval_mode(fresh_seed, relu_fused, defer_last, dtype, tol):
+    """EdgeGroup.run in eval mode under no_grad on the fused stages (eval_conv_stages: one pair launch
+    per stage, the sep convs' bn1 + ReLU applied by the second pairs on load, the last BatchNorms
+    deferred with their running statistics or applied, the pools' BatchNorms in one launch) against
+    each stack and pool BatchNorm run by torch in eval mode, with running statistics far from (0, 1);
+    a cell's two inputs as sources (3 + 2 edges), on odd image sizes."""
+    import copy
+
+    from ndarts.batch_norm import use_search_batch_norm
+    from ndarts.edge_groups import relu_repeat_sources
+    import ndarts.separable_stage as stage
+
+    primitives = ["sep_conv_3x3", "dil_conv_5x5", "sep_conv_5x5", "dil_conv_3x3"]
+    group = EdgeGroup(3, (3, 2), 1, primitives)
+    pool_bns = [torch.nn.BatchNorm2d(3, affine=False) for _ in range(2)]
+    for m in [*group.modules(), *pool_bns]:
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.3, 3.0)
+    reference = copy.deepcopy(group).eval()
+    ref_pool_bns = [copy.deepcopy(bn).eval() for bn in pool_bns]
+    use_search_batch_norm(group, backend="triton")
+    pool_bns = [use_search_batch_norm(torch.nn.Sequential(bn), backend="triton")[0] for bn in pool_bns]
+    for s in group.ops.values():
+        s.fused_separable, s.backend = True, "triton"
+    group.eval()
+    for bn in pool_bns:
+        bn.eval()
+    hs = [torch.randn(2, 3, 7, 5).to(dtype) for _ in range(2)]
+    pools = [torch.randn(2, 3, 7, 5).to(dtype) for _ in range(2)]
+    norms = {}
+    # bf16 as the search network runs it: under autocast, the weights fp32
+    autocast = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    with torch.no_grad(), autocast, mock.patch.object(stage, "eval_conv_stages", wraps=stage.eval_conv_stages) as spy:
+        if relu_fused:
+            outs, pooled = group.run(hs, extra=list(zip(pools, pool_bns)), relu_fused=True, backend="triton",
+                                     defer_last=defer_last, norms_out=norms)
+        else:
+            repeated = relu_repeat_sources(hs, group.sources, "triton")
+            outs, pooled = group.run([F.relu(h) for h in hs], repeated=repeated, extra=list(zip(pools, pool_bns)),
+                                     backend="triton", defer_last=defer_last, norms_out=norms)
+        assert spy.call_count == 1
+    with torch.no_grad():
+        for i, stack in reference.ops.items():
+            want = stack([F.relu(h.float()) for h in hs], counts=group.sources)
+            got = outs[int(i)].float()
+            if defer_last:
+                mean, rstd = norms[int(i)][:2]
+                got = (got - mean.view(1, -1, 1, 1)) * rstd.view(1, -1, 1, 1)
+            else:
+                assert int(i) not in norms
+            torch.testing.assert_close(got, want, atol=tol * max(1.0, want.abs().max().item()), rtol=tol,
+                                       msg=lambda m: f"{primitives[int(i)]}: {m}")
+        for got, x, bn in zip(pooled, pools, ref_pool_bns):
+            torch.testing.assert_close(got.float(), bn(x.float()), atol=tol, rtol=tol)
