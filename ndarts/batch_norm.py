@@ -199,11 +199,8 @@ def eval_kernel_batch_norms(bns, xs) -> bool:
 
 
 def _eval_fusable(xs, bns) -> bool:
-    """eval_kernel_batch_norms, on inputs alike (batch and image size, dtype, device)."""
-    first = xs[0]
-    return eval_kernel_batch_norms(bns, xs) and all(
-        x.shape[1] == bn.num_features and x.shape[0] == first.shape[0] and x.shape[2:] == first.shape[2:]
-        and x.dtype == first.dtype and x.device == first.device for x, bn in zip(xs, bns))
+    """eval_kernel_batch_norms, on inputs alike (_alike)."""
+    return eval_kernel_batch_norms(bns, xs) and _alike(xs, bns)
 
 
 def running_norms(bns) -> list:
@@ -244,12 +241,16 @@ def kernel_batch_norms(bns, xs) -> bool:
 
 
 def _fusable(xs, bns) -> bool:
-    """kernel_batch_norms, and the inputs are alike (batch and image size, dtype, device; the
-    channel counts may differ)."""
+    """kernel_batch_norms, on inputs alike (_alike)."""
+    return kernel_batch_norms(bns, xs) and _alike(xs, bns)
+
+
+def _alike(xs, bns) -> bool:
+    """Each x has its bn's channel count, and the inputs are alike: batch and image size, dtype and
+    device (the channel counts may differ), as one multi-tensor launch takes them."""
     first = xs[0]
-    return kernel_batch_norms(bns, xs) and all(
-        x.shape[1] == bn.num_features and x.shape[0] == first.shape[0] and x.shape[2:] == first.shape[2:]
-        and x.dtype == first.dtype and x.device == first.device for x, bn in zip(xs, bns))
+    return all(x.shape[1] == bn.num_features and x.shape[0] == first.shape[0] and x.shape[2:] == first.shape[2:]
+               and x.dtype == first.dtype and x.device == first.device for x, bn in zip(xs, bns))
 
 
 def batch_norm_train(x, running_mean=None, running_var=None, num_batches_tracked=None, momentum=0.1, eps=1e-5):

@@ -221,8 +221,13 @@ def _weights(conv: nn.Conv2d, dtype: torch.dtype) -> torch.Tensor:
     return conv.weight if conv.weight.dtype == dtype else conv.weight.to(dtype)
 
 
+def _conv_geometry(conv: nn.Conv2d) -> tuple[int, int, int]:
+    """(stride, padding, dilation) of a depthwise conv, as the pair kernels take them."""
+    return _square(conv.stride), _square(conv.padding), _square(conv.dilation)
+
+
 def _pair(conv: nn.Conv2d, relu_input: bool) -> Pair:
-    return Pair(_square(conv.stride), _square(conv.padding), _square(conv.dilation), relu_input)
+    return Pair(*_conv_geometry(conv), relu_input)
 
 
 def _stage(inputs, stacks, which: int, bns, extras=(), deferred=None, counts=None, input_stats=(),
@@ -315,8 +320,7 @@ def eval_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool = 
     seps = [i for i, s in enumerate(stacks) if s.repeats == 2]
     zs, _ = ndarts_kernels.separable_pairs_forward(
         list(inputs), [_weights(s.dw1, dtype) for s in stacks], [_weights(s.pw1, dtype) for s in stacks],
-        [(p.stride, p.padding, p.dilation) for p in (_pair(s.dw1, False) for s in stacks)],
-        relu_input=counts is not None, counts=counts)
+        [_conv_geometry(s.dw1) for s in stacks], relu_input=counts is not None, counts=counts)
     # the running (mean, rstd) of the BatchNorms applied by a consumer: the seps' bn1, the last ones if deferred
     last = [s.bn2 if s.repeats == 2 else s.bn1 for s in stacks]
     read_on_load = [stacks[i].bn1 for i in seps] + (last if defer_last else [])
@@ -326,8 +330,7 @@ def eval_conv_stages(inputs, stacks, extras=(), counts=None, defer_last: bool = 
         second, _ = ndarts_kernels.separable_pairs_forward(
             [zs[i] for i in seps], [_weights(stacks[i].dw2, dtype) for i in seps],
             [_weights(stacks[i].pw2, dtype) for i in seps],
-            [(p.stride, p.padding, p.dilation) for p in (_pair(stacks[i].dw2, True) for i in seps)],
-            relu_input=True, input_norm=[norms_of[id(stacks[i].bn1)] for i in seps])
+            [_conv_geometry(stacks[i].dw2) for i in seps], relu_input=True, input_norm=[norms_of[id(stacks[i].bn1)] for i in seps])
         for i, z in zip(seps, second):
             outs[i] = z
     # the BatchNorms still to apply (the last ones, unless deferred; the extras'), in one launch
