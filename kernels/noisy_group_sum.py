@@ -40,8 +40,10 @@ from .noisy_mixed_sum import (
     INT32_LIMIT,
     NOISE_NONE,
     _block_offsets,
+    _decayed,
     _elementwise_block,
     _noisy_operand,
+    device_scale,
     merge_moments,
     skip_std,
     skip_stds,
@@ -123,7 +125,7 @@ def _group_forward_kernel(
     SEED, STD,  # int64 [1] Philox seed; fp32 [1] std of the shared skip operand
     numel, INNER,  # elements per edge output; elements per image of it (C·H·W)
     G_STRIDE, E0,  # elements between two images of a grouped operand; noise index of edge 0 (its group's edge number)
-    lam, mean,
+    lam, mean, SCALE,  # λ_eff, μ_eff; or λ, μ and (SCALED) the decay scale's fp32 [1] (_decayed)
     B0, B1, B2, B3, B4, B5, B6, B7,  # each edge's base [N, C·H·W], added to its sum where BASES has its bit
     BS0, BS1, BS2, BS3, BS4, BS5, BS6, BS7,  # their image strides (elements)
     R0, R1, R2, R3, R4, R5, R6, R7,  # each edge's own operand [numel] (NUM_OWN = 1), contiguous
@@ -137,12 +139,14 @@ def _group_forward_kernel(
     NORM: tl.constexpr,  # bit q set: grouped operand q is a deferred BatchNorm's input z, read as its y
     BASES: tl.constexpr,  # bit e set: edge e adds its base (a partial node sum) to its output
     STATS: tl.constexpr,  # write row 0's partial moments (its std without another pass over it)
+    SCALED: tl.constexpr,
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < numel
     seed, std = _noise_state(SEED, STD, SKIP, MULT, NUM_SHARED)
+    lam, mean = _decayed(lam, mean, SCALE, SCALED, MULT)
     s0 = tl.load(S0 + offs, mask=mask, other=0.0).to(tl.float32)
     if NUM_SHARED > 1:
         s1 = tl.load(S1 + offs, mask=mask, other=0.0).to(tl.float32)
@@ -276,7 +280,7 @@ def _group_backward_kernel(
     R0, R1, R2, R3, R4, R5, R6, R7,  # each edge's own operand [numel] (NUM_OWN = 1)
     DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7,  # their gradients
     W, PART,  # weights [E, K]; fp32 partials [programs, ≥ E·K] (rows PART_STRIDE apart; unused without WGRAD)
-    PART_STRIDE, SEED, STD, numel, INNER, G_STRIDE, E0, lam, mean,
+    PART_STRIDE, SEED, STD, numel, INNER, G_STRIDE, E0, lam, mean, SCALE,
     M0, M1, M2, M3, M4, M5, Q0, Q1, Q2, Q3, Q4, Q5, HW,  # the forward's deferred BatchNorm statistics (NORM)
     U0, U1, U2, U3, U4, U5,  # fp32 [E·C, SLOTS, 2]: each deferred BatchNorm's backward sums (GSTATS)
     SLOTS,  # partial sums per channel: images × HW / HW_BLOCK
@@ -285,12 +289,14 @@ def _group_backward_kernel(
     GSTATS: tl.constexpr,  # bit q set: write grouped operand q's BatchNorm backward sums (needs its NORM bit)
     HW_BLOCK: tl.constexpr,  # elements per row of those sums: min(HW, BLOCK), dividing both
     WGRAD: tl.constexpr,  # write W's partial sums; without, no operand is read (a w step's backward)
+    SCALED: tl.constexpr,
     BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < numel
     seed, std = _noise_state(SEED, STD, SKIP, MULT, NUM_SHARED)
+    lam, mean = _decayed(lam, mean, SCALE, SCALED, MULT)
     K = NUM_SHARED + NUM_GROUPED + NUM_OWN  # constexpr: a sum of constexprs
     PROW = PART + pid * PART_STRIDE  # this program's partial sums, W[e, k]'s at e·K + k
     s0 = _operand_for_wgrad(S0, offs, mask, WGRAD, BLOCK)
@@ -509,7 +515,7 @@ def _bases(bases, edges, first):
 
 def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, multiplicative, lam, mean, *,
                             first_edge=0, out=None, bases=None, std=None, own=None, row0_std=False,
-                            grouped_norm=None):
+                            grouped_norm=None, scale=None):
     """Returns (y [E, N, C, H, W], std fp32 of the skip operand: [1] for a shared one, [E] (one per
     edge) for the own one; zeros [1] when unused).
 
@@ -527,7 +533,9 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
     noise of that node's skip edges needs next).
     grouped_norm: per grouped operand None, or the (mean, rstd) (fp32 [E·C], this call's edges'
     channels) of the BatchNorm whose input it is: it is then read as (z − mean)·rstd (a
-    BatchNorm whose normalisation the consumer applies, batch_norms_forward(apply=…))."""
+    BatchNorm whose normalisation the consumer applies, batch_norms_forward(apply=…)).
+    scale: None, or the decay scale as a one-element fp32 device tensor that the kernel applies to
+    lam and mean (noisy_mixed_sum_forward's)."""
     shared, grouped, weights, own = _check(shared, grouped, weights, own)
     first, edges = shared[0], weights.shape[0]
     skip, own_noisy = _noise_target(kind, skip_index, shared, grouped, own)
@@ -544,14 +552,16 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
     index_64 = index_64 or first.shape[0] * max(base_strides) > INT32_LIMIT - block
     programs = triton.cdiv(numel, block)
     moments = torch.empty((programs, 3), device=first.device, dtype=torch.float32) if row0_std else first
+    scaled = skip >= 0 and scale is not None
+    scale = device_scale(scale, first.device) if scaled else std  # unused without SCALED: a stand-in pointer
     if numel:
         _group_forward_kernel[(programs,)](
             y, *pad_pointers(shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED), weights, seed, std, numel,
-            numel // first.shape[0], g_stride, first_edge, float(lam), float(mean), *base_ptrs, *base_strides,
+            numel // first.shape[0], g_stride, first_edge, float(lam), float(mean), scale, *base_ptrs, *base_strides,
             *pad_pointers(own or [first], MAX_EDGES), moments, *means, *rstds, first.shape[2] * first.shape[3],
             E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), NUM_OWN=int(own is not None), SKIP=skip,
             KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative), NORM=norm_bits, BASES=base_bits,
-            STATS=row0_std,
+            STATS=row0_std, SCALED=scaled,
             BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
         )
     if not row0_std:
@@ -589,7 +599,7 @@ def partial_rows(numel: int) -> int:
 
 def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean,
                              *, first_edge=0, d_grouped=None, own=None, part=None, weight_grad=True,
-                             grouped_norm=None, bn_sums=None):
+                             grouped_norm=None, bn_sums=None, scale=None):
     """Returns (shared operand gradients, grouped operand gradients, own operand gradients (one per
     edge; [] without own), dW fp32 [E, K]).
 
@@ -605,7 +615,8 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     bn_sums: per grouped operand None, or (for one with grouped_norm) an fp32 [E·C, S, 2] tensor
     (S = batch_norm_sum_slots of the operands' shape; this call's edges' channels) to write its
     BatchNorm's backward sums into: per channel and slot, Σd and Σd·y of the gradient d written
-    for it (batch_norms_backward(sums=…) merges them instead of reading d and z again)."""
+    for it (batch_norms_backward(sums=…) merges them instead of reading d and z again).
+    scale: the forward's."""
     shared, grouped, weights, own = _check(shared, grouped, weights, own)
     first, edges = shared[0], weights.shape[0]
     grads = list(grad.unbind(0)) if isinstance(grad, torch.Tensor) else list(grad)
@@ -642,17 +653,19 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     if not numel:
         dw = torch.zeros(weights.shape, device=first.device, dtype=torch.float32)
         return d_shared, d_grouped, d_own, dw if own_part and weight_grad else None
+    scaled = skip >= 0 and scale is not None
+    scale = device_scale(scale, first.device) if scaled else weights  # unused without SCALED: a stand-in pointer
     _group_backward_kernel[(programs,)](
         *pad_pointers(grads, MAX_EDGES), *[g.stride(0) for g in pad_pointers(grads, MAX_EDGES)],
         *pad_pointers(shared, MAX_SHARED), *pad_pointers(d_shared, MAX_SHARED), *pad_pointers(grouped, MAX_GROUPED),
         *pad_pointers(d_grouped, MAX_GROUPED), *pad_pointers(own or [first], MAX_EDGES),
         *pad_pointers(d_own or [first], MAX_EDGES), weights, part, part.stride(0) if weight_grad else 0, seed, std,
-        numel, numel // first.shape[0], g_stride, first_edge, float(lam), float(mean), *means, *rstds, h * w,
+        numel, numel // first.shape[0], g_stride, first_edge, float(lam), float(mean), scale, *means, *rstds, h * w,
         *sums, slots,
         E=edges, NUM_SHARED=len(shared), NUM_GROUPED=len(grouped), NUM_OWN=int(own is not None), SKIP=skip,
         KIND=kind if skip >= 0 else NOISE_NONE, MULT=bool(multiplicative),
         NORM=norm_bits if weight_grad or sum_bits else 0, GSTATS=sum_bits,
-        HW_BLOCK=_sum_rows(numel, h * w) if sum_bits else 1, WGRAD=bool(weight_grad), BLOCK=block,
+        HW_BLOCK=_sum_rows(numel, h * w) if sum_bits else 1, WGRAD=bool(weight_grad), SCALED=scaled, BLOCK=block,
         INDEX_64=index_64, num_warps=num_warps,
     )
     # fixed-order reduction of the partials: deterministic, no float atomics

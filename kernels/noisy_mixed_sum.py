@@ -77,6 +77,20 @@ def _noisy_operand(o, seed, offs, std, lam, mean, KIND: tl.constexpr, MULT: tl.c
 
 
 @triton.jit
+def _decayed(lam, mean, SCALE, SCALED: tl.constexpr, MULT: tl.constexpr):
+    """(λ_eff, μ_eff) of a launch: lam and mean as passed, or with SCALED, the noise's decay scale s
+    read from the device (SCALE, fp32 [1]) and applied as NoiseConfig.kernel_params does it: λ·s,
+    and μ·s for additive noise (a multiplicative one keeps μ). The scale read at run time is what
+    lets a CUDA graph captured once follow --noise-decay's new scale each epoch."""
+    if SCALED:
+        s = tl.load(SCALE).to(tl.float32)
+        lam = lam * s
+        if not MULT:
+            mean = mean * s
+    return lam, mean
+
+
+@triton.jit
 def _forward_term(acc, O, W, k: tl.constexpr, offs, mask, seed, std, lam, mean,
                   SKIP: tl.constexpr, KIND: tl.constexpr, MULT: tl.constexpr):
     o = tl.load(O + offs, mask=mask, other=0.0).to(tl.float32)
@@ -170,13 +184,15 @@ def _noisy_mixed_sum_forward_kernel(
     SEED,  # int64 [1] Philox seed on the device
     STD,  # fp32 [1] std of the skip operand (read only for additive noise)
     N,  # elements per operand
-    lam,  # λ_eff (decay applied)
-    mean,  # μ_eff
+    lam,  # λ_eff (decay applied), or λ with SCALED
+    mean,  # μ_eff, or μ with SCALED
+    SCALE,  # fp32 [1]: the decay scale applied in the kernel (SCALED only)
     NUM_OPS: tl.constexpr,  # live operands in this chunk, 1..8
     SKIP: tl.constexpr,  # index of the noisy operand in this chunk, -1 for none
     KIND: tl.constexpr,  # 0 none, 1 gaussian, 2 uniform
     MULT: tl.constexpr,  # multiplicative instead of additive noise
     ACCUMULATE: tl.constexpr,  # add to Y (chunks after the first)
+    SCALED: tl.constexpr,  # lam and mean are scaled by SCALE's value (_decayed)
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
 ):
@@ -184,6 +200,7 @@ def _noisy_mixed_sum_forward_kernel(
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < N
     seed = tl.load(SEED)
+    lam, mean = _decayed(lam, mean, SCALE, SCALED, MULT)
     std = 0.0
     if SKIP >= 0:  # the launcher passes SKIP = -1 when no noise is drawn
         if not MULT:
@@ -222,11 +239,13 @@ def _noisy_mixed_sum_backward_kernel(
     N,
     lam,
     mean,
+    SCALE,  # fp32 [1]: the decay scale (SCALED only)
     NUM_OPS: tl.constexpr,
     SKIP: tl.constexpr,
     KIND: tl.constexpr,
     MULT: tl.constexpr,
     WGRAD: tl.constexpr,  # write W's partial sums; without, no operand is read (a w step's backward)
+    SCALED: tl.constexpr,
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
 ):
@@ -234,6 +253,7 @@ def _noisy_mixed_sum_backward_kernel(
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < N
     seed = tl.load(SEED)
+    lam, mean = _decayed(lam, mean, SCALE, SCALED, MULT)
     std = 0.0
     if SKIP >= 0:  # the launcher passes SKIP = -1 when no noise is drawn
         if not MULT:
@@ -377,10 +397,23 @@ def merge_moments(part: torch.Tensor, std: torch.Tensor, programs: int) -> None:
     _stats_merge_kernel[(std.numel(),)](part, std, programs, BLOCK=MERGE_BLOCK, num_warps=4)
 
 
-def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, std=None):
+def device_scale(scale: torch.Tensor, device) -> torch.Tensor:
+    """The decay scale a launch reads (SCALED): a one-element fp32 tensor on the operands' device."""
+    if not isinstance(scale, torch.Tensor) or scale.numel() != 1 or scale.dtype != torch.float32:
+        got = f"{scale.dtype} {tuple(scale.shape)}" if isinstance(scale, torch.Tensor) else type(scale).__name__
+        raise ValueError(f"noise scale: a device scale must be a one-element float32 tensor, got {got}")
+    if scale.device != device:
+        raise ValueError(f"noise scale: the scale is on {scale.device}, the operands on {device}")
+    return scale
+
+
+def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, std=None,
+                            scale=None):
     """y = Σ w_k·o_k with the noisy skip operand. Returns (y, std) where std is the fp32 [1]
     std of the skip operand used for the noise (zeros when no std was needed). std: that std when
-    the caller has it already (skip_std of the same operand), else computed here."""
+    the caller has it already (skip_std of the same operand), else computed here. scale: None
+    (lam, mean are the effective λ, μ), or a one-element fp32 tensor on the operands' device holding
+    the decay scale, which the kernel reads and applies to lam and mean (device_scale)."""
     operands, ref = _layout(operands)
     num = len(operands)
     if weights.shape != (num,):
@@ -398,20 +431,23 @@ def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplic
     grid = (triton.cdiv(n, block),)
     index_64 = n > INT32_LIMIT - block
     weights = weights.contiguous()
+    scaled = noisy and scale is not None
+    scale = device_scale(scale, ref.device) if scaled else std
     for start, stop in chunk_ranges(num, MAX_OPERANDS):
         chunk = operands[start:stop]
         local_skip = skip_index - start if noisy and start <= skip_index < stop else -1
         _noisy_mixed_sum_forward_kernel[grid](
             y, *pad_pointers(chunk, MAX_OPERANDS, ref), weights[start:stop], seed, std, n, float(lam), float(mean),
-            NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative),
-            ACCUMULATE=start > 0, BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
+            scale, NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE,
+            MULT=bool(multiplicative), ACCUMULATE=start > 0, SCALED=scaled, BLOCK=block, INDEX_64=index_64,
+            num_warps=num_warps,
         )
     return y, std
 
 
 def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean,
-                             weight_grad=True):
-    """Returns (operand gradients in the operands' dtype, dW in fp32).
+                             weight_grad=True, scale=None):
+    """Returns (operand gradients in the operands' dtype, dW in fp32). scale: the forward's.
 
     weight_grad False: dW is None, and the kernel reads only the upstream gradient, no operand (for
     multiplicative noise it regenerates ε): the backward of a pass that uses no α gradient."""
@@ -427,6 +463,8 @@ def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kin
     programs = triton.cdiv(n, block)
     index_64 = n > INT32_LIMIT - block
     weights = weights.contiguous()
+    scaled = noisy and scale is not None
+    scale = device_scale(scale, ref.device) if scaled else weights  # unused without noise: a stand-in pointer
     dw = []
     for start, stop in chunk_ranges(num, MAX_OPERANDS):
         chunk = operands[start:stop]
@@ -435,9 +473,9 @@ def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kin
         part = torch.empty((programs, len(chunk)), device=ref.device, dtype=torch.float32) if weight_grad else weights
         _noisy_mixed_sum_backward_kernel[(programs,)](
             grad, *pad_pointers(chunk, MAX_OPERANDS, ref), *pad_pointers(grads[start:stop], MAX_OPERANDS, ref),
-            weights[start:stop], part, seed, std, n, float(lam), float(mean),
+            weights[start:stop], part, seed, std, n, float(lam), float(mean), scale,
             NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE, MULT=bool(multiplicative),
-            WGRAD=bool(weight_grad), BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
+            WGRAD=bool(weight_grad), SCALED=scaled, BLOCK=block, INDEX_64=index_64, num_warps=num_warps,
         )
         if weight_grad:
             # fixed-order tree reduction of the partials: deterministic, no float atomics

@@ -19,7 +19,16 @@ from torch.autograd.function import once_differentiable
 
 from .backend import TRITON_DTYPES, resolve_backend
 from .grad_use import grads_used
-from .noise import NO_NOISE, NoiseConfig, accumulation_dtype, apply_noise_with_eps, operand_std, sample_eps
+from .noise import (
+    NO_NOISE,
+    NoiseConfig,
+    accumulation_dtype,
+    apply_noise_with_eps,
+    operand_std,
+    sample_eps,
+    scaled_params,
+    split_scale,
+)
 
 _KIND_NAMES = {1: "gaussian", 2: "uniform"}
 SEED_HIGH = 2**31 - 1
@@ -56,8 +65,9 @@ def _noisy(kind, skip_index, num):
     return kind != 0 and 0 <= skip_index < num
 
 
-def _reference_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean):
+def _reference_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, scale=None):
     first = operands[0]
+    lam, mean = scaled_params(lam, mean, multiplicative, scale)
     if not _noisy(kind, skip_index, len(operands)):
         std = torch.zeros((1,), device=first.device, dtype=torch.float32)
         return reference_sum_with_eps(operands, weights, -1, False, 0.0, 0.0, None), std
@@ -68,8 +78,9 @@ def _reference_forward(operands, weights, seed, skip_index, kind, multiplicative
     return y, std
 
 
-def _reference_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean):
+def _reference_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean, scale=None):
     acc_dtype = accumulation_dtype(operands[0].dtype)
+    lam, mean = scaled_params(lam, mean, multiplicative, scale)
     g = grad.to(acc_dtype)
     noisy = _noisy(kind, skip_index, len(operands))
     eps = reference_eps(seed, operands[0].shape, kind, g.device) if noisy else None
@@ -108,17 +119,19 @@ def _noisy_mixed_sum_op(
     lam: float,
     mean: float,
     use_triton: bool,
+    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """scale: None (lam, mean are λ_eff, μ_eff) or the decay scale on the device (noise.split_scale)."""
     if use_triton:
         import ndarts_kernels
 
         return ndarts_kernels.noisy_mixed_sum_forward(
-            operands, weights, seed, skip_index, kind, multiplicative, lam, mean)
-    return _reference_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean)
+            operands, weights, seed, skip_index, kind, multiplicative, lam, mean, scale=scale)
+    return _reference_forward(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, scale)
 
 
 @_noisy_mixed_sum_op.register_fake
-def _(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton):
+def _(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton, scale=None):
     first = operands[0]
     return torch.empty_like(first), first.new_empty((1,), dtype=torch.float32)
 
@@ -136,34 +149,38 @@ def _noisy_mixed_sum_backward_op(
     lam: float,
     mean: float,
     use_triton: bool,
+    scale: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Operand gradients followed by dW (fp32) as the last element."""
     if use_triton:
         import ndarts_kernels
 
         grads, dw = ndarts_kernels.noisy_mixed_sum_backward(
-            grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean)
+            grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean, scale=scale)
     else:
-        grads, dw = _reference_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean)
+        grads, dw = _reference_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam,
+                                        mean, scale)
     return [*grads, dw]
 
 
 @_noisy_mixed_sum_backward_op.register_fake
-def _(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean, use_triton):
+def _(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean, use_triton, scale=None):
     return [torch.empty_like(o) for o in operands] + [weights.new_empty(weights.shape, dtype=torch.float32)]
 
 
 def _setup_context(ctx, inputs, output):
-    operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton = inputs
+    operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton, *rest = inputs
+    scale = rest[0] if rest else None  # the schema's default, where the caller left it out
     _, std = output
     ctx.save_for_backward(weights, seed, std, *operands)
     ctx.params = (skip_index, kind, multiplicative, lam, mean, use_triton)
+    ctx.scale, ctx.num_inputs = scale, len(inputs)
 
 
 def _backward(ctx, grad_y, grad_std):
     weights, seed, std, *operands = ctx.saved_tensors
-    out = _noisy_mixed_sum_backward_op(grad_y, operands, weights, seed, std, *ctx.params)
-    return list(out[:-1]), out[-1].to(weights.dtype), None, None, None, None, None, None, None
+    out = _noisy_mixed_sum_backward_op(grad_y, operands, weights, seed, std, *ctx.params, ctx.scale)
+    return list(out[:-1]), out[-1].to(weights.dtype), *(None,) * (ctx.num_inputs - 2)
 
 
 _noisy_mixed_sum_op.register_autograd(_backward, setup_context=_setup_context)
@@ -176,12 +193,13 @@ class _TritonSum(torch.autograd.Function):
     time than the kernels take on a GPU). torch.compile uses the custom op instead."""
 
     @staticmethod
-    def forward(ctx, weights, seed, params, known_std, *operands):
+    def forward(ctx, weights, seed, params, known_std, scale, *operands):
         import ndarts_kernels
 
-        y, std = ndarts_kernels.noisy_mixed_sum_forward(list(operands), weights, seed, *params, std=known_std)
+        y, std = ndarts_kernels.noisy_mixed_sum_forward(list(operands), weights, seed, *params, std=known_std,
+                                                        scale=scale)
         ctx.save_for_backward(weights, seed, std, *operands)
-        ctx.params = params
+        ctx.params, ctx.scale = params, scale
         return y
 
     @staticmethod
@@ -193,8 +211,8 @@ class _TritonSum(torch.autograd.Function):
         # a pass that uses no α gradient (a w step) reads no operand: only the gradient in, theirs out
         need_w = grads_used(ctx, 1)[0]
         grads, dw = ndarts_kernels.noisy_mixed_sum_backward(grad_y, operands, weights, seed, std, *ctx.params,
-                                                            weight_grad=need_w)
-        return (dw.to(weights.dtype) if need_w else None, None, None, None, *grads)
+                                                            weight_grad=need_w, scale=ctx.scale)
+        return (dw.to(weights.dtype) if need_w else None, None, None, None, None, *grads)
 
 
 # ----------------------------------------------------------------------------- public functional form
@@ -301,7 +319,7 @@ def noisy_mixed_sum(
     skip_index: int | None = None,
     noise: NoiseConfig = NO_NOISE,
     *,
-    scale: float = 1.0,
+    scale: float | torch.Tensor = 1.0,
     training: bool = True,
     backend: str | None = None,
     seed: torch.Tensor | None = None,
@@ -316,6 +334,9 @@ def noisy_mixed_sum(
     (never a silently finite result); the search loop stops on it and names the step.
     std: the skip operand's std from ``skip_operand_std(operands[skip_index], backend)``, when the
     caller shares one skip operand among several sums (None: computed here, as it would be).
+    scale: the noise's decay scale (NoiseConfig.scale_at): a number, or a one-element float32 tensor
+    on the operands' device that the kernels read when they run (a CUDA graph captured once then
+    follows the values filled into it).
     """
     _validate(operands, weights, skip_index)
     if std is not None and (not isinstance(std, torch.Tensor) or std.numel() != 1 or std.device != operands[0].device):
@@ -323,7 +344,9 @@ def noisy_mixed_sum(
                          "(from skip_operand_std)")
     device = operands[0].device
     noisy = training and skip_index is not None and noise.enabled
-    kind, mult, lam, mean = noise.kernel_params(scale) if noisy else (0, False, 0.0, 0.0)
+    host_scale, device_scale = split_scale(scale, device)
+    kind, mult, lam, mean = noise.kernel_params(host_scale) if noisy else (0, False, 0.0, 0.0)
+    device_scale = device_scale if noisy else None
     if seed is None:
         seed = draw_seed(device) if noisy else torch.zeros((1,), device=device, dtype=torch.int64)
     use_triton = resolve_backend(backend, device) == "triton"
@@ -335,10 +358,12 @@ def noisy_mixed_sum(
         # eager reference: plain autograd through the same math (the custom op's Python autograd
         # costs ~0.45 ms more per mixed op on a CPU: 1.10 vs 0.65 ms at 64×8×8×8, fwd+bwd)
         eps = reference_eps(seed, operands[0].shape, kind, device) if _noisy(kind, skip, len(operands)) else None
-        return reference_sum_with_eps(list(operands), weights, skip, mult, float(lam), float(mean), eps, std)
+        lam, mean = scaled_params(float(lam), float(mean), mult, device_scale)
+        return reference_sum_with_eps(list(operands), weights, skip, mult, lam, mean, eps, std)
     if use_triton and not torch.compiler.is_compiling():
         known = std.reshape(1).float() if std is not None and not mult else None
-        return _TritonSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), known, *operands)
+        return _TritonSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), known, device_scale,
+                                *operands)
     y, _ = torch.ops.ndarts.noisy_mixed_sum(list(operands), weights, seed, skip, kind, mult, float(lam),
-                                            float(mean), use_triton)
+                                            float(mean), use_triton, device_scale)
     return y

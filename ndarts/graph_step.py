@@ -6,12 +6,13 @@ Why: the eager DARTS search is launch-bound. SPEC §6 measured the original DART
 
 How: the first ``warmup`` steps run eagerly on a side stream (lazy initialisation: optimizer
 state, cuDNN algorithms, Triton compilation); the next step is captured into static input
-buffers and replayed; every later step copies its batch into those buffers and replays. The
-captured step holds the learning rate and the noise scale as constants, so a new learning rate
-or noise scale (the cosine schedule and --noise-decay change them once per epoch) triggers a new
-capture, except the learning rate of a first-order step, whose w update reads it from a device
-tensor (ndarts.device_lr_sgd); a batch of another shape (the last, partial
-batch of an epoch) runs eagerly. Noise stays random: the fused op draws its Philox seed with
+buffers and replayed; every later step copies its batch into those buffers and replays. A
+captured kernel holds the scalars it was launched with. The noise scale (--noise-decay changes it
+once per epoch) is read from the device (MixedOp.noise_scale_device), and so is the learning rate
+of a first-order step, whose w update reads it from a device tensor (ndarts.device_lr_sgd); the
+learning rate of a second-order step (its virtual step's ξ) is a constant of the graph, and a new
+one triggers a new capture (``key``: anything else a caller's graph holds as a constant). A batch
+of another shape (the last, partial batch of an epoch) runs eagerly. Noise stays random: the fused op draws its Philox seed with
 torch's CUDA generator, which a graph advances on every replay, and the reference op draws ε with
 torch.randn on the device, likewise.
 
@@ -75,8 +76,9 @@ class CapturedCall:
 
     def run(self, batch: tuple, lr: float, key=None, lr_in_graph: bool = False):
         """key: anything else the captured kernels hold as a constant (the search passes the noise
-        scale, which --noise-decay changes per epoch); a new (lr, key) triggers a new capture, a
-        new key alone where the graph reads lr from the device (lr_in_graph)."""
+        scale where a mixed op holds it as a number: SearchNetwork.noise_scale_is_read_on_device);
+        a new (lr, key) triggers a new capture, a new key alone where the graph reads lr from the
+        device (lr_in_graph)."""
         if self.expected is None:
             self.expected = self._signature(batch)
         if self.eager_steps < self.warmup and self.graph is None:

@@ -31,7 +31,7 @@ from .batch_norm import deferred_output
 from .edge_groups import EdgeGroupSlot
 from .fused_sum import _noisy, draw_seed, promote_operands, reference_eps, reference_sum_with_eps
 from .grad_use import grads_used
-from .noise import NoiseConfig
+from .noise import NoiseConfig, scaled_params, split_scale
 from .operations import FactorizedReduce
 
 
@@ -76,11 +76,12 @@ class _TritonGroupSum(torch.autograd.Function):
     num_own 1: after the grouped operands come the E edges' own operands (one tensor each).
     std_args: (the sources' shared skip stds as one fp32 [S] tensor when the caller has them, or None;
     a list to append the std of target 0's sum to, or None: by_target, the last source's launch
-    takes that sum's moments as it writes it)."""
+    takes that sum's moments as it writes it). scale: None, or the noise's decay scale on the device
+    (params then hold λ and μ unscaled; the kernels apply it)."""
 
     @staticmethod
-    def forward(ctx, weights, seed, params, edges, num_shared, num_own, by_target, base_slots, norm_slots, sinks,
-                std_args, *operands):
+    def forward(ctx, weights, seed, params, scale, edges, num_shared, num_own, by_target, base_slots, norm_slots,
+                sinks, std_args, *operands):
         import ndarts_kernels
 
         k = num_shared * len(edges)
@@ -120,12 +121,12 @@ class _TritonGroupSum(torch.autograd.Function):
             std, *row0 = ndarts_kernels.noisy_group_sum_forward(
                 shared, _narrow(grouped, e0, count, c, len(edges)), weights[e0:e0 + count], seed, *params,
                 first_edge=e0, std=std, own=own[e0:e0 + count] if own is not None else None, row0_std=last,
-                grouped_norm=_edge_channels(norms, e0, count, c), **extra)[1:]
+                grouped_norm=_edge_channels(norms, e0, count, c), scale=scale, **extra)[1:]
             stds.append(std)
             if last:
                 target_std_out.append(row0[0])
         ctx.save_for_backward(weights, seed, *stds, *operands[:k], *grouped, *(own or []), *stats)
-        ctx.params, ctx.edges, ctx.num_shared, ctx.num_own = params, edges, num_shared, num_own
+        ctx.params, ctx.scale, ctx.edges, ctx.num_shared, ctx.num_own = params, scale, edges, num_shared, num_own
         ctx.by_target, ctx.base_slots, ctx.norm_slots, ctx.sinks = by_target, base_slots, norm_slots, sinks
         ctx.set_materialize_grads(False)
         return y.unbind(0)  # one output per edge (target): their gradients reach the kernel unstacked
@@ -144,7 +145,7 @@ class _TritonGroupSum(torch.autograd.Function):
         rest, stats = rest[:len(rest) - num_stats], rest[len(rest) - num_stats:]
         d_stats = (None,) * num_stats  # the BatchNorm statistics: not differentiable
         if some is None:
-            return (None,) * 11 + (None,) * (len(rest) - len(edges)) + tuple(d_bases) + d_stats
+            return (None,) * 12 + (None,) * (len(rest) - len(edges)) + tuple(d_bases) + d_stats
         grad = [g if g is not None else torch.zeros_like(some) for g in grads]
         stds, rest = rest[:len(edges)], rest[len(edges):]
         own = list(rest[len(rest) - sum(edges):]) if ctx.num_own else None
@@ -170,7 +171,8 @@ class _TritonGroupSum(torch.autograd.Function):
                 first_edge=e0, d_grouped=_narrow(d_grouped, e0, count, c, len(edges)),
                 own=own[e0:e0 + count] if own is not None else None,
                 part=part[:, e0 * k:(e0 + count) * k] if need_w else None, weight_grad=need_w,
-                grouped_norm=_edge_channels(norms, e0, count, c), bn_sums=_edge_channels(bn_sums, e0, count, c))
+                grouped_norm=_edge_channels(norms, e0, count, c), bn_sums=_edge_channels(bn_sums, e0, count, c),
+                scale=ctx.scale)
             d_shared += ds
             d_own += do
         for q, sink in zip(ctx.norm_slots, ctx.sinks):
@@ -178,7 +180,7 @@ class _TritonGroupSum(torch.autograd.Function):
                 sink.put(bn_sums[q])
         # fixed-order reduction of the partials: deterministic, no float atomics
         dw = part.sum(dim=0).view(weights.shape).to(weights.dtype) if need_w else None
-        return (dw, None, None, None, None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
+        return (dw, None, None, None, None, None, None, None, None, None, None, None, *d_shared, *d_grouped, *d_own,
                 *d_bases, *d_stats)
 
 
@@ -224,7 +226,7 @@ def _narrow(grouped, first, count, c, sources):
 
 
 def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index: int | None, noise: NoiseConfig, *,
-                     scale: float = 1.0, training: bool = True, backend: str | None = None,
+                     scale: float | torch.Tensor = 1.0, training: bool = True, backend: str | None = None,
                      seed: torch.Tensor | None = None, per_edge: bool = False, by_target: bool = False,
                      bases=None, own=None, skip_stds: torch.Tensor | None = None, target_std_out: list | None = None,
                      grouped_norm=None):
@@ -256,6 +258,7 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     Triton the kernels normalise as they read z; elsewhere deferred_output makes y first. A
     DeferredNorm (mean, rstd, GradSums): on Triton the backward kernels also make that BatchNorm's
     backward sums as they write the gradient, and leave them in its GradSums.
+    scale: the noise's decay scale, a number or a device tensor (noisy_mixed_sum's).
     """
     if not sources or not all(sources) or not grouped:
         raise ValueError("noisy_group_sums needs shared and grouped operands")
@@ -285,7 +288,9 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
                                   or skip_stds.device != device):
         raise ValueError(f"noisy_group_sums: skip_stds must be one std per source ({len(sources)}) on {device}")
     noisy = training and skip_index is not None and noise.enabled
-    kind, mult, lam, mean = noise.kernel_params(scale) if noisy else (0, False, 0.0, 0.0)
+    host_scale, device_scale = split_scale(scale, device)
+    kind, mult, lam, mean = noise.kernel_params(host_scale) if noisy else (0, False, 0.0, 0.0)
+    device_scale = device_scale if noisy else None
     if seed is None:
         seed = draw_seed(device) if noisy else torch.zeros((1,), device=device, dtype=torch.int64)
     skip = -1 if skip_index is None else int(skip_index)
@@ -296,8 +301,8 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     if resolve_backend(backend, device) == "triton" and first.dtype in TRITON_DTYPES:
         slots = tuple(t for t, b in enumerate(bases) if b is not None)
         sinks = tuple(grouped_norm[q][2] if len(grouped_norm[q]) > 2 else None for q in norm_slots)
-        outs = _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), tuple(edges),
-                                     num_shared, num_own, by_target, slots, norm_slots, sinks,
+        outs = _TritonGroupSum.apply(weights, seed, (skip, kind, mult, float(lam), float(mean)), device_scale,
+                                     tuple(edges), num_shared, num_own, by_target, slots, norm_slots, sinks,
                                      (skip_stds, target_std_out), *[t for shared in sources for t in shared],
                                      *grouped, *(own or []), *[bases[t] for t in slots],
                                      *[t for q in norm_slots for t in grouped_norm[q][:2]])
@@ -307,7 +312,8 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     eps = None
     if _noisy(kind, skip, num_shared) or _own_noisy(kind, skip, num_shared, len(grouped), own is not None):
         eps = reference_eps(seed, (weights.shape[0], first.numel()), kind, device)
-    y = reference_group_sum(sources, grouped, weights, edges, skip, mult, float(lam), float(mean), eps, own)
+    lam, mean = scaled_params(float(lam), float(mean), mult, device_scale)
+    y = reference_group_sum(sources, grouped, weights, edges, skip, mult, lam, mean, eps, own)
     if by_target:
         return tuple(sum_targets(y, len(edges), bases))
     return y.unbind(0) if per_edge else y
@@ -327,7 +333,7 @@ def sum_targets(y: torch.Tensor, sources: int, bases) -> list:
 
 
 def noisy_group_sum(shared, grouped, weights: torch.Tensor, skip_index: int | None, noise: NoiseConfig, *,
-                    scale: float = 1.0, training: bool = True, backend: str | None = None,
+                    scale: float | torch.Tensor = 1.0, training: bool = True, backend: str | None = None,
                     seed: torch.Tensor | None = None) -> torch.Tensor:
     """The E mixed sums of one node's outgoing edges as [E, N, C, H, W] (noisy_group_sums with one
     source).
@@ -434,7 +440,7 @@ def node_sums(mixed_ops, plan: NodeSumPlan, shares, weights: torch.Tensor, bases
     known = [share.known_std for share in shares]
     skip_stds = (known[0] if len(known) == 1 else torch.cat(known)) if all(k is not None for k in known) else None
     return noisy_group_sums(sources, grouped, w, plan.counts, plan.skip if noisy else None, op.noise,
-                            scale=op.noise_scale, training=noisy, backend=op.backend,
+                            scale=op.kernel_noise_scale, training=noisy, backend=op.backend,
                             seed=seeds.take() if seeds is not None else None, per_edge=bases is None,
                             by_target=bases is not None, bases=bases, own=own, skip_stds=skip_stds,
                             target_std_out=target_std_out, grouped_norm=norms if any(norms) else None)

@@ -328,7 +328,10 @@ class MixedOp(nn.Module):
         primitives: operation names, in order (default: DARTS's 8, for drop-in use).
         noise: NoiseConfig for the skip connection (default: Gaussian, λ = 0.2). Noise is drawn
             only in training mode.
-    ``noise_scale`` (attribute) multiplies the noise: the search sets it for cosine decay.
+    ``noise_scale`` (attribute) multiplies the noise: the search sets it for cosine decay. With
+    decay on (``noise.decay``) the op keeps it on the device too (``noise_scale_device``, a
+    non-persistent buffer that setting ``noise_scale`` fills), and its noise reads it there when it
+    runs: a CUDA graph captured once follows each epoch's scale.
     """
 
     def __init__(self, C: int, stride: int, primitives=DARTS_PRIMITIVES, noise: NoiseConfig | None = None):
@@ -336,6 +339,8 @@ class MixedOp(nn.Module):
         self.primitives = check_primitives(primitives)
         self.stride = stride
         self.noise = NoiseConfig() if noise is None else noise
+        if self.noise.decay and self.noise.enabled:
+            self.register_buffer("noise_scale_device", torch.ones(()), persistent=False)
         self.noise_scale = 1.0
         self._ops = nn.ModuleList(make_search_op(p, C, stride) for p in self.primitives)
         # `none` contributes nothing: never computed, but its weight stays in the softmax.
@@ -367,6 +372,26 @@ class MixedOp(nn.Module):
         for i in moved:
             self._ops[i] = EdgeGroupSlot(self.primitives[i], slot)
         self._tails = tuple(None if i in moved else t for i, t in enumerate(self._tails))
+
+    @property
+    def noise_scale(self) -> float:
+        return self._noise_scale
+
+    @noise_scale.setter
+    def noise_scale(self, value: float) -> None:
+        self._noise_scale = float(value)
+        on_device = self._buffers.get("noise_scale_device")
+        if on_device is not None:
+            on_device.fill_(self._noise_scale)  # a fill, no host sync
+
+    @property
+    def kernel_noise_scale(self) -> float | torch.Tensor:
+        """The scale the noise ops take: the device copy where decay is on (read when they run),
+        the number otherwise."""
+        on_device = self._buffers.get("noise_scale_device")
+        if on_device is None:
+            return self._noise_scale
+        return on_device if on_device.dtype == torch.float32 else on_device.float()
 
     @property
     def noisy(self) -> bool:
@@ -420,9 +445,9 @@ class MixedOp(nn.Module):
             op = self._ops[i]
             if i == self._skip and self.noisy:
                 if self._noise_on_input():
-                    o = op(add_noise(x, self.noise, self.noise_scale))
+                    o = op(add_noise(x, self.noise, self.kernel_noise_scale))
                 else:
-                    o = add_noise(self._run(i, x, share), self.noise, self.noise_scale)
+                    o = add_noise(self._run(i, x, share), self.noise, self.kernel_noise_scale)
             else:
                 o = self._run(i, x, share)
             dtype = o.dtype if out is None else torch.promote_types(dtype, o.dtype)
@@ -471,7 +496,7 @@ class FusedMixedOp(MixedOp):
                 if noisy and self._noise_on_input():
                     # the paper's variant: noise on FactorizedReduce's input, via the same op (one operand, weight 1)
                     x_noisy = noisy_mixed_sum([x], x.new_ones((1,), dtype=torch.float32), 0, self.noise,
-                                              scale=self.noise_scale, backend=self.backend,
+                                              scale=self.kernel_noise_scale, backend=self.backend,
                                               seed=seeds.take() if seeds is not None else None)
                     operands.append(op(x_noisy))
                     skip_position = None
@@ -487,6 +512,6 @@ class FusedMixedOp(MixedOp):
                 std = share.skip_std(self.backend)
             elif any(m is self._ops[self._skip] for m in share.reductions):
                 std = share.reduced_std(self._ops[self._skip], self.backend)
-        return noisy_mixed_sum(promote_operands(operands), live_weights, skip_position, self.noise, scale=self.noise_scale,
-                               training=noisy, backend=self.backend, seed=seeds.take() if seeds is not None else None,
+        return noisy_mixed_sum(promote_operands(operands), live_weights, skip_position, self.noise,
+                               scale=self.kernel_noise_scale, training=noisy, backend=self.backend, seed=seeds.take() if seeds is not None else None,
                                std=std)

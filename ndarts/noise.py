@@ -5,6 +5,10 @@ Multiplicative (ablation):            o·(μ + s·λ·ε), σ = λ absolute (not
 ε ~ N(0, 1), or U(−√3, √3) (same variance) for the uniform variant; s is the decay scale
 (1 unless cosine decay is on). std is the unbiased std over all elements of o, detached: the
 noise is a constant for autograd.
+
+The scale s is a number, or a one-element float32 tensor on the operands' device (a decay scale
+kept on the device: the kernels read it when they run, so a CUDA graph captured once follows the
+value each epoch fills in; MixedOp's noise scale with decay on).
 """
 from __future__ import annotations
 
@@ -99,7 +103,8 @@ def apply_noise_with_eps(o: torch.Tensor, eps: torch.Tensor, multiplicative: boo
                          std: torch.Tensor | None = None) -> torch.Tensor:
     """The noisy operand for a given ε; the noise (std and ε) is detached from autograd.
 
-    lam and mean are the effective values (decay applied, see NoiseConfig.kernel_params).
+    lam and mean are the effective values (decay applied, see NoiseConfig.kernel_params): numbers,
+    or 0-dim tensors (scaled_params).
     std: std(o) when the caller has it already (``operand_std``); None computes it here.
     """
     eps = eps.to(torch.float32)
@@ -123,10 +128,36 @@ def operand_std(o: torch.Tensor) -> torch.Tensor:
     return o.detach().to(accumulation_dtype(o.dtype)).std()
 
 
-def add_noise(o: torch.Tensor, cfg: NoiseConfig, scale: float = 1.0) -> torch.Tensor:
+def split_scale(scale, device) -> tuple[float, torch.Tensor | None]:
+    """(host scale, device scale) of a noise scale s: a number is applied on the host
+    (NoiseConfig.kernel_params(s), device scale None); a tensor is checked (one float32 element on
+    `device`) and returned as the device scale, the host scale then 1."""
+    if not isinstance(scale, torch.Tensor):
+        return float(scale), None
+    if scale.numel() != 1 or scale.dtype != torch.float32:
+        raise ValueError(f"noise scale: a tensor scale must hold one float32 value, got {scale.dtype} "
+                         f"{tuple(scale.shape)}")
+    if scale.device != torch.device(device):
+        raise ValueError(f"noise scale: the scale tensor is on {scale.device}, the operands on {device}")
+    return 1.0, scale
+
+
+def scaled_params(lam, mean, multiplicative: bool, scale: torch.Tensor | None):
+    """(λ_eff, μ_eff) for the reference math: lam and mean with a device scale applied as
+    NoiseConfig.kernel_params applies a number (λ·s, and μ·s for additive noise), as 0-dim tensors
+    (no host read: capturable); unchanged without one."""
+    if scale is None:
+        return lam, mean
+    s = scale.reshape(())
+    return lam * s, mean if multiplicative else mean * s
+
+
+def add_noise(o: torch.Tensor, cfg: NoiseConfig, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
     """The reference noisy operand, ε drawn from torch's global RNG (``torch.manual_seed``)."""
     if not cfg.enabled:
         return o
-    _, mult, lam, mean = cfg.kernel_params(scale)
+    host, device_scale = split_scale(scale, o.device)
+    _, mult, lam, mean = cfg.kernel_params(host)
+    lam, mean = scaled_params(lam, mean, mult, device_scale)
     eps = sample_eps(o.shape, cfg.kind, like=o)
     return apply_noise_with_eps(o, eps, mult, lam, mean)

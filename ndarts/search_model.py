@@ -416,10 +416,18 @@ class SearchNetwork(nn.Module):
 
     # -- noise
     def set_noise_scale(self, scale: float) -> None:
-        """The decay scale for every mixed op (cosine decay of the noise)."""
+        """The decay scale for every mixed op (cosine decay of the noise): with decay on, a fill of
+        each op's device copy, which the noise reads when it runs."""
         for m in self.modules():
             if isinstance(m, MixedOp):
                 m.noise_scale = float(scale)
+
+    @property
+    def noise_scale_is_read_on_device(self) -> bool:
+        """Whether every mixed op's noise reads its scale from the device (or the scale never
+        changes: no decay), so that a captured step needs no new capture for a new scale."""
+        ops = [m for m in self.modules() if isinstance(m, MixedOp)]
+        return all(not (m.noise.decay and m.noise.enabled) or "noise_scale_device" in m._buffers for m in ops)
 
     # -- forward
     def forward(self, x):

@@ -237,6 +237,7 @@ class Searcher:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.learning_rate_min)
         self.forward_model = self.dist.wrap(self.model) if self.dist is not None else self.model
         self.graph_step = self._make_graph_step() if cfg.cuda_graph else None
+        self.scale_on_device = self.model.noise_scale_is_read_on_device  # the graph step's key: see _train_epoch
         # the evaluation's full batches as one CUDA graph too, captured once for the whole search
         self.graph_eval = GraphedEvaluation(self.model) if cfg.cuda_graph else None
 
@@ -498,9 +499,11 @@ class Searcher:
             xv, yv = xv.to(dev, non_blocking=True), yv.to(dev, non_blocking=True)
 
             if self.graph_step is not None:
-                # replayed as one CUDA graph; the noise scale is a constant of the captured kernels
-                # (a new one re-captures), lr too in a second-order step (first order: read on the device)
-                loss, logits, arch_loss, grad_norm = self.graph_step(x, y, xv, yv, lr, key=noise_scale)
+                # replayed as one CUDA graph; the noise scale is read on the device (--noise-decay's
+                # new scale is no new capture), lr too in a first-order step (second order: a constant
+                # of the graph, a new one captures again)
+                key = None if self.scale_on_device else noise_scale
+                loss, logits, arch_loss, grad_norm = self.graph_step(x, y, xv, yv, lr, key=key)
             else:
                 loss, logits, arch_loss, grad_norm = search_step(
                     self.architect, self.forward_model, self.criterion, self.w_opt, weights, cfg.grad_clip,

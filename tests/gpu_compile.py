@@ -10,7 +10,8 @@ may reject (types, layouts, control flow); a GPU session is short. This script c
 the kernels (what is recorded is each launch's argument types, constexpr values and num_warps;
 the launchers choose block sizes as for a GPU),
 over a workload that reaches every launch site: the noisy mixed sum (fp32/bf16/fp16, every noise
-kind, contiguous and channels_last, more operands than one launch takes), the ε writer, one to
+kind, contiguous and channels_last, more operands than one launch takes, the decay scale read on
+the device), the ε writer, one to
 four BatchNorms per launch with and without fused ReLUs, grouped and dense 1×1 convolutions, and a
 training forward+backward of search networks with every Triton-backed lever (BatchNorm, depthwise
 conv, pointwise conv, group sums, bf16 autocast; the fused dw + 1×1 pair on direct cases), their backward as an α step and as a w step runs it. `compile` compiles each distinct launch with Triton's own
@@ -72,6 +73,10 @@ def _workload() -> None:
                 for weight_grad in (True, False):  # False: a w step's backward (no dW, no operand read)
                     K.noisy_mixed_sum_backward(torch.ones_like(y), ops, w, seed, std, 3, kind, mult, 0.2, 0.0,
                                                weight_grad=weight_grad)
+            for mult in (False, True):  # the decay scale read on the device (SCALED)
+                scale = torch.ones(())
+                y, std = K.noisy_mixed_sum_forward(ops, w, seed, 3, 1, mult, 0.2, 0.0, scale=scale)
+                K.noisy_mixed_sum_backward(torch.ones_like(y), ops, w, seed, std, 3, 1, mult, 0.2, 0.0, scale=scale)
     for kind in (1, 2):
         K.unit_noise(seed, 100, kind)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):  # BatchNorms, 1-8 per launch (and 9: two), fused ReLUs
@@ -199,8 +204,9 @@ def _workload() -> None:
     # the default sums each conv group's edges in one op (group_sums auto); False: a fused sum per edge
     levers = [dict(), dict(group_sums=False), dict(fused_depthwise_conv=True), dict(autocast=torch.bfloat16),
               dict(fused_pointwise_conv=True)]
-    for noise in (NoiseConfig(), NoiseConfig(kind="uniform"), NoiseConfig(mixture="multiplicative", mean=1.0)):
-        for lever in levers:
+    for noise in (NoiseConfig(), NoiseConfig(kind="uniform"), NoiseConfig(mixture="multiplicative", mean=1.0),
+                  NoiseConfig(decay=True)):  # decay: the group sums' and per-edge sums' SCALED launches
+        for lever in levers if not noise.decay else levers[:2]:
             torch.manual_seed(0)
             net = SearchNetwork(C=4, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES, noise=noise, fused=True,
                                 backend="triton", **lever)

@@ -59,6 +59,11 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
     no_dw = {(s["kernel"], s["constexprs"].get("MULT")) for s in captured if s["constexprs"].get("WGRAD") is False}
     assert no_dw >= {(k, m) for k in ("_noisy_mixed_sum_backward_kernel", "_group_backward_kernel")
                      for m in (False, True)}, sorted(no_dw)
+    # the decay scale read on the device, by each noise kernel both ways (--noise-decay's captured step)
+    scaled = {(s["kernel"], s["constexprs"].get("MULT")) for s in captured if s["constexprs"].get("SCALED")}
+    assert scaled >= {(k, False) for k in ("_noisy_mixed_sum_forward_kernel", "_noisy_mixed_sum_backward_kernel",
+                                           "_group_forward_kernel", "_group_backward_kernel")}, sorted(scaled)
+    assert ("_noisy_mixed_sum_forward_kernel", True) in scaled
     # the depthwise weight gradient of relu(x) (a sep conv's dw2 keeping bn1's output)
     assert any(s["constexprs"].get("RELU_INPUT") for s in captured)
     # the conv kernels' products in both precisions (kernels/dot_precision.py), TF32 by default

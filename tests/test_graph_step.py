@@ -45,7 +45,7 @@ def test_capture_replay_and_recapture_keys(fake_cuda):
             (full, 0.1, 1.0),  # capture (+ replay)
             (full, 0.1, 1.0), (full, 0.1, 1.0),  # replays
             (partial, 0.1, 1.0),  # another shape: eager
-            (full, 0.1, 0.5),  # same lr, new noise scale (--noise-decay): re-capture
+            (full, 0.1, 0.5),  # same lr, a new key (a constant of the caller's graph): re-capture
             (full, 0.05, 0.5),  # new lr: re-capture
             (full, 0.05, 0.5)]  # replay
     for batch, lr, scale in plan:
