@@ -146,8 +146,8 @@ def stage_table(rows):
 
 def search_loop_table(rows):
     """The search loop per step against the bare step of the same run, the evaluation, what the graph
-    step's new learning rate costs (once an epoch) and what a new capture costs (a second-order
-    search's new learning rate: once an epoch), the projection."""
+    step's new learning rate costs (once an epoch: a fill) and what a capture costs (once a search),
+    the projection."""
     lines = [f"{'config':34} {'impl':12} {'loop ms':>8} {'step ms':>8} {'+ loop':>7} {'eval us/img':>11} "
              f"{'new lr s':>8} {'capture s':>9} {'50 epochs':>10} {'of it eval':>10}"]
     for r in rows:

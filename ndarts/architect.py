@@ -38,8 +38,10 @@ class Architect:
     def _loss(self, x, y):
         return self.criterion(self.model(x), y)
 
-    def step(self, x_train, y_train, x_val, y_val, eta: float) -> torch.Tensor:
-        """One α update; returns the validation loss it was computed from (detached)."""
+    def step(self, x_train, y_train, x_val, y_val, eta: float | torch.Tensor) -> torch.Tensor:
+        """One α update; returns the validation loss it was computed from (detached). eta: ξ of the
+        second order's virtual step, a number or a 0-dim tensor on the device (read when it runs:
+        a CUDA graph captured once follows the rate filled into it)."""
         if self.order == "first":
             loss = self._loss(x_val, y_val)
             grads = _grads_or_zeros(loss, self.alphas)
@@ -55,7 +57,7 @@ class Architect:
         return loss.detach()
 
     # ------------------------------------------------------------------ second order
-    def unrolled_weights(self, x, y, eta: float) -> dict[str, torch.Tensor]:
+    def unrolled_weights(self, x, y, eta: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """w' = w − η·(momentum·m + ∇_w L_train + wd·w), as leaf tensors that require grad."""
         named = self.model.named_weight_parameters()
         loss = self._loss(x, y)
@@ -70,7 +72,7 @@ class Architect:
             unrolled[name] = (p - eta * (moment + g + self.weight_decay * p)).detach().requires_grad_()
         return unrolled
 
-    def second_order_grads(self, x_train, y_train, x_val, y_val, eta: float):
+    def second_order_grads(self, x_train, y_train, x_val, y_val, eta: float | torch.Tensor):
         unrolled = self.unrolled_weights(x_train, y_train, eta)
         # the virtual model gets its own copy of the BatchNorm buffers, as DARTS's model copy does
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}

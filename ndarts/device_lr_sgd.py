@@ -5,7 +5,8 @@ learning rate to its kernels as a host float, so the graphed search step had to 
 whenever the cosine schedule changed the rate: once an epoch, every kernel of the step recorded
 anew and a new graph instantiated (benchmarks/test_bench_search_loop.py times it, `recapture_s`).
 Here the update reads the rate from a 0-dim device tensor that the graph reads at every replay, and
-a new rate is one fill of that tensor: the first-order step is captured once for the whole search.
+a new rate is one fill of that tensor: the step is captured once for the whole search (a
+second-order α step reads the same tensor as its virtual step's ξ, ndarts.graph_step).
 
 What: ``DeviceLrSGD(optimizer)`` steps the parameters of a torch.optim.SGD (momentum, weight
 decay: DARTS's w optimizer; no nesterov, dampening or maximize) exactly as its foreach step does,

@@ -9,10 +9,10 @@ state, cuDNN algorithms, Triton compilation); the next step is captured into sta
 buffers and replayed; every later step copies its batch into those buffers and replays. A
 captured kernel holds the scalars it was launched with. The noise scale (--noise-decay changes it
 once per epoch) is read from the device (MixedOp.noise_scale_device), and so is the learning rate
-of a first-order step, whose w update reads it from a device tensor (ndarts.device_lr_sgd); the
-learning rate of a second-order step (its virtual step's ξ) is a constant of the graph, and a new
-one triggers a new capture (``key``: anything else a caller's graph holds as a constant). A batch
-of another shape (the last, partial batch of an epoch) runs eagerly. Noise stays random: the fused op draws its Philox seed with
+(the cosine schedule's, once per epoch): the w update and a second-order step's virtual step (its
+ξ) read it from a device tensor (ndarts.device_lr_sgd). Anything else a caller's graph holds as a
+constant is its ``key``: a new one triggers a new capture. A batch of another shape (the last,
+partial batch of an epoch) runs eagerly. Noise stays random: the fused op draws its Philox seed with
 torch's CUDA generator, which a graph advances on every replay, and the reference op draws ε with
 torch.randn on the device, likewise.
 
@@ -99,9 +99,9 @@ class CapturedCall:
 class GraphedSearchStep(CapturedCall):
     """``step(x, y, x_val, y_val, lr, key=None)``: the search step as a replayed CUDA graph.
 
-    device_lr: the captured w update reads the learning rate from this DeviceLrSGD's device tensor
-    (ndarts.device_lr_sgd; a first-order step, whose α step does not use lr): a new rate is set
-    there before the replay instead of triggering a new capture."""
+    device_lr: the captured step reads the learning rate from this DeviceLrSGD's device tensor
+    (ndarts.device_lr_sgd: the w update, and a second-order α step's ξ): a new rate is set there
+    before the replay instead of triggering a new capture."""
 
     def __init__(self, step_fn, warmup: int = 3, device_lr=None):
         super().__init__(step_fn, warmup)
@@ -158,18 +158,21 @@ def make_graph_step(model, architect, w_optimizer, criterion, grad_clip, example
     """A graphed search step for a model, its architect and the weight optimizer:
     ``step(x, y, x_val, y_val, lr)`` returns (loss, logits, arch_loss, grad_norm).
 
-    First order with an SGD w optimizer (the search's): the captured w update reads lr from the
-    device (ndarts.device_lr_sgd), so the cosine schedule's new rate each epoch needs no new
-    capture; second order keeps lr (the virtual step's ξ) a constant of the graph."""
+    With an SGD w optimizer (the search's) the captured w update reads lr from the device
+    (ndarts.device_lr_sgd), and so does a second-order α step's virtual step (its ξ, the same
+    rate): the cosine schedule's new rate each epoch needs no new capture."""
     from .device_lr_sgd import CaptureAwareSGD
     from .search_step import search_step
 
     prepare_optimizers_for_capture(architect.arch_optimizer)
     weights = model.weight_parameters()
-    device_lr = architect.order == "first" and type(w_optimizer) is torch.optim.SGD
+    device_lr = type(w_optimizer) is torch.optim.SGD
     optimizer = CaptureAwareSGD(w_optimizer) if device_lr else w_optimizer
+    # ξ of a second-order step: the device tensor, which GraphedSearchStep fills with lr before each call
+    xi_on_device = device_lr and architect.order == "second"
 
     def step_fn(x, y, x_val, y_val, lr):
-        return search_step(architect, model, criterion, optimizer, weights, grad_clip, x, y, x_val, y_val, lr)
+        eta = optimizer.device_lr.lr if xi_on_device else lr
+        return search_step(architect, model, criterion, optimizer, weights, grad_clip, x, y, x_val, y_val, eta)
 
     return GraphedSearchStep(step_fn, warmup=warmup, device_lr=optimizer.device_lr if device_lr else None)

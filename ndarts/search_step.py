@@ -9,8 +9,11 @@ import torch.nn as nn
 
 
 def search_step(architect, forward_model, criterion, w_optimizer, weights, grad_clip: float,
-                x, y, x_val, y_val, lr: float, check=None):
+                x, y, x_val, y_val, lr: float | torch.Tensor, check=None):
     """Returns (loss, logits, arch_loss, grad_norm) as tensors (no host sync here).
+
+    lr: what a second-order α step takes as its virtual step's ξ (a number, or a 0-dim device
+    tensor: the graphed step's, ndarts.graph_step); the w optimizer keeps its own rate.
 
     check(loss, arch_loss, grad_norm), when given, runs after the gradients are clipped and before
     the weights move: it may raise to stop a diverging run with the weights of the last good step.

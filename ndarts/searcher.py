@@ -499,9 +499,9 @@ class Searcher:
             xv, yv = xv.to(dev, non_blocking=True), yv.to(dev, non_blocking=True)
 
             if self.graph_step is not None:
-                # replayed as one CUDA graph; the noise scale is read on the device (--noise-decay's
-                # new scale is no new capture), lr too in a first-order step (second order: a constant
-                # of the graph, a new one captures again)
+                # replayed as one CUDA graph, captured once: the noise scale (--noise-decay's new
+                # one each epoch) and lr (the w update's and a second-order step's ξ) are read on the
+                # device
                 key = None if self.scale_on_device else noise_scale
                 loss, logits, arch_loss, grad_norm = self.graph_step(x, y, xv, yv, lr, key=key)
             else:

@@ -79,3 +79,20 @@ def test_unknown_order_is_refused():
     net, crit, arch, *_ = _tiny()
     with pytest.raises(ValueError, match="unknown order"):
         Architect(net, arch.arch_optimizer, arch.weight_optimizer, crit, "third")
+
+
+def test_second_order_takes_its_xi_from_a_device_tensor(fresh_seed):
+    """ξ as a 0-dim tensor (the graphed step's device rate, read when the step runs): the same α
+    gradient and loss as the number, for a ξ drawn fresh; a tensor filled anew gives the new ξ's."""
+    net, crit, arch, x, y = _tiny()
+    xv, yv = torch.randn_like(x), torch.randint(5, (4,))
+    crit(net(x), y).backward(inputs=net.weight_parameters())
+    arch.weight_optimizer.step()  # a momentum buffer enters w'
+    xi = torch.empty((), dtype=torch.float64)
+    for eta in (0.01 + 0.09 * torch.rand(()).item(), 0.2):
+        xi.fill_(eta)
+        want, want_loss = arch.second_order_grads(x, y, xv, yv, eta)
+        got, got_loss = arch.second_order_grads(x, y, xv, yv, xi)
+        torch.testing.assert_close(got_loss, want_loss, rtol=1e-12, atol=1e-12)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -110,3 +110,38 @@ def test_a_new_learning_rate_is_set_on_the_device_not_captured_again(monkeypatch
         step(*batch, lr, key=scale)
         assert float(device_lr.lr) == pytest.approx(lr)
     assert step.eager_steps == 1 and step.captures == 2 and step.captured_key == (None, 0.5)
+
+
+def test_a_second_order_graph_step_reads_xi_from_the_device_and_captures_once(monkeypatch):
+    """make_graph_step with a second-order architect: the virtual step's ξ is the device rate
+    tensor (filled with each call's lr), so new rates need no new capture."""
+    from ndarts import DARTS_PRIMITIVES, NoiseConfig
+    from ndarts.architect import Architect
+    from ndarts.graph_step import make_graph_step
+    from ndarts.search_model import SearchNetwork
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, **k: contextlib.nullcontext())
+    torch.manual_seed(0)
+    net = SearchNetwork(C=2, num_classes=5, layers=2, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
+                        in_channels=1)
+    crit = torch.nn.CrossEntropyLoss()
+    w_opt = torch.optim.SGD(net.weight_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(net.arch_parameters(), 3e-4)
+    arch = Architect(net, a_opt, w_opt, crit, "second")
+    seen = []
+    step_of = arch.step
+    monkeypatch.setattr(arch, "step", lambda *a: seen.append(a[-1]) or step_of(*a))
+    step = make_graph_step(net, arch, w_opt, crit, 5.0, warmup=1)
+    for group in a_opt.param_groups:
+        group["capturable"] = False  # Adam's capturable step needs a GPU; the ξ is what is checked here
+    x, y = torch.randn(2, 1, 6, 6), torch.randint(5, (2,))
+    for lr in (0.05, 0.05, 0.04, 0.03):
+        step(x, y, x, y, lr)
+        assert float(step.device_lr.lr) == pytest.approx(lr)
+    assert step.captures == 1 and step.eager_steps == 1
+    # the warm-up and the capture ran the step (replays do not): both with the device tensor
+    assert len(seen) == 2 and all(xi is step.device_lr.lr for xi in seen)

@@ -161,7 +161,7 @@ def _searcher(tmp_path, name, **kw):
 
 
 def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, group_sums=None, pwconv=False,
-                sepconv=False):
+                sepconv=False, order="first"):
     from ndarts import DARTS_PRIMITIVES, NoiseConfig
     from ndarts.architect import Architect
     from ndarts.graph_step import prepare_optimizers_for_capture
@@ -176,7 +176,7 @@ def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, g
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     prepare_optimizers_for_capture(a_opt)  # the same Adam arithmetic on both sides
     criterion = torch.nn.CrossEntropyLoss()
-    return model, Architect(model, a_opt, w_opt, criterion, "first"), w_opt, criterion
+    return model, Architect(model, a_opt, w_opt, criterion, order), w_opt, criterion
 
 
 @pytest.mark.parametrize("dwconv,streams,grouped,bf16,group_sums,pwconv,sepconv", [
@@ -191,6 +191,19 @@ def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf1
     """Warm-up steps, a capture, replays and a new learning rate (read by the captured w update
     from the device): each step's losses and the final α and weights equal those of the eager
     steps (noise off, deterministic cuDNN, the same capturable Adam on both sides)."""
+    _assert_graph_step_equals_eager(dwconv=dwconv, streams=streams, grouped=grouped, bf16=bf16,
+                                    group_sums=group_sums, pwconv=pwconv, sepconv=sepconv)
+
+
+def test_second_order_cuda_graph_step_equals_eager_step_by_step():
+    """The same for a second-order step, captured once too: its virtual step's ξ is the device rate
+    (the eager side is given a tensor too: the same arithmetic; tests/test_architect.py checks the
+    tensor against the number)."""
+    _assert_graph_step_equals_eager(grouped=True, order="second")
+
+
+def _assert_graph_step_equals_eager(dwconv=False, streams=0, grouped=False, bf16=False, group_sums=None,
+                                    pwconv=False, sepconv=False, order="first"):
     from ndarts.graph_step import make_graph_step
     from ndarts.search_step import search_step
 
@@ -205,7 +218,8 @@ def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf1
     for graphed in (False, True):
         model, architect, w_opt, criterion = _step_parts(dwconv=dwconv, streams=streams, grouped=grouped,
                                                          autocast=torch.bfloat16 if bf16 else None,
-                                                         group_sums=group_sums, pwconv=pwconv, sepconv=sepconv)
+                                                         group_sums=group_sums, pwconv=pwconv, sepconv=sepconv,
+                                                         order=order)
         weights = model.weight_parameters()
         step = make_graph_step(model, architect, w_opt, criterion, 5.0, batches[0], warmup=2) if graphed else None
         losses = []
@@ -215,7 +229,8 @@ def test_cuda_graph_step_equals_eager_step_by_step(dwconv, streams, grouped, bf1
             if graphed:
                 loss, _, arch_loss, _ = step(*batch, lr)
             else:
-                loss, _, arch_loss, _ = search_step(architect, model, criterion, w_opt, weights, 5.0, *batch, lr)
+                xi = torch.tensor(lr, device="cuda") if order == "second" else lr
+                loss, _, arch_loss, _ = search_step(architect, model, criterion, w_opt, weights, 5.0, *batch, xi)
             losses.append((float(loss), float(arch_loss)))
         runs.append((losses, [p.detach().clone() for p in model.parameters()], step))
     (l_e, p_e, _), (l_g, p_g, step) = runs
