@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .backend import convert_modules, graph_kernels_enabled
+from .conv_taps import live_kernel
 from .grad_use import grads_used
 
 
@@ -138,6 +139,9 @@ def depthwise_conv_of_relu(r: torch.Tensor, y: torch.Tensor, conv: nn.Conv2d) ->
     weight = conv.weight
     if weight.dtype != r.dtype:  # under autocast: the weight cast where autograd sees it, as autocast's own
         weight = weight.to(r.dtype)
+    if kernels == "torch":  # PyTorch's kernels compute every tap: cut those that meet only padding (conv_taps)
+        weight, (padding, _) = live_kernel(weight, r.shape[-2:], conf[0], conf[1], conf[2])
+        conf = (conf[0], padding, conf[2])  # one cut on both axes: the padding stays square
     return _DepthwiseConvOfRelu.apply(r, y.detach(), weight, conf, kernels)
 
 

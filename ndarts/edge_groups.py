@@ -44,6 +44,7 @@ from torch.autograd.function import once_differentiable
 
 from .backend import graph_kernels_enabled
 from .batch_norm import search_batch_norms
+from .conv_taps import conv2d_live_taps, depthwise_live_taps
 from .depthwise_conv import depthwise_conv_of_relu
 from .fan_out import fan_out
 from .separable_conv import separable_conv, use_separable
@@ -221,7 +222,7 @@ class GroupedConvStack(nn.Module):
             return separable_conv(r, dw, pw, relu_of)
         if relu_of is not None:
             return pw(depthwise_conv_of_relu(r, relu_of, dw))
-        return pw(dw(r))
+        return pw(depthwise_live_taps(dw, r))  # dw(r) without the taps that meet only padding (small maps)
 
     def forward(self, r, counts=None) -> torch.Tensor:
         """r = relu(h) [N, C, H, W] (or one per source, with counts: the edges of each) → the E
@@ -255,7 +256,7 @@ class GroupedConvStack(nn.Module):
         conv whose block-diagonal weight also reorders the channels to edge-major."""
         C, w = self.C, self.dw1.weight[first * self.C:(first + count) * self.C]
         dw = w.view(count, C, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
-        y = F.conv2d(r, dw, None, self.dw1.stride, self.dw1.padding, self.dw1.dilation, groups=C)
+        y = conv2d_live_taps(r, dw, self.dw1.stride, self.dw1.padding, self.dw1.dilation, groups=C)
         mask = self._mask[:count, :, :, :count].to(w.dtype)  # eye(count)
         pw1 = self.pw1.weight[first * C:(first + count) * C]
         return F.conv2d(y, (pw1.view(count, C, C, 1) * mask).reshape(count * C, C * count, 1, 1))

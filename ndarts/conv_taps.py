@@ -1,0 +1,82 @@
+"""Depthwise convolutions without the taps that only ever meet the zero padding.
+
+On small feature maps a dilated or large kernel reaches past the image from every output pixel
+with its outer taps: DARTS's dil_conv_5x5 (5×5, dilation 2, padding 4) on a 2×2 map meets the
+image with its centre tap only, and on a 4×4 map with its inner 3×3. The search's default
+preset on the embedded digits (8×8 images, two reductions: 4×4 and 2×2 maps) runs many of
+these. A tap that only meets padding adds w·0 = 0 to every output and gets the gradient Σ g·0 = 0,
+so the convolution with the kernel cut to its other taps (and the padding cut alike) gives the
+same outputs, the same input gradient and the same gradient for the taps it keeps; the cut taps'
+gradient is exactly 0 either way (autograd's slice backward writes it). oneDNN and cuDNN compute
+every tap of the kernel, padding included, so the cut saves their time: on a 2-core CPU the
+digits preset's search step went from 0.45 to 0.42 of the plain DARTS step's time (0.75 to 0.63 in
+NCHW) and `python -m ndarts.search --fused` from 71.9 to 62.6 s (benchmarks/RESULTS.md, 2026-12-05).
+The batched edge convs (ndarts.edge_groups) use it on PyTorch's kernels; at CIFAR's sizes (maps of
+8×8 and up) no DARTS kernel has a dead tap, so the GPU search step is unchanged.
+
+Only a symmetric cut, the same number t of taps from both ends of both axes, is made: the output
+size is then unchanged ((size + 2(p − t·d) − d(k − 2t − 1) − 1) / s + 1 is the full kernel's), and
+the padding stays ≥ 0. Outputs differ from the full kernel's only by the summation order of the
+kept taps (rounding).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.lru_cache(maxsize=4096)
+def dead_border_taps(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    """t: how many taps at each end of one axis of a k-tap kernel meet only the zero padding at
+    every output position (the same count at both ends, the smaller of the two), for an input of
+    `size` along that axis; 0 when every tap meets the image somewhere (or the output is empty)."""
+    out = (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    if out < 1 or size < 1:
+        return 0
+
+    def meets(i: int) -> bool:
+        return any(0 <= o * stride - padding + i * dilation < size for o in range(out))
+
+    low = next((i for i in range(k) if meets(i)), k)
+    high = next((i for i in range(k) if meets(k - 1 - i)), k)
+    t = min(low, high, (k - 1) // 2)
+    return min(t, padding // dilation)  # the cut padding p − t·d stays ≥ 0
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def live_kernel(weight: torch.Tensor, input_hw, stride, padding, dilation):
+    """(weight, padding) of a convolution of an input of spatial size input_hw with its dead
+    border taps cut (dead_border_taps, the same t on both axes: the smaller): a view of the weight
+    and the padding (an int pair) that give the same outputs; the weight itself and the padding
+    as an int pair when nothing is cut."""
+    (s_h, s_w), (p_h, p_w), (d_h, d_w) = _pair(stride), _pair(padding), _pair(dilation)
+    k_h, k_w = weight.shape[-2:]
+    t = min(dead_border_taps(int(input_hw[0]), k_h, s_h, p_h, d_h),
+            dead_border_taps(int(input_hw[1]), k_w, s_w, p_w, d_w))
+    if t == 0:
+        return weight, (p_h, p_w)
+    return weight[:, :, t:k_h - t, t:k_w - t], (p_h - t * d_h, p_w - t * d_w)
+
+
+def conv2d_live_taps(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, dilation=1,
+                     groups: int = 1) -> torch.Tensor:
+    """F.conv2d(x, weight, None, stride, padding, dilation, groups) with the kernel's dead border
+    taps cut (live_kernel): the same outputs and gradients (module docstring); no bias, zero
+    padding given as ints (not 'same'/'valid')."""
+    w, p = live_kernel(weight, x.shape[-2:], stride, padding, dilation)
+    return F.conv2d(x, w, None, stride, p, dilation, groups)
+
+
+def depthwise_live_taps(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for a bias-free, zero-padded nn.Conv2d, its dead border taps cut (conv2d_live_taps);
+    any other conv (a subclass, a bias, another padding mode) is simply called."""
+    if (type(conv) is not torch.nn.Conv2d or conv.bias is not None or conv.padding_mode != "zeros"
+            or isinstance(conv.padding, str)):
+        return conv(x)
+    # under autocast F.conv2d casts as nn.Conv2d's forward would (the dispatcher's autocast, not the module)
+    return conv2d_live_taps(x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups)

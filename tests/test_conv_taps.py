@@ -1,0 +1,144 @@
+"""Depthwise convolutions with their dead border taps cut (ndarts.conv_taps) keep the full kernel's math."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ndarts.conv_taps import conv2d_live_taps, dead_border_taps, depthwise_live_taps, live_kernel
+
+
+def _dead_at_ends(size, k, stride, padding, dilation):
+    """(dead taps from the low end, from the high end) of one axis, found by counting each tap's
+    hits on an image of ones (an independent definition: a conv's weight gradient)."""
+    x = torch.ones(1, 1, size, 1, dtype=torch.float64)
+    w = torch.zeros(1, 1, k, 1, dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(x, w, None, (stride, 1), (padding, 0), (dilation, 1))
+    hits = torch.autograd.grad(y, w, torch.ones_like(y))[0].flatten().tolist()
+    low = next((i for i, h in enumerate(hits) if h), k)
+    high = next((i for i, h in enumerate(reversed(hits)) if h), k)
+    return low, high
+
+
+GEOMETRIES = [(size, k, s, d, p) for size in range(1, 10) for k in (1, 2, 3, 5, 7) for s in (1, 2, 3) for d in (1, 2, 3)
+              for p in range(0, (k // 2) * d + 2) if (size + 2 * p - d * (k - 1) - 1) // s + 1 >= 1]
+
+
+def test_dead_border_taps_are_the_taps_that_meet_only_padding():
+    """At every geometry of the sweep: t is the smaller count of taps at either end that meet no
+    image pixel at any output position, bounded so that a tap is kept and the padding stays ≥ 0;
+    the sweep includes DARTS's dil/sep convs on the digits preset's 4×4 and 2×2 maps, which cut."""
+    cuts = 0
+    for size, k, s, d, p in GEOMETRIES:
+        low, high = _dead_at_ends(size, k, s, p, d)
+        want = min(low, high, (k - 1) // 2, p // d)
+        assert dead_border_taps(size, k, s, p, d) == want, (size, k, s, d, p)
+        cuts += want > 0
+    assert cuts > 50
+    # dil_conv_5x5 (5, dilation 2, padding 4) on 2×2 keeps its centre; on 4×4 its inner 3×3; sep_conv_5x5 on 2×2 3×3
+    assert [dead_border_taps(n, 5, 1, 4, 2) for n in (2, 4, 8)] == [_dead_at_ends(n, 5, 1, 4, 2)[0] for n in (2, 4, 8)]
+    assert dead_border_taps(2, 5, 1, 4, 2) == 2 and dead_border_taps(4, 5, 1, 4, 2) == 1
+    assert dead_border_taps(8, 5, 1, 4, 2) == 0 and dead_border_taps(2, 5, 1, 2, 1) == 1
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_cut_convolutions_equal_the_full_kernel(dtype, tol, fresh_seed):
+    """Outputs, input gradient and weight gradient (the cut taps' exactly 0, as the full kernel's)
+    over the sweep, on non-square inputs (the cut is the smaller axis's), depthwise with a channel
+    multiplier, fresh random values."""
+    gen = torch.Generator().manual_seed(fresh_seed)
+    for size, k, s, d, p in GEOMETRIES[::3]:
+        x = torch.randn(2, 3, size, size + 1, dtype=dtype, generator=gen).requires_grad_()
+        w = torch.randn(6, 1, k, k, dtype=dtype, generator=gen).requires_grad_()
+        full = F.conv2d(x, w, None, s, p, d, 3)
+        cut = conv2d_live_taps(x, w, s, p, d, 3)
+        assert cut.shape == full.shape
+        g = torch.randn(full.shape, dtype=dtype, generator=gen)
+        want = torch.autograd.grad(full, (x, w), g)
+        got = torch.autograd.grad(cut, (x, w), g)
+        torch.testing.assert_close(cut, full, atol=tol, rtol=tol)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+        t = min(dead_border_taps(size, k, s, p, d), dead_border_taps(size + 1, k, s, p, d))
+        if t:
+            assert not got[1][..., :t, :].any() and not got[1][..., -t:, :].any()
+
+
+def test_live_kernel_is_a_view_and_the_padding_shrinks_with_it():
+    w = torch.randn(4, 1, 5, 5)
+    cut, padding = live_kernel(w, (2, 2), 1, 4, 2)
+    assert cut.shape == (4, 1, 1, 1) and padding == (0, 0) and cut.data_ptr() == w[:, :, 2:3, 2:3].data_ptr()
+    same, padding = live_kernel(w, (8, 8), 1, 4, 2)
+    assert same is w and padding == (4, 4)
+    _, padding = live_kernel(w, (4, 2), (1, 1), (4, 4), (2, 2))  # the smaller axis's cut on both: 1 tap
+    assert padding == (2, 2)
+
+
+def test_depthwise_live_taps_calls_what_it_cannot_cut(fresh_seed):
+    """A module it cannot express as a cut F.conv2d (a bias, reflect padding, a subclass) is called
+    as it is; a plain one gives the module's output, also under CPU bf16 autocast."""
+    x = torch.randn(2, 4, 2, 2)
+    plain = torch.nn.Conv2d(4, 4, 5, padding=4, dilation=2, groups=4, bias=False)
+    torch.testing.assert_close(depthwise_live_taps(plain, x), plain(x), atol=1e-6, rtol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = plain(x), depthwise_live_taps(plain, x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    for conv in (torch.nn.Conv2d(4, 4, 5, padding=4, dilation=2, groups=4, bias=True),
+                 torch.nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False, padding_mode="reflect")):
+        called = []
+        conv.register_forward_hook(lambda *a: called.append(1))
+        torch.testing.assert_close(depthwise_live_taps(conv, x), conv(x))
+        assert called == [1, 1]
+
+
+@pytest.mark.parametrize("primitive", ["sep_conv_5x5", "dil_conv_5x5", "dil_conv_3x3"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_grouped_stacks_on_small_maps_equal_the_per_edge_convs(primitive, channels_last, size, fresh_seed):
+    """A batched conv stack (both first-stage formulations: edge-major NCHW, the channel multiplier
+    on NHWC) on maps where its kernels cut taps, against each edge's DARTS op with the same weights
+    on the full kernels: outputs, input and every weight gradient (float64)."""
+    from ndarts.edge_groups import make_grouped_op
+    from ndarts.grouped_state import edge_views
+    from ndarts.operations import OPS
+
+    C, edges = 3, 2
+    stack = make_grouped_op(primitive, C, edges, 1).double()
+    ops = [OPS[primitive](C, 1, False).double() for _ in range(edges)]
+    for e, op in enumerate(ops):
+        op.load_state_dict({n: v for n, (_, v) in edge_views(stack.state_dict(), e).items()})
+    x = torch.randn(2, C, size, size, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xs = [x.detach().clone().requires_grad_() for _ in range(2)]
+    y = stack(F.relu(xs[0]))
+    want = torch.cat([op(xs[1]) for op in ops], dim=1)  # DARTS's ops begin with their own ReLU
+    torch.testing.assert_close(y, want, atol=1e-12, rtol=1e-12)
+    g = torch.randn_like(y)
+    y.backward(g)
+    want.backward(g)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-12, rtol=1e-12)
+    grads = {n: p.grad for n, p in stack.named_parameters()}
+    for e, op in enumerate(ops):
+        got = edge_views(grads, e)
+        for n, p in op.named_parameters():
+            torch.testing.assert_close(got[n][1], p.grad, atol=1e-12, rtol=1e-12, msg=f"edge {e} {n}")
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_depthwise_conv_of_relu_on_torch_cuts_taps(size, fresh_seed):
+    """The sep convs' dw2 that keeps bn1's output (recompute_relu) on PyTorch's kernels: cut taps,
+    the same output and gradients as conv(relu(y)) with the full kernel (float64)."""
+    from ndarts.depthwise_conv import depthwise_conv_of_relu
+
+    conv = torch.nn.Conv2d(4, 4, 5, padding=4, dilation=2, groups=4, bias=False).double()
+    y = torch.randn(2, 4, size, size, dtype=torch.float64)
+    r = F.relu(y).requires_grad_()
+    got = depthwise_conv_of_relu(r, y, conv)
+    want = F.conv2d(F.relu(y), conv.weight, None, 1, 4, 2, 4)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    g = torch.randn_like(got)
+    dr, dw = torch.autograd.grad(got, (r, conv.weight), g)
+    rr = F.relu(y).requires_grad_()
+    want_dr, want_dw = torch.autograd.grad(F.conv2d(rr, conv.weight, None, 1, 4, 2, 4), (rr, conv.weight), g)
+    torch.testing.assert_close(dr, want_dr, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(dw, want_dw, atol=1e-12, rtol=1e-12)
