@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 
 
-@functools.lru_cache(maxsize=4096)
-def dead_border_taps(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+def _dead_border_taps(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
     """t: how many taps at each end of one axis of a k-tap kernel meet only the zero padding at
     every output position (the same count at both ends, the smaller of the two), for an input of
     `size` along that axis; 0 when every tap meets the image somewhere (or the output is empty)."""
@@ -45,6 +44,11 @@ def dead_border_taps(size: int, k: int, stride: int, padding: int, dilation: int
     return min(t, padding // dilation)  # the cut padding p − t·d stays ≥ 0
 
 
+# a step asks for the same few geometries again and again (torch.compile traces the plain function:
+# it would ignore the cache and warn)
+dead_border_taps = functools.lru_cache(maxsize=4096)(_dead_border_taps)
+
+
 def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
@@ -56,8 +60,8 @@ def live_kernel(weight: torch.Tensor, input_hw, stride, padding, dilation):
     as an int pair when nothing is cut."""
     (s_h, s_w), (p_h, p_w), (d_h, d_w) = _pair(stride), _pair(padding), _pair(dilation)
     k_h, k_w = weight.shape[-2:]
-    t = min(dead_border_taps(int(input_hw[0]), k_h, s_h, p_h, d_h),
-            dead_border_taps(int(input_hw[1]), k_w, s_w, p_w, d_w))
+    dead = _dead_border_taps if torch.compiler.is_compiling() else dead_border_taps
+    t = min(dead(int(input_hw[0]), k_h, s_h, p_h, d_h), dead(int(input_hw[1]), k_w, s_w, p_w, d_w))
     if t == 0:
         return weight, (p_h, p_w)
     return weight[:, :, t:k_h - t, t:k_w - t], (p_h - t * d_h, p_w - t * d_w)
@@ -70,6 +74,32 @@ def conv2d_live_taps(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0,
     padding given as ints (not 'same'/'valid')."""
     w, p = live_kernel(weight, x.shape[-2:], stride, padding, dilation)
     return F.conv2d(x, w, None, stride, p, dilation, groups)
+
+
+class LiveTapsConv2d(torch.nn.Conv2d):
+    """nn.Conv2d whose forward leaves out the dead border taps (conv2d_live_taps): the same
+    parameters, state_dict and outputs. ``cut_dead_taps`` turns a network's convs into it."""
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super()._conv_forward(input, weight, bias)
+        w, p = live_kernel(weight, input.shape[-2:], self.stride, self.padding, self.dilation)
+        return F.conv2d(input, w, bias, self.stride, p, self.dilation, self.groups)
+
+
+def _cuttable(m: torch.nn.Module) -> bool:
+    return (type(m) is torch.nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+            and max(m.kernel_size) > 1 and max(_pair(m.padding)) > 0)
+
+
+def cut_dead_taps(model: torch.nn.Module) -> torch.nn.Module:
+    """Turns every plain zero-padded nn.Conv2d of `model` with a kernel larger than 1×1 into a
+    LiveTapsConv2d, in place (the same module objects and parameters: optimizers and state_dicts
+    are unaffected); returns the model."""
+    for m in model.modules():
+        if _cuttable(m):
+            m.__class__ = LiveTapsConv2d
+    return model
 
 
 def depthwise_live_taps(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

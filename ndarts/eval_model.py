@@ -14,6 +14,9 @@ Departures from DARTS, all for inputs of other sizes (none changes a parameter o
   (e.g. 2×2 for the 8×8 digits) adaptive average pooling to 2×2 is used instead of crashing.
 - NetworkImageNet's final pooling is adaptive (AvgPool2d(7) on DARTS's 7×7 map).
 - no in-place ReLU on a tensor that another cell reads.
+- the cells' convolutions leave out the kernel taps that meet only the zero padding on the map
+  they run on (ndarts.conv_taps: the same outputs and gradients; on the digits preset's 2×2 and
+  4×4 maps a dil_conv_5x5 keeps 1 and 9 of its 25 taps; none is cut on CIFAR's 8×8 maps and up).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conv_taps import cut_dead_taps
 from .genotype import Genotype
 from .operations import OPS, FactorizedReduce, Identity, ReLUConvBN
 
@@ -55,6 +59,7 @@ class Cell(nn.Module):
         for name, j in edges:
             stride = 2 if reduction and j < 2 else 1
             self._ops.append(OPS[name](C, stride, True))
+        cut_dead_taps(self._ops)
 
     def forward(self, s0, s1, drop_prob: float = 0.0):
         states = [self.preprocess0(s0), self.preprocess1(s1)]

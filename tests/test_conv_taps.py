@@ -142,3 +142,71 @@ def test_depthwise_conv_of_relu_on_torch_cuts_taps(size, fresh_seed):
     want_dr, want_dw = torch.autograd.grad(F.conv2d(rr, conv.weight, None, 1, 4, 2, 4), (rr, conv.weight), g)
     torch.testing.assert_close(dr, want_dr, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(dw, want_dw, atol=1e-12, rtol=1e-12)
+
+
+def test_live_taps_conv2d_equals_nn_conv2d(fresh_seed):
+    """LiveTapsConv2d over a share of the sweep: dense and depthwise, with a bias, float64: the same
+    outputs and gradients as nn.Conv2d with the same parameters."""
+    from ndarts.conv_taps import LiveTapsConv2d
+
+    gen = torch.Generator().manual_seed(fresh_seed)
+    for size, k, s, d, p in GEOMETRIES[1::7]:
+        for groups, bias in ((1, True), (4, False)):
+            conv = torch.nn.Conv2d(4, 8, k, s, p, d, groups, bias=bias).double()
+            cut = torch.nn.Conv2d(4, 8, k, s, p, d, groups, bias=bias).double()
+            cut.load_state_dict(conv.state_dict())
+            cut.__class__ = LiveTapsConv2d
+            x = torch.randn(2, 4, size + 1, size, dtype=torch.float64, generator=gen)
+            want, got = conv(x), cut(x)
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+            g = torch.randn(want.shape, dtype=torch.float64, generator=gen)
+            for a, b in zip(torch.autograd.grad(got, list(cut.parameters()), g),
+                            torch.autograd.grad(want, list(conv.parameters()), g)):
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_evaluation_cells_cut_their_dead_taps_with_the_same_math(fresh_seed):
+    """The DARTS evaluation network's cells run LiveTapsConv2d (the stem and the 1×1 convs stay
+    nn.Conv2d; the state_dict keys are DARTS's): on 8×8 digits-sized inputs, where cells run on
+    4×4 and 2×2 maps, outputs and every gradient equal those of the same network with plain
+    nn.Conv2d (float64)."""
+    from ndarts.conv_taps import LiveTapsConv2d
+    from ndarts.eval_model import build_network
+    from ndarts.genotype import load_genotype
+
+    genotype = load_genotype("DARTS_V2")
+    net = build_network("cifar", genotype, 6, 5, 5, auxiliary=True, in_channels=1).double()
+    kinds = {type(m) for m in net.cells.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert kinds == {torch.nn.Conv2d, LiveTapsConv2d}
+    assert all(type(m) is torch.nn.Conv2d for m in net.stem.modules() if isinstance(m, torch.nn.Conv2d))
+    plain = build_network("cifar", genotype, 6, 5, 5, auxiliary=True, in_channels=1).double()
+    for m in plain.modules():
+        if type(m) is LiveTapsConv2d:
+            m.__class__ = torch.nn.Conv2d
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(net.state_dict())
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    grads = []
+    for model in (net, plain):
+        model.train()
+        logits, aux = model(x)
+        (logits.logsumexp(1).sum() + aux.square().sum()).backward()
+        grads.append((logits.detach(), aux.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-10, rtol=1e-10)
+    for a, b in zip(grads[0][2], grads[1][2]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_cut_convolutions_compile_without_a_graph_break(fresh_seed, recwarn):
+    """torch.compile(fullgraph=True) traces LiveTapsConv2d (the cut is decided from the static
+    shape, outside the cache that dynamo would warn about) and gives the eager output."""
+    from ndarts.conv_taps import LiveTapsConv2d
+
+    torch._dynamo.reset()
+    conv = torch.nn.Conv2d(4, 4, 5, padding=4, dilation=2, groups=4, bias=False)
+    conv.__class__ = LiveTapsConv2d
+    x = torch.randn(2, 4, 2, 3)
+    compiled = torch.compile(conv, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), conv(x))
+    assert not [w for w in recwarn if "lru_cache" in str(w.message)]
