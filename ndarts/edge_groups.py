@@ -44,8 +44,8 @@ from torch.autograd.function import once_differentiable
 
 from .backend import graph_kernels_enabled
 from .batch_norm import search_batch_norms
-from .conv_taps import conv2d_live_taps, depthwise_live_taps
-from .depthwise_conv import depthwise_conv_of_relu
+from .conv_taps import conv2d_live_taps, depthwise_live_taps, live_kernel
+from .depthwise_conv import _square, depthwise_conv_of_relu
 from .fan_out import fan_out
 from .separable_conv import separable_conv, use_separable
 from .separable_stage import conv_stages, stage_fits
@@ -67,12 +67,9 @@ def _geometry(primitive: str) -> tuple[int, int, int]:
 
 
 def multiplier_path(r: torch.Tensor) -> bool:
-    """Whether the first stage of the grouped stacks runs in the channel-multiplier formulation:
-    for channels_last CPU tensors (oneDNN), where the E·C-group depthwise conv of the edge-major
-    formulation is up to 2.3× slower than the channel-multiplier one (64×8×8×8, E = 4, 1 thread,
-    fwd+bwd: dilated 5×5 6.90 vs 2.99 ms, dilated 3×3 1.67 vs 1.02 ms; 2026-11-29) and a few
-    small weight ops cost nothing. Everywhere else (GPU, Triton) the edge-major one, which
-    launches fewer kernels (no per-call weight ops)."""
+    """Whether the first stage of the grouped stacks may run in the channel-multiplier formulation:
+    for channels_last CPU tensors (oneDNN). Everywhere else (GPU, Triton) the edge-major one, which
+    launches fewer kernels (no per-call weight ops). Which stacks use it: GroupedConvStack.uses_multiplier."""
     return r.device.type == "cpu" and not r.is_contiguous() and r.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -215,6 +212,19 @@ class GroupedConvStack(nn.Module):
         # (ndarts.separable_conv); SearchNetwork(fused_separable_conv=True) sets both
         self.fused_separable, self.backend = False, None
 
+    def uses_multiplier(self, r: torch.Tensor, counts) -> bool:
+        """Whether stage1 runs in the channel-multiplier formulation on r (a source's relu) for a
+        group of `counts` edges per source: on oneDNN's NHWC path (multiplier_path), for a dilated
+        depthwise conv that keeps more than one tap on r's map (ndarts.conv_taps) and a source of
+        several edges. There oneDNN's E·C-group depthwise conv is slow and the multiplier one up to
+        2.3× faster; for an undilated one (the sep convs, or a dilated kernel cut to its centre tap)
+        and for a lone edge (no repeated copy) the edge-major formulation is the faster, up to 2.5×
+        (stage1 fwd+bwd, 1 thread, the digits preset's maps, benchmarks/RESULTS.md 2026-12-05)."""
+        if not multiplier_path(r) or max(counts) < 2 or _square(self.dw1.dilation) == 1:
+            return False
+        weight, _ = live_kernel(self.dw1.weight, r.shape[-2:], self.dw1.stride, self.dw1.padding, self.dw1.dilation)
+        return weight.shape[-1] > 1 or weight.shape[-2] > 1
+
     def _conv_pair(self, r: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, relu_of: torch.Tensor | None = None):
         """pw(dw(r)); relu_of: y with r = relu(y), kept by the BatchNorm before anyway, which the
         backward then keeps instead of r."""
@@ -241,7 +251,7 @@ class GroupedConvStack(nn.Module):
         counts = [self.edges] if counts is None else list(counts)
         if sum(counts) != self.edges or len(counts) != len(rs):
             raise ValueError(f"GroupedConvStack of {self.edges} edges: got edge counts {counts} for {len(rs)} inputs")
-        if repeated is None and multiplier_path(rs[0]):
+        if repeated is None and self.uses_multiplier(rs[0], counts):
             outs, first = [], 0
             for x, count in zip(rs, counts):
                 outs.append(self._multiplier_stage1(x, first, count))
@@ -334,17 +344,22 @@ class EdgeGroup(nn.Module):
                                                         extra_moments=extra_moments)
                 return self._outputs(ops, outs, norms, norms_out), pooled
             repeated = relu_repeat_sources(rs, self.sources, backend, aliases=len(ops))
-        # edge-major: channel e·C + c = its source's channel c; made once for all the primitives
-        if repeated is None and not multiplier_path(rs[0]):
-            repeated = repeat_sources(rs, self.sources)
-            if len(ops) > 1:
-                repeated = fan_out(repeated, len(ops), backend)
-        if isinstance(repeated, (list, tuple)):
+        if repeated is None:
+            # edge-major: channel e·C + c = its source's channel c; made once for all the primitives that
+            # read it (on oneDNN's NHWC path the dilated ones may take the channel-multiplier formulation)
+            readers = [k for k, op in enumerate(stacks) if not op.uses_multiplier(rs[0], self.sources)]
+            repeated = [None] * len(ops)
+            if readers:
+                made = repeat_sources(rs, self.sources)
+                made = fan_out(made, len(readers), backend) if len(readers) > 1 else [made]
+                for k, alias in zip(readers, made):
+                    repeated[k] = alias
+        elif isinstance(repeated, (list, tuple)):
             if len(repeated) != len(ops):
                 raise ValueError(f"this EdgeGroup has {len(ops)} primitives, got {len(repeated)} repeated inputs")
         else:
             repeated = [repeated] * len(ops)
-        if repeated[0] is not None and stage_fits(repeated, stacks, extra):
+        if all(rep is not None for rep in repeated) and stage_fits(repeated, stacks, extra):
             # each stage one Function: the pairs' backward applies their BatchNorms' (ndarts.separable_stage)
             outs, pooled, norms = conv_stages(repeated, stacks, extra, defer_last=defer_last,
                                                     extra_moments=extra_moments)

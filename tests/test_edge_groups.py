@@ -183,15 +183,51 @@ def test_both_formulations_of_the_first_stage_agree(primitive, stride, counts, f
     op = make_grouped_op(primitive, 5, sum(counts), stride).double()
     rs = [torch.rand(2, 5, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last) for _ in counts]
     assert multiplier_path(rs[0]) and not multiplier_path(rs[0].contiguous())
+
+    def multiplier(xs):  # the channel-multiplier formulation, source by source (what stage1 runs where it is chosen)
+        firsts = [sum(counts[:s]) for s in range(len(counts))]
+        return torch.cat([op._multiplier_stage1(x, f, k) for x, f, k in zip(xs, firsts, counts)], dim=1)
+
     outs = []
     for edge_major in (False, True):
         op.zero_grad(set_to_none=True)
         xs = [r.detach().clone().requires_grad_() for r in rs]
-        y = op.stage1(xs, repeat_sources(xs, counts) if edge_major else None, counts)
+        y = op.stage1(xs, repeat_sources(xs, counts), counts) if edge_major else multiplier(xs)
         y.backward(torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view(y.shape))
         outs.append((y.detach(), *[x.grad for x in xs], op.dw1.weight.grad, op.pw1.weight.grad))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_the_multiplier_formulation_is_chosen_where_it_is_the_faster():
+    """On oneDNN's NHWC path only a dilated conv that keeps several taps on the map, for a source of
+    several edges, takes the channel-multiplier formulation (benchmarks/RESULTS.md, 2026-12-05);
+    stage1 then runs it, and elsewhere the edge-major one."""
+    from unittest import mock
+
+    from ndarts.edge_groups import EdgeGroup, GroupedConvStack, make_grouped_op, repeat_sources
+
+    def nhwc(size):
+        return torch.rand(2, 4, size, size).contiguous(memory_format=torch.channels_last)
+
+    dil5, dil3, sep3 = (make_grouped_op(p, 4, 8, 1) for p in ("dil_conv_5x5", "dil_conv_3x3", "sep_conv_3x3"))
+    assert dil5.uses_multiplier(nhwc(8), (4, 4)) and dil5.uses_multiplier(nhwc(4), (4, 4))  # 5×5, then 3×3 taps
+    assert dil3.uses_multiplier(nhwc(4), (3,)) and not dil3.uses_multiplier(nhwc(2), (3,))  # cut to its centre
+    assert not dil5.uses_multiplier(nhwc(2), (4, 4)) and not dil5.uses_multiplier(nhwc(8), (1,))
+    assert not dil5.uses_multiplier(nhwc(8).contiguous(), (4, 4)) and not sep3.uses_multiplier(nhwc(8), (4, 4))
+    for op, size, multiplier in ((dil5, 8, True), (sep3, 8, False)):
+        rs = [nhwc(size), nhwc(size)]
+        with mock.patch.object(GroupedConvStack, "_multiplier_stage1", autospec=True,
+                               side_effect=GroupedConvStack._multiplier_stage1) as called:
+            op.stage1(rs, counts=(4, 4))
+        assert called.call_count == (2 if multiplier else 0)
+    # a group of both: the sep conv reads the repeated input (made once), the dil conv its sources
+    group = EdgeGroup(4, (4, 4), 1, ["sep_conv_3x3", "dil_conv_5x5"])
+    with mock.patch.object(GroupedConvStack, "_multiplier_stage1", autospec=True,
+                           side_effect=GroupedConvStack._multiplier_stage1) as called, \
+            mock.patch("ndarts.edge_groups.repeat_sources", side_effect=repeat_sources) as repeats:
+        out = group([nhwc(8), nhwc(8)])
+    assert called.call_count == 2 and repeats.call_count == 1 and sorted(out) == [0, 1]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
