@@ -11,8 +11,11 @@ gradient is exactly 0 either way (autograd's slice backward writes it). oneDNN a
 every tap of the kernel, padding included, so the cut saves their time: on a 2-core CPU the
 digits preset's search step went from 0.45 to 0.42 of the plain DARTS step's time (0.75 to 0.63 in
 NCHW) and `python -m ndarts.search --fused` from 71.9 to 62.6 s (benchmarks/RESULTS.md, 2026-12-05).
-The batched edge convs (ndarts.edge_groups) use it on PyTorch's kernels; at CIFAR's sizes (maps of
-8×8 and up) no DARTS kernel has a dead tap, so the GPU search step is unchanged.
+The search network's batched edge convs (ndarts.edge_groups) use it on PyTorch's kernels, and the
+evaluation networks' cells (ndarts.eval_model, LiveTapsConv2d: −20 % per digits epoch for a cell of
+dil_conv_5x5s); at CIFAR's sizes (maps of 8×8 and up) no DARTS kernel has a dead tap, so the GPU
+search step is unchanged. The per-edge ops of ndarts.operations are left as DARTS wrote them (they
+are also the plain DARTS baseline of the benchmarks).
 
 Only a symmetric cut, the same number t of taps from both ends of both axes, is made: the output
 size is then unchanged ((size + 2(p − t·d) − d(k − 2t − 1) − 1) / s + 1 is the full kernel's), and
