@@ -71,12 +71,17 @@ def live_kernel(weight: torch.Tensor, input_hw, stride, padding, dilation):
 
 
 def conv2d_live_taps(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, dilation=1,
-                     groups: int = 1) -> torch.Tensor:
-    """F.conv2d(x, weight, None, stride, padding, dilation, groups) with the kernel's dead border
-    taps cut (live_kernel): the same outputs and gradients (module docstring); no bias, zero
-    padding given as ints (not 'same'/'valid')."""
+                     groups: int = 1, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, stride, padding, dilation, groups) with the kernel's dead border
+    taps cut (live_kernel): the same outputs and gradients (module docstring); zero padding given
+    as ints (not 'same'/'valid')."""
     w, p = live_kernel(weight, x.shape[-2:], stride, padding, dilation)
-    return F.conv2d(x, w, None, stride, p, dilation, groups)
+    return F.conv2d(x, w, bias, stride, p, dilation, groups)
+
+
+def _zero_padded(conv: torch.nn.Conv2d) -> bool:
+    """Whether conv pads with zeros by a number of pixels (what conv2d_live_taps can cut)."""
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
 class LiveTapsConv2d(torch.nn.Conv2d):
@@ -84,15 +89,14 @@ class LiveTapsConv2d(torch.nn.Conv2d):
     parameters, state_dict and outputs. ``cut_dead_taps`` turns a network's convs into it."""
 
     def _conv_forward(self, input, weight, bias):
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+        if not _zero_padded(self):
             return super()._conv_forward(input, weight, bias)
-        w, p = live_kernel(weight, input.shape[-2:], self.stride, self.padding, self.dilation)
-        return F.conv2d(input, w, bias, self.stride, p, self.dilation, self.groups)
+        return conv2d_live_taps(input, weight, self.stride, self.padding, self.dilation, self.groups, bias)
 
 
 def _cuttable(m: torch.nn.Module) -> bool:
-    return (type(m) is torch.nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str)
-            and max(m.kernel_size) > 1 and max(_pair(m.padding)) > 0)
+    return (type(m) is torch.nn.Conv2d and _zero_padded(m) and max(m.kernel_size) > 1
+            and max(_pair(m.padding)) > 0)
 
 
 def cut_dead_taps(model: torch.nn.Module) -> torch.nn.Module:
@@ -108,8 +112,7 @@ def cut_dead_taps(model: torch.nn.Module) -> torch.nn.Module:
 def depthwise_live_taps(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) for a bias-free, zero-padded nn.Conv2d, its dead border taps cut (conv2d_live_taps);
     any other conv (a subclass, a bias, another padding mode) is simply called."""
-    if (type(conv) is not torch.nn.Conv2d or conv.bias is not None or conv.padding_mode != "zeros"
-            or isinstance(conv.padding, str)):
+    if type(conv) is not torch.nn.Conv2d or conv.bias is not None or not _zero_padded(conv):
         return conv(x)
     # under autocast F.conv2d casts as nn.Conv2d's forward would (the dispatcher's autocast, not the module)
     return conv2d_live_taps(x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups)
