@@ -273,6 +273,10 @@ class Searcher:
         """cfg.triton_convs, or with "auto" the fastest candidate timed on this device (ndarts.conv_tuning)."""
         cfg = self.cfg
         if cfg.triton_convs != "auto":
+            if cfg.triton_convs != "none":
+                why_not = self._why_conv_kernels_idle()
+                if why_not:
+                    self.run.log(f"note: --triton-convs {cfg.triton_convs} changes nothing here ({why_not})")
             return cfg.triton_convs
         if cfg.triton_convs_chosen is not None:
             self.run.log(f"--triton-convs auto: {cfg.triton_convs_chosen}, as this run chose before")

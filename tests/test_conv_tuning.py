@@ -109,3 +109,13 @@ def test_auto_without_the_triton_kernels_is_none_untimed(tmp_path, monkeypatch, 
     main(["--layers", "2", "--init-channels", "2", "--batch-size", "4", "--max-steps", "1", "--epochs", "1",
           "--eval-batch-size", "4", "--fused", "--triton-convs", "auto", "--out", str(tmp_path / "cli")])
     assert "--triton-convs auto: none (the search kernels run on the torch backend on cpu)" in capsys.readouterr().out
+
+
+def test_an_explicit_variant_that_changes_nothing_says_so(tmp_path, capsys):
+    args = ["--layers", "2", "--init-channels", "2", "--batch-size", "4", "--max-steps", "1", "--epochs", "1",
+            "--eval-batch-size", "4", "--fused"]
+    main([*args, "--triton-convs", "separable", "--out", str(tmp_path / "sep")])
+    assert ("note: --triton-convs separable changes nothing here "
+            "(the search kernels run on the torch backend on cpu)") in capsys.readouterr().out
+    main([*args, "--triton-convs", "none", "--out", str(tmp_path / "none")])
+    assert "--triton-convs" not in capsys.readouterr().out
