@@ -70,12 +70,32 @@ def live_kernel(weight: torch.Tensor, input_hw, stride, padding, dilation):
     return weight[:, :, t:k_h - t, t:k_w - t], (p_h - t * d_h, p_w - t * d_w)
 
 
+def reads_one_phase(stride, padding, dilation) -> bool:
+    """Whether a convolution reads only every d-th row and column of its input, from the first:
+    stride = dilation = d > 1 and padding a multiple of d on both axes (DARTS's dil convs at
+    stride 2: d = 2, padding 2 or 4). Output o, tap i then read input d·(o + i − p/d)."""
+    (s_h, s_w), (p_h, p_w), (d_h, d_w) = _pair(stride), _pair(padding), _pair(dilation)
+    return s_h == d_h > 1 and s_w == d_w > 1 and p_h % d_h == 0 and p_w % d_w == 0
+
+
 def conv2d_live_taps(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, dilation=1,
                      groups: int = 1, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.conv2d(x, weight, bias, stride, padding, dilation, groups) with the kernel's dead border
     taps cut (live_kernel): the same outputs and gradients (module docstring); zero padding given
-    as ints (not 'same'/'valid')."""
+    as ints (not 'same'/'valid').
+
+    On a CPU, a conv that reads one phase of its input (reads_one_phase) runs as the undilated
+    stride-1 conv of that phase, x[..., ::d, ::d], with padding p/d: the same taps on the same
+    pixels, and the same output size (ceil(H/d) + 2p/d − (k − 1) both ways), so the same outputs
+    and gradients (the unread pixels' gradient an exact 0, from the slice's backward). oneDNN's
+    dilated depthwise kernels are several times slower than its undilated ones, and the dilated
+    conv walks the unread three quarters of the input too: a reduction cell's dil_conv (stride 2,
+    fwd+bwd, 1 thread) takes 0.35–0.64 instead of 1.4–4.0 ms on the digits preset's maps
+    (benchmarks/RESULTS.md, 2026-12-05, second entry). Not applied on a GPU, where it is untimed."""
     w, p = live_kernel(weight, x.shape[-2:], stride, padding, dilation)
+    if x.device.type == "cpu" and reads_one_phase(stride, p, dilation):
+        (d_h, d_w), (p_h, p_w) = _pair(dilation), p
+        return F.conv2d(x[:, :, ::d_h, ::d_w], w, bias, 1, (p_h // d_h, p_w // d_w), 1, groups)
     return F.conv2d(x, w, bias, stride, p, dilation, groups)
 
 

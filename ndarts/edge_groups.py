@@ -44,7 +44,7 @@ from torch.autograd.function import once_differentiable
 
 from .backend import graph_kernels_enabled
 from .batch_norm import search_batch_norms
-from .conv_taps import conv2d_live_taps, depthwise_live_taps, live_kernel
+from .conv_taps import conv2d_live_taps, depthwise_live_taps, live_kernel, reads_one_phase
 from .depthwise_conv import _square, depthwise_conv_of_relu
 from .fan_out import fan_out
 from .separable_conv import separable_conv, use_separable
@@ -219,10 +219,15 @@ class GroupedConvStack(nn.Module):
         several edges. There oneDNN's E·C-group depthwise conv is slow and the multiplier one up to
         2.3× faster; for an undilated one (the sep convs, or a dilated kernel cut to its centre tap)
         and for a lone edge (no repeated copy) the edge-major formulation is the faster, up to 2.5×
-        (stage1 fwd+bwd, 1 thread, the digits preset's maps, benchmarks/RESULTS.md 2026-12-05)."""
+        (stage1 fwd+bwd, 1 thread, the digits preset's maps, benchmarks/RESULTS.md 2026-12-05). A
+        reduction cell's dil conv (stride 2) runs undilated on one phase of r (conv_taps.reads_one_phase):
+        edge-major too, 1.3–1.6 against 2.1 ms at 3×3, alike at 5×5 (RESULTS.md, 2026-12-05, second entry)."""
         if not multiplier_path(r) or max(counts) < 2 or _square(self.dw1.dilation) == 1:
             return False
-        weight, _ = live_kernel(self.dw1.weight, r.shape[-2:], self.dw1.stride, self.dw1.padding, self.dw1.dilation)
+        weight, padding = live_kernel(self.dw1.weight, r.shape[-2:], self.dw1.stride, self.dw1.padding,
+                                      self.dw1.dilation)
+        if reads_one_phase(self.dw1.stride, padding, self.dw1.dilation):
+            return False
         return weight.shape[-1] > 1 or weight.shape[-2] > 1
 
     def _conv_pair(self, r: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, relu_of: torch.Tensor | None = None):

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ndarts.conv_taps import conv2d_live_taps, dead_border_taps, depthwise_live_taps, live_kernel
+from ndarts.conv_taps import conv2d_live_taps, dead_border_taps, depthwise_live_taps, live_kernel, reads_one_phase
 
 
 def _dead_at_ends(size, k, stride, padding, dilation):
@@ -62,6 +62,56 @@ def test_cut_convolutions_equal_the_full_kernel(dtype, tol, fresh_seed):
             assert not got[1][..., :t, :].any() and not got[1][..., -t:, :].any()
 
 
+def test_strided_dilated_convs_read_one_phase():
+    """reads_one_phase: stride = dilation > 1 and the padding a multiple of it, on both axes
+    (DARTS's dil convs at stride 2); anything else reads every pixel."""
+    assert reads_one_phase(2, 2, 2) and reads_one_phase(2, 4, 2) and reads_one_phase(3, (0, 3), 3)
+    assert reads_one_phase((2, 2), (0, 2), (2, 2))
+    for stride, padding, dilation in ((1, 2, 2), (2, 1, 2), (2, 2, 1), (1, 0, 1), ((2, 1), 2, (2, 1)), (2, 3, 2),
+                                      (3, 2, 2), ((2, 2), (2, 1), (2, 2))):
+        assert not reads_one_phase(stride, padding, dilation), (stride, padding, dilation)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_one_phase_convolutions_run_undilated_on_the_phase(dtype, tol, monkeypatch, fresh_seed):
+    """Every geometry of the sweep that reads one phase (after the cut) runs as an undilated
+    stride-1 conv of x[..., ::d, ::d] (the F.conv2d call recorded) with the full conv's outputs and
+    gradients, on odd and even, non-square inputs, NCHW and NHWC, depthwise with a channel
+    multiplier; the other geometries call F.conv2d with their own stride and dilation."""
+    import ndarts.conv_taps as conv_taps
+
+    calls = []
+
+    def recording_conv2d(x, w, bias, stride, padding, dilation, groups):
+        calls.append((tuple(x.shape[-2:]), stride, dilation))
+        return F.conv2d(x, w, bias, stride, padding, dilation, groups)
+
+    monkeypatch.setattr(conv_taps, "F", type("F", (), {"conv2d": staticmethod(recording_conv2d)}))
+    gen = torch.Generator().manual_seed(fresh_seed)
+    phased = 0
+    for size, k, s, d, p in GEOMETRIES:
+        x = torch.randn(2, 3, size, size + 1, dtype=dtype, generator=gen)
+        if size % 2:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        w = torch.randn(6, 1, k, k, dtype=dtype, generator=gen).requires_grad_()
+        calls.clear()
+        got = conv2d_live_taps(x, w, s, p, d, 3)
+        _, cut_padding = live_kernel(w, x.shape[-2:], s, p, d)
+        if reads_one_phase(s, cut_padding, d):
+            phased += 1
+            assert calls == [(((size + d - 1) // d, (size + d) // d), 1, 1)], (size, k, s, d, p)
+        else:
+            assert calls == [((size, size + 1), s, d)], (size, k, s, d, p)
+        want = F.conv2d(x, w, None, s, p, d, 3)
+        assert got.shape == want.shape
+        g = torch.randn(want.shape, dtype=dtype, generator=gen)
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+        for a, b in zip(torch.autograd.grad(got, (x, w), g), torch.autograd.grad(want, (x, w), g)):
+            torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+    assert phased > 40
+
+
 def test_live_kernel_is_a_view_and_the_padding_shrinks_with_it():
     w = torch.randn(4, 1, 5, 5)
     cut, padding = live_kernel(w, (2, 2), 1, 4, 2)
@@ -92,18 +142,19 @@ def test_depthwise_live_taps_calls_what_it_cannot_cut(fresh_seed):
 
 @pytest.mark.parametrize("primitive", ["sep_conv_5x5", "dil_conv_5x5", "dil_conv_3x3"])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("size", [1, 2, 4])
-def test_grouped_stacks_on_small_maps_equal_the_per_edge_convs(primitive, channels_last, size, fresh_seed):
+@pytest.mark.parametrize("size,stride", [(1, 1), (2, 1), (4, 1), (5, 2), (8, 2)])
+def test_grouped_stacks_on_small_maps_equal_the_per_edge_convs(primitive, channels_last, size, stride, fresh_seed):
     """A batched conv stack (both first-stage formulations: edge-major NCHW, the channel multiplier
-    on NHWC) on maps where its kernels cut taps, against each edge's DARTS op with the same weights
-    on the full kernels: outputs, input and every weight gradient (float64)."""
+    on NHWC) on maps where its kernels cut taps, and at stride 2 (a reduction cell's: the dil convs
+    on one phase of the input), against each edge's DARTS op with the same weights on the full
+    kernels: outputs, input and every weight gradient (float64)."""
     from ndarts.edge_groups import make_grouped_op
     from ndarts.grouped_state import edge_views
     from ndarts.operations import OPS
 
     C, edges = 3, 2
-    stack = make_grouped_op(primitive, C, edges, 1).double()
-    ops = [OPS[primitive](C, 1, False).double() for _ in range(edges)]
+    stack = make_grouped_op(primitive, C, edges, stride).double()
+    ops = [OPS[primitive](C, stride, False).double() for _ in range(edges)]
     for e, op in enumerate(ops):
         op.load_state_dict({n: v for n, (_, v) in edge_views(stack.state_dict(), e).items()})
     x = torch.randn(2, C, size, size, dtype=torch.float64)

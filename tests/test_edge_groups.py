@@ -200,8 +200,9 @@ def test_both_formulations_of_the_first_stage_agree(primitive, stride, counts, f
 
 
 def test_the_multiplier_formulation_is_chosen_where_it_is_the_faster():
-    """On oneDNN's NHWC path only a dilated conv that keeps several taps on the map, for a source of
-    several edges, takes the channel-multiplier formulation (benchmarks/RESULTS.md, 2026-12-05);
+    """On oneDNN's NHWC path only a dilated conv that keeps several taps on the map (and does not
+    read one phase of it), for a source of several edges, takes the channel-multiplier formulation
+    (benchmarks/RESULTS.md, 2026-12-05);
     stage1 then runs it, and elsewhere the edge-major one."""
     from unittest import mock
 
@@ -215,6 +216,9 @@ def test_the_multiplier_formulation_is_chosen_where_it_is_the_faster():
     assert dil3.uses_multiplier(nhwc(4), (3,)) and not dil3.uses_multiplier(nhwc(2), (3,))  # cut to its centre
     assert not dil5.uses_multiplier(nhwc(2), (4, 4)) and not dil5.uses_multiplier(nhwc(8), (1,))
     assert not dil5.uses_multiplier(nhwc(8).contiguous(), (4, 4)) and not sep3.uses_multiplier(nhwc(8), (4, 4))
+    # at stride 2 (a reduction cell) a dil conv runs undilated on one phase of its input: edge-major
+    assert not any(make_grouped_op(p, 4, 4, 2).uses_multiplier(nhwc(size), (2, 2))
+                   for p in ("dil_conv_5x5", "dil_conv_3x3") for size in (4, 5, 8))
     for op, size, multiplier in ((dil5, 8, True), (sep3, 8, False)):
         rs = [nhwc(size), nhwc(size)]
         with mock.patch.object(GroupedConvStack, "_multiplier_stage1", autospec=True,
