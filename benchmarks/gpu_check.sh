@@ -17,7 +17,7 @@
 # run first: the step is the open target, with 17 variants), GPU_SUM_LIMIT_S the mixed-sum
 # benchmarks (default 60 s: measured on 2026-11-27, their kernels' dW path unchanged since),
 # GPU_LOOP_LIMIT_S the search loop (default 120 s: the default graph step, then the sepconv one), GPU_WARM_LIMIT_S the background Triton cache warm-up (default 240 s, overlapping the GPU tests),
-# GPU_DWCONV_LIMIT_S the kernel part benchmarks (fused dw + 1x1 pair, group-sum blocks, 1x1, depthwise; default
+# GPU_DWCONV_LIMIT_S the kernel part benchmarks (one-phase dil convs, fused dw + 1x1 pair, group-sum blocks, 1x1, depthwise; default
 # 90 s, after the step's).
 # Each step has its own time limit and the script goes on after a failure. It never changes the
 # GPU's settings (clocks, power, persistence, MIG, reset): it measures the card as it finds it.
@@ -137,13 +137,16 @@ step "benchmarks: the search loop end to end (data on the device, meter, checks,
 run_logged bench_loop "${GPU_LOOP_LIMIT_S:-120}" 6 "$PY" -m pytest benchmarks/test_bench_search_loop.py \
     --benchmark-only -q -rs --benchmark-json="$OUT/bench_loop.json" --benchmark-columns=median,rounds || STATUS=1
 
-step "benchmarks: the kernel parts (the fused dw + 1x1 pair, the group sums' blocks, then 1x1, then depthwise)"
-# one pytest call, one JSON, one limit for the four files; the newest questions first (the fused
+step "benchmarks: the kernel parts (reduction dil convs on one phase, the fused dw + 1x1 pair, the group sums' blocks, then 1x1, then depthwise)"
+# one pytest call, one JSON, one limit for the five files; the newest questions first (a reduction
+# cell's dil convs, dilated vs on the one phase they read: whether cuDNN gains as oneDNN does, 16
+# cases, a few seconds; the fused
 # pair: its products with and without TF32, 12 cases; a stage's pairs per pair vs in one launch, 6
 # cases; the pair, 18 and a 15-case tile sweep; the
 # group sums' block sweep, 15 cases; then pointwise, 30; depthwise, 48), so that a run cut off by the
 # limit loses depthwise cases rather than the newer questions
-run_logged bench_dwconv "${GPU_DWCONV_LIMIT_S:-90}" 4 "$PY" -m pytest benchmarks/test_bench_separable_conv.py \
+run_logged bench_dwconv "${GPU_DWCONV_LIMIT_S:-90}" 4 "$PY" -m pytest benchmarks/test_bench_strided_dilated_conv.py \
+    benchmarks/test_bench_separable_conv.py \
     benchmarks/test_bench_group_sum.py \
     benchmarks/test_bench_pointwise_conv.py benchmarks/test_bench_depthwise_conv.py --benchmark-only -q -rs \
     --benchmark-json="$OUT/bench_dwconv.json" --benchmark-columns=median,rounds || STATUS=1

@@ -117,6 +117,21 @@ def conv_parts_table(rows):
     return lines
 
 
+def one_phase_table(rows):
+    """Per shape, geometry and part of test_bench_strided_dilated_conv.py: the dilated conv's time,
+    the one-phase conv's, and their ratio (> 1: the one-phase conv is the faster)."""
+    cases = {}
+    for r in rows:
+        cases.setdefault((tuple(r["shape"]), r["geometry"], r["part"]), {})[r["impl"]] = r
+    lines = [f"{'shape':>14} {'geom':5} {'part':7} {'dilated ms':>11} {'one-phase ms':>13} {'x dilated':>10}"]
+    for (shape, geom, part), impls in sorted(cases.items()):
+        a, b = (impls.get(i) for i in ("dilated", "one_phase"))
+        ta, tb = (None if r is None else (r.get("graph_ms") or r["time_ms"]) for r in (a, b))
+        lines.append(f"{'x'.join(map(str, shape)):>14} {geom:5} {part:7} {_fmt(ta, '11.4f'):>11} {_fmt(tb, '13.4f'):>13} "
+                     f"{_fmt(ta / tb if ta and tb else None, '10.2f'):>10}")
+    return lines
+
+
 def tile_sweep_table(rows):
     """A kernel's launch-parameter sweep (the fused dw + 1×1 kernels' tiles, the group sums'
     blocks): per part, each (tile elements, warps) pair's time
@@ -220,6 +235,7 @@ def main(argv):
     stages = [r for r in rows if r["kind"] == "separable_stage"]
     group_blocks = [r for r in rows if r["kind"] == "group_sum_block"]
     loops = [r for r in rows if r["kind"] == "search_loop"]
+    one_phase = [r for r in rows if r["kind"] == "strided_dilated_conv"]
     data = [r for r in rows if r["kind"] == "cifar_batches"]
     copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise + pointwise + separable}
     if copy:
@@ -240,6 +256,10 @@ def main(argv):
     if depthwise:
         print("\ndepthwise conv parts, fp32, stride 1 (ms: CUDA-graph replay where measured; x torch > 1: triton faster)")
         print("\n".join(conv_parts_table(depthwise)))
+    if one_phase:
+        print("\na reduction cell's dil convs (stride 2, edge-major stage), dilated vs undilated on the one phase of "
+              "the input they read, fp32 (ms: CUDA-graph replay where measured; x dilated > 1: one phase faster)")
+        print("\n".join(one_phase_table(one_phase)))
     if pointwise:
         print("\npointwise (1x1) conv parts, fp32 (geom 'gG CI>CO': G groups of CI channels in, CO out; "
               "ms: CUDA-graph replay where measured; x torch > 1: triton faster)")

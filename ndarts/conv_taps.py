@@ -91,12 +91,25 @@ def conv2d_live_taps(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0,
     dilated depthwise kernels are several times slower than its undilated ones, and the dilated
     conv walks the unread three quarters of the input too: a reduction cell's dil_conv (stride 2,
     fwd+bwd, 1 thread) takes 0.35–0.64 instead of 1.4–4.0 ms on the digits preset's maps
-    (benchmarks/RESULTS.md, 2026-12-05, second entry). Not applied on a GPU, where it is untimed."""
+    (benchmarks/RESULTS.md, 2026-12-05, second entry). Not applied on a GPU, where it is untimed
+    (benchmarks/test_bench_strided_dilated_conv.py times both there)."""
     w, p = live_kernel(weight, x.shape[-2:], stride, padding, dilation)
     if x.device.type == "cpu" and reads_one_phase(stride, p, dilation):
-        (d_h, d_w), (p_h, p_w) = _pair(dilation), p
-        return F.conv2d(x[:, :, ::d_h, ::d_w], w, bias, 1, (p_h // d_h, p_w // d_w), 1, groups)
+        return conv2d_one_phase(x, w, p, dilation, groups, bias)
     return F.conv2d(x, w, bias, stride, p, dilation, groups)
+
+
+def conv2d_one_phase(x: torch.Tensor, weight: torch.Tensor, padding, dilation, groups: int = 1,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, dilation, padding, dilation, groups) of a conv that reads one phase
+    of its input (reads_one_phase: stride = dilation = d, padding a multiple of d), as the undilated
+    stride-1 conv of x[..., ::d, ::d] with padding p/d (benchmarks/test_bench_strided_dilated_conv.py
+    times the two on the device at hand)."""
+    if not reads_one_phase(dilation, padding, dilation):
+        raise ValueError(f"conv2d_one_phase: dilation {dilation} with padding {padding} reads more than one "
+                         "phase of the input (each dilation must be > 1 and divide its padding)")
+    (d_h, d_w), (p_h, p_w) = _pair(dilation), _pair(padding)
+    return F.conv2d(x[:, :, ::d_h, ::d_w], weight, bias, 1, (p_h // d_h, p_w // d_w), 1, groups)
 
 
 def _zero_padded(conv: torch.nn.Conv2d) -> bool:

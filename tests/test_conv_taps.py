@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ndarts.conv_taps import conv2d_live_taps, dead_border_taps, depthwise_live_taps, live_kernel, reads_one_phase
+from ndarts.conv_taps import (conv2d_live_taps, conv2d_one_phase, dead_border_taps, depthwise_live_taps, live_kernel,
+                              reads_one_phase)
 
 
 def _dead_at_ends(size, k, stride, padding, dilation):
@@ -110,6 +111,13 @@ def test_one_phase_convolutions_run_undilated_on_the_phase(dtype, tol, monkeypat
         for a, b in zip(torch.autograd.grad(got, (x, w), g), torch.autograd.grad(want, (x, w), g)):
             torch.testing.assert_close(a, b, atol=tol, rtol=tol)
     assert phased > 40
+
+
+@pytest.mark.parametrize("padding,dilation", [(1, 2), (2, 1), ((2, 3), 2), (2, (2, 1))])
+def test_conv2d_one_phase_refuses_a_conv_that_reads_every_pixel(padding, dilation):
+    """conv2d_one_phase names the geometry it cannot run instead of computing another conv."""
+    with pytest.raises(ValueError, match=r"reads more than one phase.*dilation must be > 1 and divide its padding"):
+        conv2d_one_phase(torch.randn(1, 2, 6, 6), torch.randn(2, 1, 3, 3), padding, dilation, 2)
 
 
 def test_live_kernel_is_a_view_and_the_padding_shrinks_with_it():
@@ -249,15 +257,16 @@ def test_evaluation_cells_cut_their_dead_taps_with_the_same_math(fresh_seed):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
-def test_cut_convolutions_compile_without_a_graph_break(fresh_seed, recwarn):
+@pytest.mark.parametrize("stride,size", [(1, (2, 3)), (2, (5, 7))])  # stride 2: the one-phase conv
+def test_cut_convolutions_compile_without_a_graph_break(stride, size, fresh_seed, recwarn):
     """torch.compile(fullgraph=True) traces LiveTapsConv2d (the cut is decided from the static
-    shape, outside the cache that dynamo would warn about) and gives the eager output."""
+    shape, outside the cache that dynamo would warn about) and gives nn.Conv2d's output."""
     from ndarts.conv_taps import LiveTapsConv2d
 
     torch._dynamo.reset()
-    conv = torch.nn.Conv2d(4, 4, 5, padding=4, dilation=2, groups=4, bias=False)
+    conv = torch.nn.Conv2d(4, 4, 5, stride=stride, padding=4, dilation=2, groups=4, bias=False)
+    want = conv(x := torch.randn(2, 4, *size))
     conv.__class__ = LiveTapsConv2d
-    x = torch.randn(2, 4, 2, 3)
     compiled = torch.compile(conv, backend="eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x), conv(x))
+    torch.testing.assert_close(compiled(x), want)
     assert not [w for w in recwarn if "lru_cache" in str(w.message)]

@@ -142,3 +142,33 @@ def test_search_loop_table_and_its_target(tmp_path, capsys, fresh_seed):
     assert ("NOT met" in target) == (minutes > 15) and f"{minutes:.1f} min projected" in target
     rows = [line.split()[0] for line in out.splitlines() if line.startswith(("torchvision", "image_tensors"))]
     assert rows == ["image_tensors", "torchvision"]  # fastest first
+
+
+def test_one_phase_table_from_benchmark_json(tmp_path, capsys, fresh_seed):
+    """benchmarks/test_bench_strided_dilated_conv.py's rows: per case the dilated conv's time, the
+    one-phase conv's (the CUDA-graph time where there is one) and dilated / one-phase."""
+    summarize = pytest.importorskip("summarize")
+    import random
+
+    times = {(shape, geom, part): (random.uniform(1, 9), random.uniform(0.1, 0.9), random.random() < 0.5)
+             for shape in ("64x64x8x8", "64x128x4x4") for geom in ("dil3", "dil5") for part in ("fwd", "fwdbwd")}
+    benches = []
+    for (shape, geom, part), (dilated, one_phase, graphed) in times.items():
+        for impl, ms in (("dilated", dilated), ("one_phase", one_phase)):
+            info = dict(kind="strided_dilated_conv", impl=impl, part=part, geometry=geom,
+                        shape=[int(v) for v in shape.split("x")])
+            if graphed:  # the table reads graph_ms before the per-call time
+                info["graph_ms"] = ms
+            benches.append(_bench(f"{impl}-{shape}-{geom}-{part}", 1e3 if graphed else ms, **info))
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": benches}))
+    assert summarize.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "dilated vs undilated on the one phase" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["64x64x8x8"], ["64x128x4x4"])]
+    assert len(rows) == len(times)
+    for shape, geom, part, dilated_s, one_phase_s, ratio_s in rows:
+        dilated, one_phase, _ = times[(shape, geom, part)]
+        assert float(dilated_s) == pytest.approx(dilated, abs=1e-4)
+        assert float(one_phase_s) == pytest.approx(one_phase, abs=1e-4)
+        assert float(ratio_s) == pytest.approx(dilated / one_phase, rel=1e-2)
