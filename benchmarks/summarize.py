@@ -90,29 +90,38 @@ def search_step_table(rows):
 PART_ORDER = {"fwd": 0, "dgrad": 1, "wgrad": 2, "both": 3}
 
 
+def _ms(r):
+    """A row's time: CUDA-graph device time where measured (as the graphed step runs it), else per
+    call; None for a missing row."""
+    return None if r is None else (r.get("graph_ms") or r["time_ms"])
+
+
+def _by_case(rows):
+    """{(shape, geometry, part): {impl: row}}: the rows of a conv benchmark, per case."""
+    cases = {}
+    for r in rows:
+        cases.setdefault((tuple(r["shape"]), r["geometry"], r["part"]), {})[r["impl"]] = r
+    return cases
+
+
 def conv_parts_table(rows):
     """Per shape, geometry and part of a conv-parts benchmark (depthwise, pointwise, separable): each impl's
     time (CUDA-graph device time where measured, as the step runs; else per call), its GB/s share
     of the copy bandwidth, and torch / triton."""
-    cases = {}
-    for r in rows:
-        cases.setdefault((tuple(r["shape"]), r["geometry"], r["part"]), {})[r["impl"]] = r
+    cases = _by_case(rows)
     gw = max(len("geom"), *(len(geom) for _, geom, _ in cases))  # depthwise 'sep3', pointwise 'g8 16>16'
     lines = [f"{'shape':>14} {'geom':{gw}} {'part':6} {'torch ms':>9} {'%copy':>6} {'triton ms':>10} {'%copy':>6} "
              f"{'x torch':>8}"]
 
-    def ms(r):
-        return None if r is None else (r.get("graph_ms") or r["time_ms"])
-
     def pct(r):
-        t = ms(r)
+        t = _ms(r)
         return None if t is None else 100 * r["min_bytes"] / (t * 1e-3) / 1e9 / r["copy_GBps"]
 
     for (shape, geom, part), impls in sorted(cases.items(), key=lambda kv: (kv[0][0], kv[0][1], PART_ORDER[kv[0][2]])):
         t, tr = impls.get("torch"), impls.get("triton")
-        speedup = ms(t) / ms(tr) if t and tr and ms(tr) else None
-        lines.append(f"{'x'.join(map(str, shape)):>14} {geom:{gw}} {part:6} {_fmt(ms(t), '9.4f'):>9} "
-                     f"{_fmt(pct(t), '5.1f'):>5}% {_fmt(ms(tr), '10.4f'):>10} {_fmt(pct(tr), '5.1f'):>5}% "
+        speedup = _ms(t) / _ms(tr) if t and tr and _ms(tr) else None
+        lines.append(f"{'x'.join(map(str, shape)):>14} {geom:{gw}} {part:6} {_fmt(_ms(t), '9.4f'):>9} "
+                     f"{_fmt(pct(t), '5.1f'):>5}% {_fmt(_ms(tr), '10.4f'):>10} {_fmt(pct(tr), '5.1f'):>5}% "
                      f"{_fmt(speedup, '8.2f'):>8}")
     return lines
 
@@ -120,13 +129,9 @@ def conv_parts_table(rows):
 def one_phase_table(rows):
     """Per shape, geometry and part of test_bench_strided_dilated_conv.py: the dilated conv's time,
     the one-phase conv's, and their ratio (> 1: the one-phase conv is the faster)."""
-    cases = {}
-    for r in rows:
-        cases.setdefault((tuple(r["shape"]), r["geometry"], r["part"]), {})[r["impl"]] = r
     lines = [f"{'shape':>14} {'geom':5} {'part':7} {'dilated ms':>11} {'one-phase ms':>13} {'x dilated':>10}"]
-    for (shape, geom, part), impls in sorted(cases.items()):
-        a, b = (impls.get(i) for i in ("dilated", "one_phase"))
-        ta, tb = (None if r is None else (r.get("graph_ms") or r["time_ms"]) for r in (a, b))
+    for (shape, geom, part), impls in sorted(_by_case(rows).items()):
+        ta, tb = (_ms(impls.get(i)) for i in ("dilated", "one_phase"))
         lines.append(f"{'x'.join(map(str, shape)):>14} {geom:5} {part:7} {_fmt(ta, '11.4f'):>11} {_fmt(tb, '13.4f'):>13} "
                      f"{_fmt(ta / tb if ta and tb else None, '10.2f'):>10}")
     return lines
@@ -137,8 +142,8 @@ def tile_sweep_table(rows):
     blocks): per part, each (tile elements, warps) pair's time
     (CUDA-graph device time where measured), fastest first; `*`: the kernels' default when measured."""
     lines = [f"{'part':6} {'tile':>6} {'warps':>5} {'ms':>9} {'%copy':>6}"]
-    for r in sorted(rows, key=lambda r: (PART_ORDER[r["part"]], r.get("graph_ms") or r["time_ms"])):
-        ms = r.get("graph_ms") or r["time_ms"]
+    for r in sorted(rows, key=lambda r: (PART_ORDER[r["part"]], _ms(r))):
+        ms = _ms(r)
         pct = 100 * r["min_bytes"] / (ms * 1e-3) / 1e9 / r["copy_GBps"]
         mark = "*" if r["default_tile"] else " "
         lines.append(f"{r['part']:6} {r['tile'][0]:>6} {r['tile'][1]:>5} {ms:>9.4f} {pct:>5.1f}% {mark}")
@@ -150,7 +155,7 @@ def stage_table(rows):
     CUDA-graph device time where measured; x > 1: the stage launch faster)."""
     by_part = {}
     for r in rows:
-        by_part.setdefault(r["part"], {})[r["impl"]] = r.get("graph_ms") or r["time_ms"]
+        by_part.setdefault(r["part"], {})[r["impl"]] = _ms(r)
     lines = [f"{'part':6} {'per pair ms':>12} {'stage ms':>9} {'x':>6}"]
     for part in sorted(by_part, key=PART_ORDER.get):
         per_pair, stage = by_part[part].get("per_pair"), by_part[part].get("stage")

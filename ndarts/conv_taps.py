@@ -95,7 +95,7 @@ def conv2d_live_taps(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0,
     (benchmarks/test_bench_strided_dilated_conv.py times both there)."""
     w, p = live_kernel(weight, x.shape[-2:], stride, padding, dilation)
     if x.device.type == "cpu" and reads_one_phase(stride, p, dilation):
-        return conv2d_one_phase(x, w, p, dilation, groups, bias)
+        return _conv_of_the_phase(x, w, p, dilation, groups, bias)
     return F.conv2d(x, w, bias, stride, p, dilation, groups)
 
 
@@ -108,6 +108,11 @@ def conv2d_one_phase(x: torch.Tensor, weight: torch.Tensor, padding, dilation, g
     if not reads_one_phase(dilation, padding, dilation):
         raise ValueError(f"conv2d_one_phase: dilation {dilation} with padding {padding} reads more than one "
                          "phase of the input (each dilation must be > 1 and divide its padding)")
+    return _conv_of_the_phase(x, weight, padding, dilation, groups, bias)
+
+
+def _conv_of_the_phase(x, weight, padding, dilation, groups, bias):
+    """conv2d_one_phase without its check (conv2d_live_taps has made it already)."""
     (d_h, d_w), (p_h, p_w) = _pair(dilation), _pair(padding)
     return F.conv2d(x[:, :, ::d_h, ::d_w], weight, bias, 1, (p_h // d_h, p_w // d_w), 1, groups)
 
