@@ -177,10 +177,14 @@ def graph_step(impl: str, batch: int = 2, image: int = 16, with_parts: bool = Fa
 
 @contextlib.contextmanager
 def graph_step_context():
-    """Triton launches counted, not run (yields the TritonLaunches), and clipping by foreach as on
-    CUDA: the setting in which ``graph_step`` is run."""
+    """Triton launches counted, not run (yields the TritonLaunches), clipping by foreach and the
+    convolutions in their GPU formulations (ndarts.backend.standing_in_for_cuda) as on CUDA: the
+    setting in which ``graph_step`` is run."""
+    from ndarts.backend import standing_in_for_cuda
+
     clip = torch.nn.utils.clip_grad_norm_
-    with TritonLaunches() as triton, mock.patch.object(torch.nn.utils, "clip_grad_norm_", functools.partial(clip, foreach=True)):
+    with TritonLaunches() as triton, mock.patch.object(torch.nn.utils, "clip_grad_norm_", functools.partial(clip, foreach=True)), \
+            standing_in_for_cuda():
         yield triton
 
 

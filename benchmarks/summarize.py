@@ -126,15 +126,27 @@ def conv_parts_table(rows):
     return lines
 
 
-def one_phase_table(rows):
-    """Per shape, geometry and part of test_bench_strided_dilated_conv.py: the dilated conv's time,
-    the one-phase conv's, and their ratio (> 1: the one-phase conv is the faster)."""
-    lines = [f"{'shape':>14} {'geom':5} {'part':7} {'dilated ms':>11} {'one-phase ms':>13} {'x dilated':>10}"]
+def versus_table(rows, base: str, other: str, base_label: str, other_label: str, ratio_label: str):
+    """Per shape, geometry and part of a benchmark of two impls: base's time, other's, and
+    base / other (> 1: other is the faster)."""
+    lines = [f"{'shape':>14} {'geom':5} {'part':7} {base_label:>13} {other_label:>13} {ratio_label:>10}"]
     for (shape, geom, part), impls in sorted(_by_case(rows).items()):
-        ta, tb = (_ms(impls.get(i)) for i in ("dilated", "one_phase"))
-        lines.append(f"{'x'.join(map(str, shape)):>14} {geom:5} {part:7} {_fmt(ta, '11.4f'):>11} {_fmt(tb, '13.4f'):>13} "
+        ta, tb = (_ms(impls.get(i)) for i in (base, other))
+        lines.append(f"{'x'.join(map(str, shape)):>14} {geom:5} {part:7} {_fmt(ta, '13.4f'):>13} {_fmt(tb, '13.4f'):>13} "
                      f"{_fmt(ta / tb if ta and tb else None, '10.2f'):>10}")
     return lines
+
+
+def one_phase_table(rows):
+    """test_bench_strided_dilated_conv.py: the dilated conv's time, the one-phase conv's, and their
+    ratio (> 1: the one-phase conv is the faster)."""
+    return versus_table(rows, "dilated", "one_phase", "dilated ms", "one-phase ms", "x dilated")
+
+
+def forward_form_table(rows):
+    """test_bench_depthwise_cpu_grads.py: PyTorch's gradient part, the forward conv's, and their
+    ratio (> 1: the forward conv is the faster)."""
+    return versus_table(rows, "torch", "forward", "torch ms", "forward ms", "x torch")
 
 
 def tile_sweep_table(rows):
@@ -241,6 +253,7 @@ def main(argv):
     group_blocks = [r for r in rows if r["kind"] == "group_sum_block"]
     loops = [r for r in rows if r["kind"] == "search_loop"]
     one_phase = [r for r in rows if r["kind"] == "strided_dilated_conv"]
+    forward_forms = [r for r in rows if r["kind"] == "depthwise_cpu_grads"]
     data = [r for r in rows if r["kind"] == "cifar_batches"]
     copy = {round(r["copy_GBps"], 1) for r in mixed + depthwise + pointwise + separable}
     if copy:
@@ -265,6 +278,10 @@ def main(argv):
         print("\na reduction cell's dil convs (stride 2, edge-major stage), dilated vs undilated on the one phase of "
               "the input they read, fp32 (ms: CUDA-graph replay where measured; x dilated > 1: one phase faster)")
         print("\n".join(one_phase_table(one_phase)))
+    if forward_forms:
+        print("\na depthwise conv's gradients on a CPU, PyTorch's vs as forward convolutions (ndarts.depthwise_cpu_grads), "
+              "fp32, NHWC, stride 1 (x torch > 1: the forward conv faster)")
+        print("\n".join(forward_form_table(forward_forms)))
     if pointwise:
         print("\npointwise (1x1) conv parts, fp32 (geom 'gG CI>CO': G groups of CI channels in, CO out; "
               "ms: CUDA-graph replay where measured; x torch > 1: triton faster)")

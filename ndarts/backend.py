@@ -7,6 +7,7 @@ Override with the ``NDARTS_BACKEND`` environment variable or a constructor argum
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -90,6 +91,30 @@ def graph_kernels_enabled(backend: str | None, x: torch.Tensor) -> bool:
     if requested_backend(backend) == "triton" or x.device.type != "cuda":
         return True
     return torch.cuda.is_current_stream_capturing()
+
+
+_STANDING_IN_FOR_CUDA = [False]
+
+
+def cpu_conv_forms(x: torch.Tensor) -> bool:
+    """Whether the CPU-only formulations of the search convolutions apply to x (the one-phase
+    strided dil conv and the per-channel 1×1 of ndarts.conv_taps, the forward-conv gradients of
+    ndarts.depthwise_cpu_grads, the batched stacks' channel-multiplier first stage of
+    ndarts.edge_groups): on a CPU, except while ``standing_in_for_cuda()`` is on."""
+    return x.device.type == "cpu" and not _STANDING_IN_FOR_CUDA[0]
+
+
+@contextlib.contextmanager
+def standing_in_for_cuda():
+    """A CPU step that stands in for a CUDA one (the kernel census, the memory and byte models of
+    benchmarks/count_kernels.py, step_memory.py, step_traffic.py): the convolutions take the
+    formulations they take on a GPU, not cpu_conv_forms'."""
+    before = _STANDING_IN_FOR_CUDA[0]
+    _STANDING_IN_FOR_CUDA[0] = True
+    try:
+        yield
+    finally:
+        _STANDING_IN_FOR_CUDA[0] = before
 
 
 def convert_modules(model: torch.nn.Module, predicate, cls, backend: str | None = None, **setup) -> torch.nn.Module:

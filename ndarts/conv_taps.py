@@ -29,6 +29,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .backend import cpu_conv_forms
+from .depthwise_cpu_grads import depthwise_conv2d
+
 
 def _dead_border_taps(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
     """t: how many taps at each end of one axis of a k-tap kernel meet only the zero padding at
@@ -94,9 +97,27 @@ def conv2d_live_taps(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0,
     (benchmarks/RESULTS.md, 2026-12-05, second entry). Not applied on a GPU, where it is untimed
     (benchmarks/test_bench_strided_dilated_conv.py times both there)."""
     w, p = live_kernel(weight, x.shape[-2:], stride, padding, dilation)
-    if x.device.type == "cpu" and reads_one_phase(stride, p, dilation):
+    if cpu_conv_forms(x) and reads_one_phase(stride, p, dilation):
         return _conv_of_the_phase(x, w, p, dilation, groups, bias)
-    return F.conv2d(x, w, bias, stride, p, dilation, groups)
+    # an axis left with one tap reads no neighbour, so its dilation changes nothing (and oneDNN's
+    # backward of a dilated 1×1 depthwise conv is 3–6× slower than the undilated one's)
+    dilation = tuple(1 if k == 1 else d for k, d in zip(w.shape[-2:], _pair(dilation)))
+    return _conv(x, w, bias, stride, p, dilation, groups)
+
+
+def _conv(x, weight, bias, stride, padding, dilation, groups):
+    """F.conv2d; a bias-free depthwise conv (groups = x's channels) by ndarts.depthwise_cpu_grads'
+    depthwise_conv2d, whose gradients are forward convs where those are the faster (CPU). On a
+    CPU a depthwise 1×1 conv at stride 1 without padding or channel multiplier (a dil conv cut to
+    its centre tap on a 2×2 map) is the per-channel scale it is, x·w: 3–4× faster fwd+bwd than
+    oneDNN's conv (benchmarks/RESULTS.md, 2026-12-05, fourth entry); the same products, each a
+    single one (no sum), so the same outputs."""
+    if bias is None and groups == x.shape[1] and weight.shape[1] == 1:
+        if (cpu_conv_forms(x) and tuple(weight.shape) == (groups, 1, 1, 1) and x.dtype == weight.dtype
+                and _pair(stride) == (1, 1) and _pair(padding) == (0, 0) and not torch.is_autocast_enabled("cpu")):
+            return x * weight.view(1, groups, 1, 1)
+        return depthwise_conv2d(x, weight, stride, padding, dilation)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
 def conv2d_one_phase(x: torch.Tensor, weight: torch.Tensor, padding, dilation, groups: int = 1,
@@ -114,7 +135,7 @@ def conv2d_one_phase(x: torch.Tensor, weight: torch.Tensor, padding, dilation, g
 def _conv_of_the_phase(x, weight, padding, dilation, groups, bias):
     """conv2d_one_phase without its check (conv2d_live_taps has made it already)."""
     (d_h, d_w), (p_h, p_w) = _pair(dilation), _pair(padding)
-    return F.conv2d(x[:, :, ::d_h, ::d_w], weight, bias, 1, (p_h // d_h, p_w // d_w), 1, groups)
+    return _conv(x[:, :, ::d_h, ::d_w], weight, bias, 1, (p_h // d_h, p_w // d_w), 1, groups)
 
 
 def _zero_padded(conv: torch.nn.Conv2d) -> bool:

@@ -28,6 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from .backend import convert_modules, graph_kernels_enabled
 from .conv_taps import live_kernel
+from .depthwise_cpu_grads import depthwise_input_grad, depthwise_weight_grad
 from .grad_use import grads_used
 
 
@@ -41,20 +42,14 @@ def check_kernel_parts(kernels: str, who: str) -> str:
     return kernels
 
 
-def _aten_grad(grad, x, weight, conf, part: int) -> torch.Tensor:
-    """PyTorch's input (part 0) or weight (part 1) gradient of a depthwise conv of x, alone."""
-    stride, padding, dilation = conf
-    mask = [part == 0, part == 1, False]
-    return torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2,
-                                               False, [0, 0], x.shape[1], mask)[part]
-
-
 def depthwise_grads(kernels: str, grad, x, weight, conf, need_input: bool, need_weight: bool,
                     relu_input: bool = False):
     """(dL/dx or None, dL/dweight or None) of a depthwise conv, on kernels "all" (Triton), "weight_grad"
-    (PyTorch's input gradient, the Triton weight gradient) or "torch". conf: (stride, padding,
-    dilation). relu_input: the conv's input was relu(x) (the input gradient reads no input values;
-    the Triton weight gradient applies the ReLU as it reads x, PyTorch's gets relu(x) made)."""
+    (PyTorch's input gradient, the Triton weight gradient) or "torch" (PyTorch's gradients, each
+    computed as a forward conv where that is the faster on a CPU: ndarts.depthwise_cpu_grads).
+    conf: (stride, padding, dilation). relu_input: the conv's input was relu(x) (the input gradient
+    reads no input values; the Triton weight gradient applies the ReLU as it reads x, PyTorch's gets
+    relu(x) made)."""
     import ndarts_kernels
 
     if kernels == "all" or (kernels == "weight_grad" and need_weight):
@@ -63,10 +58,10 @@ def depthwise_grads(kernels: str, grad, x, weight, conf, need_input: bool, need_
         dx, dw = ndarts_kernels.depthwise_conv_backward(grad, x, weight, *conf, need_input=on_triton,
                                                         need_weight=need_weight, relu_input=relu_input)
         if need_input and not on_triton:
-            dx = _aten_grad(grad, x, weight, conf, 0)
+            dx = depthwise_input_grad(grad, x, weight, *conf)
         return dx, dw
-    dx = _aten_grad(grad, x, weight, conf, 0) if need_input else None
-    dw = _aten_grad(grad, F.relu(x) if relu_input else x, weight, conf, 1) if need_weight else None
+    dx = depthwise_input_grad(grad, x, weight, *conf) if need_input else None
+    dw = depthwise_weight_grad(grad, F.relu(x) if relu_input else x, weight, *conf) if need_weight else None
     return dx, dw
 
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from torch.autograd.function import once_differentiable
 
-from .backend import graph_kernels_enabled
+from .backend import cpu_conv_forms, graph_kernels_enabled
 from .batch_norm import search_batch_norms
 from .conv_taps import conv2d_live_taps, depthwise_live_taps, live_kernel, reads_one_phase
 from .depthwise_conv import _square, depthwise_conv_of_relu
@@ -66,11 +66,15 @@ def _geometry(primitive: str) -> tuple[int, int, int]:
     return k, k // 2, 1
 
 
+# the multiplier formulation only on maps of more positions (GroupedConvStack.uses_multiplier)
+MULTIPLIER_MIN_POSITIONS = 256
+
+
 def multiplier_path(r: torch.Tensor) -> bool:
     """Whether the first stage of the grouped stacks may run in the channel-multiplier formulation:
     for channels_last CPU tensors (oneDNN). Everywhere else (GPU, Triton) the edge-major one, which
     launches fewer kernels (no per-call weight ops). Which stacks use it: GroupedConvStack.uses_multiplier."""
-    return r.device.type == "cpu" and not r.is_contiguous() and r.is_contiguous(memory_format=torch.channels_last)
+    return cpu_conv_forms(r) and not r.is_contiguous() and r.is_contiguous(memory_format=torch.channels_last)
 
 
 def repeat_channels(r: torch.Tensor, times: int) -> torch.Tensor:
@@ -215,20 +219,28 @@ class GroupedConvStack(nn.Module):
     def uses_multiplier(self, r: torch.Tensor, counts) -> bool:
         """Whether stage1 runs in the channel-multiplier formulation on r (a source's relu) for a
         group of `counts` edges per source: on oneDNN's NHWC path (multiplier_path), for a dilated
-        depthwise conv that keeps more than one tap on r's map (ndarts.conv_taps) and a source of
-        several edges. There oneDNN's E·C-group depthwise conv is slow and the multiplier one up to
-        2.3× faster; for an undilated one (the sep convs, or a dilated kernel cut to its centre tap)
-        and for a lone edge (no repeated copy) the edge-major formulation is the faster, up to 2.5×
-        (stage1 fwd+bwd, 1 thread, the digits preset's maps, benchmarks/RESULTS.md 2026-12-05). A
-        reduction cell's dil conv (stride 2) runs undilated on one phase of r (conv_taps.reads_one_phase):
-        edge-major too, 1.3–1.6 against 2.1 ms at 3×3, alike at 5×5 (RESULTS.md, 2026-12-05, second entry)."""
+        depthwise conv that keeps more than one tap on r's map (ndarts.conv_taps), a source of
+        several edges, and an output map of more than MULTIPLIER_MIN_POSITIONS = 256 positions
+        (32×32: the multiplier one 0.58–0.84× the edge-major time). Elsewhere the edge-major
+        formulation is the faster: for an undilated conv (the sep convs, or a dilated kernel cut
+        to its centre tap) and a lone edge (no repeated copy) always, up to 2.5×; and on maps up to
+        16×16, since the depthwise convs' gradients are computed as forward convs
+        (ndarts.depthwise_cpu_grads), by up to 1.5× at 8×8 (stage1 fwd+bwd, 1 thread, batch 64,
+        benchmarks/RESULTS.md 2026-12-05, first and fourth entries). A reduction cell's dil conv
+        (stride 2) runs undilated on one phase of r (conv_taps.reads_one_phase): edge-major too,
+        1.3–1.6 against 2.1 ms at 3×3, alike at 5×5 (RESULTS.md, 2026-12-05, second entry)."""
         if not multiplier_path(r) or max(counts) < 2 or _square(self.dw1.dilation) == 1:
             return False
         weight, padding = live_kernel(self.dw1.weight, r.shape[-2:], self.dw1.stride, self.dw1.padding,
                                       self.dw1.dilation)
         if reads_one_phase(self.dw1.stride, padding, self.dw1.dilation):
             return False
-        return weight.shape[-1] > 1 or weight.shape[-2] > 1
+        k_h, k_w = weight.shape[-2:]
+        if k_h == 1 and k_w == 1:
+            return False
+        (h, w), (s_h, s_w), (d_h, d_w), (p_h, p_w) = r.shape[-2:], self.dw1.stride, self.dw1.dilation, padding
+        positions = ((h + 2 * p_h - d_h * (k_h - 1) - 1) // s_h + 1) * ((w + 2 * p_w - d_w * (k_w - 1) - 1) // s_w + 1)
+        return positions > MULTIPLIER_MIN_POSITIONS
 
     def _conv_pair(self, r: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, relu_of: torch.Tensor | None = None):
         """pw(dw(r)); relu_of: y with r = relu(y), kept by the BatchNorm before anyway, which the

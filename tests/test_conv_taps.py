@@ -76,18 +76,19 @@ def test_strided_dilated_convs_read_one_phase():
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 def test_one_phase_convolutions_run_undilated_on_the_phase(dtype, tol, monkeypatch, fresh_seed):
     """Every geometry of the sweep that reads one phase (after the cut) runs as an undilated
-    stride-1 conv of x[..., ::d, ::d] (the F.conv2d call recorded) with the full conv's outputs and
+    stride-1 conv of x[..., ::d, ::d] (the convolution call recorded) with the full conv's outputs and
     gradients, on odd and even, non-square inputs, NCHW and NHWC, depthwise with a channel
     multiplier; the other geometries call F.conv2d with their own stride and dilation."""
     import ndarts.conv_taps as conv_taps
 
     calls = []
+    conv = conv_taps._conv
 
-    def recording_conv2d(x, w, bias, stride, padding, dilation, groups):
-        calls.append((tuple(x.shape[-2:]), stride, dilation))
-        return F.conv2d(x, w, bias, stride, padding, dilation, groups)
+    def recording_conv(x, w, bias, stride, padding, dilation, groups):
+        calls.append((tuple(x.shape[-2:]), stride, tuple(dilation) if isinstance(dilation, tuple) else (dilation,) * 2))
+        return conv(x, w, bias, stride, padding, dilation, groups)
 
-    monkeypatch.setattr(conv_taps, "F", type("F", (), {"conv2d": staticmethod(recording_conv2d)}))
+    monkeypatch.setattr(conv_taps, "_conv", recording_conv)
     gen = torch.Generator().manual_seed(fresh_seed)
     phased = 0
     for size, k, s, d, p in GEOMETRIES:
@@ -98,12 +99,13 @@ def test_one_phase_convolutions_run_undilated_on_the_phase(dtype, tol, monkeypat
         w = torch.randn(6, 1, k, k, dtype=dtype, generator=gen).requires_grad_()
         calls.clear()
         got = conv2d_live_taps(x, w, s, p, d, 3)
-        _, cut_padding = live_kernel(w, x.shape[-2:], s, p, d)
+        cut, cut_padding = live_kernel(w, x.shape[-2:], s, p, d)
         if reads_one_phase(s, cut_padding, d):
             phased += 1
-            assert calls == [(((size + d - 1) // d, (size + d) // d), 1, 1)], (size, k, s, d, p)
-        else:
-            assert calls == [((size, size + 1), s, d)], (size, k, s, d, p)
+            assert calls == [(((size + d - 1) // d, (size + d) // d), 1, (1, 1))], (size, k, s, d, p)
+        else:  # an axis cut to one tap runs undilated (its dilation changes nothing)
+            want_dilation = tuple(1 if taps == 1 else d for taps in cut.shape[-2:])
+            assert calls == [((size, size + 1), s, want_dilation)], (size, k, s, d, p)
         want = F.conv2d(x, w, None, s, p, d, 3)
         assert got.shape == want.shape
         g = torch.randn(want.shape, dtype=dtype, generator=gen)
@@ -270,3 +272,32 @@ def test_cut_convolutions_compile_without_a_graph_break(stride, size, fresh_seed
     compiled = torch.compile(conv, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), want)
     assert not [w for w in recwarn if "lru_cache" in str(w.message)]
+
+
+@pytest.mark.parametrize("k,padding", [(3, 2), (5, 4)])
+def test_a_depthwise_kernel_cut_to_its_centre_tap_is_a_per_channel_scale(k, padding, monkeypatch, fresh_seed):
+    """A dil conv on a 2×2 map keeps only its centre tap: on a CPU conv2d_live_taps runs it as x·w
+    (no convolution call), with F.conv2d's outputs exactly (one product each) and its gradients;
+    with a channel multiplier it stays a convolution, undilated (a 1×1 kernel reads no neighbour)."""
+    import ndarts.conv_taps as conv_taps
+
+    gen = torch.Generator().manual_seed(fresh_seed)
+    x = torch.randn(3, 4, 2, 2, dtype=torch.float64, generator=gen).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(4, 1, k, k, dtype=torch.float64, generator=gen).requires_grad_()
+    want = F.conv2d(x, w, None, 1, padding, 2, 4)
+    with monkeypatch.context() as patched:
+        patched.setattr(conv_taps, "depthwise_conv2d", lambda *a: pytest.fail("a convolution was called"))
+        patched.setattr(conv_taps.F, "conv2d", lambda *a: pytest.fail("a convolution was called"))
+        got = conv2d_live_taps(x, w, 1, padding, 2, 4)
+    assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn(want.shape, dtype=torch.float64, generator=gen)
+    for a, b in zip(torch.autograd.grad(got, (x, w), g), torch.autograd.grad(want, (x, w), g)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    w2 = torch.randn(8, 1, k, k, dtype=torch.float64, generator=gen)
+    seen = []
+    depthwise = conv_taps.depthwise_conv2d
+    monkeypatch.setattr(conv_taps, "depthwise_conv2d", lambda *a: seen.append(a[4]) or depthwise(*a))
+    torch.testing.assert_close(conv2d_live_taps(x, w2, 1, padding, 2, 4), F.conv2d(x, w2, None, 1, padding, 2, 4),
+                               atol=1e-12, rtol=1e-12)
+    assert seen == [(1, 1)]

@@ -87,7 +87,8 @@ def test_grouped_convs_launch_fewer_convolutions():
         net = SearchNetwork(C=4, layers=3, primitives=NOISYDARTS_PRIMITIVES, in_channels=3,
                             batch_edge_convs=batched)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            net(torch.randn(2, 3, 8, 8)).sum().backward()
+            out = net(torch.randn(2, 3, 8, 8))
+        out.sum().backward()  # (on a CPU some depthwise convs' gradients are convolutions too)
         counts.append(sum(1 for e in prof.events() if e.name == "aten::convolution"))
     # 14 edges × 6 convs per cell become 5 groups × 6 (+ the preprocessing and stem convs)
     assert counts[1] < counts[0] / 2, counts
@@ -201,25 +202,28 @@ def test_both_formulations_of_the_first_stage_agree(primitive, stride, counts, f
 
 def test_the_multiplier_formulation_is_chosen_where_it_is_the_faster():
     """On oneDNN's NHWC path only a dilated conv that keeps several taps on the map (and does not
-    read one phase of it), for a source of several edges, takes the channel-multiplier formulation
-    (benchmarks/RESULTS.md, 2026-12-05);
-    stage1 then runs it, and elsewhere the edge-major one."""
+    read one phase of it), for a source of several edges, on a map of more than 256 output
+    positions, takes the channel-multiplier formulation (benchmarks/RESULTS.md, 2026-12-05, first
+    and fourth entries); stage1 then runs it, and elsewhere the edge-major one."""
     from unittest import mock
 
     from ndarts.edge_groups import EdgeGroup, GroupedConvStack, make_grouped_op, repeat_sources
 
-    def nhwc(size):
-        return torch.rand(2, 4, size, size).contiguous(memory_format=torch.channels_last)
+    def nhwc(size, width=None):
+        return torch.rand(2, 4, size, width or size).contiguous(memory_format=torch.channels_last)
 
     dil5, dil3, sep3 = (make_grouped_op(p, 4, 8, 1) for p in ("dil_conv_5x5", "dil_conv_3x3", "sep_conv_3x3"))
-    assert dil5.uses_multiplier(nhwc(8), (4, 4)) and dil5.uses_multiplier(nhwc(4), (4, 4))  # 5×5, then 3×3 taps
-    assert dil3.uses_multiplier(nhwc(4), (3,)) and not dil3.uses_multiplier(nhwc(2), (3,))  # cut to its centre
-    assert not dil5.uses_multiplier(nhwc(2), (4, 4)) and not dil5.uses_multiplier(nhwc(8), (1,))
-    assert not dil5.uses_multiplier(nhwc(8).contiguous(), (4, 4)) and not sep3.uses_multiplier(nhwc(8), (4, 4))
+    assert dil5.uses_multiplier(nhwc(32), (4, 4)) and dil3.uses_multiplier(nhwc(17), (3,))  # 1024, 289 positions
+    assert dil5.uses_multiplier(nhwc(16, 17), (4, 4)) and dil3.uses_multiplier(nhwc(257, 1), (2,))  # 272, 257
+    assert not dil5.uses_multiplier(nhwc(16), (4, 4)) and not dil3.uses_multiplier(nhwc(8), (3,))  # 256, 64
+    assert not dil3.uses_multiplier(nhwc(256, 1), (2,))  # 256 positions in a column
+    assert not dil3.uses_multiplier(nhwc(2), (3,))  # cut to its centre tap
+    assert not dil5.uses_multiplier(nhwc(2), (4, 4)) and not dil5.uses_multiplier(nhwc(32), (1,))
+    assert not dil5.uses_multiplier(nhwc(32).contiguous(), (4, 4)) and not sep3.uses_multiplier(nhwc(32), (4, 4))
     # at stride 2 (a reduction cell) a dil conv runs undilated on one phase of its input: edge-major
     assert not any(make_grouped_op(p, 4, 4, 2).uses_multiplier(nhwc(size), (2, 2))
                    for p in ("dil_conv_5x5", "dil_conv_3x3") for size in (4, 5, 8))
-    for op, size, multiplier in ((dil5, 8, True), (sep3, 8, False)):
+    for op, size, multiplier in ((dil5, 17, True), (sep3, 17, False), (dil5, 16, False)):
         rs = [nhwc(size), nhwc(size)]
         with mock.patch.object(GroupedConvStack, "_multiplier_stage1", autospec=True,
                                side_effect=GroupedConvStack._multiplier_stage1) as called:
@@ -230,7 +234,7 @@ def test_the_multiplier_formulation_is_chosen_where_it_is_the_faster():
     with mock.patch.object(GroupedConvStack, "_multiplier_stage1", autospec=True,
                            side_effect=GroupedConvStack._multiplier_stage1) as called, \
             mock.patch("ndarts.edge_groups.repeat_sources", side_effect=repeat_sources) as repeats:
-        out = group([nhwc(8), nhwc(8)])
+        out = group([nhwc(17), nhwc(17)])
     assert called.call_count == 2 and repeats.call_count == 1 and sorted(out) == [0, 1]
 
 

@@ -144,19 +144,25 @@ def test_search_loop_table_and_its_target(tmp_path, capsys, fresh_seed):
     assert rows == ["image_tensors", "torchvision"]  # fastest first
 
 
-def test_one_phase_table_from_benchmark_json(tmp_path, capsys, fresh_seed):
-    """benchmarks/test_bench_strided_dilated_conv.py's rows: per case the dilated conv's time, the
-    one-phase conv's (the CUDA-graph time where there is one) and dilated / one-phase."""
+@pytest.mark.parametrize("kind,base,other,geoms,parts,title", [
+    ("strided_dilated_conv", "dilated", "one_phase", ("dil3", "dil5"), ("fwd", "fwdbwd"),
+     "dilated vs undilated on the one phase"),
+    ("depthwise_cpu_grads", "torch", "forward", ("sep5", "dil3"), ("dgrad", "wgrad"),
+     "PyTorch's vs as forward convolutions"),
+])
+def test_two_impl_tables_from_benchmark_json(kind, base, other, geoms, parts, title, tmp_path, capsys, fresh_seed):
+    """benchmarks/test_bench_strided_dilated_conv.py's and test_bench_depthwise_cpu_grads.py's rows:
+    per case the base impl's time, the other's (the CUDA-graph time where there is one) and base /
+    other."""
     summarize = pytest.importorskip("summarize")
     import random
 
     times = {(shape, geom, part): (random.uniform(1, 9), random.uniform(0.1, 0.9), random.random() < 0.5)
-             for shape in ("64x64x8x8", "64x128x4x4") for geom in ("dil3", "dil5") for part in ("fwd", "fwdbwd")}
+             for shape in ("64x64x8x8", "64x128x4x4") for geom in geoms for part in parts}
     benches = []
-    for (shape, geom, part), (dilated, one_phase, graphed) in times.items():
-        for impl, ms in (("dilated", dilated), ("one_phase", one_phase)):
-            info = dict(kind="strided_dilated_conv", impl=impl, part=part, geometry=geom,
-                        shape=[int(v) for v in shape.split("x")])
+    for (shape, geom, part), (base_ms, other_ms, graphed) in times.items():
+        for impl, ms in ((base, base_ms), (other, other_ms)):
+            info = dict(kind=kind, impl=impl, part=part, geometry=geom, shape=[int(v) for v in shape.split("x")])
             if graphed:  # the table reads graph_ms before the per-call time
                 info["graph_ms"] = ms
             benches.append(_bench(f"{impl}-{shape}-{geom}-{part}", 1e3 if graphed else ms, **info))
@@ -164,11 +170,11 @@ def test_one_phase_table_from_benchmark_json(tmp_path, capsys, fresh_seed):
     path.write_text(json.dumps({"benchmarks": benches}))
     assert summarize.main([str(path)]) == 0
     out = capsys.readouterr().out
-    assert "dilated vs undilated on the one phase" in out
+    assert title in out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["64x64x8x8"], ["64x128x4x4"])]
     assert len(rows) == len(times)
-    for shape, geom, part, dilated_s, one_phase_s, ratio_s in rows:
-        dilated, one_phase, _ = times[(shape, geom, part)]
-        assert float(dilated_s) == pytest.approx(dilated, abs=1e-4)
-        assert float(one_phase_s) == pytest.approx(one_phase, abs=1e-4)
-        assert float(ratio_s) == pytest.approx(dilated / one_phase, rel=1e-2)
+    for shape, geom, part, base_s, other_s, ratio_s in rows:
+        base_ms, other_ms, _ = times[(shape, geom, part)]
+        assert float(base_s) == pytest.approx(base_ms, abs=1e-4)
+        assert float(other_s) == pytest.approx(other_ms, abs=1e-4)
+        assert float(ratio_s) == pytest.approx(base_ms / other_ms, rel=1e-2)
