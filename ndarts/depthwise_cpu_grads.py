@@ -55,10 +55,10 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
 
 
 def _fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """A 4-d fp32/fp64 x on a CPU (ndarts.backend.cpu_conv_forms) and a depthwise weight
+    """A 4-d fp32/fp64 x on a CPU (ndarts.backend.cpu_conv_forms) and a depthwise weight of its dtype,
     [C·M, 1, K_h, K_w] for its C channels."""
-    return (cpu_conv_forms(x) and x.dtype in FORWARD_FORM_DTYPES and x.dim() == 4 and weight.dim() == 4
-            and weight.shape[1] == 1 and weight.shape[0] % x.shape[1] == 0)
+    return (cpu_conv_forms(x) and x.dtype in FORWARD_FORM_DTYPES and weight.dtype == x.dtype and x.dim() == 4
+            and weight.dim() == 4 and weight.shape[1] == 1 and weight.shape[0] % x.shape[1] == 0)
 
 
 def uses_forward_input_grad(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation) -> bool:
@@ -125,8 +125,9 @@ def weight_grad_by_forward_conv(grad: torch.Tensor, x: torch.Tensor, kernel_hw, 
 def depthwise_input_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride, padding,
                          dilation) -> torch.Tensor:
     """dL/dx of the depthwise conv of x (groups = x's channels; x's values are not read): by a
-    forward conv where uses_forward_input_grad says so, else by PyTorch's convolution backward."""
-    if uses_forward_input_grad(x, weight, stride, padding, dilation):
+    forward conv where uses_forward_input_grad says so (and grad has x's dtype), else by PyTorch's
+    convolution backward."""
+    if grad.dtype == x.dtype and uses_forward_input_grad(x, weight, stride, padding, dilation):
         return input_grad_by_forward_conv(grad, weight, padding, dilation)
     return torch.ops.aten.convolution_backward(grad, x, weight, None, _pair(stride), _pair(padding), _pair(dilation),
                                                False, [0, 0], x.shape[1], [True, False, False])[0]
@@ -135,8 +136,8 @@ def depthwise_input_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
 def depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride, padding,
                           dilation) -> torch.Tensor:
     """dL/dweight of the depthwise conv of x (groups = x's channels): by a forward conv where
-    uses_forward_weight_grad says so, else by PyTorch's convolution backward."""
-    if uses_forward_weight_grad(x, weight, stride, padding, dilation):
+    uses_forward_weight_grad says so (and grad has x's dtype), else by PyTorch's convolution backward."""
+    if grad.dtype == x.dtype and uses_forward_weight_grad(x, weight, stride, padding, dilation):
         return weight_grad_by_forward_conv(grad, x, weight.shape[-2:], stride, padding, dilation).to(weight.dtype)
     return torch.ops.aten.convolution_backward(grad, x, weight, None, _pair(stride), _pair(padding), _pair(dilation),
                                                False, [0, 0], x.shape[1], [False, True, False])[1]
@@ -166,9 +167,9 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=0,
     """F.conv2d(x, weight, None, stride, padding, dilation, groups=x.shape[1]) (weight
     [C·M, 1, K_h, K_w], zero padding given as ints), whose gradients are computed as forward convs
     where uses_forward_input_grad / uses_forward_weight_grad say so; elsewhere (or while
-    torch.compile traces) simply F.conv2d."""
+    torch.compile traces, or under autocast, which casts F.conv2d's operands) simply F.conv2d."""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    if (torch.compiler.is_compiling() or not torch.is_grad_enabled()
+    if (torch.compiler.is_compiling() or not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type)
             or not (x.requires_grad or weight.requires_grad)
             or not (uses_forward_input_grad(x, weight, stride, padding, dilation)
                     or uses_forward_weight_grad(x, weight, stride, padding, dilation))):

@@ -105,15 +105,16 @@ def _x(h, w, c=8, dtype=torch.float32, nhwc=True, device="cpu"):
     return x.contiguous(memory_format=torch.channels_last) if nhwc and device == "cpu" else x
 
 
-def _w(c, k, m=1):
-    return torch.empty(c * m, 1, k, k)
+def _w(c, k, m=1, dtype=torch.float32):
+    return torch.empty(c * m, 1, k, k, dtype=dtype)
 
 
 def test_the_rules_take_the_forward_forms_where_they_were_measured_faster():
     """The rules of benchmarks/RESULTS.md 2026-12-05 (fourth entry), case by case."""
     # input gradient: stride 1, no multiplier, padding ≤ d·(k − 1); CPU fp32/fp64 only
     assert uses_forward_input_grad(_x(16, 16), _w(8, 3), 1, 1, 1) and uses_forward_input_grad(_x(4, 4), _w(8, 3), 1, 2, 2)
-    assert uses_forward_input_grad(_x(4, 4, dtype=torch.float64, nhwc=False), _w(8, 5), 1, 2, 1)
+    assert uses_forward_input_grad(_x(4, 4, dtype=torch.float64, nhwc=False), _w(8, 5, dtype=torch.float64), 1, 2, 1)
+    assert not uses_forward_input_grad(_x(4, 4, dtype=torch.float64), _w(8, 5), 1, 2, 1)  # the weight's dtype differs
     assert not uses_forward_input_grad(_x(8, 8), _w(8, 3), 2, 1, 1)  # stride 2
     assert not uses_forward_input_grad(_x(8, 8), _w(8, 3, m=2), 1, 1, 1)  # a channel multiplier
     assert not uses_forward_input_grad(_x(8, 8), _w(8, 3), 1, 3, 1)  # padding > d·(k − 1)
@@ -134,6 +135,7 @@ def test_the_rules_take_the_forward_forms_where_they_were_measured_faster():
     assert not uses_forward_weight_grad(_x(4, 4, nhwc=False), _w(8, 3, m=4), 1, 2, 2)
     assert not uses_forward_weight_grad(_x(8, 8), _w(8, 5, m=2), 1, 2, 1)  # undilated
     assert not uses_forward_weight_grad(_x(8, 8, dtype=torch.float16), _w(8, 5), 1, 2, 1)
+    assert not uses_forward_weight_grad(_x(8, 8), _w(8, 5, dtype=torch.float64), 1, 2, 1)
 
 
 def test_a_weight_that_does_not_fit_gets_pytorchs_error():
@@ -182,3 +184,41 @@ def test_a_step_standing_in_for_cuda_takes_no_cpu_formulation():
             conv2d_live_taps(_x(8, 8), w, 2, 2, 2, 8)
     assert cpu_conv_forms(x)
     assert type(conv2d_live_taps(x, w, 1, 2, 2, 8).grad_fn).__name__ == "MulBackward0"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_under_cpu_autocast_the_conv_is_pytorchs(channels_last, fresh_seed):
+    """Under CPU bf16 autocast (--amp bf16) F.conv2d casts an fp32 x and weight to bf16 and its
+    gradient arrives in bf16: depthwise_conv2d and conv2d_live_taps then give F.conv2d's output
+    and gradients (the forward forms would mix fp32 weights with a bf16 gradient); bf16 operands
+    take PyTorch's backward."""
+    from ndarts.conv_taps import conv2d_live_taps
+    from ndarts.depthwise_cpu_grads import depthwise_input_grad, depthwise_weight_grad
+
+    gen = torch.Generator().manual_seed(fresh_seed)
+    for geometry in [(5, 7, 3, 3, 1, 2, 2, 1), (8, 8, 5, 5, 1, 2, 1, 1), (4, 4, 5, 5, 1, 4, 2, 1)]:
+        x, w, _ = _inputs(geometry, torch.float32, channels_last, gen)
+        stride, padding, dilation = geometry[4:7]
+        assert uses_forward_input_grad(x, w, stride, padding, dilation)
+        results = []
+        for conv in (lambda a, b: F.conv2d(a, b, None, stride, padding, dilation, a.shape[1]),
+                     lambda a, b: depthwise_conv2d(a, b, stride, padding, dilation),
+                     lambda a, b: conv2d_live_taps(a, b, stride, padding, dilation, a.shape[1])):
+            a, b = x.clone().requires_grad_(), w.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = conv(a, b)
+            assert y.dtype == torch.bfloat16
+            y.float().square().sum().backward()
+            results.append((y.float(), a.grad, b.grad))
+        want = results[0]
+        for got in results[1:]:
+            for g_, w_ in zip(got, want):
+                torch.testing.assert_close(g_, w_, atol=3e-2, rtol=3e-2)
+        g = torch.randn(want[0].shape, generator=gen).to(torch.bfloat16)
+        want_x, want_w = torch.ops.aten.convolution_backward(
+            g, x.to(torch.bfloat16), w.to(torch.bfloat16), None, [stride] * 2, [padding] * 2, [dilation] * 2, False,
+            [0, 0], x.shape[1], [True, True, False])[:2]
+        got_x = depthwise_input_grad(g, x.to(torch.bfloat16), w.to(torch.bfloat16), stride, padding, dilation)
+        torch.testing.assert_close(got_x, want_x)
+        got_w = depthwise_weight_grad(g, x.to(torch.bfloat16), w.to(torch.bfloat16), stride, padding, dilation)
+        torch.testing.assert_close(got_w, want_w)
