@@ -34,12 +34,19 @@ class _FanOut(torch.autograd.Function):
 
 def sum_gradients(grads, backend=None) -> torch.Tensor:
     """Σ grads: one kernel where the search-op kernels run (three or more terms, first-order
-    backward); torch's adds otherwise."""
+    backward); torch's adds otherwise, in the same order, the third term on accumulated into the
+    sum of the first two where no graph is recorded (one new tensor, not one per add: on a CPU a
+    fresh tensor of a few MiB costs more in page faults than the add itself)."""
     if len(grads) > 2 and not torch.is_grad_enabled() and graph_kernels_enabled(backend, grads[0]):
         import ndarts_kernels
 
         return ndarts_kernels.tensor_sum(grads)
-    return functools.reduce(operator.add, grads)
+    if len(grads) < 3 or torch.is_grad_enabled():
+        return functools.reduce(operator.add, grads)
+    total = grads[0] + grads[1]
+    for g in grads[2:]:
+        total.add_(g)
+    return total
 
 
 def fan_out(x: torch.Tensor, n: int, backend=None) -> tuple:

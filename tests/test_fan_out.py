@@ -78,6 +78,26 @@ def test_fan_out_gradient_is_autograds(backend, fresh_seed):
         assert alias.data_ptr() == x.data_ptr() and torch.equal(alias, x)  # aliases: no copy
 
 
+@pytest.mark.parametrize("terms", [1, 2, 3, 4, 5])
+def test_torch_sum_adds_in_autograds_order_and_leaves_the_terms(terms, fresh_seed):
+    """Off the kernels, Σ grads is ((g0 + g1) + g2) + …, bit for bit, in a new tensor (the terms from
+    the third on are accumulated into it in place), on mixed NCHW / channels_last terms as a
+    reduction cell's inputs receive them; no term is changed."""
+    from ndarts.fan_out import sum_gradients
+
+    grads = [torch.randn(3, 5, 7, 6) for _ in range(terms)]
+    grads[::2] = [g.contiguous(memory_format=torch.channels_last) for g in grads[::2]]
+    before = [g.clone() for g in grads]
+    want = before[0]
+    for g in before[1:]:
+        want = want + g
+    with torch.no_grad():
+        got = sum_gradients(list(grads), "torch")
+    assert torch.equal(got, want)
+    assert all(torch.equal(g, b) for g, b in zip(grads, before))
+    assert terms == 1 or all(got.data_ptr() != g.data_ptr() for g in grads)
+
+
 def test_fan_out_is_twice_differentiable(fresh_seed):
     """Under double backward (the architect's exact Hessian-vector product) the sum stays torch's,
     so the gradient is differentiable."""
