@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from .backend import cpu_conv_forms
+from .conv_geometry import conv_output_size
+from .conv_geometry import pair as _pair
 from .depthwise_cpu_grads import depthwise_conv2d
 
 
@@ -37,7 +39,7 @@ def _dead_border_taps(size: int, k: int, stride: int, padding: int, dilation: in
     """t: how many taps at each end of one axis of a k-tap kernel meet only the zero padding at
     every output position (the same count at both ends, the smaller of the two), for an input of
     `size` along that axis; 0 when every tap meets the image somewhere (or the output is empty)."""
-    out = (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    out = conv_output_size(size, k, stride, padding, dilation)
     if out < 1 or size < 1:
         return 0
 
@@ -53,10 +55,6 @@ def _dead_border_taps(size: int, k: int, stride: int, padding: int, dilation: in
 # a step asks for the same few geometries again and again (torch.compile traces the plain function:
 # it would ignore the cache and warn)
 dead_border_taps = functools.lru_cache(maxsize=4096)(_dead_border_taps)
-
-
-def _pair(v) -> tuple[int, int]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def live_kernel(weight: torch.Tensor, input_hw, stride, padding, dilation):

@@ -40,18 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from .backend import cpu_conv_forms
+from .conv_geometry import output_positions, stored_channels_last
+from .conv_geometry import pair as _pair
 from .grad_use import grads_used
 
 FORWARD_FORM_DTYPES = (torch.float32, torch.float64)
 MAX_OUTPUT_POSITIONS = 64  # Ho·Wo; above it the forward-form weight gradient was the slower (16×16 and up)
-
-
-def _pair(v) -> tuple[int, int]:
-    return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def _fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -80,17 +74,14 @@ def uses_forward_weight_grad(x: torch.Tensor, weight: torch.Tensor, stride, padd
     cases measured faster)."""
     if not _fits(x, weight):
         return False
-    (k_h, k_w), (s_h, s_w), (p_h, p_w), (d_h, d_w) = (tuple(weight.shape[-2:]), _pair(stride), _pair(padding),
-                                                      _pair(dilation))
-    c, (h, w) = x.shape[1], x.shape[-2:]
-    positions = _out_size(h, k_h, s_h, p_h, d_h) * _out_size(w, k_w, s_w, p_w, d_w)
+    (k_h, k_w), (d_h, d_w), c, (h, w) = weight.shape[-2:], _pair(dilation), x.shape[1], x.shape[-2:]
+    positions = output_positions((h, w), (k_h, k_w), stride, padding, dilation)
     if not 1 < positions <= MAX_OUTPUT_POSITIONS:
         return False
     dilated, large = max(d_h, d_w) > 1, max(k_h, k_w) > 3
     if weight.shape[0] == c:
         return dilated or large or h < k_h or w < k_w
-    nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    return nhwc and dilated and (large or positions <= 16)
+    return stored_channels_last(x) and dilated and (large or positions <= 16)
 
 
 def input_grad_by_forward_conv(grad: torch.Tensor, weight: torch.Tensor, padding, dilation) -> torch.Tensor:
@@ -111,7 +102,7 @@ def weight_grad_by_forward_conv(grad: torch.Tensor, x: torch.Tensor, kernel_hw, 
     (k_h, k_w), stride, padding, dilation = _pair(kernel_hw), _pair(stride), _pair(padding), _pair(dilation)
     if grad.shape[0] != n or cm != c * m:
         raise ValueError(f"weight_grad_by_forward_conv: grad {tuple(grad.shape)} does not fit x {tuple(x.shape)}")
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if stored_channels_last(x):
         # [N, H, W, C] in memory → one image of N·C·M channels in NHWC ([H, W, N, C, M] in memory)
         planes = x.permute(2, 3, 0, 1).unsqueeze(-1).expand(h, w, n, c, m).reshape(1, h, w, n * cm)
         planes = planes.permute(0, 3, 1, 2)

@@ -44,6 +44,7 @@ from torch.autograd.function import once_differentiable
 
 from .backend import cpu_conv_forms, graph_kernels_enabled
 from .batch_norm import search_batch_norms
+from .conv_geometry import output_positions, stored_channels_last
 from .conv_taps import conv2d_live_taps, depthwise_live_taps, live_kernel, reads_one_phase
 from .depthwise_conv import _square, depthwise_conv_of_relu
 from .fan_out import fan_out
@@ -74,7 +75,7 @@ def multiplier_path(r: torch.Tensor) -> bool:
     """Whether the first stage of the grouped stacks may run in the channel-multiplier formulation:
     for channels_last CPU tensors (oneDNN). Everywhere else (GPU, Triton) the edge-major one, which
     launches fewer kernels (no per-call weight ops). Which stacks use it: GroupedConvStack.uses_multiplier."""
-    return cpu_conv_forms(r) and not r.is_contiguous() and r.is_contiguous(memory_format=torch.channels_last)
+    return cpu_conv_forms(r) and stored_channels_last(r)
 
 
 def repeat_channels(r: torch.Tensor, times: int) -> torch.Tensor:
@@ -84,7 +85,7 @@ def repeat_channels(r: torch.Tensor, times: int) -> torch.Tensor:
     if times == 1:
         return r
     n, c, h, w = r.shape
-    if not r.is_contiguous() and r.is_contiguous(memory_format=torch.channels_last):
+    if stored_channels_last(r):
         nhwc = r.permute(0, 2, 3, 1).unsqueeze(3).expand(n, h, w, times, c).reshape(n, h, w, times * c)
         return nhwc.permute(0, 3, 1, 2)
     return r.repeat(1, times, 1, 1)
@@ -97,7 +98,7 @@ def repeat_sources(rs, counts) -> torch.Tensor:
     if len(rs) == 1:
         return repeat_channels(rs[0], counts[0])
     r = rs[0]
-    if not r.is_contiguous() and r.is_contiguous(memory_format=torch.channels_last):
+    if stored_channels_last(r):
         return torch.cat([repeat_channels(x, k) for x, k in zip(rs, counts)], dim=1)  # keeps channels_last
     n, c, h, w = r.shape
     parts = [x.unsqueeze(1).expand(n, k, c, h, w) for x, k in zip(rs, counts)]
@@ -168,7 +169,7 @@ class _EdgeSplit(torch.autograd.Function):
         n, ec, h, w = y.shape
         c = ec // edges
         ctx.shape = y.shape
-        ctx.channels_last = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+        ctx.channels_last = stored_channels_last(y)
         if ctx.channels_last:
             # memory [N, H, W, E, C] → [E, N, H, W, C]: each edge a channels_last [N, C, H, W]
             parts = y.permute(0, 2, 3, 1).reshape(n, h, w, edges, c).permute(3, 0, 1, 2, 4).contiguous()
@@ -235,11 +236,9 @@ class GroupedConvStack(nn.Module):
                                       self.dw1.dilation)
         if reads_one_phase(self.dw1.stride, padding, self.dw1.dilation):
             return False
-        k_h, k_w = weight.shape[-2:]
-        if k_h == 1 and k_w == 1:
+        if weight.shape[-2:] == (1, 1):
             return False
-        (h, w), (s_h, s_w), (d_h, d_w), (p_h, p_w) = r.shape[-2:], self.dw1.stride, self.dw1.dilation, padding
-        positions = ((h + 2 * p_h - d_h * (k_h - 1) - 1) // s_h + 1) * ((w + 2 * p_w - d_w * (k_w - 1) - 1) // s_w + 1)
+        positions = output_positions(r.shape[-2:], weight.shape[-2:], self.dw1.stride, padding, self.dw1.dilation)
         return positions > MULTIPLIER_MIN_POSITIONS
 
     def _conv_pair(self, r: torch.Tensor, dw: nn.Conv2d, pw: nn.Conv2d, relu_of: torch.Tensor | None = None):

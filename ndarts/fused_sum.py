@@ -18,6 +18,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .backend import TRITON_DTYPES, resolve_backend
+from .conv_geometry import stored_channels_last
 from .grad_use import grads_used
 from .noise import (
     NO_NOISE,
@@ -102,7 +103,7 @@ def _reference_backward(grad, operands, weights, seed, std, skip_index, kind, mu
 
 
 def _memory_format(t):
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+    if t.dim() == 4 and stored_channels_last(t):
         return torch.channels_last
     return torch.contiguous_format
 
