@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -45,13 +46,7 @@ class RunDir:
             atomic_write_text(self.path / "config.json", json.dumps(config, indent=1, sort_keys=True) + "\n")
 
     def read_config(self) -> dict | None:
-        p = self.path / "config.json"
-        if not p.exists():
-            return None
-        try:
-            return json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise NdartsError(f"{p} is unreadable or corrupt: {e}") from None
+        return saved_config(self.path)
 
     def check_same_config(self, config: dict, keys) -> None:
         """A resumed run must share these settings with the run it continues."""
@@ -118,15 +113,50 @@ def write_scalars(writer, record: dict, keys, step: int) -> None:
     writer.flush()
 
 
-def config_values(args, presets, kind: str, drop=()) -> dict:
+def explicit_flags(parser: argparse.ArgumentParser, argv=None) -> frozenset[str]:
+    """The destinations of the options given on the command line `argv` (None: sys.argv), not left
+    at their defaults: parsed into a namespace that already holds a marker for every option, which
+    argparse then leaves where no option sets it."""
+    unset = object()
+    marked = argparse.Namespace(**{dest: unset for dest in vars(parser.parse_args([]))})
+    return frozenset(k for k, v in vars(parser.parse_args(argv, namespace=marked)).items() if v is not unset)
+
+
+def config_values(args, presets, kind: str, drop=(), given=None) -> dict:
     """The settings of a CLI run: the flags given, then each preset for what is still unset, and
-    --out defaulting to runs/<kind>-<time> (but required with --resume)."""
+    --out defaulting to runs/<kind>-<time> (but required with --resume).
+
+    With --resume, every setting not given on this command line is the run's own, from its
+    config.json: ``--out DIR --resume`` alone continues the run as it was started (its epochs,
+    learning rates, --fused, ...), not with this command's defaults; a flag given now overrides it
+    (those the checkpoint's network depends on must then still agree with it: the Searcher and
+    Trainer check). given: the destinations given explicitly (explicit_flags); None counts every
+    option as given."""
     values = {k: v for k, v in vars(args).items() if v is not None and k not in drop}
-    for preset in presets:
-        for k, v in preset.items():
-            values.setdefault(k, v)
     if args.out is None:
         if args.resume:
             raise NdartsError("--resume needs --out DIR: the run directory to continue")
         values["out"] = f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    elif args.resume and given is not None:
+        saved = saved_config(args.out) or {}
+        for k in vars(args):
+            if k in saved and k not in given and k not in drop and k not in ("out", "resume"):
+                values[k] = saved[k]
+    for preset in presets:
+        for k, v in preset.items():
+            values.setdefault(k, v)
     return values
+
+
+def saved_config(path) -> dict | None:
+    """The config.json of the run directory `path` (None where there is none)."""
+    p = Path(path) / "config.json"
+    if not p.exists():
+        return None
+    try:
+        config = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise NdartsError(f"{p} is unreadable or corrupt: {e}") from None
+    if not isinstance(config, dict):
+        raise NdartsError(f"{p} is corrupt: it holds a {type(config).__name__}, not the run's settings")
+    return config

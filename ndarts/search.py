@@ -14,7 +14,7 @@ import argparse
 from .errors import cli_errors
 from .noise import MIXTURES, NOISE_KINDS, POSITIONS
 from .operations import SPACES
-from .rundir import config_values
+from .rundir import config_values, explicit_flags
 from .searcher import TRITON_CONVS, SearchConfig, Searcher
 
 # The embedded dataset is 1,437 8×8 training images: a small network and few epochs suffice.
@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args) -> SearchConfig:
-    values = config_values(args, [DIGITS_PRESET] if args.dataset == "digits" else [], "search")
+def config_from_args(args, given=None) -> SearchConfig:
+    """The run's settings from the parsed flags; given: the flags given explicitly (explicit_flags),
+    for --resume (rundir.config_values)."""
+    values = config_values(args, [DIGITS_PRESET] if args.dataset == "digits" else [], "search", given=given)
     cfg = SearchConfig(**values)
     cfg.validate()
     return cfg
@@ -114,8 +116,9 @@ def config_from_args(args) -> SearchConfig:
 
 @cli_errors
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args, explicit_flags(parser, argv))
     from .distributed import distributed_context
 
     with distributed_context(cfg.device) as dist:

@@ -183,8 +183,8 @@ class Searcher:
         self.start_epoch = 0
         if cfg.resume:
             self._load_checkpoint()
-        else:
-            self.run.write_config(cfg.to_dict())
+        # a resumed run records the settings it goes on with (a longer --epochs, say): the next resume reads them
+        self.run.write_config(cfg.to_dict())
         self.writer = writer_cls(log_dir=str(self.run.path / "tensorboard")) if writer_cls is not None else None
 
     # ------------------------------------------------------------------ set-up

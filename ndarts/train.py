@@ -15,7 +15,7 @@ import argparse
 
 from .errors import NdartsError, cli_errors
 from .eval_model import NETWORKS
-from .rundir import config_values
+from .rundir import config_values, explicit_flags
 from .trainer import AMP_MODES, LR_SCHEDULES, TrainConfig, Trainer
 
 # 1,437 8×8 training images: a small network, few epochs, no cutout (nothing to cut out of 8×8).
@@ -82,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args) -> TrainConfig:
+def config_from_args(args, given=None) -> TrainConfig:
     presets = ([DIGITS_PRESET] if args.dataset == "digits" else []) + \
         ([IMAGENET_PRESET] if args.network == "imagenet" else [])
-    values = config_values(args, presets, "train", drop=("threads",))
+    values = config_values(args, presets, "train", drop=("threads",), given=given)
     cfg = TrainConfig(**values)
     cfg.validate()
     return cfg
@@ -93,8 +93,9 @@ def config_from_args(args) -> TrainConfig:
 
 @cli_errors
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args, explicit_flags(parser, argv))
     if args.threads is not None:
         if args.threads < 1:
             raise NdartsError(f"--threads must be >= 1, got {args.threads}")

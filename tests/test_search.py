@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from ndarts.errors import NdartsError
 from ndarts.search import main
 from ndarts.searcher import SearchConfig, Searcher
 
@@ -119,6 +120,65 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, order):
         assert torch.equal(x, y)
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2]
+
+
+def test_bare_resume_continues_the_run_with_its_own_settings(tmp_path, monkeypatch):
+    """`--out DIR --resume` alone, after a run started with non-default flags (--fused, a learning
+    rate, λ, epochs): the run goes on with its own settings from config.json, not this command's
+    defaults, and ends exactly as the uninterrupted run; a flag given with --resume wins."""
+    flags = [*TINY, "--epochs", "3", "--learning-rate", "0.03", "--noise-lambda", "0.3", "--fused", "--eval-every", "2"]
+    main([*flags, "--out", str(tmp_path / "full")])
+
+    class Stop(Exception):
+        pass
+
+    real_epoch = Searcher._epoch
+
+    def stop_after_first(self, epoch):
+        if epoch == 1:
+            raise Stop
+        real_epoch(self, epoch)
+
+    monkeypatch.setattr(Searcher, "_epoch", stop_after_first)
+    with pytest.raises(Stop):
+        main([*flags, "--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(Searcher, "_epoch", real_epoch)
+    main(["--out", str(tmp_path / "cut"), "--resume"])
+    read = {run: json.loads((tmp_path / run / "config.json").read_text()) for run in ("full", "cut")}
+    for config in read.values():
+        config.pop("out"), config.pop("resume")
+    assert read["cut"] == read["full"]
+    assert (read["cut"]["epochs"], read["cut"]["learning_rate"], read["cut"]["fused"]) == (3, 0.03, True)
+    records = {run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+               for run in ("full", "cut")}
+    assert [r["epoch"] for r in records["cut"]] == [0, 1, 2]
+    assert records["cut"][-1]["alphas_normal"] == records["full"][-1]["alphas_normal"]
+    assert records["cut"][-1]["genotype"] == records["full"][-1]["genotype"]
+    # a flag given now overrides the run's (a longer schedule), and is recorded for the next resume
+    main(["--out", str(tmp_path / "cut"), "--resume", "--epochs", "4"])
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["epochs"] == 4
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+
+
+def test_explicit_flags_and_resume_settings(tmp_path):
+    """Which flags a command line gives (the others come from the run's config.json on --resume)."""
+    from ndarts.rundir import explicit_flags
+    from ndarts.search import build_parser, config_from_args
+
+    parser = build_parser()
+    argv = ["--out", str(tmp_path), "--resume", "--fused", "--learning-rate", "0.05", "--no-batch-edge-convs"]
+    assert explicit_flags(parser, argv) == {"out", "resume", "fused", "learning_rate", "batch_edge_convs"}
+    assert explicit_flags(parser, []) == set()
+    saved = {**SearchConfig(epochs=7, learning_rate=0.02, fused=True, layers=6, max_steps=None).to_dict(),
+             "out": "elsewhere", "resume": False}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    args = parser.parse_args(["--out", str(tmp_path), "--resume", "--learning-rate", "0.05"])
+    cfg = config_from_args(args, explicit_flags(parser, ["--out", str(tmp_path), "--resume", "--learning-rate", "0.05"]))
+    assert (cfg.epochs, cfg.layers, cfg.fused, cfg.max_steps) == (7, 6, True, None)  # the run's, not the digits preset's
+    assert cfg.learning_rate == 0.05 and cfg.out == str(tmp_path) and cfg.resume  # given now
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(NdartsError, match="corrupt"):
+        config_from_args(args, explicit_flags(parser, ["--out", str(tmp_path), "--resume"]))
 
 
 @pytest.mark.parametrize("layout", ["old_grouped_layout", "split_input_layout"])

@@ -78,6 +78,25 @@ def test_train_resume_evaluate(tmp_path, capsys):
                       "init_channels")
 
 
+def test_bare_resume_keeps_the_run_settings(tmp_path):
+    """`--out DIR --resume` with only a longer --epochs: the network, batch and learning rate are
+    the run's own (config.json), not this command's defaults (C 16 and 8 cells on digits); the
+    run ends as the one done in one go with those settings."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_train(a, "--epochs", "1", "--learning-rate", "0.01", "--no-auxiliary")
+    train.main(["--out", str(a), "--resume", "--epochs", "2"])
+    run_train(b, "--epochs", "2", "--learning-rate", "0.01", "--no-auxiliary")
+    read = [json.loads((run / "config.json").read_text()) for run in (a, b)]
+    for config in read:
+        config.pop("out"), config.pop("resume")
+    assert read[0] == read[1] and read[0]["init_channels"] == 4 and read[0]["auxiliary"] is False
+    ra, rb = metrics(a), metrics(b)
+    assert [r["epoch"] for r in ra] == [0, 1]
+    for x, y in zip(ra, rb):
+        for k in ("lr", "train_loss", "test_loss"):
+            assert x[k] == pytest.approx(y[k], rel=1e-6, abs=1e-9), k
+
+
 def test_bf16_autocast_and_no_auxiliary(tmp_path):
     run_train(tmp_path / "r", "--epochs", "1", "--amp", "bf16", "--no-auxiliary", "--genotype", "DARTS_V2")
     (r,) = metrics(tmp_path / "r")
