@@ -120,9 +120,12 @@ def _noisy_mixed_sum_op(
     lam: float,
     mean: float,
     use_triton: bool,
-    scale: torch.Tensor | None = None,
+    scale: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """scale: None (lam, mean are λ_eff, μ_eff) or the decay scale on the device (noise.split_scale)."""
+    """scale: None (lam, mean are λ_eff, μ_eff) or the decay scale on the device (noise.split_scale).
+    It has no default: the registered backward returns one entry per argument, and PyTorch 2.11
+    (the GPU machines' image) hands setup_context the defaults too while it checks the backward's
+    return against the arguments as passed; every argument always passed keeps the two equal."""
     if use_triton:
         import ndarts_kernels
 
@@ -132,7 +135,7 @@ def _noisy_mixed_sum_op(
 
 
 @_noisy_mixed_sum_op.register_fake
-def _(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton, scale=None):
+def _(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton, scale):
     first = operands[0]
     return torch.empty_like(first), first.new_empty((1,), dtype=torch.float32)
 
@@ -170,18 +173,18 @@ def _(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam,
 
 
 def _setup_context(ctx, inputs, output):
-    operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton, *rest = inputs
-    scale = rest[0] if rest else None  # the schema's default, where the caller left it out
+    operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton, scale = inputs
     _, std = output
     ctx.save_for_backward(weights, seed, std, *operands)
     ctx.params = (skip_index, kind, multiplicative, lam, mean, use_triton)
-    ctx.scale, ctx.num_inputs = scale, len(inputs)
+    ctx.scale = scale
 
 
 def _backward(ctx, grad_y, grad_std):
     weights, seed, std, *operands = ctx.saved_tensors
     out = _noisy_mixed_sum_backward_op(grad_y, operands, weights, seed, std, *ctx.params, ctx.scale)
-    return list(out[:-1]), out[-1].to(weights.dtype), *(None,) * (ctx.num_inputs - 2)
+    # operands, weights, then none for seed, skip_index, kind, multiplicative, lam, mean, use_triton, scale
+    return list(out[:-1]), out[-1].to(weights.dtype), *(None,) * 8
 
 
 _noisy_mixed_sum_op.register_autograd(_backward, setup_context=_setup_context)

@@ -197,7 +197,7 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error():
 def _op_args(use_triton, k=3, shape=(2, 3, 4, 5)):
     ops = [torch.randn(shape, requires_grad=True) for _ in range(k)]
     w = torch.softmax(torch.randn(k), 0).requires_grad_()
-    return (ops, w, draw_seed("cpu"), 1, 1, False, 0.2, 0.0, use_triton)
+    return (ops, w, draw_seed("cpu"), 1, 1, False, 0.2, 0.0, use_triton, None)
 
 
 @pytest.mark.parametrize("use_triton", [False, True])
