@@ -1,4 +1,5 @@
 """The search end to end on the embedded data: one epoch, run files, determinism, resume, CLI errors."""
+import contextlib
 import json
 import subprocess
 import sys
@@ -22,6 +23,26 @@ def _cfg(out, **kw):
 
 def _alphas(searcher):
     return [a.detach().clone() for a in searcher.model.arch_parameters()]
+
+
+class _Killed(Exception):
+    """Raised in place of epoch 1: a run killed after its first epoch's checkpoint."""
+
+
+@contextlib.contextmanager
+def _killed_after_first_epoch(monkeypatch):
+    """The search run inside stops where epoch 1 would begin (its checkpoint of epoch 0 written)."""
+    real_epoch = Searcher._epoch
+
+    def stop_after_first(self, epoch):
+        if epoch == 1:
+            raise _Killed
+        real_epoch(self, epoch)
+
+    monkeypatch.setattr(Searcher, "_epoch", stop_after_first)
+    with pytest.raises(_Killed):
+        yield
+    monkeypatch.setattr(Searcher, "_epoch", real_epoch)
 
 
 def test_one_epoch_end_to_end_writes_the_run_directory(tmp_path, capsys):
@@ -97,20 +118,8 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, order):
     full = Searcher(_cfg(tmp_path / "full", epochs=3, order=order))
     g_full = full.run_search()
 
-    class Stop(Exception):
-        pass
-
-    real_epoch = Searcher._epoch
-
-    def stop_after_first(self, epoch):
-        if epoch == 1:
-            raise Stop
-        real_epoch(self, epoch)
-
-    monkeypatch.setattr(Searcher, "_epoch", stop_after_first)
-    with pytest.raises(Stop):
+    with _killed_after_first_epoch(monkeypatch):
         Searcher(_cfg(tmp_path / "cut", epochs=3, order=order)).run_search()
-    monkeypatch.setattr(Searcher, "_epoch", real_epoch)
     torch.manual_seed(12345)  # whatever the process did in between must not matter
     resumed = Searcher(_cfg(tmp_path / "cut", epochs=3, order=order, resume=True))
     assert resumed.start_epoch == 1
@@ -129,20 +138,8 @@ def test_bare_resume_continues_the_run_with_its_own_settings(tmp_path, monkeypat
     flags = [*TINY, "--epochs", "3", "--learning-rate", "0.03", "--noise-lambda", "0.3", "--fused", "--eval-every", "2"]
     main([*flags, "--out", str(tmp_path / "full")])
 
-    class Stop(Exception):
-        pass
-
-    real_epoch = Searcher._epoch
-
-    def stop_after_first(self, epoch):
-        if epoch == 1:
-            raise Stop
-        real_epoch(self, epoch)
-
-    monkeypatch.setattr(Searcher, "_epoch", stop_after_first)
-    with pytest.raises(Stop):
+    with _killed_after_first_epoch(monkeypatch):
         main([*flags, "--out", str(tmp_path / "cut")])
-    monkeypatch.setattr(Searcher, "_epoch", real_epoch)
     main(["--out", str(tmp_path / "cut"), "--resume"])
     read = {run: json.loads((tmp_path / run / "config.json").read_text()) for run in ("full", "cut")}
     for config in read.values():
