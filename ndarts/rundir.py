@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ class RunDir:
         if existing and not resume:
             raise NdartsError(f"{self.path} already holds a run; pass --resume to continue it, "
                               "or choose another --out (a run is never overwritten)")
+        self.created = rank0 and not self.path.exists()
         if rank0:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -40,6 +42,21 @@ class RunDir:
                 probe.unlink()
             except OSError as e:
                 raise NdartsError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from None
+
+    @contextlib.contextmanager
+    def removed_if_unused(self):
+        """Around a run's set-up: where it fails (missing data, say), the directory this
+        RunDir created is removed again if nothing was written into it, so that a failed start
+        leaves no empty run directory behind."""
+        try:
+            yield
+        except BaseException:
+            if self.created:
+                try:
+                    self.path.rmdir()  # only ever an empty directory
+                except OSError:
+                    pass
+            raise
 
     def write_config(self, config: dict) -> None:
         if self.rank0:

@@ -173,18 +173,19 @@ class Searcher:
         self.device = dist.device if dist is not None else resolve_device(cfg.device)
         writer_cls = summary_writer_class() if cfg.tensorboard and self.rank0 else None  # fail before touching --out
         self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0)
-        if dist is not None:
-            dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
-        if cfg.resume:
-            self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
-            self._keep_checkpoint_layout()
-        seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
-        self._build()
-        self.start_epoch = 0
-        if cfg.resume:
-            self._load_checkpoint()
-        # a resumed run records the settings it goes on with (a longer --epochs, say): the next resume reads them
-        self.run.write_config(cfg.to_dict())
+        with self.run.removed_if_unused():
+            if dist is not None:
+                dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
+            if cfg.resume:
+                self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
+                self._keep_checkpoint_layout()
+            seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
+            self._build()
+            self.start_epoch = 0
+            if cfg.resume:
+                self._load_checkpoint()
+            # a resumed run records the settings it goes on with (a longer --epochs, say): the next resume reads them
+            self.run.write_config(cfg.to_dict())
         self.writer = writer_cls(log_dir=str(self.run.path / "tensorboard")) if writer_cls is not None else None
 
     # ------------------------------------------------------------------ set-up

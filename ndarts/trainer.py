@@ -129,15 +129,16 @@ class Trainer:
             raise NdartsError("--amp fp16 needs a CUDA device; on a CPU use --amp bf16")
         writer_cls = summary_writer_class() if cfg.tensorboard and self.rank0 else None  # fail before touching --out
         self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0)
-        if cfg.resume:
-            self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
-        seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
-        self._build()
-        self.start_epoch, self.best_acc = 0, None
-        if cfg.resume:
-            self._load_checkpoint(self.run.checkpoint)
-        # a resumed run records the settings it goes on with (a longer --epochs, say): the next resume reads them
-        self.run.write_config(cfg.to_dict())
+        with self.run.removed_if_unused():
+            if cfg.resume:
+                self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
+            seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
+            self._build()
+            self.start_epoch, self.best_acc = 0, None
+            if cfg.resume:
+                self._load_checkpoint(self.run.checkpoint)
+            # a resumed run records the settings it goes on with (a longer --epochs, say): the next resume reads them
+            self.run.write_config(cfg.to_dict())
         self.writer = writer_cls(log_dir=str(self.run.path / "tensorboard")) if writer_cls is not None else None
 
     # ------------------------------------------------------------------ set-up

@@ -232,6 +232,15 @@ def test_cli_errors_are_one_clear_line(tmp_path, args, message):
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()  # a failed start leaves no empty run directory
+
+
+def test_a_failed_start_keeps_a_directory_it_did_not_make(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    r = _run_cli("--dataset", "cifar10", "--data", str(tmp_path / "none"), "--out", str(out))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    assert out.is_dir()
 
 
 def test_resume_needs_a_run_directory(tmp_path):
