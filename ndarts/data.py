@@ -37,7 +37,23 @@ class InMemoryDataset(Dataset):
     augmentation = Augmentation()
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError(f"InMemoryDataset takes two tensors (images, labels), got {type(x).__name__} and "
+                            f"{type(y).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"InMemoryDataset images must be [N, C, H, W], got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"InMemoryDataset images must be floating point (normalised), got {x.dtype}")
+        if y.dim() != 1:
+            raise ValueError(f"InMemoryDataset labels must be [N] class indices, got shape {tuple(y.shape)}")
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f"InMemoryDataset labels must be integer class indices, got {y.dtype}")
+        if len(x) != len(y) or len(y) == 0:
+            raise ValueError(f"InMemoryDataset needs one label per image and at least one image, got {len(x)} "
+                             f"images and {len(y)} labels")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("InMemoryDataset images hold NaN or Inf values")
+        self.x, self.y = x, y.long()
         self._copies = {}  # device → (x, y) there
 
     def __len__(self):
@@ -67,6 +83,30 @@ class DataSpec:
     num_classes: int
     in_channels: int
     image_size: int
+
+    def __post_init__(self):
+        for name in ("num_classes", "in_channels", "image_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"DataSpec {name} must be an int >= 1, got {v!r}")
+        for part in ("train", "test"):
+            data = getattr(self, part)
+            if isinstance(data, InMemoryDataset):
+                self._check_tensors(part, data)
+
+    def _check_tensors(self, part: str, data: InMemoryDataset) -> None:
+        """The images and labels of an in-memory dataset agree with what the spec says of them."""
+        _, channels, height, width = data.x.shape
+        if channels != self.in_channels:
+            raise ValueError(f"DataSpec says in_channels={self.in_channels}, but its {part} images have "
+                             f"{channels} channels (shape {tuple(data.x.shape)})")
+        if (height, width) != (self.image_size, self.image_size):
+            raise ValueError(f"DataSpec says image_size={self.image_size} (square images), but its {part} images "
+                             f"are {height}×{width}")
+        low, high = int(data.y.min()), int(data.y.max())
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(f"DataSpec says num_classes={self.num_classes}, but its {part} labels run from "
+                             f"{low} to {high}; labels must be class indices in [0, {self.num_classes})")
 
 
 # ----------------------------------------------------------------------------- datasets

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cell_layout import reduction_cells
 from .conv_taps import cut_dead_taps
 from .genotype import Genotype
 from .operations import OPS, FactorizedReduce, Identity, ReLUConvBN
@@ -134,7 +135,7 @@ class _Network(nn.Module):
         self.cells = nn.ModuleList()
         C_curr, C_aux = C, None
         for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+            reduction = i in reduction_cells(layers)
             if reduction:
                 C_curr *= 2
             cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cell_layout import reduction_cells
 from .genotype import derive_genotype
 from .backend import TRITON_DTYPES, graph_kernels_enabled, kernels_import_error, resolve_backend
 from .batch_norm import search_batch_norms, use_search_batch_norm
@@ -367,7 +368,7 @@ class SearchNetwork(nn.Module):
         self.cells = nn.ModuleList()
         reduction_prev = False
         for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+            reduction = i in reduction_cells(layers)
             if reduction:
                 C_curr *= 2
             cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, make_mixed_op,

@@ -27,6 +27,8 @@ from .graph_step import GraphedEvaluation, evaluation_sums, make_graph_step
 from .meters import EpochMeter
 from .noise import NoiseConfig
 from .operations import SPACES
+from .cell_layout import no_normal_cell_note
+from .config_checks import require_ints, require_numbers, require_optimizer_settings
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import RunDir, summary_writer_class, write_scalars
 from .search_model import SearchNetwork
@@ -110,13 +112,12 @@ class SearchConfig:
     def validate(self) -> None:
         if self.space not in SPACES:
             raise NdartsError(f"unknown search space {self.space!r}; choose one of {sorted(SPACES)}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "eval_every", "init_channels", "layers", "steps"):
-            if getattr(self, name) < 1:
-                raise NdartsError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "arch_learning_rate"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise NdartsError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+        require_ints(self, 1, "epochs", "batch_size", "eval_batch_size", "eval_every", "init_channels", "layers",
+                     "steps", "image_size", "max_steps")
+        require_ints(self, 0, "workers", "report_freq", "hessian_every")
+        require_optimizer_settings(self)
+        require_numbers(self, "arch_learning_rate", low_open=True)
+        require_numbers(self, "arch_weight_decay")
         if self.amp not in SEARCH_AMP:
             raise NdartsError(f"--amp must be one of {sorted(SEARCH_AMP)} for the search, got {self.amp!r} "
                               "(fp16 would need loss scaling)")
@@ -426,6 +427,10 @@ class Searcher:
                 # eager GPU steps are launch-bound: the graph step was 6× faster on an H200 (RESULTS.md)
                 self.run.log("tip: --fused --cuda-graph replays each search step as one CUDA graph "
                              "(6× faster steps on an H200, benchmarks/RESULTS.md)")
+            note = no_normal_cell_note(cfg.layers, "so the normal cell's α gets no gradient and its derived "
+                                                   "cell is not searched")
+            if note:
+                self.run.log(note)
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self._epoch(epoch)

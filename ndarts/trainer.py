@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
+from .cell_layout import no_normal_cell_note
+from .config_checks import require_ints, require_numbers, require_optimizer_settings
 from .data import BatchStream, load_dataset
 from .errors import NdartsError
 from .finite_watch import FiniteWatch
@@ -83,19 +85,15 @@ class TrainConfig:
             raise NdartsError(f"unknown --amp {self.amp!r}; choose one of {AMP_MODES}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise NdartsError(f"unknown --lr-schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}")
-        for name in ("epochs", "batch_size", "init_channels", "layers", "steps"):
-            if getattr(self, name) < 1:
-                raise NdartsError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise NdartsError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        require_ints(self, 1, "epochs", "batch_size", "init_channels", "layers", "steps", "image_size", "max_steps")
+        require_ints(self, 0, "workers", "report_freq", "cutout")
+        require_optimizer_settings(self)
+        require_numbers(self, "lr_gamma", low_open=True)
+        require_numbers(self, "auxiliary_weight")
         if not 0.0 <= self.drop_path_prob < 1.0:
             raise NdartsError(f"--drop-path-prob must be in [0, 1), got {self.drop_path_prob}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise NdartsError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.cutout < 0:
-            raise NdartsError(f"--cutout must be >= 0, got {self.cutout}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise NdartsError(f"--max-steps must be >= 1, got {self.max_steps}")
 
     def resolve_genotype(self) -> Genotype:
         g = load_genotype(self.genotype, steps=self.steps)
@@ -239,6 +237,9 @@ class Trainer:
                          f"on {cfg.dataset}, {self.device}{world}, amp {cfg.amp}, "
                          f"{count_parameters(self.model) / 1e6:.3f} M params (auxiliary tower excluded), "
                          f"{len(self.train_stream)} steps/epoch")
+            note = no_normal_cell_note(cfg.layers, "so the genotype's normal cell is not used")
+            if note:
+                self.run.log(note)
         record = None
         try:
             for epoch in range(self.start_epoch, cfg.epochs):

@@ -1,0 +1,54 @@
+"""Range checks of a run's settings (SearchConfig, TrainConfig): each failure is one NdartsError naming
+the flag and the value it got, raised before anything is built or written.
+
+Without them a negative momentum or weight decay ended in a traceback from inside torch.optim, and a
+negative --grad-clip silently flipped every clipped gradient (clip_grad_norm_ scales by max_norm/norm).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import NdartsError
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def require_ints(cfg, minimum: int, *names: str) -> None:
+    """Each named setting is an int >= minimum; a setting left at None (optional) passes."""
+    for name in names:
+        v = getattr(cfg, name)
+        if v is not None and v < minimum:
+            raise NdartsError(f"{flag(name)} must be >= {minimum}, got {v}")
+
+
+def require_numbers(cfg, *names: str, low: float = 0.0, low_open: bool = False, high: float | None = None,
+                    high_open: bool = False, what: str | None = None) -> None:
+    """Each named setting is a finite number in the interval from low to high (open ends where asked)."""
+    for name in names:
+        v = getattr(cfg, name)
+        fine = math.isfinite(v) and (v > low if low_open else v >= low)
+        if high is not None:
+            fine = fine and (v < high if high_open else v <= high)
+        if not fine:
+            if what is None:
+                lo = f"{'(' if low_open else '['}{low:g}"
+                hi = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
+                span = f"> {low:g}" if low_open and high is None else (
+                    f">= {low:g}" if high is None else f"in {lo}, {hi}")
+            else:
+                span = what
+            raise NdartsError(f"{flag(name)} must be {span}, got {v}")
+
+
+def require_optimizer_settings(cfg) -> None:
+    """The SGD settings both runs share: learning rates, the cosine floor, momentum, weight decay, clipping."""
+    require_numbers(cfg, "learning_rate", low_open=True)
+    require_numbers(cfg, "learning_rate_min", high=cfg.learning_rate,
+                    what=f"in [0, --learning-rate] = [0, {cfg.learning_rate:g}]")
+    require_numbers(cfg, "momentum", high=1.0, high_open=True)
+    require_numbers(cfg, "weight_decay")
+    require_numbers(cfg, "grad_clip", low_open=True)
+
