@@ -220,6 +220,15 @@ class _TritonSum(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- public functional form
+def _validate_noise(noise, operands, skip_index, training):
+    if not isinstance(noise, NoiseConfig):
+        raise TypeError(f"noisy_mixed_sum: noise must be a NoiseConfig, got {type(noise).__name__} {noise!r}")
+    if (training and skip_index is not None and noise.enabled and noise.mixture == "additive"
+            and operands[skip_index].numel() < 2):
+        raise ValueError(f"noisy_mixed_sum: the skip operand has {operands[skip_index].numel()} element(s); the "
+                         "noise's σ = λ·std needs the unbiased std of at least 2 elements")
+
+
 def _validate(operands, weights, skip_index):
     if not isinstance(operands, (list, tuple)) or not operands:
         raise ValueError("noisy_mixed_sum: operands must be a non-empty list of tensors")
@@ -343,6 +352,7 @@ def noisy_mixed_sum(
     follows the values filled into it).
     """
     _validate(operands, weights, skip_index)
+    _validate_noise(noise, operands, skip_index, training)
     if std is not None and (not isinstance(std, torch.Tensor) or std.numel() != 1 or std.device != operands[0].device):
         raise ValueError("noisy_mixed_sum: std must be a one-element tensor on the operands' device "
                          "(from skip_operand_std)")

@@ -283,6 +283,8 @@ def test_nan_in_skip_operand_is_loud():
     ("skip_range", "skip_index 5 is out of range"),
     ("empty", "non-empty list"),
     ("device", "is on meta"),
+    ("noise_string", "noise must be a NoiseConfig, got str 'gaussian'"),
+    ("one_element_skip", "the skip operand has 1 element"),
 ])
 def test_bad_input_is_a_clear_error(case, match):
     ops, w = _inputs((2, 3, 4, 4), 3, torch.float32, "cpu")
@@ -305,8 +307,24 @@ def test_bad_input_is_a_clear_error(case, match):
         ops = []
     elif case == "device":
         ops[1] = torch.empty(2, 3, 4, 4, device="meta")
+    noise = NoiseConfig()
+    if case == "noise_string":
+        noise = "gaussian"
+    elif case == "one_element_skip":  # its unbiased std is 0/0
+        ops = [torch.randn(1, 1, 1, 1) for _ in range(3)]
     with pytest.raises((ValueError, TypeError), match=match):
-        noisy_mixed_sum(ops, w, skip, NoiseConfig(), backend="triton")
+        noisy_mixed_sum(ops, w, skip, noise, backend="triton")
+
+
+def test_a_one_element_skip_operand_is_fine_without_std():
+    """Without std (eval, noise off, multiplicative noise) a one-element skip operand is summed as usual."""
+    ops, w = _inputs((1,), 3, torch.float32, "cpu")
+    clean = sum(wk * o for wk, o in zip(w, ops))
+    for backend in ("triton", "torch"):
+        torch.testing.assert_close(noisy_mixed_sum(ops, w, 1, NoiseConfig(), training=False, backend=backend), clean)
+        torch.testing.assert_close(noisy_mixed_sum(ops, w, 1, NoiseConfig(kind="none"), backend=backend), clean)
+        y = noisy_mixed_sum(ops, w, 1, NoiseConfig(mixture="multiplicative", lam=0.1), backend=backend)
+        assert torch.isfinite(y).all() and y.shape == (1,)
 
 
 def test_kernel_kind_codes_agree():
