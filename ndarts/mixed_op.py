@@ -336,7 +336,14 @@ class MixedOp(nn.Module):
 
     def __init__(self, C: int, stride: int, primitives=DARTS_PRIMITIVES, noise: NoiseConfig | None = None):
         super().__init__()
+        if isinstance(C, bool) or not isinstance(C, int) or C < 1:
+            raise ValueError(f"MixedOp: C (channels) must be an int >= 1, got {C!r}")
+        if stride not in (1, 2) or isinstance(stride, bool):
+            raise ValueError(f"MixedOp: stride must be 1 (normal edge) or 2 (reduction edge), got {stride!r}")
+        if noise is not None and not isinstance(noise, NoiseConfig):
+            raise TypeError(f"MixedOp: noise must be a NoiseConfig or None, got {type(noise).__name__} {noise!r}")
         self.primitives = check_primitives(primitives)
+        self.C = C
         self.stride = stride
         self.noise = NoiseConfig() if noise is None else noise
         if self.noise.decay and self.noise.enabled:
@@ -400,10 +407,14 @@ class MixedOp(nn.Module):
     def _noise_on_input(self) -> bool:
         return self.stride != 1 and self.noise.reduction_position == "input"
 
-    def _check_weights(self, weights):
-        if weights.dim() != 1 or weights.shape[0] != len(self.primitives):
+    def _check_input(self, x, weights):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.C:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"MixedOp(C={self.C}): x must be [N, {self.C}, H, W], got {shape}")
+        if not isinstance(weights, torch.Tensor) or weights.dim() != 1 or weights.shape[0] != len(self.primitives):
             raise ValueError(f"MixedOp: weights must have shape ({len(self.primitives)},), one per primitive "
-                             f"{list(self.primitives)}; got {tuple(weights.shape)}")
+                             f"{list(self.primitives)}; got "
+                             f"{tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__}")
 
     def _run(self, i: int, x, share: NodeShare | None):
         if share is None:
@@ -436,7 +447,7 @@ class MixedOp(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, share: NodeShare | None = None) -> torch.Tensor:
         """share: what the edges leaving x's node compute alike (SearchCell passes it); None runs
         every op of this edge by itself, as the classic DARTS MixedOp."""
-        self._check_weights(weights)
+        self._check_input(x, weights)
         if not self._live:
             return self._ops[0](x)
         out = dtype = None
@@ -479,7 +490,7 @@ class FusedMixedOp(MixedOp):
         draws one per call. live_weights: weights[i] for the live primitives (all but `none`), when
         the caller has selected them already (SearchCell does it for all its edges at once: one
         gather per cell instead of one per edge); None selects them here."""
-        self._check_weights(weights)
+        self._check_input(x, weights)
         if live_weights is not None and live_weights.shape != (len(self._live),):
             raise ValueError(f"FusedMixedOp: live_weights must have shape ({len(self._live)},), one per primitive "
                              f"other than 'none'; got {tuple(live_weights.shape)}")

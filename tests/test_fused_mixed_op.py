@@ -116,6 +116,30 @@ def test_wrong_weights_length_is_clear():
         FusedMixedOp(4, 1)(torch.randn(1, 4, 3, 3), torch.ones(7))
 
 
+@pytest.mark.parametrize("cls", [MixedOp, FusedMixedOp])
+@pytest.mark.parametrize("args,kw,error,message", [
+    ((0, 1), {}, ValueError, "C (channels) must be an int >= 1, got 0"),
+    ((4.0, 1), {}, ValueError, "C (channels) must be an int >= 1, got 4.0"),
+    ((4, 3), {}, ValueError, "stride must be 1 (normal edge) or 2 (reduction edge), got 3"),
+    ((4, 1), {"noise": "gaussian"}, TypeError, "noise must be a NoiseConfig or None, got str"),
+])
+def test_bad_construction_is_clear(cls, args, kw, error, message):
+    with pytest.raises(error) as exc:
+        cls(*args, **kw)
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("cls", [MixedOp, FusedMixedOp])
+@pytest.mark.parametrize("x,message", [
+    (torch.randn(2, 3, 6, 6), "MixedOp(C=4): x must be [N, 4, H, W], got (2, 3, 6, 6)"),  # was a BatchNorm error
+    (torch.randn(4, 6, 6), "got (4, 6, 6)"),
+])
+def test_an_input_of_the_wrong_shape_is_clear(cls, x, message):
+    with pytest.raises(ValueError) as exc:
+        cls(4, 1)(x, torch.softmax(torch.randn(8), 0))
+    assert message in str(exc.value)
+
+
 @pytest.mark.parametrize("position", ["output", "input"])
 def test_reduction_noise_position(position):
     """Noise on FactorizedReduce's output (official) or input (paper): both noisy, both differ."""
