@@ -140,8 +140,9 @@ def _cifar(name, root, download, augment, cutout=0) -> DataSpec:
         splits = [cls(str(root), train=train, download=download) for train in (True, False)]
     except RuntimeError as e:
         raise NdartsError(f"{name} not found or corrupt under {root} ({e}); add --download to fetch it") from None
-    except OSError as e:
-        raise NdartsError(f"cannot read {name} under {root}: {e}") from None
+    except OSError as e:  # urllib's URLError too: a download that could not reach the server
+        what = f"downloading {name} into {root} failed" if download else f"cannot read {name} under {root}"
+        raise NdartsError(f"{what}: {e}") from None
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
         # files that pass the checksum but do not parse (or were swapped after it)
         raise NdartsError(f"{name} under {root} is corrupt ({type(e).__name__}: {e}); delete it and "

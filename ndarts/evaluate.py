@@ -10,6 +10,7 @@ import argparse
 import json
 
 from .checkpoint import CheckpointError, load_checkpoint, require_keys
+from .config_checks import require_ints
 from .data import BatchStream, load_dataset
 from .errors import NdartsError, cli_errors
 from .eval_model import build_network
@@ -58,8 +59,8 @@ def load_trained_network(path, device="cpu"):
 @cli_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise NdartsError(f"--batch-size must be >= 1, got {args.batch_size}")
+    require_ints(args, 1, "batch_size")
+    require_ints(args, 0, "workers")
     device = resolve_device(args.device)
     model, cfg, state = load_trained_network(args.checkpoint, device)
     spec = load_dataset(cfg["dataset"], args.data if args.data is not None else cfg.get("data"),

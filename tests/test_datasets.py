@@ -89,3 +89,19 @@ def test_cifar10_missing_or_corrupt_files_are_named(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
     with pytest.raises(NdartsError, match="corrupt"):
         load_dataset("cifar10", tmp_path / "bad")
+
+
+def test_a_cifar_download_that_fails_is_named(tmp_path, monkeypatch):
+    """--download without a network: the error says the download failed (not that a file is unreadable)."""
+    import urllib.error
+
+    import torchvision
+
+    from ndarts.errors import NdartsError
+
+    def offline(self):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    with pytest.raises(NdartsError, match=r"downloading cifar10 into .*c10 failed: .*Name or service not known"):
+        load_dataset("cifar10", tmp_path / "c10", download=True)

@@ -147,6 +147,10 @@ def test_genotype_errors_are_one_line(tmp_path, capsys, genotype, fragment):
 
 def test_evaluate_errors(tmp_path, capsys):
     expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "none.pt")], "no checkpoint")
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "none.pt"), "--workers", "-1"],
+                      "--workers must be >= 0, got -1")
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "none.pt"), "--batch-size", "0"],
+                      "--batch-size must be >= 1, got 0")
     (tmp_path / "junk.pt").write_bytes(b"\x00not a checkpoint at all" * 10)
     expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "junk.pt")], "junk.pt")
     torch.save({"kind": "ndarts-search", "epoch": 1}, tmp_path / "search.pt")
