@@ -33,14 +33,11 @@ def require_numbers(cfg, *names: str, low: float = 0.0, low_open: bool = False, 
         if high is not None:
             fine = fine and (v < high if high_open else v <= high)
         if not fine:
-            if what is None:
-                lo = f"{'(' if low_open else '['}{low:g}"
-                hi = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
-                span = f"> {low:g}" if low_open and high is None else (
-                    f">= {low:g}" if high is None else f"in {lo}, {hi}")
-            else:
-                span = what
-            raise NdartsError(f"{flag(name)} must be {span}, got {v}")
+            if what is None and high is None:
+                what = f"> {low:g}" if low_open else f">= {low:g}"
+            elif what is None:
+                what = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise NdartsError(f"{flag(name)} must be {what}, got {v}")
 
 
 def require_optimizer_settings(cfg) -> None:
@@ -51,4 +48,3 @@ def require_optimizer_settings(cfg) -> None:
     require_numbers(cfg, "momentum", high=1.0, high_open=True)
     require_numbers(cfg, "weight_decay")
     require_numbers(cfg, "grad_clip", low_open=True)
-

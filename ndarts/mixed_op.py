@@ -412,9 +412,9 @@ class MixedOp(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"MixedOp(C={self.C}): x must be [N, {self.C}, H, W], got {shape}")
         if not isinstance(weights, torch.Tensor) or weights.dim() != 1 or weights.shape[0] != len(self.primitives):
+            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
             raise ValueError(f"MixedOp: weights must have shape ({len(self.primitives)},), one per primitive "
-                             f"{list(self.primitives)}; got "
-                             f"{tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__}")
+                             f"{list(self.primitives)}; got {got}")
 
     def _run(self, i: int, x, share: NodeShare | None):
         if share is None:

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 
 from .architect import Architect
+from .cell_layout import no_normal_cell_note
+from .config_checks import require_ints, require_numbers, require_optimizer_settings
 from .conv_tuning import AUTO_CANDIDATES, TUNING_CALLS, synthetic_batch, tune_triton_convs
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from .data import BatchStream, DataSpec, EndlessStream, load_dataset, split_halves
@@ -27,8 +29,6 @@ from .graph_step import GraphedEvaluation, evaluation_sums, make_graph_step
 from .meters import EpochMeter
 from .noise import NoiseConfig
 from .operations import SPACES
-from .cell_layout import no_normal_cell_note
-from .config_checks import require_ints, require_numbers, require_optimizer_settings
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import RunDir, summary_writer_class, write_scalars
 from .search_model import SearchNetwork

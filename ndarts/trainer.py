@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from .cell_layout import no_normal_cell_note
+from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from .config_checks import require_ints, require_numbers, require_optimizer_settings
 from .data import BatchStream, load_dataset
 from .errors import NdartsError
