@@ -212,15 +212,19 @@ def make_search_op(primitive: str, C: int, stride: int) -> nn.Module:
     return op
 
 
-def _sequential_tail(seq: nn.Sequential):
-    # looks the modules up at call time: a module swapped in later (SearchBatchNorm2d) is used
-    def tail(x):
-        for i, m in enumerate(seq):
+class SequentialTail:
+    """seq's modules after the first, applied in order. It looks them up at call time, so a module
+    swapped in later (SearchBatchNorm2d) is used; an object, not a closure, so that copy.deepcopy of
+    the op that keeps it points it at the copied modules, and torch.save can pickle it."""
+
+    def __init__(self, seq: nn.Sequential):
+        self.seq = seq
+
+    def __call__(self, x):
+        for i, m in enumerate(self.seq):
             if i:
                 x = m(x)
         return x
-
-    return tail
 
 
 def relu_tail(op: nn.Module):
@@ -230,5 +234,5 @@ def relu_tail(op: nn.Module):
     if isinstance(op, FactorizedReduce):
         return op.forward_from_relu
     if isinstance(op, (SepConv, DilConv, ReLUConvBN)) and isinstance(op.op[0], nn.ReLU):
-        return _sequential_tail(op.op)
+        return SequentialTail(op.op)
     return None
