@@ -43,3 +43,14 @@ class EpochMeter:
         if dist is not None:
             loss, correct, n = dist.sum_scalars(loss, correct, n)
         return {"train_loss": loss / max(n, 1), "train_acc": correct / max(n, 1), "steps": n_steps}
+
+
+def steps_per_epoch(stream_steps: int, max_steps: int | None) -> int:
+    """The steps an epoch runs: the stream's, or --max-steps where that is fewer."""
+    return stream_steps if max_steps is None else min(max_steps, stream_steps)
+
+
+def steps_phrase(stream_steps: int, max_steps: int | None) -> str:
+    """'12 steps/epoch', or '2 of 12 steps/epoch (--max-steps)' for a capped run, for a run's header line."""
+    n = steps_per_epoch(stream_steps, max_steps)
+    return f"{n} steps/epoch" if n == stream_steps else f"{n} of {stream_steps} steps/epoch (--max-steps)"

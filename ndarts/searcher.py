@@ -26,7 +26,7 @@ from .errors import NdartsError
 from .finite_watch import FiniteWatch
 from .genotype import save_genotype
 from .graph_step import GraphedEvaluation, evaluation_sums, make_graph_step
-from .meters import EpochMeter
+from .meters import EpochMeter, steps_per_epoch, steps_phrase
 from .noise import NoiseConfig
 from .operations import SPACES
 from .rng import rng_state, seed_everything, set_rng_state
@@ -420,7 +420,7 @@ class Searcher:
             n_w = sum(p.numel() for p in self.model.weight_parameters())
             self.run.log(f"search: {cfg.dataset} on {self.device}, {cfg.space} space, noise {cfg.noise} "
                          f"λ={cfg.noise_lambda}, {cfg.order} order, {'fused' if cfg.fused else 'reference'} mixed ops, "
-                         f"{n_w / 1e6:.3f} M weights, {len(self.train_stream)} steps/epoch"
+                         f"{n_w / 1e6:.3f} M weights, {steps_phrase(len(self.train_stream), cfg.max_steps)}"
                          + (f", {self.dist.world_size} processes × batch {cfg.batch_size}" if self.dist is not None else "")
                          + (", CUDA-graph steps" if cfg.cuda_graph else ""))
             if self.device.type == "cuda" and self.dist is None and not cfg.cuda_graph:
@@ -500,7 +500,7 @@ class Searcher:
         # no host sync per step: the losses, the gradient norm and α are checked on the device, and
         # read where a progress line is logged and at the end of the epoch (before its checkpoint)
         watch = FiniteWatch(WATCHED)
-        n_steps = len(self.train_stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.train_stream))
+        n_steps = steps_per_epoch(len(self.train_stream), cfg.max_steps)
         for step, (x, y) in enumerate(self.train_stream.iterate(epoch)):
             if step >= n_steps:
                 break

@@ -24,7 +24,7 @@ from .errors import NdartsError
 from .finite_watch import FiniteWatch
 from .eval_model import NETWORKS, build_network, count_parameters
 from .genotype import Genotype, load_genotype
-from .meters import EpochMeter
+from .meters import EpochMeter, steps_per_epoch, steps_phrase
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import RunDir, summary_writer_class, write_scalars
 from .searcher import resolve_device
@@ -236,7 +236,7 @@ class Trainer:
             self.run.log(f"train: {cfg.genotype} ({cfg.network} network, C {cfg.init_channels}, {cfg.layers} cells) "
                          f"on {cfg.dataset}, {self.device}{world}, amp {cfg.amp}, "
                          f"{count_parameters(self.model) / 1e6:.3f} M params (auxiliary tower excluded), "
-                         f"{len(self.train_stream)} steps/epoch")
+                         f"{steps_phrase(len(self.train_stream), cfg.max_steps)}")
             note = no_normal_cell_note(cfg.layers, "so the genotype's normal cell is not used")
             if note:
                 self.run.log(note)
@@ -287,7 +287,7 @@ class Trainer:
         # checked on the device, read at progress lines and at the end of the epoch (no sync per
         # step); fp16's GradScaler skips the steps with inf/NaN gradients itself
         watch = FiniteWatch(("training loss",) if self.scaler is not None else ("training loss", "gradient"))
-        n_steps = len(self.train_stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.train_stream))
+        n_steps = steps_per_epoch(len(self.train_stream), cfg.max_steps)
         for step, (x, y) in enumerate(self.train_stream.iterate(epoch)):
             if step >= n_steps:
                 break

@@ -322,3 +322,16 @@ def test_triton_convs_and_cudnn_benchmark_options(tmp_path):
     assert r.returncode == 2 and "invalid choice: 'winograd'" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(Exception, match="--triton-convs must be auto or one of"):
         Searcher(_cfg(tmp_path / "bad2", triton_convs="winograd"))
+
+
+def test_the_header_counts_the_steps_an_epoch_runs(tmp_path):
+    from ndarts.meters import steps_per_epoch, steps_phrase
+
+    assert (steps_per_epoch(12, None), steps_per_epoch(12, 5), steps_per_epoch(12, 40)) == (12, 5, 12)
+    assert steps_phrase(12, None) == steps_phrase(12, 12) == "12 steps/epoch"
+    assert steps_phrase(12, 2) == "2 of 12 steps/epoch (--max-steps)"
+    s = Searcher(_cfg(tmp_path / "run", max_steps=2, epochs=1, layers=3, steps=1))
+    s.run_search()
+    total = len(s.train_stream)
+    assert total > 2
+    assert f"2 of {total} steps/epoch (--max-steps)" in (tmp_path / "run" / "log.txt").read_text()
