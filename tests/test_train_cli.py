@@ -133,7 +133,7 @@ def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch, capsys):
     ('{"normal": [["sep_conv_3x3", 0]', "not valid JSON"),
     (json.dumps({"normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 1]] * 3, "normal_concat": [2, 3, 4],
                  "reduce": [["max_pool_3x3", 0], ["max_pool_3x3", 1]] * 3, "reduce_concat": [2, 3, 4]}),
-     "3 intermediate nodes"),
+     "3 intermediate nodes; this network is built for 4 (ndarts.train: --steps 3 builds it for 3)"),
     (json.dumps({"normal": [["sep_conv_3x3", 0]] * 7, "normal_concat": [2], "reduce": [], "reduce_concat": [2]}),
      "even number of edges"),
     (json.dumps({"normal": [["conv_9x9", 0], ["sep_conv_3x3", 1]] * 4, "normal_concat": [2, 3, 4, 5],

@@ -72,7 +72,8 @@ def _parse_cell(name, edges, steps, primitives):
                             f"(two per node), got {edges!r:.80}")
     n_nodes = len(edges) // 2
     if steps is not None and n_nodes != steps:
-        raise GenotypeError(f"'{name}' has {n_nodes} intermediate nodes; this network is built for {steps}")
+        raise GenotypeError(f"'{name}' has {n_nodes} intermediate nodes; this network is built for {steps} "
+                            f"(ndarts.train: --steps {n_nodes} builds it for {n_nodes})")
     known = set(primitives) if primitives is not None else set(OPS) - {"none"}
     out = []
     for e, edge in enumerate(edges):
