@@ -3,7 +3,8 @@
 Datasets: ``digits`` (the embedded default: scikit-learn's 1,797 real 8×8 handwritten digits,
 shipped inside the installed package, no network, no files), ``cifar10`` / ``cifar100``
 (torchvision; ``--download`` is opt-in) and ``imagefolder`` (``DIR/train/<class>/…`` and an
-optional ``DIR/val`` or ``DIR/test``, resized to ``--image-size``).
+optional ``DIR/val`` or ``DIR/test``, resized to ``--image-size``; the test folder's images take the
+training folder's label of their class, even where the test folder lacks some classes).
 
 Batch order never comes from a global RNG: pass p of stream s draws its permutation from a
 generator seeded with (seed, s, p). So a stream's position is two integers (pass, step), saved in
@@ -176,10 +177,28 @@ def _imagefolder(root, image_size, augment, cutout=0) -> DataSpec:
         for split in ("val", "test"):
             if (root / split).is_dir():
                 test = torchvision.datasets.ImageFolder(str(root / split), transform=test_tf)
+                _label_as_train(test, train, root / split)
                 break
     except (FileNotFoundError, OSError) as e:
         raise NdartsError(f"cannot read the image folder {root}: {e}") from None
     return DataSpec("imagefolder", train, test, len(train.classes), 3, image_size)
+
+
+def _label_as_train(test, train, test_dir) -> None:
+    """Gives the test folder's images the training folder's label of their class. ImageFolder numbers
+    the classes of each folder by their sorted names, so a test folder lacking a class would label its
+    images with other classes' indices; a class the training folder lacks cannot be labelled at all."""
+    unknown = sorted(set(test.classes) - set(train.classes))
+    if unknown:
+        raise NdartsError(f"{test_dir} has classes the training folder lacks: {unknown[:5]}"
+                          + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+    if test.class_to_idx == train.class_to_idx:
+        return
+    to_train = {i: train.class_to_idx[c] for c, i in test.class_to_idx.items()}
+    test.samples = [(path, to_train[i]) for path, i in test.samples]
+    test.imgs = test.samples
+    test.targets = [i for _, i in test.samples]
+    test.classes, test.class_to_idx = list(train.classes), dict(train.class_to_idx)
 
 
 def load_dataset(name: str, root=None, download=False, image_size=32, augment=True, cutout=0) -> DataSpec:

@@ -105,3 +105,36 @@ def test_a_cifar_download_that_fails_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
     with pytest.raises(NdartsError, match=r"downloading cifar10 into .*c10 failed: .*Name or service not known"):
         load_dataset("cifar10", tmp_path / "c10", download=True)
+
+
+def _image_folder(root, classes_per_split, count=2, seed=None):
+    """root/<split>/<class>/<i>.png of random pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, classes in classes_per_split.items():
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+
+
+def test_a_test_folder_lacking_a_class_keeps_the_training_labels(tmp_path):
+    """val/ without 'cat': ImageFolder alone would label val's dogs 0 and eels 1 (train: cat 0, dog 1, eel 2)."""
+    root = tmp_path / "imgs"
+    _image_folder(root, {"train": ["cat", "dog", "eel"], "val": ["dog", "eel"]}, seed=torch.seed() % 2**32)
+    spec = load_dataset("imagefolder", root, image_size=8, augment=False)
+    assert spec.test.classes == spec.train.classes == ["cat", "dog", "eel"]
+    for path, label in spec.test.samples:
+        assert spec.train.classes[label] in path
+    assert sorted(spec.test.targets) == [1, 1, 2, 2]
+    assert sorted(int(spec.test[i][1]) for i in range(len(spec.test))) == [1, 1, 2, 2]
+
+
+def test_a_test_folder_with_an_unknown_class_is_named(tmp_path):
+    from ndarts.errors import NdartsError
+
+    root = tmp_path / "imgs"
+    _image_folder(root, {"train": ["cat", "dog"], "test": ["cat", "dog", "yak"]})
+    with pytest.raises(NdartsError, match=r"test has classes the training folder lacks: \['yak'\]"):
+        load_dataset("imagefolder", root, image_size=8, augment=False)
