@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from .checkpoint import CheckpointError, atomic_write_text
+from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint
 from .errors import NdartsError
 
 CHECKPOINT = "checkpoint.pt"
@@ -42,6 +43,8 @@ class RunDir:
                 probe.unlink()
             except OSError as e:
                 raise NdartsError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from None
+        if resume and not (self.path / "config.json").exists():
+            self.log(f"note: {self.path} has no config.json: the run's settings are read from its {CHECKPOINT}")
 
     @contextlib.contextmanager
     def removed_if_unused(self):
@@ -166,10 +169,11 @@ def config_values(args, presets, kind: str, drop=(), given=None) -> dict:
 
 
 def saved_config(path) -> dict | None:
-    """The config.json of the run directory `path` (None where there is none)."""
+    """The config.json of the run directory `path`; where it is missing (a checkpoint.pt copied alone to
+    another machine, say), the settings its checkpoint records; None where neither is there."""
     p = Path(path) / "config.json"
     if not p.exists():
-        return None
+        return checkpoint_config(Path(path) / CHECKPOINT)
     try:
         config = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -177,3 +181,24 @@ def saved_config(path) -> dict | None:
     if not isinstance(config, dict):
         raise NdartsError(f"{p} is corrupt: it holds a {type(config).__name__}, not the run's settings")
     return config
+
+
+def checkpoint_config(path) -> dict | None:
+    """The settings a search or training checkpoint records (its "config"), None where there is no
+    readable checkpoint (the resume that loads it then names the problem). Read once per file version."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    config = _checkpoint_config(str(path), stat.st_mtime_ns, stat.st_size)
+    return dict(config) if config is not None else None  # the cached one stays as read
+
+
+@functools.lru_cache(maxsize=4)
+def _checkpoint_config(path: str, mtime_ns: int, size: int) -> dict | None:
+    try:
+        config = json.loads(load_checkpoint(path).get("config"))
+    except (CheckpointError, TypeError, ValueError, AttributeError):
+        return None
+    return config if isinstance(config, dict) else None

@@ -157,6 +157,28 @@ def test_bare_resume_continues_the_run_with_its_own_settings(tmp_path, monkeypat
     assert [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
 
 
+def test_a_run_without_config_json_resumes_with_its_checkpoints_settings(tmp_path, monkeypatch, capsys):
+    """checkpoint.pt copied alone into a directory (no config.json): `--out DIR --resume` reads the run's
+    settings from the checkpoint (not the digits preset's 5 cells, which would not fit it), checks a
+    flag given now against them, and ends as the uninterrupted run."""
+    flags = [*TINY, "--epochs", "2", "--learning-rate", "0.03", "--noise-lambda", "0.3"]
+    main([*flags, "--out", str(tmp_path / "full")])
+    with _killed_after_first_epoch(monkeypatch):
+        main([*flags, "--out", str(tmp_path / "cut")])
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "cut" / "checkpoint.pt").rename(tmp_path / "moved" / "checkpoint.pt")
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "moved"), "--resume", "--noise-lambda", "0.2"])
+    assert "noise_lambda: checkpoint 0.3, now 0.2" in capsys.readouterr().err
+    main(["--out", str(tmp_path / "moved"), "--resume"])
+    assert "has no config.json: the run's settings are read from its checkpoint.pt" in capsys.readouterr().out
+    config = json.loads((tmp_path / "moved" / "config.json").read_text())
+    assert (config["layers"], config["learning_rate"], config["noise_lambda"], config["epochs"]) == (3, 0.03, 0.3, 2)
+    last = {run: json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1])
+            for run in ("full", "moved")}
+    assert last["moved"]["epoch"] == 1 and last["moved"]["alphas_normal"] == last["full"]["alphas_normal"]
+
+
 def test_explicit_flags_and_resume_settings(tmp_path):
     """Which flags a command line gives (the others come from the run's config.json on --resume)."""
     from ndarts.rundir import explicit_flags

@@ -193,3 +193,18 @@ def test_cli_subprocess_errors_exit_2_without_traceback(tmp_path):
         assert p.returncode == 2, p.stderr
         assert "Traceback" not in p.stderr and p.stderr.startswith("error: ")
         assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_training_checkpoint_records_the_settings_a_resume_reads(tmp_path):
+    """Without config.json the run's settings come from checkpoint.pt (rundir.saved_config); a checkpoint
+    that cannot be read gives none (the resume's own load then names the problem)."""
+    from ndarts.rundir import saved_config
+
+    run_train(tmp_path / "a", "--epochs", "1", "--learning-rate", "0.01")
+    written = json.loads((tmp_path / "a" / "config.json").read_text())
+    (tmp_path / "a" / "config.json").unlink()
+    assert saved_config(tmp_path / "a") == written
+    assert saved_config(tmp_path / "a")["learning_rate"] == 0.01
+    (tmp_path / "a" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert saved_config(tmp_path / "a") is None
+    assert saved_config(tmp_path / "nothing") is None
