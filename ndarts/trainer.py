@@ -19,7 +19,7 @@ import torch.nn as nn
 from .cell_layout import no_normal_cell_note
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from .config_checks import require_ints, require_numbers, require_optimizer_settings
-from .data import BatchStream, load_dataset
+from .data import BatchStream, DataSpec, load_dataset
 from .errors import NdartsError
 from .finite_watch import FiniteWatch
 from .eval_model import NETWORKS, build_network, count_parameters
@@ -116,9 +116,11 @@ def autocast_context(device: torch.device, amp: str):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, dist=None):
+    def __init__(self, cfg: TrainConfig, dist=None, data: DataSpec | None = None):
+        """data: a caller's own dataset (DataSpec of InMemoryDatasets, say) in place of cfg.dataset's."""
         cfg.validate()
         self.cfg = cfg
+        self._data = data
         self.genotype = cfg.resolve_genotype()
         self.dist = dist  # ndarts.distributed.DistContext or None
         self.rank0 = dist is None or dist.rank == 0
@@ -142,8 +144,9 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _build(self):
         cfg, dev = self.cfg, self.device
-        spec = load_dataset(cfg.dataset, cfg.data, cfg.download, cfg.image_size,
-                            augment=cfg.augment and cfg.dataset != "digits", cutout=cfg.cutout)
+        spec = self._data if self._data is not None else load_dataset(
+            cfg.dataset, cfg.data, cfg.download, cfg.image_size, augment=cfg.augment and cfg.dataset != "digits",
+            cutout=cfg.cutout)
         self.spec = spec
         train_idx = list(range(len(spec.train)))
         if self.dist is not None:

@@ -1,5 +1,6 @@
 """A search on a caller's own in-memory images (`Searcher(cfg, data=DataSpec(...))`, as the README shows),
-and the clear errors for images, labels or a spec that do not fit together."""
+the training of its cell on them (`Trainer(cfg, data=...)`), and the clear errors for images, labels or a
+spec that do not fit together."""
 import json
 import math
 
@@ -8,6 +9,7 @@ import torch
 
 from ndarts.data import DataSpec, InMemoryDataset
 from ndarts.searcher import SearchConfig, Searcher
+from ndarts.trainer import TrainConfig, Trainer
 
 
 def _images(n, classes, channels=3, size=10, generator=None):
@@ -33,6 +35,22 @@ def test_a_search_on_own_images(tmp_path):
     genotype = json.loads((tmp_path / "run" / "genotype.json").read_text())
     assert len(genotype["normal"]) == len(genotype["reduce"]) == 2 * cfg.steps
     assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == "mine"
+
+
+def test_training_the_found_cell_on_own_images(tmp_path):
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    classes = 3
+    train, test = _images(30, classes, channels=2, generator=g), _images(11, classes, channels=2, generator=g)
+    spec = DataSpec("mine", InMemoryDataset(*train), InMemoryDataset(*test), classes, 2, 10)
+    cfg = TrainConfig(genotype="NoisyDARTS-a", dataset="mine", layers=3, init_channels=4, batch_size=8, epochs=2,
+                      report_freq=0, auxiliary=False, drop_path_prob=0.0, out=str(tmp_path / "train"))
+    trainer = Trainer(cfg, data=spec)
+    assert trainer.model.classifier.out_features == classes
+    trainer.fit()
+    epochs = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert all(math.isfinite(e["test_loss"]) and 0.0 <= e["test_acc"] <= 1.0 for e in epochs)
+    assert (tmp_path / "train" / "best.pt").exists()
 
 
 def _spec(x, y, classes=4, channels=3, size=10):
