@@ -1,5 +1,6 @@
 """Genotype derivation, JSON round trips, validation and the model zoo."""
 import json
+import re
 
 import pytest
 import torch
@@ -103,3 +104,74 @@ def test_bad_genotypes_are_refused(bad, match):
 def test_wrong_node_count_is_refused():
     with pytest.raises(GenotypeError, match="built for 5"):
         load_genotype("DARTS_V2", steps=5)
+
+
+# ----------------------------------------------------------------------------- DARTS's printed genotypes
+def _darts_text(g: Genotype, prefix="", concat_as_range=True) -> str:
+    """g as DARTS prints it: Genotype(normal=[('op', i), ...], normal_concat=range(2, 6), ...)."""
+    d = g.to_dict()
+
+    def edges(cell):
+        return "[" + ", ".join(f"({op!r}, {i})" for op, i in cell) + "]"
+
+    def concat(c):
+        return f"range({c[0]}, {c[-1] + 1})" if concat_as_range and c == list(range(c[0], c[-1] + 1)) else str(c)
+
+    return (f"{prefix}Genotype(normal={edges(d['normal'])}, normal_concat={concat(d['normal_concat'])}, "
+            f"reduce={edges(d['reduce'])}, reduce_concat={concat(d['reduce_concat'])})")
+
+
+@pytest.mark.parametrize("name", sorted(zoo()))
+def test_dartss_printed_genotypes_are_read(name, tmp_path):
+    g = zoo()[name]
+    for text in (_darts_text(g), _darts_text(g, prefix="genotype = "), _darts_text(g, concat_as_range=False)):
+        assert load_genotype(text) == g
+    file = tmp_path / "genotype.txt"
+    file.write_text(_darts_text(g, prefix="DARTS_V2 = ") + "\n")
+    assert load_genotype(str(file)) == g
+    d = g.to_dict()
+    positional = (f"Genotype({[tuple(e) for e in d['normal']]}, {d['normal_concat']}, "
+                  f"{[tuple(e) for e in d['reduce']]}, {d['reduce_concat']})")
+    assert load_genotype(positional) == g
+
+
+EDGES = "[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)]"
+
+
+@pytest.mark.parametrize("text,match", [
+    (f"Genotype(normal={EDGES}, normal_concat=[2])", "lacks reduce, reduce_concat"),
+    (f"Genotype(normal={EDGES}, normal_concat=[2], reduce={EDGES}, reduce_concat=[2], extra=1)", "field 'extra'"),
+    (f"Genotype(normal={EDGES}, normal_concat=[2], reduce={EDGES}, reduce_concat=[2], normal={EDGES})",
+     "field 'normal'"),
+    (f"Genotype(normal=[('sep_conv_3x3', 0)] * 2, normal_concat=[2], reduce={EDGES}, reduce_concat=[2])",
+     "normal must be a list of"),
+    (f"Genotype(normal=[('sep_conv_3x3', -1), ('sep_conv_3x3', 1)], normal_concat=[2], reduce={EDGES}, "
+     "reduce_concat=[2])", "expected a string or an int literal, got -1"),
+    (f"Genotype(normal={EDGES}, normal_concat=range(2, n), reduce={EDGES}, reduce_concat=[2])",
+     "expected a string or an int literal, got n"),
+    (f"Genotype(normal={EDGES}, normal_concat=[2], reduce={EDGES}, reduce_concat=[2]", "not a Python-literal"),
+    (f"Genotype(normal={EDGES}, normal_concat=[2], reduce={EDGES}, reduce_concat=[2]) + 1", "one Genotype(...) call"),
+    (f"Genotype(normal=[('conv_9x9', 0), ('sep_conv_3x3', 1)], normal_concat=[2], reduce={EDGES}, "
+     "reduce_concat=[2])", "unknown operation"),
+])
+def test_bad_darts_genotypes_are_refused(text, match):
+    with pytest.raises(GenotypeError, match=re.escape(match)):
+        load_genotype(text)
+
+
+def test_a_darts_genotype_is_never_evaluated(tmp_path):
+    marker = tmp_path / "ran"
+    payload = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    for text in (f"Genotype(normal={payload}, normal_concat=[2], reduce={EDGES}, reduce_concat=[2])",
+                 f"Genotype(normal={EDGES}, normal_concat=range({payload}), reduce={EDGES}, reduce_concat=[2])",
+                 f"genotype = Genotype(normal=[({payload}, 0), ('sep_conv_3x3', 1)], normal_concat=[2], "
+                 f"reduce={EDGES}, reduce_concat=[2])"):
+        with pytest.raises(GenotypeError):
+            load_genotype(text)
+    assert not marker.exists()
+
+
+def test_a_long_string_that_is_no_file_is_a_clear_error():
+    """Longer than a file name may be (was an OSError 'File name too long' from Path.is_file)."""
+    with pytest.raises(GenotypeError, match="neither a zoo genotype"):
+        load_genotype("sep_conv_3x3 " * 40)

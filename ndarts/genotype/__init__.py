@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..operations import OPS
+from .darts_text import DartsTextError, looks_like_darts_text, parse_darts_genotype
 
 
 class GenotypeError(ValueError):
@@ -109,7 +110,8 @@ def zoo() -> dict[str, Genotype]:
 
 
 def load_genotype(spec: str, steps: int | None = None) -> Genotype:
-    """A genotype from a zoo name, a JSON file path, or a JSON string."""
+    """A genotype from a zoo name, a JSON string, DARTS's printed ``Genotype(...)`` text (read as
+    literals, never evaluated: genotype/darts_text.py), or a file holding either."""
     spec = spec.strip()
     models = zoo()
     if spec in models:
@@ -117,17 +119,28 @@ def load_genotype(spec: str, steps: int | None = None) -> Genotype:
         if steps is not None and g.steps != steps:
             raise GenotypeError(f"genotype {spec} has {g.steps} nodes; this network is built for {steps}")
         return g
-    if spec.startswith("{"):
-        text, source = spec, "the JSON given"
+    if spec.startswith("{") or looks_like_darts_text(spec):
+        text, source = spec, "the genotype given"
     else:
         path = Path(spec)
-        if not path.is_file():
-            raise GenotypeError(f"{spec!r} is neither a zoo genotype ({', '.join(models)}) nor a JSON file")
+        try:
+            is_file = path.is_file()
+        except OSError:  # e.g. a name too long for the file system: not a file
+            is_file = False
+        if not is_file:
+            raise GenotypeError(f"{spec[:200]!r} is neither a zoo genotype ({', '.join(models)}), a JSON or "
+                                "Genotype(...) string, nor a file holding one")
         try:
             text = path.read_text()
-        except OSError as e:
-            raise GenotypeError(f"cannot read genotype file {path}: {e.strerror}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise GenotypeError(f"cannot read genotype file {path}: {getattr(e, 'strerror', None) or e}") from None
         source = str(path)
+    if looks_like_darts_text(text):
+        try:
+            data = parse_darts_genotype(text)
+        except DartsTextError as e:
+            raise GenotypeError(f"{source} is not a usable DARTS genotype: {e}") from None
+        return Genotype.from_dict(data, steps=steps)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
