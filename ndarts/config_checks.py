@@ -48,3 +48,10 @@ def require_optimizer_settings(cfg) -> None:
     require_numbers(cfg, "momentum", high=1.0, high_open=True)
     require_numbers(cfg, "weight_decay")
     require_numbers(cfg, "grad_clip", low_open=True)
+
+
+def require_epochs_cover(done: int, epochs: int, checkpoint) -> None:
+    """A resume may lengthen a run (a larger --epochs), not shorten it below the epochs already done."""
+    if done > epochs:
+        raise NdartsError(f"{checkpoint} has done {done} epochs, more than --epochs {epochs}: a resume may "
+                          f"lengthen a run, not shorten it (pass --epochs {done} or more)")

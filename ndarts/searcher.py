@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .architect import Architect
 from .cell_layout import no_normal_cell_note
-from .config_checks import require_ints, require_numbers, require_optimizer_settings
+from .config_checks import require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
 from .conv_tuning import AUTO_CANDIDATES, TUNING_CALLS, synthetic_batch, tune_triton_convs
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from .data import BatchStream, DataSpec, EndlessStream, load_dataset, split_halves
@@ -366,6 +366,7 @@ class Searcher:
         path = self.run.checkpoint
         state = load_checkpoint(path, map_location=self.device)
         require_keys(state, ("kind", "epoch", "model", "w_optimizer", "a_optimizer", "scheduler", "val_stream", "rng"), path)
+        require_epochs_cover(int(state["epoch"]), self.cfg.epochs, path)
         if state["kind"] != "ndarts-search":
             raise CheckpointError(f"{path} is a {state['kind']!r} checkpoint, not a search checkpoint")
         try:

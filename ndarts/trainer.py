@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .cell_layout import no_normal_cell_note
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
-from .config_checks import require_ints, require_numbers, require_optimizer_settings
+from .config_checks import require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
 from .data import BatchStream, DataSpec, load_dataset
 from .errors import NdartsError
 from .finite_watch import FiniteWatch
@@ -200,6 +200,7 @@ class Trainer:
     def _load_checkpoint(self, path):
         state = load_checkpoint(path, map_location=self.device)
         require_keys(state, ("kind", "epoch", "model", "optimizer", "scheduler", "rng"), path)
+        require_epochs_cover(int(state["epoch"]), self.cfg.epochs, path)
         if state["kind"] != CHECKPOINT_KIND:
             raise CheckpointError(f"{path} is a {state['kind']!r} checkpoint, not a training checkpoint")
         try:

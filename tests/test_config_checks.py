@@ -139,3 +139,16 @@ def test_a_network_without_a_normal_cell_is_noted_in_the_log(tmp_path):
                       report_freq=0, out=str(tmp_path / "s3"))
     Searcher(ok).run_search()
     assert "reduction cell" not in (tmp_path / "s3" / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("cli", [search, train], ids=["search", "train"])
+def test_a_resume_may_not_shorten_a_run_below_its_done_epochs(tmp_path, capsys, cli):
+    """Was: the search wrote its final genotype and a config.json of fewer epochs than it had done."""
+    out = tmp_path / "run"
+    cli.main(["--layers", "3", "--init-channels", "4", "--batch-size", "16", "--max-steps", "1", "--epochs", "2",
+              "--out", str(out)])
+    config, metrics = (out / "config.json").read_text(), (out / "metrics.jsonl").read_text()
+    _one_line_error(capsys, cli.main, ["--out", str(out), "--resume", "--epochs", "1"],
+                    "has done 2 epochs, more than --epochs 1: a resume may lengthen a run, not shorten it")
+    assert (out / "config.json").read_text() == config and (out / "metrics.jsonl").read_text() == metrics
+    cli.main(["--out", str(out), "--resume"])  # as many epochs as done: the run is finished, that is fine
