@@ -73,3 +73,19 @@ def test_genotype_errors_exit_2_one_line(capsys, spec, fragment):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and fragment in err, err
+
+
+def test_the_package_lists_its_commands():
+    import importlib
+    import importlib.util
+    import subprocess
+    import sys
+
+    from ndarts.__main__ import COMMANDS
+
+    r = subprocess.run([sys.executable, "-m", "ndarts"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for name in COMMANDS:
+        assert f"  {name} " in r.stdout
+        module = importlib.import_module(f"ndarts.{name}")  # each listed command runs with python -m
+        assert hasattr(module, "main") or importlib.util.find_spec(f"ndarts.{name}.__main__") is not None

@@ -1,0 +1,21 @@
+"""``python -m ndarts``: the commands ndarts has (each is ``python -m ndarts.<command>``)."""
+import sys
+
+COMMANDS = {
+    "search": "NoisyDARTS architecture search (python -m ndarts.search --fused: the embedded digits)",
+    "train": "train a cell from scratch (a zoo name, a search's genotype.json, JSON or DARTS's Genotype(...))",
+    "evaluate": "test loss and accuracy of a training checkpoint",
+    "genotype": "the model zoo: list, info (cells, parameters, multiply-adds), draw",
+    "plots": "figures of a search or training run directory",
+}
+
+
+def main() -> int:
+    print("ndarts: NoisyDARTS with fused Triton kernels. Commands (python -m ndarts.<command> --help):")
+    for name, what in COMMANDS.items():
+        print(f"  {name:<9} {what}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
