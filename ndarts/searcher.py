@@ -126,8 +126,7 @@ class SearchConfig:
                               f"got {self.triton_convs!r}")
         if self.triton_convs_chosen is not None and self.triton_convs_chosen not in TRITON_CONVS:
             raise NdartsError(f"triton_convs_chosen must be one of {sorted(TRITON_CONVS)}, got {self.triton_convs_chosen!r}")
-        if not 0 < self.train_portion < 1:
-            raise NdartsError(f"--train-portion must be in (0, 1), got {self.train_portion}")
+        require_numbers(self, "train_portion", low_open=True, high=1.0, high_open=True)
         if self.order not in ("first", "second"):
             raise NdartsError(f"unknown --order {self.order!r}; choose first or second")
         try:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import NdartsError, cli_errors
+from .config_checks import require_ints
+from .errors import cli_errors
 from .eval_model import NETWORKS
 from .rundir import config_values, explicit_flags
 from .trainer import AMP_MODES, LR_SCHEDULES, TrainConfig, Trainer
@@ -97,8 +98,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = config_from_args(args, explicit_flags(parser, argv))
     if args.threads is not None:
-        if args.threads < 1:
-            raise NdartsError(f"--threads must be >= 1, got {args.threads}")
+        require_ints(args, 1, "threads")
         import torch
 
         torch.set_num_threads(args.threads)

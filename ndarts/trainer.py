@@ -90,10 +90,7 @@ class TrainConfig:
         require_optimizer_settings(self)
         require_numbers(self, "lr_gamma", low_open=True)
         require_numbers(self, "auxiliary_weight")
-        if not 0.0 <= self.drop_path_prob < 1.0:
-            raise NdartsError(f"--drop-path-prob must be in [0, 1), got {self.drop_path_prob}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise NdartsError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        require_numbers(self, "drop_path_prob", "label_smoothing", high=1.0, high_open=True)
 
     def resolve_genotype(self) -> Genotype:
         g = load_genotype(self.genotype, steps=self.steps)
