@@ -37,11 +37,15 @@ SEARCH_ONLY = [
     ("arch_weight_decay", -1e-3, "--arch-weight-decay must be >= 0"),
     ("arch_learning_rate", float("inf"), "--arch-learning-rate must be > 0, got inf"),
     ("hessian_every", -1, "--hessian-every must be >= 0, got -1"),
+    ("train_portion", 1.0, "--train-portion must be in (0, 1), got 1.0"),
+    ("train_portion", 0.0, "--train-portion must be in (0, 1)"),
 ]
 TRAIN_ONLY = [
     ("lr_gamma", 0.0, "--lr-gamma must be > 0"),
     ("auxiliary_weight", -0.4, "--auxiliary-weight must be >= 0"),
     ("cutout", -1, "--cutout must be >= 0"),
+    ("drop_path_prob", 1.0, "--drop-path-prob must be in [0, 1), got 1.0"),
+    ("label_smoothing", float("nan"), "--label-smoothing must be in [0, 1), got nan"),
 ]
 
 
