@@ -1,12 +1,14 @@
 """Search-step time of ndarts' mixed ops against the plain DARTS MixedOp, rounds interleaved.
 
-    python benchmarks/step_ratio.py [--config cli-digits|bench-cpu|bench-gpu] [--rounds 7] [--profile]
+    python benchmarks/step_ratio.py [--config cli-digits|nb201-digits|bench-cpu|bench-gpu] [--rounds 7] [--profile]
 
 On a shared machine the load drifts over a minute; running the variants round-robin (plain,
 reference, fused, plain, …) exposes them to the same drift, so the ratios of the medians are
 steadier than those of three separate pytest-benchmark runs. Configurations:
 - cli-digits: what `python -m ndarts.search` runs by default (the embedded digits preset: batch 64,
   C 8, 5 cells, 8×8×1 images, the NoisyDARTS space without `none`, Gaussian noise).
+- nb201-digits: `python -m ndarts.search --space nas-bench-201` on the digits preset (batch 64, C 8,
+  5 cells per stage, 8×8×1); the variants without meaning there (per_edge, nchw) only set the layout.
 - bench-cpu / bench-gpu: the configurations of test_bench_search_step.py.
 --profile prints the top operators of one step of `reference` and of `fused` (torch.profiler).
 """
@@ -27,6 +29,8 @@ from test_bench_search_step import CPU_CONFIG, GPU_CONFIG, StepConfig, build_par
 
 CONFIGS = {
     "cli-digits": StepConfig(batch=64, channels=8, layers=5, image=8, in_channels=1, space="noisydarts"),
+    # `python -m ndarts.search --space nas-bench-201` on the digits preset (C 8; layers: 5 cells per stage)
+    "nb201-digits": StepConfig(batch=64, channels=8, layers=5, image=8, in_channels=1, space="nas-bench-201"),
     "bench-cpu": CPU_CONFIG,
     "bench-gpu": GPU_CONFIG,
 }

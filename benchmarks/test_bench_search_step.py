@@ -52,6 +52,10 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
 - fused_graph_bf16: fused_graph under bf16 autocast (SearchNetwork(autocast=torch.bfloat16),
                `--autocast bf16`; α, sums and logits fp32; a candidate lever, not yet timed).
 
+test_nas_bench_201_search_step: the same step on NAS-Bench-201's search network (--space
+nas-bench-201; plain, reference, fused, fused_graph, fused_graph_bf16), GPU: batch 64, C 16, 5 cells
+per stage, 32×32×3 (the benchmark's search); CPU: batch 8, C 8, 1 cell per stage, 16×16×3.
+
 GPU: batch 64, C 16, 8 cells, 32×32×3 inputs, the DARTS space (8 ops, with `none`), Gaussian
 noise: SPEC §6's supernet. Target (recorded, not asserted): ≤ 40 ms per step with peak memory
 ≤ 60 % of 7.57 GiB. CPU: batch 8, C 8, 5 cells, 16×16×3: the same code paths in seconds.
@@ -69,8 +73,9 @@ from bench_common import CUDA, needs_cuda, run_benchmark
 from ndarts.architect import Architect
 from ndarts.search_step import search_step as run_search_step
 from ndarts.mixed_op import MixedOp
+from ndarts.nasbench201 import Nb201SearchNetwork
 from ndarts.noise import NoiseConfig, add_noise
-from ndarts.operations import SPACES
+from ndarts.operations import NAS_BENCH_201, SPACES
 from ndarts.search_model import SearchNetwork
 from ndarts.searcher import SearchConfig
 
@@ -140,15 +145,20 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0,
     ops' and search kernels' backend, None = NDARTS_BACKEND / auto)."""
     defaults = SearchConfig()
     torch.manual_seed(seed)
-    model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
-                          fused=impl.startswith("fused"), in_channels=cfg.in_channels,
-                          share_node_ops=impl != "plain",  # plain: DARTS as it was, a ReLU in every op
-                          fused_depthwise_conv=_depthwise_kernels(impl), edge_streams=EDGE_STREAMS if "streams" in impl else 0,
-                          batch_edge_convs=False if "per_edge" in impl else None,
-                          autocast=torch.bfloat16 if "bf16" in impl else None,
-                          group_sums=False if "no_groupsum" in impl else None, channels_last=_channels_last(impl), backend=backend,
-                          fused_pointwise_conv="pwconv" in impl or impl.endswith("_convs"), recompute_relu="keep_relu" not in impl,
-                          fused_separable_conv="sepconv" in impl)
+    if cfg.space == NAS_BENCH_201:  # layers: cells per stage; the DARTS-space levers do not apply
+        model = Nb201SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, NoiseConfig(kind=cfg.noise),
+                                   fused=impl.startswith("fused"), in_channels=cfg.in_channels, backend=backend,
+                                   channels_last=_channels_last(impl), autocast=torch.bfloat16 if "bf16" in impl else None)
+    else:
+        model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
+                              fused=impl.startswith("fused"), in_channels=cfg.in_channels,
+                              share_node_ops=impl != "plain",  # plain: DARTS as it was, a ReLU in every op
+                              fused_depthwise_conv=_depthwise_kernels(impl), edge_streams=EDGE_STREAMS if "streams" in impl else 0,
+                              batch_edge_convs=False if "per_edge" in impl else None,
+                              autocast=torch.bfloat16 if "bf16" in impl else None,
+                              group_sums=False if "no_groupsum" in impl else None, channels_last=_channels_last(impl), backend=backend,
+                              fused_pointwise_conv="pwconv" in impl or impl.endswith("_convs"), recompute_relu="keep_relu" not in impl,
+                              fused_separable_conv="sepconv" in impl)
     if impl == "plain":
         # same modules, same parameters: only the forward of every mixed op changes
         for m in model.modules():
@@ -211,6 +221,11 @@ IMPLS = ["plain", "fused_graph", "fused_graph_sepconv", "fused_graph_dwwgrad", "
          "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference", "reference_per_edge",
          "reference_nchw"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
+# NAS-Bench-201's network (layers: cells per stage): GPU, the benchmark's search (C 16, N 5, CIFAR
+# 32×32, batch 64 as its DARTS baseline); CPU: its code paths in seconds
+NB201_CONFIG = (StepConfig(batch=64, channels=16, layers=5, image=32, space=NAS_BENCH_201) if CUDA
+                else StepConfig(batch=8, channels=8, layers=1, image=16, space=NAS_BENCH_201))
+NB201_IMPLS = ["plain", "fused_graph", "fused_graph_bf16", "fused", "reference"]
 GRAPH_WARMUP = 3  # eager steps before the graph step captures
 
 
@@ -225,7 +240,17 @@ def cudnn_benchmark(request):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_search_step(benchmark, device, impl, cudnn_benchmark):
-    cfg = CONFIG
+    _bench_step(benchmark, device, impl, CONFIG, cudnn_benchmark)
+
+
+@pytest.mark.parametrize("impl", NB201_IMPLS)
+def test_nas_bench_201_search_step(benchmark, device, impl, cudnn_benchmark):
+    """The step on NAS-Bench-201's search network (--space nas-bench-201): plain DARTS sums against
+    ndarts' reference and fused ops, eager and as one CUDA graph."""
+    _bench_step(benchmark, device, impl, NB201_CONFIG, cudnn_benchmark)
+
+
+def _bench_step(benchmark, device, impl, cfg, cudnn_benchmark):
     graphed = impl.startswith("fused_graph")
     if graphed and device.type != "cuda":
         pytest.skip(needs_cuda("a CUDA-graph step needs CUDA graphs"))

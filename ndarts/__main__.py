@@ -7,13 +7,14 @@ COMMANDS = {
     "evaluate": "test loss and accuracy of a training checkpoint",
     "genotype": "the model zoo: list, info (cells, parameters, multiply-adds), draw",
     "plots": "figures of a search or training run directory",
+    "nasbench201": "a NAS-Bench-201 cell (search --space nas-bench-201) and its accuracies in the benchmark",
 }
 
 
 def main() -> int:
     print("ndarts: NoisyDARTS with fused Triton kernels. Commands (python -m ndarts.<command> --help):")
     for name, what in COMMANDS.items():
-        print(f"  {name:<9} {what}")
+        print(f"  {name:<11} {what}")
     return 0
 
 

@@ -328,13 +328,16 @@ class MixedOp(nn.Module):
         primitives: operation names, in order (default: DARTS's 8, for drop-in use).
         noise: NoiseConfig for the skip connection (default: Gaussian, λ = 0.2). Noise is drawn
             only in training mode.
+        pool_norm: each pooling op followed by BatchNorm(affine=False), as DARTS's search has it
+            (False: the bare pool, as NAS-Bench-201's search cells have it).
     ``noise_scale`` (attribute) multiplies the noise: the search sets it for cosine decay. With
     decay on (``noise.decay``) the op keeps it on the device too (``noise_scale_device``, a
     non-persistent buffer that setting ``noise_scale`` fills), and its noise reads it there when it
     runs: a CUDA graph captured once follows each epoch's scale.
     """
 
-    def __init__(self, C: int, stride: int, primitives=DARTS_PRIMITIVES, noise: NoiseConfig | None = None):
+    def __init__(self, C: int, stride: int, primitives=DARTS_PRIMITIVES, noise: NoiseConfig | None = None, *,
+                 pool_norm: bool = True):
         super().__init__()
         if isinstance(C, bool) or not isinstance(C, int) or C < 1:
             raise ValueError(f"MixedOp: C (channels) must be an int >= 1, got {C!r}")
@@ -349,14 +352,14 @@ class MixedOp(nn.Module):
         if self.noise.decay and self.noise.enabled:
             self.register_buffer("noise_scale_device", torch.ones(()), persistent=False)
         self.noise_scale = 1.0
-        self._ops = nn.ModuleList(make_search_op(p, C, stride) for p in self.primitives)
+        self._ops = nn.ModuleList(make_search_op(p, C, stride, pool_norm) for p in self.primitives)
         # `none` contributes nothing: never computed, but its weight stays in the softmax.
         self._live = [i for i, p in enumerate(self.primitives) if p != "none"]
         self._skip = self.primitives.index(SKIP) if SKIP in self.primitives else None
         # ops that begin with ReLU can take a shared relu(x) (SearchCell computes it once per node)
         self._tails = tuple(relu_tail(op) for op in self._ops)
         # pooling + BatchNorm(affine=False): identical on every edge leaving a node
-        self._pools = frozenset(i for i, p in enumerate(self.primitives) if "pool" in p)
+        self._pools = frozenset(i for i, p in enumerate(self.primitives) if pool_norm and "pool" in p)
 
     def prepare_share(self, share: NodeShare) -> None:
         """Computes now what the edges leaving share's node reuse (relu(h) and the pools with their
@@ -478,8 +481,8 @@ class FusedMixedOp(MixedOp):
     """
 
     def __init__(self, C: int, stride: int, primitives=DARTS_PRIMITIVES, noise: NoiseConfig | None = None,
-                 backend: str | None = None):
-        super().__init__(C, stride, primitives, noise)
+                 backend: str | None = None, *, pool_norm: bool = True):
+        super().__init__(C, stride, primitives, noise, pool_norm=pool_norm)
         self.backend = backend
         self.register_buffer("_live_index", torch.tensor(self._live, dtype=torch.long), persistent=False)
         self._all_live = len(self._live) == len(self.primitives)

@@ -23,7 +23,12 @@ DARTS_PRIMITIVES = (
 # The official NoisyDARTS search space: DARTS's without the zero op.
 NOISYDARTS_PRIMITIVES = tuple(p for p in DARTS_PRIMITIVES if p != "none")
 
-SPACES = {"darts": DARTS_PRIMITIVES, "noisydarts": NOISYDARTS_PRIMITIVES}
+# NAS-Bench-201's cell space (Dong & Yang, ICLR 2020), in its order: 4 nodes, 6 edges, stride 1 only;
+# its cells are searched in its fixed network (ndarts.nasbench201).
+NAS_BENCH_201 = "nas-bench-201"
+NAS_BENCH_201_PRIMITIVES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+SPACES = {"darts": DARTS_PRIMITIVES, "noisydarts": NOISYDARTS_PRIMITIVES, NAS_BENCH_201: NAS_BENCH_201_PRIMITIVES}
 
 
 class ReLUConvBN(nn.Module):
@@ -188,6 +193,9 @@ OPS = {
     "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
     "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
     "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
+    # NAS-Bench-201's ReLU-conv-BN ops
+    "nor_conv_1x1": lambda C, stride, affine: ReLUConvBN(C, C, 1, stride, 0, affine=affine),
+    "nor_conv_3x3": lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 1, affine=affine),
 }
 
 
@@ -204,10 +212,11 @@ def check_primitives(primitives) -> tuple:
     return primitives
 
 
-def make_search_op(primitive: str, C: int, stride: int) -> nn.Module:
-    """A search-time op: affine=False, and pooling followed by BatchNorm(affine=False) as in DARTS."""
+def make_search_op(primitive: str, C: int, stride: int, pool_norm: bool = True) -> nn.Module:
+    """A search-time op: affine=False, and pooling followed by BatchNorm(affine=False) as in DARTS
+    (pool_norm=False: the bare pool, as NAS-Bench-201's search cells have it)."""
     op = OPS[primitive](C, stride, False)
-    if "pool" in primitive:
+    if pool_norm and "pool" in primitive:
         op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
     return op
 

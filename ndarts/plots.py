@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .errors import NdartsError, cli_errors  # noqa: E402
 from .genotype import Genotype, GenotypeError  # noqa: E402
-from .operations import SPACES  # noqa: E402
+from .operations import NAS_BENCH_201, SPACES  # noqa: E402
 
 SKIP_COLOR = "#d62728"
 OP_COLORS = {
@@ -156,11 +156,18 @@ def _epochs(records):
     return [r["epoch"] + 1 for r in records]
 
 
+ALPHA_PANELS = {"alphas_normal": "normal cell", "alphas_reduce": "reduction cell",
+                "alphas_cell": "NAS-Bench-201 cell"}  # the metrics' α keys, by search space
+
+
 def alpha_figure(records, primitives):
-    """softmax(α) per op, mean over edges, per epoch; normal and reduce panels."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    """softmax(α) per op, mean over edges, per epoch; a panel per cell type (normal and reduce)."""
+    keys = [k for k in ALPHA_PANELS if k in records[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.4), sharey=True, squeeze=False)
+    axes = axes[0]
     epochs = _epochs(records)
-    for ax, key, name in zip(axes, ("alphas_normal", "alphas_reduce"), ("normal cell", "reduction cell")):
+    for ax, key in zip(axes, keys):
+        name = ALPHA_PANELS[key]
         for k, op in enumerate(primitives):
             series = [sum(edge[k] for edge in r[key]) / len(r[key]) for r in records]
             skip = op == "skip_connect"
@@ -172,27 +179,29 @@ def alpha_figure(records, primitives):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("softmax(α), mean over edges")
-    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9, frameon=False)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9, frameon=False)
     fig.suptitle("architecture weights during the search (dotted: uniform)")
     fig.tight_layout()
     return fig
 
 
-def skips_figure(records):
+def skips_figure(records, n_edges: int = 8):
     fig, ax = plt.subplots(figsize=(7, 3.8))
     epochs = _epochs(records)
     marker = "o" if len(epochs) < 40 else None
     ax.plot(epochs, [r["skip_normal"] for r in records], label="normal cell", color=SKIP_COLOR, lw=2.2,
             marker=marker, ms=6)
-    ax.plot(epochs, [r["skip_reduce"] for r in records], label="reduction cell", color="#1f77b4", lw=1.6, ls="--",
-            marker="s" if marker else None, ms=4)
-    top = max(max(r["skip_normal"], r["skip_reduce"]) for r in records)
+    reduce = records[0].get("skip_reduce") is not None  # None: the space has no reduction cell
+    if reduce:
+        ax.plot(epochs, [r["skip_reduce"] for r in records], label="reduction cell", color="#1f77b4", lw=1.6,
+                ls="--", marker="s" if marker else None, ms=4)
+    top = max(max(r["skip_normal"], r["skip_reduce"] if reduce else 0) for r in records)
     ax.set_ylim(-0.3, max(top, 2) + 0.5)
     ax.set_yticks(range(0, max(top, 2) + 1))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("skip connections in the derived cell")
-    ax.set_title("skip connections (of 8 edges) per epoch")
+    ax.set_title(f"skip connections (of {n_edges} edges) per epoch")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
     fig.tight_layout()
@@ -236,21 +245,22 @@ def plot_run(run_dir, out_dir=None) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    if "alphas_normal" in records[0]:
+    alphas = "alphas_cell" if "alphas_cell" in records[0] else "alphas_normal"
+    if alphas in records[0]:
         space = config.get("space", "noisydarts")
         if space not in SPACES:
             raise NdartsError(f"{run_dir}/config.json names an unknown search space {space!r}")
         primitives = SPACES[space]
-        if len(records[0]["alphas_normal"][0]) != len(primitives):
-            raise NdartsError(f"metrics.jsonl has {len(records[0]['alphas_normal'][0])} ops per edge but the "
+        if len(records[0][alphas][0]) != len(primitives):
+            raise NdartsError(f"metrics.jsonl has {len(records[0][alphas][0])} ops per edge but the "
                               f"'{space}' space has {len(primitives)}")
         save(alpha_figure(records, primitives), "alphas.png")
-        save(skips_figure(records), "skips.png")
+        save(skips_figure(records, len(records[0][alphas]) if alphas == "alphas_cell" else 8), "skips.png")
         genotype_dict = records[-1].get("genotype")
     else:
         genotype_dict = config.get("genotype_dict")
     save(curves_figure(records), "curves.png")
-    if genotype_dict:
+    if genotype_dict and genotype_dict.get("space") != NAS_BENCH_201:  # (a NAS-Bench-201 cell: its arch string)
         try:
             genotype = Genotype.from_dict(genotype_dict)
         except GenotypeError as e:

@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-steps", type=int, default=None, help="cap the steps per epoch (quick runs)")
 
     g = p.add_argument_group("search space")
-    g.add_argument("--space", default=d.space, choices=sorted(SPACES), help="noisydarts: 7 ops; darts: 8 with none")
+    g.add_argument("--space", default=d.space, choices=sorted(SPACES),
+                   help="noisydarts: 7 ops; darts: 8 with none; nas-bench-201: NAS-Bench-201's cell (5 ops, 6 "
+                        "edges) in its network (--init-channels C, --cells-per-stage N; --layers unused)")
+    g.add_argument("--cells-per-stage", type=int, default=None,
+                   help=f"nas-bench-201: cells per stage of its 3 (default {d.cells_per_stage}, the benchmark's)")
     g.add_argument("--init-channels", type=int, default=None, help=f"default {d.init_channels} ({DIGITS_PRESET['init_channels']} on digits)")
     g.add_argument("--layers", type=int, default=None, help=f"default {d.layers} ({DIGITS_PRESET['layers']} on digits)")
     g.add_argument("--arch-activation", default=d.arch_activation, choices=["softmax", "sigmoid"],

@@ -6,12 +6,11 @@ The architecture weights α are ``nn.Parameter``s of the module (``alphas_normal
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .arch_network import ARCH_ACTIVATIONS, ArchNetwork
 from .cell_layout import reduction_cells
 from .genotype import derive_genotype
 from .backend import TRITON_DTYPES, graph_kernels_enabled, kernels_import_error, resolve_backend
@@ -25,8 +24,6 @@ from .fused_sum import SeedBlock
 from .mixed_op import FusedMixedOp, GroupRun, MixedOp, NodeShare, copy_running_stats, pool_all
 from .noise import NoiseConfig
 from .operations import NOISYDARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
-
-ARCH_ACTIVATIONS = ("softmax", "sigmoid")
 
 
 class EdgeStreams:
@@ -260,7 +257,7 @@ class SearchCell(nn.Module):
         return s
 
 
-class SearchNetwork(nn.Module):
+class SearchNetwork(ArchNetwork):
     """DARTS's search network for CIFAR-sized inputs (any H×W ≥ 4, any channel count).
 
     Args: C initial channels, num_classes, layers (cells; reductions at layers//3 and
@@ -399,36 +396,14 @@ class SearchNetwork(nn.Module):
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
 
-    # -- parameters
+    # -- parameters (the rest: ArchNetwork)
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alphas_normal, self.alphas_reduce]
 
-    def weight_parameters(self) -> list[nn.Parameter]:
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
-
-    def named_weight_parameters(self):
-        return [(n, p) for n, p in self.named_parameters() if not n.startswith("alphas_")]
-
-    def arch_weights(self, alphas: torch.Tensor) -> torch.Tensor:
-        if self.arch_activation == "sigmoid":
-            return torch.sigmoid(alphas)
-        return F.softmax(alphas, dim=-1)
-
-    # -- noise
-    def set_noise_scale(self, scale: float) -> None:
-        """The decay scale for every mixed op (cosine decay of the noise): with decay on, a fill of
-        each op's device copy, which the noise reads when it runs."""
-        for m in self.modules():
-            if isinstance(m, MixedOp):
-                m.noise_scale = float(scale)
-
-    @property
-    def noise_scale_is_read_on_device(self) -> bool:
-        """Whether every mixed op's noise reads its scale from the device (or the scale never
-        changes: no decay), so that a captured step needs no new capture for a new scale."""
-        ops = [m for m in self.modules() if isinstance(m, MixedOp)]
-        return all(not (m.noise.decay and m.noise.enabled) or "noise_scale_device" in m._buffers for m in ops)
+    def arch_record(self) -> dict:
+        """α's weights per cell type, for the search's metrics (lists of [edges][ops])."""
+        return {"alphas_normal": self.arch_weights(self.alphas_normal).tolist(),
+                "alphas_reduce": self.arch_weights(self.alphas_reduce).tolist()}
 
     # -- forward
     def forward(self, x):
@@ -473,19 +448,6 @@ class SearchNetwork(nn.Module):
             # the preprocessing convs keep relu(x) for their backward: the ReLU's mask is read from it
             return list(relu_repeat_sources([x], [1], self.backend, aliases=uses, keep_output=True))
         return [F.relu(x)] * uses
-
-    def _use_channels_last(self, x) -> bool:
-        if self.channels_last is not None:
-            return self.channels_last
-        # auto: on a CPU running the torch ops (oneDNN's convolutions are 1.3–3× faster in NHWC at
-        # the search shapes); NCHW wherever the Triton kernels run (they take NCHW)
-        return x.device.type == "cpu" and resolve_backend(self.backend, x.device) == "torch"
-
-    def _autocast(self, x):
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        # no weight-cast cache: the cached casts would outlive a captured CUDA graph's replays
-        return torch.autocast(x.device.type, dtype=self.autocast, cache_enabled=False)
 
     def genotype(self):
         return derive_genotype(self.arch_weights(self.alphas_normal), self.arch_weights(self.alphas_reduce),

@@ -28,7 +28,8 @@ from .genotype import save_genotype
 from .graph_step import GraphedEvaluation, evaluation_sums, make_graph_step
 from .meters import EpochMeter, steps_per_epoch, steps_phrase
 from .noise import NoiseConfig
-from .operations import SPACES
+from .nasbench201.network import Nb201SearchNetwork
+from .operations import NAS_BENCH_201, SPACES
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import RunDir, summary_writer_class, write_scalars
 from .search_model import SearchNetwork
@@ -38,6 +39,7 @@ from .search_step import search_step
 STRUCTURAL = ("dataset", "space", "layers", "init_channels", "steps", "order", "noise", "noise_lambda",
               "noise_mean", "noise_mixture", "noise_decay", "noise_position", "arch_activation", "seed",
               "batch_size", "train_portion", "image_size")
+STRUCTURAL_NB201 = ("cells_per_stage",)  # and for the NAS-Bench-201 space (older runs never had it)
 
 SEARCH_AMP = {"none": None, "bf16": torch.bfloat16}  # --amp: the autocast dtype
 # --triton-convs: the cells' convolutions on ndarts' Triton kernels, as SearchNetwork's
@@ -76,6 +78,7 @@ class SearchConfig:
     layers: int = 8
     steps: int = 4
     space: str = "noisydarts"
+    cells_per_stage: int = 5  # the NAS-Bench-201 space's network: 3 stages of N cells (its N = 5)
     arch_activation: str = "softmax"
     # noise
     noise: str = "gaussian"
@@ -113,7 +116,7 @@ class SearchConfig:
         if self.space not in SPACES:
             raise NdartsError(f"unknown search space {self.space!r}; choose one of {sorted(SPACES)}")
         require_ints(self, 1, "epochs", "batch_size", "eval_batch_size", "eval_every", "init_channels", "layers",
-                     "steps", "image_size", "max_steps")
+                     "steps", "image_size", "max_steps", "cells_per_stage")
         require_ints(self, 0, "workers", "report_freq", "hessian_every")
         require_optimizer_settings(self)
         require_numbers(self, "arch_learning_rate", low_open=True)
@@ -124,6 +127,9 @@ class SearchConfig:
         if self.triton_convs not in TRITON_CONVS and self.triton_convs != "auto":
             raise NdartsError(f"--triton-convs must be auto or one of {sorted(TRITON_CONVS)}, "
                               f"got {self.triton_convs!r}")
+        if self.space == NAS_BENCH_201 and self.triton_convs not in ("none", "auto"):
+            raise NdartsError(f"--triton-convs {self.triton_convs} applies to the DARTS spaces' sep/dil convs; "
+                              f"the {NAS_BENCH_201} space has none (drop the flag)")
         if self.triton_convs_chosen is not None and self.triton_convs_chosen not in TRITON_CONVS:
             raise NdartsError(f"triton_convs_chosen must be one of {sorted(TRITON_CONVS)}, got {self.triton_convs_chosen!r}")
         require_numbers(self, "train_portion", low_open=True, high=1.0, high_open=True)
@@ -151,9 +157,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 # what the loop watches each step (FiniteWatch), and how a divergence names it
-WATCHED = ("loss", "arch_loss", "grad_norm", "alphas_normal", "alphas_reduce")
+# (and each of the network's α tensors, "alphas")
+WATCHED = ("loss", "arch_loss", "grad_norm")
 WATCHED_AS = {"loss": "training loss", "arch_loss": "validation (α) loss", "grad_norm": "weight gradient",
-              "alphas_normal": "architecture weights α", "alphas_reduce": "architecture weights α"}
+              "alphas": "architecture weights α"}
 
 
 class Divergence(NdartsError):
@@ -177,7 +184,8 @@ class Searcher:
             if dist is not None:
                 dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
             if cfg.resume:
-                self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
+                nb201 = STRUCTURAL_NB201 if cfg.space == NAS_BENCH_201 else ()
+                self.run.check_same_config(cfg.to_dict(), STRUCTURAL + nb201)
                 self._keep_checkpoint_layout()
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
             self._build()
@@ -242,12 +250,18 @@ class Searcher:
         # the evaluation's full batches as one CUDA graph too, captured once for the whole search
         self.graph_eval = GraphedEvaluation(self.model) if cfg.cuda_graph else None
 
-    def _new_model(self, triton_convs: str) -> SearchNetwork:
+    def _new_model(self, triton_convs: str) -> SearchNetwork | Nb201SearchNetwork:
         """A search network of this run's configuration on its device, its cells' convolutions as
-        `triton_convs` (a TRITON_CONVS key) says."""
+        `triton_convs` (a TRITON_CONVS key) says (the DARTS spaces)."""
         cfg, spec = self.cfg, self.spec
         depthwise, pointwise, separable = TRITON_CONVS[triton_convs]
         try:
+            if cfg.space == NAS_BENCH_201:
+                model = Nb201SearchNetwork(cfg.init_channels, spec.num_classes, cfg.cells_per_stage, cfg.noise_config(),
+                                           fused=cfg.fused, in_channels=spec.in_channels,
+                                           arch_activation=cfg.arch_activation, backend=cfg.backend,
+                                           channels_last=cfg.channels_last, autocast=SEARCH_AMP[cfg.amp])
+                return model.to(self.device)
             model = SearchNetwork(cfg.init_channels, spec.num_classes, cfg.layers, SPACES[cfg.space],
                                   cfg.noise_config(), fused=cfg.fused, steps=cfg.steps, multiplier=cfg.steps,
                                   in_channels=spec.in_channels, arch_activation=cfg.arch_activation,
@@ -273,6 +287,10 @@ class Searcher:
     def _choose_triton_convs(self) -> str:
         """cfg.triton_convs, or with "auto" the fastest candidate timed on this device (ndarts.conv_tuning)."""
         cfg = self.cfg
+        if cfg.space == NAS_BENCH_201:
+            if cfg.triton_convs == "auto":
+                cfg.triton_convs_chosen = "none"  # nothing to time: the space has no sep/dil convs
+            return "none"
         if cfg.triton_convs != "auto":
             if cfg.triton_convs != "none":
                 why_not = self._why_conv_kernels_idle()
@@ -427,8 +445,8 @@ class Searcher:
                 # eager GPU steps are launch-bound: the graph step was 6× faster on an H200 (RESULTS.md)
                 self.run.log("tip: --fused --cuda-graph replays each search step as one CUDA graph "
                              "(6× faster steps on an H200, benchmarks/RESULTS.md)")
-            note = no_normal_cell_note(cfg.layers, "so the normal cell's α gets no gradient and its derived "
-                                                   "cell is not searched")
+            note = cfg.space != NAS_BENCH_201 and no_normal_cell_note(
+                cfg.layers, "so the normal cell's α gets no gradient and its derived cell is not searched")
             if note:
                 self.run.log(note)
         try:
@@ -444,6 +462,9 @@ class Searcher:
         if self.rank0:
             save_genotype(genotype, self.run.path / "genotype.json")
             self.run.log(f"final genotype: {genotype.to_json()}")
+            if cfg.space == NAS_BENCH_201:
+                self.run.log(f"its accuracy in the benchmark: python -m ndarts.nasbench201 {self.run.path} "
+                             "--benchmark FILE (README: NAS-Bench-201)")
         return genotype
 
     def _epoch(self, epoch: int):
@@ -462,9 +483,8 @@ class Searcher:
         record = {
             "epoch": epoch, "lr": lr, "noise_scale": scale, **train,
             "val_loss": val_loss, "val_acc": val_acc,
-            "skip_normal": skips[0], "skip_reduce": skips[1],
-            "alphas_normal": model.arch_weights(model.alphas_normal).tolist(),
-            "alphas_reduce": model.arch_weights(model.alphas_reduce).tolist(),
+            "skip_normal": skips[0], "skip_reduce": skips[1],  # None: no reduction cell (NAS-Bench-201)
+            **model.arch_record(),
             "genotype": genotype.to_dict(), "seconds": time.time() - t0,
         }
         if self.rank0 and cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
@@ -485,8 +505,8 @@ class Searcher:
             self.dist.barrier()  # the checkpoint is on disk before any rank goes on (or reads it on a restart)
         self.run.log(f"epoch {epoch + 1}/{cfg.epochs} train loss {train['train_loss']:.4f} acc {train['train_acc']:.3f} "
                      + (f"| val loss {val_loss:.4f} acc {val_acc:.3f} " if val_loss is not None else "| val - ")
-                     + f"| skips normal {skips[0]} reduce {skips[1]} "
-                     f"| {record['seconds']:.1f}s")
+                     + (f"| skips normal {skips[0]} reduce {skips[1]} " if skips[1] is not None else f"| skips {skips[0]} ")
+                     + f"| {record['seconds']:.1f}s")
 
     def evaluates_after(self, epoch: int) -> bool:
         """Whether the α half is evaluated after `epoch` (0-based): every --eval-every epochs and the last."""
@@ -499,7 +519,7 @@ class Searcher:
         meter = EpochMeter()
         # no host sync per step: the losses, the gradient norm and α are checked on the device, and
         # read where a progress line is logged and at the end of the epoch (before its checkpoint)
-        watch = FiniteWatch(WATCHED)
+        watch = FiniteWatch(WATCHED + ("alphas",) * len(self.model.arch_parameters()))
         n_steps = steps_per_epoch(len(self.train_stream), cfg.max_steps)
         for step, (x, y) in enumerate(self.train_stream.iterate(epoch)):
             if step >= n_steps:

@@ -213,6 +213,12 @@ def _workload() -> None:
             net(torch.randn(2, 3, 32, 32)).sum().backward()
             # a w step's backward: the sums' kernels without dW
             torch.autograd.backward(net(torch.randn(2, 3, 32, 32)).sum(), inputs=list(net.weight_parameters()))
+    from ndarts.nasbench201 import Nb201SearchNetwork
+
+    for autocast in (None, torch.bfloat16):  # NAS-Bench-201's network: 4 live operands per sum
+        torch.manual_seed(0)
+        net = Nb201SearchNetwork(4, 5, 1, NoiseConfig(), fused=True, backend="triton", autocast=autocast)
+        net(torch.randn(2, 3, 8, 8)).sum().backward()
     for lever in (dict(), dict(autocast=torch.bfloat16), dict(fused_separable_conv=True)):  # the evaluation's forward
         torch.manual_seed(0)
         net = SearchNetwork(C=4, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(),

@@ -161,17 +161,23 @@ def _searcher(tmp_path, name, **kw):
 
 
 def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, group_sums=None, pwconv=False,
-                sepconv=False, order="first"):
+                sepconv=False, order="first", nb201=False):
     from ndarts import DARTS_PRIMITIVES, NoiseConfig
     from ndarts.architect import Architect
     from ndarts.graph_step import prepare_optimizers_for_capture
     from ndarts.search_model import SearchNetwork
 
     torch.manual_seed(seed)
-    model = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
-                          fused=True, backend="triton", fused_depthwise_conv=dwconv, edge_streams=streams,
-                          batch_edge_convs=grouped, autocast=autocast, group_sums=group_sums,
-                          fused_pointwise_conv=pwconv, fused_separable_conv=sepconv).cuda()
+    if nb201:  # NAS-Bench-201's network (ndarts.nasbench201), 2 cells per stage
+        from ndarts.nasbench201 import Nb201SearchNetwork
+
+        model = Nb201SearchNetwork(8, 10, 2, NoiseConfig(kind="none"), fused=True, backend="triton",
+                                   autocast=autocast).cuda()
+    else:
+        model = SearchNetwork(C=8, layers=5, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
+                              fused=True, backend="triton", fused_depthwise_conv=dwconv, edge_streams=streams,
+                              batch_edge_convs=grouped, autocast=autocast, group_sums=group_sums,
+                              fused_pointwise_conv=pwconv, fused_separable_conv=sepconv).cuda()
     w_opt = torch.optim.SGD(model.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(model.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     prepare_optimizers_for_capture(a_opt)  # the same Adam arithmetic on both sides
@@ -202,8 +208,25 @@ def test_second_order_cuda_graph_step_equals_eager_step_by_step():
     _assert_graph_step_equals_eager(grouped=True, order="second")
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_nas_bench_201_cuda_graph_step_equals_eager_step_by_step(bf16):
+    """The same for NAS-Bench-201's search network (its cells' fused sums take their seeds from one
+    block per forward, as SearchNetwork's do)."""
+    _assert_graph_step_equals_eager(bf16=bf16, nb201=True)
+
+
+def test_cuda_graph_search_on_nas_bench_201(tmp_path):
+    """The search loop on NAS-Bench-201's space with --cuda-graph and noise: one capture, its genotype."""
+    from ndarts.nasbench201 import load_nb201_genotype
+
+    s = _searcher(tmp_path, "nb201", cuda_graph=True, space="nas-bench-201", cells_per_stage=2)
+    genotype = s.run_search()
+    assert s.graph_step.captures == 1
+    assert load_nb201_genotype(str(tmp_path / "nb201")) == genotype
+
+
 def _assert_graph_step_equals_eager(dwconv=False, streams=0, grouped=False, bf16=False, group_sums=None,
-                                    pwconv=False, sepconv=False, order="first"):
+                                    pwconv=False, sepconv=False, order="first", nb201=False):
     from ndarts.graph_step import make_graph_step
     from ndarts.search_step import search_step
 
@@ -219,7 +242,7 @@ def _assert_graph_step_equals_eager(dwconv=False, streams=0, grouped=False, bf16
         model, architect, w_opt, criterion = _step_parts(dwconv=dwconv, streams=streams, grouped=grouped,
                                                          autocast=torch.bfloat16 if bf16 else None,
                                                          group_sums=group_sums, pwconv=pwconv, sepconv=sepconv,
-                                                         order=order)
+                                                         order=order, nb201=nb201)
         weights = model.weight_parameters()
         step = make_graph_step(model, architect, w_opt, criterion, 5.0, batches[0], warmup=2) if graphed else None
         losses = []

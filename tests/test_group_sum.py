@@ -117,10 +117,14 @@ def test_group_kernels_of_several_sources_match_reference(dtype, atol, rtol, lay
                 grouped, weights, grad)
     got = _run(lambda s, g, w: noisy_group_sums(split(s), g, w, edges, skip, noise, scale=0.7, backend="triton",
                                                 seed=seed), flat, grouped, weights, grad)
+    # dW[e, k] sums N·C·H·W products: its fp32 rounding scales with Σ|g_e·op_k| (a multiplicative noisy
+    # skip reaches 2.3e-5 off at 2e-5 atol), as in test_deferred_batch_norm_operands_are_read_as_their_output
+    dw_atol = torch.finfo(dtype).eps * _largest_abs_term_sum(split(flat), grouped, grad, edges, skip, lam, eps)
     names = ["y"] + [f"d shared {i}" for i in range(len(flat))] + [f"d grouped {i}" for i in range(q)] + ["dW"]
     for name, a, b in zip(names, got, want):
         assert a.shape == b.shape and a.dtype == b.dtype, name
-        tol = (atol * 20, rtol * 5) if name == "dW" and dtype != torch.float32 else (atol, rtol)
+        tol = (atol * 20, rtol * 5) if dtype != torch.float32 else (atol + dw_atol, rtol)
+        tol = tol if name == "dW" else (atol, rtol)
         torch.testing.assert_close(a.float(), b.float(), atol=tol[0], rtol=tol[1], msg=lambda m: f"{name}: {m}")
 
 

@@ -54,6 +54,10 @@ class Genotype:
         """Builds and validates a genotype (operation names, input indices, edge counts)."""
         if not isinstance(d, dict):
             raise GenotypeError(f"a genotype must be a JSON object, got {type(d).__name__}")
+        if d.get("space") == "nas-bench-201":
+            raise GenotypeError(f"{d.get('arch', 'this')} is a NAS-Bench-201 cell, not a DARTS-space genotype: the "
+                                "benchmark holds its trained accuracies (python -m ndarts.nasbench201 CELL "
+                                "--benchmark FILE)")
         missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in d]
         if missing:
             raise GenotypeError(f"genotype is missing the key(s) {missing}")

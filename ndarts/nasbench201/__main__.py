@@ -1,0 +1,51 @@
+"""``python -m ndarts.nasbench201``: a NAS-Bench-201 cell, and its accuracies in the benchmark.
+
+    python -m ndarts.nasbench201 runs/nb201                     # the cell a search found (its genotype.json)
+    python -m ndarts.nasbench201 '|nor_conv_3x3~0|+|...' --benchmark ~/NATS-tss-v1_0-3ffb9-simple --dataset cifar100
+
+CELL is an architecture string, a genotype JSON (text or file) or a search run's directory.
+Without --benchmark it prints the cell; with it, the benchmark's 200-epoch record of the cell
+(needs ``pip install nats_bench`` or ``nas-bench-201`` and the benchmark's file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import cli_errors
+from .lookup import DATASETS, format_record, load_nb201_genotype, lookup, open_benchmark
+from .space import EDGES
+
+
+def describe(genotype) -> str:
+    lines = [genotype.arch_string()]
+    for j in range(1, max(to for to, _ in EDGES) + 1):
+        ins = " + ".join(f"{op}(node {i})" for op, (to, i) in zip(genotype.ops, EDGES) if to == j)
+        lines.append(f"  node {j} = {ins}")
+    lines.append(f"  ({genotype.skip_counts()[0]} skip connections; the cell's output is node 3)")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ndarts.nasbench201", description=__doc__.split("\n\n")[0])
+    p.add_argument("cell", help="architecture string, genotype JSON (text or file) or search run directory")
+    p.add_argument("--benchmark", default=None, help="the benchmark's file or directory (NATS-Bench tss or NAS-Bench-201)")
+    p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="the benchmark's dataset (default cifar10)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    return p
+
+
+@cli_errors
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    genotype = load_nb201_genotype(args.cell)
+    if args.benchmark is None:
+        print(json.dumps(genotype.to_dict()) if args.json else describe(genotype))
+        return 0
+    record = lookup(genotype, open_benchmark(args.benchmark), args.dataset)
+    print(json.dumps(record) if args.json else format_record(record))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""NAS-Bench-201: its cell space (architecture strings, derivation), its search network (wiring,
+size, fused vs plain per-edge ops), the search on it end to end, and the benchmark lookup."""
+import json
+import random
+import re
+import sys
+
+import pytest
+import torch
+
+from ndarts.errors import NdartsError
+from ndarts.genotype import GenotypeError, load_genotype
+from ndarts.mixed_op import FusedMixedOp, MixedOp
+from ndarts.nasbench201 import (EDGES, Nb201Genotype, Nb201SearchCell, Nb201SearchNetwork, derive_nb201_genotype,
+                                load_nb201_genotype, lookup, open_benchmark)
+from ndarts.nasbench201.__main__ import main as nb201_main
+from ndarts.noise import NoiseConfig
+from ndarts.operations import NAS_BENCH_201_PRIMITIVES as OPS
+from ndarts.searcher import SearchConfig, Searcher
+from test_search import _killed_after_first_epoch
+
+NO_NOISE = NoiseConfig(kind="none")
+
+
+def random_genotype(rng) -> Nb201Genotype:
+    return Nb201Genotype(tuple(rng.choice(OPS) for _ in EDGES))
+
+
+# ----------------------------------------------------------------------------- the space
+def test_edges_are_the_benchmarks_order():
+    assert EDGES == ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
+
+
+def test_arch_strings_round_trip(fresh_seed):
+    rng = random.Random(fresh_seed)
+    for _ in range(50):
+        g = random_genotype(rng)
+        text = g.arch_string()
+        groups = text.split("+")
+        assert [len(grp.strip("|").split("|")) for grp in groups] == [1, 2, 3]
+        for (to, i), op in zip(EDGES, g.ops):
+            assert f"|{op}~{i}|" in groups[to - 1] or f"{op}~{i}|" in groups[to - 1]
+        assert Nb201Genotype.from_arch_string(text) == g
+        assert Nb201Genotype.from_dict(json.loads(g.to_json())) == g
+
+
+@pytest.mark.parametrize("text, message", [
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|", "3 '+'-separated"),
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~1|avg_pool_3x3~1|+|none~0|none~1|none~2|", "must be 'op~0'"),
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|+|none~0|none~1|none~2|", "must have 2 edge(s)"),
+    ("|sep_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|", "unknown NAS-Bench-201 op"),
+    ("nor_conv_3x3~0+|none~0|none~1|+|none~0|none~1|none~2|", "must be written |op~input|"),
+])
+def test_bad_arch_strings_are_named(text, message):
+    with pytest.raises(GenotypeError, match=re.escape(message)):
+        Nb201Genotype.from_arch_string(text)
+
+
+def test_derivation_takes_each_edges_argmax_none_included(fresh_seed):
+    w = torch.softmax(torch.randn(len(EDGES), len(OPS)), dim=-1)
+    e = int(torch.randint(len(EDGES), ()))
+    w[e, OPS.index("none")] = 2.0  # `none` may win an edge: that is how a cell drops it
+    g = derive_nb201_genotype(w)
+    assert g.ops == tuple(OPS[int(torch.argmax(row))] for row in w)
+    assert g.ops[e] == "none"
+    assert g.skip_counts() == (sum(op == "skip_connect" for op in g.ops), None)
+    with pytest.raises(ValueError, match=r"\[6, 5\]"):
+        derive_nb201_genotype(w[:5])
+
+
+def test_a_darts_loader_names_a_nas_bench_201_cell(tmp_path):
+    path = tmp_path / "genotype.json"
+    path.write_text(random_genotype(random.Random(0)).to_json())
+    with pytest.raises(GenotypeError, match="NAS-Bench-201 cell, not a DARTS-space genotype"):
+        load_genotype(str(path))
+
+
+# ----------------------------------------------------------------------------- the network
+def _cell_by_hand(cell, x, w):
+    """node j = Σ_{i<j} Σ_k w[e, k]·op_k(node i), with the edge index e written out."""
+    def edge(e, h):
+        mixed = cell.edges[e]
+        return sum(w[e, k] * mixed._ops[k](h) for k in range(len(OPS)) if OPS[k] != "none")
+    n1 = edge(0, x)
+    n2 = edge(1, x) + edge(2, n1)
+    return edge(3, x) + edge(4, n1) + edge(5, n2)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_cell_is_the_benchmarks_dag(fresh_seed, fused):
+    make = (lambda c: FusedMixedOp(c, 1, OPS, NO_NOISE, backend="torch", pool_norm=False)) if fused else \
+        (lambda c: MixedOp(c, 1, OPS, NO_NOISE, pool_norm=False))
+    cell = Nb201SearchCell(5, make).train()
+    x = torch.randn(3, 5, 7, 6)
+    skip = torch.zeros(len(EDGES), len(OPS))
+    skip[:, OPS.index("skip_connect")] = 1.0
+    # all skips: node1 = x, node2 = x + node1, node3 = x + node1 + node2 = 4x
+    torch.testing.assert_close(cell(x, skip), 4 * x)
+    w = torch.softmax(torch.randn(len(EDGES), len(OPS)), dim=-1)
+    torch.testing.assert_close(cell(x, w), _cell_by_hand(cell, x, w), atol=1e-5, rtol=1e-5)
+    for mixed in cell.edges:  # the pool is bare, as the benchmark's search cell has it
+        pool = mixed._ops[OPS.index("avg_pool_3x3")]
+        assert isinstance(pool, torch.nn.AvgPool2d) and not pool.count_include_pad
+
+
+def test_the_benchmarks_network_size():
+    C, N, classes = 16, 5, 10
+    net = Nb201SearchNetwork(C, classes, N)
+    cells = sum(10 * c * c * len(EDGES) * N for c in (C, 2 * C, 4 * C))  # nor_conv_1x1 + nor_conv_3x3 per edge
+    blocks = sum(9 * c * 2 * c + 2 * 2 * c + 9 * 4 * c * c + 2 * 2 * c + c * 2 * c for c in (C, 2 * C))
+    rest = 3 * 9 * C + 2 * C + 2 * 4 * C + 4 * C * classes + classes  # stem, last BatchNorm, classifier
+    assert sum(p.numel() for p in net.weight_parameters()) == cells + blocks + rest
+    assert [a.shape for a in net.arch_parameters()] == [(len(EDGES), len(OPS))]
+    assert len([m for m in net.cells if isinstance(m, Nb201SearchCell)]) == 3 * N
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 7)])
+def test_fused_network_equals_the_plain_per_edge_network(fresh_seed, size):
+    """Training mode, noise off: the fused ops' network (torch backend) gives the plain MixedOp
+    network's logits and the same gradients of α and every weight, on even and odd image sizes."""
+    plain = Nb201SearchNetwork(4, 7, 1, NO_NOISE, in_channels=2, channels_last=False)
+    fused = Nb201SearchNetwork(4, 7, 1, NO_NOISE, fused=True, in_channels=2, backend="torch", channels_last=True)
+    fused.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        plain.alphas_cell.normal_()
+        fused.alphas_cell.copy_(plain.alphas_cell)
+    x = torch.randn(5, 2, *size)
+    grads = []
+    for net in (plain, fused):
+        out = net(x)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(fresh_seed)))
+        grads.append((out, [p.grad for p in net.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=2e-5, rtol=1e-4)
+    for g_fused, g_plain in zip(grads[1][1], grads[0][1]):
+        torch.testing.assert_close(g_fused, g_plain, atol=5e-5, rtol=1e-3)
+
+
+def test_triton_kernels_run_the_network(fresh_seed):
+    """The Triton kernels (interpreted on a CPU) in the network: the torch backend's results."""
+    ref = Nb201SearchNetwork(3, 4, 1, NO_NOISE, fused=True, backend="torch", channels_last=False)
+    tri = Nb201SearchNetwork(3, 4, 1, NO_NOISE, fused=True, backend="triton", channels_last=False)
+    tri.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 4, 4)
+    outs = []
+    for net in (ref, tri):
+        out = net(x)
+        out.sum().backward()
+        outs.append((out, net.alphas_cell.grad))
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outs[1][1], outs[0][1], atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_skip_connection_is_noisy_in_training_only(fresh_seed, fused):
+    net = Nb201SearchNetwork(4, 3, 1, NoiseConfig(), fused=fused, backend="torch")
+    quiet = Nb201SearchNetwork(4, 3, 1, NO_NOISE, fused=fused, backend="torch")
+    quiet.load_state_dict(net.state_dict())
+    x = torch.randn(4, 3, 6, 6)
+    net.eval(), quiet.eval()  # first: a training pass moves the BatchNorms' running statistics
+    torch.testing.assert_close(net(x), quiet(x))
+    net.train(), quiet.train()
+    assert not torch.allclose(net(x), quiet(x), atol=1e-4)
+
+
+def test_bad_network_arguments():
+    with pytest.raises(ValueError, match="cells_per_stage"):
+        Nb201SearchNetwork(16, 10, 0)
+    with pytest.raises(ValueError, match=r"images \[N, C, H, W\]"):
+        Nb201SearchNetwork(4, 3, 1)(torch.randn(3, 8, 8))
+
+
+# ----------------------------------------------------------------------------- the search
+def _cfg(out, **kw):
+    base = dict(dataset="digits", space="nas-bench-201", cells_per_stage=1, init_channels=4, batch_size=16,
+                max_steps=3, epochs=2, report_freq=0, out=str(out))
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+@pytest.mark.slow
+def test_search_and_resume_on_the_benchmarks_space(tmp_path, monkeypatch):
+    """A fused search writes a NAS-Bench-201 genotype and α per epoch; stopped after epoch 1 and
+    resumed it ends exactly where the uninterrupted run does."""
+    full = Searcher(_cfg(tmp_path / "full", fused=True))
+    g_full = full.run_search()
+    assert load_nb201_genotype(str(tmp_path / "full")) == g_full
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [len(r["alphas_cell"]) for r in records] == [len(EDGES)] * 2
+    assert records[-1]["skip_reduce"] is None and records[-1]["genotype"] == g_full.to_dict()
+    from ndarts import plots
+
+    written = {p.name for p in plots.main([str(tmp_path / "full")])}
+    assert written == {"alphas.png", "skips.png", "curves.png"}  # no DARTS cell drawings
+
+    with _killed_after_first_epoch(monkeypatch):
+        Searcher(_cfg(tmp_path / "cut", fused=True)).run_search()
+    resumed = Searcher(_cfg(tmp_path / "cut", fused=True, resume=True))
+    assert resumed.start_epoch == 1
+    assert resumed.run_search() == g_full
+    assert torch.equal(resumed.model.alphas_cell, full.model.alphas_cell)
+    with pytest.raises(NdartsError, match="cells_per_stage"):
+        Searcher(_cfg(tmp_path / "cut", fused=True, resume=True, cells_per_stage=2))
+
+
+def test_options_of_the_darts_space_are_refused(tmp_path):
+    with pytest.raises(NdartsError, match="nas-bench-201 space has none"):
+        Searcher(_cfg(tmp_path / "run", triton_convs="depthwise"))
+
+
+# ----------------------------------------------------------------------------- the benchmark lookup
+class FakeBenchmark:
+    """The two calls of NATS-Bench's / NAS-Bench-201's API that lookup makes."""
+
+    def __init__(self, archs, old_api=False):
+        self.archs = archs
+        self.old_api = old_api
+        self.asked = []
+
+    def query_index_by_arch(self, arch):
+        return self.archs.index(arch) if arch in self.archs else -1
+
+    def get_more_info(self, index, dataset, iepoch=None, **kw):
+        if self.old_api and "hp" in kw:
+            raise TypeError("get_more_info() got an unexpected keyword argument 'hp'")
+        self.asked.append((index, dataset, kw))
+        return {"test-accuracy": 90.0 + index, "test-loss": 0.5, "comment": "x"}
+
+
+@pytest.mark.parametrize("old_api", [False, True])
+def test_lookup_asks_the_benchmark_for_the_200_epoch_record(fresh_seed, old_api):
+    rng = random.Random(fresh_seed)
+    cells = list({random_genotype(rng).arch_string() for _ in range(20)})
+    api = FakeBenchmark(cells, old_api)
+    pick = rng.randrange(len(cells))
+    record = lookup(Nb201Genotype.from_arch_string(cells[pick]), api, "cifar100")
+    assert record["index"] == pick and record["test-accuracy"] == 90.0 + pick
+    assert api.asked[-1][1] == "cifar100"
+    assert api.asked[-1][2] == ({"use_12epochs_result": False, "is_random": False} if old_api
+                                else {"hp": "200", "is_random": False})
+    missing = next(g for g in (random_genotype(rng) for _ in range(1000)) if g.arch_string() not in cells)
+    with pytest.raises(NdartsError, match="no record"):
+        lookup(missing, api)
+    with pytest.raises(NdartsError, match="unknown benchmark dataset"):
+        lookup(missing, api, "imagenet")
+
+
+def test_opening_the_benchmark_names_what_is_missing(tmp_path, monkeypatch):
+    with pytest.raises(NdartsError, match="does not exist"):
+        open_benchmark(tmp_path / "NAS-Bench-201-v1_1-096897.pth")
+    (tmp_path / "bench.pth").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "nats_bench", None)  # neither API installed
+    monkeypatch.setitem(sys.modules, "nas_201_api", None)
+    with pytest.raises(NdartsError, match="pip install nats_bench"):
+        open_benchmark(tmp_path / "bench.pth")
+
+
+def test_cli_prints_the_cell_and_names_bad_input(tmp_path, capsys, fresh_seed):
+    g = random_genotype(random.Random(fresh_seed))
+    (tmp_path / "genotype.json").write_text(g.to_json())
+    for spec in (g.arch_string(), g.to_json(), str(tmp_path), str(tmp_path / "genotype.json")):
+        nb201_main([spec, "--json"])
+        assert json.loads(capsys.readouterr().out) == g.to_dict()
+    nb201_main([g.arch_string()])
+    assert f"node 3 = {g.ops[3]}(node 0) + {g.ops[4]}(node 1) + {g.ops[5]}(node 2)" in capsys.readouterr().out
+    for bad, message in (("|none~0|", "3 '+'-separated"), (str(tmp_path / "nothing"), "neither"),
+                         ('{"normal": []}', "not a NAS-Bench-201 genotype")):
+        with pytest.raises(SystemExit) as exit_:
+            nb201_main([bad])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
