@@ -148,7 +148,8 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0,
     if cfg.space == NAS_BENCH_201:  # layers: cells per stage; the DARTS-space levers do not apply
         model = Nb201SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, NoiseConfig(kind=cfg.noise),
                                    fused=impl.startswith("fused"), in_channels=cfg.in_channels, backend=backend,
-                                   channels_last=_channels_last(impl), autocast=torch.bfloat16 if "bf16" in impl else None)
+                                   channels_last=_channels_last(impl), autocast=torch.bfloat16 if "bf16" in impl else None,
+                                   share_node_ops=impl != "plain" and "per_edge" not in impl)
     else:
         model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
                               fused=impl.startswith("fused"), in_channels=cfg.in_channels,

@@ -2,7 +2,8 @@
 
 Datasets: ``digits`` (the embedded default: scikit-learn's 1,797 real 8×8 handwritten digits,
 shipped inside the installed package, no network, no files), ``cifar10`` / ``cifar100``
-(torchvision; ``--download`` is opt-in) and ``imagefolder`` (``DIR/train/<class>/…`` and an
+(torchvision; ``--download`` is opt-in), ``imagenet16-120`` (NAS-Bench-201's ImageNet16-120, from
+its pickled batches: ndarts.imagenet16) and ``imagefolder`` (``DIR/train/<class>/…`` and an
 optional ``DIR/val`` or ``DIR/test``, resized to ``--image-size``; the test folder's images take the
 training folder's label of their class, even where the test folder lacks some classes).
 
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from .errors import NdartsError
 from .image_tensors import Augmentation, ImageTensors, canonical_device
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet16-120", "imagefolder")
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -206,6 +207,10 @@ def load_dataset(name: str, root=None, download=False, image_size=32, augment=Tr
         return _digits()
     if name in ("cifar10", "cifar100"):
         return _cifar(name, root, download, augment, cutout)
+    if name == "imagenet16-120":
+        from .imagenet16 import load_imagenet16
+
+        return load_imagenet16(root, augment, cutout)
     if name == "imagefolder":
         return _imagefolder(root, image_size, augment, cutout)
     raise NdartsError(f"unknown dataset {name!r}; choose one of {DATASETS}")

@@ -360,6 +360,8 @@ class MixedOp(nn.Module):
         self._tails = tuple(relu_tail(op) for op in self._ops)
         # pooling + BatchNorm(affine=False): identical on every edge leaving a node
         self._pools = frozenset(i for i, p in enumerate(self.primitives) if pool_norm and "pool" in p)
+        # a bare pool (pool_norm=False) has no state at all: identical on every edge leaving a node too
+        self._bare_pools = frozenset(i for i, p in enumerate(self.primitives) if not pool_norm and "pool" in p)
 
     def prepare_share(self, share: NodeShare) -> None:
         """Computes now what the edges leaving share's node reuse (relu(h) and the pools with their
@@ -434,6 +436,11 @@ class MixedOp(nn.Module):
                     share.syncs.append((self._ops[i][-1], bn))
                 return out
             self._pool_all(x, share)
+            return share.pooled[key][0]
+        if i in self._bare_pools:
+            key = (self.primitives[i], self.stride)
+            if key not in share.pooled:
+                share.pooled[key] = (op(share.input(self.primitives[i])), None)
             return share.pooled[key][0]
         if isinstance(op, FactorizedReduce):
             return share.reduced(op)

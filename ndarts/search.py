@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from .data import DATASETS
 from .errors import cli_errors
 from .noise import MIXTURES, NOISE_KINDS, POSITIONS
 from .operations import SPACES
@@ -26,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = SearchConfig()
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, choices=["digits", "cifar10", "cifar100", "imagefolder"],
+    g.add_argument("--dataset", default=d.dataset, choices=DATASETS,
                    help="digits is embedded (no network, no files)")
-    g.add_argument("--data", default=None, help="dataset directory (cifar10/cifar100/imagefolder)")
+    g.add_argument("--data", default=None, help="dataset directory (cifar10/cifar100/imagenet16-120/imagefolder)")
     g.add_argument("--download", action="store_true", help="download CIFAR into --data (opt-in)")
     g.add_argument("--image-size", type=int, default=d.image_size, help="imagefolder: resize to this size")
     g.add_argument("--workers", type=int, default=d.workers,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from .config_checks import require_ints
+from .data import DATASETS
 from .errors import cli_errors
 from .eval_model import NETWORKS
 from .rundir import config_values, explicit_flags
@@ -46,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"final drop-path probability (ramped linearly from 0); default {d.drop_path_prob}")
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, choices=["digits", "cifar10", "cifar100", "imagefolder"],
+    g.add_argument("--dataset", default=d.dataset, choices=DATASETS,
                    help="digits is embedded (no network, no files)")
-    g.add_argument("--data", default=None, help="dataset directory (cifar10/cifar100/imagefolder)")
+    g.add_argument("--data", default=None, help="dataset directory (cifar10/cifar100/imagenet16-120/imagefolder)")
     g.add_argument("--download", action="store_true", help="download CIFAR into --data (opt-in)")
     g.add_argument("--image-size", type=int, default=None, help="imagefolder: resize to this size (default 32, 224 imagenet)")
     g.add_argument("--cutout", type=int, default=None, help=f"cutout length, 0 = off; default {d.cutout} (0 on digits)")

@@ -115,11 +115,13 @@ def test_the_benchmarks_network_size():
 
 
 @pytest.mark.parametrize("size", [(8, 8), (9, 7)])
-def test_fused_network_equals_the_plain_per_edge_network(fresh_seed, size):
-    """Training mode, noise off: the fused ops' network (torch backend) gives the plain MixedOp
-    network's logits and the same gradients of α and every weight, on even and odd image sizes."""
-    plain = Nb201SearchNetwork(4, 7, 1, NO_NOISE, in_channels=2, channels_last=False)
-    fused = Nb201SearchNetwork(4, 7, 1, NO_NOISE, fused=True, in_channels=2, backend="torch", channels_last=True)
+@pytest.mark.parametrize("fused", [False, True])
+def test_network_equals_the_plain_per_edge_network(fresh_seed, size, fused):
+    """Training mode, noise off: the network with node sharing, in channels_last, with the reference or
+    the fused ops (torch backend), gives the per-edge MixedOp network's logits and the same gradients
+    of α and every weight, on even and odd image sizes."""
+    plain = Nb201SearchNetwork(4, 7, 1, NO_NOISE, in_channels=2, channels_last=False, share_node_ops=False)
+    fused = Nb201SearchNetwork(4, 7, 1, NO_NOISE, fused=fused, in_channels=2, backend="torch", channels_last=True)
     fused.load_state_dict(plain.state_dict())
     with torch.no_grad():
         plain.alphas_cell.normal_()
@@ -135,9 +137,27 @@ def test_fused_network_equals_the_plain_per_edge_network(fresh_seed, size):
         torch.testing.assert_close(g_fused, g_plain, atol=5e-5, rtol=1e-3)
 
 
+def test_node_sharing_keeps_the_noise(fresh_seed):
+    """With noise: the fused network with node sharing (the node's std(h) once for its skip edges)
+    draws the same noise as per-edge sums (each edge its seed of the pass's block, in edge order)."""
+    nets = [Nb201SearchNetwork(4, 3, 2, NoiseConfig(), fused=True, backend="torch", share_node_ops=share)
+            for share in (False, True)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x = torch.randn(4, 3, 6, 6)
+    results = []
+    for net in nets:
+        torch.manual_seed(fresh_seed)
+        out = net(x)
+        out.square().sum().backward()
+        results.append((out, [p.grad for p in net.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_triton_kernels_run_the_network(fresh_seed):
     """The Triton kernels (interpreted on a CPU) in the network: the torch backend's results."""
-    ref = Nb201SearchNetwork(3, 4, 1, NO_NOISE, fused=True, backend="torch", channels_last=False)
+    ref = Nb201SearchNetwork(3, 4, 1, NO_NOISE, fused=True, backend="torch", channels_last=False, share_node_ops=False)
     tri = Nb201SearchNetwork(3, 4, 1, NO_NOISE, fused=True, backend="triton", channels_last=False)
     tri.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 4, 4)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..arch_network import ARCH_ACTIVATIONS, ArchNetwork
 from ..fused_sum import SeedBlock
-from ..mixed_op import FusedMixedOp, MixedOp
+from ..mixed_op import FusedMixedOp, MixedOp, NodeShare
 from ..noise import NoiseConfig
 from ..operations import NAS_BENCH_201_PRIMITIVES, ReLUConvBN
 from .space import EDGES, NODES, derive_nb201_genotype
@@ -23,21 +23,30 @@ STAGES = 3
 
 class Nb201SearchCell(nn.Module):
     """One cell: node j = Σ_{i<j} mixed_op_{j←i}(node i); the output is node 3. ``edges.<e>`` follow
-    EDGES (the benchmark's order)."""
+    EDGES (the benchmark's order). share_node_ops: what the edges leaving a node compute alike,
+    once per node (a NodeShare: relu(h) for all their convs, the pool, the skip noise's std(h));
+    the same outputs and gradients."""
 
-    def __init__(self, C: int, make_mixed_op):
+    def __init__(self, C: int, make_mixed_op, share_node_ops: bool = True):
         super().__init__()
         self.edges = nn.ModuleList(make_mixed_op(C) for _ in EDGES)
+        self.share_node_ops = share_node_ops
 
     def forward(self, x, weights, seeds=None):
         nodes = [x]
+        shares = {}
         for j in range(1, NODES):
             total = None
             for e, (to, i) in enumerate(EDGES):
                 if to != j:
                     continue
                 op = self.edges[e]
-                out = op(nodes[i], weights[e], seeds=seeds) if isinstance(op, FusedMixedOp) else op(nodes[i], weights[e])
+                if self.share_node_ops:
+                    if i not in shares:
+                        shares[i] = NodeShare(nodes[i], [], seeds=seeds, backend=getattr(op, "backend", None))
+                    out = op(nodes[i], weights[e], share=shares[i])
+                else:
+                    out = op(nodes[i], weights[e], seeds=seeds) if isinstance(op, FusedMixedOp) else op(nodes[i], weights[e])
                 total = out if total is None else total + out
             nodes.append(total)
         return nodes[-1]
@@ -64,12 +73,14 @@ class Nb201SearchNetwork(ArchNetwork):
     5 in the benchmark), noise (NoiseConfig), fused (FusedMixedOp on every edge, Philox seeds drawn
     once per forward: graph-safe), in_channels of the images, arch_activation 'softmax' or
     'sigmoid', backend for the fused op, channels_last (None: on a CPU with the torch ops),
-    autocast (None or torch.bfloat16: α, its softmax, the sums' accumulation and the logits stay fp32)."""
+    autocast (None or torch.bfloat16: α, its softmax, the sums' accumulation and the logits stay fp32),
+    share_node_ops (Nb201SearchCell; False: every edge by itself, as the benchmark's code runs them)."""
 
     def __init__(self, C: int = 16, num_classes: int = 10, cells_per_stage: int = 5,
                  noise: NoiseConfig | None = None, fused: bool = False, in_channels: int = 3,
                  arch_activation: str = "softmax", backend: str | None = None,
-                 channels_last: bool | None = None, autocast: torch.dtype | None = None):
+                 channels_last: bool | None = None, autocast: torch.dtype | None = None,
+                 share_node_ops: bool = True):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -97,7 +108,7 @@ class Nb201SearchNetwork(ArchNetwork):
             if stage:
                 blocks.append(ResidualReduction(c, 2 * c))
                 c *= 2
-            blocks.extend(Nb201SearchCell(c, make_mixed_op) for _ in range(cells_per_stage))
+            blocks.extend(Nb201SearchCell(c, make_mixed_op, share_node_ops) for _ in range(cells_per_stage))
         self.cells = nn.ModuleList(blocks)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
