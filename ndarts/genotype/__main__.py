@@ -1,8 +1,9 @@
-"""``python -m ndarts.genotype``: inspect, list and draw genotypes.
+"""``python -m ndarts.genotype``: inspect, list, draw genotypes and predict their accuracy (NAS-Bench-301).
 
     python -m ndarts.genotype list
     python -m ndarts.genotype info NAME_OR_JSON [--json] [--init-channels 36 --layers 20 ...]
     python -m ndarts.genotype draw NAME_OR_JSON --out PREFIX   # PREFIX-normal.png/.svg, PREFIX-reduce.png/.svg
+    python -m ndarts.genotype predict NAME_OR_JSON --nb301-model nb_models_1.0/xgb_v1.0   # NAS-Bench-301
 
 NAME_OR_JSON is a zoo name, a JSON file (e.g. a search's genotype.json) or a JSON string.
 ``info`` reports the evaluation network's size: by default DARTS's CIFAR-10 network (C 36, 20
@@ -51,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     draw = sub.add_parser("draw", help="PNG and SVG diagrams of the normal and reduction cells")
     draw.add_argument("genotype", help="zoo name, JSON file or JSON string")
     draw.add_argument("--out", required=True, help="prefix: writes PREFIX-normal.{png,svg} and PREFIX-reduce.{png,svg}")
+    predict = sub.add_parser("predict", help="CIFAR-10 accuracy as NAS-Bench-301's surrogate predicts it "
+                                             "(needs the nasbench301 package and its models)")
+    predict.add_argument("genotype", help="zoo name, JSON file or JSON string")
+    predict.add_argument("--nb301-model", required=True, help="a surrogate's directory, e.g. nb_models_1.0/xgb_v1.0")
+    predict.add_argument("--with-noise", action="store_true",
+                         help="a draw from the surrogate's noise model (one training run) instead of its mean")
+    predict.add_argument("--json", action="store_true", help="print exactly one JSON object")
     return p
 
 
@@ -63,6 +71,13 @@ def main(argv=None):
             print(f"{name:14s} skips: normal {n} reduce {r}")
         return
     genotype = load_genotype(args.genotype)
+    if args.command == "predict":
+        from .nasbench301 import predict_accuracy
+
+        accuracy = predict_accuracy(genotype, args.nb301_model, with_noise=args.with_noise)
+        print(json.dumps({"genotype": genotype.to_dict(), "nb301_accuracy": accuracy}) if args.json else
+              f"NAS-Bench-301 ({args.nb301_model}): predicted CIFAR-10 accuracy {accuracy:.2f} %")
+        return
     if args.command == "draw":
         from ..plots import draw_genotype
 

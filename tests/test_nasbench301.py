@@ -1,0 +1,92 @@
+"""NAS-Bench-301's prediction of a DARTS-space cell, against a stand-in for its package (the real
+one and its models are an opt-in download)."""
+import json
+import random
+import sys
+import types
+
+import pytest
+
+from ndarts.errors import NdartsError
+from ndarts.genotype import Genotype, GenotypeError, zoo
+from ndarts.genotype import nasbench301 as nb301
+from ndarts.genotype.__main__ import main as genotype_main
+from ndarts.operations import NOISYDARTS_PRIMITIVES
+
+
+class FakeEnsemble:
+    """load_ensemble's object: predict(config=, representation=, with_noise=) as the package has it."""
+
+    def __init__(self, path):
+        self.path = path
+        self.calls = []
+
+    def predict(self, config, representation, with_noise):
+        self.calls.append((config, representation, with_noise))
+        return 90.0 + sum(op == "sep_conv_3x3" for op, _ in config.normal) + (0.5 if with_noise else 0.0)
+
+
+@pytest.fixture
+def fake_nb301(monkeypatch):
+    loaded = []
+
+    def load_ensemble(path):
+        loaded.append(FakeEnsemble(path))
+        return loaded[-1]
+
+    monkeypatch.setitem(sys.modules, "nasbench301", types.SimpleNamespace(load_ensemble=load_ensemble))
+    nb301._ensemble.cache_clear()
+    yield loaded
+    nb301._ensemble.cache_clear()
+
+
+def random_genotype(rng) -> Genotype:
+    def cell():
+        return [[rng.choice(NOISYDARTS_PRIMITIVES), rng.randrange(2 + i)] for i in range(4) for _ in range(2)]
+    return Genotype.from_dict({"normal": cell(), "normal_concat": [2, 3, 4, 5],
+                               "reduce": cell(), "reduce_concat": [2, 3, 4, 5]})
+
+
+def test_the_surrogate_gets_darts_genotype_tuples(tmp_path, fake_nb301, fresh_seed):
+    g = random_genotype(random.Random(fresh_seed))
+    accuracy = nb301.predict_accuracy(g, tmp_path)
+    assert accuracy == 90.0 + sum(op == "sep_conv_3x3" for op, _ in g.normal)
+    config, representation, with_noise = fake_nb301[0].calls[0]
+    assert representation == "genotype" and with_noise is False
+    assert type(config).__name__ == "Genotype" and config._fields == ("normal", "normal_concat", "reduce",
+                                                                       "reduce_concat")
+    assert config.normal == [tuple(e) for e in g.normal] and config.reduce == [tuple(e) for e in g.reduce]
+    assert config.normal_concat == config.reduce_concat == [2, 3, 4, 5]
+    assert nb301.predict_accuracy(g, tmp_path, with_noise=True) == accuracy + 0.5
+    assert len(fake_nb301) == 1  # the ensemble is loaded once per directory
+
+
+def test_cells_outside_its_space_are_named(tmp_path, fake_nb301):
+    d = zoo()["DARTS_V2"].to_dict()
+    other_op = json.loads(json.dumps(d))
+    other_op["reduce"][3][0] = "sep_conv_7x7"  # an op ndarts knows, outside DARTS's space
+    with pytest.raises(GenotypeError, match=r"reduce cell uses \['sep_conv_7x7'\]"):
+        nb301.predict_accuracy(Genotype.from_dict(other_op), tmp_path)
+    three_nodes = {k: (v[:6] if k in ("normal", "reduce") else [2, 3, 4]) for k, v in d.items()}
+    with pytest.raises(GenotypeError, match="cells of 4 nodes"):
+        nb301.predict_accuracy(Genotype.from_dict(three_nodes), tmp_path)
+    with pytest.raises(NdartsError, match="does not exist"):
+        nb301.predict_accuracy(zoo()["DARTS_V2"], tmp_path / "xgb_v1.0")
+    assert fake_nb301 == []
+
+
+def test_missing_package_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nasbench301", None)
+    nb301._ensemble.cache_clear()
+    with pytest.raises(NdartsError, match="needs its package"):
+        nb301.predict_accuracy(zoo()["NoisyDARTS-a"], tmp_path)
+
+
+def test_cli_predict(tmp_path, fake_nb301, capsys):
+    genotype_main(["predict", "NoisyDARTS-a", "--nb301-model", str(tmp_path), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    g = zoo()["NoisyDARTS-a"]
+    assert out == {"genotype": g.to_dict(), "nb301_accuracy": 90.0 + sum(op == "sep_conv_3x3" for op, _ in g.normal)}
+    with pytest.raises(SystemExit) as exit_:
+        genotype_main(["predict", "NoisyDARTS-a", "--nb301-model", str(tmp_path / "missing")])
+    assert exit_.value.code == 2 and "does not exist" in capsys.readouterr().err
