@@ -16,6 +16,7 @@ What is checked:
   no sample interacts with another), which leaves DDP's gradient averaging, the α all-reduce,
   the sharding and the optimizers as the only things compared.
 - ``--resume`` under torchrun: 1 epoch, then resumed to 2; only rank 0 writes the run files.
+- NAS-Bench-201's space (one α, ``alphas_cell``): the ranks end identical too.
 """
 from __future__ import annotations
 
@@ -115,6 +116,19 @@ def test_second_order_fused_alpha_identical_on_every_rank(tmp_path):
     ranks = load_ranks(tmp_path / "dump")
     assert_ranks_identical(ranks)  # α and weights, bitwise
     assert_checkpoint_of_ranks(out, ranks)
+
+
+def test_nas_bench_201_search_alpha_identical_on_every_rank(tmp_path):
+    """NAS-Bench-201's space under torchrun: its one α (alphas_cell) is kept out of DDP, broadcast and
+    all-reduced like the DARTS cells' α; the ranks end with the same α and weights."""
+    out = tmp_path / "run"
+    torchrun(tmp_path / "dump", TINY + ["--epochs", "1", "--space", "nas-bench-201", "--cells-per-stage", "1",
+                                        "--fused", "--out", str(out)])
+    ranks = load_ranks(tmp_path / "dump")
+    assert "alphas_cell" in ranks[0]
+    assert_ranks_identical(ranks)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert torch.equal(ckpt["model"]["alphas_cell"], ranks[0]["alphas_cell"])
 
 
 class _UnionStream:
