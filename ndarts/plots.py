@@ -37,6 +37,7 @@ OP_COLORS = {
     "sep_conv_3x3": "#1f77b4", "sep_conv_5x5": "#0e9aa7", "sep_conv_7x7": "#aec7e8",
     "dil_conv_3x3": "#2ca02c", "dil_conv_5x5": "#8c8c00",
     "max_pool_3x3": "#9467bd", "avg_pool_3x3": "#8c564b", "none": "#7f7f7f",
+    "nor_conv_1x1": "#2ca02c", "nor_conv_3x3": "#1f77b4",  # NAS-Bench-201's
 }
 
 
@@ -57,28 +58,13 @@ def draw_cell(ax, edges, concat, title: str = "", reduction: bool = False) -> No
         i = e // 2 + 2
         k = seen.get((j, i), 0)
         seen[(j, i)] = k + 1
-        span = xs[i] - xs[j]
-        max_span = max(max_span, span)
-        rad = -(0.5 + 0.25 * k)  # negative: the arc bows upwards (left → right)
-        skip = op == "skip_connect"
-        color = OP_COLORS.get(op, "#333333")
-        ax.add_patch(FancyArrowPatch((xs[j], 0), (xs[i], 0), connectionstyle=f"arc3,rad={rad}",
-                                     arrowstyle="-|>", mutation_scale=12, lw=2.6 if skip else 1.4,
-                                     color=color, shrinkA=13, shrinkB=13, zorder=2))
-        # the midpoint of arc3's quadratic Bézier: mid + rad/2 · (dy, −dx)
-        ax.text((xs[j] + xs[i]) / 2, -rad / 2 * span, op + (" /2" if reduction and j < 2 else ""),
-                ha="center", va="center", fontsize=8.5, color=color,
-                fontweight="bold" if skip else "normal", zorder=4,
-                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9))
+        max_span = max(max_span, xs[i] - xs[j])
+        _edge_arc(ax, xs[j], xs[i], -(0.5 + 0.25 * k), op, op + (" /2" if reduction and j < 2 else ""))
     for n in concat:
         ax.add_patch(FancyArrowPatch((xs[n], 0), (xs[-1], 0), connectionstyle="arc3,rad=0.35",
                                      arrowstyle="-|>", mutation_scale=10, lw=0.9, color="#999999",
                                      linestyle="--", shrinkA=13, shrinkB=13, zorder=1))
-    for x, label, n in zip(xs, labels, range(len(xs))):
-        is_input, is_output = n < 2, n == len(xs) - 1
-        fc = "#fde0c5" if is_input else "#c7e9c0" if is_output else "#dbe9f6"
-        ax.scatter([x], [0], s=900, c=fc, edgecolors="#333333", linewidths=1.2, zorder=3)
-        ax.text(x, 0, label, ha="center", va="center", fontsize=11, zorder=5)
+    _nodes(ax, xs, labels, inputs=2)
     top = 0.25 * max_span + 0.6
     bottom = -0.175 * (xs[-1] - xs[min(concat, default=2)]) - 0.4
     ax.text(xs[-1] + 0.5, bottom + 0.05, "dashed: concatenated into $c_{k}$", ha="right", va="bottom", fontsize=8,
@@ -89,6 +75,64 @@ def draw_cell(ax, edges, concat, title: str = "", reduction: bool = False) -> No
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=12)
+
+
+def _edge_arc(ax, x0, x1, rad, op, label) -> None:
+    """One edge from x0 to x1 as an arc with its op's name (rad < 0: bowing upwards); skip
+    connections bold, `none` dashed."""
+    skip, none = op == "skip_connect", op == "none"
+    color = OP_COLORS.get(op, "#333333")
+    ax.add_patch(FancyArrowPatch((x0, 0), (x1, 0), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
+                                 mutation_scale=12, lw=2.6 if skip else 1.4, color=color,
+                                 linestyle="--" if none else "-", shrinkA=13, shrinkB=13, zorder=2))
+    # the midpoint of arc3's quadratic Bézier: mid + rad/2 · (dy, −dx)
+    ax.text((x0 + x1) / 2, -rad / 2 * (x1 - x0), label, ha="center", va="center", fontsize=8.5, color=color,
+            fontweight="bold" if skip else "normal", zorder=4,
+            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9))
+
+
+def _nodes(ax, xs, labels, inputs: int) -> None:
+    """The nodes as circles: the first `inputs` are the cell's inputs, the last its output."""
+    for n, (x, label) in enumerate(zip(xs, labels)):
+        fc = "#fde0c5" if n < inputs else "#c7e9c0" if n == len(xs) - 1 else "#dbe9f6"
+        ax.scatter([x], [0], s=900, c=fc, edgecolors="#333333", linewidths=1.2, zorder=3)
+        ax.text(x, 0, label, ha="center", va="center", fontsize=11, zorder=5)
+
+
+def nb201_cell_figure(genotype, title: str | None = None):
+    """A NAS-Bench-201 cell (ndarts.nasbench201.Nb201Genotype): nodes 0 (input) … 3 (output), an arc
+    per edge (`none`, the edge the cell drops, dashed)."""
+    from .nasbench201.space import EDGES, NODES
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    xs = [i * 2.2 for i in range(NODES)]
+    for op, (to, i) in zip(genotype.ops, EDGES):
+        _edge_arc(ax, xs[i], xs[to], -0.45 if to - i == 1 else -0.55, op, op)
+    _nodes(ax, xs, [str(i) for i in range(NODES)], inputs=1)
+    ax.set_xlim(xs[0] - 0.6, xs[-1] + 0.6)
+    ax.set_ylim(-0.4, 0.3 * (xs[-1] - xs[0]) + 0.5)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    n_skip = genotype.skip_counts()[0]
+    ax.set_title(title or f"{genotype.arch_string()}\n{n_skip} skip connection{'s' * (n_skip != 1)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def draw_nb201_genotype(genotype, prefix, formats=("png", "svg")) -> list[Path]:
+    """Writes PREFIX.{png,svg} of a NAS-Bench-201 cell; returns the paths."""
+    prefix = Path(prefix)
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NdartsError(f"cannot create {prefix.parent}: {e.strerror or e}") from None
+    fig = nb201_cell_figure(genotype)
+    out = []
+    for fmt in formats:
+        out.append(prefix.parent / f"{prefix.name}.{fmt}")
+        _save(fig, out[-1])
+    plt.close(fig)
+    return out
 
 
 def cell_figure(genotype: Genotype, which: str, title: str | None = None):
@@ -260,7 +304,14 @@ def plot_run(run_dir, out_dir=None) -> list[Path]:
     else:
         genotype_dict = config.get("genotype_dict")
     save(curves_figure(records), "curves.png")
-    if genotype_dict and genotype_dict.get("space") != NAS_BENCH_201:  # (a NAS-Bench-201 cell: its arch string)
+    if genotype_dict and genotype_dict.get("space") == NAS_BENCH_201:
+        from .nasbench201.space import Nb201Genotype
+
+        try:
+            written += draw_nb201_genotype(Nb201Genotype.from_dict(genotype_dict), out_dir / "cell")
+        except GenotypeError as e:
+            raise NdartsError(f"the genotype recorded in {run_dir} is unusable: {e}") from None
+    elif genotype_dict:
         try:
             genotype = Genotype.from_dict(genotype_dict)
         except GenotypeError as e:

@@ -210,7 +210,7 @@ def test_search_and_resume_on_the_benchmarks_space(tmp_path, monkeypatch):
     from ndarts import plots
 
     written = {p.name for p in plots.main([str(tmp_path / "full")])}
-    assert written == {"alphas.png", "skips.png", "curves.png"}  # no DARTS cell drawings
+    assert written == {"alphas.png", "skips.png", "curves.png", "cell.png", "cell.svg"}  # one cell, no DARTS pair
 
     with _killed_after_first_epoch(monkeypatch):
         Searcher(_cfg(tmp_path / "cut", fused=True)).run_search()
@@ -280,8 +280,11 @@ def test_cli_prints_the_cell_and_names_bad_input(tmp_path, capsys, fresh_seed):
     for spec in (g.arch_string(), g.to_json(), str(tmp_path), str(tmp_path / "genotype.json")):
         nb201_main([spec, "--json"])
         assert json.loads(capsys.readouterr().out) == g.to_dict()
-    nb201_main([g.arch_string()])
-    assert f"node 3 = {g.ops[3]}(node 0) + {g.ops[4]}(node 1) + {g.ops[5]}(node 2)" in capsys.readouterr().out
+    nb201_main([g.arch_string(), "--draw", str(tmp_path / "figs" / "cell")])
+    out = capsys.readouterr().out
+    assert f"node 3 = {g.ops[3]}(node 0) + {g.ops[4]}(node 1) + {g.ops[5]}(node 2)" in out
+    png = tmp_path / "figs" / "cell.png"
+    assert str(png) in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
     for bad, message in (("|none~0|", "3 '+'-separated"), (str(tmp_path / "nothing"), "neither"),
                          ('{"normal": []}', "not a NAS-Bench-201 genotype")):
         with pytest.raises(SystemExit) as exit_:

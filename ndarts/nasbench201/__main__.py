@@ -1,6 +1,7 @@
 """``python -m ndarts.nasbench201``: a NAS-Bench-201 cell, and its accuracies in the benchmark.
 
     python -m ndarts.nasbench201 runs/nb201                     # the cell a search found (its genotype.json)
+    python -m ndarts.nasbench201 runs/nb201 --draw figs/nb201   # and its diagram, figs/nb201.{png,svg}
     python -m ndarts.nasbench201 '|nor_conv_3x3~0|+|...' --benchmark ~/NATS-tss-v1_0-3ffb9-simple --dataset cifar100
 
 CELL is an architecture string, a genotype JSON (text or file) or a search run's directory.
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", default=None, help="the benchmark's file or directory (NATS-Bench tss or NAS-Bench-201)")
     p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="the benchmark's dataset (default cifar10)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--draw", default=None, metavar="PREFIX", help="also write the cell's diagram to PREFIX.{png,svg}")
     return p
 
 
@@ -39,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     genotype = load_nb201_genotype(args.cell)
+    if args.draw is not None:
+        from ..plots import draw_nb201_genotype
+
+        drawn = draw_nb201_genotype(genotype, args.draw)
+        if not args.json:
+            print("\n".join(str(p) for p in drawn))
     if args.benchmark is None:
         print(json.dumps(genotype.to_dict()) if args.json else describe(genotype))
         return 0
