@@ -8,7 +8,7 @@ steadier than those of three separate pytest-benchmark runs. Configurations:
 - cli-digits: what `python -m ndarts.search` runs by default (the embedded digits preset: batch 64,
   C 8, 5 cells, 8×8×1 images, the NoisyDARTS space without `none`, Gaussian noise).
 - nb201-digits: `python -m ndarts.search --space nas-bench-201` on the digits preset (batch 64, C 8,
-  5 cells per stage, 8×8×1); reference_per_edge: without node sharing (NCHW, as reference_nchw).
+  5 cells per stage, 8×8×1); reference_per_edge: without node sharing or batched node convs (NCHW, as reference_nchw).
 - bench-cpu / bench-gpu: the configurations of test_bench_search_step.py.
 --profile prints the top operators of one step of `reference` and of `fused` (torch.profiler).
 """

@@ -149,7 +149,8 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0,
         model = Nb201SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, NoiseConfig(kind=cfg.noise),
                                    fused=impl.startswith("fused"), in_channels=cfg.in_channels, backend=backend,
                                    channels_last=_channels_last(impl), autocast=torch.bfloat16 if "bf16" in impl else None,
-                                   share_node_ops=impl != "plain" and "per_edge" not in impl)
+                                   share_node_ops=impl != "plain" and "per_edge" not in impl,
+                                   batch_node_convs="per_edge" not in impl)
     else:
         model = SearchNetwork(cfg.channels, cfg.num_classes, cfg.layers, SPACES[cfg.space], NoiseConfig(kind=cfg.noise),
                               fused=impl.startswith("fused"), in_channels=cfg.in_channels,

@@ -158,6 +158,7 @@ class NodeShare:
         self.seeds = seeds
         self._relu = None
         self.pooled: dict = {}
+        self.batched: dict = {}  # {id(op): its output}, computed with the node's other edges' (NAS-Bench-201's cells)
         self.syncs = syncs
         # weakly: the run holds its shares, and a cycle (share ↔ run) would keep the pass's
         # activations (the shares' inputs and pools, the run's conv outputs) alive after the
@@ -264,7 +265,7 @@ class NodeShare:
         out += self.run.tensors() if self.run is not None else []
         out += list(self._reduced.values()) if self._reduced is not None else []
         out += list(self._reduced_std.values()) if self._reduced_std is not None else []
-        return out + [t for t, _ in self.pooled.values()]
+        return out + [t for t, _ in self.pooled.values()] + list(self.batched.values())
 
 
 def factorized_reduce_all(r: torch.Tensor, ops) -> list:
@@ -444,6 +445,8 @@ class MixedOp(nn.Module):
             return share.pooled[key][0]
         if isinstance(op, FactorizedReduce):
             return share.reduced(op)
+        if id(op) in share.batched:
+            return share.batched[id(op)]
         tail = self._tails[i]
         if tail is not None:
             return tail(share.relu)

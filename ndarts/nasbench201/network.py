@@ -16,6 +16,7 @@ from ..fused_sum import SeedBlock
 from ..mixed_op import FusedMixedOp, MixedOp, NodeShare
 from ..noise import NoiseConfig
 from ..operations import NAS_BENCH_201_PRIMITIVES, ReLUConvBN
+from .node_convs import batchable, stacked_relu_conv_bn
 from .space import EDGES, NODES, derive_nb201_genotype
 
 STAGES = 3
@@ -25,12 +26,28 @@ class Nb201SearchCell(nn.Module):
     """One cell: node j = Σ_{i<j} mixed_op_{j←i}(node i); the output is node 3. ``edges.<e>`` follow
     EDGES (the benchmark's order). share_node_ops: what the edges leaving a node compute alike,
     once per node (a NodeShare: relu(h) for all their convs, the pool, the skip noise's std(h));
-    the same outputs and gradients."""
+    batch_node_convs: their nor_conv ops stacked (one conv and one BatchNorm per kind and node).
+    The same outputs, gradients and BatchNorm statistics either way (up to rounding)."""
 
-    def __init__(self, C: int, make_mixed_op, share_node_ops: bool = True):
+    def __init__(self, C: int, make_mixed_op, share_node_ops: bool = True, batch_node_convs: bool = True):
         super().__init__()
         self.edges = nn.ModuleList(make_mixed_op(C) for _ in EDGES)
         self.share_node_ops = share_node_ops
+        self.batch_node_convs = batch_node_convs
+
+    def _share(self, h, i: int, seeds):
+        """The NodeShare of node i (output h); with batch_node_convs, the ReLU-conv-BN ops of all its
+        edges already run together (ndarts.nasbench201.node_convs)."""
+        first = self.edges[next(e for e, (_, src) in enumerate(EDGES) if src == i)]
+        share = NodeShare(h, [], seeds=seeds, backend=getattr(first, "backend", None))
+        leaving = [self.edges[e] for e, (_, src) in enumerate(EDGES) if src == i]
+        if self.batch_node_convs and len(leaving) > 1:
+            for k in range(len(first._ops)):
+                ops = [edge._ops[k] for edge in leaving]
+                if all(batchable(op) for op in ops):
+                    for op, out in zip(ops, stacked_relu_conv_bn(share.relu, ops)):
+                        share.batched[id(op)] = out
+        return share
 
     def forward(self, x, weights, seeds=None):
         nodes = [x]
@@ -43,7 +60,7 @@ class Nb201SearchCell(nn.Module):
                 op = self.edges[e]
                 if self.share_node_ops:
                     if i not in shares:
-                        shares[i] = NodeShare(nodes[i], [], seeds=seeds, backend=getattr(op, "backend", None))
+                        shares[i] = self._share(nodes[i], i, seeds)
                     out = op(nodes[i], weights[e], share=shares[i])
                 else:
                     out = op(nodes[i], weights[e], seeds=seeds) if isinstance(op, FusedMixedOp) else op(nodes[i], weights[e])
@@ -74,13 +91,15 @@ class Nb201SearchNetwork(ArchNetwork):
     once per forward: graph-safe), in_channels of the images, arch_activation 'softmax' or
     'sigmoid', backend for the fused op, channels_last (None: on a CPU with the torch ops),
     autocast (None or torch.bfloat16: α, its softmax, the sums' accumulation and the logits stay fp32),
-    share_node_ops (Nb201SearchCell; False: every edge by itself, as the benchmark's code runs them)."""
+    share_node_ops (Nb201SearchCell; False: every edge by itself, as the benchmark's code runs them),
+    batch_node_convs (with share_node_ops: the ReLU-conv-BN ops of a node's edges as one conv and one
+    BatchNorm per kind, ndarts.nasbench201.node_convs)."""
 
     def __init__(self, C: int = 16, num_classes: int = 10, cells_per_stage: int = 5,
                  noise: NoiseConfig | None = None, fused: bool = False, in_channels: int = 3,
                  arch_activation: str = "softmax", backend: str | None = None,
                  channels_last: bool | None = None, autocast: torch.dtype | None = None,
-                 share_node_ops: bool = True):
+                 share_node_ops: bool = True, batch_node_convs: bool = True):
         super().__init__()
         if arch_activation not in ARCH_ACTIVATIONS:
             raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
@@ -108,7 +127,8 @@ class Nb201SearchNetwork(ArchNetwork):
             if stage:
                 blocks.append(ResidualReduction(c, 2 * c))
                 c *= 2
-            blocks.extend(Nb201SearchCell(c, make_mixed_op, share_node_ops) for _ in range(cells_per_stage))
+            blocks.extend(Nb201SearchCell(c, make_mixed_op, share_node_ops, batch_node_convs)
+                          for _ in range(cells_per_stage))
         self.cells = nn.ModuleList(blocks)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
