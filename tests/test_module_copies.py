@@ -45,9 +45,13 @@ def test_a_copied_search_network_computes_with_its_own_weights(copier, options, 
     copied = _perturbed(copier(original))
     fresh = SearchNetwork(**net, **options)
     fresh.load_state_dict(copied.state_dict())
-    x = torch.randn(2, 3, 6, 6)
     for net in (copied, fresh):
         net.train()
+    _assert_computes_as(copied, fresh, original, torch.randn(2, 3, 6, 6))
+
+
+def _assert_computes_as(copied, fresh, original, x):
+    """copied gives fresh's output and gradients on x (a training pass), and original takes no part."""
     y_copied, y_fresh = copied(x), fresh(x)
     torch.testing.assert_close(y_copied, y_fresh, rtol=1e-5, atol=1e-5)
     y_copied.square().sum().backward()
@@ -55,6 +59,23 @@ def test_a_copied_search_network_computes_with_its_own_weights(copier, options, 
     for (name, a), b in zip(copied.named_parameters(), fresh.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
     assert all(p.grad is None for p in original.parameters())  # the original took no part
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, _saved_and_loaded], ids=["deepcopy", "torch.save"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_copied_nas_bench_201_network_computes_with_its_own_weights(copier, fused, fresh_seed):
+    """The same for NAS-Bench-201's network (its node sharing and stacked node convs)."""
+    from ndarts.nasbench201 import Nb201SearchNetwork
+
+    kw = dict(C=4, num_classes=5, cells_per_stage=1, noise=NoiseConfig(kind="none"), fused=fused, backend="torch")
+    original = Nb201SearchNetwork(**kw)
+    copied = _perturbed(copier(original))
+    fresh = Nb201SearchNetwork(**kw)
+    fresh.load_state_dict(copied.state_dict())
+    _assert_computes_as(copied, fresh, original, torch.randn(2, 3, 8, 8))
+    # the running statistics the copy's training pass updated are its own
+    for (name, a), b in zip(copied.named_buffers(), fresh.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("cls", [MixedOp, FusedMixedOp])
