@@ -17,14 +17,27 @@ ARCH_ACTIVATIONS = ("softmax", "sigmoid")
 
 
 class ArchNetwork(nn.Module):
-    """Subclasses set ``arch_activation``, ``channels_last`` (None: auto), ``autocast`` (None or a
-    dtype) and ``backend``, and define arch_parameters() (the α tensors, in a fixed order),
+    """Subclasses set ``arch_activation``, ``channels_last`` (None: auto), ``autocast`` (None or
+    torch.bfloat16) and ``backend`` with _set_options, and define arch_parameters() (the α tensors, in a fixed order),
     arch_record() (α's weights for the search's metrics) and genotype()."""
 
     arch_activation = "softmax"
     channels_last: bool | None = None
     autocast: torch.dtype | None = None
     backend: str | None = None
+
+    def _set_options(self, arch_activation: str, backend: str | None, channels_last: bool | None,
+                     autocast: torch.dtype | None) -> None:
+        """Checks and sets the options every search network takes (called by the subclasses' __init__)."""
+        if arch_activation not in ARCH_ACTIVATIONS:
+            raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
+        if autocast not in (None, torch.bfloat16):
+            raise ValueError(f"autocast takes torch.bfloat16 or None, got {autocast} (float16 would need "
+                             "loss scaling, which the search loop does not do)")
+        self.arch_activation = arch_activation
+        self.backend = backend
+        self.channels_last = channels_last
+        self.autocast = autocast
 
     # -- parameters
     def arch_parameters(self) -> list[nn.Parameter]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .arch_network import ARCH_ACTIVATIONS, ArchNetwork
+from .arch_network import ArchNetwork
 from .cell_layout import reduction_cells
 from .genotype import derive_genotype
 from .backend import TRITON_DTYPES, graph_kernels_enabled, kernels_import_error, resolve_backend
@@ -317,8 +317,7 @@ class SearchNetwork(ArchNetwork):
                  channels_last: bool | None = None, fused_pointwise_conv: bool = False, recompute_relu: bool = True,
                  fused_separable_conv: bool = False):
         super().__init__()
-        if arch_activation not in ARCH_ACTIVATIONS:
-            raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
+        self._set_options(arch_activation, backend, channels_last, autocast)
         if layers < 1 or C < 1 or steps < 1 or not 1 <= multiplier <= steps:
             raise ValueError(f"bad network size: layers={layers} C={C} steps={steps} multiplier={multiplier}")
         self.primitives = check_primitives(primitives)
@@ -326,7 +325,6 @@ class SearchNetwork(ArchNetwork):
         self.fused = fused
         self._steps = steps
         self._multiplier = multiplier
-        self.arch_activation = arch_activation
         self.num_classes = num_classes
 
         def make_mixed_op(c, stride):
@@ -336,12 +334,6 @@ class SearchNetwork(ArchNetwork):
 
         if edge_streams < 0:
             raise ValueError(f"edge_streams must be ≥ 0, got {edge_streams}")
-        if autocast not in (None, torch.bfloat16):
-            raise ValueError(f"autocast takes torch.bfloat16 or None, got {autocast} (float16 would need "
-                             "loss scaling, which the search loop does not do)")
-        self.autocast = autocast
-        self.channels_last = channels_last
-        self.backend = backend
         self._share_relus = share_node_ops
         if batch_edge_convs is None:
             batch_edge_convs = share_node_ops

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..operations import OPS
+from ..operations import NAS_BENCH_201, OPS
 from .darts_text import DartsTextError, looks_like_darts_text, parse_darts_genotype
 
 
@@ -54,7 +54,7 @@ class Genotype:
         """Builds and validates a genotype (operation names, input indices, edge counts)."""
         if not isinstance(d, dict):
             raise GenotypeError(f"a genotype must be a JSON object, got {type(d).__name__}")
-        if d.get("space") == "nas-bench-201":
+        if d.get("space") == NAS_BENCH_201:
             raise GenotypeError(f"{d.get('arch', 'this')} is a NAS-Bench-201 cell, not a DARTS-space genotype: the "
                                 "benchmark holds its trained accuracies (python -m ndarts.nasbench201 CELL "
                                 "--benchmark FILE)")

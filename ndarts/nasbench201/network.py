@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..arch_network import ARCH_ACTIVATIONS, ArchNetwork
+from ..arch_network import ArchNetwork
 from ..fused_sum import SeedBlock
 from ..mixed_op import FusedMixedOp, MixedOp, NodeShare
 from ..noise import NoiseConfig
@@ -38,11 +38,10 @@ class Nb201SearchCell(nn.Module):
     def _share(self, h, i: int, seeds):
         """The NodeShare of node i (output h); with batch_node_convs, the ReLU-conv-BN ops of all its
         edges already run together (ndarts.nasbench201.node_convs)."""
-        first = self.edges[next(e for e, (_, src) in enumerate(EDGES) if src == i)]
-        share = NodeShare(h, [], seeds=seeds, backend=getattr(first, "backend", None))
         leaving = [self.edges[e] for e, (_, src) in enumerate(EDGES) if src == i]
+        share = NodeShare(h, [], seeds=seeds, backend=getattr(leaving[0], "backend", None))
         if self.batch_node_convs and len(leaving) > 1:
-            for k in range(len(first._ops)):
+            for k in range(len(leaving[0]._ops)):
                 ops = [edge._ops[k] for edge in leaving]
                 if all(batchable(op) for op in ops):
                     for op, out in zip(ops, stacked_relu_conv_bn(share.relu, ops)):
@@ -101,8 +100,7 @@ class Nb201SearchNetwork(ArchNetwork):
                  channels_last: bool | None = None, autocast: torch.dtype | None = None,
                  share_node_ops: bool = True, batch_node_convs: bool = True):
         super().__init__()
-        if arch_activation not in ARCH_ACTIVATIONS:
-            raise ValueError(f"unknown arch activation {arch_activation!r}; choose one of {ARCH_ACTIVATIONS}")
+        self._set_options(arch_activation, backend, channels_last, autocast)
         for name, value in (("C", C), ("num_classes", num_classes), ("cells_per_stage", cells_per_stage),
                             ("in_channels", in_channels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -110,10 +108,6 @@ class Nb201SearchNetwork(ArchNetwork):
         self.primitives = NAS_BENCH_201_PRIMITIVES
         self.noise = NoiseConfig() if noise is None else noise
         self.fused = fused
-        self.arch_activation = arch_activation
-        self.backend = backend
-        self.channels_last = channels_last
-        self.autocast = autocast
         self.num_classes = num_classes
 
         def make_mixed_op(c):
