@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .errors import NdartsError, cli_errors  # noqa: E402
 from .genotype import Genotype, GenotypeError  # noqa: E402
-from .operations import NAS_BENCH_201, SPACES  # noqa: E402
+from .operations import SPACES  # noqa: E402
 
 SKIP_COLOR = "#d62728"
 OP_COLORS = {
@@ -304,8 +304,9 @@ def plot_run(run_dir, out_dir=None) -> list[Path]:
     else:
         genotype_dict = config.get("genotype_dict")
     save(curves_figure(records), "curves.png")
-    if genotype_dict and genotype_dict.get("space") == NAS_BENCH_201:
-        from .nasbench201.space import Nb201Genotype
+    from .nasbench201.space import Nb201Genotype, is_nb201_dict
+
+    if is_nb201_dict(genotype_dict):
 
         try:
             written += draw_nb201_genotype(Nb201Genotype.from_dict(genotype_dict), out_dir / "cell")

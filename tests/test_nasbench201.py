@@ -298,7 +298,9 @@ def test_cli_prints_the_cell_and_names_bad_input(tmp_path, capsys, fresh_seed):
     assert f"node 3 = {g.ops[3]}(node 0) + {g.ops[4]}(node 1) + {g.ops[5]}(node 2)" in out
     png = tmp_path / "figs" / "cell.png"
     assert str(png) in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00{")
     for bad, message in (("|none~0|", "3 '+'-separated"), (str(tmp_path / "nothing"), "neither"),
+                         ("x" * 5000, "neither"), (str(tmp_path / "binary.json"), "cannot read genotype file"),
                          ('{"normal": []}', "not a NAS-Bench-201 genotype")):
         with pytest.raises(SystemExit) as exit_:
             nb201_main([bad])

@@ -113,6 +113,21 @@ def zoo() -> dict[str, Genotype]:
     return {name: Genotype.from_dict(d) for name, d in json.loads(text).items()}
 
 
+def read_genotype_file(path: Path, not_a_file: str) -> str:
+    """The text of a genotype file; GenotypeError(not_a_file) when `path` names no file (a name too
+    long for the file system included), GenotypeError naming the file when it cannot be read."""
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a name too long for the file system: not a file
+        is_file = False
+    if not is_file:
+        raise GenotypeError(not_a_file)
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenotypeError(f"cannot read genotype file {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
 def load_genotype(spec: str, steps: int | None = None) -> Genotype:
     """A genotype from a zoo name, a JSON string, DARTS's printed ``Genotype(...)`` text (read as
     literals, never evaluated: genotype/darts_text.py), or a file holding either."""
@@ -127,17 +142,8 @@ def load_genotype(spec: str, steps: int | None = None) -> Genotype:
         text, source = spec, "the genotype given"
     else:
         path = Path(spec)
-        try:
-            is_file = path.is_file()
-        except OSError:  # e.g. a name too long for the file system: not a file
-            is_file = False
-        if not is_file:
-            raise GenotypeError(f"{spec[:200]!r} is neither a zoo genotype ({', '.join(models)}), a JSON or "
-                                "Genotype(...) string, nor a file holding one")
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise GenotypeError(f"cannot read genotype file {path}: {getattr(e, 'strerror', None) or e}") from None
+        text = read_genotype_file(path, f"{spec[:200]!r} is neither a zoo genotype ({', '.join(models)}), "
+                                        "a JSON or Genotype(...) string, nor a file holding one")
         source = str(path)
     if looks_like_darts_text(text):
         try:
