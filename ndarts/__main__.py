@@ -3,9 +3,10 @@ import sys
 
 COMMANDS = {
     "search": "NoisyDARTS architecture search (python -m ndarts.search --fused: the embedded digits)",
-    "train": "train a cell from scratch (a zoo name, a search's genotype.json, JSON or DARTS's Genotype(...))",
+    "train": "train a cell from scratch (a zoo name, a search run or its genotype.json, JSON, DARTS's Genotype(...))",
     "evaluate": "test loss and accuracy of a training checkpoint",
-    "genotype": "the model zoo: list, info (cells, parameters, multiply-adds), draw",
+    "genotype": "the model zoo and any genotype: list, info (cells, parameters, multiply-adds), draw, "
+                "predict (NAS-Bench-301)",
     "plots": "figures of a search or training run directory",
     "nasbench201": "a NAS-Bench-201 cell (search --space nas-bench-201) and its accuracies in the benchmark",
 }

@@ -58,8 +58,8 @@ def requested_backend(backend: str | None = None) -> str:
     name = backend if backend is not None else os.environ.get("NDARTS_BACKEND", "auto")
     name = name.strip().lower()
     if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r} (from {'argument' if backend else 'NDARTS_BACKEND'}); "
-                           f"choose one of {BACKENDS}")
+        source = "argument" if backend is not None else "NDARTS_BACKEND"
+        raise BackendError(f"unknown backend {name!r} (from {source}); choose one of {BACKENDS}")
     return name
 
 

@@ -2,7 +2,9 @@
 
 Writes go to a temporary file in the same directory, are flushed and fsynced, then renamed over
 the target (atomic on POSIX) and the directory is fsynced: a run killed at any moment leaves
-either the previous complete file or the new complete file, never half of one.
+either the previous complete file or the new complete file, never half of one. The written file
+gets the mode open() would give it: an existing target's permission bits, else 0666 less the
+process umask.
 Loads use ``torch.load(weights_only=True)``: a pickle that would run code is refused.
 """
 from __future__ import annotations
@@ -12,7 +14,8 @@ import io
 import os
 import pickle
 import pickletools
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 import torch
@@ -37,11 +40,35 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, empty temporary file next to `path`, open for writing: (fd, its name). Created with
+    mode 0666, as open() creates a file, so the process umask applies (tempfile.mkstemp's files
+    are 0600 whatever the umask); where `path` exists, its permission bits are copied instead."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode) & 0o777
+    except OSError:  # no target yet
+        mode = None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        if mode is not None:
+            try:
+                os.fchmod(fd, mode)
+            except OSError:  # keeps the umask's mode
+                pass
+        return fd, tmp
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(path.parent))
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temp(path)
     except OSError as e:
         raise NdartsError(f"cannot write {path}: {e.strerror or e}") from None
     try:

@@ -16,6 +16,12 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def require_amp_device(amp: str, device) -> None:
+    """fp16 autocast (with its GradScaler) runs on CUDA only."""
+    if amp == "fp16" and device.type == "cpu":
+        raise NdartsError("--amp fp16 needs a CUDA device; on a CPU use --amp bf16")
+
+
 def require_ints(cfg, minimum: int, *names: str) -> None:
     """Each named setting is an int >= minimum; a setting left at None (optional) passes."""
     for name in names:

@@ -72,6 +72,7 @@ class DistContext:
             with torch.no_grad():
                 for n in arch:
                     dist.broadcast(model.get_parameter(n), src=0)
+        grads_strided_as_weights(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DDP(model, device_ids=ids)
 
@@ -117,6 +118,34 @@ class DistContext:
 
     def barrier(self) -> None:
         dist.barrier()
+
+
+def grads_strided_as_weights(model) -> None:
+    """Makes every weight's gradient arrive with the weight's own strides, as DDP compares them.
+
+    A convolution's weight gradient may differ from its weight in the strides of size-1 dimensions
+    only (a 1×1 conv weight [O, I, 1, 1] is both NCHW- and channels_last-contiguous; conv backward
+    on channels_last activations may return either, a depthwise [C, 1, k, k] likewise): the same
+    memory order, which autograd accepts as the weight's layout, but DDP's bucket view keeps the
+    weight's exact strides and warns "Grad strides do not match bucket view strides" on every
+    process. A hook on each such weight re-strides its gradient (a view: no copy, the same values).
+    """
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dim() > 1 and not name.startswith("alphas_"):
+            p.register_hook(_restrided_grad(tuple(p.stride())))
+
+
+def _restrided_grad(stride: tuple[int, ...]):
+    """The hook of grads_strided_as_weights for a weight of these strides: a gradient whose strides
+    differ only where its size is 1 becomes a view with the weight's strides; others pass unchanged
+    (autograd copies those into the weight's layout itself)."""
+
+    def hook(grad):
+        if grad.stride() == stride or any(n != 1 and a != b for n, a, b in zip(grad.shape, grad.stride(), stride)):
+            return None
+        return grad.as_strided(grad.shape, stride, grad.storage_offset())
+
+    return hook
 
 
 def launched_by_torchrun() -> bool:

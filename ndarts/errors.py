@@ -23,7 +23,7 @@ def cli_errors(main):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
-            print("interrupted: resume with --resume from the last checkpoint", file=sys.stderr)
+            print("interrupted", file=sys.stderr)  # a search or training run has logged how to go on
             sys.exit(130)
 
     return wrapper

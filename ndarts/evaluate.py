@@ -10,7 +10,8 @@ import argparse
 import json
 
 from .checkpoint import CheckpointError, load_checkpoint, require_keys
-from .config_checks import require_ints
+from .cli_options import HelpFormatter, require_dataset_flags
+from .config_checks import require_amp_device, require_ints
 from .data import BatchStream, load_dataset
 from .errors import NdartsError, cli_errors
 from .eval_model import build_network
@@ -21,13 +22,13 @@ from .trainer import AMP_MODES, CHECKPOINT_KIND, evaluate_model
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ndarts.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a training run")
     p.add_argument("--data", default=None, help="dataset directory (overrides the one stored in the checkpoint)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", default="none", choices=AMP_MODES)
+    p.add_argument("--amp", default="none", choices=AMP_MODES, help="mixed precision (fp16: CUDA only)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -62,7 +63,9 @@ def main(argv=None):
     require_ints(args, 1, "batch_size")
     require_ints(args, 0, "workers")
     device = resolve_device(args.device)
+    require_amp_device(args.amp, device)
     model, cfg, state = load_trained_network(args.checkpoint, device)
+    require_dataset_flags(cfg["dataset"], data=args.data)
     spec = load_dataset(cfg["dataset"], args.data if args.data is not None else cfg.get("data"),
                         download=False, image_size=cfg.get("image_size", 32), augment=False)
     if spec.test is None:

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .batch_norm import deferred_output, search_batch_norms
-from .backend import graph_kernels_enabled
+from .backend import graph_kernels_enabled, requested_backend
 from .edge_groups import EdgeGroupSlot, groupable, split_edges
 from .fan_out import fan_out
 from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std, skip_operand_stds
@@ -340,12 +340,13 @@ class MixedOp(nn.Module):
     def __init__(self, C: int, stride: int, primitives=DARTS_PRIMITIVES, noise: NoiseConfig | None = None, *,
                  pool_norm: bool = True):
         super().__init__()
+        cls = type(self).__name__
         if isinstance(C, bool) or not isinstance(C, int) or C < 1:
-            raise ValueError(f"MixedOp: C (channels) must be an int >= 1, got {C!r}")
+            raise ValueError(f"{cls}: C (channels) must be an int >= 1, got {C!r}")
         if stride not in (1, 2) or isinstance(stride, bool):
-            raise ValueError(f"MixedOp: stride must be 1 (normal edge) or 2 (reduction edge), got {stride!r}")
+            raise ValueError(f"{cls}: stride must be 1 (normal edge) or 2 (reduction edge), got {stride!r}")
         if noise is not None and not isinstance(noise, NoiseConfig):
-            raise TypeError(f"MixedOp: noise must be a NoiseConfig or None, got {type(noise).__name__} {noise!r}")
+            raise TypeError(f"{cls}: noise must be a NoiseConfig or None, got {type(noise).__name__} {noise!r}")
         self.primitives = check_primitives(primitives)
         self.C = C
         self.stride = stride
@@ -363,6 +364,21 @@ class MixedOp(nn.Module):
         self._pools = frozenset(i for i, p in enumerate(self.primitives) if pool_norm and "pool" in p)
         # a bare pool (pool_norm=False) has no state at all: identical on every edge leaving a node too
         self._bare_pools = frozenset(i for i, p in enumerate(self.primitives) if not pool_norm and "pool" in p)
+        self._find_dtype_probe()
+
+    def _find_dtype_probe(self) -> None:
+        """Keeps where one floating-point parameter lives, (its module, its name), for forward's
+        cheap input check (_param_dtype); None where the op has none (pools, skip). By name, so a
+        parameter replaced (load_state_dict(assign=True)) or converted (.to) is read as it is now."""
+        self._dtype_probe = next(((m, name) for m in self.modules() for name, p in m._parameters.items()
+                                  if p is not None and p.is_floating_point()), None)
+
+    def _param_dtype(self) -> torch.dtype | None:
+        """The dtype of the op's parameters (of the first; None where it has none)."""
+        if self._dtype_probe is None:
+            return None
+        module, name = self._dtype_probe
+        return module._parameters[name].dtype
 
     def prepare_share(self, share: NodeShare) -> None:
         """Computes now what the edges leaving share's node reuse (relu(h) and the pools with their
@@ -385,6 +401,7 @@ class MixedOp(nn.Module):
         for i in moved:
             self._ops[i] = EdgeGroupSlot(self.primitives[i], slot)
         self._tails = tuple(None if i in moved else t for i, t in enumerate(self._tails))
+        self._find_dtype_probe()
 
     @property
     def noise_scale(self) -> float:
@@ -416,11 +433,23 @@ class MixedOp(nn.Module):
     def _check_input(self, x, weights):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.C:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"MixedOp(C={self.C}): x must be [N, {self.C}, H, W], got {shape}")
+            raise ValueError(f"{type(self).__name__}(C={self.C}): x must be [N, {self.C}, H, W], got {shape}")
         if not isinstance(weights, torch.Tensor) or weights.dim() != 1 or weights.shape[0] != len(self.primitives):
             got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
-            raise ValueError(f"MixedOp: weights must have shape ({len(self.primitives)},), one per primitive "
-                             f"{list(self.primitives)}; got {got}")
+            raise ValueError(f"{type(self).__name__}: weights must have shape ({len(self.primitives)},), one per "
+                             f"primitive {list(self.primitives)}; got {got}")
+        dtype = self._param_dtype()
+        if dtype is not None and x.dtype != dtype:
+            self._check_dtype(x, dtype)
+
+    def _check_dtype(self, x, dtype) -> None:
+        """x's dtype is not the op's `dtype`: fine under autocast for a float32, float16 or bfloat16
+        x (autocast casts the convs' operands; BatchNorm takes them all), else a TypeError naming both
+        (was a torch error from deep inside an op). Metadata only, no sync."""
+        if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+            return
+        raise TypeError(f"{type(self).__name__}(C={self.C}): x is {x.dtype} but the op's parameters are {dtype}: "
+                        f"convert one to the other (x.to({dtype}) or op.to({x.dtype})), or run it under torch.autocast")
 
     def _run(self, i: int, x, share: NodeShare | None):
         if share is None:
@@ -493,6 +522,8 @@ class FusedMixedOp(MixedOp):
     def __init__(self, C: int, stride: int, primitives=DARTS_PRIMITIVES, noise: NoiseConfig | None = None,
                  backend: str | None = None, *, pool_norm: bool = True):
         super().__init__(C, stride, primitives, noise, pool_norm=pool_norm)
+        if backend is not None:
+            requested_backend(str(backend))  # an unknown name: BackendError now, not at the first forward
         self.backend = backend
         self.register_buffer("_live_index", torch.tensor(self._live, dtype=torch.long), persistent=False)
         self._all_live = len(self._live) == len(self.primitives)
@@ -505,8 +536,8 @@ class FusedMixedOp(MixedOp):
         gather per cell instead of one per edge); None selects them here."""
         self._check_input(x, weights)
         if live_weights is not None and live_weights.shape != (len(self._live),):
-            raise ValueError(f"FusedMixedOp: live_weights must have shape ({len(self._live)},), one per primitive "
-                             f"other than 'none'; got {tuple(live_weights.shape)}")
+            raise ValueError(f"{type(self).__name__}: live_weights must have shape ({len(self._live)},), one per "
+                             f"primitive other than 'none'; got {tuple(live_weights.shape)}")
         if not self._live:
             return self._ops[0](x)
         noisy = self.noisy

@@ -18,23 +18,35 @@ import time
 from pathlib import Path
 
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint
+from .config_checks import flag
 from .errors import NdartsError
 
 CHECKPOINT = "checkpoint.pt"
 
 
 class RunDir:
-    def __init__(self, path, resume: bool, rank0: bool = True):
+    """command: "search" or "train", the ndarts command whose run this is (a resume refuses the
+    other's run directory)."""
+
+    def __init__(self, path, resume: bool, rank0: bool = True, command: str = "search"):
         self.path = Path(path)
         self.rank0 = rank0
+        self.command = command
         self.checkpoint = self.path / CHECKPOINT
-        existing = self.checkpoint.exists() or (self.path / "config.json").exists()
-        if resume and not self.checkpoint.exists():
-            raise NdartsError(f"nothing to resume: {self.checkpoint} does not exist")
-        if existing and not resume:
+        has_checkpoint, has_config = self.checkpoint.exists(), (self.path / "config.json").exists()
+        if resume and not (has_checkpoint or has_config):
+            raise NdartsError(f"nothing to resume: {self.path} holds no run ({CHECKPOINT} does not exist)")
+        if (has_checkpoint or has_config) and not resume:
             raise NdartsError(f"{self.path} already holds a run; pass --resume to continue it, "
                               "or choose another --out (a run is never overwritten)")
+        if resume:
+            self._check_command()
+        # --resume where the run stopped before its first checkpoint (killed in its first epoch):
+        # nothing to load, the run starts again from the beginning with its settings
+        self.resuming = resume and has_checkpoint
+        self.restarting = resume and not has_checkpoint
         self.created = rank0 and not self.path.exists()
+        self._new_files: list[Path] = []  # written by this run where nothing was: removed again if it fails to start
         if rank0:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -43,26 +55,54 @@ class RunDir:
                 probe.unlink()
             except OSError as e:
                 raise NdartsError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from None
-        if resume and not (self.path / "config.json").exists():
+        if self.resuming and not has_config:
             self.log(f"note: {self.path} has no config.json: the run's settings are read from its {CHECKPOINT}")
+        if self.restarting:
+            self.log(f"note: {self.path} holds no {CHECKPOINT} (the run stopped in its first epoch): "
+                     "starting it again from the beginning, with its settings")
+            if (self.path / "metrics.jsonl").exists():
+                self.truncate_metrics(0)
+
+    def _check_command(self) -> None:
+        saved = saved_config(self.path)
+        other = run_command(saved) if saved is not None else None
+        if other is not None and other != self.command:
+            raise NdartsError(f"{self.path} holds a run of ndarts.{other}, not of ndarts.{self.command}: "
+                              f"continue it with python -m ndarts.{other} --out {self.path} --resume")
 
     @contextlib.contextmanager
     def removed_if_unused(self):
-        """Around a run's set-up: where it fails (missing data, say), the directory this
-        RunDir created is removed again if nothing was written into it, so that a failed start
-        leaves no empty run directory behind."""
+        """Around a run's start (its set-up and its epochs): where it fails (missing data, a backend
+        this machine lacks) before its first checkpoint, the files this run wrote where there were
+        none (its config.json, log.txt) are removed again, and the directory if this RunDir created
+        it and nothing else is in it, so that a failed start leaves no run directory behind that
+        would refuse the corrected command. An interrupt (Ctrl-C) keeps them: --resume starts that
+        run again."""
         try:
             yield
-        except BaseException:
-            if self.created:
-                try:
-                    self.path.rmdir()  # only ever an empty directory
-                except OSError:
-                    pass
+        except Exception:
+            if self.rank0 and not self.resuming and not self.checkpoint.exists():
+                for f in self._new_files:
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+                if self.created:
+                    with contextlib.suppress(OSError):
+                        self.path.rmdir()  # only ever an empty directory
             raise
+
+    def interrupted(self, epochs_saved: int) -> None:
+        """Logs an interrupt (Ctrl-C) and how to go on from it."""
+        how = (f"continues after epoch {epochs_saved}, its last checkpoint" if self.checkpoint.exists()
+               else "starts it again (no epoch had finished)")
+        self.log(f"interrupted: python -m ndarts.{self.command} --out {self.path} --resume {how}")
+
+    def _track(self, path: Path) -> None:
+        if not path.exists() and path not in self._new_files:
+            self._new_files.append(path)
 
     def write_config(self, config: dict) -> None:
         if self.rank0:
+            self._track(self.path / "config.json")
             atomic_write_text(self.path / "config.json", json.dumps(config, indent=1, sort_keys=True) + "\n")
 
     def read_config(self) -> dict | None:
@@ -73,7 +113,8 @@ class RunDir:
         saved = self.read_config()
         if saved is None:
             return
-        diff = [f"{k}: checkpoint {saved.get(k)!r}, now {config.get(k)!r}" for k in keys if saved.get(k) != config.get(k)]
+        diff = [f"{flag_name(k)}: checkpoint {short_repr(saved.get(k))}, now {short_repr(config.get(k))}"
+                for k in keys if saved.get(k) != config.get(k)]
         if diff:
             raise CheckpointError(f"the checkpoint in {self.path} is from a different configuration: " + "; ".join(diff))
 
@@ -82,6 +123,7 @@ class RunDir:
             return
         line = f"{time.strftime('%H:%M:%S')} {msg}"
         print(line, flush=True)
+        self._track(self.path / "log.txt")
         try:
             with open(self.path / "log.txt", "a") as f:
                 f.write(line + "\n")
@@ -114,6 +156,28 @@ class RunDir:
             return
         kept = [r for r in self.metrics() if r.get("epoch", -1) < epochs_done]
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def run_command(config: dict) -> str | None:
+    """The ndarts command ("search" or "train") whose settings `config` holds, None where unknown."""
+    if "order" in config and "space" in config:
+        return "search"
+    if "genotype_dict" in config:
+        return "train"
+    return None
+
+
+FLAGS = {"genotype_dict": "--genotype"}  # settings recorded under another name than their flag's
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a recorded setting."""
+    return FLAGS.get(key) or flag(key)
+
+
+def short_repr(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def summary_writer_class():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_options import HelpFormatter, require_dataset_flags
 from .data import DATASETS
 from .errors import cli_errors
 from .noise import MIXTURES, NOISE_KINDS, POSITIONS
@@ -24,14 +25,15 @@ DIGITS_PRESET = {"epochs": 10, "batch_size": 64, "init_channels": 8, "layers": 5
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ndarts.search", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     d = SearchConfig()
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset, choices=DATASETS,
                    help="digits is embedded (no network, no files)")
     g.add_argument("--data", default=None, help="dataset directory (cifar10/cifar100/imagenet16-120/imagefolder)")
     g.add_argument("--download", action="store_true", help="download CIFAR into --data (opt-in)")
-    g.add_argument("--image-size", type=int, default=d.image_size, help="imagefolder: resize to this size")
+    g.add_argument("--image-size", type=int, default=None,
+                   help=f"imagefolder: resize to this size (default {d.image_size}; the other datasets' sizes are fixed)")
     g.add_argument("--workers", type=int, default=d.workers,
                    help="data loader processes (imagefolder; CIFAR and digits batches are made on the device)")
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
@@ -52,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch-learning-rate", type=float, default=d.arch_learning_rate)
     g.add_argument("--arch-weight-decay", type=float, default=d.arch_weight_decay)
     g.add_argument("--order", default=d.order, choices=["first", "second"])
-    g.add_argument("--max-steps", type=int, default=None, help="cap the steps per epoch (quick runs)")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="quick runs: at most N steps per epoch, and the α half's evaluation on at most N "
+                        "batches (its val loss and accuracy then cover only those)")
 
     g = p.add_argument_group("search space")
     g.add_argument("--space", default=d.space, choices=sorted(SPACES),
@@ -106,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report-freq", type=int, default=None, help="log a progress line every N steps")
     g.add_argument("--tensorboard", action="store_true", help="TensorBoard scalars per epoch in OUT/tensorboard")
     g.add_argument("--hessian-every", type=int, default=0,
-                   help="log the dominant Hessian eigenvalue of L_val w.r.t. α every N epochs (0: off)")
+                   help="log the dominant Hessian eigenvalue of L_val w.r.t. α every N epochs, on the epoch's "
+                        "line and in metrics.jsonl (its time counts in the epoch's; 0: off)")
     return p
 
 
@@ -116,6 +121,7 @@ def config_from_args(args, given=None) -> SearchConfig:
     values = config_values(args, [DIGITS_PRESET] if args.dataset == "digits" else [], "search", given=given)
     cfg = SearchConfig(**values)
     cfg.validate()
+    require_dataset_flags(cfg.dataset, args.data, args.image_size, args.download)
     return cfg
 
 

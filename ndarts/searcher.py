@@ -40,6 +40,14 @@ STRUCTURAL = ("dataset", "space", "layers", "init_channels", "steps", "order", "
               "noise_mean", "noise_mixture", "noise_decay", "noise_position", "arch_activation", "seed",
               "batch_size", "train_portion", "image_size")
 STRUCTURAL_NB201 = ("cells_per_stage",)  # and for the NAS-Bench-201 space (older runs never had it)
+UNUSED_NB201 = ("layers", "steps")  # its network has --cells-per-stage instead
+
+
+def structural_settings(space: str) -> tuple:
+    """The settings a resumed search must share with its checkpoint: those its network and data depend on."""
+    if space == NAS_BENCH_201:
+        return tuple(k for k in STRUCTURAL if k not in UNUSED_NB201) + STRUCTURAL_NB201
+    return STRUCTURAL
 
 SEARCH_AMP = {"none": None, "bf16": torch.bfloat16}  # --amp: the autocast dtype
 # --triton-convs: the cells' convolutions on ndarts' Triton kernels, as SearchNetwork's
@@ -179,18 +187,17 @@ class Searcher:
         self.rank0 = dist is None or dist.rank == 0
         self.device = dist.device if dist is not None else resolve_device(cfg.device)
         writer_cls = summary_writer_class() if cfg.tensorboard and self.rank0 else None  # fail before touching --out
-        self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0)
+        self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0, command="search")
         with self.run.removed_if_unused():
             if dist is not None:
                 dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
-            if cfg.resume:
-                nb201 = STRUCTURAL_NB201 if cfg.space == NAS_BENCH_201 else ()
-                self.run.check_same_config(cfg.to_dict(), STRUCTURAL + nb201)
+            if self.run.resuming:
+                self.run.check_same_config(cfg.to_dict(), structural_settings(cfg.space))
                 self._keep_checkpoint_layout()
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
             self._build()
             self.start_epoch = 0
-            if cfg.resume:
+            if self.run.resuming:
                 self._load_checkpoint()
             # a resumed run records the settings it goes on with (a longer --epochs, say): the next resume reads them
             self.run.write_config(cfg.to_dict())
@@ -449,9 +456,15 @@ class Searcher:
                 cfg.layers, "so the normal cell's α gets no gradient and its derived cell is not searched")
             if note:
                 self.run.log(note)
+        epochs_saved = self.start_epoch
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                self._epoch(epoch)
+            with self.run.removed_if_unused():  # a run failing in its first epoch (an unusable backend, say)
+                for epoch in range(self.start_epoch, cfg.epochs):
+                    self._epoch(epoch)
+                    epochs_saved = epoch + 1
+        except KeyboardInterrupt:
+            self.run.interrupted(epochs_saved)
+            raise
         except torch.cuda.OutOfMemoryError:
             raise NdartsError(f"CUDA out of memory at --batch-size {cfg.batch_size}: lower --batch-size "
                               f"(e.g. {max(1, cfg.batch_size // 2)}) or --init-channels") from None
@@ -490,8 +503,11 @@ class Searcher:
         if self.rank0 and cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
             from .hessian import dominant_eigenvalue
 
+            t_hessian = time.time()
             x, y = next(iter(self.val_stream.iterate(0)))
             record["hessian_eigenvalue"] = dominant_eigenvalue(model, self.criterion, x.to(self.device), y.to(self.device))
+            record["hessian_seconds"] = time.time() - t_hessian
+            record["seconds"] = time.time() - t0  # the epoch's time includes the measurement
         rng_ranks = self.dist.gather_object(rng_state()) if self.dist is not None else None
         if self.rank0:
             self.run.append_metrics(record)
@@ -506,6 +522,8 @@ class Searcher:
         self.run.log(f"epoch {epoch + 1}/{cfg.epochs} train loss {train['train_loss']:.4f} acc {train['train_acc']:.3f} "
                      + (f"| val loss {val_loss:.4f} acc {val_acc:.3f} " if val_loss is not None else "| val - ")
                      + (f"| skips normal {skips[0]} reduce {skips[1]} " if skips[1] is not None else f"| skips {skips[0]} ")
+                     + (f"| hessian eigenvalue {record['hessian_eigenvalue']:.4g} ({record['hessian_seconds']:.1f}s) "
+                        if "hessian_eigenvalue" in record else "")
                      + f"| {record['seconds']:.1f}s")
 
     def evaluates_after(self, epoch: int) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_options import HelpFormatter, require_dataset_flags
 from .config_checks import require_ints
 from .data import DATASETS
 from .errors import cli_errors
@@ -30,18 +31,20 @@ IMAGENET_PRESET = {"epochs": 250, "batch_size": 128, "init_channels": 48, "layer
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ndarts.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     d = TrainConfig()
     g = p.add_argument_group("architecture")
     g.add_argument("--genotype", default=d.genotype,
-                   help="a zoo name (python -m ndarts.genotype list), a JSON file (e.g. a search's genotype.json) "
-                        "or a JSON string")
+                   help="a zoo name (python -m ndarts.genotype list), a search's run directory or its genotype.json, "
+                        "a JSON string, DARTS's printed Genotype(...) text (as a string or in a file), or "
+                        "FILE:NAME of a DARTS genotypes.py")
     g.add_argument("--steps", type=int, default=d.steps, help="intermediate nodes per cell the genotype must have")
     g.add_argument("--network", default=d.network, choices=NETWORKS,
                    help="cifar: DARTS's CIFAR network; imagenet: DARTS's ImageNet mobile network and protocol")
     g.add_argument("--init-channels", type=int, default=None, help=f"default {d.init_channels} (16 on digits, 48 imagenet)")
     g.add_argument("--layers", type=int, default=None, help=f"cells; default {d.layers} (8 on digits, 14 imagenet)")
-    g.add_argument("--no-auxiliary", dest="auxiliary", action="store_false", help="no auxiliary tower")
+    g.add_argument("--no-auxiliary", dest="auxiliary", action="store_false",
+                   help="leave out the auxiliary tower (default: with it, weight --auxiliary-weight)")
     g.add_argument("--auxiliary-weight", type=float, default=d.auxiliary_weight)
     g.add_argument("--drop-path-prob", type=float, default=None,
                    help=f"final drop-path probability (ramped linearly from 0); default {d.drop_path_prob}")
@@ -53,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--download", action="store_true", help="download CIFAR into --data (opt-in)")
     g.add_argument("--image-size", type=int, default=None, help="imagefolder: resize to this size (default 32, 224 imagenet)")
     g.add_argument("--cutout", type=int, default=None, help=f"cutout length, 0 = off; default {d.cutout} (0 on digits)")
-    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random crop / flip (default: both, except on digits)")
     g.add_argument("--workers", type=int, default=d.workers,
                    help="data loader processes (imagefolder; CIFAR and digits batches are made on the device)")
 
@@ -68,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=None, help=f"default {d.weight_decay} (3e-5 imagenet)")
     g.add_argument("--grad-clip", type=float, default=d.grad_clip)
     g.add_argument("--label-smoothing", type=float, default=None, help="default 0 (0.1 imagenet)")
-    g.add_argument("--max-steps", type=int, default=None, help="cap the steps per epoch (quick runs)")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="quick runs: at most N steps per epoch, and each epoch's test on at most N batches "
+                        "(its test accuracy, and so best.pt's choice, then cover only those)")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed)
@@ -90,6 +96,7 @@ def config_from_args(args, given=None) -> TrainConfig:
     values = config_values(args, presets, "train", drop=("threads",), given=given)
     cfg = TrainConfig(**values)
     cfg.validate()
+    require_dataset_flags(cfg.dataset, args.data, args.image_size, args.download)
     return cfg
 
 

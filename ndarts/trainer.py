@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .cell_layout import no_normal_cell_note
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
-from .config_checks import require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
+from .config_checks import require_amp_device, require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
 from .data import BatchStream, DataSpec, load_dataset
 from .errors import NdartsError
 from .finite_watch import FiniteWatch
@@ -122,17 +122,16 @@ class Trainer:
         self.dist = dist  # ndarts.distributed.DistContext or None
         self.rank0 = dist is None or dist.rank == 0
         self.device = dist.device if dist is not None else resolve_device(cfg.device)
-        if cfg.amp == "fp16" and self.device.type == "cpu":
-            raise NdartsError("--amp fp16 needs a CUDA device; on a CPU use --amp bf16")
+        require_amp_device(cfg.amp, self.device)
         writer_cls = summary_writer_class() if cfg.tensorboard and self.rank0 else None  # fail before touching --out
-        self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0)
+        self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0, command="train")
         with self.run.removed_if_unused():
-            if cfg.resume:
+            if self.run.resuming:
                 self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
             self._build()
             self.start_epoch, self.best_acc = 0, None
-            if cfg.resume:
+            if self.run.resuming:
                 self._load_checkpoint(self.run.checkpoint)
             # a resumed run records the settings it goes on with (a longer --epochs, say): the next resume reads them
             self.run.write_config(cfg.to_dict())
@@ -241,10 +240,15 @@ class Trainer:
             note = no_normal_cell_note(cfg.layers, "so the genotype's normal cell is not used")
             if note:
                 self.run.log(note)
-        record = None
+        record, epochs_saved = None, self.start_epoch
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                record = self._epoch(epoch)
+            with self.run.removed_if_unused():  # a run failing in its first epoch
+                for epoch in range(self.start_epoch, cfg.epochs):
+                    record = self._epoch(epoch)
+                    epochs_saved = epoch + 1
+        except KeyboardInterrupt:
+            self.run.interrupted(epochs_saved)
+            raise
         except torch.cuda.OutOfMemoryError:
             raise NdartsError(f"CUDA out of memory at --batch-size {cfg.batch_size}: lower --batch-size "
                               f"(e.g. {max(1, cfg.batch_size // 2)}), or use --amp bf16") from None
@@ -324,7 +328,7 @@ class Trainer:
             self._diverged(epoch, bad[1], bad[0])
 
     def _diverged(self, epoch, step, what):
-        last = f"after epoch {epoch}" if epoch > 0 or self.cfg.resume else "none yet"
+        last = f"after epoch {epoch}" if epoch > 0 or self.run.resuming else "none yet"
         raise Divergence(f"non-finite {what} at epoch {epoch + 1}, step {step + 1}: stopping. The last good "
                          f"checkpoint ({self.run.checkpoint}, {last}) is kept; lower --learning-rate "
                          "(or use --amp none) and --resume, or start again")

@@ -86,6 +86,7 @@ def torchrun(dump: Path, search_args: list[str], freeze_bn=False, nproc=2) -> st
                           cwd=Path(__file__).resolve().parents[1])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{out[-6000:]}"
+    assert "Grad strides do not match bucket view strides" not in out  # grads_strided_as_weights
     return out
 
 
@@ -109,6 +110,31 @@ def assert_checkpoint_of_ranks(out: Path, ranks: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("fused", [False, True])
+def test_weight_grads_keep_the_weights_strides_as_ddp_compares_them(fused):
+    """channels_last on a CPU (the default there): a 1×1 conv weight after a strided input and the
+    depthwise weights get gradients whose strides differ from theirs in size-1 dimensions, which
+    DDP's bucket views warn about on every process; grads_strided_as_weights (DistContext.wrap)
+    gives each gradient its weight's strides. One process: DDP needs none to be compared."""
+    from ndarts.distributed import grads_strided_as_weights
+    from ndarts.search_model import SearchNetwork
+
+    def mismatched(model):
+        torch.manual_seed(0)
+        model(torch.randn(4, 3, 8, 8)).sum().backward()
+        return [n for n, p in model.named_weight_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
+
+    torch.manual_seed(0)
+    plain = SearchNetwork(C=4, num_classes=10, layers=3, fused=fused, channels_last=True)
+    fixed = SearchNetwork(C=4, num_classes=10, layers=3, fused=fused, channels_last=True)
+    fixed.load_state_dict(plain.state_dict())
+    assert mismatched(plain)  # what the hooks are for
+    grads_strided_as_weights(fixed)
+    assert mismatched(fixed) == []
+    for (n, p), q in zip(plain.named_weight_parameters(), fixed.weight_parameters()):
+        assert torch.equal(p.grad, q.grad), n  # a view with other strides: the same values
+
+
 def test_second_order_fused_alpha_identical_on_every_rank(tmp_path):
     # (first order with the reference op: test_resume_under_torchrun)
     out = tmp_path / "run"

@@ -140,6 +140,66 @@ def test_an_input_of_the_wrong_shape_is_clear(cls, x, message):
     assert message in str(exc.value)
 
 
+@pytest.mark.parametrize("cls", [MixedOp, FusedMixedOp])
+def test_errors_name_the_class_used(cls, fresh_seed):
+    k = int(torch.randint(1, 8, (1,)))  # any wrong number of weights
+    with pytest.raises(ValueError) as exc:
+        cls(16, 2)(torch.randn(2, 16, 4, 4), torch.ones(k))
+    assert str(exc.value).startswith(f"{cls.__name__}: weights must have shape (8,)")
+    with pytest.raises(ValueError, match=f"^{cls.__name__}: stride must be"):
+        cls(16, 3)
+
+
+@pytest.mark.parametrize("cls", [MixedOp, FusedMixedOp])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("x_dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int64])
+def test_an_input_of_another_dtype_is_clear(cls, stride, x_dtype):
+    """Outside autocast, x's dtype must be the op's parameters' (was a torch error 13 frames deep,
+    e.g. 'mixed dtype (CPU): all inputs must share same datatype')."""
+    m = cls(4, stride)
+    x = torch.randn(2, 4, 6, 6).to(x_dtype)
+    w = torch.softmax(torch.randn(8), 0)
+    with pytest.raises(TypeError) as exc:
+        m(x, w)
+    assert f"{cls.__name__}(C=4): x is {x_dtype} but the op's parameters are torch.float32" in str(exc.value)
+    m.to(x_dtype if x_dtype.is_floating_point else torch.float64)  # converted: the check follows
+    if x_dtype == torch.float64:
+        assert m(x, w.double()).dtype == torch.float64
+    with pytest.raises(TypeError, match="x is torch.float32 but the op's parameters are"):
+        m(torch.randn(2, 4, 6, 6), w)
+
+
+@pytest.mark.parametrize("cls", [MixedOp, FusedMixedOp])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_autocast_takes_inputs_of_other_dtypes(cls, x_dtype):
+    """Under autocast an fp32 op takes fp32, bf16 and fp16 inputs (autocast casts them); fp64 stays an error."""
+    m = cls(4, 2).train()
+    w = torch.softmax(torch.randn(8), 0)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = m(torch.randn(2, 4, 6, 6).to(x_dtype), w)
+        assert torch.isfinite(y).all()
+        with pytest.raises(TypeError, match="x is torch.float64"):
+            m(torch.randn(2, 4, 6, 6, dtype=torch.float64), w)
+
+
+def test_the_dtype_check_follows_replaced_parameters():
+    """load_state_dict(assign=True) replaces the parameters: the check reads the op's own."""
+    m = MixedOp(4, 1)
+    m.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in m.state_dict().items()}, assign=True)
+    x, w = torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.softmax(torch.randn(8, dtype=torch.float64), 0)
+    assert m(x, w).dtype == torch.float64
+    with pytest.raises(TypeError, match="parameters are torch.float64"):
+        m(x.float(), w)
+
+
+@pytest.mark.parametrize("backend", ["bogus", "", "cuda-magic"])
+def test_an_unknown_backend_is_refused_at_construction(backend):
+    with pytest.raises(BackendError, match=f"unknown backend {backend!r} \\(from argument\\)"):
+        FusedMixedOp(16, 1, backend=backend)
+    for name in ("auto", "torch", "triton", " Torch ", None):
+        FusedMixedOp(4, 1, backend=name)
+
+
 @pytest.mark.parametrize("position", ["output", "input"])
 def test_reduction_noise_position(position):
     """Noise on FactorizedReduce's output (official) or input (paper): both noisy, both differ."""

@@ -175,3 +175,73 @@ def test_a_long_string_that_is_no_file_is_a_clear_error():
     """Longer than a file name may be (was an OSError 'File name too long' from Path.is_file)."""
     with pytest.raises(GenotypeError, match="neither a zoo genotype"):
         load_genotype("sep_conv_3x3 " * 40)
+
+
+# ----------------------------------------------------------------------------- run directories, missing files
+def test_a_search_run_directory_gives_its_genotype(tmp_path, fresh_seed):
+    from ndarts.genotype import save_genotype
+
+    name = sorted(zoo())[fresh_seed % len(zoo())]
+    save_genotype(zoo()[name], tmp_path / "run" / "genotype.json")
+    assert load_genotype(str(tmp_path / "run")) == zoo()[name]
+    assert load_genotype(str(tmp_path / "run") + "/") == zoo()[name]
+    (tmp_path / "unfinished" / "genotypes").mkdir(parents=True)
+    with pytest.raises(GenotypeError, match="without a genotype.json"):
+        load_genotype(str(tmp_path / "unfinished"))
+
+
+@pytest.mark.parametrize("spec", ["missing.json", "genotypes.py", "cell.txt", "runs/search-1", "runs/g.py:DARTS_V2"])
+def test_a_missing_file_is_named(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GenotypeError) as exc:
+        load_genotype(spec)
+    assert str(exc.value) == f"no such file: {spec.split(':')[0]}"
+
+
+# ----------------------------------------------------------------------------- DARTS's genotypes.py
+def _genotypes_py(names: dict) -> str:
+    """A genotypes.py as DARTS keeps it: imports, the namedtuple, PRIMITIVES, NAME = Genotype(...), an alias."""
+    lines = ["from collections import namedtuple", "",
+             "Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')", "",
+             f"PRIMITIVES = {list(DARTS_PRIMITIVES)!r}", ""]
+    lines += [_darts_text(g, prefix=f"{name} = ") for name, g in names.items()]
+    return "\n".join(lines + [f"DARTS = {next(iter(names))}", ""])
+
+
+def test_one_genotype_of_a_genotypes_py_is_picked_by_name(tmp_path, fresh_seed):
+    models = zoo()
+    picked = [sorted(models)[i] for i in torch.randperm(len(models))[:3].tolist()]
+    names = {f"{n.replace('-', '_')}_X": models[n] for n in picked}
+    file = tmp_path / "genotypes.py"
+    file.write_text(_genotypes_py(names))
+    for name, g in names.items():
+        assert load_genotype(f"{file}:{name}") == g
+    assert load_genotype(f"{file}:DARTS") == next(iter(names.values()))  # an alias
+    with pytest.raises(GenotypeError) as exc:
+        load_genotype(str(file))
+    assert f"holds {len(names) + 1} genotypes ({', '.join([*names, 'DARTS'])}): pick one with {file}:NAME" \
+        in str(exc.value)
+    with pytest.raises(GenotypeError, match=f"has no genotype NOPE: it holds {', '.join(names)}"):
+        load_genotype(f"{file}:NOPE")
+    one = tmp_path / "one.py"
+    one.write_text(_genotypes_py(dict([next(iter(names.items()))])).replace("DARTS = ", "# "))
+    assert load_genotype(str(one)) == next(iter(names.values()))  # the only one: no name needed
+
+
+def test_a_python_file_without_genotypes_is_a_clear_error(tmp_path):
+    file = tmp_path / "model.py"
+    file.write_text("import torch\n\nx = 1\n")
+    with pytest.raises(GenotypeError, match="holds neither a genotype JSON, DARTS's Genotype"):
+        load_genotype(str(file))
+
+
+def test_a_genotypes_py_is_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    file = tmp_path / "genotypes.py"
+    payload = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    file.write_text(_genotypes_py({"A": zoo()["DARTS_V2"]}) + f"{payload}\n"
+                    f"B = Genotype(normal={payload}, normal_concat=[2], reduce={EDGES}, reduce_concat=[2])\n")
+    assert load_genotype(f"{file}:A") == zoo()["DARTS_V2"]
+    with pytest.raises(GenotypeError, match="not a usable DARTS genotype"):
+        load_genotype(f"{file}:B")
+    assert not marker.exists()

@@ -89,3 +89,37 @@ def test_the_package_lists_its_commands():
         assert f"  {name} " in r.stdout
         module = importlib.import_module(f"ndarts.{name}")  # each listed command runs with python -m
         assert hasattr(module, "main") or importlib.util.find_spec(f"ndarts.{name}.__main__") is not None
+
+
+@pytest.mark.parametrize("how", ["trailing separator", "existing directory"])
+def test_draw_into_a_directory(tmp_path, capsys, how, fresh_seed):
+    """--out DIR/ or an existing DIR: the figures go inside it, named after the genotype (was
+    DIR-normal.png beside it)."""
+    name = sorted(zoo())[fresh_seed % len(zoo())]
+    out = tmp_path / "figs"
+    if how == "existing directory":
+        out.mkdir()
+    cli.main(["draw", name, "--out", str(out) + ("/" if how == "trailing separator" else "")])
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{name}-{which}.{fmt}" for which in ("normal", "reduce") for fmt in ("png", "svg"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"]  # nothing beside the directory
+    assert capsys.readouterr().out.split() == [str(out / n) for n in
+                                               (f"{name}-normal.png", f"{name}-normal.svg",
+                                                f"{name}-reduce.png", f"{name}-reduce.svg")]
+    g = zoo()[name].to_json()
+    cli.main(["draw", g, "--out", str(out)])
+    assert (out / "cell-normal.png").is_file() and (out / "cell-reduce.svg").is_file()
+
+
+@pytest.mark.parametrize("flag", ["--init-channels", "--layers", "--num-classes", "--image-size"])
+def test_info_names_a_bad_size_flag(capsys, flag, fresh_seed):
+    value = -(fresh_seed % 5)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["info", "DARTS_V2", flag, str(value)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {flag} must be >= 1, got {value}"
+
+
+def test_help_lists_every_command():
+    text = cli.build_parser().format_help()
+    assert all(name in text for name in ("list", "info", "draw", "predict"))

@@ -81,3 +81,31 @@ def test_dominant_eigenvalue_matches_exact(smooth, seed):
     # measuring leaves α and the BatchNorm statistics as they were
     assert all(torch.equal(a, b) for a, b in zip(model.arch_parameters(), alphas_before))
     assert all(torch.equal(a, b) for a, b in zip(model.buffers(), buffers_before))
+
+
+def test_search_logs_the_eigenvalue_and_counts_its_time_in_the_epoch(tmp_path, monkeypatch, capsys):
+    """--hessian-every: the eigenvalue on the epoch's log line (and log.txt), not only in
+    metrics.jsonl, and the epoch's seconds include the measurement (made to take ≥ 0.5 s here)."""
+    import json
+    import time
+
+    import ndarts.hessian
+    from ndarts.search import main
+
+    real = ndarts.hessian.dominant_eigenvalue
+
+    def slow(*args, **kwargs):
+        value = real(*args, **kwargs)
+        time.sleep(0.5)
+        return value
+
+    monkeypatch.setattr(ndarts.hessian, "dominant_eigenvalue", slow)
+    out = tmp_path / "run"
+    main(["--layers", "3", "--init-channels", "4", "--batch-size", "16", "--max-steps", "2", "--report-freq", "0",
+          "--epochs", "1", "--hessian-every", "1", "--out", str(out)])
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["hessian_seconds"] >= 0.5 and record["seconds"] >= record["hessian_seconds"]
+    shown = f"hessian eigenvalue {record['hessian_eigenvalue']:.4g} ({record['hessian_seconds']:.1f}s)"
+    (epoch_line,) = [line for line in (out / "log.txt").read_text().splitlines() if " epoch 1/1 " in line]
+    assert shown in epoch_line and epoch_line.endswith(f"| {record['seconds']:.1f}s")
+    assert shown in capsys.readouterr().out

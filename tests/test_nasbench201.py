@@ -231,8 +231,9 @@ def test_search_and_resume_on_the_benchmarks_space(tmp_path, monkeypatch):
     assert resumed.start_epoch == 1
     assert resumed.run_search() == g_full
     assert torch.equal(resumed.model.alphas_cell, full.model.alphas_cell)
-    with pytest.raises(NdartsError, match="cells_per_stage"):
+    with pytest.raises(NdartsError, match="--cells-per-stage: checkpoint"):
         Searcher(_cfg(tmp_path / "cut", fused=True, resume=True, cells_per_stage=2))
+    Searcher(_cfg(tmp_path / "cut", fused=True, resume=True, epochs=3, layers=7))  # --layers: not its network's
 
 
 def test_options_of_the_darts_space_are_refused(tmp_path):
@@ -305,3 +306,7 @@ def test_cli_prints_the_cell_and_names_bad_input(tmp_path, capsys, fresh_seed):
         with pytest.raises(SystemExit) as exit_:
             nb201_main([bad])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+    # --dataset picks the benchmark's record: without --benchmark it would be ignored
+    with pytest.raises(SystemExit) as exit_:
+        nb201_main([g.arch_string(), "--dataset", "cifar100"])
+    assert exit_.value.code == 2 and "needs --benchmark" in capsys.readouterr().err

@@ -104,6 +104,30 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(path)["epoch"] == 1
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077, None])
+def test_atomic_writes_follow_the_umask(tmp_path, umask, fresh_seed):
+    """New files get 0666 less the umask, as open() gives (was 0600 from tempfile.mkstemp); a
+    rewritten file keeps its permission bits. None: a random umask."""
+    from ndarts.genotype import save_genotype, zoo
+
+    umask = int(torch.randint(0o100, (1,))) if umask is None else umask
+    old = os.umask(umask)
+    try:
+        save_checkpoint({"epoch": 1}, tmp_path / "checkpoint.pt")
+        ckpt.atomic_write_text(tmp_path / "run" / "config.json", "{}\n")
+        save_genotype(zoo()["DARTS_V2"], tmp_path / "run" / "genotypes" / "epoch_000.json")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "checkpoint.pt", tmp_path / "run" / "config.json",
+                 tmp_path / "run" / "genotypes" / "epoch_000.json"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    path, mode = tmp_path / "checkpoint.pt", 0o600 | int(torch.randint(0o100, (1,)))
+    path.chmod(mode)
+    save_checkpoint({"epoch": 2}, path)
+    assert path.stat().st_mode & 0o777 == mode and load_checkpoint(path)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "run"]  # no temporary left behind
+
+
 def test_killed_search_resumes_from_the_last_complete_checkpoint(tmp_path):
     """SIGKILL at an arbitrary moment after the first checkpoint; --resume completes the run."""
     out = tmp_path / "run"

@@ -169,7 +169,7 @@ def test_a_run_without_config_json_resumes_with_its_checkpoints_settings(tmp_pat
     (tmp_path / "cut" / "checkpoint.pt").rename(tmp_path / "moved" / "checkpoint.pt")
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "moved"), "--resume", "--noise-lambda", "0.2"])
-    assert "noise_lambda: checkpoint 0.3, now 0.2" in capsys.readouterr().err
+    assert "--noise-lambda: checkpoint 0.3, now 0.2" in capsys.readouterr().err
     main(["--out", str(tmp_path / "moved"), "--resume"])
     assert "has no config.json: the run's settings are read from its checkpoint.pt" in capsys.readouterr().out
     config = json.loads((tmp_path / "moved" / "config.json").read_text())

@@ -73,9 +73,12 @@ def test_train_resume_evaluate(tmp_path, capsys):
     data = (b / "checkpoint.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "cut.pt")], "cut.pt")
+    # digits is embedded: a --data would be ignored
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(b / "checkpoint.pt"), "--data", str(tmp_path)],
+                      "--data is for")
     # a resume with another network is refused
     expect_user_error(capsys, train.main, TINY[:1] + ["6"] + TINY[2:] + ["--out", str(a), "--epochs", "3", "--resume"],
-                      "init_channels")
+                      "--init-channels: checkpoint 4, now 6")
 
 
 def test_bare_resume_keeps_the_run_settings(tmp_path):
@@ -208,3 +211,45 @@ def test_a_training_checkpoint_records_the_settings_a_resume_reads(tmp_path):
     (tmp_path / "a" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert saved_config(tmp_path / "a") is None
     assert saved_config(tmp_path / "nothing") is None
+
+
+def test_help_shows_no_misleading_defaults(capsys):
+    """Flags show no "(default: True)" (--no-auxiliary's default is the tower's, not the flag's), options
+    defaulting to None (a preset's) no "(default: None)", help that states its default no second one."""
+    import ndarts.__main__
+    from ndarts import search
+
+    texts = {m.__name__: " ".join(m.build_parser().format_help().split()) for m in (train, search, evaluate)}
+    for name, text in texts.items():
+        for wrong in ("(default: True)", "(default: False)", "(default: None)"):
+            assert wrong not in text, (name, wrong)
+    train_help = texts["ndarts.train"]
+    assert "leave out the auxiliary tower (default: with it" in train_help
+    assert "default 600 (10 on digits, 250 imagenet)" in train_help and "default 600 (10 on digits, 250 imagenet) (" not in train_help
+    assert "--device DEVICE auto, cpu, cuda or cuda:N (default: auto)" in train_help  # still where it informs
+    assert "Genotype(...)" in train_help and "run directory" in train_help
+    assert "test on at most N batches" in train_help  # --max-steps caps the test too
+    assert "evaluation on at most N batches" in texts["ndarts.search"]
+    ndarts.__main__.main()
+    genotype_line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  genotype ")]
+    assert "predict" in genotype_line[0]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "/tmp/nope"], "--data is for --dataset cifar10/cifar100/imagenet16-120/imagefolder; digits"),
+    (["--image-size", "16"], "--image-size is for --dataset imagefolder"),
+    (["--dataset", "cifar10", "--data", "/tmp/nope", "--image-size", "64"], "cifar10's images are 32x32"),
+    (["--download"], "--download fetches --dataset cifar10/cifar100 only; digits is embedded"),
+])
+def test_data_flags_the_dataset_would_ignore_are_refused(tmp_path, capsys, args, message):
+    from ndarts import search
+
+    for cli in (train, search):
+        expect_user_error(capsys, cli.main, TINY + ["--out", str(tmp_path / "r"), *args], message)
+        assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_refuses_fp16_on_a_cpu(tmp_path, capsys):
+    """As ndarts.train does (it ran fp32 silently): before the checkpoint is read."""
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "none.pt"), "--amp", "fp16",
+                                              "--device", "cpu"], "--amp fp16 needs a CUDA device")

@@ -8,6 +8,7 @@ cell's output (2..steps+1 in DARTS).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..operations import NAS_BENCH_201, OPS
-from .darts_text import DartsTextError, looks_like_darts_text, parse_darts_genotype
+from .darts_text import DartsTextError, looks_like_darts_text, named_darts_genotypes, parse_darts_genotype
 
 
 class GenotypeError(ValueError):
@@ -130,7 +131,9 @@ def read_genotype_file(path: Path, not_a_file: str) -> str:
 
 def load_genotype(spec: str, steps: int | None = None) -> Genotype:
     """A genotype from a zoo name, a JSON string, DARTS's printed ``Genotype(...)`` text (read as
-    literals, never evaluated: genotype/darts_text.py), or a file holding either."""
+    literals, never evaluated: genotype/darts_text.py), a file holding either, a search run's
+    directory (its genotype.json) or ``FILE:NAME``, one of a DARTS-style genotypes.py's
+    ``NAME = Genotype(...)``."""
     spec = spec.strip()
     models = zoo()
     if spec in models:
@@ -139,12 +142,16 @@ def load_genotype(spec: str, steps: int | None = None) -> Genotype:
             raise GenotypeError(f"genotype {spec} has {g.steps} nodes; this network is built for {steps}")
         return g
     if spec.startswith("{") or looks_like_darts_text(spec):
-        text, source = spec, "the genotype given"
+        text, source, from_file = spec, "the genotype given", False
     else:
-        path = Path(spec)
+        path, name = _file_and_name(spec)
+        path = _run_genotype(path, name)
+        if name is not None or _looks_like_a_path(spec):
+            _require_file(path)
         text = read_genotype_file(path, f"{spec[:200]!r} is neither a zoo genotype ({', '.join(models)}), "
-                                        "a JSON or Genotype(...) string, nor a file holding one")
-        source = str(path)
+                                        "a JSON or Genotype(...) string, nor a file or search run directory "
+                                        "holding one")
+        text, source, from_file = _pick_darts_genotype(text, path, name), str(path), True
     if looks_like_darts_text(text):
         try:
             data = parse_darts_genotype(text)
@@ -154,10 +161,83 @@ def load_genotype(spec: str, steps: int | None = None) -> Genotype:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
+        if from_file and not text.lstrip().startswith(("{", "[")):
+            raise GenotypeError(f"{source} holds neither a genotype JSON, DARTS's Genotype(...) text, nor "
+                                "NAME = Genotype(...) assignments (a genotypes.py, read with FILE:NAME)") from None
         raise GenotypeError(f"{source} is not valid JSON: {e}") from None
     if isinstance(data, dict) and "genotype" in data and "normal" not in data:
         data = data["genotype"]
     return Genotype.from_dict(data, steps=steps)
+
+
+def genotype_name(spec: str) -> str | None:
+    """The name a load_genotype spec gives its genotype: a zoo name, or FILE:NAME's NAME; else None."""
+    spec = spec.strip()
+    if spec in zoo():
+        return spec
+    if spec.startswith("{") or looks_like_darts_text(spec):
+        return None
+    return _file_and_name(spec)[1]
+
+
+_FILE_SUFFIXES = (".json", ".py", ".txt")
+
+
+def _looks_like_a_path(spec: str) -> bool:
+    """Whether spec can only mean a file: it holds a path separator or ends as genotype files do."""
+    return any(sep and sep in spec for sep in (os.sep, os.altsep)) or spec.lower().endswith(_FILE_SUFFIXES)
+
+
+def _exists(path: Path, test=Path.exists) -> bool:
+    """test(path) (exists, is_dir, is_file), False where the file system refuses the name."""
+    try:
+        return test(path)
+    except OSError:  # e.g. a name too long for the file system
+        return False
+
+
+def _file_and_name(spec: str) -> tuple[Path, str | None]:
+    """FILE:NAME (NAME an identifier, spec itself no file) → (FILE, NAME); any other spec → (spec, None)."""
+    file, colon, name = spec.rpartition(":")
+    if colon and file and name.isidentifier() and not _exists(Path(spec)):
+        return Path(file), name
+    return Path(spec), None
+
+
+def _run_genotype(path: Path, name: str | None) -> Path:
+    """path, or the genotype.json of the search run directory it names."""
+    if not _exists(path, Path.is_dir):
+        return path
+    if name is not None:
+        raise GenotypeError(f"{path} is a directory: FILE:NAME picks a genotype from a file such as DARTS's "
+                            "genotypes.py")
+    if not _exists(path / "genotype.json", Path.is_file):
+        raise GenotypeError(f"{path} is a directory without a genotype.json: not a search run directory, or its "
+                            f"search has not finished (each epoch's genotype: {path / 'genotypes'}/epoch_NNN.json)")
+    return path / "genotype.json"
+
+
+def _require_file(path: Path) -> None:
+    """GenotypeError 'no such file' where a spec that can only mean a file names none."""
+    if not _exists(path):
+        raise GenotypeError(f"no such file: {path}")
+
+
+def _pick_darts_genotype(text: str, path: Path, name: str | None) -> str:
+    """The ``Genotype(...)`` text of genotype `name` of a genotypes.py (the only one when name is
+    None), or `text` itself when it holds no ``NAME = Genotype(...)`` and no name is asked for."""
+    if name is None and text.lstrip().startswith("{"):
+        return text
+    found = named_darts_genotypes(text)
+    if name is not None:
+        if name not in found:
+            held = f"it holds {', '.join(found)}" if found else "it holds no NAME = Genotype(...) assignment"
+            raise GenotypeError(f"{path} has no genotype {name}: {held}")
+        return found[name]
+    if len(found) > 1:
+        raise GenotypeError(f"{path} holds {len(found)} genotypes ({', '.join(found)}): pick one with "
+                            f"{path}:NAME, e.g. {path}:{next(iter(found))}")
+    return next(iter(found.values())) if found else text
 
 
 def save_genotype(genotype: Genotype, path) -> None:

@@ -5,7 +5,9 @@ normal_concat=range(2, 6), reduce=[...], reduce_concat=[2, 3, 4, 5])`` that DART
 The text is parsed with :mod:`ast` and only literals are accepted: the keyword arguments of one
 ``Genotype(...)`` call, lists or tuples of ``(op name, input index)`` pairs, and lists of ints or
 ``range(a, b)`` for the concats. Nothing is evaluated or imported, so such a string is as safe to
-pass to ``--genotype`` as JSON.
+pass to ``--genotype`` as JSON. A whole genotypes.py is read the same way: its top-level
+``NAME = Genotype(...)`` assignments (and ``NAME = OTHER_NAME`` aliases of them) are found in its
+syntax tree, the rest of the file (imports, the namedtuple, PRIMITIVES) is ignored.
 """
 from __future__ import annotations
 
@@ -23,6 +25,26 @@ class DartsTextError(ValueError):
 
 def looks_like_darts_text(text: str) -> bool:
     return _LEADING.match(text) is not None
+
+
+def named_darts_genotypes(text: str) -> dict[str, str]:
+    """{NAME: the text of its ``Genotype(...)`` call} for the top-level ``NAME = Genotype(...)``
+    assignments of a DARTS-style genotypes.py, in file order, ``NAME = OTHER`` aliases of them
+    included; {} for a text that is no Python source (JSON, a syntax error)."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):  # ValueError: a NUL byte
+        return {}
+    found: dict[str, str] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        value = node.value
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "Genotype":
+            found[node.targets[0].id] = ast.get_source_segment(text, value)
+        elif isinstance(value, ast.Name) and value.id in found:
+            found[node.targets[0].id] = found[value.id]
+    return found
 
 
 def parse_darts_genotype(text: str) -> dict:

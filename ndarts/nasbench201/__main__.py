@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import cli_errors
+from ..errors import NdartsError, cli_errors
 from .lookup import DATASETS, format_record, load_nb201_genotype, lookup, open_benchmark
 from .space import EDGES
 
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ndarts.nasbench201", description=__doc__.split("\n\n")[0])
     p.add_argument("cell", help="architecture string, genotype JSON (text or file) or search run directory")
     p.add_argument("--benchmark", default=None, help="the benchmark's file or directory (NATS-Bench tss or NAS-Bench-201)")
-    p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="the benchmark's dataset (default cifar10)")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="with --benchmark: the dataset whose record is printed (default cifar10)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--draw", default=None, metavar="PREFIX", help="also write the cell's diagram to PREFIX.{png,svg}")
     return p
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.dataset is not None and args.benchmark is None:
+        raise NdartsError("--dataset picks the benchmark's record of the cell: it needs --benchmark FILE "
+                          "(without it the cell alone is printed)")
     genotype = load_nb201_genotype(args.cell)
     if args.draw is not None:
         from ..plots import draw_nb201_genotype
@@ -50,7 +54,7 @@ def main(argv=None):
     if args.benchmark is None:
         print(json.dumps(genotype.to_dict()) if args.json else describe(genotype))
         return 0
-    record = lookup(genotype, open_benchmark(args.benchmark), args.dataset)
+    record = lookup(genotype, open_benchmark(args.benchmark), args.dataset or "cifar10")
     print(json.dumps(record) if args.json else format_record(record))
     return 0
 

@@ -1,0 +1,159 @@
+"""Run directories at the edges of a run: stopped in its first epoch (before any checkpoint),
+failing to start, resumed by the other command, resumed with settings its network ignores."""
+import json
+import random
+
+import pytest
+import torch
+
+from ndarts.backend import BackendError
+from ndarts.checkpoint import CheckpointError
+from ndarts.errors import NdartsError
+from ndarts.rundir import RunDir
+from ndarts.searcher import SearchConfig, Searcher, structural_settings
+from ndarts.train import main as train_main
+
+
+def _cfg(out, **kw):
+    base = dict(dataset="digits", layers=3, init_channels=4, batch_size=16, max_steps=2, epochs=2,
+                report_freq=0, out=str(out))
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _stop_in_epoch(monkeypatch, exc, epoch=0):
+    """The search's _epoch raises `exc` at the start of `epoch`; returns the undo."""
+    real = Searcher._epoch
+
+    def stop(self, e):
+        if e == epoch:
+            raise exc
+        real(self, e)
+
+    monkeypatch.setattr(Searcher, "_epoch", stop)
+    return lambda: monkeypatch.setattr(Searcher, "_epoch", real)
+
+
+def test_a_run_interrupted_in_its_first_epoch_starts_again_with_resume(tmp_path, monkeypatch, capsys):
+    seed = random.randrange(1000)
+    full = Searcher(_cfg(tmp_path / "full", seed=seed))
+    g_full = full.run_search()
+
+    out = tmp_path / "cut"
+    undo = _stop_in_epoch(monkeypatch, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(_cfg(out, seed=seed)).run_search()
+    undo()
+    assert not (out / "checkpoint.pt").exists() and (out / "config.json").exists()
+    log = (out / "log.txt").read_text()
+    assert f"interrupted: python -m ndarts.search --out {out} --resume starts it again" in log
+    with pytest.raises(NdartsError, match="already holds a run; pass --resume"):
+        Searcher(_cfg(out, seed=seed))
+
+    torch.manual_seed(seed + 1)  # whatever the process did in between must not matter
+    resumed = Searcher(_cfg(out, seed=seed, resume=True))
+    assert resumed.start_epoch == 0
+    assert resumed.run_search() == g_full
+    for x, y in zip(resumed.model.arch_parameters(), full.model.arch_parameters()):
+        assert torch.equal(x, y)
+    assert "holds no checkpoint.pt (the run stopped in its first epoch)" in (out / "log.txt").read_text()
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_an_interrupt_after_a_checkpoint_names_the_epoch_a_resume_continues_after(tmp_path, monkeypatch):
+    undo = _stop_in_epoch(monkeypatch, KeyboardInterrupt(), epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(_cfg(tmp_path / "run", epochs=3)).run_search()
+    undo()
+    assert "--resume continues after epoch 1, its last checkpoint" in (tmp_path / "run" / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_failing_in_its_first_epoch_leaves_no_run_behind(tmp_path, monkeypatch, existed):
+    """A start that fails (here: a backend the machine lacks, at the first step) removes what it
+    wrote, so that the corrected command runs without --resume; a directory the user made stays."""
+    out = tmp_path / "run"
+    if existed:
+        out.mkdir()
+        (out / "notes.md").write_text("mine")
+    undo = _stop_in_epoch(monkeypatch, BackendError("the Triton kernels need a CUDA device"))
+    with pytest.raises(BackendError):
+        Searcher(_cfg(out)).run_search()
+    undo()
+    if existed:
+        assert sorted(p.name for p in out.iterdir()) == ["notes.md"]
+    else:
+        assert not out.exists()
+    Searcher(_cfg(out, epochs=1)).run_search()
+    assert (out / "checkpoint.pt").exists()
+
+
+def test_a_failure_after_a_checkpoint_keeps_the_run(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    undo = _stop_in_epoch(monkeypatch, NdartsError("diverged"), epoch=1)
+    with pytest.raises(NdartsError):
+        Searcher(_cfg(out)).run_search()
+    undo()
+    assert {"config.json", "log.txt", "checkpoint.pt", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_run_that_never_started_is_not_resumed(tmp_path):
+    for out in (tmp_path / "missing", tmp_path):
+        with pytest.raises(NdartsError, match="nothing to resume"):
+            RunDir(out, resume=True)
+
+
+def test_resuming_the_other_commands_run_names_it(tmp_path, capsys):
+    search_run = tmp_path / "search"
+    Searcher(_cfg(search_run, epochs=1)).run_search()
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--out", str(search_run), "--resume", "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "holds a run of ndarts.search, not of ndarts.train" in err
+    assert f"python -m ndarts.search --out {search_run} --resume" in err
+
+    train_run = tmp_path / "train"
+    train_run.mkdir()
+    (train_run / "config.json").write_text(json.dumps({"genotype_dict": {"normal": []}, "network": "cifar"}))
+    with pytest.raises(NdartsError, match="holds a run of ndarts.train, not of ndarts.search"):
+        Searcher(_cfg(train_run, resume=True))
+
+
+def test_a_changed_setting_is_named_by_its_flag_briefly(tmp_path):
+    run = RunDir(tmp_path / "run", resume=False, command="train")
+    long_genotype = {"normal": [["sep_conv_3x3", i % 2] for i in range(8)], "reduce": [["max_pool_3x3", 0]] * 8}
+    run.write_config({"genotype_dict": long_genotype, "layers": 8, "order": None})
+    with pytest.raises(CheckpointError) as e:
+        run.check_same_config({"genotype_dict": {**long_genotype, "normal": []}, "layers": 20}, ("genotype_dict", "layers"))
+    message = str(e.value)
+    assert "--genotype: checkpoint {" in message and "--layers: checkpoint 8, now 20" in message
+    assert len(message.replace(str(run.path), "")) < 330 and "genotype_dict" not in message
+
+
+def test_nas_bench_201_resume_ignores_the_darts_network_flags():
+    settings = structural_settings("nas-bench-201")
+    assert "cells_per_stage" in settings and "init_channels" in settings
+    assert "layers" not in settings and "steps" not in settings
+    darts = structural_settings("noisydarts")
+    assert "layers" in darts and "cells_per_stage" not in darts
+
+
+def test_a_training_run_interrupted_in_its_first_epoch_starts_again_with_resume(tmp_path, monkeypatch):
+    from ndarts.trainer import Trainer
+
+    tiny = ["--init-channels", "4", "--layers", "3", "--batch-size", "16", "--max-steps", "2", "--epochs", "1"]
+    real = Trainer._epoch
+
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_epoch", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        train_main([*tiny, "--out", str(out)])
+    assert exit_.value.code == 130
+    assert "python -m ndarts.train --out" in (out / "log.txt").read_text()
+    monkeypatch.setattr(Trainer, "_epoch", real)
+    train_main(["--out", str(out), "--resume"])
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert (out / "checkpoint.pt").exists() and (out / "best.pt").exists()
