@@ -44,7 +44,6 @@ class RunDir:
         # --resume where the run stopped before its first checkpoint (killed in its first epoch):
         # nothing to load, the run starts again from the beginning with its settings
         self.resuming = resume and has_checkpoint
-        self.restarting = resume and not has_checkpoint
         self.created = rank0 and not self.path.exists()
         self._new_files: list[Path] = []  # written by this run where nothing was: removed again if it fails to start
         if rank0:
@@ -57,7 +56,7 @@ class RunDir:
                 raise NdartsError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from None
         if self.resuming and not has_config:
             self.log(f"note: {self.path} has no config.json: the run's settings are read from its {CHECKPOINT}")
-        if self.restarting:
+        if resume and not has_checkpoint:
             self.log(f"note: {self.path} holds no {CHECKPOINT} (the run stopped in its first epoch): "
                      "starting it again from the beginning, with its settings")
             if (self.path / "metrics.jsonl").exists():

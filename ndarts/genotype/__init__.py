@@ -117,11 +117,7 @@ def zoo() -> dict[str, Genotype]:
 def read_genotype_file(path: Path, not_a_file: str) -> str:
     """The text of a genotype file; GenotypeError(not_a_file) when `path` names no file (a name too
     long for the file system included), GenotypeError naming the file when it cannot be read."""
-    try:
-        is_file = path.is_file()
-    except OSError:  # e.g. a name too long for the file system: not a file
-        is_file = False
-    if not is_file:
+    if not path_is(path, Path.is_file):
         raise GenotypeError(not_a_file)
     try:
         return path.read_text()
@@ -188,8 +184,9 @@ def _looks_like_a_path(spec: str) -> bool:
     return any(sep and sep in spec for sep in (os.sep, os.altsep)) or spec.lower().endswith(_FILE_SUFFIXES)
 
 
-def _exists(path: Path, test=Path.exists) -> bool:
-    """test(path) (exists, is_dir, is_file), False where the file system refuses the name."""
+def path_is(path: Path, test=Path.exists) -> bool:
+    """test(path) (exists, is_dir, is_file), False where the file system refuses the name (one too
+    long, say)."""
     try:
         return test(path)
     except OSError:  # e.g. a name too long for the file system
@@ -199,19 +196,19 @@ def _exists(path: Path, test=Path.exists) -> bool:
 def _file_and_name(spec: str) -> tuple[Path, str | None]:
     """FILE:NAME (NAME an identifier, spec itself no file) → (FILE, NAME); any other spec → (spec, None)."""
     file, colon, name = spec.rpartition(":")
-    if colon and file and name.isidentifier() and not _exists(Path(spec)):
+    if colon and file and name.isidentifier() and not path_is(Path(spec)):
         return Path(file), name
     return Path(spec), None
 
 
 def _run_genotype(path: Path, name: str | None) -> Path:
     """path, or the genotype.json of the search run directory it names."""
-    if not _exists(path, Path.is_dir):
+    if not path_is(path, Path.is_dir):
         return path
     if name is not None:
         raise GenotypeError(f"{path} is a directory: FILE:NAME picks a genotype from a file such as DARTS's "
                             "genotypes.py")
-    if not _exists(path / "genotype.json", Path.is_file):
+    if not path_is(path / "genotype.json", Path.is_file):
         raise GenotypeError(f"{path} is a directory without a genotype.json: not a search run directory, or its "
                             f"search has not finished (each epoch's genotype: {path / 'genotypes'}/epoch_NNN.json)")
     return path / "genotype.json"
@@ -219,7 +216,7 @@ def _run_genotype(path: Path, name: str | None) -> Path:
 
 def _require_file(path: Path) -> None:
     """GenotypeError 'no such file' where a spec that can only mean a file names none."""
-    if not _exists(path):
+    if not path_is(path):
         raise GenotypeError(f"no such file: {path}")
 
 

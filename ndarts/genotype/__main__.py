@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..config_checks import require_ints
 from ..errors import cli_errors
-from . import Genotype, genotype_name, load_genotype, zoo
+from . import Genotype, genotype_name, load_genotype, path_is, zoo
 
 GENOTYPE_HELP = "zoo name, JSON file or string, search run directory, or FILE:NAME of a DARTS genotypes.py"
 
@@ -49,11 +49,7 @@ def describe(genotype: Genotype) -> str:
 def figure_prefix(out: str, spec: str) -> Path:
     """draw's file prefix: --out itself, or DIR/NAME where --out names a directory (an existing one,
     or one ending in a path separator); NAME: the genotype's name (zoo, FILE:NAME), else "cell"."""
-    is_dir = out.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep))
-    try:
-        is_dir = is_dir or Path(out).is_dir()
-    except OSError:  # e.g. a name too long for the file system
-        pass
+    is_dir = out.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)) or path_is(Path(out), Path.is_dir)
     return Path(out) / (genotype_name(spec) or "cell") if is_dir else Path(out)
 
 

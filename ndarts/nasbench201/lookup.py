@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import NdartsError
-from ..genotype import GenotypeError, read_genotype_file
+from ..genotype import GenotypeError, path_is, read_genotype_file
 from .space import Nb201Genotype, is_nb201_dict
 
 # the benchmark's datasets (its names): CIFAR-10 trained on the train half, validated on the other
@@ -29,11 +29,8 @@ def load_nb201_genotype(spec: str) -> Nb201Genotype:
         return Nb201Genotype.from_arch_string(text)
     if not text.startswith("{"):
         path = Path(text)
-        try:
-            if path.is_dir():
-                path = path / "genotype.json"
-        except OSError:  # e.g. a name too long for the file system: not a directory
-            pass
+        if path_is(path, Path.is_dir):
+            path = path / "genotype.json"
         text = read_genotype_file(path, f"{spec[:200]!r} is neither a NAS-Bench-201 architecture string "
                                         "(|op~0|+...), a genotype JSON, nor a file or search run directory "
                                         "holding one").strip()
