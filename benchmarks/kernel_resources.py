@@ -16,8 +16,8 @@ one does, and none needs a GPU to find:
 The script runs one search step of SPEC §6's supernet at the target size (batch 64, 32×32) on the
 CPU with every Triton launch recorded, not run, the launchers sizing their grids for MULTIPROCESSORS
 (kernels/grid.py: ASSUMED_MULTIPROCESSORS) as on the card; it compiles each distinct launch
-(argument types, constexprs, num_warps: tests/gpu_compile.py) for sm_90 down to a cubin, asks ptxas
-(`-v`, Triton's own) for its registers and spills, and prints per kernel: launches, bytes moved
+(argument types, constexprs, num_warps: tests/gpu_compile.py) for sm_90 down to a cubin, reads its
+registers and spills from the `-v` log of the ptxas run that made the cubin (Triton's own), and prints per kernel: launches, bytes moved
 (as step_traffic.py counts them), programs per launch, warps, registers, spill bytes, shared memory,
 resident programs per multiprocessor and the occupancy they give, the waves of resident programs a
 launch takes, how many of its variants run their products on tensor cores (`mma`: mma.sync / wgmma
@@ -106,11 +106,19 @@ def _ptxas_report(ptx: str) -> dict:
         cmd = [get_ptxas(gpu_compile.ARCH).path, "-v", "--regAllocOptLevel=2",
                f"--gpu-name={sm_arch_from_capability(gpu_compile.ARCH)}", src, "-o", os.path.join(tmp, "k.o")]
         log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    report = _parse_ptxas_log(log)
+    if report is None:
+        raise RuntimeError(f"ptxas -v printed no register count:\n{log}")
+    return report
+
+
+def _parse_ptxas_log(log: str) -> dict | None:
+    """Registers and spill bytes from a ptxas -v log of one kernel; None where it holds no count."""
     regs = re.search(r"Used (\d+) registers", log)
     stores = re.search(r"(\d+) bytes spill stores", log)
     loads = re.search(r"(\d+) bytes spill loads", log)
     if regs is None:
-        raise RuntimeError(f"ptxas -v printed no register count:\n{log}")
+        return None
     return {"registers": int(regs.group(1)), "spill_stores": int(stores.group(1)) if stores else 0,
             "spill_loads": int(loads.group(1)) if loads else 0}
 
@@ -127,20 +135,33 @@ def _compiling_process() -> None:
 
 
 def compile_resources(spec: dict) -> dict:
-    """Registers, spills and shared memory of one launch compiled for sm_90 (or its error)."""
+    """Registers, spills and shared memory of one launch compiled for sm_90 (or its error). The
+    registers and spills come from the ptxas -v log of Triton's own cubin stage (Triton prints it
+    with knobs.nvidia.dump_ptxas_log); a kernel found in Triton's cache prints none, and its PTX
+    goes through ptxas -v once more."""
+    import contextlib
     import importlib
+    import io
 
     import triton
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+    log = io.StringIO()
     try:
         src = ASTSource(fn, signature=spec["signature"], constexprs=spec["constexprs"])
-        kernel = triton.compile(src, target=GPUTarget("cuda", gpu_compile.ARCH, 32),
-                                options={"num_warps": spec["num_warps"]})
+        with contextlib.redirect_stdout(log):
+            knobs.nvidia.dump_ptxas_log = True
+            try:
+                kernel = triton.compile(src, target=GPUTarget("cuda", gpu_compile.ARCH, 32),
+                                        options={"num_warps": spec["num_warps"]})
+            finally:
+                knobs.nvidia.dump_ptxas_log = False
         ptx = kernel.asm["ptx"]
-        return {**_ptxas_report(ptx), "shared": int(kernel.metadata.shared), **instruction_counts(ptx)}
+        report = _parse_ptxas_log(log.getvalue()) or _ptxas_report(ptx)
+        return {**report, "shared": int(kernel.metadata.shared), **instruction_counts(ptx)}
     except Exception as e:  # reported in the table, not raised: one kernel must not hide the others
         return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"}
 

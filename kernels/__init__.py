@@ -11,10 +11,11 @@ import os
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if INTERPRETED:
-    from .interpreter import patch_language_once_per_launch, skip_discarded_overflow_checks
+    from .interpreter import memoize_numpy_dtypes, patch_language_once_per_launch, skip_discarded_overflow_checks
 
     skip_discarded_overflow_checks()  # the interpreter's overflow checks are computed, then dropped
     patch_language_once_per_launch()  # not again at each call of a @triton.jit helper
+    memoize_numpy_dtypes()  # not a new table of numpy dtypes at each op
 
 from .batch_norm import BatchNormGrad, batch_norm_backward, batch_norm_forward, batch_norms_backward, batch_norms_forward  # noqa: E402
 from .depthwise_conv import depthwise_conv_backward, depthwise_conv_forward  # noqa: E402

@@ -17,10 +17,12 @@ training forward+backward of search networks with every Triton-backed lever (Bat
 conv, pointwise conv, group sums, bf16 autocast; the fused dw + 1×1 pair on direct cases), their backward as an α step and as a w step runs it. `compile` compiles each distinct launch with Triton's own
 compiler and ptxas (shipped with Triton) for ``GPUTarget("cuda", 90, 32)``, down to a cubin, and
 exits non-zero naming the kernels that fail. tests/test_gpu_compile.py runs both in CI, with
-`compile --pairwise SPECS.json`: a subset of the launches in which every pair of compile-time
-features of a kernel that any launch combines (a constexpr value, an argument type, num_warps) is
-still combined by one (914 → 424 launches on 2026-12-01, half the compile time; the errors the
-interpreter let through so far each hung on one feature value).
+`compile --cover values SPECS.json`: a subset of the launches in which every compile-time feature
+of a kernel (a constexpr value, an argument type, num_warps) that any launch has is still compiled
+by one (1042 → 176 launches on 2026-12-07; the errors the interpreter let through so far each hung
+on one feature value). `--cover pairwise` keeps every pair of features that a launch combines
+(446 launches, 2.5× the compile time), `--cover all` every launch; the test runs the pairwise cover
+with NDARTS_COMPILE_COVER=pairwise.
 """
 from __future__ import annotations
 
@@ -350,36 +352,49 @@ def _features(spec: dict) -> set:
             ("num_warps", spec["num_warps"])}
 
 
-def pairwise_cover(specs: list[dict]) -> list[dict]:
-    """A subset of the launches in which, for each kernel, every pair of compile-time features that
-    some captured launch combines (two constexpr values, a constexpr value and an argument type, ...)
-    is combined by at least one launch: each variant feature is compiled in every context it was
-    seen in with any other one. Greedy (the launch covering most uncovered pairs first), in the
-    captured order, so the same specs give the same subset."""
+def _greedy_cover(specs: list[dict], units) -> list[dict]:
+    """A subset of the launches that holds, for each kernel, every unit (units(spec): a set) that
+    some captured launch of it holds. Greedy (the launch holding most uncovered units first), in
+    the captured order, so the same specs give the same subset."""
     by_kernel: dict = {}
     for spec in specs:
         by_kernel.setdefault((spec["module"], spec["kernel"]), []).append(spec)
     chosen = []
     for launches in by_kernel.values():
-        pairs = [set(itertools.combinations(sorted(_features(s)), 2)) or {()} for s in launches]
-        uncovered = set().union(*pairs)
+        held = [units(s) for s in launches]
+        uncovered = set().union(*held)
         while uncovered:
-            best = max(range(len(launches)), key=lambda i: len(pairs[i] & uncovered))
-            uncovered -= pairs[best]
+            best = max(range(len(launches)), key=lambda i: len(held[i] & uncovered))
+            uncovered -= held[best]
             chosen.append(launches[best])
     return chosen
 
 
-def compile_all(path: str, pairwise: bool = False) -> int:
+def pairwise_cover(specs: list[dict]) -> list[dict]:
+    """Every pair of compile-time features that some captured launch of a kernel combines (two
+    constexpr values, a constexpr value and an argument type, ...) is combined by one chosen
+    launch: each feature is compiled in every context it was seen in with any other one."""
+    return _greedy_cover(specs, lambda s: set(itertools.combinations(sorted(_features(s)), 2)) or {()})
+
+
+def value_cover(specs: list[dict]) -> list[dict]:
+    """Every compile-time feature that some captured launch of a kernel has (a constexpr value, an
+    argument type, num_warps) is had by one chosen launch; a kernel keeps at least one launch."""
+    return _greedy_cover(specs, lambda s: _features(s) or {()})
+
+
+COVERS = {"all": lambda specs: specs, "pairwise": pairwise_cover, "values": value_cover}
+
+
+def compile_all(path: str, cover: str = "all") -> int:
     os.environ.pop("TRITON_INTERPRET", None)
     from concurrent.futures import ProcessPoolExecutor
 
     with open(path) as f:
         specs = json.load(f)
-    if pairwise:
-        captured = len(specs)
-        specs = pairwise_cover(specs)
-        print(f"pairwise cover: {len(specs)} of {captured} launches")
+    captured = len(specs)
+    specs = COVERS[cover](specs)
+    print(f"{cover} cover: {len(specs)} of {captured} launches")
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         failures = [r for r in pool.map(_compile_one, specs, chunksize=8) if r is not None]
@@ -391,12 +406,17 @@ def compile_all(path: str, pairwise: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    pairwise = "--pairwise" in args
-    args = [a for a in args if a != "--pairwise"]
-    if len(args) != 2 or args[0] not in ("capture", "compile") or (pairwise and args[0] != "compile"):
-        sys.exit("usage: python tests/gpu_compile.py capture SPECS.json | compile [--pairwise] SPECS.json")
-    if args[0] == "capture":
-        capture(args[1])
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["capture", "compile"])
+    parser.add_argument("specs", help="the JSON of captured launches (written by capture, read by compile)")
+    parser.add_argument("--cover", choices=sorted(COVERS), default="all",
+                        help="compile: which launches (default all; values, pairwise: subsets, see above)")
+    args = parser.parse_args()
+    if args.action == "capture":
+        if args.cover != "all":
+            parser.error("--cover is an option of compile")
+        capture(args.specs)
     else:
-        sys.exit(compile_all(args[1], pairwise))
+        sys.exit(compile_all(args.specs, args.cover))

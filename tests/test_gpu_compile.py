@@ -46,6 +46,8 @@ def _run(*args, env_update):
 
 
 def test_every_kernel_compiles_for_sm90(tmp_path):
+    """Compiles a cover of the captured launches (tests/gpu_compile.py): every feature value by
+    default, every pair of them with NDARTS_COMPILE_COVER=pairwise, all launches with =all."""
     pytest.importorskip("triton.backends.nvidia")
     specs = tmp_path / "specs.json"
     cap = _run("capture", str(specs), env_update={"TRITON_INTERPRET": "1"})
@@ -72,10 +74,11 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
                                            "_sep_conv_bwd_kernel") for p in ("tf32", "ieee")}, sorted(precisions)
     with_int64 = {k for m, k in _jit_kernels() if "INDEX_64" in _parameters(m, k) and k != "_unit_noise_kernel"}
     assert {s["kernel"] for s in captured if s["constexprs"].get("INDEX_64")} >= with_int64
-    out = _run("compile", "--pairwise", str(specs), env_update={"TRITON_CACHE_DIR": str(tmp_path / "triton_cache")})
+    cover = os.environ.get("NDARTS_COMPILE_COVER", "values")
+    out = _run("compile", "--cover", cover, str(specs), env_update={"TRITON_CACHE_DIR": str(tmp_path / "triton_cache")})
     assert out.returncode == 0, out.stdout + out.stderr
-    n = len(_gpu_compile().pairwise_cover(captured))
-    assert f"pairwise cover: {n} of {len(captured)} launches" in out.stdout
+    n = len(_gpu_compile().COVERS[cover](captured))
+    assert f"{cover} cover: {n} of {len(captured)} launches" in out.stdout
     assert f"compiled {n} of {n} launches" in out.stdout
 
 
@@ -86,10 +89,12 @@ def _gpu_compile():
     return gpu_compile
 
 
-def test_pairwise_cover_keeps_every_pair_of_features(fresh_seed):
+@pytest.mark.parametrize("cover,arity", [("pairwise", 2), ("values", 1)])
+def test_a_cover_keeps_every_combination_of_features(cover, arity, fresh_seed):
     """Random launches of three kernels: the cover is a subset, deterministic, smaller than the
-    whole, and every pair of compile-time features that one launch combined, one chosen launch
-    combines (so also every single value; a kernel with one launch keeps it)."""
+    whole, and every combination of `arity` compile-time features that one launch had (a pair, or
+    a single value), one chosen launch has; a kernel with one launch keeps it. The value cover is
+    the smaller one, and a pair cover holds every value."""
     import itertools
     import random
 
@@ -104,12 +109,14 @@ def test_pairwise_cover_keeps_every_pair_of_features(fresh_seed):
                           "constexprs": {"BLOCK": rng.choice([64, 128, 256, 512]), "MODE": rng.choice([0, 1, 2]),
                                          **({"FLAG": rng.random() < 0.5} if kernel == "_a_kernel" else {})}})
     specs = [json.loads(s) for s in dict.fromkeys(json.dumps(s, sort_keys=True) for s in specs)]
-    cover = gc.pairwise_cover(specs)
-    assert cover == gc.pairwise_cover([dict(s) for s in specs])
-    assert all(c in specs for c in cover) and len(cover) < len(specs)
+    chosen = gc.COVERS[cover](specs)
+    assert chosen == gc.COVERS[cover]([dict(s) for s in specs])
+    assert all(c in specs for c in chosen) and len(chosen) < len(specs)
     for kernel in ("_a_kernel", "_b_kernel", "_c_kernel"):
-        def pairs(launches):
+        def combinations(launches, k):
             return {p for s in launches if s["kernel"] == kernel
-                    for p in itertools.combinations(sorted(gc._features(s)), 2)}
-        assert pairs(cover) == pairs(specs), kernel
-    assert sum(s["kernel"] == "_c_kernel" for s in cover) == 1
+                    for p in itertools.combinations(sorted(gc._features(s)), k)}
+        for k in range(1, arity + 1):
+            assert combinations(chosen, k) == combinations(specs, k), (kernel, k)
+    assert sum(s["kernel"] == "_c_kernel" for s in chosen) == 1
+    assert len(gc.value_cover(specs)) < len(gc.pairwise_cover(specs))

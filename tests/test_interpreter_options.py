@@ -1,6 +1,7 @@
-"""The interpreter's two shortcuts (kernels/interpreter.py): no overflow checks computed only to be
-dropped, and triton.language patched once per launch, not again at each @triton.jit helper call.
-Every value the kernels compute is the same with them and without."""
+"""The interpreter's three shortcuts (kernels/interpreter.py): no overflow checks computed only to be
+dropped, triton.language patched once per launch, not again at each @triton.jit helper call, and
+the numpy dtype of each Triton type looked up once. Every value the kernels compute is the same
+with them and without."""
 import dataclasses
 
 import pytest
@@ -83,3 +84,31 @@ def test_language_is_patched_once_per_launch(patch_lang, monkeypatch, fresh_seed
     assert len(walks) > 4 * once_walks  # the helpers ran in every program of the launch
     assert tl.load is builtin_load
     assert all(torch.equal(a, b) for a, b in zip(once, each))
+
+
+def _mixed_precision_outputs(seed):
+    """Kernels over bf16 and fp16 tensors (stored as uint16 / float16 by the interpreter), fp32
+    statistics, int64 seeds and pointer arithmetic: every type the dtype lookup answers for."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for dtype in (torch.bfloat16, torch.float16):
+        ops = [torch.randn(2, 3, 5, 7, generator=g).to(dtype) for _ in range(3)]
+        w = torch.rand(3, generator=g)
+        philox = torch.tensor([seed % 1000], dtype=torch.int64)
+        y, std = ndarts_kernels.noisy_mixed_sum_forward(ops, w, philox, 1, 1, False, 0.2, 0.0)
+        out += [y, std, *ndarts_kernels.pools_3x3_forward(ops[0], 2, moments=True)]
+    return out
+
+
+def test_numpy_dtypes_looked_up_once_give_the_same_values(monkeypatch, fresh_seed):
+    memo = interpreter._get_np_dtype
+    assert getattr(memo, "original", None) is not None  # installed when the kernels were imported
+    fast = _mixed_precision_outputs(fresh_seed) + _kernels_outputs(fresh_seed)
+    monkeypatch.setattr(interpreter, "_get_np_dtype", memo.original)
+    each = _mixed_precision_outputs(fresh_seed) + _kernels_outputs(fresh_seed)
+    assert len(fast) == len(each) and all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(fast, each))
+    import triton.language as tl
+
+    for ty in (tl.float32, tl.bfloat16, tl.int1, tl.int64, tl.pointer_type(tl.float16),
+               tl.block_type(tl.bfloat16, [4, 8]), tl.block_type(tl.pointer_type(tl.int32), [16])):
+        assert memo(ty) == memo.original(ty), ty

@@ -50,6 +50,49 @@ def test_search_step_kernels_do_not_spill(tmp_path):
     assert not [k for k, v in variants if k not in DOT_KERNELS and v["mma"]]
 
 
+_REPORT_BOTH_WAYS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import ndarts_kernels  # defined for the GPU first: kernel_resources sets TRITON_INTERPRET for its recording
+import kernel_resources as kr
+spec, calls, ptxas_again = json.loads(sys.argv[2]), [], kr._ptxas_report
+kr._ptxas_report = lambda ptx: calls.append(ptx) or ptxas_again(ptx)
+first = kr.compile_resources(spec)  # a fresh cache: Triton's own ptxas prints the log
+n_first = len(calls)
+again = kr.compile_resources(spec)  # from Triton's cache: no log, ptxas -v on the PTX once more
+print(json.dumps([first, again, n_first, len(calls) - n_first]))
+"""
+
+
+def test_registers_from_tritons_ptxas_log_equal_a_second_ptxas_run(tmp_path, monkeypatch):
+    """compile_resources reads the registers and spills from the ptxas -v log of Triton's own cubin
+    stage (no second ptxas run); a kernel that Triton's cache holds prints no log and goes through
+    ptxas -v again: both give the same report."""
+    pytest.importorskip("triton.backends.nvidia")
+    import torch
+    from triton.runtime import interpreter
+
+    import ndarts_kernels as K
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__)))
+    from gpu_compile import _spec
+
+    specs = []
+    monkeypatch.setattr(interpreter.GridExecutor, "__call__",
+                        lambda executor, *args, **kwargs: specs.append(_spec(executor.fn, args, kwargs)))
+    K.tensor_sum([torch.randn(3, 5, 7) for _ in range(3)])  # recorded, not run
+    assert [s["kernel"] for s in specs] == ["_tensor_sum_kernel"]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")
+    run = subprocess.run([sys.executable, "-c", _REPORT_BOTH_WAYS, os.path.dirname(SCRIPT),
+                          json.dumps(specs[0], default=str)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    first, again, ptxas_first, ptxas_again = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "error" not in first, first
+    assert (ptxas_first, ptxas_again) == (0, 1)
+    assert first == again and 0 < first["registers"] <= 255
+
+
 def test_resident_programs_follow_sm90_limits():
     """The occupancy arithmetic: registers (allocated per warp in units of 256), warps, programs and
     shared memory (1 KiB reserved a program) each bound the programs resident on a multiprocessor."""
