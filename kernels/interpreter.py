@@ -32,6 +32,17 @@ def skip_discarded_overflow_checks() -> bool:
     return True
 
 
+def _interpreter_function(name: str):
+    """(triton.language, Triton's interpreter module, its function `name`); None for what this
+    Triton lacks."""
+    try:
+        from triton import language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return None, None, None
+    return tl, interpreter, getattr(interpreter, name, None)
+
+
 class _Unpatched:
     """The scope of a language patch that was already in place: nothing to restore."""
 
@@ -52,14 +63,9 @@ def patch_language_once_per_launch() -> bool:
     machine, 2026-12-01). A call whose modules the running launch has patched now
     skips it; any other patch (the launch's own, a helper seeing a module the launch did not) runs
     as before. Returns whether it was installed (not for a Triton without these internals)."""
-    try:
-        import inspect
+    import inspect
 
-        from triton import language as tl
-        from triton.runtime import interpreter
-    except ImportError:
-        return False
-    patch = getattr(interpreter, "_patch_lang", None)
+    tl, interpreter, patch = _interpreter_function("_patch_lang")
     if patch is None or getattr(patch, "_ndarts_once", False):
         return patch is not None
     patched: set = set()  # ids of the language modules the running launch has patched
@@ -107,12 +113,7 @@ def memoize_numpy_dtypes() -> bool:
     forward+backward of a 3-cell search network on the kernels). The answer depends only on the
     type, or on a block's element type (a pointer: uint64), so it is kept per such type after the
     first call. Returns whether it was installed (not for a Triton without this function)."""
-    try:
-        from triton import language as tl
-        from triton.runtime import interpreter
-    except ImportError:
-        return False
-    lookup = getattr(interpreter, "_get_np_dtype", None)
+    tl, interpreter, lookup = _interpreter_function("_get_np_dtype")
     if lookup is None or getattr(lookup, "_ndarts_memo", False):
         return lookup is not None
     memo: dict = {}
