@@ -17,11 +17,13 @@ The script runs one search step of SPEC §6's supernet at the target size (batch
 CPU with every Triton launch recorded, not run, the launchers sizing their grids for MULTIPROCESSORS
 (kernels/grid.py: ASSUMED_MULTIPROCESSORS) as on the card; it compiles each distinct launch
 (argument types, constexprs, num_warps: tests/gpu_compile.py) for sm_90 down to a cubin, reads its
-registers and spills from the `-v` log of the ptxas run that made the cubin (Triton's own), and prints per kernel: launches, bytes moved
-(as step_traffic.py counts them), programs per launch, warps, registers, spill bytes, shared memory,
-resident programs per multiprocessor and the occupancy they give, the waves of resident programs a
-launch takes, how many of its variants run their products on tensor cores (`mma`: mma.sync / wgmma
-instructions in the PTX; the rest are fp32 FMA), and the model's time at full and at grid-limited bandwidth (min(1, programs / multiprocessors) of it).
+registers and spills from the `-v` log of the ptxas run that made the cubin (Triton's own), and
+prints per kernel: launches, bytes moved (as step_traffic.py counts them), programs per launch,
+warps, registers, spill bytes, shared memory, resident programs per multiprocessor and the
+occupancy they give, the waves of resident programs a launch takes, how many of its variants run
+their products on tensor cores (`mma`: mma.sync / wgmma instructions in the PTX; the rest are fp32
+FMA), and the model's time at full and at grid-limited bandwidth (min(1, programs /
+multiprocessors) of it).
 """
 from __future__ import annotations
 
