@@ -142,23 +142,16 @@ def compile_resources(spec: dict) -> dict:
     with knobs.nvidia.dump_ptxas_log); a kernel found in Triton's cache prints none, and its PTX
     goes through ptxas -v once more."""
     import contextlib
-    import importlib
     import io
 
-    import triton
     from triton import knobs
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
     log = io.StringIO()
     try:
-        src = ASTSource(fn, signature=spec["signature"], constexprs=spec["constexprs"])
         with contextlib.redirect_stdout(log):
             knobs.nvidia.dump_ptxas_log = True
             try:
-                kernel = triton.compile(src, target=GPUTarget("cuda", gpu_compile.ARCH, 32),
-                                        options={"num_warps": spec["num_warps"]})
+                kernel = gpu_compile.compile_spec(spec)
             finally:
                 knobs.nvidia.dump_ptxas_log = False
         ptx = kernel.asm["ptx"]

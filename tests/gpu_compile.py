@@ -325,8 +325,9 @@ def capture(path: str) -> None:
           f"{len({(s['module'], s['kernel']) for s in specs.values()})} kernels into {path}")
 
 
-def _compile_one(spec: dict) -> str | None:
-    """Compiles one launch to a cubin; None, or what failed."""
+def compile_spec(spec: dict):
+    """One captured launch compiled for sm_90 down to a cubin (Triton's CompiledKernel); raises what
+    Triton's compiler or ptxas raises."""
     import importlib
 
     import triton
@@ -334,10 +335,14 @@ def _compile_one(spec: dict) -> str | None:
     from triton.compiler import ASTSource
 
     fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+    src = ASTSource(fn, signature=spec["signature"], constexprs=spec["constexprs"])
+    return triton.compile(src, target=GPUTarget("cuda", ARCH, 32), options={"num_warps": spec["num_warps"]})
+
+
+def _compile_one(spec: dict) -> str | None:
+    """Compiles one launch to a cubin; None, or what failed."""
     try:
-        src = ASTSource(fn, signature=spec["signature"], constexprs=spec["constexprs"])
-        kernel = triton.compile(src, target=GPUTarget("cuda", ARCH, 32), options={"num_warps": spec["num_warps"]})
-        if not kernel.asm.get("cubin"):
+        if not compile_spec(spec).asm.get("cubin"):
             raise RuntimeError("no cubin was produced")
     except Exception as e:  # report every failing kernel, not just the first
         last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
@@ -361,7 +366,7 @@ def _greedy_cover(specs: list[dict], units) -> list[dict]:
         by_kernel.setdefault((spec["module"], spec["kernel"]), []).append(spec)
     chosen = []
     for launches in by_kernel.values():
-        held = [units(s) for s in launches]
+        held = [units(s) or {()} for s in launches]  # a launch holding no unit still keeps its kernel
         uncovered = set().union(*held)
         while uncovered:
             best = max(range(len(launches)), key=lambda i: len(held[i] & uncovered))
@@ -374,13 +379,13 @@ def pairwise_cover(specs: list[dict]) -> list[dict]:
     """Every pair of compile-time features that some captured launch of a kernel combines (two
     constexpr values, a constexpr value and an argument type, ...) is combined by one chosen
     launch: each feature is compiled in every context it was seen in with any other one."""
-    return _greedy_cover(specs, lambda s: set(itertools.combinations(sorted(_features(s)), 2)) or {()})
+    return _greedy_cover(specs, lambda s: set(itertools.combinations(sorted(_features(s)), 2)))
 
 
 def value_cover(specs: list[dict]) -> list[dict]:
     """Every compile-time feature that some captured launch of a kernel has (a constexpr value, an
     argument type, num_warps) is had by one chosen launch; a kernel keeps at least one launch."""
-    return _greedy_cover(specs, lambda s: _features(s) or {()})
+    return _greedy_cover(specs, _features)
 
 
 COVERS = {"all": lambda specs: specs, "pairwise": pairwise_cover, "values": value_cover}

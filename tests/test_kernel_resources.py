@@ -74,7 +74,7 @@ def test_registers_from_tritons_ptxas_log_equal_a_second_ptxas_run(tmp_path, mon
 
     import ndarts_kernels as K
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__)))
+    sys.path.insert(0, os.path.dirname(__file__))
     from gpu_compile import _spec
 
     specs = []
