@@ -89,6 +89,29 @@ class RunDir:
                         self.path.rmdir()  # only ever an empty directory
             raise
 
+    def run_epochs(self, start: int, stop: int, epoch, out_of_memory: str, writer=None):
+        """epoch(e) for e in [start, stop), the loop both commands share; returns the last epoch's
+        result (None when none ran). Inside removed_if_unused; a Ctrl-C logs how to go on
+        (interrupted) and is raised again; CUDA running out of memory becomes an NdartsError with
+        `out_of_memory`'s advice; the TensorBoard `writer` (or None) is closed however it ends."""
+        import torch
+
+        result, epochs_saved = None, start
+        try:
+            with self.removed_if_unused():  # a run failing in its first epoch (an unusable backend, say)
+                for e in range(start, stop):
+                    result = epoch(e)
+                    epochs_saved = e + 1
+        except KeyboardInterrupt:
+            self.interrupted(epochs_saved)
+            raise
+        except torch.cuda.OutOfMemoryError:
+            raise NdartsError(f"CUDA out of memory {out_of_memory}") from None
+        finally:
+            if writer is not None:
+                writer.close()
+        return result
+
     def interrupted(self, epochs_saved: int) -> None:
         """Logs an interrupt (Ctrl-C) and how to go on from it."""
         how = (f"continues after epoch {epochs_saved}, its last checkpoint" if self.checkpoint.exists()

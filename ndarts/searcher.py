@@ -456,21 +456,9 @@ class Searcher:
                 cfg.layers, "so the normal cell's α gets no gradient and its derived cell is not searched")
             if note:
                 self.run.log(note)
-        epochs_saved = self.start_epoch
-        try:
-            with self.run.removed_if_unused():  # a run failing in its first epoch (an unusable backend, say)
-                for epoch in range(self.start_epoch, cfg.epochs):
-                    self._epoch(epoch)
-                    epochs_saved = epoch + 1
-        except KeyboardInterrupt:
-            self.run.interrupted(epochs_saved)
-            raise
-        except torch.cuda.OutOfMemoryError:
-            raise NdartsError(f"CUDA out of memory at --batch-size {cfg.batch_size}: lower --batch-size "
-                              f"(e.g. {max(1, cfg.batch_size // 2)}) or --init-channels") from None
-        finally:
-            if self.writer is not None:
-                self.writer.close()
+        self.run.run_epochs(self.start_epoch, cfg.epochs, self._epoch, writer=self.writer, out_of_memory=(
+            f"at --batch-size {cfg.batch_size}: lower --batch-size (e.g. {max(1, cfg.batch_size // 2)}) "
+            "or --init-channels"))
         genotype = self.model.genotype()
         if self.rank0:
             save_genotype(genotype, self.run.path / "genotype.json")

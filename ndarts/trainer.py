@@ -240,22 +240,9 @@ class Trainer:
             note = no_normal_cell_note(cfg.layers, "so the genotype's normal cell is not used")
             if note:
                 self.run.log(note)
-        record, epochs_saved = None, self.start_epoch
-        try:
-            with self.run.removed_if_unused():  # a run failing in its first epoch
-                for epoch in range(self.start_epoch, cfg.epochs):
-                    record = self._epoch(epoch)
-                    epochs_saved = epoch + 1
-        except KeyboardInterrupt:
-            self.run.interrupted(epochs_saved)
-            raise
-        except torch.cuda.OutOfMemoryError:
-            raise NdartsError(f"CUDA out of memory at --batch-size {cfg.batch_size}: lower --batch-size "
-                              f"(e.g. {max(1, cfg.batch_size // 2)}), or use --amp bf16") from None
-        finally:
-            if self.writer is not None:
-                self.writer.close()
-        return record
+        return self.run.run_epochs(self.start_epoch, cfg.epochs, self._epoch, writer=self.writer, out_of_memory=(
+            f"at --batch-size {cfg.batch_size}: lower --batch-size (e.g. {max(1, cfg.batch_size // 2)}), "
+            "or use --amp bf16"))
 
     def _epoch(self, epoch: int) -> dict:
         cfg = self.cfg

@@ -157,3 +157,40 @@ def test_a_training_run_interrupted_in_its_first_epoch_starts_again_with_resume(
     train_main(["--out", str(out), "--resume"])
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0]
     assert (out / "checkpoint.pt").exists() and (out / "best.pt").exists()
+
+
+class _Writer:
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_the_shared_epoch_loop_returns_the_last_result_and_closes_the_writer(tmp_path, command):
+    run, writer, seen = RunDir(tmp_path / "r", resume=False, command=command), _Writer(), []
+    start, stop = random.randrange(3), random.randrange(3, 6)
+    last = run.run_epochs(start, stop, lambda e: seen.append(e) or {"epoch": e}, "advice", writer=writer)
+    assert seen == list(range(start, stop)) and last == {"epoch": stop - 1} and writer.closed
+    assert run.run_epochs(stop, stop, seen.append, "advice") is None and len(seen) == stop - start
+
+
+@pytest.mark.parametrize("exc, error", [(KeyboardInterrupt(), KeyboardInterrupt),
+                                        (torch.cuda.OutOfMemoryError("CUDA out of memory"), NdartsError)])
+def test_the_shared_epoch_loop_on_an_interrupt_or_out_of_memory(tmp_path, exc, error):
+    run, writer = RunDir(tmp_path / "r", resume=False, command="train"), _Writer()
+    stop_at = random.randrange(1, 4)
+
+    def epoch(e):
+        if e == stop_at:
+            raise exc
+        run.checkpoint.write_bytes(b"stand-in")  # as a finished epoch writes its checkpoint
+
+    with pytest.raises(error) as raised:
+        run.run_epochs(0, 5, epoch, "at --batch-size 7: lower it", writer=writer)
+    assert writer.closed and run.checkpoint.exists()  # a run past its first checkpoint is kept
+    if error is NdartsError:
+        assert str(raised.value) == "CUDA out of memory at --batch-size 7: lower it"
+    else:
+        log = (tmp_path / "r" / "log.txt").read_text()
+        assert f"python -m ndarts.train --out {tmp_path / 'r'} --resume continues after epoch {stop_at}" in log
