@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import chunk_ranges, pad_pointers, pick_pointer, split_images
+from .grid import cdiv, chunk_ranges, interpreted, next_power_of_2, pad_pointers, pick_pointer, split_images
 from .moments import merge_tile, store_moments
 
 INT32_LIMIT = 2**31 - 1
@@ -330,15 +330,13 @@ def _bn_grad_apply_kernel(
 def _geometry(x: torch.Tensor, channels: int):
     """(N, HW, ROWS, S, BLOCK_HW, BLOCK, num_warps) for a launch of `channels` channels (all its
     tensors') of images like x's, [N, ·, H, W]."""
-    from . import INTERPRETED
-
     n = x.shape[0]
     hw = x.shape[2] * x.shape[3]
-    tile = 1 << 15 if INTERPRETED else TILE  # the interpreter runs programs one by one: few, large ones
-    block_hw = min(triton.next_power_of_2(hw), tile)
-    block = max(block_hw, min(tile, block_hw * triton.next_power_of_2(n)))
+    tile = 1 << 15 if interpreted() else TILE  # the interpreter runs programs one by one: few, large ones
+    block_hw = min(next_power_of_2(hw), tile)
+    block = max(block_hw, min(tile, block_hw * next_power_of_2(n)))
     # none with less than one tile of work
-    rows, splits = split_images(x, n, channels, most=triton.cdiv(n * hw, block))
+    rows, splits = split_images(x, n, channels, most=cdiv(n * hw, block))
     return n, hw, rows, splits, block_hw, block, 8 if block >= 4096 else 4
 
 
@@ -492,7 +490,7 @@ def batch_norms_forward(xs, running_means, running_vars, nums_batches, momentum:
             n, hw, *geometry, rows, splits, *(counts_m + [0] * (MAX_TENSORS - num)), float(eps), float(momentum),
             T=num, RELU=_bits(relu[start:stop]), APPLY=_bits(apply[start:stop]), SAVE_MEAN_ON=mean_out is not None,
             UPDATE_RUNNING=update, USE_RUNNING=use_running,
-            S_BLOCK=max(2, min(MERGE_CHUNK, triton.next_power_of_2(max(counts_m)))), BLOCK_HW=block_hw, BLOCK=block,
+            S_BLOCK=max(2, min(MERGE_CHUNK, next_power_of_2(max(counts_m)))), BLOCK_HW=block_hw, BLOCK=block,
             INDEX_64=index_64, num_warps=num_warps,
         )
     return ys, rs, rstd
@@ -588,7 +586,7 @@ def batch_norms_backward(grads, ys, rstd: torch.Tensor, relu=None, fold=None, la
                                         n, hw, *geometry, rows, splits, 1.0 / (n * hw), T=num, RELU=bits,
                                         LAZY=lazy_bits,
                                         APPLY=_bits([not fold[t] for t in range(start, stop)]),
-                                        S_BLOCK=max(2, min(MERGE_CHUNK, triton.next_power_of_2(max(counts_p)))),
+                                        S_BLOCK=max(2, min(MERGE_CHUNK, next_power_of_2(max(counts_p)))),
                                         BLOCK_HW=block_hw,
                                         BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
         for t in range(start, stop):

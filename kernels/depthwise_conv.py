@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import pad_pointers, pick_pointer, plane_pointer, split_images
+from .grid import cdiv, interpreted, next_power_of_2, pad_pointers, pick_pointer, plane_pointer, split_images
 
 INT32_LIMIT = 2**31 - 1
 MAX_CONVS = 4  # convs of one depthwise_pairs_input_grad launch (its W0 … W3 and K0 … K3)
@@ -287,10 +287,8 @@ def _dw_conv_weight_reduce_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 def _blocks(rows: int, cols: int) -> tuple[int, int]:
-    from . import INTERPRETED
-
-    cap = 64 if INTERPRETED else 32  # 32×32 = 1024 elements per program on a GPU
-    return min(triton.next_power_of_2(rows), cap), min(triton.next_power_of_2(cols), cap)
+    cap = 64 if interpreted() else 32  # 32×32 = 1024 elements per program on a GPU
+    return min(next_power_of_2(rows), cap), min(next_power_of_2(cols), cap)
 
 
 def _block_warps(bh: int, bw: int) -> int:
@@ -304,11 +302,9 @@ def _block_warps(bh: int, bw: int) -> int:
 def _weight_tile(rows: int, cols: int, kk_block: int) -> tuple[int, int]:
     """(BLOCK_H, BLOCK_W) of the weight-gradient kernel's tile: its [K·K, tile] accumulators live in
     registers, so at most 8 192 of them per program on a GPU (K = 5: a 16×16 tile)."""
-    from . import INTERPRETED
-
-    cap = 2**16 if INTERPRETED else 8192
-    bw = min(triton.next_power_of_2(cols), 32)
-    bh = min(triton.next_power_of_2(rows), max(1, cap // (kk_block * bw)))
+    cap = 2**16 if interpreted() else 8192
+    bw = min(next_power_of_2(cols), 32)
+    bh = min(next_power_of_2(rows), max(1, cap // (kk_block * bw)))
     return bh, bw
 
 
@@ -345,9 +341,9 @@ def depthwise_conv_forward(x, weight, stride: int, padding: int, dilation: int) 
     if y.numel() == 0:
         return y
     bh, bw = _blocks(oh, ow)
-    tiles_w = triton.cdiv(ow, bw)
+    tiles_w = cdiv(ow, bw)
     index_64 = max(x.numel(), y.numel()) > INT32_LIMIT
-    _dw_conv_fwd_kernel[(n * co, triton.cdiv(oh, bh) * tiles_w)](
+    _dw_conv_fwd_kernel[(n * co, cdiv(oh, bh) * tiles_w)](
         x, weight, y, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation, M=co // c,
         BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=_block_warps(bh, bw))
     return y
@@ -398,13 +394,13 @@ def depthwise_pairs_input_grad(grad: torch.Tensor, like: torch.Tensor, weights, 
         dx = torch.empty((pairs, n, gc, h, w), device=grad.device, dtype=grad.dtype)
         grid_planes, group0, groups, channels, x0, x1 = n * gc, 0, 1, gc, grad, grad
     bh, bw = _blocks(h, w)
-    tiles = triton.cdiv(h, bh) * triton.cdiv(w, bw)
+    tiles = cdiv(h, bh) * cdiv(w, bw)
     norm_args, sums = _relu_norm_args(relu_norm, sums_out, sources, pairs, like, grad, tiles)
     if dx.numel():
         _dw_pairs_bwd_input_kernel[(grid_planes, tiles, 1 if sources is not None else pairs)](
             grad, *weights, *[weights[-1]] * (MAX_CONVS - pairs), x0, x1, *norm_args, dx,
             sums if sums is not None else dx, n, channels, groups, group0, h, w, oh, ow,
-            triton.cdiv(w, bw), *ks, *pads, *dils, STRIDE=geometry[0][0], PAIRS=pairs, SOURCES=sources is not None,
+            cdiv(w, bw), *ks, *pads, *dils, STRIDE=geometry[0][0], PAIRS=pairs, SOURCES=sources is not None,
             RELU=bool(relu), BN_SUMS=sums is not None, BLOCK_H=bh, BLOCK_W=bw,
             INDEX_64=max(grad.numel(), dx.numel()) > INT32_LIMIT, num_warps=_block_warps(bh, bw))
     elif sums is not None:  # no pixel: nothing to sum
@@ -447,27 +443,27 @@ def depthwise_conv_backward(grad, x, weight, stride: int, padding: int, dilation
     if need_input:  # reads no x: x may be any tensor of its shape (a meta tensor)
         dx = torch.empty(x.shape, device=grad.device, dtype=x.dtype)
         bh, bw = _blocks(h, w)
-        tiles_w = triton.cdiv(w, bw)
+        tiles_w = cdiv(w, bw)
         if dx.numel():
-            _dw_conv_bwd_input_kernel[(n * c, triton.cdiv(h, bh) * tiles_w)](
+            _dw_conv_bwd_input_kernel[(n * c, cdiv(h, bh) * tiles_w)](
                 grad, weight, dx, c, h, w, oh, ow, tiles_w, K=k, STRIDE=stride, PAD=padding, DIL=dilation,
                 M=co // c, BLOCK_H=bh, BLOCK_W=bw, INDEX_64=index_64, num_warps=_block_warps(bh, bw))
     if need_weight:
         x = x.contiguous()
         rows, splits = split_images(x, n, co)
-        kk_block = triton.next_power_of_2(k * k)
+        kk_block = next_power_of_2(k * k)
         bh, bw = _weight_tile(oh, ow, kk_block)
         if not (n and c):
             return dx, torch.zeros_like(weight)
         # every program writes its whole row of partials (taps ≥ K·K as 0): no zero fill needed
         part = torch.empty((co, splits, kk_block), device=x.device, dtype=torch.float32)
         _dw_conv_bwd_weight_kernel[(co, splits)](
-            x, grad, part, n, c, h, w, oh, ow, rows, splits, triton.cdiv(oh, bh), triton.cdiv(ow, bw),
+            x, grad, part, n, c, h, w, oh, ow, rows, splits, cdiv(oh, bh), cdiv(ow, bw),
             K=k, STRIDE=stride, PAD=padding, DIL=dilation, M=co // c, KK_BLOCK=kk_block, BLOCK_H=bh,
             BLOCK_W=bw, INDEX_64=index_64, RELU_INPUT=bool(relu_input), num_warps=8)  # 8 warps: ≤ 32 accumulators a thread
         # the S partials summed into the weight's dtype and (contiguous) layout in one kernel: a
         # gradient with the parameter's strides, which autograd accumulates without another copy
         dw = torch.empty_like(weight, memory_format=torch.contiguous_format)
         _dw_conv_weight_reduce_kernel[(co,)](part, dw, splits, KK=k * k, KK_BLOCK=kk_block,
-                                             S_BLOCK=max(2, triton.next_power_of_2(splits)), num_warps=1)
+                                             S_BLOCK=max(2, next_power_of_2(splits)), num_warps=1)
     return dx, dw

@@ -2,9 +2,36 @@
 weight gradient) split their work, and how the kernels that take a fixed number of tensor
 pointers (mixed sums, group sums, BatchNorms, stds) get longer and shorter lists, how a
 program picks its tensor out of such a list, and where a plane of an NCHW tensor starts."""
+import sys
+
 import torch
 import triton
 import triton.language as tl
+
+# This package's module object, whatever name it was imported under (ndarts_kernels installed,
+# kernels in a checkout): its INTERPRETED is read at each call, because tests/gpu_compile.py and
+# benchmarks/kernel_resources.py switch it to size launches as for a GPU.
+_PACKAGE = sys.modules[__package__]
+
+
+def interpreted() -> bool:
+    """Whether the launchers size their grids for Triton's interpreter (the package's INTERPRETED).
+    An attribute read: a `from . import INTERPRETED` in a launcher went through the import system
+    at each call (~1.5 µs of host time)."""
+    return _PACKAGE.INTERPRETED
+
+
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ for the host's integers. triton.cdiv is a constexpr function whose every call
+    unwraps its arguments and reads Triton's knobs: 2.9 µs against 0.07 µs on this 2-core machine,
+    and a launcher computes several."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The least power of 2 ≥ n (0 for n ≤ 0), triton.next_power_of_2's values (5.1 µs a call
+    there, 0.1 µs here)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
 
 
 # Where no GPU is at hand, the multiprocessor count the launchers size their grids for (None: they
@@ -16,11 +43,9 @@ ASSUMED_MULTIPROCESSORS: int | None = None
 def multiprocessors(x: torch.Tensor) -> int | None:
     """The multiprocessors of x's GPU, for sizing a grid; None in Triton's interpreter or for a CPU
     tensor (unless ASSUMED_MULTIPROCESSORS is set): the launcher then makes few programs."""
-    from . import INTERPRETED
-
     if ASSUMED_MULTIPROCESSORS is not None:
         return ASSUMED_MULTIPROCESSORS
-    if INTERPRETED or not x.is_cuda:
+    if interpreted() or not x.is_cuda:
         return None
     return torch.cuda.get_device_properties(x.device).multi_processor_count
 
@@ -37,8 +62,8 @@ def split_units(x: torch.Tensor, units: int, tiles: int) -> tuple[int, int]:
     tests too)."""
     sm = multiprocessors(x)
     splits = max(min(units, 2) if sm is None else min(units, 4 * sm // tiles), 1)
-    per_program = triton.cdiv(max(units, 1), splits)
-    return per_program, triton.cdiv(max(units, 1), per_program)
+    per_program = cdiv(max(units, 1), splits)
+    return per_program, cdiv(max(units, 1), per_program)
 
 
 def split_images(x: torch.Tensor, n: int, channels: int, most: int | None = None) -> tuple[int, int]:
@@ -48,17 +73,15 @@ def split_images(x: torch.Tensor, n: int, channels: int, most: int | None = None
     more than n. In Triton's interpreter, which runs programs one by one, two (when n allows):
     the merge of the partial results runs in the tests too.
     """
-    from . import INTERPRETED
-
     if n < 1:
         return 1, 1
-    if INTERPRETED:
+    if interpreted():
         splits = min(n, 2)
     else:
         sm = multiprocessors(x) or 8
-        splits = max(1, min(n, most or n, triton.cdiv(4 * sm, channels)))
-    rows = triton.cdiv(n, splits)
-    return rows, triton.cdiv(n, rows)
+        splits = max(1, min(n, most or n, cdiv(4 * sm, channels)))
+    rows = cdiv(n, splits)
+    return rows, cdiv(n, rows)
 
 
 def pad_pointers(tensors, count: int, like=None) -> list:

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import pad_pointers, pick_pointer
+from .grid import cdiv, pad_pointers, pick_pointer
 from .moments import merge_tile, store_moments
 from .noisy_mixed_sum import (
     INT32_LIMIT,
@@ -550,7 +550,7 @@ def noisy_group_sum_forward(shared, grouped, weights, seed, skip_index, kind, mu
     means, rstds, norm_bits = _norm_args(grouped_norm, grouped, edges, first)
     numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
     index_64 = index_64 or first.shape[0] * max(base_strides) > INT32_LIMIT - block
-    programs = triton.cdiv(numel, block)
+    programs = cdiv(numel, block)
     moments = torch.empty((programs, 3), device=first.device, dtype=torch.float32) if row0_std else first
     scaled = skip >= 0 and scale is not None
     scale = device_scale(scale, first.device) if scaled else std  # unused without SCALED: a stand-in pointer
@@ -594,7 +594,7 @@ def batch_norm_sum_slots(shape) -> int | None:
 
 def partial_rows(numel: int) -> int:
     """Rows of the backward's dW partial sums (one per program) for sums of `numel` elements per edge."""
-    return triton.cdiv(numel, _elementwise_block(numel, many_operands=True)[0])
+    return cdiv(numel, _elementwise_block(numel, many_operands=True)[0])
 
 
 def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_index, kind, multiplicative, lam, mean,
@@ -638,7 +638,7 @@ def noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, skip_ind
     sums, sum_bits, slots = _sum_args(bn_sums, norm_bits, len(grouped), edges, first)
     numel, g_stride, block, num_warps, index_64 = _launch_params(first, grouped, edges, first_edge)
     index_64 = index_64 or max(n * g.stride(0) for g in grads) > INT32_LIMIT - block
-    programs = triton.cdiv(numel, block)
+    programs = cdiv(numel, block)
     own_part = part is None
     if not weight_grad:
         if not own_part:

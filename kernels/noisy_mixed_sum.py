@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import chunk_ranges, pad_pointers, pick_pointer
+from .grid import cdiv, chunk_ranges, interpreted, next_power_of_2, pad_pointers, pick_pointer
 from .moments import merge_tile, store_moments
 
 MAX_OPERANDS = 8
@@ -291,12 +291,6 @@ def _unit_noise_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
-def _is_interpreted() -> bool:
-    from . import INTERPRETED
-
-    return INTERPRETED
-
-
 def _elementwise_block(n: int, many_operands: bool = False) -> tuple[int, int]:
     """(BLOCK, num_warps). The interpreter runs programs one by one: large blocks keep it fast.
 
@@ -304,8 +298,8 @@ def _elementwise_block(n: int, many_operands: bool = False) -> tuple[int, int]:
     (a group sum's edges, each with up to three shared and six grouped operands and a base; the
     pools' nine taps): at eight those need all 255 registers of a thread and spill 0.2-2 KB more
     to local memory, at two 48-128 registers and nothing (benchmarks/kernel_resources.py, sm_90)."""
-    if _is_interpreted():
-        return max(16, min(triton.next_power_of_2(n), 8192)), 4
+    if interpreted():
+        return max(16, min(next_power_of_2(n), 8192)), 4
     return (512, 8) if many_operands else (1024, 4)
 
 
@@ -344,16 +338,20 @@ def _memory_format(t: torch.Tensor):
 
 
 def _layout(operands) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The operands in one dense layout (copies only of those in another) and that layout's
+    reference tensor. An operand with the dense reference's shape and strides is dense itself: one
+    stride comparison each, not _dense's checks (host time of every eager launch)."""
     first = _check_operands(operands)
     ref = first if _is_dense(first) else first.contiguous()
-    return [_dense(o, ref) for o in operands], ref
+    stride = ref.stride()
+    return [o if o.stride() == stride else _dense(o, ref) for o in operands], ref
 
 
 def _stats_tiles_per_program(tiles: int) -> int:
     """Tiles each stats program merges in registers: keeps the partials ≤ ~2048 on a GPU."""
-    if _is_interpreted():
+    if interpreted():
         return 1
-    return max(1, min(16, triton.cdiv(tiles, 2048)))
+    return max(1, min(16, cdiv(tiles, 2048)))
 
 
 MAX_STDS = 8  # tensors per stats launch
@@ -378,8 +376,8 @@ def skip_stds(xs) -> torch.Tensor:
     xs = [x if _is_dense(x) else x.contiguous() for x in xs]
     n = first.numel()
     block, num_warps = _elementwise_block(n)
-    iters = _stats_tiles_per_program(triton.cdiv(n, block))
-    programs = triton.cdiv(triton.cdiv(n, block), iters)
+    iters = _stats_tiles_per_program(cdiv(n, block))
+    programs = cdiv(cdiv(n, block), iters)
     index_64 = n > INT32_LIMIT - block * iters
     std = torch.empty((len(xs),), device=first.device, dtype=torch.float32)
     for start, stop in chunk_ranges(len(xs), MAX_STDS):
@@ -416,7 +414,7 @@ def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplic
     the decay scale, which the kernel reads and applies to lam and mean (device_scale)."""
     operands, ref = _layout(operands)
     num = len(operands)
-    if weights.shape != (num,):
+    if weights.dim() != 1 or weights.shape[0] != num:  # not `shape != (num,)`: a SymInt comparison, 5 µs
         raise ValueError(f"weights must have shape ({num},) for {num} operands, got {tuple(weights.shape)}")
     n = ref.numel()
     noisy = kind != NOISE_NONE and 0 <= skip_index < num
@@ -428,7 +426,7 @@ def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplic
     if n == 0:
         return y, std
     block, num_warps = _elementwise_block(n)
-    grid = (triton.cdiv(n, block),)
+    grid = (cdiv(n, block),)
     index_64 = n > INT32_LIMIT - block
     weights = weights.contiguous()
     scaled = noisy and scale is not None
@@ -460,7 +458,7 @@ def noisy_mixed_sum_backward(grad, operands, weights, seed, std, skip_index, kin
     if n == 0:
         return grads, torch.zeros((num,), device=ref.device, dtype=torch.float32) if weight_grad else None
     block, num_warps = _elementwise_block(n)
-    programs = triton.cdiv(n, block)
+    programs = cdiv(n, block)
     index_64 = n > INT32_LIMIT - block
     weights = weights.contiguous()
     scaled = noisy and scale is not None
@@ -492,7 +490,7 @@ def unit_noise(seed: torch.Tensor, n: int, kind: int, device=None) -> torch.Tens
     if n == 0:
         return out
     block, num_warps = _elementwise_block(n)
-    _unit_noise_kernel[(triton.cdiv(n, block),)](
+    _unit_noise_kernel[(cdiv(n, block),)](
         out, seed, n, KIND=kind, BLOCK=block, INDEX_64=n > INT32_LIMIT - block, num_warps=num_warps
     )
     return out

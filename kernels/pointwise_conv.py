@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .dot_precision import conv_dot_precision
-from .grid import plane_pointer, split_units
+from .grid import cdiv, interpreted, next_power_of_2, plane_pointer, split_units
 
 INT32_LIMIT = 2**31 - 1
 MAX_BLOCK_C = 64  # channels per block of the weight (the search network's have 16-64)
@@ -113,16 +113,14 @@ def _pw_conv_wgrad_reduce_kernel(
 # ----------------------------------------------------------------------------- launchers
 def _channel_block(c: int) -> int:
     """A block of channels: a power of two, at least 16 (tl.dot's least), at most MAX_BLOCK_C."""
-    return min(max(16, triton.next_power_of_2(c)), MAX_BLOCK_C)
+    return min(max(16, next_power_of_2(c)), MAX_BLOCK_C)
 
 
 def _pixel_block(p: int, *channel_blocks: int) -> int:
     """Pixels per block: the [channels, pixels] tiles of a program hold at most 4 096 elements each
     on a GPU (registers), more in the interpreter (fewer programs, which it runs one by one)."""
-    from . import INTERPRETED
-
-    cap = (2**15 if INTERPRETED else 4096) // max(channel_blocks)
-    return max(16, min(triton.next_power_of_2(p), cap))
+    cap = (2**15 if interpreted() else 4096) // max(channel_blocks)
+    return max(16, min(next_power_of_2(p), cap))
 
 
 # Warps per program: 8, so that a thread holds at most 16 elements of each 4 096-element tile. At 4
@@ -158,7 +156,7 @@ def _product(inp, weight, out, groups: int, c_in: int, c_out: int, transposed: b
     bo, bi = _channel_block(c_out), _channel_block(c_in)
     bp = _pixel_block(p, bo, bi)
     index_64 = max(inp.numel(), out.numel()) > INT32_LIMIT
-    _pw_conv_kernel[(n * groups, triton.cdiv(p, bp), triton.cdiv(c_out, bo))](
+    _pw_conv_kernel[(n * groups, cdiv(p, bp), cdiv(c_out, bo))](
         inp, weight, out, c_in, c_out, p, co * ci, *strides,
         BLOCK_O=bo, BLOCK_I=bi, BLOCK_P=bp, G=groups, INDEX_64=index_64, DOT_PRECISION=conv_dot_precision(),
         num_warps=WARPS)
@@ -203,9 +201,9 @@ def _weight_grad(grad, x, dw, groups: int, ci: int, co: int) -> torch.Tensor:
     p = h * w
     bo, bi = _channel_block(co), _channel_block(ci)
     bp = _pixel_block(p, bo, bi)
-    tiles_o, tiles_i = triton.cdiv(co, bo), triton.cdiv(ci, bi)
+    tiles_o, tiles_i = cdiv(co, bo), cdiv(ci, bi)
     tiles = groups * tiles_o * tiles_i
-    units = n * triton.cdiv(p, bp)
+    units = n * cdiv(p, bp)
     per_program, splits = split_units(x, units, tiles)
     index_64 = max(x.numel(), grad.numel()) > INT32_LIMIT
     part = torch.empty((tiles, splits, bo * bi), device=x.device, dtype=torch.float32)
@@ -217,5 +215,5 @@ def _weight_grad(grad, x, dw, groups: int, ci: int, co: int) -> torch.Tensor:
     r_block = min(256, bo * bi)
     _pw_conv_wgrad_reduce_kernel[(tiles, bo * bi // r_block)](
         part, dw, ci, co, splits, TILES_O=tiles_o, TILES_I=tiles_i, BLOCK_O=bo, BLOCK_I=bi, R_BLOCK=r_block,
-        S_BLOCK=min(16, max(2, triton.next_power_of_2(splits))), num_warps=4)
+        S_BLOCK=min(16, max(2, next_power_of_2(splits))), num_warps=4)
     return dw

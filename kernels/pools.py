@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import plane_pointer
+from .grid import cdiv, next_power_of_2, plane_pointer
 from .moments import row_moments, store_moments
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
@@ -151,11 +151,11 @@ def pools_3x3_forward(x: torch.Tensor, stride: int, moments: bool = False):
     # a program: ROWS planes × PIXELS output pixels (a chunk of each plane), as many elements as an
     # element-wise block of the pools (two a thread on a GPU: their nine taps)
     block, num_warps = _elementwise_block(numel, many_operands=True)
-    pixels = min(triton.next_power_of_2(max(ho * wo, 1)), block)
-    chunks = triton.cdiv(ho * wo, pixels)
+    pixels = min(next_power_of_2(max(ho * wo, 1)), block)
+    chunks = cdiv(ho * wo, pixels)
     mom = torch.empty((2, c, n * chunks, 3) if moments else (2, 1), device=x.device, dtype=torch.float32)
     if numel:
-        _pools_forward_kernel[(triton.cdiv(n * c, block // pixels), chunks)](
+        _pools_forward_kernel[(cdiv(n * c, block // pixels), chunks)](
             x, ymax, yavg, arg, mom[0], mom[1], n * c, c, h, w, ho, wo, STRIDE=stride, MOMENTS=moments,
             ROWS=block // pixels, PIXELS=pixels, INDEX_64=max(x.numel(), numel) > INT32_LIMIT - block,
             num_warps=num_warps)
@@ -183,7 +183,7 @@ def pools_3x3_backward(grad_max, grad_avg, arg: torch.Tensor, x_shape, stride: i
     numel = dx.numel()
     if numel:
         block, num_warps = _elementwise_block(numel, many_operands=True)
-        _pools_backward_kernel[(triton.cdiv(numel, block),)](
+        _pools_backward_kernel[(cdiv(numel, block),)](
             dx, grad_max if grad_max is not None else some, grad_avg if grad_avg is not None else some, arg,
             h, w, ho, wo, numel, STRIDE=stride, HAS_MAX=grad_max is not None, HAS_AVG=grad_avg is not None,
             BLOCK=block, INDEX_64=numel > INT32_LIMIT - block, num_warps=num_warps)

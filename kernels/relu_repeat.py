@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import pad_pointers, pick_pointer
+from .grid import cdiv, pad_pointers, pick_pointer
 from .noisy_group_sum import _grouped_offsets
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
@@ -118,7 +118,7 @@ def relu_repeat_forward(xs, counts) -> torch.Tensor:
     if numel:
         for sources, start, count in slots:
             x = [xs[s] for s in sources]
-            _relu_repeat_forward_kernel[(triton.cdiv(numel, block), len(x))](
+            _relu_repeat_forward_kernel[(cdiv(numel, block), len(x))](
                 y, *pad_pointers(x, 2), numel, c * h * w, y.stride(0), start, COUNT=count, SOURCES=len(x),
                 BLOCK=block, INDEX_64=index_64, num_warps=num_warps)
     return y
@@ -143,7 +143,7 @@ def relu_repeat_backward(grad, xs, counts) -> list:
     if numel:
         for sources, start, count in slots:
             x, dx = [xs[s] for s in sources], [dxs[s] for s in sources]
-            _relu_repeat_backward_kernel[(triton.cdiv(numel, block), len(x))](
+            _relu_repeat_backward_kernel[(cdiv(numel, block), len(x))](
                 *pad_pointers(dx, 2), *pad_pointers(grads, MAX_GRADS), *pad_pointers(x, 2), numel, c * h * w,
                 grads[0].stride(0), start, COUNT=count, NUM_GRADS=len(grads), SOURCES=len(x), BLOCK=block,
                 INDEX_64=index_64, num_warps=num_warps)

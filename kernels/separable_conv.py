@@ -62,7 +62,7 @@ from .depthwise_conv import (
     depthwise_pairs_input_grad,
 )
 from .dot_precision import conv_dot_precision
-from .grid import pad_pointers, pick_pointer, plane_pointer, split_units
+from .grid import cdiv, interpreted, next_power_of_2, pad_pointers, pick_pointer, plane_pointer, split_units
 from .moments import row_moments, store_moments
 
 MAX_CHANNELS = 64  # channels per group (the search network's are 8-64)
@@ -351,17 +351,15 @@ def _sep_conv_reduce_kernel(
 # ----------------------------------------------------------------------------- launchers
 def _block(c: int) -> int:
     """Channels of a block: a power of two, at least 16 (tl.dot's least)."""
-    return max(16, triton.next_power_of_2(c))
+    return max(16, next_power_of_2(c))
 
 
 def _pixel_block(p: int, channels: int, cap: int) -> int:
     """Pixels per block: [channels, pixels] tiles of at most `cap` elements on a GPU (registers);
     larger in the interpreter (fewer programs, which it runs one by one)."""
-    from . import INTERPRETED
-
-    if INTERPRETED:
+    if interpreted():
         cap = 2**15
-    return max(16, min(triton.next_power_of_2(p), cap // channels))
+    return max(16, min(next_power_of_2(p), cap // channels))
 
 
 def check_separable_args(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
@@ -467,7 +465,7 @@ def _launch(xs, w_dws, w_pws, geometry, counts, bns=None, input_norm=None) -> _L
         norms = [w_pws[0]] * (2 * MAX_PAIRS)  # stand-ins, never read
     return _Launch(pad_pointers(inputs, MAX_PAIRS), g0, like, pad_pointers([w.contiguous() for w in w_dws], MAX_PAIRS),
                    pad_pointers([w.contiguous() for w in w_pws], MAX_PAIRS), pad_pointers(geos, MAX_PAIRS), norms,
-                   sizes, geometry[0][0], pairs, triton.next_power_of_2(max(k * k for k in ks)))
+                   sizes, geometry[0][0], pairs, next_power_of_2(max(k * k for k in ks)))
 
 
 # (elements of a [channels, pixels] tile, warps per program) on a GPU: the forward's, the backward's
@@ -494,7 +492,7 @@ def separable_pairs_forward(xs, w_dws, w_pws, geometry, relu_input: bool = False
     bc, bo = _block(c), _block(co)
     elems, warps = tile or FORWARD_TILE
     bp = _pixel_block(oh * ow, max(bc, bo), elems)
-    blocks = triton.cdiv(oh * ow, bp)
+    blocks = cdiv(oh * ow, bp)
     mom = torch.empty((launch.pairs, groups * co, n * blocks, 3) if moments else (1,), device=x0.device,
                       dtype=torch.float32)
     if zs[0].numel():
@@ -558,7 +556,7 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
     # five [channels, pixels] tiles live at once (gz, gd, d, a window, a product): fewer pixels than the forward's
     elems, warps = tile or BACKWARD_TILE
     bp = _pixel_block(oh * ow, max(bc, bo), elems)
-    units = n * triton.cdiv(oh * ow, bp)
+    units = n * cdiv(oh * ow, bp)
     per_program, splits = split_units(x0, units, groups * pairs)
     gd = torch.empty((pairs, n, groups * c, oh, ow), device=x0.device, dtype=x0.dtype) if need_input else None
     kk_block = launch.kk_block
@@ -591,11 +589,11 @@ def _backward_kernels(grads, xs, w_dws, w_pws, geometry, need_input, need_weight
     if not units:
         return launch, gd, [d.zero_() for d in d_dws], [d.zero_() for d in d_pws]
     # 256 of a row per program: pairs · groups · row / 256 programs (at 1024, as few as 2 at C 16)
-    r_block = min(256, triton.next_power_of_2(row))
-    _sep_conv_reduce_kernel[(pairs * groups, triton.cdiv(row, r_block))](
+    r_block = min(256, next_power_of_2(row))
+    _sep_conv_reduce_kernel[(pairs * groups, cdiv(row, r_block))](
         part, *pad_pointers(d_pws, MAX_PAIRS), *pad_pointers(d_dws, MAX_PAIRS), splits, groups, c, co, *launch.geos,
         PAIRS=pairs, KK_BLOCK=kk_block, BLOCK_C=bc, BLOCK_O=bo, R_BLOCK=r_block,
-        S_BLOCK=min(16, max(2, triton.next_power_of_2(splits))), num_warps=4)
+        S_BLOCK=min(16, max(2, next_power_of_2(splits))), num_warps=4)
     return launch, gd, d_dws, d_pws
 
 

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import chunk_ranges, pad_pointers
+from .grid import cdiv, chunk_ranges, pad_pointers
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
 MAX_TERMS = 6
@@ -86,7 +86,7 @@ def tensor_sum(tensors) -> torch.Tensor:
     index_64 = n > INT32_LIMIT - block or (strided and first.shape[0] * max(strides) > INT32_LIMIT - block)
     for start, stop in chunk_ranges(len(tensors), MAX_TERMS):
         chunk = tensors[start:stop]
-        _tensor_sum_kernel[(triton.cdiv(n, block),)](
+        _tensor_sum_kernel[(cdiv(n, block),)](
             y, *pad_pointers(chunk, MAX_TERMS), *pad_pointers(strides[start:stop], MAX_TERMS), n, inner,
             NUM=len(chunk), ACCUMULATE=start > 0, STRIDED=strided, BLOCK=block, INDEX_64=index_64,
             num_warps=num_warps)

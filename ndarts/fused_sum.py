@@ -299,6 +299,17 @@ def draw_seed(device) -> torch.Tensor:
     return draw_seeds(device)
 
 
+def noise_arguments(noise: NoiseConfig, noisy: bool, scale, seed, device):
+    """What a fused sum's kernels (or its reference) take of the noise: (kind, multiplicative, λ, μ,
+    the device scale or None, seed). λ and μ carry a host scale; a device scale (split_scale) is
+    read by the kernels. seed None: a fresh draw_seed where the sum is noisy, a zero seed where not."""
+    host_scale, device_scale = split_scale(scale, device)
+    kind, mult, lam, mean = noise.kernel_params(host_scale) if noisy else (0, False, 0.0, 0.0)
+    if seed is None:
+        seed = draw_seed(device) if noisy else torch.zeros((1,), device=device, dtype=torch.int64)
+    return kind, mult, lam, mean, device_scale if noisy else None, seed
+
+
 class SeedBlock:
     """The Philox seeds of the fused sums of one forward pass, drawn in one kernel.
 
@@ -358,11 +369,7 @@ def noisy_mixed_sum(
                          "(from skip_operand_std)")
     device = operands[0].device
     noisy = training and skip_index is not None and noise.enabled
-    host_scale, device_scale = split_scale(scale, device)
-    kind, mult, lam, mean = noise.kernel_params(host_scale) if noisy else (0, False, 0.0, 0.0)
-    device_scale = device_scale if noisy else None
-    if seed is None:
-        seed = draw_seed(device) if noisy else torch.zeros((1,), device=device, dtype=torch.int64)
+    kind, mult, lam, mean, device_scale, seed = noise_arguments(noise, noisy, scale, seed, device)
     use_triton = resolve_backend(backend, device) == "triton"
     if use_triton and operands[0].dtype not in TRITON_DTYPES:
         raise TypeError(f"noisy_mixed_sum: the Triton backend takes float32, float16 or bfloat16 operands, "

@@ -29,9 +29,9 @@ from torch.autograd.function import once_differentiable
 from .backend import TRITON_DTYPES, resolve_backend
 from .batch_norm import deferred_output
 from .edge_groups import EdgeGroupSlot
-from .fused_sum import _noisy, draw_seed, promote_operands, reference_eps, reference_sum_with_eps
+from .fused_sum import _noisy, noise_arguments, promote_operands, reference_eps, reference_sum_with_eps
 from .grad_use import grads_used
-from .noise import NoiseConfig, scaled_params, split_scale
+from .noise import NoiseConfig, scaled_params
 from .operations import FactorizedReduce
 
 
@@ -288,11 +288,7 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
                                   or skip_stds.device != device):
         raise ValueError(f"noisy_group_sums: skip_stds must be one std per source ({len(sources)}) on {device}")
     noisy = training and skip_index is not None and noise.enabled
-    host_scale, device_scale = split_scale(scale, device)
-    kind, mult, lam, mean = noise.kernel_params(host_scale) if noisy else (0, False, 0.0, 0.0)
-    device_scale = device_scale if noisy else None
-    if seed is None:
-        seed = draw_seed(device) if noisy else torch.zeros((1,), device=device, dtype=torch.int64)
+    kind, mult, lam, mean, device_scale, seed = noise_arguments(noise, noisy, scale, seed, device)
     skip = -1 if skip_index is None else int(skip_index)
     if grouped_norm is not None and len(grouped_norm) != len(grouped):
         raise ValueError(f"noisy_group_sums: grouped_norm needs one entry (or None) per grouped operand, "
