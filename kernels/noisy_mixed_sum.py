@@ -414,7 +414,7 @@ def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplic
     the decay scale, which the kernel reads and applies to lam and mean (device_scale)."""
     operands, ref = _layout(operands)
     num = len(operands)
-    if weights.dim() != 1 or weights.shape[0] != num:  # not `shape != (num,)`: a SymInt comparison, 5 µs
+    if weights.shape != (num,):
         raise ValueError(f"weights must have shape ({num},) for {num} operands, got {tuple(weights.shape)}")
     n = ref.numel()
     noisy = kind != NOISE_NONE and 0 <= skip_index < num
