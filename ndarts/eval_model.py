@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .cell_layout import reduction_cells
 from .conv_taps import cut_dead_taps
+from .determinism import GlobalAvgPool, adaptive_avg_pool_2x2
 from .genotype import Genotype
 from .operations import OPS, FactorizedReduce, Identity, ReLUConvBN
 
@@ -101,7 +101,7 @@ class _AuxiliaryHead(nn.Module):
         darts_size = all(s >= 5 and (s - 5) // self.pool_stride + 1 == 2 for s in (h, w))
         x = self.features[0](x)
         # DARTS's pooling where it yields 2×2 (its intended map size), adaptive pooling elsewhere
-        x = self.features[1](x) if darts_size else F.adaptive_avg_pool2d(x, 2)
+        x = self.features[1](x) if darts_size else adaptive_avg_pool_2x2(x)
         for layer in self.features[2:]:
             x = layer(x)
         return self.classifier(x.flatten(1))
@@ -172,7 +172,7 @@ class NetworkCIFAR(_Network):
         C_prev, C_aux = self._build_cells(genotype, C, layers, C_stem, C_stem, reduction_prev=False)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadCIFAR(C_aux, num_classes)
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def forward(self, x):
@@ -204,7 +204,7 @@ class NetworkImageNet(_Network):
         C_prev, C_aux = self._build_cells(genotype, C, layers, C, C, reduction_prev=True)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes)
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def forward(self, x):

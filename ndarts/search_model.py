@@ -15,6 +15,7 @@ from .cell_layout import reduction_cells
 from .genotype import derive_genotype
 from .backend import TRITON_DTYPES, graph_kernels_enabled, kernels_import_error, resolve_backend
 from .batch_norm import search_batch_norms, use_search_batch_norm
+from .determinism import GlobalAvgPool
 from .depthwise_conv import KERNEL_PARTS as DEPTHWISE_KERNEL_PARTS, use_search_depthwise_conv
 from .pointwise_conv import use_search_pointwise_conv
 from .edge_groups import EdgeGroup, GroupedConvStack, relu_repeat_sources
@@ -365,7 +366,7 @@ class SearchNetwork(ArchNetwork):
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(C_prev, num_classes)
         if fused if fused_batch_norm is None else fused_batch_norm:
             use_search_batch_norm(self.cells, backend)

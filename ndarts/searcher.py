@@ -13,19 +13,20 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 
 from .architect import Architect
 from .cell_layout import no_normal_cell_note
 from .config_checks import require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
 from .conv_tuning import AUTO_CANDIDATES, TUNING_CALLS, synthetic_batch, tune_triton_convs
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
+from .determinism import deterministic_mode
 from .data import BatchStream, DataSpec, EndlessStream, load_dataset, split_halves
 from .grouped_state import convert_optimizer_state
 from .errors import NdartsError
 from .finite_watch import FiniteWatch
 from .genotype import save_genotype
 from .graph_step import GraphedEvaluation, evaluation_sums, make_graph_step
+from .losses import CrossEntropy
 from .meters import EpochMeter, steps_per_epoch, steps_phrase
 from .noise import NoiseConfig
 from .nasbench201.network import Nb201SearchNetwork
@@ -109,6 +110,7 @@ class SearchConfig:
     triton_convs: str = "none"  # a TRITON_CONVS key, or "auto": the fastest of AUTO_CANDIDATES, timed here
     triton_convs_chosen: str | None = None  # what "auto" chose (config.json): a resumed run keeps it, untimed
     cudnn_benchmark: bool | None = None  # cuDNN times its algorithms per conv shape (CUDA); None: as the process has it
+    deterministic: bool = False  # bitwise-repeatable on CUDA too (ndarts.determinism): deterministic algorithms only
     tensorboard: bool = False  # scalars per epoch into OUT/tensorboard
     report_freq: int = 50
     max_steps: int | None = None  # steps per epoch cap, for quick runs
@@ -141,6 +143,13 @@ class SearchConfig:
         if self.triton_convs_chosen is not None and self.triton_convs_chosen not in TRITON_CONVS:
             raise NdartsError(f"triton_convs_chosen must be one of {sorted(TRITON_CONVS)}, got {self.triton_convs_chosen!r}")
         require_numbers(self, "train_portion", low_open=True, high=1.0, high_open=True)
+        if self.deterministic and self.cudnn_benchmark:
+            raise NdartsError("--deterministic and --cudnn-benchmark: the benchmark picks each convolution's cuDNN "
+                              "algorithm by timing it, so two runs may compute differently; drop --cudnn-benchmark")
+        if self.deterministic and self.triton_convs == "auto":
+            raise NdartsError("--deterministic and --triton-convs auto: auto keeps the variant that was fastest "
+                              "when timed, so two runs may compute differently; name one (--triton-convs "
+                              f"{'|'.join(TRITON_CONVS)})")
         if self.order not in ("first", "second"):
             raise NdartsError(f"unknown --order {self.order!r}; choose first or second")
         try:
@@ -194,6 +203,8 @@ class Searcher:
             if self.run.resuming:
                 self.run.check_same_config(cfg.to_dict(), structural_settings(cfg.space))
                 self._keep_checkpoint_layout()
+            # process-wide, before the run's first CUDA op (cuBLAS reads its workspace setting as it starts)
+            self.determinism_before = deterministic_mode() if cfg.deterministic else None
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
             self._build()
             self.start_epoch = 0
@@ -246,7 +257,7 @@ class Searcher:
             torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         if cfg.cuda_graph:
             self._check_graph_step_allowed()  # before any tuning step is captured
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion = CrossEntropy()  # deterministic mode's own formulation there (ndarts.losses)
         self.triton_convs = self._choose_triton_convs()  # a TRITON_CONVS key ("auto": the fastest here)
         self.model = self._new_model(self.triton_convs)
         self.w_opt, self.a_opt, self.architect = self._optimizers(self.model)

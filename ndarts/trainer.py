@@ -25,6 +25,8 @@ from .finite_watch import FiniteWatch
 from .eval_model import NETWORKS, build_network, count_parameters
 from .genotype import Genotype, load_genotype
 from .meters import EpochMeter, steps_per_epoch, steps_phrase
+from .determinism import deterministic_mode
+from .losses import CrossEntropy
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import RunDir, summary_writer_class, write_scalars
 from .searcher import resolve_device
@@ -69,6 +71,7 @@ class TrainConfig:
     drop_path_prob: float = 0.2
     # run
     seed: int = 0
+    deterministic: bool = False  # bitwise-repeatable on CUDA too (ndarts.determinism)
     out: str = "runs/train"
     resume: bool = False
     device: str = "auto"
@@ -128,6 +131,8 @@ class Trainer:
         with self.run.removed_if_unused():
             if self.run.resuming:
                 self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
+            # process-wide, before the run's first CUDA op (cuBLAS reads its workspace setting as it starts)
+            self.determinism_before = deterministic_mode() if cfg.deterministic else None
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
             self._build()
             self.start_epoch, self.best_acc = 0, None
@@ -165,8 +170,8 @@ class Trainer:
             raise NdartsError(f"cannot build the evaluation network: {e}") from None
         self.model = model.to(dev)
         self.forward_model = self.dist.wrap(self.model) if self.dist is not None else self.model
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.test_criterion = nn.CrossEntropyLoss()
+        self.criterion = CrossEntropy(label_smoothing=cfg.label_smoothing)  # ndarts.losses: deterministic mode's too
+        self.test_criterion = CrossEntropy()
         self.optimizer = torch.optim.SGD(self.model.parameters(), cfg.learning_rate, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         if cfg.lr_schedule == "cosine":

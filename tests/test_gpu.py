@@ -276,6 +276,25 @@ def test_cuda_graph_search_with_noise_runs_and_draws_noise(tmp_path):
     assert records[1]["lr"] < records[0]["lr"] and float(s.graph_step.device_lr.lr) == pytest.approx(records[1]["lr"])
 
 
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_deterministic_search_repeats_bitwise(tmp_path, cuda_graph):
+    """--deterministic on CUDA: two searches from the same seed end with bitwise the same α and
+    weights (cuDNN's and PyTorch's deterministic algorithms, ndarts.determinism), eager and as a
+    CUDA graph; no op of the step is refused in deterministic mode."""
+    from ndarts.determinism import DeterminismState
+
+    before = DeterminismState.current()
+    try:
+        runs = []
+        for name in ("a", "b"):
+            s = _searcher(tmp_path, f"{name}{int(cuda_graph)}", cuda_graph=cuda_graph, deterministic=True)
+            s.run_search()
+            runs.append([p.detach().clone() for p in (*s.model.arch_parameters(), *s.model.weight_parameters())])
+        assert all(torch.equal(a, b) for a, b in zip(*runs))
+    finally:
+        before.restore()
+
+
 def test_graphed_evaluation_equals_eager_and_follows_the_model(tmp_path):
     """--cuda-graph's evaluation (captured once, ndarts.graph_step.GraphedEvaluation) gives the eager
     evaluation's loss and accuracy, before and after the steps have changed the weights, α and the

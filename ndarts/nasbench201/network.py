@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..arch_network import ArchNetwork
+from ..determinism import GlobalAvgPool
 from ..fused_sum import SeedBlock
 from ..mixed_op import FusedMixedOp, MixedOp, NodeShare
 from ..noise import NoiseConfig
@@ -125,7 +126,7 @@ class Nb201SearchNetwork(ArchNetwork):
                           for _ in range(cells_per_stage))
         self.cells = nn.ModuleList(blocks)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.global_pooling = GlobalAvgPool()
         self.classifier = nn.Linear(c, num_classes)
         self._seed_block_size = len(EDGES) * STAGES * cells_per_stage
         self.alphas_cell = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(self.primitives)))

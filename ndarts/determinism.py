@@ -1,0 +1,109 @@
+"""Bitwise-repeatable runs: the same seed gives the same α, genotype and weights (``--deterministic``).
+
+On a CPU two runs of ndarts with the same seed already agree bit for bit. On CUDA three things
+can differ from run to run:
+- cuDNN: with ``torch.backends.cudnn.benchmark`` it picks each convolution's algorithm by timing it,
+  and some of its weight-gradient algorithms accumulate with atomics;
+- PyTorch ops that accumulate with ``atomicAdd`` (index_select's backward, among others);
+- cuBLAS, whose workspace per stream must be fixed (``CUBLAS_WORKSPACE_CONFIG``).
+``deterministic_mode()`` turns all three off: cuDNN's deterministic algorithms and no benchmark,
+``torch.use_deterministic_algorithms(True)`` (deterministic implementations where PyTorch has them,
+a RuntimeError naming the op where it has none) and cuBLAS's documented setting. The networks of
+ndarts avoid the ops PyTorch refuses there: the global average pool (``global_avg_pool``), the
+auxiliary head's adaptive pool (``adaptive_avg_pool_2x2``) and the loss (ndarts.losses). ndarts'
+Triton kernels use no float atomics: every reduction of theirs runs in a fixed order.
+
+``torch.utils.deterministic.fill_uninitialized_memory`` is turned off: it would fill every
+``torch.empty`` with NaN, a kernel per allocation, and ndarts' kernels write each buffer they
+allocate before they read it (a read of unwritten memory would also fail the tests against the
+reference). The settings are process-wide, as ``torch.backends.cudnn.benchmark`` is;
+``DeterminismState.restore`` puts back what was there before.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.nn.functional as F
+
+# cuBLAS's setting for reproducible results (NVIDIA's cuBLAS documentation, "Results reproducibility");
+# PyTorch refuses cuBLAS calls in deterministic mode without it or ":16:8"
+CUBLAS_WORKSPACE = ":4096:8"
+CUBLAS_REPRODUCIBLE = (":4096:8", ":16:8")
+
+
+@dataclasses.dataclass
+class DeterminismState:
+    """The process-wide settings deterministic_mode changes, as they were."""
+
+    algorithms: bool
+    warn_only: bool
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+    fill_uninitialized: bool
+    cublas_workspace: str | None
+
+    @classmethod
+    def current(cls) -> DeterminismState:
+        return cls(torch.are_deterministic_algorithms_enabled(),
+                   torch.is_deterministic_algorithms_warn_only_enabled(),
+                   torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                   torch.utils.deterministic.fill_uninitialized_memory, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+    def restore(self) -> None:
+        torch.use_deterministic_algorithms(self.algorithms, warn_only=self.warn_only)
+        torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.utils.deterministic.fill_uninitialized_memory = self.fill_uninitialized
+        if self.cublas_workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = self.cublas_workspace
+
+
+def deterministic_mode() -> DeterminismState:
+    """Deterministic algorithms everywhere (module docstring); returns the settings as they were.
+
+    Call it before the first CUDA matrix product of the process: cuBLAS reads its workspace setting
+    when it starts. A CUBLAS_WORKSPACE_CONFIG the user set to another value is replaced (PyTorch
+    would refuse every cuBLAS call under it)."""
+    before = DeterminismState.current()
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in CUBLAS_REPRODUCIBLE:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return before
+
+
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, 1)``; in deterministic mode a mean over H and W, whose backward
+    PyTorch allows there (adaptive pooling's CUDA backward is refused: it may use atomicAdd)."""
+    if torch.are_deterministic_algorithms_enabled():
+        return x.mean((-2, -1), keepdim=True)
+    return F.adaptive_avg_pool2d(x, 1)
+
+
+class GlobalAvgPool(torch.nn.Module):
+    """``nn.AdaptiveAvgPool2d(1)`` that deterministic mode allows (global_avg_pool)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return global_avg_pool(x)
+
+
+def _bins(size: int, out: int) -> list[tuple[int, int]]:
+    """adaptive pooling's windows along one axis: [⌊i·size/out⌋, ⌈(i+1)·size/out⌉) for each i."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def adaptive_avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, 2)``; in deterministic mode the mean of each of its four windows
+    (they overlap where a side is odd, which is why PyTorch's CUDA backward uses atomicAdd there)."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return F.adaptive_avg_pool2d(x, 2)
+    h, w = x.shape[-2:]
+    rows = [torch.cat([x[..., r0:r1, c0:c1].mean((-2, -1), keepdim=True) for c0, c1 in _bins(w, 2)], dim=-1)
+            for r0, r1 in _bins(h, 2)]
+    return torch.cat(rows, dim=-2)
