@@ -49,6 +49,9 @@ Variants, all on the same network, data and optimizers (the `impl` field of extr
                per step, this one 6.0k, fused_graph_dwconv 5.4k: the Triton depthwise conv launches
                more, smaller kernels than PyTorch's, whose weight gradient took 25 µs per call on the
                H200; only a GPU can tell the time.
+- fused_graph_deterministic: fused_graph in deterministic mode (`--deterministic`, ndarts.determinism:
+               cuDNN's deterministic algorithms, torch.use_deterministic_algorithms): what a
+               bitwise-repeatable search costs. Not yet timed.
 - fused_graph_bf16: fused_graph under bf16 autocast (SearchNetwork(autocast=torch.bfloat16),
                `--autocast bf16`; α, sums and logits fp32; a candidate lever, not yet timed).
 
@@ -71,6 +74,8 @@ import torch.nn as nn
 
 from bench_common import CUDA, needs_cuda, run_benchmark
 from ndarts.architect import Architect
+from ndarts.determinism import DeterminismState, deterministic_mode
+from ndarts.losses import CrossEntropy
 from ndarts.search_step import search_step as run_search_step
 from ndarts.mixed_op import MixedOp
 from ndarts.nasbench201 import Nb201SearchNetwork
@@ -171,7 +176,7 @@ def build_parts(cfg: StepConfig, impl: str, device: torch.device, seed: int = 0,
                             weight_decay=defaults.weight_decay)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=defaults.arch_learning_rate, betas=(0.5, 0.999),
                              weight_decay=defaults.arch_weight_decay)
-    criterion = nn.CrossEntropyLoss()
+    criterion = CrossEntropy()  # nn.CrossEntropyLoss, or deterministic mode's (ndarts.losses)
     architect = Architect(model, a_opt, w_opt, criterion, "first", defaults.momentum, defaults.weight_decay)
     return StepParts(model, architect, w_opt, criterion, model.weight_parameters(), defaults.grad_clip)
 
@@ -220,7 +225,8 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
 # still has the numbers that decide
 IMPLS = ["plain", "fused_graph", "fused_graph_sepconv", "fused_graph_dwwgrad", "fused_graph_pwconv", "fused_graph_cudnnbench",
          "fused_graph_dwconv", "fused_graph_convs", "fused_graph_keep_relu", "fused_graph_no_groupsum", "fused_graph_per_edge",
-         "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused", "reference", "reference_per_edge",
+         "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused_graph_deterministic", "fused", "reference",
+         "reference_per_edge",
          "reference_nchw"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 # NAS-Bench-201's network (layers: cells per stage): GPU, the benchmark's search (C 16, N 5, CIFAR
@@ -233,11 +239,15 @@ GRAPH_WARMUP = 3  # eager steps before the graph step captures
 
 @pytest.fixture
 def cudnn_benchmark(request):
-    """torch.backends.cudnn.benchmark on for the `cudnnbench` variants only, restored after."""
-    saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = "cudnnbench" in request.node.callspec.params["impl"]
+    """torch.backends.cudnn.benchmark on for the `cudnnbench` variants only, and deterministic mode
+    (`--deterministic`, ndarts.determinism) for the `deterministic` ones; both restored after."""
+    impl = request.node.callspec.params["impl"]
+    saved = DeterminismState.current()
+    if "deterministic" in impl:
+        deterministic_mode()
+    torch.backends.cudnn.benchmark = "cudnnbench" in impl
     yield torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = saved
+    saved.restore()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -284,7 +294,7 @@ def _bench_step(benchmark, device, impl, cfg, cudnn_benchmark):
     if info["time_ms"] is None:
         return
     info.update({"kind": "search_step", "impl": impl, "config": dataclasses.asdict(cfg), "config_name": cfg.name,
-                 "cudnn_benchmark": cudnn_benchmark,
+                 "cudnn_benchmark": cudnn_benchmark, "deterministic": torch.are_deterministic_algorithms_enabled(),
                  "device": str(device), "torch_threads": torch.get_num_threads() if device.type == "cpu" else None})
     if peak is not None:
         info.update({"peak_bytes": peak, "peak_GiB": peak / GIB, "resident_before_step_GiB": base / GIB})

@@ -31,7 +31,8 @@ DEFAULT_IMPLS = ["fused_graph", "fused_graph_sepconv", "fused_graph_no_groupsum"
                  "fused_graph_pwconv", "fused_graph_convs",
                  "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused"]
 # variants whose Triton kernels are another's (a torch setting differs, not the network): not warmed twice
-SAME_KERNELS = {"fused_graph_cudnnbench": "fused_graph", "fused_graph_keep_relu": "fused_graph"}
+SAME_KERNELS = {"fused_graph_cudnnbench": "fused_graph", "fused_graph_keep_relu": "fused_graph",
+                "fused_graph_deterministic": "fused_graph"}
 
 
 def warm_one(impl: str) -> None:

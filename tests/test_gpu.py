@@ -287,7 +287,7 @@ def test_deterministic_search_repeats_bitwise(tmp_path, cuda_graph):
     try:
         runs = []
         for name in ("a", "b"):
-            s = _searcher(tmp_path, f"{name}{int(cuda_graph)}", cuda_graph=cuda_graph, deterministic=True)
+            s = _searcher(tmp_path, f"{name}{int(cuda_graph)}", cuda_graph=cuda_graph, deterministic=True, epochs=1)
             s.run_search()
             runs.append([p.detach().clone() for p in (*s.model.arch_parameters(), *s.model.weight_parameters())])
         assert all(torch.equal(a, b) for a, b in zip(*runs))
