@@ -10,7 +10,8 @@ can differ from run to run:
 ``torch.use_deterministic_algorithms(True)`` (deterministic implementations where PyTorch has them,
 a RuntimeError naming the op where it has none) and cuBLAS's documented setting. The networks of
 ndarts avoid the ops PyTorch refuses there: the global average pool (``global_avg_pool``), the
-auxiliary head's adaptive pool (``adaptive_avg_pool_2x2``) and the loss (ndarts.losses). ndarts'
+auxiliary head's adaptive pool (``adaptive_avg_pool_2x2``) and the loss (ndarts.losses). The α
+weights' gathers (``unique_gather``) have a backward that is a gather too, in every mode. ndarts'
 Triton kernels use no float atomics: every reduction of theirs runs in a fixed order.
 
 ``torch.utils.deterministic.fill_uninitialized_memory`` is turned off: it would fill every
@@ -107,3 +108,40 @@ def adaptive_avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     rows = [torch.cat([x[..., r0:r1, c0:c1].mean((-2, -1), keepdim=True) for c0, c1 in _bins(w, 2)], dim=-1)
             for r0, r1 in _bins(h, 2)]
     return torch.cat(rows, dim=-2)
+
+
+def gather_inverse(index, size: int) -> torch.Tensor:
+    """For distinct indices `index` into a dimension of `size` slots: each slot's position among
+    the gathered ones, or len(index) (the zero slot unique_gather's backward appends) where the slot
+    is not gathered. An int64 tensor of `size` entries, for unique_gather."""
+    index = [int(i) for i in index]
+    if len(set(index)) != len(index) or any(not 0 <= i < size for i in index):
+        raise ValueError(f"gather_inverse: the indices must be distinct and in [0, {size}), got {index}")
+    inverse = torch.full((size,), len(index), dtype=torch.long)
+    inverse[index] = torch.arange(len(index))
+    return inverse
+
+
+class _UniqueGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dim, index, inverse):
+        ctx.dim = dim
+        ctx.save_for_backward(inverse)
+        return x.index_select(dim, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        dim = ctx.dim % grad.dim()
+        padded = F.pad(grad, [0, 0] * (grad.dim() - 1 - dim) + [0, 1])  # one zero slot at the end of dim
+        return padded.index_select(dim, inverse), None, None, None
+
+
+def unique_gather(x: torch.Tensor, dim: int, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(dim, index)`` for distinct indices, whose backward is a gather as well: the
+    gradient with a zero slot appended, read at ``inverse`` (gather_inverse(index, x.shape[dim]),
+    on x's device). PyTorch's own backward adds into a zeroed tensor: with atomicAdd on CUDA, and in
+    deterministic mode with a sort-based index_put whose index range check may read the indices on
+    the host, which a CUDA graph capture cannot do. Each slot receives one value or zero here, so
+    the gradient is exactly PyTorch's."""
+    return _UniqueGather.apply(x, dim, index, inverse)

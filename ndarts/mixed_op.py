@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .batch_norm import deferred_output, search_batch_norms
 from .backend import graph_kernels_enabled, requested_backend
+from .determinism import gather_inverse, unique_gather
 from .edge_groups import EdgeGroupSlot, groupable, split_edges
 from .fan_out import fan_out
 from .fused_sum import noisy_mixed_sum, promote_operands, skip_operand_std, skip_operand_stds
@@ -526,6 +527,7 @@ class FusedMixedOp(MixedOp):
             requested_backend(str(backend))  # an unknown name: BackendError now, not at the first forward
         self.backend = backend
         self.register_buffer("_live_index", torch.tensor(self._live, dtype=torch.long), persistent=False)
+        self.register_buffer("_live_inverse", gather_inverse(self._live, len(self.primitives)), persistent=False)
         self._all_live = len(self._live) == len(self.primitives)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, share: NodeShare | None = None,
@@ -558,7 +560,7 @@ class FusedMixedOp(MixedOp):
                     continue
             operands.append(self._run(i, x, share))
         if live_weights is None:
-            live_weights = weights if self._all_live else weights.index_select(0, self._live_index)
+            live_weights = weights if self._all_live else unique_gather(weights, 0, self._live_index, self._live_inverse)
         # a stride-1 edge's skip operand is the node itself: its std is shared by the node's edges;
         # a stride-2 edge's (its FactorizedReduce's output) computed with its node's other reductions'
         std = None

@@ -15,7 +15,7 @@ from .cell_layout import reduction_cells
 from .genotype import derive_genotype
 from .backend import TRITON_DTYPES, graph_kernels_enabled, kernels_import_error, resolve_backend
 from .batch_norm import search_batch_norms, use_search_batch_norm
-from .determinism import GlobalAvgPool
+from .determinism import GlobalAvgPool, gather_inverse, unique_gather
 from .depthwise_conv import KERNEL_PARTS as DEPTHWISE_KERNEL_PARTS, use_search_depthwise_conv
 from .pointwise_conv import use_search_pointwise_conv
 from .edge_groups import EdgeGroup, GroupedConvStack, relu_repeat_sources
@@ -117,6 +117,8 @@ class SearchCell(nn.Module):
     def _make_sum_plans(self) -> dict:
         plans, index = plan_node_sums(self._ops, self.edge_slots(), self.edge_groups)
         self.register_buffer("_sum_index", torch.tensor(index, dtype=torch.long), persistent=False)
+        self.register_buffer("_sum_inverse", gather_inverse(index, len(self._ops) * len(self._ops[0].primitives)),
+                             persistent=False)
         return plans
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -141,9 +143,12 @@ class SearchCell(nn.Module):
         plans = self._sum_plans if self._sums_everywhere or self._sums_on(states[0]) else {}
         # the group sums' weights in one gather for the cell (split's backward is one cat); the live
         # weights of the edges that sum by themselves in another, when there are any
-        group_weights = dict(zip(plans, weight_matrix.reshape(-1).index_select(0, self._sum_index).split(
-            [p.stop - p.start for p in plans.values()]))) if plans else {}
-        live = (weight_matrix.index_select(1, self._ops[0]._live_index).unbind(0)
+        # (unique_gather: a backward without atomics or a sort, which a CUDA graph captures in any mode)
+        group_weights = dict(zip(plans, unique_gather(weight_matrix.reshape(-1), 0, self._sum_index,
+                                                      self._sum_inverse).split([p.stop - p.start for p in plans.values()]))
+                             ) if plans else {}
+        first = self._ops[0]
+        live = (unique_gather(weight_matrix, 1, first._live_index, first._live_inverse).unbind(0)
                 if self._gather_live and any(g not in plans for g in self._groups) else None)
         # what all edges leaving a node compute alike, once per node (NodeShare): relu(h), with
         # which sep/dil convs and FactorizedReduce begin (4 ReLUs per edge become 1 per node), and

@@ -18,6 +18,8 @@ from ndarts.determinism import (
     GlobalAvgPool,
     adaptive_avg_pool_2x2,
     deterministic_mode,
+    gather_inverse,
+    unique_gather,
 )
 from ndarts.losses import CrossEntropy, masked_cross_entropy
 
@@ -127,6 +129,31 @@ def test_auxiliary_heads_2x2_pool_equals_adaptive_pooling(restored, on, hw):
         deterministic_mode()
     x = torch.randn(3, 4, *hw)
     _reference_grads(adaptive_avg_pool_2x2, lambda t: F.adaptive_avg_pool2d(t, 2), x, tol=dict(atol=1e-6, rtol=1e-6))
+
+
+@pytest.mark.parametrize("shape,dim,index", [((7,), 0, [6, 0, 3]), ((4, 8), 1, [1, 2, 3, 5, 6, 7]),
+                                             ((3, 5, 2), -2, [4, 0]), ((5,), 0, [2, 4, 0, 1, 3])])
+def test_unique_gather_equals_index_select_with_its_gradient(shape, dim, index):
+    """Each gathered slot's gradient is the upstream one, every other slot's exactly 0 (PyTorch's values)."""
+    x = torch.randn(shape, dtype=torch.float64)
+    idx = torch.tensor(index)
+    inverse = gather_inverse(index, shape[dim])
+    _reference_grads(lambda t: unique_gather(t, dim, idx, inverse), lambda t: t.index_select(dim, idx), x,
+                     tol=dict(atol=0, rtol=0))
+
+
+def test_unique_gather_is_twice_differentiable():
+    """Second-order DARTS and the Hessian differentiate the α step's gradient again."""
+    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    idx, inverse = torch.tensor([4, 1, 2]), gather_inverse([4, 1, 2], 6)
+    torch.autograd.gradcheck(lambda t: unique_gather(t, 0, idx, inverse).pow(3), (x,))
+    torch.autograd.gradgradcheck(lambda t: unique_gather(t, 0, idx, inverse).pow(3), (x,))
+
+
+@pytest.mark.parametrize("index,size", [([1, 1], 4), ([0, 4], 4), ([-1], 3)])
+def test_gather_inverse_refuses_repeated_or_outside_indices(index, size):
+    with pytest.raises(ValueError, match="must be distinct and in"):
+        gather_inverse(index, size)
 
 
 TINY_SEARCH = ["--layers", "3", "--init-channels", "4", "--batch-size", "16", "--max-steps", "3", "--report-freq", "0",
