@@ -458,7 +458,8 @@ class Searcher:
                          f"λ={cfg.noise_lambda}, {cfg.order} order, {'fused' if cfg.fused else 'reference'} mixed ops, "
                          f"{n_w / 1e6:.3f} M weights, {steps_phrase(len(self.train_stream), cfg.max_steps)}"
                          + (f", {self.dist.world_size} processes × batch {cfg.batch_size}" if self.dist is not None else "")
-                         + (", CUDA-graph steps" if cfg.cuda_graph else ""))
+                         + (", CUDA-graph steps" if cfg.cuda_graph else "")
+                         + (", deterministic algorithms" if cfg.deterministic else ""))
             if self.device.type == "cuda" and self.dist is None and not cfg.cuda_graph:
                 # eager GPU steps are launch-bound: the graph step was 6× faster on an H200 (RESULTS.md)
                 self.run.log("tip: --fused --cuda-graph replays each search step as one CUDA graph "

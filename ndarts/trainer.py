@@ -241,7 +241,8 @@ class Trainer:
             self.run.log(f"train: {cfg.genotype} ({cfg.network} network, C {cfg.init_channels}, {cfg.layers} cells) "
                          f"on {cfg.dataset}, {self.device}{world}, amp {cfg.amp}, "
                          f"{count_parameters(self.model) / 1e6:.3f} M params (auxiliary tower excluded), "
-                         f"{steps_phrase(len(self.train_stream), cfg.max_steps)}")
+                         f"{steps_phrase(len(self.train_stream), cfg.max_steps)}"
+                         + (", deterministic algorithms" if cfg.deterministic else ""))
             note = no_normal_cell_note(cfg.layers, "so the genotype's normal cell is not used")
             if note:
                 self.run.log(note)

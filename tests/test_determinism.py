@@ -166,6 +166,7 @@ def test_deterministic_search_repeats_and_records_the_flag(restored, tmp_path):
         search.main([*TINY_SEARCH, "--deterministic", "--fused", "--out", str(tmp_path / name)])
         assert torch.are_deterministic_algorithms_enabled()  # process-wide, as cudnn.benchmark is
         assert json.loads((tmp_path / name / "config.json").read_text())["deterministic"] is True
+        assert ", deterministic algorithms" in (tmp_path / name / "log.txt").read_text()
         record = json.loads((tmp_path / name / "metrics.jsonl").read_text())
         runs.append((record["alphas_normal"], record["alphas_reduce"], record["train_loss"],
                      (tmp_path / name / "genotype.json").read_text()))
@@ -191,6 +192,7 @@ def test_deterministic_training_repeats_with_the_auxiliary_head(restored, tmp_pa
         train.main(["--init-channels", "4", "--layers", "3", "--batch-size", "16", "--max-steps", "2", "--epochs", "1",
                     "--deterministic", "--out", str(tmp_path / name)])
         assert json.loads((tmp_path / name / "config.json").read_text())["deterministic"] is True
+        assert ", deterministic algorithms" in (tmp_path / name / "log.txt").read_text()
         state = torch.load(tmp_path / name / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
         finals.append(state)
     assert finals[0].keys() == finals[1].keys()
