@@ -152,12 +152,21 @@ def test_torch_compile_inductor_with_the_triton_op():
     assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
 
 
-def _searcher(tmp_path, name, **kw):
-    from ndarts.searcher import SearchConfig, Searcher
+def search_config(tmp_path, name, **kw):
+    """The GPU tests' small search (digits, C 8, 5 cells, 2 epochs of 6 steps, fused, CUDA); kw
+    overrides any of it (tests/test_gpu_check_script.py builds it on a CPU)."""
+    from ndarts.searcher import SearchConfig
 
-    cfg = SearchConfig(dataset="digits", layers=5, init_channels=8, batch_size=32, epochs=2, max_steps=6,
-                       report_freq=0, device="cuda", fused=True, out=str(tmp_path / name), **kw)
-    return Searcher(cfg)
+    settings = dict(dataset="digits", layers=5, init_channels=8, batch_size=32, epochs=2, max_steps=6,
+                    report_freq=0, device="cuda", fused=True, out=str(tmp_path / name))
+    settings.update(kw)
+    return SearchConfig(**settings)
+
+
+def _searcher(tmp_path, name, **kw):
+    from ndarts.searcher import Searcher
+
+    return Searcher(search_config(tmp_path, name, **kw))
 
 
 def _step_parts(seed=0, dwconv=False, streams=0, grouped=False, autocast=None, group_sums=None, pwconv=False,
