@@ -160,15 +160,20 @@ TINY_SEARCH = ["--layers", "3", "--init-channels", "4", "--batch-size", "16", "-
                "--epochs", "1"]
 
 
-def test_deterministic_search_repeats_and_records_the_flag(restored, tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--space", "nas-bench-201", "--cells-per-stage", "1"],
+                                   ["--order", "second", "--hessian-every", "1"]])
+def test_deterministic_search_repeats_and_records_the_flag(restored, tmp_path, flags):
+    """Second order and the Hessian differentiate the masked loss and the weights' gathers twice."""
     runs = []
     for name in ("a", "b"):
-        search.main([*TINY_SEARCH, "--deterministic", "--fused", "--out", str(tmp_path / name)])
+        search.main([*TINY_SEARCH, *flags, "--deterministic", "--fused", "--out", str(tmp_path / name)])
         assert torch.are_deterministic_algorithms_enabled()  # process-wide, as cudnn.benchmark is
         assert json.loads((tmp_path / name / "config.json").read_text())["deterministic"] is True
         assert ", deterministic algorithms" in (tmp_path / name / "log.txt").read_text()
         record = json.loads((tmp_path / name / "metrics.jsonl").read_text())
-        runs.append((record["alphas_normal"], record["alphas_reduce"], record["train_loss"],
+        alphas = {k: v for k, v in record.items() if k.startswith("alphas")}
+        assert alphas and ("hessian_eigenvalue" in record) == ("--hessian-every" in flags)
+        runs.append((alphas, record["train_loss"], record.get("hessian_eigenvalue"),
                      (tmp_path / name / "genotype.json").read_text()))
     assert runs[0] == runs[1]
 
