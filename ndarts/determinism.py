@@ -22,6 +22,7 @@ reference). The settings are process-wide, as ``torch.backends.cudnn.benchmark``
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -77,6 +78,20 @@ def deterministic_mode() -> DeterminismState:
     torch.backends.cudnn.benchmark = False
     torch.utils.deterministic.fill_uninitialized_memory = False
     return before
+
+
+@contextlib.contextmanager
+def deterministic_setup(enabled: bool):
+    """A run's set-up in deterministic mode when `enabled` (yields the settings as they were, or
+    None): the mode stays on for the run, and is undone if the set-up fails (a missing dataset,
+    say), so that a caller in the same process is left as it was."""
+    before = deterministic_mode() if enabled else None
+    try:
+        yield before
+    except BaseException:
+        if before is not None:
+            before.restore()
+        raise
 
 
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:

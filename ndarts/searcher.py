@@ -19,7 +19,7 @@ from .cell_layout import no_normal_cell_note
 from .config_checks import require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
 from .conv_tuning import AUTO_CANDIDATES, TUNING_CALLS, synthetic_batch, tune_triton_convs
 from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
-from .determinism import deterministic_mode
+from .determinism import deterministic_setup
 from .data import BatchStream, DataSpec, EndlessStream, load_dataset, split_halves
 from .grouped_state import convert_optimizer_state
 from .errors import NdartsError
@@ -197,14 +197,14 @@ class Searcher:
         self.device = dist.device if dist is not None else resolve_device(cfg.device)
         writer_cls = summary_writer_class() if cfg.tensorboard and self.rank0 else None  # fail before touching --out
         self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0, command="search")
-        with self.run.removed_if_unused():
+        # deterministic mode: process-wide, before the run's first CUDA op (cuBLAS reads its workspace
+        # setting as it starts), undone if the set-up fails
+        with self.run.removed_if_unused(), deterministic_setup(cfg.deterministic) as self.determinism_before:
             if dist is not None:
                 dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
             if self.run.resuming:
                 self.run.check_same_config(cfg.to_dict(), structural_settings(cfg.space))
                 self._keep_checkpoint_layout()
-            # process-wide, before the run's first CUDA op (cuBLAS reads its workspace setting as it starts)
-            self.determinism_before = deterministic_mode() if cfg.deterministic else None
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
             self._build()
             self.start_epoch = 0

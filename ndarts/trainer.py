@@ -25,7 +25,7 @@ from .finite_watch import FiniteWatch
 from .eval_model import NETWORKS, build_network, count_parameters
 from .genotype import Genotype, load_genotype
 from .meters import EpochMeter, steps_per_epoch, steps_phrase
-from .determinism import deterministic_mode
+from .determinism import deterministic_setup
 from .losses import CrossEntropy
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import RunDir, summary_writer_class, write_scalars
@@ -128,11 +128,11 @@ class Trainer:
         require_amp_device(cfg.amp, self.device)
         writer_cls = summary_writer_class() if cfg.tensorboard and self.rank0 else None  # fail before touching --out
         self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0, command="train")
-        with self.run.removed_if_unused():
+        # deterministic mode: process-wide, before the run's first CUDA op (cuBLAS reads its workspace
+        # setting as it starts), undone if the set-up fails
+        with self.run.removed_if_unused(), deterministic_setup(cfg.deterministic) as self.determinism_before:
             if self.run.resuming:
                 self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
-            # process-wide, before the run's first CUDA op (cuBLAS reads its workspace setting as it starts)
-            self.determinism_before = deterministic_mode() if cfg.deterministic else None
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
             self._build()
             self.start_epoch, self.best_acc = 0, None

@@ -190,6 +190,19 @@ def test_deterministic_search_refuses_timing_based_choices(restored, tmp_path, c
     assert not (tmp_path / "x").exists() and not torch.are_deterministic_algorithms_enabled()
 
 
+@pytest.mark.parametrize("cli", [search, train])
+def test_a_failed_set_up_leaves_deterministic_mode_off(restored, tmp_path, capsys, cli):
+    """The mode is turned on before the data are loaded; a missing dataset undoes it (a notebook
+    that calls main() goes on as it was), and no run directory is left."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--dataset", "cifar10", "--data", str(tmp_path / "missing"), "--deterministic",
+                  "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "does not exist" in err and "Traceback" not in err
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    assert not (tmp_path / "x").exists()
+
+
 def test_deterministic_training_repeats_with_the_auxiliary_head(restored, tmp_path):
     """8×8 digits reach the auxiliary head as 2×2 maps: its adaptive pool runs (adaptive_avg_pool_2x2)."""
     finals = []
