@@ -226,8 +226,7 @@ def graph_step_fn(parts: StepParts, batches, lr: float):
 IMPLS = ["plain", "fused_graph", "fused_graph_sepconv", "fused_graph_dwwgrad", "fused_graph_pwconv", "fused_graph_cudnnbench",
          "fused_graph_dwconv", "fused_graph_convs", "fused_graph_keep_relu", "fused_graph_no_groupsum", "fused_graph_per_edge",
          "fused_graph_bf16", "fused_graph_cl", "fused_graph_streams", "fused_graph_deterministic", "fused", "reference",
-         "reference_per_edge",
-         "reference_nchw"]
+         "reference_per_edge", "reference_nchw"]
 EDGE_STREAMS = 4  # side streams of the fused_graph_streams variant
 # NAS-Bench-201's network (layers: cells per stage): GPU, the benchmark's search (C 16, N 5, CIFAR
 # 32×32, batch 64 as its DARTS baseline); CPU: its code paths in seconds

@@ -82,12 +82,12 @@ def deterministic_mode() -> DeterminismState:
 
 @contextlib.contextmanager
 def deterministic_setup(enabled: bool):
-    """A run's set-up in deterministic mode when `enabled` (yields the settings as they were, or
-    None): the mode stays on for the run, and is undone if the set-up fails (a missing dataset,
-    say), so that a caller in the same process is left as it was."""
+    """A run's set-up in deterministic mode when `enabled`: the mode stays on for the run, and is
+    undone if the set-up fails (a missing dataset, say), so that a caller in the same process is
+    left as it was."""
     before = deterministic_mode() if enabled else None
     try:
-        yield before
+        yield
     except BaseException:
         if before is not None:
             before.restore()

@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--deterministic", action="store_true",
-                   help="bitwise-repeatable α and genotype from the same seed on CUDA too: cuDNN's and PyTorch's deterministic "
-                        "algorithms only (process-wide; may be slower); a CPU run is repeatable without it")
+                   help="bitwise-repeatable α and genotype from the same seed on CUDA too: cuDNN's and "
+                        "PyTorch's deterministic algorithms only (process-wide; may be slower); a CPU run is "
+                        "repeatable without it")
     g.add_argument("--out", default=None, help="run directory (default runs/search-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")

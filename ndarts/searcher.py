@@ -199,7 +199,7 @@ class Searcher:
         self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0, command="search")
         # deterministic mode: process-wide, before the run's first CUDA op (cuBLAS reads its workspace
         # setting as it starts), undone if the set-up fails
-        with self.run.removed_if_unused(), deterministic_setup(cfg.deterministic) as self.determinism_before:
+        with self.run.removed_if_unused(), deterministic_setup(cfg.deterministic):
             if dist is not None:
                 dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
             if self.run.resuming:

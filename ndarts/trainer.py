@@ -130,7 +130,7 @@ class Trainer:
         self.run = RunDir(cfg.out, cfg.resume, rank0=self.rank0, command="train")
         # deterministic mode: process-wide, before the run's first CUDA op (cuBLAS reads its workspace
         # setting as it starts), undone if the set-up fails
-        with self.run.removed_if_unused(), deterministic_setup(cfg.deterministic) as self.determinism_before:
+        with self.run.removed_if_unused(), deterministic_setup(cfg.deterministic):
             if self.run.resuming:
                 self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
