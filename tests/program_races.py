@@ -9,7 +9,8 @@ touches (partial sums go to rows of their own, reduced by a later launch). ``Pro
 checks exactly that. While active it records, per launch, the bytes each program loads and stores
 (the masked-on lanes of every load and store the interpreter executes), and at the end of the
 launch it reports every byte that two programs store, or that one program stores and another
-loads.
+loads, and every byte loaded or stored outside the storages of the launch's tensor arguments (on a
+GPU an illegal address, or another tensor's data; the interpreter reads whatever is there).
 
     with ProgramAccesses() as accesses:
         ...  # launches in the interpreter (TRITON_INTERPRET=1)
@@ -63,11 +64,15 @@ class ProgramAccesses:
             into.append((self._program(builder), _bytes(addresses.ravel(), _itemsize(ptrs))))
 
     # ------------------------------------------------------------------ checking
-    def _check(self, name: str, programs: int) -> None:
+    def _check(self, name: str, programs: int, extents) -> None:
         loads, stores = self._loads, self._stores
         self._loads, self._stores = [], []
         self.launches[name] += 1
         self.multi_program += programs > 1
+        outside = self._outside(loads + stores, extents)
+        if outside.size:
+            self.races.append(f"{name} ({programs} programs): {outside.size} bytes loaded or stored outside "
+                              f"every tensor argument's storage (e.g. {', '.join(hex(int(a)) for a in outside[:self.limit])})")
         if not stores or programs < 2:
             return
         s_prog = np.concatenate([np.full(b.size, p, dtype=np.int64) for p, b in stores])
@@ -97,6 +102,37 @@ class ProgramAccesses:
         if problems:
             self.races.append(f"{name} ({programs} programs): " + "; ".join(problems))
 
+    @staticmethod
+    def _outside(accesses: list, extents) -> np.ndarray:
+        """The bytes of `accesses` outside every (start, stop) of `extents`: on a GPU, an illegal
+        address or another tensor's data; in the interpreter, whatever the process has there."""
+        if not accesses:
+            return np.empty(0, dtype=np.uint64)
+        addr = np.unique(np.concatenate([b for _, b in accesses]))
+        starts = np.array(sorted(extents), dtype=np.uint64).reshape(-1, 2)
+        if not starts.size:
+            return addr
+        at = np.searchsorted(starts[:, 0], addr, side="right") - 1
+        inside = (at >= 0) & (addr < starts[np.maximum(at, 0), 1])  # storages do not overlap
+        return addr[~inside]
+
+    @staticmethod
+    def _extents(args, kwargs) -> set:
+        """(first byte, end) of each tensor argument's whole storage (a kernel may reach any of it)."""
+        found = set()
+
+        def visit(a):
+            if isinstance(a, (tuple, list)):
+                for b in a:
+                    visit(b)
+            elif hasattr(a, "untyped_storage"):
+                storage = a.untyped_storage()
+                found.add((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
+
+        visit(args)
+        visit(list(kwargs.values()))
+        return found
+
     # ------------------------------------------------------------------ patching
     def __enter__(self):
         from triton.runtime import interpreter
@@ -119,7 +155,7 @@ class ProgramAccesses:
             me._loads, me._stores = [], []
             out = call(executor, *args, **kwargs)
             gx, gy, gz = interpreter.interpreter_builder.grid_dim
-            me._check(getattr(executor.fn, "__name__", "kernel"), gx * gy * gz)
+            me._check(getattr(executor.fn, "__name__", "kernel"), gx * gy * gz, me._extents(args, kwargs))
             return out
 
         builder_cls.create_masked_load, builder_cls.create_masked_store = masked_load, masked_store

@@ -25,6 +25,12 @@ def _sum_into_first(X, Y, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _previous(X, Y, N, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(Y + offs, tl.load(X + offs - 1, mask=offs < N), mask=offs < N)  # X[-1] too
+
+
+@triton.jit
 def _scale(X, Y, N, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     tl.store(Y + offs, 2 * tl.load(X + offs, mask=offs < N), mask=offs < N)
@@ -32,20 +38,23 @@ def _scale(X, Y, N, BLOCK: tl.constexpr):
 
 def test_the_check_finds_each_kind_of_race():
     """It must be able to fail: a program reading its neighbour's output, programs writing one
-    element; and pass a kernel whose programs keep to their own blocks (in place too)."""
+    element, a load before the first element; and pass a kernel whose programs keep to their own
+    blocks (in place too)."""
     n = 1 + int(torch.randint(64, 200, ()))
     x, y = torch.randn(n), torch.empty(n)
     with ProgramAccesses() as accesses:
         _shift_left_in_place[(triton.cdiv(n, 32),)](x, n, BLOCK=32)
         _sum_into_first[(triton.cdiv(n, 32),)](x, y, n, BLOCK=32)
+        _previous[(triton.cdiv(n, 32),)](x, y, n, BLOCK=32)
         _scale[(triton.cdiv(n, 32),)](x, y, n, BLOCK=32)
         _scale[(triton.cdiv(n, 32),)](x, x, n, BLOCK=32)
-    assert sum(accesses.launches.values()) == 4
-    assert len(accesses.races) == 2, accesses.races
-    shift, first = accesses.races
+    assert sum(accesses.launches.values()) == 5
+    assert len(accesses.races) == 3, accesses.races
+    shift, first, previous = accesses.races
     blocks = triton.cdiv(n, 32)
     assert shift.startswith("_shift_left_in_place") and f"{4 * (blocks - 1)} bytes loaded" in shift
     assert first.startswith("_sum_into_first") and "4 bytes stored by two or more programs" in first
+    assert previous.startswith("_previous") and "4 bytes loaded or stored outside" in previous
 
 
 def _mixed_sums(g):
