@@ -16,6 +16,11 @@ GPU an illegal address, or another tensor's data; the interpreter reads whatever
         ...  # launches in the interpreter (TRITON_INTERPRET=1)
     assert accesses.races == [], accesses.races
 
+``nan_loads`` counts, per kernel, the loads that read a NaN on a lane that is on. With
+``nan_filled_memory()`` every ``torch.empty`` is NaN: on finite inputs a NaN load is a read of
+memory nothing wrote (a CPU's fresh pages are often zeros, which such a read may get away with;
+the GPU's caching allocator hands back whatever was there).
+
 ``gpu_sized()`` makes the launchers size blocks and grids as for a GPU (kernels/grid.py), with a
 few multiprocessors assumed: blocks as small as on the GPU, several programs per tile.
 """
@@ -48,8 +53,10 @@ class ProgramAccesses:
         self.races: list[str] = []
         self.launches: collections.Counter = collections.Counter()
         self.multi_program = 0
+        self.nan_loads: collections.Counter = collections.Counter()  # kernel name: loads that read a NaN
         self._loads: list = []
         self._stores: list = []
+        self._kernel = ""
 
     # ------------------------------------------------------------------ recording
     def _program(self, builder) -> int:
@@ -145,7 +152,13 @@ class ProgramAccesses:
 
         def masked_load(builder, ptrs, mask, *args, **kwargs):
             me._record(me._loads, builder, ptrs, mask)
-            return load(builder, ptrs, mask, *args, **kwargs)
+            out = load(builder, ptrs, mask, *args, **kwargs)
+            values = np.asarray(out.data)
+            if np.issubdtype(values.dtype, np.floating):
+                on = np.broadcast_to(np.asarray(mask.data, dtype=bool), values.shape)
+                if np.isnan(values[on]).any():
+                    me.nan_loads[me._kernel] += 1
+            return out
 
         def masked_store(builder, ptrs, value, mask, *args, **kwargs):
             me._record(me._stores, builder, ptrs, mask)
@@ -153,6 +166,7 @@ class ProgramAccesses:
 
         def launch(executor, *args, **kwargs):
             me._loads, me._stores = [], []
+            me._kernel = getattr(executor.fn, "__name__", "kernel")
             out = call(executor, *args, **kwargs)
             gx, gy, gz = interpreter.interpreter_builder.grid_dim
             me._check(getattr(executor.fn, "__name__", "kernel"), gx * gy * gz, me._extents(args, kwargs))
@@ -185,3 +199,20 @@ def gpu_sized(multiprocessors: int = 4):
         yield
     finally:
         ndarts_kernels.INTERPRETED, grid.ASSUMED_MULTIPROCESSORS, backend.triton_unavailable_reason = saved
+
+
+@contextlib.contextmanager
+def nan_filled_memory():
+    """Every uninitialised float tensor (torch.empty, empty_like, …) filled with NaN (PyTorch's
+    fill_uninitialized_memory, which acts in deterministic mode only), restored after."""
+    import torch
+
+    from ndarts.determinism import DeterminismState
+
+    saved = DeterminismState.current()
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        saved.restore()

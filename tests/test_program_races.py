@@ -1,13 +1,14 @@
-"""No two programs of a Triton launch touch the same bytes where one of them writes
-(tests/program_races.py): what the interpreter's one-program-after-another order hides and a
-GPU's scheduling would not. The launchers size blocks and grids as for a GPU, so that the tiles
+"""No two programs of a Triton launch touch the same bytes where one of them writes, no program
+reaches outside its launch's tensors, and none reads memory nothing wrote (tests/program_races.py):
+what the interpreter's one-program-after-another order and a CPU's fresh pages hide and a GPU
+would not. The launchers size blocks and grids as for a GPU, so that the tiles
 and the splits of a tile into programs are the GPU's (on small tensors)."""
 import pytest
 import torch
 import triton
 import triton.language as tl
 
-from program_races import ProgramAccesses, gpu_sized
+from program_races import ProgramAccesses, gpu_sized, nan_filled_memory
 
 
 @triton.jit
@@ -28,6 +29,13 @@ def _sum_into_first(X, Y, N, BLOCK: tl.constexpr):
 def _previous(X, Y, N, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     tl.store(Y + offs, tl.load(X + offs - 1, mask=offs < N), mask=offs < N)  # X[-1] too
+
+
+@triton.jit
+def _add_into(X, Y, N, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    y = tl.load(Y + offs, mask=offs < N)  # Y as if it held zeros
+    tl.store(Y + offs, y + tl.load(X + offs, mask=offs < N), mask=offs < N)
 
 
 @triton.jit
@@ -55,6 +63,11 @@ def test_the_check_finds_each_kind_of_race():
     assert shift.startswith("_shift_left_in_place") and f"{4 * (blocks - 1)} bytes loaded" in shift
     assert first.startswith("_sum_into_first") and "4 bytes stored by two or more programs" in first
     assert previous.startswith("_previous") and "4 bytes loaded or stored outside" in previous
+    assert accesses.nan_loads == {}
+    with ProgramAccesses() as accesses, nan_filled_memory():
+        _add_into[(triton.cdiv(n, 32),)](x, torch.empty(n), n, BLOCK=32)  # memory nothing wrote
+        _add_into[(triton.cdiv(n, 32),)](x, torch.zeros(n), n, BLOCK=32)
+    assert accesses.races == [] and accesses.nan_loads == {"_add_into": triton.cdiv(n, 32)}
 
 
 def _mixed_sums(g):
@@ -131,9 +144,9 @@ def _convs(g):
 @pytest.mark.parametrize("workload", [_mixed_sums, _batch_norms, _pools_and_sums, _convs], ids=lambda f: f.__name__[1:])
 def test_no_two_programs_of_a_launch_touch_the_same_written_bytes(workload, fresh_seed):
     g = torch.Generator().manual_seed(fresh_seed)
-    with ProgramAccesses() as accesses, gpu_sized():
+    with ProgramAccesses() as accesses, gpu_sized(), nan_filled_memory():
         workload(g)
-    assert accesses.races == []
+    assert accesses.races == [] and accesses.nan_loads == {}
     assert accesses.multi_program >= 0.5 * sum(accesses.launches.values()) > 0  # the GPU's splits: several programs
 
 
@@ -148,11 +161,11 @@ def test_a_search_step_of_the_default_network_has_no_race(fresh_seed):
     torch.manual_seed(fresh_seed)
     net = SearchNetwork(C=4, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(), fused=True,
                         backend="triton")
-    with ProgramAccesses() as accesses, gpu_sized():
+    with ProgramAccesses() as accesses, gpu_sized(), nan_filled_memory():
         loss = net(torch.randn(2, 3, 8, 8)).sum()
         torch.autograd.grad(loss, net.arch_parameters(), retain_graph=True)
         torch.autograd.backward(loss, inputs=list(net.weight_parameters()))
-    assert accesses.races == []
+    assert accesses.races == [] and accesses.nan_loads == {}
     assert accesses.multi_program >= 0.5 * sum(accesses.launches.values())
     assert {"_group_forward_kernel", "_relu_repeat_forward_kernel", "_tensor_sum_kernel",
             "_pools_forward_kernel", "_bn_stats_kernel"} <= set(accesses.launches)
