@@ -1,0 +1,94 @@
+"""SPEC §6's search step at its full size (batch 64, C 16, 8 cells, 32×32), run on PyTorch's meta
+device (shapes, no data) with the Triton launchers sized as for an H100/H200 (132 multiprocessors)
+and every launch recorded, not run.
+
+Why: the CPU tests run the kernels on CPU tensors, so a launcher handed a tensor on another device
+than its inputs (a buffer made with ``device="cpu"``, or without a device) passes there and fails on
+a GPU, as does code that runs only off the CPU (``cpu_conv_forms`` and ``_use_channels_last`` are
+false on meta as on CUDA) or only at the full size (grids and blocks of the target's shapes). A GPU
+session is short: this runs the whole step's host side in seconds and checks that every Triton
+launch gets only tensors on the input's device.
+"""
+import collections
+
+import pytest
+import torch
+
+META = torch.device("meta")
+
+
+@pytest.fixture
+def meta_launches(monkeypatch):
+    """Triton launches recorded as (kernel name, devices of its tensor arguments), sized as on a
+    132-SM GPU; the backend resolves to Triton on any device."""
+    import ndarts_kernels
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from ndarts import backend
+    from ndarts_kernels import grid
+
+    launches = []
+
+    def launcher(self, _grid):
+        def launch(*args, **kwargs):
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            launches.append((getattr(self.fn, "__name__", "kernel"), {t.device for t in tensors}))
+        return launch
+
+    monkeypatch.setattr(InterpretedFunction, "__getitem__", launcher)
+    monkeypatch.setattr(ndarts_kernels, "INTERPRETED", False)
+    monkeypatch.setattr(grid, "ASSUMED_MULTIPROCESSORS", 132)
+    monkeypatch.setattr(backend, "triton_unavailable_reason", lambda device: None)
+    autocast_enabled = torch.is_autocast_enabled  # which raises for "meta" (no autocast there)
+    monkeypatch.setattr(torch, "is_autocast_enabled",
+                        lambda *a: False if a and str(a[0]) == "meta" else autocast_enabled(*a))
+    return launches
+
+
+LEVERS = {
+    "default": {},
+    "separable": dict(fused_separable_conv=True),
+    "depthwise and pointwise": dict(fused_depthwise_conv=True, fused_pointwise_conv=True),
+    "depthwise weight gradient": dict(fused_depthwise_conv="weight_grad"),
+    "per-edge convs": dict(batch_edge_convs=False),
+}
+
+
+def _elsewhere(launches) -> collections.Counter:
+    return collections.Counter(name for name, devices in launches if devices != {META})
+
+
+@pytest.mark.parametrize("lever, order", [*((lever, "first") for lever in sorted(LEVERS)), ("default", "second")])
+def test_the_full_size_search_step_launches_only_tensors_on_the_input_device(meta_launches, lever, order):
+    from ndarts import DARTS_PRIMITIVES, NoiseConfig
+    from ndarts.architect import Architect
+    from ndarts.losses import CrossEntropy
+    from ndarts.search_model import SearchNetwork
+    from ndarts.search_step import search_step
+    from ndarts.searcher import SearchConfig
+
+    cfg = SearchConfig()
+    with META:
+        model = SearchNetwork(C=16, num_classes=10, layers=8, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(),
+                              fused=True, backend="triton", **LEVERS[lever])
+        w_opt = torch.optim.SGD(model.weight_parameters(), cfg.learning_rate, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+        a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_learning_rate, betas=(0.5, 0.999),
+                                 weight_decay=cfg.arch_weight_decay)
+        architect = Architect(model, a_opt, w_opt, CrossEntropy(), order, cfg.momentum, cfg.weight_decay)
+        x, xv = torch.randn(64, 3, 32, 32), torch.randn(64, 3, 32, 32)
+        y, yv = torch.randint(10, (64,)), torch.randint(10, (64,))
+    assert model.arch_parameters()[0].device == META
+    search_step(architect, model, CrossEntropy(), w_opt, model.weight_parameters(), cfg.grad_clip, x, y, xv, yv,
+                cfg.learning_rate)
+    assert len(meta_launches) > 500 and _elsewhere(meta_launches) == {}
+
+
+def test_a_launch_with_a_tensor_on_another_device_is_seen(meta_launches):
+    """The check must be able to fail: a mixed sum whose weights were left on the CPU."""
+    import ndarts_kernels as K
+
+    ops = [torch.empty(64, 16, 32, 32, device=META) for _ in range(3)]
+    seed = torch.zeros(1, dtype=torch.int64, device=META)
+    K.noisy_mixed_sum_forward(ops, torch.rand(3), seed, 1, 1, False, 0.2, 0.0)
+    assert "_noisy_mixed_sum_forward_kernel" in _elsewhere(meta_launches)
