@@ -1,13 +1,13 @@
 """SPEC §6's search step at its full size (batch 64, C 16, 8 cells, 32×32), run on PyTorch's meta
 device (shapes, no data) with the Triton launchers sized as for an H100/H200 (132 multiprocessors)
-and every launch recorded, not run.
+and every launch recorded, not run; and at 4× its batch and pixels.
 
 Why: the CPU tests run the kernels on CPU tensors, so a launcher handed a tensor on another device
 than its inputs (a buffer made with ``device="cpu"``, or without a device) passes there and fails on
 a GPU, as does code that runs only off the CPU (``cpu_conv_forms`` and ``_use_channels_last`` are
 false on meta as on CUDA) or only at the full size (grids and blocks of the target's shapes). A GPU
 session is short: this runs the whole step's host side in seconds and checks that every Triton
-launch gets only tensors on the input's device.
+launch gets only tensors on the input's device, on a grid CUDA accepts.
 """
 import collections
 
@@ -29,10 +29,11 @@ def meta_launches(monkeypatch):
 
     launches = []
 
-    def launcher(self, _grid):
+    def launcher(self, grid_):
         def launch(*args, **kwargs):
             tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-            launches.append((getattr(self.fn, "__name__", "kernel"), {t.device for t in tensors}))
+            size = tuple(grid_(kwargs) if callable(grid_) else grid_)
+            launches.append((getattr(self.fn, "__name__", "kernel"), {t.device for t in tensors}, size))
         return launch
 
     monkeypatch.setattr(InterpretedFunction, "__getitem__", launcher)
@@ -55,11 +56,23 @@ LEVERS = {
 
 
 def _elsewhere(launches) -> collections.Counter:
-    return collections.Counter(name for name, devices in launches if devices != {META})
+    return collections.Counter(name for name, devices, _ in launches if devices != {META})
 
 
-@pytest.mark.parametrize("lever, order", [*((lever, "first") for lever in sorted(LEVERS)), ("default", "second")])
-def test_the_full_size_search_step_launches_only_tensors_on_the_input_device(meta_launches, lever, order):
+def _over_grid_limits(launches) -> set:
+    """(kernel, grid) of the launches whose grid CUDA refuses: at most 2^31 − 1 programs along x,
+    65 535 along y and z (the interpreter has no limit)."""
+    return {(name, size) for name, _, size in launches
+            if not (1 <= size[0] < 2**31 and all(1 <= n <= 65535 for n in size[1:]))}
+
+
+@pytest.mark.parametrize("lever, order, batch, image", [*((lever, "first", 64, 32) for lever in sorted(LEVERS)),
+                                                        ("default", "second", 64, 32),
+                                                        ("default", "first", 256, 64), ("separable", "first", 256, 64)])
+def test_the_full_size_search_step_launches_only_tensors_on_the_input_device(meta_launches, lever, order, batch,
+                                                                            image):
+    """SPEC §6's step, and one of 4× its batch on 4× its pixels (an ImageNet-like proxy): the grids
+    within CUDA's limits too."""
     from ndarts import DARTS_PRIMITIVES, NoiseConfig
     from ndarts.architect import Architect
     from ndarts.losses import CrossEntropy
@@ -76,12 +89,13 @@ def test_the_full_size_search_step_launches_only_tensors_on_the_input_device(met
         a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_learning_rate, betas=(0.5, 0.999),
                                  weight_decay=cfg.arch_weight_decay)
         architect = Architect(model, a_opt, w_opt, CrossEntropy(), order, cfg.momentum, cfg.weight_decay)
-        x, xv = torch.randn(64, 3, 32, 32), torch.randn(64, 3, 32, 32)
-        y, yv = torch.randint(10, (64,)), torch.randint(10, (64,))
+        x, xv = torch.randn(batch, 3, image, image), torch.randn(batch, 3, image, image)
+        y, yv = torch.randint(10, (batch,)), torch.randint(10, (batch,))
     assert model.arch_parameters()[0].device == META
     search_step(architect, model, CrossEntropy(), w_opt, model.weight_parameters(), cfg.grad_clip, x, y, xv, yv,
                 cfg.learning_rate)
     assert len(meta_launches) > 500 and _elsewhere(meta_launches) == {}
+    assert _over_grid_limits(meta_launches) == set()
 
 
 def test_a_launch_with_a_tensor_on_another_device_is_seen(meta_launches):
@@ -92,3 +106,5 @@ def test_a_launch_with_a_tensor_on_another_device_is_seen(meta_launches):
     seed = torch.zeros(1, dtype=torch.int64, device=META)
     K.noisy_mixed_sum_forward(ops, torch.rand(3), seed, 1, 1, False, 0.2, 0.0)
     assert "_noisy_mixed_sum_forward_kernel" in _elsewhere(meta_launches)
+    assert _over_grid_limits([("k", set(), (4, 65536)), ("k", set(), (2**31, 1, 1)), ("k", set(), (9, 9, 9))]) == \
+        {("k", (4, 65536)), ("k", (2**31, 1, 1))}
