@@ -19,6 +19,7 @@ import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "kernel_resources.py")
 SPILL_BYTES = 64  # spill stores + loads a thread: a few registers' worth
+SM90_SHARED_PER_PROGRAM = 227 * 1024  # the most shared memory one block may use on sm_90 (opted in)
 DOT_KERNELS = {"_sep_conv_fwd_kernel", "_sep_conv_bwd_kernel", "_pw_conv_kernel", "_pw_conv_wgrad_kernel"}
 
 
@@ -43,6 +44,9 @@ def test_search_step_kernels_do_not_spill(tmp_path):
                if v["spill_stores"] + v["spill_loads"] > SPILL_BYTES]
     assert not spilled, spilled
     assert all(0 < v["registers"] <= 255 for _, v in variants)
+    # a launch that asks for more shared memory than a program may have fails on the GPU only
+    over = [(k, v["constexprs"], v["shared"]) for k, v in variants if v["shared"] > SM90_SHARED_PER_PROGRAM]
+    assert not over, over
     # at PyTorch's default (TF32 convolutions) the fused convs' fp32 products run on tensor cores
     # (kernels/dot_precision.py), the other kernels have no products
     dots = {k: v["mma"] for k, v in variants if k in DOT_KERNELS}
