@@ -26,6 +26,10 @@ from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+# Triton launches recorded through the interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="records launches in Triton's interpreter: run with TRITON_INTERPRET=1")
+
 # Tensor methods and functions that read values on the host (a device sync) or whose result's
 # shape depends on values (nonzero, masked_select, unique: a sync on CUDA)
 HOST_READS = frozenset({

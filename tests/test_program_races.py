@@ -3,12 +3,18 @@ reaches outside its launch's tensors, and none reads memory nothing wrote (tests
 what the interpreter's one-program-after-another order and a CPU's fresh pages hide and a GPU
 would not. The launchers size blocks and grids as for a GPU, so that the tiles
 and the splits of a tile into programs are the GPU's (on small tensors)."""
+import os
+
 import pytest
 import torch
 import triton
 import triton.language as tl
 
 from program_races import ProgramAccesses, gpu_sized, nan_filled_memory
+
+# Triton launches recorded through the interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="records launches in Triton's interpreter: run with TRITON_INTERPRET=1")
 
 
 @triton.jit
