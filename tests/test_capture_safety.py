@@ -26,6 +26,8 @@ from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+from capture_stand_ins import Capturing, stand_in_for_capture  # noqa: E402
+
 # Triton launches recorded through the interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="records launches in Triton's interpreter: run with TRITON_INTERPRET=1")
@@ -46,18 +48,17 @@ ALLOWED = {("tensor", os.path.join("torch", "optim", "adam.py"))}
 class HostReads(TorchFunctionMode):
     """Counts each host read while active, by "name at file:line <- caller …" (innermost frame first)."""
 
-    active = False  # whether an instance is on: the step is "being captured"
-
     def __init__(self):
         super().__init__()
         self.found = collections.Counter()
+        self._capturing = Capturing.on()
 
-    def __enter__(self):
-        HostReads.active = True
+    def __enter__(self):  # the step is "being captured" while the mode is on
+        self._capturing.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
-        HostReads.active = False
+        self._capturing.__exit__(*exc)
         return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -81,28 +82,12 @@ class HostReads(TorchFunctionMode):
 @pytest.fixture
 def as_if_capturing(monkeypatch):
     """Triton launches counted, not run; the CUDA formulations of the convolutions; a capture in
-    progress (the capture-only paths: the w update's device learning rate); Adam's capturable
-    step allowed on CPU tensors (it refuses them only because CPU tensors are not captured)."""
-    import torch.optim.adam as adam
-
-    from ndarts import device_lr_sgd
-
+    progress while HostReads is on (the capture-only paths: the w update's device learning rate);
+    Adam's capturable step allowed on CPU tensors (tests/capture_stand_ins.py)."""
     count_kernels = pytest.importorskip("count_kernels")
     from ndarts.backend import standing_in_for_cuda
 
-    devices = adam._get_capturable_supported_devices
-    monkeypatch.setattr(adam, "_get_capturable_supported_devices", lambda *a, **k: [*devices(*a, **k), "cpu"])
-
-    class _Cuda:  # what ndarts.device_lr_sgd asks of torch.cuda: a capture is in progress while HostReads is on
-        is_available = staticmethod(lambda: True)
-        is_current_stream_capturing = staticmethod(lambda: HostReads.active)
-
-    class _Torch:
-        cuda = _Cuda
-        def __getattr__(self, name):
-            return getattr(torch, name)
-
-    monkeypatch.setattr(device_lr_sgd, "torch", _Torch())
+    stand_in_for_capture(monkeypatch)
     with count_kernels.TritonLaunches() as launches, standing_in_for_cuda():
         yield launches
 
