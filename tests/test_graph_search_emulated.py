@@ -50,7 +50,7 @@ class _EmulatedGraph:
 @pytest.fixture
 def emulated_cuda_graph(monkeypatch):
     """CapturedCall's capture and replays as in the module docstring; the Searcher's CUDA-device
-    check passes on a CPU; returns the list of graphs made."""
+    check passes on a CPU."""
     from ndarts.graph_step import CapturedCall
     from ndarts.searcher import Searcher
 
@@ -59,7 +59,6 @@ def emulated_cuda_graph(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _Stream())
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(Searcher, "_check_graph_step_allowed", lambda self: None)
-    graphs = []
 
     def capture(self, batch, lr, key):
         self.graph = self.static_outputs = None
@@ -69,10 +68,8 @@ def emulated_cuda_graph(monkeypatch):
             outputs = run()
         self.graph, self.static_outputs, self.captured_key = _EmulatedGraph(run, outputs), outputs, key
         self.captures += 1
-        graphs.append(self.graph)
 
     monkeypatch.setattr(CapturedCall, "_capture", capture)
-    return graphs
 
 
 def _search(tmp_path, name, **kw):
