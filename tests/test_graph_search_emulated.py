@@ -155,3 +155,43 @@ def test_the_captured_updates_search_as_the_eager_ones(tmp_path, emulated_cuda_g
             assert b[key] == pytest.approx(a[key], rel=1e-3), (key, a["epoch"])
     for a0, a, b in zip(start, eager.model.arch_parameters(), graphed.model.arch_parameters()):
         assert float((b - a).norm()) <= 0.01 * float((a - a0).norm())
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_graphed_search_killed_after_its_capture_resumes_as_the_uninterrupted_one(
+        tmp_path, emulated_cuda_graph, capturable_adam_everywhere, monkeypatch):
+    """Stopped after epoch 2 of 3 (its graph captured in epoch 2) and resumed with --resume: the
+    resumed run warms up and captures again, from the checkpoint's weights, momentum, Adam state
+    (capturable) and RNG, and ends bit for bit where the uninterrupted graphed run does (the
+    optimizers on their eager paths, as in the bitwise test above)."""
+    from ndarts.searcher import Searcher
+
+    monkeypatch.setattr(Capturing, "on", classmethod(lambda cls: contextlib.nullcontext()))
+    full, _, full_genotype, full_records = _search(tmp_path, "full", cuda_graph=True, noise_decay=True)
+    epoch = Searcher._epoch
+
+    def killed_at_the_third(self, e):
+        if e == 2:
+            raise _Killed
+        epoch(self, e)
+
+    monkeypatch.setattr(Searcher, "_epoch", killed_at_the_third)
+    with pytest.raises(_Killed):
+        _search(tmp_path, "cut", cuda_graph=True, noise_decay=True)
+    monkeypatch.setattr(Searcher, "_epoch", epoch)
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    resumed, _, resumed_genotype, resumed_records = _search(tmp_path, "cut", cuda_graph=True, noise_decay=True,
+                                                            resume=True)
+    assert resumed.start_epoch == 2 and resumed.graph_step.eager_steps == 3  # the warm-up again
+    assert resumed_genotype == full_genotype
+
+    def searched(records):  # every field but the wall-clock times
+        return [{k: v for k, v in r.items() if "second" not in k} for r in records]
+    assert searched(resumed_records) == searched(full_records) and len(full_records) == 3
+    for a, b in zip([*full.model.parameters(), *full.model.buffers()],
+                    [*resumed.model.parameters(), *resumed.model.buffers()]):
+        assert torch.equal(a, b)
