@@ -1,5 +1,6 @@
 """CPU stand-ins for what a CUDA-graph capture asks of torch.cuda, for the tests that run the
-captured search step on a CPU (test_capture_safety.py, test_graph_search_emulated.py)."""
+captured search step on a CPU (test_capture_safety.py, test_graph_step.py,
+test_graph_search_emulated.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -45,3 +46,15 @@ def stand_in_for_capture(monkeypatch) -> None:
             return getattr(torch, name)
 
     monkeypatch.setattr(device_lr_sgd, "torch", _Torch())
+
+
+class _Stream:
+    def wait_stream(self, other):
+        pass
+
+
+def no_op_streams(monkeypatch) -> None:
+    """torch.cuda's streams as no-ops on a CPU (ndarts.graph_step's eager warm-up on a side stream)."""
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())

@@ -24,12 +24,7 @@ import json
 import pytest
 import torch
 
-from capture_stand_ins import Capturing, stand_in_for_capture
-
-
-class _Stream:
-    def wait_stream(self, other):
-        pass
+from capture_stand_ins import Capturing, no_op_streams, stand_in_for_capture
 
 
 class _EmulatedGraph:
@@ -55,9 +50,7 @@ def emulated_cuda_graph(monkeypatch):
     from ndarts.searcher import Searcher
 
     stand_in_for_capture(monkeypatch)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _Stream())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    no_op_streams(monkeypatch)
     monkeypatch.setattr(Searcher, "_check_graph_step_allowed", lambda self: None)
 
     def capture(self, batch, lr, key):
@@ -104,6 +97,13 @@ def capturable_adam_everywhere(monkeypatch):
     monkeypatch.setattr(Searcher, "_optimizers", capturable)
 
 
+@pytest.fixture
+def optimizers_uncaptured(monkeypatch):
+    """No capture in progress for the optimizers: the w update and Adam take their eager paths
+    (the graph is emulated all the same)."""
+    monkeypatch.setattr(Capturing, "on", classmethod(lambda cls: contextlib.nullcontext()))
+
+
 def _check_graph_use(searcher):
     """The step: the first epoch's 3 steps eagerly (the warm-up; its partial batch among them), one
     capture for the whole search (lr and the noise scale are read on the device), a replay for every
@@ -118,11 +118,10 @@ def _check_graph_use(searcher):
 @pytest.mark.slow
 @pytest.mark.parametrize("settings", [dict(noise_decay=True), dict(order="second")], ids=["noise-decay", "second-order"])
 def test_the_graphed_search_loop_is_the_eager_one_bitwise(tmp_path, emulated_cuda_graph, capturable_adam_everywhere,
-                                                          monkeypatch, settings):
+                                                          optimizers_uncaptured, settings):
     """The updates as the eager loop makes them (no capture in progress for the optimizers): the
     graphed loop's batches, static buffers, replays and evaluation must give the eager search bit
     for bit (losses, accuracies, α, weights, genotype)."""
-    monkeypatch.setattr(Capturing, "on", classmethod(lambda cls: contextlib.nullcontext()))
     eager, _, eager_genotype, eager_records = _search(tmp_path, "eager", **settings)
     graphed, _, graphed_genotype, graphed_records = _search(tmp_path, "graphed", cuda_graph=True, **settings)
     _check_graph_use(graphed)
@@ -157,32 +156,19 @@ def test_the_captured_updates_search_as_the_eager_ones(tmp_path, emulated_cuda_g
         assert float((b - a).norm()) <= 0.01 * float((a - a0).norm())
 
 
-class _Killed(Exception):
-    pass
-
 
 @pytest.mark.slow
 def test_a_graphed_search_killed_after_its_capture_resumes_as_the_uninterrupted_one(
-        tmp_path, emulated_cuda_graph, capturable_adam_everywhere, monkeypatch):
+        tmp_path, emulated_cuda_graph, capturable_adam_everywhere, optimizers_uncaptured, monkeypatch):
     """Stopped after epoch 2 of 3 (its graph captured in epoch 2) and resumed with --resume: the
     resumed run warms up and captures again, from the checkpoint's weights, momentum, Adam state
     (capturable) and RNG, and ends bit for bit where the uninterrupted graphed run does (the
     optimizers on their eager paths, as in the bitwise test above)."""
-    from ndarts.searcher import Searcher
+    from test_search import _killed_before_epoch
 
-    monkeypatch.setattr(Capturing, "on", classmethod(lambda cls: contextlib.nullcontext()))
     full, _, full_genotype, full_records = _search(tmp_path, "full", cuda_graph=True, noise_decay=True)
-    epoch = Searcher._epoch
-
-    def killed_at_the_third(self, e):
-        if e == 2:
-            raise _Killed
-        epoch(self, e)
-
-    monkeypatch.setattr(Searcher, "_epoch", killed_at_the_third)
-    with pytest.raises(_Killed):
+    with _killed_before_epoch(monkeypatch, 2):
         _search(tmp_path, "cut", cuda_graph=True, noise_decay=True)
-    monkeypatch.setattr(Searcher, "_epoch", epoch)
     torch.manual_seed(12345)  # whatever the process did in between must not matter
     resumed, _, resumed_genotype, resumed_records = _search(tmp_path, "cut", cuda_graph=True, noise_decay=True,
                                                             resume=True)

@@ -6,12 +6,8 @@ import contextlib
 import pytest
 import torch
 
+from capture_stand_ins import no_op_streams
 from ndarts.graph_step import GraphedSearchStep
-
-
-class _FakeStream:
-    def wait_stream(self, other):
-        pass
 
 
 class _FakeGraph:
@@ -24,9 +20,7 @@ class _FakeGraph:
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _FakeStream())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    no_op_streams(monkeypatch)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", lambda g, **k: contextlib.nullcontext())
 

@@ -10,11 +10,14 @@ session is short: this runs the whole step's host side in seconds and checks tha
 launch gets only tensors on the input's device, on a grid CUDA accepts.
 """
 import collections
-
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 META = torch.device("meta")
 
@@ -25,31 +28,25 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
 
 @pytest.fixture
 def meta_launches(monkeypatch):
-    """Triton launches recorded as (kernel name, devices of its tensor arguments), sized as on a
-    132-SM GPU; the backend resolves to Triton on any device."""
-    import ndarts_kernels
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from ndarts import backend
-    from ndarts_kernels import grid
+    """Triton launches recorded as (kernel name, devices of its tensor arguments, grid), not run
+    (benchmarks/count_kernels.py's TritonLaunches), sized as on a 132-SM GPU (program_races.gpu_sized,
+    under which the backend resolves to Triton on any device)."""
+    count_kernels = pytest.importorskip("count_kernels")
+    from program_races import gpu_sized
 
     launches = []
 
-    def launcher(self, grid_):
-        def launch(*args, **kwargs):
-            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-            size = tuple(grid_(kwargs) if callable(grid_) else grid_)
-            launches.append((getattr(self.fn, "__name__", "kernel"), {t.device for t in tensors}, size))
-        return launch
+    def record(executor, args, kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        size = tuple(executor.grid(kwargs) if callable(executor.grid) else executor.grid)
+        launches.append((getattr(executor.fn, "__name__", "kernel"), {t.device for t in tensors}, size))
 
-    monkeypatch.setattr(InterpretedFunction, "__getitem__", launcher)
-    monkeypatch.setattr(ndarts_kernels, "INTERPRETED", False)
-    monkeypatch.setattr(grid, "ASSUMED_MULTIPROCESSORS", 132)
-    monkeypatch.setattr(backend, "triton_unavailable_reason", lambda device: None)
     autocast_enabled = torch.is_autocast_enabled  # which raises for "meta" (no autocast there)
     monkeypatch.setattr(torch, "is_autocast_enabled",
                         lambda *a: False if a and str(a[0]) == "meta" else autocast_enabled(*a))
-    return launches
+    with count_kernels.TritonLaunches() as triton, gpu_sized(multiprocessors=132):
+        triton.on_launch = record
+        yield launches
 
 
 LEVERS = {

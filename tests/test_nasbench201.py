@@ -17,7 +17,7 @@ from ndarts.nasbench201.__main__ import main as nb201_main
 from ndarts.noise import NoiseConfig
 from ndarts.operations import NAS_BENCH_201_PRIMITIVES as OPS
 from ndarts.searcher import SearchConfig, Searcher
-from test_search import _killed_after_first_epoch
+from test_search import _killed_before_epoch
 
 NO_NOISE = NoiseConfig(kind="none")
 
@@ -225,7 +225,7 @@ def test_search_and_resume_on_the_benchmarks_space(tmp_path, monkeypatch):
     written = {p.name for p in plots.main([str(tmp_path / "full")])}
     assert written == {"alphas.png", "skips.png", "curves.png", "cell.png", "cell.svg"}  # one cell, no DARTS pair
 
-    with _killed_after_first_epoch(monkeypatch):
+    with _killed_before_epoch(monkeypatch):
         Searcher(_cfg(tmp_path / "cut", fused=True)).run_search()
     resumed = Searcher(_cfg(tmp_path / "cut", fused=True, resume=True))
     assert resumed.start_epoch == 1

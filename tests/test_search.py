@@ -26,20 +26,21 @@ def _alphas(searcher):
 
 
 class _Killed(Exception):
-    """Raised in place of epoch 1: a run killed after its first epoch's checkpoint."""
+    """Raised in place of an epoch: a run killed after the checkpoint of the epoch before it."""
 
 
 @contextlib.contextmanager
-def _killed_after_first_epoch(monkeypatch):
-    """The search run inside stops where epoch 1 would begin (its checkpoint of epoch 0 written)."""
+def _killed_before_epoch(monkeypatch, stop: int = 1):
+    """The search run inside stops where epoch `stop` (0-based) would begin (the checkpoint of
+    epoch stop − 1 written)."""
     real_epoch = Searcher._epoch
 
-    def stop_after_first(self, epoch):
-        if epoch == 1:
+    def stop_before(self, epoch):
+        if epoch == stop:
             raise _Killed
         real_epoch(self, epoch)
 
-    monkeypatch.setattr(Searcher, "_epoch", stop_after_first)
+    monkeypatch.setattr(Searcher, "_epoch", stop_before)
     with pytest.raises(_Killed):
         yield
     monkeypatch.setattr(Searcher, "_epoch", real_epoch)
@@ -118,7 +119,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, order):
     full = Searcher(_cfg(tmp_path / "full", epochs=3, order=order))
     g_full = full.run_search()
 
-    with _killed_after_first_epoch(monkeypatch):
+    with _killed_before_epoch(monkeypatch):
         Searcher(_cfg(tmp_path / "cut", epochs=3, order=order)).run_search()
     torch.manual_seed(12345)  # whatever the process did in between must not matter
     resumed = Searcher(_cfg(tmp_path / "cut", epochs=3, order=order, resume=True))
@@ -138,7 +139,7 @@ def test_bare_resume_continues_the_run_with_its_own_settings(tmp_path, monkeypat
     flags = [*TINY, "--epochs", "3", "--learning-rate", "0.03", "--noise-lambda", "0.3", "--fused", "--eval-every", "2"]
     main([*flags, "--out", str(tmp_path / "full")])
 
-    with _killed_after_first_epoch(monkeypatch):
+    with _killed_before_epoch(monkeypatch):
         main([*flags, "--out", str(tmp_path / "cut")])
     main(["--out", str(tmp_path / "cut"), "--resume"])
     read = {run: json.loads((tmp_path / run / "config.json").read_text()) for run in ("full", "cut")}
@@ -163,7 +164,7 @@ def test_a_run_without_config_json_resumes_with_its_checkpoints_settings(tmp_pat
     flag given now against them, and ends as the uninterrupted run."""
     flags = [*TINY, "--epochs", "2", "--learning-rate", "0.03", "--noise-lambda", "0.3"]
     main([*flags, "--out", str(tmp_path / "full")])
-    with _killed_after_first_epoch(monkeypatch):
+    with _killed_before_epoch(monkeypatch):
         main([*flags, "--out", str(tmp_path / "cut")])
     (tmp_path / "moved").mkdir()
     (tmp_path / "cut" / "checkpoint.pt").rename(tmp_path / "moved" / "checkpoint.pt")
