@@ -11,11 +11,17 @@ import os
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if INTERPRETED:
-    from .interpreter import memoize_numpy_dtypes, patch_language_once_per_launch, skip_discarded_overflow_checks
+    from .interpreter import (
+        memoize_numpy_dtypes,
+        patch_language_once_per_launch,
+        round_bf16_to_nearest_even,
+        skip_discarded_overflow_checks,
+    )
 
     skip_discarded_overflow_checks()  # the interpreter's overflow checks are computed, then dropped
     patch_language_once_per_launch()  # not again at each call of a @triton.jit helper
     memoize_numpy_dtypes()  # not a new table of numpy dtypes at each op
+    round_bf16_to_nearest_even()  # fp32 → bf16 rounded as a GPU does, not truncated
 
 from .batch_norm import BatchNormGrad, batch_norm_backward, batch_norm_forward, batch_norms_backward, batch_norms_forward  # noqa: E402
 from .depthwise_conv import depthwise_conv_backward, depthwise_conv_forward  # noqa: E402

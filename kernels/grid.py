@@ -98,6 +98,15 @@ def chunk_ranges(num: int, size: int):
         yield start, min(num, start + size)
 
 
+def running_sum(y: torch.Tensor, launches: int) -> torch.Tensor:
+    """Where a sum split over `launches` launches keeps its running total between them: y itself
+    when it is fp32 or one launch does it all, else an fp32 twin of y (same strides), so that a
+    bf16/fp16 result is rounded once, by the last launch, not once per launch."""
+    if launches == 1 or y.dtype == torch.float32:
+        return y
+    return torch.empty_like(y, dtype=torch.float32)
+
+
 @triton.jit
 def pick_pointer(t, P0, P1, P2, P3, P4, P5, P6, P7, T: tl.constexpr):
     """P_t of a launch's T values (t a runtime index < T; pointers, the counterpart of

@@ -1,5 +1,6 @@
-"""Three shortcuts for Triton's CPU interpreter, which runs the kernels in the CPU tests; none
-changes a value a kernel computes (tests/test_interpreter_options.py) nor touches compiled kernels.
+"""Three shortcuts and one fix for Triton's CPU interpreter, which runs the kernels in the CPU tests.
+No shortcut changes a value a kernel computes (tests/test_interpreter_options.py); none of the four
+touches compiled kernels.
 
 - ``skip_discarded_overflow_checks``: for every int32 add, sub and mul the interpreter (triton 3.8)
   also evaluates an int64 overflow check (two casts, the op again, two compares, an and) and hands
@@ -10,6 +11,8 @@ changes a value a kernel computes (tests/test_interpreter_options.py) nor touche
   every call of a @triton.jit helper inside a kernel (see its docstring).
 - ``memoize_numpy_dtypes``: the interpreter maps a Triton type to its numpy dtype by building a
   table of 20 numpy dtypes at every call (see its docstring).
+- ``round_bf16_to_nearest_even`` (the fix): the interpreter casts fp32 to bf16 by dropping the low
+  16 bits, where a GPU rounds to nearest even (see its docstring).
 """
 from __future__ import annotations
 
@@ -130,4 +133,45 @@ def memoize_numpy_dtypes() -> bool:
 
     np_dtype._ndarts_memo, np_dtype.original = True, lookup
     interpreter._get_np_dtype = np_dtype
+    return True
+
+
+def fp32_to_bf16_bits(values):
+    """The bf16 bit patterns (uint16, same shape) of fp32 `values` rounded to nearest, ties to even,
+    as a GPU's cvt.rn.bf16.f32 and torch's .to(torch.bfloat16) round: a carry out of the mantissa
+    moves into the exponent (up to inf), subnormals round alike, a NaN stays a (quiet) NaN."""
+    import numpy as np
+
+    f32 = np.asarray(values, dtype=np.float32)
+    bits = f32.view(np.uint32).astype(np.uint64)  # 64-bit: the rounding bias never wraps
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = np.where(np.isnan(f32), (bits >> 16) | 0x0040, rounded)
+    return (rounded & 0xFFFF).astype(np.uint16).reshape(f32.shape)
+
+
+def round_bf16_to_nearest_even() -> bool:
+    """Makes the interpreter's fp32 → bf16 casts round to nearest even, as compiled kernels do.
+
+    ``x.to(tl.bfloat16)`` and a store of fp32 values into a bf16 tensor compile to LLVM's fptrunc,
+    which a GPU rounds to nearest, ties to even. The interpreter (triton 3.8) instead keeps the top 16
+    bits: it rounds toward zero, up to 2^-7 relative error instead of 2^-8, always toward zero,
+    so every bf16 result a CPU test checked was rounded unlike the same kernel's on a GPU. (Its own
+    round-to-nearest path, for an explicit rounding mode, drops the carry into the exponent.) This
+    replaces that one cast (fp32 → bf16) with fp32_to_bf16_bits; every other cast is the
+    interpreter's (fp16 goes through numpy, which rounds to nearest even already). Returns whether
+    it was installed (not for a Triton without this method)."""
+    _, interpreter, _ = _interpreter_function("InterpreterBuilder")
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    cast = getattr(builder, "cast_impl", None)
+    if cast is None or getattr(cast, "_ndarts_rtne", False):
+        return cast is not None
+    from triton import language as tl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            return interpreter.TensorHandle(fp32_to_bf16_bits(src.data), dst_type.scalar)
+        return cast(self, src, dst_type)
+
+    cast_impl._ndarts_rtne, cast_impl.original = True, cast
+    builder.cast_impl = cast_impl
     return True

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import cdiv, chunk_ranges, interpreted, next_power_of_2, pad_pointers, pick_pointer
+from .grid import cdiv, chunk_ranges, interpreted, next_power_of_2, pad_pointers, pick_pointer, running_sum
 from .moments import merge_tile, store_moments
 
 MAX_OPERANDS = 8
@@ -179,6 +179,7 @@ def _stats_merge_kernel(
 @triton.jit
 def _noisy_mixed_sum_forward_kernel(
     Y,  # output, N elements, same memory layout as the operands
+    RUN,  # the earlier chunks' running sum (read with ACCUMULATE; fp32 unless Y is, else Y itself)
     O0, O1, O2, O3, O4, O5, O6, O7,  # operand pointers; only the first NUM_OPS are read
     W,  # weights [NUM_OPS] of this chunk (any float dtype, read as fp32)
     SEED,  # int64 [1] Philox seed on the device
@@ -191,7 +192,7 @@ def _noisy_mixed_sum_forward_kernel(
     SKIP: tl.constexpr,  # index of the noisy operand in this chunk, -1 for none
     KIND: tl.constexpr,  # 0 none, 1 gaussian, 2 uniform
     MULT: tl.constexpr,  # multiplicative instead of additive noise
-    ACCUMULATE: tl.constexpr,  # add to Y (chunks after the first)
+    ACCUMULATE: tl.constexpr,  # add to RUN (chunks after the first)
     SCALED: tl.constexpr,  # lam and mean are scaled by SCALE's value (_decayed)
     BLOCK: tl.constexpr,
     INDEX_64: tl.constexpr,
@@ -206,7 +207,7 @@ def _noisy_mixed_sum_forward_kernel(
         if not MULT:
             std = tl.load(STD)
     if ACCUMULATE:
-        acc = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+        acc = tl.load(RUN + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         acc = tl.zeros([BLOCK], dtype=tl.float32)
     acc = _forward_term(acc, O0, W, 0, offs, mask, seed, std, lam, mean, SKIP, KIND, MULT)
@@ -431,11 +432,13 @@ def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplic
     weights = weights.contiguous()
     scaled = noisy and scale is not None
     scale = device_scale(scale, ref.device) if scaled else std
-    for start, stop in chunk_ranges(num, MAX_OPERANDS):
+    chunks = list(chunk_ranges(num, MAX_OPERANDS))
+    run = running_sum(y, len(chunks))  # fp32 between launches: a bf16/fp16 y is rounded once
+    for start, stop in chunks:
         chunk = operands[start:stop]
         local_skip = skip_index - start if noisy and start <= skip_index < stop else -1
         _noisy_mixed_sum_forward_kernel[grid](
-            y, *pad_pointers(chunk, MAX_OPERANDS, ref), weights[start:stop], seed, std, n, float(lam), float(mean),
+            y if stop == num else run, run, *pad_pointers(chunk, MAX_OPERANDS, ref), weights[start:stop], seed, std, n, float(lam), float(mean),
             scale, NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE,
             MULT=bool(multiplicative), ACCUMULATE=start > 0, SCALED=scaled, BLOCK=block, INDEX_64=index_64,
             num_warps=num_warps,

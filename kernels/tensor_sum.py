@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import cdiv, chunk_ranges, pad_pointers
+from .grid import cdiv, chunk_ranges, pad_pointers, running_sum
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
 MAX_TERMS = 6
@@ -27,8 +27,9 @@ def _term(X, S, offs, mask, INNER, STRIDED: tl.constexpr):
 
 
 @triton.jit
-def _tensor_sum_kernel(Y, X0, X1, X2, X3, X4, X5, S0, S1, S2, S3, S4, S5, n, INNER, NUM: tl.constexpr,
+def _tensor_sum_kernel(Y, RUN, X0, X1, X2, X3, X4, X5, S0, S1, S2, S3, S4, S5, n, INNER, NUM: tl.constexpr,
                        ACCUMULATE: tl.constexpr, STRIDED: tl.constexpr, BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
+    """Y = RUN (ACCUMULATE: the earlier launches' running sum, fp32 unless Y is) + Σ X_i."""
     pid = tl.program_id(0)
     offs = _block_offsets(pid, BLOCK, INDEX_64)
     mask = offs < n
@@ -44,7 +45,7 @@ def _tensor_sum_kernel(Y, X0, X1, X2, X3, X4, X5, S0, S1, S2, S3, S4, S5, n, INN
     if NUM > 5:
         acc += _term(X5, S5, offs, mask, INNER, STRIDED)
     if ACCUMULATE:  # a later chunk of a longer list: add to what the earlier chunks wrote
-        acc += tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+        acc += tl.load(RUN + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(Y + offs, acc.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -58,7 +59,7 @@ def tensor_sum(tensors) -> torch.Tensor:
     """Σ tensors (same shape, dtype and device; float32/16/bf16), in the first one's memory layout
     when all share it (contiguous or channels_last), else contiguous. 4-D terms whose images are
     dense NCHW (a channel slice of a wider tensor) are read in place. One launch per MAX_TERMS
-    tensors."""
+    tensors, the running sum kept in fp32 between them."""
     if not tensors:
         raise ValueError("tensor_sum needs at least one tensor")
     first = tensors[0]
@@ -84,10 +85,13 @@ def tensor_sum(tensors) -> torch.Tensor:
     strides = [t.stride(0) if strided else inner for t in tensors]
     block, num_warps = _elementwise_block(n)
     index_64 = n > INT32_LIMIT - block or (strided and first.shape[0] * max(strides) > INT32_LIMIT - block)
-    for start, stop in chunk_ranges(len(tensors), MAX_TERMS):
+    chunks = list(chunk_ranges(len(tensors), MAX_TERMS))
+    run = running_sum(y, len(chunks))  # fp32 between launches: a bf16/fp16 y is rounded once
+    for start, stop in chunks:
         chunk = tensors[start:stop]
         _tensor_sum_kernel[(cdiv(n, block),)](
-            y, *pad_pointers(chunk, MAX_TERMS), *pad_pointers(strides[start:stop], MAX_TERMS), n, inner,
+            y if stop == len(tensors) else run, run, *pad_pointers(chunk, MAX_TERMS),
+            *pad_pointers(strides[start:stop], MAX_TERMS), n, inner,
             NUM=len(chunk), ACCUMULATE=start > 0, STRIDED=strided, BLOCK=block, INDEX_64=index_64,
             num_warps=num_warps)
     return y

@@ -112,6 +112,22 @@ def test_operand_counts_including_chunks(k):
     _close(dw_f, dw_r, 1e-4, 1e-4, "dW")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_low_precision_sum_over_several_chunks_is_rounded_once(dtype, fresh_seed):
+    """More operands than one launch takes: large ones in the first chunk, their negatives in the
+    second, small ones in the third. The running sums between the launches (≈ 10^3) are far coarser
+    in bf16/fp16 than the result (≈ 1); kept in fp32 they are exact here, so the result is the exact
+    sum rounded once to the operands' dtype."""
+    shape = (2, 3, 5, 7)
+    big = [(torch.randn(shape) * 300 + 700).to(dtype) for _ in range(ndarts_kernels.MAX_OPERANDS)]
+    ops = big + [-b for b in big] + [torch.randn(shape).to(dtype) for _ in range(2)]
+    w = torch.ones(len(ops))
+    y, _ = ndarts_kernels.noisy_mixed_sum_forward(ops, w, draw_seed("cpu"), -1, KIND_CODE["none"], False, 0.0, 0.0)
+    assert y.dtype == dtype
+    want = torch.stack([o.double() for o in ops]).sum(0)
+    torch.testing.assert_close(y.double(), want, atol=1e-6, rtol=torch.finfo(dtype).eps / 2)
+
+
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 def test_channels_last(dtype, atol, rtol):
     shape = (3, 6, 5, 7)
