@@ -16,6 +16,7 @@ import pickle
 import pickletools
 import secrets
 import stat
+import warnings
 from pathlib import Path
 
 import torch
@@ -119,7 +120,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch's note on a plain pickle file (not its own format): its error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         blocked = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
         if blocked or _plain_pickle_runs_code(path):

@@ -163,7 +163,7 @@ def test_the_check_sees_each_kind_of_host_read():
     """The mode must be able to fail: each way a step could read a value on the host is recorded."""
     x = torch.randn(5, requires_grad=True)
     reads = [
-        lambda: x.sum().item(), lambda: bool(x.sum() > 0), lambda: float(x.sum()), lambda: x.tolist(),
+        lambda: x.sum().item(), lambda: bool(x.sum() > 0), lambda: float(x.detach().sum()), lambda: x.tolist(),
         lambda: x.detach().cpu(), lambda: x.nonzero(), lambda: x[x > 0], lambda: torch.tensor([1.0, 2.0]),
         lambda: torch.randn(3, generator=torch.Generator().manual_seed(0)), lambda: x.unique(),
         lambda: "%s" % x.detach(),
