@@ -154,14 +154,13 @@ def round_bf16_to_nearest_even() -> bool:
 
     ``x.to(tl.bfloat16)`` and a store of fp32 values into a bf16 tensor compile to LLVM's fptrunc,
     which a GPU rounds to nearest, ties to even. The interpreter (triton 3.8) instead keeps the top 16
-    bits: it rounds toward zero, up to 2^-7 relative error instead of 2^-8, always toward zero,
-    so every bf16 result a CPU test checked was rounded unlike the same kernel's on a GPU. (Its own
+    bits: it rounds toward zero, with up to 2^-7 relative error instead of 2^-8, so every bf16 result
+    a CPU test checked was rounded unlike the same kernel's on a GPU. (Its own
     round-to-nearest path, for an explicit rounding mode, drops the carry into the exponent.) This
     replaces that one cast (fp32 → bf16) with fp32_to_bf16_bits; every other cast is the
     interpreter's (fp16 goes through numpy, which rounds to nearest even already). Returns whether
     it was installed (not for a Triton without this method)."""
-    _, interpreter, _ = _interpreter_function("InterpreterBuilder")
-    builder = getattr(interpreter, "InterpreterBuilder", None)
+    _, interpreter, builder = _interpreter_function("InterpreterBuilder")
     cast = getattr(builder, "cast_impl", None)
     if cast is None or getattr(cast, "_ndarts_rtne", False):
         return cast is not None

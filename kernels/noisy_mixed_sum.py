@@ -438,8 +438,8 @@ def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplic
         chunk = operands[start:stop]
         local_skip = skip_index - start if noisy and start <= skip_index < stop else -1
         _noisy_mixed_sum_forward_kernel[grid](
-            y if stop == num else run, run, *pad_pointers(chunk, MAX_OPERANDS, ref), weights[start:stop], seed, std, n, float(lam), float(mean),
-            scale, NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE,
+            y if stop == num else run, run, *pad_pointers(chunk, MAX_OPERANDS, ref), weights[start:stop], seed, std,
+            n, float(lam), float(mean), scale, NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE,
             MULT=bool(multiplicative), ACCUMULATE=start > 0, SCALED=scaled, BLOCK=block, INDEX_64=index_64,
             num_warps=num_warps,
         )
