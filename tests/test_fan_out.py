@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import ndarts_kernels
-from ndarts_kernels.tensor_sum import MAX_TERMS
 from ndarts.fan_out import fan_out
+from ndarts_kernels.tensor_sum import MAX_TERMS
 
 # (dtype, atol per term, rtol): the sum accumulates in fp32, also between the launches of a longer
 # list, so a bf16 sum is off by its one final rounding (2^-8 relative) and fp32's summation error.
