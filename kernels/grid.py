@@ -98,13 +98,16 @@ def chunk_ranges(num: int, size: int):
         yield start, min(num, start + size)
 
 
-def running_sum(y: torch.Tensor, launches: int) -> torch.Tensor:
-    """Where a sum split over `launches` launches keeps its running total between them: y itself
-    when it is fp32 or one launch does it all, else an fp32 twin of y (same strides), so that a
-    bf16/fp16 result is rounded once, by the last launch, not once per launch."""
-    if launches == 1 or y.dtype == torch.float32:
-        return y
-    return torch.empty_like(y, dtype=torch.float32)
+def summing_launches(y: torch.Tensor, num: int, size: int):
+    """(start, stop, out, run) for each launch of a sum of `num` terms, `size` at a time: the launch
+    adds its terms to `run` (the earlier launches' running total; read from the second launch on) and
+    writes `out`. The running total is y itself when y is fp32 or one launch does it all, else an
+    fp32 twin of y (same strides), so that a bf16/fp16 result is rounded once, by the last launch
+    (the only one whose `out` is y), not once per launch."""
+    chunks = list(chunk_ranges(num, size))
+    run = y if len(chunks) == 1 or y.dtype == torch.float32 else torch.empty_like(y, dtype=torch.float32)
+    for start, stop in chunks:
+        yield start, stop, y if stop == num else run, run
 
 
 @triton.jit

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import cdiv, chunk_ranges, interpreted, next_power_of_2, pad_pointers, pick_pointer, running_sum
+from .grid import cdiv, chunk_ranges, interpreted, next_power_of_2, pad_pointers, pick_pointer, summing_launches
 from .moments import merge_tile, store_moments
 
 MAX_OPERANDS = 8
@@ -432,14 +432,12 @@ def noisy_mixed_sum_forward(operands, weights, seed, skip_index, kind, multiplic
     weights = weights.contiguous()
     scaled = noisy and scale is not None
     scale = device_scale(scale, ref.device) if scaled else std
-    chunks = list(chunk_ranges(num, MAX_OPERANDS))
-    run = running_sum(y, len(chunks))  # fp32 between launches: a bf16/fp16 y is rounded once
-    for start, stop in chunks:
+    for start, stop, out, run in summing_launches(y, num, MAX_OPERANDS):  # fp32 between launches
         chunk = operands[start:stop]
         local_skip = skip_index - start if noisy and start <= skip_index < stop else -1
         _noisy_mixed_sum_forward_kernel[grid](
-            y if stop == num else run, run, *pad_pointers(chunk, MAX_OPERANDS, ref), weights[start:stop], seed, std,
-            n, float(lam), float(mean), scale, NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE,
+            out, run, *pad_pointers(chunk, MAX_OPERANDS, ref), weights[start:stop], seed, std, n, float(lam),
+            float(mean), scale, NUM_OPS=len(chunk), SKIP=local_skip, KIND=kind if noisy else NOISE_NONE,
             MULT=bool(multiplicative), ACCUMULATE=start > 0, SCALED=scaled, BLOCK=block, INDEX_64=index_64,
             num_warps=num_warps,
         )

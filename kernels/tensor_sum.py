@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import cdiv, chunk_ranges, pad_pointers, running_sum
+from .grid import cdiv, pad_pointers, summing_launches
 from .noisy_mixed_sum import INT32_LIMIT, _block_offsets, _elementwise_block
 
 MAX_TERMS = 6
@@ -85,12 +85,10 @@ def tensor_sum(tensors) -> torch.Tensor:
     strides = [t.stride(0) if strided else inner for t in tensors]
     block, num_warps = _elementwise_block(n)
     index_64 = n > INT32_LIMIT - block or (strided and first.shape[0] * max(strides) > INT32_LIMIT - block)
-    chunks = list(chunk_ranges(len(tensors), MAX_TERMS))
-    run = running_sum(y, len(chunks))  # fp32 between launches: a bf16/fp16 y is rounded once
-    for start, stop in chunks:
+    for start, stop, out, run in summing_launches(y, len(tensors), MAX_TERMS):  # fp32 between launches
         chunk = tensors[start:stop]
         _tensor_sum_kernel[(cdiv(n, block),)](
-            y if stop == len(tensors) else run, run, *pad_pointers(chunk, MAX_TERMS),
+            out, run, *pad_pointers(chunk, MAX_TERMS),
             *pad_pointers(strides[start:stop], MAX_TERMS), n, inner,
             NUM=len(chunk), ACCUMULATE=start > 0, STRIDED=strided, BLOCK=block, INDEX_64=index_64,
             num_warps=num_warps)
