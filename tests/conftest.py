@@ -4,6 +4,7 @@ TRITON_INTERPRET must be set before the kernels are defined (first import of nda
 so it is set here, before any test module imports ndarts.
 """
 import os
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.pop("NDARTS_BACKEND", None)
@@ -17,6 +18,9 @@ import torch  # noqa: E402
 # each pytest-xdist worker (`pytest -n auto`, one per core) reads this file: one thread per core.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# The tests of the benchmark scripts (summarize, step_memory, count_kernels, ...) import them.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ tensor from host data. The epoch's evaluation graph (``GraphedEvaluation``) is c
 """
 import collections
 import os
-import sys
 import traceback
 from pathlib import Path
 
@@ -24,7 +23,6 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from capture_stand_ins import Capturing, stand_in_for_capture  # noqa: E402
 

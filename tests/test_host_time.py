@@ -1,14 +1,10 @@
 """benchmarks/host_time.py: the host time of an eager fused sum with its launches counted, not run;
 and the host-side launch arithmetic of kernels/grid.py that replaced Triton's constexpr functions."""
-import os
 import random
-import sys
 
 import pytest
 import torch
 import triton
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 
 def test_host_time_counts_the_fused_sums_launches_and_restores_the_kernels():

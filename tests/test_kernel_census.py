@@ -1,10 +1,6 @@
 """benchmarks/count_kernels.py: the kernel census of a search step runs on a CPU and sees the levers."""
-import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,10 @@ launch gets only tensors on the input's device, on a grid CUDA accepts.
 """
 import collections
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 META = torch.device("meta")
 

@@ -1,11 +1,7 @@
 """benchmarks/profile_step.py's kernel categories (its GPU run is in gpu_check.sh): the step's
 kernels by the names PyTorch, cuDNN and ndarts' Triton kernels give them."""
-import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 
 @pytest.mark.parametrize("name,category", [

@@ -1,13 +1,9 @@
 """Memory of a search step: no reference cycle keeps a pass's tensors alive, and
 benchmarks/step_memory.py's live-bytes tracker counts what is alive."""
 import gc
-import os
-import sys
 
 import pytest
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 
 def _cycle_garbage(step) -> list:

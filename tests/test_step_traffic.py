@@ -1,11 +1,7 @@
 """benchmarks/step_traffic.py: the bytes each kernel of a search step moves, counted on a CPU."""
-import os
-import sys
 
 import pytest
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 
 def test_aten_bytes_count_views_and_conv_parts():

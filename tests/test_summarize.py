@@ -2,12 +2,8 @@
 PyTorch's convs, the fused kernels' tile sweep (fastest first, the default marked), and a stage's
 pairs launched one by one vs in one launch."""
 import json
-import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 
 def _bench(name, ms, **info):

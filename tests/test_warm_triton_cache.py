@@ -1,11 +1,7 @@
 """benchmarks/warm_triton_cache.py (gpu_check.sh's background compile): its variants exist, and a
 variant that cannot run is reported by name with its reason, not hidden."""
-import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 
 def test_the_warmed_variants_are_the_benchmarks_triton_variants():
