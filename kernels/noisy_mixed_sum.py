@@ -172,8 +172,8 @@ def _stats_merge_kernel(
         mean = mean + delta * frac
         m2 = m2 + m2_b + delta * delta * count * frac
         count = total
-    # count - 1 = 0 gives nan, as torch.std of one element does
-    tl.store(STD + t, tl.sqrt(m2 / (count - 1.0)))
+    # NaN for one element or none, as torch.std gives (0/0 is NaN, but 0/-1 is -0)
+    tl.store(STD + t, tl.where(count > 1.0, tl.sqrt(m2 / tl.maximum(count - 1.0, 1.0)), float("nan")))
 
 
 @triton.jit
@@ -364,16 +364,17 @@ def skip_std(x: torch.Tensor) -> torch.Tensor:
 
 
 def skip_stds(xs) -> torch.Tensor:
-    """skip_std of each tensor of xs (any number, same numel and device) as one fp32 [len(xs)]
+    """skip_std of each tensor of xs (any number, same numel, dtype and device) as one fp32 [len(xs)]
     tensor: two launches per MAX_STDS (8) tensors (one for the partial moments, one for the merges)
     instead of two per tensor."""
     if not xs:
         raise ValueError("skip_stds needs at least one tensor")
     first = xs[0]
     for x in xs[1:]:
-        if x.numel() != first.numel() or x.device != first.device:
-            raise ValueError(f"skip_stds: tensors must have as many elements on one device, got {tuple(first.shape)} "
-                             f"on {first.device} and {tuple(x.shape)} on {x.device}")
+        if x.numel() != first.numel() or x.device != first.device or x.dtype != first.dtype:
+            raise ValueError(f"skip_stds: tensors must have as many elements, one dtype and one device, got "
+                             f"{tuple(first.shape)} {first.dtype} on {first.device} and {tuple(x.shape)} {x.dtype} "
+                             f"on {x.device}")
     xs = [x if _is_dense(x) else x.contiguous() for x in xs]
     n = first.numel()
     block, num_warps = _elementwise_block(n)

@@ -14,11 +14,12 @@ Philox stream: the two backends give the same distribution, not the same numbers
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from .backend import TRITON_DTYPES, resolve_backend
-from .conv_geometry import stored_channels_last
 from .grad_use import grads_used
 from .noise import (
     NO_NOISE,
@@ -71,12 +72,12 @@ def _reference_forward(operands, weights, seed, skip_index, kind, multiplicative
     lam, mean = scaled_params(lam, mean, multiplicative, scale)
     if not _noisy(kind, skip_index, len(operands)):
         std = torch.zeros((1,), device=first.device, dtype=torch.float32)
-        return reference_sum_with_eps(operands, weights, -1, False, 0.0, 0.0, None), std
+        return _in_result_layout(reference_sum_with_eps(operands, weights, -1, False, 0.0, 0.0, None), first), std
     eps = reference_eps(seed, first.shape, kind, first.device)
     skip = operands[skip_index]
     std = operand_std(skip).float().reshape(1) if not multiplicative else skip.new_zeros((1,), dtype=torch.float32)
     y = reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, mean, eps)
-    return y, std
+    return _in_result_layout(y, first), std
 
 
 def _reference_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean, scale=None):
@@ -97,15 +98,36 @@ def _reference_backward(grad, operands, weights, seed, std, skip_index, kind, mu
                 d = d * factor
             else:
                 o32 = o32 + (mean + lam * std.reshape(()) * eps)
-        grads.append(d.to(o.dtype).contiguous(memory_format=_memory_format(o)))
+        grads.append(_in_result_layout(d.to(o.dtype), operands[0]))
         dw.append((g * o32).sum())
     return grads, torch.stack(dw)
 
 
-def _memory_format(t):
-    if t.dim() == 4 and stored_channels_last(t):
-        return torch.channels_last
-    return torch.contiguous_format
+# ----------------------------------------------------------------------------- the results' layout
+def _result_strides(first: torch.Tensor) -> tuple[int, ...]:
+    """The strides of the op's results (y, and every operand's gradient) for first operand `first`:
+    the Triton kernels compute in first's layout where it is dense (contiguous, or channels_last for
+    a 4-D tensor), else in the contiguous one (ndarts_kernels' ``_layout``). Both backends and the
+    fake implementations give their results these strides, as torch.compile's inductor checks."""
+    if first.is_contiguous() or (first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last)):
+        return tuple(first.stride())
+    strides, step = [], 1
+    for size in reversed(first.shape):  # torch's contiguous strides (a dim of size 0 counts as 1)
+        strides.append(step)
+        step *= max(int(size), 1)
+    return tuple(reversed(strides))
+
+
+def _result_like(first: torch.Tensor) -> torch.Tensor:
+    return torch.empty_strided(first.shape, _result_strides(first), dtype=first.dtype, device=first.device)
+
+
+def _in_result_layout(t: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """t (first's shape, any dtype) with _result_strides(first), copied only when its own differ."""
+    strides = _result_strides(first)
+    if tuple(t.stride()) == strides:
+        return t
+    return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
 
 
 # ----------------------------------------------------------------------------- the custom op
@@ -137,7 +159,7 @@ def _noisy_mixed_sum_op(
 @_noisy_mixed_sum_op.register_fake
 def _(operands, weights, seed, skip_index, kind, multiplicative, lam, mean, use_triton, scale):
     first = operands[0]
-    return torch.empty_like(first), first.new_empty((1,), dtype=torch.float32)
+    return _result_like(first), first.new_empty((1,), dtype=torch.float32)
 
 
 @torch.library.custom_op("ndarts::noisy_mixed_sum_backward", mutates_args=())
@@ -169,7 +191,7 @@ def _noisy_mixed_sum_backward_op(
 
 @_noisy_mixed_sum_backward_op.register_fake
 def _(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean, use_triton, scale=None):
-    return [torch.empty_like(o) for o in operands] + [weights.new_empty(weights.shape, dtype=torch.float32)]
+    return [_result_like(operands[0]) for _ in operands] + [weights.new_empty(weights.shape, dtype=torch.float32)]
 
 
 def _setup_context(ctx, inputs, output):
@@ -252,6 +274,8 @@ def _validate(operands, weights, skip_index):
         raise TypeError(f"noisy_mixed_sum: weights must be floating point, got {weights.dtype}")
     if weights.device != first.device:
         raise ValueError(f"noisy_mixed_sum: weights are on {weights.device}, operands on {first.device}")
+    if skip_index is not None and (isinstance(skip_index, bool) or not isinstance(skip_index, numbers.Integral)):
+        raise TypeError(f"noisy_mixed_sum: skip_index must be an int or None, got {skip_index!r}")
     if skip_index is not None and not (0 <= skip_index < len(operands)):
         raise ValueError(f"noisy_mixed_sum: skip_index {skip_index} is out of range for {len(operands)} operands")
 
@@ -268,8 +292,9 @@ def promote_operands(operands) -> list:
 
 def skip_operand_std(x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """std(x) exactly as noisy_mixed_sum computes it for a skip operand x on `backend` (the Triton
-    kernels' Chan merge, or the reference's torch.std), for callers that pass it to several sums of
-    the same operand (``std=``): a node's identity skip is the same tensor on every edge leaving it."""
+    kernels' Chan merge, an fp32 [1] tensor; or the reference's torch.std, 0-dim), for callers that
+    pass it to several sums of the same operand (``std=``, which takes either): a node's identity
+    skip is the same tensor on every edge leaving it. NaN for fewer than two elements, as torch.std."""
     if resolve_backend(backend, x.device) == "triton" and x.dtype in TRITON_DTYPES:
         import ndarts_kernels
 
@@ -281,8 +306,8 @@ def skip_operand_stds(xs, backend: str | None = None) -> list:
     """[skip_operand_std(x, backend) for x in xs], the Triton ones in one pair of launches for all
     (ndarts_kernels.skip_stds): the skip operands of a reduction input's stride-2 edges."""
     first = xs[0]
-    if (resolve_backend(backend, first.device) == "triton" and len(xs) > 1
-            and all(x.dtype in TRITON_DTYPES and x.numel() == first.numel() for x in xs)):
+    if (resolve_backend(backend, first.device) == "triton" and len(xs) > 1 and first.dtype in TRITON_DTYPES
+            and all(x.dtype == first.dtype and x.numel() == first.numel() for x in xs)):
         import ndarts_kernels
 
         return list(ndarts_kernels.skip_stds([x.detach() for x in xs]).split(1))
@@ -303,6 +328,12 @@ def noise_arguments(noise: NoiseConfig, noisy: bool, scale, seed, device):
     """What a fused sum's kernels (or its reference) take of the noise: (kind, multiplicative, λ, μ,
     the device scale or None, seed). λ and μ carry a host scale; a device scale (split_scale) is
     read by the kernels. seed None: a fresh draw_seed where the sum is noisy, a zero seed where not."""
+    if seed is not None and (not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.numel() != 1
+                             or seed.device != device):
+        got = (f"{seed.dtype} tensor of {seed.numel()} elements on {seed.device}" if isinstance(seed, torch.Tensor)
+               else type(seed).__name__)
+        raise ValueError(f"seed must be a one-element int64 tensor on the operands' device {device} "
+                         f"(draw_seed(device)), got a {got}")
     host_scale, device_scale = split_scale(scale, device)
     kind, mult, lam, mean = noise.kernel_params(host_scale) if noisy else (0, False, 0.0, 0.0)
     if seed is None:
@@ -354,8 +385,11 @@ def noisy_mixed_sum(
     The functional form of the fused mixed op, for code bases that build their ops themselves:
     ``y = noisy_mixed_sum([op(x) for op in ops], weights, skip_index=3, noise=NoiseConfig())``.
     Operands share shape, dtype (fp32/bf16/fp16) and device; any shape, contiguous or
-    channels_last. NaN/Inf in the skip operand make its std NaN and so the whole output NaN
-    (never a silently finite result); the search loop stops on it and names the step.
+    channels_last. With additive noise in training, NaN/Inf in the skip operand make its std NaN
+    and so the whole output NaN (never a silently finite result); with multiplicative noise or none
+    they stay in the elements they reach. The search loop stops on a non-finite loss.
+    seed: an int64 [1] tensor on the operands' device (draw_seed) that fixes the noise (None: a
+    fresh draw from torch's RNG, so torch.manual_seed governs it).
     std: the skip operand's std from ``skip_operand_std(operands[skip_index], backend)``, when the
     caller shares one skip operand among several sums (None: computed here, as it would be).
     scale: the noise's decay scale (NoiseConfig.scale_at): a number, or a one-element float32 tensor

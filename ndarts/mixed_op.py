@@ -369,17 +369,18 @@ class MixedOp(nn.Module):
 
     def _find_dtype_probe(self) -> None:
         """Keeps where one floating-point parameter lives, (its module, its name), for forward's
-        cheap input check (_param_dtype); None where the op has none (pools, skip). By name, so a
+        cheap input check (_probe_param); None where the op has none (pools, skip). By name, so a
         parameter replaced (load_state_dict(assign=True)) or converted (.to) is read as it is now."""
         self._dtype_probe = next(((m, name) for m in self.modules() for name, p in m._parameters.items()
                                   if p is not None and p.is_floating_point()), None)
 
-    def _param_dtype(self) -> torch.dtype | None:
-        """The dtype of the op's parameters (of the first; None where it has none)."""
+    def _probe_param(self) -> torch.Tensor | None:
+        """The op's first floating-point parameter, whose dtype and device stand for all of them
+        (None where it has none)."""
         if self._dtype_probe is None:
             return None
         module, name = self._dtype_probe
-        return module._parameters[name].dtype
+        return module._parameters[name]
 
     def prepare_share(self, share: NodeShare) -> None:
         """Computes now what the edges leaving share's node reuse (relu(h) and the pools with their
@@ -439,9 +440,18 @@ class MixedOp(nn.Module):
             got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
             raise ValueError(f"{type(self).__name__}: weights must have shape ({len(self.primitives)},), one per "
                              f"primitive {list(self.primitives)}; got {got}")
-        dtype = self._param_dtype()
-        if dtype is not None and x.dtype != dtype:
-            self._check_dtype(x, dtype)
+        if not weights.is_floating_point():
+            raise TypeError(f"{type(self).__name__}: weights must be floating point (softmax(α)), got {weights.dtype}")
+        if weights.device != x.device:
+            raise ValueError(f"{type(self).__name__}: weights are on {weights.device}, x on {x.device}")
+        param = self._probe_param()
+        if param is not None:
+            if param.device != x.device:
+                raise ValueError(f"{type(self).__name__}(C={self.C}): x is on {x.device} but the op's parameters are "
+                                 f"on {param.device}: move one to the other (x.to({str(param.device)!r}) or "
+                                 f"op.to({str(x.device)!r}))")
+            if x.dtype != param.dtype:
+                self._check_dtype(x, param.dtype)
 
     def _check_dtype(self, x, dtype) -> None:
         """x's dtype is not the op's `dtype`: fine under autocast for a float32, float16 or bfloat16

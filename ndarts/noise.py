@@ -13,6 +13,7 @@ value each epoch fills in; MixedOp's noise scale with decay on).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -55,10 +56,14 @@ class NoiseConfig:
             raise ValueError(
                 f"unknown reduction_position {self.reduction_position!r}; choose one of {POSITIONS}"
             )
-        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
+        if not (_is_real(self.lam) and math.isfinite(self.lam) and self.lam >= 0):
             raise ValueError(f"noise lambda must be a finite number >= 0, got {self.lam!r}")
-        if self.mean is not None and not math.isfinite(self.mean):
-            raise ValueError(f"noise mean must be finite, got {self.mean!r}")
+        if self.mean is not None and not (_is_real(self.mean) and math.isfinite(self.mean)):
+            raise ValueError(f"noise mean must be a finite number or None, got {self.mean!r}")
+        # plain floats (a NumPy λ from a sweep's grid too): they go into JSON configs and checkpoints
+        object.__setattr__(self, "lam", float(self.lam))
+        if self.mean is not None:
+            object.__setattr__(self, "mean", float(self.mean))
 
     @property
     def enabled(self) -> bool:
@@ -84,6 +89,11 @@ class NoiseConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _is_real(value) -> bool:
+    """A real number: int, float or NumPy's, not a bool, a string or a tensor."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 NO_NOISE = NoiseConfig(kind="none")

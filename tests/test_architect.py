@@ -55,7 +55,17 @@ def test_second_order_gradient_matches_exact_unrolled_gradient():
     arch.weight_optimizer.step()
     grads, _ = arch.second_order_grads(x, y, xv, yv, eta)
 
-    unrolled = arch.unrolled_weights(x, y, eta)
+    # w' = w − η·(μ·m + ∇_w L_train(w) + wd·w), written out here (not Architect.unrolled_weights)
+    named = net.named_weight_parameters()
+    group = arch.weight_optimizer.param_groups[0]
+    g_train = torch.autograd.grad(crit(net(x), y), [p for _, p in named], allow_unused=True)
+    unrolled = {}
+    for (name, p), g in zip(named, g_train):
+        m = arch.weight_optimizer.state[p]["momentum_buffer"]
+        step = group["momentum"] * m + (0 if g is None else g) + group["weight_decay"] * p
+        unrolled[name] = (p - eta * step).detach().requires_grad_()
+    assert group["momentum"] > 0 and group["weight_decay"] > 0 and any(
+        float(arch.weight_optimizer.state[p]["momentum_buffer"].abs().max()) > 0 for _, p in named)
     from torch.func import functional_call
 
     buffers = {n: b.clone() for n, b in net.named_buffers()}

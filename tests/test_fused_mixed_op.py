@@ -1,6 +1,7 @@
 """FusedMixedOp and the torch custom op: drop-in compatibility, backend choice, torch.compile,
 opcheck, and a short search with the Triton backend (interpreter) against the reference."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -141,6 +142,27 @@ def test_an_input_of_the_wrong_shape_is_clear(cls, x, message):
 
 
 @pytest.mark.parametrize("cls", [MixedOp, FusedMixedOp])
+@pytest.mark.parametrize("case", ["x elsewhere", "weights elsewhere", "int weights"])
+def test_an_input_on_another_device_or_int_weights_is_clear(cls, case):
+    """x on another device than the op's parameters, or weights on another than x, was a torch
+    error ~20 frames deep ('Tensor on device cpu is not on the expected device meta!'); int64
+    weights passed MixedOp. The meta device stands in for a GPU."""
+    m, x, w = cls(4, 1), torch.randn(2, 4, 6, 6), torch.softmax(torch.randn(8), 0)
+    if case == "x elsewhere":
+        m = m.to("meta")
+        error, message = ValueError, f"{cls.__name__}(C=4): x is on cpu but the op's parameters are on meta"
+    elif case == "weights elsewhere":
+        w = w.to("meta")
+        error, message = ValueError, f"{cls.__name__}: weights are on meta, x on cpu"
+    else:
+        w = torch.ones(8, dtype=torch.int64)
+        error, message = TypeError, f"{cls.__name__}: weights must be floating point"
+    with pytest.raises(error) as exc:
+        m(x, w)
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("cls", [MixedOp, FusedMixedOp])
 def test_errors_name_the_class_used(cls, fresh_seed):
     k = int(torch.randint(1, 8, (1,)))  # any wrong number of weights
     with pytest.raises(ValueError) as exc:
@@ -201,19 +223,55 @@ def test_an_unknown_backend_is_refused_at_construction(backend):
 
 
 @pytest.mark.parametrize("position", ["output", "input"])
-def test_reduction_noise_position(position):
-    """Noise on FactorizedReduce's output (official) or input (paper): both noisy, both differ."""
-    torch.manual_seed(0)
-    x = torch.randn(4, 4, 8, 8)
+@pytest.mark.parametrize("cls,backend", [(MixedOp, None), (FusedMixedOp, "torch"), (FusedMixedOp, "triton")])
+def test_reduction_noise_position(position, cls, backend, fresh_seed):
+    """Noise on FactorizedReduce's output (official) or input (paper), told apart by what its last
+    BatchNorm (train mode, affine=False) leaves: on the input, the output is that BatchNorm's, each
+    channel of mean 0 and variance 1; on the output, the noise (λ = 0.5 of the output's std ≈ 1)
+    comes after it, variance ≈ 1 + λ² = 1.25. Noisy in training, deterministic in eval."""
+    x = torch.randn(8, 4, 16, 16) * 3 + 1
     w = torch.zeros(7)
     w[2] = 1.0  # only the skip (FactorizedReduce) contributes
-    for cls in (MixedOp, FusedMixedOp):
-        m = cls(4, 2, NOISYDARTS_PRIMITIVES, NoiseConfig(lam=0.5, reduction_position=position))
-        m.train()
+    kw = {} if backend is None else {"backend": backend}
+    m = cls(4, 2, NOISYDARTS_PRIMITIVES, NoiseConfig(lam=0.5, reduction_position=position), **kw).train()
+    a, b = m(x, w), m(x, w)
+    assert not torch.allclose(a, b)
+    mean, var = a.mean(dim=(0, 2, 3)), a.var(dim=(0, 2, 3), unbiased=False)
+    if position == "input":
+        torch.testing.assert_close(mean, torch.zeros(4), atol=1e-5, rtol=0)
+        torch.testing.assert_close(var, torch.ones(4), atol=1e-3, rtol=0)
+    else:  # 2048 elements: the variance's estimate is off by ~3 %
+        assert 1.12 < float(var.mean().detach()) < 1.38, var
+    m.eval()
+    torch.testing.assert_close(m(x, w), m(x, w))
+
+
+@pytest.mark.parametrize("primitives", [DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cls,backend", [(MixedOp, None), (FusedMixedOp, "torch"), (FusedMixedOp, "triton")])
+def test_only_the_skip_connection_is_noisy(primitives, stride, cls, backend, fresh_seed):
+    """Each primitive alone (one-hot weights) in training, twice: only skip_connect's output
+    changes between the calls, by noise of std λ·std(its output) (λ = 0.3); every other op gives
+    the same output both times. With 'none' among the primitives (DARTS's space), the skip's index
+    among the live operands differs from its index among the primitives."""
+    x = torch.randn(4, 4, 12, 12)
+    kw = {} if backend is None else {"backend": backend}
+    m = cls(4, stride, primitives, NoiseConfig(lam=0.3), **kw).train()
+    quiet = cls(4, stride, primitives, NoiseConfig(kind="none"), **kw).train()  # the same op without noise
+    quiet.load_state_dict(m.state_dict())
+    skip = primitives.index("skip_connect")
+    for k in range(len(primitives)):
+        w = torch.zeros(len(primitives))
+        w[k] = 1.0
         a, b = m(x, w), m(x, w)
+        if k != skip:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{primitives[k]} is noisy")
+            continue
+        clean = quiet(x, w)  # training mode too: a stride-2 skip's BatchNorm uses the batch's statistics
+        for y in (a, b):
+            ratio = float(((y - clean).std() / clean.std()).detach())
+            assert abs(ratio - 0.3) < 0.3 * 0.15, (primitives[k], ratio)
         assert not torch.allclose(a, b)
-        m.eval()
-        torch.testing.assert_close(m(x, w), m(x, w))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -289,6 +347,84 @@ def test_opcheck(use_triton):
     torch.library.opcheck(torch.ops.ndarts.noisy_mixed_sum.default, _op_args(use_triton))
 
 
+def _operands_in(layout, k, shape):
+    """k fresh operands of `shape` (4-D) in one of the layouts a caller may hand the op."""
+    def one(i):
+        if layout == "contiguous" or (layout == "mixed" and i % 2 == 0):
+            return torch.randn(shape)
+        if layout in ("channels_last", "mixed"):
+            return torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        if layout == "sliced channels_last":  # not dense, but suggests channels_last
+            wide = torch.randn(*shape[:3], 2 * shape[3]).contiguous(memory_format=torch.channels_last)
+            return wide[..., ::2]
+        if layout == "permuted":  # dense, neither contiguous nor channels_last
+            return torch.randn(shape[2], shape[3], shape[0], shape[1]).permute(2, 3, 0, 1)
+        raise ValueError(layout)
+    return [one(i).requires_grad_() for i in range(k)]
+
+
+LAYOUTS = ["contiguous", "channels_last", "mixed", "sliced channels_last", "permuted"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_fake_results_have_the_real_strides(layout, use_triton):
+    """The fake implementations of the forward and backward ops give each result the strides the
+    real ones give, on both backends: torch.compile's inductor asserts them (a mismatch fails the
+    compiled step), and the aot_eager tests above do not check them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    shape = (2, 3, 5, 4)
+    ops = [o.detach() for o in _operands_in(layout, 3, shape)]
+    w = torch.softmax(torch.randn(3), 0)
+    seed = draw_seed("cpu")
+    params = (1, 1, False, 0.2, 0.0, use_triton, None)
+    y, std = torch.ops.ndarts.noisy_mixed_sum(ops, w, seed, *params)
+    grad = torch.randn(shape).contiguous(memory_format=torch.channels_last)  # not y's layout
+    real_grads = torch.ops.ndarts.noisy_mixed_sum_backward(grad, ops, w, seed, std, *params)
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(o) for o in ops]
+        fw, fseed, fgrad, fstd = (mode.from_tensor(t) for t in (w, seed, grad, std))
+        fy, _ = torch.ops.ndarts.noisy_mixed_sum(fake, fw, fseed, *params)
+        fake_grads = torch.ops.ndarts.noisy_mixed_sum_backward(fgrad, fake, fw, fseed, fstd, *params)
+    assert fy.stride() == y.stride(), (layout, "forward")
+    assert [g.stride() for g in fake_grads] == [g.stride() for g in real_grads], (layout, "backward")
+    assert [g.dtype for g in fake_grads] == [g.dtype for g in real_grads]
+    if layout != "permuted":  # the operands' common dense layout, or the first's if they differ
+        assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else
+                               torch.contiguous_format)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_opcheck_layouts(layout, use_triton):
+    w = torch.softmax(torch.randn(3), 0).requires_grad_()
+    args = (_operands_in(layout, 3, (2, 3, 4, 5)), w, draw_seed("cpu"), 1, 1, False, 0.2, 0.0, use_triton, None)
+    torch.library.opcheck(torch.ops.ndarts.noisy_mixed_sum.default, args)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="inductor on a CPU needs a C++ compiler")
+def test_torch_compile_inductor_with_mixed_layouts(tmp_path, monkeypatch):
+    """The default torch.compile (inductor, which asserts each custom-op result's strides against
+    the fake's) through forward and backward, the operands contiguous and channels_last: the
+    gradients equal eager's for the same seed."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # no artifact of an earlier fake
+    noise = NoiseConfig(lam=0.3)
+
+    def f(ops, w, seed):
+        return noisy_mixed_sum(ops, w, 1, noise, backend="triton", seed=seed)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True)
+    ops = _operands_in("mixed", 3, (2, 3, 4, 5))
+    w = torch.softmax(torch.randn(3), 0).requires_grad_()
+    seed, grad = draw_seed("cpu"), torch.randn(2, 3, 4, 5)
+    eager = torch.autograd.grad(f(ops, w, seed), [*ops, w], grad)
+    got = torch.autograd.grad(compiled(ops, w, seed), [*ops, w], grad)
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_torch_compile_fullgraph(backend):
     """torch.compile(fullgraph=True) of a function calling the op: no graph break, same result
@@ -318,8 +454,13 @@ def test_torch_compile_mixed_op_module():
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 4, 6, 6)
     w = torch.softmax(torch.randn(7), 0)
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    torch.manual_seed(seed)
     y = compiled(x, w)
-    assert y.shape == x.shape and torch.isfinite(y).all()
+    torch.manual_seed(seed)  # the same seed drawn inside: the same noise as eager
+    torch.testing.assert_close(y, m(x, w))
+    torch.manual_seed(seed + 1)
+    assert not torch.allclose(compiled(x, w), y)  # a new seed, new noise
 
 
 # ----------------------------------------------------------------------------- convergence

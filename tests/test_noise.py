@@ -65,10 +65,28 @@ def test_no_noise_in_eval_or_when_off(cls):
     ({"kind": "laplace"}, "unknown noise kind"),
     ({"mixture": "both"}, "unknown noise mixture"),
     ({"reduction_position": "middle"}, "reduction_position"),
+    ({"lam": True}, "lambda must be a finite number"),
+    ({"lam": "0.2"}, "lambda must be a finite number"),
+    ({"mean": "0.1"}, "mean must be a finite number or None"),
+    ({"mean": float("inf")}, "mean must be a finite number or None"),
 ])
 def test_bad_noise_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         NoiseConfig(**kwargs)
+
+
+def test_numpy_numbers_are_taken_as_floats():
+    """λ and μ from a NumPy grid (a sweep) are taken, and kept as plain floats: the config goes
+    into JSON files and checkpoints."""
+    import json
+
+    import numpy as np
+
+    lam, mean = np.float32(np.random.rand()), np.float64(np.random.rand())
+    cfg = NoiseConfig(lam=lam, mean=mean)
+    assert type(cfg.lam) is float and type(cfg.mean) is float
+    assert cfg.lam == float(lam) and cfg.mean == float(mean)
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
 
 
 def test_noise_is_a_constant_for_autograd(monkeypatch):

@@ -297,6 +297,8 @@ def test_nan_in_skip_operand_is_loud():
     ("int_operands", "must be floating point"),
     ("float64_on_triton", "Triton backend takes float32, float16 or bfloat16"),
     ("skip_range", "skip_index 5 is out of range"),
+    ("skip_float", "skip_index must be an int or None, got 1.0"),
+    ("skip_bool", "skip_index must be an int or None, got True"),
     ("empty", "non-empty list"),
     ("device", "is on meta"),
     ("noise_string", "noise must be a NoiseConfig, got str 'gaussian'"),
@@ -319,6 +321,10 @@ def test_bad_input_is_a_clear_error(case, match):
         ops = [o.double() for o in ops]
     elif case == "skip_range":
         skip = 5
+    elif case == "skip_float":
+        skip = 1.0
+    elif case == "skip_bool":
+        skip = True
     elif case == "empty":
         ops = []
     elif case == "device":
@@ -330,6 +336,54 @@ def test_bad_input_is_a_clear_error(case, match):
         ops = [torch.randn(1, 1, 1, 1) for _ in range(3)]
     with pytest.raises((ValueError, TypeError), match=match):
         noisy_mixed_sum(ops, w, skip, noise, backend="triton")
+
+
+@pytest.mark.parametrize("seed,got", [
+    (torch.tensor([1.5]), "torch.float32 tensor of 1 elements"),
+    (7, "got a int"),
+    (torch.tensor([1, 2]), "torch.int64 tensor of 2 elements"),
+    (torch.tensor([], dtype=torch.int64), "torch.int64 tensor of 0 elements"),
+    (torch.zeros(1, dtype=torch.int64, device="meta"), "on meta"),
+])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_bad_seed_is_a_clear_error(seed, got, backend):
+    """seed= is read by the kernels as one int64 on the device: anything else is refused up front
+    (an empty one was an out-of-bounds read, a float one an error from inside Triton)."""
+    ops, w = _inputs((2, 3, 4, 4), 3, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="seed must be a one-element int64 tensor on the operands' device") as e:
+        noisy_mixed_sum(ops, w, 1, NoiseConfig(), backend=backend, seed=seed)
+    assert got in str(e.value)
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 3, 2, 2), (1,), (1, 1, 1, 1)])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_the_std_of_fewer_than_two_elements_is_nan(shape, backend):
+    """As torch.std: the unbiased std of one element, or of none, is NaN (the merge kernel gave
+    -0.0 for none: sqrt(0 / -1))."""
+    import warnings
+
+    from ndarts.fused_sum import skip_operand_std, skip_operand_stds
+
+    x = torch.randn(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.std warns about its degrees of freedom
+        assert torch.isnan(skip_operand_std(x, backend)).all()
+        assert all(torch.isnan(s).all() for s in skip_operand_stds([x, torch.randn(shape)], backend))
+
+
+def test_several_stds_of_different_dtypes():
+    """skip_stds launches one kernel over the tensors: it refuses dtypes that differ (a compiled
+    kernel cannot take fp32 and fp16 pointers in one argument slot), and skip_operand_stds then
+    takes each tensor's std alone."""
+    from ndarts.fused_sum import skip_operand_std, skip_operand_stds
+
+    xs = [torch.randn(3, 4, 5) * 2 + 1, (torch.randn(3, 4, 5) * 3 - 1).half()]
+    with pytest.raises(ValueError, match="one dtype"):
+        ndarts_kernels.skip_stds(xs)
+    got = skip_operand_stds(xs, "triton")
+    for s, x in zip(got, xs):
+        torch.testing.assert_close(s, skip_operand_std(x, "triton"), rtol=0, atol=0)
+        torch.testing.assert_close(s.double().reshape(()), x.double().std(), rtol=1e-5, atol=0)
 
 
 def test_a_one_element_skip_operand_is_fine_without_std():
