@@ -287,6 +287,13 @@ def noisy_group_sums(sources, grouped, weights: torch.Tensor, edges, skip_index:
     if skip_stds is not None and (not isinstance(skip_stds, torch.Tensor) or skip_stds.numel() != len(sources)
                                   or skip_stds.device != device):
         raise ValueError(f"noisy_group_sums: skip_stds must be one std per source ({len(sources)}) on {device}")
+    if not isinstance(noise, NoiseConfig):
+        raise TypeError(f"noisy_group_sums: noise must be a NoiseConfig, got {type(noise).__name__}")
+    own_column = num_shared + len(grouped) if own is not None else None
+    if skip_index is not None and not (skip_index in range(num_shared) or skip_index == own_column):
+        raise ValueError(f"noisy_group_sums: skip_index must name a shared operand (0..{num_shared - 1})"
+                         + (f" or the edges' own ({own_column})" if own is not None else "")
+                         + f" or be None, got {skip_index!r}: a grouped operand takes no noise")
     noisy = training and skip_index is not None and noise.enabled
     kind, mult, lam, mean, device_scale, seed = noise_arguments(noise, noisy, scale, seed, device)
     skip = -1 if skip_index is None else int(skip_index)

@@ -272,6 +272,22 @@ def test_bad_inputs_are_named():
                         backend="triton")
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("skip,message", [
+    (1, r"skip_index must name a shared operand \(0..0\) or be None, got 1: a grouped operand takes no noise"),
+    (-1, "got -1"),
+    (5, "got 5"),
+])
+def test_a_skip_index_that_names_no_shared_operand_is_refused(backend, skip, message):
+    """A skip index past the shared operands (a grouped one, or none at all) was summed without
+    noise, silently."""
+    s, g = [torch.randn(2, 3, 4, 4)], [torch.randn(2, 6, 4, 4)]
+    with pytest.raises(ValueError, match=message):
+        noisy_group_sum(s, g, torch.ones(2, 2), skip, NoiseConfig(), backend=backend)
+    with pytest.raises(TypeError, match="noise must be a NoiseConfig, got str"):
+        noisy_group_sum(s, g, torch.ones(2, 2), 0, "gaussian", backend=backend)
+
+
 def _networks(**kw):
     from ndarts.search_model import SearchNetwork
 
