@@ -132,10 +132,52 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                                   f"(only tensors and plain data are accepted){detail}") from None
         raise CheckpointError(f"{path} is corrupt or not a checkpoint (not a torch file of tensors and plain data)") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError) as e:
-        raise CheckpointError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+        raise CheckpointError(f"{path} is corrupt or not a checkpoint ({type(e).__name__}: {first_sentence(e)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not an ndarts checkpoint (top level is {type(state).__name__})")
     return state
+
+
+def first_sentence(error: BaseException, limit: int = 200) -> str:
+    """The first sentence of an error's message, whole (torch's load errors go on with advice that
+    a cut would leave mid-sentence), shortened at a word with "..." only where it is still long."""
+    text = " ".join(str(error).split())
+    end = text.find(". ")
+    if end != -1:
+        text = text[:end + 1]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
+# an optimizer's hyperparameters (torch's SGD and Adam): a resumed run's come from its settings
+OPTIMIZER_SETTINGS = ("lr", "initial_lr", "momentum", "dampening", "nesterov", "weight_decay", "betas", "eps",
+                      "amsgrad", "maximize")
+
+
+def load_optimizer_state(optimizer, saved: dict) -> None:
+    """Loads an optimizer's state from a checkpoint (momentum buffers, Adam's moments and step
+    counts) but keeps the hyperparameters the optimizer was just built with from this run's
+    settings: torch's load_state_dict brings back the checkpoint's, so a learning rate, momentum
+    or weight decay given with --resume would be recorded in config.json and silently ignored."""
+    kept = [{k: group[k] for k in OPTIMIZER_SETTINGS if k in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, settings in zip(optimizer.param_groups, kept):
+        group.update(settings)
+
+
+def position_schedule(scheduler, epochs_done: int) -> None:
+    """Takes a freshly built (never stepped) learning-rate scheduler to where it is after
+    `epochs_done` epochs by stepping it as the run does, once per epoch: the floats of a run that
+    went through those epochs with this run's settings (bit for bit the uninterrupted run's where
+    nothing changed), also where a resume changes --epochs, the learning rates or the decay. A
+    restored scheduler state would not: torch's schedulers are chainable, each lr computed from
+    the last one, so the old schedule would go on (past the new floor, say)."""
+    with warnings.catch_warnings():
+        # no optimizer step between these steps: that is the point of replaying them
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        for _ in range(epochs_done):
+            scheduler.step()
 
 
 def require_keys(state: dict, keys, path) -> None:

@@ -3,6 +3,7 @@ data flags their dataset would ignore."""
 from __future__ import annotations
 
 import argparse
+import copy
 
 from .errors import NdartsError
 
@@ -16,13 +17,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's "(default: X)" after an option's help, but not where it would mislead or repeat:
     flags that take no value (``--no-augment``'s default True is the augmentation's, not the
     flag's), options whose default is None (set by a preset or derived), and help texts that
-    state their default themselves."""
+    state their default themselves. An option without help text still shows its default: argparse
+    expands (and so adds the default to) only a non-empty help."""
+
+    def _format_action(self, action):
+        if not action.help and _shows_default(action):
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.nargs == 0 or action.default is None or "default" in text.lower():
+        if not _shows_default(action) or "default" in text.lower():
             return text
         return super()._get_help_string(action)
+
+
+def _shows_default(action) -> bool:
+    """A default worth showing: the option takes a value and its default is the run's (not None)."""
+    return action.nargs != 0 and action.default is not None and action.default is not argparse.SUPPRESS
 
 
 def require_dataset_flags(dataset: str, data=None, image_size=None, download: bool = False) -> None:

@@ -10,6 +10,13 @@ from __future__ import annotations
 import math
 
 from .errors import NdartsError
+from .operations import NAS_BENCH_201
+
+# the search flags one kind of space's network has no use for: given, they would be silently ignored
+NB201_UNUSED = {"layers": "--layers (its network has --cells-per-stage instead)",
+                "batch_edge_convs": "--batch-edge-convs (its cells have no sep/dil convs)",
+                "noise_position": "--noise-position (its cells have no stride-2 edges)"}
+DARTS_UNUSED = {"cells_per_stage": "--cells-per-stage (the DARTS network has --layers instead)"}
 
 
 def flag(name: str) -> str:
@@ -20,6 +27,17 @@ def require_amp_device(amp: str, device) -> None:
     """fp16 autocast (with its GradScaler) runs on CUDA only."""
     if amp == "fp16" and device.type == "cpu":
         raise NdartsError("--amp fp16 needs a CUDA device; on a CPU use --amp bf16")
+
+
+def require_space_flags(space: str, given) -> None:
+    """Refuses the search flags given (destinations, rundir.explicit_flags) that `space`'s network
+    would silently ignore, as --triton-convs is refused on the NAS-Bench-201 space: a run that
+    looks configured but is not."""
+    unused = NB201_UNUSED if space == NAS_BENCH_201 else DARTS_UNUSED
+    found = [what for name, what in unused.items() if name in given]
+    if found:
+        raise NdartsError(f"the {space} space does not use {', '.join(found)}: drop "
+                          + ("the flag" if len(found) == 1 else "those flags"))
 
 
 def require_ints(cfg, minimum: int, *names: str) -> None:

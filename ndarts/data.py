@@ -173,16 +173,37 @@ def _imagefolder(root, image_size, augment, cutout=0) -> DataSpec:
                          + ([Cutout(cutout)] if cutout else []))
     test_tf = T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), norm])
     try:
-        train = torchvision.datasets.ImageFolder(str(train_dir), transform=train_tf)
+        train = torchvision.datasets.ImageFolder(str(train_dir), transform=train_tf, loader=read_image)
         test = None
         for split in ("val", "test"):
             if (root / split).is_dir():
-                test = torchvision.datasets.ImageFolder(str(root / split), transform=test_tf)
+                test = torchvision.datasets.ImageFolder(str(root / split), transform=test_tf, loader=read_image)
                 _label_as_train(test, train, root / split)
                 break
     except (FileNotFoundError, OSError) as e:
         raise NdartsError(f"cannot read the image folder {root}: {e}") from None
     return DataSpec("imagefolder", train, test, len(train.classes), 3, image_size)
+
+
+def read_image(path: str):
+    """An image folder's file as an RGB PIL image (torchvision's default loader), or one NdartsError
+    naming the file: an image that does not decode is found only when its batch is read, mid-run."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise NdartsError(f"cannot read the image {path}: not an image file (no format PIL knows); "
+                          "remove it or replace it with a valid image") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # truncated or broken files are OSErrors; SyntaxError: some broken headers
+        raise NdartsError(f"cannot read the image {path}: {_one_line(e)}") from None
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _label_as_train(test, train, test_dir) -> None:
@@ -203,6 +224,9 @@ def _label_as_train(test, train, test_dir) -> None:
 
 
 def load_dataset(name: str, root=None, download=False, image_size=32, augment=True, cutout=0) -> DataSpec:
+    """root: the --data directory; a leading ~ is the home directory for every dataset, as the shell
+    would have made it of ``--data ~/x`` but not of ``--data=~/x``."""
+    root = None if root is None else str(Path(root).expanduser())
     if name == "digits":
         return _digits()
     if name in ("cifar10", "cifar100"):
@@ -303,8 +327,11 @@ class BatchStream:
         loader = DataLoader(self.dataset, batch_sampler=_ListSampler(self.batches(pass_idx)[start:]),
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False)
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        try:
+            for x, y in loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except NdartsError as e:
+            raise NdartsError(_worker_message(e)) from None
 
     def _device_batches(self, pass_idx: int, start: int):
         """The pass's order and augmentation drawn at once, copied to the device once: a batch is then
@@ -318,6 +345,16 @@ class BatchStream:
         for i in range(start * self.batch_size, len(order), self.batch_size):
             sl = slice(i, i + self.batch_size)
             yield self.dataset.batch(order[sl], None if params is None else params[sl])
+
+
+def _worker_message(e: NdartsError) -> str:
+    """The message of an NdartsError (an unreadable image) raised in a DataLoader worker process: the
+    loader re-raises it with the worker's whole traceback in the text, whose last line is the message."""
+    text = str(e)
+    if "DataLoader worker" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split("NdartsError: ", 1)[-1]
 
 
 class EndlessStream:

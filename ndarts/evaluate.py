@@ -16,6 +16,7 @@ from .data import BatchStream, load_dataset
 from .errors import NdartsError, cli_errors
 from .eval_model import build_network
 from .genotype import Genotype, GenotypeError
+from .rundir import own_data_problem
 from .searcher import resolve_device
 from .trainer import AMP_MODES, CHECKPOINT_KIND, evaluate_model
 
@@ -65,6 +66,9 @@ def main(argv=None):
     device = resolve_device(args.device)
     require_amp_device(args.amp, device)
     model, cfg, state = load_trained_network(args.checkpoint, device)
+    if cfg.get("own_data"):  # its images are not ones ndarts loads: the digits default would stand in for them
+        raise NdartsError(f"{own_data_problem(cfg, args.checkpoint)}: evaluate it in Python on its test split "
+                          "(ndarts.evaluate.load_trained_network, ndarts.trainer.evaluate_model)")
     require_dataset_flags(cfg["dataset"], data=args.data)
     spec = load_dataset(cfg["dataset"], args.data if args.data is not None else cfg.get("data"),
                         download=False, image_size=cfg.get("image_size", 32), augment=False)

@@ -5,8 +5,15 @@ HVPs are exact (double backward) where the network supports it (the reference mi
 fused op has no double backward, so there they are central differences of ∇_α L at α ± r·v, which
 are only approximate: ∇_α L jumps where a ReLU or max-pool switches. The noise is switched off
 while measuring (scale 0); BatchNorm stays in training mode as during the search.
+
+Measuring must not change the search it watches: the forwards still draw ε and the fused sums'
+Philox seeds from torch's RNGs (scale 0 only zeroes their effect), so the measurement runs on forked
+RNG states (CPU and every device the model or batch lives on), and a search with --hessian-every
+takes exactly the steps one without it takes.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -53,8 +60,43 @@ def fd_hvp_alpha(model, criterion, x, y, vector, r: float = 1e-3):
     return [(p - n) / (2 * r) for p, n in zip(gp, gn)]
 
 
+def _accelerators(model, *tensors) -> dict[str, list[int]]:
+    """The non-CPU devices, by type, that the model's tensors and the batch live on."""
+    found: dict[str, set[int]] = {}
+    for t in [*model.parameters(), *model.buffers(), *tensors]:
+        if t.device.type != "cpu":
+            index = t.device.index if t.device.index is not None else 0
+            found.setdefault(t.device.type, set()).add(index)
+    return {kind: sorted(indices) for kind, indices in found.items()}
+
+
+@contextlib.contextmanager
+def untouched_rng(model, *tensors):
+    """Restores torch's CPU RNG and the RNGs of the devices in use on leaving: the measurement's
+    forwards draw from them, and a monitor must leave the search's random streams as it found them."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[]))  # the CPU generator
+        for kind, indices in _accelerators(model, *tensors).items():
+            stack.enter_context(torch.random.fork_rng(devices=indices, device_type=kind))
+        yield
+
+
+def measure_on_stream(model, criterion, stream, device, **kwargs) -> float:
+    """dominant_eigenvalue on the first batch of pass 0 of `stream` (a BatchStream). Fetching it
+    is inside the forked RNGs too: an image folder's DataLoader and transforms draw from torch's RNG."""
+    with untouched_rng(model):
+        x, y = next(iter(stream.iterate(0)))
+        return dominant_eigenvalue(model, criterion, x.to(device), y.to(device), **kwargs)
+
+
 def dominant_eigenvalue(model, criterion, x, y, iters: int = 20, tol: float = 1e-4, seed: int = 0) -> float:
-    """Largest-magnitude eigenvalue of the Hessian of L(x, y) w.r.t. α (power iteration)."""
+    """Largest-magnitude eigenvalue of the Hessian of L(x, y) w.r.t. α (power iteration). Leaves
+    α, the BatchNorm statistics, the noise scales and torch's RNG states as it found them."""
+    with untouched_rng(model, x, y):
+        return _power_iteration(model, criterion, x, y, iters, tol, seed)
+
+
+def _power_iteration(model, criterion, x, y, iters: int, tol: float, seed: int) -> float:
     was_training = model.training
     scales = {m: getattr(m, "noise_scale") for m in model.modules() if hasattr(m, "noise_scale")}
     model.train()

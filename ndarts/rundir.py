@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -54,13 +55,15 @@ class RunDir:
                 probe.unlink()
             except OSError as e:
                 raise NdartsError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from None
+        if rank0 and not self.resuming and (self.path / "metrics.jsonl").exists():
+            # the records of a run that never checkpointed (left by a failure, or the run a bare
+            # --resume starts again): this run's epochs must not follow them
+            (self.path / "metrics.jsonl").unlink(missing_ok=True)
         if self.resuming and not has_config:
             self.log(f"note: {self.path} has no config.json: the run's settings are read from its {CHECKPOINT}")
         if resume and not has_checkpoint:
             self.log(f"note: {self.path} holds no {CHECKPOINT} (the run stopped in its first epoch): "
                      "starting it again from the beginning, with its settings")
-            if (self.path / "metrics.jsonl").exists():
-                self.truncate_metrics(0)
 
     def _check_command(self) -> None:
         saved = saved_config(self.path)
@@ -73,21 +76,28 @@ class RunDir:
     def removed_if_unused(self):
         """Around a run's start (its set-up and its epochs): where it fails (missing data, a backend
         this machine lacks) before its first checkpoint, the files this run wrote where there were
-        none (its config.json, log.txt) are removed again, and the directory if this RunDir created
-        it and nothing else is in it, so that a failed start leaves no run directory behind that
-        would refuse the corrected command. An interrupt (Ctrl-C) keeps them: --resume starts that
-        run again."""
+        none (its config.json, log.txt, metrics.jsonl, genotypes/, tensorboard/) are removed again,
+        and the directory if this RunDir created it and nothing else is in it, so that a failed start
+        leaves no run directory behind that would refuse the corrected command, nor records a rerun
+        would follow. An interrupt (Ctrl-C) keeps them: --resume starts that run again."""
         try:
             yield
         except Exception:
             if self.rank0 and not self.resuming and not self.checkpoint.exists():
-                for f in self._new_files:
-                    with contextlib.suppress(OSError):
-                        f.unlink()
+                self._remove_new_files()
                 if self.created:
                     with contextlib.suppress(OSError):
                         self.path.rmdir()  # only ever an empty directory
             raise
+
+    def _remove_new_files(self) -> None:
+        """Removes what track() noted, the latest first (a directory after the files in it)."""
+        for f in reversed(self._new_files):
+            with contextlib.suppress(OSError):
+                if f.is_dir():
+                    shutil.rmtree(f)  # made by this run: only its files are in it
+                else:
+                    f.unlink()
 
     def run_epochs(self, start: int, stop: int, epoch, out_of_memory: str, writer=None):
         """epoch(e) for e in [start, stop), the loop both commands share; returns the last epoch's
@@ -99,17 +109,18 @@ class RunDir:
         result, epochs_saved = None, start
         try:
             with self.removed_if_unused():  # a run failing in its first epoch (an unusable backend, say)
-                for e in range(start, stop):
-                    result = epoch(e)
-                    epochs_saved = e + 1
+                try:
+                    for e in range(start, stop):
+                        result = epoch(e)
+                        epochs_saved = e + 1
+                finally:  # closed before a failed start removes its directory
+                    if writer is not None:
+                        writer.close()
         except KeyboardInterrupt:
             self.interrupted(epochs_saved)
             raise
         except torch.cuda.OutOfMemoryError:
             raise NdartsError(f"CUDA out of memory {out_of_memory}") from None
-        finally:
-            if writer is not None:
-                writer.close()
         return result
 
     def interrupted(self, epochs_saved: int) -> None:
@@ -118,13 +129,26 @@ class RunDir:
                else "starts it again (no epoch had finished)")
         self.log(f"interrupted: python -m ndarts.{self.command} --out {self.path} --resume {how}")
 
-    def _track(self, path: Path) -> None:
-        if not path.exists() and path not in self._new_files:
-            self._new_files.append(path)
+    def track(self, path) -> Path:
+        """Notes a file (or directory) of the run about to be written, and a new directory it goes
+        into: where they did not exist, a start failing before the first checkpoint removes them
+        again (removed_if_unused). Returns the path."""
+        path = Path(path)
+        for p in (path.parent, path) if path.parent != self.path else (path,):
+            if not p.exists() and p not in self._new_files:
+                self._new_files.append(p)
+        return path
+
+    def check_data_source(self, own_data: bool) -> None:
+        """A run on data its caller supplied in Python resumes only with data supplied again."""
+        saved = self.read_config()
+        if saved and saved.get("own_data") and not own_data:
+            raise NdartsError(f"{own_data_problem(saved, self.path)}: pass the same data again "
+                              f"({'Searcher' if self.command == 'search' else 'Trainer'}(cfg, data=...))")
 
     def write_config(self, config: dict) -> None:
         if self.rank0:
-            self._track(self.path / "config.json")
+            self.track(self.path / "config.json")
             atomic_write_text(self.path / "config.json", json.dumps(config, indent=1, sort_keys=True) + "\n")
 
     def read_config(self) -> dict | None:
@@ -145,7 +169,7 @@ class RunDir:
             return
         line = f"{time.strftime('%H:%M:%S')} {msg}"
         print(line, flush=True)
-        self._track(self.path / "log.txt")
+        self.track(self.path / "log.txt")
         try:
             with open(self.path / "log.txt", "a") as f:
                 f.write(line + "\n")
@@ -155,7 +179,7 @@ class RunDir:
     def append_metrics(self, record: dict) -> None:
         if not self.rank0:
             return
-        with open(self.path / "metrics.jsonl", "a") as f:
+        with open(self.track(self.path / "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -245,6 +269,9 @@ def config_values(args, presets, kind: str, drop=(), given=None) -> dict:
         values["out"] = f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     elif args.resume and given is not None:
         saved = saved_config(args.out) or {}
+        if saved.get("own_data"):
+            raise NdartsError(f"{own_data_problem(saved, args.out)}, which the command line cannot load: "
+                              "resume it from Python with the same data (README: own images)")
         for k in vars(args):
             if k in saved and k not in given and k not in drop and k not in ("out", "resume"):
                 values[k] = saved[k]
@@ -252,6 +279,12 @@ def config_values(args, presets, kind: str, drop=(), given=None) -> dict:
         for k, v in preset.items():
             values.setdefault(k, v)
     return values
+
+
+def own_data_problem(config: dict, path) -> str:
+    """What is wrong with continuing or evaluating a run on data its caller supplied, without it."""
+    return (f"{path} is a run on data its caller supplied in Python ({config.get('dataset')!r}, a DataSpec), "
+            "not a dataset ndarts loads")
 
 
 def saved_config(path) -> dict | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from .cli_options import HelpFormatter, require_dataset_flags
+from .config_checks import require_space_flags
 from .data import DATASETS
 from .errors import cli_errors
 from .noise import MIXTURES, NOISE_KINDS, POSITIONS
@@ -46,14 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs} ({DIGITS_PRESET['epochs']} on digits)")
     g.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size} ({DIGITS_PRESET['batch_size']} on digits)")
-    g.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    g.add_argument("--learning-rate-min", type=float, default=d.learning_rate_min)
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    g.add_argument("--arch-learning-rate", type=float, default=d.arch_learning_rate)
-    g.add_argument("--arch-weight-decay", type=float, default=d.arch_weight_decay)
-    g.add_argument("--order", default=d.order, choices=["first", "second"])
+    g.add_argument("--learning-rate", type=float, default=d.learning_rate, help="SGD learning rate of the weights w")
+    g.add_argument("--learning-rate-min", type=float, default=d.learning_rate_min,
+                   help="floor of w's cosine learning-rate schedule")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum of w")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay of w")
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip w's gradient norm to this")
+    g.add_argument("--arch-learning-rate", type=float, default=d.arch_learning_rate, help="Adam learning rate of α")
+    g.add_argument("--arch-weight-decay", type=float, default=d.arch_weight_decay, help="Adam weight decay of α")
+    g.add_argument("--order", default=d.order, choices=["first", "second"],
+                   help="α's gradient: first order, or DARTS's second-order approximation")
     g.add_argument("--max-steps", type=int, default=None,
                    help="quick runs: at most N steps per epoch, and the α half's evaluation on at most N "
                         "batches (its val loss and accuracy then cover only those)")
@@ -61,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("search space")
     g.add_argument("--space", default=d.space, choices=sorted(SPACES),
                    help="noisydarts: 7 ops; darts: 8 with none; nas-bench-201: NAS-Bench-201's cell (5 ops, 6 "
-                        "edges) in its network (--init-channels C, --cells-per-stage N; --layers unused)")
+                        "edges) in its network (--init-channels C, --cells-per-stage N; no --layers)")
     g.add_argument("--cells-per-stage", type=int, default=None,
                    help=f"nas-bench-201: cells per stage of its 3 (default {d.cells_per_stage}, the benchmark's)")
     g.add_argument("--init-channels", type=int, default=None, help=f"default {d.init_channels} ({DIGITS_PRESET['init_channels']} on digits)")
@@ -73,13 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--noise", default=d.noise, choices=NOISE_KINDS, help="none = plain DARTS")
     g.add_argument("--noise-lambda", type=float, default=d.noise_lambda, help="λ: σ = λ·std(x)")
     g.add_argument("--noise-mean", type=float, default=None, help="μ (default 0 additive, 1 multiplicative)")
-    g.add_argument("--noise-mixture", default=d.noise_mixture, choices=MIXTURES)
+    g.add_argument("--noise-mixture", default=d.noise_mixture, choices=MIXTURES,
+                   help="added to the skip's output, or multiplying it")
     g.add_argument("--noise-decay", action="store_true", help="cosine decay of the noise over the search")
     g.add_argument("--noise-position", default=d.noise_position, choices=POSITIONS,
                    help="reduction edges: noise on FactorizedReduce's output (official) or input (paper)")
 
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed, help="seeds the weights, the noise, the split and the batches")
     g.add_argument("--deterministic", action="store_true",
                    help="bitwise-repeatable α and genotype from the same seed on CUDA too: cuDNN's and "
                         "PyTorch's deterministic algorithms only (process-wide; may be slower); a CPU run is "
@@ -125,8 +129,16 @@ def config_from_args(args, given=None) -> SearchConfig:
     values = config_values(args, [DIGITS_PRESET] if args.dataset == "digits" else [], "search", given=given)
     cfg = SearchConfig(**values)
     cfg.validate()
+    require_space_flags(cfg.space, _given_flags(args, given))
     require_dataset_flags(cfg.dataset, args.data, args.image_size, args.download)
     return cfg
+
+
+def _given_flags(args, given) -> frozenset[str]:
+    """The destinations given on the command line; without explicit_flags' answer, those not None
+    (the options whose default is None)."""
+    return given if given is not None else frozenset(k for k, v in vars(args).items() if v is not None
+                                                     and k in ("layers", "cells_per_stage", "batch_edge_convs"))
 
 
 @cli_errors

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +17,8 @@ from .architect import Architect
 from .cell_layout import no_normal_cell_note
 from .config_checks import require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
 from .conv_tuning import AUTO_CANDIDATES, TUNING_CALLS, synthetic_batch, tune_triton_convs
-from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
+from .checkpoint import (CheckpointError, load_checkpoint, load_optimizer_state, position_schedule, require_keys,
+                         save_checkpoint)
 from .determinism import deterministic_setup
 from .data import BatchStream, DataSpec, EndlessStream, load_dataset, split_halves
 from .grouped_state import convert_optimizer_state
@@ -63,8 +63,9 @@ TRITON_CONVS = {"none": (False, False, False), "depthwise": (True, False, False)
 @dataclass
 class SearchConfig:
     # data
-    dataset: str = "digits"
+    dataset: str = "digits"  # with data=DataSpec(...): the spec's name
     data: str | None = None
+    own_data: bool = False  # the images were a caller's DataSpec (Searcher(data=...)): a resume needs them again
     download: bool = False
     image_size: int = 32
     workers: int = 0
@@ -161,6 +162,15 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
 
+def record_data_source(cfg, data: DataSpec | None) -> None:
+    """A run on a caller's DataSpec records its name as the dataset, and that it was the caller's:
+    a command-line resume or ndarts.evaluate, which could load only a named dataset (digits, the
+    default), refuse the run instead of going on with other images."""
+    cfg.own_data = data is not None
+    if data is not None:
+        cfg.dataset = data.name
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -192,6 +202,7 @@ class Searcher:
         cfg.validate()
         self.cfg = cfg
         self._data = data
+        record_data_source(cfg, data)
         self.dist = dist  # ndarts.distributed.DistContext or None
         self.rank0 = dist is None or dist.rank == 0
         self.device = dist.device if dist is not None else resolve_device(cfg.device)
@@ -203,6 +214,7 @@ class Searcher:
             if dist is not None:
                 dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
             if self.run.resuming:
+                self.run.check_data_source(cfg.own_data)
                 self.run.check_same_config(cfg.to_dict(), structural_settings(cfg.space))
                 self._keep_checkpoint_layout()
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
@@ -212,7 +224,7 @@ class Searcher:
                 self._load_checkpoint()
             # a resumed run records the settings it goes on with (a longer --epochs, say): the next resume reads them
             self.run.write_config(cfg.to_dict())
-        self.writer = writer_cls(log_dir=str(self.run.path / "tensorboard")) if writer_cls is not None else None
+        self.writer = writer_cls(log_dir=str(self.run.track(self.run.path / "tensorboard"))) if writer_cls else None
 
     # ------------------------------------------------------------------ set-up
     def _keep_checkpoint_layout(self):
@@ -220,7 +232,9 @@ class Searcher:
         the option are per edge): the same math either way, but the optimizer's momentum is stored
         per parameter, and the two layouts have different parameters. With --triton-convs auto it
         keeps the variant the run chose."""
-        config = self.run.read_config() or {}
+        config = self.run.read_config()
+        if config is None:
+            return  # no config.json and no readable checkpoint: loading it names the problem
         saved = config.get("batch_edge_convs", False)
         if saved != self.cfg.batch_edge_convs:
             self.run.log(f"note: resuming with batch_edge_convs={saved}, the layout of the checkpoint")
@@ -408,28 +422,19 @@ class Searcher:
             # a run checkpointed in an earlier layout of the grouped convs: its momentum follows the weights
             convert_optimizer_state(self.model, state["model"], state["w_optimizer"])
             self.model.load_state_dict(state["model"])
-            self.w_opt.load_state_dict(state["w_optimizer"])
-            self.a_opt.load_state_dict(state["a_optimizer"])
+            # their state; the learning rates, momentum and weight decays are this run's settings
+            load_optimizer_state(self.w_opt, state["w_optimizer"])
+            load_optimizer_state(self.a_opt, state["a_optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path} does not fit this network/configuration: {str(e).splitlines()[0][:300]}") from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        self._fit_schedule_to_epochs(int(state["epoch"]))
+        # the schedule of this run's settings (--epochs, --learning-rate(-min)) at the epoch reached,
+        # not the checkpoint's scheduler state, which would go on with the old ones
+        position_schedule(self.scheduler, int(state["epoch"]))
         self.val_iter.load_state_dict(state["val_stream"])
         self.start_epoch = int(state["epoch"])
         self._restore_rng(state)
         self.run.truncate_metrics(self.start_epoch)
         self.run.log(f"resumed from {path} after epoch {self.start_epoch}")
-
-    def _fit_schedule_to_epochs(self, epoch: int):
-        """A resume may change --epochs: the cosine schedule then follows the new length from here."""
-        if self.scheduler.T_max == self.cfg.epochs:
-            return
-        self.scheduler.T_max = self.cfg.epochs
-        lo, hi = self.cfg.learning_rate_min, self.cfg.learning_rate
-        lr = lo + (hi - lo) * (1 + math.cos(math.pi * epoch / self.cfg.epochs)) / 2
-        for group in self.w_opt.param_groups:
-            group["lr"] = lr
-        self.scheduler._last_lr = [lr for _ in self.w_opt.param_groups]
 
     def _restore_rng(self, state: dict):
         if self.dist is None:
@@ -501,17 +506,16 @@ class Searcher:
             "genotype": genotype.to_dict(), "seconds": time.time() - t0,
         }
         if self.rank0 and cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
-            from .hessian import dominant_eigenvalue
+            from .hessian import measure_on_stream
 
             t_hessian = time.time()
-            x, y = next(iter(self.val_stream.iterate(0)))
-            record["hessian_eigenvalue"] = dominant_eigenvalue(model, self.criterion, x.to(self.device), y.to(self.device))
+            record["hessian_eigenvalue"] = measure_on_stream(model, self.criterion, self.val_stream, self.device)
             record["hessian_seconds"] = time.time() - t_hessian
             record["seconds"] = time.time() - t0  # the epoch's time includes the measurement
         rng_ranks = self.dist.gather_object(rng_state()) if self.dist is not None else None
         if self.rank0:
             self.run.append_metrics(record)
-            save_genotype(genotype, self.run.path / "genotypes" / f"epoch_{epoch:03d}.json")
+            save_genotype(genotype, self.run.track(self.run.path / "genotypes" / f"epoch_{epoch:03d}.json"))
             save_checkpoint(self._checkpoint_state(epoch + 1, rng_ranks), self.run.checkpoint)
             if self.writer is not None:
                 write_scalars(self.writer, record, ("train_loss", "train_acc", "val_loss", "val_acc", "lr",

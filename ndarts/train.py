@@ -18,7 +18,7 @@ from .config_checks import require_ints
 from .data import DATASETS
 from .errors import cli_errors
 from .eval_model import NETWORKS
-from .rundir import config_values, explicit_flags
+from .rundir import config_values, explicit_flags, saved_config
 from .trainer import AMP_MODES, LR_SCHEDULES, TrainConfig, Trainer
 
 # 1,437 8×8 training images: a small network, few epochs, no cutout (nothing to cut out of 8×8).
@@ -98,10 +98,19 @@ def config_from_args(args, given=None) -> TrainConfig:
     presets = ([DIGITS_PRESET] if args.dataset == "digits" else []) + \
         ([IMAGENET_PRESET] if args.network == "imagenet" else [])
     values = config_values(args, presets, "train", drop=("threads",), given=given)
+    if args.resume and given is not None and "genotype" not in given:
+        values["genotype_dict"] = recorded_cell(args.out)
     cfg = TrainConfig(**values)
     cfg.validate()
     require_dataset_flags(cfg.dataset, args.data, args.image_size, args.download)
     return cfg
+
+
+def recorded_cell(out) -> dict | None:
+    """The cell a run in `out` trains (its config.json, else its checkpoint), for a --resume that does
+    not give --genotype again: the run goes on with it, not with what its --genotype file holds now
+    (it may have moved, been deleted or rewritten since)."""
+    return (saved_config(out) or {}).get("genotype_dict")
 
 
 @cli_errors

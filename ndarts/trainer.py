@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 
@@ -17,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from .cell_layout import no_normal_cell_note
-from .checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
+from .checkpoint import (CheckpointError, atomic_write_bytes, load_checkpoint, load_optimizer_state, position_schedule,
+                         require_keys, save_checkpoint)
 from .config_checks import require_amp_device, require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
 from .data import BatchStream, DataSpec, load_dataset
 from .errors import NdartsError
@@ -29,7 +29,7 @@ from .determinism import deterministic_setup
 from .losses import CrossEntropy
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import RunDir, summary_writer_class, write_scalars
-from .searcher import resolve_device
+from .searcher import record_data_source, resolve_device
 
 CHECKPOINT_KIND = "ndarts-train"
 AMP_MODES = ("none", "bf16", "fp16")
@@ -45,8 +45,9 @@ class TrainConfig:
     steps: int = 4  # intermediate nodes per cell the genotype must have (DARTS: 4)
     network: str = "cifar"
     # data
-    dataset: str = "digits"
+    dataset: str = "digits"  # with data=DataSpec(...): the spec's name
     data: str | None = None
+    own_data: bool = False  # the images were a caller's DataSpec (Trainer(data=...)): a resume needs them again
     download: bool = False
     image_size: int = 32
     workers: int = 0
@@ -79,7 +80,7 @@ class TrainConfig:
     report_freq: int = 50
     max_steps: int | None = None  # steps per epoch cap (train and test), for quick runs
     tensorboard: bool = False
-    genotype_dict: dict | None = None  # the resolved cell, filled in by resolve_genotype()
+    genotype_dict: dict | None = None  # the resolved cell, filled in by resolve_genotype() (with resume: the run's)
 
     def validate(self) -> None:
         if self.network not in NETWORKS:
@@ -96,7 +97,13 @@ class TrainConfig:
         require_numbers(self, "drop_path_prob", "label_smoothing", high=1.0, high_open=True)
 
     def resolve_genotype(self) -> Genotype:
-        g = load_genotype(self.genotype, steps=self.steps)
+        """The cell, loaded from `genotype`; with resume and genotype_dict set, that cell: the one
+        the run recorded (the CLI passes it on where --genotype is not given again), which goes on
+        even where the file it was read from has moved or changed since."""
+        if self.resume and self.genotype_dict is not None:
+            g = Genotype.from_dict(self.genotype_dict, steps=self.steps)
+        else:
+            g = load_genotype(self.genotype, steps=self.steps)
         self.genotype_dict = g.to_dict()
         return g
 
@@ -121,6 +128,7 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self._data = data
+        record_data_source(cfg, data)
         self.genotype = cfg.resolve_genotype()
         self.dist = dist  # ndarts.distributed.DistContext or None
         self.rank0 = dist is None or dist.rank == 0
@@ -132,15 +140,16 @@ class Trainer:
         # setting as it starts), undone if the set-up fails
         with self.run.removed_if_unused(), deterministic_setup(cfg.deterministic):
             if self.run.resuming:
+                self.run.check_data_source(cfg.own_data)
                 self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
             self._build()
-            self.start_epoch, self.best_acc = 0, None
+            self.start_epoch, self.best_acc, self.best_epoch = 0, None, None
             if self.run.resuming:
                 self._load_checkpoint(self.run.checkpoint)
             # a resumed run records the settings it goes on with (a longer --epochs, say): the next resume reads them
             self.run.write_config(cfg.to_dict())
-        self.writer = writer_cls(log_dir=str(self.run.path / "tensorboard")) if writer_cls is not None else None
+        self.writer = writer_cls(log_dir=str(self.run.track(self.run.path / "tensorboard"))) if writer_cls else None
 
     # ------------------------------------------------------------------ set-up
     def _build(self):
@@ -195,6 +204,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,  # the epochs done when best.pt was written
             "rng": rng_state(),
         }
 
@@ -206,32 +216,34 @@ class Trainer:
             raise CheckpointError(f"{path} is a {state['kind']!r} checkpoint, not a training checkpoint")
         try:
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            # its momentum buffers; the learning rate, momentum and weight decay are this run's settings
+            load_optimizer_state(self.optimizer, state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path} does not fit this network/configuration: "
                                   f"{str(e).splitlines()[0][:300]}") from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-            self._retarget_cosine()
+        # the schedule of this run's settings (--epochs, --learning-rate(-min), --lr-gamma) at the
+        # epoch reached, not the checkpoint's scheduler state, which would go on with the old ones
+        position_schedule(self.scheduler, int(state["epoch"]))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
-        self.best_acc = state.get("best_acc")
+        self.best_acc, self.best_epoch = state.get("best_acc"), state.get("best_epoch")
+        if self.rank0 and self.best_epoch is not None and self.best_epoch == self.start_epoch:
+            self._repair_best(path)
         self.run.truncate_metrics(self.start_epoch)
         self.run.log(f"resumed from {path} after epoch {self.start_epoch}")
 
-    def _retarget_cosine(self):
-        """A resume may change --epochs (or --learning-rate-min): the cosine schedule then continues
-        on the new horizon, with the closed-form lr at the current epoch (unchanged otherwise)."""
-        s, cfg = self.scheduler, self.cfg
-        if (s.T_max, s.eta_min) == (cfg.epochs, cfg.learning_rate_min):
-            return  # same schedule: keep the restored state bit for bit
-        s.T_max, s.eta_min = cfg.epochs, cfg.learning_rate_min
-        t = min(s.last_epoch, cfg.epochs)
-        for group, base in zip(self.optimizer.param_groups, s.base_lrs):
-            group["lr"] = s.eta_min + (base - s.eta_min) * (1 + math.cos(math.pi * t / cfg.epochs)) / 2
-        s._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+    def _repair_best(self, path):
+        """The checkpoint resumed from is its run's best epoch: best.pt must be that same state. An
+        epoch that improves writes checkpoint.pt, then best.pt; a run killed between the two (or
+        failing to write best.pt) left best.pt an older epoch's, which no later epoch would replace
+        unless it did better still. Copied here, best.pt is what the uninterrupted run wrote."""
+        best = self.run.path / "best.pt"
+        data = path.read_bytes()
+        if not best.is_file() or best.read_bytes() != data:
+            atomic_write_bytes(best, data)
+            self.run.log(f"best.pt was not the checkpoint of epoch {self.best_epoch}, the best so far: rewritten")
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict | None:
@@ -264,10 +276,12 @@ class Trainer:
             return record
         improved = test_acc is not None and (self.best_acc is None or test_acc > self.best_acc)
         if improved:
-            self.best_acc = test_acc
+            self.best_acc, self.best_epoch = test_acc, epoch + 1
         record["best_acc"] = self.best_acc
         self.run.append_metrics(record)
         state = self._checkpoint_state(epoch + 1)
+        # checkpoint.pt first: a kill before best.pt is written leaves a checkpoint that is its own
+        # best_epoch, and the resume copies it to best.pt (_repair_best)
         save_checkpoint(state, self.run.checkpoint)
         if improved:
             save_checkpoint(state, self.run.path / "best.pt")

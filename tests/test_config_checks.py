@@ -105,6 +105,23 @@ def test_train_cli_refuses_before_making_the_run_directory(tmp_path, capsys, arg
     assert not out.exists()
 
 
+@pytest.mark.parametrize("cli,options", [
+    (search, {"--learning-rate": "0.05", "--learning-rate-min": "0.001", "--momentum": "0.9",
+              "--weight-decay": "0.0003", "--grad-clip": "5.0", "--arch-learning-rate": "0.0003",
+              "--arch-weight-decay": "0.001", "--arch-activation": "softmax", "--order": "first",
+              "--seed": "2", "--noise-mixture": "additive"}),
+    (train, {"--learning-rate-min": "0.0", "--momentum": "0.9", "--grad-clip": "5.0", "--seed": "0"}),
+])
+def test_help_names_the_defaults_of_options_without_help_text(cli, options):
+    """argparse adds "(default: X)" to a non-empty help only: these options showed no default."""
+    import re
+
+    text = " ".join(cli.build_parser().format_help().split())  # lines re-wrapped as one
+    for option, default in options.items():
+        entry = re.search(rf"\s{option} \S+ (.*?)(?= --[a-z]|$)", text)
+        assert entry and f"default: {default}" in entry.group(1), (option, entry and entry.group(1))
+
+
 def test_a_resumed_run_is_checked_with_the_new_flags(tmp_path, capsys):
     """`--out DIR --resume --momentum -1`: the override is checked too, and the run is left as it was."""
     out = tmp_path / "run"

@@ -138,3 +138,58 @@ def test_a_test_folder_with_an_unknown_class_is_named(tmp_path):
     _image_folder(root, {"train": ["cat", "dog"], "test": ["cat", "dog", "yak"]})
     with pytest.raises(NdartsError, match=r"test has classes the training folder lacks: \['yak'\]"):
         load_dataset("imagefolder", root, image_size=8, augment=False)
+
+
+def _tiny_folder(root, bad: bool = False):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (root / "train" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(root / "train" / cls / f"{i}.png")
+    if bad:
+        (root / "train" / "cat" / "bad.png").write_text("not an image\n")
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_unreadable_image_is_named_in_one_line(tmp_path, workers):
+    """Was PIL's UnidentifiedImageError with an 18-line traceback mid-run (in a worker: the worker's
+    traceback inside the message too)."""
+    from ndarts.data import BatchStream
+    from ndarts.errors import NdartsError
+
+    spec = load_dataset("imagefolder", _tiny_folder(tmp_path / "imgs", bad=True), image_size=8)
+    stream = BatchStream(spec.train, range(len(spec.train)), 8, seed=0, stream=0, workers=workers)
+    with pytest.raises(NdartsError) as exc:
+        list(stream.iterate(0))
+    message = str(exc.value)
+    assert "\n" not in message and "bad.png" in message and "not an image file" in message, message
+
+
+def test_search_cli_names_an_unreadable_image(tmp_path, capsys):
+    from ndarts import search
+
+    root = _tiny_folder(tmp_path / "imgs", bad=True)
+    with pytest.raises(SystemExit) as exc:
+        search.main(["--dataset", "imagefolder", "--data", str(root), "--image-size", "8", "--layers", "3",
+                     "--init-channels", "4", "--batch-size", "4", "--epochs", "1", "--max-steps", "2",
+                     "--report-freq", "0", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.startswith("error: cannot read the image ") and "\n" not in err, err
+
+
+@pytest.mark.parametrize("name", ["imagefolder", "cifar10"])
+def test_a_tilde_in_data_is_the_home_directory(tmp_path, monkeypatch, name):
+    """``--data=~/x`` reaches us unexpanded (the shell expands ~ only at a word's start): every
+    dataset expands it, as imagenet16-120 did."""
+    from ndarts.errors import NdartsError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if name == "imagefolder":
+        _tiny_folder(tmp_path / "imgs")
+        assert len(load_dataset(name, "~/imgs", image_size=8).train) == 4
+    else:
+        with pytest.raises(NdartsError, match=f"directory {tmp_path}/missing does not exist"):
+            load_dataset(name, "~/missing")

@@ -156,12 +156,12 @@ def test_gather_inverse_refuses_repeated_or_outside_indices(index, size):
         gather_inverse(index, size)
 
 
-TINY_SEARCH = ["--layers", "3", "--init-channels", "4", "--batch-size", "16", "--max-steps", "3", "--report-freq", "0",
-               "--epochs", "1"]
+TINY_SEARCH = ["--init-channels", "4", "--batch-size", "16", "--max-steps", "3", "--report-freq", "0", "--epochs", "1"]
+DARTS_CELLS = ["--layers", "3"]  # the DARTS spaces (NAS-Bench-201's refuses --layers)
 
 
-@pytest.mark.parametrize("flags", [[], ["--space", "nas-bench-201", "--cells-per-stage", "1"],
-                                   ["--order", "second", "--hessian-every", "1"]])
+@pytest.mark.parametrize("flags", [DARTS_CELLS, ["--space", "nas-bench-201", "--cells-per-stage", "1"],
+                                   [*DARTS_CELLS, "--order", "second", "--hessian-every", "1"]])
 def test_deterministic_search_repeats_and_records_the_flag(restored, tmp_path, flags):
     """Second order and the Hessian differentiate the masked loss and the weights' gathers twice."""
     runs = []
@@ -184,7 +184,7 @@ def test_deterministic_search_repeats_and_records_the_flag(restored, tmp_path, f
 ])
 def test_deterministic_search_refuses_timing_based_choices(restored, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exc:
-        search.main([*TINY_SEARCH, "--deterministic", *flags, "--out", str(tmp_path / "x")])
+        search.main([*TINY_SEARCH, *DARTS_CELLS, "--deterministic", *flags, "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "x").exists() and not torch.are_deterministic_algorithms_enabled()

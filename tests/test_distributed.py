@@ -31,8 +31,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-TINY = ["--dataset", "digits", "--layers", "3", "--init-channels", "4", "--batch-size", "8",
-        "--max-steps", "2", "--device", "cpu", "--report-freq", "0"]
+TINY_ANY_SPACE = ["--dataset", "digits", "--init-channels", "4", "--batch-size", "8", "--max-steps", "2", "--device",
+                  "cpu", "--report-freq", "0"]
+TINY = TINY_ANY_SPACE + ["--layers", "3"]  # the DARTS spaces (NAS-Bench-201's refuses --layers)
 
 
 # ----------------------------------------------------------------------------- worker (under torchrun)
@@ -148,7 +149,7 @@ def test_nas_bench_201_search_alpha_identical_on_every_rank(tmp_path):
     """NAS-Bench-201's space under torchrun: its one α (alphas_cell) is kept out of DDP, broadcast and
     all-reduced like the DARTS cells' α; the ranks end with the same α and weights."""
     out = tmp_path / "run"
-    torchrun(tmp_path / "dump", TINY + ["--epochs", "1", "--space", "nas-bench-201", "--cells-per-stage", "1",
+    torchrun(tmp_path / "dump", TINY_ANY_SPACE + ["--epochs", "1", "--space", "nas-bench-201", "--cells-per-stage", "1",
                                         "--fused", "--out", str(out)])
     ranks = load_ranks(tmp_path / "dump")
     assert "alphas_cell" in ranks[0]

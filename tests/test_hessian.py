@@ -109,3 +109,55 @@ def test_search_logs_the_eigenvalue_and_counts_its_time_in_the_epoch(tmp_path, m
     (epoch_line,) = [line for line in (out / "log.txt").read_text().splitlines() if " epoch 1/1 " in line]
     assert shown in epoch_line and epoch_line.endswith(f"| {record['seconds']:.1f}s")
     assert shown in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_measuring_leaves_the_rng_as_it_found_it(fused):
+    """The measurement's forwards draw ε (reference ops) or Philox seeds (fused ops) even at noise
+    scale 0: the monitor must give them back, or the search it watches takes other steps."""
+    torch.manual_seed(0)
+    model = SearchNetwork(C=2, num_classes=3, layers=3, primitives=DARTS_PRIMITIVES, steps=2, multiplier=2,
+                          in_channels=1, noise=NoiseConfig(), fused=fused, backend="torch")
+    x, y = torch.randn(4, 1, 4, 4), torch.randint(0, 3, (4,))
+    before = torch.get_rng_state()
+    dominant_eigenvalue(model, nn.CrossEntropyLoss(), x, y, iters=2)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_search_with_the_measurement_takes_the_same_steps(tmp_path):
+    """--hessian-every only watches: α, the losses and the genotype are bitwise those of a search
+    without it (3 epochs, so the measurement sits between epochs that go on drawing noise)."""
+    import json
+
+    from ndarts.search import main
+
+    runs = []
+    for name, extra in (("plain", []), ("watched", ["--hessian-every", "1"])):
+        out = tmp_path / name
+        main(["--layers", "3", "--init-channels", "4", "--batch-size", "16", "--max-steps", "2", "--report-freq", "0",
+              "--epochs", "3", "--seed", "2", "--out", str(out), *extra])
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        runs.append(([{k: v for k, v in r.items() if k.startswith(("alphas", "train_", "val_", "genotype"))}
+                      for r in records], (out / "genotype.json").read_text()))
+    assert "hessian_eigenvalue" in records[-1]
+    assert runs[0] == runs[1]
+
+
+def test_measuring_on_an_image_folder_stream_leaves_the_rng(tmp_path):
+    """An image folder's DataLoader and its random crops draw from torch's RNG: measure_on_stream
+    fetches the batch inside the forked RNGs too."""
+    import numpy as np
+    from PIL import Image
+
+    from ndarts.data import BatchStream, load_dataset
+    from ndarts.hessian import measure_on_stream
+
+    for cls in ("a", "b", "c"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / "train" / cls / "0.png")
+    spec = load_dataset("imagefolder", str(tmp_path), image_size=4)
+    model = SearchNetwork(C=2, num_classes=3, layers=3, primitives=DARTS_PRIMITIVES, steps=2, multiplier=2,
+                          in_channels=3, noise=NoiseConfig(), backend="torch")
+    before = torch.get_rng_state()
+    measure_on_stream(model, nn.CrossEntropyLoss(), BatchStream(spec.train, range(3), 3, 0, 1), "cpu", iters=1)
+    assert torch.equal(torch.get_rng_state(), before)

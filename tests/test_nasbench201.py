@@ -241,6 +241,35 @@ def test_options_of_the_darts_space_are_refused(tmp_path):
         Searcher(_cfg(tmp_path / "run", triton_convs="depthwise"))
 
 
+@pytest.mark.parametrize("argv,named", [
+    (["--space", "nas-bench-201", "--layers", "3"], ["--layers"]),  # was silently ignored
+    (["--space", "nas-bench-201", "--no-batch-edge-convs", "--noise-position", "input"],
+     ["--batch-edge-convs", "--noise-position"]),
+    (["--space", "darts", "--cells-per-stage", "2"], ["--cells-per-stage"]),
+])
+def test_search_cli_refuses_the_flags_a_space_does_not_use(tmp_path, capsys, argv, named):
+    """One line naming each flag, before the run directory is made; the resumed run's space counts."""
+    from ndarts import search
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        search.main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert all(flag in err for flag in named) and not out.exists(), err
+
+
+def test_a_resumed_nas_bench_201_run_refuses_layers(tmp_path, capsys):
+    from ndarts import search
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(_cfg(out).to_dict()))
+    with pytest.raises(SystemExit):
+        search.main(["--out", str(out), "--resume", "--layers", "3"])
+    assert "nas-bench-201 space does not use --layers" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- the benchmark lookup
 class FakeBenchmark:
     """The two calls of NATS-Bench's / NAS-Bench-201's API that lookup makes."""

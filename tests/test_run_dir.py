@@ -194,3 +194,61 @@ def test_the_shared_epoch_loop_on_an_interrupt_or_out_of_memory(tmp_path, exc, e
     else:
         log = (tmp_path / "r" / "log.txt").read_text()
         assert f"python -m ndarts.train --out {tmp_path / 'r'} --resume continues after epoch {stop_at}" in log
+
+
+def _disk_full(monkeypatch, module):
+    """`module`'s checkpoint writes fail as on a full disk (after its metrics and genotype are written)."""
+    def full(state, path):
+        raise NdartsError(f"no space left on the device while writing {path}; the previous version of the file is kept")
+
+    monkeypatch.setattr(module, "save_checkpoint", full)
+
+
+def test_a_run_failing_at_its_first_checkpoint_removes_its_records(tmp_path, monkeypatch):
+    """The first checkpoint fails (a full disk): the metrics, genotypes/ and tensorboard/ written in
+    the epoch go with config.json and log.txt, and the rerun's metrics are its own."""
+    import ndarts.searcher as searcher_module
+
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _disk_full(m, searcher_module)
+        with pytest.raises(NdartsError, match="no space left"):
+            Searcher(_cfg(out, max_steps=1, tensorboard=True)).run_search()
+    assert not out.exists()
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 0}\n')  # left by a run whose clean-up could not finish
+    Searcher(_cfg(out, max_steps=1)).run_search()
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_a_training_failing_at_its_first_checkpoint_removes_its_records(tmp_path, monkeypatch):
+    import ndarts.trainer as trainer_module
+
+    out = tmp_path / "train"
+    _disk_full(monkeypatch, trainer_module)
+    with pytest.raises(SystemExit):
+        train_main(["--init-channels", "4", "--layers", "3", "--batch-size", "16", "--max-steps", "1",
+                    "--epochs", "1", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_a_resume_of_a_lone_corrupt_checkpoint_names_only_that(tmp_path, capsys):
+    """checkpoint.pt alone, cut short: the resume says it is corrupt in a whole sentence, without a
+    note on the conv layout it could not have read from it."""
+    from ndarts.search import main as search_main
+
+    out = tmp_path / "run"
+    Searcher(_cfg(out, epochs=1, max_steps=1)).run_search()
+    data = (out / "checkpoint.pt").read_bytes()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        search_main(["--out", str(cut), "--resume"])
+    printed = capsys.readouterr()
+    assert "batch_edge_convs" not in printed.out
+    err = printed.err.strip()
+    assert "is corrupt or not a checkpoint" in err and "\n" not in err
+    assert err.endswith(".)") and "your checkpoint file is)" not in err, err

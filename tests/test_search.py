@@ -1,6 +1,7 @@
 """The search end to end on the embedded data: one epoch, run files, determinism, resume, CLI errors."""
 import contextlib
 import json
+import math
 import subprocess
 import sys
 
@@ -358,3 +359,42 @@ def test_the_header_counts_the_steps_an_epoch_runs(tmp_path):
     total = len(s.train_stream)
     assert total > 2
     assert f"2 of {total} steps/epoch (--max-steps)" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_settings_given_with_resume_are_the_ones_the_run_goes_on_with(tmp_path, monkeypatch):
+    """A resume with new learning rates, momentum, weight decays, epochs and floor: the optimizers
+    take them (not the checkpoint's), and the cosine schedule is the new one at the epoch reached
+    (never below the new floor), as config.json records."""
+    with _killed_before_epoch(monkeypatch):
+        Searcher(_cfg(tmp_path / "cut", epochs=3, max_steps=1)).run_search()
+    new = dict(epochs=5, learning_rate=0.5, learning_rate_min=0.1, momentum=0.1, weight_decay=0.01,
+               arch_learning_rate=0.1, arch_weight_decay=0.02)
+    resumed = Searcher(_cfg(tmp_path / "cut", max_steps=1, resume=True, **new))
+    (w,), (a,) = resumed.w_opt.param_groups, resumed.a_opt.param_groups
+    assert (w["momentum"], w["weight_decay"], a["lr"], a["weight_decay"]) == (0.1, 0.01, 0.1, 0.02)
+    assert (resumed.architect.momentum, resumed.architect.weight_decay) == (0.1, 0.01)
+    resumed.run_search()
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[0] == 0.05  # the epoch before the resume, as it ran
+    cosine = [0.1 + 0.4 * (1 + math.cos(math.pi * t / 5)) / 2 for t in range(1, 5)]
+    assert lrs[1:] == pytest.approx(cosine, rel=1e-12) and min(lrs[1:]) >= 0.1
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["learning_rate"] == 0.5
+
+
+def test_a_cli_resume_of_a_search_on_own_data_is_refused(tmp_path, capsys):
+    """A search on a caller's DataSpec records its name and that it was the caller's; `--resume`
+    from the command line, which would go on with the digits, refuses it in one line."""
+    from ndarts.data import DataSpec, InMemoryDataset
+
+    x, y = torch.randn(24, 1, 8, 8), torch.arange(24) % 3
+    out = tmp_path / "own"
+    Searcher(_cfg(out, epochs=1, max_steps=1, steps=2), data=DataSpec("mydata", InMemoryDataset(x, y), None, 3, 1, 8)).run_search()
+    config = json.loads((out / "config.json").read_text())
+    assert (config["dataset"], config["own_data"]) == ("mydata", True)
+    assert "search: mydata on" in (out / "log.txt").read_text()
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--resume", "--epochs", "2"])
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "data its caller supplied in Python ('mydata'" in err
+    with pytest.raises(NdartsError, match="pass the same data again"):
+        Searcher(_cfg(out, epochs=2, max_steps=1, steps=2, dataset="mydata", resume=True))

@@ -1,5 +1,6 @@
 """python -m ndarts.train / ndarts.evaluate end to end on the embedded digits dataset (tiny network)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -253,3 +254,96 @@ def test_evaluate_refuses_fp16_on_a_cpu(tmp_path, capsys):
     """As ndarts.train does (it ran fp32 silently): before the checkpoint is read."""
     expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "none.pt"), "--amp", "fp16",
                                               "--device", "cpu"], "--amp fp16 needs a CUDA device")
+
+
+def _lrs(run_dir):
+    return [r["lr"] for r in metrics(run_dir)]
+
+
+def test_settings_given_with_resume_are_the_ones_the_training_goes_on_with(tmp_path):
+    """--learning-rate, --momentum, --weight-decay, --epochs and the floor given with --resume are
+    used (the optimizer's, and the cosine schedule's at the epoch reached), as config.json says;
+    so is a new --lr-gamma of the step schedule."""
+    a, s = tmp_path / "a", tmp_path / "s"
+    run_train(a, "--epochs", "3", "--max-steps", "1")
+    train.main(["--out", str(a), "--resume", "--epochs", "5", "--learning-rate", "0.5", "--learning-rate-min", "0.1",
+                "--momentum", "0.1", "--weight-decay", "0.01"])
+    (group,) = torch.load(a / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert (group["momentum"], group["weight_decay"]) == (0.1, 0.01)
+    cosine = [0.1 + 0.4 * (1 + math.cos(math.pi * t / 5)) / 2 for t in (3, 4)]
+    assert _lrs(a)[3:] == pytest.approx(cosine, rel=1e-12) and min(_lrs(a)[3:]) >= 0.1
+
+    run_train(s, "--epochs", "1", "--max-steps", "1", "--lr-schedule", "step", "--learning-rate", "0.1")
+    train.main(["--out", str(s), "--resume", "--epochs", "3", "--lr-gamma", "0.5"])
+    assert _lrs(s) == pytest.approx([0.1, 0.05, 0.025], rel=1e-12)
+
+
+def test_a_kill_between_checkpoint_and_best_is_repaired_by_the_resume(tmp_path, monkeypatch):
+    """An epoch that improves writes checkpoint.pt, then best.pt: killed between the two, best.pt is
+    an older epoch's; the resume makes it the checkpoint it continues from (its run's best)."""
+    import ndarts.trainer as trainer_module
+
+    cfg = dict(init_channels=4, layers=3, batch_size=16, max_steps=1, seed=3, report_freq=0, out=str(tmp_path / "r"))
+    accuracies = iter([0.5, 0.9])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (1.0, next(accuracies)))
+    Trainer(TrainConfig(epochs=1, **cfg)).fit()
+
+    class Killed(BaseException):
+        pass
+
+    real_save = trainer_module.save_checkpoint
+
+    def killed_at_best(state, path):
+        if path.name == "best.pt":
+            raise Killed
+        real_save(state, path)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", killed_at_best)
+    with pytest.raises(Killed):
+        Trainer(TrainConfig(epochs=2, resume=True, **cfg)).fit()
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    assert torch.load(tmp_path / "r" / "best.pt", weights_only=True)["epoch"] == 1  # stale
+    resumed = Trainer(TrainConfig(epochs=2, resume=True, **cfg))
+    assert resumed.best_acc == 0.9
+    best = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    assert (best["epoch"], best["best_acc"]) == (2, 0.9)
+    assert (tmp_path / "r" / "best.pt").read_bytes() == (tmp_path / "r" / "checkpoint.pt").read_bytes()
+
+
+def test_a_resume_trains_the_recorded_cell_when_the_genotype_file_is_gone(tmp_path, capsys):
+    """--genotype FILE, then the file moved away (or rewritten): a --resume without --genotype goes on
+    with the cell the run recorded; one naming another cell is refused as before."""
+    from ndarts.genotype import load_genotype
+
+    cell = tmp_path / "g1.json"
+    cell.write_text(load_genotype("NoisyDARTS-a").to_json())
+    a = tmp_path / "a"
+    run_train(a, "--genotype", str(cell), "--epochs", "1", "--max-steps", "1")
+    cell.unlink()
+    train.main(["--out", str(a), "--resume", "--epochs", "2"])
+    assert [r["epoch"] for r in metrics(a)] == [0, 1]
+    cell.write_text(load_genotype("DARTS_V2").to_json())
+    train.main(["--out", str(a), "--resume", "--epochs", "3"])
+    assert json.loads((a / "config.json").read_text())["genotype_dict"] == load_genotype("NoisyDARTS-a").to_dict()
+    expect_user_error(capsys, train.main, ["--out", str(a), "--resume", "--epochs", "4", "--genotype", str(cell)],
+                      "--genotype: checkpoint")
+
+
+def test_a_run_on_own_data_is_not_resumed_or_evaluated_on_the_digits(tmp_path, capsys):
+    """Trained on a caller's DataSpec: config.json and the log name it; the command line's --resume and
+    ndarts.evaluate, which would read the digits in its place, refuse it in one line."""
+    from ndarts.data import DataSpec, InMemoryDataset
+
+    x, y = torch.randn(40, 1, 8, 8), torch.arange(40) % 10
+    spec = DataSpec("mydata", InMemoryDataset(x[:30], y[:30]), InMemoryDataset(x[30:], y[30:]), 10, 1, 8)
+    out = tmp_path / "own"
+    Trainer(TrainConfig(init_channels=4, layers=3, batch_size=16, max_steps=1, epochs=1, report_freq=0,
+                        out=str(out)), data=spec).fit()
+    config = json.loads((out / "config.json").read_text())
+    assert (config["dataset"], config["own_data"]) == ("mydata", True)
+    assert "on mydata," in (out / "log.txt").read_text()
+    capsys.readouterr()
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(out / "best.pt")],
+                      "data its caller supplied in Python ('mydata'")
+    expect_user_error(capsys, train.main, ["--out", str(out), "--resume", "--epochs", "2"],
+                      "data its caller supplied in Python ('mydata'")
