@@ -95,6 +95,12 @@ def test_zoo_has_the_published_cells():
     ("__import__('os').system('true')", "neither a zoo genotype"),
     ("{not json", "not valid JSON"),
     ("NoisyDARTS-z", "neither a zoo genotype"),
+    # a reduction cell's inputs are at twice its nodes' resolution: concatenated, a size mismatch at the first forward
+    ('{"normal": [["skip_connect", 0], ["skip_connect", 1]], "normal_concat": [0, 2], '
+     '"reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [1, 2]}', r"valid nodes are 2..2 \(a reduc"),
+    ('[{"normal": [["skip_connect", 0], ["skip_connect", 1]]}]', "must be a JSON object"),
+    ("", "the genotype is empty"),
+    ("   ", "the genotype is empty"),
 ])
 def test_bad_genotypes_are_refused(bad, match):
     with pytest.raises(GenotypeError, match=match):

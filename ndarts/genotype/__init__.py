@@ -101,9 +101,12 @@ def _parse_cell(name, edges, steps, primitives):
 def _parse_concat(name, concat, n_nodes):
     if not isinstance(concat, (list, tuple)) or not concat:
         raise GenotypeError(f"'{name}' must be a non-empty list of node indices")
+    first = 2 if name == "reduce_concat" else 0
     for i in concat:
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_nodes + 2:
-            raise GenotypeError(f"'{name}' holds {i!r}; valid nodes are 0..{n_nodes + 1}")
+        if isinstance(i, bool) or not isinstance(i, int) or not first <= i < n_nodes + 2:
+            raise GenotypeError(f"'{name}' holds {i!r}; valid nodes are {first}..{n_nodes + 1}"
+                                + ("" if first == 0 else " (a reduction cell's inputs 0 and 1 are at twice the "
+                                   "resolution of its output)"))
     return tuple(concat)
 
 
@@ -131,13 +134,15 @@ def load_genotype(spec: str, steps: int | None = None) -> Genotype:
     directory (its genotype.json) or ``FILE:NAME``, one of a DARTS-style genotypes.py's
     ``NAME = Genotype(...)``."""
     spec = spec.strip()
+    if not spec:
+        raise GenotypeError("the genotype is empty: give a zoo name, a JSON or Genotype(...) string, or a file")
     models = zoo()
     if spec in models:
         g = models[spec]
         if steps is not None and g.steps != steps:
             raise GenotypeError(f"genotype {spec} has {g.steps} nodes; this network is built for {steps}")
         return g
-    if spec.startswith("{") or looks_like_darts_text(spec):
+    if spec.startswith(("{", "[")) or looks_like_darts_text(spec):
         text, source, from_file = spec, "the genotype given", False
     else:
         path, name = _file_and_name(spec)
@@ -171,7 +176,7 @@ def genotype_name(spec: str) -> str | None:
     spec = spec.strip()
     if spec in zoo():
         return spec
-    if spec.startswith("{") or looks_like_darts_text(spec):
+    if spec.startswith(("{", "[")) or looks_like_darts_text(spec):
         return None
     return _file_and_name(spec)[1]
 
