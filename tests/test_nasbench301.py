@@ -41,8 +41,8 @@ def fake_nb301(monkeypatch):
 
 
 def random_genotype(rng) -> Genotype:
-    def cell():
-        return [[rng.choice(NOISYDARTS_PRIMITIVES), rng.randrange(2 + i)] for i in range(4) for _ in range(2)]
+    def cell():  # each node's two edges from two different earlier nodes, as in NAS-Bench-301's space
+        return [[rng.choice(NOISYDARTS_PRIMITIVES), j] for i in range(4) for j in rng.sample(range(2 + i), 2)]
     return Genotype.from_dict({"normal": cell(), "normal_concat": [2, 3, 4, 5],
                                "reduce": cell(), "reduce_concat": [2, 3, 4, 5]})
 
@@ -67,6 +67,10 @@ def test_cells_outside_its_space_are_named(tmp_path, fake_nb301):
     other_op["reduce"][3][0] = "sep_conv_7x7"  # an op ndarts knows, outside DARTS's space
     with pytest.raises(GenotypeError, match=r"reduce cell uses \['sep_conv_7x7'\]"):
         nb301.predict_accuracy(Genotype.from_dict(other_op), tmp_path)
+    same_input = json.loads(json.dumps(d))
+    same_input["normal"][7][1] = same_input["normal"][6][1]  # node 5's two edges from one node: not in its space
+    with pytest.raises(GenotypeError, match="node 5 of the normal cell takes both its edges from node 0"):
+        nb301.predict_accuracy(Genotype.from_dict(same_input), tmp_path)
     three_nodes = {k: (v[:6] if k in ("normal", "reduce") else [2, 3, 4]) for k, v in d.items()}
     with pytest.raises(GenotypeError, match="cells of 4 nodes"):
         nb301.predict_accuracy(Genotype.from_dict(three_nodes), tmp_path)

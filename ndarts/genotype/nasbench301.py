@@ -30,6 +30,11 @@ def to_nb301(genotype: Genotype) -> DartsGenotype:
         if outside:
             raise GenotypeError(f"the {name} cell uses {outside}, outside NAS-Bench-301's ops "
                                 f"{list(NOISYDARTS_PRIMITIVES)}")
+        for node in range(len(edges) // 2):  # its space's node picks two of the earlier nodes
+            (_, a), (_, b) = edges[2 * node:2 * node + 2]
+            if a == b:
+                raise GenotypeError(f"NAS-Bench-301's nodes take two different inputs; node {node + 2} of the {name} "
+                                    f"cell takes both its edges from node {a}")
         if tuple(concat) != CONCAT:
             raise GenotypeError(f"NAS-Bench-301 concatenates nodes {list(CONCAT)}; the {name} cell concatenates "
                                 f"{list(concat)}")
