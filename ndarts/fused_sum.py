@@ -72,12 +72,13 @@ def _reference_forward(operands, weights, seed, skip_index, kind, multiplicative
     lam, mean = scaled_params(lam, mean, multiplicative, scale)
     if not _noisy(kind, skip_index, len(operands)):
         std = torch.zeros((1,), device=first.device, dtype=torch.float32)
-        return _in_result_layout(reference_sum_with_eps(operands, weights, -1, False, 0.0, 0.0, None), first), std
+        y = reference_sum_with_eps(operands, weights, -1, False, 0.0, 0.0, None)
+        return _in_layout(y, _result_strides(first)), std
     eps = reference_eps(seed, first.shape, kind, first.device)
     skip = operands[skip_index]
     std = operand_std(skip).float().reshape(1) if not multiplicative else skip.new_zeros((1,), dtype=torch.float32)
     y = reference_sum_with_eps(operands, weights, skip_index, multiplicative, lam, mean, eps)
-    return _in_result_layout(y, first), std
+    return _in_layout(y, _result_strides(first)), std
 
 
 def _reference_backward(grad, operands, weights, seed, std, skip_index, kind, multiplicative, lam, mean, scale=None):
@@ -87,6 +88,7 @@ def _reference_backward(grad, operands, weights, seed, std, skip_index, kind, mu
     noisy = _noisy(kind, skip_index, len(operands))
     eps = reference_eps(seed, operands[0].shape, kind, g.device) if noisy else None
     grads, dw = [], []
+    strides = _result_strides(operands[0])  # every gradient in the kernels' layout of the results
     for k, o in enumerate(operands):
         o32 = o.to(acc_dtype)
         w = weights[k].to(acc_dtype)
@@ -98,7 +100,7 @@ def _reference_backward(grad, operands, weights, seed, std, skip_index, kind, mu
                 d = d * factor
             else:
                 o32 = o32 + (mean + lam * std.reshape(()) * eps)
-        grads.append(_in_result_layout(d.to(o.dtype), operands[0]))
+        grads.append(_in_layout(d.to(o.dtype), strides))
         dw.append((g * o32).sum())
     return grads, torch.stack(dw)
 
@@ -122,9 +124,8 @@ def _result_like(first: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(first.shape, _result_strides(first), dtype=first.dtype, device=first.device)
 
 
-def _in_result_layout(t: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """t (first's shape, any dtype) with _result_strides(first), copied only when its own differ."""
-    strides = _result_strides(first)
+def _in_layout(t: torch.Tensor, strides: tuple[int, ...]) -> torch.Tensor:
+    """t with the given strides (_result_strides of the first operand), copied only when its own differ."""
     if tuple(t.stride()) == strides:
         return t
     return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
