@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .checkpoint import CheckpointError, load_checkpoint, require_keys
+from .checkpoint import CheckpointError, first_sentence, load_checkpoint, require_keys
 from .cli_options import HelpFormatter, require_dataset_flags
 from .config_checks import require_amp_device, require_ints
 from .data import BatchStream, load_dataset
@@ -54,7 +54,7 @@ def load_trained_network(path, device="cpu"):
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path}: the weights do not fit the network it describes: "
-                              f"{str(e).splitlines()[0][:300]}") from None
+                              f"{first_sentence(e, 300)}") from None
     return model.to(device).eval(), cfg, state
 
 

@@ -17,8 +17,8 @@ from .architect import Architect
 from .cell_layout import no_normal_cell_note
 from .config_checks import require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
 from .conv_tuning import AUTO_CANDIDATES, TUNING_CALLS, synthetic_batch, tune_triton_convs
-from .checkpoint import (CheckpointError, load_checkpoint, load_optimizer_state, position_schedule, require_keys,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, first_sentence, load_checkpoint, load_optimizer_state, position_schedule,
+                         require_keys, save_checkpoint)
 from .determinism import deterministic_setup
 from .data import BatchStream, DataSpec, EndlessStream, load_dataset, split_halves
 from .grouped_state import convert_optimizer_state
@@ -426,7 +426,7 @@ class Searcher:
             load_optimizer_state(self.w_opt, state["w_optimizer"])
             load_optimizer_state(self.a_opt, state["a_optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path} does not fit this network/configuration: {str(e).splitlines()[0][:300]}") from None
+            raise CheckpointError(f"{path} does not fit this network/configuration: {first_sentence(e, 300)}") from None
         # the schedule of this run's settings (--epochs, --learning-rate(-min)) at the epoch reached,
         # not the checkpoint's scheduler state, which would go on with the old ones
         position_schedule(self.scheduler, int(state["epoch"]))

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 
 from .cell_layout import no_normal_cell_note
-from .checkpoint import (CheckpointError, atomic_write_bytes, load_checkpoint, load_optimizer_state, position_schedule,
-                         require_keys, save_checkpoint)
+from .checkpoint import (CheckpointError, atomic_write_bytes, first_sentence, load_checkpoint, load_optimizer_state,
+                         position_schedule, require_keys, save_checkpoint)
 from .config_checks import require_amp_device, require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
 from .data import BatchStream, DataSpec, load_dataset
 from .errors import NdartsError
@@ -220,7 +220,7 @@ class Trainer:
             load_optimizer_state(self.optimizer, state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path} does not fit this network/configuration: "
-                                  f"{str(e).splitlines()[0][:300]}") from None
+                                  f"{first_sentence(e, 300)}") from None
         # the schedule of this run's settings (--epochs, --learning-rate(-min), --lr-gamma) at the
         # epoch reached, not the checkpoint's scheduler state, which would go on with the old ones
         position_schedule(self.scheduler, int(state["epoch"]))

@@ -75,6 +75,48 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
 
 
+def _misfit(path, change):
+    """The checkpoint at path with one weight of its model, drawn at random, reshaped or removed; its key."""
+    state = torch.load(path, weights_only=True)
+    keys = [k for k, v in state["model"].items() if v.dim() > 0]
+    key = keys[int(torch.randint(len(keys), (1,)))]
+    if change == "shape":
+        state["model"][key] = torch.zeros(state["model"][key].numel() + 1)
+    else:
+        del state["model"][key]
+    save_checkpoint(state, path)
+    return key
+
+
+@pytest.mark.parametrize("change,problem", [("shape", "size mismatch"), ("missing", "Missing key")])
+def test_weights_that_do_not_fit_name_the_weight(tmp_path, change, problem):
+    """A checkpoint whose weights do not fit the network: the error names the weight and what is wrong
+    (torch's message begins with a line that names neither)."""
+    from ndarts.evaluate import load_trained_network
+    from ndarts.trainer import TrainConfig, Trainer
+
+    cfg = SearchConfig(dataset="digits", layers=3, steps=2, init_channels=4, batch_size=8, max_steps=1, epochs=1,
+                       report_freq=0, out=str(tmp_path / "s"))
+    Searcher(cfg).run_search()
+    key = _misfit(tmp_path / "s" / "checkpoint.pt", change)
+    cfg.epochs, cfg.resume = 2, True
+    with pytest.raises(CheckpointError, match="does not fit") as e:
+        Searcher(cfg)
+    assert problem in str(e.value) and key in str(e.value)
+
+    tcfg = TrainConfig(genotype="DARTS_V2", dataset="digits", layers=3, init_channels=4, batch_size=8, max_steps=1,
+                       epochs=1, report_freq=0, out=str(tmp_path / "t"))
+    Trainer(tcfg).fit()
+    key = _misfit(tmp_path / "t" / "checkpoint.pt", change)
+    with pytest.raises(CheckpointError, match="do not fit") as e:
+        load_trained_network(tmp_path / "t" / "checkpoint.pt")
+    assert problem in str(e.value) and key in str(e.value)
+    tcfg.epochs, tcfg.resume = 2, True
+    with pytest.raises(CheckpointError, match="does not fit") as e:
+        Trainer(tcfg)
+    assert problem in str(e.value) and key in str(e.value)
+
+
 # ----------------------------------------------------------------------------- crashes
 def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
