@@ -135,10 +135,12 @@ def config_from_args(args, given=None) -> SearchConfig:
 
 
 def _given_flags(args, given) -> frozenset[str]:
-    """The destinations given on the command line; without explicit_flags' answer, those not None
-    (the options whose default is None)."""
-    return given if given is not None else frozenset(k for k, v in vars(args).items() if v is not None
-                                                     and k in ("layers", "cells_per_stage", "batch_edge_convs"))
+    """The destinations given on the command line; without explicit_flags' answer, those whose
+    value differs from the parser's default."""
+    if given is not None:
+        return given
+    defaults = vars(build_parser().parse_args([]))
+    return frozenset(k for k, v in vars(args).items() if v != defaults.get(k))
 
 
 @cli_errors

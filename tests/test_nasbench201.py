@@ -259,6 +259,22 @@ def test_search_cli_refuses_the_flags_a_space_does_not_use(tmp_path, capsys, arg
     assert all(flag in err for flag in named) and not out.exists(), err
 
 
+@pytest.mark.parametrize("argv,named", [
+    (["--space", "nas-bench-201", "--noise-position", "input"], "--noise-position"),
+    (["--space", "nas-bench-201", "--no-batch-edge-convs"], "--batch-edge-convs"),
+    (["--space", "nas-bench-201", "--layers", "5"], "--layers"),
+    (["--space", "darts", "--cells-per-stage", "2"], "--cells-per-stage")])
+def test_parsed_flags_without_the_command_line_are_checked_too(argv, named):
+    """config_from_args(args) with no explicit_flags answer (a caller's parsed namespace): the flags
+    whose value is not the parser's default count as given, whatever that default is."""
+    from ndarts.errors import NdartsError
+    from ndarts.search import build_parser, config_from_args
+
+    with pytest.raises(NdartsError, match=f"does not use {named}"):
+        config_from_args(build_parser().parse_args([*argv, "--out", "x"]))
+    config_from_args(build_parser().parse_args([argv[0], argv[1], "--out", "x"]))  # the space alone is fine
+
+
 def test_a_resumed_nas_bench_201_run_refuses_layers(tmp_path, capsys):
     from ndarts import search
 
