@@ -81,12 +81,12 @@ def untouched_rng(model, *tensors):
         yield
 
 
-def measure_on_stream(model, criterion, stream, device, **kwargs) -> float:
+def measure_on_stream(model, criterion, stream, device, iters: int = 20, tol: float = 1e-4, seed: int = 0) -> float:
     """dominant_eigenvalue on the first batch of pass 0 of `stream` (a BatchStream). Fetching it
     is inside the forked RNGs too: an image folder's DataLoader and transforms draw from torch's RNG."""
-    with untouched_rng(model):
+    with untouched_rng(model, torch.empty(0, device=device)):
         x, y = next(iter(stream.iterate(0)))
-        return dominant_eigenvalue(model, criterion, x.to(device), y.to(device), **kwargs)
+        return _power_iteration(model, criterion, x.to(device), y.to(device), iters, tol, seed)
 
 
 def dominant_eigenvalue(model, criterion, x, y, iters: int = 20, tol: float = 1e-4, seed: int = 0) -> float:
