@@ -142,7 +142,7 @@ def load_genotype(spec: str, steps: int | None = None) -> Genotype:
         if steps is not None and g.steps != steps:
             raise GenotypeError(f"genotype {spec} has {g.steps} nodes; this network is built for {steps}")
         return g
-    if spec.startswith(("{", "[")) or looks_like_darts_text(spec):
+    if _inline(spec):
         text, source, from_file = spec, "the genotype given", False
     else:
         path, name = _file_and_name(spec)
@@ -176,9 +176,15 @@ def genotype_name(spec: str) -> str | None:
     spec = spec.strip()
     if spec in zoo():
         return spec
-    if spec.startswith(("{", "[")) or looks_like_darts_text(spec):
+    if _inline(spec):
         return None
     return _file_and_name(spec)[1]
+
+
+def _inline(spec: str) -> bool:
+    """Whether a (stripped) load_genotype spec is the genotype itself, JSON or DARTS's Genotype(...)
+    text, rather than a zoo name or a file."""
+    return spec.startswith(("{", "[")) or looks_like_darts_text(spec)
 
 
 _FILE_SUFFIXES = (".json", ".py", ".txt")
