@@ -4,8 +4,9 @@ Datasets: ``digits`` (the embedded default: scikit-learn's 1,797 real 8×8 handw
 shipped inside the installed package, no network, no files), ``cifar10`` / ``cifar100``
 (torchvision; ``--download`` is opt-in), ``imagenet16-120`` (NAS-Bench-201's ImageNet16-120, from
 its pickled batches: ndarts.imagenet16) and ``imagefolder`` (``DIR/train/<class>/…`` and an
-optional ``DIR/val`` or ``DIR/test``, resized to ``--image-size``; the test folder's images take the
-training folder's label of their class, even where the test folder lacks some classes).
+optional ``DIR/val`` or ``DIR/test``, resized to ``--image-size``, or with the ImageNet network cropped as
+DARTS's train_imagenet.py crops them: folder_transforms; the test folder's images take the training
+folder's label of their class, even where the test folder lacks some classes).
 
 Batch order never comes from a global RNG: pass p of stream s draws its permutation from a
 generator seeded with (seed, s, p). So a stream's position is two integers (pass, step), saved in
@@ -30,6 +31,9 @@ DATASETS = ("digits", "cifar10", "cifar100", "imagenet16-120", "imagefolder")
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# an image folder's transforms: "resize" squashes every image to size×size (small folders, the CIFAR
+# network); "imagenet" crops as DARTS's train_imagenet.py does (the ImageNet protocol)
+IMAGE_TRANSFORMS = ("resize", "imagenet")
 
 
 class InMemoryDataset(Dataset):
@@ -157,9 +161,37 @@ def _cifar(name, root, download, augment, cutout=0) -> DataSpec:
     return DataSpec(name, train, test, 100 if name == "cifar100" else 10, 3, 32)
 
 
-def _imagefolder(root, image_size, augment, cutout=0) -> DataSpec:
-    import torchvision
+def folder_transforms(image_size: int, augment: bool, cutout: int = 0, style: str = "resize") -> tuple:
+    """(train, test) transforms of an image folder's PIL images. "resize": each image squashed to
+    size×size, then CIFAR's padded random crop and flip, for small folders trained like CIFAR.
+    "imagenet": DARTS's train_imagenet.py, whose crops its published ImageNet numbers are of: a random
+    resized crop, flip and colour jitter; the test image resized to 256/224 of the size (shorter side,
+    aspect kept) and centre-cropped. Cutout, where asked for, comes last (DARTS's ImageNet has none)."""
     import torchvision.transforms as T
+
+    _require_transforms(style)
+    tail = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if style == "imagenet":
+        test = [T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size)]
+        aug = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(),
+               T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2)]
+        train = aug if augment else test
+    else:
+        test = [T.Resize((image_size, image_size))]
+        train = test + ([T.RandomCrop(image_size, padding=image_size // 8), T.RandomHorizontalFlip()]
+                        if augment else [])
+    cut = [Cutout(cutout)] if cutout else []
+    return T.Compose(train + tail + cut), T.Compose(test + tail)
+
+
+def _require_transforms(style: str) -> None:
+    """A misspelt style is an error, not silently the other transforms."""
+    if style not in IMAGE_TRANSFORMS:
+        raise NdartsError(f"unknown image transforms {style!r}; choose one of {IMAGE_TRANSFORMS}")
+
+
+def _imagefolder(root, image_size, augment, cutout=0, transforms="resize") -> DataSpec:
+    import torchvision
 
     if root is None:
         raise NdartsError("imagefolder needs --data DIR holding DIR/train/<class>/*.png (and optionally DIR/val)")
@@ -167,11 +199,7 @@ def _imagefolder(root, image_size, augment, cutout=0) -> DataSpec:
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise NdartsError(f"{train_dir} does not exist: an imagefolder dataset needs DIR/train/<class>/<images>")
-    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    aug = [T.RandomCrop(image_size, padding=image_size // 8), T.RandomHorizontalFlip()] if augment else []
-    train_tf = T.Compose([T.Resize((image_size, image_size))] + aug + [T.ToTensor(), norm]
-                         + ([Cutout(cutout)] if cutout else []))
-    test_tf = T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), norm])
+    train_tf, test_tf = folder_transforms(image_size, augment, cutout, transforms)
     try:
         train = torchvision.datasets.ImageFolder(str(train_dir), transform=train_tf, loader=read_image)
         test = None
@@ -223,9 +251,13 @@ def _label_as_train(test, train, test_dir) -> None:
     test.classes, test.class_to_idx = list(train.classes), dict(train.class_to_idx)
 
 
-def load_dataset(name: str, root=None, download=False, image_size=32, augment=True, cutout=0) -> DataSpec:
+def load_dataset(name: str, root=None, download=False, image_size=32, augment=True, cutout=0,
+                 image_transforms="resize") -> DataSpec:
     """root: the --data directory; a leading ~ is the home directory for every dataset, as the shell
-    would have made it of ``--data ~/x`` but not of ``--data=~/x``."""
+    would have made it of ``--data ~/x`` but not of ``--data=~/x``. image_transforms: an image
+    folder's (IMAGE_TRANSFORMS, folder_transforms; the other datasets have their own): "imagenet"
+    under the ImageNet protocol, "resize" (the default, the search's) otherwise."""
+    _require_transforms(image_transforms)
     root = None if root is None else str(Path(root).expanduser())
     if name == "digits":
         return _digits()
@@ -236,7 +268,7 @@ def load_dataset(name: str, root=None, download=False, image_size=32, augment=Tr
 
         return load_imagenet16(root, augment, cutout)
     if name == "imagefolder":
-        return _imagefolder(root, image_size, augment, cutout)
+        return _imagefolder(root, image_size, augment, cutout, image_transforms)
     raise NdartsError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 

@@ -1,8 +1,9 @@
-"""``python -m ndarts.evaluate --checkpoint PATH``: test loss and accuracy of a trained network.
+"""``python -m ndarts.evaluate --checkpoint PATH``: test loss and top-1/top-5 accuracy of a trained network.
 
 The network is rebuilt from what the checkpoint of ``ndarts.train`` stores (its configuration
 as a JSON string and the genotype as a dict, so loading needs no code execution); the dataset
-is the one it was trained on, read from ``--data`` if given (else the stored path).
+is the one it was trained on, read from ``--data`` if given (else the stored path), with the test
+transform of its protocol (an ImageNet-network run's image folder: resize and centre crop).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .eval_model import build_network
 from .genotype import Genotype, GenotypeError
 from .rundir import own_data_problem
 from .searcher import resolve_device
-from .trainer import AMP_MODES, CHECKPOINT_KIND, evaluate_model
+from .trainer import AMP_MODES, CHECKPOINT_KIND, evaluate_model, image_transforms_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +72,8 @@ def main(argv=None):
                           "(ndarts.evaluate.load_trained_network, ndarts.trainer.evaluate_model)")
     require_dataset_flags(cfg["dataset"], data=args.data)
     spec = load_dataset(cfg["dataset"], args.data if args.data is not None else cfg.get("data"),
-                        download=False, image_size=cfg.get("image_size", 32), augment=False)
+                        download=False, image_size=cfg.get("image_size", 32), augment=False,
+                        image_transforms=image_transforms_for(cfg["network"]))
     if spec.test is None:
         raise NdartsError(f"the {cfg['dataset']} dataset at {args.data or cfg.get('data')} has no test split "
                           "(imagefolder: add DIR/val or DIR/test)")
@@ -80,14 +82,15 @@ def main(argv=None):
                           f"network was trained for {state['num_classes']} and {state['in_channels']}")
     stream = BatchStream(spec.test, range(len(spec.test)), args.batch_size, seed=0, stream=2,
                          workers=args.workers, shuffle=False, device=device)
-    loss, acc = evaluate_model(model, stream, device, args.amp)
+    loss, acc, top5 = evaluate_model(model, stream, device, args.amp)
     result = {"checkpoint": str(args.checkpoint), "epoch": int(state["epoch"]), "dataset": cfg["dataset"],
-              "test_images": len(spec.test), "test_loss": loss, "test_acc": acc}
+              "test_images": len(spec.test), "test_loss": loss, "test_acc": acc, "test_acc_top5": top5}
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{args.checkpoint} (epoch {result['epoch']}, {cfg['genotype']}): {cfg['dataset']} test loss "
-              f"{loss:.4f} accuracy {acc:.4f} ({acc * 100:.2f} %, error {100 - acc * 100:.2f} %) on {len(spec.test)} images")
+              f"{loss:.4f} accuracy {acc:.4f} ({acc * 100:.2f} %, error {100 - acc * 100:.2f} %), top-5 "
+              f"{top5:.4f} ({top5 * 100:.2f} %, error {100 - top5 * 100:.2f} %) on {len(spec.test)} images")
     return result
 
 

@@ -45,6 +45,14 @@ class EpochMeter:
         return {"train_loss": loss / max(n, 1), "train_acc": correct / max(n, 1), "steps": n_steps}
 
 
+def topk_correct(logits, y, k: int = 5):
+    """How many rows of `logits` hold their label `y` among their k highest scores, k capped at the
+    number of classes (top-5 of a 3-class problem is top-3): a device tensor, so that a test sums it
+    per batch without a host sync. DARTS's ImageNet results are top-1 and top-5."""
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == y.unsqueeze(1)).any(dim=1).sum()
+
+
 def steps_per_epoch(stream_steps: int, max_steps: int | None) -> int:
     """The steps an epoch runs: the stream's, or --max-steps where that is fewer."""
     return stream_steps if max_steps is None else min(max_steps, stream_steps)

@@ -4,7 +4,10 @@ Defaults are DARTS's CIFAR evaluation protocol (600 epochs, batch 96, C 36, 20 c
 cosine, momentum 0.9, wd 3e-4, auxiliary tower 0.4, cutout 16, drop-path 0.2, grad clip 5).
 ``--network imagenet`` selects DARTS's ImageNet (mobile) network and protocol: C 48, 14 cells,
 250 epochs, batch 128, SGD 0.1 decayed ×0.97 per epoch, wd 3e-5, label smoothing 0.1, no
-drop-path, 224×224 images. On the embedded default dataset (``--dataset digits``) the network
+drop-path, no cutout, 224×224 images as DARTS's train_imagenet.py makes them (an image folder: random
+resized crops, flip, colour jitter; test: resize to 256, centre crop). The closing line gives the last
+epoch's test accuracy (DARTS's reported figure), then the best epoch's, which the test split itself
+chose. On the embedded default dataset (``--dataset digits``) the network
 and schedule are scaled down so the bare command finishes in a few minutes on a laptop CPU.
 Every flag given explicitly overrides a preset. Multi-GPU: ``torchrun --nproc-per-node N -m
 ndarts.train ...``.
@@ -26,7 +29,7 @@ DIGITS_PRESET = {"epochs": 10, "batch_size": 96, "init_channels": 16, "layers": 
 # DARTS's ImageNet (mobile setting) training; the digits preset wins where both set a value.
 IMAGENET_PRESET = {"epochs": 250, "batch_size": 128, "init_channels": 48, "layers": 14, "learning_rate": 0.1,
                    "lr_schedule": "step", "weight_decay": 3e-5, "drop_path_prob": 0.0, "label_smoothing": 0.1,
-                   "image_size": 224}
+                   "image_size": 224, "cutout": 0}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="digits is embedded (no network, no files)")
     g.add_argument("--data", default=None, help="dataset directory (cifar10/cifar100/imagenet16-120/imagefolder)")
     g.add_argument("--download", action="store_true", help="download CIFAR into --data (opt-in)")
-    g.add_argument("--image-size", type=int, default=None, help="imagefolder: resize to this size (default 32, 224 imagenet)")
-    g.add_argument("--cutout", type=int, default=None, help=f"cutout length, 0 = off; default {d.cutout} (0 on digits)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="imagefolder: resize to this size (default 32); imagenet: crop to it (default 224)")
+    g.add_argument("--cutout", type=int, default=None,
+                   help=f"cutout length, 0 = off; default {d.cutout} (0 on digits and imagenet)")
     g.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random crop / flip (default: both, except on digits)")
     g.add_argument("--workers", type=int, default=d.workers,
@@ -129,8 +134,19 @@ def main(argv=None):
         trainer = Trainer(cfg, dist=dist)
         trainer.fit()
         if trainer.rank0:
-            best = "n/a" if trainer.best_acc is None else f"{trainer.best_acc:.4f}"
-            print(f"best test accuracy {best}; run directory: {cfg.out}")
+            print(closing_line(trainer))
+
+
+def closing_line(trainer) -> str:
+    """The run's result: the last epoch's test accuracy first, the figure DARTS reports; the best
+    epoch's second, marked so, since the test split itself chose it (an optimistic figure)."""
+    final = "n/a" if trainer.final_acc is None else f"{trainer.final_acc:.4f}"
+    if trainer.best_acc is None:
+        best = "no test split"
+    else:
+        at = "" if trainer.best_epoch is None else f" at epoch {trainer.best_epoch}"
+        best = f"best {trainer.best_acc:.4f}{at}"
+    return f"final test accuracy {final} ({best}); run directory: {trainer.cfg.out}"
 
 
 if __name__ == "__main__":

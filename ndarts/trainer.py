@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -24,7 +25,7 @@ from .errors import NdartsError
 from .finite_watch import FiniteWatch
 from .eval_model import NETWORKS, build_network, count_parameters
 from .genotype import Genotype, load_genotype
-from .meters import EpochMeter, steps_per_epoch, steps_phrase
+from .meters import EpochMeter, steps_per_epoch, steps_phrase, topk_correct
 from .determinism import deterministic_setup
 from .losses import CrossEntropy
 from .rng import rng_state, seed_everything, set_rng_state
@@ -115,6 +116,20 @@ class Divergence(NdartsError):
     pass
 
 
+class Evaluation(NamedTuple):
+    """A test of a network: mean cross-entropy, top-1 and top-5 accuracy (None without a test split)."""
+    loss: float | None
+    acc: float | None
+    acc_top5: float | None
+
+
+def image_transforms_for(network: str) -> str:
+    """An image folder's transforms (ndarts.data.IMAGE_TRANSFORMS) for a network's protocol: DARTS's
+    ImageNet crops for the ImageNet network, whose published numbers are of those, for its training
+    and for ndarts.evaluate alike; the squashing resize for the CIFAR network."""
+    return "imagenet" if network == "imagenet" else "resize"
+
+
 def autocast_context(device: torch.device, amp: str):
     """Mixed precision for the forward pass: bf16 or fp16 autocast, or nothing."""
     if amp == "none":
@@ -145,6 +160,7 @@ class Trainer:
             seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
             self._build()
             self.start_epoch, self.best_acc, self.best_epoch = 0, None, None
+            self.final_acc = None  # the test accuracy of the last epoch done (DARTS's reported figure)
             if self.run.resuming:
                 self._load_checkpoint(self.run.checkpoint)
             # a resumed run records the settings it goes on with (a longer --epochs, say): the next resume reads them
@@ -156,7 +172,7 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         spec = self._data if self._data is not None else load_dataset(
             cfg.dataset, cfg.data, cfg.download, cfg.image_size, augment=cfg.augment and cfg.dataset != "digits",
-            cutout=cfg.cutout)
+            cutout=cfg.cutout, image_transforms=image_transforms_for(cfg.network))
         self.spec = spec
         train_idx = list(range(len(spec.train)))
         if self.dist is not None:
@@ -205,6 +221,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,  # the epochs done when best.pt was written
+            "test_acc": self.final_acc,  # this epoch's: the final figure of a resume with no epoch left to run
             "rng": rng_state(),
         }
 
@@ -229,6 +246,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
         self.best_acc, self.best_epoch = state.get("best_acc"), state.get("best_epoch")
+        self.final_acc = state.get("test_acc")
         if self.rank0 and self.best_epoch is not None and self.best_epoch == self.start_epoch:
             self._repair_best(path)
         self.run.truncate_metrics(self.start_epoch)
@@ -268,10 +286,12 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         t0 = time.time()
         train = self._train_epoch(epoch)
-        test_loss, test_acc = self.evaluate()
+        test_loss, test_acc, test_top5 = self.evaluate()
         self.scheduler.step()
         record = {"epoch": epoch, "lr": lr, "drop_path_prob": self.model.drop_path_prob, **train,
-                  "test_loss": test_loss, "test_acc": test_acc, "seconds": time.time() - t0}
+                  "test_loss": test_loss, "test_acc": test_acc, "test_acc_top5": test_top5,
+                  "seconds": time.time() - t0}
+        self.final_acc = test_acc
         if not self.rank0:
             return record
         improved = test_acc is not None and (self.best_acc is None or test_acc > self.best_acc)
@@ -286,8 +306,10 @@ class Trainer:
         if improved:
             save_checkpoint(state, self.run.path / "best.pt")
         if self.writer is not None:
-            write_scalars(self.writer, record, ("train_loss", "train_acc", "test_loss", "test_acc", "lr"), epoch + 1)
-        test = "no test split" if test_acc is None else f"test loss {test_loss:.4f} acc {test_acc:.4f} (best {self.best_acc:.4f})"
+            write_scalars(self.writer, record, ("train_loss", "train_acc", "test_loss", "test_acc", "test_acc_top5",
+                                                "lr"), epoch + 1)
+        test = "no test split" if test_acc is None else (f"test loss {test_loss:.4f} acc {test_acc:.4f} top-5 "
+                                                          f"{test_top5:.4f} (best {self.best_acc:.4f})")
         self.run.log(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.5f} train loss {train['train_loss']:.4f} "
                      f"acc {train['train_acc']:.4f} | {test} | {record['seconds']:.1f}s")
         return record
@@ -341,22 +363,24 @@ class Trainer:
                          "(or use --amp none) and --resume, or start again")
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float | None, float | None]:
-        """Loss and accuracy on the test split (None, None without one)."""
+    def evaluate(self) -> Evaluation:
+        """Loss, top-1 and top-5 accuracy on the test split (all None without one)."""
         if self.test_stream is None:
-            return None, None
+            return Evaluation(None, None, None)
         return evaluate_model(self.model, self.test_stream, self.device, self.cfg.amp, self.cfg.max_steps,
                               dist=self.dist)
 
 
 @torch.no_grad()
-def evaluate_model(model, stream: BatchStream, device, amp: str = "none", max_steps=None, dist=None):
-    """Mean cross-entropy and accuracy of `model` (eval mode) over `stream`."""
+def evaluate_model(model, stream: BatchStream, device, amp: str = "none", max_steps=None, dist=None) -> Evaluation:
+    """Mean cross-entropy, top-1 and top-5 accuracy of `model` (eval mode) over `stream`; under DDP
+    (`dist`) every rank tests its share and the sums are all-reduced."""
     was_training = model.training
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     sum_loss = torch.zeros((), device=device)  # on the device: one sync at the end, not one per batch
     correct = torch.zeros((), dtype=torch.long, device=device)
+    correct5 = torch.zeros((), dtype=torch.long, device=device)
     n = 0
     for step, (x, y) in enumerate(stream.iterate(0)):
         if max_steps is not None and step >= max_steps:
@@ -364,11 +388,14 @@ def evaluate_model(model, stream: BatchStream, device, amp: str = "none", max_st
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast_context(device, amp):
             logits, _ = model(x)
-        sum_loss += criterion(logits.float(), y)
+        logits = logits.float()
+        sum_loss += criterion(logits, y)
         correct += (logits.argmax(1) == y).sum()
+        correct5 += topk_correct(logits, y, 5)
         n += y.shape[0]
     model.train(was_training)
-    tot_loss, correct = float(sum_loss), int(correct)
+    tot_loss, correct, correct5 = float(sum_loss), int(correct), int(correct5)
     if dist is not None:
-        tot_loss, correct, n = dist.sum_scalars(tot_loss, correct, n)
-    return tot_loss / max(n, 1), correct / max(n, 1)
+        tot_loss, correct, correct5, n = dist.sum_scalars(tot_loss, correct, correct5, n)
+    n = max(n, 1)
+    return Evaluation(tot_loss / n, correct / n, correct5 / n)

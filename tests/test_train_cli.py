@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ndarts import evaluate, train
-from ndarts.trainer import Divergence, TrainConfig, Trainer
+from ndarts.trainer import Divergence, Evaluation, TrainConfig, Trainer
 
 
 ENV1 = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -285,7 +285,7 @@ def test_a_kill_between_checkpoint_and_best_is_repaired_by_the_resume(tmp_path, 
 
     cfg = dict(init_channels=4, layers=3, batch_size=16, max_steps=1, seed=3, report_freq=0, out=str(tmp_path / "r"))
     accuracies = iter([0.5, 0.9])
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: (1.0, next(accuracies)))
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: Evaluation(1.0, *[next(accuracies)] * 2))
     Trainer(TrainConfig(epochs=1, **cfg)).fit()
 
     class Killed(BaseException):
@@ -347,3 +347,80 @@ def test_a_run_on_own_data_is_not_resumed_or_evaluated_on_the_digits(tmp_path, c
                       "data its caller supplied in Python ('mydata'")
     expect_user_error(capsys, train.main, ["--out", str(out), "--resume", "--epochs", "2"],
                       "data its caller supplied in Python ('mydata'")
+
+
+def _own_top5(model, x, y, batch):
+    """Top-5 accuracy of `model` on (x, y), in batches of `batch` as the test ran them, by torch.topk."""
+    hits = 0
+    with torch.no_grad():
+        for i in range(0, len(y), batch):
+            logits, _ = model(x[i:i + batch])
+            hits += int((torch.topk(logits, 5, dim=1).indices == y[i:i + batch, None]).any(dim=1).sum())
+    return hits / len(y)
+
+
+def test_top5_is_torch_topks_in_metrics_the_log_and_evaluate(tmp_path, capsys):
+    """DARTS's ImageNet results are top-1/top-5: each epoch's test (metrics.jsonl, the log line) and
+    ndarts.evaluate (text and --json) give top-5 as torch.topk counts it, the top-1 keys unchanged."""
+    from ndarts.data import load_dataset
+
+    run_train(tmp_path / "r", "--epochs", "1")
+    (record,) = metrics(tmp_path / "r")
+    model, _, _ = evaluate.load_trained_network(tmp_path / "r" / "checkpoint.pt")
+    test = load_dataset("digits").test
+    # the epoch's test: --max-steps 2 batches of 16, in order
+    assert record["test_acc_top5"] == pytest.approx(_own_top5(model, test.x[:32], test.y[:32], 16), abs=1e-12)
+    assert record["test_acc"] <= record["test_acc_top5"] < 1.0
+    assert f"top-5 {record['test_acc_top5']:.4f} (best" in (tmp_path / "r" / "log.txt").read_text()
+    capsys.readouterr()
+    result = evaluate.main(["--checkpoint", str(tmp_path / "r" / "checkpoint.pt"), "--json", "--batch-size", "64"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = _own_top5(model, test.x, test.y, 64)
+    assert printed["test_acc_top5"] == result["test_acc_top5"] == pytest.approx(want, abs=1e-12)
+    assert {"test_loss", "test_acc"} <= set(printed)
+    evaluate.main(["--checkpoint", str(tmp_path / "r" / "checkpoint.pt"), "--batch-size", "64"])
+    assert f"top-5 {want:.4f} ({want * 100:.2f} %" in capsys.readouterr().out
+
+
+def test_evaluate_model_sums_the_top5_count_across_ranks():
+    """Under DDP each rank tests its share: the top-5 hits are all-reduced with the top-1 hits and the
+    image count (here a stand-in for the all-reduce adds another rank's 10 images, 4 top-1 and 7 top-5)."""
+    from ndarts.data import BatchStream, InMemoryDataset
+    from ndarts.trainer import evaluate_model
+
+    class TwoRanks:
+        def sum_scalars(self, *values):  # (loss, top-1 hits, top-5 hits, images)
+            return tuple(v + o for v, o in zip(values, (20.0, 4, 7, 10)))
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(6, 8)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)), None
+
+    torch.manual_seed(0)
+    model, x, y = Linear(), torch.randn(30, 6, 1, 1), torch.arange(30) % 8
+    stream = BatchStream(InMemoryDataset(x, y), range(30), 7, seed=0, stream=2, shuffle=False)
+    with torch.no_grad():
+        logits, _ = model(x)
+    top1 = int((logits.argmax(1) == y).sum())
+    top5 = int((torch.topk(logits, 5, dim=1).indices == y[:, None]).any(1).sum())
+    alone, summed = evaluate_model(model, stream, "cpu"), evaluate_model(model, stream, "cpu", dist=TwoRanks())
+    assert top1 < top5 < 30
+    assert (alone.acc, alone.acc_top5) == (top1 / 30, top5 / 30)
+    assert (summed.acc, summed.acc_top5) == ((top1 + 4) / 40, (top5 + 7) / 40)
+
+
+def test_the_closing_line_gives_the_final_epochs_accuracy_then_the_best(tmp_path, monkeypatch, capsys):
+    """DARTS reports the last epoch's test accuracy; the best epoch's, chosen on the test split, comes
+    second. A resume with no epoch left to run still knows the last one's (from the checkpoint)."""
+    accuracies = iter([0.5, 0.9, 0.7])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: Evaluation(1.0, *[next(accuracies)] * 2))
+    capsys.readouterr()
+    run_train(tmp_path / "r", "--epochs", "3", "--max-steps", "1")
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out == f"final test accuracy 0.7000 (best 0.9000 at epoch 2); run directory: {tmp_path / 'r'}"
+    train.main(["--out", str(tmp_path / "r"), "--resume", "--epochs", "3"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == out
