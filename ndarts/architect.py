@@ -2,7 +2,9 @@
 
 First order: ∇_α L_val(w, α).
 Second order (unrolled): ∇_α L_val(w', α) − ξ·∇²_{α,w} L_train(w, α)·∇_{w'} L_val(w', α), with
-w' = w − ξ·(momentum·m + ∇_w L_train + wd·w) one virtual SGD step, and the mixed second
+w' = w − ξ·(momentum·m + ∇_w L_train + wd·w) one virtual SGD step (with Nesterov momentum, as
+NAS-Bench-201's protocol steps w: w − ξ·(d + momentum·(momentum·m + d)), d = ∇_w L_train + wd·w;
+either way the step the w optimizer would take at rate ξ), and the mixed second
 derivative by central finite differences of ∇_α L_train at w ± r·v, r = 0.01/‖v‖ (DARTS).
 """
 from __future__ import annotations
@@ -58,18 +60,25 @@ class Architect:
 
     # ------------------------------------------------------------------ second order
     def unrolled_weights(self, x, y, eta: float | torch.Tensor) -> dict[str, torch.Tensor]:
-        """w' = w − η·(momentum·m + ∇_w L_train + wd·w), as leaf tensors that require grad."""
+        """w' = w − η·(momentum·m + ∇_w L_train + wd·w) (Nesterov: the w optimizer's own update,
+        module docstring), as leaf tensors that require grad."""
         named = self.model.named_weight_parameters()
         loss = self._loss(x, y)
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for (_, p), g in zip(named, grads)]
         if self.grad_hook is not None:
             self.grad_hook(grads)
+        nesterov = any(group.get("nesterov", False) for group in self.weight_optimizer.param_groups)
         unrolled = {}
         for (name, p), g in zip(named, grads):
             buf = self.weight_optimizer.state.get(p, {}).get("momentum_buffer")
-            moment = buf * self.momentum if buf is not None else torch.zeros_like(p)
-            unrolled[name] = (p - eta * (moment + g + self.weight_decay * p)).detach().requires_grad_()
+            if nesterov:  # torch's SGD: the first step's buffer is d itself
+                d = g + self.weight_decay * p
+                step = d + self.momentum * (buf * self.momentum + d if buf is not None else d)
+            else:
+                moment = buf * self.momentum if buf is not None else torch.zeros_like(p)
+                step = moment + g + self.weight_decay * p
+            unrolled[name] = (p - eta * step).detach().requires_grad_()
         return unrolled
 
     def second_order_grads(self, x_train, y_train, x_val, y_val, eta: float | torch.Tensor):

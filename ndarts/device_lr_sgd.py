@@ -9,7 +9,8 @@ a new rate is one fill of that tensor: the step is captured once for the whole s
 second-order α step reads the same tensor as its virtual step's ξ, ndarts.graph_step).
 
 What: ``DeviceLrSGD(optimizer)`` steps the parameters of a torch.optim.SGD (momentum, weight
-decay: DARTS's w optimizer; no nesterov, dampening or maximize) exactly as its foreach step does,
+decay: DARTS's w optimizer; Nesterov momentum: NAS-Bench-201's; no dampening or maximize) exactly as
+its foreach step does,
 with the same state: the SGD's own momentum buffers, so its state_dict, the checkpoints and an
 eager step see one optimizer. ``CaptureAwareSGD`` is what the graphed step calls: inside a capture
 the device-rate update, elsewhere (the warm-up steps, a batch of another shape) the SGD's own
@@ -25,9 +26,9 @@ class DeviceLrSGD:
         if not isinstance(optimizer, torch.optim.SGD):
             raise TypeError(f"DeviceLrSGD steps a torch.optim.SGD, got {type(optimizer).__name__}")
         for group in optimizer.param_groups:
-            if group["nesterov"] or group["dampening"] or group["maximize"]:
-                raise ValueError("DeviceLrSGD: nesterov, dampening and maximize are not supported "
-                                 "(DARTS's w optimizer uses none)")
+            if group["dampening"] or group["maximize"]:
+                raise ValueError("DeviceLrSGD: dampening and maximize are not supported "
+                                 "(DARTS's and NAS-Bench-201's w optimizers use neither)")
         self.optimizer = optimizer
         params = [p for group in optimizer.param_groups for p in group["params"]]
         device = params[0].device if params else torch.device("cpu")
@@ -42,8 +43,9 @@ class DeviceLrSGD:
 
     @torch.no_grad()
     def step(self) -> None:
-        """p ← p − lr·buf, buf ← momentum·buf + (grad + weight_decay·p): torch's SGD, lr on the device.
-        Every parameter with a gradient must have its momentum buffer (made by an eager step)."""
+        """d = grad + weight_decay·p, buf ← momentum·buf + d, p ← p − lr·buf (Nesterov: p ← p −
+        lr·(d + momentum·buf)): torch's SGD, lr on the device. Every parameter with a gradient must
+        have its momentum buffer (made by an eager step)."""
         state = self.optimizer.state
         for group in self.optimizer.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -59,7 +61,7 @@ class DeviceLrSGD:
                                        "step first (the graph's warm-up)")
                 torch._foreach_mul_(bufs, group["momentum"])
                 torch._foreach_add_(bufs, grads)
-                grads = bufs
+                grads = torch._foreach_add(grads, bufs, alpha=group["momentum"]) if group["nesterov"] else bufs
             torch._foreach_sub_(params, torch._foreach_mul(grads, self.lr))
 
 

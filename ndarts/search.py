@@ -4,8 +4,9 @@ Defaults are the official NoisyDARTS search (7 ops without `none`, Gaussian nois
 skip connection, 50 epochs, batch 128, SGD 0.05 → 0.001, Adam 3e-4 for α, first order).
 Original DARTS: ``--space darts --noise none --batch-size 64 --learning-rate 0.025 --order second``.
 On the embedded default dataset (``--dataset digits``, no network, no files) the network and the
-schedule are scaled down so the bare command finishes in minutes on a laptop CPU; every flag
-given explicitly overrides that preset.
+schedule are scaled down so the bare command finishes in minutes on a laptop CPU; ``--space
+nas-bench-201`` takes NAS-Bench-201's own DARTS search protocol for w's optimizer (NB201_PRESET).
+Every flag given explicitly overrides a preset; with both, digits' scale-down comes first.
 """
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from .config_checks import require_space_flags
 from .data import DATASETS
 from .errors import cli_errors
 from .noise import MIXTURES, NOISE_KINDS, POSITIONS
-from .operations import SPACES
-from .rundir import config_values, explicit_flags
+from .operations import NAS_BENCH_201, SPACES
+from .rundir import config_values, explicit_flags, saved_config
 from .searcher import TRITON_CONVS, SearchConfig, Searcher
 
 # The embedded dataset is 1,437 8×8 training images: a small network and few epochs suffice.
 DIGITS_PRESET = {"epochs": 10, "batch_size": 64, "init_channels": 8, "layers": 5, "report_freq": 5}
+# NAS-Bench-201's DARTS search protocol (configs/nas-benchmark/algos/DARTS.config in D-X-Y/AutoDL-Projects):
+# SGD 0.025 → 0.001 cosine, momentum 0.9, Nesterov, wd 5e-4, batch 64, 50 epochs, clip 5; α: Adam 3e-4,
+# betas (0.5, 0.999), wd 1e-3. What differs from the NoisyDARTS defaults (SearchConfig) is here.
+NB201_PRESET = {"learning_rate": 0.025, "weight_decay": 5e-4, "nesterov": True, "batch_size": 64}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,12 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs} ({DIGITS_PRESET['epochs']} on digits)")
-    g.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size} ({DIGITS_PRESET['batch_size']} on digits)")
-    g.add_argument("--learning-rate", type=float, default=d.learning_rate, help="SGD learning rate of the weights w")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"default {d.batch_size} ({DIGITS_PRESET['batch_size']} on digits, "
+                        f"{NB201_PRESET['batch_size']} on nas-bench-201)")
+    g.add_argument("--learning-rate", type=float, default=None,
+                   help=f"SGD learning rate of the weights w (default: {d.learning_rate}; "
+                        f"{NB201_PRESET['learning_rate']} on nas-bench-201)")
     g.add_argument("--learning-rate-min", type=float, default=d.learning_rate_min,
                    help="floor of w's cosine learning-rate schedule")
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum of w")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay of w")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum in w's SGD (default: off; on with --space nas-bench-201, as in its "
+                        "protocol)")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help=f"SGD weight decay of w (default: {d.weight_decay}; "
+                        f"{NB201_PRESET['weight_decay']} on nas-bench-201)")
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip w's gradient norm to this")
     g.add_argument("--arch-learning-rate", type=float, default=d.arch_learning_rate, help="Adam learning rate of α")
     g.add_argument("--arch-weight-decay", type=float, default=d.arch_weight_decay, help="Adam weight decay of α")
@@ -64,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("search space")
     g.add_argument("--space", default=d.space, choices=sorted(SPACES),
                    help="noisydarts: 7 ops; darts: 8 with none; nas-bench-201: NAS-Bench-201's cell (5 ops, 6 "
-                        "edges) in its network (--init-channels C, --cells-per-stage N; no --layers)")
+                        "edges) in its network (--init-channels C, --cells-per-stage N; no --layers), with the "
+                        "benchmark's DARTS protocol as its preset: SGD 0.025 -> 0.001, momentum 0.9, Nesterov, "
+                        "weight decay 5e-4, batch 64, 50 epochs (on digits: the digits preset's epochs and "
+                        "network); explicit flags win")
     g.add_argument("--cells-per-stage", type=int, default=None,
                    help=f"nas-bench-201: cells per stage of its 3 (default {d.cells_per_stage}, the benchmark's)")
     g.add_argument("--init-channels", type=int, default=None, help=f"default {d.init_channels} ({DIGITS_PRESET['init_channels']} on digits)")
@@ -126,12 +143,30 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args, given=None) -> SearchConfig:
     """The run's settings from the parsed flags; given: the flags given explicitly (explicit_flags),
     for --resume (rundir.config_values)."""
-    values = config_values(args, [DIGITS_PRESET] if args.dataset == "digits" else [], "search", given=given)
+    values = config_values(args, [], "search", given=given)
+    if not _continues_recorded_run(args, given):
+        for preset in search_presets(values["dataset"], values["space"]):
+            for k, v in preset.items():
+                values.setdefault(k, v)
     cfg = SearchConfig(**values)
     cfg.validate()
     require_space_flags(cfg.space, _given_flags(args, given))
     require_dataset_flags(cfg.dataset, args.data, args.image_size, args.download)
     return cfg
+
+
+def search_presets(dataset: str, space: str) -> list[dict]:
+    """The presets of a run on `dataset` and `space`, the first winning where both set a value:
+    digits' scale-down (its epochs, batch, network) before the nas-bench-201 space's protocol, whose
+    optimizer settings it leaves alone, so that the bare digits command stays a minutes-long run."""
+    return ([DIGITS_PRESET] if dataset == "digits" else []) + ([NB201_PRESET] if space == NAS_BENCH_201 else [])
+
+
+def _continues_recorded_run(args, given) -> bool:
+    """A --resume that takes the run's settings from its config.json (or checkpoint): no preset
+    then, as rundir.config_values gives every setting not given now from the run; one the run has
+    no record of (--nesterov, newer than it) keeps SearchConfig's default, what the run ran with."""
+    return bool(args.resume and given is not None and args.out is not None and saved_config(args.out))
 
 
 def _given_flags(args, given) -> frozenset[str]:

@@ -78,6 +78,7 @@ class SearchConfig:
     learning_rate: float = 0.05
     learning_rate_min: float = 0.001
     momentum: float = 0.9
+    nesterov: bool = False  # Nesterov momentum for w (NAS-Bench-201's DARTS protocol: ndarts.search's preset)
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     arch_learning_rate: float = 3e-4
@@ -130,6 +131,7 @@ class SearchConfig:
                      "steps", "image_size", "max_steps", "cells_per_stage")
         require_ints(self, 0, "workers", "report_freq", "hessian_every")
         require_optimizer_settings(self)
+        self._check_nesterov()
         require_numbers(self, "arch_learning_rate", low_open=True)
         require_numbers(self, "arch_weight_decay")
         if self.amp not in SEARCH_AMP:
@@ -157,6 +159,11 @@ class SearchConfig:
             self.noise_config()
         except ValueError as e:
             raise NdartsError(str(e)) from None
+
+    def _check_nesterov(self) -> None:
+        """Nesterov's look-ahead needs a momentum (torch's SGD refuses it with a traceback): one line."""
+        if self.nesterov and self.momentum == 0:
+            raise NdartsError("--nesterov needs a momentum > 0 (--momentum 0 given): pass --no-nesterov or a momentum")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -309,7 +316,7 @@ class Searcher:
         """(w optimizer, α optimizer, architect) of a model, as the search steps them."""
         cfg = self.cfg
         w_opt = torch.optim.SGD(model.weight_parameters(), cfg.learning_rate, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_learning_rate, betas=(0.5, 0.999),
                                  weight_decay=cfg.arch_weight_decay, capturable=cfg.cuda_graph)
         architect = Architect(model, a_opt, w_opt, self.criterion, cfg.order, cfg.momentum, cfg.weight_decay,

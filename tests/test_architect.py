@@ -77,6 +77,30 @@ def test_second_order_gradient_matches_exact_unrolled_gradient():
         torch.testing.assert_close(got, da - eta * h, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("buffered", [False, True])
+def test_the_virtual_step_is_the_w_optimizers_step(fresh_seed, nesterov, buffered):
+    """w' is where the w optimizer's own step at rate ξ takes w (momentum, weight decay, Nesterov as
+    NAS-Bench-201's preset uses it; before the first step, without a momentum buffer, too)."""
+    net, crit, arch, x, y = _tiny(seed=fresh_seed)
+    group = arch.weight_optimizer.param_groups[0]
+    group["nesterov"] = nesterov
+    if buffered:
+        crit(net(x), y).backward(inputs=net.weight_parameters())
+        arch.weight_optimizer.step()
+        arch.weight_optimizer.zero_grad(set_to_none=True)
+    eta = 0.037
+    unrolled = arch.unrolled_weights(x, y, eta)
+    group["lr"] = eta
+    crit(net(x), y).backward(inputs=net.weight_parameters())
+    for p in net.weight_parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    arch.weight_optimizer.step()
+    for (name, p) in net.named_weight_parameters():
+        torch.testing.assert_close(unrolled[name], p.detach(), rtol=1e-12, atol=1e-14, msg=name)
+
+
 def test_second_order_step_moves_alpha():
     net, crit, arch, x, y = _tiny(torch.float32)
     before = [a.detach().clone() for a in net.arch_parameters()]

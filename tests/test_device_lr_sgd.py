@@ -14,15 +14,16 @@ def _params(seed):
     return [torch.randn(s, generator=g).requires_grad_() for s in shapes], g
 
 
-@pytest.mark.parametrize("momentum,weight_decay", [(0.9, 3e-4), (0.0, 0.0), (0.9, 0.0), (0.0, 1e-2)])
-def test_steps_equal_torch_sgd_with_a_changing_learning_rate(fresh_seed, momentum, weight_decay):
+@pytest.mark.parametrize("momentum,weight_decay,nesterov", [(0.9, 3e-4, False), (0.0, 0.0, False), (0.9, 0.0, False),
+                                                       (0.0, 1e-2, False), (0.9, 5e-4, True), (0.5, 0.0, True)])
+def test_steps_equal_torch_sgd_with_a_changing_learning_rate(fresh_seed, momentum, weight_decay, nesterov):
     """The same parameters and momentum buffers as torch's SGD step by step, the rate changing
     between steps (set on the SGD's param group for torch's, on the device tensor for ours); the
     first step torch's own (it makes the momentum buffers, as the graph's eager warm-up does)."""
     ours, g = _params(fresh_seed)
     theirs = [p.detach().clone().requires_grad_() for p in ours]
-    opt_ours = torch.optim.SGD(ours, 0.1, momentum=momentum, weight_decay=weight_decay)
-    opt_theirs = torch.optim.SGD(theirs, 0.1, momentum=momentum, weight_decay=weight_decay)
+    opt_ours = torch.optim.SGD(ours, 0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    opt_theirs = torch.optim.SGD(theirs, 0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     device = DeviceLrSGD(opt_ours)
     for i, lr in enumerate([0.1, 0.1, 0.05, 0.05, 0.0123, 0.3]):
         grads = [torch.randn(p.shape, generator=g) for p in ours]
@@ -62,8 +63,10 @@ def test_a_parameter_without_gradient_is_left_alone_and_missing_state_is_named()
 
 def test_options_it_does_not_implement_are_refused():
     params, _ = _params(0)
-    with pytest.raises(ValueError, match="nesterov, dampening and maximize are not supported"):
-        DeviceLrSGD(torch.optim.SGD(params, 0.1, momentum=0.9, nesterov=True))
+    with pytest.raises(ValueError, match="dampening and maximize are not supported"):
+        DeviceLrSGD(torch.optim.SGD(params, 0.1, momentum=0.9, dampening=0.1))
+    with pytest.raises(ValueError, match="dampening and maximize are not supported"):
+        DeviceLrSGD(torch.optim.SGD(params, 0.1, momentum=0.9, maximize=True))
     with pytest.raises(TypeError, match="steps a torch.optim.SGD, got Adam"):
         DeviceLrSGD(torch.optim.Adam(params))
 

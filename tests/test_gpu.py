@@ -225,10 +225,11 @@ def test_nas_bench_201_cuda_graph_step_equals_eager_step_by_step(bf16):
 
 
 def test_cuda_graph_search_on_nas_bench_201(tmp_path):
-    """The search loop on NAS-Bench-201's space with --cuda-graph and noise: one capture, its genotype."""
+    """The search loop on NAS-Bench-201's space with --cuda-graph and noise, with its protocol's
+    Nesterov momentum (ndarts.device_lr_sgd): one capture, its genotype."""
     from ndarts.nasbench201 import load_nb201_genotype
 
-    s = _searcher(tmp_path, "nb201", cuda_graph=True, space="nas-bench-201", cells_per_stage=2)
+    s = _searcher(tmp_path, "nb201", cuda_graph=True, space="nas-bench-201", cells_per_stage=2, nesterov=True)
     genotype = s.run_search()
     assert s.graph_step.captures == 1
     assert load_nb201_genotype(str(tmp_path / "nb201")) == genotype

@@ -134,19 +134,21 @@ def test_the_graphed_search_loop_is_the_eager_one_bitwise(tmp_path, emulated_cud
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("nesterov", [False, True])
 def test_the_captured_updates_search_as_the_eager_ones(tmp_path, emulated_cuda_graph, capturable_adam_everywhere,
-                                                       monkeypatch):
+                                                       monkeypatch, nesterov):
     """The captured paths (the w update reading lr from the device, --noise-decay's scale read on
     the device): the same search up to their rounding (their SGD update is p − (lr·buf), torch's
-    p − lr·buf fused), which a few steps amplify; α's change over the search within 1 %."""
+    p − lr·buf fused), which a few steps amplify; α's change over the search within 1 %. Nesterov:
+    NAS-Bench-201's preset's w update."""
     from ndarts.device_lr_sgd import DeviceLrSGD
 
     device_steps = []
     step = DeviceLrSGD.step
     monkeypatch.setattr(DeviceLrSGD, "step", lambda self: (device_steps.append(1), step(self)))
-    eager, start, _, eager_records = _search(tmp_path, "eager", noise_decay=True)
+    eager, start, _, eager_records = _search(tmp_path, "eager", noise_decay=True, nesterov=nesterov)
     assert device_steps == []
-    graphed, _, _, graphed_records = _search(tmp_path, "graphed", cuda_graph=True, noise_decay=True)
+    graphed, _, _, graphed_records = _search(tmp_path, "graphed", cuda_graph=True, noise_decay=True, nesterov=nesterov)
     _check_graph_use(graphed)
     assert len(device_steps) == graphed.graph_step.graph.replays  # each replayed step, the capture's too
     for a, b in zip(eager_records, graphed_records):

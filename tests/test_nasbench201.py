@@ -1,9 +1,13 @@
 """NAS-Bench-201: its cell space (architecture strings, derivation), its search network (wiring,
 size, fused vs plain per-edge ops), the search on it end to end, and the benchmark lookup."""
+import bz2
 import json
+import pickle
 import random
 import re
 import sys
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,6 +290,64 @@ def test_a_resumed_nas_bench_201_run_refuses_layers(tmp_path, capsys):
     assert "nas-bench-201 space does not use --layers" in capsys.readouterr().err
 
 
+def _parsed(argv):
+    """The search's config of a command line, as ndarts.search's main resolves it."""
+    from ndarts.rundir import explicit_flags
+    from ndarts.search import build_parser, config_from_args
+
+    parser = build_parser()
+    return config_from_args(parser.parse_args(argv), explicit_flags(parser, argv))
+
+
+# NAS-Bench-201's DARTS search protocol (AutoDL-Projects' configs/nas-benchmark/algos/DARTS.config)
+PROTOCOL = dict(learning_rate=0.025, learning_rate_min=0.001, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                batch_size=64, epochs=50, arch_learning_rate=3e-4, arch_weight_decay=1e-3, grad_clip=5.0)
+
+
+def _settings(cfg, keys=PROTOCOL) -> dict:
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def test_the_nas_bench_201_space_searches_with_its_protocol(tmp_path):
+    """--space nas-bench-201 takes the benchmark's DARTS recipe, not NoisyDARTS's DARTS-space one (SGD
+    0.05, wd 3e-4, batch 128, no Nesterov); the built Searcher's optimizers are the protocol's."""
+    assert _settings(_parsed(["--space", "nas-bench-201", "--dataset", "cifar10", "--out", "x"])) == PROTOCOL
+    tiny = ["--cells-per-stage", "1", "--init-channels", "4", "--max-steps", "1", "--report-freq", "0"]
+    searcher = Searcher(_parsed(["--space", "nas-bench-201", *tiny, "--out", str(tmp_path / "run")]))
+    (w,), (a,) = searcher.w_opt.param_groups, searcher.a_opt.param_groups
+    assert (w["lr"], w["momentum"], w["nesterov"], w["weight_decay"]) == (0.025, 0.9, True, 5e-4)
+    assert (a["lr"], a["betas"], a["weight_decay"]) == (3e-4, (0.5, 0.999), 1e-3)
+    assert searcher.train_stream.batch_size == searcher.val_stream.batch_size == 64
+
+
+def test_explicit_flags_win_over_the_nas_bench_201_preset():
+    argv = ["--space", "nas-bench-201", "--dataset", "cifar10", "--learning-rate", "0.05", "--weight-decay", "3e-4",
+            "--no-nesterov", "--batch-size", "128", "--out", "x"]
+    assert _settings(_parsed(argv)) == {**PROTOCOL, "learning_rate": 0.05, "weight_decay": 3e-4, "nesterov": False,
+                                        "batch_size": 128}
+
+
+def test_digits_scales_the_nas_bench_201_protocol_down():
+    """--space nas-bench-201 on the embedded digits (the bare command's dataset): the digits preset's
+    epochs and network first (a minutes-long run), the protocol's optimizer for the rest."""
+    cfg = _parsed(["--space", "nas-bench-201", "--out", "x"])
+    assert _settings(cfg) == {**PROTOCOL, "epochs": 10} and cfg.init_channels == 8
+    assert _parsed(["--space", "nas-bench-201", "--epochs", "3", "--out", "x"]).epochs == 3
+
+
+def test_a_resume_keeps_the_runs_own_optimizer_settings(tmp_path):
+    """A bare --resume takes every setting from the run's config.json, the preset none: a run of the
+    nas-bench-201 space from before --nesterov (no such key) goes on without Nesterov momentum and
+    at its own learning rate, as it ran; a flag given now wins."""
+    saved = {**_cfg(tmp_path).to_dict(), "learning_rate": 0.05, "weight_decay": 3e-4, "batch_size": 16}
+    del saved["nesterov"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cfg = _parsed(["--out", str(tmp_path), "--resume"])
+    assert (cfg.space, cfg.nesterov, cfg.learning_rate, cfg.weight_decay, cfg.batch_size) == \
+        ("nas-bench-201", False, 0.05, 3e-4, 16)
+    assert _parsed(["--out", str(tmp_path), "--resume", "--nesterov"]).nesterov is True
+
+
 # ----------------------------------------------------------------------------- the benchmark lookup
 class FakeBenchmark:
     """The two calls of NATS-Bench's / NAS-Bench-201's API that lookup makes."""
@@ -323,14 +385,205 @@ def test_lookup_asks_the_benchmark_for_the_200_epoch_record(fresh_seed, old_api)
         lookup(missing, api, "imagenet")
 
 
+class ArchRecord:
+    """An object of a class of its own in a pickled benchmark (NAS-Bench-201's .pth holds such
+    records): torch.load's weights_only mode, torch's default since 2.6, refuses it."""
+
+
+class BrokenBenchmark(FakeBenchmark):
+    """A benchmark whose records fail to load when asked (NATS-Bench's fast mode reads a cell's
+    DIR/NNNNNN.pickle.pbz2 in get_more_info)."""
+
+    def __init__(self, archs, error):
+        super().__init__(archs)
+        self.error = error
+
+    def get_more_info(self, *args, **kwargs):
+        raise self.error
+
+
+def _install_apis(monkeypatch, archs=(), query_error=None):
+    """Stand-ins for NATS-Bench's `create` and NAS-Bench-201's `NASBench201API`, in sys.modules: each
+    records its call and reads the path as the real API does (NATS-Bench's fast mode a directory's
+    meta.pickle.pbz2, its full mode one bz2 pickle, NAS-Bench-201 torch.load without weights_only),
+    raising what the real one raises on a file it cannot read. Their API object is a FakeBenchmark,
+    a BrokenBenchmark raising `query_error` where one is given."""
+    calls = []
+
+    def api(records):
+        for key in ("meta_archs",):  # both APIs check the records' keys: NATS-Bench raises, NAS-Bench-201 asserts
+            if key not in records:
+                raise ValueError(f"Can not find key[{key}] in the dict")
+        return BrokenBenchmark(list(archs), query_error) if query_error else FakeBenchmark(list(archs))
+
+    def create(path, space, fast_mode=False, verbose=True):
+        calls.append(("nats_bench.create", path, space, fast_mode))
+        if fast_mode != Path(path).is_dir():
+            raise ValueError(f"fast_mode={fast_mode} must feed the path for {'directory' if fast_mode else 'file'}")
+        with bz2.BZ2File(f"{path}/meta.pickle.pbz2" if fast_mode else path, "rb") as f:
+            return api(pickle.load(f))
+
+    def nb201_api(path, verbose=True):
+        calls.append(("nas_201_api.NASBench201API", path))
+        assert Path(path).is_file(), f"invalid path : {path}"
+        records = torch.load(path, map_location="cpu")
+        assert isinstance(records, dict), f"It should be a dict instead of {type(records)}"
+        return api(records)
+
+    monkeypatch.setitem(sys.modules, "nats_bench", types.SimpleNamespace(create=create))
+    monkeypatch.setitem(sys.modules, "nas_201_api", types.SimpleNamespace(NASBench201API=nb201_api))
+    return calls
+
+
+def _benchmark_files(root):
+    """A NATS-Bench topology directory, its single file and NAS-Bench-201's .pth, each readable."""
+    (root / "NATS-tss-v1_0-3ffb9-simple").mkdir()
+    for file in (root / "NATS-tss-v1_0-3ffb9-simple" / "meta.pickle.pbz2", root / "NATS-tss-v1_0-3ffb9.pickle.pbz2"):
+        with bz2.BZ2File(file, "wb") as f:
+            pickle.dump({"meta_archs": []}, f)
+    torch.save({"meta_archs": [], "arch2infos": {0: ArchRecord()}}, root / "NAS-Bench-201-v1_1-096897.pth")
+    return (root / "NATS-tss-v1_0-3ffb9-simple", root / "NATS-tss-v1_0-3ffb9.pickle.pbz2",
+            root / "NAS-Bench-201-v1_1-096897.pth")
+
+
+def test_each_benchmark_file_is_opened_with_its_own_api(tmp_path, monkeypatch):
+    """A directory with NATS-Bench's fast mode, its .pickle.pbz2 with its full mode, NAS-Bench-201's
+    .pth with NAS-Bench-201's API: not NATS-Bench's fast mode whenever it is installed, which
+    refuses anything but a directory (the .pth could never be opened)."""
+    directory, nats_file, pth = _benchmark_files(tmp_path)
+    calls = _install_apis(monkeypatch)
+    open_benchmark(directory)
+    open_benchmark(nats_file)
+    with pytest.raises(NdartsError, match="NAS-Bench-201's API could not load .*weights_only.*nats_bench"):
+        open_benchmark(pth)  # the stand-in, as the real API, calls torch.load as torch >= 2.6 reads it
+    assert calls == [("nats_bench.create", str(directory), "tss", True),
+                     ("nats_bench.create", str(nats_file), "tss", False),
+                     ("nas_201_api.NASBench201API", str(pth))]
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # the way out the message names
+    with pytest.warns(UserWarning, match="forcing weights_only=False"):
+        assert open_benchmark(pth).api.query_index_by_arch("|none~0|") == -1
+
+
 def test_opening_the_benchmark_names_what_is_missing(tmp_path, monkeypatch):
     with pytest.raises(NdartsError, match="does not exist"):
         open_benchmark(tmp_path / "NAS-Bench-201-v1_1-096897.pth")
-    (tmp_path / "bench.pth").write_bytes(b"")
+    directory, nats_file, pth = _benchmark_files(tmp_path)
     monkeypatch.setitem(sys.modules, "nats_bench", None)  # neither API installed
     monkeypatch.setitem(sys.modules, "nas_201_api", None)
-    with pytest.raises(NdartsError, match="pip install nats_bench"):
-        open_benchmark(tmp_path / "bench.pth")
+    for path, package in ((directory, "nats_bench"), (nats_file, "nats_bench"), (pth, "nas-bench-201")):
+        with pytest.raises(NdartsError, match=f"pip install {package}"):
+            open_benchmark(path)
+    _install_apis(monkeypatch)
+    monkeypatch.setitem(sys.modules, "nas_201_api", None)  # NATS-Bench alone does not read the .pth
+    with pytest.raises(NdartsError, match="NAS-Bench-201's file .*pip install nas-bench-201"):
+        open_benchmark(pth)
+    (tmp_path / "records.json").write_text("{}")
+    with pytest.raises(NdartsError, match="records.json is neither NATS-Bench's topology directory"):
+        open_benchmark(tmp_path / "records.json")
+
+
+NATS_FILE, NB201_FILE = "NATS-tss-v1_0-3ffb9.pickle.pbz2", "NAS-Bench-201-v1_1-096897.pth"
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("NATS-tss-v1_0-3ffb9-simple", None, "NATS-Bench's topology directory"),  # no meta.pickle.pbz2: OSError
+    (NATS_FILE, b"not bz2", "NATS-Bench's topology file"),  # OSError
+    (NATS_FILE, bz2.compress(pickle.dumps({"meta_archs": []}))[:30], "NATS-Bench's topology file"),  # cut: EOFError
+    (NATS_FILE, bz2.compress(b"\x80\x05junk"), "NATS-Bench's topology file"),  # UnpicklingError
+    (NATS_FILE, bz2.compress(pickle.dumps({})), "NATS-Bench's topology file"),  # ValueError
+    (NB201_FILE, b"PK\x03\x04 cut", "NAS-Bench-201's file"),  # RuntimeError
+    (NB201_FILE, "list", "NAS-Bench-201's file"),  # AssertionError
+], ids=["dir-without-meta", "pbz2-not-bz2", "pbz2-cut", "pbz2-not-a-pickle", "pbz2-no-records", "pth-cut",
+        "pth-not-a-dict"])
+def test_a_file_the_api_cannot_read_is_named_in_one_line(tmp_path, monkeypatch, capsys, name, content, expected):
+    """The APIs' own exceptions on a wrong or broken file (ValueError, AssertionError, OSError,
+    EOFError, UnpicklingError, RuntimeError) are one line naming the file and the kind expected,
+    not a traceback from inside the API."""
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    elif content == "list":
+        torch.save([1, 2], path)
+    else:
+        path.write_bytes(content)
+    _install_apis(monkeypatch)
+    with pytest.raises(NdartsError, match=f"cannot read the benchmark {re.escape(str(path))} "
+                                          f"\\(expected {re.escape(expected)}"):
+        open_benchmark(path)
+    with pytest.raises(SystemExit) as exit_:
+        nb201_main(["|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", "--benchmark", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("error: ") and "\n" not in err and str(path) in err
+
+
+@pytest.mark.parametrize("error", [FileNotFoundError(2, "No such file or directory"), ValueError("bad index"),
+                                   AssertionError("invalid data path"), EOFError("Compressed file ended")])
+def test_a_query_failing_on_the_benchmark_names_the_file(tmp_path, monkeypatch, error):
+    """NATS-Bench's fast mode reads a cell's record (DIR/NNNNNN.pickle.pbz2) only when asked: a
+    missing or broken one fails in the query, named as the opening is."""
+    directory, _, _ = _benchmark_files(tmp_path)
+    g = random_genotype(random.Random(0))
+    _install_apis(monkeypatch, archs=[g.arch_string()], query_error=error)
+    with pytest.raises(NdartsError, match=f"cannot read the benchmark {re.escape(str(directory))} "
+                                          f"\\(expected NATS-Bench's topology directory"):
+        lookup(g, open_benchmark(directory), "cifar100")
+
+
+def _search_run(root, dataset, g) -> str:
+    """A search run's directory as the search leaves it: its config.json and genotype.json."""
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps(SearchConfig(dataset=dataset, space="nas-bench-201").to_dict()))
+    (root / "genotype.json").write_text(g.to_json())
+    return str(root)
+
+
+@pytest.mark.parametrize("searched,expected", [("cifar10", "cifar10"), ("cifar100", "cifar100"),
+                                               ("imagenet16-120", "ImageNet16-120")])
+def test_a_run_is_looked_up_on_the_dataset_it_searched(tmp_path, monkeypatch, capsys, searched, expected):
+    """Without --dataset, a run directory's record is that of its own dataset (config.json), the
+    search's imagenet16-120 being the benchmark's ImageNet16-120; an arch string's is cifar10's."""
+    g = random_genotype(random.Random(1))
+    directory, _, _ = _benchmark_files(tmp_path)
+    _install_apis(monkeypatch, archs=[g.arch_string()])
+    run = _search_run(tmp_path / "run", searched, g)
+    nb201_main([run, "--benchmark", str(directory), "--json"])
+    assert json.loads(capsys.readouterr().out)["dataset"] == expected
+    nb201_main([g.arch_string(), "--benchmark", str(directory), "--json"])
+    assert json.loads(capsys.readouterr().out)["dataset"] == "cifar10"
+    nb201_main([run, "--benchmark", str(directory), "--json", "--dataset", "cifar10-valid"])  # given: it wins
+    assert json.loads(capsys.readouterr().out)["dataset"] == "cifar10-valid"
+
+
+@pytest.mark.parametrize("spelling", ["imagenet16-120", "IMAGENET16-120", "ImageNet16-120"])
+def test_the_benchmark_dataset_in_any_case(tmp_path, monkeypatch, capsys, spelling):
+    g = random_genotype(random.Random(2))
+    directory, _, _ = _benchmark_files(tmp_path)
+    _install_apis(monkeypatch, archs=[g.arch_string()])
+    nb201_main([g.arch_string(), "--benchmark", str(directory), "--json", "--dataset", spelling])
+    assert json.loads(capsys.readouterr().out)["dataset"] == "ImageNet16-120"
+    assert lookup(g, open_benchmark(directory), spelling)["dataset"] == "ImageNet16-120"
+    with pytest.raises(SystemExit):
+        nb201_main([g.arch_string(), "--benchmark", str(directory), "--dataset", "imagenet"])
+    assert "invalid choice: 'imagenet'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("searched", ["digits", "imagefolder", "mydata"])
+def test_a_run_on_data_the_benchmark_lacks_needs_dataset(tmp_path, monkeypatch, capsys, searched):
+    """A run on digits, an image folder or a caller's data: the benchmark has no records of it, and
+    looking its cell up on CIFAR-10 unasked would pass one dataset's record off as another's."""
+    g = random_genotype(random.Random(3))
+    directory, _, _ = _benchmark_files(tmp_path)
+    _install_apis(monkeypatch, archs=[g.arch_string()])
+    run = _search_run(tmp_path / "run", searched, g)
+    with pytest.raises(SystemExit) as exit_:
+        nb201_main([run, "--benchmark", str(directory)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err
+    assert f"was searched on {searched!r}, which the benchmark has no records of: pass --dataset" in err
+    nb201_main([run, "--benchmark", str(directory), "--json", "--dataset", "cifar100"])
+    assert json.loads(capsys.readouterr().out)["dataset"] == "cifar100"
+    nb201_main([run, "--json"])  # the cell alone needs no dataset
+    assert json.loads(capsys.readouterr().out) == g.to_dict()
 
 
 def test_cli_prints_the_cell_and_names_bad_input(tmp_path, capsys, fresh_seed):

@@ -381,6 +381,50 @@ def test_settings_given_with_resume_are_the_ones_the_run_goes_on_with(tmp_path, 
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["learning_rate"] == 0.5
 
 
+@pytest.mark.parametrize("space", ["noisydarts", "darts"])
+@pytest.mark.parametrize("dataset,batch", [("cifar10", 128), ("digits", 64)])
+def test_the_darts_spaces_keep_the_noisydarts_recipe(space, dataset, batch):
+    """The nas-bench-201 space's preset (its protocol) leaves the DARTS spaces' defaults alone."""
+    from ndarts.rundir import explicit_flags
+    from ndarts.search import build_parser, config_from_args
+
+    argv = ["--space", space, "--dataset", dataset, "--out", "x"]
+    cfg = config_from_args(build_parser().parse_args(argv), explicit_flags(build_parser(), argv))
+    assert (cfg.learning_rate, cfg.learning_rate_min, cfg.momentum, cfg.nesterov, cfg.weight_decay,
+            cfg.batch_size, cfg.arch_learning_rate, cfg.arch_weight_decay) == (0.05, 0.001, 0.9, False, 3e-4,
+                                                                              batch, 3e-4, 1e-3)
+
+
+def test_nesterov_is_a_flag_of_the_w_optimizer(tmp_path):
+    from ndarts.search import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["--nesterov", "--out", str(tmp_path / "run"), *TINY]))
+    assert cfg.nesterov is True and cfg.space == "noisydarts"
+    (group,) = Searcher(cfg).w_opt.param_groups
+    assert group["nesterov"] is True and group["momentum"] == 0.9
+    (group,) = Searcher(_cfg(tmp_path / "plain")).w_opt.param_groups
+    assert group["nesterov"] is False
+    with pytest.raises(NdartsError, match="--nesterov needs a momentum > 0"):
+        _cfg(tmp_path / "x", nesterov=True, momentum=0.0).validate()
+
+
+def test_a_resume_may_turn_nesterov_on_or_off(tmp_path, monkeypatch):
+    """--nesterov given with --resume: the SGD goes on with it (load_optimizer_state keeps this run's
+    nesterov, not the checkpoint's) and the momentum buffers it saved, and config.json records it."""
+    with _killed_before_epoch(monkeypatch):
+        Searcher(_cfg(tmp_path / "cut", epochs=3, max_steps=1)).run_search()
+    for nesterov in (True, False):
+        resumed = Searcher(_cfg(tmp_path / "cut", epochs=3, max_steps=1, resume=True, nesterov=nesterov))
+        (group,) = resumed.w_opt.param_groups
+        assert group["nesterov"] is nesterov and resumed.start_epoch == 1
+        assert resumed.w_opt.state and all("momentum_buffer" in st for st in resumed.w_opt.state.values())
+    resumed = Searcher(_cfg(tmp_path / "cut", epochs=3, max_steps=1, resume=True, nesterov=True))
+    resumed.run_search()
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["nesterov"] is True
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+
+
 def test_a_cli_resume_of_a_search_on_own_data_is_refused(tmp_path, capsys):
     """A search on a caller's DataSpec records its name and that it was the caller's; `--resume`
     from the command line, which would go on with the digits, refuses it in one line."""
