@@ -13,7 +13,8 @@ generator seeded with (seed, s, p). So a stream's position is two integers (pass
 checkpoints, and a resumed run sees exactly the batches an uninterrupted one would. CIFAR and
 digits live in memory and their batches are made on the device the stream is given (CIFAR's
 augmentation too, drawn per pass the same way: ndarts.image_tensors); an image folder is read by
-a DataLoader with torchvision's transforms.
+a DataLoader with torchvision's transforms, each image's with torch's RNG seeded by a seed drawn for
+it the same way (_SeededItems): the same augmented images for any --workers and after a resume.
 """
 from __future__ import annotations
 
@@ -310,6 +311,28 @@ class _ListSampler:
         return len(self.batches)
 
 
+class _SeededItems(Dataset):
+    """dataset[index] with torch's RNG seeded by the item's own seed while it is read: the random
+    transforms of an image folder (torchvision's draw from torch's RNG) are then a function of the
+    item's place in its pass, whichever worker reads it and wherever a resumed pass starts, and they
+    leave the process's RNG as they found it (the noise and the dropouts draw from it)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+ITEM_SEED_SALT = 700_001  # the generator of a pass's item seeds (its order: salt 0; device augmentation: 500_009)
+
+
 class BatchStream:
     """Batches over a subset of a dataset; pass p's order (and augmentation) is a pure function of
     (seed, stream, p). Batches of the in-memory datasets (ImageTensors, InMemoryDataset) are made on
@@ -356,9 +379,15 @@ class BatchStream:
         if isinstance(self.dataset, (ImageTensors, InMemoryDataset)):
             yield from self._device_batches(pass_idx, start)
             return
-        loader = DataLoader(self.dataset, batch_sampler=_ListSampler(self.batches(pass_idx)[start:]),
+        # each item with its seed, drawn for the whole pass (ITEM_SEED_SALT); the loader's own seeds
+        # from a generator of the pass, not from torch's RNG, which a resumed run would find elsewhere
+        order = self.order(pass_idx).tolist()
+        seeds = torch.randint(2**62, (len(order),), generator=self._generator(pass_idx, ITEM_SEED_SALT)).tolist()
+        items = list(zip(order, seeds))
+        batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        loader = DataLoader(_SeededItems(self.dataset), batch_sampler=_ListSampler(batches[start:]),
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+                            persistent_workers=False, generator=self._generator(pass_idx, ITEM_SEED_SALT + 1))
         try:
             for x, y in loader:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

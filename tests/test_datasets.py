@@ -193,3 +193,76 @@ def test_a_tilde_in_data_is_the_home_directory(tmp_path, monkeypatch, name):
     else:
         with pytest.raises(NdartsError, match=f"directory {tmp_path}/missing does not exist"):
             load_dataset(name, "~/missing")
+
+
+# ----------------------------------------------------------------------------- an image folder's augmentation
+def _folder_stream(root, workers, seed):
+    from ndarts.data import BatchStream
+
+    spec = load_dataset("imagefolder", root, image_size=8, augment=True)
+    return BatchStream(spec.train, range(len(spec.train)), 3, seed=seed, stream=0, workers=workers)
+
+
+def _batches(stream, pass_idx, start=0):
+    return [(x.clone(), y.clone()) for x, y in stream.iterate(pass_idx, start)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_folders_augmentation_is_a_function_of_the_pass(tmp_path, workers, fresh_seed):
+    """Its random crops and flips (torchvision's, drawn from torch's RNG) are those of the item's place
+    in the pass: the same for any --workers, for a pass resumed at a later batch, whatever torch's
+    RNG holds; and reading leaves torch's RNG as it was (the search's noise draws from it)."""
+    root = tmp_path / "imgs"
+    _image_folder(root, {"train": ["cat", "dog", "eel"]}, count=3, seed=fresh_seed % 2**32)
+    one = _batches(_folder_stream(root, 0, fresh_seed), 1)
+    stream = _folder_stream(root, workers, fresh_seed)
+    torch.manual_seed(fresh_seed + 1)
+    state = torch.get_rng_state()
+    other = _batches(stream, 1)
+    assert torch.equal(torch.get_rng_state(), state)
+    tail = _batches(stream, 1, start=2)
+    assert len(one) == len(other) == 3 and len(tail) == 1
+    for (x, y), (x2, y2) in zip(one, other):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert torch.equal(tail[0][0], one[2][0])
+    # the augmentation is on: the same images, another pass, other crops
+    same = _folder_stream(root, 0, fresh_seed)
+    same.shuffle = False
+    a, b = _batches(same, 1), _batches(same, 2)
+    assert all(torch.equal(ya, yb) for (_, ya), (_, yb) in zip(a, b))
+    assert any(not torch.equal(xa, xb) for (xa, _), (xb, _) in zip(a, b))
+
+
+def test_a_resumed_image_folder_search_is_the_uninterrupted_one(tmp_path, monkeypatch):
+    """Stopped after epoch 1 of 2 and resumed (with a DataLoader worker): the α of the uninterrupted
+    run, bit for bit (the folder's augmentation and the loader's seeds were drawn from torch's RNG)."""
+    root = tmp_path / "imgs"
+    _image_folder(root, {"train": ["cat", "dog"], "val": ["cat", "dog"]}, count=6, seed=0)
+
+    def cfg(out, **kw):
+        return SearchConfig(dataset="imagefolder", data=str(root), image_size=8, layers=3, init_channels=4,
+                            batch_size=3, epochs=2, max_steps=2, report_freq=0, workers=1, out=str(tmp_path / out),
+                            **kw)
+
+    full = Searcher(cfg("full"))
+    full.run_search()
+
+    class Killed(Exception):
+        pass
+
+    real_epoch = Searcher._epoch
+
+    def stop_before_the_second(self, epoch):
+        if epoch == 1:
+            raise Killed
+        real_epoch(self, epoch)
+
+    monkeypatch.setattr(Searcher, "_epoch", stop_before_the_second)
+    with pytest.raises(Killed):
+        Searcher(cfg("cut")).run_search()
+    monkeypatch.setattr(Searcher, "_epoch", real_epoch)
+    torch.manual_seed(4321)
+    resumed = Searcher(cfg("cut", resume=True))
+    resumed.run_search()
+    for a, b in zip(resumed.model.arch_parameters(), full.model.arch_parameters()):
+        assert torch.equal(a, b)
