@@ -131,7 +131,9 @@ class NodeShare:
       the same input, so the edges after the first reuse the first edge's result. Their own
       BatchNorms then skip the update of the running statistics; ``syncs`` collects (this BN,
       the computing BN) pairs, and ``copy_running_stats`` copies the statistics over, so every
-      BN's state is what per-edge computation gives.
+      BN's state is what per-edge computation gives while those BNs hold equal statistics, as a
+      search keeps them from its start (a state whose BNs differ does not load into a sharing
+      network: SearchCell._unshareable_pool_stats).
     - with an EdgeGroup (``SearchNetwork(batch_edge_convs=True)``): the sep/dil convs of all
       edges leaving the node (and, for a cell input, the other input's), computed together on
       first use (``run``, a GroupRun this share joins).

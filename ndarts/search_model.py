@@ -121,11 +121,41 @@ class SearchCell(nn.Module):
                              persistent=False)
         return plans
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         # checkpoints load across the layouts: per-edge sep/dil conv entries into EdgeGroups and
         # back, and the earlier grouped layouts (ndarts.grouped_state)
         convert_cell_state(self, state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.share_node_ops:
+            error_msgs.extend(self._unshareable_pool_stats(state_dict, prefix))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _unshareable_pool_stats(self, state_dict, prefix) -> list[str]:
+        """A message for each pool whose BatchNorms on the edges leaving one node hold different
+        running statistics in `state_dict`. Node sharing computes such a pool + BatchNorm once for
+        all those edges and gives every BN the computing one's statistics (NodeShare): exact while
+        they are equal, as a search keeps them from its start (every edge's BN sees the same input),
+        but a state whose BNs differ would lose all but one edge's statistics."""
+        op = self._ops[0]
+        if not isinstance(op, MixedOp) or not op._pools:
+            return []
+        sources = [j for i in range(self._steps) for j in range(2 + i)]
+        problems = []
+        for j in sorted(set(sources)):
+            edges = [e for e, src in enumerate(sources) if src == j]
+            for i in sorted(op._pools):
+                for name in ("running_mean", "running_var"):
+                    keys = [f"{prefix}_ops.{e}._ops.{i}.1.{name}" for e in edges]
+                    held = [state_dict[k] for k in keys if k in state_dict]
+                    if len(held) < 2 or any(t.shape != held[0].shape for t in held):
+                        continue  # missing or misshapen entries: load_state_dict names those
+                    if not all(torch.allclose(t, held[0], rtol=1e-5, atol=1e-6) for t in held[1:]):
+                        where = f"{prefix}_ops.{{{','.join(map(str, edges))}}}._ops.{i}.1.{name}"
+                        problems.append(f"the {op.primitives[i]} BatchNorms of the edges leaving state {j} hold "
+                                        f"different statistics ({where}), which node sharing would make one: load "
+                                        "this state into a network with share_node_ops=False")
+        return problems
 
     def forward(self, s0, s1, weights, seeds=None, relus=None):
         """seeds: the forward pass's SeedBlock for the fused sums (SearchNetwork draws it), or None.

@@ -25,3 +25,23 @@ def assert_same_forward_backward(nets, x, out_tol, grad_tol=(1e-5, 1e-4), buffer
         assert [k for k, _ in b2] == [k for k, _ in b1]
         for (name, a), (_, b) in zip(b2, b1):
             torch.testing.assert_close(a, b, atol=buffer_tol[0], rtol=buffer_tol[1], msg=name)
+
+
+def random_running_stats(net) -> None:
+    """Every BatchNorm's running statistics of a SearchNetwork drawn at random, far from (0, 1),
+    the pool BatchNorms of the edges leaving one node alike: the states a search makes (those BNs see
+    the same input), the only ones a node-sharing network loads (SearchCell._unshareable_pool_stats)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats:
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.3, 3.0)
+        for cell in net.cells:
+            sources = [j for i in range(cell._steps) for j in range(2 + i)]
+            for j in set(sources):
+                edges = [op for op, src in zip(cell._ops, sources) if src == j]
+                for i in getattr(edges[0], "_pools", ()):
+                    first = edges[0]._ops[i][-1]
+                    for op in edges[1:]:
+                        op._ops[i][-1].running_mean.copy_(first.running_mean)
+                        op._ops[i][-1].running_var.copy_(first.running_var)

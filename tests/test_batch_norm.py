@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import ndarts_kernels
-from network_checks import assert_same_forward_backward
+from network_checks import assert_same_forward_backward, random_running_stats
 from ndarts.batch_norm import SearchBatchNorm2d, batch_norm_train, use_search_batch_norm
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -359,10 +359,7 @@ def test_search_network_evaluation_on_the_kernels_equals_torch(fresh_seed, separ
     kw = dict(C=4, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(), in_channels=3,
               fused=True, steps=2, multiplier=2, channels_last=False)
     tri = SearchNetwork(**kw, backend="triton", fused_separable_conv=separable)
-    for m in tri.modules():
-        if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.3, 3.0)
+    random_running_stats(tri)
     ref = SearchNetwork(**kw, backend="torch")
     ref.load_state_dict(tri.state_dict())
     x = torch.randn(3, 3, 7, 9)

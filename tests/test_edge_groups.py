@@ -4,6 +4,7 @@ import torch
 
 from ndarts import DARTS_PRIMITIVES, NOISYDARTS_PRIMITIVES, NoiseConfig
 from earlier_layouts import old_grouped_layout, split_input_layout
+from network_checks import random_running_stats
 from ndarts.edge_groups import EdgeGroupSlot
 from ndarts.grouped_state import per_edge_state
 from ndarts.search_model import SearchNetwork
@@ -17,11 +18,7 @@ def _pair(device="cpu", dtype=torch.float32, **kw):
     with torch.no_grad():
         for a in per_edge.arch_parameters():
             a.normal_()
-        for name, b in per_edge.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_()
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 2.0)
+    random_running_stats(per_edge)
     grouped.load_state_dict(per_edge.state_dict())
     return per_edge, grouped
 

@@ -33,6 +33,33 @@ def test_node_sharing_equals_per_edge_ops(fused, primitives, noise):
                                  buffer_tol=(1e-6, 1e-5), seed=1)
 
 
+@pytest.mark.parametrize("batch_edge_convs", [False, True])
+def test_a_state_whose_shared_pool_statistics_differ_is_refused(batch_edge_convs, fresh_seed):
+    """Node sharing computes a node's pools + BatchNorm once and gives its edges' BNs one set of
+    statistics: exact for the states a search makes (a per-edge network trained in train mode, whose
+    BNs see the same input, loads and tests alike), refused by name for one whose BNs differ."""
+    torch.manual_seed(fresh_seed)
+    kw = dict(C=4, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES, noise=NoiseConfig(kind="none"),
+              in_channels=3)
+    plain = SearchNetwork(**kw, share_node_ops=False)
+    for _ in range(2):  # train-mode forwards: the running statistics move away from their initial values
+        plain(torch.randn(4, 3, 9, 9))
+    shared = SearchNetwork(**kw, share_node_ops=True, batch_edge_convs=batch_edge_convs)
+    shared.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 3, 9, 9)
+    torch.testing.assert_close(shared.eval()(x), plain.eval()(x), atol=1e-5, rtol=1e-5)
+
+    state = plain.state_dict()
+    pool = DARTS_PRIMITIVES.index("avg_pool_3x3")
+    key = f"cells.0._ops.3._ops.{pool}.1.running_var"  # edge 3 leaves input 1, as edges 1, 6 and 10 do
+    state[key] = state[key] * (1.5 + torch.rand(()))
+    with pytest.raises(RuntimeError, match=r"avg_pool_3x3 BatchNorms of the edges leaving state 1 hold different "
+                                           rf"statistics \(cells\.0\._ops\.\{{1,3,6,10\}}\._ops\.{pool}\.1\.running_var\)"
+                                           r", which node sharing would make one: .*share_node_ops=False"):
+        SearchNetwork(**kw, share_node_ops=True, batch_edge_convs=batch_edge_convs).load_state_dict(state)
+    SearchNetwork(**kw, share_node_ops=False).load_state_dict(state)  # the per-edge network takes it
+
+
 def test_node_sharing_launches_fewer_ops():
     """Fewer dispatched ops per forward+backward (each is a kernel launch on a GPU)."""
     counts = []
@@ -175,6 +202,43 @@ def test_factorized_convs_are_dartss_two_offset_convs(shape, ops, fresh_seed):
         assert runs[0][0].shape == (shape[0], 8 * ops, (shape[2] + 1) // 2, (shape[3] + 1) // 2)
         for a, b in zip(*runs):
             torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+_CHANNELS_LAST_REDUCE = """
+import sys, torch
+from ndarts.operations import FactorizedReduce
+torch.set_num_threads(1)
+torch.manual_seed(int(sys.argv[1]))
+for c, cout in ((2, 2), (2, 4), (3, 6), (4, 2), (6, 12)):
+    for size in (8, 16):
+        op = FactorizedReduce(c, cout, affine=False)  # float32: float64 did not corrupt
+        x = torch.randn(2, c, size, size)
+        grads = []
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xi = x.clone(memory_format=layout).requires_grad_()
+            op.zero_grad(set_to_none=True)
+            y = op(xi)
+            (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
+            grads.append((y.detach(), xi.grad, op.conv_1.weight.grad, op.conv_2.weight.grad))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+print("ok")
+"""
+
+
+def test_factorized_reduce_on_a_channels_last_cpu_input(fresh_seed):
+    """FactorizedReduce.forward (the per-edge baseline's, the noise-on-input reduction skip's) on a
+    channels_last CPU input of 2-6 channels, as --init-channels 2 gives: torch 2.14's weight gradient
+    of its 1×1 stride-2 convs there corrupted the heap (MALLOC_CHECK_=3 aborts at once); the op takes
+    the 2×2 conv instead, and equals the NCHW op. In a process of its own: a corrupt heap crashes it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_CHECK_": "3"}
+    r = subprocess.run([sys.executable, "-c", _CHANNELS_LAST_REDUCE, str(fresh_seed)], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
 
 
 @pytest.mark.parametrize("shape", [(3, 6, 8, 10), (2, 6, 9, 7)])
