@@ -126,8 +126,13 @@ class FactorizedReduce(nn.Module):
     def forward(self, x):
         """DARTS's op as written: relu, two offset 1×1 stride-2 convs, cat, BatchNorm (what the plain
         DARTS baseline and the evaluation network run; the search's entry points below compute the
-        same function with one convolution, factorized_convs)."""
+        same function with one convolution, factorized_convs). A channels_last input on a CPU takes
+        that one convolution too: torch 2.14's CPU weight gradient of a 1×1 stride-2 convolution over
+        a channels_last input of 2–6 channels corrupts the heap (a segfault, or free(): invalid size)."""
         r = self.relu(x)
+        if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous() \
+                and x.is_contiguous(memory_format=torch.channels_last):
+            return self.bn(self.convs_from_relu(r))
         return self.bn(torch.cat([self.conv_1(r), self.conv_2(shifted_by_one(r))], dim=1))
 
     def forward_from_relu(self, x):
