@@ -2,6 +2,8 @@
 
     python benchmarks/profile_step.py [--impl plain reference fused] [--top 12] [--json OUT.json]
 
+(--json is rewritten after each variant: a run cut off keeps the variants it finished.)
+
 For each implementation (benchmarks/test_bench_search_step.py builds them, SPEC §6's supernet:
 batch 64, C 16, 8 cells, DARTS space, Gaussian noise) after warm-up steps: one step under
 torch.profiler. Printed: the number of CUDA kernels the step launches, the sum of their device
@@ -149,6 +151,8 @@ def main(argv=None) -> int:
     for impl in args.impl:
         r = profile_impl(impl, args.top, args.graph_kernels and impl.startswith("fused"))
         results.append(r)
+        if args.json:
+            dump_json(results, args.json)
         print(f"\n== {r['impl']}: {r['kernels']} kernels per step, GPU busy {r['busy_ms']:.1f} ms, "
               f"wall {r['wall_ms_unprofiled']:.1f} ms (unprofiled)")
         for k in r["top"]:
@@ -156,10 +160,17 @@ def main(argv=None) -> int:
         print("  by category:")
         for cat, v in r["by_category"].items():
             print(f"  {v['ms']:8.2f} ms {v['count']:6d}x  {cat}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
     return 0
+
+
+def dump_json(results: list, path: str) -> None:
+    """Writes the variants profiled so far, after each one: a run cut off by gpu_check.sh's limit
+    keeps them. Through a temporary file and a rename, so that a cut during the write leaves the
+    previous list rather than half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A short table of ndarts benchmark results from pytest-benchmark JSON files.
 
-    python benchmarks/summarize.py bench.json [more.json ...]
+    python benchmarks/summarize.py [--steps STEPS.tsv] bench.json [more.json ...]
 
 Mixed-op sum rows: time per call (CUDA events over back-to-back calls on a GPU, wall-clock median
 on a CPU), effective GB/s from the minimal bytes, its fraction of the copy bandwidth measured in
@@ -8,7 +8,8 @@ the same run, and speedups at equal (mode, shape, dtype): against the faster eag
 and against torch.compile. Search-step rows: ms per step, peak memory, ratio to the plain DARTS
 MixedOp. Depthwise- and pointwise-conv rows (one table each): each part (fwd, dgrad, wgrad) of
 PyTorch's and the Triton kernels side by side. Then the targets of issue 4 with their status
-(never a failure: a report).
+(never a failure: a report), each listed: one without rows says "not measured" and, given
+gpu_check.sh's step record (--steps), why (its step skipped, cut at its limit, failed, not run yet).
 """
 from __future__ import annotations
 
@@ -40,26 +41,56 @@ def _fmt(x, spec, none="-"):
     return none if x is None else format(x, spec)
 
 
-def mixed_sum_table(rows):
+def _graph_frac(r):
+    """A row's share of the copy bandwidth in device time (its CUDA-graph time), or None: the recorded
+    field, else from graph_ms (JSON written before the field existed)."""
+    if r.get("graph_frac_copy_bw") is not None:
+        return r["graph_frac_copy_bw"]
+    if r.get("graph_ms") and r.get("min_bytes") and r.get("copy_GBps"):
+        return r["min_bytes"] / (r["graph_ms"] * 1e-3) / 1e9 / r["copy_GBps"]
+    return None
+
+
+def _speedups(cases):
+    """Sets x_eager, x_eager_graph and x_compile on each row of {case: {impl: row}}: against the
+    faster eager impl back to back, against it as CUDA graphs, and against torch.compile, at equal
+    (mode, shape, dtype). Idempotent: the target lines read what the table computed."""
+    for impls in cases.values():
+        eager = [impls[k]["time_ms"] for k in ("eager_darts", "eager_ref") if k in impls]
+        eager_graph = [impls[k]["graph_ms"] for k in ("eager_darts", "eager_ref") if impls.get(k, {}).get("graph_ms")]
+        compiled = impls.get("compiled", {}).get("time_ms")
+        for r in impls.values():
+            t, g = r["time_ms"], r.get("graph_ms")
+            r["x_eager"] = min(eager) / t if eager else None
+            r["x_eager_graph"] = min(eager_graph) / g if eager_graph and g else None
+            r["x_compile"] = compiled / t if compiled else None
+
+
+def _mixed_cases(rows):
+    """{(mode, shape, dtype): {impl: row}} of the mixed-sum rows, the speedups set."""
     cases = {}
     for r in rows:
         cases.setdefault((r["mode"], tuple(r["shape"]), r["dtype"]), {})[r["impl"]] = r
+    _speedups(cases)
+    return cases
+
+
+def mixed_sum_table(rows):
+    """Per case and impl: time back to back, GB/s and its share of the copy bandwidth, the speedups,
+    and the CUDA-graph time with its share of the copy bandwidth (device time, no launch overhead)."""
+    cases = _mixed_cases(rows)
     lines = [f"{'mode':6} {'shape':>14} {'dtype':8} {'impl':11} {'ms':>9} {'GB/s':>8} {'%copy':>6} "
-             f"{'x eager':>8} {'x compile':>9} {'graph ms':>9}"]
+             f"{'x eager':>8} {'x compile':>9} {'graph ms':>9} {'%copy gr':>8}"]
     for (mode, shape, dtype), impls in sorted(cases.items(), key=lambda kv: (kv[0][0] != "fwdbwd", kv[0][1], kv[0][2])):
-        eager = [impls[k]["time_ms"] for k in ("eager_darts", "eager_ref") if k in impls]
-        best_eager = min(eager) if eager else None
-        compiled = impls.get("compiled", {}).get("time_ms")
         for impl in ("fused", "eager_darts", "eager_ref", "compiled"):
             r = impls.get(impl)
             if r is None:
                 continue
-            t = r["time_ms"]
-            r["x_eager"] = best_eager / t if best_eager else None
-            r["x_compile"] = compiled / t if compiled else None
-            lines.append(f"{mode:6} {'x'.join(map(str, shape)):>14} {dtype:8} {impl:11} {t:9.3f} {r['GBps']:8.1f} "
-                         f"{100 * r['frac_copy_bw']:5.1f}% {_fmt(r['x_eager'], '8.2f'):>8} {_fmt(r['x_compile'], '9.2f'):>9} "
-                         f"{_fmt(r.get('graph_ms'), '9.3f'):>9}")
+            gfrac = _graph_frac(r)
+            lines.append(f"{mode:6} {'x'.join(map(str, shape)):>14} {dtype:8} {impl:11} {r['time_ms']:9.3f} "
+                         f"{r['GBps']:8.1f} {100 * r['frac_copy_bw']:5.1f}% {_fmt(r['x_eager'], '8.2f'):>8} "
+                         f"{_fmt(r['x_compile'], '9.2f'):>9} {_fmt(r.get('graph_ms'), '9.3f'):>9} "
+                         f"{'-' if gfrac is None else format(100 * gfrac, '7.1f') + '%':>8}")
     return lines
 
 
@@ -198,48 +229,149 @@ def cifar_batches_table(rows):
     return lines
 
 
-def target_lines(rows):
+# The targets of issue 4, each listed whether measured or not (a skipped benchmark must not drop its
+# targets silently): (the word a row's `targets` entry contains, the line's label, the gpu_check.sh
+# steps whose rows it needs: the first gives the row, the last the baseline). Then the loop's.
+ISSUE_TARGETS = (
+    ("eager", "fused fwd+bwd >= 10x eager (64x16x32x32 fp32)", ("bench_sum",)),
+    ("torch.compile", "fused fwd+bwd >= 5x torch.compile (same)", ("bench_sum", "bench_compile_target")),
+    ("copy bandwidth", "fused fwd+bwd >= 80% of copy bw (256x64x32x32)", ("bench_sum",)),
+    ("ms per step", "search step <= 40 ms (b64 C16 8 cells)", ("bench_step",)),
+    ("peak", "its peak memory <= 60% of 7.57 GiB", ("bench_step",)),
+)
+LOOP_TARGETS = (("50-epoch search", "the 50-epoch search <= 15 min (CIFAR-10)", ("bench_loop",)),)
+
+
+def load_steps(path):
+    """gpu_check.sh's step record (lines of name, exit code, 'skipped' or 'running', seconds, limit)
+    as {name: (rc, seconds, limit)}, a step's last line winning; None without a record."""
+    if not path:
+        return None
+    steps = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) == 4:
+                    steps[fields[0]] = tuple(fields[1:])
+    except OSError:
+        pass
+    return steps
+
+
+def why_missing(name, steps, baseline=False):
+    """Why step `name` gave no row (or no `baseline` row) for a target: read from the step record."""
+    if steps is None:
+        return f"no {'baseline ' if baseline else ''}row: GPU only, or its benchmark's JSON was not given"
+    if name not in steps:
+        return f"{name} not run yet"
+    rc, secs, limit = steps[name]
+    if rc == "running":
+        return f"{name} still running when the table was written: see {name}.log"
+    if rc == "skipped":
+        return f"{name} skipped: the script's time budget was spent"
+    if rc in ("124", "137"):
+        return f"{name} stopped at its {limit} s limit before this case"
+    if rc == "0":
+        return f"{name} ran but gave no such row: see {name}.log"
+    return f"{name} failed (exit {rc} after {secs} s): see {name}.log"
+
+
+def _judged_row(rows):
+    """The row a target is judged on: fp32 before bf16, the default graph step before the levers
+    (their rows carry the step targets too; the search-step table shows them), then the fastest."""
+    return min(rows, key=lambda r: (r.get("dtype", "float32") != "float32", r.get("impl") != "fused_graph",
+                                    r["time_ms"]))
+
+
+def _met(ok, text):
+    return ("met" if ok else "NOT met") + f" ({text})"
+
+
+def _bandwidth_status(r):
+    """The copy-bandwidth target, judged on device time (the CUDA graph's: back-to-back calls add the
+    host's launch overhead, which is not the kernels' bandwidth), back to back beside it."""
+    back, graph = r["frac_copy_bw"], _graph_frac(r)
+    copy = f"of {r['copy_GBps']:.0f} GB/s"
+    if graph is None:
+        return _met(back >= 0.8, f"{100 * back:.0f}% {copy} back to back; no CUDA-graph time: judged on it")
+    return _met(graph >= 0.8, f"{100 * graph:.0f}% {copy} as a CUDA graph, judged on it; "
+                              f"{100 * back:.0f}% back to back")
+
+
+def target_status(key, r):
+    """(status text, or None where the row lacks the value) of one target on its row."""
+    if key == "eager":
+        if r.get("x_eager") is None:
+            return None
+        graph = f"; {r['x_eager_graph']:.1f}x as CUDA graphs" if r.get("x_eager_graph") else ""
+        return _met(r["x_eager"] >= 10, f"{r['x_eager']:.1f}x back to back{graph}")
+    if key == "torch.compile":
+        return None if r.get("x_compile") is None else _met(r["x_compile"] >= 5, f"{r['x_compile']:.1f}x")
+    if key == "copy bandwidth":
+        return _bandwidth_status(r)
+    if key == "ms per step":
+        return _met(r.get("target_step_met"), f"{r['time_ms']:.1f} ms")
+    if key == "peak":
+        peak = r.get("peak_GiB")
+        return None if peak is None else _met(r.get("target_peak_met"), f"{peak:.2f} GiB")
+    if key == "50-epoch search":
+        minutes = r["projected_search_min"]
+        return _met(minutes <= 15, f"{minutes:.1f} min projected")
+    return "?"
+
+
+def target_lines(rows, steps=None):
+    """One line per target of ISSUE_TARGETS and LOOP_TARGETS: met / NOT met with its figures and the
+    row it is judged on, or 'not measured' and why (from gpu_check.sh's step record `steps`)."""
+    _mixed_cases([r for r in rows if r.get("kind") == "mixed_sum"])
     lines = []
-    for r in rows:
-        for target in r.get("targets", []):
-            if "eager" in target:
-                value, need = r.get("x_eager"), 10.0
-                status = _status(value, need, f"{_fmt(value, '.1f')}x")
-            elif "torch.compile" in target:
-                value, need = r.get("x_compile"), 5.0
-                status = _status(value, need, f"{_fmt(value, '.1f')}x")
-            elif "copy bandwidth" in target:
-                value = r.get("frac_copy_bw")
-                status = _status(value, 0.8, f"{100 * value:.0f}% of {r['copy_GBps']:.0f} GB/s")
-            elif "ms per step" in target:
-                status = ("met" if r.get("target_step_met") else "NOT met") + f" ({r['time_ms']:.1f} ms)"
-            elif "50-epoch search" in target:
-                minutes = r.get("projected_search_min")
-                status = ("met" if minutes <= 15 else "NOT met") + f" ({minutes:.1f} min projected)"
-            elif "peak" in target:
-                status = ("met" if r.get("target_peak_met") else "NOT met") + f" ({r.get('peak_GiB', float('nan')):.2f} GiB)"
-            else:
-                status = "?"
-            where = r["name"]
-            lines.append(f"  {target:42} {status:32} {where}")
-    return lines or ["  (no target cases ran: the targets are GPU-only)"]
+    for key, label, needs in ISSUE_TARGETS + LOOP_TARGETS:
+        carrying = [r for r in rows if any(key in t for t in r.get("targets", []))]
+        row = _judged_row(carrying) if carrying else None
+        status = None if row is None else target_status(key, row)
+        if status is None:
+            name = needs[0] if row is None else needs[-1]
+            status = f"not measured ({why_missing(name, steps, baseline=row is not None)})"
+        lines.append(f"  {label:48} {status}" + (f"  [{row['name']}]" if row is not None else ""))
+    return lines
 
 
-def _status(value, need, text):
-    if value is None:
-        return "not measured (baseline missing)"
-    return ("met" if value >= need else "NOT met") + f" ({text})"
+def parse_args(argv):
+    """(JSON paths, step record path or None); None where nothing was given (print the usage)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--steps", default=None)
+    ap.add_argument("paths", nargs="*")
+    args = ap.parse_args(argv)
+    if not args.paths and not args.steps:
+        return None
+    return args.paths, args.steps
+
+
+def machine_lines(machines):
+    """One line per distinct machine record: each JSON of a run carries the same one."""
+    lines = []
+    for m in machines:
+        if m:
+            line = (f"device: {m.get('device')} | torch {m.get('torch')} | triton {m.get('triton')} | "
+                    f"commit {m.get('commit')}"
+                    + (f" | threads {m['torch_threads']} | loadavg {m.get('loadavg')}" if "torch_threads" in m else ""))
+            if line not in lines:
+                lines.append(line)
+    return lines
 
 
 def main(argv):
-    if not argv:
+    parsed = parse_args(argv)
+    if parsed is None:
         print(__doc__)
         return 2
-    rows, machines = load(argv)
-    for m in machines:
-        if m:
-            print(f"device: {m.get('device')} | torch {m.get('torch')} | triton {m.get('triton')} | commit {m.get('commit')}"
-                  + (f" | threads {m['torch_threads']} | loadavg {m.get('loadavg')}" if "torch_threads" in m else ""))
+    paths, steps_path = parsed
+    rows, machines = load(paths)
+    for line in machine_lines(machines):
+        print(line)
     mixed = [r for r in rows if r["kind"] == "mixed_sum"]
     steps = [r for r in rows if r["kind"] == "search_step"]
     depthwise = [r for r in rows if r["kind"] == "depthwise_conv"]
@@ -307,7 +439,7 @@ def main(argv):
               "(block elements, warps; * the default; dgrad: the w step's backward, both: the alpha step's)")
         print("\n".join(tile_sweep_table(group_blocks)))
     print("\ntargets (issue 4; recorded, not asserted)")
-    print("\n".join(target_lines(mixed + steps + loops)))
+    print("\n".join(target_lines(mixed + steps + loops, load_steps(steps_path))))
     return 0
 
 

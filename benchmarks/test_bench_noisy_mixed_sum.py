@@ -10,12 +10,14 @@ Implementations (one name each, also the `impl` field of extra_info):
 - compiled:    torch.compile(eager_darts), static shapes.
 extra_info carries the achieved GB/s from the minimal bytes (bench_common.minimal_bytes), the
 copy bandwidth measured in the same run and the fraction of it, and on CUDA `graph_ms`: the same
-call replayed as a CUDA graph (the kernels' cost without host launch overhead); benchmarks/summarize.py adds the
-speedups at equal (mode, shape, dtype). Targets are recorded, never asserted.
+call replayed as a CUDA graph (the kernels' cost without host launch overhead) with its share of the
+copy bandwidth, `graph_frac_copy_bw` (the ≥ 80 % target is judged on it: device time);
+benchmarks/summarize.py adds the speedups at equal (mode, shape, dtype). Targets are recorded, never asserted.
 """
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -125,16 +127,61 @@ def _bench(benchmark, copy_bandwidth, device, impl, mode, shape, dtype):
         # the same call as one CUDA graph: what the kernels cost once launch overhead is gone
         # (eager_ref reads its seed on the host, which a capture cannot hold; compiled: dynamo)
         info["graph_ms"], info["graph_error"] = cuda_graph_ms(fn)
+        info.update(graph_bandwidth(nbytes, info["graph_ms"], copy_bandwidth["copy_GBps"]))
     targets = _targets(impl, mode, shape)
     if targets:
         info["targets"] = targets  # recorded for summarize.py; never asserted here (CI has no GPU)
         if ">= 80% of copy bandwidth" in targets and device.type == "cuda":
-            info["target_bw_met"] = info["frac_copy_bw"] >= 0.8
+            info.update(bandwidth_verdict(info))
     benchmark.extra_info.update(info)
 
 
+def graph_bandwidth(nbytes: int, graph_ms, copy_gbps: float) -> dict:
+    """GB/s and share of the copy bandwidth in device time (the CUDA graph's replay): the copy
+    bandwidth is itself device time (1 GiB copies, launch overhead negligible), while back-to-back
+    calls of a small op can be bound by the host's launches. Empty where the capture failed."""
+    if not graph_ms:
+        return {}
+    gbps = nbytes / (graph_ms * 1e-3) / 1e9
+    return {"graph_GBps": gbps, "graph_frac_copy_bw": gbps / copy_gbps}
+
+
+def bandwidth_verdict(info: dict) -> dict:
+    """The ≥ 80 % copy-bandwidth target, judged on device time (graph_frac_copy_bw) where the graph
+    was timed, else on the back-to-back time; which one is recorded beside it."""
+    graph = info.get("graph_frac_copy_bw")
+    frac = info["frac_copy_bw"] if graph is None else graph
+    return {"target_bw_met": frac >= 0.8,
+            "target_bw_judged_on": "back-to-back calls" if graph is None else "CUDA-graph device time"}
+
+
+def _named_marks(*names: str) -> list:
+    """pytest marks by name, without the unknown-mark warning where this file is imported outside the
+    benchmarks (tests/ import it to check its calls): benchmarks/conftest.py registers them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
+        return [getattr(pytest.mark, name) for name in names]
+
+
+TARGET_SPEEDUP, TARGET_BANDWIDTH = _named_marks("target_speedup", "target_bandwidth")
+
+
+def _target_marks(mode: str, dtype, shape) -> list:
+    """The markers of the cases the issue's targets are judged on (fp32 fwd+bwd at the two target
+    shapes): gpu_check.sh runs them first with `-m target_speedup` / `-m target_bandwidth`, named
+    by marker so that the selection does not depend on the GPU's shapes (a CPU test checks it)."""
+    marks = []
+    if mode == "fwdbwd" and dtype == torch.float32:
+        if tuple(shape) == tuple(SPEEDUP_SHAPE):
+            marks.append(TARGET_SPEEDUP)
+        if tuple(shape) == tuple(BANDWIDTH_SHAPE):
+            marks.append(TARGET_BANDWIDTH)
+    return marks
+
+
 _PARAMS = [
-    pytest.param(mode, dtype, shape, id=f"{mode}-{str(dtype).replace('torch.', '')}-{shape_id(shape)}")
+    pytest.param(mode, dtype, shape, id=f"{mode}-{str(dtype).replace('torch.', '')}-{shape_id(shape)}",
+                 marks=_target_marks(mode, dtype, shape))
     for mode in MODES for dtype in DTYPES for shape in SHAPES
 ]
 

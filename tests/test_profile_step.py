@@ -22,3 +22,26 @@ import pytest
 def test_kernel_categories(name, category):
     profile_step = pytest.importorskip("profile_step")
     assert profile_step.kernel_category(name) == category
+
+
+def test_the_json_is_written_after_each_variant(tmp_path, monkeypatch):
+    """A profile cut off by gpu_check.sh's limit (SIGINT: KeyboardInterrupt) keeps the variants it
+    finished: the JSON is rewritten after each one, whole."""
+    import json
+
+    import torch
+
+    profile_step = pytest.importorskip("profile_step")
+
+    def fake_profile(impl, top, graph_kernels=False):
+        if impl == "cut":
+            raise KeyboardInterrupt
+        return {"impl": impl, "kernels": 3, "busy_ms": 1.0, "wall_ms_unprofiled": 2.0, "top": [], "by_category": {}}
+
+    monkeypatch.setattr(profile_step, "profile_impl", fake_profile)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    path = tmp_path / "profile.json"
+    with pytest.raises(KeyboardInterrupt):
+        profile_step.main(["--impl", "fused", "plain", "cut", "fused_sepconv", "--json", str(path)])
+    assert [r["impl"] for r in json.loads(path.read_text())] == ["fused", "plain"]
+    assert not (tmp_path / "profile.json.tmp").exists()
