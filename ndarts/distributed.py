@@ -20,19 +20,23 @@ Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment, WORLD_SIZ
   α-step forwards use the unwrapped model and torch.autograd.grad (no AccumulateGrad node runs,
   so no DDP hook fires): they cannot mis-sync DDP's reducer, and every rank runs the same number
   of them, so the hand all-reduces cannot deadlock.
-- Noise: each rank seeds its RNGs with ``seed + rank``, so each rank draws its own, independent
-  noise (and its own ε for the fused kernels, whose seeds come from torch's RNG) — the noise of
-  an N-process run is N independent draws, one per shard, as one process over the global batch
-  would draw independent noise per sample. Rank 0 draws exactly what a single-process run with
-  the same seed draws. Checkpoints keep every rank's RNG state, so a resume with the same number
-  of processes continues every rank's stream; with another number, ranks > 0 are re-seeded from
-  (seed, rank, epoch).
+- Noise: rank 0 seeds its RNGs with ``seed``, the others with a hash of (seed, rank)
+  (``rank_seed``), so each rank draws its own, independent noise (and its own ε for the fused
+  kernels, whose seeds come from torch's RNG), and no rank of one seed draws another seed's noise:
+  the noise of an N-process run is N independent draws, one per shard. Each rank's skip noise
+  takes the std of its own operand (its shard of the batch): σ = λ·std is per process, as every
+  non-synchronised statistic is (SPEC's std over all elements of the skip operand, the tensor
+  the process holds). Rank 0 draws exactly what a single-process run with the same seed draws.
+  Checkpoints (the search's and the training's) keep every rank's RNG state, so a resume with the
+  same number of processes continues every rank's stream; with another number, ranks > 0 are
+  re-seeded from (seed, rank, epoch) and the run logs a note.
 - Files: logs, metrics, genotypes and checkpoints are written by rank 0 only; every rank reads the
   checkpoint on ``--resume``. ``barrier()`` orders rank 0's writes before the other ranks' reads.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -40,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import NdartsError
+from .rng import rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -153,11 +158,41 @@ def launched_by_torchrun() -> bool:
 
 
 def rank_seed(seed: int, rank: int, epoch: int = 0) -> int:
-    """The seed of rank ``rank``: seed + rank at the start of a run; mixed with the epoch when a
-    resume cannot restore the rank's own RNG state (a different number of processes)."""
-    if epoch == 0:
-        return seed + rank
-    return (seed + rank + 1_000_003 * epoch) % 2**63
+    """The seed of rank ``rank``: ``seed`` itself for rank 0 at the start of a run (it draws what a
+    single process with that seed draws); for the other ranks, and for a resume that cannot restore
+    the ranks' own RNG states (a different number of processes), a hash of (seed, rank, epoch). Not
+    seed + rank: rank 1 of --seed s would draw the noise of rank 0 of --seed s + 1, and a seed sweep
+    on several processes would share noise streams between neighbouring seeds."""
+    if rank == 0 and epoch == 0:
+        return seed
+    digest = hashlib.sha256(f"ndarts rank seed {seed} {rank} {epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
+
+
+def restore_rank_rng(state: dict, dist_ctx, seed: int, epoch: int, log) -> None:
+    """Every process's RNG state from a checkpoint (``rng``: rank 0's; ``rng_ranks``: each rank's, by
+    rank): its own where the checkpoint has one per process of this run, so that the resumed run is
+    the uninterrupted one; else rank 0 takes ``rng`` and the others are re-seeded (rank_seed), with a
+    note through ``log`` that the shards, the global batch and the noise streams change."""
+    was = state.get("world_size", 1)
+    now = dist_ctx.world_size if dist_ctx is not None else 1
+    saved = state.get("rng_ranks")
+    if dist_ctx is not None and saved is not None and len(saved) == now:
+        set_rng_state(saved[dist_ctx.rank])
+        return
+    if was != now:
+        log(f"note: the checkpoint was written by {was} process(es), this run has {now}: the global batch "
+            f"(processes × --batch-size), the shards and the noise streams differ from an uninterrupted run")
+    if dist_ctx is None or dist_ctx.rank == 0:
+        set_rng_state(state["rng"])
+    else:
+        seed_everything(rank_seed(seed, dist_ctx.rank, epoch))
+
+
+def gather_rng_states(dist_ctx):
+    """Every rank's RNG state, by rank, on rank 0 (None elsewhere and in one process): a collective,
+    so every rank calls it, before rank 0 writes the checkpoint."""
+    return dist_ctx.gather_object(rng_state()) if dist_ctx is not None else None
 
 
 @contextlib.contextmanager

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reduction edges: noise on FactorizedReduce's output (official) or input (paper)")
 
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed, help="seeds the weights, the noise, the split and the batches")
+    g.add_argument("--seed", type=int, default=d.seed, help="seeds the weights, α, the noise and the batches (the w/α split of the data is "
+                        "fixed, as DARTS's: every seed searches on the same halves)")
     g.add_argument("--deterministic", action="store_true",
                    help="bitwise-repeatable α and genotype from the same seed on CUDA too: cuDNN's and "
                         "PyTorch's deterministic algorithms only (process-wide; may be slower); a CPU run is "

@@ -31,6 +31,7 @@ from .meters import EpochMeter, steps_per_epoch, steps_phrase
 from .noise import NoiseConfig
 from .nasbench201.network import Nb201SearchNetwork
 from .operations import NAS_BENCH_201, SPACES
+from .distributed import gather_rng_states, rank_seed, restore_rank_rng
 from .rng import rng_state, seed_everything, set_rng_state
 from .rundir import RunDir, summary_writer_class, write_scalars
 from .search_model import SearchNetwork
@@ -224,7 +225,7 @@ class Searcher:
                 self.run.check_data_source(cfg.own_data)
                 self.run.check_same_config(cfg.to_dict(), structural_settings(cfg.space))
                 self._keep_checkpoint_layout()
-            seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
+            seed_everything(rank_seed(cfg.seed, dist.rank if dist is not None else 0))
             self._build()
             self.start_epoch = 0
             if self.run.resuming:
@@ -444,22 +445,7 @@ class Searcher:
         self.run.log(f"resumed from {path} after epoch {self.start_epoch}")
 
     def _restore_rng(self, state: dict):
-        if self.dist is None:
-            set_rng_state(state["rng"])
-            return
-        saved = state.get("rng_ranks")
-        if saved is not None and len(saved) == self.dist.world_size:
-            set_rng_state(saved[self.dist.rank])
-            return
-        from .distributed import rank_seed
-
-        was = state.get("world_size", 1)
-        self.run.log(f"note: the checkpoint was written by {was} process(es), this run has {self.dist.world_size}: "
-                     "the shards and the noise streams of ranks > 0 differ from an uninterrupted run")
-        if self.dist.rank == 0:
-            set_rng_state(state["rng"])
-        else:
-            seed_everything(rank_seed(self.cfg.seed, self.dist.rank, self.start_epoch))
+        restore_rank_rng(state, self.dist, self.cfg.seed, self.start_epoch, self.run.log)
 
     # ------------------------------------------------------------------ the loop
     def run_search(self):
@@ -519,7 +505,7 @@ class Searcher:
             record["hessian_eigenvalue"] = measure_on_stream(model, self.criterion, self.val_stream, self.device)
             record["hessian_seconds"] = time.time() - t_hessian
             record["seconds"] = time.time() - t0  # the epoch's time includes the measurement
-        rng_ranks = self.dist.gather_object(rng_state()) if self.dist is not None else None
+        rng_ranks = gather_rng_states(self.dist)
         if self.rank0:
             self.run.append_metrics(record)
             save_genotype(genotype, self.run.track(self.run.path / "genotypes" / f"epoch_{epoch:03d}.json"))

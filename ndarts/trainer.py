@@ -28,7 +28,8 @@ from .genotype import Genotype, load_genotype
 from .meters import EpochMeter, steps_per_epoch, steps_phrase, topk_correct
 from .determinism import deterministic_setup
 from .losses import CrossEntropy
-from .rng import rng_state, seed_everything, set_rng_state
+from .distributed import gather_rng_states, rank_seed, restore_rank_rng
+from .rng import rng_state, seed_everything
 from .rundir import RunDir, summary_writer_class, write_scalars
 from .searcher import record_data_source, resolve_device
 
@@ -157,7 +158,7 @@ class Trainer:
             if self.run.resuming:
                 self.run.check_data_source(cfg.own_data)
                 self.run.check_same_config(cfg.to_dict(), STRUCTURAL)
-            seed_everything(cfg.seed + (dist.rank if dist is not None else 0))
+            seed_everything(rank_seed(cfg.seed, dist.rank if dist is not None else 0))
             self._build()
             self.start_epoch, self.best_acc, self.best_epoch = 0, None, None
             self.final_acc = None  # the test accuracy of the last epoch done (DARTS's reported figure)
@@ -207,7 +208,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(dev.type) if cfg.amp == "fp16" else None
 
     # ------------------------------------------------------------------ checkpoints
-    def _checkpoint_state(self, epoch_done: int) -> dict:
+    def _checkpoint_state(self, epoch_done: int, rng_ranks=None) -> dict:
         return {
             "kind": CHECKPOINT_KIND,
             "epoch": epoch_done,
@@ -223,6 +224,9 @@ class Trainer:
             "best_epoch": self.best_epoch,  # the epochs done when best.pt was written
             "test_acc": self.final_acc,  # this epoch's: the final figure of a resume with no epoch left to run
             "rng": rng_state(),
+            # under torchrun: every rank's RNG state (rank r goes on with its own drop-path masks)
+            "world_size": self.dist.world_size if self.dist is not None else 1,
+            "rng_ranks": rng_ranks,
         }
 
     def _load_checkpoint(self, path):
@@ -243,8 +247,8 @@ class Trainer:
         position_schedule(self.scheduler, int(state["epoch"]))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
+        restore_rank_rng(state, self.dist, self.cfg.seed, self.start_epoch, self.run.log)
         self.best_acc, self.best_epoch = state.get("best_acc"), state.get("best_epoch")
         self.final_acc = state.get("test_acc")
         if self.rank0 and self.best_epoch is not None and self.best_epoch == self.start_epoch:
@@ -292,6 +296,7 @@ class Trainer:
                   "test_loss": test_loss, "test_acc": test_acc, "test_acc_top5": test_top5,
                   "seconds": time.time() - t0}
         self.final_acc = test_acc
+        rng_ranks = gather_rng_states(self.dist)  # a collective: before the other ranks return
         if not self.rank0:
             return record
         improved = test_acc is not None and (self.best_acc is None or test_acc > self.best_acc)
@@ -299,7 +304,7 @@ class Trainer:
             self.best_acc, self.best_epoch = test_acc, epoch + 1
         record["best_acc"] = self.best_acc
         self.run.append_metrics(record)
-        state = self._checkpoint_state(epoch + 1)
+        state = self._checkpoint_state(epoch + 1, rng_ranks)
         # checkpoint.pt first: a kill before best.pt is written leaves a checkpoint that is its own
         # best_epoch, and the resume copies it to best.pt (_repair_best)
         save_checkpoint(state, self.run.checkpoint)
@@ -364,9 +369,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
-        """Loss, top-1 and top-5 accuracy on the test split (all None without one)."""
+        """Loss, top-1 and top-5 accuracy on the test split (all None without one). Under torchrun
+        every rank tests its share with rank 0's BatchNorm statistics, those the checkpoint saves (DDP
+        broadcasts them only at the start of a forward, and every rank's training batches moved its own)."""
         if self.test_stream is None:
             return Evaluation(None, None, None)
+        if self.dist is not None:
+            self.dist.broadcast_buffers(self.model)
         return evaluate_model(self.model, self.test_stream, self.device, self.cfg.amp, self.cfg.max_steps,
                               dist=self.dist)
 

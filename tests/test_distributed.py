@@ -104,7 +104,7 @@ def assert_ranks_identical(ranks: list[dict]) -> None:
 def assert_checkpoint_of_ranks(out: Path, ranks: list[dict]) -> None:
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert torch.equal(ckpt["model"]["alphas_normal"], ranks[0]["alphas_normal"])
-    # each rank drew its own noise (seeded seed + rank); the checkpoint keeps every rank's RNG state
+    # each rank drew its own noise (distributed.rank_seed); the checkpoint keeps every rank's RNG state
     rng = ckpt["rng_ranks"]
     assert ckpt["world_size"] == 2 and len(rng) == 2
     assert not torch.equal(rng[0]["torch"], rng[1]["torch"])
@@ -241,6 +241,59 @@ def test_resume_under_torchrun(tmp_path):
     ranks = load_ranks(tmp_path / "dump2")
     assert_ranks_identical(ranks)
     assert_checkpoint_of_ranks(out, ranks)
+
+
+# ----------------------------------------------------------------------------- ndarts.train under torchrun
+TRAIN_TINY = ["--dataset", "digits", "--layers", "3", "--init-channels", "4", "--batch-size", "32", "--device", "cpu",
+              "--report-freq", "0", "--drop-path-prob", "0.3"]
+
+
+def torchrun_train(args: list[str], nproc=2) -> str:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "ndarts.train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+def test_training_under_torchrun_tests_what_it_saves_and_resumes_as_the_uninterrupted_run(tmp_path):
+    """Two processes of ndarts.train: each epoch's test uses rank 0's BatchNorm statistics, the
+    checkpoint's (ndarts.evaluate on it gives the logged loss; each rank's training batches had moved
+    its own); a run stopped after epoch 1 and resumed is the uninterrupted one bit for bit (every
+    rank goes on with its own drop-path stream: the checkpoint keeps each rank's RNG state)."""
+    from ndarts import evaluate
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    torchrun_train(TRAIN_TINY + ["--epochs", "2", "--out", str(full)])
+    torchrun_train(TRAIN_TINY + ["--epochs", "1", "--out", str(cut)])
+    torchrun_train(TRAIN_TINY + ["--epochs", "2", "--out", str(cut), "--resume"])
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (full, cut))
+    assert a["world_size"] == b["world_size"] == 2 and len(b["rng_ranks"]) == 2
+    assert not torch.equal(a["rng_ranks"][0]["torch"], a["rng_ranks"][1]["torch"])
+    for r in range(2):
+        assert torch.equal(a["rng_ranks"][r]["torch"], b["rng_ranks"][r]["torch"]), r
+    for name, t in a["model"].items():
+        assert torch.equal(t, b["model"][name]), name
+    logged = json.loads((full / "metrics.jsonl").read_text().splitlines()[-1])
+    result = evaluate.main(["--checkpoint", str(full / "checkpoint.pt"), "--json"])
+    assert result["test_loss"] == pytest.approx(logged["test_loss"], rel=1e-5)
+    assert result["test_acc"] == pytest.approx(logged["test_acc"], abs=1e-9)
+
+
+def test_rank_seeds_of_neighbouring_seeds_do_not_meet():
+    """Rank 0 draws what one process with the seed draws; no rank of one seed takes another
+    seed's stream (seed + rank did: rank 1 of seed s was rank 0 of seed s + 1)."""
+    from ndarts.distributed import rank_seed
+
+    assert [rank_seed(s, 0) for s in range(5)] == list(range(5))
+    assert all(rank_seed(s, 1) != rank_seed(s + 1, 0) for s in range(50))
+    seeds = {rank_seed(s, r, e) for s in range(50) for r in range(8) for e in (0, 3)}
+    assert len(seeds) == 50 * 8 * 2  # every (seed, rank, epoch) its own stream
+    assert rank_seed(7, 3, 2) == rank_seed(7, 3, 2) and 0 <= rank_seed(7, 3, 2) < 2**63
 
 
 if __name__ == "__main__":
