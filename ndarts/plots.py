@@ -52,20 +52,21 @@ def draw_cell(ax, edges, concat, title: str = "", reduction: bool = False) -> No
     spacing = 1.6
     xs = [i * spacing for i in range(steps + 2)] + [(steps + 2) * spacing + 0.4]
     labels = _node_labels(steps) + ["$c_{k}$"]
-    max_span = 1
+    peak = 0.25  # the highest arc's height: an arc3 of rad r over a span s peaks at |r|·s/2
     seen: dict[tuple[int, int], int] = {}
     for e, (op, j) in enumerate(edges):
         i = e // 2 + 2
-        k = seen.get((j, i), 0)
+        k = seen.get((j, i), 0)  # a node's second edge from the same input: a higher arc (NASNet's cells)
         seen[(j, i)] = k + 1
-        max_span = max(max_span, xs[i] - xs[j])
-        _edge_arc(ax, xs[j], xs[i], -(0.5 + 0.25 * k), op, op + (" /2" if reduction and j < 2 else ""))
+        rad = 0.5 + 0.25 * k
+        peak = max(peak, rad * (xs[i] - xs[j]) / 2)
+        _edge_arc(ax, xs[j], xs[i], -rad, op, op + (" /2" if reduction and j < 2 else ""))
     for n in concat:
         ax.add_patch(FancyArrowPatch((xs[n], 0), (xs[-1], 0), connectionstyle="arc3,rad=0.35",
                                      arrowstyle="-|>", mutation_scale=10, lw=0.9, color="#999999",
                                      linestyle="--", shrinkA=13, shrinkB=13, zorder=1))
     _nodes(ax, xs, labels, inputs=2)
-    top = 0.25 * max_span + 0.6
+    top = peak + 0.6
     bottom = -0.175 * (xs[-1] - xs[min(concat, default=2)]) - 0.4
     ax.text(xs[-1] + 0.5, bottom + 0.05, "dashed: concatenated into $c_{k}$", ha="right", va="bottom", fontsize=8,
             color="#777777")
@@ -204,8 +205,10 @@ ALPHA_PANELS = {"alphas_normal": "normal cell", "alphas_reduce": "reduction cell
                 "alphas_cell": "NAS-Bench-201 cell"}  # the metrics' α keys, by search space
 
 
-def alpha_figure(records, primitives):
-    """softmax(α) per op, mean over edges, per epoch; a panel per cell type (normal and reduce)."""
+def alpha_figure(records, primitives, activation: str = "softmax"):
+    """f(α) per op, mean over edges, per epoch; a panel per cell type (normal and reduce). f: the
+    search's --arch-activation, softmax (the dotted line: uniform, 1/ops) or sigmoid (FairDARTS: each
+    op's weight by itself, the dotted line at 0.5, where α = 0 puts it)."""
     keys = [k for k in ALPHA_PANELS if k in records[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.4), sharey=True, squeeze=False)
     axes = axes[0]
@@ -217,14 +220,16 @@ def alpha_figure(records, primitives):
             skip = op == "skip_connect"
             ax.plot(epochs, series, label=op, color=OP_COLORS.get(op), lw=3.0 if skip else 1.5,
                     marker="o" if len(epochs) < 15 else None, ms=4, zorder=3 if skip else 2)
-        ax.axhline(1 / len(primitives), color="#bbbbbb", lw=0.8, ls=":", zorder=1)
+        ax.axhline(0.5 if activation == "sigmoid" else 1 / len(primitives), color="#bbbbbb", lw=0.8, ls=":",
+                   zorder=1)
         ax.set_title(name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("softmax(α), mean over edges")
+    axes[0].set_ylabel(f"{activation}(α), mean over edges")
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9, frameon=False)
-    fig.suptitle("architecture weights during the search (dotted: uniform)")
+    fig.suptitle("architecture weights during the search (dotted: "
+                 + ("σ(0) = 0.5)" if activation == "sigmoid" else "uniform)"))
     fig.tight_layout()
     return fig
 
@@ -298,7 +303,7 @@ def plot_run(run_dir, out_dir=None) -> list[Path]:
         if len(records[0][alphas][0]) != len(primitives):
             raise NdartsError(f"metrics.jsonl has {len(records[0][alphas][0])} ops per edge but the "
                               f"'{space}' space has {len(primitives)}")
-        save(alpha_figure(records, primitives), "alphas.png")
+        save(alpha_figure(records, primitives, config.get("arch_activation", "softmax")), "alphas.png")
         save(skips_figure(records, len(records[0][alphas]) if alphas == "alphas_cell" else 8), "skips.png")
         genotype_dict = records[-1].get("genotype")
     else:

@@ -37,6 +37,22 @@ def test_derive_on_hand_built_weights():
     )
 
 
+def test_float64_weights_are_compared_in_their_own_precision():
+    """Two float64 weights one ulp apart are no tie (a float32 cast made them one, and the earlier
+    edge or op won instead of the larger)."""
+    p = NOISYDARTS_PRIMITIVES
+    w = torch.full((14, len(p)), 0.1, dtype=torch.float64)
+    w[0, p.index("sep_conv_3x3")] = 0.5
+    w[0, p.index("dil_conv_3x3")] = torch.nextafter(torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0,
+                                                    dtype=torch.float64))
+    w[2, p.index("skip_connect")] = 0.5  # node 3: edge 2 (input 0) against edge 3 (input 1), one ulp more
+    w[3, p.index("max_pool_3x3")] = float(w[0, p.index("dil_conv_3x3")])
+    w[4, p.index("avg_pool_3x3")] = 0.3
+    cell = derive_cell(w, p, 4)
+    assert cell[0] == ("dil_conv_3x3", 0)
+    assert cell[2:4] == (("max_pool_3x3", 1), ("skip_connect", 0))
+
+
 def test_none_is_excluded_in_darts_space():
     p = DARTS_PRIMITIVES
     # `none` is the heaviest op on every edge; it must neither pick the edge nor be the op
@@ -159,6 +175,11 @@ EDGES = "[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)]"
     (f"Genotype(normal={EDGES}, normal_concat=[2], reduce={EDGES}, reduce_concat=[2]) + 1", "one Genotype(...) call"),
     (f"Genotype(normal=[('conv_9x9', 0), ('sep_conv_3x3', 1)], normal_concat=[2], reduce={EDGES}, "
      "reduce_concat=[2])", "unknown operation"),
+    # a range too long to be a cell's, refused before its list is made (was 795 MB for 2 × 10**7, 40 GB for 10**9)
+    (f"Genotype(normal={EDGES}, normal_concat=range(2, 1000000000000), reduce={EDGES}, reduce_concat=[2])",
+     "normal_concat: range(2, 1000000000000) names 999999999998 nodes; a cell has at most 64"),
+    (f"Genotype(normal={EDGES}, normal_concat=[2], reduce={EDGES}, reduce_concat=range(10**9))",
+     "expected a string or an int literal, got 10 ** 9"),
 ])
 def test_bad_darts_genotypes_are_refused(text, match):
     with pytest.raises(GenotypeError, match=re.escape(match)):

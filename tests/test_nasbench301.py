@@ -27,7 +27,10 @@ class FakeEnsemble:
 
 
 @pytest.fixture
-def fake_nb301(monkeypatch):
+def fake_nb301(monkeypatch, tmp_path):
+    """The package's stand-in; tmp_path made a surrogate's directory (one ensemble member)."""
+    (tmp_path / "member_0").mkdir()
+    (tmp_path / "member_0" / "surrogate_model.model").write_bytes(b"")
     loaded = []
 
     def load_ensemble(path):
@@ -77,6 +80,30 @@ def test_cells_outside_its_space_are_named(tmp_path, fake_nb301):
     with pytest.raises(NdartsError, match="does not exist"):
         nb301.predict_accuracy(zoo()["DARTS_V2"], tmp_path / "xgb_v1.0")
     assert fake_nb301 == []
+
+
+def test_a_directory_without_a_surrogate_is_named(tmp_path, fake_nb301):
+    """The package itself fails on an IndexError inside load_ensemble there; the parent of several
+    surrogates (nb_models_1.0) is named with the ones under it; the loader's own errors are one line."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(NdartsError, match=r"holds no NAS-Bench-301 surrogate .*e\.g\. nb_models_1\.0/xgb_v1\.0"):
+        nb301.predict_accuracy(zoo()["DARTS_V2"], empty)
+    parent = tmp_path / "nb_models_1.0"
+    for name in ("xgb_v1.0", "gnn_gin_v1.0"):
+        (parent / name / "member_0").mkdir(parents=True)
+        (parent / name / "member_0" / "surrogate_model.model").write_bytes(b"")
+    with pytest.raises(NdartsError, match=r"the surrogates under it are .*gnn_gin_v1\.0, .*xgb_v1\.0: give one"):
+        nb301.predict_accuracy(zoo()["DARTS_V2"], parent)
+    assert fake_nb301 == []
+
+    def broken(path):
+        raise FileNotFoundError(2, "No such file or directory", f"{path}/member_0/data_config.json")
+
+    sys.modules["nasbench301"].load_ensemble = broken
+    nb301._ensemble.cache_clear()
+    with pytest.raises(NdartsError, match="could not load the surrogate in .*FileNotFoundError.*data_config.json"):
+        nb301.predict_accuracy(zoo()["DARTS_V2"], parent / "xgb_v1.0")
 
 
 def test_missing_package_is_a_clear_error(tmp_path, monkeypatch):

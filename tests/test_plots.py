@@ -93,3 +93,46 @@ def test_plots_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         plots.main([str(tmp_path)])  # no metrics.jsonl
     assert "metrics.jsonl" in capsys.readouterr().err
+
+
+def _arc_peaks(fig, ax):
+    """The top of each edge arc drawn on ax (its drawn extent, in data coordinates); not the dashed concat arcs."""
+    from matplotlib.patches import FancyArrowPatch
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return [ax.transData.inverted().transform((0, patch.get_window_extent(renderer).y1))[1]
+            for patch in ax.patches if isinstance(patch, FancyArrowPatch) and patch.get_linestyle() != "--"]
+
+
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_cell_arcs_fit_in_the_axes(repeats):
+    """Every edge's arc below the axes' top, also where a node takes both edges from one input
+    (NASNet's cells: the second arc is higher; it was cut at the top, its label on the title)."""
+    import matplotlib.pyplot as plt
+
+    edges = [("sep_conv_3x3", 0), ("skip_connect", 1), ("avg_pool_3x3", 0), ("avg_pool_3x3", 0 if repeats == 2 else 2),
+             ("max_pool_3x3", 1), ("dil_conv_3x3", 1 if repeats == 2 else 3), ("sep_conv_5x5", 0),
+             ("avg_pool_3x3", 0 if repeats == 2 else 4)]
+    fig, ax = plt.subplots()
+    plots.draw_cell(ax, edges, [2, 3, 4, 5], title="cell")
+    peaks = _arc_peaks(fig, ax)
+    assert len(peaks) == len(edges)
+    assert max(peaks) <= ax.get_ylim()[1], (max(peaks), ax.get_ylim())
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("activation,line,label", [("softmax", 1 / 7, "softmax(α)"), ("sigmoid", 0.5, "sigmoid(α)")])
+def test_the_alpha_figure_follows_the_arch_activation(activation, line, label):
+    """FairDARTS's sigmoid weights start near 0.5 each: labelled and referenced as such, not as a softmax."""
+    import matplotlib.pyplot as plt
+
+    prims = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+             "dil_conv_5x5")
+    recs = [{"epoch": e, "alphas_normal": [[0.5] * 7] * 14, "alphas_reduce": [[0.5] * 7] * 14} for e in range(2)]
+    fig = plots.alpha_figure(recs, prims, activation)
+    ax = fig.axes[0]
+    assert ax.get_ylabel().startswith(label)
+    dotted = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert len(dotted) == 1 and dotted[0].get_ydata()[0] == pytest.approx(line)
+    plt.close(fig)

@@ -258,8 +258,11 @@ def save_genotype(genotype: Genotype, path) -> None:
 def derive_cell(weights: torch.Tensor, primitives, steps: int) -> tuple:
     """DARTS's parse: for each node keep the 2 incoming edges whose strongest non-`none` op is
     largest, and on each kept edge its argmax non-`none` op. `weights`: [edges, ops], already
-    normalised (softmax or sigmoid of α)."""
-    weights = weights.detach().float().cpu()
+    normalised (softmax or sigmoid of α). Compared in their own precision (float64 weights one ulp
+    apart are not a tie), half precision in float32."""
+    weights = weights.detach().cpu()
+    if weights.dtype not in (torch.float32, torch.float64):
+        weights = weights.float()
     primitives = list(primitives)
     none = primitives.index("none") if "none" in primitives else None
     if none is not None:

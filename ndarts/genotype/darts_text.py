@@ -87,13 +87,20 @@ def _edges(field: str, node) -> list:
     return edges
 
 
+MAX_CONCAT = 64  # nodes a concat may name: far beyond any DARTS-family cell (4 or 5), far below a memory hog
+
+
 def _concat(field: str, node) -> list:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range" \
             and not node.keywords and 1 <= len(node.args) <= 2:
         bounds = [_literal(field, a) for a in node.args]
         if not all(type(b) is int for b in bounds):
             raise DartsTextError(f"{field}: range() takes ints, got {ast.unparse(node)}")
-        return list(range(*bounds))
+        span = range(*bounds)
+        if len(span) > MAX_CONCAT:  # checked before the list is made: range(2, 10**12) would fill the memory
+            raise DartsTextError(f"{field}: {ast.unparse(node)} names {len(span)} nodes; a cell has at most "
+                                 f"{MAX_CONCAT}")
+        return list(span)
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_literal(field, e) for e in node.elts]
     raise DartsTextError(f"{field} must be a list of node indices or range(a, b), got {ast.unparse(node)}")

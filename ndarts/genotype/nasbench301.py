@@ -11,6 +11,7 @@ import functools
 from collections import namedtuple
 from pathlib import Path
 
+from ..checkpoint import first_sentence
 from ..errors import NdartsError
 from ..operations import NOISYDARTS_PRIMITIVES
 from . import Genotype, GenotypeError
@@ -49,7 +50,18 @@ def _ensemble(model_dir: str):
     except ImportError:
         raise NdartsError("NAS-Bench-301's prediction needs its package: pip install "
                           "git+https://github.com/automl/nasbench301 (and its models, nb_models_1.0)") from None
-    return nasbench301.load_ensemble(model_dir)
+    # a surrogate's directory holds its ensemble's members, DIR/<member>/surrogate_model.model; without
+    # them the package fails on an IndexError deep inside load_ensemble
+    if not any(Path(model_dir).glob("*/surrogate_model.model")):
+        deeper = sorted({str(m.parent.parent) for m in Path(model_dir).rglob("surrogate_model.model")})
+        hint = (f"; the surrogates under it are {', '.join(deeper[:3])}: give one of those" if deeper else
+                ": give one surrogate's directory of nb_models_1.0, e.g. nb_models_1.0/xgb_v1.0")
+        raise NdartsError(f"{model_dir} holds no NAS-Bench-301 surrogate (no DIR/*/surrogate_model.model){hint}")
+    try:
+        return nasbench301.load_ensemble(model_dir)
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, EOFError) as e:
+        raise NdartsError(f"NAS-Bench-301 could not load the surrogate in {model_dir} "
+                          f"({type(e).__name__}: {first_sentence(e)})") from None
 
 
 def predict_accuracy(genotype: Genotype, model_dir, with_noise: bool = False) -> float:
