@@ -220,8 +220,8 @@ for c, cout in ((2, 2), (2, 4), (3, 6), (4, 2), (6, 12)):
             y = op(xi)
             (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
             grads.append((y.detach(), xi.grad, op.conv_1.weight.grad, op.conv_2.weight.grad))
-        for a, b in zip(*grads):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for a, b in zip(*grads):  # float32 sums in another order: 7e-5 of the tensor's largest, 30 seeds
+            torch.testing.assert_close(b, a, atol=3e-4 * float(a.abs().max()), rtol=1e-4)
 print("ok")
 """
 
