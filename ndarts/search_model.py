@@ -75,8 +75,8 @@ class SearchCell(nn.Module):
                 self._ops.append(make_mixed_op(C, stride))
         self.edge_groups = self._make_edge_groups(C, reduction) if batch_edge_convs else None
         # the FactorizedReduce skip ops of each input's stride-2 edges, run together (NodeShare.reduced)
-        states = [j for i in range(steps) for j in range(2 + i)]
-        self._reduction_edges = {j: [k for k, (src, op) in enumerate(zip(states, self._ops)) if src == j
+        self._sources = [j for i in range(steps) for j in range(2 + i)]  # each edge's source state, in edge order
+        self._reduction_edges = {j: [k for k, (src, op) in enumerate(zip(self._sources, self._ops)) if src == j
                                      and op._skip is not None and isinstance(op._ops[op._skip], FactorizedReduce)]
                                  for j in (0, 1)}
         self._groups = [group for group, _ in self.edge_slots()]  # each edge's EdgeGroup (its source's)
@@ -140,10 +140,9 @@ class SearchCell(nn.Module):
         op = self._ops[0]
         if not isinstance(op, MixedOp) or not op._pools:
             return []
-        sources = [j for i in range(self._steps) for j in range(2 + i)]
         problems = []
-        for j in sorted(set(sources)):
-            edges = [e for e, src in enumerate(sources) if src == j]
+        for j in sorted(set(self._sources)):
+            edges = [e for e, src in enumerate(self._sources) if src == j]
             for i in sorted(op._pools):
                 for name in ("running_mean", "running_var"):
                     keys = [f"{prefix}_ops.{e}._ops.{i}.1.{name}" for e in edges]

@@ -37,9 +37,8 @@ def random_running_stats(net) -> None:
                 m.running_mean.normal_()
                 m.running_var.uniform_(0.3, 3.0)
         for cell in net.cells:
-            sources = [j for i in range(cell._steps) for j in range(2 + i)]
-            for j in set(sources):
-                edges = [op for op, src in zip(cell._ops, sources) if src == j]
+            for j in set(cell._sources):
+                edges = [op for op, src in zip(cell._ops, cell._sources) if src == j]
                 for i in getattr(edges[0], "_pools", ()):
                     first = edges[0]._ops[i][-1]
                     for op in edges[1:]:
