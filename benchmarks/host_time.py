@@ -29,7 +29,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
 
 import torch  # noqa: E402
 
-NUM_OPERANDS, SKIP = 7, 3  # SPEC §6: six ops and the noisy skip (NOISYDARTS_PRIMITIVES order)
+from ndarts.operations import NOISYDARTS_PRIMITIVES  # noqa: E402
+
+# SPEC §6: six ops and the noisy skip, in NOISYDARTS_PRIMITIVES order
+NUM_OPERANDS, SKIP = len(NOISYDARTS_PRIMITIVES), NOISYDARTS_PRIMITIVES.index("skip_connect")
 SHAPE = (8, 16, 8, 8)  # small: CPU allocations stay cheap (module docstring)
 
 

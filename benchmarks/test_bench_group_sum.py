@@ -64,10 +64,11 @@ def test_group_sum_blocks(benchmark, copy_bandwidth, device, monkeypatch, part, 
     monkeypatch.setattr(group, "_elementwise_block", lambda n, many_operands=False: block)
     shared, grouped, norm, weights, bases, grad, seed = _operands(device)
     args = (shared, grouped, weights, seed, 2, 1, False, 0.2, 0.0)  # Gaussian noise on the third shared operand
+    # the skip operand's std as the step passes it (computed once per step, not in every sum)
     _, std = group.noisy_group_sum_forward(*args, grouped_norm=norm)
     if part == "fwd":
         def fn():
-            return group.noisy_group_sum_forward(*args, bases=bases, row0_std=True, grouped_norm=norm)
+            return group.noisy_group_sum_forward(*args, bases=bases, std=std, row0_std=True, grouped_norm=norm)
     else:
         def fn():
             return group.noisy_group_sum_backward(grad, shared, grouped, weights, seed, std, 2, 1, False, 0.2, 0.0,

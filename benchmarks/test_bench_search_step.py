@@ -66,6 +66,7 @@ noise: SPEC §6's supernet. Target (recorded, not asserted): ≤ 40 ms per step 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 
 import pytest
@@ -284,11 +285,18 @@ def _bench_step(benchmark, device, impl, cfg, cudnn_benchmark):
         for _ in range(GRAPH_WARMUP if graphed else 1):
             fn()
         torch.cuda.synchronize(device)
+        # an earlier case's model held by a reference cycle would count in this one's peak
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
+        reserved_before = torch.cuda.memory_reserved(device)
         fn()
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
+        # the graph step: the capture's pool stays reserved for the replays, which may use more of
+        # it than the capture's allocated peak shows
+        reserved_growth = torch.cuda.max_memory_reserved(device) - reserved_before
     info = run_benchmark(benchmark, fn, device, rounds=ROUNDS, warmup=WARMUP, event_reps=0)
     if info["time_ms"] is None:
         return
@@ -296,7 +304,8 @@ def _bench_step(benchmark, device, impl, cfg, cudnn_benchmark):
                  "cudnn_benchmark": cudnn_benchmark, "deterministic": torch.are_deterministic_algorithms_enabled(),
                  "device": str(device), "torch_threads": torch.get_num_threads() if device.type == "cpu" else None})
     if peak is not None:
-        info.update({"peak_bytes": peak, "peak_GiB": peak / GIB, "resident_before_step_GiB": base / GIB})
+        info.update({"peak_bytes": peak, "peak_GiB": peak / GIB, "resident_before_step_GiB": base / GIB,
+                     "reserved_growth_GiB": reserved_growth / GIB})
     else:
         info["peak_note"] = "peak memory not measured on CPU (no allocator statistics)"
     if device.type == "cuda" and impl.startswith("fused") and cfg == GPU_CONFIG:

@@ -145,21 +145,22 @@ STAGE_PAIRS = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2)]
 STAGE_SHAPE, STAGE_GROUPS = ((64, 128, 32, 32), 8) if CUDA else ((2, 32, 16, 16), 2)
 
 
-def stage_fn(impl: str, part: str, x, w_dws, w_pws, g):
-    """A no-argument callable computing one part of a stage's pairs: one launch per pair or per stage."""
+def stage_fn(impl: str, part: str, xs, w_dws, w_pws, gs):
+    """A no-argument callable computing one part of a stage's pairs (pair i: input xs[i], output
+    gradient gs[i]): one launch per pair or per stage."""
     import ndarts_kernels
 
     geometry = [(1, p, d) for _, p, d in STAGE_PAIRS]
     if impl == "stage":
         if part == "fwd":
-            return lambda: ndarts_kernels.separable_pairs_forward([x] * 4, w_dws, w_pws, geometry)
-        return lambda: ndarts_kernels.separable_pairs_backward([g] * 4, [x] * 4, w_dws, w_pws, geometry,
+            return lambda: ndarts_kernels.separable_pairs_forward(xs, w_dws, w_pws, geometry)
+        return lambda: ndarts_kernels.separable_pairs_backward(gs, xs, w_dws, w_pws, geometry,
                                                                need_weight=part == "both")
     if part == "fwd":
         return lambda: [ndarts_kernels.separable_conv_forward(x, w_dw, w_pw, *geo)
-                        for w_dw, w_pw, geo in zip(w_dws, w_pws, geometry)]
+                        for x, w_dw, w_pw, geo in zip(xs, w_dws, w_pws, geometry)]
     return lambda: [ndarts_kernels.separable_conv_backward(g, x, w_dw, w_pw, *geo, need_weight=part == "both")
-                    for w_dw, w_pw, geo in zip(w_dws, w_pws, geometry)]
+                    for g, x, w_dw, w_pw, geo in zip(gs, xs, w_dws, w_pws, geometry)]
 
 
 @pytest.mark.parametrize("impl", ["per_pair", "stage"])
@@ -170,15 +171,18 @@ def test_separable_stage(benchmark, copy_bandwidth, device, impl, part):
         pytest.skip(reason)
     c = STAGE_SHAPE[1] // STAGE_GROUPS
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(STAGE_SHAPE, device=device, generator=gen)
-    g = torch.randn(STAGE_SHAPE, device=device, generator=gen)
+    # four pairs, each its own input and output gradient (distinct tensors: a shared one could be
+    # served from L2 on its second read, which the byte count below does not allow for)
+    xs = [torch.randn(STAGE_SHAPE, device=device, generator=gen) for _ in STAGE_PAIRS]
+    gs = [torch.randn(STAGE_SHAPE, device=device, generator=gen) for _ in STAGE_PAIRS]
     w_dws = [torch.randn(STAGE_SHAPE[1], 1, k, k, device=device, generator=gen) / k for k, _, _ in STAGE_PAIRS]
     w_pws = [torch.randn(STAGE_SHAPE[1], c, 1, 1, device=device, generator=gen) / c ** 0.5 for _ in STAGE_PAIRS]
     benchmark.group = f"separable_stage {part} {shape_id(STAGE_SHAPE)}"
-    # each pair's least bytes (as test_separable_conv's), four pairs; conv_part_bytes counts x and g once
-    pair_bytes = (2 * x.numel() + (x.numel() if part == "both" else 0)) * x.element_size()
-    record_conv_part(benchmark, stage_fn(impl, part, x, w_dws, w_pws, g), device, copy_bandwidth, x=x, dy=g,
-                     rounds=ROUNDS, warmup=WARMUP, extra_bytes=4 * pair_bytes - 2 * x.numel() * x.element_size(),
+    # each pair's least bytes (as test_separable_conv's), four pairs; conv_part_bytes counts one pair's x and g
+    plane = xs[0].numel() * xs[0].element_size()
+    pair_bytes = (3 if part == "both" else 2) * plane
+    record_conv_part(benchmark, stage_fn(impl, part, xs, w_dws, w_pws, gs), device, copy_bandwidth, x=xs[0], dy=gs[0],
+                     rounds=ROUNDS, warmup=WARMUP, extra_bytes=len(STAGE_PAIRS) * pair_bytes - 2 * plane,
                      kind="separable_stage", impl=impl, part=part, geometry="sep3 sep5 dil3 dil5",
                      shape=list(STAGE_SHAPE), groups=STAGE_GROUPS)
 

@@ -99,7 +99,7 @@ def _collected(args: list) -> set:
 def test_the_target_steps_select_the_target_cases():
     """The script's selections (by marker, so independent of the GPU's shapes) pick the fp32 fwd+bwd
     cases at the target shapes first, the compiled one of the >= 5x target next, and the 'rest'
-    steps pick everything else, nothing twice; likewise the search step's two target variants."""
+    steps pick everything else, nothing twice; likewise the search step's target variants and the issue's eager rows."""
     from bench_common import BANDWIDTH_SHAPE, SPEEDUP_SHAPE, shape_id
 
     text = _script()
@@ -114,7 +114,7 @@ def test_the_target_steps_select_the_target_cases():
     assert sum(len(p) for p in picked.values()) == len(every) and set().union(*picked.values()) == every
     step_file = "benchmarks/test_bench_search_step.py"
     target, rest = _collected(_selection(text, "bench_step")), _collected(_selection(text, "bench_step_rest"))
-    assert target == {"test_search_step[plain]", "test_search_step[fused_graph]"}
+    assert target == {f"test_search_step[{impl}]" for impl in ("plain", "fused_graph", "fused", "reference")}
     assert not target & rest and target | rest == _collected([step_file])
 
 
