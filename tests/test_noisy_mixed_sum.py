@@ -175,11 +175,12 @@ def test_std_many_programs(monkeypatch, tiles_per_program):
     torch.testing.assert_close(std.double().reshape(()), x.std(), rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("count", [1, 3, 6])  # 6: two launches of the stats kernel
+@pytest.mark.parametrize("count", [1, 3, 6, 9, 17])  # 9, 17: two and three launches (MAX_STDS = 8)
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-5)])
 def test_several_stds_at_once(monkeypatch, count, dtype, rtol, fresh_seed):
     """skip_stds: each tensor's std (odd shapes, different means and scales, one channels_last,
-    several programs each) from one pair of launches per four tensors, as skip_std gives it."""
+    several programs each) from one pair of launches per MAX_STDS tensors, as skip_std gives it; more
+    tensors than one launch takes: each chunk's stds land in their own slots."""
     import ndarts_kernels.noisy_mixed_sum as mod
 
     monkeypatch.setattr(mod, "_elementwise_block", lambda n: (64, 4))
