@@ -13,7 +13,9 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
+import weakref
 import sys
 import time
 from pathlib import Path
@@ -25,45 +27,101 @@ from .errors import NdartsError
 CHECKPOINT = "checkpoint.pt"
 
 
+# what a run writes into its directory besides its checkpoint and config.json: a new run refuses a
+# directory that holds any of them (it would delete or overwrite them) but no run
+RUN_FILES = ("log.txt", "metrics.jsonl", "genotype.json", "genotypes", "tensorboard", "best.pt")
+# the temporary file of an atomic write (checkpoint.atomic_write_bytes) that a kill left behind
+_STALE_TEMP = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
 class RunDir:
     """command: "search" or "train", the ndarts command whose run this is (a resume refuses the
-    other's run directory)."""
+    other's run directory).
+
+    Rank 0's process holds an exclusive lock on the directory (flock, where the platform has it)
+    from here until its epochs end (run_epochs) or its start fails: a run of another process into
+    the same --out, started at the same time, is refused instead of interleaving its files with this
+    one's. A killed process's lock goes with it. Within one process the lock is shared (counted):
+    the Python API may hold several RunDirs of a directory, one after another or side by side."""
 
     def __init__(self, path, resume: bool, rank0: bool = True, command: str = "search"):
+        if not str(path).strip():
+            raise NdartsError("--out is empty: name the run directory")
         self.path = Path(path)
         self.rank0 = rank0
         self.command = command
         self.checkpoint = self.path / CHECKPOINT
-        has_checkpoint, has_config = self.checkpoint.exists(), (self.path / "config.json").exists()
-        if resume and not (has_checkpoint or has_config):
-            raise NdartsError(f"nothing to resume: {self.path} holds no run ({CHECKPOINT} does not exist)")
-        if (has_checkpoint or has_config) and not resume:
-            raise NdartsError(f"{self.path} already holds a run; pass --resume to continue it, "
-                              "or choose another --out (a run is never overwritten)")
-        if resume:
-            self._check_command()
-        # --resume where the run stopped before its first checkpoint (killed in its first epoch):
-        # nothing to load, the run starts again from the beginning with its settings
-        self.resuming = resume and has_checkpoint
+        self._lock = None
+        has_checkpoint, has_config = self._check_contents(resume)
         self.created = rank0 and not self.path.exists()
         self._new_files: list[Path] = []  # written by this run where nothing was: removed again if it fails to start
         if rank0:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise NdartsError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from None
+            key = _lock_directory(self.path)
+            # given up by release(), or when this RunDir is collected, or at the process's end
+            self._lock = weakref.finalize(self, _unlock_directory, key) if key is not None else None
+            try:
                 probe = self.path / ".write_probe"
                 probe.write_text("")
                 probe.unlink()
             except OSError as e:
+                self.release()
                 raise NdartsError(f"cannot write to the run directory {self.path}: {e.strerror or e}") from None
+            try:  # again, now that no other run can be starting in it
+                has_checkpoint, has_config = self._check_contents(resume)
+            except BaseException:
+                self.release()
+                raise
+            self._remove_stale_temps()
+        if resume:
+            self._check_command()
+        # --resume where the run stopped before its first checkpoint (killed in its first epoch):
+        # nothing to load, the run starts again from the beginning with its settings
+        self.resuming = resume and has_checkpoint
         if rank0 and not self.resuming and (self.path / "metrics.jsonl").exists():
-            # the records of a run that never checkpointed (left by a failure, or the run a bare
-            # --resume starts again): this run's epochs must not follow them
+            # the records of the run a bare --resume starts again (it never checkpointed): this
+            # run's epochs must not follow them
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
         if self.resuming and not has_config:
             self.log(f"note: {self.path} has no config.json: the run's settings are read from its {CHECKPOINT}")
         if resume and not has_checkpoint:
             self.log(f"note: {self.path} holds no {CHECKPOINT} (the run stopped in its first epoch): "
                      "starting it again from the beginning, with its settings")
+
+    def _check_contents(self, resume: bool) -> tuple[bool, bool]:
+        """(has a checkpoint, has a config.json); refuses a resume of nothing, a new run into a run's
+        directory, and a new run into a directory holding files it would overwrite."""
+        has_checkpoint, has_config = self.checkpoint.exists(), (self.path / "config.json").exists()
+        if resume and not (has_checkpoint or has_config):
+            raise NdartsError(f"nothing to resume: {self.path} holds no run ({CHECKPOINT} does not exist)")
+        if (has_checkpoint or has_config) and not resume:
+            raise NdartsError(f"{self.path} already holds a run; pass --resume to continue it, "
+                              "or choose another --out (a run is never overwritten)")
+        if not resume:
+            clash = [name for name in RUN_FILES if (self.path / name).exists()]
+            if clash:
+                raise NdartsError(f"{self.path} holds {', '.join(clash)} but no run (no config.json): a new run "
+                                  "would overwrite them; choose another --out or move them")
+        return has_checkpoint, has_config
+
+    def _remove_stale_temps(self) -> None:
+        """Removes the temporary files of atomic writes that a killed run left (the lock is held:
+        no other run of this directory is writing one)."""
+        for folder in (self.path, self.path / "genotypes"):
+            with contextlib.suppress(OSError):
+                for f in folder.iterdir():
+                    if _STALE_TEMP.fullmatch(f.name) and f.is_file():
+                        with contextlib.suppress(OSError):
+                            f.unlink()
+
+    def release(self) -> None:
+        """Gives up the directory's lock (idempotent): the run's epochs are over, or it failed to start."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock()
 
     def _check_command(self) -> None:
         saved = saved_config(self.path)
@@ -88,6 +146,10 @@ class RunDir:
                 if self.created:
                     with contextlib.suppress(OSError):
                         self.path.rmdir()  # only ever an empty directory
+            self.release()
+            raise
+        except BaseException:  # an interrupt: the files stay for --resume
+            self.release()
             raise
 
     def _remove_new_files(self) -> None:
@@ -116,6 +178,7 @@ class RunDir:
                 finally:  # closed before a failed start removes its directory
                     if writer is not None:
                         writer.close()
+                    self.release()
         except KeyboardInterrupt:
             self.interrupted(epochs_saved)
             raise
@@ -128,6 +191,17 @@ class RunDir:
         how = (f"continues after epoch {epochs_saved}, its last checkpoint" if self.checkpoint.exists()
                else "starts it again (no epoch had finished)")
         self.log(f"interrupted: python -m ndarts.{self.command} --out {self.path} --resume {how}")
+
+    def after_stop(self, fix: str, epochs_done: int) -> str:
+        """What is kept of a run stopped by an error in its epochs, and how to go on: `fix` (what
+        to change) then --resume where a checkpoint or the run's config.json stays, else a new start
+        (a run stopped before its first checkpoint leaves nothing: removed_if_unused)."""
+        if self.checkpoint.exists():
+            return (f"the last good checkpoint ({self.checkpoint}, after epoch {epochs_done}) is kept; {fix} and "
+                    "--resume, or start again")
+        if not self.resuming and (self.path / "config.json") not in self._new_files:
+            return f"no epoch had finished (no checkpoint); {fix} and --resume, which starts the run again"
+        return f"no epoch had finished, so nothing of the run is kept; {fix} and start it again"
 
     def track(self, path) -> Path:
         """Notes a file (or directory) of the run about to be written, and a new directory it goes
@@ -179,10 +253,16 @@ class RunDir:
     def append_metrics(self, record: dict) -> None:
         if not self.rank0:
             return
-        with open(self.track(self.path / "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        path = self.track(self.path / "metrics.jsonl")
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a line cut short is dropped by metrics() and rewritten by the resume
+            kept = f" (the last checkpoint, {self.checkpoint}, is kept: --resume redoes the epoch)" \
+                if self.checkpoint.exists() else ""
+            raise NdartsError(f"cannot write {path}: {e.strerror or e}{kept}") from None
 
     def metrics(self) -> list[dict]:
         p = self.path / "metrics.jsonl"
@@ -321,3 +401,48 @@ def _checkpoint_config(path: str, mtime_ns: int, size: int) -> dict | None:
     except (CheckpointError, TypeError, ValueError, AttributeError):
         return None
     return config if isinstance(config, dict) else None
+
+
+# the directories this process holds locked: realpath -> [descriptor holding the flock, holders]
+_LOCKED: dict[str, list[int]] = {}
+
+
+def _lock_directory(path: Path) -> str | None:
+    """Takes an exclusive, non-blocking flock on the directory `path` for this process (or counts one
+    more holder of the one it has); returns the key that _unlock_directory gives it up with. None
+    where the platform or file system has no flock: the run is then not guarded."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    key = os.path.realpath(path)
+    if key in _LOCKED:
+        _LOCKED[key][1] += 1
+        return key
+    try:
+        fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise NdartsError(f"{path} is in use by another ndarts run (started at the same time, or still running): "
+                          "wait for it to end, or choose another --out") from None
+    except OSError:  # some network file systems
+        os.close(fd)
+        return None
+    _LOCKED[key] = [fd, 1]
+    return key
+
+
+def _unlock_directory(key: str) -> None:
+    """One holder fewer of the lock _lock_directory gave `key`; the last one closes its descriptor
+    (the flock goes with it)."""
+    held = _LOCKED.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _LOCKED[key]
+        os.close(held[0])

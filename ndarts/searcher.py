@@ -581,9 +581,8 @@ class Searcher:
         bad = watch.first_bad()
         if bad is not None:
             what, step = bad
-            raise Divergence(f"non-finite {WATCHED_AS[what]} at epoch {epoch + 1}, step {step + 1}: stopping. The "
-                             f"last good checkpoint ({self.run.checkpoint}, after epoch {epoch}) is kept; lower the "
-                             "learning rates and --resume, or start again")
+            raise Divergence(f"non-finite {WATCHED_AS[what]} at epoch {epoch + 1}, step {step + 1}: stopping; "
+                             + self.run.after_stop("lower the learning rates", epoch))
 
     @torch.no_grad()
     def evaluate(self, stream: BatchStream, epoch: int) -> tuple[float, float]:

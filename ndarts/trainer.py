@@ -362,10 +362,8 @@ class Trainer:
             self._diverged(epoch, bad[1], bad[0])
 
     def _diverged(self, epoch, step, what):
-        last = f"after epoch {epoch}" if epoch > 0 or self.run.resuming else "none yet"
-        raise Divergence(f"non-finite {what} at epoch {epoch + 1}, step {step + 1}: stopping. The last good "
-                         f"checkpoint ({self.run.checkpoint}, {last}) is kept; lower --learning-rate "
-                         "(or use --amp none) and --resume, or start again")
+        raise Divergence(f"non-finite {what} at epoch {epoch + 1}, step {step + 1}: stopping; "
+                         + self.run.after_stop("lower --learning-rate (or use --amp none)", epoch))
 
     @torch.no_grad()
     def evaluate(self) -> Evaluation:

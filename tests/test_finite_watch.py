@@ -51,6 +51,8 @@ def test_search_names_the_first_diverged_step(tmp_path, monkeypatch):
         return loss * math.nan if calls["n"] // 2 >= bad_step + 1 and calls["n"] % 2 == 0 else loss
 
     monkeypatch.setattr(s.criterion, "forward", criterion)
-    with pytest.raises(Divergence, match=rf"non-finite training loss at epoch 1, step {bad_step + 1}:"):
+    with pytest.raises(Divergence, match=rf"non-finite training loss at epoch 1, step {bad_step + 1}:") as exc:
         s.run_search()
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    # no epoch finished: the run directory goes, and the message says so (no --resume to suggest)
+    assert "nothing of the run is kept" in str(exc.value) and "--resume" not in str(exc.value)
+    assert not (tmp_path / "run").exists()

@@ -1,6 +1,7 @@
 """Run directories at the edges of a run: stopped in its first epoch (before any checkpoint),
 failing to start, resumed by the other command, resumed with settings its network ignores."""
 import json
+import os
 import random
 
 import pytest
@@ -206,7 +207,8 @@ def _disk_full(monkeypatch, module):
 
 def test_a_run_failing_at_its_first_checkpoint_removes_its_records(tmp_path, monkeypatch):
     """The first checkpoint fails (a full disk): the metrics, genotypes/ and tensorboard/ written in
-    the epoch go with config.json and log.txt, and the rerun's metrics are its own."""
+    the epoch go with config.json and log.txt, and the rerun's metrics are its own. Records that are
+    not a run's (no config.json) are never deleted: the run refuses their directory."""
     import ndarts.searcher as searcher_module
 
     pytest.importorskip("tensorboard")
@@ -218,6 +220,10 @@ def test_a_run_failing_at_its_first_checkpoint_removes_its_records(tmp_path, mon
     assert not out.exists()
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"epoch": 0}\n')  # left by a run whose clean-up could not finish
+    with pytest.raises(NdartsError, match="holds metrics.jsonl but no run"):
+        Searcher(_cfg(out, max_steps=1))
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 0}\n' and sorted(os.listdir(out)) == ["metrics.jsonl"]
+    (out / "metrics.jsonl").unlink()
     Searcher(_cfg(out, max_steps=1)).run_search()
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
 
@@ -252,3 +258,85 @@ def test_a_resume_of_a_lone_corrupt_checkpoint_names_only_that(tmp_path, capsys)
     err = printed.err.strip()
     assert "is corrupt or not a checkpoint" in err and "\n" not in err
     assert err.endswith(".)") and "your checkpoint file is)" not in err, err
+
+
+def test_a_directory_in_use_by_another_run_is_refused(tmp_path):
+    """Rank 0's process locks its directory: a run of another process into it is refused while the
+    first lives, with nothing of the first touched; a killed run's lock goes with its process. In one
+    process RunDirs of a directory share the lock, which goes when the last one is released."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    hold = ("import sys, time\nfrom ndarts.rundir import RunDir\n"
+            f"r = RunDir({str(out)!r}, resume=False)\nprint('locked', flush=True)\ntime.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for resume in (False, True):
+            if resume:
+                (out / "config.json").write_text("{}")  # a run to resume, still running
+            with pytest.raises(NdartsError, match="in use by another ndarts run"):
+                RunDir(out, resume=resume)
+        assert sorted(os.listdir(out)) == ["config.json"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    (out / "config.json").unlink()
+    first = RunDir(out, resume=False)  # the killed holder's lock is gone
+    second = RunDir(out, resume=False)  # this process's: shared
+    probe = [sys.executable, "-c", f"from ndarts.rundir import RunDir\nRunDir({str(out)!r}, resume=False).release()"]
+    for held in (first, second, None):
+        r = subprocess.run(probe, capture_output=True, text=True)
+        assert (r.returncode != 0 and "in use by another ndarts run" in r.stderr) == (held is not None), r.stderr
+        if held is not None:
+            held.release()
+
+
+def test_an_empty_out_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for out in ("", "  "):
+        with pytest.raises(NdartsError, match="--out is empty"):
+            RunDir(out, resume=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_files_a_new_run_would_overwrite_are_kept(tmp_path):
+    """A directory holding a run's files but no run (no config.json) is refused, its files intact;
+    files of other names do not stop a run."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    RunDir(out, resume=False).release()
+    name = random.choice(["log.txt", "metrics.jsonl", "genotype.json", "best.pt"])
+    (out / name).write_text("precious")
+    with pytest.raises(NdartsError, match=f"holds {name} but no run"):
+        Searcher(_cfg(out, max_steps=1))
+    assert sorted(os.listdir(out)) == sorted(["notes.txt", name]) and (out / name).read_text() == "precious"
+
+
+def test_temporary_files_a_killed_write_left_are_removed(tmp_path):
+    """An atomic write killed between its temporary file and the rename leaves `.NAME.XXXXXXXX.tmp`:
+    the next run of the directory removes those (in it and in genotypes/), and nothing else."""
+    out = tmp_path / "run"
+    (out / "genotypes").mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    stale = [out / f".checkpoint.pt.{os.urandom(4).hex()}.tmp", out / f".best.pt.{os.urandom(4).hex()}.tmp",
+             out / "genotypes" / f".epoch_003.json.{os.urandom(4).hex()}.tmp"]
+    kept = [out / ".notes.tmp", out / "genotypes" / "epoch_000.json", out / ".checkpoint.pt.zz.tmp"]
+    for f in stale + kept:
+        f.write_bytes(b"x" * 100)
+    RunDir(out, resume=True).release()
+    assert [f.exists() for f in stale] == [False] * len(stale)
+    assert [f.exists() for f in kept] == [True] * len(kept)
+
+
+def test_a_failed_metrics_write_is_one_error(tmp_path):
+    """The epoch's metrics record cannot be written (here its path is a directory; a full or
+    read-only disk alike): an NdartsError naming the file, not an OSError traceback."""
+    r = RunDir(tmp_path / "run", resume=False)
+    (tmp_path / "run" / "metrics.jsonl").mkdir()
+    with pytest.raises(NdartsError, match=r"cannot write .*metrics\.jsonl"):
+        r.append_metrics({"epoch": 0})
+    r.release()

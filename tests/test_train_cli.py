@@ -118,7 +118,7 @@ def test_divergence_names_epoch_and_step_and_keeps_checkpoint(tmp_path):
     trainer.criterion = lambda logits, y: (logits * float("nan")).sum()
     with pytest.raises(Divergence, match=r"epoch 2, step 1") as exc:
         trainer.fit()
-    assert "checkpoint" in str(exc.value)
+    assert f"checkpoint ({tmp_path / 'r' / 'checkpoint.pt'}, after epoch 1) is kept" in str(exc.value)
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
     assert len(metrics(tmp_path / "r")) == 1
 
