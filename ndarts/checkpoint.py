@@ -17,6 +17,7 @@ import pickletools
 import secrets
 import stat
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -181,6 +182,109 @@ def position_schedule(scheduler, epochs_done: int) -> None:
 
 
 def require_keys(state: dict, keys, path) -> None:
+    """The checkpoint has every one of `keys`, and each field it has that ndarts knows (CHECKPOINT_FIELDS:
+    the named keys and the optional ones) is of the type its writer gives it: a state dict of
+    tensors, an int epoch, ... A field of another type (a checkpoint edited or written by other
+    code) is one CheckpointError naming it, not a TypeError from deep inside load_state_dict."""
     missing = [k for k in keys if k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a complete ndarts checkpoint: missing {missing}")
+    require_field_types(state, path)
+
+
+def require_field_types(state: dict, path, keys=None) -> None:
+    """Each field of `state` in `keys` (None: every known field it has) that CHECKPOINT_FIELDS
+    describes is of its type; else one CheckpointError naming the fields that are not."""
+    wrong = []
+    for key in state if keys is None else keys:
+        if key not in CHECKPOINT_FIELDS or key not in state:
+            continue
+        fits, what = CHECKPOINT_FIELDS[key]
+        value = state[key]
+        if not fits(value):
+            wrong.append(f"{key!r} is {_describe(value)}, not {what}")
+    if wrong:
+        raise CheckpointError(f"{path} is not a complete ndarts checkpoint: {'; '.join(wrong)}")
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, (bool, int, float)):
+        return f"{type(value).__name__} {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    return f"a {type(value).__name__}"
+
+
+def _is_int(value, minimum=None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_tensor_dict(value) -> bool:
+    """A module's state dict: names to tensors."""
+    return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in value.items())
+
+
+def _is_optimizer_state(value) -> bool:
+    """torch.optim's state_dict(): {"state": {index: {...}}, "param_groups": [{"params": [...], ...}]}."""
+    return (isinstance(value, Mapping) and isinstance(value.get("state"), Mapping)
+            and all(isinstance(s, Mapping) for s in value["state"].values())
+            and isinstance(value.get("param_groups"), (list, tuple))
+            and all(isinstance(g, Mapping) and isinstance(g.get("params"), (list, tuple))
+                    for g in value["param_groups"]))
+
+
+def _is_rng_state(value) -> bool:
+    """rng.rng_state(): torch's byte state, NumPy's MT19937 (624 keys) and Python's (625 words)."""
+    if not isinstance(value, Mapping):
+        return False
+    t, n, p = value.get("torch"), value.get("numpy"), value.get("python")
+    return (isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+            and isinstance(n, Mapping) and isinstance(n.get("keys"), torch.Tensor) and n["keys"].numel() == 624
+            and not n["keys"].is_floating_point() and _is_int(n.get("pos")) and _is_int(n.get("has_gauss"))
+            and _is_number(n.get("cached_gaussian"))
+            and isinstance(p, Mapping) and _is_int(p.get("version")) and isinstance(p.get("state"), (list, tuple))
+            and len(p["state"]) == 625 and all(_is_int(w) for w in p["state"])
+            and (p.get("gauss") is None or _is_number(p.get("gauss")))
+            and ("cuda" not in value or (isinstance(value["cuda"], (list, tuple))
+                                         and all(isinstance(c, torch.Tensor) for c in value["cuda"]))))
+
+
+def _is_stream_position(value) -> bool:
+    """data.EndlessStream.state_dict(): {"pass": p, "step": s}."""
+    return isinstance(value, Mapping) and _is_int(value.get("pass"), 0) and _is_int(value.get("step"), 0)
+
+
+def _or_none(fits):
+    return lambda value: value is None or fits(value)
+
+
+# the fields of the search's and the training's checkpoints: (does a value fit, what it must be)
+CHECKPOINT_FIELDS = {
+    "kind": (lambda v: isinstance(v, str), "a string"),
+    "epoch": (lambda v: _is_int(v, 0), "an int >= 0"),
+    "config": (lambda v: isinstance(v, str), "a JSON string"),
+    "genotype": (lambda v: isinstance(v, Mapping), "a dict"),
+    "num_classes": (lambda v: _is_int(v, 1), "an int >= 1"),
+    "in_channels": (lambda v: _is_int(v, 1), "an int >= 1"),
+    "model": (_is_tensor_dict, "a state dict of tensors"),
+    "optimizer": (_is_optimizer_state, "an optimizer state dict (state, param_groups)"),
+    "w_optimizer": (_is_optimizer_state, "an optimizer state dict (state, param_groups)"),
+    "a_optimizer": (_is_optimizer_state, "an optimizer state dict (state, param_groups)"),
+    "scheduler": (lambda v: isinstance(v, Mapping), "a scheduler state dict"),
+    "scaler": (_or_none(lambda v: isinstance(v, Mapping)), "a GradScaler state dict or None"),
+    "val_stream": (_is_stream_position, "a stream position {'pass': int, 'step': int}"),
+    "rng": (_is_rng_state, "an RNG state (torch, numpy, python)"),
+    "rng_ranks": (_or_none(lambda v: isinstance(v, (list, tuple)) and all(_is_rng_state(r) for r in v)),
+                  "a list of RNG states or None"),
+    "world_size": (lambda v: _is_int(v, 1), "an int >= 1"),
+    "best_acc": (_or_none(_is_number), "a number or None"),
+    "best_epoch": (_or_none(lambda v: _is_int(v, 0)), "an int >= 0 or None"),
+    "test_acc": (_or_none(_is_number), "a number or None"),
+}

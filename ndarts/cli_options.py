@@ -38,12 +38,17 @@ def _shows_default(action) -> bool:
     return action.nargs != 0 and action.default is not None and action.default is not argparse.SUPPRESS
 
 
-def require_dataset_flags(dataset: str, data=None, image_size=None, download: bool = False) -> None:
+def require_dataset_flags(dataset: str, data=None, image_size=None, download: bool = False,
+                          dataset_flag: bool = True) -> None:
     """Refuses the data flags given (not None / True) that `dataset` would silently ignore: --data
     with the embedded digits (a forgotten --dataset cifar10 would otherwise run on digits),
     --image-size where the images are not resized (all but imagefolder), --download where there
-    is nothing to download (all but CIFAR)."""
+    is nothing to download (all but CIFAR). dataset_flag: the command has --dataset (search,
+    train); False where the dataset is the checkpoint's (evaluate), and the advice says so."""
     if data is not None and dataset not in DIRECTORY_DATASETS:
+        if not dataset_flag:
+            raise NdartsError(f"--data is for a network trained on {'/'.join(DIRECTORY_DATASETS)}; this one was "
+                              f"trained on {dataset}, which is embedded (no files): leave --data out")
         raise NdartsError(f"--data is for --dataset {'/'.join(DIRECTORY_DATASETS)}; {dataset} is embedded "
                           "(no files): pass --dataset NAME with --data, or leave --data out")
     if image_size is not None and dataset != "imagefolder":

@@ -252,6 +252,16 @@ def _label_as_train(test, train, test_dir) -> None:
     test.classes, test.class_to_idx = list(train.classes), dict(train.class_to_idx)
 
 
+def _require_not_a_file(root: str, name: str) -> None:
+    """--data names the folder a dataset is in: a path that exists but is no directory (a file, say
+    the archive or one batch of the dataset) is refused as such, not as a directory that "does not
+    exist" (or, with --download, an error from making it)."""
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        what = "is a file, not a directory" if path.is_file() else "is not a directory"
+        raise NdartsError(f"--data {root} {what}: pass the folder of the {name} dataset")
+
+
 def load_dataset(name: str, root=None, download=False, image_size=32, augment=True, cutout=0,
                  image_transforms="resize") -> DataSpec:
     """root: the --data directory; a leading ~ is the home directory for every dataset, as the shell
@@ -262,6 +272,8 @@ def load_dataset(name: str, root=None, download=False, image_size=32, augment=Tr
     root = None if root is None else str(Path(root).expanduser())
     if name == "digits":
         return _digits()
+    if root is not None:
+        _require_not_a_file(root, name)
     if name in ("cifar10", "cifar100"):
         return _cifar(name, root, download, augment, cutout)
     if name == "imagenet16-120":

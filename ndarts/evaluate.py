@@ -41,11 +41,13 @@ def load_trained_network(path, device="cpu"):
     if state.get("kind") == "ndarts-search":
         raise CheckpointError(f"{path} is a search checkpoint; evaluate takes a checkpoint of ndarts.train "
                               "(train the searched genotype first: python -m ndarts.train --genotype RUN/genotype.json)")
-    require_keys(state, ("kind", "config", "genotype", "model", "num_classes", "in_channels"), path)
+    require_keys(state, ("kind", "epoch", "config", "genotype", "model", "num_classes", "in_channels"), path)
     if state["kind"] != CHECKPOINT_KIND:
         raise CheckpointError(f"{path} is a {state['kind']!r} checkpoint, not a training checkpoint")
     try:
         cfg = json.loads(state["config"])
+        if not isinstance(cfg, dict) or not isinstance(cfg["dataset"], str):
+            raise TypeError(f"the configuration is a {type(cfg).__name__} without a dataset name")
         genotype = Genotype.from_dict(state["genotype"])
         model = build_network(cfg["network"], genotype, cfg["init_channels"], int(state["num_classes"]),
                               cfg["layers"], cfg["auxiliary"], in_channels=int(state["in_channels"]))
@@ -70,7 +72,7 @@ def main(argv=None):
     if cfg.get("own_data"):  # its images are not ones ndarts loads: the digits default would stand in for them
         raise NdartsError(f"{own_data_problem(cfg, args.checkpoint)}: evaluate it in Python on its test split "
                           "(ndarts.evaluate.load_trained_network, ndarts.trainer.evaluate_model)")
-    require_dataset_flags(cfg["dataset"], data=args.data)
+    require_dataset_flags(cfg["dataset"], data=args.data, dataset_flag=False)
     spec = load_dataset(cfg["dataset"], args.data if args.data is not None else cfg.get("data"),
                         download=False, image_size=cfg.get("image_size", 32), augment=False,
                         image_transforms=image_transforms_for(cfg["network"]))

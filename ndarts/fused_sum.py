@@ -17,7 +17,6 @@ from __future__ import annotations
 import numbers
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .backend import TRITON_DTYPES, resolve_backend
 from .grad_use import grads_used
@@ -230,16 +229,46 @@ class _TritonSum(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y):
         import ndarts_kernels
 
         weights, seed, std, *operands = ctx.saved_tensors
         # a pass that uses no α gradient (a w step) reads no operand: only the gradient in, theirs out
         need_w = grads_used(ctx, 1)[0]
-        grads, dw = ndarts_kernels.noisy_mixed_sum_backward(grad_y, operands, weights, seed, std, *ctx.params,
-                                                            weight_grad=need_w, scale=ctx.scale)
-        return (dw.to(weights.dtype) if need_w else None, None, None, None, None, *grads)
+        with torch.no_grad():
+            grads, dw = ndarts_kernels.noisy_mixed_sum_backward(grad_y, operands, weights, seed, std, *ctx.params,
+                                                                weight_grad=need_w, scale=ctx.scale)
+        out = (dw.to(weights.dtype) if need_w else None, None, None, None, None, *grads)
+        if torch.is_grad_enabled():  # create_graph=True: differentiating these gradients is the error
+            out = _no_second_derivative(out, (grad_y, weights, *operands))
+        return out
+
+
+class _SecondDerivative(torch.autograd.Function):
+    """The gradients _TritonSum's backward computed, under create_graph=True, tied to what they
+    depend on (the incoming gradient, the weights, the operands): a second derivative through them
+    reaches this backward, a clear error (@once_differentiable's names no op, and where the incoming
+    gradient needs no graph, a loss linear in the sum, it silently dropped the op's part)."""
+
+    @staticmethod
+    def forward(ctx, count, *tensors):
+        return tuple(g.view_as(g) for g in tensors[:count])  # the rest: inputs only, for the graph's edges
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("noisy_mixed_sum: the Triton backend has no second derivative (its backward is a "
+                           "Triton kernel); for a double backward (create_graph=True) use backend='torch'")
+
+
+def _no_second_derivative(out: tuple, depends_on: tuple) -> tuple:
+    if not any(t.requires_grad for t in depends_on):
+        return out
+    present = [i for i, g in enumerate(out) if g is not None]
+    tied = _SecondDerivative.apply(len(present), *(out[i] for i in present), *depends_on)
+    out = list(out)
+    for i, g in zip(present, tied):
+        out[i] = g
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- public functional form

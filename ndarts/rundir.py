@@ -332,6 +332,15 @@ def explicit_flags(parser: argparse.ArgumentParser, argv=None) -> frozenset[str]
     return frozenset(k for k, v in vars(parser.parse_args(argv, namespace=marked)).items() if v is not unset)
 
 
+def given_flags(parser: argparse.ArgumentParser, args, given=None) -> frozenset[str]:
+    """The destinations given on the command line: `given` (explicit_flags' answer) where known, else
+    those whose value in `args` differs from the parser's default (a caller that parsed itself)."""
+    if given is not None:
+        return given
+    defaults = vars(parser.parse_args([]))
+    return frozenset(k for k, v in vars(args).items() if v != defaults.get(k))
+
+
 def config_values(args, presets, kind: str, drop=(), given=None) -> dict:
     """The settings of a CLI run: the flags given, then each preset for what is still unset, and
     --out defaulting to runs/<kind>-<time> (but required with --resume).

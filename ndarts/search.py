@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 
 from .cli_options import HelpFormatter, require_dataset_flags
-from .config_checks import require_space_flags
+from .config_checks import require_noise_flags, require_space_flags
 from .data import DATASETS
 from .errors import cli_errors
 from .noise import MIXTURES, NOISE_KINDS, POSITIONS
 from .operations import NAS_BENCH_201, SPACES
-from .rundir import config_values, explicit_flags, saved_config
+from .rundir import config_values, explicit_flags, given_flags, saved_config
 from .searcher import TRITON_CONVS, SearchConfig, Searcher
 
 # The embedded dataset is 1,437 8×8 training images: a small network and few epochs suffice.
@@ -151,7 +151,9 @@ def config_from_args(args, given=None) -> SearchConfig:
                 values.setdefault(k, v)
     cfg = SearchConfig(**values)
     cfg.validate()
-    require_space_flags(cfg.space, _given_flags(args, given))
+    given = given_flags(build_parser(), args, given)
+    require_space_flags(cfg.space, given)
+    require_noise_flags(cfg.noise, given)
     require_dataset_flags(cfg.dataset, args.data, args.image_size, args.download)
     return cfg
 
@@ -168,15 +170,6 @@ def _continues_recorded_run(args, given) -> bool:
     then, as rundir.config_values gives every setting not given now from the run; one the run has
     no record of (--nesterov, newer than it) keeps SearchConfig's default, what the run ran with."""
     return bool(args.resume and given is not None and args.out is not None and saved_config(args.out))
-
-
-def _given_flags(args, given) -> frozenset[str]:
-    """The destinations given on the command line; without explicit_flags' answer, those whose
-    value differs from the parser's default."""
-    if given is not None:
-        return given
-    defaults = vars(build_parser().parse_args([]))
-    return frozenset(k for k, v in vars(args).items() if v != defaults.get(k))
 
 
 @cli_errors

@@ -15,7 +15,8 @@ import torch
 
 from .architect import Architect
 from .cell_layout import no_normal_cell_note
-from .config_checks import require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
+from .config_checks import (require_epochs_cover, require_ints, require_numbers, require_optimizer_settings,
+                            require_seed)
 from .conv_tuning import AUTO_CANDIDATES, TUNING_CALLS, synthetic_batch, tune_triton_convs
 from .checkpoint import (CheckpointError, first_sentence, load_checkpoint, load_optimizer_state, position_schedule,
                          require_keys, save_checkpoint)
@@ -132,6 +133,7 @@ class SearchConfig:
                      "steps", "image_size", "max_steps", "cells_per_stage")
         require_ints(self, 0, "workers", "report_freq", "hessian_every")
         require_optimizer_settings(self)
+        require_seed(self)
         self._check_nesterov()
         require_numbers(self, "arch_learning_rate", low_open=True)
         require_numbers(self, "arch_weight_decay")

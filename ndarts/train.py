@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 
 from .cli_options import HelpFormatter, require_dataset_flags
-from .config_checks import require_ints
+from .config_checks import require_ints, require_train_flags
 from .data import DATASETS
 from .errors import cli_errors
 from .eval_model import NETWORKS
-from .rundir import config_values, explicit_flags, saved_config
+from .rundir import config_values, explicit_flags, given_flags, saved_config
 from .trainer import AMP_MODES, LR_SCHEDULES, TrainConfig, Trainer
 
 # 1,437 8×8 training images: a small network, few epochs, no cutout (nothing to cut out of 8×8).
@@ -107,6 +107,7 @@ def config_from_args(args, given=None) -> TrainConfig:
         values["genotype_dict"] = recorded_cell(args.out)
     cfg = TrainConfig(**values)
     cfg.validate()
+    require_train_flags(cfg, given_flags(build_parser(), args, given))
     require_dataset_flags(cfg.dataset, args.data, args.image_size, args.download)
     return cfg
 

@@ -19,7 +19,8 @@ import torch.nn as nn
 from .cell_layout import no_normal_cell_note
 from .checkpoint import (CheckpointError, atomic_write_bytes, first_sentence, load_checkpoint, load_optimizer_state,
                          position_schedule, require_keys, save_checkpoint)
-from .config_checks import require_amp_device, require_epochs_cover, require_ints, require_numbers, require_optimizer_settings
+from .config_checks import (require_amp_device, require_epochs_cover, require_ints, require_numbers,
+                            require_optimizer_settings, require_seed)
 from .data import BatchStream, DataSpec, load_dataset
 from .errors import NdartsError
 from .finite_watch import FiniteWatch
@@ -94,6 +95,7 @@ class TrainConfig:
         require_ints(self, 1, "epochs", "batch_size", "init_channels", "layers", "steps", "image_size", "max_steps")
         require_ints(self, 0, "workers", "report_freq", "cutout")
         require_optimizer_settings(self)
+        require_seed(self)
         require_numbers(self, "lr_gamma", low_open=True)
         require_numbers(self, "auxiliary_weight")
         require_numbers(self, "drop_path_prob", "label_smoothing", high=1.0, high_open=True)
