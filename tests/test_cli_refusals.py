@@ -17,20 +17,10 @@ from ndarts.distributed import rank_seed
 from ndarts.errors import NdartsError
 from ndarts.rng import seed_everything
 from ndarts.rundir import explicit_flags
+from test_train_cli import expect_user_error
 
 TINY = ["--init-channels", "4", "--layers", "3", "--batch-size", "16", "--max-steps", "1", "--epochs", "1",
         "--report-freq", "0"]
-
-
-def one_line_error(capsys, main, argv, *fragments):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    for f in fragments:
-        assert f in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +40,7 @@ def test_a_seed_out_of_range_is_one_line(tmp_path, capsys, cli, seed):
     """Was: ValueError "Overflow when unpacking long long" from the first batch's generator
     (data.BatchStream: seed * 1_000_003 + ...), or from torch.manual_seed above 2**64."""
     out = tmp_path / "run"
-    one_line_error(capsys, cli.main, [*TINY, "--out", str(out), f"--seed={seed}"],
+    expect_user_error(capsys, cli.main, [*TINY, "--out", str(out), f"--seed={seed}"],
                    f"--seed must be an integer in [-2**43, 2**44)", f"got {int(seed)}")
     assert not out.exists()
 
@@ -105,7 +95,7 @@ EVALUATE_BAD = [
 def test_evaluate_names_a_checkpoint_field_of_the_wrong_type(runs, tmp_path, capsys, fields, message):
     bad = tmp_path / "bad.pt"
     _corrupt(runs / "train" / "best.pt", bad, **fields)
-    one_line_error(capsys, evaluate.main, ["--checkpoint", str(bad)], str(bad), message)
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(bad)], str(bad), message)
 
 
 def test_evaluate_names_a_missing_epoch(runs, tmp_path, capsys):
@@ -113,7 +103,7 @@ def test_evaluate_names_a_missing_epoch(runs, tmp_path, capsys):
     state = torch.load(runs / "train" / "best.pt", weights_only=True)
     del state["epoch"]
     torch.save(state, tmp_path / "bad.pt")
-    one_line_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "bad.pt")], "missing ['epoch']")
+    expect_user_error(capsys, evaluate.main, ["--checkpoint", str(tmp_path / "bad.pt")], "missing ['epoch']")
 
 
 SEARCH_BAD = [
@@ -145,7 +135,7 @@ def test_resume_names_a_checkpoint_field_of_the_wrong_type(runs, tmp_path, capsy
     shutil.copytree(runs / run, out)
     _corrupt(out / "checkpoint.pt", out / "checkpoint.pt", **fields)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    one_line_error(capsys, cli.main, ["--out", str(out), "--resume", "--epochs", "2"],
+    expect_user_error(capsys, cli.main, ["--out", str(out), "--resume", "--epochs", "2"],
                    "is not a complete ndarts checkpoint", message)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
@@ -173,7 +163,7 @@ def test_the_checkpoints_ndarts_writes_pass_the_type_checks(runs):
 ])
 def test_noise_flags_with_noise_none_are_refused(tmp_path, capsys, flags, named):
     out = tmp_path / "run"
-    one_line_error(capsys, search.main, [*TINY, "--out", str(out), "--noise", "none", *flags],
+    expect_user_error(capsys, search.main, [*TINY, "--out", str(out), "--noise", "none", *flags],
                    "--noise none injects no noise", named)
     assert not out.exists()
 
@@ -189,7 +179,7 @@ def test_noise_flags_with_noise_none_are_refused(tmp_path, capsys, flags, named)
 ])
 def test_training_flags_the_run_would_ignore_are_refused(tmp_path, capsys, flags, message):
     out = tmp_path / "run"
-    one_line_error(capsys, train.main, [*TINY, "--out", str(out), *flags], message)
+    expect_user_error(capsys, train.main, [*TINY, "--out", str(out), *flags], message)
     assert not out.exists()
 
 
@@ -225,15 +215,15 @@ def test_a_resume_takes_the_runs_settings_and_refuses_ignored_flags_given_with_i
     (t / "config.json").write_text(json.dumps(_config(train, ["--no-auxiliary", "--out", str(t)]).to_dict()))
     assert _config(search, ["--out", str(s), "--resume"]).noise_lambda == 0.2
     assert _config(train, ["--out", str(t), "--resume"]).auxiliary_weight == 0.4
-    one_line_error(capsys, search.main, ["--out", str(s), "--resume", "--noise-lambda", "0.3"], "--noise-lambda")
-    one_line_error(capsys, train.main, ["--out", str(t), "--resume", "--auxiliary-weight", "0.3"],
+    expect_user_error(capsys, search.main, ["--out", str(s), "--resume", "--noise-lambda", "0.3"], "--noise-lambda")
+    expect_user_error(capsys, train.main, ["--out", str(t), "--resume", "--auxiliary-weight", "0.3"],
                    "--auxiliary-weight", "this run has no tower")
 
 
 # ----------------------------------------------------------------------------- bug 9: --data advice
 def test_evaluate_data_with_an_embedded_dataset_says_to_leave_data_out(runs, tmp_path, capsys):
     """Was: "pass --dataset NAME with --data", a flag evaluate does not have."""
-    err = one_line_error(capsys, evaluate.main, ["--checkpoint", str(runs / "train" / "best.pt"), "--data",
+    err = expect_user_error(capsys, evaluate.main, ["--checkpoint", str(runs / "train" / "best.pt"), "--data",
                                                  str(tmp_path)], "trained on digits", "leave --data out")
     assert "--dataset" not in err
 
@@ -246,11 +236,11 @@ def test_data_that_is_a_file_is_named_so(tmp_path, capsys, dataset):
     with pytest.raises(NdartsError, match=f"--data {f} is a file, not a directory"):
         load_dataset(dataset, f)
     out = tmp_path / "run"
-    err = one_line_error(capsys, search.main, ["--dataset", dataset, "--data", str(f), "--out", str(out)],
+    err = expect_user_error(capsys, search.main, ["--dataset", dataset, "--data", str(f), "--out", str(out)],
                          "is a file, not a directory")
     assert "does not exist" not in err and not out.exists()
     if dataset.startswith("cifar"):
-        one_line_error(capsys, search.main, ["--dataset", dataset, "--data", str(f), "--download", "--out", str(out)],
+        expect_user_error(capsys, search.main, ["--dataset", dataset, "--data", str(f), "--download", "--out", str(out)],
                        "is a file, not a directory")
 
 
