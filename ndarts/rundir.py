@@ -15,9 +15,9 @@ import json
 import os
 import re
 import shutil
-import weakref
 import sys
 import time
+import weakref
 from pathlib import Path
 
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint
