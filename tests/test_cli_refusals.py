@@ -41,7 +41,7 @@ def test_a_seed_out_of_range_is_one_line(tmp_path, capsys, cli, seed):
     (data.BatchStream: seed * 1_000_003 + ...), or from torch.manual_seed above 2**64."""
     out = tmp_path / "run"
     expect_user_error(capsys, cli.main, [*TINY, "--out", str(out), f"--seed={seed}"],
-                   f"--seed must be an integer in [-2**43, 2**44)", f"got {int(seed)}")
+                      f"--seed must be an integer in [-2**43, 2**44)", f"got {int(seed)}")
     assert not out.exists()
 
 
@@ -136,7 +136,7 @@ def test_resume_names_a_checkpoint_field_of_the_wrong_type(runs, tmp_path, capsy
     _corrupt(out / "checkpoint.pt", out / "checkpoint.pt", **fields)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     expect_user_error(capsys, cli.main, ["--out", str(out), "--resume", "--epochs", "2"],
-                   "is not a complete ndarts checkpoint", message)
+                      "is not a complete ndarts checkpoint", message)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
@@ -164,7 +164,7 @@ def test_the_checkpoints_ndarts_writes_pass_the_type_checks(runs):
 def test_noise_flags_with_noise_none_are_refused(tmp_path, capsys, flags, named):
     out = tmp_path / "run"
     expect_user_error(capsys, search.main, [*TINY, "--out", str(out), "--noise", "none", *flags],
-                   "--noise none injects no noise", named)
+                      "--noise none injects no noise", named)
     assert not out.exists()
 
 
@@ -217,14 +217,14 @@ def test_a_resume_takes_the_runs_settings_and_refuses_ignored_flags_given_with_i
     assert _config(train, ["--out", str(t), "--resume"]).auxiliary_weight == 0.4
     expect_user_error(capsys, search.main, ["--out", str(s), "--resume", "--noise-lambda", "0.3"], "--noise-lambda")
     expect_user_error(capsys, train.main, ["--out", str(t), "--resume", "--auxiliary-weight", "0.3"],
-                   "--auxiliary-weight", "this run has no tower")
+                      "--auxiliary-weight", "this run has no tower")
 
 
 # ----------------------------------------------------------------------------- bug 9: --data advice
 def test_evaluate_data_with_an_embedded_dataset_says_to_leave_data_out(runs, tmp_path, capsys):
     """Was: "pass --dataset NAME with --data", a flag evaluate does not have."""
-    err = expect_user_error(capsys, evaluate.main, ["--checkpoint", str(runs / "train" / "best.pt"), "--data",
-                                                 str(tmp_path)], "trained on digits", "leave --data out")
+    argv = ["--checkpoint", str(runs / "train" / "best.pt"), "--data", str(tmp_path)]
+    err = expect_user_error(capsys, evaluate.main, argv, "trained on digits", "leave --data out")
     assert "--dataset" not in err
 
 
@@ -237,11 +237,11 @@ def test_data_that_is_a_file_is_named_so(tmp_path, capsys, dataset):
         load_dataset(dataset, f)
     out = tmp_path / "run"
     err = expect_user_error(capsys, search.main, ["--dataset", dataset, "--data", str(f), "--out", str(out)],
-                         "is a file, not a directory")
+                            "is a file, not a directory")
     assert "does not exist" not in err and not out.exists()
     if dataset.startswith("cifar"):
-        expect_user_error(capsys, search.main, ["--dataset", dataset, "--data", str(f), "--download", "--out", str(out)],
-                       "is a file, not a directory")
+        argv = ["--dataset", dataset, "--data", str(f), "--download", "--out", str(out)]
+        expect_user_error(capsys, search.main, argv, "is a file, not a directory")
 
 
 def test_a_missing_data_directory_is_still_named_missing(tmp_path):
