@@ -192,12 +192,12 @@ def require_keys(state: dict, keys, path) -> None:
     require_field_types(state, path)
 
 
-def require_field_types(state: dict, path, keys=None) -> None:
-    """Each field of `state` in `keys` (None: every known field it has) that CHECKPOINT_FIELDS
-    describes is of its type; else one CheckpointError naming the fields that are not."""
+def require_field_types(state: dict, path) -> None:
+    """Each field of `state` that CHECKPOINT_FIELDS describes is of its type; else one
+    CheckpointError naming the fields that are not."""
     wrong = []
-    for key in state if keys is None else keys:
-        if key not in CHECKPOINT_FIELDS or key not in state:
+    for key in state:
+        if key not in CHECKPOINT_FIELDS:
             continue
         fits, what = CHECKPOINT_FIELDS[key]
         value = state[key]

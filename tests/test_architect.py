@@ -2,23 +2,16 @@
 import pytest
 import torch
 
-from ndarts import DARTS_PRIMITIVES, NoiseConfig
+from ndarts import DARTS_PRIMITIVES
 from ndarts.architect import Architect, exact_mixed_hvp
-from ndarts.search_model import SearchNetwork
+from tiny_search import tiny_batch, tiny_search_parts
 
 
 def _tiny(dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    net = SearchNetwork(C=2, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES,
-                        noise=NoiseConfig(kind="none"), in_channels=2).to(dtype)
-    with torch.no_grad():
-        for a in net.arch_parameters():
-            a.normal_(0, 0.5)
-    crit = torch.nn.CrossEntropyLoss()
-    w_opt = torch.optim.SGD(net.weight_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
+    net, crit, w_opt = tiny_search_parts(dtype, DARTS_PRIMITIVES, spread_alpha=True)
     a_opt = torch.optim.Adam(net.arch_parameters(), 3e-4)
-    x = torch.randn(4, 2, 6, 6, dtype=dtype)
-    y = torch.randint(5, (4,))
+    x, y = tiny_batch(dtype)
     # r = 1e-8 in float64: central differences of ∇_α L are exact to ~1e-8 unless the step
     # crosses a ReLU or max-pool kink, where ∇_α L jumps (at DARTS's r = 0.01 it does, in a net
     # this small; at r = 1e-6 the unrolled test's direction crossed one for the weights that

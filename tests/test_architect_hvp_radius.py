@@ -6,19 +6,16 @@ Here the weights the two ∇_α L_train evaluations see are recorded: w ± 0.01�
 """
 import torch
 
-from ndarts import DARTS_PRIMITIVES, NoiseConfig
+from ndarts import DARTS_PRIMITIVES
 from ndarts.architect import Architect
-from ndarts.search_model import SearchNetwork
+from tiny_search import tiny_batch, tiny_search_parts
 
 
 def test_hvp_evaluates_at_w_plus_and_minus_0_01_v_over_its_norm(fresh_seed):
-    net = SearchNetwork(C=2, num_classes=5, layers=3, primitives=DARTS_PRIMITIVES,
-                        noise=NoiseConfig(kind="none"), in_channels=2).double()
-    crit = torch.nn.CrossEntropyLoss()
-    w_opt = torch.optim.SGD(net.weight_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
+    net, crit, w_opt = tiny_search_parts(primitives=DARTS_PRIMITIVES)
     a_opt = torch.optim.Adam(net.arch_parameters(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     arch = Architect(net, a_opt, w_opt, crit, "second")  # the default radius, as the searcher builds it
-    x, y = torch.randn(4, 2, 6, 6, dtype=torch.float64), torch.randint(5, (4,))
+    x, y = tiny_batch()
     w0 = [p.detach().clone() for p in net.weight_parameters()]
     # a direction whose norm is far from 1, so R = r and R = r/‖v‖ differ
     vector = [torch.randn_like(p) * 7.0 for p in w0]

@@ -4,22 +4,15 @@ import copy
 
 import torch
 
-from ndarts import NoiseConfig
 from ndarts.architect import Architect
-from ndarts.search_model import SearchNetwork
+from tiny_search import tiny_batch, tiny_search_parts
 
 
 def test_first_order_alpha_gradient_is_the_validation_batchs(fresh_seed):
-    net = SearchNetwork(C=2, num_classes=5, layers=3, noise=NoiseConfig(kind="none"), in_channels=2).double()
-    with torch.no_grad():
-        for a in net.arch_parameters():
-            a.normal_(0, 0.5)
-    crit = torch.nn.CrossEntropyLoss()
-    w_opt = torch.optim.SGD(net.weight_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
+    net, crit, w_opt = tiny_search_parts(spread_alpha=True)
     a_opt = torch.optim.SGD(net.arch_parameters(), lr=1.0)  # α1 = α0 − grad exactly
     arch = Architect(net, a_opt, w_opt, crit, "first")
-    x, y = torch.randn(4, 2, 6, 6, dtype=torch.float64), torch.randint(5, (4,))
-    xv, yv = torch.randn(4, 2, 6, 6, dtype=torch.float64), torch.randint(5, (4,))
+    (x, y), (xv, yv) = tiny_batch(), tiny_batch()
     ref = copy.deepcopy(net)
     want_loss = crit(ref(xv), yv)
     want = torch.autograd.grad(want_loss, ref.arch_parameters(), allow_unused=True)

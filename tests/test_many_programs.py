@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import ndarts_kernels
-from ndarts import NoiseConfig
 from ndarts.fused_sum import draw_seed
 from ndarts.group_sum import noisy_group_sum, reference_group_sum
 from test_noisy_mixed_sum import DTYPES, VARIANTS, _close, _fused, _inputs, _reference

@@ -5,20 +5,16 @@ import copy
 
 import torch
 
-from ndarts import NoiseConfig
 from ndarts.architect import Architect
-from ndarts.search_model import SearchNetwork
 from ndarts.search_step import search_step
+from tiny_search import tiny_batch, tiny_search_parts
 
 
 def _setup():
-    net = SearchNetwork(C=2, num_classes=5, layers=3, noise=NoiseConfig(kind="none"), in_channels=2).double()
-    crit = torch.nn.CrossEntropyLoss()
-    w_opt = torch.optim.SGD(net.weight_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
+    net, crit, w_opt = tiny_search_parts()
     a_opt = torch.optim.Adam(net.arch_parameters(), 0.1, betas=(0.5, 0.999), weight_decay=1e-3)
     arch = Architect(net, a_opt, w_opt, crit, "first")
-    batch = (torch.randn(4, 2, 6, 6, dtype=torch.float64), torch.randint(5, (4,)),
-             torch.randn(4, 2, 6, 6, dtype=torch.float64), torch.randint(5, (4,)))
+    batch = (*tiny_batch(), *tiny_batch())
     return net, crit, w_opt, arch, batch
 
 
